@@ -1,0 +1,26 @@
+"""moe_interp: record, analyse and steer the routers of Hugging Face MoE models with nnsight.
+
+```python
+import moe_interp as mi
+model = mi.zoo.tiny_model("qwen3_moe")
+with mi.trace(model, ["Hello", "Bonjour"], mi.RouterRecord()) as tr:
+    logits = model.lm_head.output.save()
+tr.routing.frequency()
+```
+"""
+
+from . import zoo
+from .arch import MoESpec, RouterAdapter, UnsupportedModelError, describe, register_adapter
+from .expert_set import ExpertSet
+from .interventions import ExpertAblate, LayerRouteSteer, RouterRecord, RouteSteer
+from .loading import load, wrap
+from .stats import RoutingStats, StatsFileError
+from .trace import generate, trace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ExpertAblate", "ExpertSet", "LayerRouteSteer", "MoESpec", "RouteSteer", "RouterAdapter", "RouterRecord",
+    "RoutingStats", "StatsFileError", "UnsupportedModelError", "describe", "generate", "load",
+    "register_adapter", "trace", "wrap", "zoo",
+]

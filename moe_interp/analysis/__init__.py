@@ -1,0 +1,1 @@
+"""The paper's analyses on `RoutingStats`: expert sets, divergences, clustering, layer profiles."""

@@ -1,0 +1,110 @@
+"""What an architecture adapter says about a router family, and the registry of them.
+
+An adapter is a frozen value: where the router's raw logits are made (a `.source` op of
+the router's forward, or its output), where selection scores are made when they differ
+from the logits (DeepSeek-V3 adds a correction bias after the sigmoid), and where the
+routing the model actually used can be read (the experts module's arguments, the
+router's output tuple, or a dense score matrix).
+"""
+
+import dataclasses
+from typing import Literal
+
+__all__ = ["RouterAdapter", "register_adapter", "registered_adapters", "UnsupportedModelError"]
+
+
+class UnsupportedModelError(TypeError):
+    """The model has no router `moe_interp` can find.
+
+    Raised by [`describe`][moe_interp.describe] (and so by `wrap`, `load`, `trace`) with
+    the list of what was searched for and how to register an adapter.
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class RouterAdapter:
+    """How to find and steer the router of one family of MoE architectures.
+
+    Most Hugging Face MoE models need no adapter: `moe_interp` finds their routers from
+    `_can_record_outputs["router_logits"]` and the router's own source. Register one to
+    support a custom model, or to override what detection found.
+
+    **Arguments:**
+
+    - `name`: a short family name, shown by `describe`.
+    - `model_types`: `config.model_type` values this adapter applies to.
+    - `router_class`: class name of the router module; used to find routers in models
+      whose config does not declare them.
+    - `logits`: where the pre-selection logits `z[T, E]` are made: the name of an op in
+      `router.source` (e.g. `"router_logits_0"`, `"F_linear_0"`), or `"output"` when the
+      router returns the logits themselves, or `"output[i]"` for element `i` of its tuple.
+      `None` means detect (the first of `router_logits_0`, `F_linear_0`, `forward_0`).
+    - `choice`: op whose output is the score top-k selects on, when it is not the logits
+      (DeepSeek-V3: `"scores_for_choice_0"`, logits + correction bias). Rerouting ablation
+      acts here. `None` means detect.
+    - `readout`: where the routing actually used is read. `"experts"`: the experts module's
+      positional arguments `(hidden, top_k_index, top_k_weights)`; `"router"`: the
+      router's output tuple at `weights_index`, `indices_index`; `"dense"`: a dense
+      `[T, E]` score matrix at output `scores_index` (non-selected experts score 0).
+    - `selection`: a human description of how the family selects experts.
+
+    **Example:**
+
+    ```python
+    >>> import moe_interp as mi
+    >>> mi.register_adapter(mi.RouterAdapter(
+    ...     name="my_moe", model_types=("my_moe",), router_class="MyRouter",
+    ...     logits="F_linear_0", readout="router", weights_index=1, indices_index=2,
+    ...     selection="softmax, top-k"))
+    ```
+    """
+
+    name: str
+    model_types: tuple[str, ...] = ()
+    router_class: str | None = None
+    logits: str | None = None
+    choice: str | None = None
+    readout: Literal["experts", "router", "dense"] | None = None
+    weights_index: int = 1
+    indices_index: int = 2
+    scores_index: int = 0
+    selection: str = "softmax, top-k"
+
+
+_REGISTRY: dict[str, RouterAdapter] = {}
+
+
+def register_adapter(adapter: RouterAdapter) -> RouterAdapter:
+    """Register (or replace) an adapter for its `model_types` and `router_class`.
+
+    **Example:**
+
+    ```python
+    >>> mi.register_adapter(mi.RouterAdapter(name="dbrx", model_types=("dbrx",),
+    ...                                      logits="output", readout="experts"))
+    RouterAdapter(name='dbrx', ...)
+    ```
+    """
+    if not isinstance(adapter, RouterAdapter):
+        raise TypeError(f"register_adapter takes a RouterAdapter, got {type(adapter).__name__}")
+    if not adapter.model_types and not adapter.router_class:
+        raise ValueError("a RouterAdapter needs model_types or router_class to be found by")
+    for key in adapter.model_types:
+        _REGISTRY[f"type:{key}"] = adapter
+    if adapter.router_class:
+        _REGISTRY[f"class:{adapter.router_class}"] = adapter
+    return adapter
+
+
+def registered_adapters() -> dict[str, RouterAdapter]:
+    """The adapter registry: `"type:<model_type>"` / `"class:<RouterClass>"` -> adapter."""
+    return dict(_REGISTRY)
+
+
+def adapter_for(model_type: str | None, router_classes: list[str]) -> RouterAdapter | None:
+    if model_type and f"type:{model_type}" in _REGISTRY:
+        return _REGISTRY[f"type:{model_type}"]
+    for name in router_classes:
+        if f"class:{name}" in _REGISTRY:
+            return _REGISTRY[f"class:{name}"]
+    return None

@@ -1,0 +1,59 @@
+"""The families whose routers differ from the common transformers-5 pattern.
+
+The common pattern (Mixtral, Qwen2/3-MoE, OLMoE, DeepSeek-V2, GLM-4-MoE, ...): the router
+computes `router_logits = F.linear(...)`, selects and returns `(logits, weights, indices)`,
+and the block calls `experts(hidden, indices, weights)`. Those need no entry: detection
+finds the router class from `_can_record_outputs`, the logits op from its source, and
+reads the routing at the experts' arguments. Only departures from it are listed here, so
+the table documents exactly what is special.
+"""
+
+from ._adapter import RouterAdapter, register_adapter
+
+FAMILIES = (
+    RouterAdapter(
+        name="dbrx",
+        model_types=("dbrx",),
+        logits="output",  # DbrxRouter returns raw logits; DbrxFFN selects after it
+        readout="experts",
+        selection="softmax, top-k, optional p-norm of the top-k weights (in DbrxFFN)",
+    ),
+    RouterAdapter(
+        name="llama4",
+        model_types=("llama4_text", "llama4"),
+        logits="forward_0",  # super().forward, the nn.Linear call
+        readout="dense",
+        scores_index=0,  # returns (scores[T, E] dense, logits): reversed, no indices
+        selection="top-k on logits, sigmoid of the chosen logits, dense [T, E] scores",
+    ),
+    RouterAdapter(
+        name="phimoe",
+        model_types=("phimoe",),
+        logits="forward_0",  # router is an nn.Linear subclass
+        readout="experts",
+        selection="sparsemixer (top-2 with jitter-masked softmax)",
+    ),
+    RouterAdapter(
+        name="gpt_oss",
+        model_types=("gpt_oss",),
+        readout="experts",
+        selection="top-k on logits (with bias), softmax over the k",
+    ),
+    RouterAdapter(
+        name="granitemoe",
+        model_types=("granitemoe", "granitemoeshared", "granitemoehybrid"),
+        readout="experts",
+        selection="top-k on logits, softmax over the k",
+    ),
+    RouterAdapter(
+        name="deepseek_v3",
+        model_types=("deepseek_v3", "glm4_moe", "glm4_moe_lite", "deepseek_v32", "kimi_k2"),
+        choice="scores_for_choice_0",
+        readout="experts",
+        selection="sigmoid, + e_score_correction_bias (selection only), group mask, top-k, "
+        "renormalise, x routed_scaling_factor",
+    ),
+)
+
+for _family in FAMILIES:
+    register_adapter(_family)

@@ -1,0 +1,354 @@
+"""`describe(model) -> MoESpec`: where a model's routers are and how they decide.
+
+Detection, in order: a registered adapter for `config.model_type`; the router class that
+transformers declares in `_can_record_outputs["router_logits"]`; a registered adapter's
+`router_class`. The router's own source (through nnsight's `.source`) names the op that
+makes the logits, so new transformers models following the common pattern work unlisted.
+"""
+
+import dataclasses
+import difflib
+import inspect
+import re
+import weakref
+from typing import Any, Iterable
+
+import torch
+
+from ._adapter import RouterAdapter, UnsupportedModelError, adapter_for, registered_adapters
+
+__all__ = ["MoESpec", "describe", "hf_module"]
+
+_LOGITS_CANDIDATES = ("router_logits_0", "F_linear_0", "forward_0", "self_layer_0")
+_TOP_K_ATTRS = ("num_experts_per_tok", "moe_top_k", "top_k", "num_experts_per_token", "moe_k")
+_NUM_EXPERTS_ATTRS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+_SHARED_NAMES = ("shared_expert", "shared_experts", "shared_mlp")
+_LAYER_INDEX = re.compile(r"^(?P<stack>.*?)\.(?P<index>\d+)\.(?P<rest>.+)$")
+
+# Fraction of the MoE layers each band starts at, from the paper's 48-layer model:
+# early 0-9, middle 10-39, late 40-47 (its steering band is the middle one).
+_BAND_EDGES = (0.0, 10 / 48, 40 / 48, 1.0)
+BANDS = ("early", "middle", "late")
+
+
+@dataclasses.dataclass(frozen=True)
+class MoESpec:
+    """Everything `moe_interp` knows about one model's routing, from [`describe`][moe_interp.describe].
+
+    **Fields:** `arch` (`config.model_type`), `family` (adapter name or `"auto"`),
+    `num_layers` (decoder layers), `moe_layers` (real indices of the layers with a
+    router), `num_experts`, `top_k`, `routers` / `experts` / `shared_experts` (module
+    paths, aligned with `moe_layers`; `None` where absent), `logits` (where the raw logits
+    are made: a `.source` op name or `"output"`), `choice` (op top-k selects on, when it is
+    not the logits), `readout` (where the used routing is read), `selection` (prose).
+
+    **Example:**
+
+    ```python
+    >>> spec = mi.describe(model)
+    >>> spec.moe_layers, spec.num_experts, spec.top_k
+    ((0, 1, 2, 3), 16, 2)
+    >>> spec.band("middle")
+    (1, 2)
+    ```
+    """
+
+    arch: str
+    family: str
+    num_layers: int
+    moe_layers: tuple[int, ...]
+    num_experts: int
+    top_k: int
+    routers: tuple[str, ...]
+    experts: tuple[str | None, ...]
+    shared_experts: tuple[str | None, ...]
+    logits: str
+    choice: str | None
+    readout: str
+    weights_index: int
+    indices_index: int
+    scores_index: int
+    selection: str
+
+    def band(self, name: str, width: int | None = None) -> tuple[int, ...]:
+        """Real layer indices of the `"early"`, `"middle"` or `"late"` band of MoE layers.
+
+        Without `width` the bands partition the MoE layers in the paper's proportions
+        (its 48 layers: early 0-9, middle 10-39, late 40-47). With `width`, each band is
+        `width` layers: the first, the central and the last (the paper's ablation bands,
+        width 5 on 48 layers: 0-4, 22-26, 43-47).
+
+        ```python
+        >>> spec.band("middle", width=1)
+        (2,)
+        ```
+        """
+        if name not in BANDS:
+            raise ValueError(f"unknown band {name!r}; use one of {BANDS}")
+        n = len(self.moe_layers)
+        if width is None:
+            i = BANDS.index(name)
+            lo, hi = (round(n * e) for e in _BAND_EDGES[i : i + 2])
+            if hi <= lo:  # very shallow models: every band keeps at least one layer
+                lo, hi = min(lo, n - 1), min(lo, n - 1) + 1
+        else:
+            if not 1 <= width <= n:
+                raise ValueError(f"band width must be in [1, {n}] for this model, got {width}")
+            lo = {"early": 0, "middle": round((n - width) / 2 + 1e-9), "late": n - width}[name]
+            hi = lo + width
+        return self.moe_layers[lo:hi]
+
+    def select_layers(self, layers: Any = "all") -> tuple[int, ...]:
+        """Normalise a layer selection to sorted real MoE layer indices.
+
+        Accepts `"all"`, a band name, an int, a `range` or iterable of ints (real layer
+        indices, each must be a MoE layer), or a `slice` over real indices (dense layers
+        inside it are skipped).
+
+        ```python
+        >>> spec.select_layers(range(1, 3)), spec.select_layers(slice(None, 2))
+        ((1, 2), (0, 1))
+        ```
+        """
+        if isinstance(layers, str):
+            if layers == "all":
+                return self.moe_layers
+            if layers in BANDS:
+                return self.band(layers)
+            raise ValueError(f"unknown layer selection {layers!r}; use 'all', one of {BANDS}, "
+                             "an int, a range, a slice or a list of layer indices")
+        if isinstance(layers, slice):
+            wanted = range(self.num_layers)[layers]
+            return tuple(i for i in wanted if i in self.moe_layers)
+        if isinstance(layers, (int, torch.SymInt)) and not isinstance(layers, bool):
+            layers = (int(layers),)
+        if not isinstance(layers, Iterable):
+            raise TypeError(f"layers must be 'all', a band name, an int, a range, a slice or a "
+                            f"list of ints, got {type(layers).__name__}")
+        out = []
+        for layer in layers:
+            if isinstance(layer, bool) or not isinstance(layer, int):
+                raise TypeError(f"layer indices must be ints, got {layer!r}")
+            self.check_layer(layer)
+            out.append(layer)
+        return tuple(sorted(set(out)))
+
+    def check_layer(self, layer: int) -> None:
+        """Raise `ValueError` unless `layer` is one of this model's MoE layers."""
+        if layer not in self.moe_layers:
+            dense = 0 <= layer < self.num_layers
+            raise ValueError(
+                f"layer {layer} is {'a dense (non-MoE) layer' if dense else 'out of range'}; "
+                f"this {self.arch} model has MoE layers {_ranges(self.moe_layers)} "
+                f"(of {self.num_layers} layers)")
+
+    def check_expert(self, expert: int) -> None:
+        """Raise `ValueError` unless `0 <= expert < num_experts`."""
+        if isinstance(expert, bool) or not isinstance(expert, int):
+            raise TypeError(f"expert indices must be ints, got {expert!r}")
+        if not 0 <= expert < self.num_experts:
+            raise ValueError(f"expert {expert} is out of range; this model has experts "
+                             f"0-{self.num_experts - 1}")
+
+    def position(self, layer: int) -> int:
+        """Index of a real MoE layer in `moe_layers` (the `layer` axis of stats)."""
+        self.check_layer(layer)
+        return self.moe_layers.index(layer)
+
+
+def _ranges(values: tuple[int, ...]) -> str:
+    if not values:
+        return "none"
+    if list(values) == list(range(values[0], values[-1] + 1)):
+        return f"{values[0]}-{values[-1]}"
+    return ", ".join(map(str, values))
+
+
+_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, MoESpec]" = weakref.WeakKeyDictionary()
+
+
+def hf_module(model: Any) -> torch.nn.Module:
+    """The underlying `torch.nn.Module` of an nnsight model (or the module itself)."""
+    module = getattr(model, "_module", model)
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"expected a Hugging Face model or an nnsight model wrapping one, got "
+                        f"{type(model).__name__}; load one with mi.load(...) or mi.wrap(hf_model, tokenizer)")
+    return module
+
+
+def describe(model: Any) -> MoESpec:
+    """Find the routers of an MoE model and say how they decide.
+
+    Works on a model from `mi.wrap`/`mi.load`, or on a plain Hugging Face model.
+
+    ```python
+    >>> spec = mi.describe(model)
+    >>> spec.arch, spec.family, spec.readout
+    ('qwen3_moe', 'auto', 'experts')
+    ```
+
+    Raises `UnsupportedModelError` when no router is found, naming what was searched and
+    how to register an adapter.
+    """
+    module = hf_module(model)
+    if module in _CACHE:
+        return _CACHE[module]
+    spec = _detect(model, module)
+    _CACHE[module] = spec
+    return spec
+
+
+def _config(module: torch.nn.Module) -> Any:
+    config = getattr(module, "config", None)
+    if config is None:
+        return None
+    get_text = getattr(config, "get_text_config", None)
+    return get_text() if callable(get_text) else config
+
+
+def _declared_router_class(module: torch.nn.Module) -> type | None:
+    for sub in module.modules():
+        recorders = getattr(type(sub), "_can_record_outputs", None) or {}
+        recorder = recorders.get("router_logits") if isinstance(recorders, dict) else None
+        target = getattr(recorder, "target_class", None)
+        if isinstance(target, type):
+            return target
+    return None
+
+
+def _detect(model: Any, module: torch.nn.Module) -> MoESpec:
+    config = _config(module)
+    model_type = getattr(config, "model_type", None) or type(module).__name__
+    class_names = sorted({type(m).__name__ for m in module.modules()})
+    adapter = adapter_for(model_type, class_names)
+    declared = _declared_router_class(module)
+
+    if adapter is not None and adapter.router_class:
+        routers = [(n, m) for n, m in module.named_modules() if type(m).__name__ == adapter.router_class]
+    elif declared is not None:
+        routers = [(n, m) for n, m in module.named_modules() if isinstance(m, declared)]
+    else:
+        routers = []
+    if not routers:
+        _unsupported(module, model_type, declared, class_names)
+
+    layers, experts, shared = [], [], []
+    for path, _ in routers:
+        match = _LAYER_INDEX.match(path)
+        if match is None:
+            raise UnsupportedModelError(f"found router {path!r} but cannot tell its decoder layer: "
+                                        "expected a path like 'model.layers.<i>.mlp.gate'")
+        layers.append(int(match["index"]))
+        parent = path.rsplit(".", 1)[0]
+        experts.append(f"{parent}.experts" if _has(module, f"{parent}.experts") else None)
+        layer_path = f"{match['stack']}.{match['index']}"
+        shared.append(next((p for p in _descendants(module, layer_path) if p.rsplit(".", 1)[-1] in _SHARED_NAMES), None))
+
+    first = routers[0][1]
+    adapter = adapter or RouterAdapter(name="auto")
+    op_names = _source_names(model, module, routers[0][0])
+    logits = adapter.logits or next((n for n in _LOGITS_CANDIDATES if n in op_names), None)
+    if logits is None:
+        raise UnsupportedModelError(
+            f"cannot find where router {routers[0][0]} ({type(first).__name__}) makes its logits; its "
+            f"source ops are {list(op_names)[:12]}...; register an adapter naming one: "
+            "mi.register_adapter(mi.RouterAdapter(name=..., model_types=(...), logits='<op name>'))")
+    choice = adapter.choice
+    if choice is None and "scores_for_choice_0" in op_names:
+        choice = "scores_for_choice_0"
+    readout = adapter.readout or ("experts" if all(e is not None for e in experts) and _takes_routing(module, experts[0]) else "router")
+
+    num_layers = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layers", 0) or max(layers) + 1)
+    return MoESpec(
+        arch=model_type,
+        family=adapter.name,
+        num_layers=num_layers,
+        moe_layers=tuple(layers),
+        num_experts=_num_experts(first, config),
+        top_k=_top_k(first, module, config),
+        routers=tuple(p for p, _ in routers),
+        experts=tuple(experts),
+        shared_experts=tuple(shared),
+        logits=logits,
+        choice=choice,
+        readout=readout,
+        weights_index=adapter.weights_index,
+        indices_index=adapter.indices_index,
+        scores_index=adapter.scores_index,
+        selection=adapter.selection,
+    )
+
+
+def _unsupported(module, model_type, declared, class_names) -> None:
+    known = sorted({a.router_class for a in registered_adapters().values() if a.router_class})
+    routerish = [c for c in class_names if re.search(r"router|gate|moe|expert", c, re.I)]
+    close = difflib.get_close_matches(model_type, sorted(k[5:] for k in registered_adapters() if k.startswith("type:")), n=3)
+    raise UnsupportedModelError(
+        f"{type(module).__name__} (model_type={model_type!r}) has no MoE router that moe_interp can find. "
+        f"Searched for: the router class declared in _can_record_outputs['router_logits'] "
+        f"({'found ' + declared.__name__ + ' but no instance' if declared else 'none declared'}); "
+        f"registered router classes {known or '[]'}; registered model types close to it {close or '[]'}. "
+        f"Module classes that look MoE-related: {routerish or 'none (is this a dense model?)'}. "
+        "If it is an MoE model, register an adapter: mi.register_adapter(mi.RouterAdapter("
+        "name='my_family', router_class='<RouterClass>', logits='<op in router.source>', "
+        "readout='router'|'experts'|'dense')). See docs: 'Add a new architecture'.")
+
+
+def _has(module: torch.nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+        return True
+    except AttributeError:
+        return False
+
+
+def _descendants(module: torch.nn.Module, path: str) -> list[str]:
+    return [f"{path}.{n}" for n, _ in module.get_submodule(path).named_modules() if n]
+
+
+def _takes_routing(module: torch.nn.Module, experts_path: str) -> bool:
+    try:
+        params = inspect.signature(module.get_submodule(experts_path).forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return len(params) >= 3
+
+
+def _source_names(model: Any, module: torch.nn.Module, router_path: str) -> tuple[str, ...]:
+    envoy = model if hasattr(model, "_module") else None
+    if envoy is None:
+        import nnsight
+
+        envoy = nnsight.NNsight(module)
+    for part in router_path.split("."):
+        envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
+    try:
+        return tuple(envoy.source.names)
+    except Exception:  # a router without Python source (compiled, C++): no ops to name
+        return ()
+
+
+def _num_experts(router: torch.nn.Module, config: Any) -> int:
+    for attr in _NUM_EXPERTS_ATTRS:
+        value = getattr(router, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    weight = getattr(router, "weight", None)
+    if weight is None:
+        weight = getattr(getattr(router, "layer", None), "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.ndim == 2:
+        return int(weight.shape[0])
+    for attr in _NUM_EXPERTS_ATTRS:
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise UnsupportedModelError(f"cannot tell the number of experts of {type(router).__name__}")
+
+
+def _top_k(router: torch.nn.Module, module: torch.nn.Module, config: Any) -> int:
+    for source in (router, config, getattr(config, "ffn_config", None)):
+        for attr in _TOP_K_ATTRS:
+            value = getattr(source, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
+    raise UnsupportedModelError(f"cannot tell top-k of {type(router).__name__}: none of {_TOP_K_ATTRS} is set")

@@ -1,0 +1,253 @@
+"""Declarative interventions on MoE routing, and their compilation into a kernel plan.
+
+An intervention is a frozen value: print it, compare it, put it in a grid. Nothing runs
+until `mi.trace` / `mi.generate` compiles a list of them against `mi.describe(model)`
+(validating layers and experts before any forward) into the plain-data plan that
+`moe_interp.kernels` executes inside the trace. A list applies in order, on every forward
+of the trace (prompt and generated tokens alike); `RouterRecord` records the routing the
+model actually used, i.e. after the interventions.
+"""
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+import torch
+
+from .arch import MoESpec
+from .expert_set import ExpertSet
+
+__all__ = ["Intervention", "RouterRecord", "ExpertAblate", "LayerRouteSteer", "RouteSteer",
+           "compile_plan", "flatten"]
+
+
+class Intervention:
+    """Base class of everything `mi.trace` accepts after the inputs."""
+
+    def edits(self, spec: MoESpec) -> list[tuple[int, str, tuple]]:
+        """`(layer, stage, edit)` triples this intervention adds; validates against `spec`."""
+        return []
+
+
+def _freeze_experts(experts: Any) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    if not isinstance(experts, Mapping):
+        raise TypeError("experts must be an ExpertSet or a mapping {layer: [expert, ...]}, got "
+                        f"{type(experts).__name__}")
+    out = []
+    for layer, values in experts.items():
+        if isinstance(values, (int, str)) or not isinstance(values, Iterable):
+            raise TypeError(f"experts[{layer!r}] must be a list of expert indices, got {values!r}")
+        out.append((layer, tuple(sorted(set(values)))))
+    return tuple(sorted(out))
+
+
+def _freeze_strengths(strengths: Any) -> tuple[tuple[int, tuple[tuple[int, float], ...]], ...]:
+    if isinstance(strengths, ExpertSet):
+        if strengths.strengths is None:
+            raise ValueError("this ExpertSet has no strengths; pass {layer: {expert: s}} or an "
+                             "ExpertSet from shared_experts()")
+        strengths = strengths.strengths
+    if not isinstance(strengths, Mapping) or not all(isinstance(v, Mapping) for v in strengths.values()):
+        raise TypeError("strengths must be {layer: {expert: strength}}")
+    return tuple(sorted((layer, tuple(sorted((e, float(s)) for e, s in per.items())))
+                        for layer, per in strengths.items()))
+
+
+def _mask(spec: MoESpec, experts: Iterable[int]) -> torch.Tensor:
+    mask = torch.zeros(spec.num_experts, dtype=torch.bool)
+    for e in experts:
+        spec.check_expert(e)
+        mask[e] = True
+    return mask
+
+
+@dataclasses.dataclass(frozen=True)
+class RouterRecord(Intervention):
+    """Record which experts each token used, aggregated per (layer, expert) on the model's device.
+
+    After the trace, `tr.routing` is a `RoutingStats`: integer `count` and float
+    `gate_mass` per (group, MoE layer, expert), padding excluded, one group per invoke.
+    With `per_token=True` it also keeps each token's top-k indices (int16) and weights
+    (float16) with their row and position (`tr.routing.per_token`).
+
+    ```python
+    >>> with mi.trace(model, ["Hello", "Bonjour tout le monde"], mi.RouterRecord()) as tr:
+    ...     pass
+    >>> tr.routing.count.shape            # (groups, moe layers, experts)
+    torch.Size([1, 4, 16])
+    >>> int(tr.routing.count[0, 0].sum()) == tr.routing.top_k * int(tr.routing.tokens[0])
+    True
+    ```
+    """
+
+    per_token: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertAblate(Intervention):
+    """Stop experts from being used.
+
+    `mode="reroute"` (the paper): the expert's selection score is set to -1e9 before
+    top-k, so it is never chosen and the others renormalise as the model normally does.
+    On DeepSeek-V3-style routers this acts on the score after the correction bias.
+    `mode="drop"`: selection is unchanged but the expert's weight is zeroed afterwards,
+    without renormalisation.
+
+    ```python
+    >>> mi.ExpertAblate({2: [0, 5]})
+    ExpertAblate(experts=((2, (0, 5)),), mode='reroute')
+    >>> ablate = mi.ExpertAblate(profile.exclusive_experts("de"), mode="drop")
+    ```
+    """
+
+    experts: Any
+    mode: Literal["reroute", "drop"] = "reroute"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "experts", _freeze_experts(self.experts))
+        if self.mode not in ("reroute", "drop"):
+            raise ValueError(f"ExpertAblate mode must be 'reroute' or 'drop', got {self.mode!r}")
+
+    def edits(self, spec: MoESpec) -> list[tuple[int, str, tuple]]:
+        out = []
+        for layer, experts in self.experts:
+            spec.check_layer(layer)
+            if not experts:
+                continue
+            mask = _mask(spec, experts)
+            if self.mode == "drop":
+                out.append((layer, "drop", ("drop", mask, 1.0)))
+            else:
+                out.append((layer, "choice" if spec.choice else "logits", ("reroute", mask, 1.0)))
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerRouteSteer(Intervention):
+    """Add to chosen experts' router logits before selection, per layer.
+
+    `mode="relative"` (the paper): `z_e + scale * s_e * |z_e|`; `mode="additive"`:
+    `z_e + scale * s_e`. `strengths` is `{layer: {expert: s}}` or an `ExpertSet` with
+    strengths. Scale 0 or no experts compiles to nothing (bitwise a plain forward).
+
+    ```python
+    >>> mi.LayerRouteSteer({1: {3: 1.0}}, scale=50.0, mode="additive")
+    LayerRouteSteer(strengths=((1, ((3, 1.0),)),), scale=50.0, mode='additive')
+    ```
+    """
+
+    strengths: Any
+    scale: float = 1.0
+    mode: Literal["relative", "additive"] = "relative"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "strengths", _freeze_strengths(self.strengths))
+        if self.mode not in ("relative", "additive"):
+            raise ValueError(f"LayerRouteSteer mode must be 'relative' or 'additive', got {self.mode!r}")
+        if not math.isfinite(self.scale):
+            raise ValueError(f"scale must be finite, got {self.scale}")
+
+    def edits(self, spec: MoESpec) -> list[tuple[int, str, tuple]]:
+        out = []
+        for layer, per in self.strengths:
+            spec.check_layer(layer)
+            if self.scale == 0 or not per:
+                continue
+            vector = torch.zeros(spec.num_experts, dtype=torch.float32)
+            for e, s in per:
+                spec.check_expert(e)
+                vector[e] = s
+            out.append((layer, "logits", (self.mode, vector, float(self.scale))))
+        return out
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RouteSteer(Intervention):
+    """The paper's routing-guided steering, chosen from routing statistics.
+
+    Picks the experts shared by `languages` (default: `target` first, then every other
+    language of `stats`) in the selected `layers` with the paper's algorithm
+    (`stats.shared_experts(languages, k, threshold, layers)`; each strength is the first
+    language's share) and applies `LayerRouteSteer(mode="relative")` with `scale`.
+    `layers` takes `"early"` / `"middle"` / `"late"` (bands of `mi.describe(model)`;
+    the paper's middle is layers 10-39 of 48), a range, a slice or explicit indices.
+    The default scale is the paper's 0.022 (English first).
+
+    ```python
+    >>> steer = mi.RouteSteer(layers="middle", target="en", stats=profile, languages=("en", "zh"))
+    >>> with mi.trace(model, "Wie viele Äpfel?", steer, mi.RouterRecord()) as tr:
+    ...     pass
+    ```
+    """
+
+    layers: Any
+    target: str
+    stats: Any
+    languages: tuple[str, ...] | None = None
+    k: int = 20
+    threshold: float = 0.7
+    scale: float = 0.022
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layers, list):
+            object.__setattr__(self, "layers", tuple(self.layers))
+        if self.languages is not None:
+            object.__setattr__(self, "languages", tuple(self.languages))
+        if not hasattr(self.stats, "shared_experts"):
+            raise TypeError(f"stats must be a RoutingStats (e.g. from mi.profile), got {type(self.stats).__name__}")
+
+    def expert_set(self, spec: MoESpec) -> ExpertSet:
+        """The shared experts this steer uses on a model described by `spec`."""
+        layers = spec.select_layers(self.layers)
+        languages = self.languages or (self.target, *[l for l in self.stats.languages if l != self.target])
+        if languages[0] != self.target:
+            raise ValueError(f"languages must start with the target {self.target!r}, got {languages}")
+        if self.stats.num_experts != spec.num_experts:
+            raise ValueError(f"stats have {self.stats.num_experts} experts but the model has {spec.num_experts}: "
+                             "profile this model first (mi.profile)")
+        return self.stats.shared_experts(languages, k=self.k, threshold=self.threshold, layers=layers)
+
+    def edits(self, spec: MoESpec) -> list[tuple[int, str, tuple]]:
+        return LayerRouteSteer(self.expert_set(spec), scale=self.scale).edits(spec)
+
+    def __repr__(self) -> str:
+        return (f"RouteSteer(layers={self.layers!r}, target={self.target!r}, stats=<{len(self.stats.languages)} "
+                f"languages>, languages={self.languages!r}, k={self.k}, threshold={self.threshold}, scale={self.scale})")
+
+
+def flatten(items: Iterable[Any]) -> list[Intervention]:
+    """Interventions given one by one or as lists/tuples, in order; anything else is a TypeError."""
+    out: list[Intervention] = []
+    for item in items:
+        if isinstance(item, Intervention):
+            out.append(item)
+        elif isinstance(item, (list, tuple)) and all(isinstance(i, Intervention) for i in item):
+            out.extend(item)
+        else:
+            raise TypeError(f"expected interventions (mi.RouterRecord(), mi.ExpertAblate(...), ...) after the "
+                            f"inputs, got {type(item).__name__}: {item!r:.80}")
+    return out
+
+
+def compile_plan(spec: MoESpec, interventions: Iterable[Intervention]) -> dict:
+    """Validate `interventions` against `spec` and compile them to a `kernels` plan."""
+    interventions = flatten(interventions)
+    records = [i for i in interventions if isinstance(i, RouterRecord)]
+    staged: dict[int, dict[str, list]] = {}
+    for intervention in interventions:
+        for layer, stage, edit in intervention.edits(spec):
+            staged.setdefault(layer, {"logits": [], "choice": [], "drop": []})[stage].append(edit)
+    layers = []
+    for layer, router, experts in zip(spec.moe_layers, spec.routers, spec.experts):
+        stages = staged.get(layer, {"logits": [], "choice": [], "drop": []})
+        if not records and not any(stages.values()):
+            continue
+        layers.append({
+            "layer": layer, "router": router, "experts": experts, "logits": spec.logits,
+            "choice": spec.choice, "readout": spec.readout, "weights_index": spec.weights_index,
+            "indices_index": spec.indices_index, "scores_index": spec.scores_index,
+            "logits_edits": stages["logits"], "choice_edits": stages["choice"], "drop": stages["drop"],
+        })
+    return {"layers": layers, "record": bool(records), "per_token": any(r.per_token for r in records),
+            "num_experts": spec.num_experts, "top_k": spec.top_k}

@@ -1,0 +1,213 @@
+"""The only code of `moe_interp` that runs inside a trace.
+
+Everything here executes in nnsight's worker while the model runs: locally, or on an NDIF
+server that imports only whitelisted modules (torch, math, typing, collections, ...). So
+this module imports nothing else, defines pure functions on tensors, and takes every
+decision that can be taken earlier (validation, expert sets, strengths) as a compiled
+`plan` built outside the trace by `interventions.compile_plan`.
+
+A plan is plain data: `{"layers": [entry, ...], "record": bool, "per_token": bool,
+"num_experts": int, "top_k": int}`. An entry names one MoE layer's sites (module paths and
+`.source` op names) and its edits, each `(kind, payload, scale)`:
+
+- `"relative"`: `z + scale * s * |z|` with `s` a dense `[E]` strength vector (the paper);
+- `"additive"`: `z + scale * s`;
+- `"reroute"`: `z[:, mask] = -1e9` before selection (the expert cannot be chosen);
+- `"drop"`: the selected expert's weight set to 0 after selection (no renormalisation).
+"""
+
+from typing import Any
+
+import torch
+
+NEG_LOGIT = -1e9  # the paper's value; clamped to the dtype's range for half precision
+
+
+def resolve(root: Any, path: str) -> Any:
+    """The envoy at a dotted module path (`"model.layers.3.mlp.gate"`) under `root`."""
+    envoy = root
+    for part in path.split("."):
+        envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
+    return envoy
+
+
+def edit_scores(z: torch.Tensor, edits: list) -> torch.Tensor:
+    """Apply logit-stage edits in order to router scores `z[T, E]`; returns a new tensor."""
+    for kind, payload, scale in edits:
+        payload = payload.to(z.device)
+        if kind == "relative":
+            z = z + scale * payload.to(z.dtype) * z.abs()
+        elif kind == "additive":
+            z = z + scale * payload.to(z.dtype)
+        elif kind == "reroute":
+            z = z.masked_fill(payload, max(NEG_LOGIT, torch.finfo(z.dtype).min))
+        else:
+            raise ValueError(f"unknown score edit {kind!r}")
+    return z
+
+
+def drop_weights(indices: torch.Tensor, weights: torch.Tensor, edits: list) -> torch.Tensor:
+    """Zero the weights of dropped experts among the selected `indices[T, K]`."""
+    for _, mask, _ in edits:
+        weights = weights.masked_fill(mask.to(indices.device)[indices], 0)
+    return weights
+
+
+def _replace(value: Any, index: Any, new: torch.Tensor) -> Any:
+    if index is None:
+        return new
+    items = list(value)
+    items[index] = new
+    return tuple(items)
+
+
+def _edit_site(router: Any, site: str, edits: list) -> None:
+    if site.startswith("output"):
+        index = int(site[7:-1]) if site != "output" else None
+        out = router.output
+        scores = out if index is None else out[index]
+        router.output = _replace(out, index, edit_scores(scores, edits))
+    else:
+        op = getattr(router.source, site)
+        op.output = edit_scores(op.output, edits)
+
+
+def _readout(root: Any, router: Any, entry: dict, top_k: int) -> tuple:
+    """(indices[T, K], weights[T, K]) the experts really receive, after `drop` edits."""
+    kind = entry["readout"]
+    drops = entry["drop"]
+    if kind == "experts":
+        experts = resolve(root, entry["experts"])
+        args, kwargs = experts.inputs
+        indices, weights = args[1], args[2]
+        if drops:
+            weights = drop_weights(indices, weights, drops)
+            experts.inputs = (_replace(args, 2, weights), kwargs)
+        return indices, weights
+    out = router.output
+    if kind == "router":
+        indices, weights = out[entry["indices_index"]], out[entry["weights_index"]]
+        if drops:
+            weights = drop_weights(indices, weights, drops)
+            router.output = _replace(out, entry["weights_index"], weights)
+        return indices, weights
+    # dense [T, E] scores, non-selected experts at 0
+    scores = out[entry["scores_index"]]
+    weights, indices = torch.topk(scores, top_k, dim=-1)
+    if drops:
+        mask = drops[0][1].to(scores.device)
+        for _, more, _ in drops[1:]:
+            mask = mask | more.to(scores.device)
+        router.output = _replace(out, entry["scores_index"], scores.masked_fill(mask, 0))
+        weights = drop_weights(indices, weights, drops)
+    return indices, weights
+
+
+def token_groups(inputs: Any, rows: list, num_tokens: int) -> tuple:
+    """Per-token group id (`-1` for padding) and position among the row's real tokens.
+
+    `rows` is `[(start, size), ...]` per group, in batch order. Tokens are flattened
+    `batch * seq` as the router sees them; the current tokens are the last `seq`
+    columns of the attention mask (a decoding step sees one new token per row).
+    """
+    args, kwargs = inputs
+    mask = kwargs.get("attention_mask")
+    ids = kwargs.get("input_ids")
+    if ids is None and args:
+        ids = args[0]
+    embeds = kwargs.get("inputs_embeds")
+    batch = mask.shape[0] if mask is not None else (ids.shape[0] if ids is not None else embeds.shape[0])
+    seq = num_tokens // batch
+    device = mask.device if mask is not None else (ids.device if ids is not None else embeds.device)
+    row_group = torch.full((batch,), -1, dtype=torch.long, device=device)
+    for g, (start, size) in enumerate(rows):
+        row_group[start : start + size] = g
+    if mask is None:
+        real = torch.ones(batch, seq, dtype=torch.bool, device=device)
+        position = torch.arange(seq, device=device).expand(batch, seq)
+    else:
+        real = mask[:, -seq:] > 0
+        position = mask.long().cumsum(-1)[:, -seq:] - 1
+    group = torch.where(real, row_group[:, None].expand(batch, seq), -1)
+    row = torch.arange(batch, device=device)[:, None].expand(batch, seq)
+    return group.reshape(-1), position.reshape(-1), row.reshape(-1)
+
+
+def accumulate(store: dict, layer: int, group: torch.Tensor, indices: torch.Tensor,
+               weights: torch.Tensor, num_groups: int, num_experts: int) -> None:
+    """Add one layer's routing of one forward to the per-(group, expert) totals."""
+    valid = group >= 0
+    bins = (group[valid, None] * num_experts + indices[valid]).reshape(-1)
+    size = num_groups * num_experts
+    count = torch.bincount(bins, minlength=size).view(num_groups, num_experts)
+    mass = torch.bincount(bins, weights=weights[valid].reshape(-1).float(), minlength=size)
+    store["count"][:, layer] += count
+    store["gate_mass"][:, layer] += mass.view(num_groups, num_experts).double()
+
+
+def forward_step(root: Any, plan: dict, store: dict, rows: list) -> None:
+    """Everything this plan does during one forward of the model, in execution order."""
+    record = plan["record"]
+    num_experts, top_k = plan["num_experts"], plan["top_k"]
+    inputs = root.inputs if record else None
+    group = None
+    per_token = [] if plan["per_token"] else None
+    for position, entry in enumerate(plan["layers"]):
+        router = resolve(root, entry["router"])
+        if entry["logits_edits"] and not entry["logits"].startswith("output"):
+            _edit_site(router, entry["logits"], entry["logits_edits"])
+        if entry["choice_edits"]:
+            _edit_site(router, entry["choice"], entry["choice_edits"])
+        if entry["logits_edits"] and entry["logits"].startswith("output"):
+            _edit_site(router, entry["logits"], entry["logits_edits"])
+        if not (record or entry["drop"]):
+            continue
+        indices, weights = _readout(root, router, entry, top_k)
+        if not record:
+            continue
+        if group is None:
+            group, token_position, token_row = token_groups(inputs, rows, indices.shape[0])
+            if "count" not in store:
+                shape = (len(rows), len(plan["layers"]), num_experts)
+                store["count"] = torch.zeros(shape, dtype=torch.long, device=indices.device)
+                store["gate_mass"] = torch.zeros(shape, dtype=torch.float64, device=indices.device)
+                store["tokens"] = torch.zeros(len(rows), dtype=torch.long, device=indices.device)
+            valid = group >= 0
+            store["tokens"] += torch.bincount(group[valid], minlength=len(rows))
+        accumulate(store, position, group, indices, weights, len(rows), num_experts)
+        if per_token is not None:
+            per_token.append((indices[valid].to(torch.int16), weights[valid].to(torch.float16)))
+    if per_token:
+        valid = group >= 0
+        store["per_token"].append({
+            "indices": torch.stack([i for i, _ in per_token], 1),
+            "weights": torch.stack([w for _, w in per_token], 1),
+            "group": group[valid].to(torch.int16),
+            "row": token_row[valid].to(torch.int32),
+            "position": token_position[valid].to(torch.int32),
+        })
+    store["forwards"] += 1
+
+
+def run(root: Any, plan: dict, store: dict, steps: Any, row_groups: Any, stop: tuple) -> None:
+    """The worker body: one `forward_step` per model forward in `steps`.
+
+    A generation's open-ended `steps` ends when the model stops producing forwards:
+    the interleaver then throws one of `stop` into the request that was never served.
+    """
+    try:
+        for _ in steps:
+            forward_step(root, plan, store, row_groups())
+    except stop:
+        if store["forwards"] == 0:
+            raise
+
+
+def keep_result(root: Any, tracer: Any, store: dict) -> None:
+    """The second worker: the prompt length at the first forward, then the model's return value."""
+    args, kwargs = root.inputs
+    ids = kwargs.get("input_ids")
+    if ids is None:
+        ids = args[0] if args else kwargs.get("inputs_embeds")
+    store["input_length"] = ids.shape[1]
+    store["result"] = tracer.result

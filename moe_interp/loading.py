@@ -1,0 +1,53 @@
+"""`mi.load` and `mi.wrap`: an nnsight model whose routers `moe_interp` has found."""
+
+import os
+from typing import Any
+
+import torch
+from nnsight import TransformersModel
+
+from .arch import describe
+
+__all__ = ["load", "wrap"]
+
+
+def wrap(hf_model: torch.nn.Module, tokenizer: Any = None, **kwargs: Any) -> TransformersModel:
+    """Wrap an in-memory Hugging Face MoE model for `mi.trace` (nnsight `TransformersModel`).
+
+    Its routers are found now, so an unsupported model fails here with
+    `UnsupportedModelError`. Remote execution needs a model from `mi.load` instead.
+
+    ```python
+    >>> hf = AutoModelForCausalLM.from_config(config)
+    >>> model = mi.wrap(hf, tokenizer)
+    >>> mi.describe(model).arch
+    'qwen3_moe'
+    ```
+    """
+    if isinstance(hf_model, (str, os.PathLike)):
+        raise TypeError("mi.wrap takes a model object; to load a hub id or a local directory use mi.load(...)")
+    if not isinstance(hf_model, torch.nn.Module):
+        raise TypeError(f"mi.wrap takes a Hugging Face model (torch.nn.Module), got {type(hf_model).__name__}")
+    model = TransformersModel(hf_model, tokenizer=tokenizer, **kwargs)
+    describe(model)
+    return model
+
+
+def load(name_or_path: str | os.PathLike, *, dispatch: bool = True, **kwargs: Any) -> TransformersModel:
+    """Load an MoE model by hub id or local directory as an nnsight `TransformersModel`.
+
+    `dispatch=False` builds it on the meta device without weights (enough for
+    `remote=True` on NDIF); other keyword arguments go to `from_pretrained`
+    (`dtype=`, `device_map=`, `experts_implementation=`, ...).
+
+    ```python
+    >>> model = mi.load("allenai/OLMoE-1B-7B-0924", dtype=torch.bfloat16, device_map="auto")
+    >>> mi.describe(model).num_experts
+    64
+    ```
+    """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError("mi.load takes a hub id or a directory; to use an in-memory model call mi.wrap(model, tokenizer)")
+    model = TransformersModel(str(name_or_path), dispatch=dispatch, **kwargs)
+    describe(model)
+    return model

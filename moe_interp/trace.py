@@ -1,0 +1,203 @@
+"""`mi.trace` and `mi.generate`: nnsight tracing contexts that also run compiled interventions.
+
+The user gets nnsight's own tracer (a subclass, `RoutingTracer`), so the body of the
+`with` block is ordinary nnsight code. Before the model runs, the tracer adds one worker
+of its own that executes the compiled plan (`moe_interp.kernels.run`) beside the user's
+code, and a second that keeps the model's return value. Both are whole-batch workers;
+per-invoke statistics come from each invoke's rows.
+"""
+
+import builtins
+from typing import Any
+
+import torch
+from nnsight.intervention.interleaver import Mediator, OutOfOrderError
+from nnsight.intervention.tracer import InterleavingTracer, Invoker
+
+from . import kernels
+from .arch import describe
+from .interventions import Intervention, compile_plan, flatten
+from .stats import RoutingStats
+
+__all__ = ["trace", "generate", "RoutingTracer"]
+
+_RUN = compile("__mi_run__(**__mi_args__)", "<moe_interp.kernels.run>", "exec")
+_KEEP = compile("__mi_keep__(**__mi_args__)", "<moe_interp.kernels.keep_result>", "exec")
+
+
+class RoutingInvoker(Invoker):
+    """`tr.invoke(inputs, group="de")`: an nnsight invoke whose rows form one stats group."""
+
+    def __init__(self, tracer: "RoutingTracer", *args: Any, group: str | None = None, **kwargs: Any) -> None:
+        super().__init__(tracer, *args, **kwargs)
+        self.group = group
+
+    def execute(self, code: Any) -> None:
+        super().execute(code)
+        self.tracer.envoy.interleaver.mediators[-1].mi_group = self.group
+
+
+class RoutingTracer(InterleavingTracer):
+    """nnsight's tracer plus `moe_interp`'s compiled interventions and their results.
+
+    After the block: `routing` (a `RoutingStats`, when a `RouterRecord` was given),
+    `output` (the model's return value; for `mi.generate`, the token ids), `text`
+    (`mi.generate` only: the decoded continuations).
+    """
+
+    def invoke(self, *args: Any, group: str | None = None, **kwargs: Any) -> RoutingInvoker:
+        """Like nnsight's `tracer.invoke`; `group` labels these rows in `tr.routing`."""
+        return RoutingInvoker(self, *args, group=group, **kwargs)
+
+    def _mi_setup(self, spec: Any, plan: dict, generating: bool, tokenizer: Any) -> None:
+        self._mi_spec, self._mi_plan, self._mi_generating, self._mi_tokenizer = spec, plan, generating, tokenizer
+        self._mi_store: dict = {"forwards": 0, "per_token": []}
+        self._mi_groups: list[str] = []
+        self._mi_routing: RoutingStats | None = None
+
+    def _mi_rows(self) -> list:
+        groups = [m for m in self.envoy.interleaver.mediators if m.batch_group is not None]
+        if not groups:
+            raise ValueError("mi.trace got no inputs: pass them to mi.trace(model, inputs, ...) "
+                             "or use `with tr.invoke(inputs):` inside the block")
+        if not self._mi_groups:
+            labels = [getattr(m, "mi_group", None) for m in groups]
+            default = ["default"] if len(groups) == 1 else [f"invoke{i}" for i in range(len(groups))]
+            labels = [label or fallback for label, fallback in zip(labels, default)]
+            if len(set(labels)) != len(labels):
+                raise ValueError(f"invoke groups must be distinct, got {labels}")
+            self._mi_groups = labels
+        return [tuple(m.batch_group) for m in groups]
+
+    def execute(self, code: Any) -> None:
+        store = self._mi_store
+        steps = self.iter[:] if self._mi_generating else range(1)
+        run = Mediator(_RUN, {"__builtins__": builtins}, {"__mi_run__": kernels.run, "__mi_args__": dict(
+            root=self.envoy, plan=self._mi_plan, store=store, steps=steps, row_groups=self._mi_rows,
+            stop=(OutOfOrderError,))})
+        keep = Mediator(_KEEP, {"__builtins__": builtins}, {"__mi_keep__": kernels.keep_result, "__mi_args__": dict(
+            root=self.envoy, tracer=self, store=store)})
+        # Ours first: at a shared location the user's code then sees the steered values.
+        self.envoy.interleaver.mediators[:0] = [run, keep]
+        super().execute(code)
+
+    # -- results -------------------------------------------------------------------
+
+    @property
+    def output(self) -> Any:
+        """The model's return value (`.logits` for a forward; token ids for `generate`)."""
+        if "result" not in self._mi_store:
+            raise RuntimeError("no output yet: read tr.output after the `with` block has finished")
+        return self._mi_store["result"]
+
+    @property
+    def routing(self) -> RoutingStats:
+        """`RoutingStats` of this trace: one group per invoke ("default" for direct inputs)."""
+        if self._mi_routing is None:
+            if not self._mi_plan["record"]:
+                raise AttributeError("this trace recorded no routing: add mi.RouterRecord() to its interventions")
+            if "count" not in self._mi_store:
+                raise RuntimeError("no routing yet: read tr.routing after the `with` block has finished")
+            self._mi_routing = _to_stats(self._mi_spec, self._mi_plan, self._mi_store, self._mi_groups)
+        return self._mi_routing
+
+    @property
+    def text(self) -> list[str]:
+        """Decoded continuations (new tokens only), one per prompt row."""
+        if not self._mi_generating:
+            raise AttributeError("text is only set by mi.generate")
+        ids = self.output[:, self._mi_store["input_length"]:]
+        return self._mi_tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
+def _to_stats(spec: Any, plan: dict, store: dict, groups: list[str]) -> RoutingStats:
+    layers = [entry["layer"] for entry in plan["layers"]]
+    per_token = None
+    if store["per_token"]:
+        per_token = {key: torch.cat([chunk[key].cpu() for chunk in store["per_token"]]) for key in store["per_token"][0]}
+    return RoutingStats(tuple(groups), tuple(layers), spec.num_experts, spec.top_k, store["count"].cpu(),
+                        store["gate_mass"].cpu(), store["tokens"].cpu(),
+                        meta={"arch": spec.arch, "forwards": store["forwards"]}, per_token=per_token)
+
+
+_INPUT_HELP = ("inputs must be a string, a list of strings, a token-id tensor [batch, seq], or a tokenizer "
+               "output (dict / BatchEncoding with input_ids and attention_mask)")
+
+
+def _check_inputs(inputs: Any) -> None:
+    if isinstance(inputs, str) or isinstance(inputs, torch.Tensor):
+        if isinstance(inputs, torch.Tensor) and (inputs.dtype.is_floating_point or inputs.ndim not in (1, 2)):
+            raise TypeError(f"{_INPUT_HELP}; got a {inputs.dtype} tensor of shape {tuple(inputs.shape)}")
+        return
+    if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(x, str) for x in inputs):
+        return
+    if hasattr(inputs, "keys") and "input_ids" in inputs:
+        return
+    raise TypeError(f"{_INPUT_HELP}; got {type(inputs).__name__}")
+
+
+def _split(args: tuple) -> tuple[tuple, list[Intervention]]:
+    inputs = []
+    for i, arg in enumerate(args):
+        is_intervention = isinstance(arg, Intervention) or (
+            isinstance(arg, (list, tuple)) and arg and all(isinstance(x, Intervention) for x in arg))
+        if is_intervention:
+            return tuple(inputs), flatten(args[i:])
+        if inputs:
+            raise TypeError(f"mi.trace takes one input then interventions; got a second input of type "
+                            f"{type(arg).__name__}. Batch several prompts as a list, or use tr.invoke")
+        _check_inputs(arg)
+        inputs.append(arg)
+    return tuple(inputs), []
+
+
+def _open(model: Any, args: tuple, fn: Any, generating: bool, kwargs: dict) -> RoutingTracer:
+    spec = describe(model)
+    inputs, interventions = _split(args)
+    plan = compile_plan(spec, interventions)
+    tracer = model.trace(*inputs, fn=fn, tracer_cls=RoutingTracer, **kwargs)
+    tracer._mi_setup(spec, plan, generating, getattr(model, "tokenizer", None))
+    return tracer
+
+
+def trace(model: Any, *args: Any, **kwargs: Any) -> RoutingTracer:
+    """Open an nnsight trace of `model` that also applies MoE interventions.
+
+    `mi.trace(model, [inputs], *interventions, **model_kwargs)`. Inputs: a string, a list
+    of strings, a token tensor, or a tokenizer dict with `attention_mask`; or none, with
+    inputs given by `tr.invoke(inputs, group=...)` inside the block. Interventions apply on
+    every forward, in order. The body is plain nnsight code. `remote=` passes through.
+
+    ```python
+    >>> with mi.trace(model, ["Hello", "Bonjour tout le monde"], mi.RouterRecord()) as tr:
+    ...     logits = model.lm_head.output.save()
+    >>> tr.routing.languages, tr.output.logits.shape[0]
+    (('default',), 2)
+    >>> with mi.trace(model, mi.RouterRecord()) as tr:
+    ...     with tr.invoke("Hello", group="en"):
+    ...         pass
+    ...     with tr.invoke("Hallo Welt", group="de"):
+    ...         pass
+    >>> tr.routing.languages
+    ('en', 'de')
+    ```
+    """
+    return _open(model, args, None, False, kwargs)
+
+
+def generate(model: Any, *args: Any, **kwargs: Any) -> RoutingTracer:
+    """Like `trace`, around the model's `generate`; interventions apply at every step.
+
+    `mi.generate(model, prompt, *interventions, max_new_tokens=..., **generate_kwargs)`.
+    After the block: `gen.text` (decoded continuations), `gen.output` (token ids),
+    `gen.routing` (prompt and generated tokens, when a `RouterRecord` was given).
+
+    ```python
+    >>> with mi.generate(model, "Once upon", mi.RouterRecord(), max_new_tokens=8, do_sample=False) as gen:
+    ...     pass
+    >>> len(gen.text), gen.routing.tokens.item() > 8
+    (1, True)
+    ```
+    """
+    bound = type(model).generate.__wrapped__.__get__(model)
+    return _open(model, args, bound, True, kwargs)

@@ -1,0 +1,108 @@
+"""Tiny MoE models for tests, docs and the offline demo: built from configs, no downloads."""
+
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+
+__all__ = ["byte_tokenizer", "tiny_config", "tiny_model", "TINY_ARCHITECTURES"]
+
+_SPECIALS = ("<pad>", "<s>", "</s>")
+VOCAB_SIZE = 256 + len(_SPECIALS)
+
+_SMALL = dict(
+    hidden_size=32, intermediate_size=64, moe_intermediate_size=32, shared_expert_intermediate_size=32,
+    num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=8, vocab_size=VOCAB_SIZE,
+    max_position_embeddings=256, num_experts=8, num_local_experts=8, n_routed_experts=8,
+    num_experts_per_tok=2, n_group=2, topk_group=1, first_k_dense_replace=1, kv_lora_rank=16, q_lora_rank=16,
+    qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8, n_shared_experts=1, pad_token_id=0, bos_token_id=1,
+    eos_token_id=2, tie_word_embeddings=False,
+)
+# Per-architecture departures from _SMALL (nested configs, different names).
+_OVERRIDES: dict[str, dict] = {
+    "dbrx": dict(d_model=32, n_heads=4, n_layers=4, max_seq_len=256,
+                 attn_config={"kv_n_heads": 2, "rope_theta": 10000.0},
+                 ffn_config={"ffn_hidden_size": 32, "moe_num_experts": 8, "moe_top_k": 2}),
+    "llama4_text": dict(interleave_moe_layer_step=1, intermediate_size_mlp=64, num_local_experts=8,
+                        num_experts_per_tok=1, attention_chunk_size=64),
+    "mixtral": dict(sliding_window=None),
+    "gpt_oss": dict(layer_types=None, sliding_window=16, num_local_experts=8),
+    "qwen2_moe": dict(decoder_sparse_step=1, mlp_only_layers=[0]),
+    "qwen3_moe": dict(decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=True),
+}
+TINY_ARCHITECTURES = ("qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "gpt_oss", "deepseek_v3", "granitemoe")
+
+
+def byte_tokenizer(padding_side: str = "left") -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer (256 bytes + `<pad>`, `<s>`, `</s>`), built offline.
+
+    ```python
+    >>> tok = mi.zoo.byte_tokenizer()
+    >>> tok("hé").input_ids, tok.decode(tok("hé").input_ids)
+    ([107, 198, 172], 'hé')
+    ```
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {token: i for i, token in enumerate(_SPECIALS)}
+    for char in _byte_chars():  # token id = 3 + byte value
+        vocab[char] = len(vocab)
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   padding_side=padding_side)
+
+
+def _byte_chars() -> list[str]:
+    """The printable stand-in ByteLevel uses for each byte 0..255 (printable bytes map to
+    themselves, the others to code points from 256 up, in byte order)."""
+    printable = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
+    chars, extra = [], 0
+    for byte in range(256):
+        if byte in printable:
+            chars.append(chr(byte))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
+def tiny_config(model_type: str, **overrides: Any) -> Any:
+    """A tiny config (hidden 32, 4 layers, 8 experts, top-2) of a transformers MoE type."""
+    base = AutoConfig.for_model(model_type)
+    values = {k: v for k, v in _SMALL.items() if hasattr(base, k)}
+    values.update(_OVERRIDES.get(model_type, {}))
+    values.update(overrides)
+    return AutoConfig.for_model(model_type, **values)
+
+
+def tiny_model(model_type: str = "qwen3_moe", seed: int = 0, padding_side: str = "left",
+               router_std: float = 0.5, **overrides: Any) -> Any:
+    """A wrapped random tiny MoE model with a byte tokenizer; routers re-drawn so tokens differ.
+
+    `from_config` zero-initialises several routers (every token would route alike); their
+    parameters (weights, biases, DeepSeek-V3's correction bias) are redrawn from
+    `normal(0, router_std)`.
+
+    ```python
+    >>> model = mi.zoo.tiny_model("mixtral")
+    >>> mi.describe(model).moe_layers
+    (0, 1, 2, 3)
+    ```
+    """
+    from .arch._spec import describe
+    from .loading import wrap
+
+    torch.manual_seed(seed)
+    hf = AutoModelForCausalLM.from_config(tiny_config(model_type, **overrides)).eval()
+    spec = describe(hf)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for path in spec.routers:
+            for param in hf.get_submodule(path).parameters():
+                param.copy_(torch.randn(param.shape, generator=generator) * router_std)
+            for name, buffer in hf.get_submodule(path).named_buffers():
+                if "bias" in name:
+                    buffer.copy_(torch.randn(buffer.shape, generator=generator) * router_std)
+    return wrap(hf, byte_tokenizer(padding_side))
