@@ -1,0 +1,130 @@
+"""Confidence intervals by resampling items (texts) within each language.
+
+Needs the per-item counts `RoutingStats.item_count` that `mi.profile` keeps. Each resample
+draws, for every language, as many items as it has, with replacement; the statistic is
+recomputed on the counts those items add up to; intervals are percentiles.
+"""
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ..stats import RoutingStats
+from .divergence import LayerSpec, divergence
+from .expert_sets import exclusive_experts, shared_experts, shares
+
+__all__ = ["STATISTICS", "BootstrapResult", "bootstrap", "resample"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BootstrapResult:
+    """Percentile bootstrap of one statistic.
+
+    **Fields:** `estimate` (on the full data), `low` / `high` (the `level` interval, per
+    element), `samples` (`[n, ...]`), `level`, `statistic` (its name), `seed`.
+    """
+
+    estimate: Tensor
+    low: Tensor
+    high: Tensor
+    samples: Tensor
+    level: float
+    statistic: str
+    seed: int
+
+    def __repr__(self) -> str:
+        shape = tuple(self.estimate.shape)
+        return f"BootstrapResult({self.statistic}, shape={shape}, n={len(self.samples)}, level={self.level})"
+
+
+def _divergence(stats: RoutingStats, metric: str = "js", layers: LayerSpec = None) -> Tensor:
+    return divergence(stats, metric, layers)
+
+
+def _shares(stats: RoutingStats, languages: Sequence[str] | None = None, k: int = 15) -> Tensor:
+    return shares(stats, languages, k)
+
+
+def _exclusive_sizes(stats: RoutingStats, k: int = 15, threshold: float = 0.4, layers=None) -> Tensor:
+    return torch.tensor([float(exclusive_experts(stats, l, k=k, threshold=threshold, layers=layers).size)
+                         for l in stats.languages], dtype=torch.float64)
+
+
+def _shared_size(stats: RoutingStats, languages: Sequence[str] | None = None, k: int = 15, threshold: float = 0.4,
+                 layers=None) -> Tensor:
+    return torch.tensor(float(shared_experts(stats, languages, k=k, threshold=threshold, layers=layers).size),
+                        dtype=torch.float64)
+
+
+STATISTICS: dict[str, Callable[..., Tensor]] = {
+    "divergence": _divergence,          # [layer, lang, lang]; kwargs metric, layers
+    "shares": _shares,                  # [lang, layer, expert]; kwargs languages, k
+    "exclusive_sizes": _exclusive_sizes,  # [lang]; kwargs k, threshold, layers
+    "shared_size": _shared_size,        # []; kwargs languages, k, threshold, layers
+}
+
+
+def resample(stats: RoutingStats, generator: torch.Generator) -> RoutingStats:
+    """One bootstrap replicate of `stats`: items drawn with replacement within each language.
+
+    `gate_mass` is not kept per item, so the replicate's `gate_mass` is zero.
+
+    ```python
+    >>> r = resample(items_stats, torch.Generator().manual_seed(0))
+    >>> r.count.shape == items_stats.count.shape
+    True
+    ```
+    """
+    if stats.item_count is None or stats.item_tokens is None or stats.item_language is None:
+        raise ValueError("these stats keep no per-item counts (item_count); record them with mi.profile, "
+                         "which keeps them, to bootstrap over items")
+    n_items = stats.item_count.shape[0]
+    weights = torch.zeros(len(stats.languages), n_items, dtype=torch.float64)
+    for lang in range(len(stats.languages)):
+        members = (stats.item_language == lang).nonzero().flatten()
+        if len(members):
+            drawn = members[torch.randint(len(members), (len(members),), generator=generator)]
+            weights[lang].index_add_(0, drawn, torch.ones(len(drawn), dtype=torch.float64))
+    flat = stats.item_count.reshape(n_items, -1).double()
+    count = (weights @ flat).round().long().reshape(stats.count.shape)
+    tokens = (weights @ stats.item_tokens.double()).round().long()
+    return RoutingStats(stats.languages, stats.layers, stats.num_experts, stats.top_k, count,
+                        torch.zeros(count.shape, dtype=torch.float64), tokens, meta={**stats.meta, "bootstrap": True})
+
+
+def bootstrap(stats: RoutingStats, statistic: str | Callable[[RoutingStats], Tensor] = "divergence", n: int = 200,
+              level: float = 0.95, seed: int = 0, **kwargs) -> BootstrapResult:
+    """Percentile confidence intervals of a statistic, resampling items within languages.
+
+    **Arguments:** `statistic`: a name in `STATISTICS` (`"divergence"`, `"shares"`,
+    `"exclusive_sizes"`, `"shared_size"`; `kwargs` go to it) or any function
+    `RoutingStats -> Tensor`; `n` replicates; `level` of the interval; `seed`.
+
+    ```python
+    >>> ci = bootstrap(items_stats, "exclusive_sizes", n=100, seed=0, k=4, threshold=0.4)
+    >>> bool((ci.low <= ci.estimate).all() and (ci.estimate <= ci.high).all())
+    True
+    ```
+    """
+    if isinstance(statistic, str):
+        if statistic not in STATISTICS:
+            raise ValueError(f"unknown statistic {statistic!r}; use one of {sorted(STATISTICS)} or a function")
+        name, base = statistic, STATISTICS[statistic]
+        function = lambda s: base(s, **kwargs)  # noqa: E731
+    else:
+        if kwargs:
+            raise TypeError("keyword arguments only apply to named statistics; close over them in your function")
+        name, function = getattr(statistic, "__name__", "custom"), statistic
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    generator = torch.Generator().manual_seed(seed)
+    samples = torch.stack([torch.as_tensor(function(resample(stats, generator))).double() for _ in range(n)])
+    estimate = torch.as_tensor(function(stats)).double()
+    alpha = (1 - level) / 2
+    quantiles = torch.tensor([alpha, 1 - alpha], dtype=torch.float64)
+    low, high = torch.nanquantile(samples, quantiles, dim=0)
+    return BootstrapResult(estimate, low, high, samples, level, name, seed)

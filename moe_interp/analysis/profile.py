@@ -1,0 +1,94 @@
+"""Where in depth routing is language-specific: per-layer profiles and early/middle/late summaries."""
+
+import dataclasses
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from ..stats import RoutingStats
+from .divergence import PAPER_BANDS, band_average, divergence, entropy, mean_offdiagonal
+from .expert_sets import shares
+
+__all__ = ["LayerProfile", "layer_profile"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LayerProfile:
+    """Per MoE layer: how differently languages route, and how many experts they share.
+
+    **Fields:** `languages`, `layers` (real indices), `mean_divergence[layer]` (mean over
+    language pairs), `shared_fraction[layer]` (shared experts / experts any language
+    keeps in its top-`k`), `shared[layer]` and `exclusive[lang, layer]` (expert counts, the
+    paper's algorithm over all languages), `entropy[lang, layer]` (normalised), and the
+    settings `metric`, `k`, `threshold`.
+    """
+
+    languages: tuple[str, ...]
+    layers: tuple[int, ...]
+    mean_divergence: Float[Tensor, " layer"]
+    shared_fraction: Float[Tensor, " layer"]
+    shared: Int[Tensor, " layer"]
+    exclusive: Int[Tensor, "lang layer"]
+    entropy: Float[Tensor, "lang layer"]
+    metric: str
+    k: int
+    threshold: float
+
+    def bands(self, edges=PAPER_BANDS) -> dict[str, dict[str, float]]:
+        """Early / middle / late means (`edges` as in `divergence.bands`) of every quantity.
+
+        ```python
+        >>> prof = layer_profile(p)                       # released MGSM counts
+        >>> b = prof.bands()
+        >>> b["middle"]["mean_divergence"] < min(b["early"]["mean_divergence"], b["late"]["mean_divergence"])
+        True
+        ```
+        """
+        per_layer = {"mean_divergence": self.mean_divergence, "shared_fraction": self.shared_fraction,
+                     "shared": self.shared.double(), "exclusive": self.exclusive.double().sum(0),
+                     "entropy": self.entropy.nanmean(0)}
+        out: dict[str, dict[str, float]] = {}
+        for name, values in per_layer.items():
+            for band, value in band_average(values, self.layers, edges).items():
+                out.setdefault(band, {})[name] = float(value)
+        return out
+
+    def to_pandas(self):
+        """One row per layer: the quantities above, `exclusive` summed and per language.
+
+        ```python
+        >>> layer_profile(p).to_pandas().columns[:4].tolist()
+        ['layer', 'mean_divergence', 'shared_fraction', 'shared']
+        ```
+        """
+        import pandas as pd
+
+        frame = pd.DataFrame({"layer": list(self.layers), "mean_divergence": self.mean_divergence.numpy(),
+                              "shared_fraction": self.shared_fraction.numpy(), "shared": self.shared.numpy(),
+                              "exclusive": self.exclusive.sum(0).numpy(), "entropy": self.entropy.nanmean(0).numpy()})
+        for i, language in enumerate(self.languages):
+            frame[f"exclusive_{language}"] = self.exclusive[i].numpy()
+            frame[f"entropy_{language}"] = self.entropy[i].numpy()
+        return frame
+
+
+def layer_profile(stats: RoutingStats, metric: str = "js", k: int = 15, threshold: float = 0.4) -> LayerProfile:
+    """Per-layer mean divergence, shared fraction, exclusive counts and entropy.
+
+    Exclusive (`share > threshold`) and shared (`any share > 0 and all < threshold`)
+    experts use the paper's algorithm with all languages of `stats` and top-`k`.
+
+    ```python
+    >>> prof = layer_profile(p)
+    >>> int(prof.exclusive[p.language_index("sw")].sum())    # as p.exclusive_experts("sw").size
+    271
+    ```
+    """
+    p = shares(stats, None, k)
+    used = (p > 0).any(0)
+    shared = (used & (p < threshold).all(0)).sum(-1)
+    exclusive = (p > threshold).sum(-1)
+    fraction = shared.double() / used.sum(-1).clamp(min=1).double()
+    return LayerProfile(tuple(stats.languages), tuple(stats.layers), mean_offdiagonal(divergence(stats, metric)),
+                        fraction, shared.long(), exclusive.long(), entropy(stats), metric, k, float(threshold))
