@@ -257,6 +257,191 @@ class RoutingStats:
 
         return shared_experts(self, languages, k=k, threshold=threshold, layers=layers)
 
+    def entropy(self) -> Float[Tensor, "lang layer"]:
+        """Entropy of each routing distribution over `log(num_experts)`: 1 = all experts equally used.
+
+        ```python
+        >>> p.entropy().shape                     # released MGSM counts: 8 languages, 48 layers
+        torch.Size([8, 48])
+        ```
+        """
+        from .analysis.divergence import entropy
+
+        return entropy(self)
+
+    def divergence(self, metric: str = "js", layers: Any = None) -> Float[Tensor, "layer lang lang"]:
+        """Per layer, the `[lang, lang]` divergence of routing distributions.
+
+        `metric`: `"js"` (Jensen-Shannon, base 2; PAPER.md section 5), `"cosine"`,
+        `"hellinger"` or `"kl_sym"`; `layers`: `None`, `"early"`/`"middle"`/`"late"` or
+        real indices. Average over a band with `moe_interp.analysis.divergence.band_average`.
+
+        ```python
+        >>> js = p.divergence()
+        >>> round(float(js[:16, p.language_index("sw"), p.language_index("en")].mean()), 3)
+        0.284
+        ```
+        """
+        from .analysis.divergence import divergence
+
+        return divergence(self, metric, layers)
+
+    def similarity(self, metric: str = "js", layers: Any = None) -> Float[Tensor, "layer lang lang"]:
+        """`1 - divergence(metric, layers)` for the bounded metrics (1 = identical routing).
+
+        ```python
+        >>> float(p.similarity(layers="middle")[0, 0, 0])
+        1.0
+        ```
+        """
+        from .analysis.divergence import similarity
+
+        return similarity(self, metric, layers)
+
+    def cluster(self, metric: str = "js", layers: Any = None, method: str = "average") -> Any:
+        """Hierarchical clustering (scipy linkage) of the languages on their mean divergence.
+
+        ```python
+        >>> c = p.cluster(layers="middle")
+        >>> c.assignments(2)["es"] == c.assignments(2)["fr"]
+        True
+        ```
+        """
+        from .analysis.clustering import cluster
+
+        return cluster(self, metric, layers, method)
+
+    def family_agreement(self, metric: str = "js", layers: Any = None, level: str = "family",
+                         script: str | None = None, **kwargs: Any) -> Any:
+        """How well routing clusters follow language families: ARI, within/between divergence, ...
+
+        Also reported within each script (`by_script`), since script alone separates languages.
+
+        ```python
+        >>> a = p.family_agreement()
+        >>> a.n_families, round(a.ari, 3), round(a.ratio, 3)
+        (4, 0.583, 0.644)
+        ```
+        """
+        from .analysis.clustering import family_agreement
+
+        return family_agreement(self, metric, layers, level=level, script=script, **kwargs)
+
+    def layer_profile(self, metric: str = "js", k: int = 15, threshold: float = 0.4) -> Any:
+        """Per layer: mean divergence, shared fraction, exclusive counts, entropy; `.bands()` summaries.
+
+        ```python
+        >>> prof = p.layer_profile()
+        >>> round(prof.bands()["middle"]["mean_divergence"], 3)
+        0.1
+        ```
+        """
+        from .analysis.profile import layer_profile
+
+        return layer_profile(self, metric, k, threshold)
+
+    def bootstrap(self, statistic: Any = "divergence", n: int = 200, level: float = 0.95, seed: int = 0,
+                  **kwargs: Any) -> Any:
+        """Bootstrap confidence intervals over items (needs per-item counts, kept by `mi.profile`).
+
+        `statistic`: `"divergence"`, `"shares"`, `"exclusive_sizes"`, `"shared_size"` (`kwargs`
+        go to it) or a function `RoutingStats -> Tensor`.
+
+        ```python
+        >>> ci = profile.bootstrap("exclusive_sizes", n=100, seed=0)
+        >>> ci.low.shape == ci.estimate.shape == (len(profile.languages),)
+        True
+        ```
+        """
+        from .analysis.bootstrap import bootstrap
+
+        return bootstrap(self, statistic, n=n, level=level, seed=seed, **kwargs)
+
+    def to_pandas(self) -> Any:
+        """Tidy long table: one row per (language, layer, expert) with count, gate mass, frequency.
+
+        ```python
+        >>> df = p.to_pandas()
+        >>> df.columns.tolist(), len(df)
+        (['language', 'layer', 'expert', 'count', 'gate_mass', 'frequency', 'tokens'], 49152)
+        ```
+        """
+        import pandas as pd
+
+        n_lang, n_layer, n_expert = self.count.shape
+        lang = torch.arange(n_lang).repeat_interleave(n_layer * n_expert)
+        return pd.DataFrame({
+            "language": pd.Categorical.from_codes(lang.numpy(), categories=list(self.languages)),
+            "layer": torch.tensor(self.layers).repeat_interleave(n_expert).repeat(n_lang).numpy(),
+            "expert": torch.arange(n_expert).repeat(n_lang * n_layer).numpy(),
+            "count": self.count.reshape(-1).cpu().numpy(),
+            "gate_mass": self.gate_mass.reshape(-1).double().cpu().numpy(),
+            "frequency": self.frequency().reshape(-1).cpu().numpy(),
+            "tokens": self.tokens.cpu()[lang].numpy(),
+        })
+
+    # -- figures (moe_interp.plots; plotly figures, never shown) ------------------
+
+    def plot_heatmap(self, language: str | None = None, **kwargs: Any) -> Any:
+        """Routing frequency heatmap (layer x expert) of one language, or all with a selector.
+
+        ```python
+        >>> p.plot_heatmap("en").data[0].type
+        'heatmap'
+        ```
+        """
+        from .plots import routing_heatmap
+
+        return routing_heatmap(self, language, **kwargs)
+
+    def plot_divergence(self, metric: str = "js", layers: Any = None, **kwargs: Any) -> Any:
+        """Divergence matrix averaged over `layers` (or one panel per band with `bands=True`).
+
+        ```python
+        >>> p.plot_divergence(layers="middle").layout.xaxis.title.text
+        'language'
+        ```
+        """
+        from .plots import divergence_heatmap
+
+        return divergence_heatmap(self, metric, layers, **kwargs)
+
+    def plot_dendrogram(self, metric: str = "js", layers: Any = None, **kwargs: Any) -> Any:
+        """Dendrogram of the languages' routing, leaves coloured by language family.
+
+        ```python
+        >>> len(p.plot_dendrogram().data) > 0
+        True
+        ```
+        """
+        from .plots import dendrogram
+
+        return dendrogram(self, metric, layers, **kwargs)
+
+    def plot_layer_profile(self, **kwargs: Any) -> Any:
+        """Layer-profile curves: mean divergence, shared fraction, entropy, exclusive counts.
+
+        ```python
+        >>> p.plot_layer_profile().layout.xaxis2.title.text
+        'MoE layer'
+        ```
+        """
+        from .plots import layer_profile
+
+        return layer_profile(self, **kwargs)
+
+    def plot_expert_counts(self, **kwargs: Any) -> Any:
+        """Exclusive experts per language, and experts each shares with a reference language.
+
+        ```python
+        >>> p.plot_expert_counts().data[0].name
+        'exclusive'
+        ```
+        """
+        from .plots import expert_counts
+
+        return expert_counts(self, **kwargs)
+
     # -- files ---------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -1,0 +1,241 @@
+"""Plotly figures of `RoutingStats` analyses. Every function returns a `go.Figure` and never shows it.
+
+```python
+>>> fig = mi.plots.divergence_heatmap(p, layers="middle")     # p: released MGSM counts
+>>> fig.write_html("divergence.html", include_plotlyjs=True)  # self-contained, offline
+```
+"""
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+from .analysis.divergence import METRICS, PAPER_BANDS, divergence, resolve_layers
+from .analysis.divergence import bands as _bands
+from .stats import RoutingStats
+
+__all__ = ["dendrogram", "divergence_heatmap", "expert_counts", "layer_profile", "routing_heatmap"]
+
+_METRIC_NAMES = {"js": "Jensen-Shannon divergence", "cosine": "cosine distance", "hellinger": "Hellinger distance",
+                 "kl_sym": "symmetric KL (bits)"}
+
+
+def routing_heatmap(stats: RoutingStats, language: str | None = None, value: str = "frequency") -> go.Figure:
+    """Heatmap of how often each expert is used, MoE layer (y) by expert (x), per language.
+
+    With `language=None` there is one trace per language and a menu to switch between
+    them (the first is shown). `value`: `"frequency"` (`count / tokens`, rows sum to
+    `top_k`) or `"gate_mass"` (routing weight per token).
+
+    ```python
+    >>> fig = routing_heatmap(p, "sw")
+    >>> fig.data[0].z.shape, fig.layout.yaxis.title.text
+    ((48, 128), 'MoE layer')
+    ```
+    """
+    if value not in ("frequency", "gate_mass"):
+        raise ValueError(f"value must be 'frequency' or 'gate_mass', got {value!r}")
+    chosen = list(stats.languages) if language is None else [stats.languages[stats.language_index(language)]]
+    per_token = stats.frequency() if value == "frequency" else (
+        stats.gate_mass.double() / stats.tokens.clamp(min=1).double()[:, None, None])
+    zmax = float(per_token[[stats.language_index(l) for l in chosen]].max())
+    fig = go.Figure()
+    for n, lang in enumerate(chosen):
+        fig.add_trace(go.Heatmap(z=per_token[stats.language_index(lang)].numpy(), x=list(range(stats.num_experts)),
+                                 y=list(stats.layers), name=lang, visible=n == 0, zmin=0.0, zmax=zmax,
+                                 colorscale="Viridis", colorbar={"title": {"text": f"{value} per token"}},
+                                 hovertemplate="layer %{y}<br>expert %{x}<br>%{z:.4f}<extra>" + lang + "</extra>"))
+    title = f"Routing {value} per token" + (f": {chosen[0]}" if len(chosen) == 1 else "")
+    fig.update_layout(title={"text": title}, xaxis_title="expert", yaxis_title="MoE layer")
+    if len(chosen) > 1:
+        buttons = [{"label": lang, "method": "update",
+                    "args": [{"visible": [i == n for i in range(len(chosen))]},
+                             {"title": {"text": f"Routing {value} per token: {lang}"}}]}
+                   for n, lang in enumerate(chosen)]
+        fig.update_layout(title={"text": f"Routing {value} per token: {chosen[0]}"},
+                          updatemenus=[{"buttons": buttons, "x": 1.0, "xanchor": "right", "y": 1.15,
+                                        "yanchor": "top", "direction": "down"}])
+    return fig
+
+
+def _matrix_trace(matrix: np.ndarray, labels: list[str], zmax: float, metric: str, showscale: bool) -> go.Heatmap:
+    return go.Heatmap(z=matrix, x=labels, y=labels, zmin=0.0, zmax=zmax, colorscale="Magma_r", showscale=showscale,
+                      colorbar={"title": {"text": metric}},
+                      texttemplate="%{z:.3f}", hovertemplate="%{y} vs %{x}: %{z:.4f}<extra></extra>")
+
+
+def divergence_heatmap(stats: RoutingStats, metric: str = "js", layers: Any = None, bands: bool = False,
+                       edges: Sequence[float] = PAPER_BANDS) -> go.Figure:
+    """Language x language divergence, averaged over `layers`, or one panel per band.
+
+    `bands=True` draws early / middle / late panels with `edges`
+    (default `MoESpec.band`'s; `moe_interp.analysis.divergence.THIRDS` for PAPER.md's).
+
+    ```python
+    >>> fig = divergence_heatmap(p, layers="middle")
+    >>> fig.data[0].z.shape, fig.layout.xaxis.title.text
+    ((8, 8), 'language')
+    >>> len(divergence_heatmap(p, bands=True).data)
+    3
+    ```
+    """
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; use one of {METRICS}")
+    labels = list(stats.languages)
+    name = _METRIC_NAMES[metric]
+    if not bands:
+        per_layer = divergence(stats, metric, layers)
+        matrix = per_layer.mean(0).numpy()
+        used = [stats.layers[i] for i in resolve_layers(stats, layers)]
+        zmax = 1.0 if metric != "kl_sym" else float(np.nanmax(matrix))
+        fig = go.Figure(_matrix_trace(matrix, labels, zmax, metric, True))
+        span = f"layers {used[0]}-{used[-1]}" if used == list(range(used[0], used[-1] + 1)) else f"{len(used)} layers"
+        fig.update_layout(title={"text": f"{name}, mean over {span}"}, xaxis_title="language", yaxis_title="language",
+                          yaxis_autorange="reversed")
+        return fig
+    per_layer = divergence(stats, metric)
+    parts = _bands(stats.layers, edges)
+    matrices = {b: per_layer[[stats.layer_index(l) for l in members]].mean(0).numpy() for b, members in parts.items()}
+    zmax = 1.0 if metric != "kl_sym" else float(max(np.nanmax(m) for m in matrices.values()))
+    fig = make_subplots(rows=1, cols=len(parts), horizontal_spacing=0.08,
+                        subplot_titles=[f"{b}: layers {m[0]}-{m[-1]}" for b, m in parts.items()])
+    for i, (band, matrix) in enumerate(matrices.items(), start=1):
+        fig.add_trace(_matrix_trace(matrix, labels, zmax, metric, i == len(parts)), row=1, col=i)
+        fig.update_xaxes(title_text="language", row=1, col=i)
+        fig.update_yaxes(title_text="language" if i == 1 else None, autorange="reversed", row=1, col=i)
+    fig.update_layout(title={"text": f"{name} by layer band"})
+    return fig
+
+
+def _family_colors(families: Sequence[str]) -> dict[str, str]:
+    palette = qualitative.D3 + qualitative.Set2 + qualitative.Dark24
+    return {family: palette[i % len(palette)] for i, family in enumerate(sorted(set(families)))}
+
+
+def _family_of(language: str, families: Mapping[str, str] | None) -> str:
+    if families is not None and language in families:
+        return families[language]
+    from . import languages
+
+    try:
+        return languages.info(language).family
+    except KeyError:
+        return "unknown"
+
+
+def dendrogram(stats: RoutingStats, metric: str = "js", layers: Any = None, method: str = "average",
+               families: Mapping[str, str] | None = None) -> go.Figure:
+    """Dendrogram of the languages' mean routing divergence; leaves coloured by family.
+
+    Families come from `moe_interp.languages` unless `families` maps a label to one.
+
+    ```python
+    >>> fig = dendrogram(p, layers="middle")
+    >>> sorted(t.name for t in fig.data if t.mode == "markers+text")
+    ['Indo-European', 'Japonic', 'Niger-Congo', 'Sino-Tibetan']
+    ```
+    """
+    from scipy.cluster.hierarchy import dendrogram as scipy_dendrogram
+
+    from .analysis.clustering import cluster
+
+    if len(stats.languages) < 2:
+        raise ValueError("a dendrogram needs at least 2 languages")
+    clustering = cluster(stats, metric, layers, method)
+    tree = scipy_dendrogram(clustering.linkage, labels=list(clustering.languages), no_plot=True)
+    xs, ys = [], []
+    for icoord, dcoord in zip(tree["icoord"], tree["dcoord"]):
+        xs += list(icoord) + [None]
+        ys += list(dcoord) + [None]
+    fig = go.Figure(go.Scatter(x=xs, y=ys, mode="lines", line={"color": "#555", "width": 2}, name="tree",
+                               showlegend=False, hoverinfo="skip"))
+    leaves = tree["ivl"]
+    positions = [5 + 10 * i for i in range(len(leaves))]
+    family = {leaf: _family_of(leaf, families) for leaf in leaves}
+    colors = _family_colors(list(family.values()))
+    for fam in sorted(set(family.values())):
+        members = [(x, leaf) for x, leaf in zip(positions, leaves) if family[leaf] == fam]
+        fig.add_trace(go.Scatter(x=[x for x, _ in members], y=[0.0] * len(members), mode="markers+text",
+                                 text=[leaf for _, leaf in members], textposition="bottom center", name=fam,
+                                 marker={"color": colors[fam], "size": 14}, textfont={"color": colors[fam]},
+                                 hovertemplate="%{text}<extra>" + fam + "</extra>"))
+    top = float(np.max(clustering.linkage[:, 2])) if len(clustering.linkage) else 1.0
+    fig.update_layout(title={"text": f"Languages clustered by routing ({method} linkage, {metric})"},
+                      xaxis={"title": {"text": "language"}, "tickvals": positions, "ticktext": leaves,
+                             "range": [0, 10 * len(leaves)]},
+                      yaxis={"title": {"text": f"{_METRIC_NAMES[metric]} (merge height)"},
+                             "range": [-0.12 * top, 1.05 * top]},
+                      legend={"title": {"text": "family"}})
+    return fig
+
+
+def layer_profile(stats: RoutingStats, metric: str = "js", k: int = 15, threshold: float = 0.4,
+                  edges: Sequence[float] = PAPER_BANDS) -> go.Figure:
+    """Per-layer curves: mean divergence, shared fraction and entropy (top), exclusive experts (bottom).
+
+    Dotted vertical lines mark the early / middle / late band edges.
+
+    ```python
+    >>> fig = layer_profile(p)
+    >>> [t.name for t in fig.data][:3]
+    ['mean divergence (js)', 'shared fraction', 'mean entropy']
+    ```
+    """
+    from .analysis.profile import layer_profile as compute
+
+    prof = compute(stats, metric, k, threshold)
+    x = list(prof.layers)
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.5, 0.5])
+    for name, values in ((f"mean divergence ({metric})", prof.mean_divergence), ("shared fraction", prof.shared_fraction),
+                         ("mean entropy", prof.entropy.nanmean(0))):
+        fig.add_trace(go.Scatter(x=x, y=values.numpy(), mode="lines+markers", name=name), row=1, col=1)
+    palette = qualitative.D3 + qualitative.Dark24
+    for i, language in enumerate(stats.languages):
+        fig.add_trace(go.Scatter(x=x, y=prof.exclusive[i].numpy(), mode="lines", name=f"exclusive: {language}",
+                                 line={"color": palette[i % len(palette)]}), row=2, col=1)
+    for members in list(_bands(prof.layers, edges).values())[1:]:
+        for row in (1, 2):
+            fig.add_vline(x=members[0] - 0.5, line={"dash": "dot", "color": "grey"}, row=row, col=1)
+    fig.update_yaxes(title_text="value (0-1)", row=1, col=1)
+    fig.update_yaxes(title_text=f"exclusive experts (k={k}, >{threshold})", row=2, col=1)
+    fig.update_xaxes(title_text="MoE layer", row=2, col=1)
+    fig.update_xaxes(title_text="MoE layer", row=1, col=1)
+    fig.update_layout(title={"text": "Layer profile of routing across languages"}, height=700)
+    return fig
+
+
+def expert_counts(stats: RoutingStats, reference: str | None = None, k: int = 15, threshold: float = 0.4,
+                  shared_k: int = 20, shared_threshold: float = 0.7, shared_layers: Any = "middle") -> go.Figure:
+    """Bars per language: exclusive experts (among all languages) and experts shared with `reference`.
+
+    Exclusive: the paper's algorithm with `k`, `threshold` over all layers. Shared: the
+    steering set of `(reference, language)` with `shared_k`, `shared_threshold` over
+    `shared_layers` (default the middle band; `reference` defaults to `"en"` if present).
+
+    ```python
+    >>> fig = expert_counts(p)
+    >>> dict(zip(fig.data[0].x, fig.data[0].y))["sw"]
+    271
+    ```
+    """
+    if reference is None:
+        reference = "en" if "en" in stats.languages else stats.languages[0]
+    stats.language_index(reference)
+    languages = list(stats.languages)
+    exclusive = [stats.exclusive_experts(l, k=k, threshold=threshold).size for l in languages]
+    positions = resolve_layers(stats, shared_layers)
+    layer_list = [stats.layers[i] for i in positions]
+    others = [l for l in languages if l != reference]
+    shared = [stats.shared_experts([reference, l], k=shared_k, threshold=shared_threshold, layers=layer_list).size
+              for l in others]
+    fig = go.Figure([go.Bar(x=languages, y=exclusive, name="exclusive", text=exclusive, textposition="outside"),
+                     go.Bar(x=others, y=shared, name=f"shared with {reference}", text=shared, textposition="outside")])
+    fig.update_layout(barmode="group", xaxis_title="language", yaxis_title="(layer, expert) pairs",
+                      title={"text": f"Exclusive experts (k={k}, >{threshold}, all layers) and experts shared with "
+                                     f"{reference} (k={shared_k}, <{shared_threshold}, layers {layer_list[0]}-"
+                                     f"{layer_list[-1]})"})
+    return fig
