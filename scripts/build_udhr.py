@@ -11,7 +11,9 @@ What it does:
   paragraphs, so only the section aligns) and `article.<n>.<k>` (paragraph or list item k of
   article n, the numbering of the English text: 50 paragraphs in 30 articles);
 - keeps a translation only if it has a non-empty preamble and exactly the English article
-  paragraphs (many translations merge the two paragraphs of article 2, or split others);
+  paragraphs (many translations merge the two paragraphs of article 2, or split others), no
+  placeholder for missing text (`&1`), and no paragraph whose length ratio to the English one is
+  more than 4x off the translation's median ratio (headings taken for paragraphs, shifts);
 - keeps one translation per ISO 639-3 code (`PREFERRED` picks among orthographies/variants, else
   the package's own code, not OHCHR's numbered duplicates), and only languages with a family in
   `FAMILIES` (hand-written, Glottolog top-level family and a branch);
@@ -48,39 +50,41 @@ PREFERRED = {
     "ven": "ven", "vie": "vie", "zlm": "mly_latn", "acu": "acu",
 }
 
-# ISO 639-3 -> (family, branch). Families follow Glottolog's top-level families (isolates are
-# their own family); "Creole" and "Constructed" are kept apart from their lexifiers on purpose.
+# ISO 639-3 -> (family, branch), in the conventions of `moe_interp/languages.py` (whose table
+# `udhr_languages()` prefers where it lists a language): top-level genealogical units, the
+# traditional Niger-Congo (with Mande, Ijoid) and Nilo-Saharan; isolates are their own family;
+# "Creole" and "Constructed" are kept apart from their lexifiers on purpose.
 _F = """
-aar Afro-Asiatic Cushitic | abk Abkhaz-Adyge - | abs Austronesian Malayic | ace Austronesian Chamic
-acf Creole French-based | acu Chicham - | ada Atlantic-Congo Kwa | ady Abkhaz-Adyge -
-afr Indo-European Germanic | agr Chicham - | ajg Atlantic-Congo Kwa | als Indo-European Albanian
-alt Turkic Kipchak | amc Pano-Tacanan Panoan | ame Arawakan - | ami Austronesian Formosan
+aar Afro-Asiatic Cushitic | abk Abkhaz-Adyghe - | abs Austronesian Malayic | ace Austronesian Chamic
+acf Creole French-based | acu Chicham - | ada Niger-Congo Kwa | ady Abkhaz-Adyghe -
+afr Indo-European Germanic | agr Chicham - | ajg Niger-Congo Kwa | als Indo-European Albanian
+alt Turkic Kipchak | amc Panoan - | ame Arawakan - | ami Austronesian Formosan
 amr Harakmbut - | arb Afro-Asiatic Semitic | arl Zaparoan - | arn Araucanian -
 ast Indo-European Romance | ayr Aymaran - | azb Turkic Oghuz | azj Turkic Oghuz
-bam Mande Manding | ban Austronesian Malayo-Polynesian | bax Atlantic-Congo Grassfields
-bci Atlantic-Congo Kwa | bcl Austronesian Philippine | bel Indo-European Slavic
-ben Indo-European Indo-Aryan | bho Indo-European Indo-Aryan | bin Atlantic-Congo Edoid
-bis Creole English-based | blt Tai-Kadai Tai | boa Boran - | bod Sino-Tibetan Tibetic
+bam Niger-Congo Mande | ban Austronesian Malayo-Polynesian | bax Niger-Congo Grassfields
+bci Niger-Congo Kwa | bcl Austronesian Philippine | bel Indo-European Slavic
+ben Indo-European Indo-Aryan | bho Indo-European Indo-Aryan | bin Niger-Congo Edoid
+bis Creole English-based | blt Kra-Dai Tai | boa Boran - | bod Sino-Tibetan Tibetic
 bos Indo-European Slavic | bre Indo-European Celtic | bug Austronesian Malayo-Polynesian
-bul Indo-European Slavic | bum Atlantic-Congo Bantu | cab Arawakan - | cak Mayan -
-cat Indo-European Romance | cbr Pano-Tacanan Panoan | cbt Cahuapanan -
+bul Indo-European Slavic | bum Niger-Congo Bantu | cab Arawakan - | cak Mayan -
+cat Indo-European Romance | cbr Panoan - | cbt Cahuapanan -
 ccp Indo-European Indo-Aryan | ceb Austronesian Philippine | ces Indo-European Slavic
 cfm Sino-Tibetan Kuki-Chin | cha Austronesian Malayo-Polynesian | chj Otomanguean Chinantecan
-chk Austronesian Oceanic | chr Iroquoian - | cic Muskogean - | cjk Atlantic-Congo Bantu
+chk Austronesian Oceanic | chr Iroquoian - | cic Muskogean - | cjk Niger-Congo Bantu
 cjy Sino-Tibetan Sinitic | ckb Indo-European Iranian | cmn Sino-Tibetan Sinitic
 cnh Sino-Tibetan Kuki-Chin | cnr Indo-European Slavic | cof Barbacoan -
 cos Indo-European Romance | cot Arawakan - | cpu Arawakan - | crh Turkic Kipchak
 cri Creole Portuguese-based | crs Creole French-based | csa Otomanguean Chinantecan
-ctd Sino-Tibetan Kuki-Chin | cym Indo-European Celtic | dag Atlantic-Congo Gur
-dan Indo-European Germanic | ddn Songhay - | deu Indo-European Germanic | dga Atlantic-Congo Gur
-dip Nilotic - | dyu Mande Manding | ekk Uralic Finnic | ell Indo-European Greek
-emk Mande Manding | eng Indo-European Germanic | epo Constructed - | eus Basque -
-evn Tungusic - | ewe Atlantic-Congo Kwa | fao Indo-European Germanic | fat Atlantic-Congo Kwa
-fij Austronesian Oceanic | fin Uralic Finnic | fkv Uralic Finnic | fon Atlantic-Congo Kwa
+ctd Sino-Tibetan Kuki-Chin | cym Indo-European Celtic | dag Niger-Congo Gur
+dan Indo-European Germanic | ddn Nilo-Saharan Songhay | deu Indo-European Germanic | dga Niger-Congo Gur
+dip Nilo-Saharan Nilotic | dyu Niger-Congo Mande | ekk Uralic Finnic | ell Indo-European Greek
+emk Niger-Congo Mande | eng Indo-European Germanic | epo Constructed - | eus Basque -
+evn Tungusic - | ewe Niger-Congo Kwa | fao Indo-European Germanic | fat Niger-Congo Kwa
+fij Austronesian Oceanic | fin Uralic Finnic | fkv Uralic Finnic | fon Niger-Congo Kwa
 fra Indo-European Romance | frp Indo-European Romance | fry Indo-European Germanic
-fuf Atlantic-Congo Atlantic | fur Indo-European Romance | fuv Atlantic-Congo Atlantic
-fvr Furan - | gaa Atlantic-Congo Kwa | gag Turkic Oghuz | gan Sino-Tibetan Sinitic
-gaz Afro-Asiatic Cushitic | gej Atlantic-Congo Kwa | gjn Atlantic-Congo Kwa
+fuf Niger-Congo Atlantic | fur Indo-European Romance | fuv Niger-Congo Atlantic
+fvr Nilo-Saharan Fur | gaa Niger-Congo Kwa | gag Turkic Oghuz | gan Sino-Tibetan Sinitic
+gaz Afro-Asiatic Cushitic | gej Niger-Congo Kwa | gjn Niger-Congo Kwa
 gla Indo-European Celtic | gld Tungusic - | gle Indo-European Celtic | glg Indo-European Romance
 glv Indo-European Celtic | gsw Indo-European Germanic | guc Arawakan -
 guj Indo-European Indo-Aryan | guu Yanomamic - | hak Sino-Tibetan Sinitic
@@ -89,33 +93,33 @@ hea Hmong-Mien - | heb Afro-Asiatic Semitic | hil Austronesian Philippine
 hin Indo-European Indo-Aryan | hlt Sino-Tibetan Kuki-Chin | hms Hmong-Mien -
 hni Sino-Tibetan Lolo-Burmese | hnj Hmong-Mien - | hrv Indo-European Slavic
 hsb Indo-European Slavic | hsn Sino-Tibetan Sinitic | hun Uralic Ugric | hus Mayan -
-hye Indo-European Armenian | ibb Atlantic-Congo Cross-River | ibo Atlantic-Congo Igboid
-ido Constructed - | idu Atlantic-Congo Idomoid | iii Sino-Tibetan Lolo-Burmese | ijs Ijoid -
+hye Indo-European Armenian | ibb Niger-Congo Cross-River | ibo Niger-Congo Igboid
+ido Constructed - | idu Niger-Congo Idomoid | iii Sino-Tibetan Lolo-Burmese | ijs Niger-Congo Ijoid
 ilo Austronesian Philippine | ina Constructed - | ind Austronesian Malayic
 isl Indo-European Germanic | ita Indo-European Romance | jam Creole English-based
 jav Austronesian Malayo-Polynesian | jiv Chicham - | jpn Japonic - | kaa Turkic Kipchak
 kab Afro-Asiatic Berber | kal Eskimo-Aleut - | kan Dravidian - | kat Kartvelian -
-kaz Turkic Kipchak | kbd Abkhaz-Adyge - | kbp Atlantic-Congo Gur | kdh Atlantic-Congo Gur
+kaz Turkic Kipchak | kbd Abkhaz-Adyghe - | kbp Niger-Congo Gur | kdh Niger-Congo Gur
 kea Creole Portuguese-based | kek Mayan - | kha Austroasiatic Khasian
-khm Austroasiatic Khmeric | kin Atlantic-Congo Bantu | kjh Turkic Siberian
-kmb Atlantic-Congo Bantu | kmr Indo-European Iranian | knc Saharan - | kng Atlantic-Congo Bantu
-koi Uralic Permic | kor Koreanic - | kqn Atlantic-Congo Bantu | kri Creole English-based
-krl Uralic Finnic | ktu Creole Bantu-based | lad Indo-European Romance | lao Tai-Kadai Tai
-lat Indo-European Italic | lij Indo-European Romance | lin Atlantic-Congo Bantu
-lit Indo-European Baltic | lld Indo-European Romance | lob Atlantic-Congo Gur | lot Nilotic -
-loz Atlantic-Congo Bantu | ltz Indo-European Germanic | lua Atlantic-Congo Bantu
-lue Atlantic-Congo Bantu | lus Sino-Tibetan Kuki-Chin | lvs Indo-European Baltic
+khm Austroasiatic Khmeric | kin Niger-Congo Bantu | kjh Turkic Siberian
+kmb Niger-Congo Bantu | kmr Indo-European Iranian | knc Nilo-Saharan Saharan | kng Niger-Congo Bantu
+koi Uralic Permic | kor Koreanic - | kqn Niger-Congo Bantu | kri Creole English-based
+krl Uralic Finnic | ktu Creole Bantu-based | lad Indo-European Romance | lao Kra-Dai Tai
+lat Indo-European Italic | lij Indo-European Romance | lin Niger-Congo Bantu
+lit Indo-European Baltic | lld Indo-European Romance | lob Niger-Congo Gur | lot Nilo-Saharan Nilotic
+loz Niger-Congo Bantu | ltz Indo-European Germanic | lua Niger-Congo Bantu
+lue Niger-Congo Bantu | lus Sino-Tibetan Kuki-Chin | lvs Indo-European Baltic
 mad Austronesian Malayo-Polynesian | mah Austronesian Oceanic | mar Indo-European Indo-Aryan
-maz Otomanguean Otopamean | mcd Pano-Tacanan Panoan | mcf Pano-Tacanan Panoan | men Mande -
-mfq Atlantic-Congo Gur | mic Algic - | min Austronesian Malayic | mkd Indo-European Slavic
-mlt Afro-Asiatic Semitic | mos Atlantic-Congo Gur | mri Austronesian Oceanic
+maz Otomanguean Otopamean | mcd Panoan - | mcf Panoan - | men Niger-Congo Mande
+mfq Niger-Congo Gur | mic Algic - | min Austronesian Malayic | mkd Indo-European Slavic
+mlt Afro-Asiatic Semitic | mos Niger-Congo Gur | mri Austronesian Oceanic
 mwl Indo-European Romance | mxv Otomanguean Mixtecan | mya Sino-Tibetan Lolo-Burmese
-mzi Otomanguean Popolocan | nan Sino-Tibetan Sinitic | nav Athabaskan-Eyak-Tlingit -
-nbl Atlantic-Congo Bantu | ndo Atlantic-Congo Bantu | nds Indo-European Germanic
+mzi Otomanguean Popolocan | nan Sino-Tibetan Sinitic | nav Na-Dene Athabaskan
+nbl Niger-Congo Bantu | ndo Niger-Congo Bantu | nds Indo-European Germanic
 nio Uralic Samoyedic | niu Austronesian Oceanic | niv Nivkh - | njo Sino-Tibetan -
 nld Indo-European Germanic | nno Indo-European Germanic | nob Indo-European Germanic
-nso Atlantic-Congo Bantu | nya Atlantic-Congo Bantu | nym Atlantic-Congo Bantu
-nzi Atlantic-Congo Kwa | oaa Tungusic - | oci Indo-European Romance | orh Tungusic -
+nso Niger-Congo Bantu | nya Niger-Congo Bantu | nym Niger-Congo Bantu
+nzi Niger-Congo Kwa | oaa Tungusic - | oci Indo-European Romance | orh Tungusic -
 oss Indo-European Iranian | ote Otomanguean Otopamean | pam Austronesian Philippine
 pap Creole Portuguese-based | pau Austronesian Malayo-Polynesian | pbu Indo-European Iranian
 pcd Indo-European Romance | pcm Creole English-based | pes Indo-European Iranian
@@ -124,32 +128,32 @@ por Indo-European Romance | pov Creole Portuguese-based | ppl Uto-Aztecan -
 prs Indo-European Iranian | quc Mayan - | qug Quechuan - | qul Quechuan - | quy Quechuan -
 qwh Quechuan - | rar Austronesian Oceanic | rgn Indo-European Romance
 rmn Indo-European Indo-Aryan | roh Indo-European Romance | ron Indo-European Romance
-run Atlantic-Congo Bantu | rup Indo-European Romance | rus Indo-European Slavic
+run Niger-Congo Bantu | rup Indo-European Romance | rus Indo-European Slavic
 sah Turkic Siberian | san Indo-European Indo-Aryan | sco Indo-European Germanic
-shn Tai-Kadai Tai | shp Pano-Tacanan Panoan | sin Indo-European Indo-Aryan
+shn Kra-Dai Tai | shp Panoan - | sin Indo-European Indo-Aryan
 skr Indo-European Indo-Aryan | slk Indo-European Slavic | slr Turkic Oghuz
 slv Indo-European Slavic | sme Uralic Saami | smn Uralic Saami | smo Austronesian Oceanic
-sms Uralic Saami | sna Atlantic-Congo Bantu | snk Mande - | snn Tucanoan -
+sms Uralic Saami | sna Niger-Congo Bantu | snk Niger-Congo Mande | snn Tucanoan -
 spa Indo-European Romance | src Indo-European Romance | srp Indo-European Slavic
-srr Atlantic-Congo Atlantic | ssw Atlantic-Congo Bantu | suk Atlantic-Congo Bantu
-sun Austronesian Malayo-Polynesian | swb Atlantic-Congo Bantu | swe Indo-European Germanic
-swh Atlantic-Congo Bantu | tah Austronesian Oceanic | tam Dravidian - | tat Turkic Kipchak
-tbz Atlantic-Congo Gur | tca Ticuna-Yuri - | tel Dravidian - | tet Austronesian Malayo-Polynesian
-tgk Indo-European Iranian | tgl Austronesian Philippine | tha Tai-Kadai Tai
-tiv Atlantic-Congo Tivoid | tji Sino-Tibetan - | tly Indo-European Iranian | tob Guaicuruan -
-toi Atlantic-Congo Bantu | toj Mayan - | ton Austronesian Oceanic | top Totonacan -
-tpi Creole English-based | tsn Atlantic-Congo Bantu | tso Atlantic-Congo Bantu
-tsz Tarascan - | tuk Turkic Oghuz | tur Turkic Oghuz | twi Atlantic-Congo Kwa
-tyv Turkic Siberian | tzh Mayan - | tzm Afro-Asiatic Berber | tzo Mayan - | udu Koman -
+srr Niger-Congo Atlantic | ssw Niger-Congo Bantu | suk Niger-Congo Bantu
+sun Austronesian Malayo-Polynesian | swb Niger-Congo Bantu | swe Indo-European Germanic
+swh Niger-Congo Bantu | tah Austronesian Oceanic | tam Dravidian - | tat Turkic Kipchak
+tbz Niger-Congo Gur | tca Ticuna-Yuri - | tel Dravidian - | tet Austronesian Malayo-Polynesian
+tgk Indo-European Iranian | tgl Austronesian Philippine | tha Kra-Dai Tai
+tiv Niger-Congo Tivoid | tji Sino-Tibetan - | tly Indo-European Iranian | tob Guaicuruan -
+toi Niger-Congo Bantu | toj Mayan - | ton Austronesian Oceanic | top Totonacan -
+tpi Creole English-based | tsn Niger-Congo Bantu | tso Niger-Congo Bantu
+tsz Tarascan - | tuk Turkic Oghuz | tur Turkic Oghuz | twi Niger-Congo Kwa
+tyv Turkic Siberian | tzh Mayan - | tzm Afro-Asiatic Berber | tzo Mayan - | udu Nilo-Saharan Koman
 uig Turkic Karluk | ukr Indo-European Slavic | urd Indo-European Indo-Aryan
-uzn Turkic Karluk | vai Mande - | vec Indo-European Romance | ven Atlantic-Congo Bantu
-vep Uralic Finnic | vie Austroasiatic Vietic | vmw Atlantic-Congo Bantu
-war Austronesian Philippine | wln Indo-European Romance | wol Atlantic-Congo Atlantic
-wuu Sino-Tibetan Sinitic | xho Atlantic-Congo Bantu | xsm Atlantic-Congo Gur
+uzn Turkic Karluk | vai Niger-Congo Mande | vec Indo-European Romance | ven Niger-Congo Bantu
+vep Uralic Finnic | vie Austroasiatic Vietic | vmw Niger-Congo Bantu
+war Austronesian Philippine | wln Indo-European Romance | wol Niger-Congo Atlantic
+wuu Sino-Tibetan Sinitic | xho Niger-Congo Bantu | xsm Niger-Congo Gur
 yad Peba-Yagua - | yap Austronesian Oceanic | ydd Indo-European Germanic | yua Mayan -
-yue Sino-Tibetan Sinitic | zam Otomanguean Zapotecan | zdj Atlantic-Congo Bantu
+yue Sino-Tibetan Sinitic | zam Otomanguean Zapotecan | zdj Niger-Congo Bantu
 zgh Afro-Asiatic Berber | zlm Austronesian Malayic | zro Zaparoan - | ztu Otomanguean Zapotecan
-zul Atlantic-Congo Bantu | zyb Tai-Kadai Tai
+zul Niger-Congo Bantu | zyb Kra-Dai Tai
 """
 FAMILIES = {
     iso: (family, None if branch == "-" else branch)
@@ -173,7 +177,8 @@ SCRIPT_NAMES = {
     "Armn": "Armenian", "Geor": "Georgian", "Deva": "Devanagari", "Beng": "Bengali",
     "Gujr": "Gujarati", "Guru": "Gurmukhi", "Taml": "Tamil", "Telu": "Telugu", "Knda": "Kannada",
     "Mlym": "Malayalam", "Sinh": "Sinhala", "Thai": "Thai", "Laoo": "Lao", "Khmr": "Khmer",
-    "Mymr": "Myanmar", "Tibt": "Tibetan", "Hani": "Han", "Jpan": "Japanese (Han + kana)",
+    "Mymr": "Myanmar", "Tibt": "Tibetan", "Hani": "Han", "Hans": "Han (simplified)",
+    "Hant": "Han (traditional)", "Jpan": "Japanese (Han + kana)",
     "Kore": "Korean (Hangul + Han)", "Hang": "Hangul", "Cher": "Cherokee", "Vaii": "Vai",
     "Tfng": "Tifinagh", "Adlm": "Adlam", "Java": "Javanese", "Gran": "Grantha", "Cakm": "Chakma",
     "Yiii": "Yi", "Tavt": "Tai Viet", "Ethi": "Ethiopic", "Thaa": "Thaana", "Orya": "Oriya",
@@ -258,8 +263,15 @@ def parse_declaration(path):
     return segments
 
 
+# Frequent characters that differ between simplified and traditional Chinese (same order).
+_SIMPLIFIED = "国这们会为说权发对时实经过来动应关与认义务进种护"
+_TRADITIONAL = "國這們會為說權發對時實經過來動應關與認義務進種護"
+
+
 def detect_script(texts):
-    """ISO 15924 code of the letters' dominant script (Jpan/Kore for the mixed CJK systems)."""
+    """ISO 15924 code of the letters' dominant script (Jpan/Kore for the mixed CJK systems,
+    Hans/Hant for Chinese)."""
+    texts = list(texts)
     counts = collections.Counter()
     for text in texts:
         for ch in text:
@@ -274,11 +286,29 @@ def detect_script(texts):
                 raise ValueError(f"no ISO 15924 code for {name!r} ({ch!r}); add it to SCRIPTS")
             counts[SCRIPTS[key]] += 1
     total = sum(counts.values())
+    if counts["Hani"] > 0.5 * total:
+        text = "".join(texts)
+        simplified = sum(text.count(c) for c in _SIMPLIFIED)
+        traditional = sum(text.count(c) for c in _TRADITIONAL)
+        return "Hans" if simplified >= traditional else "Hant"
     if counts["Hira"] + counts["Kana"] > 0.1 * total:
         return "Jpan"
     if counts["Hang"] > 0.5 * total:
         return "Kore" if counts["Hani"] > 0.01 * total else "Hang"
     return counts.most_common(1)[0][0]
+
+
+_PLACEHOLDER = re.compile(r"&\d")
+
+
+def _misaligned(segments, english, factor=4.0):
+    """True if some segment's length ratio to English is `factor` off the translation's median.
+
+    Catches article headings taken for paragraphs, shifted paragraphs and truncated text.
+    """
+    ratios = [len(segments[k]) / len(english[k]) for k in segments]
+    median = sorted(ratios)[len(ratios) // 2]
+    return any(not 1 / factor <= r / median <= factor for r in ratios)
 
 
 def _npm_pack(directory):
@@ -308,8 +338,8 @@ def build(package):
     package = Path(package)
     version = json.loads((package / "package.json").read_text())["version"]
     index = _index(package)
-    reference = [k for k in parse_declaration(package / "declaration" / "eng.html")
-                 if k.startswith("article.")]
+    english = parse_declaration(package / "declaration" / "eng.html")
+    reference = [k for k in english if k.startswith("article.")]
     candidates = collections.defaultdict(dict)
     rejected = collections.Counter()
     for code, info in index.items():
@@ -323,6 +353,10 @@ def build(package):
             rejected["article paragraphs differ from English"] += 1
         elif not all(segments.values()):
             rejected["empty paragraph"] += 1
+        elif any(_PLACEHOLDER.search(text) for text in segments.values()):
+            rejected["placeholder for missing text (&1)"] += 1
+        elif _misaligned(segments, english):
+            rejected["a paragraph 4x shorter/longer than the translation's norm"] += 1
         else:
             candidates[info["iso6393"]][code] = segments
     languages = {}
@@ -330,7 +364,7 @@ def build(package):
         if iso not in FAMILIES:
             rejected["no family recorded"] += 1
             continue
-        if iso in PREFERRED:
+        if PREFERRED.get(iso) in found:
             code = PREFERRED[iso]
         else:
             (code,) = [c for c in found if not c[0].isdigit()] or sorted(found)[:1]
@@ -380,7 +414,8 @@ paragraphs) and `article.<n>.<k>` (paragraph or list item k of article n, as num
 English text). Only translations with exactly the English article paragraphs are kept, one per
 ISO 639-3 code. Per-language metadata: name, ISO 639-3, BCP 47, direction, latitude/longitude and
 the Unicode project's stage come from the package; the script (ISO 15924) is detected from the
-text; family and branch (Glottolog top-level family) are written by hand in the build script.
+text; family and branch are written by hand in the build script (`udhr_languages()` prefers the
+package's languages table, `moe_interp/languages.py`, where it lists the language).
 
 MIT licence of the `udhr` package:
 
