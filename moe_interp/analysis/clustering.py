@@ -151,6 +151,9 @@ class FamilyAgreement:
         return out
 
 
+_OVERRIDE = {"family": "families", "branch": "families", "script": "scripts"}
+
+
 def _lookup(label: str, table: Mapping[str, str] | None, what: str) -> str:
     if table is not None and label in table:
         return table[label]
@@ -158,7 +161,7 @@ def _lookup(label: str, table: Mapping[str, str] | None, what: str) -> str:
         return getattr(_languages.info(label), what)
     except KeyError as error:
         raise KeyError(f"cannot tell the {what} of group {label!r} ({error.args[0]}); "
-                       f"pass {what}s={{{label!r}: ...}}") from None
+                       f"pass {_OVERRIDE[what]}={{{label!r}: ...}}") from None
 
 
 def _pair_means(distance: np.ndarray, labels: Sequence[str]) -> tuple[float, float]:
