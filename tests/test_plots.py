@@ -1,5 +1,7 @@
 """Plot functions on the released Qwen3-30B-A3B counts: traces, axis titles, data ranges."""
 
+import re
+
 import numpy as np
 import plotly.graph_objects as go
 import pytest
@@ -86,3 +88,18 @@ def test_expert_counts(paper):
     assert shared.name == "shared with en" and "en" not in shared.x
     assert dict(zip(shared.x, shared.y))["zh"] == 420  # the paper's steering set
     assert fig.layout.xaxis.title.text == "language" and fig.layout.yaxis.title.text == "(layer, expert) pairs"
+
+
+def test_example_page_is_self_contained(paper, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "paper_analysis", Path(__file__).resolve().parents[1] / "examples" / "paper_analysis.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    text = example.page(paper)
+    assert text.count("* plotly.js v") == 1  # the library, inlined once: the page works offline
+    assert not re.search(r"<script[^>]*\bsrc=", text)
+    assert text.count('class="plotly-graph-div"') == 5
+    assert "420 pairs" in text and "sw 271" in text
