@@ -102,7 +102,7 @@ class ExpertAblate(Intervention):
     """
 
     experts: Any
-    mode: Literal["reroute", "drop"] = "reroute"
+    mode: str = "reroute"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "experts", _freeze_experts(self.experts))
@@ -131,6 +131,13 @@ class LayerRouteSteer(Intervention):
     `z_e + scale * s_e`. `strengths` is `{layer: {expert: s}}` or an `ExpertSet` with
     strengths. Scale 0 or no experts compiles to nothing (bitwise a plain forward).
 
+    `site="logits"` (default) edits the raw router logits. Routers that select on a
+    different score (DeepSeek-V3 / GLM-4-MoE: sigmoid + correction bias; ERNIE-4.5:
+    softmax + bias) saturate there: a logit can raise its sigmoid score to 1 at most, so
+    a large steer need not win against the bias. `site="selection"` edits the score that
+    top-k actually ranks (the same as the logits on other families); the weights the
+    experts receive are then unchanged by the steer, only the choice.
+
     ```python
     >>> mi.LayerRouteSteer({1: {3: 1.0}}, scale=50.0, mode="additive")
     LayerRouteSteer(strengths=((1, ((3, 1.0),)),), scale=50.0, mode='additive')
@@ -139,12 +146,15 @@ class LayerRouteSteer(Intervention):
 
     strengths: Any
     scale: float = 1.0
-    mode: Literal["relative", "additive"] = "relative"
+    mode: str = "relative"
+    site: str = "logits"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "strengths", _freeze_strengths(self.strengths))
         if self.mode not in ("relative", "additive"):
             raise ValueError(f"LayerRouteSteer mode must be 'relative' or 'additive', got {self.mode!r}")
+        if self.site not in ("logits", "selection"):
+            raise ValueError(f"LayerRouteSteer site must be 'logits' or 'selection', got {self.site!r}")
         if not math.isfinite(self.scale):
             raise ValueError(f"scale must be finite, got {self.scale}")
 
@@ -158,7 +168,8 @@ class LayerRouteSteer(Intervention):
             for e, s in per:
                 spec.check_expert(e)
                 vector[e] = s
-            out.append((layer, "logits", (self.mode, vector, float(self.scale))))
+            stage = "choice" if self.site == "selection" and spec.choice else "logits"
+            out.append((layer, stage, (self.mode, vector, float(self.scale))))
         return out
 
 
@@ -247,6 +258,7 @@ def compile_plan(spec: MoESpec, interventions: Iterable[Intervention]) -> dict:
             "layer": layer, "router": router, "experts": experts, "logits": spec.logits,
             "choice": spec.choice, "readout": spec.readout, "weights_index": spec.weights_index,
             "indices_index": spec.indices_index, "scores_index": spec.scores_index,
+            "topk_op": spec.topk_op, "weights_op": spec.weights_op,
             "logits_edits": stages["logits"], "choice_edits": stages["choice"], "drop": stages["drop"],
         })
     return {"layers": layers, "record": bool(records), "per_token": any(r.per_token for r in records),

@@ -84,6 +84,14 @@ def _readout(root: Any, router: Any, entry: dict, top_k: int) -> tuple:
             weights = drop_weights(indices, weights, drops)
             experts.inputs = (_replace(args, 2, weights), kwargs)
         return indices, weights
+    if kind == "topk":
+        indices = getattr(router.source, entry["topk_op"]).output[1]
+        gates = getattr(router.source, entry["weights_op"])
+        weights = gates.output
+        if drops:
+            weights = drop_weights(indices, weights, drops)
+            gates.output = weights
+        return indices, weights
     out = router.output
     if kind == "router":
         indices, weights = out[entry["indices_index"]], out[entry["weights_index"]]
@@ -122,12 +130,16 @@ def token_groups(inputs: Any, rows: list, num_tokens: int) -> tuple:
     row_group = torch.full((batch,), -1, dtype=torch.long, device=device)
     for g, (start, size) in enumerate(rows):
         row_group[start : start + size] = g
-    if mask is None:
-        real = torch.ones(batch, seq, dtype=torch.bool, device=device)
-        position = torch.arange(seq, device=device).expand(batch, seq)
-    else:
-        real = mask[:, -seq:] > 0
+    real = torch.ones(batch, seq, dtype=torch.bool, device=device) if mask is None else mask[:, -seq:] > 0
+    position = kwargs.get("position_ids")
+    if position is not None and position.shape[-1] == seq:
+        position = position.to(device).expand(batch, seq)
+    elif mask is not None:
         position = mask.long().cumsum(-1)[:, -seq:] - 1
+    elif kwargs.get("cache_position") is not None:
+        position = kwargs["cache_position"][-seq:].to(device).expand(batch, seq)
+    else:
+        position = torch.arange(seq, device=device).expand(batch, seq)
     group = torch.where(real, row_group[:, None].expand(batch, seq), -1)
     row = torch.arange(batch, device=device)[:, None].expand(batch, seq)
     return group.reshape(-1), position.reshape(-1), row.reshape(-1)

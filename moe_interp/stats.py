@@ -508,7 +508,7 @@ class RoutingStats:
             raise StatsFileError(f"{tensor_path} lacks tensors {missing}")
         per_token = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("per_token.")} or None
         try:
-            return cls(header["languages"], header["layers"], header["num_experts"], header["top_k"],
+            return cls(tuple(header["languages"]), tuple(header["layers"]), header["num_experts"], header["top_k"],
                        *(tensors.get(n) for n in _TENSORS), meta=header.get("meta", {}), per_token=per_token)
         except (KeyError, ValueError, TypeError) as error:
             raise StatsFileError(f"{path} is inconsistent: {error}") from None

@@ -12,7 +12,7 @@ VOCAB_SIZE = 256 + len(_SPECIALS)
 
 _SMALL = dict(
     hidden_size=32, intermediate_size=64, moe_intermediate_size=32, shared_expert_intermediate_size=32,
-    num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=8, vocab_size=VOCAB_SIZE,
+    num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, head_dim=8, vocab_size=VOCAB_SIZE,
     max_position_embeddings=256, num_experts=8, num_local_experts=8, n_routed_experts=8,
     num_experts_per_tok=2, n_group=2, topk_group=1, first_k_dense_replace=1, kv_lora_rank=16, q_lora_rank=16,
     qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8, n_shared_experts=1, pad_token_id=0, bos_token_id=1,
@@ -21,7 +21,7 @@ _SMALL = dict(
 # Per-architecture departures from _SMALL (nested configs, different names).
 _OVERRIDES: dict[str, dict] = {
     "dbrx": dict(d_model=32, n_heads=4, n_layers=4, max_seq_len=256,
-                 attn_config={"kv_n_heads": 2, "rope_theta": 10000.0},
+                 attn_config={"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0},
                  ffn_config={"ffn_hidden_size": 32, "moe_num_experts": 8, "moe_top_k": 2}),
     "llama4_text": dict(interleave_moe_layer_step=1, intermediate_size_mlp=64, num_local_experts=8,
                         num_experts_per_tok=1, attention_chunk_size=64),

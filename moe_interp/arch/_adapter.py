@@ -45,7 +45,9 @@ class RouterAdapter:
     - `readout`: where the routing actually used is read. `"experts"`: the experts module's
       positional arguments `(hidden, top_k_index, top_k_weights)`; `"router"`: the
       router's output tuple at `weights_index`, `indices_index`; `"dense"`: a dense
-      `[T, E]` score matrix at output `scores_index` (non-selected experts score 0).
+      `[T, E]` score matrix at output `scores_index` (non-selected experts score 0);
+      `"topk"`: inside the router's source, the `torch.topk` op `topk_op` (its indices)
+      and the op `weights_op` that makes the top-k weights (JetMoe).
     - `selection`: a human description of how the family selects experts.
 
     **Example:**
@@ -64,10 +66,12 @@ class RouterAdapter:
     router_class: str | None = None
     logits: str | None = None
     choice: str | None = None
-    readout: Literal["experts", "router", "dense"] | None = None
+    readout: Literal["experts", "router", "dense", "topk"] | None = None
     weights_index: int = 1
     indices_index: int = 2
     scores_index: int = 0
+    topk_op: str | None = None
+    weights_op: str | None = None
     selection: str = "softmax, top-k"
 
 

@@ -53,6 +53,22 @@ FAMILIES = (
         selection="sigmoid, + e_score_correction_bias (selection only), group mask, top-k, "
         "renormalise, x routed_scaling_factor",
     ),
+    RouterAdapter(
+        name="jetmoe",
+        model_types=("jetmoe",),
+        logits="logits_0",
+        readout="topk",  # returns (sorted expert order, batch index, gates, sizes, logits)
+        topk_op="logits_topk_0",
+        weights_op="top_k_gates_0",
+        selection="top-k on logits, softmax over the k; tokens regrouped per expert",
+    ),
+    RouterAdapter(
+        name="ernie4_5_moe",
+        model_types=("ernie4_5_moe", "ernie4_5_vl_moe"),
+        choice="self_moe_statics_0",  # softmax + a learned bias ("moe_statics"), for selection only
+        readout="experts",
+        selection="softmax, + moe_statics bias (selection only), top-k, renormalise",
+    ),
 )
 
 for _family in FAMILIES:

@@ -68,6 +68,8 @@ class MoESpec:
     weights_index: int
     indices_index: int
     scores_index: int
+    topk_op: str | None
+    weights_op: str | None
     selection: str
 
     def band(self, name: str, width: int | None = None) -> tuple[int, ...]:
@@ -232,18 +234,22 @@ def _detect(model: Any, module: torch.nn.Module) -> MoESpec:
     if not routers:
         _unsupported(module, model_type, declared, class_names)
 
-    layers, experts, shared = [], [], []
-    for path, _ in routers:
+    layers, experts, shared, kept = [], [], [], []
+    for path, router in routers:
         match = _LAYER_INDEX.match(path)
         if match is None:
             raise UnsupportedModelError(f"found router {path!r} but cannot tell its decoder layer: "
                                         "expected a path like 'model.layers.<i>.mlp.gate'")
+        if int(match["index"]) in layers:  # a second router in the layer (attention experts): MLP router only
+            continue
+        kept.append((path, router))
         layers.append(int(match["index"]))
         parent = path.rsplit(".", 1)[0]
         experts.append(f"{parent}.experts" if _has(module, f"{parent}.experts") else None)
         layer_path = f"{match['stack']}.{match['index']}"
         shared.append(next((p for p in _descendants(module, layer_path) if p.rsplit(".", 1)[-1] in _SHARED_NAMES), None))
 
+    routers = kept
     first = routers[0][1]
     adapter = adapter or RouterAdapter(name="auto")
     op_names = _source_names(model, module, routers[0][0])
@@ -275,6 +281,8 @@ def _detect(model: Any, module: torch.nn.Module) -> MoESpec:
         weights_index=adapter.weights_index,
         indices_index=adapter.indices_index,
         scores_index=adapter.scores_index,
+        topk_op=adapter.topk_op,
+        weights_op=adapter.weights_op,
         selection=adapter.selection,
     )
 
@@ -329,15 +337,16 @@ def _source_names(model: Any, module: torch.nn.Module, router_path: str) -> tupl
 
 
 def _num_experts(router: torch.nn.Module, config: Any) -> int:
-    for attr in _NUM_EXPERTS_ATTRS:
-        value = getattr(router, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    weight = getattr(router, "weight", None)
-    if weight is None:
-        weight = getattr(getattr(router, "layer", None), "weight", None)
-    if isinstance(weight, torch.Tensor) and weight.ndim == 2:
+    # The router's logit count is the truth: it includes special experts that configs
+    # count apart (LongCat-Flash's zero-computation experts).
+    weight = next((p for p in router.parameters() if p.ndim == 2), None)
+    if weight is not None:
         return int(weight.shape[0])
+    for source in (router, config):
+        for attr in _NUM_EXPERTS_ATTRS:
+            value = getattr(source, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
     for attr in _NUM_EXPERTS_ATTRS:
         value = getattr(config, attr, None)
         if isinstance(value, int) and value > 0:

@@ -1,0 +1,266 @@
+"""Interventions act where each architecture decides its routing, exactly as the formulas say."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import moe_interp as mi
+from conftest import encode, oracle_routing, tiny
+
+DATA = "../shared/data/qwen3-30b-a3b-mgsm-routing"
+
+
+def run(model, enc, *interventions):
+    with mi.trace(model, enc, *interventions, mi.RouterRecord()) as tr:
+        pass
+    return tr
+
+
+def test_additive_steer_selects_the_expert_only_in_steered_layers(arch):
+    model = tiny(arch)
+    spec = mi.describe(model)
+    enc = encode(model)
+    layer = spec.moe_layers[1]
+    base = run(model, enc).routing
+    # sigmoid-with-bias routers saturate at the logits: steer the score top-k ranks instead
+    site = "selection" if spec.choice else "logits"
+    steered = run(model, enc, mi.LayerRouteSteer({layer: {5: 1.0}}, scale=1e4, mode="additive", site=site))
+    tokens = int(steered.routing.tokens[0])
+    position = spec.position(layer)
+    assert steered.routing.count[0, position, 5] >= 0.99 * tokens
+    assert torch.equal(steered.routing.count[0, :position], base.count[0, :position])
+    assert not torch.isnan(steered.output.logits).any()
+
+
+def test_reroute_means_never_selected_on_the_experts_real_input(arch):
+    model = tiny(arch)
+    spec = mi.describe(model)
+    enc = encode(model)
+    base, _ = oracle_routing(model, enc)
+    layer = spec.moe_layers[-1]
+    position = spec.position(layer)
+    favourite = int(base[position].argmax())
+    tr = run(model, enc, mi.ExpertAblate({layer: [favourite]}))
+    assert tr.routing.count[0, position, favourite] == 0
+    assert tr.routing.count[0, position].sum() == spec.top_k * tr.routing.tokens[0]
+    assert not torch.isnan(tr.output.logits).any()
+
+
+def test_reroute_beats_a_large_selection_bias_on_deepseek_v3():
+    """-1e9 at the logits would still lose to e_score_correction_bias; ablation acts after it."""
+    model = mi.zoo.tiny_model("deepseek_v3", seed=3)
+    spec = mi.describe(model)
+    layer = spec.moe_layers[0]
+    with torch.no_grad():
+        model._module.get_submodule(spec.routers[0]).e_score_correction_bias[4] = 50.0
+    enc = encode(model)
+    assert run(model, enc).routing.count[0, 0, 4] == run(model, enc).routing.tokens[0]
+    assert run(model, enc, mi.ExpertAblate({layer: [4]})).routing.count[0, 0, 4] == 0
+
+
+def test_drop_keeps_selection_but_changes_the_output(arch):
+    model = tiny(arch)
+    spec = mi.describe(model)
+    enc = encode(model)
+    base = run(model, enc)
+    layer = spec.moe_layers[0]
+    favourite = int(base.routing.count[0, 0].argmax())
+    dropped = run(model, enc, mi.ExpertAblate({layer: [favourite]}, mode="drop"))
+    assert torch.equal(dropped.routing.count[0, 0], base.routing.count[0, 0])
+    assert dropped.routing.gate_mass[0, 0, favourite] == 0
+    assert not torch.allclose(dropped.output.logits, base.output.logits)
+    assert not torch.isnan(dropped.output.logits).any()
+
+
+# -- exactness against independent copies whose router forward is written by hand -------
+
+def _softmax_topk(norm):
+    def select(z, k):
+        p = torch.softmax(z.float(), dim=-1)
+        w, idx = torch.topk(p, k, dim=-1)
+        if norm:
+            w = w / w.sum(-1, keepdim=True)
+        return w.to(z.dtype), idx
+    return select
+
+
+def _topk_softmax(z, k):
+    top, idx = torch.topk(z, k, dim=-1)
+    return torch.softmax(top, dim=-1), idx
+
+
+def _selection(arch, config):
+    if arch == "gpt_oss":
+        return _topk_softmax
+    return _softmax_topk(True if arch == "mixtral" else config.norm_topk_prob)
+
+
+def hand_written_copy(model, arch, edit):
+    """A fresh HF model with the same weights; each router's forward is `edit(z)`, then selection."""
+    hf = model._module
+    copy = AutoModelForCausalLM.from_config(hf.config).eval()
+    copy.load_state_dict(hf.state_dict())
+    spec = mi.describe(model)
+    select = _selection(arch, hf.config)
+    for layer, path in zip(spec.moe_layers, spec.routers):
+        router = copy.get_submodule(path)
+
+        def forward(hidden, router=router, layer=layer):
+            hidden = hidden.reshape(-1, router.weight.shape[1])
+            z = hidden @ router.weight.T
+            if getattr(router, "bias", None) is not None:
+                z = z + router.bias
+            z = edit(layer, z)
+            w, idx = select(z, spec.top_k)
+            return z, w, idx
+        router.forward = forward
+    return copy
+
+
+EXACT = ["qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "gpt_oss"]
+
+
+@pytest.mark.parametrize("arch", EXACT)
+def test_relative_steer_equals_hand_written_router(arch):
+    model = tiny(arch)
+    spec = mi.describe(model)
+    strengths = {spec.moe_layers[0]: {1: 0.5, 6: 0.25}, spec.moe_layers[-1]: {2: 0.8}}
+    scale = 3.0
+
+    def edit(layer, z):
+        for e, s in strengths.get(layer, {}).items():
+            z = z.clone()
+            z[:, e] = z[:, e] + scale * s * z[:, e].abs()
+        return z
+    enc = encode(model)
+    with torch.no_grad():
+        expected = hand_written_copy(model, arch, edit)(**enc).logits
+    got = run(model, enc, mi.LayerRouteSteer(strengths, scale=scale)).output.logits
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(got, run(model, enc).output.logits, atol=1e-5), "the steer must matter"
+
+
+@pytest.mark.parametrize("arch", EXACT)
+def test_reroute_equals_hand_written_router(arch):
+    model = tiny(arch)
+    spec = mi.describe(model)
+    ablated = {spec.moe_layers[0]: [0, 3], spec.moe_layers[-1]: [5]}
+
+    def edit(layer, z):
+        z = z.clone()
+        z[:, ablated.get(layer, [])] = -1e9
+        return z
+    enc = encode(model)
+    with torch.no_grad():
+        expected = hand_written_copy(model, arch, edit)(**enc).logits
+    got = run(model, enc, mi.ExpertAblate(ablated)).output.logits
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("intervention", [
+    mi.LayerRouteSteer({1: {3: 1.0}}, scale=0.0), mi.LayerRouteSteer({}, scale=2.0), mi.ExpertAblate({}),
+    mi.ExpertAblate({1: []}), mi.LayerRouteSteer(mi.ExpertSet({}, strengths={}), scale=1.0)])
+def test_scale_zero_or_empty_sets_are_bitwise_a_plain_forward(intervention):
+    model = tiny("qwen3_moe")
+    enc = encode(model)
+    with model.trace(enc):
+        plain = model.lm_head.output.save()
+    assert torch.equal(run(model, enc, intervention).output.logits, plain)
+
+
+def test_interventions_compose_in_order_and_record_sees_the_result():
+    model = tiny("qwen3_moe")
+    enc = encode(model)
+    steer = mi.LayerRouteSteer({2: {4: 1.0}}, scale=1e4, mode="additive")
+    tr = run(model, enc, [steer, mi.ExpertAblate({2: [4]})])
+    assert tr.routing.count[0, 2, 4] == 0  # the ablation, applied after, wins
+    tokens = int(tr.routing.tokens[0])
+    tr = run(model, enc, mi.ExpertAblate({2: [4]}), steer)
+    assert tr.routing.count[0, 2, 4] == 0  # rerouting acts at selection, whatever the order of logit edits
+    assert run(model, enc, steer).routing.count[0, 2, 4] == tokens
+
+
+def test_interventions_are_frozen_hashable_and_readable():
+    a = mi.ExpertAblate({2: [5, 1, 5]})
+    assert a == mi.ExpertAblate({2: (1, 5)}) and hash(a) == hash(mi.ExpertAblate({2: [1, 5]}))
+    assert repr(a) == "ExpertAblate(experts=((2, (1, 5)),), mode='reroute')"
+    steer = mi.LayerRouteSteer({1: {3: 0.5}}, scale=2.0)
+    assert repr(steer) == "LayerRouteSteer(strengths=((1, ((3, 0.5),)),), scale=2.0, mode='relative', site='logits')"
+    with pytest.raises(Exception):
+        steer.scale = 3.0
+    assert len({a, steer, mi.RouterRecord(), mi.RouterRecord()}) == 3
+
+
+@pytest.mark.parametrize("make, error, message", [
+    (lambda: mi.ExpertAblate({1: [0]}, mode="zero"), ValueError, "reroute.*drop"),
+    (lambda: mi.ExpertAblate([1, 2]), TypeError, "mapping"),
+    (lambda: mi.LayerRouteSteer({1: [3]}), TypeError, "layer: {expert: strength}"),
+    (lambda: mi.LayerRouteSteer({1: {3: 1.0}}, mode="multiply"), ValueError, "relative.*additive"),
+    (lambda: mi.RouteSteer(layers="middle", target="en", stats={}), TypeError, "RoutingStats"),
+])
+def test_bad_intervention_arguments_are_clear_errors(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+@pytest.fixture(scope="module")
+def paper():
+    return mi.RoutingStats.from_paper(DATA, languages=["en", "zh", "de"])
+
+
+def test_route_steer_on_released_counts_selects_420_pairs_mean_strength_0507(paper):
+    import dataclasses
+    spec = dataclasses.replace(mi.describe(tiny("qwen3_moe")), num_layers=48, moe_layers=tuple(range(48)),
+                               num_experts=128, routers=("r",) * 48, experts=("e",) * 48)
+    steer = mi.RouteSteer(layers=range(10, 40), target="en", stats=paper, languages=("en", "zh"), k=20,
+                          threshold=0.7)
+    chosen = steer.expert_set(spec)
+    assert chosen.size == 420 and round(chosen.mean_strength(), 3) == 0.507
+    assert set(chosen) == set(range(10, 40))
+    assert mi.RouteSteer(layers="middle", target="en", stats=paper, languages=("en", "zh"), k=20,
+                         threshold=0.7).expert_set(spec) == chosen  # "middle" of 48 layers is 10-39
+    edits = steer.edits(spec)
+    assert len(edits) == 30 and all(stage == "logits" and e[0] == "relative" and e[2] == 0.022
+                                    for _, stage, e in edits)
+
+
+def test_route_steer_on_a_model_profile_moves_routing_toward_shared_experts():
+    model = tiny("qwen3_moe")
+    with mi.trace(model, mi.RouterRecord()) as tr:
+        with tr.invoke("The cat sat on the mat and looked at the dog.", group="en"):
+            pass
+        with tr.invoke("Le chat était assis sur le tapis et regardait le chien.", group="fr"):
+            pass
+    profile = tr.routing
+    steer = mi.RouteSteer(layers="middle", target="en", stats=profile, k=4, threshold=0.7, scale=5.0)
+    chosen = steer.expert_set(mi.describe(model))
+    assert chosen.size > 0
+    enc = encode(model, ["Der Hund schläft."])
+    before = run(model, enc).routing
+    after = run(model, enc, steer).routing
+    pairs = chosen.pairs()
+    pos = [mi.describe(model).position(l) for l, _ in pairs]
+    experts = [e for _, e in pairs]
+    assert after.count[0, pos, experts].sum() > before.count[0, pos, experts].sum()
+
+
+def test_route_steer_rejects_stats_of_another_model(paper):
+    with pytest.raises(ValueError, match="128 experts but the model has 8"):
+        mi.trace(tiny("qwen3_moe"), "a", mi.RouteSteer(layers="middle", target="en", stats=paper))
+
+
+def test_generation_steering_is_visible_at_every_decoding_step():
+    model = tiny("qwen3_moe")
+    steer = mi.LayerRouteSteer({1: {6: 1.0}}, scale=1e4, mode="additive")
+    with mi.generate(model, "Once upon a time", steer, mi.RouterRecord(per_token=True), max_new_tokens=6,
+                     min_new_tokens=6, do_sample=False) as gen:
+        pass
+    pt = gen.routing.per_token
+    prompt = len("Once upon a time")
+    assert pt["position"].max().item() == prompt + 6 - 2  # prefill + 5 decoding forwards
+    for position in range(prompt, prompt + 5):  # every decoding step's token
+        at = pt["position"] == position
+        assert at.sum() == 1
+        assert 6 in pt["indices"][at, 1].tolist()[0]
+    assert gen.routing.count[0, 1, 6] == gen.routing.tokens[0]
+    assert len(gen.text) == 1

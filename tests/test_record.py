@@ -1,0 +1,112 @@
+"""RouterRecord: counts equal independent oracles, padding- and batching-invariant."""
+
+import pytest
+import torch
+
+import moe_interp as mi
+from conftest import PROMPTS, encode, oracle_routing, tiny
+
+
+def record(model, inputs, **kw):
+    with mi.trace(model, inputs, mi.RouterRecord(**kw)) as tr:
+        pass
+    return tr
+
+
+def test_counts_equal_experts_input_oracle_on_left_padded_batch(arch):
+    model = tiny(arch)
+    enc = encode(model)
+    assert (enc["attention_mask"][:, 0] == 0).any(), "batch must be left-padded"
+    expected, _ = oracle_routing(model, enc)
+    routing = record(model, enc).routing
+    assert torch.equal(routing.count[0], expected)
+
+
+def test_counts_sum_to_top_k_times_real_tokens(arch):
+    model = tiny(arch)
+    enc = encode(model)
+    routing = record(model, enc).routing
+    spec = mi.describe(model)
+    assert int(routing.tokens[0]) == int(enc["attention_mask"].sum())
+    assert (routing.count[0].sum(-1) == spec.top_k * enc["attention_mask"].sum()).all()
+    assert routing.layers == spec.moe_layers
+
+
+@pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral", "olmoe", "qwen2_moe"])
+def test_counts_equal_hf_output_router_logits_topk(arch):
+    """Second oracle: transformers' own output_router_logits, softmax/top-k by hand."""
+    model = tiny(arch)
+    enc = encode(model)
+    with torch.no_grad():
+        out = model._module(**enc, output_router_logits=True)
+    real = enc["attention_mask"].reshape(-1).bool()
+    spec = mi.describe(model)
+    expected = torch.stack([
+        torch.bincount(torch.topk(logits.softmax(-1), spec.top_k, -1).indices[real].reshape(-1),
+                       minlength=spec.num_experts) for logits in out.router_logits])
+    assert torch.equal(record(model, enc).routing.count[0], expected)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral", "deepseek_v3", "gpt_oss"])
+def test_padded_batch_equals_sum_of_single_prompts(arch, side):
+    model = tiny(arch)
+    batch = record(model, encode(model, padding_side=side)).routing
+    singles = [record(model, encode(model, [p])).routing for p in PROMPTS]
+    assert torch.equal(batch.count[0], sum(s.count[0] for s in singles))
+    assert torch.equal(batch.tokens[0], sum(s.tokens[0] for s in singles))
+    assert torch.allclose(batch.gate_mass[0], sum(s.gate_mass[0] for s in singles), atol=1e-4)
+
+
+def test_two_invokes_equal_two_traces():
+    model = tiny("qwen3_moe")
+    with mi.trace(model, mi.RouterRecord()) as tr:
+        with tr.invoke(PROMPTS[0], group="a"):
+            pass
+        with tr.invoke(PROMPTS[2], group="b"):
+            pass
+    assert tr.routing.languages == ("a", "b")
+    for i, prompt in enumerate([PROMPTS[0], PROMPTS[2]]):
+        alone = record(model, prompt).routing
+        assert torch.equal(tr.routing.count[i], alone.count[0])
+        assert torch.equal(tr.routing.tokens[i], alone.tokens[0])
+
+
+def test_unlabelled_invokes_are_numbered_and_empty_invoke_is_whole_batch():
+    model = tiny("olmoe")
+    with mi.trace(model, mi.RouterRecord()) as tr:
+        with tr.invoke(PROMPTS[0]):
+            pass
+        with tr.invoke(PROMPTS[1]):
+            pass
+        with tr.invoke():
+            out = model.lm_head.output.save()
+    assert tr.routing.languages == ("invoke0", "invoke1")
+    assert out.shape[0] == 2
+
+
+@pytest.mark.parametrize("arch", ["qwen3_moe", "llama4_text", "deepseek_v3"])
+def test_per_token_indices_reproduce_aggregate_counts(arch):
+    model = tiny(arch)
+    routing = record(model, encode(model), per_token=True).routing
+    pt = routing.per_token
+    n = int(routing.tokens[0])
+    assert pt["indices"].shape == (n, len(routing.layers), routing.top_k)
+    assert pt["indices"].dtype == torch.int16 and pt["weights"].dtype == torch.float16
+    rebuilt = torch.stack([torch.bincount(pt["indices"][:, i].long().reshape(-1), minlength=routing.num_experts)
+                           for i in range(len(routing.layers))])
+    assert torch.equal(rebuilt, routing.count[0])
+    # positions count real tokens only, so each row's positions are 0..len-1
+    lengths = encode(model)["attention_mask"].sum(-1)
+    for row, length in enumerate(lengths.tolist()):
+        assert pt["position"][pt["row"] == row].tolist() == list(range(length))
+
+
+def test_router_record_inside_body_user_code_still_works():
+    model = tiny("qwen3_moe")
+    with mi.trace(model, ["Hello", "Bonjour tout le monde"], mi.RouterRecord()) as tr:
+        gate = model.model.layers[0].mlp.gate.output.save()
+        logits = model.lm_head.output.save()
+    assert torch.equal(logits, tr.output.logits)
+    assert gate[2].shape[-1] == 2
+    assert tr.routing.languages == ("default",)
