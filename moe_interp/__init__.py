@@ -9,7 +9,7 @@ tr.routing.frequency()
 ```
 """
 
-from . import zoo
+from . import datasets, languages, plots, zoo
 from .arch import MoESpec, RouterAdapter, UnsupportedModelError, describe, register_adapter
 from .expert_set import ExpertSet
 from .interventions import ExpertAblate, LayerRouteSteer, RouterRecord, RouteSteer
@@ -22,5 +22,5 @@ __version__ = "0.1.0"
 __all__ = [
     "ExpertAblate", "ExpertSet", "LayerRouteSteer", "MoESpec", "RouteSteer", "RouterAdapter", "RouterRecord",
     "RoutingStats", "StatsFileError", "UnsupportedModelError", "describe", "generate", "load",
-    "register_adapter", "trace", "wrap", "zoo",
+    "register_adapter", "trace", "wrap", "zoo", "datasets", "languages", "plots",
 ]

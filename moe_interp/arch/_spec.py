@@ -271,7 +271,7 @@ def _detect(model: Any, module: torch.nn.Module) -> MoESpec:
         num_layers=num_layers,
         moe_layers=tuple(layers),
         num_experts=_num_experts(first, config),
-        top_k=_top_k(first, module, config),
+        top_k=adapter.top_k or _top_k(first, module, config),
         routers=tuple(p for p, _ in routers),
         experts=tuple(experts),
         shared_experts=tuple(shared),
