@@ -14,6 +14,7 @@ from .arch import MoESpec, RouterAdapter, UnsupportedModelError, describe, regis
 from .expert_set import ExpertSet
 from .interventions import ExpertAblate, LayerRouteSteer, RouterRecord, RouteSteer
 from .loading import load, wrap
+from .profiling import profile
 from .stats import RoutingStats, StatsFileError
 from .trace import generate, trace
 
@@ -22,5 +23,5 @@ __version__ = "0.1.0"
 __all__ = [
     "ExpertAblate", "ExpertSet", "LayerRouteSteer", "MoESpec", "RouteSteer", "RouterAdapter", "RouterRecord",
     "RoutingStats", "StatsFileError", "UnsupportedModelError", "describe", "generate", "load",
-    "register_adapter", "trace", "wrap", "zoo", "datasets", "languages", "plots",
+    "profile", "register_adapter", "trace", "wrap", "zoo", "datasets", "languages", "plots",
 ]

@@ -152,7 +152,7 @@ def accumulate(store: dict, layer: int, group: torch.Tensor, indices: torch.Tens
     bins = (group[valid, None] * num_experts + indices[valid]).reshape(-1)
     size = num_groups * num_experts
     count = torch.bincount(bins, minlength=size).view(num_groups, num_experts)
-    mass = torch.bincount(bins, weights=weights[valid].reshape(-1).float(), minlength=size)
+    mass = torch.bincount(bins, weights=weights[valid].detach().reshape(-1).float(), minlength=size)
     store["count"][:, layer] += count
     store["gate_mass"][:, layer] += mass.view(num_groups, num_experts).double()
 
@@ -188,7 +188,7 @@ def forward_step(root: Any, plan: dict, store: dict, rows: list) -> None:
             store["tokens"] += torch.bincount(group[valid], minlength=len(rows))
         accumulate(store, position, group, indices, weights, len(rows), num_experts)
         if per_token is not None:
-            per_token.append((indices[valid].to(torch.int16), weights[valid].to(torch.float16)))
+            per_token.append((indices[valid].to(torch.int16), weights[valid].detach().to(torch.float16)))
     if per_token:
         valid = group >= 0
         store["per_token"].append({

@@ -54,12 +54,17 @@ class RoutingTracer(InterleavingTracer):
         self._mi_store: dict = {"forwards": 0, "per_token": []}
         self._mi_groups: list[str] = []
         self._mi_routing: RoutingStats | None = None
+        self._mi_per_row = False
 
     def _mi_rows(self) -> list:
         groups = [m for m in self.envoy.interleaver.mediators if m.batch_group is not None]
         if not groups:
             raise ValueError("mi.trace got no inputs: pass them to mi.trace(model, inputs, ...) "
                              "or use `with tr.invoke(inputs):` inside the block")
+        if self._mi_per_row:  # every batch row its own group (mi.profile's per-item counts)
+            rows = [(start + i, 1) for m in groups for start, size in [m.batch_group] for i in range(size)]
+            self._mi_groups = self._mi_groups or [str(i) for i in range(len(rows))]
+            return rows
         if not self._mi_groups:
             labels = [getattr(m, "mi_group", None) for m in groups]
             default = ["default"] if len(groups) == 1 else [f"invoke{i}" for i in range(len(groups))]

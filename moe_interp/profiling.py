@@ -1,0 +1,137 @@
+"""`mi.profile`: routing statistics of a model over a multilingual corpus, resumable."""
+
+import hashlib
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .arch import describe
+from .interventions import RouterRecord, flatten
+from .stats import RoutingStats
+from .trace import trace
+
+__all__ = ["profile"]
+
+
+def _check_corpus(corpus: Any) -> dict[str, list[str]]:
+    if not isinstance(corpus, Mapping) or not corpus:
+        raise TypeError("corpus must be a non-empty mapping {language: [texts]}, e.g. mi.datasets.udhr(['eng', 'deu'])")
+    out = {}
+    for lang, texts in corpus.items():
+        if isinstance(texts, str) or not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
+            raise TypeError(f"corpus[{lang!r}] must be a list of strings, got {type(texts).__name__}")
+        if not texts:
+            raise ValueError(f"corpus[{lang!r}] is empty")
+        out[str(lang)] = list(texts)
+    return out
+
+
+def _fingerprint(model: Any, corpus: dict, interventions: list) -> str:
+    spec = describe(model)
+    config = getattr(getattr(model, "_module", None), "config", None)
+    digest = hashlib.sha256()
+    digest.update(repr((spec.arch, spec.moe_layers, spec.num_experts, getattr(config, "_name_or_path", None),
+                        [repr(i) for i in interventions])).encode())
+    for lang, texts in corpus.items():
+        digest.update(lang.encode())
+        for text in texts:
+            digest.update(hashlib.sha256(text.encode()).digest())
+    return digest.hexdigest()[:16]
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, partial)
+    os.replace(partial, path)  # atomic: an interrupted save leaves the previous checkpoint whole
+
+
+def profile(model: Any, corpus: Mapping[str, Sequence[str]], *interventions: Any, batch_size: int = 16,
+            progress: bool = True, checkpoint: str | os.PathLike | None = None, save_every: int = 10,
+            **trace_kwargs: Any) -> RoutingStats:
+    """Routing statistics of `model` over `corpus` (`{language: [texts]}`), per item too.
+
+    Texts are batched (longest first, to waste little padding; padding is excluded, so
+    batching never changes the counts) and every text's counts are kept (`item_count`),
+    which gives bootstrap confidence intervals. `interventions` apply during profiling
+    (e.g. an ablation). With `checkpoint=path`, partial results are written every
+    `save_every` batches and on interruption; rerunning the same call resumes there.
+    `remote=` and other keyword arguments go to `mi.trace`.
+
+    ```python
+    >>> corpus = mi.datasets.udhr(["eng", "deu", "fra"], split="heldout")
+    >>> p = mi.profile(model, corpus, batch_size=8, progress=False)
+    >>> p.languages, p.item_count.shape[0] == sum(len(t) for t in corpus.values())
+    (('eng', 'deu', 'fra'), True)
+    ```
+    """
+    corpus = _check_corpus(corpus)
+    interventions = [i for i in flatten(interventions) if not isinstance(i, RouterRecord)]
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    spec = describe(model)
+    languages = list(corpus)
+    items = [(lang_index, text) for lang_index, lang in enumerate(languages) for text in corpus[lang]]
+    order = sorted(range(len(items)), key=lambda i: (-len(items[i][1].encode()), i))
+    n_layers = len(spec.moe_layers)
+    item_count = torch.zeros(len(items), n_layers, spec.num_experts, dtype=torch.int32)
+    item_tokens = torch.zeros(len(items), dtype=torch.long)
+    gate_mass = torch.zeros(len(languages), n_layers, spec.num_experts, dtype=torch.float64)
+    item_language = torch.tensor([lang for lang, _ in items], dtype=torch.long)
+    done = 0
+    key = _fingerprint(model, corpus, interventions)
+    path = Path(checkpoint) if checkpoint is not None else None
+    if path is not None and path.exists():
+        state = torch.load(path, weights_only=True)
+        if state.get("key") != key:
+            raise ValueError(f"checkpoint {path} belongs to another model, corpus or intervention list; "
+                             "delete it or pass another checkpoint path")
+        done, item_count, item_tokens, gate_mass = state["done"], state["item_count"], state["item_tokens"], state["gate_mass"]
+
+    def save() -> None:
+        if path is not None:
+            _save_checkpoint(path, {"key": key, "done": done, "item_count": item_count,
+                                    "item_tokens": item_tokens, "gate_mass": gate_mass})
+
+    started, tokens_seen = time.perf_counter(), 0
+    bar = tqdm(total=len(items), initial=done, unit="text", disable=not progress, desc="profiling")
+    try:
+        batches = 0
+        while done < len(items):
+            chunk = order[done : done + batch_size]
+            tracer = trace(model, [items[i][1] for i in chunk], *interventions, RouterRecord(), **trace_kwargs)
+            tracer._mi_per_row = True  # one stats group per text
+            with torch.no_grad(), tracer:
+                pass
+            routing = tracer.routing
+            index = torch.tensor(chunk)
+            item_count[index] = routing.count.to(torch.int32)
+            item_tokens[index] = routing.tokens
+            gate_mass.index_add_(0, item_language[index], routing.gate_mass)
+            done += len(chunk)
+            tokens_seen += int(routing.tokens.sum())
+            batches += 1
+            bar.update(len(chunk))
+            bar.set_postfix(tokens_per_s=f"{tokens_seen / (time.perf_counter() - started):.0f}")
+            if batches % save_every == 0:
+                save()
+    except BaseException:
+        save()  # nothing computed is lost: rerun the same call to resume
+        raise
+    finally:
+        bar.close()
+    save()
+    count = torch.zeros(len(languages), n_layers, spec.num_experts, dtype=torch.long)
+    count.index_add_(0, item_language, item_count.long())
+    tokens = torch.zeros(len(languages), dtype=torch.long).index_add_(0, item_language, item_tokens)
+    config = getattr(getattr(model, "_module", None), "config", None)
+    meta = {"model": getattr(config, "_name_or_path", None) or spec.arch, "arch": spec.arch,
+            "interventions": [repr(i) for i in interventions], "items": len(items),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "fingerprint": key}
+    return RoutingStats(tuple(languages), spec.moe_layers, spec.num_experts, spec.top_k, count, gate_mass, tokens,
+                        item_count, item_tokens, item_language, meta=meta)
