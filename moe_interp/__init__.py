@@ -9,9 +9,10 @@ tr.routing.frequency()
 ```
 """
 
-from . import datasets, languages, plots, zoo
+from . import datasets, evaluate, languages, plots, zoo
 from .arch import MoESpec, RouterAdapter, UnsupportedModelError, describe, register_adapter
 from .expert_set import ExpertSet
+from .experiment import Experiment, ablation_grid, steering_eval
 from .interventions import ExpertAblate, LayerRouteSteer, RouterRecord, RouteSteer
 from .loading import load, wrap
 from .profiling import profile
@@ -21,7 +22,7 @@ from .trace import generate, trace
 __version__ = "0.1.0"
 
 __all__ = [
-    "ExpertAblate", "ExpertSet", "LayerRouteSteer", "MoESpec", "RouteSteer", "RouterAdapter", "RouterRecord",
+    "ExpertAblate", "ExpertSet", "Experiment", "ablation_grid", "steering_eval", "evaluate", "LayerRouteSteer", "MoESpec", "RouteSteer", "RouterAdapter", "RouterRecord",
     "RoutingStats", "StatsFileError", "UnsupportedModelError", "describe", "generate", "load",
     "profile", "register_adapter", "trace", "wrap", "zoo", "datasets", "languages", "plots",
 ]

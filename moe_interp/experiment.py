@@ -1,0 +1,280 @@
+"""Experiment grids (language x condition), resumable, and the paper's two designs:
+the layer-band ablation grid and the routing-guided steering evaluation."""
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .arch import BANDS, describe
+from .evaluate import text_nll
+from .interventions import ExpertAblate, RouteSteer, flatten
+
+__all__ = ["Experiment", "ablation_grid", "steering_eval", "AblationResult", "SteeringResult"]
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=repr).encode()).hexdigest()[:16]
+
+
+def _model_key(model: Any) -> str:
+    spec = describe(model)
+    config = getattr(getattr(model, "_module", None), "config", None)
+    return _digest(spec.arch, spec.moe_layers, spec.num_experts, getattr(config, "_name_or_path", None),
+                   getattr(config, "hidden_size", None))
+
+
+class Experiment:
+    """A grid of cells (language x condition), each a list of interventions, run once.
+
+    The model is loaded once by you; each finished cell (per-text NLL and bits per byte)
+    is appended at once to `path` (JSONL), keyed by a stable hash of model, texts and
+    condition, so rerunning skips finished cells: a killed run loses at most the cell in
+    progress and resumes with identical results.
+
+    ```python
+    >>> grid = {"baseline": [], "ablate-de": [mi.ExpertAblate(p.exclusive_experts("deu"))]}
+    >>> exp = mi.Experiment(model, corpus, grid, path="runs/ablation.jsonl")
+    >>> df = exp.run()            # tidy: language, condition, item, nll, bits_per_byte, ...
+    >>> df.groupby(["condition", "language"]).bits_per_byte.mean()
+    ```
+    """
+
+    def __init__(self, model: Any, corpus: Mapping[str, Sequence[str]], grid: Mapping[str, Any],
+                 path: str | os.PathLike | None = None, batch_size: int = 8, progress: bool = True) -> None:
+        if not isinstance(grid, Mapping) or not grid:
+            raise TypeError("grid must be a non-empty mapping {condition name: [interventions]}")
+        self.model, self.batch_size, self.progress = model, batch_size, progress
+        self.corpus = {str(k): list(v) for k, v in corpus.items()}
+        self.grid = {str(name): flatten(v if isinstance(v, (list, tuple)) else [v]) for name, v in grid.items()}
+        spec = describe(model)
+        for interventions in self.grid.values():  # validate every cell before running any
+            for intervention in interventions:
+                intervention.edits(spec)
+        self.path = Path(path) if path is not None else None
+        self._model_key = _model_key(model)
+
+    def key(self, language: str, condition: str) -> str:
+        """The stable hash that identifies one cell's result."""
+        return _digest(self._model_key, self.corpus[language], [repr(i) for i in self.grid[condition]])
+
+    def _done(self) -> dict[str, dict]:
+        if self.path is None or not self.path.exists():
+            return {}
+        done = {}
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill mid-write: that cell reruns
+                continue
+            done[record["key"]] = record
+        return done
+
+    def run(self) -> Any:
+        """Run every unfinished cell; return all cells' rows as a tidy pandas DataFrame."""
+        import pandas as pd
+
+        done = self._done()
+        cells = [(lang, cond) for cond in self.grid for lang in self.corpus]
+        todo = [c for c in cells if self.key(*c) not in done]
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        for language, condition in tqdm(todo, desc="cells", disable=not self.progress, unit="cell"):
+            rows = text_nll(self.model, self.corpus[language], *self.grid[condition], batch_size=self.batch_size)
+            record = {"key": self.key(language, condition), "language": language, "condition": condition,
+                      "rows": rows}
+            done[record["key"]] = record
+            if self.path is not None:
+                with open(self.path, "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                    handle.flush()
+                    os.fsync(handle.fileno())
+        frame = [dict(language=lang, condition=cond, item=i, **row)
+                 for lang, cond in cells for i, row in enumerate(done[self.key(lang, cond)]["rows"])]
+        return pd.DataFrame(frame)
+
+
+def _mean_bpb(frame: Any, language: str, condition: str) -> float:
+    rows = frame[(frame.language == language) & (frame.condition == condition)]
+    return float(rows.bits_per_byte.mean())
+
+
+@dataclasses.dataclass
+class AblationResult:
+    """Bits-per-byte change of each evaluation language when each target language's
+    exclusive experts are ablated in each band. `delta[eval, (target, band)]`."""
+
+    eval_languages: tuple[str, ...]
+    conditions: tuple[tuple[str, str], ...]
+    baseline: dict[str, float]
+    delta: Any  # numpy [eval, condition]
+    experts: dict[tuple[str, str], int]
+    frame: Any
+
+    def own_vs_other(self) -> dict[str, tuple[float, float]]:
+        """Per evaluation language that is also a target: (mean delta when its own exclusive
+        experts are ablated, mean delta when another language's are), over bands."""
+        out = {}
+        for i, lang in enumerate(self.eval_languages):
+            own = [self.delta[i, j] for j, (t, _) in enumerate(self.conditions) if t == lang]
+            other = [self.delta[i, j] for j, (t, _) in enumerate(self.conditions) if t != lang]
+            if own and other:
+                out[lang] = (float(np.mean(own)), float(np.mean(other)))
+        return out
+
+    def summary(self) -> str:
+        """One honest sentence per language: does ablating its own experts hurt it more?"""
+        lines = []
+        for lang, (own, other) in self.own_vs_other().items():
+            verdict = "more" if own > other else "not more"
+            lines.append(f"{lang}: ablating its own exclusive experts changes bits/byte by {own:+.4f}, "
+                         f"other languages' by {other:+.4f} on average ({verdict} harmful)")
+        return "\n".join(lines)
+
+    def plot_ablation(self) -> Any:
+        """Heatmap of the delta matrix (evaluation language x ablated target/band)."""
+        import plotly.graph_objects as go
+
+        labels = [f"{t} / {b}" for t, b in self.conditions]
+        fig = go.Figure(go.Heatmap(z=self.delta, x=labels, y=list(self.eval_languages), colorscale="RdBu_r",
+                                   zmid=0, colorbar={"title": "Δ bits/byte"}))
+        fig.update_layout(title="Layer-band ablation of language-exclusive experts",
+                          xaxis_title="ablated language / band", yaxis_title="evaluated language")
+        return fig
+
+
+def ablation_grid(model: Any, stats: Any, corpus: Mapping[str, Sequence[str]], eval_languages: Sequence[str],
+                  target_languages: Sequence[str], bands: Sequence[str] = BANDS, width: int | None = None,
+                  k: int = 15, threshold: float = 0.4, path: str | os.PathLike | None = None,
+                  batch_size: int = 8, progress: bool = True) -> AblationResult:
+    """The paper's ablation design: each target language's exclusive experts (from
+    `stats`, over all its languages) rerouted in each band, evaluated on every
+    evaluation language's held-out texts, against a no-ablation baseline.
+
+    ```python
+    >>> res = mi.ablation_grid(model, profile, heldout, ["eng", "deu"], ["eng", "deu"])
+    >>> res.delta.shape                 # eval languages x (targets x bands)
+    (2, 6)
+    >>> print(res.summary()); res.plot_ablation()
+    ```
+    """
+    spec = describe(model)
+    grid: dict[str, list] = {"baseline": []}
+    experts = {}
+    conditions = []
+    for target in target_languages:
+        for band in bands:
+            chosen = stats.exclusive_experts(target, k=k, threshold=threshold, layers=spec.band(band, width=width))
+            name = f"ablate:{target}:{band}"
+            grid[name] = [ExpertAblate(chosen)]
+            experts[(target, band)] = chosen.size
+            conditions.append((target, band))
+    experiment = Experiment(model, {l: corpus[l] for l in eval_languages}, grid, path=path, batch_size=batch_size,
+                            progress=progress)
+    frame = experiment.run()
+    baseline = {l: _mean_bpb(frame, l, "baseline") for l in eval_languages}
+    delta = np.array([[_mean_bpb(frame, l, f"ablate:{t}:{b}") - baseline[l] for t, b in conditions]
+                      for l in eval_languages])
+    return AblationResult(tuple(eval_languages), tuple(conditions), baseline, delta, experts, frame)
+
+
+@dataclasses.dataclass
+class SteeringResult:
+    """Per-language gain in bits/byte (baseline - steered; positive = better) on the
+    test split, at the scale chosen on the dev split only."""
+
+    scale: float
+    dev_scores: dict[float, float]
+    table: Any  # pandas: language, gain, ci_low, ci_high, p_value, pairs
+
+    def summary(self) -> str:
+        lines = [f"scale {self.scale} chosen on the dev split only (mean dev bits/byte per scale: "
+                 + ", ".join(f"{s}: {v:.4f}" for s, v in self.dev_scores.items()) + ")"]
+        for row in self.table.itertuples():
+            lines.append(f"{row.language}: gain {row.gain:+.4f} bits/byte, 95% CI [{row.ci_low:+.4f}, "
+                         f"{row.ci_high:+.4f}], p = {row.p_value:.3f}, {row.pairs} steered pairs")
+        return "\n".join(lines)
+
+    def plot(self) -> Any:
+        """Gains with their confidence intervals."""
+        import plotly.graph_objects as go
+
+        t = self.table
+        fig = go.Figure(go.Bar(x=list(t.language), y=list(t.gain), error_y={
+            "type": "data", "symmetric": False, "array": list(t.ci_high - t.gain), "arrayminus": list(t.gain - t.ci_low)}))
+        fig.update_layout(title=f"Routing-guided steering (scale {self.scale})", xaxis_title="language",
+                          yaxis_title="gain in bits/byte (baseline - steered)")
+        return fig
+
+
+def _paired_bootstrap(diff: np.ndarray, samples: int, seed: int) -> tuple[float, float, float]:
+    if len(diff) == 0 or np.all(diff == 0):
+        return 0.0, 0.0, 1.0
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(samples, len(diff)))].mean(1)
+    low, high = np.quantile(means, [0.025, 0.975])
+    p = min(1.0, 2 * min((means <= 0).mean(), (means >= 0).mean()))
+    return float(low), float(high), float(p)
+
+
+def steering_eval(model: Any, stats: Any, dev: Mapping[str, Sequence[str]], test: Mapping[str, Sequence[str]],
+                  languages: Sequence[str], target: str = "eng", scales: Sequence[float] = (0.0, 0.02, 0.05, 0.1, 0.2),
+                  layers: Any = "middle", k: int = 20, threshold: float = 0.7, samples: int = 2000, seed: int = 0,
+                  path: str | os.PathLike | None = None, batch_size: int = 8, progress: bool = True) -> SteeringResult:
+    """Routing-guided steering, evaluated honestly.
+
+    For each language `l`, steer toward the experts shared by `(target, l)` (the paper's
+    RouteSteer); choose the scale minimising mean bits/byte on `dev`; report on `test`
+    each language's gain with a paired bootstrap 95% CI and two-sided p-value.
+
+    ```python
+    >>> res = mi.steering_eval(model, profile, dev, heldout, ["deu", "fra"], target="eng")
+    >>> print(res.summary()); res.plot()
+    ```
+    """
+    def grid(scale: float) -> dict[str, list]:
+        return {lang: [RouteSteer(layers=layers, target=target, stats=stats, languages=(target, lang), k=k,
+                                  threshold=threshold, scale=scale)] for lang in languages}
+
+    def run(corpus: Mapping, scale: float, split: str) -> Any:
+        frames = []
+        for lang, interventions in grid(scale).items():
+            cond = {"baseline": [], f"steer:{scale}": interventions} if scale else {"baseline": []}
+            frame = Experiment(model, {lang: list(corpus[lang])}, cond, path=path, batch_size=batch_size,
+                               progress=False).run()
+            if not scale:
+                frame = frame.assign(condition="baseline")
+                frame = pd.concat([frame, frame.assign(condition=f"steer:{scale}")])
+            frames.append(frame.assign(split=split))
+        return pd.concat(frames)
+
+    import tempfile
+
+    import pandas as pd
+
+    if path is None:  # cells are still cached within this call: the baseline runs once per split
+        path = Path(tempfile.mkdtemp(prefix="moe_interp_steer_")) / "cells.jsonl"
+    dev_scores = {}
+    for scale in tqdm(list(scales), desc="dev scales", disable=not progress):
+        frame = run(dev, scale, "dev")
+        dev_scores[float(scale)] = float(frame[frame.condition == f"steer:{scale}"].bits_per_byte.mean())
+    best = min(dev_scores, key=lambda s: (dev_scores[s], abs(s)))
+    frame = run(test, best, "test")
+    spec = describe(model)
+    rows = []
+    for i, lang in enumerate(languages):
+        base = frame[(frame.language == lang) & (frame.condition == "baseline")].sort_values("item").bits_per_byte
+        steer = frame[(frame.language == lang) & (frame.condition == f"steer:{best}")].sort_values("item").bits_per_byte
+        diff = base.to_numpy() - steer.to_numpy()
+        low, high, p = _paired_bootstrap(diff, samples, seed + i)
+        pairs = grid(best)[lang][0].expert_set(spec).size
+        rows.append({"language": lang, "gain": float(diff.mean()) if len(diff) else 0.0, "ci_low": low,
+                     "ci_high": high, "p_value": p, "pairs": pairs})
+    return SteeringResult(best, dev_scores, pd.DataFrame(rows))
