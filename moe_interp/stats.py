@@ -28,7 +28,19 @@ _TENSORS = ("count", "gate_mass", "tokens", "item_count", "item_tokens", "item_l
 
 
 class StatsFileError(ValueError):
-    """A routing-statistics file is missing, truncated, corrupted or of another format."""
+    """A routing-statistics file is truncated, corrupted or of another format.
+
+    A `ValueError`, raised by `RoutingStats.load`, `RoutingStats.from_paper` and
+    `mi.datasets.reference_stats` with the path of the damaged file.
+
+    ```python
+    >>> try:
+    ...     mi.RoutingStats.load("damaged.routing")
+    ... except mi.StatsFileError as error:
+    ...     print(error)
+    damaged.routing/stats.safetensors is truncated or corrupted: ...
+    ```
+    """
 
 
 @dataclasses.dataclass(eq=False)

@@ -70,7 +70,14 @@ def _byte_chars() -> list[str]:
 
 
 def tiny_config(model_type: str, **overrides: Any) -> Any:
-    """A tiny config (hidden 32, 4 layers, 8 experts, top-2) of a transformers MoE type."""
+    """A tiny config (hidden 32, 4 layers, 8 experts, top-2) of a transformers MoE type.
+
+    ```python
+    >>> config = mi.zoo.tiny_config("olmoe", num_hidden_layers=2)
+    >>> config.num_hidden_layers, config.num_experts, config.num_experts_per_tok
+    (2, 8, 2)
+    ```
+    """
     base = AutoConfig.for_model(model_type)
     values = {k: v for k, v in _SMALL.items() if hasattr(base, k)}
     values.update(_OVERRIDES.get(model_type, {}))

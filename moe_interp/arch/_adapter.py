@@ -18,6 +18,14 @@ class UnsupportedModelError(TypeError):
 
     Raised by [`describe`][moe_interp.describe] (and so by `wrap`, `load`, `trace`) with
     the list of what was searched for and how to register an adapter.
+
+    ```python
+    >>> dense = AutoModelForCausalLM.from_config(LlamaConfig(num_hidden_layers=2, ...))
+    >>> mi.describe(dense)
+    Traceback (most recent call last):
+    moe_interp.arch._adapter.UnsupportedModelError: LlamaForCausalLM (model_type='llama') has no MoE
+    router that moe_interp can find. Searched for: ... register an adapter: mi.register_adapter(...)
+    ```
     """
 
 

@@ -40,7 +40,20 @@ MGSM_LANGUAGES = ("en", "de", "fr", "es", "ru", "zh", "ja", "th", "sw", "bn", "t
 
 @dataclass(frozen=True)
 class BelebeleItem:
-    """One Belebele question: a FLORES passage, a question, four options, the correct index (0-3)."""
+    """One Belebele question: a FLORES passage, a question, four options, the correct index (0-3).
+
+    ```python
+    >>> item = mi.datasets.BelebeleItem("The cat sat on the mat.", "Where did the cat sit?",
+    ...                                 ("on the mat", "on a chair", "in a box", "outside"), 0)
+    >>> print(item.text)
+    The cat sat on the mat.
+    Where did the cat sit?
+    A. on the mat
+    B. on a chair
+    C. in a box
+    D. outside
+    ```
+    """
 
     passage: str
     question: str
@@ -56,7 +69,14 @@ class BelebeleItem:
 
 @dataclass(frozen=True)
 class MGSMItem:
-    """One MGSM problem: the question and its numeric answer (`solution`: worked answer, if any)."""
+    """One MGSM problem: the question and its numeric answer (`solution`: worked answer, if any).
+
+    ```python
+    >>> item = mi.datasets.MGSMItem("Tom has 3 apples and buys 2 more. How many does he have?", 5.0)
+    >>> item.answer, item.solution
+    (5.0, None)
+    ```
+    """
 
     question: str
     answer: float
@@ -164,7 +184,13 @@ def belebele(
     path: str | os.PathLike | None = None,
     **load_kwargs: Any,
 ) -> dict[str, list[str]]:
-    """Belebele as texts `{lang: [passage + question + options, ...]}` (see `BelebeleItem.text`)."""
+    """Belebele as texts `{lang: [passage + question + options, ...]}` (see `BelebeleItem.text`).
+
+    ```python
+    texts = mi.datasets.belebele(["eng_Latn", "deu_Latn"])      # hub, or path= a local copy
+    profile = mi.profile(model, texts)
+    ```
+    """
     items = belebele_items(languages, split, path, **load_kwargs)
     return {lang: [item.text for item in rows] for lang, rows in items.items()}
 
@@ -214,6 +240,12 @@ def mgsm(
     path: str | os.PathLike | None = None,
     **load_kwargs: Any,
 ) -> dict[str, list[str]]:
-    """MGSM questions as texts `{lang: [question, ...]}`; answers via `mgsm_items`."""
+    """MGSM questions as texts `{lang: [question, ...]}`; answers via `mgsm_items`.
+
+    ```python
+    texts = mi.datasets.mgsm(["en", "zh"], path="url-nlp/mgsm")   # hub id or local TSV copy
+    profile = mi.profile(model, texts)                            # the paper's corpus
+    ```
+    """
     items = mgsm_items(languages, split, path, **load_kwargs)
     return {lang: [item.question for item in rows] for lang, rows in items.items()}
