@@ -12,18 +12,14 @@ from pathlib import Path
 
 import moe_interp as mi
 from moe_interp import plots
+from moe_interp.report import page as report_page
+from moe_interp.report import table as _table
 from moe_interp.analysis.divergence import THIRDS, band_average
 from moe_interp.datasets import reference_stats
 
 PAPER_JS_TO_EN = {"bn": (0.252, 0.167, 0.360), "sw": (0.284, 0.175, 0.304), "ja": (0.163, 0.107, 0.309),
                   "zh": (0.127, 0.066, 0.299), "de": (0.085, 0.054, 0.151), "fr": (0.078, 0.044, 0.142),
                   "es": (0.069, 0.039, 0.138)}
-
-
-def _table(header: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def summary(stats: mi.RoutingStats) -> str:
@@ -83,16 +79,8 @@ def figures(stats: mi.RoutingStats) -> list:
 
 def page(stats: mi.RoutingStats) -> str:
     """The whole HTML document; plotly.js is inlined with the first figure only."""
-    divs = [fig.to_html(full_html=False, include_plotlyjs=(i == 0), default_height="520px")
-            for i, fig in enumerate(figures(stats))]
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;"
-             "text-align:right}th{background:#f4f4f4}")
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<title>Routing of Qwen3-30B-A3B across languages</title>"
-            f"<style>{style}</style></head><body>\n"
-            "<h1>Multilingual routing of Qwen3-30B-A3B on MGSM</h1>\n"
-            + summary(stats) + "\n<h2>Figures</h2>\n" + "\n".join(divs) + "\n</body></html>\n")
+    return report_page("Multilingual routing of Qwen3-30B-A3B on MGSM",
+                       [summary(stats), "<h2>Figures</h2>", *figures(stats)])
 
 
 def main(out: str = "paper_analysis.html") -> Path:
