@@ -1,0 +1,22 @@
+"""mkdocs hooks: keep the built site offline.
+
+Notebook figures: plotly's default renderer in a headless kernel emits only its JSON
+mimetype, which the HTML export cannot draw. `PLOTLY_RENDERER` (read by plotly at import,
+inherited by the kernels mkdocs-jupyter starts) adds an HTML rendering with plotly.js
+inline, so figures draw without a CDN; the notebooks themselves stay plain. plotly's HTML
+also names MathJax on a CDN (unused by our figures), which is dropped here, and tqdm's
+warning about a kernel without ipywidgets is silenced (it would show on every page).
+"""
+
+import os
+import re
+
+os.environ.setdefault("PLOTLY_RENDERER", "plotly_mimetype+notebook")
+# tqdm.auto warns in a kernel without ipywidgets; the notebooks show no progress bars anyway.
+os.environ.setdefault("PYTHONWARNINGS", "ignore:IProgress not found")
+
+_CDN_SCRIPT = re.compile(r'<script[^>]*\bsrc="https://cdnjs\.cloudflare\.com/ajax/libs/mathjax/[^"]*"[^>]*>\s*</script>')
+
+
+def on_post_page(output: str, page, config) -> str:
+    return _CDN_SCRIPT.sub("", output)

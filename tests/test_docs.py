@@ -1,0 +1,89 @@
+"""The documentation covers the public API: every name of `moe_interp.__all__` has an API
+reference entry, and every public object's docstring shows a call (no mkdocs needed)."""
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+import moe_interp as mi
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+ENTRY = re.compile(r"^:::\s+([\w.]+)\s*$", re.M)
+
+
+def _entries() -> set[str]:
+    return {name for page in (DOCS / "api").glob("*.md") for name in ENTRY.findall(page.read_text())}
+
+
+def _has_example(doc: str | None) -> bool:
+    return bool(doc) and ("```python" in doc or ">>>" in doc)
+
+
+def _public_objects():
+    """`(name, object)` for every class or function of `mi.__all__`, and of the `__all__` of
+    every public module listed there."""
+    for name in mi.__all__:
+        value = getattr(mi, name)
+        if inspect.ismodule(value):
+            for member in getattr(value, "__all__", ()):
+                inner = getattr(value, member)
+                if inspect.isclass(inner) or inspect.isfunction(inner):
+                    yield f"{name}.{member}", inner
+        else:
+            yield name, value
+
+
+def _paths(name: str) -> set[str]:
+    """The names an entry may use: `moe_interp.<name>`, or the defining module's path (needed
+    where a function shares its module's name, as `moe_interp.trace.trace` does)."""
+    value = getattr(mi, name)
+    paths = {f"moe_interp.{name}"}
+    if not inspect.ismodule(value) and hasattr(value, "__qualname__"):
+        paths.add(f"{value.__module__}.{value.__qualname__}")
+    return paths
+
+
+def test_every_public_name_has_an_api_reference_entry():
+    entries = _entries()
+    missing = [name for name in mi.__all__ if not _paths(name) & entries]
+    assert not missing, f"add `::: moe_interp.<name>` to a page in docs/api/ for: {missing}"
+
+
+def test_api_reference_entries_name_real_objects():
+    import importlib
+
+    for entry in _entries():
+        module, _, attr = entry.rpartition(".")
+        try:
+            importlib.import_module(entry)
+        except ImportError:
+            assert hasattr(importlib.import_module(module), attr), f"docs/api names {entry}, which does not exist"
+
+
+@pytest.mark.parametrize("name, obj", list(_public_objects()), ids=lambda v: v if isinstance(v, str) else "")
+def test_public_docstring_shows_an_example(name, obj):
+    assert _has_example(obj.__doc__), f"{name}'s docstring needs an example (```python or >>>)"
+
+
+def test_public_modules_have_a_docstring():
+    for name in mi.__all__:
+        value = getattr(mi, name)
+        if inspect.ismodule(value):
+            assert (value.__doc__ or "").strip(), f"module moe_interp.{name} needs a docstring"
+
+
+def test_nav_lists_every_tutorial_and_api_page():
+    nav = (DOCS.parent / "mkdocs.yml").read_text()
+    pages = [p.relative_to(DOCS).as_posix() for p in [*DOCS.glob("tutorials/*.ipynb"), *DOCS.glob("api/*.md")]]
+    assert pages and not [p for p in pages if p not in nav]
+
+
+def test_tutorial_notebooks_are_committed_without_outputs():
+    import json
+
+    for path in DOCS.glob("tutorials/*.ipynb"):
+        cells = json.loads(path.read_text())["cells"]
+        dirty = [i for i, c in enumerate(cells) if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
+        assert not dirty, f"{path.name}: clear the outputs of cells {dirty} (they are made at build time)"
