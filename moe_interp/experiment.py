@@ -197,9 +197,12 @@ class SteeringResult:
     def summary(self) -> str:
         lines = [f"scale {self.scale} chosen on the dev split only (mean dev bits/byte per scale: "
                  + ", ".join(f"{s}: {v:.4f}" for s, v in self.dev_scores.items()) + ")"]
+        if self.scale == 0:
+            lines.append("scale 0 won on dev: nothing is steered, so every gain below is 0 by construction")
         for row in self.table.itertuples():
+            steered = f"{row.pairs} steered (layer, expert) pairs" if self.scale else "no steering"
             lines.append(f"{row.language}: gain {row.gain:+.4f} bits/byte, 95% CI [{row.ci_low:+.4f}, "
-                         f"{row.ci_high:+.4f}], p = {row.p_value:.3f}, {row.pairs} steered pairs")
+                         f"{row.ci_high:+.4f}], p = {row.p_value:.3f}, {steered}")
         return "\n".join(lines)
 
     def plot(self) -> Any:
