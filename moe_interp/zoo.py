@@ -5,7 +5,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
-__all__ = ["byte_tokenizer", "tiny_config", "tiny_model", "TINY_ARCHITECTURES"]
+__all__ = ["byte_tokenizer", "demo_config", "demo_model", "tiny_config", "tiny_model", "TINY_ARCHITECTURES"]
 
 _SPECIALS = ("<pad>", "<s>", "</s>")
 VOCAB_SIZE = 256 + len(_SPECIALS)
@@ -114,3 +114,89 @@ def tiny_model(model_type: str = "qwen3_moe", seed: int = 0, padding_side: str =
                 if "bias" in name:
                     buffer.copy_(torch.randn(buffer.shape, generator=generator) * router_std)
     return wrap(hf, byte_tokenizer(padding_side))
+
+
+# ------------------------------------------------------------------------------------ demo model
+DEMO_SEED = 0
+DEMO_EXPERTS_IMPLEMENTATION = "grouped_mm"  # same maths as "eager"; "batched_mm" is far slower on CPU
+BYTE_OFFSET = len(_SPECIALS)  # byte_tokenizer: token id = BYTE_OFFSET + byte value
+DEMO_MODEL_DIR = __import__("pathlib").Path(__file__).resolve().parent / "data" / "demo_model"
+
+_DEMO = dict(
+    hidden_size=128, intermediate_size=256, moe_intermediate_size=128, num_hidden_layers=8,
+    num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=VOCAB_SIZE, max_position_embeddings=1024,
+    num_experts=16, num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
+    tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+)
+
+
+def demo_config(**overrides: Any) -> Any:
+    """The demo model's `Qwen3MoeConfig` (hidden 128, 8 MoE layers, 16 experts, top-2, bytes).
+
+    ```python
+    >>> mi.zoo.demo_config().num_experts
+    16
+    ```
+    """
+    return AutoConfig.for_model("qwen3_moe", **{**_DEMO, **overrides})
+
+
+def _checksum(model: torch.nn.Module) -> str:
+    """sha256 (first 16 hex digits) of a model's float32 state dict, in name order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def demo_model(trained: bool = True, path: Any = None, padding_side: str = "left") -> Any:
+    """The bundled demo MoE (offline), or its random-init twin, wrapped for `moe_interp`.
+
+    A `Qwen3MoeForCausalLM` over bytes (hidden 128, 8 MoE layers of 16 experts, top-2,
+    ~6.7 M parameters) trained by `scripts/train_demo_model.py` on the UDHR train split of
+    312 languages; see `moe_interp/data/demo_model/MODEL_CARD.md` for data, training log,
+    held-out bits/byte and the family-structure numbers. Weights are stored in bfloat16 and
+    loaded as float32.
+
+    `trained=False` gives the **random-init twin**: the same config built with
+    `AutoModelForCausalLM.from_config` under the same seed the training run started from, so
+    every weight (routers included) is exactly the trained model's starting point; nothing is
+    redrawn (unlike `tiny_model`). It is the baseline every claim about the demo model is made
+    against: structure that the twin's routing also shows (e.g. script separation, which byte
+    statistics alone produce) is not learned. The global torch RNG state is left untouched.
+
+    A fresh model is built on every call (nothing is cached), so interventions or edits on one
+    never leak into another.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> model = mi.zoo.demo_model()
+    >>> mi.describe(model).moe_layers, mi.describe(model).num_experts
+    ((0, 1, 2, 3, 4, 5, 6, 7), 16)
+    >>> twin = mi.zoo.demo_model(trained=False)          # the baseline
+    >>> with mi.trace(model, mi.RouterRecord()) as tr:
+    ...     with tr.invoke(["All human beings are born free"], group="eng"): pass
+    ...     with tr.invoke(["Tous les êtres humains naissent libres"], group="fra"): pass
+    >>> tr.routing.languages
+    ('eng', 'fra')
+    ```
+    """
+    from .loading import wrap
+
+    directory = DEMO_MODEL_DIR if path is None else __import__("pathlib").Path(path)
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(f"no demo model at {directory}: run `python scripts/train_demo_model.py` "
+                                "(or pass path= to a directory it wrote)")
+    if trained:
+        hf = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, local_files_only=True,
+                                                  experts_implementation=DEMO_EXPERTS_IMPLEMENTATION)
+    else:
+        config = AutoConfig.from_pretrained(directory, local_files_only=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(DEMO_SEED)
+            hf = AutoModelForCausalLM.from_config(config, experts_implementation=DEMO_EXPERTS_IMPLEMENTATION,
+                                                  dtype=torch.float32)
+    return wrap(hf.eval(), byte_tokenizer(padding_side))

@@ -1,0 +1,80 @@
+"""The bundled demo model: loads offline, has the documented shape, beats its random twin."""
+
+import math
+
+import pytest
+import torch
+
+import moe_interp as mi
+from moe_interp import zoo
+
+pytestmark = pytest.mark.skipif(not (zoo.DEMO_MODEL_DIR / "model.safetensors").is_file(),
+                                reason="demo model not built (python scripts/train_demo_model.py)")
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return zoo.demo_model()
+
+
+@pytest.fixture(scope="module")
+def twin():
+    return zoo.demo_model(trained=False)
+
+
+def test_loads_offline_with_documented_config(trained):
+    hf = trained._module
+    cfg = hf.config
+    assert type(hf).__name__ == "Qwen3MoeForCausalLM"
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_experts, cfg.num_experts_per_tok) == (128, 8, 16, 2)
+    assert cfg.vocab_size == zoo.VOCAB_SIZE == 259 and cfg.norm_topk_prob and cfg.tie_word_embeddings
+    assert cfg._experts_implementation == zoo.DEMO_EXPERTS_IMPLEMENTATION
+    assert all(p.dtype == torch.float32 for p in hf.parameters())
+    assert (zoo.DEMO_MODEL_DIR / "model.safetensors").stat().st_size <= 15e6
+    spec = mi.describe(trained)
+    assert spec.moe_layers == tuple(range(8)) and spec.num_experts == 16 and spec.top_k == 2
+
+
+def test_forward_shapes_and_routing(trained):
+    with mi.trace(trained, mi.RouterRecord()) as tr:
+        with tr.invoke(["All human beings are born free", "Alle Menschen"], group="x"):
+            pass
+    stats = tr.routing
+    assert tuple(stats.count.shape) == (1, 8, 16)
+    assert int(stats.count[0, 0].sum()) == 2 * int(stats.tokens[0])
+
+
+def _bits_per_byte(model, texts):
+    hf, total, n = model._module, 0.0, 0
+    with torch.no_grad():
+        for text in texts:
+            ids = torch.tensor([b + zoo.BYTE_OFFSET for b in text.encode("utf-8")[:200]])[None]
+            logits = hf(input_ids=ids).logits[0, :-1]
+            total += torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
+            n += ids.shape[1] - 1
+    return total / n / math.log(2)
+
+
+@pytest.mark.parametrize("lang", ["eng", "rus", "swh"])
+def test_trained_beats_twin_on_heldout(trained, twin, lang):
+    texts = mi.datasets.udhr([lang], split="heldout")[lang][:3]
+    t, r = _bits_per_byte(trained, texts), _bits_per_byte(twin, texts)
+    assert t < r - 1.0, (lang, t, r)           # twin is ~8 bits/byte (uniform over 259 tokens)
+
+
+def test_twin_is_deterministic_and_leaves_rng_alone(twin):
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    again = zoo.demo_model(trained=False)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    for (name, a), (_, b) in zip(twin._module.state_dict().items(), again._module.state_dict().items()):
+        assert torch.equal(a, b), name
+    router = twin._module.model.layers[0].mlp.gate.weight
+    assert router.abs().sum() > 0                  # initialised by from_config, not left at zero
+
+
+def test_twin_is_the_training_start(twin):
+    import json
+
+    info = json.loads((zoo.DEMO_MODEL_DIR / "training.json").read_text())
+    assert zoo._checksum(twin._module) == info["init_checksum"]
