@@ -8,8 +8,8 @@ from typing import Any
 
 __all__ = ["main"]
 
-DEMO_LANGUAGES = ("eng", "deu", "nld", "fra", "spa", "ita", "por", "pol", "ces", "slk", "hrv", "fin", "est", "hun",
-                  "tur", "uzn", "ind", "tgl", "swh", "yor", "hau", "rus", "ukr", "bul", "ell", "arb", "heb", "hin",
+DEMO_LANGUAGES = ("eng", "deu", "nld", "fra", "spa", "ita", "por", "pol", "ces", "slk", "hrv", "fin", "ekk", "hun",
+                  "tur", "uzn", "ind", "tgl", "swh", "zul", "hau", "rus", "ukr", "bul", "ell", "arb", "heb", "hin",
                   "ben", "cmn", "jpn", "kor", "tha", "vie")
 
 

@@ -14,6 +14,26 @@ from .zoo import demo_model
 
 __all__ = ["run_demo"]
 
+MAX_BYTES = 256  # the demo model was trained on 256-byte windows
+
+
+def _pieces(corpus: dict, max_bytes: int = MAX_BYTES) -> dict:
+    """Cut every text into pieces of at most `max_bytes` UTF-8 bytes, at character boundaries."""
+    out = {}
+    for lang, texts in corpus.items():
+        pieces = []
+        for text in texts:
+            piece = ""
+            for char in text:
+                if len((piece + char).encode()) > max_bytes:
+                    pieces.append(piece)
+                    piece = ""
+                piece += char
+            if piece:
+                pieces.append(piece)
+        out[lang] = pieces
+    return out
+
 
 def _family_numbers(stats) -> tuple[str, str]:
     try:
@@ -38,8 +58,8 @@ def run_demo(out: str | os.PathLike = "report.html", languages: Sequence[str] = 
     """
     known = set(udhr_languages())
     languages = [l for l in languages if l in known]
-    heldout = udhr(languages, split="heldout")
-    dev = udhr(languages, split="train")
+    heldout = _pieces(udhr(languages, split="heldout"))
+    dev = _pieces(udhr(languages, split="train"))
     if quick:
         heldout = {k: v[:4] for k, v in heldout.items()}
         dev = {k: v[-4:] for k, v in dev.items()}

@@ -160,6 +160,11 @@ def _lookup(label: str, table: Mapping[str, str] | None, what: str) -> str:
     try:
         return getattr(_languages.info(label), what)
     except KeyError as error:
+        from ..datasets import udhr_languages  # the bundled corpus knows its 312 languages
+
+        known = udhr_languages().get(label, {})
+        if known.get(what):
+            return known[what]
         raise KeyError(f"cannot tell the {what} of group {label!r} ({error.args[0]}); "
                        f"pass {_OVERRIDE[what]}={{{label!r}: ...}}") from None
 
