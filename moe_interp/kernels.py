@@ -223,3 +223,29 @@ def keep_result(root: Any, tracer: Any, store: dict) -> None:
         ids = args[0] if args else kwargs.get("inputs_embeds")
     store["input_length"] = ids.shape[1]
     store["result"] = tracer.result
+
+
+def _to_host(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_host(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_host(v) for v in value]
+    return value
+
+
+def pack(store: dict) -> dict:
+    """What a remote run sends back: the store on the CPU, `count` as int32 when it fits.
+
+    With `RouterRecord()` that is `[groups, layers, experts]` counts and gate mass plus
+    per-group token totals: its size does not depend on how many tokens were routed.
+    `per_token` and the model output (`result`), when present, are the exceptions.
+    """
+    out = {k: _to_host(v) for k, v in store.items() if k != "result"}
+    if "result" in store:
+        out["result"] = _to_host(store["result"]) if isinstance(store["result"], torch.Tensor) else store["result"]
+    count = out.get("count")
+    if count is not None and (count.numel() == 0 or int(count.max()) <= 2147483647):
+        out["count"] = count.to(torch.int32)
+    return out

@@ -37,7 +37,8 @@ def load(name_or_path: Any, *, dispatch: bool = True, **kwargs: Any) -> Transfor
     """Load an MoE model by hub id or local directory as an nnsight `TransformersModel`.
 
     `dispatch=False` builds it on the meta device without weights (enough for
-    `remote=True` on NDIF); other keyword arguments go to `from_pretrained`
+    `remote=True` on NDIF, which needs a hub id; a local directory can run
+    `remote="local"` only); other keyword arguments go to `from_pretrained`
     (`dtype=`, `device_map=`, `experts_implementation=`, ...).
 
     ```python
@@ -48,6 +49,8 @@ def load(name_or_path: Any, *, dispatch: bool = True, **kwargs: Any) -> Transfor
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError("mi.load takes a hub id or a directory; to use an in-memory model call mi.wrap(model, tokenizer)")
+    if os.path.isdir(name_or_path):  # a local directory has no hub metadata to infer the pipeline task from
+        kwargs.setdefault("task", "text-generation")
     model = TransformersModel(str(name_or_path), dispatch=dispatch, **kwargs)
     describe(model)
     return model

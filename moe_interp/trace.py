@@ -5,56 +5,82 @@ The user gets nnsight's own tracer (a subclass, `RoutingTracer`), so the body of
 of its own that executes the compiled plan (`moe_interp.kernels.run`) beside the user's
 code, and a second that keeps the model's return value. Both are whole-batch workers;
 per-invoke statistics come from each invoke's rows.
+
+Remote runs (`remote=True` on NDIF, `remote="local"` to simulate): nnsight pickles the
+tracer itself and the server calls its `execute`. What travels is `RoutingRun`, the
+part of the tracer that runs where the model is: its methods use only nnsight, torch
+and `moe_interp.kernels` (whitelisted imports), never the analysis side of the package.
+`moe_interp` is registered for by-value shipping for the request (the server need not
+have it installed). The results come back as one saved value, `__moe_interp__` (a dict of
+`[groups, layers, experts]` aggregates: tokens do not change its size), which the client
+tracer unpacks; the model output travels only with `keep_output=True` (default for
+`mi.generate`: token ids are small; logits are not).
 """
 
-import builtins
-from typing import Any
+import copyreg
+from typing import Any, Optional
 
 import torch
 from nnsight.intervention.interleaver import Mediator, OutOfOrderError
 from nnsight.intervention.tracer import InterleavingTracer, Invoker
+from nnsight.tracing.backend import Backend
+from nnsight.tracing.tracer import save as _save
+from nnsight.tracing.util import push as _push
 
-from . import kernels
 from .arch import describe
 from .interventions import Intervention, compile_plan, flatten
+from .kernels import keep_result, pack, run as run_plan
 from .stats import RoutingStats
 
-__all__ = ["trace", "generate", "RoutingTracer"]
+__all__ = ["trace", "generate", "RoutingTracer", "RoutingRun", "RESULT_NAME"]
 
-_RUN = compile("__mi_run__(**__mi_args__)", "<moe_interp.kernels.run>", "exec")
-_KEEP = compile("__mi_keep__(**__mi_args__)", "<moe_interp.kernels.keep_result>", "exec")
+RESULT_NAME = "__moe_interp__"  # the saved value a remote run sends back
+
+
+# The bodies of the two workers. Mediators run code objects; these functions' code is
+# used (argument-free, names from the worker's scope) so that a remote request ships
+# them as source like any other function, never as version-bound bytecode.
+def _run_worker():
+    __mi_run__(**__mi_args__)  # noqa: F821
+
+
+def _keep_worker():
+    __mi_keep__(**__mi_args__)  # noqa: F821
+
+
+def _body(worker: Any) -> Any:
+    """The worker's own code, under any checking decorator (jaxtyping/beartype in tests)."""
+    while hasattr(worker, "__wrapped__"):
+        worker = worker.__wrapped__
+    return worker.__code__
 
 
 class RoutingInvoker(Invoker):
     """`tr.invoke(inputs, group="de")`: an nnsight invoke whose rows form one stats group."""
 
-    def __init__(self, tracer: "RoutingTracer", *args: Any, group: str | None = None, **kwargs: Any) -> None:
-        super().__init__(tracer, *args, **kwargs)
+    # Shipped code: base calls are explicit (no zero-argument super()), as methods shipped
+    # by source are rebuilt outside their class, without a __class__ cell; annotations use
+    # typing (a `str | None` pickles through functools, which NDIF does not allow).
+    def __init__(self, tracer: "RoutingRun", *args: Any, group: Optional[str] = None, **kwargs: Any) -> None:
+        Invoker.__init__(self, tracer, *args, **kwargs)
         self.group = group
 
     def execute(self, code: Any) -> None:
-        super().execute(code)
+        Invoker.execute(self, code)
         self.tracer.envoy.interleaver.mediators[-1].mi_group = self.group
 
 
-class RoutingTracer(InterleavingTracer):
-    """nnsight's tracer plus `moe_interp`'s compiled interventions and their results.
+class RoutingRun(InterleavingTracer):
+    """The part of `RoutingTracer` that runs where the model is (here, or on a server).
 
-    After the block: `routing` (a `RoutingStats`, when a `RouterRecord` was given),
-    `output` (the model's return value; for `mi.generate`, the token ids), `text`
-    (`mi.generate` only: the decoded continuations).
+    State: `_mi_plan` (the compiled plan), `_mi_store` (results), `_mi_generating`,
+    `_mi_keep_output`, `_mi_ship` (send the results back as a saved value),
+    `_mi_per_row`, `_mi_groups`.
     """
 
-    def invoke(self, *args: Any, group: str | None = None, **kwargs: Any) -> RoutingInvoker:
+    def invoke(self, *args: Any, group: Optional[str] = None, **kwargs: Any) -> RoutingInvoker:
         """Like nnsight's `tracer.invoke`; `group` labels these rows in `tr.routing`."""
         return RoutingInvoker(self, *args, group=group, **kwargs)
-
-    def _mi_setup(self, spec: Any, plan: dict, generating: bool, tokenizer: Any) -> None:
-        self._mi_spec, self._mi_plan, self._mi_generating, self._mi_tokenizer = spec, plan, generating, tokenizer
-        self._mi_store: dict = {"forwards": 0, "per_token": []}
-        self._mi_groups: list[str] = []
-        self._mi_routing: RoutingStats | None = None
-        self._mi_per_row = False
 
     def _mi_rows(self) -> list:
         groups = [m for m in self.envoy.interleaver.mediators if m.batch_group is not None]
@@ -64,6 +90,7 @@ class RoutingTracer(InterleavingTracer):
         if self._mi_per_row:  # every batch row its own group (mi.profile's per-item counts)
             rows = [(start + i, 1) for m in groups for start, size in [m.batch_group] for i in range(size)]
             self._mi_groups = self._mi_groups or [str(i) for i in range(len(rows))]
+            self._mi_store["groups"] = self._mi_groups
             return rows
         if not self._mi_groups:
             labels = [getattr(m, "mi_group", None) for m in groups]
@@ -72,20 +99,61 @@ class RoutingTracer(InterleavingTracer):
             if len(set(labels)) != len(labels):
                 raise ValueError(f"invoke groups must be distinct, got {labels}")
             self._mi_groups = labels
+            self._mi_store["groups"] = labels
         return [tuple(m.batch_group) for m in groups]
 
     def execute(self, code: Any) -> None:
         store = self._mi_store
-        steps = self.iter[:] if self._mi_generating else range(1)
-        run = Mediator(_RUN, {"__builtins__": builtins}, {"__mi_run__": kernels.run, "__mi_args__": dict(
-            root=self.envoy, plan=self._mi_plan, store=store, steps=steps, row_groups=self._mi_rows,
-            stop=(OutOfOrderError,))})
-        keep = Mediator(_KEEP, {"__builtins__": builtins}, {"__mi_keep__": kernels.keep_result, "__mi_args__": dict(
-            root=self.envoy, tracer=self, store=store)})
-        # Ours first: at a shared location the user's code then sees the steered values.
+        workers = []
         # A plan with nothing to do gets no worker: it would never wait on the model.
-        self.envoy.interleaver.mediators[:0] = [run, keep] if self._mi_plan["layers"] else [keep]
-        super().execute(code)
+        if self._mi_plan["layers"]:
+            steps = self.iter[:] if self._mi_generating else range(1)
+            workers.append(Mediator(_body(_run_worker), {}, {"__mi_run__": run_plan, "__mi_args__": dict(
+                root=self.envoy, plan=self._mi_plan, store=store, steps=steps, row_groups=self._mi_rows,
+                stop=(OutOfOrderError,))}))
+        if self._mi_keep_output:
+            workers.append(Mediator(_body(_keep_worker), {}, {"__mi_keep__": keep_result, "__mi_args__": dict(
+                root=self.envoy, tracer=self, store=store)}))
+        # Ours first: at a shared location the user's code then sees the steered values.
+        self.envoy.interleaver.mediators[:0] = workers
+        InterleavingTracer.execute(self, code)
+        if self._mi_ship:
+            # Only saved values in the block's frame travel back from a server.
+            _push(self.info.frame, {RESULT_NAME: _save(pack(store))})
+
+
+class RoutingTracer(RoutingRun):
+    """nnsight's tracer plus `moe_interp`'s compiled interventions and their results.
+
+    After the block: `routing` (a `RoutingStats`, when a `RouterRecord` was given),
+    `output` (the model's return value; for `mi.generate`, the token ids), `text`
+    (`mi.generate` only: the decoded continuations).
+    """
+
+    _CLIENT_ONLY = ("_mi_spec", "_mi_tokenizer", "_mi_routing")
+
+    def _mi_setup(self, spec: Any, plan: dict, generating: bool, tokenizer: Any, ship: bool = False,
+                  keep_output: bool = True) -> None:
+        self._mi_spec, self._mi_plan, self._mi_generating, self._mi_tokenizer = spec, plan, generating, tokenizer
+        self._mi_store: dict = {"forwards": 0, "per_token": []}
+        self._mi_groups: list[str] = []
+        self._mi_routing: RoutingStats | None = None
+        self._mi_per_row = False
+        self._mi_ship, self._mi_keep_output = ship, keep_output
+
+    def __reduce_ex__(self, protocol: Any) -> tuple:
+        # A request carries a RoutingRun: the server needs nothing of the client side
+        # (stats, spec, tokenizer), whose imports it would refuse.
+        state = {k: v for k, v in self.__getstate__().items() if k not in self._CLIENT_ONLY}
+        return copyreg._reconstructor, (RoutingRun, object, None), state
+
+    def _mi_take(self, packed: dict) -> None:
+        """Adopt the results a remote run sent back (see `kernels.pack`)."""
+        store = dict(packed)
+        if "count" in store:
+            store["count"] = store["count"].long()
+        self._mi_store = store
+        self._mi_groups = list(store.get("groups", self._mi_groups))
 
     # -- results -------------------------------------------------------------------
 
@@ -93,6 +161,9 @@ class RoutingTracer(InterleavingTracer):
     def output(self) -> Any:
         """The model's return value (`.logits` for a forward; token ids for `generate`)."""
         if "result" not in self._mi_store:
+            if not self._mi_keep_output:
+                raise RuntimeError("this remote trace did not send the model output back (it can be large): "
+                                   "pass keep_output=True to mi.trace, or save what you need in the block")
             raise RuntimeError("no output yet: read tr.output after the `with` block has finished")
         return self._mi_store["result"]
 
@@ -104,7 +175,8 @@ class RoutingTracer(InterleavingTracer):
                 raise AttributeError("this trace recorded no routing: add mi.RouterRecord() to its interventions")
             if "count" not in self._mi_store:
                 raise RuntimeError("no routing yet: read tr.routing after the `with` block has finished")
-            self._mi_routing = _to_stats(self._mi_spec, self._mi_plan, self._mi_store, self._mi_groups)
+            groups = self._mi_store.get("groups", self._mi_groups)
+            self._mi_routing = _to_stats(self._mi_spec, self._mi_plan, self._mi_store, groups)
         return self._mi_routing
 
     @property
@@ -114,6 +186,45 @@ class RoutingTracer(InterleavingTracer):
             raise AttributeError("text is only set by mi.generate")
         ids = self.output[:, self._mi_store["input_length"]:]
         return self._mi_tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
+class _Collect(Backend):
+    """Wraps the tracer's backend: ships `moe_interp` by value for a remote request and
+    adopts the results the request sent back (`RESULT_NAME` among the saved values)."""
+
+    def __init__(self, inner: Backend, ship: bool) -> None:
+        self.inner, self.ship = inner, ship
+
+    def __call__(self, tracer: Any) -> Any:
+        registered = self.ship and _register_by_value()
+        try:
+            result = self.inner(tracer)
+        finally:
+            if registered:
+                _unregister_by_value()
+        if isinstance(result, dict) and RESULT_NAME in result:
+            tracer._mi_take(result[RESULT_NAME])
+        return result
+
+
+_PACKAGE = __name__.split(".")[0]
+
+
+def _register_by_value() -> bool:
+    """Register this package for by-value pickling (`nnsight.register`) unless it is already."""
+    from cloudpickle.cloudpickle import _PICKLE_BY_VALUE_MODULES
+    import nnsight
+
+    if _PACKAGE in _PICKLE_BY_VALUE_MODULES:
+        return False
+    nnsight.register(_PACKAGE)
+    return True
+
+
+def _unregister_by_value() -> None:
+    from cloudpickle.cloudpickle import _PICKLE_BY_VALUE_MODULES
+
+    _PICKLE_BY_VALUE_MODULES.discard(_PACKAGE)
 
 
 def _to_stats(spec: Any, plan: dict, store: dict, groups: list[str]) -> RoutingStats:
@@ -161,8 +272,14 @@ def _open(model: Any, args: tuple, fn: Any, generating: bool, kwargs: dict) -> R
     spec = describe(model)
     inputs, interventions = _split(args)
     plan = compile_plan(spec, interventions)
+    keep_output = kwargs.pop("keep_output", None)
+    ship = bool(kwargs.get("remote")) or kwargs.get("backend") is not None
+    if keep_output is None:  # locally the output costs nothing; remotely a trace's logits are large
+        keep_output = generating or not ship
     tracer = model.trace(*inputs, fn=fn, tracer_cls=RoutingTracer, **kwargs)
-    tracer._mi_setup(spec, plan, generating, getattr(model, "tokenizer", None))
+    tracer._mi_setup(spec, plan, generating, getattr(model, "tokenizer", None), ship=ship,
+                     keep_output=bool(keep_output))
+    tracer.backend = _Collect(tracer.backend, ship)
     return tracer
 
 
@@ -172,7 +289,9 @@ def trace(model: Any, *args: Any, **kwargs: Any) -> RoutingTracer:
     `mi.trace(model, [inputs], *interventions, **model_kwargs)`. Inputs: a string, a list
     of strings, a token tensor, or a tokenizer dict with `attention_mask`; or none, with
     inputs given by `tr.invoke(inputs, group=...)` inside the block. Interventions apply on
-    every forward, in order. The body is plain nnsight code. `remote=` passes through.
+    every forward, in order. The body is plain nnsight code. `remote=` passes through
+    (`True`, `"local"` or a server URL; see docs/remote.md): the routing statistics come
+    back aggregated; the model output only with `keep_output=True` (default for local runs).
 
     ```python
     >>> with mi.trace(model, ["Hello", "Bonjour tout le monde"], mi.RouterRecord()) as tr:

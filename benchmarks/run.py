@@ -1,0 +1,282 @@
+"""CPU benchmarks of moe_interp's overhead: `python benchmarks/run.py` writes benchmarks/RESULTS.md.
+
+1. Forward overhead on a Qwen3-MoE (hidden 256, 8 layers, 32 experts top-4, random init,
+   routers redrawn), batch 8 x 128, under `torch.no_grad()`. Paired, interleaved runs: in
+   every repetition each variant runs right after its own plain HF forward (variant order
+   shuffled per repetition); the reported figure is the median of the per-pair ratios,
+   with the interquartile range and min-max.
+2. Peak RSS of `mi.profile` on a corpus and on 10x that corpus, one subprocess each
+   (`resource.getrusage(RUSAGE_SELF).ru_maxrss`).
+3. Tokens/s of `mi.profile` on the demo model (`mi.zoo.demo_model`; the random-init twin
+   when the trained weights are not bundled).
+
+Options: `--reps N` (default 7), `--quick` (few repetitions, for a smoke run).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BENCH_CONFIG = dict(hidden_size=256, intermediate_size=512, moe_intermediate_size=256, num_hidden_layers=8,
+                    num_experts=32, num_local_experts=32, num_experts_per_tok=4, num_attention_heads=4,
+                    num_key_value_heads=4, head_dim=64, max_position_embeddings=512)
+BATCH, SEQ = 8, 128
+
+
+def bench_model():
+    import moe_interp as mi
+    return mi.zoo.tiny_model("qwen3_moe", **BENCH_CONFIG)
+
+
+# ---------------------------------------------------------------------------------- variants
+
+def make_variants(model):
+    """name -> zero-argument callable running one forward of batch 8 x 128."""
+    import nnsight
+
+    import moe_interp as mi
+
+    spec = mi.describe(model)
+    hf = model._module
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, hf.config.vocab_size, (BATCH, SEQ), generator=generator)
+    enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    layers = list(spec.moe_layers)
+    steer = mi.LayerRouteSteer({l: {0: 1.0, 5: 0.5, 9: -0.5} for l in layers}, scale=0.5)
+    ablate = mi.ExpertAblate({l: [0, 1] for l in layers})
+    record, per_token = mi.RouterRecord(), mi.RouterRecord(per_token=True)
+    k, experts = spec.top_k, spec.num_experts
+
+    def plain():
+        return hf(**enc)
+
+    def hf_router_logits():
+        out = hf(**enc, output_router_logits=True)
+        real = enc["attention_mask"].reshape(-1).bool()
+        count = torch.zeros(len(out.router_logits), experts, dtype=torch.long)
+        mass = torch.zeros(len(out.router_logits), experts, dtype=torch.float64)
+        for i, logits in enumerate(out.router_logits):
+            weights, index = torch.topk(logits.softmax(-1), k, dim=-1)
+            weights = weights / weights.sum(-1, keepdim=True)
+            index, weights = index[real].reshape(-1), weights[real].reshape(-1)
+            count[i] = torch.bincount(index, minlength=experts)
+            mass[i] = torch.bincount(index, weights=weights.double(), minlength=experts)
+        return count, mass
+
+    def nnsight_trace_only():
+        with model.trace(enc):
+            logits = model.lm_head.output.save()
+        return logits
+
+    def nnsight_save_router_outputs():
+        with model.trace(enc):
+            saved = nnsight.save([])
+            for layer in layers:
+                saved.append(model.model.layers[layer].mlp.gate.output)
+        return saved
+
+    def router_record():
+        with mi.trace(model, enc, record) as tr:
+            pass
+        return tr.routing
+
+    def router_record_per_token():
+        with mi.trace(model, enc, per_token) as tr:
+            pass
+        return tr.routing
+
+    def layer_route_steer():
+        with mi.trace(model, enc, steer) as tr:
+            pass
+        return tr.output
+
+    def expert_ablate():
+        with mi.trace(model, enc, ablate) as tr:
+            pass
+        return tr.output
+
+    return plain, {
+        "HF output_router_logits=True + host aggregation": hf_router_logits,
+        "nnsight trace, nothing saved but logits": nnsight_trace_only,
+        "nnsight saving every router output": nnsight_save_router_outputs,
+        "RouterRecord()": router_record,
+        "RouterRecord(per_token=True)": router_record_per_token,
+        "LayerRouteSteer on all 8 MoE layers": layer_route_steer,
+        "ExpertAblate (2 experts x 8 layers, reroute)": expert_ablate,
+    }
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def overhead(reps: int, warmup: int = 2) -> tuple[dict, float]:
+    model = bench_model()
+    plain, variants = make_variants(model)
+    rng = random.Random(0)
+    ratios = {name: [] for name in variants}
+    plain_times = []
+    with torch.no_grad():
+        for _ in range(warmup):
+            plain()
+            for fn in variants.values():
+                fn()
+        for _ in range(reps):
+            order = list(variants)
+            rng.shuffle(order)
+            for name in order:
+                base = timed(plain)
+                plain_times.append(base)
+                ratios[name].append(timed(variants[name]) / base)
+    return ratios, statistics.median(plain_times)
+
+
+def summary(values: list) -> dict:
+    q = statistics.quantiles(values, n=4) if len(values) >= 2 else [values[0]] * 3
+    return {"median": statistics.median(values), "q1": q[0], "q3": q[2], "min": min(values), "max": max(values)}
+
+
+# ---------------------------------------------------------------------------------- memory / speed
+
+def corpus(scale: int) -> dict:
+    """A synthetic two-language corpus: 40 x scale texts per language, 40-250 bytes each."""
+    rng = random.Random(1)
+    words = {"eng": "the of and to in is that for it as with was on be by this are from".split(),
+             "deu": "der die und in den von zu das mit sich des auf für ist im dem nicht ein".split()}
+    return {lang: [" ".join(rng.choice(vocab) for _ in range(rng.randint(8, 40))) for _ in range(40 * scale)]
+            for lang, vocab in words.items()}
+
+
+def rss_child(scale: int) -> None:
+    """Subprocess body: build the model, profile scale x the corpus, print peak RSS (KiB)."""
+    import moe_interp as mi
+    model = bench_model()
+    texts = corpus(scale)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    stats = mi.profile(model, texts, batch_size=16, progress=False)
+    elapsed = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"scale": scale, "before_kib": before, "peak_kib": peak, "seconds": elapsed,
+                      "tokens": int(stats.tokens.sum()), "items": stats.item_count.shape[0]}))
+
+
+def demo_child() -> None:
+    import moe_interp as mi
+    demo = getattr(mi.zoo, "demo_model", None)
+    if demo is None:
+        print(json.dumps({"skipped": "mi.zoo.demo_model does not exist"}))
+        return
+    try:
+        model, which = demo(), "trained"
+    except Exception as error:  # weights not bundled yet
+        model, which = demo(trained=False), f"random-init twin ({type(error).__name__}: {str(error)[:80]})"
+    texts = corpus(2)
+    mi.profile(model, {k: v[:8] for k, v in texts.items()}, batch_size=16, progress=False)  # warm-up
+    start = time.perf_counter()
+    stats = mi.profile(model, texts, batch_size=16, progress=False)
+    elapsed = time.perf_counter() - start
+    print(json.dumps({"model": which, "tokens": int(stats.tokens.sum()), "seconds": elapsed,
+                      "tokens_per_s": int(stats.tokens.sum()) / elapsed}))
+
+
+def child(*args: str) -> dict:
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"failed": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------- report
+
+def machine() -> dict:
+    import nnsight
+    import transformers
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch threads": torch.get_num_threads(),
+            "load average (1, 5, 15 min) at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+            "python": platform.python_version(), "torch": torch.__version__, "nnsight": nnsight.__version__,
+            "transformers": transformers.__version__,
+            "date": datetime.datetime.now().isoformat(timespec="seconds")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rss", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--demo", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
+    args = parser.parse_args()
+    if args.rss:
+        return rss_child(args.rss)
+    if args.demo:
+        return demo_child()
+    import warnings
+    warnings.filterwarnings("ignore")
+    reps = 3 if args.quick else args.reps
+    info = machine()
+    print("forward overhead ...", flush=True)
+    ratios, plain_s = overhead(reps)
+    print("peak RSS of mi.profile (subprocesses) ...", flush=True)
+    small, large = child("--rss", "1"), child("--rss", "10")
+    print("demo model tokens/s ...", flush=True)
+    demo = child("--demo")
+    info["load average (1, 5, 15 min) at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+    lines = ["# Benchmarks", "", "Written by `python benchmarks/run.py`. Targets (not asserted): RouterRecord and "
+             "steering <= 1.10x a plain forward on CPU; peak memory grows <= 10% when the corpus grows 10x.", "",
+             "## Machine", ""]
+    lines += [f"- {k}: {v}" for k, v in info.items()]
+    lines += ["", "The machine is shared with other jobs (see the load average): single timings are noisy, "
+              "so only paired ratios are reported.", "",
+              "## Forward overhead (CPU)", "",
+              f"Qwen3-MoE, hidden 256, 8 layers, 32 experts top-4 (random init), batch {BATCH} x {SEQ}, "
+              f"`torch.no_grad()`. {reps} repetitions; in each, every variant runs right after its own plain HF "
+              f"forward, in shuffled order. Ratio = variant time / paired plain time. Median plain forward: "
+              f"{plain_s * 1000:.0f} ms.", "",
+              "| variant | median ratio | IQR | min - max |", "|---|---|---|---|"]
+    for name, values in ratios.items():
+        s = summary(values)
+        lines.append(f"| {name} | {s['median']:.3f}x | {s['q1']:.3f} - {s['q3']:.3f} | "
+                     f"{s['min']:.3f} - {s['max']:.3f} |")
+    growth = (large["peak_kib"] - small["peak_kib"]) / small["peak_kib"]
+    lines += ["", "## Peak RSS of `mi.profile` (one subprocess each)", "",
+              "Same model; synthetic two-language corpus, batch 16.", "",
+              "| corpus | texts | tokens | RSS before profile (MiB) | peak RSS (MiB) | seconds |",
+              "|---|---|---|---|---|---|"]
+    for r in (small, large):
+        lines.append(f"| {r['scale']}x | {r['items']} | {r['tokens']} | {r['before_kib'] / 1024:.0f} | "
+                     f"{r['peak_kib'] / 1024:.0f} | {r['seconds']:.1f} |")
+    lines += ["", f"Peak RSS growth 1x -> 10x: {growth * 100:+.1f}% (target <= +10%)."]
+    lines += ["", "## `mi.profile` throughput on the demo model", ""]
+    if "skipped" in demo:
+        lines.append(f"Skipped: {demo['skipped']}.")
+    else:
+        lines.append(f"{demo['model']}: {demo['tokens']} tokens in {demo['seconds']:.1f} s = "
+                     f"**{demo['tokens_per_s']:.0f} tokens/s** (batch 16, CPU).")
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
