@@ -45,9 +45,14 @@ def page(title: str, parts: Sequence[Any]) -> str:
             + "\n</body></html>\n")
 
 
+def _k(stats: Any) -> int:
+    """The paper's top-k of 15, capped for models with fewer experts (its 15 of 128)."""
+    return min(15, stats.num_experts)
+
+
 def routing_summary(stats: Any, label: str = "") -> str:
     """The findings about one `RoutingStats` in a few sentences and tables (HTML)."""
-    bands = stats.layer_profile().bands()
+    bands = stats.layer_profile(k=_k(stats)).bands()
     rows = [[band] + [f"{values[key]:.3f}" for key in ("mean_divergence", "shared_fraction", "entropy")]
             + [f"{values['exclusive']:.1f}"] for band, values in bands.items()]
     parts = [f"<h2>{html.escape(label or 'Routing')}</h2>",
@@ -74,8 +79,9 @@ def routing_figures(stats: Any) -> list:
     """The standard figures of one `RoutingStats`."""
     from . import plots
 
-    return [plots.divergence_heatmap(stats, bands=True), plots.dendrogram(stats), plots.layer_profile(stats),
-            plots.expert_counts(stats), plots.routing_heatmap(stats)]
+    k = _k(stats)
+    return [plots.divergence_heatmap(stats, bands=True), plots.dendrogram(stats), plots.layer_profile(stats, k=k),
+            plots.expert_counts(stats, k=k, shared_k=min(20, stats.num_experts)), plots.routing_heatmap(stats)]
 
 
 def write_report(path: str | os.PathLike, title: str, parts: Sequence[Any]) -> Path:
