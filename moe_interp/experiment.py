@@ -152,10 +152,11 @@ class AblationResult:
 
 def ablation_grid(model: Any, stats: Any, corpus: Mapping[str, Sequence[str]], eval_languages: Sequence[str],
                   target_languages: Sequence[str], bands: Sequence[str] = BANDS, width: int | None = None,
-                  k: int = 15, threshold: float = 0.4, path: str | os.PathLike | None = None,
-                  batch_size: int = 8, progress: bool = True) -> AblationResult:
+                  k: int = 15, threshold: float = 0.4, among: Sequence[str] | None = None,
+                  path: str | os.PathLike | None = None, batch_size: int = 8, progress: bool = True) -> AblationResult:
     """The paper's ablation design: each target language's exclusive experts (from
-    `stats`, over all its languages) rerouted in each band, evaluated on every
+    `stats`, exclusive among the languages `among`: by default the evaluation and target
+    languages, as the paper's language set) rerouted in each band, evaluated on every
     evaluation language's held-out texts, against a no-ablation baseline.
 
     ```python
@@ -166,12 +167,14 @@ def ablation_grid(model: Any, stats: Any, corpus: Mapping[str, Sequence[str]], e
     ```
     """
     spec = describe(model)
+    among = list(among) if among is not None else list(dict.fromkeys([*eval_languages, *target_languages]))
     grid: dict[str, list] = {"baseline": []}
     experts = {}
     conditions = []
     for target in target_languages:
         for band in bands:
-            chosen = stats.exclusive_experts(target, k=k, threshold=threshold, layers=spec.band(band, width=width))
+            chosen = stats.exclusive_experts(target, k=k, threshold=threshold, layers=spec.band(band, width=width),
+                                             among=among)
             name = f"ablate:{target}:{band}"
             grid[name] = [ExpertAblate(chosen)]
             experts[(target, band)] = chosen.size

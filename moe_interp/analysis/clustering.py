@@ -165,6 +165,8 @@ def _lookup(label: str, table: Mapping[str, str] | None, what: str) -> str:
         known = udhr_languages().get(label, {})
         if known.get(what):
             return known[what]
+        if what == "branch" and known.get("family"):  # isolates and small families: no branch
+            return known["family"]
         raise KeyError(f"cannot tell the {what} of group {label!r} ({error.args[0]}); "
                        f"pass {_OVERRIDE[what]}={{{label!r}: ...}}") from None
 
