@@ -129,13 +129,33 @@ class AblationResult:
                 out[lang] = (float(np.mean(own)), float(np.mean(other)))
         return out
 
+    def specificity(self) -> dict[str, tuple[float, float]]:
+        """Per target that is also evaluated: (mean delta of the target itself, mean delta of
+        the other evaluated languages) under the ablations of the target's experts. An
+        ablation that hurts everyone alike removed a generally useful expert, not a
+        language-specific one."""
+        out = {}
+        for i, lang in enumerate(self.eval_languages):
+            columns = [j for j, (t, _) in enumerate(self.conditions) if t == lang]
+            others = [r for r in range(len(self.eval_languages)) if r != i]
+            if columns and others:
+                out[lang] = (float(self.delta[i, columns].mean()), float(self.delta[np.ix_(others, columns)].mean()))
+        return out
+
     def summary(self) -> str:
-        """One honest sentence per language: does ablating its own experts hurt it more?"""
+        """Honest sentences per language: does ablating its own experts hurt it more than
+        ablating other languages' experts, and does it hurt it more than it hurts others?"""
         lines = []
+        specific = self.specificity()
         for lang, (own, other) in self.own_vs_other().items():
             verdict = "more" if own > other else "not more"
-            lines.append(f"{lang}: ablating its own exclusive experts changes bits/byte by {own:+.4f}, "
-                         f"other languages' by {other:+.4f} on average ({verdict} harmful)")
+            line = (f"{lang}: ablating its own exclusive experts changes bits/byte by {own:+.4f}, "
+                    f"other languages' by {other:+.4f} on average ({verdict} harmful)")
+            if lang in specific:
+                itself, rest = specific[lang]
+                kind = "language-specific" if itself > rest else "not language-specific"
+                line += f"; the same ablations change the other languages by {rest:+.4f} ({kind})"
+            lines.append(line)
         return "\n".join(lines)
 
     def plot_ablation(self) -> Any:
