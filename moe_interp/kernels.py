@@ -148,6 +148,9 @@ def token_groups(inputs: Any, rows: list, num_tokens: int) -> tuple:
 def accumulate(store: dict, layer: int, group: torch.Tensor, indices: torch.Tensor,
                weights: torch.Tensor, num_groups: int, num_experts: int) -> None:
     """Add one layer's routing of one forward to the per-(group, expert) totals."""
+    if indices.ndim != 2 or indices.shape[0] != group.shape[0]:
+        raise ValueError(f"router readout gave indices of shape {tuple(indices.shape)}; expected "
+                         f"[tokens={group.shape[0]}, top_k]: register an adapter whose readout matches this router")
     valid = group >= 0
     bins = (group[valid, None] * num_experts + indices[valid]).reshape(-1)
     size = num_groups * num_experts

@@ -28,6 +28,10 @@ def wrap(hf_model: Any, tokenizer: Any = None, **kwargs: Any) -> TransformersMod
         raise TypeError("mi.wrap takes a model object; to load a hub id or a local directory use mi.load(...)")
     if not isinstance(hf_model, torch.nn.Module):
         raise TypeError(f"mi.wrap takes a Hugging Face model (torch.nn.Module), got {type(hf_model).__name__}")
+    if getattr(hf_model, "config", None) is None:
+        raise TypeError(f"mi.wrap needs a Hugging Face model (with .config); {type(hf_model).__name__} has none. "
+                        "For a custom torch module register an adapter (mi.register_adapter) and wrap it with "
+                        "nnsight.NNsight(module): mi.describe and the interventions work on it")
     model = TransformersModel(hf_model, tokenizer=tokenizer, **kwargs)
     describe(model)
     return model

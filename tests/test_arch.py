@@ -98,6 +98,11 @@ class ToyModel(torch.nn.Module):
         return x
 
 
+def test_wrap_of_a_non_hugging_face_module_names_the_fix():
+    with pytest.raises(TypeError, match="register an adapter"):
+        mi.wrap(ToyModel())
+
+
 def test_registered_adapter_supports_a_custom_model():
     mi.register_adapter(mi.RouterAdapter(name="toy", router_class="ToyRouter", logits="logits_0",
                                          readout="router", weights_index=1, indices_index=2, top_k=2))
