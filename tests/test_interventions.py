@@ -7,9 +7,6 @@ from transformers import AutoModelForCausalLM
 import moe_interp as mi
 from conftest import encode, oracle_routing, tiny
 
-DATA = "../shared/data/qwen3-30b-a3b-mgsm-routing"
-
-
 def run(model, enc, *interventions):
     with mi.trace(model, enc, *interventions, mi.RouterRecord()) as tr:
         pass
@@ -205,7 +202,9 @@ def test_bad_intervention_arguments_are_clear_errors(make, error, message):
 
 @pytest.fixture(scope="module")
 def paper():
-    return mi.RoutingStats.from_paper(DATA, languages=["en", "zh", "de"])
+    """The paper's released Qwen3-30B-A3B counts, bundled (tests/test_analysis.py checks them
+    against the JSON files)."""
+    return mi.datasets.reference_stats("qwen3-30b-a3b-mgsm").select(["en", "zh", "de"])
 
 
 def test_route_steer_on_released_counts_selects_420_pairs_mean_strength_0507(paper):
