@@ -86,34 +86,21 @@ def make_variants(model):
                 saved.append(model.model.layers[layer].mlp.gate.output)
         return saved
 
-    def router_record():
-        with mi.trace(model, enc, record) as tr:
-            pass
-        return tr.routing
-
-    def router_record_per_token():
-        with mi.trace(model, enc, per_token) as tr:
-            pass
-        return tr.routing
-
-    def layer_route_steer():
-        with mi.trace(model, enc, steer) as tr:
-            pass
-        return tr.output
-
-    def expert_ablate():
-        with mi.trace(model, enc, ablate) as tr:
-            pass
-        return tr.output
+    def traced(*interventions):
+        def run():
+            with mi.trace(model, enc, *interventions) as tr:
+                pass
+            return tr
+        return run
 
     return plain, {
         "HF output_router_logits=True + host aggregation": hf_router_logits,
         "nnsight trace, nothing saved but logits": nnsight_trace_only,
         "nnsight saving every router output": nnsight_save_router_outputs,
-        "RouterRecord()": router_record,
-        "RouterRecord(per_token=True)": router_record_per_token,
-        "LayerRouteSteer on all 8 MoE layers": layer_route_steer,
-        "ExpertAblate (2 experts x 8 layers, reroute)": expert_ablate,
+        "RouterRecord()": traced(record),
+        "RouterRecord(per_token=True)": traced(per_token),
+        "LayerRouteSteer on all 8 MoE layers": traced(steer),
+        "ExpertAblate (2 experts x 8 layers, reroute)": traced(ablate),
     }
 
 
