@@ -51,8 +51,9 @@ def routing_heatmap(stats: RoutingStats, language: str | None = None, value: str
                                  hovertemplate="layer %{y}<br>expert %{x}<br>%{z:.4f}<extra>" + lang + "</extra>"))
     title = f"Routing {value} per token" + (f": {chosen[0]}" if len(chosen) == 1 else "")
     fig.update_layout(title={"text": title}, xaxis_title="expert", yaxis_title="MoE layer")
-    fig.update_yaxes(tickformat="d")  # layers are integers: no 0.5 ticks on shallow models
-    fig.update_xaxes(tickformat="d")
+    # layers and experts are integers: no 0.5 ticks on small models
+    fig.update_yaxes(tickformat="d", dtick=1 if len(stats.layers) <= 16 else None)
+    fig.update_xaxes(tickformat="d", dtick=1 if stats.num_experts <= 32 else None)
     if len(chosen) > 1:
         buttons = [{"label": lang, "method": "update",
                     "args": [{"visible": [i == n for i in range(len(chosen))]},
