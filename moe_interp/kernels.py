@@ -252,3 +252,35 @@ def pack(store: dict) -> dict:
     if count is not None and (count.numel() == 0 or int(count.max()) <= 2147483647):
         out["count"] = count.to(torch.int32)
     return out
+
+
+def profile_batch(store: dict, languages: torch.Tensor, acc: dict) -> None:
+    """Fold one profiling batch (one stats group per text) into a session's running result.
+
+    Per text: `count[layers, experts]` (int16 when it fits, else int32) and its token
+    total; gate mass is summed per language (`languages[i]` indexes `acc["gate_mass"]`),
+    so the per-text float tables never travel. `acc` is built by `profile_start`.
+    """
+    count = store["count"]
+    small = count.numel() == 0 or int(count.max()) <= 32767
+    acc["item_count"].append(count.to(torch.int16 if small else torch.int32).cpu())
+    acc["item_tokens"].append(store["tokens"].to(torch.int32).cpu())
+    mass = store["gate_mass"]
+    if acc["gate_mass"] is None:
+        acc["gate_mass"] = torch.zeros((acc["languages"],) + tuple(mass.shape[1:]), dtype=torch.float64,
+                                       device=mass.device)
+    acc["gate_mass"].index_add_(0, languages.to(mass.device), mass)
+
+
+def profile_start(num_languages: int) -> dict:
+    """The empty running result of a profiling session (see `profile_batch`)."""
+    return {"languages": num_languages, "item_count": [], "item_tokens": [], "gate_mass": None}
+
+
+def profile_finish(acc: dict) -> dict:
+    """What a profiling session sends back: one int16/int32 count table per text, in order."""
+    counts = acc["item_count"]
+    wide = any(c.dtype == torch.int32 for c in counts)
+    return {"item_count": torch.cat([c.to(torch.int32) if wide else c for c in counts]),
+            "item_tokens": torch.cat(acc["item_tokens"]),
+            "gate_mass": acc["gate_mass"].cpu()}

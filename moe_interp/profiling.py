@@ -11,9 +11,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .arch import describe
-from .interventions import RouterRecord, flatten
+from .interventions import RouterRecord, compile_plan, flatten
 from .stats import RoutingStats
-from .trace import trace
+from .trace import profile_session, trace
 
 __all__ = ["profile"]
 
@@ -53,7 +53,7 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 def profile(model: Any, corpus: Mapping[str, Sequence[str]], *interventions: Any, batch_size: int = 16,
             progress: bool = True, checkpoint: str | os.PathLike | None = None, save_every: int = 10,
-            **trace_kwargs: Any) -> RoutingStats:
+            session_batches: int | None = None, **trace_kwargs: Any) -> RoutingStats:
     """Routing statistics of `model` over `corpus` (`{language: [texts]}`), per item too.
 
     Texts are batched (longest first, to waste little padding; padding is excluded, so
@@ -61,7 +61,13 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]], *interventions: Any
     which gives bootstrap confidence intervals. `interventions` apply during profiling
     (e.g. an ablation). With `checkpoint=path`, partial results are written every
     `save_every` batches and on interruption; rerunning the same call resumes there.
-    `remote=` and other keyword arguments go to `mi.trace`.
+    Other keyword arguments go to `mi.trace`.
+
+    Remote (`remote=True`, `"local"`, a URL, or `backend=`): the batches run in ONE nnsight
+    session request (`session_batches=N` splits them into requests of N batches each; the
+    default sends all). The server aggregates: per text an int16/int32 `[layers, experts]`
+    count table and a token total, gate mass summed per language. With `checkpoint=`,
+    progress is saved after every request (resume is per request, not per batch).
 
     ```python
     >>> corpus = mi.datasets.udhr(["eng", "deu", "fra"], split="heldout")
@@ -100,8 +106,31 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]], *interventions: Any
 
     started, tokens_seen = time.perf_counter(), 0
     bar = tqdm(total=len(items), initial=done, unit="text", disable=not progress, desc="profiling")
+    remote = bool(trace_kwargs.get("remote")) or trace_kwargs.get("backend") is not None
+    if session_batches is not None and (not isinstance(session_batches, int) or session_batches < 1):
+        raise ValueError(f"session_batches must be a positive int or None, got {session_batches!r}")
     try:
         batches = 0
+        while remote and done < len(items):
+            per_request = (session_batches or len(items)) * batch_size
+            chunks = [order[start : start + batch_size]
+                      for start in range(done, min(done + per_request, len(items)), batch_size)]
+            session_kwargs = {k: trace_kwargs[k] for k in ("remote", "backend", "blocking", "job_id", "verbose")
+                              if k in trace_kwargs}
+            model_kwargs = {k: v for k, v in trace_kwargs.items() if k not in session_kwargs and k != "keep_output"}
+            plan = compile_plan(spec, [*interventions, RouterRecord()])
+            packed = profile_session(model, [([items[i][1] for i in chunk], item_language[torch.tensor(chunk)])
+                                             for chunk in chunks], plan, len(languages), session_kwargs,
+                                     model_kwargs)
+            index = torch.tensor([i for chunk in chunks for i in chunk])
+            item_count[index] = packed["item_count"].to(torch.int32)
+            item_tokens[index] = packed["item_tokens"].long()
+            gate_mass += packed["gate_mass"].to(torch.float64)
+            done += len(index)
+            tokens_seen += int(packed["item_tokens"].sum())
+            bar.update(len(index))
+            bar.set_postfix(tokens_per_s=f"{tokens_seen / (time.perf_counter() - started):.0f}")
+            save()
         while done < len(items):
             chunk = order[done : done + batch_size]
             tracer = trace(model, [items[i][1] for i in chunk], *interventions, RouterRecord(), **trace_kwargs)

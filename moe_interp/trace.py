@@ -29,7 +29,7 @@ from nnsight.tracing.util import push as _push
 
 from .arch import describe
 from .interventions import Intervention, compile_plan, flatten
-from .kernels import keep_result, pack, run as run_plan
+from .kernels import keep_result, pack, profile_batch, profile_finish, profile_start, run as run_plan
 from .stats import RoutingStats
 
 __all__ = ["trace", "generate", "RoutingTracer", "RoutingRun", "RESULT_NAME"]
@@ -225,6 +225,63 @@ def _unregister_by_value() -> None:
     from cloudpickle.cloudpickle import _PICKLE_BY_VALUE_MODULES
 
     _PICKLE_BY_VALUE_MODULES.discard(_PACKAGE)
+
+
+def _profile_run(model: Any, texts: list, plan: dict, trace_kwargs: dict) -> RoutingRun:
+    """One profiling batch's tracer, built where the model is (inside a session, on a server
+    too): `RouterRecord` plan, one stats group per text, results left in `_mi_store`."""
+    run = model.trace(texts, tracer_cls=RoutingRun, **trace_kwargs)
+    run._mi_plan, run._mi_generating = plan, False
+    run._mi_store = {"forwards": 0, "per_token": []}
+    run._mi_groups = []
+    run._mi_per_row, run._mi_ship, run._mi_keep_output = True, False, False
+    return run
+
+
+def profile_session(model: Any, batches: list, plan: dict, num_languages: int, session_kwargs: dict,
+                    trace_kwargs: dict) -> dict:
+    """Run many profiling batches in ONE session request; return what `kernels.profile_finish` packs.
+
+    `batches` is `[(texts, language_index_tensor), ...]`. The session body below is what
+    travels (as source): it references only the model, plain data, `_profile_run`
+    (builds a `RoutingRun`), the `kernels.profile_*` functions, torch and nnsight's `save`,
+    never the `moe_interp` package as a whole.
+    """
+    # Keep each statement of the session body on one line: it travels as `ast.unparse`d source
+    # with its first line's number kept, and the inner `with` is found again by line number.
+    session = model.session(**session_kwargs)
+    collect = session.backend = _SessionCollect(session.backend)
+    with session:
+        acc = profile_start(num_languages)
+        for texts, languages in batches:
+            run = _profile_run(model, texts, plan, trace_kwargs)
+            with torch.no_grad(), run:
+                pass
+            profile_batch(run._mi_store, languages, acc)
+        __moe_interp__ = _save(profile_finish(acc))  # noqa: F841  (travels back as RESULT_NAME)
+    return collect.result
+
+
+class _SessionCollect(Backend):
+    """A session's backend: ships `moe_interp` by value and keeps the returned `RESULT_NAME`."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner, self.result = inner, None
+
+    def __call__(self, tracer: Any) -> Any:
+        registered = _register_by_value()
+        try:
+            returned = self.inner(tracer)
+        finally:
+            if registered:
+                _unregister_by_value()
+        if isinstance(returned, dict) and RESULT_NAME in returned:
+            self.result = returned[RESULT_NAME]
+        elif tracer.info is not None and tracer.info.frame is not None:
+            self.result = tracer.info.frame.f_locals.get(RESULT_NAME)
+        if self.result is None:
+            raise RuntimeError("the profiling session sent no results back (a non-blocking request?)")
+        return returned
 
 
 def _to_stats(spec: Any, plan: dict, store: dict, groups: list[str]) -> RoutingStats:

@@ -16,6 +16,7 @@ Neither proves acceptance by the real server (its import whitelist, its nnsight 
 import builtins
 import contextlib
 import io
+import linecache
 import os
 import sys
 
@@ -135,10 +136,24 @@ class NdifSim(Backend):
     def __call__(self, tracer):
         blob = RequestModel.serialize(tracer, compress=False)
         self.request_bytes = len(blob)
-        with without_package(), record_imports(self.deserialize_imports):
-            restored = RequestModel.deserialize(blob, self.model._remoteable_persistent_objects(), compress=False)
+        # deserialize registers the block's source in linecache under its file's name; a real
+        # server is another process, in-process that would corrupt later source lookups of
+        # that file (a session block lives in moe_interp/trace.py): restore it, as nnsight's
+        # LocalSimulationBackend does.
+        filename = tracer.info.frame.f_code.co_filename
+        saved_lines = linecache.cache.get(filename)
+        try:
+            with without_package(), record_imports(self.deserialize_imports):
+                restored = RequestModel.deserialize(blob, self.model._remoteable_persistent_objects(),
+                                                    compress=False)
+        finally:
+            if saved_lines is not None:
+                linecache.cache[filename] = saved_lines
+            else:
+                linecache.cache.pop(filename, None)
         # (cloudpickle rebuilds a by-value class as the same class object within one process)
-        assert type(restored).__name__ == "RoutingRun"
+        # A trace request carries a RoutingRun; a session request (mi.profile) nnsight's Tracer.
+        assert type(restored).__name__ in ("RoutingRun", "Tracer"), type(restored)
         assert not any(name.startswith("moe_interp") for name in self.deserialize_imports)
         with without_package(), (kernel_import_guard() if self.guard else contextlib.nullcontext([])) as seen:
             restored.execute(restored.info.code)
@@ -350,15 +365,76 @@ def test_request_needs_no_import_beyond_a_plain_nnsight_request(loaded):
     assert not any(name.startswith("moe_interp") for name in sim.deserialize_imports)
 
 
-def test_remote_profile_equals_local_profile(loaded):
-    profile = getattr(mi, "profile", None)
-    if profile is None:
-        pytest.skip("mi.profile not available")
-    corpus = {"eng": ["The cat sat.", "Hi there"], "deu": ["Die Katze saß.", "Hallo"]}
-    local = profile(loaded, corpus, batch_size=2, progress=False)
-    far = profile(loaded, corpus, batch_size=2, progress=False, backend=NdifSim(loaded))
-    assert torch.equal(local.count, far.count) and torch.equal(local.item_count, far.item_count)
-    assert torch.allclose(local.gate_mass, far.gate_mass)
+class Counting(Backend):
+    """Wraps a backend and counts the requests that reach it."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.requests = inner, 0
+
+    def __call__(self, tracer):
+        self.requests += 1
+        return self.inner(tracer)
+
+
+CORPUS = {"eng": ["The cat sat.", "Hi there", "Good morning to you all", "Yes"],
+          "deu": ["Die Katze saß.", "Hallo", "Guten Morgen, liebe Welt", "Ja, gerne"],
+          "fra": ["Bonjour tout le monde", "Le chat"]}
+
+
+def _same_profile(local, far):
+    assert far.languages == local.languages and far.layers == local.layers
+    assert torch.equal(local.count, far.count) and torch.equal(local.tokens, far.tokens)
+    assert torch.equal(local.item_count, far.item_count) and torch.equal(local.item_tokens, far.item_tokens)
+    assert torch.equal(local.item_language, far.item_language)
+    assert torch.allclose(local.gate_mass, far.gate_mass, rtol=1e-6, atol=1e-6)
+
+
+def test_remote_profile_runs_all_batches_in_one_session_request(loaded):
+    """10 texts, batch 3 -> 4 batches; NdifSim (package unimportable on the 'server') gets ONE request."""
+    steer = mi.ExpertAblate({1: [0]})
+    local = mi.profile(loaded, CORPUS, steer, batch_size=3, progress=False)
+    sim = NdifSim(loaded)
+    counting = Counting(sim)
+    far = mi.profile(loaded, CORPUS, steer, batch_size=3, progress=False, backend=counting)
+    _same_profile(local, far)
+    assert counting.requests == 1
+    assert sim.saved_names == {trace_module.RESULT_NAME}
+    n_items, n_layers, n_experts = local.item_count.shape
+    # per text int16 counts + an int32 token total; gate mass per language (not per text) in float64
+    floor = n_items * (n_layers * n_experts * 2 + 4) + len(CORPUS) * n_layers * n_experts * 8
+    assert floor < sim.result_bytes < floor + 4000, (sim.request_bytes, sim.result_bytes)
+    print(f"\nremote profile: 4 batches, 1 request, request {sim.request_bytes:,} B, result {sim.result_bytes:,} B")
+
+
+def test_remote_profile_local_simulation_and_session_chunks(loaded, tmp_path):
+    local = mi.profile(loaded, CORPUS, batch_size=3, progress=False)
+    sims = []
+
+    class CountingSim(Counting):  # remote="local" builds its own backend: count at the session
+        pass
+
+    real = loaded.session
+
+    def session(*args, **kwargs):
+        tracer = real(*args, **kwargs)
+        tracer.backend = CountingSim(tracer.backend)
+        sims.append(tracer.backend)
+        return tracer
+
+    loaded.session = session
+    try:
+        far = mi.profile(loaded, CORPUS, batch_size=3, progress=False, remote="local")
+        _same_profile(local, far)
+        assert len(sims) == 1 and sims[0].requests == 1
+        sims.clear()
+        path = tmp_path / "ck.pt"
+        chunked = mi.profile(loaded, CORPUS, batch_size=3, progress=False, remote="local", session_batches=2,
+                             checkpoint=path)
+        _same_profile(local, chunked)
+        assert len(sims) == 2 and all(s.requests == 1 for s in sims)  # 4 batches, 2 per request
+        assert torch.load(path, weights_only=True)["done"] == 10
+    finally:
+        del loaded.session
 
 
 def test_a_wrapped_model_cannot_go_to_ndif():
