@@ -21,6 +21,8 @@ import time
 
 import torch
 
+from run import moe_interp_variants  # benchmarks/ is on sys.path when run as a script
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -72,9 +74,6 @@ def main() -> None:
     ids = torch.randint(3, config.vocab_size, (args.batch, args.seq), device=device,
                         generator=torch.Generator(device).manual_seed(0))
     enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    record, per_token = mi.RouterRecord(), mi.RouterRecord(per_token=True)
-    steer = mi.LayerRouteSteer({l: {0: 1.0, 5: 0.5, 9: -0.5} for l in layers}, scale=0.5)
-    ablate = mi.ExpertAblate({l: [0, 1] for l in layers})
     k, experts = spec.top_k, spec.num_experts
 
     def plain():
@@ -89,27 +88,9 @@ def main() -> None:
             counts.append(torch.bincount(index[real].reshape(-1), minlength=experts))
         return torch.stack(counts).cpu()  # host-side result, as a user would read it
 
-    def nnsight_save_router_outputs():
-        with model.trace(enc):
-            saved = nnsight.save([])
-            for layer in layers:
-                saved.append(model.model.layers[layer].mlp.gate.output)
-        return saved
-
-    def traced(*interventions):
-        def run():
-            with mi.trace(model, enc, *interventions) as tr:
-                pass
-            return tr
-        return run
-
     variants = {
         "HF output_router_logits=True + aggregation": hf_router_logits,
-        "nnsight saving every router output": nnsight_save_router_outputs,
-        "RouterRecord()": traced(record),
-        "RouterRecord(per_token=True)": traced(per_token),
-        f"LayerRouteSteer on all {len(layers)} MoE layers": traced(steer),
-        f"ExpertAblate (2 experts x {len(layers)} layers)": traced(ablate),
+        **moe_interp_variants(model, enc, layers),
     }
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)

@@ -41,10 +41,40 @@ def bench_model():
 
 # ---------------------------------------------------------------------------------- variants
 
-def make_variants(model):
-    """name -> zero-argument callable running one forward of batch 8 x 128."""
+def moe_interp_variants(model, enc, layers):
+    """The variants both benchmarks share: nnsight saving router outputs, and moe_interp's
+    interventions on every MoE layer, each a zero-argument callable."""
     import nnsight
 
+    import moe_interp as mi
+
+    def nnsight_save_router_outputs():
+        with model.trace(enc):
+            saved = nnsight.save([])
+            for layer in layers:
+                saved.append(model.model.layers[layer].mlp.gate.output)
+        return saved
+
+    def traced(*interventions):
+        def run():
+            with mi.trace(model, enc, *interventions) as tr:
+                pass
+            return tr
+        return run
+
+    steer = mi.LayerRouteSteer({l: {0: 1.0, 5: 0.5, 9: -0.5} for l in layers}, scale=0.5)
+    ablate = mi.ExpertAblate({l: [0, 1] for l in layers})
+    return {
+        "nnsight saving every router output": nnsight_save_router_outputs,
+        "RouterRecord()": traced(mi.RouterRecord()),
+        "RouterRecord(per_token=True)": traced(mi.RouterRecord(per_token=True)),
+        f"LayerRouteSteer on all {len(layers)} MoE layers": traced(steer),
+        f"ExpertAblate (2 experts x {len(layers)} layers, reroute)": traced(ablate),
+    }
+
+
+def make_variants(model):
+    """name -> zero-argument callable running one forward of batch 8 x 128."""
     import moe_interp as mi
 
     spec = mi.describe(model)
@@ -53,9 +83,6 @@ def make_variants(model):
     ids = torch.randint(3, hf.config.vocab_size, (BATCH, SEQ), generator=generator)
     enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     layers = list(spec.moe_layers)
-    steer = mi.LayerRouteSteer({l: {0: 1.0, 5: 0.5, 9: -0.5} for l in layers}, scale=0.5)
-    ablate = mi.ExpertAblate({l: [0, 1] for l in layers})
-    record, per_token = mi.RouterRecord(), mi.RouterRecord(per_token=True)
     k, experts = spec.top_k, spec.num_experts
 
     def plain():
@@ -79,28 +106,10 @@ def make_variants(model):
             logits = model.lm_head.output.save()
         return logits
 
-    def nnsight_save_router_outputs():
-        with model.trace(enc):
-            saved = nnsight.save([])
-            for layer in layers:
-                saved.append(model.model.layers[layer].mlp.gate.output)
-        return saved
-
-    def traced(*interventions):
-        def run():
-            with mi.trace(model, enc, *interventions) as tr:
-                pass
-            return tr
-        return run
-
     return plain, {
         "HF output_router_logits=True + host aggregation": hf_router_logits,
         "nnsight trace, nothing saved but logits": nnsight_trace_only,
-        "nnsight saving every router output": nnsight_save_router_outputs,
-        "RouterRecord()": traced(record),
-        "RouterRecord(per_token=True)": traced(per_token),
-        "LayerRouteSteer on all 8 MoE layers": traced(steer),
-        "ExpertAblate (2 experts x 8 layers, reroute)": traced(ablate),
+        **moe_interp_variants(model, enc, layers),
     }
 
 

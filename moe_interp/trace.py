@@ -188,6 +188,16 @@ class RoutingTracer(RoutingRun):
         return self._mi_tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 
+def _shipped(inner: Backend, tracer: Any, ship: bool = True) -> Any:
+    """Run a request through `inner` with `moe_interp` registered for by-value shipping."""
+    registered = ship and _register_by_value()
+    try:
+        return inner(tracer)
+    finally:
+        if registered:
+            _unregister_by_value()
+
+
 class _Collect(Backend):
     """Wraps the tracer's backend: ships `moe_interp` by value for a remote request and
     adopts the results the request sent back (`RESULT_NAME` among the saved values)."""
@@ -196,12 +206,7 @@ class _Collect(Backend):
         self.inner, self.ship = inner, ship
 
     def __call__(self, tracer: Any) -> Any:
-        registered = self.ship and _register_by_value()
-        try:
-            result = self.inner(tracer)
-        finally:
-            if registered:
-                _unregister_by_value()
+        result = _shipped(self.inner, tracer, self.ship)
         if isinstance(result, dict) and RESULT_NAME in result:
             tracer._mi_take(result[RESULT_NAME])
         return result
@@ -269,12 +274,7 @@ class _SessionCollect(Backend):
         self.inner, self.result = inner, None
 
     def __call__(self, tracer: Any) -> Any:
-        registered = _register_by_value()
-        try:
-            returned = self.inner(tracer)
-        finally:
-            if registered:
-                _unregister_by_value()
+        returned = _shipped(self.inner, tracer)
         if isinstance(returned, dict) and RESULT_NAME in returned:
             self.result = returned[RESULT_NAME]
         elif tracer.info is not None and tracer.info.frame is not None:
