@@ -48,6 +48,11 @@ def moe_interp_variants(model, enc, layers):
 
     import moe_interp as mi
 
+    def nnsight_trace_only():
+        with model.trace(enc):
+            logits = model.lm_head.output.save()
+        return logits
+
     def nnsight_save_router_outputs():
         with model.trace(enc):
             saved = nnsight.save([])
@@ -59,12 +64,15 @@ def moe_interp_variants(model, enc, layers):
         def run():
             with mi.trace(model, enc, *interventions) as tr:
                 pass
+            if any(isinstance(i, mi.RouterRecord) for i in interventions):
+                return tr.routing  # the results reach the host, as a user would read them
             return tr
         return run
 
     steer = mi.LayerRouteSteer({l: {0: 1.0, 5: 0.5, 9: -0.5} for l in layers}, scale=0.5)
     ablate = mi.ExpertAblate({l: [0, 1] for l in layers})
     return {
+        "nnsight trace, nothing saved but logits": nnsight_trace_only,
         "nnsight saving every router output": nnsight_save_router_outputs,
         "RouterRecord()": traced(mi.RouterRecord()),
         "RouterRecord(per_token=True)": traced(mi.RouterRecord(per_token=True)),
@@ -101,14 +109,8 @@ def make_variants(model):
             mass[i] = torch.bincount(index, weights=weights.double(), minlength=experts)
         return count, mass
 
-    def nnsight_trace_only():
-        with model.trace(enc):
-            logits = model.lm_head.output.save()
-        return logits
-
     return plain, {
         "HF output_router_logits=True + host aggregation": hf_router_logits,
-        "nnsight trace, nothing saved but logits": nnsight_trace_only,
         **moe_interp_variants(model, enc, layers),
     }
 
