@@ -18,6 +18,7 @@ Options: `--reps N` (default 10), `--batch B`, `--seq S`, `--experts-implementat
 
 import argparse
 import datetime
+import gc
 import os
 import random
 import statistics
@@ -126,9 +127,6 @@ def measure(implementation, args, device):
              "| variant | median ratio | min - max |", "|---|---|---|"]
     for variant, values in ratios.items():
         lines.append(f"| {variant} | {statistics.median(values):.3f}x | {min(values):.3f} - {max(values):.3f} |")
-    del model, hf, variants
-    if device == "cuda":
-        torch.cuda.empty_cache()
     return lines + [""]
 
 
@@ -210,6 +208,8 @@ def main() -> None:
              "", "Target (not asserted): RouterRecord and steering <= 1.05x a plain forward.", ""]
     for implementation in args.experts_implementation.split(","):
         lines += measure(implementation.strip() or None, args, device)
+        gc.collect()  # the section's model is unreachable now: give its memory back before the next
+        torch.cuda.empty_cache() if device == "cuda" else None
         with open(args.out, "w") as f:  # written after each section: a timeout keeps what finished
             f.write("\n".join(lines) + "\n")
     lines += demo_profile(args, device)
