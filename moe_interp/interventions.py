@@ -19,7 +19,7 @@ from .arch import MoESpec
 from .expert_set import ExpertSet
 
 __all__ = ["Intervention", "RouterRecord", "ExpertAblate", "LayerRouteSteer", "RouteSteer",
-           "compile_plan", "flatten"]
+           "compile_plan", "flatten", "place"]
 
 
 class Intervention:
@@ -263,3 +263,24 @@ def compile_plan(spec: MoESpec, interventions: Iterable[Intervention]) -> dict:
         })
     return {"layers": layers, "record": bool(records), "per_token": any(r.per_token for r in records),
             "num_experts": spec.num_experts, "top_k": spec.top_k}
+
+
+def place(plan: dict, module: Any) -> dict:
+    """Move `plan`'s tensors onto the device of each layer's router in `module` (the HF model).
+
+    Local runs only: a strength or mask left on the host would be copied to the GPU at every
+    layer of every forward, and such a copy waits for the GPU to catch up. Routers whose
+    weights are not materialised (meta device, a remote model) are left for the kernels to
+    move. Returns `plan`, edited in place.
+    """
+    for entry in plan["layers"]:
+        try:
+            router = module.get_submodule(entry["router"])
+        except AttributeError:
+            continue
+        device = next((p.device for p in router.parameters()), None)
+        if device is None or device.type == "meta":
+            continue
+        for key in ("logits_edits", "choice_edits", "drop"):
+            entry[key] = [(kind, payload.to(device), scale) for kind, payload, scale in entry[key]]
+    return plan

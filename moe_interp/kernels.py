@@ -31,10 +31,18 @@ def resolve(root: Any, path: str) -> Any:
     return envoy
 
 
+def on(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` on `device`. Local runs get their plan placed beforehand (a no-op here); on a
+    server the copy is queued without waiting, so the model never stalls for it."""
+    if tensor.device == device:
+        return tensor
+    return tensor.to(device, non_blocking=torch.device(device).type != "cpu")  # a copy to the host must wait
+
+
 def edit_scores(z: torch.Tensor, edits: list) -> torch.Tensor:
     """Apply logit-stage edits in order to router scores `z[T, E]`; returns a new tensor."""
     for kind, payload, scale in edits:
-        payload = payload.to(z.device)
+        payload = on(payload, z.device)
         if kind == "relative":
             z = z + scale * payload.to(z.dtype) * z.abs()
         elif kind == "additive":
@@ -49,7 +57,7 @@ def edit_scores(z: torch.Tensor, edits: list) -> torch.Tensor:
 def drop_weights(indices: torch.Tensor, weights: torch.Tensor, edits: list) -> torch.Tensor:
     """Zero the weights of dropped experts among the selected `indices[T, K]`."""
     for _, mask, _ in edits:
-        weights = weights.masked_fill(mask.to(indices.device)[indices], 0)
+        weights = weights.masked_fill(on(mask, indices.device)[indices], 0)
     return weights
 
 
@@ -103,9 +111,9 @@ def _readout(root: Any, router: Any, entry: dict, top_k: int) -> tuple:
     scores = out[entry["scores_index"]]
     weights, indices = torch.topk(scores, top_k, dim=-1)
     if drops:
-        mask = drops[0][1].to(scores.device)
+        mask = on(drops[0][1], scores.device)
         for _, more, _ in drops[1:]:
-            mask = mask | more.to(scores.device)
+            mask = mask | on(more, scores.device)
         router.output = _replace(out, entry["scores_index"], scores.masked_fill(mask, 0))
         weights = drop_weights(indices, weights, drops)
     return indices, weights
@@ -145,19 +153,38 @@ def token_groups(inputs: Any, rows: list, num_tokens: int) -> tuple:
     return group.reshape(-1), position.reshape(-1), row.reshape(-1)
 
 
+def tally(bins: torch.Tensor, size: int, weights: Any = None) -> torch.Tensor:
+    """`bincount(bins[bins >= 0], weights, minlength=size)` (float64 with weights) that never
+    waits for the GPU.
+
+    Boolean indexing and `bincount` both read the data to size their output, which on a GPU
+    blocks the host until every queued kernel has run; once per layer that starves the GPU.
+    Here negative bins (padding) fall into one spare slot past the end, and the shapes
+    depend on `size` alone.
+    """
+    bins = bins.reshape(-1)
+    bins = torch.where(bins >= 0, bins, size)
+    if weights is None:
+        out = torch.zeros(size + 1, dtype=torch.long, device=bins.device)
+        values = torch.ones_like(bins)
+    else:
+        out = torch.zeros(size + 1, dtype=torch.float64, device=bins.device)
+        values = weights.reshape(-1).to(torch.float64)
+    return out.scatter_add_(0, bins, values)[:size]
+
+
 def accumulate(store: dict, layer: int, group: torch.Tensor, indices: torch.Tensor,
                weights: torch.Tensor, num_groups: int, num_experts: int) -> None:
     """Add one layer's routing of one forward to the per-(group, expert) totals."""
     if indices.ndim != 2 or indices.shape[0] != group.shape[0]:
         raise ValueError(f"router readout gave indices of shape {tuple(indices.shape)}; expected "
                          f"[tokens={group.shape[0]}, top_k]: register an adapter whose readout matches this router")
-    valid = group >= 0
-    bins = (group[valid, None] * num_experts + indices[valid]).reshape(-1)
+    group = on(group, indices.device)[:, None]
+    bins = torch.where(group >= 0, group * num_experts + indices, -1)
     size = num_groups * num_experts
-    count = torch.bincount(bins, minlength=size).view(num_groups, num_experts)
-    mass = torch.bincount(bins, weights=weights[valid].detach().reshape(-1).float(), minlength=size)
-    store["count"][:, layer] += count
-    store["gate_mass"][:, layer] += mass.view(num_groups, num_experts).double()
+    target = store["count"].device
+    store["count"][:, layer] += on(tally(bins, size), target).view(num_groups, num_experts)
+    store["gate_mass"][:, layer] += on(tally(bins, size, weights.detach()), target).view(num_groups, num_experts)
 
 
 def forward_step(root: Any, plan: dict, store: dict, rows: list) -> None:
@@ -187,16 +214,16 @@ def forward_step(root: Any, plan: dict, store: dict, rows: list) -> None:
                 store["count"] = torch.zeros(shape, dtype=torch.long, device=indices.device)
                 store["gate_mass"] = torch.zeros(shape, dtype=torch.float64, device=indices.device)
                 store["tokens"] = torch.zeros(len(rows), dtype=torch.long, device=indices.device)
-            valid = group >= 0
-            store["tokens"] += torch.bincount(group[valid], minlength=len(rows))
+            store["tokens"] += on(tally(group, len(rows)), store["tokens"].device)
         accumulate(store, position, group, indices, weights, len(rows), num_experts)
         if per_token is not None:
-            per_token.append((indices[valid].to(torch.int16), weights[valid].detach().to(torch.float16)))
+            per_token.append((indices.to(torch.int16), weights.detach().to(torch.float16)))
     if per_token:
-        valid = group >= 0
+        valid = group >= 0  # dropping the padding waits for the GPU: once per forward, not per layer
+        device = per_token[0][0].device
         store["per_token"].append({
-            "indices": torch.stack([i for i, _ in per_token], 1),
-            "weights": torch.stack([w for _, w in per_token], 1),
+            "indices": torch.stack([on(i, device) for i, _ in per_token], 1)[on(valid, device)],
+            "weights": torch.stack([on(w, device) for _, w in per_token], 1)[on(valid, device)],
             "group": group[valid].to(torch.int16),
             "row": token_row[valid].to(torch.int32),
             "position": token_position[valid].to(torch.int32),

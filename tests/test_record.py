@@ -110,3 +110,30 @@ def test_router_record_inside_body_user_code_still_works():
     assert torch.equal(logits, tr.output.logits)
     assert gate[2].shape[-1] == 2
     assert tr.routing.languages == ("default",)
+
+
+def test_tally_equals_bincount_of_real_bins_and_never_reads_the_data():
+    """`kernels.tally` is what accumulate counts with. Oracle: torch.bincount on the non-padding
+    bins. The meta device has no data, so ops that size their output from the data (boolean
+    indexing, bincount: on a GPU each waits for the device) raise there; tally must not."""
+    from moe_interp import kernels
+
+    generator = torch.Generator().manual_seed(0)
+    bins = torch.randint(-1, 12, (50, 3), generator=generator)  # -1: padding
+    weights = torch.rand(50, 3, generator=generator)
+    real = bins >= 0
+    assert (bins < 0).any() and real.any()
+    assert torch.equal(kernels.tally(bins, 12), torch.bincount(bins[real], minlength=12))
+    torch.testing.assert_close(kernels.tally(bins, 12, weights),
+                               torch.bincount(bins[real], weights[real].double(), minlength=12))
+
+    meta_bins, meta_weights = bins.to("meta"), weights.to("meta")
+    with pytest.raises(Exception):  # the check has teeth: the obvious way reads the data
+        torch.bincount(meta_bins[meta_bins >= 0], minlength=12)
+    assert kernels.tally(meta_bins, 12).shape == (12,)
+    assert kernels.tally(meta_bins, 12, meta_weights).dtype == torch.float64
+    store = {"count": torch.zeros(3, 2, 4, dtype=torch.long, device="meta"),
+             "gate_mass": torch.zeros(3, 2, 4, dtype=torch.float64, device="meta")}
+    group = torch.tensor([0, 0, 1, -1, 2, 2, -1]).to("meta")
+    kernels.accumulate(store, 1, group, torch.zeros(7, 2, dtype=torch.long, device="meta"),
+                       torch.zeros(7, 2, device="meta"), 3, 4)
