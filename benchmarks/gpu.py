@@ -53,6 +53,21 @@ def olmoe_model(experts_implementation, device="cuda", smoke=False):
     return mi.wrap(hf, mi.zoo.byte_tokenizer()), config
 
 
+def count_syncs(fn, device):
+    """How many times one call of `fn` makes the host wait for the GPU (None on the CPU)."""
+    if device != "cuda":
+        return None
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 def measure(implementation, args, device):
     """One experts implementation: the exactness check, then the paired timings. Returns lines."""
     import moe_interp as mi
@@ -100,6 +115,8 @@ def measure(implementation, args, device):
         print(f"[{implementation}] exactness: {mismatched} of {oracle.numel()} (layer, expert) counts differ",
               flush=True)
 
+        syncs = {name: count_syncs(fn, device) for name, fn in {"plain forward": plain, **variants}.items()}
+
         ratios = {name: [] for name in variants}
         plain_times = []
         rng = random.Random(0)
@@ -124,9 +141,12 @@ def measure(implementation, args, device):
              f"- exactness: RouterRecord counts vs HF `output_router_logits` + top-k: "
              f"**{mismatched} of {oracle.numel()}** (layer, expert) counts differ "
              f"({int(oracle.sum()):,} routed token-slots)", "",
-             "| variant | median ratio | min - max |", "|---|---|---|"]
+             f"- host syncs: times one call waited for the GPU (`torch.cuda.set_sync_debug_mode`); the plain "
+             f"forward itself makes {syncs['plain forward']}", "",
+             "| variant | median ratio | min - max | host syncs |", "|---|---|---|---|"]
     for variant, values in ratios.items():
-        lines.append(f"| {variant} | {statistics.median(values):.3f}x | {min(values):.3f} - {max(values):.3f} |")
+        lines.append(f"| {variant} | {statistics.median(values):.3f}x | {min(values):.3f} - {max(values):.3f} "
+                     f"| {syncs[variant]} |")
     return lines + [""]
 
 
