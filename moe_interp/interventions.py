@@ -282,5 +282,6 @@ def place(plan: dict, module: Any) -> dict:
         if device is None or device.type == "meta":
             continue
         for key in ("logits_edits", "choice_edits", "drop"):
-            entry[key] = [(kind, payload.to(device), scale) for kind, payload, scale in entry[key]]
+            # queued, not waited for (each blocking copy would be a host sync per layer)
+            entry[key] = [(kind, payload.to(device, non_blocking=True), scale) for kind, payload, scale in entry[key]]
     return plan
