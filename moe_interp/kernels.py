@@ -219,16 +219,29 @@ def forward_step(root: Any, plan: dict, store: dict, rows: list) -> None:
         if per_token is not None:
             per_token.append((indices.to(torch.int16), weights.detach().to(torch.float16)))
     if per_token:
-        valid = group >= 0  # dropping the padding waits for the GPU: once per forward, not per layer
+        # Padding rows stay until `compact` (after the forward): dropping them here would make
+        # the host wait for the GPU before the last layer and the head are even launched.
         device = per_token[0][0].device
         store["per_token"].append({
-            "indices": torch.stack([on(i, device) for i, _ in per_token], 1)[on(valid, device)],
-            "weights": torch.stack([on(w, device) for _, w in per_token], 1)[on(valid, device)],
-            "group": group[valid].to(torch.int16),
-            "row": token_row[valid].to(torch.int32),
-            "position": token_position[valid].to(torch.int32),
+            "indices": torch.stack([on(i, device) for i, _ in per_token], 1),
+            "weights": torch.stack([on(w, device) for _, w in per_token], 1),
+            "group": group.to(torch.int16),
+            "row": token_row.to(torch.int32),
+            "position": token_position.to(torch.int32),
         })
     store["forwards"] += 1
+
+
+def compact(chunks: list) -> dict:
+    """The per-token records of all forwards as one table on the host, padding dropped.
+
+    `chunks` are `store["per_token"]`: one dict per forward, rows in token order, padding
+    marked by `group == -1`.
+    """
+    keys = chunks[0].keys()
+    table = {key: torch.cat([chunk[key].detach().cpu() for chunk in chunks]) for key in keys}
+    real = table["group"] >= 0
+    return {key: value[real] for key, value in table.items()}
 
 
 def run(root: Any, plan: dict, store: dict, steps: Any, row_groups: Any, stop: tuple) -> None:
@@ -272,7 +285,8 @@ def pack(store: dict) -> dict:
     per-group token totals: its size does not depend on how many tokens were routed.
     `per_token` and the model output (`result`), when present, are the exceptions.
     """
-    out = {k: _to_host(v) for k, v in store.items() if k != "result"}
+    out = {k: _to_host(v) for k, v in store.items() if k not in ("result", "per_token")}
+    out["per_token"] = [compact(store["per_token"])] if store.get("per_token") else []
     if "result" in store:
         out["result"] = _to_host(store["result"]) if isinstance(store["result"], torch.Tensor) else store["result"]
     count = out.get("count")

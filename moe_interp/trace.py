@@ -29,7 +29,7 @@ from nnsight.tracing.util import push as _push
 
 from .arch import describe
 from .interventions import Intervention, compile_plan, flatten, place
-from .kernels import keep_result, pack, profile_batch, profile_finish, profile_start, run as run_plan
+from .kernels import compact, keep_result, pack, profile_batch, profile_finish, profile_start, run as run_plan
 from .stats import RoutingStats
 
 __all__ = ["trace", "generate", "RoutingTracer", "RoutingRun", "RESULT_NAME"]
@@ -288,7 +288,7 @@ def _to_stats(spec: Any, plan: dict, store: dict, groups: list[str]) -> RoutingS
     layers = [entry["layer"] for entry in plan["layers"]]
     per_token = None
     if store["per_token"]:
-        per_token = {key: torch.cat([chunk[key].cpu() for chunk in store["per_token"]]) for key in store["per_token"][0]}
+        per_token = compact(store["per_token"])
     return RoutingStats(tuple(groups), tuple(layers), spec.num_experts, spec.top_k, store["count"].cpu(),
                         store["gate_mass"].cpu(), store["tokens"].cpu(),
                         meta={"arch": spec.arch, "forwards": store["forwards"]}, per_token=per_token)
