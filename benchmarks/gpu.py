@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from run import moe_interp_variants  # benchmarks/ is on sys.path when run as a script
+from run import code_version, moe_interp_variants  # benchmarks/ is on sys.path when run as a script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -218,7 +218,7 @@ def main() -> None:
     lines = ["# GPU benchmark", "", f"Written by `python benchmarks/gpu.py` on **{name}**.", "",
              f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
              f"- python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
-             f"nnsight {nnsight.__version__}, transformers {transformers.__version__}",
+             f"nnsight {nnsight.__version__}, transformers {transformers.__version__}; code {code_version()}",
              "- model: random-init OLMoE-1B-7B configuration (hidden 2048, 16 layers, 64 experts top-8), bf16, "
              "`torch.no_grad()`",
              f"- batch {args.batch} x {args.seq}; {args.reps} repetitions; in each, every variant runs right "

@@ -121,7 +121,28 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def overhead(reps: int, warmup: int = 2) -> tuple[dict, float]:
+def aten_ops(fn) -> int:
+    """How many torch operator calls (`aten::`, views and nested calls included) one call of
+    `fn` dispatches: a count, not a time, so it is the same on every machine. On a GPU each
+    one that launches a kernel costs host time, which shows once the host falls behind."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(event.name.startswith("aten::") for event in prof.events())
+
+
+def code_version() -> str:
+    """The commit the benchmark ran on, `+dirty` when the work tree had changes."""
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=HERE, capture_output=True, text=True, timeout=10).stdout
+        return run("rev-parse", "--short", "HEAD").strip() + ("+dirty" if run("status", "--porcelain").strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def overhead(reps: int, warmup: int = 2) -> tuple[dict, float, dict]:
+    """Paired time ratios per variant, the median plain time, and `aten_ops` per call."""
     model = bench_model()
     plain, variants = make_variants(model)
     rng = random.Random(0)
@@ -139,7 +160,8 @@ def overhead(reps: int, warmup: int = 2) -> tuple[dict, float]:
                 base = timed(plain)
                 plain_times.append(base)
                 ratios[name].append(timed(variants[name]) / base)
-    return ratios, statistics.median(plain_times)
+        ops = {name: aten_ops(fn) for name, fn in {"plain": plain, **variants}.items()}
+    return ratios, statistics.median(plain_times), ops
 
 
 def summary(values: list) -> dict:
@@ -212,7 +234,7 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "torch threads": torch.get_num_threads(),
             "load average (1, 5, 15 min) at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
             "python": platform.python_version(), "torch": torch.__version__, "nnsight": nnsight.__version__,
-            "transformers": transformers.__version__,
+            "transformers": transformers.__version__, "code": code_version(),
             "date": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
@@ -233,7 +255,7 @@ def main() -> None:
     reps = 3 if args.quick else args.reps
     info = machine()
     print("forward overhead ...", flush=True)
-    ratios, plain_s = overhead(reps)
+    ratios, plain_s, ops = overhead(reps)
     print("peak RSS of mi.profile (subprocesses) ...", flush=True)
     small, large = child("--rss", "1"), child("--rss", "10")
     print("demo model tokens/s ...", flush=True)
@@ -250,12 +272,14 @@ def main() -> None:
               f"Qwen3-MoE, hidden 256, 8 layers, 32 experts top-4 (random init), batch {BATCH} x {SEQ}, "
               f"`torch.no_grad()`. {reps} repetitions; in each, every variant runs right after its own plain HF "
               f"forward, in shuffled order. Ratio = variant time / paired plain time. Median plain forward: "
-              f"{plain_s * 1000:.0f} ms.", "",
-              "| variant | median ratio | IQR | min - max |", "|---|---|---|---|"]
+              f"{plain_s * 1000:.0f} ms. Last column: torch operator calls one call makes beyond a plain "
+              f"forward's {ops['plain']}, per MoE layer (`aten_ops`: a count, the same on every machine; "
+              "on a GPU it is host work per layer).", "",
+              "| variant | median ratio | IQR | min - max | extra ops / MoE layer |", "|---|---|---|---|---|"]
     for name, values in ratios.items():
         s = summary(values)
         lines.append(f"| {name} | {s['median']:.3f}x | {s['q1']:.3f} - {s['q3']:.3f} | "
-                     f"{s['min']:.3f} - {s['max']:.3f} |")
+                     f"{s['min']:.3f} - {s['max']:.3f} | {(ops[name] - ops['plain']) / BENCH_CONFIG['num_hidden_layers']:.1f} |")
     growth = (large["peak_kib"] - small["peak_kib"]) / small["peak_kib"]
     lines += ["", "## Peak RSS of `mi.profile` (one subprocess each)", "",
               "Same model; synthetic two-language corpus, batch 16.", "",

@@ -113,8 +113,8 @@ def test_router_record_inside_body_user_code_still_works():
 
 
 def test_tally_equals_bincount_of_real_bins_and_never_reads_the_data():
-    """`kernels.tally` is what accumulate counts with. Oracle: torch.bincount on the non-padding
-    bins. The meta device has no data, so ops that size their output from the data (boolean
+    """`kernels.tally` counts tokens per group. Oracle: torch.bincount on the non-padding bins.
+    The meta device has no data, so ops that size their output from the data (boolean
     indexing, bincount: on a GPU each waits for the device) raise there; tally must not."""
     from moe_interp import kernels
 
@@ -132,8 +132,43 @@ def test_tally_equals_bincount_of_real_bins_and_never_reads_the_data():
         torch.bincount(meta_bins[meta_bins >= 0], minlength=12)
     assert kernels.tally(meta_bins, 12).shape == (12,)
     assert kernels.tally(meta_bins, 12, meta_weights).dtype == torch.float64
-    store = {"count": torch.zeros(3, 2, 4, dtype=torch.long, device="meta"),
-             "gate_mass": torch.zeros(3, 2, 4, dtype=torch.float64, device="meta")}
-    group = torch.tensor([0, 0, 1, -1, 2, 2, -1]).to("meta")
-    kernels.accumulate(store, 1, group, torch.zeros(7, 2, dtype=torch.long, device="meta"),
-                       torch.zeros(7, 2, device="meta"), 3, 4)
+
+
+def _loop_totals(group, layers, num_groups, num_experts):
+    """Hand-counted [groups, layers, experts] counts and gate mass (padding: group -1)."""
+    count = torch.zeros(num_groups, len(layers), num_experts, dtype=torch.long)
+    mass = torch.zeros(num_groups, len(layers), num_experts, dtype=torch.float64)
+    for layer, (indices, weights) in enumerate(layers):
+        for t, g in enumerate(group.tolist()):
+            for e, w in zip(indices[t].tolist(), weights[t].tolist()):
+                if g >= 0:
+                    count[g, layer, e] += 1
+                    mass[g, layer, e] += w
+    return count, mass
+
+
+def test_totals_fold_layers_into_group_totals_and_run_without_data():
+    """`kernels.totals_*` (what RouterRecord counts with, per forward) against a Python loop,
+    on ragged groups with padding; then the same calls on the meta device."""
+    from moe_interp import kernels
+
+    generator = torch.Generator().manual_seed(1)
+    group = torch.tensor([0, 0, 1, -1, 2, 2, 2, -1, 1])
+    G, E, K = 3, 5, 2
+    layers = [(torch.randint(0, E, (9, K), generator=generator), torch.rand(9, K, generator=generator))
+              for _ in range(4)]
+    store = {"count": torch.ones(G, 4, E, dtype=torch.long), "gate_mass": torch.zeros(G, 4, E, dtype=torch.float64)}
+    totals = kernels.totals_start(group, 4, G, E, K, "cpu")
+    for layer, (indices, weights) in enumerate(layers):
+        kernels.totals_add(totals, layer, indices, weights)
+    kernels.totals_fold(totals, store)
+    count, mass = _loop_totals(group, layers, G, E)
+    assert torch.equal(store["count"], count + 1)  # added to what was there
+    torch.testing.assert_close(store["gate_mass"], mass)
+    with pytest.raises(ValueError, match="register an adapter"):
+        kernels.totals_add(totals, 0, layers[0][0][:5], layers[0][1][:5])
+
+    meta = kernels.totals_start(group.to("meta"), 4, G, E, K, "meta")
+    kernels.totals_add(meta, 0, layers[0][0].to("meta"), layers[0][1].to("meta"))
+    kernels.totals_fold(meta, {"count": torch.zeros(G, 4, E, dtype=torch.long, device="meta"),
+               "gate_mass": torch.zeros(G, 4, E, dtype=torch.float64, device="meta")})

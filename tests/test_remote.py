@@ -260,13 +260,13 @@ def test_every_intervention_path_runs_under_the_import_guard(arch):
 
 def test_import_guard_refuses_a_kernel_that_imports_json(monkeypatch):
     model = tiny("qwen3_moe")
-    real = kernels.accumulate
+    real = kernels.tally
 
-    def accumulate_with_json(*args, **kwargs):
+    def tally_with_json(*args, **kwargs):
         import json  # noqa: F401  -- not on NDIF's whitelist
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(kernels, "accumulate", accumulate_with_json)
+    monkeypatch.setattr(kernels, "tally", tally_with_json)
     with mi.trace(model, "abc", mi.RouterRecord()) as tr:  # unguarded: runs
         pass
     assert tr.routing.tokens.item() == 3
