@@ -20,14 +20,13 @@ import argparse
 import datetime
 import gc
 import os
-import random
 import statistics
 import sys
 import time
 
 import torch
 
-from run import code_version, moe_interp_variants  # benchmarks/ is on sys.path when run as a script
+from run import code_version, moe_interp_variants, paired_ratios  # benchmarks/ is on sys.path when run as a script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -98,15 +97,6 @@ def measure(implementation, args, device):
         "HF output_router_logits=True + aggregation": hf_router_logits,
         **moe_interp_variants(model, enc, layers),
     }
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-
-    def timed(fn):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        return time.perf_counter() - start
-
     with torch.no_grad():
         oracle = hf_router_logits()
         recorded = variants["RouterRecord()"]()
@@ -117,21 +107,8 @@ def measure(implementation, args, device):
 
         syncs = {name: count_syncs(fn, device) for name, fn in {"plain forward": plain, **variants}.items()}
 
-        ratios = {name: [] for name in variants}
-        plain_times = []
-        rng = random.Random(0)
-        for _ in range(2):
-            plain()
-            for fn in variants.values():
-                fn()
-        for rep in range(args.reps):
-            order = list(variants)
-            rng.shuffle(order)
-            for name in order:
-                base = timed(plain)
-                plain_times.append(base)
-                ratios[name].append(timed(variants[name]) / base)
-            print(f"[{implementation}] repetition {rep + 1}/{args.reps} done", flush=True)
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        ratios, plain_times = paired_ratios(plain, variants, args.reps, sync=sync, label=implementation)
 
     peak = (torch.cuda.max_memory_allocated() if device == "cuda" else 0) / 2**30
     lines = [f"## experts implementation {getattr(hf.config, '_experts_implementation', implementation)!r}", "",

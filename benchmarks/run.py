@@ -115,10 +115,38 @@ def make_variants(model):
     }
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def paired_ratios(plain, variants: dict, reps: int, warmup: int = 2, sync=lambda: None,
+                  label: str = "") -> tuple[dict, list]:
+    """Time ratios `variant / plain` per variant and every plain time.
+
+    Each repetition runs every variant right after its own plain forward, in an order
+    shuffled per repetition; `sync` (e.g. `torch.cuda.synchronize`) closes each timing.
+    With `label`, each finished repetition is printed.
+    """
+    def timed(fn) -> float:
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - start
+
+    rng = random.Random(0)
+    ratios = {name: [] for name in variants}
+    plain_times = []
+    for _ in range(warmup):
+        plain()
+        for fn in variants.values():
+            fn()
+    for rep in range(reps):
+        order = list(variants)
+        rng.shuffle(order)
+        for name in order:
+            base = timed(plain)
+            plain_times.append(base)
+            ratios[name].append(timed(variants[name]) / base)
+        if label:
+            print(f"[{label}] repetition {rep + 1}/{reps} done", flush=True)
+    return ratios, plain_times
 
 
 def aten_ops(fn) -> int:
@@ -145,21 +173,8 @@ def overhead(reps: int, warmup: int = 2) -> tuple[dict, float, dict]:
     """Paired time ratios per variant, the median plain time, and `aten_ops` per call."""
     model = bench_model()
     plain, variants = make_variants(model)
-    rng = random.Random(0)
-    ratios = {name: [] for name in variants}
-    plain_times = []
     with torch.no_grad():
-        for _ in range(warmup):
-            plain()
-            for fn in variants.values():
-                fn()
-        for _ in range(reps):
-            order = list(variants)
-            rng.shuffle(order)
-            for name in order:
-                base = timed(plain)
-                plain_times.append(base)
-                ratios[name].append(timed(variants[name]) / base)
+        ratios, plain_times = paired_ratios(plain, variants, reps, warmup)
         ops = {name: aten_ops(fn) for name, fn in {"plain": plain, **variants}.items()}
     return ratios, statistics.median(plain_times), ops
 

@@ -19,7 +19,7 @@ from .arch import MoESpec
 from .expert_set import ExpertSet
 
 __all__ = ["Intervention", "RouterRecord", "ExpertAblate", "LayerRouteSteer", "RouteSteer",
-           "compile_plan", "flatten", "place"]
+           "compile_plan", "flatten"]
 
 
 class Intervention:

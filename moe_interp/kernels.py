@@ -180,8 +180,7 @@ def totals_start(group: torch.Tensor, num_layers: int, num_groups: int, num_expe
     Built once per forward from the per-token group ids (`-1` padding): `base[t]` is token
     t's offset `group * E` in a `[layers, (groups + 1) * E]` buffer whose last group is a
     spare that collects the padding, so one layer's bins are `base + indices`: no masking,
-    and shapes that never depend on the data. Plain data and functions, no class: NDIF
-    runs this module with a restricted set of builtins.
+    and shapes that never depend on the data. A dict, like the plan and the store.
     """
     device = torch.device(device)
     group = on(group, device)
@@ -200,7 +199,7 @@ def totals_add(totals: dict, layer: int, indices: torch.Tensor, weights: torch.T
         raise ValueError(f"router readout gave indices of shape {tuple(indices.shape)}; expected "
                          f"[tokens={base.shape[0]}, top_k]: register an adapter whose readout matches this router")
     bins = (base + on(indices, base.device)).reshape(-1)
-    totals["count"][layer].scatter_add_(0, bins, totals["ones"][: bins.shape[0]])
+    totals["count"][layer].scatter_add_(0, bins, totals["ones"])
     totals["mass"][layer].scatter_add_(0, bins, on(weights.detach(), base.device).reshape(-1).to(torch.float64))
 
 

@@ -171,4 +171,4 @@ def test_totals_fold_layers_into_group_totals_and_run_without_data():
     meta = kernels.totals_start(group.to("meta"), 4, G, E, K, "meta")
     kernels.totals_add(meta, 0, layers[0][0].to("meta"), layers[0][1].to("meta"))
     kernels.totals_fold(meta, {"count": torch.zeros(G, 4, E, dtype=torch.long, device="meta"),
-               "gate_mass": torch.zeros(G, 4, E, dtype=torch.float64, device="meta")})
+                               "gate_mass": torch.zeros(G, 4, E, dtype=torch.float64, device="meta")})

@@ -57,6 +57,22 @@ def _in_kernel(frame) -> bool:
 
 
 @contextlib.contextmanager
+def _import_hook(check):
+    """Call `check(name, globals, level, caller_frame)` before every import in the block."""
+    real = builtins.__import__
+
+    def hooked(name, globals=None, locals=None, fromlist=(), level=0):
+        check(name, globals, level, sys._getframe(1))
+        return real(name, globals, locals, fromlist, level)
+
+    builtins.__import__ = hooked
+    try:
+        yield
+    finally:
+        builtins.__import__ = real
+
+
+@contextlib.contextmanager
 def kernel_import_guard():
     """Refuse any import outside `WHITELIST` made by code running in a kernel frame.
 
@@ -66,11 +82,9 @@ def kernel_import_guard():
     server runs those libraries); anything the kernel code itself imports must be on
     the whitelist. Yields the list of `(module, importer)` pairs seen in kernel context.
     """
-    real = builtins.__import__
     seen = []
 
-    def guarded(name, globals=None, locals=None, fromlist=(), level=0):
-        caller = sys._getframe(1)
+    def check(name, globals, level, caller):
         if _in_kernel(caller):
             package = (globals or {}).get("__package__") or ""
             target = name if level == 0 else f"{package}.{name}".strip(".")
@@ -79,29 +93,20 @@ def kernel_import_guard():
             if target.split(".")[0] not in WHITELIST and not importer.startswith(_LIBRARY_DIRS):
                 raise ImportError(f"{target!r} is not on the NDIF import whitelist (imported in a kernel by "
                                   f"{importer}:{caller.f_lineno})")
-        return real(name, globals, locals, fromlist, level)
 
-    builtins.__import__ = guarded
-    try:
+    with _import_hook(check):
         yield seen
-    finally:
-        builtins.__import__ = real
 
 
 @contextlib.contextmanager
 def record_imports(log: list):
-    real = builtins.__import__
-
-    def recording(name, globals=None, locals=None, fromlist=(), level=0):
+    """Append the name of every absolute import in the block to `log`."""
+    def check(name, globals, level, caller):
         if level == 0:
             log.append(name)
-        return real(name, globals, locals, fromlist, level)
 
-    builtins.__import__ = recording
-    try:
+    with _import_hook(check):
         yield log
-    finally:
-        builtins.__import__ = real
 
 
 @contextlib.contextmanager
