@@ -202,6 +202,32 @@ def test_js_lies_in_unit_interval(stats):
     assert bool(((d >= 0) & (d <= 1)).all())
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # scipy's own nan, the case under test
+def test_js_equals_scipy_squared_distance_and_is_zero_not_nan_for_identical_rows():
+    """Oracle: scipy's `jensenshannon(base=2) ** 2`. Hypothesis found rows whose scipy
+    distance is nan (a sum rounded a hair below 0 before its square root)."""
+    from scipy.spatial.distance import jensenshannon
+
+    from moe_interp.analysis.divergence import _pairwise
+
+    generator = np.random.default_rng(0)
+    p = generator.dirichlet(np.ones(16), size=6)
+    expected = jensenshannon(p[:, None, :], p[None, :, :], axis=-1, base=2) ** 2
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(_pairwise(p, "js")[finite], expected[finite], atol=1e-12)
+    # the same distribution up to rounding: find such a pair where scipy's answer is nan
+    for _ in range(1000):
+        a = generator.dirichlet(np.ones(5))
+        b = a * (1 + generator.normal(0, 1e-15, 5))
+        b = b / b.sum()
+        if np.isnan(jensenshannon(a, b, base=2)):
+            break
+    else:
+        pytest.fail("no pair gave scipy a nan: the case this test guards is not exercised")
+    d = _pairwise(np.stack([a, b]), "js")
+    assert np.isfinite(d).all() and d[0, 1] == d[1, 0] and d[0, 1] < 1e-12
+
+
 @PROPERTY
 @given(random_stats(), st.integers(1, 10))
 def test_shares_sum_to_one_where_any_language_keeps_the_expert(stats, k):

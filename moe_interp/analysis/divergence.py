@@ -4,8 +4,9 @@ Every metric compares, per MoE layer, two languages' routing distributions over 
 (`RoutingStats.distribution()`, renormalised to sum to exactly 1). All metrics are
 symmetric, zero on the diagonal, and all but `"kl_sym"` lie in [0, 1]:
 
-- `"js"`: Jensen-Shannon divergence, base 2 (scipy's `jensenshannon` distance, squared;
-  this is the quantity PAPER.md section 5 tabulates),
+- `"js"`: Jensen-Shannon divergence, base 2 (scipy's `jensenshannon` distance, squared,
+  computed from `scipy.special.rel_entr` without the root; this is the quantity PAPER.md
+  section 5 tabulates),
 - `"cosine"`: cosine distance `1 - p.q / (|p| |q|)`,
 - `"hellinger"`: Hellinger distance `sqrt(1 - sum sqrt(p q))`,
 - `"kl_sym"`: symmetric Kullback-Leibler `KL(p||q) + KL(q||p)` in bits, after adding
@@ -20,7 +21,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 from jaxtyping import Float
-from scipy.spatial.distance import jensenshannon
+from scipy.special import rel_entr
 from torch import Tensor
 
 from ..arch._spec import _BAND_EDGES, BANDS
@@ -89,7 +90,12 @@ def _pairwise(p: np.ndarray, metric: str) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         if metric == "js":
-            return jensenshannon(p[:, None, :], p[None, :, :], axis=-1, base=2) ** 2
+            # scipy's `jensenshannon` takes a square root of this sum, which is nan where rounding
+            # leaves it a hair below 0 (near-identical rows): sum the same terms, clip, no root.
+            a, b = p[:, None, :], p[None, :, :]
+            m = (a + b) / 2
+            js = (rel_entr(a, m).sum(-1) + rel_entr(b, m).sum(-1)) / (2 * np.log(2))
+            return np.clip(js, 0.0, None)  # a language with no tokens stays nan
         if metric == "cosine":
             unit = p / np.linalg.norm(p, axis=-1, keepdims=True)
             return 1.0 - unit @ unit.T
