@@ -10,6 +10,7 @@ model actually used, i.e. after the interventions.
 
 import dataclasses
 import math
+import operator
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -30,15 +31,43 @@ class Intervention:
         return []
 
 
+def _index(value: Any, what: str) -> int:
+    """`value` as a non-negative int (layer or expert index), or a TypeError/ValueError naming `what`."""
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be an int, got {value!r}")
+    try:
+        index = operator.index(value)  # ints, numpy ints, integer 0-d tensors; never 1.0 or nan
+    except TypeError:
+        raise TypeError(f"{what} must be an int, got {value!r}") from None
+    if index < 0:
+        raise ValueError(f"{what} must be >= 0, got {index}")
+    return index
+
+
+def _finite(value: Any, what: str) -> float:
+    """`value` as a finite float: NaN or inf would make the router's scores, and the output, NaN."""
+    if isinstance(value, (bool, str, bytes)):
+        raise TypeError(f"{what} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{what} must be a finite number, got {number} (NaN or inf would turn the router's "
+                         "scores, and the model's output, into NaN)")
+    return number
+
+
 def _freeze_experts(experts: Any) -> tuple[tuple[int, tuple[int, ...]], ...]:
     if not isinstance(experts, Mapping):
         raise TypeError("experts must be an ExpertSet or a mapping {layer: [expert, ...]}, got "
                         f"{type(experts).__name__}")
     out = []
     for layer, values in experts.items():
+        layer = _index(layer, "an ExpertAblate layer")
         if isinstance(values, (int, str)) or not isinstance(values, Iterable):
             raise TypeError(f"experts[{layer!r}] must be a list of expert indices, got {values!r}")
-        out.append((layer, tuple(sorted(set(values)))))
+        out.append((layer, tuple(sorted({_index(e, f"experts[{layer}] entry") for e in values}))))
     return tuple(sorted(out))
 
 
@@ -50,8 +79,12 @@ def _freeze_strengths(strengths: Any) -> tuple[tuple[int, tuple[tuple[int, float
         strengths = strengths.strengths
     if not isinstance(strengths, Mapping) or not all(isinstance(v, Mapping) for v in strengths.values()):
         raise TypeError("strengths must be {layer: {expert: strength}}")
-    return tuple(sorted((layer, tuple(sorted((e, float(s)) for e, s in per.items())))
-                        for layer, per in strengths.items()))
+    out = []
+    for layer, per in strengths.items():
+        layer = _index(layer, "a LayerRouteSteer layer")
+        out.append((layer, tuple(sorted((_index(e, f"strengths[{layer}] expert"),
+                                         _finite(s, f"strengths[{layer}][{e!r}]")) for e, s in per.items()))))
+    return tuple(sorted(out))
 
 
 def _mask(spec: MoESpec, experts: Iterable[int]) -> torch.Tensor:
@@ -155,8 +188,7 @@ class LayerRouteSteer(Intervention):
             raise ValueError(f"LayerRouteSteer mode must be 'relative' or 'additive', got {self.mode!r}")
         if self.site not in ("logits", "selection"):
             raise ValueError(f"LayerRouteSteer site must be 'logits' or 'selection', got {self.site!r}")
-        if not math.isfinite(self.scale):
-            raise ValueError(f"scale must be finite, got {self.scale}")
+        object.__setattr__(self, "scale", _finite(self.scale, "LayerRouteSteer scale"))
 
     def edits(self, spec: MoESpec) -> list[tuple[int, str, tuple]]:
         out = []
@@ -207,6 +239,13 @@ class RouteSteer(Intervention):
             object.__setattr__(self, "languages", tuple(self.languages))
         if not hasattr(self.stats, "shared_experts"):
             raise TypeError(f"stats must be a RoutingStats (e.g. from mi.profile), got {type(self.stats).__name__}")
+        object.__setattr__(self, "scale", _finite(self.scale, "RouteSteer scale"))
+        threshold = _finite(self.threshold, "RouteSteer threshold")
+        if not 0 <= threshold <= 1:
+            raise ValueError(f"RouteSteer threshold is a share of tokens, in [0, 1]; got {threshold}")
+        object.__setattr__(self, "threshold", threshold)
+        if _index(self.k, "RouteSteer k") == 0:
+            raise ValueError("RouteSteer k (experts per language and layer) must be >= 1, got 0")
 
     def expert_set(self, spec: MoESpec) -> ExpertSet:
         """The shared experts this steer uses on a model described by `spec`."""
@@ -241,14 +280,79 @@ def flatten(items: Iterable[Any]) -> list[Intervention]:
     return out
 
 
-def compile_plan(spec: MoESpec, interventions: Iterable[Intervention]) -> dict:
-    """Validate `interventions` against `spec` and compile them to a `kernels` plan."""
+def _reroute_last(spec: MoESpec, layer: int, edits: list, groups: tuple | None) -> list:
+    """`edits` with every reroute mask merged into one, applied after the steers of its stage.
+
+    So an ablated expert is never selected, whatever the order of the list: a relative
+    steer applied after the -1e9 (`z + scale*s*|z|` with `scale*s > 1`) would bring it back.
+    """
+    masks = [payload for kind, payload, _ in edits if kind == "reroute"]
+    if not masks:
+        return edits
+    mask = torch.stack(masks).any(0)
+    _check_reroute(spec, layer, mask, groups)
+    return [edit for edit in edits if edit[0] != "reroute"] + [("reroute", mask, 1.0)]
+
+
+def _check_reroute(spec: MoESpec, layer: int, mask: torch.Tensor, groups: tuple | None) -> None:
+    """Refuse a reroute that would leave top-k fewer than `top_k` experts to pick from.
+
+    Group-limited routers (DeepSeek-V2/V3, GLM-4-MoE: `groups = (num_group, topk_group)`)
+    pick among the experts of `topk_group` groups only; a group that keeps one expert can
+    be among them, so the worst case is the `topk_group` groups that keep the fewest.
+    """
+    removed, allowed = int(mask.sum()), spec.num_experts - spec.top_k
+    fix = "Ablate fewer there, or use mode='drop' (zeroes their weights after selection, no reselection)"
+    if removed > allowed:
+        raise ValueError(
+            f"ExpertAblate(mode='reroute') removes {removed} of the {spec.num_experts} experts of layer {layer}, "
+            f"but each token picks top_k={spec.top_k}: at most {allowed} (num_experts - top_k) can be rerouted "
+            f"in a layer, or top-k would have to pick ablated ones. {fix}")
+    if groups is None:
+        return
+    num_group, topk_group = groups
+    kept = sorted(k for k in (~mask).view(num_group, -1).sum(-1).tolist() if k > 0)
+    if sum(kept[:topk_group]) < spec.top_k:
+        raise ValueError(
+            f"ExpertAblate(mode='reroute') on layer {layer} keeps {kept} experts in the groups that still have "
+            f"some; this router picks top_k={spec.top_k} experts among {topk_group} of its {num_group} groups, "
+            f"so it could have to pick ablated ones. Keep at least {spec.top_k} experts in every group that "
+            f"keeps any (or ablate whole groups). {fix}")
+
+
+def router_groups(spec: MoESpec, module: Any) -> dict[int, tuple[int, int]]:
+    """`{layer: (num_group, topk_group)}` of group-limited routers in `module` (the HF model)."""
+    out = {}
+    for layer, path in zip(spec.moe_layers, spec.routers):
+        try:
+            router = module.get_submodule(path)
+        except AttributeError:
+            continue
+        num_group, topk_group = getattr(router, "num_group", None), getattr(router, "topk_group", None)
+        if isinstance(num_group, int) and isinstance(topk_group, int) and 1 < num_group and \
+                spec.num_experts % num_group == 0 and topk_group < num_group:
+            out[layer] = (num_group, topk_group)
+    return out
+
+
+def compile_plan(spec: MoESpec, interventions: Iterable[Intervention], groups: dict | None = None) -> dict:
+    """Validate `interventions` against `spec` and compile them to a `kernels` plan.
+
+    Per layer, edits apply in the order of the list within each site, sites in model
+    order: logits steers, then selection-score steers (`site="selection"`), then every
+    reroute mask at once (so an ablated expert is never selected, whichever comes first
+    in the list), then `drop` on the chosen weights. `groups` (`router_groups`) lets
+    group-limited routers refuse reroutes they could not honour.
+    """
     interventions = flatten(interventions)
     records = [i for i in interventions if isinstance(i, RouterRecord)]
     staged: dict[int, dict[str, list]] = {}
     for intervention in interventions:
         for layer, stage, edit in intervention.edits(spec):
             staged.setdefault(layer, {"logits": [], "choice": [], "drop": []})[stage].append(edit)
+    for layer, stages in staged.items():
+        for stage in ("logits", "choice"):
+            stages[stage] = _reroute_last(spec, layer, stages[stage], (groups or {}).get(layer))
     layers = []
     for layer, router, experts in zip(spec.moe_layers, spec.routers, spec.experts):
         stages = staged.get(layer, {"logits": [], "choice": [], "drop": []})

@@ -28,7 +28,7 @@ from nnsight.tracing.tracer import save as _save
 from nnsight.tracing.util import push as _push
 
 from .arch import describe
-from .interventions import Intervention, compile_plan, flatten, place
+from .interventions import Intervention, compile_plan, flatten, place, router_groups
 from .kernels import compact, keep_result, pack, profile_batch, profile_finish, profile_start, run as run_plan
 from .stats import RoutingStats
 
@@ -328,11 +328,12 @@ def _split(args: tuple) -> tuple[tuple, list[Intervention]]:
 def _open(model: Any, args: tuple, fn: Any, generating: bool, kwargs: dict) -> RoutingTracer:
     spec = describe(model)
     inputs, interventions = _split(args)
-    plan = compile_plan(spec, interventions)
+    module = getattr(model, "_module", None)
+    plan = compile_plan(spec, interventions, router_groups(spec, module) if module is not None else None)
     keep_output = kwargs.pop("keep_output", None)
     ship = bool(kwargs.get("remote")) or kwargs.get("backend") is not None
-    if not ship and isinstance(getattr(model, "_module", None), torch.nn.Module):
-        place(plan, model._module)
+    if not ship and isinstance(module, torch.nn.Module):
+        place(plan, module)
     if keep_output is None:  # locally the output costs nothing; remotely a trace's logits are large
         keep_output = generating or not ship
     tracer = model.trace(*inputs, fn=fn, tracer_cls=RoutingTracer, **kwargs)

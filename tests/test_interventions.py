@@ -263,3 +263,114 @@ def test_generation_steering_is_visible_at_every_decoding_step():
         assert 6 in pt["indices"][at, 1].tolist()[0]
     assert gen.routing.count[0, 1, 6] == gen.routing.tokens[0]
     assert len(gen.text) == 1
+
+
+# -- interventions that hold (issue 12, section 3) ---------------------------------------
+
+def received(model, enc, *interventions):
+    """Per MoE layer, how often each expert was really handed a token (real tokens only):
+    a torch pre-hook on each experts module, outside nnsight."""
+    spec = mi.describe(model)
+    hf, seen = model._module, {}
+    handles = [hf.get_submodule(path).register_forward_pre_hook(
+        lambda module, args, layer=layer: seen.__setitem__(layer, args[1].detach().clone()))
+        for layer, path in zip(spec.moe_layers, spec.experts)]
+    try:
+        with mi.trace(model, enc, *interventions):
+            pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    real = enc["attention_mask"].reshape(-1).bool()
+    return torch.stack([torch.bincount(seen[l][real].reshape(-1), minlength=spec.num_experts)
+                        for l in spec.moe_layers])
+
+
+@pytest.mark.parametrize("arch, site", [("qwen3_moe", "logits"), ("deepseek_v3", "logits"),
+                                        ("deepseek_v3", "selection")])
+@pytest.mark.parametrize("ablate_first", [True, False])
+def test_an_ablated_expert_is_never_selected_whatever_the_order(arch, site, ablate_first):
+    """A relative steer of scale*s = 3 after the ablation turned -1e9 into +2e9 on Qwen3-style
+    routers (and on DeepSeek-V3's selection score): the expert came back."""
+    model = tiny(arch)
+    spec = mi.describe(model)
+    enc = encode(model)
+    layer = spec.moe_layers[-1]
+    position = spec.position(layer)
+    base = received(model, enc)
+    favourite = int(base[position].argmax())
+    assert base[position, favourite] > 0
+    ablate = mi.ExpertAblate({layer: [favourite]})
+    steer = mi.LayerRouteSteer({layer: {favourite: 1.0}}, scale=3.0, site=site)
+    both = received(model, enc, *([ablate, steer] if ablate_first else [steer, ablate]))
+    assert both[position, favourite] == 0
+    assert (both[position].sum() == spec.top_k * enc["attention_mask"].sum()).all()
+    # the same mask alone gives the same routing: the steer only moved what the ablation left
+    assert torch.equal(both[:position], base[:position])
+
+
+def test_reroute_of_more_than_num_experts_minus_top_k_is_refused_naming_layer_and_limit():
+    model = tiny("qwen3_moe")  # 8 experts, top-2
+    with pytest.raises(ValueError, match=r"7 of the 8 experts of layer 1.*at most 6 \(num_experts - top_k\)"):
+        mi.trace(model, "a", mi.ExpertAblate({1: range(7)}))
+    with pytest.raises(ValueError, match="layer 2.*mode='drop'"):  # the union over the list counts
+        mi.trace(model, "a", mi.ExpertAblate({2: [0, 1, 2, 3]}), mi.ExpertAblate({2: [4, 5, 6]}))
+    enc = encode(model)
+    counts = received(model, enc, mi.ExpertAblate({1: range(6)}))
+    tokens = int(enc["attention_mask"].sum())
+    assert counts[1].tolist() == [0] * 6 + [tokens, tokens]  # at the limit: the two left, every token
+    assert mi.ExpertAblate({1: range(8)}, mode="drop")  # drop selects nothing anew: no limit
+
+
+def test_group_limited_reroute_is_refused_when_chosen_groups_could_run_out():
+    """DeepSeek-V3 picks top-2 among the experts of 1 of its 2 groups (tiny config): ablating
+    6 experts leaving one per group made it select an ablated expert (seen: expert 1 on every
+    token). Ablating a whole group leaves the other one intact, and is allowed."""
+    model = tiny("deepseek_v3")
+    spec = mi.describe(model)
+    layer = spec.moe_layers[0]
+    with pytest.raises(ValueError, match=f"layer {layer}.*top_k=2 experts among 1 of its 2 groups"):
+        mi.trace(model, "a", mi.ExpertAblate({layer: [0, 1, 2, 4, 5, 6]}))
+    enc = encode(model)
+    counts = received(model, enc, mi.ExpertAblate({layer: [0, 1, 2, 3, 4, 5]}))
+    tokens = int(enc["attention_mask"].sum())
+    assert counts[0].tolist() == [0] * 6 + [tokens, tokens]
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("make, error, message", [
+    (lambda: mi.LayerRouteSteer({1: {3: NAN}}), ValueError, r"strengths\[1\]\[3\] must be a finite number"),
+    (lambda: mi.LayerRouteSteer({1: {3: -INF}}), ValueError, "finite"),
+    (lambda: mi.LayerRouteSteer({1: {3: "1.0"}}), TypeError, "must be a number"),
+    (lambda: mi.LayerRouteSteer({1: {3: 1.0}}, scale=NAN), ValueError, "scale must be a finite number"),
+    (lambda: mi.LayerRouteSteer({1: {3: 1.0}}, scale=INF), ValueError, "scale must be a finite number"),
+    (lambda: mi.LayerRouteSteer({1: {3.0: 1.0}}), TypeError, "expert must be an int"),
+    (lambda: mi.LayerRouteSteer(mi.ExpertSet({1: [3]}, strengths={1: {3: NAN}})), ValueError, "finite"),
+    (lambda: mi.ExpertAblate({1: [NAN]}), TypeError, "must be an int"),
+    (lambda: mi.ExpertAblate({1: [2.0]}), TypeError, "must be an int"),
+    (lambda: mi.ExpertAblate({1: [True]}), TypeError, "must be an int"),
+    (lambda: mi.ExpertAblate({1: [-1]}), ValueError, ">= 0"),
+    (lambda: mi.ExpertAblate({1.5: [1]}), TypeError, "layer must be an int"),
+])
+def test_non_finite_or_non_integer_intervention_numbers_are_refused(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(scale=NAN), "scale must be a finite number"), (dict(scale=INF), "scale must be a finite number"),
+    (dict(threshold=NAN), "threshold must be a finite number"), (dict(threshold=1.5), r"in \[0, 1\]"),
+    (dict(threshold=-0.1), r"in \[0, 1\]"), (dict(k=0), "k .* must be >= 1"),
+])
+def test_route_steer_refuses_non_finite_scale_and_bad_threshold_or_k(paper, kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        mi.RouteSteer(layers="middle", target="en", stats=paper, **kwargs)
+
+
+def test_numpy_and_tensor_integers_are_accepted_as_the_same_value():
+    import numpy as np
+
+    assert mi.ExpertAblate({np.int64(1): [np.int64(3), torch.tensor(5)]}) == mi.ExpertAblate({1: [3, 5]})
+    assert mi.LayerRouteSteer({1: {np.int32(3): np.float32(0.5)}}, scale=2.0) == mi.LayerRouteSteer({1: {3: 0.5}}, scale=2.0)
