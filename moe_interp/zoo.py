@@ -72,17 +72,49 @@ def _byte_chars() -> list[str]:
 def tiny_config(model_type: str, **overrides: Any) -> Any:
     """A tiny config (hidden 32, 4 layers, 8 experts, top-2) of a transformers MoE type.
 
+    `overrides` are config attributes. The number of routed experts is one setting whatever
+    the family calls it: `num_experts`, `num_local_experts`, `n_routed_experts` and
+    `moe_num_experts` (also inside nested configs such as DBRX's `ffn_config`) all set every
+    one of those the config has; a type that has none raises `ValueError`.
+
     ```python
     >>> config = mi.zoo.tiny_config("olmoe", num_hidden_layers=2)
     >>> config.num_hidden_layers, config.num_experts, config.num_experts_per_tok
     (2, 8, 2)
+    >>> mi.zoo.tiny_config("mixtral", num_experts=16).num_local_experts
+    16
     ```
     """
     base = AutoConfig.for_model(model_type)
     values = {k: v for k, v in _SMALL.items() if hasattr(base, k)}
     values.update(_OVERRIDES.get(model_type, {}))
+    experts = {name: overrides.pop(name) for name in _EXPERT_COUNT_NAMES if name in overrides}
     values.update(overrides)
+    if experts:
+        _set_expert_count(model_type, base, values, experts)
     return AutoConfig.for_model(model_type, **values)
+
+
+# What families call their number of routed experts (aliases of one another in some configs,
+# e.g. OLMoE maps num_local_experts to num_experts: setting only one let the other win).
+_EXPERT_COUNT_NAMES = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+
+
+def _set_expert_count(model_type: str, base: Any, values: dict, given: dict) -> None:
+    counts = set(given.values())
+    if len(counts) != 1:
+        raise ValueError(f"conflicting expert counts {given}: give one, e.g. num_experts=16")
+    (count,) = counts
+    nested = [key for key, value in values.items() if isinstance(value, dict)
+              and any(name in value for name in _EXPERT_COUNT_NAMES)]
+    names = [name for name in _EXPERT_COUNT_NAMES if hasattr(base, name)]
+    if not names and not nested:
+        raise ValueError(f"{type(base).__name__} ({model_type}) has none of {list(_EXPERT_COUNT_NAMES)}; "
+                         "pass the attribute its config uses for the number of experts (see its sub-configs, "
+                         "e.g. text_config)")
+    values.update({name: count for name in names})
+    for key in nested:  # a copy: _OVERRIDES' dicts stay as they are
+        values[key] = {**values[key], **{name: count for name in _EXPERT_COUNT_NAMES if name in values[key]}}
 
 
 def tiny_model(model_type: str = "qwen3_moe", seed: int = 0, padding_side: str = "left",
