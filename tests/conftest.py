@@ -1,4 +1,6 @@
+import contextlib
 import functools
+import re
 import warnings
 
 import pytest
@@ -66,3 +68,110 @@ def oracle_routing(model, enc):
 @pytest.fixture(params=NAMED_ARCHITECTURES)
 def arch(request):
     return request.param
+
+
+# ---------------------------------------------------------------------------------- experts oracle
+# What each experts module really received, found and read without moe_interp: experts modules
+# are found by name, their routing read from their own call arguments by plain torch hooks.
+_LAYER = re.compile(r"\.(\d+)\.")
+
+
+def _is_experts(path: str, module: torch.nn.Module) -> bool:
+    name = path.rsplit(".", 1)[-1]
+    if "shared" in name.lower() or "attention" in path:  # shared experts are not routed; JetMoe's MoA
+        return False
+    return "Experts" in type(module).__name__ or name == "experts"
+
+
+def _experts_modules(hf: torch.nn.Module) -> list:
+    """(layer, block path, experts module) of every routed-experts module: the outermost when
+    they nest, the first of a block when it has several (JetMoe's input and output linears
+    receive the same rows)."""
+    found, blocks = [], set()
+    for path, module in hf.named_modules():
+        block = path.rsplit(".", 1)[0]
+        if (_is_experts(path, module) and block not in blocks
+                and not any(path.startswith(p + ".") for _, _, p, _ in found)):
+            match = _LAYER.search(path + ".")
+            if match:
+                found.append((int(match[1]), block, path, module))
+                blocks.add(block)
+    return [(layer, block, module) for layer, block, _, module in found]
+
+
+def _received(args: tuple, kwargs: dict, num_tokens: int, tokens: torch.Tensor | None) -> torch.Tensor:
+    """`[T, E]` counts of what one experts call received, from its own arguments.
+
+    - an integer tensor argument: the experts each token is sent to (`[T, K]` indices);
+    - a list of per-expert row counts (JetMoe's parallel experts): the rows are copies of the
+      block's token states (`tokens`), matched back to their token by exact equality;
+    - one float tensor of `E * T` rows (Llama-4): token t's copy for expert e is row e*T + t,
+      all zero unless the router chose e.
+    """
+    values = list(args) + list(kwargs.values())
+    index = next((v for v in values if isinstance(v, torch.Tensor) and not v.is_floating_point()), None)
+    if index is not None:
+        index = index.reshape(num_tokens, -1).long()
+        out = torch.zeros(index.shape[0], int(index.max()) + 1, dtype=torch.long)
+        return out.scatter_add_(1, index, torch.ones_like(index))
+    rows = values[0]
+    sizes = next((v for v in values if isinstance(v, (list, tuple))), None)
+    if sizes is not None:
+        match = (rows[:, None, :] == tokens[None, :, :]).all(-1)  # [rows, tokens]
+        assert bool((match.sum(1) >= 1).all()), "an experts row matches no token"
+        owner = match.float().argmax(1)
+        expert = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+        out = torch.zeros(tokens.shape[0], len(sizes), dtype=torch.long)
+        return out.index_put_((owner, expert), torch.ones_like(owner), accumulate=True)
+    return (rows.reshape(-1, num_tokens, rows.shape[-1]) != 0).any(-1).T.long()
+
+
+@contextlib.contextmanager
+def experts_received(model, attention_mask: torch.Tensor):
+    """Count what every routed-experts module receives during the forward(s) run in the block.
+
+    Yields a dict that, after the block, maps each layer index to `[E]` counts over the
+    non-padding tokens (`attention_mask`, flattened as the experts see tokens), summed over
+    the layer's calls. Independent of moe_interp: no `mi.describe`, plain torch hooks.
+
+    ```python
+    >>> with experts_received(model, enc["attention_mask"]) as seen:
+    ...     model._module(**enc)
+    >>> seen[0]          # tensor([3, 0, 5, ...])
+    ```
+    """
+    hf = getattr(model, "_module", model)
+    real = attention_mask.reshape(-1).bool()
+    seen: dict = {}
+    block_tokens: dict = {}
+    handles = []
+
+    def record(layer, block):
+        def pre(module, args, kwargs):
+            counts = _received(args, kwargs, real.shape[0], block_tokens.get(block))
+            if counts.shape[0] != real.shape[0]:
+                raise AssertionError(f"layer {layer}: experts saw {counts.shape[0]} tokens, the batch has "
+                                     f"{real.shape[0]}")
+            total = counts[real].sum(0)
+            old = seen.get(layer)
+            if old is not None:
+                width = max(old.shape[0], total.shape[0])
+                total = torch.nn.functional.pad(total, (0, width - total.shape[0]))
+                total = total + torch.nn.functional.pad(old, (0, width - old.shape[0]))
+            seen[layer] = total
+        return pre
+
+    def keep_block_input(block):
+        def pre(module, args, kwargs):
+            hidden = args[0] if args else next(iter(kwargs.values()))
+            block_tokens[block] = hidden.detach().reshape(-1, hidden.shape[-1])
+        return pre
+
+    for layer, block, module in _experts_modules(hf):
+        handles.append(hf.get_submodule(block).register_forward_pre_hook(keep_block_input(block), with_kwargs=True))
+        handles.append(module.register_forward_pre_hook(record(layer, block), with_kwargs=True))
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()

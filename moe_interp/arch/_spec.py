@@ -38,7 +38,10 @@ class MoESpec:
     **Fields:** `arch` (`config.model_type`), `family` (adapter name or `"auto"`),
     `num_layers` (decoder layers), `moe_layers` (real indices of the layers with a
     router), `num_experts`, `top_k`, `routers` / `experts` / `shared_experts` (module
-    paths, aligned with `moe_layers`; `None` where absent), `logits` (where the raw logits
+    paths, aligned with `moe_layers`; `None` where absent), `routing_kinds` (how each
+    MoE layer selects, aligned with `moe_layers`: `"topk"`, a learned top-k over router
+    scores, which steering and rerouting act on; `"hash"`, a fixed token-id -> experts
+    table, which they cannot change; see `routing_kind`), `logits` (where the raw logits
     are made: a `.source` op name or `"output"`), `choice` (op top-k selects on, when it is
     not the logits), `readout` (where the used routing is read), `selection` (prose).
 
@@ -50,6 +53,8 @@ class MoESpec:
     ((0, 1, 2, 3), 16, 2)
     >>> spec.band("middle")
     (1, 2)
+    >>> mi.describe(mi.zoo.tiny_model("deepseek_v4")).routing_kinds   # hash layers first
+    ('hash', 'hash', 'hash', 'topk')
     ```
     """
 
@@ -60,6 +65,7 @@ class MoESpec:
     num_experts: int
     top_k: int
     routers: tuple[str, ...]
+    routing_kinds: tuple[str, ...]
     experts: tuple[str | None, ...]
     shared_experts: tuple[str | None, ...]
     logits: str
@@ -152,6 +158,16 @@ class MoESpec:
             raise ValueError(f"expert {expert} is out of range; this model has experts "
                              f"0-{self.num_experts - 1}")
 
+    def routing_kind(self, layer: int) -> str:
+        """How MoE layer `layer` selects its experts: `"topk"` or `"hash"` (see the fields).
+
+        ```python
+        >>> spec.routing_kind(0), spec.routing_kind(3)      # DeepSeek-V4
+        ('hash', 'topk')
+        ```
+        """
+        return self.routing_kinds[self.position(layer)]
+
     def position(self, layer: int) -> int:
         """Index of a real MoE layer in `moe_layers` (the `layer` axis of stats)."""
         self.check_layer(layer)
@@ -233,6 +249,7 @@ def _detect(model: Any, module: torch.nn.Module) -> MoESpec:
         routers = []
     if not routers:
         _unsupported(module, model_type, declared, class_names)
+    routers = _same_place_routers(module, routers)
 
     layers, experts, shared, kept = [], [], [], []
     for path, router in routers:
@@ -250,13 +267,15 @@ def _detect(model: Any, module: torch.nn.Module) -> MoESpec:
         shared.append(next((p for p in _descendants(module, layer_path) if p.rsplit(".", 1)[-1] in _SHARED_NAMES), None))
 
     routers = kept
-    first = routers[0][1]
+    kinds = tuple(_routing_kind(r) for _, r in routers)
+    # The sites steering acts on are read from a learned router (hash layers are not steered).
+    first_path, first = routers[kinds.index("topk") if "topk" in kinds else 0]
     adapter = adapter or RouterAdapter(name="auto")
-    op_names = _source_names(model, module, routers[0][0])
+    op_names = _source_names(model, module, first_path)
     logits = adapter.logits or next((n for n in _LOGITS_CANDIDATES if n in op_names), None)
     if logits is None:
         raise UnsupportedModelError(
-            f"cannot find where router {routers[0][0]} ({type(first).__name__}) makes its logits; its "
+            f"cannot find where router {first_path} ({type(first).__name__}) makes its logits; its "
             f"source ops are {list(op_names)[:12]}...; register an adapter naming one: "
             "mi.register_adapter(mi.RouterAdapter(name=..., model_types=(...), logits='<op name>'))")
     choice = adapter.choice
@@ -273,6 +292,7 @@ def _detect(model: Any, module: torch.nn.Module) -> MoESpec:
         num_experts=_num_experts(first, config),
         top_k=adapter.top_k or _top_k(first, module, config),
         routers=tuple(p for p, _ in routers),
+        routing_kinds=kinds,
         experts=tuple(experts),
         shared_experts=tuple(shared),
         logits=logits,
@@ -285,6 +305,33 @@ def _detect(model: Any, module: torch.nn.Module) -> MoESpec:
         weights_op=adapter.weights_op,
         selection=adapter.selection,
     )
+
+
+def _same_place_routers(module: torch.nn.Module, routers: list) -> list:
+    """`routers` plus the modules at the same place in other layers that sit beside experts.
+
+    A model may route some layers with another class (DeepSeek-V4's token-id hash routers,
+    in the first layers, beside the learned ones that transformers declares): they are MoE
+    layers all the same, and their experts receive routing that must be recorded.
+    """
+    matches = [_LAYER_INDEX.match(p) for p, _ in routers]
+    if not all(matches):  # reported by the caller, which names the path it cannot place
+        return routers
+    places = {(m["stack"], m["rest"]) for m in matches}
+    found = dict(routers)
+    for path, router in module.named_modules():
+        match = _LAYER_INDEX.match(path)
+        if (path not in found and match and (match["stack"], match["rest"]) in places
+                and _has(module, f"{path.rsplit('.', 1)[0]}.experts")):
+            found[path] = router
+    return sorted(found.items(), key=lambda item: (int(_LAYER_INDEX.match(item[0])["index"]), item[0]))
+
+
+def _routing_kind(router: torch.nn.Module) -> str:
+    """`"hash"` for a router that looks its experts up in an integer table (token id ->
+    experts: DeepSeek-V4's `tid2eid`), `"topk"` for one that ranks its scores."""
+    table = any(not b.is_floating_point() and b.ndim == 2 for b in router.buffers(recurse=False))
+    return "hash" if table else "topk"
 
 
 def _unsupported(module, model_type, declared, class_names) -> None:
