@@ -335,14 +335,16 @@ def router_groups(spec: MoESpec, module: Any) -> dict[int, tuple[int, int]]:
     return out
 
 
-def compile_plan(spec: MoESpec, interventions: Iterable[Intervention], groups: dict | None = None) -> dict:
+def compile_plan(spec: MoESpec, interventions: Iterable[Intervention], groups: dict | None = None,
+                 verify: bool = False) -> dict:
     """Validate `interventions` against `spec` and compile them to a `kernels` plan.
 
     Per layer, edits apply in the order of the list within each site, sites in model
     order: logits steers, then selection-score steers (`site="selection"`), then every
     reroute mask at once (so an ablated expert is never selected, whichever comes first
     in the list), then `drop` on the chosen weights. `groups` (`router_groups`) lets
-    group-limited routers refuse reroutes they could not honour.
+    group-limited routers refuse reroutes they could not honour. `verify` reads every
+    layer's routing on the first forward for `arch.ExpertsCheck`.
     """
     interventions = flatten(interventions)
     records = [i for i in interventions if isinstance(i, RouterRecord)]
@@ -350,13 +352,14 @@ def compile_plan(spec: MoESpec, interventions: Iterable[Intervention], groups: d
     for intervention in interventions:
         for layer, stage, edit in intervention.edits(spec):
             staged.setdefault(layer, {"logits": [], "choice": [], "drop": []})[stage].append(edit)
+    _refuse_unsteerable(spec, staged)
     for layer, stages in staged.items():
         for stage in ("logits", "choice"):
             stages[stage] = _reroute_last(spec, layer, stages[stage], (groups or {}).get(layer))
     layers = []
     for layer, router, experts in zip(spec.moe_layers, spec.routers, spec.experts):
         stages = staged.get(layer, {"logits": [], "choice": [], "drop": []})
-        if not records and not any(stages.values()):
+        if not records and not any(stages.values()) and not verify:
             continue
         layers.append({
             "layer": layer, "router": router, "experts": experts, "logits": spec.logits,
@@ -366,7 +369,21 @@ def compile_plan(spec: MoESpec, interventions: Iterable[Intervention], groups: d
             "logits_edits": stages["logits"], "choice_edits": stages["choice"], "drop": stages["drop"],
         })
     return {"layers": layers, "record": bool(records), "per_token": any(r.per_token for r in records),
-            "num_experts": spec.num_experts, "top_k": spec.top_k}
+            "verify": verify, "num_experts": spec.num_experts, "top_k": spec.top_k}
+
+
+def _refuse_unsteerable(spec: MoESpec, staged: dict) -> None:
+    """Steering and rerouting act on the scores a learned top-k ranks; a layer that selects
+    another way (a token-id hash table) would take the edit and route exactly as before."""
+    for layer, stages in sorted(staged.items()):
+        kind = spec.routing_kind(layer)
+        if kind != "topk" and (stages["logits"] or stages["choice"]):
+            learned = [l for l, k in zip(spec.moe_layers, spec.routing_kinds) if k == "topk"]
+            raise ValueError(
+                f"layer {layer} of this {spec.arch} model routes by {kind!r} (a fixed token-id -> experts table, "
+                f"not a top-k over router scores): steering or rerouting cannot change which experts it uses. "
+                f"Leave it out (layers={learned}, the learned top-k layers), or ablate it with "
+                f"ExpertAblate(..., mode='drop'), which acts after selection")
 
 
 def place(plan: dict, module: Any) -> dict:

@@ -214,6 +214,7 @@ def totals_fold(totals: dict, store: dict) -> None:
 def forward_step(root: Any, plan: dict, store: dict, rows: list) -> None:
     """Everything this plan does during one forward of the model, in execution order."""
     record = plan["record"]
+    verify = plan.get("verify", False) and store["forwards"] == 0  # arch.ExpertsCheck: first forward only
     num_experts, top_k = plan["num_experts"], plan["top_k"]
     inputs = root.inputs if record else None
     group = totals = None
@@ -226,9 +227,11 @@ def forward_step(root: Any, plan: dict, store: dict, rows: list) -> None:
             _edit_site(router, entry["choice"], entry["choice_edits"])
         if entry["logits_edits"] and entry["logits"].startswith("output"):
             _edit_site(router, entry["logits"], entry["logits_edits"])
-        if not (record or entry["drop"]):
+        if not (record or entry["drop"] or verify):
             continue
         indices, weights = _readout(root, router, entry, top_k)
+        if verify:
+            store.setdefault("verify", []).append((entry["layer"], indices))
         if not record:
             continue
         if group is None:

@@ -28,6 +28,7 @@ from nnsight.tracing.tracer import save as _save
 from nnsight.tracing.util import push as _push
 
 from .arch import describe
+from .arch._verify import pending_check
 from .interventions import Intervention, compile_plan, flatten, place, router_groups
 from .kernels import compact, keep_result, pack, profile_batch, profile_finish, profile_start, run as run_plan
 from .stats import RoutingStats
@@ -329,18 +330,41 @@ def _open(model: Any, args: tuple, fn: Any, generating: bool, kwargs: dict) -> R
     spec = describe(model)
     inputs, interventions = _split(args)
     module = getattr(model, "_module", None)
-    plan = compile_plan(spec, interventions, router_groups(spec, module) if module is not None else None)
-    keep_output = kwargs.pop("keep_output", None)
     ship = bool(kwargs.get("remote")) or kwargs.get("backend") is not None
-    if not ship and isinstance(module, torch.nn.Module):
+    local = not ship and isinstance(module, torch.nn.Module)
+    check = pending_check(spec, module) if local else None  # the first trace checks auto-detection
+    plan = compile_plan(spec, interventions, router_groups(spec, module) if module is not None else None,
+                        verify=check is not None)
+    keep_output = kwargs.pop("keep_output", None)
+    if local:
         place(plan, module)
     if keep_output is None:  # locally the output costs nothing; remotely a trace's logits are large
         keep_output = generating or not ship
     tracer = model.trace(*inputs, fn=fn, tracer_cls=RoutingTracer, **kwargs)
     tracer._mi_setup(spec, plan, generating, getattr(model, "tokenizer", None), ship=ship,
                      keep_output=bool(keep_output))
-    tracer.backend = _Collect(tracer.backend, ship)
+    tracer.backend = _Collect(tracer.backend if check is None else _Checked(tracer.backend, check), ship)
     return tracer
+
+
+class _Checked(Backend):
+    """Runs a trace under `arch.ExpertsCheck`: its first forward's routing as read must equal
+    what the experts received. On a mismatch the tracer keeps no counts to return."""
+
+    def __init__(self, inner: Any, check: Any) -> None:
+        self.inner, self.check = inner, check
+
+    def __call__(self, tracer: Any) -> Any:
+        with self.check:  # hooks off again whatever happens in the forward
+            result = self.inner(tracer)
+        store = tracer._mi_store
+        try:
+            self.check.compare(store.pop("verify", []))
+        except Exception:
+            store.clear()
+            store.update(forwards=0, per_token=[])
+            raise
+        return result
 
 
 def trace(model: Any, *args: Any, **kwargs: Any) -> RoutingTracer:
