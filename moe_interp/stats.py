@@ -6,11 +6,14 @@ to `moe_interp.analysis` (imported lazily, since analysis builds on this module)
 """
 
 import dataclasses
+import hashlib
 import json
+import numbers
 import os
 import shutil
-import tempfile
 import time
+import uuid
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from .expert_set import ExpertSet
 __all__ = ["RoutingStats", "StatsFileError"]
 
 _FORMAT = "moe_interp.RoutingStats/1"
+_TENSOR_FILE, _META_FILE = "stats.safetensors", "meta.json"
 _TENSORS = ("count", "gate_mass", "tokens", "item_count", "item_tokens", "item_language")
 
 
@@ -41,6 +45,70 @@ class StatsFileError(ValueError):
     damaged.routing/stats.safetensors is truncated or corrupted: ...
     ```
     """
+
+
+def _check_count(name: str, value: Any, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low or (
+            high is not None and value > high):
+        bound = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+
+
+def _check_tensor(name: str, value: Any, shape: tuple[int, ...], axes: str, integral: bool) -> None:
+    """Shape and dtype of one field; integer fields must not be negative, float ones finite."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if tuple(value.shape) != shape:
+        raise ValueError(f"{name} has shape {tuple(value.shape)}, but the stats' {axes} give {shape}")
+    is_int = not value.dtype.is_floating_point and not value.dtype.is_complex and value.dtype != torch.bool
+    if integral and not is_int or not integral and not value.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a{'n integer' if integral else ' floating-point'} tensor, got {value.dtype}")
+    bad = (value < 0) if integral else ~torch.isfinite(value)
+    if bool(bad.any()):
+        where = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{name}{list(where)} = {value[where].item()}: {name} must be "
+                         f"{'non-negative' if integral else 'finite'}")
+
+
+def _check_consistent(stats: "RoutingStats") -> None:
+    """Refuse stats whose fields disagree, so a bad file or call fails here, not in an analysis.
+
+    Not checked: `count.sum(-1) == top_k * tokens`. Recorded counts satisfy it, but the paper's
+    released counts do not (only 4% of their (language, layer) rows do), and capacity-limited
+    or non-top-k layers need not either.
+    """
+    n_lang, n_layer = len(stats.languages), len(stats.layers)
+    if len(set(stats.languages)) != n_lang:
+        raise ValueError(f"languages {stats.languages} must be distinct labels")
+    if len(set(stats.layers)) != n_layer:
+        raise ValueError(f"layers {stats.layers} must be distinct MoE layer indices")
+    _check_count("num_experts", stats.num_experts, 1)
+    _check_count("top_k", stats.top_k, 1, stats.num_experts)
+    grid = (n_lang, n_layer, stats.num_experts)
+    _check_tensor("count", stats.count, grid, "(languages, layers, num_experts)", integral=True)
+    _check_tensor("gate_mass", stats.gate_mass, grid, "(languages, layers, num_experts)", integral=False)
+    _check_tensor("tokens", stats.tokens, (n_lang,), "(languages,)", integral=True)
+    items = (stats.item_count, stats.item_tokens, stats.item_language)
+    if all(x is None for x in items):
+        return
+    if any(x is None for x in items):
+        raise ValueError("item_count, item_tokens and item_language go together: give all three or none")
+    if not isinstance(stats.item_language, Tensor) or stats.item_language.dim() != 1:
+        raise ValueError("item_language must be a 1-D tensor: the position of each item's language")
+    n_items = len(stats.item_language)
+    _check_tensor("item_count", stats.item_count, (n_items, n_layer, stats.num_experts),
+                  "(items, layers, num_experts)", integral=True)
+    _check_tensor("item_tokens", stats.item_tokens, (n_items,), "(items,)", integral=True)
+    _check_tensor("item_language", stats.item_language, (n_items,), "(items,)", integral=True)
+    if n_items and int(stats.item_language.max()) >= n_lang:
+        raise ValueError(f"item_language holds {int(stats.item_language.max())}, but there are only {n_lang} "
+                         "languages (item_language[i] is the position of item i's language)")
+    for lang, language in enumerate(stats.languages):
+        mine = stats.item_language == lang
+        if not (torch.equal(stats.item_count[mine].sum(0), stats.count[lang].to(torch.int64)) and
+                int(stats.item_tokens[mine].sum()) == int(stats.tokens[lang])):
+            raise ValueError(f"the per-item counts of language {language!r} do not add up to its count / tokens: "
+                             "count[lang] must equal the sum of item_count over that language's items")
 
 
 @dataclasses.dataclass(eq=False)
@@ -77,16 +145,12 @@ class RoutingStats:
     per_token: dict | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.languages, str):
+            raise TypeError(f"languages must be a sequence of labels, e.g. ['en', 'zh'], not the string "
+                            f"{self.languages!r}")
         self.languages = tuple(self.languages)
         self.layers = tuple(int(layer) for layer in self.layers)
-        n_lang, n_layer, n_expert = self.count.shape
-        if len(self.languages) != n_lang or len(set(self.languages)) != n_lang:
-            raise ValueError(f"languages {self.languages} must be {n_lang} distinct labels")
-        if len(self.layers) != n_layer or n_expert != self.num_experts:
-            raise ValueError(f"count has shape {tuple(self.count.shape)} but layers={len(self.layers)} "
-                             f"and num_experts={self.num_experts}")
-        if self.gate_mass.shape != self.count.shape:
-            raise ValueError("gate_mass must have the shape of count")
+        _check_consistent(self)
 
     # -- construction --------------------------------------------------------------
 
@@ -457,10 +521,14 @@ class RoutingStats:
     # -- files ---------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write to a directory `path` (safetensors tensors + `meta.json`); returns it.
+        """Write to a directory `path` (`stats.safetensors` + a readable `meta.json`); returns it.
 
-        Refuses to replace an existing path unless `overwrite=True`. The write goes to a
-        temporary directory first, so an interrupted save never leaves a half file.
+        Refuses to replace an existing path unless `overwrite=True`, and even then only a
+        directory written by `save` (or an empty one). Each file is written to a temporary file
+        beside it, flushed to disk, then renamed over the old one (`os.replace`), so a save
+        killed at any moment leaves the old stats or the new ones, loadable, never neither.
+        `stats.safetensors` holds everything `load` reads, with a sha256 checksum of it;
+        `meta.json` is a copy of the header for people and other tools.
 
         ```python
         >>> p.save("qwen3.routing")
@@ -472,8 +540,13 @@ class RoutingStats:
         from safetensors.torch import save_file
 
         path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        if path.exists():
+            if not overwrite:
+                raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+            if not path.is_dir() or (any(path.iterdir()) and not (path / _TENSOR_FILE).exists()
+                                     and not (path / _META_FILE).exists()):
+                raise FileExistsError(f"{path} exists and is not a directory written by RoutingStats.save; "
+                                      "overwrite=True replaces only those: choose another path")
         tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in _TENSORS
                    if getattr(self, name) is not None}
         for name, value in (self.per_token or {}).items():
@@ -481,40 +554,62 @@ class RoutingStats:
         header = {"format": _FORMAT, "languages": list(self.languages), "layers": list(self.layers),
                   "num_experts": self.num_experts, "top_k": self.top_k, "meta": self.meta,
                   "saved": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        body = json.dumps(header, default=str)
+        checksum = _checksum(body, tensors)
+        readable = json.dumps({**json.loads(body), "sha256": checksum}, indent=1)
         path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        # a new path appears whole: both files go into a hidden directory renamed into place
+        target = path if path.exists() else path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+        target.mkdir(exist_ok=True)
         try:
-            save_file(tensors, staging / "stats.safetensors")
-            (staging / "meta.json").write_text(json.dumps(header, indent=1, default=str))
-            if path.exists():
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-            staging.rename(path)
+            _replace_file(target / _TENSOR_FILE, lambda temp: save_file(
+                tensors, str(temp), metadata={"moe_interp": body, "sha256": checksum}))
+            _replace_file(target / _META_FILE, lambda temp: temp.write_text(readable))
+            if target != path:
+                os.replace(target, path)
+                _sync_directory(path.parent)
         finally:
-            if staging.exists():
-                shutil.rmtree(staging)
+            if target != path and target.exists():
+                shutil.rmtree(target)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RoutingStats":
-        """Read stats written by `save`; a damaged file raises `StatsFileError` naming it."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        """Read stats written by `save`; a damaged or inconsistent file raises `StatsFileError` naming it.
+
+        The sha256 checksum `save` stores is verified, so a changed byte is an error, never
+        different numbers. Files written before checksums existed (moe_interp 0.1) load
+        unverified, with a `UserWarning` saying so; save them again to add one.
+
+        ```python
+        >>> mi.RoutingStats.load("qwen3.routing").count.shape
+        torch.Size([8, 48, 128])
+        ```
+        """
+        from safetensors import SafetensorError, safe_open
 
         path = Path(path)
-        meta_path, tensor_path = path / "meta.json", path / "stats.safetensors"
+        meta_path, tensor_path = path / _META_FILE, path / _TENSOR_FILE
         if not path.is_dir() or not meta_path.is_file() or not tensor_path.is_file():
             raise FileNotFoundError(f"{path} is not a saved RoutingStats (expected a directory with "
                                     "meta.json and stats.safetensors, as written by RoutingStats.save)")
+        header = _read_header(meta_path.read_bytes(), meta_path)
         try:
-            header = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise StatsFileError(f"{meta_path} is corrupted: {error}") from None
-        if not isinstance(header, dict) or header.get("format") != _FORMAT:
-            raise StatsFileError(f"{meta_path} is not a {_FORMAT} header")
-        try:
-            tensors = load_file(tensor_path)
+            with safe_open(str(tensor_path), framework="pt") as handle:
+                stored = handle.metadata() or {}
+                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
         except (SafetensorError, OSError, ValueError, RuntimeError) as error:
             raise StatsFileError(f"{tensor_path} is truncated or corrupted: {error}") from None
+        if "moe_interp" in stored:
+            # the checksummed copy inside the tensor file is the header of record: meta.json may be
+            # one save behind if a save was killed between its two renames
+            if _checksum(stored["moe_interp"], tensors) != stored.get("sha256"):
+                raise StatsFileError(f"{tensor_path} fails its sha256 checksum: it was changed or damaged after "
+                                     "RoutingStats.save wrote it; restore a copy or recompute the stats")
+            header = _read_header(stored["moe_interp"].encode(), tensor_path)
+        else:
+            warnings.warn(f"{tensor_path} has no checksum (written by moe_interp 0.1): loaded unverified; "
+                          "save it again to add one", UserWarning, stacklevel=2)
         missing = [n for n in ("count", "gate_mass", "tokens") if n not in tensors]
         if missing:
             raise StatsFileError(f"{tensor_path} lacks tensors {missing}")
@@ -529,3 +624,48 @@ class RoutingStats:
         langs = ", ".join(self.languages[:8]) + (", ..." if len(self.languages) > 8 else "")
         return (f"RoutingStats(languages=[{langs}], layers={len(self.layers)}, experts={self.num_experts}, "
                 f"top_k={self.top_k}, tokens={int(self.tokens.sum())})")
+
+
+def _checksum(header: str, tensors: dict[str, Tensor]) -> str:
+    """sha256 of a file's header text and every tensor's name, dtype, shape and bytes."""
+    digest = hashlib.sha256(header.encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous()
+        digest.update(f"\0{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _read_header(text: bytes, where: Path) -> dict:
+    try:
+        header = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise StatsFileError(f"{where} is corrupted: {error}") from None
+    if not isinstance(header, dict) or header.get("format") != _FORMAT:
+        raise StatsFileError(f"{where} is not a {_FORMAT} header")
+    return header
+
+
+def _replace_file(path: Path, write: Any) -> None:
+    """`write(temp)` a temporary file beside `path`, flush it to disk, then rename it over `path`."""
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        write(temp)
+        with open(temp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    _sync_directory(path.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Flush a directory's entries (a rename is durable only then); not possible on Windows."""
+    try:
+        handle = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)

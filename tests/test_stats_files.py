@@ -1,0 +1,213 @@
+"""RoutingStats files: atomic saves, checksums, and stats whose fields disagree (issue 12, section 4)."""
+
+import json
+import os
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from test_analysis import _item_stats
+
+import moe_interp as mi
+from moe_interp.stats import StatsFileError
+
+
+def _small() -> mi.RoutingStats:
+    """2 languages, 1 layer, 3 experts, top-1, 4 items: a file of about 1.5 kB."""
+    item_count = torch.tensor([[[2, 1, 0]], [[0, 3, 1]], [[1, 0, 0]], [[0, 0, 5]]])
+    item_language = torch.tensor([0, 1, 0, 1])
+    count = torch.tensor([[[3, 1, 0]], [[0, 3, 6]]])
+    return mi.RoutingStats(("en", "de"), (2,), 3, 1, count, count.double() * 0.5, torch.tensor([4, 9]),
+                           item_count, torch.tensor([3, 4, 1, 5]), item_language)
+
+
+def _same(a: mi.RoutingStats, b: mi.RoutingStats) -> bool:
+    return (a.languages, a.layers, a.num_experts, a.top_k) == (b.languages, b.layers, b.num_experts, b.top_k) and all(
+        torch.equal(getattr(a, n), getattr(b, n)) for n in ("count", "gate_mass", "tokens", "item_count"))
+
+
+def _leftovers(directory) -> list[str]:
+    return [p.name for p in directory.rglob("*") if p.name.endswith(".tmp")]
+
+
+def _crash(*args, **kwargs):
+    raise OSError("simulated kill")
+
+
+# -- atomic save --------------------------------------------------------------------------------
+
+
+def test_overwrite_killed_at_the_rename_keeps_the_old_stats(tmp_path, monkeypatch):
+    """1c62add deleted the old directory, then renamed the new one in: a kill in between left nothing."""
+    old = _item_stats(seed=0)
+    path = old.save(tmp_path / "s.routing")
+    monkeypatch.setattr(os, "replace", _crash)
+    monkeypatch.setattr(os, "rename", _crash)
+    with pytest.raises(OSError, match="simulated kill"):
+        _item_stats(seed=1).save(path, overwrite=True)
+    monkeypatch.undo()
+    assert _same(mi.RoutingStats.load(path), old)
+    assert not _leftovers(tmp_path)
+
+
+def test_overwrite_killed_while_writing_keeps_the_old_stats(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    old = _item_stats(seed=0)
+    path = old.save(tmp_path / "s.routing")
+
+    def half_then_crash(tensors, filename, metadata=None):
+        open(filename, "wb").write(b"\x00" * 100)
+        raise OSError("simulated kill")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", half_then_crash)
+    with pytest.raises(OSError, match="simulated kill"):
+        _item_stats(seed=1).save(path, overwrite=True)
+    monkeypatch.undo()
+    assert _same(mi.RoutingStats.load(path), old)
+    assert not _leftovers(tmp_path)
+
+
+def test_overwrite_killed_between_its_two_files_loads_the_new_stats(tmp_path, monkeypatch):
+    """The tensor file carries the header of record, so a stale meta.json does not matter."""
+    path = _item_stats(seed=0).save(tmp_path / "s.routing")
+    new = _item_stats(seed=1, items=30)
+    real_replace, calls = os.replace, []
+
+    def replace_once(src, dst):
+        calls.append(dst)
+        if len(calls) > 1:
+            raise OSError("simulated kill")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_once)
+    with pytest.raises(OSError, match="simulated kill"):
+        new.save(path, overwrite=True)
+    monkeypatch.undo()
+    assert _same(mi.RoutingStats.load(path), new)
+
+
+def test_save_killed_before_a_new_path_appears_leaves_no_path(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "replace", _crash)
+    monkeypatch.setattr(os, "rename", _crash)
+    with pytest.raises(OSError, match="simulated kill"):
+        _item_stats().save(tmp_path / "s.routing")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_refuses_a_directory_save_did_not_write(tmp_path):
+    """1c62add deleted whatever directory `overwrite=True` pointed at."""
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a directory written by RoutingStats.save"):
+        _item_stats().save(tmp_path, overwrite=True)
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+    plain_file = tmp_path / "plain"
+    plain_file.write_text("keep me too")
+    with pytest.raises(FileExistsError, match="choose another path"):
+        _item_stats().save(plain_file, overwrite=True)
+    assert plain_file.read_text() == "keep me too"
+
+
+# -- checksum -----------------------------------------------------------------------------------
+
+
+def _data_start(tensor_file) -> int:
+    """safetensors layout: 8-byte little-endian header length, JSON header, then tensor data."""
+    return 8 + int.from_bytes(tensor_file.read_bytes()[:8], "little")
+
+
+def test_flipped_data_byte_raises_naming_the_file(tmp_path):
+    """1c62add loaded the changed count silently."""
+    path = _small().save(tmp_path / "s.routing")
+    tensor_file = path / "stats.safetensors"
+    header = json.loads(tensor_file.read_bytes()[8:_data_start(tensor_file)])
+    begin = header["count"]["data_offsets"][0]
+    data = bytearray(tensor_file.read_bytes())
+    data[_data_start(tensor_file) + begin] ^= 0x01  # count[0, 0, 0]: 3 -> 2
+    tensor_file.write_bytes(bytes(data))
+    with pytest.raises(StatsFileError, match=f"{tensor_file}.*checksum"):
+        mi.RoutingStats.load(path)
+
+
+def test_every_single_byte_flip_is_refused(tmp_path):
+    """Flip each byte of a whole tensor file in turn (header, checksum, data): every load raises
+    StatsFileError, never returns different numbers or another exception."""
+    path = _small().save(tmp_path / "s.routing")
+    tensor_file = path / "stats.safetensors"
+    original = tensor_file.read_bytes()
+    for position in range(len(original)):
+        data = bytearray(original)
+        data[position] ^= 0xFF
+        tensor_file.write_bytes(bytes(data))
+        with pytest.raises(StatsFileError, match="stats.safetensors"):
+            mi.RoutingStats.load(path)
+
+
+def test_file_without_checksum_loads_with_a_warning(tmp_path):
+    """Files written before checksums existed: safetensors without metadata, and meta.json."""
+    stats = _small()
+    path = tmp_path / "old.routing"
+    path.mkdir()
+    save_file({n: getattr(stats, n) for n in ("count", "gate_mass", "tokens", "item_count", "item_tokens",
+                                              "item_language")}, str(path / "stats.safetensors"))
+    (path / "meta.json").write_text(json.dumps({"format": "moe_interp.RoutingStats/1", "languages": ["en", "de"],
+                                                "layers": [2], "num_experts": 3, "top_k": 1, "meta": {}}))
+    with pytest.warns(UserWarning, match="no checksum.*save it again"):
+        loaded = mi.RoutingStats.load(path)
+    assert _same(loaded, stats)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _same(mi.RoutingStats.load(loaded.save(tmp_path / "again.routing")), stats)
+
+
+# -- fields that disagree -----------------------------------------------------------------------
+
+
+def _fields(**changes):
+    stats = _small()
+    fields = dict(languages=stats.languages, layers=stats.layers, num_experts=3, top_k=1, count=stats.count,
+                  gate_mass=stats.gate_mass, tokens=stats.tokens, item_count=stats.item_count,
+                  item_tokens=stats.item_tokens, item_language=stats.item_language)
+    return {**fields, **changes}
+
+
+BAD_FIELDS = {
+    "negative count": (dict(count=torch.tensor([[[3, 1, 0]], [[0, -3, 6]]]), item_count=None, item_tokens=None,
+                            item_language=None), r"count\[1, 0, 1\] = -3: count must be non-negative"),
+    "nan gate mass": (dict(gate_mass=torch.tensor([[[1.5, float("nan"), 0.0]], [[0.0, 1.5, 3.0]]], dtype=torch.float64)),
+                      r"gate_mass\[0, 0, 1\] = nan: gate_mass must be finite"),
+    "negative tokens": (dict(tokens=torch.tensor([4, -9]), item_count=None, item_tokens=None, item_language=None),
+                        "tokens must be non-negative"),
+    "items not adding up": (dict(item_count=torch.tensor([[[2, 1, 0]], [[0, 3, 1]], [[1, 0, 1]], [[0, 0, 5]]])),
+                            "per-item counts of language 'en' do not add up"),
+    "item of no language": (dict(item_language=torch.tensor([0, 1, 0, 2])), "item_language holds 2"),
+    "items without their language": (dict(item_language=None), "give all three or none"),
+    "repeated layers": (dict(layers=(2, 2), count=torch.zeros(2, 2, 3, dtype=torch.long),
+                             gate_mass=torch.zeros(2, 2, 3, dtype=torch.float64), item_count=None, item_tokens=None,
+                             item_language=None), "layers .* must be distinct"),
+    "top_k above num_experts": (dict(top_k=4), r"top_k must be an integer in \[1, 3\]"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FIELDS))
+def test_inconsistent_fields_are_refused_on_construction(case):
+    changes, message = BAD_FIELDS[case]
+    with pytest.raises(ValueError, match=message):
+        mi.RoutingStats(**_fields(**changes))
+
+
+@pytest.mark.parametrize("case", ["negative count", "items not adding up", "item of no language"])
+def test_inconsistent_file_raises_naming_it(tmp_path, case):
+    """A file whose tensors disagree (here one written without a checksum) fails at load, not later."""
+    changes, message = BAD_FIELDS[case]
+    fields = _fields(**changes)
+    path = tmp_path / "bad.routing"
+    path.mkdir()
+    save_file({n: fields[n] for n in ("count", "gate_mass", "tokens", "item_count", "item_tokens", "item_language")
+               if fields[n] is not None}, str(path / "stats.safetensors"))
+    (path / "meta.json").write_text(json.dumps({"format": "moe_interp.RoutingStats/1", "languages": ["en", "de"],
+                                                "layers": list(fields["layers"]), "num_experts": 3, "top_k": 1}))
+    with pytest.warns(UserWarning, match="no checksum"), pytest.raises(StatsFileError, match=f"{path} is inconsistent"):
+        mi.RoutingStats.load(path)
