@@ -1,5 +1,7 @@
 """`ExpertSet`: which experts of which layers, optionally with a strength each."""
 
+import math
+import operator
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -33,14 +35,14 @@ class ExpertSet(Mapping):
         for layer, values in experts.items():
             if isinstance(layer, bool) or not isinstance(layer, int):
                 raise TypeError(f"ExpertSet layers must be ints, got {layer!r}")
-            values = tuple(sorted({int(e) for e in values}))
+            values = tuple(sorted({_expert(e, layer) for e in values}))
             if values:
                 frozen[layer] = values
         self._experts = dict(sorted(frozen.items()))
         if strengths is None:
             self._strengths = None
         else:
-            self._strengths = {layer: {e: float(strengths[layer][e]) for e in values}
+            self._strengths = {layer: {e: _strength(strengths, layer, e) for e in values}
                                for layer, values in self._experts.items()}
 
     def __getitem__(self, layer: int) -> tuple[int, ...]:
@@ -85,3 +87,29 @@ class ExpertSet(Mapping):
         body = ", ".join(f"{k}: {list(v)}" for k, v in list(self._experts.items())[:6])
         more = ", ..." if len(self) > 6 else ""
         return f"ExpertSet({{{body}{more}}}, pairs={self.size}{', with strengths' if self._strengths else ''})"
+
+
+def _expert(value: Any, layer: int) -> int:
+    # a negative index would silently wrap round to the last experts in tensor indexing
+    try:
+        index = -1 if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        index = -1
+    if index < 0:
+        raise ValueError(f"ExpertSet experts are integer indices >= 0; layer {layer} lists {value!r}")
+    return index
+
+
+def _strength(strengths: Mapping[int, Mapping[int, float]], layer: int, expert: int) -> float:
+    try:
+        value = strengths[layer][expert]
+    except KeyError:
+        raise ValueError(f"strengths has no value for expert {expert} of layer {layer}: give every listed "
+                         "expert a strength, or pass strengths=None") from None
+    try:
+        number = math.nan if isinstance(value, (bool, str)) else float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise ValueError(f"strengths[{layer}][{expert}] must be a finite number, got {value!r}")
+    return number

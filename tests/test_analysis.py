@@ -385,3 +385,98 @@ def test_header_of_another_format_is_refused(tmp_path):
     (path / "meta.json").write_text(json.dumps({"format": "something/else"}))
     with pytest.raises(StatsFileError, match="meta.json"):
         mi.RoutingStats.load(path)
+
+
+# -- bad input: ranges, repeats, empty lists, non-finite numbers (issue 12) ---------------------
+
+
+THRESHOLD_CALLS = {
+    "exclusive_experts": lambda s, t: s.exclusive_experts("a", k=3, threshold=t),
+    "shared_experts": lambda s, t: s.shared_experts(k=3, threshold=t),
+    "layer_profile": lambda s, t: s.layer_profile(k=3, threshold=t),
+    "bootstrap exclusive_sizes": lambda s, t: s.bootstrap("exclusive_sizes", n=2, k=3, threshold=t),
+}
+
+
+@pytest.mark.parametrize("threshold", [-0.1, 1.5, float("nan"), float("inf")])
+@pytest.mark.parametrize("analysis", list(THRESHOLD_CALLS))
+def test_threshold_outside_the_unit_interval_is_refused(analysis, threshold):
+    """1c62add returned an empty or full set for these (`p > 1.5` is never true)."""
+    with pytest.raises(ValueError, match=r"threshold must be a number in \[0, 1\]"):
+        THRESHOLD_CALLS[analysis](_item_stats(), threshold)
+
+
+def test_thresholds_at_the_ends_of_the_interval_are_accepted():
+    stats = _item_stats()
+    assert stats.exclusive_experts("a", k=3, threshold=1.0).size == 0  # a share never exceeds 1
+    assert stats.shared_experts(k=3, threshold=0.0).size == 0           # nor falls below 0
+
+
+@pytest.mark.parametrize("k", [0, 7, -1, True])
+def test_k_outside_one_to_num_experts_is_refused(k):
+    """`k=True` was taken as k=1 by 1c62add."""
+    with pytest.raises(ValueError, match=r"k \(experts kept per language and layer\) must be an integer in \[1, 6\]"):
+        _item_stats().shared_experts(k=k)
+
+
+def test_repeated_languages_are_refused_not_double_counted():
+    """1c62add counted a repeated language's share twice."""
+    stats = _item_stats()
+    with pytest.raises(ValueError, match=r"languages lists \['a'\] more than once"):
+        stats.shared_experts(["a", "b", "a"], k=3)
+    with pytest.raises(ValueError, match=r"among lists \['b'\] more than once"):
+        stats.exclusive_experts("a", k=3, among=["a", "b", "b"])
+    with pytest.raises(ValueError, match=r"target lists \['a'\] more than once"):
+        stats.exclusive_experts(["a", "a"], k=3)
+    with pytest.raises(ValueError, match=r"languages lists \['c'\] more than once"):
+        stats.shares(["c", "c"], k=3)
+
+
+def test_empty_language_list_is_refused_and_none_means_all():
+    """`shared_experts([])` meant every language on 1c62add."""
+    stats = _item_stats()
+    with pytest.raises(ValueError, match="languages is empty.*pass None for all"):
+        stats.shared_experts([], k=3)
+    with pytest.raises(ValueError, match="among is empty"):
+        stats.exclusive_experts("a", k=3, among=[])
+    with pytest.raises(ValueError, match="target is empty"):
+        stats.exclusive_experts([], k=3)
+    assert stats.shared_experts(None, k=3) == stats.shared_experts(["a", "b", "c"], k=3)
+
+
+@pytest.mark.parametrize("level", [float("nan"), float("inf"), 0.0, 1.0])
+def test_bootstrap_level_must_be_a_fraction(level):
+    with pytest.raises(ValueError, match=r"level \(the interval's coverage\) must be a number in \(0, 1\)"):
+        _item_stats().bootstrap(n=2, level=level)
+
+
+@pytest.mark.parametrize("n", [0, -3, True])
+def test_bootstrap_replicates_must_be_a_positive_integer(n):
+    with pytest.raises(ValueError, match="n must be an integer >= 1"):
+        _item_stats().bootstrap(n=n)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_expert_set_refuses_non_finite_strengths(value):
+    with pytest.raises(ValueError, match=r"strengths\[3\]\[5\] must be a finite number"):
+        mi.ExpertSet({3: [5]}, strengths={3: {5: value}})
+
+
+def test_expert_set_refuses_negative_experts_and_missing_strengths():
+    """A negative expert index wraps round to the last experts in tensor indexing."""
+    with pytest.raises(ValueError, match="integer indices >= 0; layer 3 lists -1"):
+        mi.ExpertSet({3: [-1]})
+    with pytest.raises(ValueError, match="no value for expert 2 of layer 3"):
+        mi.ExpertSet({3: [1, 2]}, strengths={3: {1: 0.5}})
+
+
+def test_band_edges_must_be_increasing_fractions():
+    with pytest.raises(ValueError, match=r"increasing fractions in \[0, 1\]"):
+        bands(range(48), (0.0, float("nan"), 0.7, 1.0))
+    with pytest.raises(ValueError, match=r"increasing fractions in \[0, 1\]"):
+        bands(range(48), (0.0, 0.7, 0.3, 1.0))
+
+
+def test_cluster_count_must_be_a_positive_integer(paper):
+    with pytest.raises(ValueError, match="number of clusters"):
+        paper.cluster().assignments(0)

@@ -6,6 +6,7 @@ recomputed on the counts those items add up to; intervals are percentiles.
 """
 
 import dataclasses
+import numbers
 from collections.abc import Callable, Sequence
 
 import torch
@@ -117,10 +118,11 @@ def bootstrap(stats: RoutingStats, statistic: str | Callable[[RoutingStats], Ten
         if kwargs:
             raise TypeError("keyword arguments only apply to named statistics; close over them in your function")
         name, function = getattr(statistic, "__name__", "custom"), statistic
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
+    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < 1:
+        raise ValueError(f"level (the interval's coverage) must be a number in (0, 1), e.g. 0.95; got {level!r}")
+    for name, value, low in (("n", n, 1), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     generator = torch.Generator().manual_seed(seed)
     samples = torch.stack([torch.as_tensor(function(resample(stats, generator))).double() for _ in range(n)])
     estimate = torch.as_tensor(function(stats)).double()

@@ -9,6 +9,7 @@ separate scripts), which would otherwise pass for family structure.
 """
 
 import dataclasses
+import numbers
 from collections.abc import Mapping, Sequence
 from math import comb
 
@@ -46,6 +47,8 @@ class Clustering:
 
     def assignments(self, n: int) -> dict[str, int]:
         """Cluster number (1-based) of each language when the tree is cut into `n` clusters."""
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"n (the number of clusters) must be an integer >= 1, got {n!r}")
         if len(self.languages) == 1:
             return {self.languages[0]: 1}
         labels = fcluster(self.linkage, t=n, criterion="maxclust")

@@ -52,8 +52,9 @@ def bands(layers: Sequence[int], edges: Sequence[float] = PAPER_BANDS) -> dict[s
     ```
     """
     layers = tuple(int(layer) for layer in layers)
-    if len(edges) != len(BANDS) + 1:
-        raise ValueError(f"edges must be {len(BANDS) + 1} fractions, got {edges}")
+    if len(edges) != len(BANDS) + 1 or not all(0 <= e <= 1 for e in edges) or list(edges) != sorted(edges):
+        raise ValueError(f"edges must be {len(BANDS) + 1} increasing fractions in [0, 1] "
+                         f"(e.g. THIRDS = {tuple(round(e, 3) for e in THIRDS)}), got {edges}")
     n, result = len(layers), {}
     for i, name in enumerate(BANDS):
         lo, hi = (round(n * e) for e in edges[i : i + 2])

@@ -1,5 +1,6 @@
 """Language shares and the paper's exclusive / shared expert sets (PAPER.md section 2)."""
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -11,14 +12,51 @@ from ..expert_set import ExpertSet
 EPS = 1e-10  # the paper's denominator guard
 
 
-def _languages(stats, languages: Sequence[str] | None) -> tuple[str, ...]:
+def check_threshold(threshold: float) -> float:
+    """`threshold` as a float; it is a share of an expert's use, so it must lie in [0, 1].
+
+    ```python
+    >>> check_threshold(0.4), check_threshold(1)
+    (0.4, 1.0)
+    >>> check_threshold(float("nan"))
+    Traceback (most recent call last):
+    ValueError: threshold must be a number in [0, 1] (a language's share of an expert), got nan
+    ```
+    """
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 <= threshold <= 1:
+        raise ValueError(f"threshold must be a number in [0, 1] (a language's share of an expert), got {threshold!r}")
+    return float(threshold)
+
+
+def check_k(k: int, num_experts: int) -> int:
+    """`k`, the experts kept per (language, layer), as an int in `[1, num_experts]`.
+
+    ```python
+    >>> check_k(15, 128)
+    15
+    ```
+    """
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= num_experts:
+        raise ValueError(f"k (experts kept per language and layer) must be an integer in [1, {num_experts}], "
+                         f"got {k!r}")
+    return int(k)
+
+
+def _languages(stats, languages: Sequence[str] | None, name: str = "languages") -> tuple[str, ...]:
+    """Checked labels; `None` means all. A repeat would count its share twice, so it is refused."""
     if languages is None:
         return tuple(stats.languages)
     if isinstance(languages, str):
-        raise TypeError(f"languages must be a list of codes, got the string {languages!r}")
+        raise TypeError(f"{name} must be a list of codes, got the string {languages!r}")
+    languages = tuple(languages)
+    if not languages:
+        raise ValueError(f"{name} is empty; name some languages, or pass None for all of {list(stats.languages)}")
+    repeated = sorted({l for l in languages if languages.count(l) > 1})
+    if repeated:
+        raise ValueError(f"{name} lists {repeated} more than once; give each language once")
     for language in languages:
         stats.language_index(language)
-    return tuple(languages)
+    return languages
 
 
 def shares(stats, languages: Sequence[str] | None = None, k: int = 15) -> Float[Tensor, "lang layer expert"]:
@@ -28,8 +66,7 @@ def shares(stats, languages: Sequence[str] | None = None, k: int = 15) -> Float[
     `torch.topk`); `p = f~ / (sum over languages of f~ + 1e-10)`.
     """
     languages = _languages(stats, languages)
-    if not 1 <= k <= stats.num_experts:
-        raise ValueError(f"k must be in [1, {stats.num_experts}], got {k}")
+    k = check_k(k, stats.num_experts)
     freq = stats.select(languages).frequency()
     top = torch.topk(freq, k, dim=-1).indices
     kept = torch.zeros_like(freq).scatter_(-1, top, freq.gather(-1, top))
@@ -44,8 +81,11 @@ def _layer_positions(stats, layers) -> list[int]:
 
 def exclusive_experts(stats, target, k: int = 15, threshold: float = 0.4, layers=None, among=None) -> ExpertSet:
     """Experts with `sum_{l in target} p[l, L, e] > threshold` over the languages `among`."""
-    targets = (target,) if isinstance(target, str) else tuple(target)
-    among = _languages(stats, among)
+    if target is None:
+        raise TypeError("target must be a language code or a list of them, got None")
+    targets = _languages(stats, [target] if isinstance(target, str) else target, "target")
+    among = _languages(stats, among, "among")
+    threshold = check_threshold(threshold)
     missing = [t for t in targets if t not in among]
     if missing:
         raise ValueError(f"target languages {missing} are not among {among}")
@@ -58,6 +98,7 @@ def exclusive_experts(stats, target, k: int = 15, threshold: float = 0.4, layers
 def shared_experts(stats, languages=None, k: int = 15, threshold: float = 0.4, layers=None) -> ExpertSet:
     """Experts with `any p > 0 and all p < threshold`; strength = the first language's share."""
     languages = _languages(stats, languages)
+    threshold = check_threshold(threshold)
     p = shares(stats, languages, k)
     positions = _layer_positions(stats, layers)
     selected = (p > 0).any(0) & (p < threshold).all(0)

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from ..stats import RoutingStats
 from .divergence import PAPER_BANDS, band_average, divergence, entropy, mean_offdiagonal
-from .expert_sets import shares
+from .expert_sets import check_threshold, shares
 
 __all__ = ["LayerProfile", "layer_profile"]
 
@@ -85,6 +85,7 @@ def layer_profile(stats: RoutingStats, metric: str = "js", k: int = 15, threshol
     271
     ```
     """
+    threshold = check_threshold(threshold)
     p = shares(stats, None, k)
     used = (p > 0).any(0)
     shared = (used & (p < threshold).all(0)).sum(-1)
