@@ -18,6 +18,8 @@ tracer unpacks; the model output travels only with `keep_output=True` (default f
 """
 
 import copyreg
+import threading
+import weakref
 from typing import Any, Optional
 
 import torch
@@ -68,7 +70,12 @@ class RoutingInvoker(Invoker):
 
     def execute(self, code: Any) -> None:
         Invoker.execute(self, code)
-        self.tracer.envoy.interleaver.mediators[-1].mi_group = self.group
+        mediators = self.tracer.envoy.interleaver.mediators
+        mediators[-1].mi_group = self.group
+        pending = getattr(self.tracer, "_mi_pending", None)
+        if pending and mediators[-1].batch_group is not None:
+            mediators[:0] = pending  # ours first (see RoutingRun.execute)
+            self.tracer._mi_pending = None
 
 
 class RoutingRun(InterleavingTracer):
@@ -116,7 +123,12 @@ class RoutingRun(InterleavingTracer):
             workers.append(Mediator(_body(_keep_worker), {}, {"__mi_keep__": keep_result, "__mi_args__": dict(
                 root=self.envoy, tracer=self, store=store)}))
         # Ours first: at a shared location the user's code then sees the steered values.
-        self.envoy.interleaver.mediators[:0] = workers
+        if self.envoy._batch_size(*self.args, **self.kwargs):
+            self.envoy.interleaver.mediators[:0] = workers
+        else:
+            # Invoke mode: the first invoke with rows places them, so that a trace given no
+            # inputs at all fails as nnsight's own does, before any forward.
+            self._mi_pending = workers
         InterleavingTracer.execute(self, code)
         if self._mi_ship:
             # Only saved values in the block's frame travel back from a server.
@@ -132,6 +144,14 @@ class RoutingTracer(RoutingRun):
     """
 
     _CLIENT_ONLY = ("_mi_spec", "_mi_tokenizer", "_mi_routing")
+
+    def invoke(self, *args: Any, group: Optional[str] = None, **kwargs: Any) -> RoutingInvoker:
+        """Like nnsight's `tracer.invoke`; `group` labels these rows in `tr.routing`. Its
+        inputs are checked as `mi.trace`'s are, before the model runs."""
+        if args:
+            _check_inputs(args[0])
+            _check_tokens(self.envoy, args[0], {**self.kwargs, **kwargs}, self._mi_generating)
+        return RoutingRun.invoke(self, *args, group=group, **kwargs)
 
     def _mi_setup(self, spec: Any, plan: dict, generating: bool, tokenizer: Any, ship: bool = False,
                   keep_output: bool = True) -> None:
@@ -207,10 +227,31 @@ class _Collect(Backend):
         self.inner, self.ship = inner, ship
 
     def __call__(self, tracer: Any) -> Any:
-        result = _shipped(self.inner, tracer, self.ship)
+        with model_lock(tracer.envoy):
+            result = _shipped(self.inner, tracer, self.ship)
         if isinstance(result, dict) and RESULT_NAME in result:
             tracer._mi_take(result[RESULT_NAME])
         return result
+
+
+_LOCKS: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: Any) -> threading.RLock:
+    """The lock that `mi.trace`/`mi.generate` hold while `model` runs.
+
+    nnsight keeps one interleaver per model: two threads running traces of the same model
+    at once mix up their workers (seen: "parent cannot be on a different thread", and
+    traces that return no routing). So traces of one model run one at a time; reentrant,
+    for a trace started from inside another on the same thread.
+    """
+    key = getattr(model, "_module", model)
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(key)
+        if lock is None:
+            lock = _LOCKS[key] = threading.RLock()
+    return lock
 
 
 _PACKAGE = __name__.split(".")[0]
@@ -256,7 +297,7 @@ def profile_session(model: Any, batches: list, plan: dict, num_languages: int, s
     # Keep each statement of the session body on one line: it travels as `ast.unparse`d source
     # with its first line's number kept, and the inner `with` is found again by line number.
     session = model.session(**session_kwargs)
-    collect = session.backend = _SessionCollect(session.backend)
+    collect = session.backend = _SessionCollect(session.backend, model)
     with session:
         acc = profile_start(num_languages)
         for texts, languages in batches:
@@ -271,11 +312,12 @@ def profile_session(model: Any, batches: list, plan: dict, num_languages: int, s
 class _SessionCollect(Backend):
     """A session's backend: ships `moe_interp` by value and keeps the returned `RESULT_NAME`."""
 
-    def __init__(self, inner: Backend) -> None:
-        self.inner, self.result = inner, None
+    def __init__(self, inner: Backend, model: Any) -> None:
+        self.inner, self.model, self.result = inner, model, None
 
     def __call__(self, tracer: Any) -> Any:
-        returned = _shipped(self.inner, tracer)
+        with model_lock(self.model):
+            returned = _shipped(self.inner, tracer)
         if isinstance(returned, dict) and RESULT_NAME in returned:
             self.result = returned[RESULT_NAME]
         elif tracer.info is not None and tracer.info.frame is not None:
@@ -303,12 +345,76 @@ def _check_inputs(inputs: Any) -> None:
     if isinstance(inputs, str) or isinstance(inputs, torch.Tensor):
         if isinstance(inputs, torch.Tensor) and (inputs.dtype.is_floating_point or inputs.ndim not in (1, 2)):
             raise TypeError(f"{_INPUT_HELP}; got a {inputs.dtype} tensor of shape {tuple(inputs.shape)}")
+    elif isinstance(inputs, (list, tuple)) and inputs and all(isinstance(x, str) for x in inputs):
+        pass
+    elif not (hasattr(inputs, "keys") and "input_ids" in inputs):
+        raise TypeError(f"{_INPUT_HELP}; got {type(inputs).__name__}")
+    texts = [inputs] if isinstance(inputs, str) else inputs if isinstance(inputs, (list, tuple)) else []
+    empty = [i for i, text in enumerate(texts) if not text]
+    if empty:
+        raise ValueError(f"text {empty[0]} is empty (''): it has no tokens to route. Drop empty texts first")
+
+
+def _max_positions(model: Any) -> Optional[int]:
+    config = getattr(getattr(model, "_module", None), "config", None)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _token_ids(model: Any, inputs: Any, kwargs: dict) -> tuple:
+    """`(input_ids [B, S], attention_mask or None)` as the model will get them (texts tokenized
+    with the tokenizer options nnsight passes on: `truncation`, `max_length`, `add_special_tokens`)."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs if inputs.ndim == 2 else inputs[None], None
+    if hasattr(inputs, "keys"):
+        ids, mask = torch.as_tensor(inputs["input_ids"]), inputs.get("attention_mask")
+        ids = ids if ids.ndim == 2 else ids[None]
+        return ids, None if mask is None else torch.as_tensor(mask).reshape(ids.shape)
+    options = {k: kwargs[k] for k in ("truncation", "max_length", "add_special_tokens") if k in kwargs}
+    if not options.get("truncation"):
+        options.pop("max_length", None)  # without truncation it only names the generation length
+    if getattr(model, "tokenizer", None) is None:
+        return None, None  # nnsight will say it cannot tokenize
+    texts = [inputs] if isinstance(inputs, str) else list(inputs)
+    encoded = model.tokenizer(texts, padding=True, return_tensors="pt", **options)
+    return encoded["input_ids"], encoded["attention_mask"]
+
+
+def _check_tokens(model: Any, inputs: Any, kwargs: dict, generating: bool) -> None:
+    """Refuse, before any forward, inputs the model cannot run as given: rows without a real
+    token, token ids outside its vocabulary, sequences longer than its positions."""
+    ids, mask = _token_ids(model, inputs, kwargs)
+    if ids is None:
         return
-    if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(x, str) for x in inputs):
+    if ids.numel() == 0 or (mask is not None and not bool((mask.sum(-1) > 0).all())):
+        row = 0 if ids.numel() == 0 else int((mask.sum(-1) == 0).nonzero()[0])
+        raise ValueError(f"input row {row} has no tokens (an empty sequence, or an attention_mask of zeros): "
+                         "nothing to route. Drop empty rows first")
+    module = getattr(model, "_module", None)
+    embeddings = module.get_input_embeddings() if hasattr(module, "get_input_embeddings") else None
+    vocab = getattr(embeddings, "num_embeddings", None)
+    low, high = int(ids.min()), int(ids.max())
+    if vocab is not None and (low < 0 or high >= vocab):
+        raise ValueError(f"token id {low if low < 0 else high} is outside this model's vocabulary (ids 0-{vocab - 1}): "
+                         "encode the text with this model's tokenizer (model.tokenizer)")
+    limit = _max_positions(model)
+    if limit is None:
         return
-    if hasattr(inputs, "keys") and "input_ids" in inputs:
-        return
-    raise TypeError(f"{_INPUT_HELP}; got {type(inputs).__name__}")
+    length = int(ids.shape[-1] if mask is None else mask.sum(-1).max())
+    new = kwargs.get("max_new_tokens", getattr(getattr(module, "generation_config", None), "max_new_tokens", None))
+    if generating and new and length + new > limit:
+        raise ValueError(f"a prompt of {length} tokens plus max_new_tokens={new} runs past this model's "
+                         f"{limit} positions (max_position_embeddings): lower max_new_tokens to {limit - length} "
+                         f"or shorten the prompt (truncation=True, max_length=...)")
+    if length > limit:
+        raise ValueError(f"an input of {length} tokens is longer than this model's {limit} positions "
+                         f"(max_position_embeddings), and would run past them silently: shorten it, e.g. pass "
+                         f"truncation=True, max_length={limit - (new or 0) if generating else limit} to "
+                         f"mi.{'generate' if generating else 'trace'} or tr.invoke")
 
 
 def _split(args: tuple) -> tuple[tuple, list[Intervention]]:
@@ -329,6 +435,8 @@ def _split(args: tuple) -> tuple[tuple, list[Intervention]]:
 def _open(model: Any, args: tuple, fn: Any, generating: bool, kwargs: dict) -> RoutingTracer:
     spec = describe(model)
     inputs, interventions = _split(args)
+    for data in inputs:
+        _check_tokens(model, data, kwargs, generating)
     module = getattr(model, "_module", None)
     ship = bool(kwargs.get("remote")) or kwargs.get("backend") is not None
     local = not ship and isinstance(module, torch.nn.Module)
@@ -376,6 +484,13 @@ def trace(model: Any, *args: Any, **kwargs: Any) -> RoutingTracer:
     every forward, in order. The body is plain nnsight code. `remote=` passes through
     (`True`, `"local"` or a server URL; see docs/remote.md): the routing statistics come
     back aggregated; the model output only with `keep_output=True` (default for local runs).
+
+    Inputs are checked before the model runs (`ValueError`): no inputs at all, an empty
+    text or a row without tokens, token ids outside the model's vocabulary, and inputs
+    longer than the model's positions (`max_position_embeddings`; the policy is to refuse,
+    never to run past them: pass `truncation=True, max_length=...` to keep the first
+    tokens). Traces of one model from several threads run one at a time (a per-model
+    lock around the forward; plain `model.trace` blocks are not covered by it).
 
     ```python
     >>> with mi.trace(model, ["Hello", "Bonjour tout le monde"], mi.RouterRecord()) as tr:

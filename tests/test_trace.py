@@ -82,3 +82,113 @@ def test_generate_without_interventions_equals_hf_greedy():
         pass
     assert torch.equal(gen.output, expected)
     assert gen.text == model.tokenizer.batch_decode(expected[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+# -- bad input: a typed error before any forward, the model as it was (issue 12, section 4) --
+
+def refused_before_any_forward(model, run, error, message):
+    """`run()` raises `error` matching `message`, the embedding never ran (a torch hook), and
+    the model's weights and its next trace are those of before."""
+    hf = model._module
+    calls = []
+    handle = hf.get_input_embeddings().register_forward_pre_hook(lambda *_: calls.append(1))
+    state = {k: v.clone() for k, v in hf.state_dict().items()}
+    try:
+        with pytest.raises(error, match=message):
+            run()
+    finally:
+        handle.remove()
+    assert calls == [], "the model ran before the error"
+    assert all(torch.equal(v, hf.state_dict()[k]) for k, v in state.items())
+    enc = encode(model, ["abc", "de"])
+    with model.trace(enc):
+        plain = model.lm_head.output.save()
+    with mi.trace(model, enc, mi.RouterRecord()) as tr:
+        pass
+    assert torch.equal(tr.output.logits, plain)
+    assert int(tr.routing.tokens[0]) == 5
+
+
+def _trace(model, *args, **kwargs):
+    with mi.trace(model, *args, **kwargs):
+        pass
+
+
+def _invoke(model, *inputs, generate=False, **kwargs):
+    with (mi.generate if generate else mi.trace)(model, mi.RouterRecord(), **kwargs) as tr:
+        for data in inputs:
+            with tr.invoke(data):
+                pass
+
+
+TOO_LONG = "x" * 300  # the tiny models have 256 positions; one byte is one token
+
+
+@pytest.mark.parametrize("run, message", [
+    (lambda m: _trace(m, mi.RouterRecord()), "needs an input, or at least one `with tracer.invoke"),
+    (lambda m: _trace(m, "", mi.RouterRecord()), r"text 0 is empty \(''\)"),
+    (lambda m: _trace(m, ["abc", ""], mi.RouterRecord()), r"text 1 is empty"),
+    (lambda m: _invoke(m, "abc", ""), r"text 0 is empty"),
+    (lambda m: _trace(m, torch.zeros(1, 0, dtype=torch.long), mi.RouterRecord()), "row 0 has no tokens"),
+    (lambda m: _trace(m, {"input_ids": torch.tensor([[5, 6], [7, 8]]),
+                          "attention_mask": torch.tensor([[1, 1], [0, 0]])}, mi.RouterRecord()), "row 1 has no tokens"),
+    (lambda m: _trace(m, torch.tensor([[5, 259]]), mi.RouterRecord()), r"token id 259 is outside .* \(ids 0-258\)"),
+    (lambda m: _trace(m, torch.tensor([[-1, 5]])), r"token id -1 is outside"),
+    (lambda m: _invoke(m, "abc", torch.tensor([[3, 1000]])), r"token id 1000 is outside"),
+    (lambda m: _trace(m, TOO_LONG, mi.RouterRecord()), r"300 tokens .* 256 positions .*truncation=True, max_length=256"),
+    (lambda m: _invoke(m, "abc", [TOO_LONG]), r"300 tokens .* 256 positions"),
+    (lambda m: _trace(m, torch.ones(1, 257, dtype=torch.long), mi.RouterRecord()), r"257 tokens .* 256 positions"),
+    (lambda m: mi.generate(m, "x" * 250, mi.RouterRecord(), max_new_tokens=10), r"250 tokens plus max_new_tokens=10 .* to 6"),
+    (lambda m: _invoke(m, "x" * 250, generate=True, max_new_tokens=7), r"250 tokens plus max_new_tokens=7"),
+])
+def test_bad_inputs_are_typed_errors_before_any_forward(run, message):
+    model = tiny("qwen3_moe")
+    refused_before_any_forward(model, lambda: run(model), ValueError, message)
+
+
+def test_long_text_policy_is_an_error_that_names_truncation_which_then_works():
+    """Past `max_position_embeddings` a trace refuses (it would silently run past the positions
+    the model has); `truncation=True, max_length=` keeps the first tokens, as the error says."""
+    model = tiny("qwen3_moe")
+    assert model._module.config.max_position_embeddings == 256
+    with mi.trace(model, TOO_LONG, mi.RouterRecord(), truncation=True, max_length=256) as tr:
+        pass
+    assert int(tr.routing.tokens[0]) == 256
+    with mi.trace(model, "x" * 256, mi.RouterRecord()) as at_limit:
+        pass
+    assert torch.equal(at_limit.routing.count, tr.routing.count)
+
+
+def test_two_threads_tracing_one_model_get_the_results_of_running_alone():
+    """nnsight keeps one interleaver per model; two threads used to corrupt each other's
+    trace (seen: "parent cannot be on a different thread", traces with no routing). A
+    per-model lock runs them one at a time."""
+    import threading
+
+    model = tiny("qwen3_moe")
+    prompts = ["Hello there, how are you?", "Bonjour tout le monde, comment allez-vous aujourd'hui ?"]
+
+    def record(prompt):
+        with mi.trace(model, prompt, mi.RouterRecord()) as tr:
+            logits = model.lm_head.output.save()
+        return tr.routing.count, logits
+
+    alone = [record(p) for p in prompts]
+    results, errors = {0: [], 1: []}, []
+
+    def work(i):
+        try:
+            for _ in range(6):
+                results[i].append(record(prompts[i]))
+        except Exception as error:  # noqa: BLE001 (reported below with the thread's results)
+            errors.append(error)
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    for i in range(2):
+        assert len(results[i]) == 6
+        for count, logits in results[i]:
+            assert torch.equal(count, alone[i][0]) and torch.equal(logits, alone[i][1])
