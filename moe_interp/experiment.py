@@ -2,7 +2,6 @@
 the layer-band ablation grid and the routing-guided steering evaluation."""
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -13,6 +12,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from ._fingerprint import check_corpus, fingerprint, model_parts
 from .arch import BANDS, describe
 from .evaluate import text_nll
 from .interventions import ExpertAblate, RouteSteer, flatten
@@ -20,24 +20,18 @@ from .interventions import ExpertAblate, RouteSteer, flatten
 __all__ = ["Experiment", "ablation_grid", "steering_eval", "AblationResult", "SteeringResult"]
 
 
-def _digest(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=repr).encode()).hexdigest()[:16]
-
-
-def _model_key(model: Any) -> str:
-    spec = describe(model)
-    config = getattr(getattr(model, "_module", None), "config", None)
-    return _digest(spec.arch, spec.moe_layers, spec.num_experts, getattr(config, "_name_or_path", None),
-                   getattr(config, "hidden_size", None))
-
-
 class Experiment:
     """A grid of cells (language x condition), each a list of interventions, run once.
 
     The model is loaded once by you; each finished cell (per-text NLL and bits per byte)
-    is appended at once to `path` (JSONL), keyed by a stable hash of model, texts and
-    condition, so rerunning skips finished cells: a killed run loses at most the cell in
-    progress and resumes with identical results.
+    is appended at once to `path` (JSONL), keyed by the content it depends on: the
+    model's weights, config and tokenizer, the language's texts and the condition's
+    interventions by value (a `RouteSteer` by its statistics' tensors). Rerunning skips
+    finished cells: a killed run loses at most the cell in progress and resumes with
+    identical results. A cell of another model, corpus or intervention (say, the
+    random-init twin, or other statistics under the same condition name) never matches:
+    it is computed and appended, so one file can hold many runs. Condition names label
+    the rows; they never key anything.
 
     ```python
     >>> grid = {"baseline": [], "ablate-de": [mi.ExpertAblate(p.exclusive_experts("deu"))]}
@@ -51,19 +45,27 @@ class Experiment:
                  path: str | os.PathLike | None = None, batch_size: int = 8, progress: bool = True) -> None:
         if not isinstance(grid, Mapping) or not grid:
             raise TypeError("grid must be a non-empty mapping {condition name: [interventions]}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int (1 or more), got {batch_size!r}")
         self.model, self.batch_size, self.progress = model, batch_size, progress
-        self.corpus = {str(k): list(v) for k, v in corpus.items()}
+        self.corpus = check_corpus(corpus)
         self.grid = {str(name): flatten(v if isinstance(v, (list, tuple)) else [v]) for name, v in grid.items()}
         spec = describe(model)
         for interventions in self.grid.values():  # validate every cell before running any
             for intervention in interventions:
                 intervention.edits(spec)
         self.path = Path(path) if path is not None else None
-        self._model_key = _model_key(model)
+
+    def _keys(self, cells: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        # read now, not at construction: weights edited in between must not hit the old cells
+        model = fingerprint(model_parts(self.model))
+        conditions = {condition: fingerprint(self.grid[condition]) for _, condition in cells}
+        return {(lang, cond): fingerprint((model, self.corpus[lang], conditions[cond])) for lang, cond in cells}
 
     def key(self, language: str, condition: str) -> str:
-        """The stable hash that identifies one cell's result."""
-        return _digest(self._model_key, self.corpus[language], [repr(i) for i in self.grid[condition]])
+        """The content hash that identifies one cell's result (model weights, config and
+        tokenizer; the language's texts; the condition's interventions by value)."""
+        return self._keys([(language, condition)])[(language, condition)]
 
     def _done(self) -> dict[str, dict]:
         if self.path is None or not self.path.exists():
@@ -74,7 +76,8 @@ class Experiment:
                 record = json.loads(line)
             except json.JSONDecodeError:  # a line cut by a kill mid-write: that cell reruns
                 continue
-            done[record["key"]] = record
+            if isinstance(record, dict) and isinstance(record.get("key"), str) and isinstance(record.get("rows"), list):
+                done[record["key"]] = record
         return done
 
     def run(self) -> Any:
@@ -83,12 +86,14 @@ class Experiment:
 
         done = self._done()
         cells = [(lang, cond) for cond in self.grid for lang in self.corpus]
-        todo = [c for c in cells if self.key(*c) not in done]
+        keys = self._keys(cells)
+        # a stored cell counts only with one row per text (a cut or foreign record reruns)
+        todo = [c for c in cells if len(done.get(keys[c], {}).get("rows", ())) != len(self.corpus[c[0]])]
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         for language, condition in tqdm(todo, desc="cells", disable=not self.progress, unit="cell"):
             rows = text_nll(self.model, self.corpus[language], *self.grid[condition], batch_size=self.batch_size)
-            record = {"key": self.key(language, condition), "language": language, "condition": condition,
+            record = {"key": keys[(language, condition)], "language": language, "condition": condition,
                       "rows": rows}
             done[record["key"]] = record
             if self.path is not None:
@@ -97,7 +102,7 @@ class Experiment:
                     handle.flush()
                     os.fsync(handle.fileno())
         frame = [dict(language=lang, condition=cond, item=i, **row)
-                 for lang, cond in cells for i, row in enumerate(done[self.key(lang, cond)]["rows"])]
+                 for lang, cond in cells for i, row in enumerate(done[keys[(lang, cond)]]["rows"])]
         return pd.DataFrame(frame)
 
 
@@ -285,6 +290,18 @@ def steering_eval(model: Any, stats: Any, dev: Mapping[str, Sequence[str]], test
 
     import pandas as pd
 
+    # Check everything before the first cell: a bad k must not cost the baselines' compute.
+    dev, test, scales = check_corpus(dev), check_corpus(test), [float(s) for s in scales]
+    if not scales:
+        raise ValueError("scales is empty: pass the steering scales to choose from, e.g. (0.0, 0.02, 0.05)")
+    missing = [lang for lang in languages if lang not in dev or lang not in test]
+    if missing:
+        raise ValueError(f"languages {missing} are missing from dev or test; both need texts for every language")
+    spec = describe(model)
+    for scale in scales:
+        for interventions in grid(scale).values():
+            if scale:
+                interventions[0].expert_set(spec)
     if path is None:  # cells are still cached within this call: the baseline runs once per split
         path = Path(tempfile.mkdtemp(prefix="moe_interp_steer_")) / "cells.jsonl"
     dev_scores = {}
@@ -293,7 +310,6 @@ def steering_eval(model: Any, stats: Any, dev: Mapping[str, Sequence[str]], test
         dev_scores[float(scale)] = float(frame[frame.condition == f"steer:{scale}"].bits_per_byte.mean())
     best = min(dev_scores, key=lambda s: (dev_scores[s], abs(s)))
     frame = run(test, best, "test")
-    spec = describe(model)
     rows = []
     for i, lang in enumerate(languages):
         base = frame[(frame.language == lang) & (frame.condition == "baseline")].sort_values("item").bits_per_byte

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import torch
 
+from ._fingerprint import fingerprint, stats_fingerprint
 from .arch import MoESpec
 from .expert_set import ExpertSet
 
@@ -261,9 +262,18 @@ class RouteSteer(Intervention):
     def edits(self, spec: MoESpec) -> list[tuple[int, str, tuple]]:
         return LayerRouteSteer(self.expert_set(spec), scale=self.scale).edits(spec)
 
+    # Equal by content, penzai-style: `stats` by its tensors (a copy of a profile is equal,
+    # another profile over the same languages is not), so caches keyed by it stay honest.
+    def __eq__(self, other: Any) -> Any:  # a bool, or NotImplemented for other types
+        return fingerprint(self) == fingerprint(other) if type(other) is type(self) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(fingerprint(self))
+
     def __repr__(self) -> str:
         return (f"RouteSteer(layers={self.layers!r}, target={self.target!r}, stats=<{len(self.stats.languages)} "
-                f"languages>, languages={self.languages!r}, k={self.k}, threshold={self.threshold}, scale={self.scale})")
+                f"languages #{stats_fingerprint(self.stats)[:8]}>, languages={self.languages!r}, k={self.k}, "
+                f"threshold={self.threshold}, scale={self.scale})")
 
 
 def flatten(items: Iterable[Any]) -> list[Intervention]:

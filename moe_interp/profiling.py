@@ -1,6 +1,5 @@
 """`mi.profile`: routing statistics of a model over a multilingual corpus, resumable."""
 
-import hashlib
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -10,38 +9,40 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ._fingerprint import ResumeError, check_corpus, differing, fingerprint, model_parts
 from .arch import describe
 from .interventions import RouterRecord, compile_plan, flatten
 from .stats import RoutingStats
 from .trace import profile_session, trace
 
-__all__ = ["profile"]
+__all__ = ["profile", "ResumeError"]
 
 
-def _check_corpus(corpus: Any) -> dict[str, list[str]]:
-    if not isinstance(corpus, Mapping) or not corpus:
-        raise TypeError("corpus must be a non-empty mapping {language: [texts]}, e.g. mi.datasets.udhr(['eng', 'deu'])")
-    out = {}
-    for lang, texts in corpus.items():
-        if isinstance(texts, str) or not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
-            raise TypeError(f"corpus[{lang!r}] must be a list of strings, got {type(texts).__name__}")
-        if not texts:
-            raise ValueError(f"corpus[{lang!r}] is empty")
-        out[str(lang)] = list(texts)
-    return out
+_FORMAT = "moe_interp.profile-checkpoint/2"
+# trace_kwargs that say where a run executes, not what it computes
+_WHERE = ("remote", "backend", "blocking", "job_id", "verbose")
 
 
-def _fingerprint(model: Any, corpus: dict, interventions: list) -> str:
-    spec = describe(model)
-    config = getattr(getattr(model, "_module", None), "config", None)
-    digest = hashlib.sha256()
-    digest.update(repr((spec.arch, spec.moe_layers, spec.num_experts, getattr(config, "_name_or_path", None),
-                        [repr(i) for i in interventions])).encode())
-    for lang, texts in corpus.items():
-        digest.update(lang.encode())
-        for text in texts:
-            digest.update(hashlib.sha256(text.encode()).digest())
-    return digest.hexdigest()[:16]
+def _load_checkpoint(path: Path, key: dict, fields: dict[str, torch.Tensor], total: int) -> tuple[int, dict]:
+    """The progress stored at `path`, after checking it is this very run's and whole."""
+    fix = "delete it or pass another checkpoint path (a checkpoint is never reused for a different run)"
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as error:  # zip, pickle, EOF, ...: all mean the same to the user
+        raise ResumeError(f"checkpoint {path} cannot be read ({type(error).__name__}): it is damaged or not a "
+                          f"mi.profile checkpoint; {fix}") from error
+    if not isinstance(state, dict) or state.get("format") != _FORMAT:
+        raise ResumeError(f"checkpoint {path} is not a mi.profile checkpoint of this version ({_FORMAT}); {fix}")
+    parts = differing(state.get("key"), key)
+    if parts:
+        raise ResumeError(f"checkpoint {path} belongs to another model, corpus, intervention list or settings "
+                          f"(the {', '.join(parts)} differ{'s' if len(parts) == 1 else ''}); {fix}")
+    done = state.get("done")
+    if not isinstance(done, int) or not 0 <= done <= total or any(
+            not isinstance(state.get(name), torch.Tensor) or state[name].shape != like.shape
+            or state[name].dtype != like.dtype for name, like in fields.items()):
+        raise ResumeError(f"checkpoint {path} is damaged (its progress or tensors do not fit this run); {fix}")
+    return done, {name: state[name] for name in fields}
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -61,7 +62,11 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]], *interventions: Any
     which gives bootstrap confidence intervals. `interventions` apply during profiling
     (e.g. an ablation). With `checkpoint=path`, partial results are written every
     `save_every` batches and on interruption; rerunning the same call resumes there.
-    Other keyword arguments go to `mi.trace`.
+    A checkpoint is keyed by content: the model's weights (a strided sample of every
+    tensor), config and tokenizer, the corpus texts, the full interventions and the
+    trace settings. Any difference (say, the random-init twin of the model that wrote
+    it) raises `ResumeError` naming the part that differs, as does a damaged file; a
+    checkpoint is never reused for another run. Other keyword arguments go to `mi.trace`.
 
     Remote (`remote=True`, `"local"`, a URL, or `backend=`): the batches run in ONE nnsight
     session request (`session_batches=N` splits them into requests of N batches each; the
@@ -76,10 +81,13 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]], *interventions: Any
     (('eng', 'deu', 'fra'), True)
     ```
     """
-    corpus = _check_corpus(corpus)
+    corpus = check_corpus(corpus)
     interventions = [i for i in flatten(interventions) if not isinstance(i, RouterRecord)]
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    for name, value in (("batch_size", batch_size), ("save_every", save_every)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int (1 or more), got {value!r}")
+    if session_batches is not None and (not isinstance(session_batches, int) or session_batches < 1):
+        raise ValueError(f"session_batches must be a positive int or None, got {session_batches!r}")
     spec = describe(model)
     languages = list(corpus)
     items = [(lang_index, text) for lang_index, lang in enumerate(languages) for text in corpus[lang]]
@@ -90,33 +98,29 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]], *interventions: Any
     gate_mass = torch.zeros(len(languages), n_layers, spec.num_experts, dtype=torch.float64)
     item_language = torch.tensor([lang for lang, _ in items], dtype=torch.long)
     done = 0
-    key = _fingerprint(model, corpus, interventions)
+    key = {**model_parts(model), "corpus": fingerprint(corpus), "interventions": fingerprint(interventions),
+           "settings": fingerprint({k: v for k, v in trace_kwargs.items() if k not in _WHERE})}
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and path.exists():
-        state = torch.load(path, weights_only=True)
-        if state.get("key") != key:
-            raise ValueError(f"checkpoint {path} belongs to another model, corpus or intervention list; "
-                             "delete it or pass another checkpoint path")
-        done, item_count, item_tokens, gate_mass = state["done"], state["item_count"], state["item_tokens"], state["gate_mass"]
+        done, state = _load_checkpoint(path, key, {"item_count": item_count, "item_tokens": item_tokens,
+                                                   "gate_mass": gate_mass}, len(items))
+        item_count, item_tokens, gate_mass = state["item_count"], state["item_tokens"], state["gate_mass"]
 
     def save() -> None:
         if path is not None:
-            _save_checkpoint(path, {"key": key, "done": done, "item_count": item_count,
+            _save_checkpoint(path, {"format": _FORMAT, "key": key, "done": done, "item_count": item_count,
                                     "item_tokens": item_tokens, "gate_mass": gate_mass})
 
     started, tokens_seen = time.perf_counter(), 0
     bar = tqdm(total=len(items), initial=done, unit="text", disable=not progress, desc="profiling")
     remote = bool(trace_kwargs.get("remote")) or trace_kwargs.get("backend") is not None
-    if session_batches is not None and (not isinstance(session_batches, int) or session_batches < 1):
-        raise ValueError(f"session_batches must be a positive int or None, got {session_batches!r}")
     try:
         batches = 0
         while remote and done < len(items):
             per_request = (session_batches or len(items)) * batch_size
             chunks = [order[start : start + batch_size]
                       for start in range(done, min(done + per_request, len(items)), batch_size)]
-            session_kwargs = {k: trace_kwargs[k] for k in ("remote", "backend", "blocking", "job_id", "verbose")
-                              if k in trace_kwargs}
+            session_kwargs = {k: trace_kwargs[k] for k in _WHERE if k in trace_kwargs}
             model_kwargs = {k: v for k, v in trace_kwargs.items() if k not in session_kwargs and k != "keep_output"}
             plan = compile_plan(spec, [*interventions, RouterRecord()])
             packed = profile_session(model, [([items[i][1] for i in chunk], item_language[torch.tensor(chunk)])
@@ -161,6 +165,6 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]], *interventions: Any
     config = getattr(getattr(model, "_module", None), "config", None)
     meta = {"model": getattr(config, "_name_or_path", None) or spec.arch, "arch": spec.arch,
             "interventions": [repr(i) for i in interventions], "items": len(items),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "fingerprint": key}
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "fingerprint": fingerprint(key)}
     return RoutingStats(tuple(languages), spec.moe_layers, spec.num_experts, spec.top_k, count, gate_mass, tokens,
                         item_count, item_tokens, item_language, meta=meta)

@@ -1,5 +1,6 @@
 """Experiments: resumable grids, the ablation design, honest steering evaluation."""
 
+import functools
 import json
 import math
 import os
@@ -10,6 +11,7 @@ import textwrap
 import time
 
 import numpy as np
+import pytest
 import torch
 
 import moe_interp as mi
@@ -115,3 +117,122 @@ def test_steering_scale_is_chosen_on_dev_only():
                            progress=False)
     assert res.scale == min(res.dev_scores, key=res.dev_scores.get)
     assert set(res.dev_scores) == {0.0, 0.5, 2.0}
+
+
+# -- cells keyed by content (issue 12, sections 2 and 4) --------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def demo(trained: bool):
+    return mi.zoo.demo_model(trained=trained)
+
+
+def _stats(count):
+    """RoutingStats over eng/deu/fra of an 8-expert, 4-layer model, from explicit counts."""
+    count = torch.as_tensor(count, dtype=torch.long)
+    return mi.RoutingStats(("eng", "deu", "fra"), (0, 1, 2, 3), 8, 2, count, count.double(), count.sum((1, 2)) // 2)
+
+
+def _two_stats():
+    """Two profiles with the same languages and shapes whose shared eng/deu experts differ:
+    A shares experts 0-3 between eng and deu, B shares experts 4-7."""
+    a = torch.zeros(3, 4, 8, dtype=torch.long)
+    a[0, :, 0:4] = 10
+    a[1, :, 0:4] = 10
+    a[2, :, 4:8] = 10
+    b = a[:, :, [4, 5, 6, 7, 0, 1, 2, 3]]
+    return _stats(a), _stats(b)
+
+
+def test_experiment_of_the_random_twin_does_not_reuse_the_trained_models_cells(tmp_path):
+    corpus = {"eng": ["All human beings are born free and equal."]}
+    path = tmp_path / "cells.jsonl"
+    trained = mi.Experiment(demo(True), corpus, {"baseline": []}, path=path, progress=False).run()
+    twin = mi.Experiment(demo(False), corpus, {"baseline": []}, path=path, progress=False).run()
+    fresh = mi.Experiment(demo(False), corpus, {"baseline": []}, path=None, progress=False).run()
+    assert twin.equals(fresh)
+    assert twin.bits_per_byte[0] > trained.bits_per_byte[0] + 1  # the twin is untrained: far worse
+
+
+def test_route_steer_equality_and_hash_follow_the_stats_content():
+    a, b = _two_stats()
+    a_copy = _stats(a.count.clone())
+    steer = dict(layers="middle", target="eng", languages=("eng", "deu"), k=4, threshold=0.7, scale=2.0)
+    assert mi.RouteSteer(stats=a, **steer) == mi.RouteSteer(stats=a_copy, **steer)
+    assert hash(mi.RouteSteer(stats=a, **steer)) == hash(mi.RouteSteer(stats=a_copy, **steer))
+    assert mi.RouteSteer(stats=a, **steer) != mi.RouteSteer(stats=b, **steer)
+    assert mi.RouteSteer(stats=a, **steer) != mi.RouteSteer(stats=a, **{**steer, "k": 3})
+    assert len({mi.RouteSteer(stats=a, **steer), mi.RouteSteer(stats=a_copy, **steer),
+                mi.RouteSteer(stats=b, **steer)}) == 2
+
+
+def test_equal_values_give_equal_keys_for_every_intervention():
+    assert mi.LayerRouteSteer({1: {3: 1}}, scale=2.0) == mi.LayerRouteSteer({1: {3: 1.0}}, scale=2.0)
+    assert hash(mi.ExpertAblate({1: [3, 0]})) == hash(mi.ExpertAblate({1: (0, 3)}))
+    assert mi.ExpertAblate({1: [0]}) != mi.ExpertAblate({1: [0]}, mode="drop")
+
+
+def test_cells_steered_by_other_stats_are_not_reused(tmp_path):
+    model = tiny("qwen3_moe")
+    a, b = _two_stats()
+    corpus = {"deu": CORPUS["deu"]}
+    steer = dict(layers="middle", target="eng", languages=("eng", "deu"), k=4, threshold=0.7, scale=50.0)
+    assert mi.RouteSteer(stats=a, **steer).expert_set(mi.describe(model)) != \
+        mi.RouteSteer(stats=b, **steer).expert_set(mi.describe(model))
+    path = tmp_path / "cells.jsonl"
+    with_a = mi.Experiment(model, corpus, {"steer": [mi.RouteSteer(stats=a, **steer)]}, path=path,
+                           progress=False).run()
+    with_b = mi.Experiment(model, corpus, {"steer": [mi.RouteSteer(stats=b, **steer)]}, path=path,
+                           progress=False).run()
+    fresh_b = mi.Experiment(model, corpus, {"steer": [mi.RouteSteer(stats=b, **steer)]}, path=None,
+                            progress=False).run()
+    assert with_b.equals(fresh_b) and not with_b.equals(with_a)
+
+
+def test_steering_eval_does_not_reuse_cells_of_other_stats(tmp_path):
+    model = tiny("qwen3_moe")
+    a, b = _two_stats()
+    path = tmp_path / "cells.jsonl"
+    kwargs = dict(target="eng", scales=(50.0,), k=4, progress=False)
+    first = mi.steering_eval(model, a, CORPUS, CORPUS, ["deu"], path=path, **kwargs)
+    again = mi.steering_eval(model, b, CORPUS, CORPUS, ["deu"], path=path, **kwargs)
+    fresh = mi.steering_eval(model, b, CORPUS, CORPUS, ["deu"], **kwargs)
+    assert again.dev_scores == fresh.dev_scores and again.table.equals(fresh.table)
+    assert again.dev_scores != first.dev_scores
+
+
+@pytest.mark.parametrize("corpus", ["The cat sat.", {"eng": "The cat sat."}, {"eng": []}])
+def test_experiment_refuses_a_corpus_that_is_not_lists_of_texts(corpus):
+    with pytest.raises((TypeError, ValueError), match="corpus"):
+        mi.Experiment(tiny("qwen3_moe"), corpus, {"baseline": []}, progress=False)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1])
+def test_experiment_refuses_a_non_positive_batch_size_and_keeps_its_file(tmp_path, batch_size):
+    path = tmp_path / "cells.jsonl"
+    first = mi.Experiment(tiny("qwen3_moe"), CORPUS, {"baseline": []}, path=path, progress=False).run()
+    stored = path.read_bytes()
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        mi.Experiment(tiny("qwen3_moe"), CORPUS, {"baseline": []}, path=path, batch_size=batch_size, progress=False)
+    assert path.read_bytes() == stored
+    assert mi.Experiment(tiny("qwen3_moe"), CORPUS, {"baseline": []}, path=path, progress=False).run().equals(first)
+
+
+def test_a_cell_with_missing_rows_in_the_file_is_recomputed(tmp_path):
+    path = tmp_path / "cells.jsonl"
+    corpus = {"eng": CORPUS["eng"]}
+    fresh = mi.Experiment(tiny("qwen3_moe"), corpus, {"baseline": []}, path=path, progress=False).run()
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "rows": []}) + "\n")  # what batch_size=-1 used to write
+    again = mi.Experiment(tiny("qwen3_moe"), corpus, {"baseline": []}, path=path, progress=False).run()
+    assert again.equals(fresh)
+
+
+def test_steering_eval_validates_every_steer_before_computing_any_cell(tmp_path, monkeypatch):
+    model = tiny("qwen3_moe")
+    profile = mi.profile(model, CORPUS, progress=False)
+    calls = []
+    monkeypatch.setattr(experiment_module, "text_nll", lambda *a, **k: calls.append(a) or [])
+    path = tmp_path / "cells.jsonl"
+    with pytest.raises(ValueError, match=r"k .*\[1, 8\].*got 20"):
+        mi.steering_eval(model, profile, CORPUS, CORPUS, ["deu"], target="eng", k=20, path=path, progress=False)
+    assert calls == [] and not path.exists()

@@ -1,5 +1,7 @@
 """mi.profile: per-item counts, batching-invariant, resumable after interruption."""
 
+import functools
+
 import pytest
 import torch
 
@@ -72,3 +74,77 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
 def test_bad_corpus_is_a_clear_error(corpus, error):
     with pytest.raises(error, match="corpus"):
         mi.profile(tiny("qwen3_moe"), corpus, progress=False)
+
+
+# -- resume keyed by content (issue 12, sections 2 and 4) ------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def demo(trained: bool):
+    return mi.zoo.demo_model(trained=trained)
+
+
+SHORT = {"eng": ["All human beings are born free.", "Everyone has the right to life."],
+         "fra": ["Tous les êtres humains naissent libres."]}
+
+
+def test_checkpoint_of_the_trained_model_is_refused_for_its_random_twin(tmp_path):
+    path = tmp_path / "run.ckpt"
+    trained = mi.profile(demo(True), SHORT, batch_size=1, progress=False, checkpoint=path)
+    stored = path.read_bytes()
+    twin = mi.profile(demo(False), SHORT, batch_size=1, progress=False)
+    assert not torch.equal(twin.count, trained.count)  # the two models really route differently
+    # same architecture, same config, same _name_or_path: only the weights differ
+    with pytest.raises(ValueError, match="model weights") as error:
+        mi.profile(demo(False), SHORT, batch_size=1, progress=False, checkpoint=path)
+    assert str(path) in str(error.value) and "another checkpoint path" in str(error.value)
+    assert path.read_bytes() == stored  # the trained run's checkpoint is kept
+
+
+@pytest.mark.parametrize("change, part", [
+    (dict(corpus={**CORPUS, "deu": ["Die Katze saß auf der Matte.", "Hallo!"]}), "corpus"),
+    (dict(interventions=[mi.ExpertAblate({1: [0]})]), "interventions"),
+])
+def test_checkpoint_mismatch_names_the_part_that_differs(tmp_path, change, part):
+    path = tmp_path / "run.ckpt"
+    mi.profile(tiny("qwen3_moe"), CORPUS, batch_size=2, progress=False, checkpoint=path)
+    corpus = change.get("corpus", CORPUS)
+    with pytest.raises(ValueError, match=part) as error:
+        mi.profile(tiny("qwen3_moe"), corpus, *change.get("interventions", []), batch_size=2, progress=False,
+                   checkpoint=path)
+    other = {"corpus", "interventions", "model weights"} - {part}
+    assert not any(f"the {o} differ" in str(error.value) for o in other)
+
+
+def test_checkpoint_of_a_profile_with_a_different_ablation_is_refused(tmp_path):
+    path = tmp_path / "run.ckpt"
+    mi.profile(tiny("qwen3_moe"), CORPUS, mi.ExpertAblate({1: [0]}), progress=False, checkpoint=path)
+    with pytest.raises(ValueError, match="interventions"):
+        mi.profile(tiny("qwen3_moe"), CORPUS, mi.ExpertAblate({1: [1]}), progress=False, checkpoint=path)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "not a dict"])
+def test_corrupt_checkpoint_is_a_clear_error_naming_the_path(tmp_path, damage):
+    path = tmp_path / "run.ckpt"
+    mi.profile(tiny("qwen3_moe"), CORPUS, batch_size=2, progress=False, checkpoint=path)
+    data = path.read_bytes()
+    if damage == "garbage":
+        path.write_bytes(b"\x00not a checkpoint" * 10)
+    elif damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        torch.save([1, 2, 3], path)
+    damaged = path.read_bytes()
+    with pytest.raises(ValueError, match="delete it or pass another checkpoint") as error:
+        mi.profile(tiny("qwen3_moe"), CORPUS, batch_size=2, progress=False, checkpoint=path)
+    assert str(path) in str(error.value)
+    assert path.read_bytes() == damaged  # nothing deleted behind the user's back
+
+
+@pytest.mark.parametrize("value", [0, -1])
+def test_save_every_must_be_a_positive_int_checked_before_any_batch(value, monkeypatch):
+    import moe_interp.profiling as profiling
+    calls = []
+    monkeypatch.setattr(profiling, "trace", lambda *a, **k: calls.append(a))
+    with pytest.raises(ValueError, match="save_every must be a positive int"):
+        mi.profile(tiny("qwen3_moe"), CORPUS, progress=False, save_every=value)
+    assert calls == []
