@@ -35,33 +35,17 @@ def encode(model, prompts=PROMPTS, padding_side=None):
 
 
 def oracle_routing(model, enc):
-    """Per MoE layer: the expert indices the experts really received, non-pad tokens only.
+    """Per MoE layer: `[layers, E]` counts of the experts the experts modules really received,
+    non-pad tokens only, from a plain HF forward (no nnsight), and that forward's output.
 
-    Plain torch hooks on the unwrapped HF modules and a plain HF forward: no nnsight.
-    Dense-score routers (Llama-4) hand experts no indices, so their router output is read.
+    Read by `experts_received` (torch hooks, experts found without moe_interp); `mi.describe`
+    only gives the width `E`.
     """
-    spec = mi.describe(model)
-    hf = model._module
-    seen, handles = {}, []
-    for layer, router, experts in zip(spec.moe_layers, spec.routers, spec.experts):
-        if spec.readout == "experts":
-            def pre(module, args, kwargs, layer=layer):
-                seen[layer] = args[1].detach().clone()
-            handles.append(hf.get_submodule(experts).register_forward_pre_hook(pre, with_kwargs=True))
-        else:
-            def post(module, args, out, layer=layer):
-                scores = out[spec.scores_index]
-                seen[layer] = torch.topk(scores, spec.top_k, dim=-1).indices
-            handles.append(hf.get_submodule(router).register_forward_hook(post))
-    try:
-        with torch.no_grad():
-            out = hf(**enc)
-    finally:
-        for h in handles:
-            h.remove()
-    real = enc["attention_mask"].reshape(-1).bool()
-    counts = torch.stack([torch.bincount(seen[l][real].reshape(-1), minlength=spec.num_experts)
-                          for l in spec.moe_layers])
+    num_experts = mi.describe(model).num_experts
+    with experts_received(model, enc["attention_mask"]) as seen, torch.no_grad():
+        out = getattr(model, "_module", model)(**enc)
+    counts = torch.stack([torch.nn.functional.pad(seen[layer], (0, num_experts - len(seen[layer])))
+                          for layer in sorted(seen)])
     return counts, out
 
 
