@@ -128,6 +128,11 @@ class ExpertAblate(Intervention):
     `mode="drop"`: selection is unchanged but the expert's weight is zeroed afterwards,
     without renormalisation.
 
+    An ablated expert is never selected, whatever its place in a list of interventions:
+    rerouting applies after every steer of the layer (see `compile_plan` for the order).
+    A layer can lose at most `num_experts - top_k` experts to rerouting (fewer on
+    group-limited routers such as DeepSeek-V3's); more is a `ValueError` naming the layer.
+
     ```python
     >>> mi.ExpertAblate({2: [0, 5]})
     ExpertAblate(experts=((2, (0, 5)),), mode='reroute')

@@ -153,6 +153,34 @@ def token_groups(inputs: Any, rows: list, num_tokens: int) -> tuple:
     return group.reshape(-1), position.reshape(-1), row.reshape(-1)
 
 
+def drop_finished(inputs: Any, group: torch.Tensor, row: torch.Tensor, store: dict, eos: list) -> torch.Tensor:
+    """`group` with the tokens of finished generation rows marked as padding (`-1`).
+
+    A batch generation keeps feeding a row that has produced an end-of-sequence token (the
+    EOS itself, then padding) until every row has ended; alone, that row would have stopped
+    there. A row counts as finished from the first forward whose input holds an EOS among
+    its generated tokens (`eos`: the ids), so the counts equal generating each prompt alone.
+    State lives in `store` (the prompt length, a per-row flag): no host waits.
+    """
+    args, kwargs = inputs
+    ids = kwargs.get("input_ids")
+    if ids is None and args:
+        ids = args[0]
+    if ids is None or ids.ndim != 2:
+        return group
+    if store["forwards"] == 0:  # the prompt: never finishes a row
+        store["prompt_length"] = ids.shape[1]
+        store["finished"] = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        return group
+    prompt = store["prompt_length"]
+    generated = ids[:, prompt:] if ids.shape[1] > prompt else ids  # a cached step sees only new tokens
+    hit = generated == eos[0]
+    for more in eos[1:]:
+        hit = hit | (generated == more)
+    finished = store["finished"] = store["finished"] | hit.any(-1)
+    return torch.where(on(finished, group.device)[row], -1, group)
+
+
 def tally(bins: torch.Tensor, size: int, weights: Any = None) -> torch.Tensor:
     """`bincount(bins[bins >= 0], weights, minlength=size)` (float64 with weights) that never
     waits for the GPU.
@@ -236,6 +264,8 @@ def forward_step(root: Any, plan: dict, store: dict, rows: list) -> None:
             continue
         if group is None:
             group, token_position, token_row = token_groups(inputs, rows, indices.shape[0])
+            if plan.get("eos"):
+                group = drop_finished(inputs, group, token_row, store, plan["eos"])
             if "count" not in store:
                 shape = (len(rows), len(plan["layers"]), num_experts)
                 store["count"] = torch.zeros(shape, dtype=torch.long, device=indices.device)

@@ -432,6 +432,22 @@ def _split(args: tuple) -> tuple[tuple, list[Intervention]]:
     return tuple(inputs), []
 
 
+def _eos_ids(model: Any, inputs: tuple, kwargs: dict) -> list[int]:
+    """The ids that end a generated row (the call's `eos_token_id`, else the model's): after
+    one, `RouterRecord` stops counting the row (`kernels.drop_finished`)."""
+    if any(kwargs.get(name) for name in ("stop_strings", "stopping_criteria")) and not (
+            inputs and isinstance(inputs[0], str)):
+        raise ValueError("mi.generate with RouterRecord tells that a row has ended by its EOS token only; with "
+                         "stop_strings / stopping_criteria the rows that stop first would be counted past their "
+                         "end. Generate one prompt per call, or stop on eos_token_id=")
+    eos = kwargs.get("eos_token_id")
+    for source in (kwargs.get("generation_config"), getattr(model._module, "generation_config", None),
+                   getattr(model._module, "config", None)):
+        if eos is None:
+            eos = getattr(source, "eos_token_id", None)
+    return [int(i) for i in ([eos] if isinstance(eos, int) else list(eos or []))]
+
+
 def _open(model: Any, args: tuple, fn: Any, generating: bool, kwargs: dict) -> RoutingTracer:
     spec = describe(model)
     inputs, interventions = _split(args)
@@ -443,6 +459,8 @@ def _open(model: Any, args: tuple, fn: Any, generating: bool, kwargs: dict) -> R
     check = pending_check(spec, module) if local else None  # the first trace checks auto-detection
     plan = compile_plan(spec, interventions, router_groups(spec, module) if module is not None else None,
                         verify=check is not None)
+    if generating and plan["record"]:
+        plan["eos"] = _eos_ids(model, inputs, kwargs)
     keep_output = kwargs.pop("keep_output", None)
     if local:
         place(plan, module)
@@ -515,6 +533,11 @@ def generate(model: Any, *args: Any, **kwargs: Any) -> RoutingTracer:
     `mi.generate(model, prompt, *interventions, max_new_tokens=..., **generate_kwargs)`.
     After the block: `gen.text` (decoded continuations), `gen.output` (token ids),
     `gen.routing` (prompt and generated tokens, when a `RouterRecord` was given).
+    A row that produces an EOS token (`eos_token_id`, else the model's) stops counting
+    there, although a batch goes on feeding it (the EOS, then padding) until every row
+    ends: counts equal generating each prompt alone. Rows ended otherwise
+    (`stop_strings`, `stopping_criteria`) cannot be told apart, so those are refused with
+    `RouterRecord` on more than one prompt.
 
     ```python
     >>> with mi.generate(model, "Once upon", mi.RouterRecord(), max_new_tokens=8, do_sample=False) as gen:

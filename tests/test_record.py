@@ -172,3 +172,87 @@ def test_totals_fold_layers_into_group_totals_and_run_without_data():
     kernels.totals_add(meta, 0, layers[0][0].to("meta"), layers[0][1].to("meta"))
     kernels.totals_fold(meta, {"count": torch.zeros(G, 4, E, dtype=torch.long, device="meta"),
                                "gate_mass": torch.zeros(G, 4, E, dtype=torch.float64, device="meta")})
+
+
+# -- generation: rows that end early stop counting (issue 12, section 3) -----------------
+
+def hf_generate_alone(model, prompt, **generate):
+    """HF's own greedy generation of one prompt (no batch, no padding, no nnsight) and what
+    the experts of each MoE layer received over all its forwards (torch pre-hooks)."""
+    spec = mi.describe(model)
+    hf, seen = model._module, {layer: [] for layer in spec.moe_layers}
+    handles = [hf.get_submodule(path).register_forward_pre_hook(
+        lambda module, args, layer=layer: seen[layer].append(args[1].detach().reshape(-1)))
+        for layer, path in zip(spec.moe_layers, spec.experts)]
+    enc = model.tokenizer([prompt], return_tensors="pt")
+    try:
+        with torch.no_grad():
+            out = hf.generate(**enc, **generate)
+    finally:
+        for handle in handles:
+            handle.remove()
+    counts = torch.stack([torch.bincount(torch.cat(seen[l]), minlength=spec.num_experts) for l in spec.moe_layers])
+    return out[0, enc["input_ids"].shape[1]:], counts
+
+
+def test_generate_batch_counts_equal_each_prompt_alone_when_rows_end_early():
+    """A row that ends (EOS) while others go on is fed its EOS and then padding; those tokens
+    used to be counted (a row of 3 new tokens recorded 9 in the batch). Oracle: HF's generate
+    of each prompt alone, with hooks on the experts."""
+    model = tiny("qwen3_moe")
+    prompts = ["Once upon a time", "The cat sat", "Hi"]
+    greedy = dict(max_new_tokens=10, do_sample=False, pad_token_id=0)
+    free = [hf_generate_alone(model, p, eos_token_id=None, **greedy)[0].tolist() for p in prompts]
+    eos = free[0][2]  # the first prompt's third new token ends it; the others never produce it
+    assert eos not in free[0][:2] and all(eos not in f for f in free[1:])
+    alone = [hf_generate_alone(model, p, eos_token_id=eos, **greedy) for p in prompts]
+    assert [len(ids) for ids, _ in alone] == [3, 10, 10]
+
+    with mi.generate(model, mi.RouterRecord(), eos_token_id=eos, **greedy) as gen:
+        for i, prompt in enumerate(prompts):
+            with gen.invoke(prompt, group=str(i)):
+                pass
+    routing = gen.routing
+    for i, (prompt, (ids, counts)) in enumerate(zip(prompts, alone)):
+        assert torch.equal(routing.count[i], counts), prompt
+        assert int(routing.tokens[i]) == len(prompt) + len(ids) - 1  # the last new token is never fed back
+    # one group, the prompts as a list: the sum of the prompts alone
+    with mi.generate(model, prompts, mi.RouterRecord(per_token=True), eos_token_id=eos, **greedy) as gen:
+        pass
+    assert torch.equal(gen.routing.count[0], sum(counts for _, counts in alone))
+    assert gen.routing.per_token["indices"].shape[0] == sum(len(p) + len(ids) - 1 for p, (ids, _) in zip(prompts, alone))
+    assert torch.equal(gen.output[0, -10:][:3], alone[0][0])  # the batch did generate what each alone did
+
+
+def test_generate_with_stop_strings_on_a_batch_is_refused_naming_the_fix():
+    model = tiny("qwen3_moe")
+    with pytest.raises(ValueError, match="EOS token only.*one prompt per call"):
+        mi.generate(model, ["ab", "cd"], mi.RouterRecord(), stop_strings=["x"], tokenizer=model.tokenizer)
+
+
+def test_drop_finished_marks_rows_after_their_eos_and_runs_without_data():
+    """`kernels.drop_finished` on a hand-written cached generation: prompt of 3 columns, then
+    one new token per row per forward; EOS ids 2 and 9. Then on the meta device (no data
+    reads: a host wait per forward on a GPU otherwise)."""
+    from moe_interp import kernels
+
+    store = {"forwards": 0}
+    prompt = torch.tensor([[5, 2, 7], [4, 4, 4]])  # an EOS id inside the prompt ends nothing
+    row = torch.arange(2).repeat_interleave(3)
+    assert kernels.drop_finished(((), {"input_ids": prompt}), torch.zeros(6, dtype=torch.long), row, store,
+                                 [2, 9]).tolist() == [0] * 6
+    row = torch.arange(2)
+    seen = []
+    for step, new in enumerate([[7, 9], [2, 0], [3, 0]]):  # row 1 ends at step 0, row 0 at step 1
+        store["forwards"] = step + 1
+        seen.append(kernels.drop_finished(((), {"input_ids": torch.tensor(new)[:, None]}),
+                                          torch.tensor([0, 1]), row, store, [2, 9]).tolist())
+    assert seen == [[0, -1], [-1, -1], [-1, -1]]
+
+    meta = {"forwards": 0}
+    kernels.drop_finished(((), {"input_ids": prompt.to("meta")}), torch.zeros(6, dtype=torch.long, device="meta"),
+                          torch.zeros(6, dtype=torch.long, device="meta"), meta, [2])
+    meta["forwards"] = 1
+    out = kernels.drop_finished(((), {"input_ids": torch.ones(2, 1, dtype=torch.long, device="meta")}),
+                                torch.zeros(2, dtype=torch.long, device="meta"), row.to("meta"), meta, [2, 9])
+    assert out.device.type == "meta" and out.shape == (2,)
