@@ -73,9 +73,9 @@ def _check_tensor(name: str, value: Any, shape: tuple[int, ...], axes: str, inte
 def _check_consistent(stats: "RoutingStats") -> None:
     """Refuse stats whose fields disagree, so a bad file or call fails here, not in an analysis.
 
-    Not checked: `count.sum(-1) == top_k * tokens`. Recorded counts satisfy it, but the paper's
-    released counts do not (only 4% of their (language, layer) rows do), and capacity-limited
-    or non-top-k layers need not either.
+    Not checked: `count.sum(-1) == top_k * tokens`. The paper's released counts break it (it
+    holds in 4% of their (language, layer) rows), and layers that drop tokens (expert capacity)
+    or do not select a learned top-k need not hold it either.
     """
     n_lang, n_layer = len(stats.languages), len(stats.layers)
     if len(set(stats.languages)) != n_lang:
@@ -120,6 +120,8 @@ class RoutingStats:
     `gate_mass[...]`; `tokens[lang]` counts the tokens. `layers` holds the real indices of
     the MoE layers (the `layer` axis). Per-item counts (`item_count`, `item_tokens`,
     `item_language`), kept by `mi.profile`, allow bootstrap confidence intervals.
+    Construction checks that the fields agree (shapes, integer counts >= 0, finite gate mass,
+    per-item counts adding up to `count`) and raises `ValueError` / `TypeError` naming the field.
 
     ```python
     >>> p = mi.RoutingStats.from_paper("shared/data/qwen3-30b-a3b-mgsm-routing",
@@ -578,7 +580,7 @@ class RoutingStats:
         """Read stats written by `save`; a damaged or inconsistent file raises `StatsFileError` naming it.
 
         The sha256 checksum `save` stores is verified, so a changed byte is an error, never
-        different numbers. Files written before checksums existed (moe_interp 0.1) load
+        different numbers. Files written before stats files carried a checksum load
         unverified, with a `UserWarning` saying so; save them again to add one.
 
         ```python
@@ -608,8 +610,8 @@ class RoutingStats:
                                      "RoutingStats.save wrote it; restore a copy or recompute the stats")
             header = _read_header(stored["moe_interp"].encode(), tensor_path)
         else:
-            warnings.warn(f"{tensor_path} has no checksum (written by moe_interp 0.1): loaded unverified; "
-                          "save it again to add one", UserWarning, stacklevel=2)
+            warnings.warn(f"{tensor_path} has no checksum (written before stats files had one): loaded "
+                          "unverified; save it again to add one", UserWarning, stacklevel=2)
         missing = [n for n in ("count", "gate_mass", "tokens") if n not in tensors]
         if missing:
             raise StatsFileError(f"{tensor_path} lacks tensors {missing}")
