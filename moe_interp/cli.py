@@ -26,8 +26,29 @@ def _model(name: str | None, trained: bool = True) -> Any:
     if name in (None, "demo"):
         return mi.zoo.demo_model(trained=trained)
     if name.startswith("tiny:"):
-        return mi.zoo.tiny_model(name[5:])
-    return mi.load(name)
+        # room for every bundled text (the longest UDHR paragraph is 7077 bytes): never truncated
+        return mi.zoo.tiny_model(name[5:], max_position_embeddings=8192)
+    # A hub id is "name" or "org/name"; anything shaped like a path is a local directory,
+    # checked here so a typo never turns into a hub lookup and a traceback.
+    path = Path(name).expanduser()
+    if (name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name) and not path.is_dir():
+        _fail(f"--model {name}: no such directory; pass a local model directory, a hub id, 'demo' or "
+              "'tiny:<model_type>'")
+    try:
+        return mi.load(str(path) if path.is_dir() else name)
+    except (OSError, ValueError) as error:  # transformers/hub: not a model directory, unknown id, offline
+        _fail(f"--model {name}: cannot load it ({' '.join(str(error).split())[:300]})")
+
+
+def _k(model: Any, k: int | None) -> int:
+    """`--k`, by default 20 (the paper's) or every expert of a smaller model, checked before any work."""
+    import moe_interp as mi
+
+    experts = mi.describe(model).num_experts
+    k = min(20, experts) if k is None else k
+    if not 1 <= k <= experts:
+        _fail(f"--k {k}: the model has {experts} experts; pass --k between 1 and {experts}")
+    return k
 
 
 def _corpus(name: str, languages: list[str] | None, split: str) -> dict:
@@ -45,6 +66,8 @@ def _languages(text: str | None) -> list[str] | None:
 def _profile(args: argparse.Namespace) -> None:
     import moe_interp as mi
 
+    if Path(args.out).exists() and not args.overwrite:  # before the profile, which may take hours
+        _fail(f"--out {args.out} already exists; pass --overwrite to replace it, or another --out")
     model = _model(args.model)
     corpus = _corpus(args.corpus, _languages(args.languages), args.split)
     stats = mi.profile(model, corpus, batch_size=args.batch_size, checkpoint=args.checkpoint)
@@ -68,7 +91,8 @@ def _ablate(args: argparse.Namespace) -> None:
     model, stats = _model(args.model), mi.RoutingStats.load(args.stats)
     evals, targets = _languages(args.eval_languages), _languages(args.target_languages)
     corpus = _corpus(args.corpus, evals, "heldout")
-    result = mi.ablation_grid(model, stats, corpus, evals, targets, path=args.out, k=args.k, threshold=args.threshold)
+    result = mi.ablation_grid(model, stats, corpus, evals, targets, path=args.out, k=_k(model, args.k),
+                              threshold=args.threshold)
     print(result.summary())
 
 
@@ -76,11 +100,12 @@ def _steer(args: argparse.Namespace) -> None:
     import moe_interp as mi
 
     model, stats = _model(args.model), mi.RoutingStats.load(args.stats)
+    k = _k(model, args.k)
     langs = _languages(args.languages)
     dev = _corpus(args.corpus, [args.target, *langs], "train")
     test = _corpus(args.corpus, [args.target, *langs], "heldout")
-    result = mi.steering_eval(model, stats, dev, test, langs, target=args.target, path=args.out,
-                              scales=[float(s) for s in args.scales.split(",")])
+    result = mi.steering_eval(model, stats, dev, test, langs, target=args.target, path=args.out, k=k,
+                              threshold=args.threshold, scales=[float(s) for s in args.scales.split(",")])
     print(result.summary())
 
 
@@ -103,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="heldout", choices=("train", "heldout", "all"))
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--checkpoint", help="resume file for long runs")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--out", required=True, help="output directory (RoutingStats.save)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--out", required=True, help="output directory (RoutingStats.save); checked before profiling")
     p.set_defaults(run=_profile)
 
     p = sub.add_parser("report", help="statistics files -> one self-contained HTML report")
@@ -119,9 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", default="udhr")
     p.add_argument("--eval-languages", required=True)
     p.add_argument("--target-languages", required=True)
-    p.add_argument("--k", type=int, default=15)
+    p.add_argument("--k", type=int, default=15, help="experts kept per language and layer")
     p.add_argument("--threshold", type=float, default=0.4)
-    p.add_argument("--out", default="ablation.jsonl", help="results file (resumable)")
+    p.add_argument("--out", default="ablation.jsonl",
+                   help="results file (resumable; cells are keyed by model, texts and ablation content)")
     p.set_defaults(run=_ablate)
 
     p = sub.add_parser("steer", help="routing-guided steering evaluation with confidence intervals")
@@ -131,7 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="eng")
     p.add_argument("--languages", required=True)
     p.add_argument("--scales", default="0,0.02,0.05,0.1,0.2")
-    p.add_argument("--out", default="steering.jsonl", help="results file (resumable)")
+    p.add_argument("--k", type=int, help="experts kept per language and layer (default: 20, or all if fewer)")
+    p.add_argument("--threshold", type=float, default=0.7)
+    p.add_argument("--out", default="steering.jsonl",
+                   help="results file (resumable; cells are keyed by model, texts and steer content)")
     p.set_defaults(run=_steer)
 
     p = sub.add_parser("demo", help="the whole pipeline on the bundled demo model and corpus -> report.html")
