@@ -373,3 +373,12 @@ def test_registered_families_and_remote_runs_are_not_checked():
     from moe_interp.arch._verify import pending_check
 
     assert pending_check(mi.describe(tiny("deepseek_v3")), tiny("deepseek_v3")._module) is None
+
+
+def test_first_trace_check_reads_a_dense_dispatch_too():
+    """Llama-4's experts get every token, zeroed unless chosen: the check reads that dispatch."""
+    model = mi.zoo.tiny_model("llama4_text")
+    _replace_spec(model, family="auto")
+    with mi.trace(model, encode(model), mi.RouterRecord()) as tr:
+        pass
+    assert tr._mi_plan["verify"] and int(tr.routing.count.sum()) == int(tr.routing.tokens) * 4  # top-1, 4 layers

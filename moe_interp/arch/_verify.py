@@ -55,8 +55,9 @@ def _experts_modules(module: torch.nn.Module) -> list:
 
 
 def _per_token(indices: torch.Tensor, tokens: int) -> torch.Tensor:
-    """`[tokens, slots]` count of each expert per token, from indices of any shape."""
-    indices = indices.detach().reshape(tokens, -1).long().cpu()
+    """`[tokens, slots]` count of each expert per token, from indices of any shape; column 0
+    counts negative "no expert" sentinels, expert e is column e + 1."""
+    indices = indices.detach().reshape(tokens, -1).long().cpu().clamp(min=-1) + 1
     out = torch.zeros(tokens, int(indices.max()) + 1 if indices.numel() else 0, dtype=torch.long)
     return out.scatter_add_(1, indices, torch.ones_like(indices))
 
@@ -75,7 +76,7 @@ def _received(args: tuple, kwargs: dict, tokens: int) -> torch.Tensor | None:
     tensors = [v for v in values if isinstance(v, torch.Tensor)]
     if len(tensors) == 1 and tensors[0].ndim == 2 and tensors[0].shape[0] % tokens == 0:
         rows = tensors[0].detach().reshape(-1, tokens, tensors[0].shape[-1])
-        return (rows != 0).any(-1).T.long().cpu()
+        return torch.nn.functional.pad((rows != 0).any(-1).T.long().cpu(), (1, 0))  # no sentinel column
     return None
 
 
@@ -161,7 +162,10 @@ class ExpertsCheck:
                 raise UnsupportedModelError(
                     f"{what}: layer {layer}'s experts module takes no routing argument moe_interp can compare "
                     f"with; no counts were returned. To fix: {_HOW}")
-            if not _same(_per_token(indices, tokens), received):
+            # a token that reached its experts as zeros (a padding token's zero state in a dense
+            # dispatch) shows no choice either way: judge the tokens that show one
+            shown = received.sum(1) > 0
+            if not _same(_per_token(indices, tokens)[shown], received[shown]):
                 raise UnsupportedModelError(
                     f"{what}: layer {layer}: the experts moe_interp reads as selected differ from those the "
                     f"experts module received; no counts were returned. To fix: {_HOW}")
