@@ -304,19 +304,21 @@ def _reroute_last(spec: MoESpec, layer: int, edits: list, groups: tuple | None) 
     masks = [payload for kind, payload, _ in edits if kind == "reroute"]
     if not masks:
         return edits
-    mask = torch.stack(masks).any(0)
-    _check_reroute(spec, layer, mask, groups)
+    mask = masks[0]
+    for more in masks[1:]:
+        mask = mask | more
+    _check_reroute(spec, layer, mask.tolist(), groups)
     return [edit for edit in edits if edit[0] != "reroute"] + [("reroute", mask, 1.0)]
 
 
-def _check_reroute(spec: MoESpec, layer: int, mask: torch.Tensor, groups: tuple | None) -> None:
+def _check_reroute(spec: MoESpec, layer: int, mask: list[bool], groups: tuple | None) -> None:
     """Refuse a reroute that would leave top-k fewer than `top_k` experts to pick from.
 
     Group-limited routers (DeepSeek-V2/V3, GLM-4-MoE: `groups = (num_group, topk_group)`)
     pick among the experts of `topk_group` groups only; a group that keeps one expert can
     be among them, so the worst case is the `topk_group` groups that keep the fewest.
     """
-    removed, allowed = int(mask.sum()), spec.num_experts - spec.top_k
+    removed, allowed = sum(mask), spec.num_experts - spec.top_k
     fix = "Ablate fewer there, or use mode='drop' (zeroes their weights after selection, no reselection)"
     if removed > allowed:
         raise ValueError(
@@ -326,7 +328,8 @@ def _check_reroute(spec: MoESpec, layer: int, mask: torch.Tensor, groups: tuple 
     if groups is None:
         return
     num_group, topk_group = groups
-    kept = sorted(k for k in (~mask).view(num_group, -1).sum(-1).tolist() if k > 0)
+    size = len(mask) // num_group
+    kept = sorted(k for k in (size - sum(mask[g * size:(g + 1) * size]) for g in range(num_group)) if k > 0)
     if sum(kept[:topk_group]) < spec.top_k:
         raise ValueError(
             f"ExpertAblate(mode='reroute') on layer {layer} keeps {kept} experts in the groups that still have "

@@ -390,21 +390,22 @@ def _check_tokens(model: Any, inputs: Any, kwargs: dict, generating: bool) -> No
     ids, mask = _token_ids(model, inputs, kwargs)
     if ids is None:
         return
-    if ids.numel() == 0 or (mask is not None and not bool((mask.sum(-1) > 0).all())):
-        row = 0 if ids.numel() == 0 else int((mask.sum(-1) == 0).nonzero()[0])
+    lengths = [ids.shape[-1]] * ids.shape[0] if mask is None else (mask > 0).sum(-1).tolist()
+    if not lengths or 0 in lengths:
+        row = lengths.index(0) if 0 in lengths else 0
         raise ValueError(f"input row {row} has no tokens (an empty sequence, or an attention_mask of zeros): "
                          "nothing to route. Drop empty rows first")
     module = getattr(model, "_module", None)
     embeddings = module.get_input_embeddings() if hasattr(module, "get_input_embeddings") else None
     vocab = getattr(embeddings, "num_embeddings", None)
-    low, high = int(ids.min()), int(ids.max())
+    low, high = (int(v) for v in torch.aminmax(ids))
     if vocab is not None and (low < 0 or high >= vocab):
         raise ValueError(f"token id {low if low < 0 else high} is outside this model's vocabulary (ids 0-{vocab - 1}): "
                          "encode the text with this model's tokenizer (model.tokenizer)")
     limit = _max_positions(model)
     if limit is None:
         return
-    length = int(ids.shape[-1] if mask is None else mask.sum(-1).max())
+    length = max(lengths)
     new = kwargs.get("max_new_tokens", getattr(getattr(module, "generation_config", None), "max_new_tokens", None))
     if generating and new and length + new > limit:
         raise ValueError(f"a prompt of {length} tokens plus max_new_tokens={new} runs past this model's "
