@@ -3,6 +3,7 @@
 import json
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,33 +36,30 @@ def _crash(*args, **kwargs):
     raise OSError("simulated kill")
 
 
-# -- atomic save --------------------------------------------------------------------------------
-
-
-def test_overwrite_killed_at_the_rename_keeps_the_old_stats(tmp_path, monkeypatch):
-    """1c62add deleted the old directory, then renamed the new one in: a kill in between left nothing."""
-    old = _item_stats(seed=0)
-    path = old.save(tmp_path / "s.routing")
+def _crash_at_rename(monkeypatch) -> None:
     monkeypatch.setattr(os, "replace", _crash)
     monkeypatch.setattr(os, "rename", _crash)
-    with pytest.raises(OSError, match="simulated kill"):
-        _item_stats(seed=1).save(path, overwrite=True)
-    monkeypatch.undo()
-    assert _same(mi.RoutingStats.load(path), old)
-    assert not _leftovers(tmp_path)
 
 
-def test_overwrite_killed_while_writing_keeps_the_old_stats(tmp_path, monkeypatch):
+def _crash_while_writing(monkeypatch) -> None:
     import safetensors.torch
 
-    old = _item_stats(seed=0)
-    path = old.save(tmp_path / "s.routing")
-
     def half_then_crash(tensors, filename, metadata=None):
-        open(filename, "wb").write(b"\x00" * 100)
+        Path(filename).write_bytes(b"\x00" * 100)
         raise OSError("simulated kill")
 
     monkeypatch.setattr(safetensors.torch, "save_file", half_then_crash)
+
+
+# -- atomic save --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("crash", [_crash_at_rename, _crash_while_writing], ids=["at-rename", "while-writing"])
+def test_overwrite_killed_keeps_the_old_stats(tmp_path, monkeypatch, crash):
+    """1c62add deleted the old directory, then renamed the new one in: a kill in between left nothing."""
+    old = _item_stats(seed=0)
+    path = old.save(tmp_path / "s.routing")
+    crash(monkeypatch)
     with pytest.raises(OSError, match="simulated kill"):
         _item_stats(seed=1).save(path, overwrite=True)
     monkeypatch.undo()
@@ -88,9 +86,43 @@ def test_overwrite_killed_between_its_two_files_loads_the_new_stats(tmp_path, mo
     assert _same(mi.RoutingStats.load(path), new)
 
 
+_SAVE_LOOP = """
+import sys, torch, moe_interp as mi
+def stats(n):
+    count = torch.full((1, 1, 3), n)
+    return mi.RoutingStats(("en",), (0,), 3, 1, count, count.double(), torch.tensor([n]))
+stats(1).save(sys.argv[1])
+print("ready", flush=True)
+n = 1
+while True:
+    n = 3 - n
+    stats(n).save(sys.argv[1], overwrite=True)
+"""
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.3])
+def test_process_killed_while_overwriting_leaves_loadable_stats(tmp_path, delay):
+    """A real SIGKILL of a process that overwrites the same stats in a loop: what is left loads."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "s.routing"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-c", _SAVE_LOOP, str(path)], stdout=subprocess.PIPE, env=env)
+    try:
+        assert child.stdout.readline().strip() == b"ready"
+        time.sleep(delay)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    loaded = mi.RoutingStats.load(path)
+    assert int(loaded.tokens[0]) in (1, 2) and bool((loaded.count == loaded.tokens[0]).all())
+
+
 def test_save_killed_before_a_new_path_appears_leaves_no_path(tmp_path, monkeypatch):
-    monkeypatch.setattr(os, "replace", _crash)
-    monkeypatch.setattr(os, "rename", _crash)
+    _crash_at_rename(monkeypatch)
     with pytest.raises(OSError, match="simulated kill"):
         _item_stats().save(tmp_path / "s.routing")
     monkeypatch.undo()
