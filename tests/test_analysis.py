@@ -442,6 +442,8 @@ def test_empty_language_list_is_refused_and_none_means_all():
     with pytest.raises(ValueError, match="target is empty"):
         stats.exclusive_experts([], k=3)
     assert stats.shared_experts(None, k=3) == stats.shared_experts(["a", "b", "c"], k=3)
+    with pytest.raises(ValueError, match="layers is empty"):
+        stats.exclusive_experts("a", k=3, layers=[])
 
 
 @pytest.mark.parametrize("level", [float("nan"), float("inf"), 0.0, 1.0])

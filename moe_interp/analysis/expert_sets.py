@@ -76,7 +76,10 @@ def shares(stats, languages: Sequence[str] | None = None, k: int = 15) -> Float[
 def _layer_positions(stats, layers) -> list[int]:
     if layers is None:
         return list(range(len(stats.layers)))
-    return [stats.layer_index(int(layer)) for layer in layers]
+    positions = [stats.layer_index(int(layer)) for layer in layers]
+    if not positions:  # an empty selection would silently ablate or steer nothing
+        raise ValueError(f"layers is empty; name some of {list(stats.layers)}, or pass None for all")
+    return positions
 
 
 def exclusive_experts(stats, target, k: int = 15, threshold: float = 0.4, layers=None, among=None) -> ExpertSet:
