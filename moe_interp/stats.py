@@ -212,8 +212,11 @@ class RoutingStats:
         if top_k is None:
             per_token = count[0].sum(-1).double() / max(int(tokens_t[0]), 1)
             top_k = int(round(float(per_token.mean())))
-        return cls(tuple(languages), tuple(layers), experts, top_k, count, torch.stack(masses), tokens_t,
-                   meta={"source": str(directory), "pattern": pattern})
+        try:
+            return cls(tuple(languages), tuple(layers), experts, top_k, count, torch.stack(masses), tokens_t,
+                       meta={"source": str(directory), "pattern": pattern})
+        except ValueError as error:
+            raise StatsFileError(f"the files {directory / pattern} are inconsistent: {error}") from None
 
     def merge(self, *others: "RoutingStats") -> "RoutingStats":
         """Combine stats of the same model: counts of a language present in both are summed.

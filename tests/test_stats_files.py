@@ -243,3 +243,12 @@ def test_inconsistent_file_raises_naming_it(tmp_path, case):
                                                 "layers": list(fields["layers"]), "num_experts": 3, "top_k": 1}))
     with pytest.warns(UserWarning, match="no checksum"), pytest.raises(StatsFileError, match=f"{path} is inconsistent"):
         mi.RoutingStats.load(path)
+
+
+def test_paper_format_file_with_a_negative_count_raises_naming_it(tmp_path):
+    """`from_paper` JSON: 1c62add loaded a negative `activation_tokens` silently."""
+    layer = {"0": {"activation_tokens": 5, "gate_values_sum": 2.5},
+             "1": {"activation_tokens": -1, "gate_values_sum": 0.1}, "total_tokens": 4}
+    (tmp_path / "mgsm_en.json").write_text(json.dumps({"0": layer}))
+    with pytest.raises(StatsFileError, match=r"mgsm_\{lang\}.json are inconsistent: count\[0, 0, 1\] = -1"):
+        mi.RoutingStats.from_paper(tmp_path, ["en"], num_experts=2, top_k=1)
