@@ -413,9 +413,9 @@ def _check_tokens(model: Any, inputs: Any, kwargs: dict, generating: bool) -> No
                          f"or shorten the prompt (truncation=True, max_length=...)")
     if length > limit:
         raise ValueError(f"an input of {length} tokens is longer than this model's {limit} positions "
-                         f"(max_position_embeddings), and would run past them silently: shorten it, e.g. pass "
-                         f"truncation=True, max_length={limit - (new or 0) if generating else limit} to "
-                         f"mi.{'generate' if generating else 'trace'} or tr.invoke")
+                         f"(max_position_embeddings), and would run past them silently: shorten it, or pass "
+                         f"truncation=True, max_length={limit - (new or 0) if generating else limit} (mi.trace, "
+                         "mi.generate, mi.profile and tr.invoke take them) to keep the first tokens")
 
 
 def _split(args: tuple) -> tuple[tuple, list[Intervention]]:
