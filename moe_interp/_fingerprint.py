@@ -19,7 +19,7 @@ import torch
 
 __all__ = ["ResumeError", "check_corpus", "differing", "fingerprint", "model_parts", "stats_fingerprint"]
 
-SAMPLES = 1024  # elements read from each parameter and buffer: cost independent of model size
+SAMPLES = 4096  # elements read from each parameter and buffer: cost independent of model size
 # Config entries that ask for extra outputs or name the file's dtype: they never change a result.
 _RUNTIME_CONFIG = frozenset({"output_attentions", "output_hidden_states", "output_router_logits", "return_dict",
                              "use_cache", "dtype", "torch_dtype", "transformers_version"})
@@ -38,7 +38,7 @@ class ResumeError(ValueError):
     >>> mi.profile(trained, corpus, checkpoint="run.ckpt")
     >>> mi.profile(twin, corpus, checkpoint="run.ckpt")
     Traceback (most recent call last):
-    ResumeError: checkpoint run.ckpt belongs to another model, corpus, intervention list or settings: the model weights differ. Delete it or pass another checkpoint path
+    ResumeError: checkpoint run.ckpt belongs to another model, corpus, intervention list or settings (differs: model weights); delete it or pass another checkpoint path (...)
     ```
     """
 

@@ -36,7 +36,7 @@ def _load_checkpoint(path: Path, key: dict, fields: dict[str, torch.Tensor], tot
     parts = differing(state.get("key"), key)
     if parts:
         raise ResumeError(f"checkpoint {path} belongs to another model, corpus, intervention list or settings "
-                          f"(the {', '.join(parts)} differ{'s' if len(parts) == 1 else ''}); {fix}")
+                          f"(differs: {', '.join(parts)}); {fix}")
     done = state.get("done")
     if not isinstance(done, int) or not 0 <= done <= total or any(
             not isinstance(state.get(name), torch.Tensor) or state[name].shape != like.shape

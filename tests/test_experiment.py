@@ -236,3 +236,15 @@ def test_steering_eval_validates_every_steer_before_computing_any_cell(tmp_path,
     with pytest.raises(ValueError, match=r"k .*\[1, 8\].*got 20"):
         mi.steering_eval(model, profile, CORPUS, CORPUS, ["deu"], target="eng", k=20, path=path, progress=False)
     assert calls == [] and not path.exists()
+
+
+def test_ablation_grid_of_another_model_does_not_reuse_cells(tmp_path):
+    model, other = tiny("qwen3_moe"), mi.zoo.tiny_model("qwen3_moe", seed=1)
+    profile = mi.profile(model, CORPUS, progress=False)
+    path = tmp_path / "cells.jsonl"
+    args = (profile, CORPUS, ["eng", "deu"], ["deu"])
+    kwargs = dict(bands=("middle",), k=4, threshold=0.4, progress=False)
+    first = mi.ablation_grid(model, *args, path=path, **kwargs)
+    again = mi.ablation_grid(other, *args, path=path, **kwargs)
+    fresh = mi.ablation_grid(other, *args, **kwargs)
+    assert again.frame.equals(fresh.frame) and not again.frame.equals(first.frame)

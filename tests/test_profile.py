@@ -94,7 +94,7 @@ def test_checkpoint_of_the_trained_model_is_refused_for_its_random_twin(tmp_path
     twin = mi.profile(demo(False), SHORT, batch_size=1, progress=False)
     assert not torch.equal(twin.count, trained.count)  # the two models really route differently
     # same architecture, same config, same _name_or_path: only the weights differ
-    with pytest.raises(ValueError, match="model weights") as error:
+    with pytest.raises(ValueError, match=r"\(differs: model weights\)") as error:  # config, tokenizer: equal
         mi.profile(demo(False), SHORT, batch_size=1, progress=False, checkpoint=path)
     assert str(path) in str(error.value) and "another checkpoint path" in str(error.value)
     assert path.read_bytes() == stored  # the trained run's checkpoint is kept
@@ -103,6 +103,7 @@ def test_checkpoint_of_the_trained_model_is_refused_for_its_random_twin(tmp_path
 @pytest.mark.parametrize("change, part", [
     (dict(corpus={**CORPUS, "deu": ["Die Katze saß auf der Matte.", "Hallo!"]}), "corpus"),
     (dict(interventions=[mi.ExpertAblate({1: [0]})]), "interventions"),
+    (dict(kwargs={"truncation": True, "max_length": 8}), "settings"),
 ])
 def test_checkpoint_mismatch_names_the_part_that_differs(tmp_path, change, part):
     path = tmp_path / "run.ckpt"
@@ -110,9 +111,8 @@ def test_checkpoint_mismatch_names_the_part_that_differs(tmp_path, change, part)
     corpus = change.get("corpus", CORPUS)
     with pytest.raises(ValueError, match=part) as error:
         mi.profile(tiny("qwen3_moe"), corpus, *change.get("interventions", []), batch_size=2, progress=False,
-                   checkpoint=path)
-    other = {"corpus", "interventions", "model weights"} - {part}
-    assert not any(f"the {o} differ" in str(error.value) for o in other)
+                   checkpoint=path, **change.get("kwargs", {}))
+    assert f"(differs: {part})" in str(error.value)  # that part only
 
 
 def test_checkpoint_of_a_profile_with_a_different_ablation_is_refused(tmp_path):
@@ -148,3 +148,32 @@ def test_save_every_must_be_a_positive_int_checked_before_any_batch(value, monke
     with pytest.raises(ValueError, match="save_every must be a positive int"):
         mi.profile(tiny("qwen3_moe"), CORPUS, progress=False, save_every=value)
     assert calls == []
+
+
+def test_a_separately_built_model_with_equal_weights_resumes_the_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "run.ckpt"
+    import moe_interp.profiling as profiling
+    real, calls = profiling.trace, []
+
+    def stop_at_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(profiling, "trace", stop_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        mi.profile(mi.zoo.tiny_model("qwen3_moe"), CORPUS, batch_size=1, progress=False, checkpoint=path)
+    monkeypatch.setattr(profiling, "trace", real)
+    resumed = mi.profile(mi.zoo.tiny_model("qwen3_moe"), CORPUS, batch_size=1, progress=False, checkpoint=path)
+    assert torch.equal(resumed.count, mi.profile(tiny("qwen3_moe"), CORPUS, progress=False).count)
+
+
+def test_editing_one_router_row_invalidates_the_checkpoint(tmp_path):
+    path = tmp_path / "run.ckpt"
+    model = mi.zoo.tiny_model("qwen3_moe")
+    mi.profile(model, CORPUS, progress=False, checkpoint=path)
+    router = model._module.get_submodule(mi.describe(model).routers[2])
+    with torch.no_grad():
+        router.weight[5] = 0  # one expert's row of one router: 32 of the model's ~100k numbers
+    with pytest.raises(ValueError, match=r"\(differs: model weights\)"):
+        mi.profile(model, CORPUS, progress=False, checkpoint=path)
