@@ -396,7 +396,10 @@ def _check_tokens(model: Any, inputs: Any, kwargs: dict, generating: bool) -> No
         raise ValueError(f"input row {row} has no tokens (an empty sequence, or an attention_mask of zeros): "
                          "nothing to route. Drop empty rows first")
     module = getattr(model, "_module", None)
-    embeddings = module.get_input_embeddings() if hasattr(module, "get_input_embeddings") else None
+    try:
+        embeddings = module.get_input_embeddings()
+    except (AttributeError, NotImplementedError):  # not a Hugging Face model, or one without token embeddings
+        embeddings = None
     vocab = getattr(embeddings, "num_embeddings", None)
     low, high = (int(v) for v in torch.aminmax(ids))
     if vocab is not None and (low < 0 or high >= vocab):
