@@ -100,6 +100,8 @@ def _feed(digest: Any, value: Any) -> None:
         tag(b"l", str(len(value)).encode())
         for item in value:
             _feed(digest, item)
+    elif isinstance(value, (torch.dtype, torch.device)):
+        tag(b"v", str(value).encode())
     elif isinstance(value, (range, slice)):
         tag(b"g", repr((type(value).__name__, value.start, value.stop, value.step)).encode())
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
