@@ -9,6 +9,10 @@
    (`resource.getrusage(RUSAGE_SELF).ru_maxrss`).
 3. Tokens/s of `mi.profile` on the demo model (`mi.zoo.demo_model`; the random-init twin
    when the trained weights are not bundled).
+4. The first-trace detection check (`moe_interp.arch._verify`): the first RouterRecord trace
+   of a freshly built auto-detected model, with the check, against the first trace of another
+   fresh build whose check is marked passed (paired, same order of work otherwise); the
+   steady state (later traces) is row `RouterRecord()` of section 1.
 
 Options: `--reps N` (default 7), `--quick` (few repetitions, for a smoke run).
 """
@@ -228,6 +232,28 @@ def demo_child() -> None:
                       "tokens_per_s": int(stats.tokens.sum()) / elapsed}))
 
 
+def first_trace_child(reps: int) -> None:
+    """Subprocess body: paired first traces of fresh builds, with and without the check."""
+    import moe_interp as mi
+    from moe_interp.arch import _verify
+
+    ratios, checked_s = [], []
+    for rep in range(reps):
+        times = {}
+        for checked in ((True, False) if rep % 2 else (False, True)):
+            model = bench_model()
+            _, variants = make_variants(model)
+            if not checked:  # the verdict the check leaves behind once it passed
+                _verify._VERDICTS[model._module] = True
+            start = time.perf_counter()
+            with torch.no_grad():
+                variants["RouterRecord()"]()
+            times[checked] = time.perf_counter() - start
+        ratios.append(times[True] / times[False])
+        checked_s.append(times[True])
+    print(json.dumps({"ratios": ratios, "checked_s": statistics.median(checked_s)}))
+
+
 def child(*args: str) -> dict:
     out = subprocess.run([sys.executable, os.path.abspath(__file__), *args], capture_output=True, text=True)
     if out.returncode != 0:
@@ -259,12 +285,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rss", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--demo", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--first-trace", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
     args = parser.parse_args()
     if args.rss:
         return rss_child(args.rss)
     if args.demo:
         return demo_child()
+    if args.first_trace:
+        return first_trace_child(args.first_trace)
     import warnings
     warnings.filterwarnings("ignore")
     reps = 3 if args.quick else args.reps
@@ -275,6 +304,8 @@ def main() -> None:
     small, large = child("--rss", "1"), child("--rss", "10")
     print("demo model tokens/s ...", flush=True)
     demo = child("--demo")
+    print("first-trace detection check (subprocess) ...", flush=True)
+    first = child("--first-trace", str(reps))
     info["load average (1, 5, 15 min) at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
 
     lines = ["# Benchmarks", "", "Written by `python benchmarks/run.py`. Targets (not asserted): RouterRecord and "
@@ -310,6 +341,19 @@ def main() -> None:
     else:
         lines.append(f"{demo['model']}: {demo['tokens']} tokens in {demo['seconds']:.1f} s = "
                      f"**{demo['tokens_per_s']:.0f} tokens/s** (batch 16, CPU).")
+    lines += ["", "## First-trace detection check", "",
+              "The first trace of an auto-detected model also compares the routing read with what the "
+              "experts modules received (torch pre-hooks, that forward only). Ratio = first RouterRecord "
+              "trace of a fresh build with the check / the same on another fresh build whose check is "
+              "marked passed (both include nnsight's first-trace work); later traces carry no check "
+              "(section 1's `RouterRecord()` row).", ""]
+    if "failed" in first:
+        lines.append(f"Failed: {first['failed']}.")
+    else:
+        s = summary(first["ratios"])
+        lines.append(f"{len(first['ratios'])} pairs: median **{s['median']:.3f}x** (IQR {s['q1']:.3f} - "
+                     f"{s['q3']:.3f}, min - max {s['min']:.3f} - {s['max']:.3f}); a checked first trace took "
+                     f"{first['checked_s'] * 1000:.0f} ms.")
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
