@@ -15,6 +15,7 @@ from .expert_set import ExpertSet
 from .experiment import Experiment, ablation_grid, steering_eval
 from .interventions import ExpertAblate, LayerRouteSteer, RouterRecord, RouteSteer
 from .loading import load, wrap
+from ._fingerprint import ResumeError
 from .profiling import profile
 from .stats import RoutingStats, StatsFileError
 from .trace import generate, trace
@@ -23,6 +24,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ExpertAblate", "ExpertSet", "Experiment", "ablation_grid", "steering_eval", "evaluate", "LayerRouteSteer", "MoESpec", "RouteSteer", "RouterAdapter", "RouterRecord",
-    "RoutingStats", "StatsFileError", "UnsupportedModelError", "describe", "generate", "load",
+    "ResumeError", "RoutingStats", "StatsFileError", "UnsupportedModelError", "describe", "generate", "load",
     "profile", "register_adapter", "trace", "wrap", "zoo", "datasets", "languages", "plots",
 ]
