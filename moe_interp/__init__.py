@@ -10,8 +10,9 @@ tr.routing.frequency()
 """
 
 from . import datasets, evaluate, languages, plots, zoo
+from .attribution import ExpertAttribution, expert_attribution
 from .arch import MoESpec, RouterAdapter, UnsupportedModelError, describe, register_adapter
-from .expert_set import ExpertSet
+from .expert_set import PAPER, ExpertSet
 from .experiment import Experiment, ablation_grid, steering_eval
 from .interventions import ExpertAblate, LayerRouteSteer, RouterRecord, RouteSteer
 from .loading import load, wrap
@@ -23,7 +24,7 @@ from .trace import generate, trace
 __version__ = "0.1.0"
 
 __all__ = [
-    "ExpertAblate", "ExpertSet", "Experiment", "ablation_grid", "steering_eval", "evaluate", "LayerRouteSteer", "MoESpec", "RouteSteer", "RouterAdapter", "RouterRecord",
+    "ExpertAblate", "ExpertAttribution", "ExpertSet", "expert_attribution", "PAPER", "Experiment", "ablation_grid", "steering_eval", "evaluate", "LayerRouteSteer", "MoESpec", "RouteSteer", "RouterAdapter", "RouterRecord",
     "ResumeError", "RoutingStats", "StatsFileError", "UnsupportedModelError", "describe", "generate", "load",
     "profile", "register_adapter", "trace", "wrap", "zoo", "datasets", "languages", "plots",
 ]

@@ -177,12 +177,13 @@ class AblationResult:
 
 def ablation_grid(model: Any, stats: Any, corpus: Mapping[str, Sequence[str]], eval_languages: Sequence[str],
                   target_languages: Sequence[str], bands: Sequence[str] = BANDS, width: int | None = None,
-                  k: int = 15, threshold: float = 0.4, among: Sequence[str] | None = None,
+                  k: int | None = None, threshold: float = 0.4, among: Sequence[str] | None = None,
                   path: str | os.PathLike | None = None, batch_size: int = 8, progress: bool = True) -> AblationResult:
     """The paper's ablation design: each target language's exclusive experts (from
     `stats`, exclusive among the languages `among`: by default the evaluation and target
     languages, as the paper's language set) rerouted in each band, evaluated on every
-    evaluation language's held-out texts, against a no-ablation baseline.
+    evaluation language's held-out texts, against a no-ablation baseline. `k=None`: the
+    paper's 15 of 128 experts scaled to the model (`mi.PAPER.scaled_k`).
 
     ```python
     >>> res = mi.ablation_grid(model, profile, heldout, ["eng", "deu"], ["eng", "deu"])
@@ -257,13 +258,14 @@ def _paired_bootstrap(diff: np.ndarray, samples: int, seed: int) -> tuple[float,
 
 def steering_eval(model: Any, stats: Any, dev: Mapping[str, Sequence[str]], test: Mapping[str, Sequence[str]],
                   languages: Sequence[str], target: str = "eng", scales: Sequence[float] = (0.0, 0.02, 0.05, 0.1, 0.2),
-                  layers: Any = "middle", k: int = 20, threshold: float = 0.7, samples: int = 2000, seed: int = 0,
+                  layers: Any = "middle", k: int | None = None, threshold: float = 0.7, samples: int = 2000, seed: int = 0,
                   path: str | os.PathLike | None = None, batch_size: int = 8, progress: bool = True) -> SteeringResult:
     """Routing-guided steering, evaluated honestly.
 
     For each language `l`, steer toward the experts shared by `(target, l)` (the paper's
     RouteSteer); choose the scale minimising mean bits/byte on `dev`; report on `test`
-    each language's gain with a paired bootstrap 95% CI and two-sided p-value.
+    each language's gain with a paired bootstrap 95% CI and two-sided p-value. `k=None`:
+    the paper's 20 of 128 experts scaled to the model, as `RouteSteer`.
 
     ```python
     >>> res = mi.steering_eval(model, profile, dev, heldout, ["deu", "fra"], target="eng")

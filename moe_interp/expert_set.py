@@ -1,11 +1,14 @@
-"""`ExpertSet`: which experts of which layers, optionally with a strength each."""
+"""`ExpertSet`: which experts of which layers, optionally with a strength each; the paper's
+settings for choosing them (`PAPER`) and the check of `k` that scales them to any model."""
 
+import dataclasses
 import math
+import numbers
 import operator
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["ExpertSet"]
+__all__ = ["ExpertSet", "PAPER", "PaperSettings", "check_k"]
 
 
 class ExpertSet(Mapping):
@@ -113,3 +116,68 @@ def _strength(strengths: Mapping[int, Mapping[int, float]], layer: int, expert: 
     if not math.isfinite(number):
         raise ValueError(f"strengths[{layer}][{expert}] must be a finite number, got {value!r}")
     return number
+
+
+@dataclasses.dataclass(frozen=True)
+class PaperSettings:
+    """The paper's exact settings (Qwen3-30B-A3B: 128 experts, top-8), one argument away.
+
+    `exclusive_k`, `exclusive_threshold`: exclusive experts (and layer profiles);
+    `steer_k`, `steer_threshold`, `steer_scale`: the shared experts its routing-guided
+    steering uses. The library's defaults (`k=None`) scale `k` to the model at hand with
+    `scaled_k`; thresholds are shares of an expert's use, the same on every model.
+
+    ```python
+    >>> mi.PAPER.exclusive_k, mi.PAPER.steer_k, mi.PAPER.steer_threshold
+    (15, 20, 0.7)
+    >>> profile.exclusive_experts("deu", k=mi.PAPER.exclusive_k)          # exactly the paper's k
+    >>> mi.RouteSteer(layers="middle", target="eng", stats=profile, k=mi.PAPER.steer_k)
+    >>> mi.PAPER.scaled_k(mi.PAPER.steer_k, num_experts=16, top_k=2)      # the default k on 16 experts
+    3
+    ```
+    """
+
+    num_experts: int = 128
+    exclusive_k: int = 15
+    exclusive_threshold: float = 0.4
+    steer_k: int = 20
+    steer_threshold: float = 0.7
+    steer_scale: float = 0.022
+
+    def scaled_k(self, paper_k: int, num_experts: int, top_k: int) -> int:
+        """`paper_k` of the paper's 128 experts as the same fraction of `num_experts`
+        (rounded up), at least `top_k` (a language's top-k must hold the experts one token
+        uses) and at most `num_experts`.
+
+        ```python
+        >>> [mi.PAPER.scaled_k(15, e, t) for e, t in ((128, 8), (64, 8), (16, 2), (8, 2))]
+        [15, 8, 2, 2]
+        ```
+        """
+        return max(1, min(num_experts, max(top_k, math.ceil(paper_k * num_experts / self.num_experts))))
+
+
+PAPER = PaperSettings()
+"""The paper's settings (`PaperSettings`): `k=mi.PAPER.steer_k` etc. for its exact values."""
+
+
+def check_k(k: int | None, num_experts: int, top_k: int = 1, paper_k: int = PAPER.exclusive_k, name: str = "k") -> int:
+    """`k`, the experts kept per (language, layer), as an int in `[1, num_experts]`;
+    `None` is the default, `paper_k` of 128 scaled to this model (`PAPER.scaled_k`).
+
+    ```python
+    >>> check_k(15, 128), check_k(None, 16, top_k=2)
+    (15, 2)
+    >>> check_k(20, 16, top_k=2)
+    Traceback (most recent call last):
+    ValueError: k (experts kept per language and layer) must be an integer in [1, 16], got 20; leave k unset (None) for the default: the paper's 15 of 128 experts scaled to this model's 16, i.e. 2
+    ```
+    """
+    if k is None:
+        return PAPER.scaled_k(paper_k, num_experts, top_k)
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= num_experts:
+        raise ValueError(f"{name} (experts kept per language and layer) must be an integer in [1, {num_experts}], "
+                         f"got {k!r}; leave {name.split()[-1]} unset (None) for the default: the paper's {paper_k} of "
+                         f"{PAPER.num_experts} experts scaled to this model's {num_experts}, i.e. "
+                         f"{PAPER.scaled_k(paper_k, num_experts, top_k)}")
+    return int(k)

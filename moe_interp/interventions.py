@@ -18,7 +18,7 @@ import torch
 
 from ._fingerprint import fingerprint, stats_fingerprint
 from .arch import MoESpec
-from .expert_set import ExpertSet
+from .expert_set import PAPER, ExpertSet, check_k
 
 __all__ = ["Intervention", "RouterRecord", "ExpertAblate", "LayerRouteSteer", "RouteSteer",
            "compile_plan", "flatten"]
@@ -221,7 +221,14 @@ class RouteSteer(Intervention):
     language's share) and applies `LayerRouteSteer(mode="relative")` with `scale`.
     `layers` takes `"early"` / `"middle"` / `"late"` (bands of `mi.describe(model)`;
     the paper's middle is layers 10-39 of 48), a range, a slice or explicit indices.
-    The default scale is the paper's 0.022 (English first).
+
+    Defaults work on every model: `k=None` keeps the paper's 20 of 128 experts per
+    language and layer as the same fraction of this model's experts, at least its top-k
+    (`mi.PAPER.scaled_k`: 20 on 128 experts, 10 on 64, 3 on 16, 2 on 8); `threshold=0.7`
+    and `scale=0.022` (English first) are the paper's, shares and a relative strength
+    being the same on every model. The paper's exact `k` is `k=mi.PAPER.steer_k` (20).
+    With two languages a selected expert has both shares in (0.3, 0.7); with more
+    languages every share must stay below 0.7.
 
     ```python
     >>> steer = mi.RouteSteer(layers="middle", target="en", stats=profile, languages=("en", "zh"))
@@ -234,9 +241,9 @@ class RouteSteer(Intervention):
     target: str
     stats: Any
     languages: tuple[str, ...] | None = None
-    k: int = 20
-    threshold: float = 0.7
-    scale: float = 0.022
+    k: int | None = None
+    threshold: float = PAPER.steer_threshold
+    scale: float = PAPER.steer_scale
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, list):
@@ -250,8 +257,9 @@ class RouteSteer(Intervention):
         if not 0 <= threshold <= 1:
             raise ValueError(f"RouteSteer threshold is a share of tokens, in [0, 1]; got {threshold}")
         object.__setattr__(self, "threshold", threshold)
-        if _index(self.k, "RouteSteer k") == 0:
-            raise ValueError("RouteSteer k (experts per language and layer) must be >= 1, got 0")
+        if self.k is not None and _index(self.k, "RouteSteer k") == 0:
+            raise ValueError("RouteSteer k (experts per language and layer) must be >= 1, got 0; leave k unset "
+                             "(None) for the default: the paper's 20 of 128 experts scaled to the model")
 
     def expert_set(self, spec: MoESpec) -> ExpertSet:
         """The shared experts this steer uses on a model described by `spec`."""
@@ -262,7 +270,8 @@ class RouteSteer(Intervention):
         if self.stats.num_experts != spec.num_experts:
             raise ValueError(f"stats have {self.stats.num_experts} experts but the model has {spec.num_experts}: "
                              "profile this model first (mi.profile)")
-        return self.stats.shared_experts(languages, k=self.k, threshold=self.threshold, layers=layers)
+        k = check_k(self.k, spec.num_experts, self.stats.top_k, PAPER.steer_k, name="RouteSteer k")
+        return self.stats.shared_experts(languages, k=k, threshold=self.threshold, layers=layers)
 
     def edits(self, spec: MoESpec) -> list[tuple[int, str, tuple]]:
         return LayerRouteSteer(self.expert_set(spec), scale=self.scale).edits(spec)

@@ -16,6 +16,7 @@ from plotly.subplots import make_subplots
 
 from .analysis.divergence import METRICS, PAPER_BANDS, divergence, resolve_layers
 from .analysis.divergence import bands as _bands
+from .analysis.expert_sets import PAPER, check_k
 from .stats import RoutingStats
 
 __all__ = ["dendrogram", "divergence_heatmap", "expert_counts", "layer_profile", "routing_heatmap"]
@@ -76,7 +77,8 @@ def divergence_heatmap(stats: RoutingStats, metric: str = "js", layers: Any = No
     """Language x language divergence, averaged over `layers`, or one panel per band.
 
     `bands=True` draws early / middle / late panels with `edges`
-    (default `MoESpec.band`'s; `moe_interp.analysis.divergence.THIRDS` for PAPER.md's).
+    (default `MoESpec.band`'s; `moe_interp.analysis.divergence.THIRDS` for equal thirds, as the
+    reference numbers computed from the paper's released counts use).
 
     ```python
     >>> fig = divergence_heatmap(p, layers="middle")
@@ -176,7 +178,7 @@ def dendrogram(stats: RoutingStats, metric: str = "js", layers: Any = None, meth
     return fig
 
 
-def layer_profile(stats: RoutingStats, metric: str = "js", k: int = 15, threshold: float = 0.4,
+def layer_profile(stats: RoutingStats, metric: str = "js", k: int | None = None, threshold: float = 0.4,
                   edges: Sequence[float] = PAPER_BANDS) -> go.Figure:
     """Per-layer curves: mean divergence, shared fraction and entropy (top), exclusive experts (bottom).
 
@@ -204,20 +206,22 @@ def layer_profile(stats: RoutingStats, metric: str = "js", k: int = 15, threshol
         for row in (1, 2):
             fig.add_vline(x=members[0] - 0.5, line={"dash": "dot", "color": "grey"}, row=row, col=1)
     fig.update_yaxes(title_text="value (0-1)", row=1, col=1)
-    fig.update_yaxes(title_text=f"exclusive experts (k={k}, >{threshold})", row=2, col=1)
+    fig.update_yaxes(title_text=f"exclusive experts (k={prof.k}, >{threshold})", row=2, col=1)
     fig.update_xaxes(title_text="MoE layer", row=2, col=1)
     fig.update_xaxes(title_text="MoE layer", row=1, col=1)
     fig.update_layout(title={"text": "Layer profile of routing across languages"}, height=700)
     return fig
 
 
-def expert_counts(stats: RoutingStats, reference: str | None = None, k: int = 15, threshold: float = 0.4,
-                  shared_k: int = 20, shared_threshold: float = 0.7, shared_layers: Any = "middle") -> go.Figure:
+def expert_counts(stats: RoutingStats, reference: str | None = None, k: int | None = None, threshold: float = 0.4,
+                  shared_k: int | None = None, shared_threshold: float = 0.7, shared_layers: Any = "middle") -> go.Figure:
     """Bars per language: exclusive experts (among all languages) and experts shared with `reference`.
 
     Exclusive: the paper's algorithm with `k`, `threshold` over all layers. Shared: the
     steering set of `(reference, language)` with `shared_k`, `shared_threshold` over
-    `shared_layers` (default the middle band; `reference` defaults to `"en"` if present).
+    `shared_layers` (default the middle band; `reference` defaults to English, `"en"` or
+    `"eng"`, if present). `k` / `shared_k` default to the paper's 15 / 20 of 128 experts
+    scaled to this model (`mi.PAPER.scaled_k`).
 
     ```python
     >>> fig = expert_counts(p)
@@ -226,8 +230,10 @@ def expert_counts(stats: RoutingStats, reference: str | None = None, k: int = 15
     ```
     """
     if reference is None:
-        reference = "en" if "en" in stats.languages else stats.languages[0]
+        reference = next((l for l in ("en", "eng") if l in stats.languages), stats.languages[0])
     stats.language_index(reference)
+    k = check_k(k, stats.num_experts, stats.top_k)
+    shared_k = check_k(shared_k, stats.num_experts, stats.top_k, PAPER.steer_k)
     languages = list(stats.languages)
     exclusive = [stats.exclusive_experts(l, k=k, threshold=threshold).size for l in languages]
     positions = resolve_layers(stats, shared_layers)

@@ -298,19 +298,33 @@ class RoutingStats:
 
     # -- analyses (moe_interp.analysis) -------------------------------------------
 
-    def shares(self, languages: Sequence[str] | None = None, k: int = 15) -> Float[Tensor, "lang layer expert"]:
-        """The paper's language shares `p[l, L, e]` over `languages` (section 2, steps 1-2)."""
+    def shares(self, languages: Sequence[str] | None = None, k: int | None = None) -> Float[Tensor, "lang layer expert"]:
+        """The paper's language shares `p[l, L, e]` over `languages` (top-`k` per language and
+        layer, then shares across languages; `k=None`: 15 of 128 experts scaled to this model).
+
+        ```python
+        >>> p.shares(["en", "zh"]).shape          # released MGSM counts: 48 layers, 128 experts
+        torch.Size([2, 48, 128])
+        ```
+        """
         from .analysis.expert_sets import shares
 
         return shares(self, languages, k)
 
-    def exclusive_experts(self, target: str | Sequence[str], k: int = 15, threshold: float = 0.4,
+    def exclusive_experts(self, target: str | Sequence[str], k: int | None = None, threshold: float = 0.4,
                           layers: Sequence[int] | None = None, among: Sequence[str] | None = None) -> ExpertSet:
         """Experts whose share for `target` (a language or a set of them) exceeds `threshold`.
 
         The paper's algorithm over the languages `among` (default: all of these stats):
         keep each language's top-`k` experts per layer, take shares across languages,
         select `sum_{l in target} p > threshold` (strict). Ties follow `torch.topk`.
+        `k=None` is the paper's 15 of 128 experts scaled to this model (`mi.PAPER.scaled_k`:
+        2 of the demo model's 16); pass `k=mi.PAPER.exclusive_k` for exactly 15.
+
+        On few languages the rule is loose: shares of one expert sum to 1 over `among`, so
+        with two languages an expert at shares 0.45 / 0.55 is "exclusive" to both at the
+        paper's threshold 0.4 (the paper used 8 to 10 languages). For sets that exclude each
+        other, pass `threshold >= 0.5`, or more languages in `among`.
 
         ```python
         >>> {l: p.exclusive_experts(l).size for l in ("en", "sw")}   # released MGSM counts
@@ -321,12 +335,14 @@ class RoutingStats:
 
         return exclusive_experts(self, target, k=k, threshold=threshold, layers=layers, among=among)
 
-    def shared_experts(self, languages: Sequence[str] | None = None, k: int = 15, threshold: float = 0.4,
+    def shared_experts(self, languages: Sequence[str] | None = None, k: int | None = None, threshold: float = 0.4,
                        layers: Sequence[int] | None = None) -> ExpertSet:
         """Experts used by the `languages` with no language's share reaching `threshold`.
 
         The paper's algorithm (`any p > 0 and all p < threshold`); strengths are the first
-        language's share, as its steering uses.
+        language's share, as its steering uses. `k=None` is 15 of 128 experts scaled to this
+        model; the paper's steering set used `k=20, threshold=0.7` (`mi.PAPER.steer_k`, as
+        `mi.RouteSteer` defaults to, scaled).
 
         ```python
         >>> s = p.shared_experts(["en", "zh"], k=20, threshold=0.7, layers=range(10, 40))
@@ -353,7 +369,7 @@ class RoutingStats:
     def divergence(self, metric: str = "js", layers: Any = None) -> Float[Tensor, "layer lang lang"]:
         """Per layer, the `[lang, lang]` divergence of routing distributions.
 
-        `metric`: `"js"` (Jensen-Shannon, base 2; PAPER.md section 5), `"cosine"`,
+        `metric`: `"js"` (Jensen-Shannon, base 2, as the paper's released code), `"cosine"`,
         `"hellinger"` or `"kl_sym"`; `layers`: `None`, `"early"`/`"middle"`/`"late"` or
         real indices. Average over a band with `moe_interp.analysis.divergence.band_average`.
 
@@ -408,7 +424,7 @@ class RoutingStats:
 
         return family_agreement(self, metric, layers, level=level, script=script, **kwargs)
 
-    def layer_profile(self, metric: str = "js", k: int = 15, threshold: float = 0.4) -> Any:
+    def layer_profile(self, metric: str = "js", k: int | None = None, threshold: float = 0.4) -> Any:
         """Per layer: mean divergence, shared fraction, exclusive counts, entropy; `.bands()` summaries.
 
         ```python

@@ -44,16 +44,16 @@ def _divergence(stats: RoutingStats, metric: str = "js", layers: LayerSpec = Non
     return divergence(stats, metric, layers)
 
 
-def _shares(stats: RoutingStats, languages: Sequence[str] | None = None, k: int = 15) -> Tensor:
+def _shares(stats: RoutingStats, languages: Sequence[str] | None = None, k: int | None = None) -> Tensor:
     return shares(stats, languages, k)
 
 
-def _exclusive_sizes(stats: RoutingStats, k: int = 15, threshold: float = 0.4, layers=None) -> Tensor:
+def _exclusive_sizes(stats: RoutingStats, k: int | None = None, threshold: float = 0.4, layers=None) -> Tensor:
     return torch.tensor([float(exclusive_experts(stats, l, k=k, threshold=threshold, layers=layers).size)
                          for l in stats.languages], dtype=torch.float64)
 
 
-def _shared_size(stats: RoutingStats, languages: Sequence[str] | None = None, k: int = 15, threshold: float = 0.4,
+def _shared_size(stats: RoutingStats, languages: Sequence[str] | None = None, k: int | None = None, threshold: float = 0.4,
                  layers=None) -> Tensor:
     return torch.tensor(float(shared_experts(stats, languages, k=k, threshold=threshold, layers=layers).size),
                         dtype=torch.float64)

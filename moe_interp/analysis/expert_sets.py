@@ -1,4 +1,10 @@
-"""Language shares and the paper's exclusive / shared expert sets (PAPER.md section 2)."""
+"""Language shares and the paper's exclusive / shared expert sets (arXiv 2601.14050; its
+released code's algorithm: top-k per language and layer, shares across languages, thresholds).
+
+Defaults scale with the model: the paper's `k` was chosen for 128 experts (Qwen3-30B-A3B,
+top-8); `k=None` takes the same fraction of this model's experts (`PAPER.scaled_k`), so a
+model with 16 or 8 experts works with every default. At 128 experts that is the paper's value.
+"""
 
 import numbers
 from collections.abc import Sequence
@@ -7,7 +13,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..expert_set import ExpertSet
+from ..expert_set import PAPER, ExpertSet, check_k  # noqa: F401  (check_k: re-exported)
 
 EPS = 1e-10  # the paper's denominator guard
 
@@ -28,20 +34,6 @@ def check_threshold(threshold: float) -> float:
     return float(threshold)
 
 
-def check_k(k: int, num_experts: int) -> int:
-    """`k`, the experts kept per (language, layer), as an int in `[1, num_experts]`.
-
-    ```python
-    >>> check_k(15, 128)
-    15
-    ```
-    """
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= num_experts:
-        raise ValueError(f"k (experts kept per language and layer) must be an integer in [1, {num_experts}], "
-                         f"got {k!r}")
-    return int(k)
-
-
 def _languages(stats, languages: Sequence[str] | None, name: str = "languages") -> tuple[str, ...]:
     """Checked labels; `None` means all. A repeat would count its share twice, so it is refused."""
     if languages is None:
@@ -59,14 +51,16 @@ def _languages(stats, languages: Sequence[str] | None, name: str = "languages") 
     return languages
 
 
-def shares(stats, languages: Sequence[str] | None = None, k: int = 15) -> Float[Tensor, "lang layer expert"]:
+def shares(stats, languages: Sequence[str] | None = None, k: int | None = None,
+           paper_k: int = PAPER.exclusive_k) -> Float[Tensor, "lang layer expert"]:
     """`p[l, L, e]`: each language's share of expert `e`, over `languages`, after top-`k`.
 
     Per (language, layer) only the `k` most frequent experts keep their frequency (ties as
-    `torch.topk`); `p = f~ / (sum over languages of f~ + 1e-10)`.
+    `torch.topk`); `p = f~ / (sum over languages of f~ + 1e-10)`. `k=None`: `paper_k` of
+    128 scaled to the model (`check_k`).
     """
     languages = _languages(stats, languages)
-    k = check_k(k, stats.num_experts)
+    k = check_k(k, stats.num_experts, stats.top_k, paper_k)
     freq = stats.select(languages).frequency()
     top = torch.topk(freq, k, dim=-1).indices
     kept = torch.zeros_like(freq).scatter_(-1, top, freq.gather(-1, top))
@@ -82,8 +76,14 @@ def _layer_positions(stats, layers) -> list[int]:
     return positions
 
 
-def exclusive_experts(stats, target, k: int = 15, threshold: float = 0.4, layers=None, among=None) -> ExpertSet:
-    """Experts with `sum_{l in target} p[l, L, e] > threshold` over the languages `among`."""
+def exclusive_experts(stats, target, k: int | None = None, threshold: float = PAPER.exclusive_threshold, layers=None,
+                      among=None) -> ExpertSet:
+    """Experts with `sum_{l in target} p[l, L, e] > threshold` over the languages `among`.
+
+    On few languages this is not "used by the target only": with two languages an expert
+    whose shares are 0.45 / 0.55 is exclusive to both at the paper's threshold 0.4. Only
+    `threshold >= 0.5` makes the sets of different single targets disjoint.
+    """
     if target is None:
         raise TypeError("target must be a language code or a list of them, got None")
     targets = _languages(stats, [target] if isinstance(target, str) else target, "target")
@@ -98,7 +98,8 @@ def exclusive_experts(stats, target, k: int = 15, threshold: float = 0.4, layers
     return ExpertSet({stats.layers[i]: selected[i].nonzero().flatten().tolist() for i in positions})
 
 
-def shared_experts(stats, languages=None, k: int = 15, threshold: float = 0.4, layers=None) -> ExpertSet:
+def shared_experts(stats, languages=None, k: int | None = None, threshold: float = PAPER.exclusive_threshold,
+                   layers=None) -> ExpertSet:
     """Experts with `any p > 0 and all p < threshold`; strength = the first language's share."""
     languages = _languages(stats, languages)
     threshold = check_threshold(threshold)

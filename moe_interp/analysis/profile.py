@@ -8,7 +8,7 @@ from torch import Tensor
 
 from ..stats import RoutingStats
 from .divergence import PAPER_BANDS, band_average, divergence, entropy, mean_offdiagonal
-from .expert_sets import check_threshold, shares
+from .expert_sets import check_k, check_threshold, shares
 
 __all__ = ["LayerProfile", "layer_profile"]
 
@@ -73,11 +73,12 @@ class LayerProfile:
         return frame
 
 
-def layer_profile(stats: RoutingStats, metric: str = "js", k: int = 15, threshold: float = 0.4) -> LayerProfile:
+def layer_profile(stats: RoutingStats, metric: str = "js", k: int | None = None, threshold: float = 0.4) -> LayerProfile:
     """Per-layer mean divergence, shared fraction, exclusive counts and entropy.
 
     Exclusive (`share > threshold`) and shared (`any share > 0 and all < threshold`)
-    experts use the paper's algorithm with all languages of `stats` and top-`k`.
+    experts use the paper's algorithm with all languages of `stats` and top-`k` (`None`: the
+    paper's 15 of 128 experts scaled to this model; the profile keeps the `k` used).
 
     ```python
     >>> prof = layer_profile(p)
@@ -86,6 +87,7 @@ def layer_profile(stats: RoutingStats, metric: str = "js", k: int = 15, threshol
     ```
     """
     threshold = check_threshold(threshold)
+    k = check_k(k, stats.num_experts, stats.top_k)
     p = shares(stats, None, k)
     used = (p > 0).any(0)
     shared = (used & (p < threshold).all(0)).sum(-1)
