@@ -13,14 +13,52 @@ from ._fingerprint import ResumeError, check_corpus, differing, fingerprint, mod
 from .arch import describe
 from .interventions import RouterRecord, compile_plan, flatten
 from .stats import RoutingStats
-from .trace import profile_session, trace
+from .trace import _max_positions, profile_session, trace
 
 __all__ = ["profile", "ResumeError"]
 
 
-_FORMAT = "moe_interp.profile-checkpoint/2"
+_FORMAT = "moe_interp.profile-checkpoint/3"  # 3: progress counts rows (a long text's windows), not texts
 # trace_kwargs that say where a run executes, not what it computes
 _WHERE = ("remote", "backend", "blocking", "job_id", "verbose")
+# trace_kwargs that say how texts become tokens: mi.profile tokenizes the corpus itself
+_TOKENIZE = ("truncation", "max_length", "add_special_tokens")
+_LONG_TEXTS = ("window", "truncate", "error")  # mi.profile's policies for texts longer than the model's positions
+
+
+def _rows(model: Any, corpus: dict[str, list[str]], long_texts: str,
+          options: dict) -> tuple[list[tuple[int, list[int]]], int]:
+    """`(item, token ids)` of every row to run (one per text, or one per window of a text
+    longer than the model's positions), and how many texts were that long. Each text is
+    tokenized once, as a whole, so its special tokens (a BOS, an EOS) appear once, in its
+    first or last window."""
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise ValueError("mi.profile tokenizes the corpus with the model's tokenizer, and this model has none: "
+                         "wrap it with one, mi.wrap(hf_model, tokenizer)")
+    if not options.get("truncation"):
+        options = {k: v for k, v in options.items() if k != "max_length"}  # as mi.trace: only with truncation
+    limit = _max_positions(model)
+    rows: list[tuple[int, list[int]]] = []
+    item, long_items = -1, 0
+    for lang, texts in corpus.items():
+        for k, (text, ids) in enumerate(zip(texts, tokenizer(texts, verbose=False, **options)["input_ids"])):
+            item += 1
+            where = f"corpus[{lang!r}][{k}]"
+            if not text or not ids:  # a BOS alone is no text either
+                raise ValueError(f"{where} has no tokens (an empty text): nothing to route. Drop empty texts first")
+            if limit is None or len(ids) <= limit:
+                rows.append((item, ids))
+                continue
+            if long_texts == "error":
+                raise ValueError(f"{where} has {len(ids)} tokens, more than this model's {limit} positions "
+                                 f"(max_position_embeddings): pass long_texts=\"window\" (the default: consecutive "
+                                 f"windows of {limit} tokens, counted as that one text) or long_texts=\"truncate\" "
+                                 f"(its first {limit} tokens only)")
+            stop = limit if long_texts == "truncate" else len(ids)
+            rows.extend((item, ids[start : start + limit]) for start in range(0, stop, limit))
+            long_items += 1
+    return rows, long_items
 
 
 def _load_checkpoint(path: Path, key: dict, fields: dict[str, torch.Tensor], total: int) -> tuple[int, dict]:
@@ -54,31 +92,48 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 def profile(model: Any, corpus: Mapping[str, Sequence[str]], *interventions: Any, batch_size: int = 16,
             progress: bool = True, checkpoint: str | os.PathLike | None = None, save_every: int = 10,
-            session_batches: int | None = None, **trace_kwargs: Any) -> RoutingStats:
+            session_batches: int | None = None, long_texts: str = "window", **trace_kwargs: Any) -> RoutingStats:
     """Routing statistics of `model` over `corpus` (`{language: [texts]}`), per item too.
 
-    Texts are batched (longest first, to waste little padding; padding is excluded, so
-    batching never changes the counts) and every text's counts are kept (`item_count`),
-    which gives bootstrap confidence intervals. `interventions` apply during profiling
-    (e.g. an ablation). With `checkpoint=path`, partial results are written every
+    Texts are tokenized once, then batched (longest first, to waste little padding; padding
+    is excluded, so batching never changes the counts) and every text's counts are kept
+    (`item_count`), which gives bootstrap confidence intervals. `interventions` apply during
+    profiling (e.g. an ablation). With `checkpoint=path`, partial results are written every
     `save_every` batches and on interruption; rerunning the same call resumes there.
     A checkpoint is keyed by content: the model's weights (a strided sample of every
-    tensor), config and tokenizer, the corpus texts, the full interventions and the
-    trace settings. Any difference (say, the random-init twin of the model that wrote
-    it) raises `ResumeError` naming the part that differs, as does a damaged file; a
-    checkpoint is never reused for another run. Other keyword arguments go to `mi.trace`.
+    tensor), config and tokenizer, the corpus texts, the full interventions, `long_texts`
+    and the trace settings. Any difference (say, the random-init twin of the model that
+    wrote it) raises `ResumeError` naming the part that differs, as does a damaged file; a
+    checkpoint is never reused for another run. Other keyword arguments go to `mi.trace`
+    (`truncation=True, max_length=N` and `add_special_tokens=` to the tokenizer).
+
+    Texts longer than the model's positions (`max_position_embeddings`), by `long_texts`:
+    - `"window"` (default): the text's tokens are split into consecutive windows of at most
+      that many tokens (no overlap), each run as its own row; their counts and tokens add up
+      to that text's `item_count` / `item_tokens` (an item is still one text, and its token
+      total is the tokenizer's count for it). The text is tokenized once, so special tokens
+      the tokenizer adds (a BOS) appear once, in the first window, and are counted once, as
+      for a short text; later windows start without one, and each window attends only to
+      itself (tokens near a window's start see less context than in a longer model).
+    - `"truncate"`: only the first `max_position_embeddings` tokens of the text are routed.
+    - `"error"`: a `ValueError` naming the text, before any batch runs.
 
     Remote (`remote=True`, `"local"`, a URL, or `backend=`): the batches run in ONE nnsight
     session request (`session_batches=N` splits them into requests of N batches each; the
-    default sends all). The server aggregates: per text an int16/int32 `[layers, experts]`
+    default sends all). The server aggregates: per row an int16/int32 `[layers, experts]`
     count table and a token total, gate mass summed per language. With `checkpoint=`,
-    progress is saved after every request (resume is per request, not per batch).
+    progress is saved after every request (resume is per request, not per batch). Windows
+    are rows like any other there.
 
     ```python
     >>> corpus = mi.datasets.udhr(["eng", "deu", "fra"], split="heldout")
     >>> p = mi.profile(model, corpus, batch_size=8, progress=False)
     >>> p.languages, p.item_count.shape[0] == sum(len(t) for t in corpus.values())
     (('eng', 'deu', 'fra'), True)
+    >>> small = mi.zoo.tiny_model("qwen3_moe", max_position_embeddings=16)
+    >>> p = mi.profile(small, {"eng": ["x" * 40]}, progress=False)   # windows of 16, 16, 8 tokens
+    >>> p.item_tokens.tolist()
+    [40]
     ```
     """
     corpus = check_corpus(corpus)
@@ -88,22 +143,29 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]], *interventions: Any
             raise ValueError(f"{name} must be a positive int (1 or more), got {value!r}")
     if session_batches is not None and (not isinstance(session_batches, int) or session_batches < 1):
         raise ValueError(f"session_batches must be a positive int or None, got {session_batches!r}")
+    if long_texts not in _LONG_TEXTS:
+        raise ValueError(f"long_texts must be one of {', '.join(map(repr, _LONG_TEXTS))}, got {long_texts!r}")
     spec = describe(model)
     languages = list(corpus)
-    items = [(lang_index, text) for lang_index, lang in enumerate(languages) for text in corpus[lang]]
-    order = sorted(range(len(items)), key=lambda i: (-len(items[i][1].encode()), i))
+    rows, long_items = _rows(model, corpus, long_texts, {k: trace_kwargs[k] for k in _TOKENIZE if k in trace_kwargs})
+    row_item = torch.tensor([item for item, _ in rows], dtype=torch.long)
+    order = sorted(range(len(rows)), key=lambda r: (-len(rows[r][1]), r))
+    item_language = torch.tensor([lang for lang, texts in enumerate(corpus.values()) for _ in texts],
+                                 dtype=torch.long)
+    row_language = item_language[row_item]
     n_layers = len(spec.moe_layers)
-    item_count = torch.zeros(len(items), n_layers, spec.num_experts, dtype=torch.int32)
-    item_tokens = torch.zeros(len(items), dtype=torch.long)
+    item_count = torch.zeros(len(item_language), n_layers, spec.num_experts, dtype=torch.int32)
+    item_tokens = torch.zeros(len(item_language), dtype=torch.long)
     gate_mass = torch.zeros(len(languages), n_layers, spec.num_experts, dtype=torch.float64)
-    item_language = torch.tensor([lang for lang, _ in items], dtype=torch.long)
-    done = 0
+    done = 0  # rows of `order` already counted
     key = {**model_parts(model), "corpus": fingerprint(corpus), "interventions": fingerprint(interventions),
+           "long_texts": long_texts,
            "settings": fingerprint({k: v for k, v in trace_kwargs.items() if k not in _WHERE})}
+    trace_kwargs = {k: v for k, v in trace_kwargs.items() if k not in _TOKENIZE}  # the rows are token ids
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and path.exists():
         done, state = _load_checkpoint(path, key, {"item_count": item_count, "item_tokens": item_tokens,
-                                                   "gate_mass": gate_mass}, len(items))
+                                                   "gate_mass": gate_mass}, len(rows))
         item_count, item_tokens, gate_mass = state["item_count"], state["item_tokens"], state["gate_mass"]
 
     def save() -> None:
@@ -111,46 +173,47 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]], *interventions: Any
             _save_checkpoint(path, {"format": _FORMAT, "key": key, "done": done, "item_count": item_count,
                                     "item_tokens": item_tokens, "gate_mass": gate_mass})
 
+    def inputs(chunk: list[int]) -> dict[str, torch.Tensor]:
+        padded = model.tokenizer.pad({"input_ids": [rows[r][1] for r in chunk]}, return_tensors="pt")
+        return {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]}
+
+    def add(chunk: list[int], count: torch.Tensor, tokens: torch.Tensor) -> None:
+        nonlocal done, tokens_seen
+        index = row_item[torch.tensor(chunk)]  # a long text's windows add up to its item
+        item_count.index_add_(0, index, count.to(torch.int32))
+        item_tokens.index_add_(0, index, tokens.long())
+        done += len(chunk)
+        tokens_seen += int(tokens.sum())
+        bar.update(len(chunk))
+        bar.set_postfix(tokens_per_s=f"{tokens_seen / (time.perf_counter() - started):.0f}")
+
     started, tokens_seen = time.perf_counter(), 0
-    bar = tqdm(total=len(items), initial=done, unit="text", disable=not progress, desc="profiling")
+    bar = tqdm(total=len(rows), initial=done, unit="row", disable=not progress, desc="profiling")
     remote = bool(trace_kwargs.get("remote")) or trace_kwargs.get("backend") is not None
     try:
         batches = 0
-        while remote and done < len(items):
-            per_request = (session_batches or len(items)) * batch_size
+        while remote and done < len(rows):
+            per_request = (session_batches or len(rows)) * batch_size
             chunks = [order[start : start + batch_size]
-                      for start in range(done, min(done + per_request, len(items)), batch_size)]
+                      for start in range(done, min(done + per_request, len(rows)), batch_size)]
             session_kwargs = {k: trace_kwargs[k] for k in _WHERE if k in trace_kwargs}
             model_kwargs = {k: v for k, v in trace_kwargs.items() if k not in session_kwargs and k != "keep_output"}
             plan = compile_plan(spec, [*interventions, RouterRecord()])
-            packed = profile_session(model, [([items[i][1] for i in chunk], item_language[torch.tensor(chunk)])
-                                             for chunk in chunks], plan, len(languages), session_kwargs,
-                                     model_kwargs)
-            index = torch.tensor([i for chunk in chunks for i in chunk])
-            item_count[index] = packed["item_count"].to(torch.int32)
-            item_tokens[index] = packed["item_tokens"].long()
+            packed = profile_session(model, [(inputs(chunk), row_language[torch.tensor(chunk)]) for chunk in chunks],
+                                     plan, len(languages), session_kwargs, model_kwargs)
             gate_mass += packed["gate_mass"].to(torch.float64)
-            done += len(index)
-            tokens_seen += int(packed["item_tokens"].sum())
-            bar.update(len(index))
-            bar.set_postfix(tokens_per_s=f"{tokens_seen / (time.perf_counter() - started):.0f}")
+            add([r for chunk in chunks for r in chunk], packed["item_count"], packed["item_tokens"])
             save()
-        while done < len(items):
+        while done < len(rows):
             chunk = order[done : done + batch_size]
-            tracer = trace(model, [items[i][1] for i in chunk], *interventions, RouterRecord(), **trace_kwargs)
-            tracer._mi_per_row = True  # one stats group per text
+            tracer = trace(model, inputs(chunk), *interventions, RouterRecord(), **trace_kwargs)
+            tracer._mi_per_row = True  # one stats group per row
             with torch.no_grad(), tracer:
                 pass
             routing = tracer.routing
-            index = torch.tensor(chunk)
-            item_count[index] = routing.count.to(torch.int32)
-            item_tokens[index] = routing.tokens
-            gate_mass.index_add_(0, item_language[index], routing.gate_mass)
-            done += len(chunk)
-            tokens_seen += int(routing.tokens.sum())
+            gate_mass.index_add_(0, row_language[torch.tensor(chunk)], routing.gate_mass)
+            add(chunk, routing.count, routing.tokens)
             batches += 1
-            bar.update(len(chunk))
-            bar.set_postfix(tokens_per_s=f"{tokens_seen / (time.perf_counter() - started):.0f}")
             if batches % save_every == 0:
                 save()
     except BaseException:
@@ -164,7 +227,8 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]], *interventions: Any
     tokens = torch.zeros(len(languages), dtype=torch.long).index_add_(0, item_language, item_tokens)
     config = getattr(getattr(model, "_module", None), "config", None)
     meta = {"model": getattr(config, "_name_or_path", None) or spec.arch, "arch": spec.arch,
-            "interventions": [repr(i) for i in interventions], "items": len(items),
+            "interventions": [repr(i) for i in interventions], "items": len(item_language),
+            "long_texts": long_texts, "long_items": long_items,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "fingerprint": fingerprint(key)}
     return RoutingStats(tuple(languages), spec.moe_layers, spec.num_experts, spec.top_k, count, gate_mass, tokens,
                         item_count, item_tokens, item_language, meta=meta)

@@ -274,7 +274,7 @@ def _unregister_by_value() -> None:
     _PICKLE_BY_VALUE_MODULES.discard(_PACKAGE)
 
 
-def _profile_run(model: Any, texts: list, plan: dict, trace_kwargs: dict) -> RoutingRun:
+def _profile_run(model: Any, texts: Any, plan: dict, trace_kwargs: dict) -> RoutingRun:
     """One profiling batch's tracer, built where the model is (inside a session, on a server
     too): `RouterRecord` plan, one stats group per text, results left in `_mi_store`."""
     run = model.trace(texts, tracer_cls=RoutingRun, **trace_kwargs)
@@ -289,8 +289,9 @@ def profile_session(model: Any, batches: list, plan: dict, num_languages: int, s
                     trace_kwargs: dict) -> dict:
     """Run many profiling batches in ONE session request; return what `kernels.profile_finish` packs.
 
-    `batches` is `[(texts, language_index_tensor), ...]`. The session body below is what
-    travels (as source): it references only the model, plain data, `_profile_run`
+    `batches` is `[(inputs, language_index_tensor), ...]`, inputs as `mi.trace` takes them
+    (`mi.profile` sends token-id dicts: a row may be a window of a long text). The session
+    body below is what travels (as source): it references only the model, plain data, `_profile_run`
     (builds a `RoutingRun`), the `kernels.profile_*` functions, torch and nnsight's `save`,
     never the `moe_interp` package as a whole.
     """

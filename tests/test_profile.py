@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import moe_interp as mi
-from conftest import tiny
+from conftest import oracle_routing, tiny
 
 CORPUS = {"eng": ["The cat sat.", "A much longer English sentence about cats and dogs.", "Hi"],
           "deu": ["Die Katze saß auf der Matte.", "Hallo"]}
@@ -177,3 +177,151 @@ def test_editing_one_router_row_invalidates_the_checkpoint(tmp_path):
         router.weight[5] = 0  # one expert's row of one router: 32 of the model's ~100k numbers
     with pytest.raises(ValueError, match=r"\(differs: model weights\)"):
         mi.profile(model, CORPUS, progress=False, checkpoint=path)
+
+
+# -- texts longer than the model's positions: windows (long_texts=) ---------------------------
+
+WIDTH = 16  # the small model's max_position_embeddings
+LONG = {"eng": ["Hi there", "The quick brown fox jumps over the lazy dog; ", "ab"],
+        "deu": ["Größe über alles, schöne Grüße aus Köln!"]}
+
+
+@functools.lru_cache(maxsize=None)
+def small():
+    return mi.zoo.tiny_model("qwen3_moe", max_position_embeddings=WIDTH)
+
+
+def byte_ids(text, bos=False):
+    """The byte tokenizer's ids, by hand: 3 special tokens, then one id per UTF-8 byte."""
+    return [1] * bos + [3 + b for b in text.encode()]
+
+
+def windows_oracle(model, ids, width=WIDTH):
+    """`[layers, E]`: what the experts received when each `width`-token window of `ids` runs
+    alone through the plain HF model, summed over the windows."""
+    total = 0
+    for start in range(0, len(ids), width):
+        window = torch.tensor([ids[start : start + width]])
+        counts, _ = oracle_routing(model, {"input_ids": window, "attention_mask": torch.ones_like(window)})
+        total = total + counts
+    return total
+
+
+def test_a_long_text_is_profiled_as_consecutive_windows_counted_as_that_one_text():
+    model = small()
+    p = mi.profile(model, LONG, batch_size=3, progress=False)  # windows share batches with short texts
+    texts = [t for texts in LONG.values() for t in texts]
+    assert p.item_tokens.tolist() == [len(t.encode()) for t in texts] == [8, 45, 2, 47]
+    for i, text in enumerate(texts):
+        assert torch.equal(p.item_count[i].long(), windows_oracle(model, byte_ids(text))), text
+    assert torch.equal(p.count[0], p.item_count[:3].long().sum(0)) and p.tokens.tolist() == [55, 47]
+    assert p.meta["long_texts"] == "window" and p.meta["long_items"] == 2
+    # the oracle tells windows from one run past the positions (which RoPE allows without a word)
+    whole = torch.tensor([byte_ids(texts[1])])
+    assert not torch.equal(oracle_routing(model, {"input_ids": whole, "attention_mask": torch.ones_like(whole)})[0],
+                           p.item_count[1].long())
+
+
+def test_gate_mass_of_a_windowed_text_is_the_sum_of_its_windows_traced_alone():
+    model = small()
+    p = mi.profile(model, {"eng": [LONG["eng"][1]]}, progress=False)
+    ids = byte_ids(LONG["eng"][1])
+    mass = 0
+    for start in range(0, len(ids), WIDTH):
+        with mi.trace(model, torch.tensor([ids[start : start + WIDTH]]), mi.RouterRecord()) as tr:
+            pass
+        mass = mass + tr.routing.gate_mass[0].double()
+    assert torch.allclose(p.gate_mass[0], mass, atol=1e-5)
+
+
+def test_a_bos_the_tokenizer_adds_is_routed_once_in_the_first_window():
+    from tokenizers import processors
+
+    model = mi.zoo.tiny_model("qwen3_moe", max_position_embeddings=WIDTH)
+    tokenizer = mi.zoo.byte_tokenizer()
+    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A",
+                                                                       special_tokens=[("<s>", 1)])
+    model.tokenizer = tokenizer
+    text = LONG["eng"][1]
+    p = mi.profile(model, {"eng": [text]}, progress=False)
+    assert p.item_tokens.tolist() == [len(text.encode()) + 1]  # one BOS, not one per window
+    assert torch.equal(p.item_count[0].long(), windows_oracle(model, byte_ids(text, bos=True)))
+
+
+def test_long_texts_error_names_the_text_and_the_option_before_any_batch(monkeypatch):
+    import moe_interp.profiling as profiling
+    calls = []
+    monkeypatch.setattr(profiling, "trace", lambda *a, **k: calls.append(a))
+    with pytest.raises(ValueError, match=r"corpus\['eng'\]\[1\] has 45 tokens, more than this model's 16 positions"
+                                         r".*long_texts=\"window\".*long_texts=\"truncate\""):
+        mi.profile(small(), LONG, long_texts="error", progress=False)
+    assert calls == []
+
+
+def test_long_texts_truncate_routes_only_the_first_positions():
+    model = small()
+    p = mi.profile(model, LONG, long_texts="truncate", progress=False)
+    assert p.item_tokens.tolist() == [8, 16, 2, 16]
+    assert torch.equal(p.item_count[1].long(), windows_oracle(model, byte_ids(LONG["eng"][1])[:WIDTH]))
+
+
+@pytest.mark.parametrize("value", ["windows", "Window", ""])
+def test_an_unknown_long_texts_policy_is_refused(value):
+    with pytest.raises(ValueError, match="long_texts must be one of 'window', 'truncate', 'error'"):
+        mi.profile(small(), LONG, long_texts=value, progress=False)
+
+
+def test_an_empty_text_is_refused_naming_it():
+    with pytest.raises(ValueError, match=r"corpus\['deu'\]\[1\] has no tokens"):
+        mi.profile(small(), {"eng": ["a"], "deu": ["b", ""]}, progress=False)
+
+
+def test_the_long_text_policy_keys_the_checkpoint(tmp_path):
+    path = tmp_path / "run.ckpt"
+    mi.profile(small(), LONG, progress=False, checkpoint=path)
+    with pytest.raises(mi.ResumeError, match=r"\(differs: long_texts\)"):
+        mi.profile(small(), LONG, long_texts="truncate", progress=False, checkpoint=path)
+
+
+def test_an_interrupted_windowed_profile_resumes_between_windows(tmp_path, monkeypatch):
+    import moe_interp.profiling as profiling
+    path, real, calls = tmp_path / "run.ckpt", profiling.trace, []
+
+    def stop_at_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(profiling, "trace", stop_at_third)
+    with pytest.raises(KeyboardInterrupt):  # rows longest first: two 16-token windows of two texts done
+        mi.profile(small(), LONG, batch_size=1, progress=False, checkpoint=path)
+    assert torch.load(path, weights_only=True)["done"] == 2
+    monkeypatch.setattr(profiling, "trace", real)
+    resumed = mi.profile(small(), LONG, batch_size=1, progress=False, checkpoint=path)
+    fresh = mi.profile(small(), LONG, batch_size=4, progress=False)
+    assert torch.equal(resumed.item_count, fresh.item_count) and torch.equal(resumed.item_tokens, fresh.item_tokens)
+    assert torch.allclose(resumed.gate_mass, fresh.gate_mass, atol=1e-6)
+
+
+def test_remote_profile_windows_long_texts_as_the_local_one(tmp_path):
+    small().tokenizer.save_pretrained(tmp_path)
+    small()._module.save_pretrained(tmp_path)
+    loaded = mi.load(tmp_path)  # a wrapped in-memory model cannot go remote
+    local = mi.profile(loaded, LONG, batch_size=2, progress=False)
+    far = mi.profile(loaded, LONG, batch_size=2, progress=False, remote="local", session_batches=2)
+    assert torch.equal(local.item_count, far.item_count) and torch.equal(local.item_tokens, far.item_tokens)
+    assert far.item_tokens.tolist() == [8, 45, 2, 47]
+    assert torch.allclose(local.gate_mass, far.gate_mass, atol=1e-6)
+
+
+def test_cli_profile_of_the_demo_model_windows_texts_longer_than_its_positions(tmp_path, capsys):
+    """The default CLI path: bundled UDHR texts of Tibetan run past the demo model's 1024 positions."""
+    from moe_interp.cli import main
+
+    out = tmp_path / "p.routing"
+    assert main(["profile", "--languages", "eng,bod", "--out", str(out)]) == 0
+    stats = mi.RoutingStats.load(out)
+    corpus = mi.datasets.udhr(["eng", "bod"], split="heldout")
+    assert max(len(t.encode()) for t in corpus["bod"]) > 1024  # there is a text to window
+    assert stats.tokens.tolist() == [sum(len(t.encode()) for t in corpus[lang]) for lang in ("eng", "bod")]
+    assert stats.item_tokens.tolist() == [len(t.encode()) for lang in ("eng", "bod") for t in corpus[lang]]
