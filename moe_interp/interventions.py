@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 
 from ._fingerprint import fingerprint, stats_fingerprint
-from .arch import MoESpec
+from .arch import MoESpec, UnsupportedModelError
 from .expert_set import PAPER, ExpertSet, check_k
 
 __all__ = ["Intervention", "RouterRecord", "ExpertAblate", "LayerRouteSteer", "RouteSteer",
@@ -388,15 +388,73 @@ def compile_plan(spec: MoESpec, interventions: Iterable[Intervention], groups: d
         stages = staged.get(layer, {"logits": [], "choice": [], "drop": []})
         if not records and not any(stages.values()) and not verify:
             continue
+        mask = next((payload for stage in ("choice", "logits") for kind, payload, _ in stages[stage]
+                     if kind == "reroute"), None)
+        if mask is not None:
+            _check_select(spec, layer)
+        at = spec.choice if spec.choice else spec.logits  # where the reroute mask already goes
         layers.append({
             "layer": layer, "router": router, "experts": experts, "logits": spec.logits,
             "choice": spec.choice, "readout": spec.readout, "weights_index": spec.weights_index,
             "indices_index": spec.indices_index, "scores_index": spec.scores_index,
             "topk_op": spec.topk_op, "weights_op": spec.weights_op,
             "logits_edits": stages["logits"], "choice_edits": stages["choice"], "drop": stages["drop"],
+            # the reroute mask again where top-k ranks (when the router adds to the scores
+            # after the site above), and, padded for "no expert" (-1) indices, for the check
+            "select": _distinct(spec.select, at),
+            "select_edits": [("reroute", mask, 1.0)] if mask is not None else [],
+            "rerouted": None if mask is None else torch.cat([mask, torch.zeros(1, dtype=torch.bool)]),
+            "no_grad": None if spec.no_grad_sites is None else {
+                "logits": spec.no_grad_sites[0],
+                "select": _distinct(spec.no_grad_sites[1], spec.choice or spec.no_grad_sites[0])},
         })
     return {"layers": layers, "record": bool(records), "per_token": any(r.per_token for r in records),
             "verify": verify, "num_experts": spec.num_experts, "top_k": spec.top_k}
+
+
+def _distinct(select: str | None, at: str) -> str | None:
+    """`select`, or None when it is the output of the op the reroute already edits."""
+    return None if select == f"{at}.output" else select
+
+
+def _check_select(spec: MoESpec, layer: int) -> None:
+    """An auto-detected router whose top-k was not seen cannot be trusted to honour a
+    reroute at its logits: refuse before any forward. Registered adapters vouch for theirs."""
+    if spec.select is None and spec.family == "auto":
+        raise UnsupportedModelError(
+            f"ExpertAblate(mode='reroute') on layer {layer}: moe_interp did not find where this {spec.arch} "
+            f"router's top-k ranks its scores (running it once showed no top-k over its {spec.num_experts} "
+            "experts), so it cannot make sure an ablated expert is never selected. Use mode='drop' (zeroes "
+            "their weights after selection), or register an adapter naming the site: mi.register_adapter("
+            "mi.RouterAdapter(name=..., model_types=(...), select='<op>.input'))")
+
+
+class RerouteNotHeld(UnsupportedModelError):
+    """A rerouted expert was still selected: the router's selection was not where `moe_interp`
+    masked it. Raised after the trace (see `check_held`); the trace's results are withheld."""
+
+
+def check_held(plan: dict, store: dict) -> None:
+    """Raise `RerouteNotHeld` if, in a trace run with `plan`, any token still received an
+    expert that `ExpertAblate(mode="reroute")` removed (the kernels count it, no host waits;
+    this reads the count once, after the trace). Nothing to do without a reroute.
+
+    ```python
+    >>> check_held(plan, tracer._mi_store)     # None, or RerouteNotHeld naming the layers
+    ```
+    """
+    used = store.get("rerouted_used")
+    if used is None:
+        return
+    layers = [entry["layer"] for entry in plan["layers"] if entry["rerouted"] is not None]
+    leaked = {layer: int(n) for layer, n in zip(layers, used.tolist()) if n}
+    if leaked:
+        raise RerouteNotHeld(
+            f"ExpertAblate(mode='reroute') did not hold: ablated experts were still selected "
+            f"{', '.join(f'{n} times in layer {layer}' for layer, n in leaked.items())} (token x top-k slot), so "
+            "the outputs and routing of this trace are not those of the ablated model and are withheld. The "
+            "router selects on a score moe_interp did not mask. Use mode='drop', or register an adapter naming "
+            "where its top-k ranks: mi.register_adapter(mi.RouterAdapter(..., select='<op>.input'))")
 
 
 def _refuse_unsteerable(spec: MoESpec, staged: dict) -> None:
@@ -429,7 +487,9 @@ def place(plan: dict, module: Any) -> dict:
         device = next((p.device for p in router.parameters()), None)
         if device is None or device.type == "meta":
             continue
-        for key in ("logits_edits", "choice_edits", "drop"):
+        for key in ("logits_edits", "choice_edits", "select_edits", "drop"):
             # queued, not waited for (each blocking copy would be a host sync per layer)
             entry[key] = [(kind, payload.to(device, non_blocking=True), scale) for kind, payload, scale in entry[key]]
+        if entry["rerouted"] is not None:
+            entry["rerouted"] = entry["rerouted"].to(device, non_blocking=True)
     return plan

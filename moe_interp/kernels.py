@@ -40,9 +40,20 @@ def on(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def edit_scores(z: torch.Tensor, edits: list) -> torch.Tensor:
-    """Apply logit-stage edits in order to router scores `z[T, E]`; returns a new tensor."""
+    """Apply logit-stage edits in order to router scores `z[T, E]`; returns a new tensor.
+
+    A router may make more logits than it routes (Inkling: the routed experts, then a
+    shared-expert column): the payloads cover the routed experts, the columns after them
+    are left as they are.
+    """
     for kind, payload, scale in edits:
         payload = on(payload, z.device)
+        extra = z.shape[-1] - payload.shape[-1]
+        if extra < 0:
+            raise ValueError(f"router scores have {z.shape[-1]} columns but the intervention covers "
+                             f"{payload.shape[-1]} experts: register an adapter naming the site of the routed scores")
+        if extra:
+            payload = torch.cat([payload, payload.new_zeros(extra)])
         if kind == "relative":
             z = z + scale * payload.to(z.dtype) * z.abs()
         elif kind == "additive":
@@ -70,14 +81,28 @@ def _replace(value: Any, index: Any, new: torch.Tensor) -> Any:
 
 
 def _edit_site(router: Any, site: str, edits: list) -> None:
+    """Edit the scores at `site`: the router's `output` (or `output[i]`), or a `.source` op
+    (`"F_linear_0"`), its argument or result (`"torch_topk_0.input"`, `"scores_0.output"`),
+    ops inside a helper method joined by dots (`"self_get_topk_indices_0.torch_topk_0.input"`)."""
     if site.startswith("output"):
         index = int(site[7:-1]) if site != "output" else None
         out = router.output
         scores = out if index is None else out[index]
         router.output = _replace(out, index, edit_scores(scores, edits))
-    else:
-        op = getattr(router.source, site)
-        op.output = edit_scores(op.output, edits)
+        return
+    parts = site.split(".")
+    end = parts.pop() if parts[-1] in ("input", "output") and len(parts) > 1 else "output"
+    op = getattr(router.source, parts[0])
+    for part in parts[1:]:
+        op = getattr(op.source, part)
+    setattr(op, end, edit_scores(getattr(op, end), edits))
+
+
+def _sites(entry: dict) -> dict:
+    """The entry's sites for this forward: some routers run other ops with grad off (a
+    CUDA-only branch), so the plan names both and the grad mode of the forward decides."""
+    other = entry.get("no_grad")
+    return entry if other is None or torch.is_grad_enabled() else other
 
 
 def _readout(root: Any, router: Any, entry: dict, top_k: int) -> tuple:
@@ -247,17 +272,25 @@ def forward_step(root: Any, plan: dict, store: dict, rows: list) -> None:
     inputs = root.inputs if record else None
     group = totals = None
     per_token = [] if plan["per_token"] else None
+    held = []
     for position, entry in enumerate(plan["layers"]):
         router = resolve(root, entry["router"])
-        if entry["logits_edits"] and not entry["logits"].startswith("output"):
-            _edit_site(router, entry["logits"], entry["logits_edits"])
+        sites = _sites(entry)
+        if entry["logits_edits"] and not sites["logits"].startswith("output"):
+            _edit_site(router, sites["logits"], entry["logits_edits"])
         if entry["choice_edits"]:
             _edit_site(router, entry["choice"], entry["choice_edits"])
-        if entry["logits_edits"] and entry["logits"].startswith("output"):
-            _edit_site(router, entry["logits"], entry["logits_edits"])
-        if not (record or entry["drop"] or verify):
+        if entry["select_edits"] and sites["select"]:
+            _edit_site(router, sites["select"], entry["select_edits"])
+        if entry["logits_edits"] and sites["logits"].startswith("output"):
+            _edit_site(router, sites["logits"], entry["logits_edits"])
+        if not (record or entry["drop"] or verify or entry["rerouted"] is not None):
             continue
         indices, weights = _readout(root, router, entry, top_k)
+        if entry["rerouted"] is not None:
+            # the safety net: tokens that still received an ablated expert (0 when the
+            # reroute held); read on the host once, after the trace (interventions.check_held)
+            held.append(on(entry["rerouted"], indices.device)[indices].sum())
         if verify:
             store.setdefault("verify", []).append((entry["layer"], indices))
         if not record:
@@ -279,6 +312,9 @@ def forward_step(root: Any, plan: dict, store: dict, rows: list) -> None:
             per_token.append((indices.to(torch.int16), weights.detach().to(torch.float16)))
     if totals is not None:
         totals_fold(totals, store)
+    if held:
+        used = torch.stack([on(h, held[0].device) for h in held])
+        store["rerouted_used"] = used if "rerouted_used" not in store else store["rerouted_used"] + used
     if per_token:
         # Padding rows stay until `compact` (after the forward): dropping them here would make
         # the host wait for the GPU before the last layer and the head are even launched.

@@ -31,7 +31,7 @@ from nnsight.tracing.util import push as _push
 
 from .arch import describe
 from .arch._verify import pending_check
-from .interventions import Intervention, compile_plan, flatten, place, router_groups
+from .interventions import Intervention, RerouteNotHeld, check_held, compile_plan, flatten, place, router_groups
 from .kernels import compact, keep_result, pack, profile_batch, profile_finish, profile_start, run as run_plan
 from .stats import RoutingStats
 
@@ -181,6 +181,8 @@ class RoutingTracer(RoutingRun):
     @property
     def output(self) -> Any:
         """The model's return value (`.logits` for a forward; token ids for `generate`)."""
+        if "withheld" in self._mi_store:
+            raise self._mi_store["withheld"]
         if "result" not in self._mi_store:
             if not self._mi_keep_output:
                 raise RuntimeError("this remote trace did not send the model output back (it can be large): "
@@ -191,6 +193,8 @@ class RoutingTracer(RoutingRun):
     @property
     def routing(self) -> RoutingStats:
         """`RoutingStats` of this trace: one group per invoke ("default" for direct inputs)."""
+        if "withheld" in self._mi_store:
+            raise self._mi_store["withheld"]
         if self._mi_routing is None:
             if not self._mi_plan["record"]:
                 raise AttributeError("this trace recorded no routing: add mi.RouterRecord() to its interventions")
@@ -231,6 +235,11 @@ class _Collect(Backend):
             result = _shipped(self.inner, tracer, self.ship)
         if isinstance(result, dict) and RESULT_NAME in result:
             tracer._mi_take(result[RESULT_NAME])
+        try:
+            check_held(tracer._mi_plan, tracer._mi_store)
+        except RerouteNotHeld as error:
+            tracer._mi_store["withheld"] = error  # tr.output / tr.routing raise it too
+            raise
         return result
 
 

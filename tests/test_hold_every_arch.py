@@ -13,7 +13,6 @@ import functools
 
 import pytest
 import torch
-from nnsight.intervention.interleaver import OutOfOrderError
 
 import moe_interp as mi
 from conftest import _experts_modules, encode, experts_received
@@ -31,35 +30,14 @@ SUPPORTED = (
 )
 FAVOUR = 10.0  # a selection bias no sigmoid/softmax score (in [0, 1]) can beat
 STEER = 1e3    # relative: z + 1e3 * |z|; additive: z + 1e3
-# Found by this file (transformers 5.24): rerouting (alone or with steers, either order) does not
-# hold on these types. Reported to the lead; strict, so a fix shows up as XPASS.
-_SILENT = "an ablated expert is still received (conftest.experts_received): "
-REROUTE_FINDINGS = {
-    "afmoe": (AssertionError, _SILENT + "AfmoeTokenChoiceRouter selects topk(sigmoid(logits) + expert_bias), the "
-              "bias a parameter of AfmoeMoE passed in; no choice op is detected, so -1e9 at router_logits_0 gives "
-              "sigmoid 0 and the bias still wins: layers 1-3, both experts on 58/58 tokens (weight 0)"),
-    "axk2": (AssertionError, _SILENT + "AXK2TopkRouter.apply_group_scoring masks unselected groups with 0.0, "
-             "overwriting the -1e9 put at scores_for_choice_0; when the kept group's scores + bias are < 0 top-k "
-             "takes the ablated expert with its full weight: layer 2 expert 1 on 2 tokens, weight 1.349"),
-    "deepseek_v4": (AssertionError, _SILENT + "the learned layer selects topk(score_fn(logits) + "
-                    "e_score_correction_bias) inline (no scores_for_choice op); -1e9 at F_linear_0 gives score 0, "
-                    "the bias still wins: layer 3, experts 2 and 4 on 58/58 tokens (7 tokens with the drawn bias)"),
-    "inkling2_text": (AssertionError, _SILENT + "Inkling2TopKRouter: as deepseek_v4 (topk(score_fn(logits) + bias) "
-                      "inline): layers 0-3, both experts on 58/58 tokens (with the drawn biases too: 47, 14, 51 and 58 "
-                      "ablated picks in layers 0-3)"),
-    "laguna": (AssertionError, _SILENT + "LagunaTopKRouter selects on scores_for_selection = sigmoid + "
-               "e_score_correction_bias (not named scores_for_choice); -1e9 at router_logits_0 gives sigmoid 0, "
-               "the bias wins: layer 1, 58/58 tokens (drawn biases: 55, 12, 46 picks in layers 1-3); a token "
-               "whose top-2 are both ablated gets 0/0 = NaN weights and the logits turn NaN"),
-    "longcat_flash": (AssertionError, _SILENT + "LongcatFlashTopkRouter selects in its helper get_topk_indices "
-                      "(softmax + e_score_correction_bias), outside forward's .source; -1e9 at router_logits_0 "
-                      "gives softmax 0, the bias wins: layers 0-1, 58/58 tokens (47-58 with the drawn bias)"),
-    "inkling_text": (RuntimeError, "crashes, not a clear error: InklingTopkRouter's logits have 9 columns (8 "
-                     "routed + 1 shared), num_experts is read as 9, the reroute mask (9) meets scores_for_choice "
-                     "(8 routed): 'size of tensor a (9) must match ... b (8)'"),
-    "kolibri1": (OutOfOrderError, "crashes, not a clear error: the logits op found, router_logits_0, is the CUDA-only "
-                 "torch.mm branch of Kolibri1TopKRouter; on CPU F.linear runs and nnsight raises OutOfOrderError"),
-}
+# Found by this file (transformers 5.24), fixed since: rerouting did not hold on afmoe (the block's
+# expert_bias added after the logits), axk2 (group scoring overwrote the -1e9 with 0.0), deepseek_v4
+# and inkling2_text (topk(score_fn(logits) + bias) inline), laguna (scores_for_selection, and 0/0 NaN
+# weights), longcat_flash (top-k in the helper get_topk_indices); inkling_text (9 logits for 8 routed
+# experts) and kolibri1 (a CUDA-only logits op) crashed. The reroute now also masks where the
+# router's top-k ranks (found by running the router once, `MoESpec.select`), and a trace whose
+# ablated experts were still selected raises `RerouteNotHeld`. Strict xfails of open findings:
+REROUTE_FINDINGS: dict = {}
 
 
 def _reroute_cases():

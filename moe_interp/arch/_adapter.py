@@ -50,6 +50,12 @@ class RouterAdapter:
     - `choice`: op whose output is the score top-k selects on, when it is not the logits
       (DeepSeek-V3: `"scores_for_choice_0"`, logits + correction bias). Rerouting ablation
       acts here. `None` means detect.
+    - `select`: where the top-k that picks the experts ranks its scores, as an op of
+      `router.source` and which end of it: `"torch_topk_0.input"` (the argument of
+      `torch.topk`), `"scores_0.output"`; ops inside a helper method are joined by dots
+      (`"self_get_topk_indices_0.torch_topk_0.input"`). Rerouting masks it, so an
+      ablated expert is never selected whatever the router adds after the logits.
+      `None` means detect (by running the router once; see `describe`).
     - `readout`: where the routing actually used is read. `"experts"`: the experts module's
       positional arguments `(hidden, top_k_index, top_k_weights)`; `"router"`: the
       router's output tuple at `weights_index`, `indices_index`; `"dense"`: a dense
@@ -75,6 +81,7 @@ class RouterAdapter:
     router_class: str | None = None
     logits: str | None = None
     choice: str | None = None
+    select: str | None = None
     readout: Literal["experts", "router", "dense", "topk"] | None = None
     weights_index: int = 1
     indices_index: int = 2

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 import torch
 
 from ._adapter import RouterAdapter, UnsupportedModelError, adapter_for, registered_adapters
+from ._probe import probe_router
 
 __all__ = ["MoESpec", "describe", "hf_module"]
 
@@ -43,7 +44,13 @@ class MoESpec:
     scores, which steering and rerouting act on; `"hash"`, a fixed token-id -> experts
     table, which they cannot change; see `routing_kind`), `logits` (where the raw logits
     are made: a `.source` op name or `"output"`), `choice` (op top-k selects on, when it is
-    not the logits), `readout` (where the used routing is read), `selection` (prose).
+    not the logits), `select` (where the top-k that picks the experts ranks, e.g.
+    `"torch_topk_0.input"`: rerouting masks it; `None` when it is not in the router),
+    `no_grad_sites` (`(logits, select)` when the router runs other ops with grad off:
+    a CUDA-only branch), `readout` (where the used routing is read), `selection` (prose).
+    `logits`, `choice` and `select` are ops seen running: `describe` runs the learned
+    router once on random hidden states of its device and dtype (describe the model on
+    the device it will run on).
 
     **Example:**
 
@@ -77,6 +84,8 @@ class MoESpec:
     topk_op: str | None
     weights_op: str | None
     selection: str
+    select: str | None = None
+    no_grad_sites: tuple[str, str | None] | None = None
 
     def band(self, name: str, width: int | None = None) -> tuple[int, ...]:
         """Real layer indices of the `"early"`, `"middle"` or `"late"` band of MoE layers.
@@ -272,15 +281,25 @@ def _detect(model: Any, module: torch.nn.Module) -> MoESpec:
     first_path, first = routers[kinds.index("topk") if "topk" in kinds else 0]
     adapter = adapter or RouterAdapter(name="auto")
     op_names = _source_names(model, module, first_path)
-    logits = adapter.logits or next((n for n in _LOGITS_CANDIDATES if n in op_names), None)
+    rows = _num_experts(first, config)
+    first_experts = experts[[p for p, _ in routers].index(first_path)]
+    sized = getattr(module.get_submodule(first_experts), "num_experts", None) if first_experts else None
+    probes = probe_router(first, module.get_submodule(first_path.rsplit(".", 1)[0]), op_names,
+                          {rows} | ({sized} if isinstance(sized, int) else set()))
+    seen = probes[0] if probes else None
+    logits = adapter.logits or (seen and seen.logits) or next((n for n in _LOGITS_CANDIDATES if n in op_names), None)
     if logits is None:
         raise UnsupportedModelError(
             f"cannot find where router {first_path} ({type(first).__name__}) makes its logits; its "
             f"source ops are {list(op_names)[:12]}...; register an adapter naming one: "
             "mi.register_adapter(mi.RouterAdapter(name=..., model_types=(...), logits='<op name>'))")
     choice = adapter.choice
-    if choice is None and "scores_for_choice_0" in op_names:
+    if choice is None and "scores_for_choice_0" in op_names and (seen is None or "scores_for_choice_0" in seen.ran):
         choice = "scores_for_choice_0"
+    select = adapter.select or _select(seen, logits, choice)
+    no_grad = None
+    if len(probes) == 2 and adapter.logits is None and (probes[1].logits, probes[1].select) != (seen.logits, seen.select):
+        no_grad = (probes[1].logits, _select(probes[1], probes[1].logits, choice))
     readout = adapter.readout or ("experts" if all(e is not None for e in experts) and _takes_routing(module, experts[0]) else "router")
 
     num_layers = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layers", 0) or max(layers) + 1)
@@ -289,7 +308,9 @@ def _detect(model: Any, module: torch.nn.Module) -> MoESpec:
         family=adapter.name,
         num_layers=num_layers,
         moe_layers=tuple(layers),
-        num_experts=_num_experts(first, config),
+        # the scores top-k ranks: a router can make more logits than it routes (Inkling's
+        # shared-expert column); LongCat-Flash's zero-computation experts are routed
+        num_experts=seen.width if seen and seen.width and seen.width < rows else rows,
         top_k=adapter.top_k or _top_k(first, module, config),
         routers=tuple(p for p, _ in routers),
         routing_kinds=kinds,
@@ -304,7 +325,18 @@ def _detect(model: Any, module: torch.nn.Module) -> MoESpec:
         topk_op=adapter.topk_op,
         weights_op=adapter.weights_op,
         selection=adapter.selection,
+        select=select,
+        no_grad_sites=no_grad,
     )
+
+
+def _select(seen: Any, logits: str | None, choice: str | None) -> str | None:
+    """The select site a probe found, as `"<op>.output"` when top-k ranks the very output
+    of the logits or choice op (an edit there already reaches it: no second site needed)."""
+    if seen is None:
+        return None
+    same = next((op for op in (choice, logits) if op in seen.makers), None)
+    return f"{same}.output" if same else seen.select
 
 
 def _same_place_routers(module: torch.nn.Module, routers: list) -> list:
