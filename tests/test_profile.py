@@ -150,20 +150,25 @@ def test_save_every_must_be_a_positive_int_checked_before_any_batch(value, monke
     assert calls == []
 
 
-def test_a_separately_built_model_with_equal_weights_resumes_the_checkpoint(tmp_path, monkeypatch):
-    path = tmp_path / "run.ckpt"
+def interrupted_at_third_batch(monkeypatch, *args, **kwargs) -> None:
+    """Run `mi.profile(*args, **kwargs)` with a KeyboardInterrupt as its third batch starts."""
     import moe_interp.profiling as profiling
     real, calls = profiling.trace, []
 
-    def stop_at_third(*args, **kwargs):
+    def stop_at_third(*a, **k):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(*args, **kwargs)
-    monkeypatch.setattr(profiling, "trace", stop_at_third)
-    with pytest.raises(KeyboardInterrupt):
-        mi.profile(mi.zoo.tiny_model("qwen3_moe"), CORPUS, batch_size=1, progress=False, checkpoint=path)
-    monkeypatch.setattr(profiling, "trace", real)
+        return real(*a, **k)
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(profiling, "trace", stop_at_third)
+        mi.profile(*args, **kwargs)
+
+
+def test_a_separately_built_model_with_equal_weights_resumes_the_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "run.ckpt"
+    interrupted_at_third_batch(monkeypatch, mi.zoo.tiny_model("qwen3_moe"), CORPUS, batch_size=1, progress=False,
+                               checkpoint=path)
     resumed = mi.profile(mi.zoo.tiny_model("qwen3_moe"), CORPUS, batch_size=1, progress=False, checkpoint=path)
     assert torch.equal(resumed.count, mi.profile(tiny("qwen3_moe"), CORPUS, progress=False).count)
 
@@ -284,19 +289,9 @@ def test_the_long_text_policy_keys_the_checkpoint(tmp_path):
 
 
 def test_an_interrupted_windowed_profile_resumes_between_windows(tmp_path, monkeypatch):
-    import moe_interp.profiling as profiling
-    path, real, calls = tmp_path / "run.ckpt", profiling.trace, []
-
-    def stop_at_third(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-    monkeypatch.setattr(profiling, "trace", stop_at_third)
-    with pytest.raises(KeyboardInterrupt):  # rows longest first: two 16-token windows of two texts done
-        mi.profile(small(), LONG, batch_size=1, progress=False, checkpoint=path)
-    assert torch.load(path, weights_only=True)["done"] == 2
-    monkeypatch.setattr(profiling, "trace", real)
+    path = tmp_path / "run.ckpt"
+    interrupted_at_third_batch(monkeypatch, small(), LONG, batch_size=1, progress=False, checkpoint=path)
+    assert torch.load(path, weights_only=True)["done"] == 2  # rows longest first: two of one text's three windows
     resumed = mi.profile(small(), LONG, batch_size=1, progress=False, checkpoint=path)
     fresh = mi.profile(small(), LONG, batch_size=4, progress=False)
     assert torch.equal(resumed.item_count, fresh.item_count) and torch.equal(resumed.item_tokens, fresh.item_tokens)
