@@ -1,0 +1,294 @@
+"""`mi.expert_attribution` against oracles that share no code with it: finite differences and
+drops computed through the test's own torch hooks on the experts modules (found by name),
+the test's own loss, and conftest's record of what the experts received."""
+
+import math
+import re
+
+import pytest
+import torch
+from conftest import NAMED_ARCHITECTURES, _experts_modules, oracle_routing
+from scipy.stats import spearmanr
+
+import moe_interp as mi
+from moe_interp import attribution
+
+torch.set_num_threads(1)
+TEXTS = ["Hello there, how are you?", "ok", "Guten Morgen, liebe Welt und alle"]
+
+
+def _double(arch: str = "qwen3_moe"):
+    """A fresh tiny model in float64 (the cast must not leak into cached fixtures). For
+    qwen3_moe, the RMSNorms and the router's softmax (float32 inside) are recomputed in
+    float64 by forward hooks, so the whole forward is float64 and differences of 1e-9 are
+    signal, not rounding."""
+    model = mi.zoo.tiny_model(arch)
+    model._module.to(torch.float64)
+    try:
+        model._module.set_experts_implementation("eager")  # grouped_mm has no float64 kernel
+    except (ValueError, AttributeError):
+        pass
+    for module in model._module.modules():
+        if arch == "qwen3_moe" and type(module).__name__ == "Qwen3MoeRMSNorm":
+            module.register_forward_hook(lambda m, args, out: m.weight * args[0] * torch.rsqrt(
+                args[0].pow(2).mean(-1, keepdim=True) + m.variance_epsilon))
+        if arch == "qwen3_moe" and type(module).__name__ == "Qwen3MoeTopKRouter":
+            def renormalised(m, args, out):
+                logits, _, indices = out
+                top = torch.softmax(logits, -1).gather(-1, indices)
+                return logits, top / top.sum(-1, keepdim=True), indices
+            module.register_forward_hook(renormalised)
+    return model
+
+
+def _experts_by_layer(model) -> dict:
+    hf = model._module
+    return {int(re.search(r"layers\.(\d+)\.", name)[1]): module for name, module in hf.named_modules()
+            if name.endswith("mlp.experts")}
+
+
+def _metric(model, texts, metric: str = "nll") -> torch.Tensor:
+    """The language's metric computed here, one text at a time (no padding in the oracle)."""
+    tok = model.tokenizer
+    nll, predicted, per_text = 0.0, 0, []
+    for text in texts:
+        ids = torch.tensor([tok(text)["input_ids"]])
+        logits = model._module(input_ids=ids).logits.double()
+        one = -torch.log_softmax(logits[0, :-1], -1).gather(-1, ids[0, 1:, None]).sum()
+        nll, predicted = nll + one, predicted + ids.shape[1] - 1
+        per_text.append(one / math.log(2) / (len(text.encode()) - 1))  # byte tokenizer, no BOS
+    return nll / predicted if metric == "nll" else sum(per_text) / len(per_text)
+
+
+def _loss(model, texts, scale: dict | None = None, metric: str = "nll") -> float:
+    """`_metric` where `scale = {layer: (expert, factor)}` multiplies the routing weight of
+    `expert` by `factor` where the experts module receives it."""
+    hooks = []
+    for layer, (expert, factor) in (scale or {}).items():
+        def pre(module, args, expert=expert, factor=factor):
+            hidden, index, weights = args[:3]
+            return (hidden, index, torch.where(index == expert, weights * factor, weights), *args[3:])
+        hooks.append(_experts_by_layer(model)[layer].register_forward_pre_hook(pre))
+    try:
+        with torch.no_grad():
+            return float(_metric(model, texts, metric))
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+@pytest.mark.parametrize("texts", [["Hi"], TEXTS], ids=["one predicted token", "three texts"])
+@pytest.mark.parametrize("metric", ["nll", "bpb"])
+def test_estimate_equals_central_difference_in_float64(texts, metric):
+    # d/ds L(w_e * (1 - s)) at s = 0 is sum_t dL/dw_te * (-w_te): the estimate, cell by cell
+    model = _double()
+    attr = mi.expert_attribution(model, {"x": texts}, metric=metric, progress=False)
+    eps = 1e-3  # truncation error ~1e-10 relative here, float64 rounding ~1e-14 / eps
+    cells = [(0, 0), (1, 3), (3, 7), *[(layer, int(attr.effect[0, i].abs().argmax())) for i, layer in
+                                       enumerate(attr.layers)]]
+    for layer, expert in cells:
+        plus = _loss(model, texts, {layer: (expert, 1 - eps)}, metric)
+        minus = _loss(model, texts, {layer: (expert, 1 + eps)}, metric)
+        difference = (plus - minus) / (2 * eps)
+        estimate = float(attr.effect[0, attr.layers.index(layer), expert])
+        assert estimate == pytest.approx(difference, rel=1e-6, abs=1e-11), (layer, expert)
+    assert attr.baseline[0] == pytest.approx(_loss(model, texts, metric=metric), rel=1e-9)
+
+
+def test_first_order_is_exact_when_the_removed_contribution_is_small():
+    # A near-linear toy: expert 5's output weights shrunk 1000x, so dropping it moves the model
+    # by O(1e-3) and the loss change is linear in it up to O(1e-6) relative.
+    model = _double()
+    layer = 2
+    with torch.no_grad():
+        _experts_by_layer(model)[layer].down_proj[5] *= 1e-3
+    attr = mi.expert_attribution(model, {"x": TEXTS}, metric="nll", progress=False)
+    estimate = float(attr.effect[0, attr.layers.index(layer), 5])
+    real = _loss(model, TEXTS, {layer: (5, 0.0)}) - _loss(model, TEXTS)
+    assert attr.count[0, attr.layers.index(layer), 5] > 0 and abs(real) > 1e-9
+    assert estimate == pytest.approx(real, rel=1e-2)
+
+
+def test_a_left_padded_batch_gives_each_text_its_effect_alone():
+    model = _double()
+    together = mi.expert_attribution(model, {"x": TEXTS}, batch_size=3, progress=False)
+    alone = [mi.expert_attribution(model, {"x": [text]}, progress=False) for text in TEXTS]
+    # bits per byte is a mean over texts, so the batch's effect is the mean of the texts' effects
+    mean = torch.stack([a.effect[0] for a in alone]).mean(0)
+    torch.testing.assert_close(together.effect[0], mean, rtol=1e-7, atol=1e-12)
+    assert torch.equal(together.count[0], sum(a.count[0] for a in alone))
+    assert int(together.tokens[0]) == sum(len(t.encode()) for t in TEXTS)  # byte tokenizer, padding excluded
+
+
+def test_counts_are_what_the_experts_received():
+    model = mi.zoo.tiny_model("qwen3_moe")
+    attr = mi.expert_attribution(model, {"x": TEXTS}, batch_size=3, progress=False)
+    enc = model.tokenizer(TEXTS, return_tensors="pt", padding=True)
+    counts, _ = oracle_routing(model, enc)
+    assert torch.equal(attr.count[0], counts)
+
+
+def _layer_derivative(model, arch: str, layer: int) -> float:
+    """d/ds at s = 0 of the loss with every routed contribution of MoE layer `layer` scaled by
+    (1 - s), by autograd through a hook at a site found by name: the experts module's output
+    (linear in the routing weights), Llama-4's dense router scores, JetMoe's output linear."""
+    hf = model._module
+    s = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    if arch == "llama4_text":
+        module = hf.get_submodule(f"model.layers.{layer}.feed_forward.router")
+        hook = module.register_forward_hook(lambda m, a, out: (out[0] * (1 - s), *out[1:]))
+    else:
+        module = next(m for l, _, m in _experts_modules(hf) if l == layer)
+        if arch == "jetmoe":
+            module = hf.get_submodule(f"model.layers.{layer}.mlp.output_linear")
+        hook = module.register_forward_hook(lambda m, a, out: out * (1 - s))
+    try:
+        with torch.enable_grad():
+            return float(torch.autograd.grad(_metric(model, TEXTS[:2]), s)[0])
+    finally:
+        hook.remove()
+
+
+@pytest.mark.parametrize("arch", [*NAMED_ARCHITECTURES, "jetmoe"])
+def test_each_layers_total_is_the_derivative_of_scaling_its_output_on_every_architecture(arch):
+    # Scaling all of a layer's routing weights by (1 - s) scales its routed output (Llama-4:
+    # its scores), so d/ds is the sum of the layer's cells. Not a finite difference here: a
+    # step of 1e-2 flips later top-k choices on some random tiny models, and HF's float32
+    # norms and routers leave ~1e-9 of rounding in the loss for smaller steps (and ~1e-5 of
+    # relative rounding in gradients through them; qwen3_moe above is float64 throughout).
+    model = _double(arch)
+    attr = mi.expert_attribution(model, {"x": TEXTS[:2]}, metric="nll", progress=False)
+    for i, layer in enumerate(attr.layers):
+        assert float(attr.effect[0, i].sum()) == pytest.approx(_layer_derivative(model, arch, layer), rel=1e-4,
+                                                               abs=1e-10), (arch, layer)
+        assert int(attr.count[0, i].sum()) == mi.describe(model).top_k * int(attr.tokens[0])
+
+
+def test_the_model_is_left_unchanged():
+    model = mi.zoo.tiny_model("qwen3_moe")
+    enc = model.tokenizer(TEXTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        before = model._module(**enc).logits
+    mi.expert_attribution(model, {"x": TEXTS}, progress=False)
+    with torch.no_grad():
+        after = model._module(**enc).logits
+    assert torch.equal(before, after)
+    assert all(p.grad is None for p in model._module.parameters())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model._module.modules())
+
+
+def test_validate_measures_real_drops_with_the_same_metric():
+    model = mi.zoo.tiny_model("qwen3_moe")
+    corpus = {"en": TEXTS[:2], "de": TEXTS[2:]}
+    attr = mi.expert_attribution(model, corpus, progress=False)
+    check = attr.validate(model, corpus, n=6, seed=1, progress=False)
+    assert len(check.cells) == 6 and len(set(check.cells)) == 6 and check.real.shape == (2, 6)
+    for j, (layer, expert) in enumerate(check.cells[:3]):
+        for i, lang in enumerate(corpus):
+            real = _loss(model, corpus[lang], {layer: (expert, 0.0)}, "bpb") - _loss(model, corpus[lang], metric="bpb")
+            assert float(check.real[i, j]) == pytest.approx(real, abs=2e-5)
+            assert float(check.estimate[i, j]) == float(attr.effect[i, attr.layers.index(layer), expert])
+    table = check.agreement(n_boot=200)
+    assert set(table.language) == {"en", "de", "all"} and "middle" in set(table.band)
+    assert len(check.plot().data) == 3  # one scatter per language and y = x
+    with pytest.raises(ValueError, match="not the one the estimates were computed on"):
+        attr.validate(mi.zoo.tiny_model("qwen3_moe", seed=1), corpus, n=2, progress=False)
+
+
+def test_top_picks_the_largest_effects():
+    model = mi.zoo.tiny_model("qwen3_moe")
+    attr = mi.expert_attribution(model, {"en": TEXTS}, progress=False)
+    ranked = sorted(((float(attr.effect[0, i, e]), layer, e) for i, layer in enumerate(attr.layers)
+                     for e in range(8)), reverse=True)
+    top = attr.top("en", n=5)
+    assert isinstance(top, mi.ExpertSet) and sorted(top.pairs()) == sorted((l, e) for _, l, e in ranked[:5])
+    assert attr.top("en", n=3, layers=[1]).pairs() == sorted((1, e) for _, l, e in
+                                                             [r for r in ranked if r[1] == 1][:3])
+    with pytest.raises(KeyError, match="close matches"):
+        attr.top("eng")
+    with pytest.raises(ValueError, match="not MoE layers"):
+        attr.top("en", layers=[9])
+
+
+def test_rank_correlation_matches_scipy_and_brackets_it():
+    x = [0.3, 1.2, -0.5, 2.2, 0.1, 0.9, 1.7, -1.1]
+    y = [0.1, 1.0, -0.2, 1.5, 0.4, 0.2, 2.0, -0.9]
+    rho, low, high = attribution.rank_correlation(x, y, n_boot=500)
+    assert rho == pytest.approx(spearmanr(x, y).statistic) and low < rho <= high
+    assert attribution.rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == (1.0, 1.0, 1.0)
+    assert math.isnan(attribution.rank_correlation([1, 2], [1, 2])[0])
+
+
+def test_versus_frequency_and_plot():
+    model = mi.zoo.tiny_model("qwen3_moe")
+    attr = mi.expert_attribution(model, {"en": TEXTS[:2], "de": TEXTS[2:]}, progress=False)
+    table = attr.versus_frequency(n_boot=200)
+    freq = attr.frequency()
+    assert list(table.language) == ["en", "de"] and (table.cells == 32).all()
+    assert table.spearman[0] == pytest.approx(spearmanr(freq[0].reshape(-1), attr.effect[0].reshape(-1)).statistic)
+    assert torch.allclose(freq.sum(-1), torch.full((2, 4), 2.0, dtype=torch.float64))
+    fig = attr.plot()
+    assert len(fig.data) == 2 and fig.data[0].z.shape == (4, 8) and fig.layout.updatemenus
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = mi.zoo.tiny_model("qwen3_moe")
+    attr = mi.expert_attribution(model, {"en": TEXTS}, metric="nll", progress=False)
+    path = attr.save(tmp_path / "a.attribution")
+    back = mi.ExpertAttribution.load(path)
+    assert back.languages == attr.languages and back.layers == attr.layers and back.metric == "nll"
+    assert torch.equal(back.effect, attr.effect) and torch.equal(back.count, attr.count)
+    assert back.top("en", 4) == attr.top("en", 4) and back.meta == attr.meta
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        attr.save(path)
+    attr.save(path, overwrite=True)
+    data = (path / "attribution.safetensors").read_bytes()
+    (path / "attribution.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="damaged"):
+        mi.ExpertAttribution.load(path)
+
+
+def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+    model = mi.zoo.tiny_model("qwen3_moe")
+    corpus = {"en": TEXTS[:2], "de": TEXTS[2:]}
+    whole = mi.expert_attribution(model, corpus, batch_size=1, progress=False)
+    real_batch, calls = attribution._batch, []
+
+    def dies_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_batch(*args, **kwargs)
+
+    monkeypatch.setattr(attribution, "_batch", dies_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        mi.expert_attribution(model, corpus, batch_size=1, progress=False, checkpoint=tmp_path / "a.ckpt")
+    monkeypatch.setattr(attribution, "_batch", real_batch)
+    assert torch.load(tmp_path / "a.ckpt", weights_only=True)["done"] == 1
+    resumed = mi.expert_attribution(model, corpus, batch_size=1, progress=False, checkpoint=tmp_path / "a.ckpt")
+    torch.testing.assert_close(resumed.effect, whole.effect, rtol=0, atol=0)
+    assert torch.equal(resumed.count, whole.count)
+    with pytest.raises(mi.ResumeError, match="model weights"):
+        mi.expert_attribution(mi.zoo.tiny_model("qwen3_moe", seed=1), corpus, batch_size=1, progress=False,
+                              checkpoint=tmp_path / "a.ckpt")
+    with pytest.raises(mi.ResumeError, match="settings"):
+        mi.expert_attribution(model, corpus, metric="nll", batch_size=1, progress=False, checkpoint=tmp_path / "a.ckpt")
+
+
+def test_bad_input_gets_a_clear_early_error():
+    model = mi.zoo.tiny_model("qwen3_moe")
+    corpus = {"en": TEXTS}
+    with pytest.raises(NotImplementedError, match="mode='drop'"):
+        mi.expert_attribution(model, corpus, mode="reroute")
+    with pytest.raises(ValueError, match="mode must be 'drop'"):
+        mi.expert_attribution(model, corpus, mode="zero")
+    with pytest.raises(ValueError, match="metric must be one of"):
+        mi.expert_attribution(model, corpus, metric="accuracy")
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        mi.expert_attribution(model, corpus, batch_size=0)
+    with pytest.raises(TypeError, match="list of strings"):
+        mi.expert_attribution(model, {"en": "one text"})
+    with pytest.raises(ValueError, match="longer than this model's 256 positions"):
+        mi.expert_attribution(model, {"en": ["x" * 300]}, progress=False)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="outside torch.inference_mode"):
+        mi.expert_attribution(model, corpus)
