@@ -479,6 +479,7 @@ def place(plan: dict, module: Any) -> dict:
     weights are not materialised (meta device, a remote model) are left for the kernels to
     move. Returns `plan`, edited in place.
     """
+    moved: dict = {}
     for entry in plan["layers"]:
         try:
             router = module.get_submodule(entry["router"])
@@ -488,8 +489,16 @@ def place(plan: dict, module: Any) -> dict:
         if device is None or device.type == "meta":
             continue
         for key in ("logits_edits", "choice_edits", "select_edits", "drop"):
-            # queued, not waited for (each blocking copy would be a host sync per layer)
-            entry[key] = [(kind, payload.to(device, non_blocking=True), scale) for kind, payload, scale in entry[key]]
+            entry[key] = [(kind, _to(payload, device, moved), scale) for kind, payload, scale in entry[key]]
         if entry["rerouted"] is not None:
-            entry["rerouted"] = entry["rerouted"].to(device, non_blocking=True)
+            entry["rerouted"] = _to(entry["rerouted"], device, moved)
     return plan
+
+
+def _to(payload: torch.Tensor, device: torch.device, moved: dict) -> torch.Tensor:
+    """`payload` on `device`, copied once (a reroute mask serves two sites), queued and not
+    waited for: each blocking copy would be a host sync per layer."""
+    key = (id(payload), device)
+    if key not in moved:  # the payload is kept with its copy: its id is not reused meanwhile
+        moved[key] = (payload, payload if payload.device == device else payload.to(device, non_blocking=True))
+    return moved[key][1]

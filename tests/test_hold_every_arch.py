@@ -224,3 +224,107 @@ def test_a_hash_routed_layer_refuses_reroute_and_steer_naming_it():
                              mi.LayerRouteSteer({layer: {1: 1.0}}, scale=5.0, mode="additive", site="selection")):
             with pytest.raises(ValueError, match=rf"layer {layer} .*'hash'.*layers=\[3\]"):
                 mi.trace(model, "ab", intervention)
+
+
+# ------------------------------------------------------------------ where top-k ranks, and the safety net
+# Facts read from each router's source in transformers 5.24, not from moe_interp.
+@pytest.mark.parametrize("model_type, select", [
+    ("afmoe", "torch_topk_0.input"),            # topk(sigmoid(logits) + expert_bias), bias from the block
+    ("laguna", "torch_topk_0.input"),           # topk(scores_for_selection)
+    ("deepseek_v4", "torch_topk_0.input"),      # topk(score_fn(logits) + bias), inline
+    ("longcat_flash", "self_get_topk_indices_0.torch_topk_0.input"),  # inside the helper method
+    ("deepseek_v3", "torch_topk_1.input"),      # after the group mask, not the group top-k
+    ("qwen3_moe", "torch_topk_0.input"),        # the softmax output
+    ("granitemoe", "router_logits_0.output"),   # router_logits.topk(...): ranks the logits themselves
+    ("hy_v3", "scores_for_choice_0.output"),    # topk(scores_for_choice): the choice op already edited
+])
+def test_detection_finds_where_the_router_top_k_ranks(model_type, select):
+    assert mi.describe(mi.zoo.tiny_model(model_type)).select == select
+
+
+def test_detection_takes_the_logits_op_that_runs_and_the_routed_width():
+    kolibri = mi.describe(mi.zoo.tiny_model("kolibri1"))
+    assert kolibri.logits == "router_logits_1"  # router_logits_0 is the CUDA-only torch.mm branch
+    assert kolibri.no_grad_sites is None        # on the CPU both grad modes run F.linear
+    inkling = mi.zoo.tiny_model("inkling_text")
+    config = inkling._module.config
+    gate = inkling._module.get_submodule(mi.describe(inkling).routers[-1])
+    assert gate.weight.shape[0] == config.n_routed_experts + config.n_shared_experts == 9
+    assert mi.describe(inkling).num_experts == config.n_routed_experts == 8
+
+
+@pytest.mark.parametrize("model_type", ["kolibri1", "inkling_text"])
+def test_a_logits_steer_acts_where_the_logits_op_runs_and_covers_the_routed_columns(model_type):
+    """kolibri1 crashed at 6ae7d78 (OutOfOrderError: a CUDA-only logits op was requested on the
+    CPU); inkling_text's strengths cover its 8 routed experts, its logits have a 9th, shared column."""
+    model = mi.zoo.tiny_model(model_type)
+    with torch.no_grad():  # a logit saturates at sigmoid 1: no selection bias may outbid it here
+        for name, buffer in model._module.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                buffer.zero_()
+    enc = encode(model)
+    layer = mi.describe(model).moe_layers[-1]
+    seen, _ = _traced(model, enc, mi.LayerRouteSteer({layer: {5: 1.0}}, scale=1e4, mode="additive"))
+    assert int(seen[layer][5]) == int(enc["attention_mask"].sum())  # every real token gets expert 5
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """Adapters registered in a test are gone after it."""
+    from moe_interp.arch import _adapter
+
+    monkeypatch.setattr(_adapter, "_REGISTRY", dict(_adapter._REGISTRY))
+
+
+def test_a_reroute_that_does_not_hold_raises_naming_layers_and_counts_and_withholds_results(registry):
+    """An adapter that names the wrong select site (AFMoE's logits: its expert_bias is added
+    after them) lets ablated experts through; the trace says so instead of returning results."""
+    mi.register_adapter(mi.RouterAdapter(name="afmoe_wrong_site", model_types=("afmoe",),
+                                         select="router_logits_0.output"))
+    model = mi.zoo.tiny_model("afmoe")
+    enc = model.tokenizer(["Hello there, how are you?"], return_tensors="pt")  # no padding: every token real
+    spec = mi.describe(model)
+    layers = [layer for layer in spec.moe_layers if spec.routing_kind(layer) == "topk"]
+    for layer, path in zip(spec.moe_layers, spec.routers):
+        if layer in layers:
+            with torch.no_grad():
+                model._module.get_submodule(path.rsplit(".", 1)[0]).expert_bias[3] = FAVOUR
+    with experts_received(model, enc["attention_mask"]) as seen:
+        with pytest.raises(mi.UnsupportedModelError, match="did not hold") as error:
+            with mi.trace(model, enc, mi.ExpertAblate({layer: [3] for layer in layers}), mi.RouterRecord()) as tr:
+                pass
+    leaked = {layer: int(seen[layer][3]) for layer in layers}
+    assert all(n == int(enc["attention_mask"].sum()) for n in leaked.values())  # the bias wins on every token
+    for layer, n in leaked.items():
+        assert f"{n} times in layer {layer}" in str(error.value)
+    assert "mode='drop'" in str(error.value) and "select=" in str(error.value)
+    for name in ("routing", "output"):
+        with pytest.raises(mi.UnsupportedModelError, match="did not hold"):
+            getattr(tr, name)
+
+
+def test_reroute_is_refused_before_any_forward_where_no_top_k_was_seen():
+    """An auto-detected router whose top-k detection did not see (it could not be run on
+    random inputs, or selects outside itself) cannot promise a reroute; a registered
+    family (DBRX selects in its block) vouches for its own."""
+    import dataclasses
+
+    from moe_interp.interventions import compile_plan
+
+    spec = mi.describe(mi.zoo.tiny_model("qwen3_moe"))
+    blind = dataclasses.replace(spec, select=None)
+    with pytest.raises(mi.UnsupportedModelError, match=r"layer 2: .*mode='drop'.*select="):
+        compile_plan(blind, [mi.ExpertAblate({2: [1]})])
+    assert compile_plan(blind, [mi.ExpertAblate({2: [1]}, mode="drop")])["layers"]  # drop needs no top-k
+    dbrx = mi.describe(mi.zoo.tiny_model("dbrx"))
+    assert dbrx.select is None and dbrx.family == "dbrx"
+    assert compile_plan(dbrx, [mi.ExpertAblate({1: [1]})])["layers"][0]["rerouted"] is not None
+
+
+def test_plans_without_a_reroute_carry_no_check():
+    from moe_interp.interventions import compile_plan
+
+    spec = mi.describe(mi.zoo.tiny_model("qwen3_moe"))
+    plans = [compile_plan(spec, [mi.RouterRecord()]),
+             compile_plan(spec, [mi.LayerRouteSteer({1: {2: 1.0}}, scale=2.0), mi.ExpertAblate({1: [0]}, mode="drop")])]
+    assert all(entry["rerouted"] is None and not entry["select_edits"] for plan in plans for entry in plan["layers"])
