@@ -328,3 +328,52 @@ def test_plans_without_a_reroute_carry_no_check():
     plans = [compile_plan(spec, [mi.RouterRecord()]),
              compile_plan(spec, [mi.LayerRouteSteer({1: {2: 1.0}}, scale=2.0), mi.ExpertAblate({1: [0]}, mode="drop")])]
     assert all(entry["rerouted"] is None and not entry["select_edits"] for plan in plans for entry in plan["layers"])
+
+
+class _GradBranchRouter(torch.nn.Module):
+    """Kolibri-1's router, with its CUDA-only branch (bf16 weights, grad off) keyed on grad
+    mode alone so that the CPU can take it."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(4, 8, generator=torch.Generator().manual_seed(0)))
+        self.bias = torch.nn.Parameter(torch.zeros(4))
+
+    def forward(self, hidden_states):
+        if not torch.is_grad_enabled():
+            router_logits = torch.mm(hidden_states, self.weight.t())
+        else:
+            router_logits = torch.nn.functional.linear(hidden_states, self.weight)
+        router_indices = torch.topk(router_logits + self.bias, 2, dim=-1)[1]
+        return router_logits, router_logits.gather(1, router_indices).sigmoid(), router_indices
+
+
+class _GradBranchModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.ModuleList(torch.nn.ModuleDict({"gate": _GradBranchRouter()}) for _ in range(2))
+
+    def forward(self, x):
+        return [layer["gate"](x)[2] for layer in self.layers]
+
+
+def test_a_router_that_runs_other_ops_with_grad_off_is_edited_where_each_mode_runs(registry):
+    import nnsight
+
+    from moe_interp import kernels
+
+    mi.register_adapter(mi.RouterAdapter(name="grad_branch", router_class="_GradBranchRouter", readout="router",
+                                         top_k=2))
+    model = _GradBranchModel()
+    spec = mi.describe(model)
+    assert (spec.logits, spec.select) == ("router_logits_1", "torch_topk_0.input")  # F.linear, grad on
+    assert spec.no_grad_sites == ("router_logits_0", "torch_topk_0.input")           # torch.mm, grad off
+    entry = {"logits": spec.logits, "select": spec.select,
+             "no_grad": {"logits": spec.no_grad_sites[0], "select": spec.no_grad_sites[1]}}
+    wrapped, x = nnsight.NNsight(model), torch.randn(5, 8)
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad), wrapped.trace(x):
+            gate = wrapped.layers[1]["gate"]
+            kernels._edit_site(gate, kernels._sites(entry)["logits"], [("additive", torch.tensor([0, 0, 0, 1e4]), 1.0)])
+            chosen = gate.output[2].save()
+        assert bool((chosen == 3).any(-1).all()), f"grad={grad}: the steer missed the op that ran"
