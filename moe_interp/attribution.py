@@ -366,7 +366,9 @@ class AttributionCheck:
 
     **Fields:** `languages`, `cells` (the sampled `(layer, expert)` pairs), `bands` (each
     cell's band: early / middle / late), `estimate` and `real` (`[lang, cell]`, in the
-    attribution's metric), `metric`, `seconds` (wall time of the real ablations).
+    attribution's metric), `count` (`[lang, cell]`: how often the language chose the
+    expert; 0 means both effects are exactly 0), `metric`, `seconds` (wall time of the
+    real ablations).
 
     ```python
     >>> check = attr.validate(model, corpus, n=50)
@@ -380,11 +382,12 @@ class AttributionCheck:
     bands: tuple[str, ...]
     estimate: Float[Tensor, "lang cell"]
     real: Float[Tensor, "lang cell"]
+    count: Int[Tensor, "lang cell"]
     metric: str
     seconds: float
 
     def to_pandas(self) -> Any:
-        """One row per (language, cell): `language, layer, expert, band, estimate, real`.
+        """One row per (language, cell): `language, layer, expert, band, count, estimate, real`.
 
         ```python
         >>> check.to_pandas().head()
@@ -393,13 +396,15 @@ class AttributionCheck:
         import pandas as pd
 
         return pd.DataFrame([{"language": lang, "layer": layer, "expert": expert, "band": band,
-                              "estimate": float(self.estimate[i, j]), "real": float(self.real[i, j])}
+                              "count": int(self.count[i, j]), "estimate": float(self.estimate[i, j]), "real": float(self.real[i, j])}
                              for i, lang in enumerate(self.languages)
                              for j, ((layer, expert), band) in enumerate(zip(self.cells, self.bands))])
 
-    def agreement(self, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> Any:
+    def agreement(self, n_boot: int = 1000, level: float = 0.95, seed: int = 0, used_only: bool = True) -> Any:
         """Spearman rank correlation of estimated and real effects per language and band
-        (`"all"` pools), with a percentile bootstrap interval over cells.
+        (`"all"` pools), with a percentile bootstrap interval over cells. With `used_only`,
+        cells the language never routed to are left out: both effects are exactly 0 there,
+        which says nothing about the estimate and would inflate the correlation.
 
         ```python
         >>> check.agreement().query("band == 'middle'")
@@ -409,6 +414,7 @@ class AttributionCheck:
         import pandas as pd
 
         frame = self.to_pandas()
+        frame = frame[frame["count"] > 0] if used_only else frame
         rows = []
         for language in [*self.languages, "all"]:
             for band in [*dict.fromkeys(self.bands), "all"]:
@@ -423,17 +429,18 @@ class AttributionCheck:
 
         ```python
         >>> print(check.summary())
-        eng: Spearman 0.83 [0.71, 0.91] over 50 cells; middle layers 0.86 [0.70, 0.95] (31 cells)
+        eng: Spearman 0.83 [0.71, 0.91] over 47 used cells; middle layers 0.86 [0.70, 0.95] (29 cells)
         ```
         """
         table = self.agreement(level=level).set_index(["language", "band"])
         lines = []
         for language in [*self.languages, "all"]:
             row = table.loc[(language, "all")]
-            line = f"{language}: Spearman {row.spearman:.2f} [{row.low:.2f}, {row.high:.2f}] over {row.cells} cells"
+            line = (f"{language}: Spearman {row.spearman:.2f} [{row.low:.2f}, {row.high:.2f}] over "
+                    f"{int(row.cells)} used cells")
             if (language, "middle") in table.index:
                 mid = table.loc[(language, "middle")]
-                line += f"; middle layers {mid.spearman:.2f} [{mid.low:.2f}, {mid.high:.2f}] ({mid.cells} cells)"
+                line += f"; middle layers {mid.spearman:.2f} [{mid.low:.2f}, {mid.high:.2f}] ({int(mid.cells)} cells)"
             lines.append(line)
         return "\n".join(lines)
 
@@ -588,7 +595,7 @@ class ExpertAttribution:
         return pd.DataFrame(rows)
 
     def validate(self, model: Any, corpus: Mapping[str, Sequence[str]], n: int = 50, seed: int = 0,
-                 batch_size: int = 8, path: str | os.PathLike | None = None, progress: bool = True) -> AttributionCheck:
+                 batch_size: int = 16, path: str | os.PathLike | None = None, progress: bool = True) -> AttributionCheck:
         """Run real single-expert drop ablations (`mi.ExpertAblate({layer: [e]}, mode="drop")`)
         for `n` (layer, expert) cells sampled uniformly without replacement (`seed`), on every
         language of `corpus`, measured with this attribution's metric through `mi.Experiment`
@@ -626,8 +633,11 @@ class ExpertAttribution:
         languages = tuple(corpus)
         real = torch.tensor([[value[(lang, f"layer {l} expert {e}")] - value[(lang, "baseline")] for l, e in cells]
                              for lang in languages], dtype=torch.float64)
-        estimate = torch.stack([torch.stack([self.effect[self.language_index(lang), self.layers.index(l), e]
-                                             for l, e in cells]) for lang in languages]).to(torch.float64)
+        def at(table: Tensor) -> Tensor:
+            return torch.stack([torch.stack([table[self.language_index(lang), self.layers.index(l), e]
+                                             for l, e in cells]) for lang in languages])
+
+        estimate, count = at(self.effect).to(torch.float64), at(self.count)
         for lang in languages:
             mine, theirs = float(self.baseline[self.language_index(lang)]), float(value[(lang, "baseline")])
             if fingerprint(corpus[lang]) == self.meta.get("corpus", {}).get(lang) and not math.isclose(
@@ -636,7 +646,7 @@ class ExpertAttribution:
                               f"mi.evaluate ({theirs:.6g}): the two did not score the same tokens", UserWarning,
                               stacklevel=2)
         return AttributionCheck(languages, cells, tuple(_band_of(self.meta, l) for l, _ in cells), estimate, real,
-                                self.metric, round(seconds, 3))
+                                count, self.metric, round(seconds, 3))
 
     def plot(self, language: str | None = None) -> Any:
         """Heatmap of estimated effects, MoE layer (y) by expert (x); with `language=None`

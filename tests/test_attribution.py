@@ -188,8 +188,12 @@ def test_validate_measures_real_drops_with_the_same_metric():
             real = _loss(model, corpus[lang], {layer: (expert, 0.0)}, "bpb") - _loss(model, corpus[lang], metric="bpb")
             assert float(check.real[i, j]) == pytest.approx(real, abs=2e-5)
             assert float(check.estimate[i, j]) == float(attr.effect[i, attr.layers.index(layer), expert])
-    table = check.agreement(n_boot=200)
+            assert int(check.count[i, j]) == int(attr.count[i, attr.layers.index(layer), expert])
+    table = check.agreement(n_boot=200, used_only=False)
     assert set(table.language) == {"en", "de", "all"} and "middle" in set(table.band)
+    assert int(table.query("language == 'all' and band == 'all'").cells.iloc[0]) == 12
+    used = check.agreement(n_boot=200).query("language == 'all' and band == 'all'").cells.iloc[0]
+    assert used == int((check.count > 0).sum())
     assert len(check.plot().data) == 3  # one scatter per language and y = x
     with pytest.raises(ValueError, match="not the one the estimates were computed on"):
         attr.validate(mi.zoo.tiny_model("qwen3_moe", seed=1), corpus, n=2, progress=False)
