@@ -67,6 +67,13 @@ def _unknown_message(code: str) -> str:
         names.setdefault(name.split(",")[0].split(" (")[0], iso)
     bcp47 = {entry["meta"]["bcp47"].lower(): iso for iso, entry in known.items()}
     guesses = [bcp47[code.lower()]] if code.lower() in bcp47 else []
+    try:  # the languages table knows ISO 639-1, legacy codes and names: "en", "ger", "German"
+        from ..languages import info
+
+        guesses.insert(0, info(code).iso639_3)
+        guesses = [g for g in guesses if g in known]
+    except KeyError:
+        pass
     guesses += [names[n] for n in difflib.get_close_matches(code.lower(), names, n=3, cutoff=0.75)]
     guesses += difflib.get_close_matches(code.lower(), known, n=5, cutoff=0.6)
     guesses = list(dict.fromkeys(guesses))[:6]
