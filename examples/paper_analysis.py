@@ -3,7 +3,9 @@
     python examples/paper_analysis.py [out.html]
 
 Uses the counts bundled with the package (no network; plotly.js is inlined once), so the
-page opens offline. Numbers in the summary are recomputed here, next to PAPER.md's.
+page opens offline. Numbers in the summary are recomputed here, next to the reference values
+computed from the same released counts (arXiv 2601.14050; github.com/conctsai/Multilingualism-in-
+Mixture-of-Experts-LLMs, commit ea1d65b) with the paper's released code.
 """
 
 import html
@@ -30,8 +32,9 @@ def summary(stats: mi.RoutingStats) -> str:
     for lang, paper in PAPER_JS_TO_EN.items():
         ours = [float(thirds[b][stats.language_index(lang), en]) for b in ("early", "middle", "late")]
         js_rows.append([lang] + [f"{o:.3f} ({p:.3f})" for o, p in zip(ours, paper)])
-    exclusive = {l: stats.exclusive_experts(l).size for l in stats.languages}
-    shared = stats.shared_experts(["en", "zh"], k=20, threshold=0.7, layers=range(10, 40))
+    exclusive = {l: stats.exclusive_experts(l, k=mi.PAPER.exclusive_k).size for l in stats.languages}
+    shared = stats.shared_experts(["en", "zh"], k=mi.PAPER.steer_k, threshold=mi.PAPER.steer_threshold,
+                                  layers=range(10, 40))
     agreement = stats.family_agreement()
     latin = agreement.by_script.get("Latn")
     bands = stats.layer_profile().bands()
@@ -42,7 +45,7 @@ def summary(stats: mi.RoutingStats) -> str:
         f"<p>{html.escape(repr(stats))}: routing counts released with arXiv 2601.14050 (MIT licence), "
         "bundled as <code>mi.datasets.reference_stats(\"qwen3-30b-a3b-mgsm\")</code>.</p>",
         "<h3>Jensen-Shannon divergence (base 2) to English, mean over layers 0-15 / 16-31 / 32-47</h3>",
-        "<p>Measured here (PAPER.md section 5 in parentheses). Middle layers are the most shared; "
+        "<p>Measured here (in parentheses: the reference values computed from the released counts with the paper's code). Middle layers are the most shared; "
         "related languages (es, fr, de) are closest to English.</p>",
         _table(["language", "layers 0-15", "layers 16-31", "layers 32-47"], js_rows),
         "<h3>Expert sets (the paper's algorithm)</h3>",

@@ -87,3 +87,35 @@ def test_tutorial_notebooks_are_committed_without_outputs():
         cells = json.loads(path.read_text())["cells"]
         dirty = [i for i, c in enumerate(cells) if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
         assert not dirty, f"{path.name}: clear the outputs of cells {dirty} (they are made at build time)"
+
+
+# -- no stale references (issue 16, item 8) ------------------------------------------------------
+
+def _families_table():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("families_table", DOCS.parent / "scripts" / "families_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_concepts_family_table_is_generated_from_the_adapters_and_the_survey():
+    module = _families_table()
+    text = (DOCS / "concepts.md").read_text()
+    assert module.render(text) == text, "run `python scripts/families_table.py`"
+    # what the README survey says, read by hand: granitemoehybrid does not build tiny
+    assert "`granitemoehybrid` (not verified: no tiny build)" in text
+    assert module.survey_unverified()["llama4"] == "too large to build tiny"
+    from moe_interp.arch._families import FAMILIES
+
+    assert all(f"`{t}`" in text for adapter in FAMILIES for t in adapter.model_types)
+
+
+def test_nothing_cites_a_paper_md_that_is_not_in_the_repository():
+    root = DOCS.parent
+    assert not (root / "PAPER.md").exists()
+    files = [*root.glob("moe_interp/**/*.py"), *root.glob("examples/*.py"), *root.glob("docs/**/*.md"),
+             *root.glob("docs/**/*.ipynb"), root / "README.md"]
+    stale = [str(p.relative_to(root)) for p in files if "PAPER.md" in p.read_text(encoding="utf-8")]
+    assert not stale, f"cite the paper (arXiv 2601.14050) instead of PAPER.md in {stale}"

@@ -5,8 +5,8 @@ Every metric compares, per MoE layer, two languages' routing distributions over 
 symmetric, zero on the diagonal, and all but `"kl_sym"` lie in [0, 1]:
 
 - `"js"`: Jensen-Shannon divergence, base 2 (scipy's `jensenshannon` distance, squared,
-  computed from `scipy.special.rel_entr` without the root; this is the quantity PAPER.md
-  section 5 tabulates),
+  computed from `scipy.special.rel_entr` without the root; this is the quantity of the reference
+  numbers computed from the paper's released counts),
 - `"cosine"`: cosine distance `1 - p.q / (|p| |q|)`,
 - `"hellinger"`: Hellinger distance `sqrt(1 - sum sqrt(p q))`,
 - `"kl_sym"`: symmetric Kullback-Leibler `KL(p||q) + KL(q||p)` in bits, after adding
@@ -31,7 +31,7 @@ __all__ = ["METRICS", "PAPER_BANDS", "THIRDS", "band_average", "bands", "diverge
 
 METRICS = ("js", "cosine", "hellinger", "kl_sym")
 PAPER_BANDS = _BAND_EDGES  # early 0-9, middle 10-39, late 40-47 of 48 MoE layers (MoESpec.band)
-THIRDS = (0.0, 1 / 3, 2 / 3, 1.0)  # PAPER.md section 5's JS table: layers 0-15, 16-31, 32-47
+THIRDS = (0.0, 1 / 3, 2 / 3, 1.0)  # equal thirds of 48 layers (0-15, 16-31, 32-47), as the JS reference numbers
 _KL_EPS = 1e-10
 
 LayerSpec = str | Iterable[int] | None
@@ -41,7 +41,7 @@ def bands(layers: Sequence[int], edges: Sequence[float] = PAPER_BANDS) -> dict[s
     """Split MoE layer indices into `early` / `middle` / `late` at fractional `edges`.
 
     The default edges are `MoESpec.band`'s (the paper's 48 layers: 0-9, 10-39, 40-47);
-    `THIRDS` gives PAPER.md's equal thirds (0-15, 16-31, 32-47).
+    `THIRDS` gives equal thirds (0-15, 16-31, 32-47 of the paper's 48 layers).
 
     ```python
     >>> b = bands(range(48))
@@ -125,7 +125,7 @@ def divergence(stats: RoutingStats, metric: str = "js", layers: LayerSpec = None
     >>> js.shape
     torch.Size([48, 8, 8])
     >>> en, sw = p.language_index("en"), p.language_index("sw")
-    >>> round(float(js[:16, sw, en].mean()), 3)             # PAPER.md: .284
+    >>> round(float(js[:16, sw, en].mean()), 3)             # from the paper's released counts: .284
     0.284
     ```
     """
