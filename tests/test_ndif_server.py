@@ -41,7 +41,7 @@ CORPUS = {"eng": ["The cat sat.", "Hi there", "Good morning to you all", "Yes"],
 
 _NDIF = ndif_path()
 pytestmark = pytest.mark.skipif(
-    _NDIF is None, reason="the ndif package cannot be imported: install the wheel without dependencies into "
+    _NDIF is None, reason="the ndif package is not installed here nor in .ndif/: install the wheel without dependencies into "
     ".ndif/ (pip download ndif==0.1.2 --no-deps --python-version 3.12 --only-binary=:all:, then pip install "
     "--no-deps --ignore-requires-python --target .ndif <wheel>), as .ci/run does")
 
@@ -215,16 +215,15 @@ def test_remote_path_on_ndif_server_code_is_bitwise_local(arch, path, mode, serv
 
 
 def _table(rows: list) -> str:
-    lines = ["| model | path | request B | result B (raw) | round trips / forward (SOURCE) |",
-             "|---|---|---:|---:|---:|"]
+    lines = ["| model | path | request (B) | result, zstd (B) | result, raw (B) | round trips / forward "
+             "| `.source` trips / forward |", "|---|---|---:|---:|---:|---:|---:|"]
     sandbox = {(r["arch"], r["path"]): r for r in rows if r["mode"] == "sandbox"}
     for row in rows:
-        if row["mode"] != "execute":
-            continue
         box = sandbox.get((row["arch"], row["path"]))
-        trips = "" if box is None else f"{box['round_trips'] / box['forwards']:.0f} ({box['sources']})"
-        lines.append(f"| {row['arch']} | {row['path']} | {row['request']:,} | {row['result']:,} ({row['raw']:,}) "
-                     f"| {trips} |")
+        if row["mode"] != "execute" or box is None:
+            continue
+        lines.append(f"| {row['arch']} | {row['path']} | {row['request']:,} | {row['result']:,} | {row['raw']:,} "
+                     f"| {box['round_trips'] / box['forwards']:g} | {box['sources'] / box['forwards']:g} |")
     return "\n".join(lines) + "\n"
 
 
