@@ -534,6 +534,13 @@ class ExpertAttribution:
         """
         return self.count.double() / self.tokens.clamp(min=1).double()[:, None, None]
 
+    def _layers(self, layers: Iterable[int] | None) -> list[int]:
+        chosen = list(self.layers) if layers is None else list(layers)
+        unknown = [layer for layer in chosen if layer not in self.layers]
+        if unknown or not chosen:
+            raise ValueError(f"layers {unknown or chosen} are not MoE layers of this attribution; use some of {self.layers}")
+        return chosen
+
     def top(self, language: str, n: int = 20, layers: Iterable[int] | None = None) -> ExpertSet:
         """The `n` experts with the largest estimated effect for `language` (among `layers`,
         real MoE layer indices; default all), as an `ExpertSet` for `mi.ExpertAblate`.
@@ -544,10 +551,7 @@ class ExpertAttribution:
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
-        chosen = list(self.layers) if layers is None else list(layers)
-        unknown = [layer for layer in chosen if layer not in self.layers]
-        if unknown or not chosen:
-            raise ValueError(f"layers {unknown or chosen} are not MoE layers of this attribution; use some of {self.layers}")
+        chosen = self._layers(layers)
         rows = [self.layers.index(layer) for layer in chosen]
         values = self.effect[self.language_index(language)][rows].reshape(-1)
         picked: dict[int, list[int]] = {}
@@ -595,10 +599,12 @@ class ExpertAttribution:
         return pd.DataFrame(rows)
 
     def validate(self, model: Any, corpus: Mapping[str, Sequence[str]], n: int = 50, seed: int = 0,
-                 batch_size: int = 16, path: str | os.PathLike | None = None, progress: bool = True) -> AttributionCheck:
+                 layers: Iterable[int] | None = None, batch_size: int = 16, path: str | os.PathLike | None = None,
+                 progress: bool = True) -> AttributionCheck:
         """Run real single-expert drop ablations (`mi.ExpertAblate({layer: [e]}, mode="drop")`)
-        for `n` (layer, expert) cells sampled uniformly without replacement (`seed`), on every
-        language of `corpus`, measured with this attribution's metric through `mi.Experiment`
+        for `n` (layer, expert) cells sampled uniformly without replacement (`seed`) among
+        `layers` (real MoE layer indices, e.g. `mi.describe(model).band("middle")`; default
+        all), on every language of `corpus`, measured with this attribution's metric through `mi.Experiment`
         (`path=`: resumable, one JSONL line per finished cell), against a no-ablation baseline.
 
         Pass the model and corpus the estimates were computed on: another model is refused;
@@ -610,7 +616,8 @@ class ExpertAttribution:
         ```
         """
         corpus = check_corpus(corpus)
-        total = len(self.layers) * self.num_experts
+        among = self._layers(layers)
+        total = len(among) * self.num_experts
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int (cells to ablate, at most {total}), got {n!r}")
         if fingerprint(model_parts(model)) != self.meta.get("model_fingerprint"):
@@ -622,7 +629,7 @@ class ExpertAttribution:
                 warnings.warn(f"corpus[{lang!r}] is not the text the estimates were computed on: the agreement "
                               "also measures how well they generalise", UserWarning, stacklevel=2)
         picks = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False))
-        cells = tuple((self.layers[int(p) // self.num_experts], int(p) % self.num_experts) for p in picks)
+        cells = tuple((among[int(p) // self.num_experts], int(p) % self.num_experts) for p in picks)
         grid = {"baseline": [], **{f"layer {l} expert {e}": [ExpertAblate({l: [e]}, mode="drop")] for l, e in cells}}
         started = time.perf_counter()
         frame = Experiment(model, corpus, grid, path=path, batch_size=batch_size, progress=progress).run()

@@ -195,6 +195,10 @@ def test_validate_measures_real_drops_with_the_same_metric():
     used = check.agreement(n_boot=200).query("language == 'all' and band == 'all'").cells.iloc[0]
     assert used == int((check.count > 0).sum())
     assert len(check.plot().data) == 3  # one scatter per language and y = x
+    middle = attr.validate(model, corpus, n=3, layers=[2], progress=False)
+    assert [layer for layer, _ in middle.cells] == [2, 2, 2] and set(middle.bands) == {"middle"}
+    with pytest.raises(ValueError, match="not MoE layers"):
+        attr.validate(model, corpus, layers=[7], progress=False)
     with pytest.raises(ValueError, match="not the one the estimates were computed on"):
         attr.validate(mi.zoo.tiny_model("qwen3_moe", seed=1), corpus, n=2, progress=False)
 
