@@ -254,6 +254,15 @@ def test_routing_result_and_round_trips_do_not_grow_with_tokens(mode, server):
     assert len(seen) == 1, seen
 
 
+def test_profile_in_session_requests_of_two_batches_is_bitwise_local(server):
+    model = _model("demo")
+    local, _ = _local("demo", "profile session")
+    backend = NdifBackend(model, server, "sandbox")
+    far, _ = _profile(model, {"backend": backend, "session_batches": 2})
+    _same(local, far)
+    assert backend.requests == 2  # 4 batches, 2 per request
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_the_server_cannot_import_moe_interp(mode, server):
     """What the requests above ran, they brought: a block importing the package fails there."""
