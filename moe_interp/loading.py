@@ -1,4 +1,5 @@
-"""`mi.load` and `mi.wrap`: an nnsight model whose routers `moe_interp` has found."""
+"""`mi.load` and `mi.wrap`: an nnsight model whose routers `moe_interp` has found, with
+`model.moe`, every MoE layer's router as the same nnsight values (see `_router_view`)."""
 
 import os
 from typing import Any
@@ -6,6 +7,7 @@ from typing import Any
 import torch
 from nnsight import TransformersModel
 
+from ._router_view import attach
 from .arch import describe
 
 __all__ = ["load", "wrap"]
@@ -15,13 +17,17 @@ def wrap(hf_model: Any, tokenizer: Any = None, **kwargs: Any) -> TransformersMod
     """Wrap an in-memory Hugging Face MoE model for `mi.trace` (nnsight `TransformersModel`).
 
     Its routers are found now, so an unsupported model fails here with
-    `UnsupportedModelError`. Remote execution needs a model from `mi.load` instead.
+    `UnsupportedModelError`; `model.moe` lists its MoE layers, each router's `logits`,
+    `scores`, `indices` and `weights` readable and editable in plain nnsight code.
+    Remote execution needs a model from `mi.load` instead.
 
     ```python
     >>> hf = AutoModelForCausalLM.from_config(config)
     >>> model = mi.wrap(hf, tokenizer)
     >>> mi.describe(model).arch
     'qwen3_moe'
+    >>> with model.trace("Hello"):
+    ...     chosen = model.moe[0].router.indices.save()   # [tokens, top_k]
     ```
     """
     if isinstance(hf_model, (str, os.PathLike)):
@@ -33,7 +39,7 @@ def wrap(hf_model: Any, tokenizer: Any = None, **kwargs: Any) -> TransformersMod
                         "For a custom torch module register an adapter (mi.register_adapter) and wrap it with "
                         "nnsight.NNsight(module): mi.describe and the interventions work on it")
     model = TransformersModel(hf_model, tokenizer=tokenizer, **kwargs)
-    describe(model)
+    attach(model, describe(model))
     return model
 
 
@@ -56,5 +62,5 @@ def load(name_or_path: Any, *, dispatch: bool = True, **kwargs: Any) -> Transfor
     if os.path.isdir(name_or_path):  # a local directory has no hub metadata to infer the pipeline task from
         kwargs.setdefault("task", "text-generation")
     model = TransformersModel(str(name_or_path), dispatch=dispatch, **kwargs)
-    describe(model)
+    attach(model, describe(model))
     return model

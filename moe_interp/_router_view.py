@@ -1,0 +1,454 @@
+"""`model.moe`: every MoE layer's routing as the same nnsight values, on every architecture.
+
+`mi.wrap` and `mi.load` attach it to the model they build. Inside a plain nnsight trace:
+
+```python
+with model.trace("The capital of France is"):
+    r = model.moe[0].router              # the first MoE layer (model.moe.layers: their indices)
+    z = r.logits.save()                  # [tokens, experts] raw router logits, before selection
+    s = r.scores.save()                  # [tokens, experts] what the top-k ranks
+    idx = r.indices.save()               # [tokens, top_k] experts the layer used
+    w = r.weights.save()                 # [tokens, top_k] weights the experts received
+```
+
+How it is built, with nnsight's own extension mechanism and nothing patched: each value is
+an `eproperty` of a small host (`_Site`) whose `path` is the nnsight location where this
+architecture hands the value over, found once by `mi.describe`: an op of the router's
+`.source` (the op that makes the logits, the one whose value top-k ranks), the router's
+output, or the experts module's input. Reading one parks the trace's worker there as
+`.output` does; assigning swaps a value in; in-place edits act on the model's own tensor.
+The eproperty's preprocess presents every architecture's value the same way: one element
+of a tuple, tokens flattened (`batch * seq`, as routers see them), and inside
+`tracer.invoke` only that invoke's rows, with padding positions kept as nnsight keeps them.
+
+This module runs where the model runs (an NDIF server too), so it imports only torch,
+nnsight, typing and collections, and is shipped by value (`nnsight.register`).
+"""
+
+import copyreg
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import nnsight
+import torch
+from nnsight.intervention.eproperty import eproperty
+from nnsight.intervention.interleaver import Mediator
+
+__all__ = ["RouterAccessError", "MoELayers", "MoELayer", "Router", "attach"]
+
+
+class RouterAccessError(ValueError):
+    """A router value that this MoE layer does not have, or cannot take.
+
+    Hash-routed layers (DeepSeek-V4's first layers: experts looked up by token id) rank
+    nothing: their `scores` do not exist and an edit of their `logits` would not reach
+    the selection. Routers that hand their experts dense scores (Llama-4) have no
+    `indices`/`weights` to assign. The message names the layer and what to use instead.
+
+    ```python
+    >>> with model.trace("Hello"):                 # DeepSeek-V4, layer 0 hash-routed
+    ...     model.moe[0].router.logits[:, 1] += 5.0
+    RouterAccessError: layer 0 routes by a token-id table (hash routing): ...
+    ```
+    """
+
+
+_NO_LOGITS_EDIT = "an edit of its `logits` would not change which experts it uses"
+
+
+def _invoke_rows(num_rows: int) -> Optional[tuple]:
+    """`(start, stop)` of this invoke's tokens in a flattened `[batch * seq, ...]` tensor
+    that nnsight serves whole, or None when it needs no narrowing.
+
+    nnsight narrows a value to an invoke's rows only when its first dimension is the
+    batch; routers flatten batch and sequence, so at a prefill every invoke would see
+    every row. Narrowed the same way here, by whole sequences (padding included, as
+    nnsight includes it). A decoding step (one token a row) is narrowed by nnsight.
+    """
+    mediator = Mediator.current("router values")
+    batcher = getattr(mediator.interleaver, "batcher", None)
+    group = mediator.batch_group
+    if batcher is None or group is None or not batcher.batching:
+        return None
+    total = batcher.total
+    if num_rows == total or num_rows % total:
+        return None
+    seq = num_rows // total
+    start, size = group
+    return start * seq, (start + size) * seq
+
+
+def _tokens(value: torch.Tensor, width: Optional[int]) -> torch.Tensor:
+    """`value` as `[tokens, last]`, this invoke's rows only, its first `width` columns (a
+    router may make more logits than it routes: Inkling's shared-expert column). A view,
+    so in-place edits reach the model."""
+    flat = value.view(-1, value.shape[-1]) if value.ndim > 2 else value
+    rows = _invoke_rows(flat.shape[0])
+    flat = flat if rows is None else flat[rows[0]:rows[1]]
+    return flat if width is None or flat.shape[-1] <= width else flat[:, :width]
+
+
+def _untokens(full: torch.Tensor, new: Any, what: str, width: Optional[int]) -> torch.Tensor:
+    """`full` (the model's tensor) with this invoke's tokens (first `width` columns) set to `new`."""
+    flat = full.view(-1, full.shape[-1]) if full.ndim > 2 else full
+    rows = _invoke_rows(flat.shape[0])
+    start, stop = rows if rows is not None else (0, flat.shape[0])
+    columns = flat.shape[-1] if width is None else min(width, flat.shape[-1])
+    new = torch.as_tensor(new)
+    expected = (stop - start, columns)
+    if tuple(new.shape) != expected:
+        raise ValueError(f"{what} takes a tensor of shape {expected} here ([tokens, "
+                         f"{'experts' if width else 'top_k'}]), got {tuple(new.shape)}")
+    new = new.to(device=flat.device, dtype=flat.dtype)
+    if columns < flat.shape[-1]:
+        new = torch.cat([new, flat[start:stop, columns:]], -1)
+    if rows is not None:
+        new = torch.cat([flat[:start], new, flat[stop:]])
+    return new.view(full.shape)
+
+
+def _element(value: Any, index: Optional[int]) -> Any:
+    return value if index is None else value[index]
+
+
+def _with_element(value: Any, index: Optional[int], new: Any) -> Any:
+    if index is None:
+        return new
+    items = list(value)
+    items[index] = new
+    return type(value)(items) if isinstance(value, tuple) and not hasattr(value, "_fields") else tuple(items)
+
+
+def _argument(args: tuple, kwargs: dict, index: int) -> Any:
+    """Positional argument `index` of a call, wherever the caller put it."""
+    if index < len(args):
+        return args[index]
+    return list(kwargs.values())[index - len(args)]
+
+
+def _with_argument(args: tuple, kwargs: dict, index: int, new: Any) -> tuple:
+    if index < len(args):
+        return tuple(args[:index]) + (new,) + tuple(args[index + 1:]), kwargs
+    key = list(kwargs)[index - len(args)]
+    return args, {**kwargs, key: new}
+
+
+class _Site:
+    """Where one routing value is handed over: the nnsight location `{path}.output` (one
+    element of it, `index`) or `{path}.input` (positional argument `index`); the name
+    the user reads it by (`what`, for errors) and how many columns are routed experts
+    (`width`, None for `[tokens, top_k]` values)."""
+
+    def __init__(self, interleaver: Any, path: str, index: Optional[int], what: str, width: Optional[int]) -> None:
+        self.interleaver, self.path, self.index, self.what, self.width = interleaver, path, index, what, width
+
+    @eproperty(key="output")
+    def output(self, value: Any) -> Any:
+        return _tokens(_element(value, self.index), self.width)
+
+    @output.postprocess
+    def output(self, new: Any) -> Any:
+        raw = Mediator.value(f"{self.path}.output")
+        return _with_element(raw, self.index, _untokens(_element(raw, self.index), new, self.what, self.width))
+
+    @eproperty(key="input")
+    def input(self, value: Any) -> Any:
+        args, kwargs = value
+        return _tokens(_argument(args, kwargs, self.index), self.width)
+
+    @input.postprocess
+    def input(self, new: Any) -> Any:
+        args, kwargs = Mediator.value(f"{self.path}.input")
+        edited = _untokens(_argument(args, kwargs, self.index), new, self.what, self.width)
+        return _with_argument(args, kwargs, self.index, edited)
+
+
+class _ReadOnlySite(_Site):
+    """A site whose value may be read but not edited (a hash-routed layer's logits): the
+    reader gets a copy, and an in-place edit of it raises `refusal` when the trace moves on."""
+
+    def __init__(self, interleaver: Any, path: str, index: Optional[int], what: str, width: Optional[int],
+                 refusal: str) -> None:
+        _Site.__init__(self, interleaver, path, index, what, width)
+        self.refusal = refusal
+
+    @eproperty(key="output")
+    def output(self, value: Any) -> Any:
+        return _tokens(_element(value, self.index), self.width).clone()
+
+    @output.transform
+    def output(self, view: Any, raw: Any) -> Any:
+        if not torch.equal(view, _tokens(_element(raw, self.index), self.width)):
+            raise RouterAccessError(self.refusal)
+        return raw
+
+
+def _parse(site: str, owner: str) -> tuple:
+    """`(owner, ops, end, index)` of a site string as `MoESpec` writes them: `"output"`,
+    `"output[1]"`, an op (`"F_linear_0"`: its output), or ops joined by dots ending in
+    `.input` / `.output` (`"self_get_topk_indices_0.torch_topk_0.input"`)."""
+    if site.startswith("output"):
+        return owner, (), "output", int(site[7:-1]) if site != "output" else None
+    parts = site.split(".")
+    end = parts.pop() if len(parts) > 1 and parts[-1] in ("input", "output") else "output"
+    return owner, tuple(parts), end, 0 if end == "input" else None
+
+
+class Router:
+    """One MoE layer's router as the same four values on every architecture.
+
+    Read them inside a plain nnsight trace (or `model.generate`, per step with
+    `tracer.iter`); each is a `[tokens, ...]` tensor, tokens flattened as `batch * seq`
+    (only the invoke's rows inside `tracer.invoke`):
+
+    - `logits`: `[tokens, experts]` raw router logits, before any selection. Assign or
+      edit in place: selection, weights and everything after see the edit.
+    - `scores`: `[tokens, experts]` what the top-k ranks (after softmax / sigmoid /
+      selection bias / group mask, as the family does). Edits change the selection, and
+      the weights where the family takes them from these scores. Where the family ranks
+      the logits themselves (GPT-OSS, Granite, Phi-MoE; DBRX ranks `softmax(logits)` in
+      its block) this is the logits.
+    - `indices`: `[tokens, top_k]` the experts the layer used (after any edit above).
+    - `weights`: `[tokens, top_k]` the weights those experts received.
+
+    `indices` and `weights` are assignable where the experts take them as arguments (the
+    common case): patching another prompt's `indices` routes these tokens to its experts.
+    Values must be read in the order the model makes them (nnsight's rule): logits,
+    scores, then indices and weights; Qwen2-MoE runs its shared expert before its router.
+
+    ```python
+    >>> with model.trace("Hello world"):
+    ...     r = model.moe[0].router
+    ...     r.logits[:, 5] += 2.0                       # favour expert 5 before selection
+    ...     chosen = r.indices.save()
+    >>> (chosen == 5).any(-1).float().mean()          # share of tokens now using expert 5
+    tensor(1.)
+    ```
+    """
+
+    def __init__(self, layer: int, kind: str, arch: str, envoy: Any, experts: Any, sites: dict,
+                 no_grad_sites: Optional[dict], top_k: int, num_experts: int, learned: tuple) -> None:
+        self.layer, self.kind, self.arch = layer, kind, arch
+        self._envoy, self._experts = envoy, experts
+        self._sites, self._no_grad_sites, self._top_k, self._num_experts = sites, no_grad_sites, top_k, num_experts
+        self._learned = learned  # the model layers that rank scores (for the hash-layer refusal)
+
+    def __repr__(self) -> str:
+        return f"Router(layer={self.layer}, {self.kind}, {self._envoy.path})"
+
+    # -- where each value lives -------------------------------------------------------
+    def _site(self, name: str) -> tuple:
+        """The site of `name` for this forward: a router may run other ops with grad off
+        (a CUDA-only branch), so `describe` names both and the grad mode decides."""
+        if self._no_grad_sites and name in self._no_grad_sites and not torch.is_grad_enabled():
+            return self._no_grad_sites[name]
+        return self._sites[name]
+
+    def _host(self, name: str, read_only: Optional[str] = None) -> tuple:
+        """`(host, end)`: an eproperty host at the location of `name`, and which of its
+        ends (`"output"` / `"input"`) holds the value."""
+        owner, ops, end, index = self._site(name)
+        envoy = self._envoy if owner == "router" else self._experts
+        path = envoy.path
+        if ops:
+            op = getattr(envoy.source, ops[0])
+            for inner in ops[1:]:  # an op inside a helper the router calls: drilled in the trace
+                op = getattr(op.source, inner)
+            path = op.path
+        width = self._num_experts if name in ("logits", "scores", "dense") else None
+        if read_only is not None:
+            return _ReadOnlySite(envoy.interleaver, path, index, f"router.{name}", width, read_only), end
+        return _Site(envoy.interleaver, path, index, f"router.{name}", width), end
+
+    def _get(self, name: str, read_only: Optional[str] = None) -> torch.Tensor:
+        host, end = self._host(name, read_only)
+        return getattr(host, end)
+
+    def _set(self, name: str, value: Any) -> None:
+        host, end = self._host(name)
+        setattr(host, end, value)
+
+    def _hash_refusal(self, what: str) -> str:
+        return (f"layer {self.layer} selects its experts by a token-id table (hash routing), not by ranking "
+                f"scores: {what}. Read its logits, indices and weights (or assign indices/weights), or use a "
+                f"learned layer: model.moe.at(layer) for layer in {list(self._learned)}")
+
+    # -- the four values --------------------------------------------------------------
+    @property
+    def logits(self) -> torch.Tensor:
+        if self.kind == "hash":
+            return self._get("logits", self._hash_refusal(_NO_LOGITS_EDIT))
+        return self._get("logits")
+
+    @logits.setter
+    def logits(self, value: Any) -> None:
+        if self.kind == "hash":
+            raise RouterAccessError(self._hash_refusal(_NO_LOGITS_EDIT))
+        self._set("logits", value)
+
+    @property
+    def scores(self) -> torch.Tensor:
+        if self.kind == "hash":
+            raise RouterAccessError(self._hash_refusal("it has no `scores`"))
+        return self._get("scores")
+
+    @scores.setter
+    def scores(self, value: Any) -> None:
+        if self.kind == "hash":
+            raise RouterAccessError(self._hash_refusal("it has no `scores`"))
+        self._set("scores", value)
+
+    @property
+    def indices(self) -> torch.Tensor:
+        if "dense" in self._sites:
+            return torch.topk(self._get("dense"), self._top_k, dim=-1).indices
+        return self._get("indices")
+
+    @indices.setter
+    def indices(self, value: Any) -> None:
+        self._refuse_dense("indices")
+        self._set("indices", value)
+
+    @property
+    def weights(self) -> torch.Tensor:
+        if "dense" in self._sites:
+            return torch.topk(self._get("dense"), self._top_k, dim=-1).values
+        return self._get("weights")
+
+    @weights.setter
+    def weights(self, value: Any) -> None:
+        self._refuse_dense("weights")
+        self._set("weights", value)
+
+    def _refuse_dense(self, what: str) -> None:
+        if "dense" in self._sites:
+            raise RouterAccessError(
+                f"layer {self.layer} ({self.arch}) hands its experts dense [tokens, experts] scores, not "
+                f"{what}: assign router.logits or router.scores to change its routing")
+
+
+class MoELayer:
+    """One MoE layer: `layer` (its index among the model's layers), `router` (a
+    [`Router`][moe_interp._router_view.Router]), `experts` (the routed experts' envoy;
+    `.output` is their combined output) and `shared_experts` (envoy, or None when the
+    family has none), `block` (the envoy of the whole MoE block).
+
+    ```python
+    >>> layer = model.moe[0]
+    >>> layer.layer, layer.router.kind, layer.shared_experts is None
+    (0, 'topk', True)
+    ```
+    """
+
+    def __init__(self, layer: int, router: Router, experts: Any, shared_experts: Any, block: Any) -> None:
+        self.layer, self.router, self.experts, self.shared_experts, self.block = (
+            layer, router, experts, shared_experts, block)
+
+    def __repr__(self) -> str:
+        shared = self.shared_experts.path if self.shared_experts is not None else None
+        return f"MoELayer(layer={self.layer}, router={self.router._envoy.path}, shared_experts={shared})"
+
+
+class MoELayers(Sequence):
+    """`model.moe`: the model's MoE layers in order, as [`MoELayer`][moe_interp._router_view.MoELayer]s.
+
+    Indexed by position among the MoE layers (dense layers are absent); `layers` gives
+    their model layer indices, `at(layer)` looks one up by model layer index.
+
+    ```python
+    >>> model = mi.zoo.tiny_model("deepseek_v3")      # layer 0 is dense
+    >>> model.moe.layers, len(model.moe)
+    ((1, 2, 3), 3)
+    >>> model.moe[0] is model.moe.at(1)
+    True
+    ```
+    """
+
+    def __init__(self, entries: list, arch: str) -> None:
+        self._entries, self.arch = tuple(entries), arch
+        self.layers = tuple(entry.layer for entry in entries)
+
+    def __getitem__(self, position: Any) -> Any:
+        if isinstance(position, slice):
+            return list(self._entries[position])
+        if not -len(self._entries) <= position < len(self._entries):
+            raise IndexError(f"model.moe has {len(self._entries)} MoE layers (positions 0-{len(self._entries) - 1}, "
+                             f"model layers {list(self.layers)}); use model.moe.at(layer) for a model layer index")
+        return self._entries[position]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def at(self, layer: int) -> MoELayer:
+        """The MoE layer at model layer index `layer` (`ValueError` for a dense layer)."""
+        if layer not in self.layers:
+            raise ValueError(f"layer {layer} is not an MoE layer of this {self.arch} model; its MoE layers are "
+                             f"{list(self.layers)}")
+        return self._entries[self.layers.index(layer)]
+
+    def __repr__(self) -> str:
+        return f"MoELayers({self.arch}, layers={list(self.layers)})"
+
+
+def _sites(spec: Any) -> tuple:
+    """Where each router value lives (the same in every learned layer), from what `describe` found."""
+    logits = _parse(spec.logits, "router")
+    select = spec.select or spec.choice  # ranked outside the router (DBRX) or on the logits (Phi-MoE)
+    sites = {"logits": logits, "scores": _parse(select, "router") if select else logits}
+    readout = spec.readout
+    if readout == "experts":
+        sites["indices"], sites["weights"] = ("experts", (), "input", 1), ("experts", (), "input", 2)
+    elif readout == "router":
+        sites["indices"] = ("router", (), "output", spec.indices_index)
+        sites["weights"] = ("router", (), "output", spec.weights_index)
+    elif readout == "topk":
+        sites["indices"] = ("router", (spec.topk_op,), "output", 1)
+        sites["weights"] = ("router", (spec.weights_op,), "output", None)
+    else:  # dense [tokens, experts] scores, the unselected at 0
+        sites["dense"] = ("router", (), "output", spec.scores_index)
+    no_grad = None
+    if spec.no_grad_sites:
+        logits_ng, select_ng = spec.no_grad_sites
+        no_grad = {"logits": _parse(logits_ng, "router")}
+        if select_ng:
+            no_grad["scores"] = _parse(select_ng, "router")
+    return sites, no_grad
+
+
+def attach(model: Any, spec: Any) -> MoELayers:
+    """Build `model.moe` from `spec` (`mi.describe(model)`) and set it on `model`."""
+    sites, no_grad = _sites(spec)
+    entries = []
+    learned = tuple(layer for layer, kind in zip(spec.moe_layers, spec.routing_kinds) if kind == "topk")
+    for position, layer in enumerate(spec.moe_layers):
+        router_envoy = model.get(spec.routers[position])
+        experts = model.get(spec.experts[position]) if spec.experts[position] else None
+        shared = model.get(spec.shared_experts[position]) if spec.shared_experts[position] else None
+        block = model.get(spec.routers[position].rsplit(".", 1)[0])
+        router = Router(layer, spec.routing_kinds[position], spec.arch, router_envoy, experts, sites, no_grad,
+                        spec.top_k, spec.num_experts, learned)
+        entries.append(MoELayer(layer, router, experts, shared, block))
+    view = MoELayers(entries, spec.arch)
+    model.moe = view
+    return view
+
+
+def _rebuilt_eproperty(key: str, preprocess: Any, postprocess: Any, transform: Any) -> eproperty:
+    prop = eproperty(key=key)(preprocess)
+    if postprocess is not None:
+        prop.postprocess(postprocess)
+    if transform is not None:
+        prop.transform(transform)
+    return prop
+
+
+def _reduce_eproperty(prop: eproperty) -> tuple:
+    return _rebuilt_eproperty, (prop.key, prop._preprocess, prop._postprocess, prop._transform)
+
+
+# A trace whose body reaches `model.moe` sends these classes with the model's envoys; an
+# NDIF server does not have moe_interp installed, so they travel by value (their source,
+# as `nnsight.register` ships a module). An eproperty does not pickle by itself (nnsight's
+# own classes travel by reference): it is sent as the functions it is made of.
+nnsight.register(__name__)
+copyreg.pickle(eproperty, _reduce_eproperty)
