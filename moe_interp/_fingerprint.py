@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["ResumeError", "check_corpus", "differing", "fingerprint", "model_parts", "stats_fingerprint"]
+__all__ = ["ResumeError", "check_corpus", "differing", "fingerprint", "load_checkpoint", "model_parts",
+           "stats_fingerprint"]
 
 SAMPLES = 4096  # elements read from each parameter and buffer: cost independent of model size
 # Config entries that ask for extra outputs or name the file's dtype: they never change a result.
@@ -185,3 +186,31 @@ def differing(stored: Any, current: Mapping[str, str]) -> list[str]:
     if not isinstance(stored, Mapping):
         return list(current)
     return [part for part, value in current.items() if stored.get(part) != value]
+
+
+def load_checkpoint(path: Any, key: Mapping[str, str], fields: Mapping[str, torch.Tensor], total: int, form: str,
+                    what: str) -> tuple[int, dict]:
+    """`(done, tensors)` stored at `path` by `what` (e.g. `"mi.expert_attribution"`) in format
+    `form`, after checking that it is this very run's (`key`: part name -> fingerprint) and
+    whole: `done` in `[0, total]`, and each of `fields` stored with the same shape and dtype.
+    Anything else raises `ResumeError` naming the file, the differing parts and the fix.
+    The state is a dict `{"format", "key", "done", <field>: tensor, ...}` saved by `torch.save`.
+    """
+    fix = "delete it or pass another checkpoint path (a checkpoint is never reused for a different run)"
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as error:  # zip, pickle, EOF, ...: all mean the same to the user
+        raise ResumeError(f"checkpoint {path} cannot be read ({type(error).__name__}): it is damaged or not a "
+                          f"{what} checkpoint; {fix}") from error
+    if not isinstance(state, dict) or state.get("format") != form:
+        raise ResumeError(f"checkpoint {path} is not a {what} checkpoint of this version ({form}); {fix}")
+    parts = differing(state.get("key"), key)
+    if parts:
+        raise ResumeError(f"checkpoint {path} belongs to another model, corpus or settings "
+                          f"(differs: {', '.join(parts)}); {fix}")
+    done = state.get("done")
+    if isinstance(done, bool) or not isinstance(done, int) or not 0 <= done <= total or any(
+            not isinstance(state.get(name), torch.Tensor) or state[name].shape != like.shape
+            or state[name].dtype != like.dtype for name, like in fields.items()):
+        raise ResumeError(f"checkpoint {path} is damaged (its progress or tensors do not fit this run); {fix}")
+    return done, {name: state[name] for name in fields}

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ._fingerprint import ResumeError, check_corpus, differing, fingerprint, model_parts
+from ._fingerprint import ResumeError, check_corpus, fingerprint, load_checkpoint, model_parts
 from .arch import describe
 from .interventions import RouterRecord, compile_plan, flatten
 from .stats import RoutingStats
@@ -63,24 +63,7 @@ def _rows(model: Any, corpus: dict[str, list[str]], long_texts: str,
 
 def _load_checkpoint(path: Path, key: dict, fields: dict[str, torch.Tensor], total: int) -> tuple[int, dict]:
     """The progress stored at `path`, after checking it is this very run's and whole."""
-    fix = "delete it or pass another checkpoint path (a checkpoint is never reused for a different run)"
-    try:
-        state = torch.load(path, weights_only=True)
-    except Exception as error:  # zip, pickle, EOF, ...: all mean the same to the user
-        raise ResumeError(f"checkpoint {path} cannot be read ({type(error).__name__}): it is damaged or not a "
-                          f"mi.profile checkpoint; {fix}") from error
-    if not isinstance(state, dict) or state.get("format") != _FORMAT:
-        raise ResumeError(f"checkpoint {path} is not a mi.profile checkpoint of this version ({_FORMAT}); {fix}")
-    parts = differing(state.get("key"), key)
-    if parts:
-        raise ResumeError(f"checkpoint {path} belongs to another model, corpus, intervention list or settings "
-                          f"(differs: {', '.join(parts)}); {fix}")
-    done = state.get("done")
-    if not isinstance(done, int) or not 0 <= done <= total or any(
-            not isinstance(state.get(name), torch.Tensor) or state[name].shape != like.shape
-            or state[name].dtype != like.dtype for name, like in fields.items()):
-        raise ResumeError(f"checkpoint {path} is damaged (its progress or tensors do not fit this run); {fix}")
-    return done, {name: state[name] for name in fields}
+    return load_checkpoint(path, key, fields, total, _FORMAT, "mi.profile")
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
