@@ -12,6 +12,9 @@ import os
 import re
 
 os.environ.setdefault("PLOTLY_RENDERER", "plotly_mimetype+notebook")
+# transformers' "Loading weights" progress bar, which a notebook shows as a red stderr box
+# (the kernels inherit this environment).
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 # tqdm.auto warns in a kernel without ipywidgets; the notebooks show no progress bars anyway.
 os.environ.setdefault("PYTHONWARNINGS", "ignore:IProgress not found")
 

@@ -119,3 +119,15 @@ def test_nothing_cites_a_paper_md_that_is_not_in_the_repository():
              *root.glob("docs/**/*.ipynb"), root / "README.md"]
     stale = [str(p.relative_to(root)) for p in files if "PAPER.md" in p.read_text(encoding="utf-8")]
     assert not stale, f"cite the paper (arXiv 2601.14050) instead of PAPER.md in {stale}"
+
+
+# -- a quiet docs build (issue 16, item 9) ---------------------------------------------------------
+
+def test_the_docs_build_is_quiet_by_construction():
+    hooks = (DOCS / "hooks.py").read_text()
+    # transformers' "Loading weights" bar shows as a red stderr box in notebook cells otherwise
+    assert 'os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")' in hooks
+    pyproject = (DOCS.parent / "pyproject.toml").read_text()
+    docs_extra = re.search(r"^docs = \[(.*?)\]", pyproject, re.M | re.S).group(1)
+    assert "ruff" in docs_extra  # without black or ruff, mkdocstrings prints a notice per build
+    assert "NO_MKDOCS_2_WARNING=1 mkdocs build --strict" in (DOCS / "install.md").read_text()
