@@ -279,6 +279,9 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     with pytest.raises(mi.ResumeError, match="model weights"):
         mi.expert_attribution(mi.zoo.tiny_model("qwen3_moe", seed=1), corpus, batch_size=1, progress=False,
                               checkpoint=tmp_path / "a.ckpt")
+    (tmp_path / "b.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(mi.ResumeError, match="cannot be read"):
+        mi.expert_attribution(model, corpus, batch_size=1, progress=False, checkpoint=tmp_path / "b.ckpt")
     with pytest.raises(mi.ResumeError, match="settings"):
         mi.expert_attribution(model, corpus, metric="nll", batch_size=1, progress=False, checkpoint=tmp_path / "a.ckpt")
 
