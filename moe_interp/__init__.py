@@ -17,6 +17,7 @@ from .experiment import Experiment, ablation_grid, steering_eval
 from .interventions import ExpertAblate, LayerRouteSteer, RouterRecord, RouteSteer
 from .loading import load, wrap
 from ._fingerprint import ResumeError
+from ._router_view import RouterAccessError
 from .profiling import profile
 from .stats import RoutingStats, StatsFileError
 from .trace import generate, trace
@@ -25,6 +26,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ExpertAblate", "ExpertAttribution", "ExpertSet", "expert_attribution", "PAPER", "Experiment", "ablation_grid", "steering_eval", "evaluate", "LayerRouteSteer", "MoESpec", "RouteSteer", "RouterAdapter", "RouterRecord",
-    "ResumeError", "RoutingStats", "StatsFileError", "UnsupportedModelError", "describe", "generate", "load",
+    "ResumeError", "RouterAccessError", "RoutingStats", "StatsFileError", "UnsupportedModelError", "describe", "generate", "load",
     "profile", "register_adapter", "trace", "wrap", "zoo", "datasets", "languages", "plots",
 ]

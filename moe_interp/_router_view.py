@@ -219,10 +219,10 @@ class Router:
     ```python
     >>> with model.trace("Hello world"):
     ...     r = model.moe[0].router
-    ...     r.logits[:, 5] += 2.0                       # favour expert 5 before selection
-    ...     chosen = r.indices.save()
-    >>> (chosen == 5).any(-1).float().mean()          # share of tokens now using expert 5
-    tensor(1.)
+    ...     r.logits[:, 5] += 1e3                       # before selection: every token picks expert 5
+    ...     chosen = r.indices.save()                   # read after the edit: its selection
+    >>> (chosen == 5).any(-1).all()
+    tensor(True)
     ```
     """
 
@@ -268,6 +268,10 @@ class Router:
         host, end = self._host(name)
         setattr(host, end, value)
 
+    def _refuse_hash(self, what: str) -> None:
+        if self.kind == "hash":
+            raise RouterAccessError(self._hash_refusal(what))
+
     def _hash_refusal(self, what: str) -> str:
         return (f"layer {self.layer} selects its experts by a token-id table (hash routing), not by ranking "
                 f"scores: {what}. Read its logits, indices and weights (or assign indices/weights), or use a "
@@ -276,30 +280,30 @@ class Router:
     # -- the four values --------------------------------------------------------------
     @property
     def logits(self) -> torch.Tensor:
+        """`[tokens, experts]` raw router logits, before selection (assignable, editable in place)."""
         if self.kind == "hash":
             return self._get("logits", self._hash_refusal(_NO_LOGITS_EDIT))
         return self._get("logits")
 
     @logits.setter
     def logits(self, value: Any) -> None:
-        if self.kind == "hash":
-            raise RouterAccessError(self._hash_refusal(_NO_LOGITS_EDIT))
+        self._refuse_hash(_NO_LOGITS_EDIT)
         self._set("logits", value)
 
     @property
     def scores(self) -> torch.Tensor:
-        if self.kind == "hash":
-            raise RouterAccessError(self._hash_refusal("it has no `scores`"))
+        """`[tokens, experts]` what the top-k ranks (assignable, editable in place)."""
+        self._refuse_hash("it has no `scores`")
         return self._get("scores")
 
     @scores.setter
     def scores(self, value: Any) -> None:
-        if self.kind == "hash":
-            raise RouterAccessError(self._hash_refusal("it has no `scores`"))
+        self._refuse_hash("it has no `scores`")
         self._set("scores", value)
 
     @property
     def indices(self) -> torch.Tensor:
+        """`[tokens, top_k]` the experts the layer used (assignable where the experts take them)."""
         if "dense" in self._sites:
             return torch.topk(self._get("dense"), self._top_k, dim=-1).indices
         return self._get("indices")
@@ -311,6 +315,7 @@ class Router:
 
     @property
     def weights(self) -> torch.Tensor:
+        """`[tokens, top_k]` the weights those experts received (assignable where they take them)."""
         if "dense" in self._sites:
             return torch.topk(self._get("dense"), self._top_k, dim=-1).values
         return self._get("weights")
