@@ -46,8 +46,10 @@ def bench_model():
 # ---------------------------------------------------------------------------------- variants
 
 def moe_interp_variants(model, enc, layers):
-    """The variants both benchmarks share: nnsight saving router outputs, and moe_interp's
-    interventions on every MoE layer, each a zero-argument callable."""
+    """The variants both benchmarks share: nnsight saving router outputs, the `model.moe`
+    router view read on every MoE layer in a plain nnsight trace (compare it with the plain
+    nnsight trace row), and moe_interp's interventions on every MoE layer, each a
+    zero-argument callable."""
     import nnsight
 
     import moe_interp as mi
@@ -64,6 +66,15 @@ def moe_interp_variants(model, enc, layers):
                 saved.append(model.model.layers[layer].mlp.gate.output)
         return saved
 
+    def router_view_all_values():
+        with model.trace(enc):
+            saved = nnsight.save([])
+            for entry in model.moe:  # mi.wrap's view: the same four values on every architecture
+                r = entry.router
+                saved.append((r.logits, r.scores, r.indices, r.weights))
+            logits = model.lm_head.output.save()
+        return saved, logits
+
     def traced(*interventions):
         def run():
             with mi.trace(model, enc, *interventions) as tr:
@@ -78,6 +89,8 @@ def moe_interp_variants(model, enc, layers):
     return {
         "nnsight trace, nothing saved but logits": nnsight_trace_only,
         "nnsight saving every router output": nnsight_save_router_outputs,
+        f"model.moe: logits, scores, indices, weights of all {len(layers)} MoE layers (plain trace)":
+            router_view_all_values,
         "RouterRecord()": traced(mi.RouterRecord()),
         "RouterRecord(per_token=True)": traced(mi.RouterRecord(per_token=True)),
         f"LayerRouteSteer on all {len(layers)} MoE layers": traced(steer),
