@@ -444,3 +444,24 @@ def test_remote_gives_the_same_values_and_edits_as_local(loaded, remote):
     for name, here, far in zip(["logits", "scores", "indices", "weights", "output"], runs["here"], runs[remote]):
         assert torch.equal(here, far), name
     assert bool((runs[remote][2] == 2).any(-1).all()), "the edit must have acted where the model ran"
+
+
+def test_inside_mi_trace_the_view_sees_the_interventions_edits():
+    model = tiny("olmoe")
+    with mi.trace(model, "Hello world", mi.ExpertAblate({2: [3]}), mi.RouterRecord()) as tr:
+        logits = model.moe.at(2).router.logits.clone().save()
+        indices = model.moe.at(2).router.indices.save()
+    assert bool((logits[:, 3] == -1e9).all()) and not bool((indices == 3).any())
+    assert torch.equal(_dense(indices, torch.ones(indices.shape), 8).sum(0).long(), tr.routing.count[0, 2])
+
+
+def test_a_value_read_in_one_trace_of_a_session_edits_the_next():
+    model = tiny("olmoe")
+    with torch.no_grad(), model.session():
+        with model.trace("Hello world"):
+            first = model.moe[1].router.logits.clone()
+        with model.trace("Hello world"):
+            model.moe[1].router.logits = first * -1.0  # the reversed preference
+            flipped = model.moe[1].router.indices.save()
+            first = first.save()
+    assert torch.equal(flipped.sort(-1).values, torch.topk(-first, 2, dim=-1).indices.sort(-1).values)
