@@ -116,7 +116,9 @@ def _with_element(value: Any, index: Optional[int], new: Any) -> Any:
         return new
     items = list(value)
     items[index] = new
-    return type(value)(items) if isinstance(value, tuple) and not hasattr(value, "_fields") else tuple(items)
+    if hasattr(value, "_fields"):  # a namedtuple takes its fields one by one
+        return type(value)(*items)
+    return type(value)(items) if isinstance(value, tuple) else items  # torch.return_types too
 
 
 def _argument(args: tuple, kwargs: dict, index: int) -> Any:
