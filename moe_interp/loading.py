@@ -61,6 +61,14 @@ def load(name_or_path: Any, *, dispatch: bool = True, **kwargs: Any) -> Transfor
         raise TypeError("mi.load takes a hub id or a directory; to use an in-memory model call mi.wrap(model, tokenizer)")
     if os.path.isdir(name_or_path):  # a local directory has no hub metadata to infer the pipeline task from
         kwargs.setdefault("task", "text-generation")
+    if not dispatch and kwargs.get("tokenizer") is None:
+        # nnsight 0.8.1 cannot guess the tokenizer of an undispatched model under transformers 5
+        # (its pipeline class is now a string: nnsight/modeling/transformers.py, "Impossible to
+        # guess which tokenizer to use"); loading it here is what it would have done.
+        from transformers import AutoTokenizer
+
+        options = {k: kwargs[k] for k in ("revision", "trust_remote_code", "token", "cache_dir") if k in kwargs}
+        kwargs["tokenizer"] = AutoTokenizer.from_pretrained(str(name_or_path), **options)
     model = TransformersModel(str(name_or_path), dispatch=dispatch, **kwargs)
     attach(model, describe(model))
     return model

@@ -382,3 +382,15 @@ def test_first_trace_check_reads_a_dense_dispatch_too():
     with mi.trace(model, encode(model), mi.RouterRecord()) as tr:
         pass
     assert tr._mi_plan["verify"] and int(tr.routing.count.sum()) == int(tr.routing.tokens) * 4  # top-1, 4 layers
+
+
+def test_load_without_dispatch_builds_the_model_with_its_tokenizer(tmp_path):
+    """`mi.load(dir, dispatch=False)` (the remote=True setup) failed inside nnsight 0.8.1 with
+    transformers 5 ("Impossible to guess which tokenizer to use"): it now loads the tokenizer."""
+    tiny = mi.zoo.tiny_model("qwen3_moe")
+    tiny._module.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    model = mi.load(tmp_path, dispatch=False)
+    assert model.tokenizer("abc")["input_ids"] == tiny.tokenizer("abc")["input_ids"]
+    assert mi.describe(model).moe_layers == mi.describe(tiny).moe_layers
+    assert mi.describe(model).num_experts == 8
