@@ -152,6 +152,16 @@ def _profile(model, remote):
     return values, 4  # 10 texts, batch 3: four forwards
 
 
+def _router_view(model, remote):
+    """Plain nnsight code on `model.moe`: a logits edit, then the selection it produced."""
+    with model.trace(PROMPTS, **remote):
+        router = model.moe[0].router
+        router.logits[:, 1] += 2.0
+        indices, weights = router.indices.save(), router.weights.save()
+        logits = model.lm_head.output.save()
+    return {"indices": indices, "weights": weights, "logits": logits}, 1
+
+
 def _paths(arch: str) -> dict:
     spec = mi.describe(_model(arch))
     first, last = spec.moe_layers[0], spec.moe_layers[-1]
@@ -169,12 +179,14 @@ def _paths(arch: str) -> dict:
         "invokes + user code": _invokes_and_user_code,
         "generate, steered": _generate,
         "profile session": _profile,
+        "router view, plain nnsight": _router_view,
     }
 
 
 PATHS = (
     "record", "record, keep_output", "per-token record", "reroute", "drop", "relative steer", "additive steer",
-    "RouteSteer", "invokes + user code", "generate, steered", "profile session")
+    "RouteSteer", "invokes + user code", "generate, steered", "profile session",
+    "router view, plain nnsight")
 
 _LOCAL: dict = {}
 
@@ -206,7 +218,8 @@ def test_remote_path_on_ndif_server_code_is_bitwise_local(arch, path, mode, serv
     assert far_forwards == forwards
     assert backend.requests == 1  # mi.profile too: all its batches in one session request
     if mode == "execute":  # a trace request carries our tracer; a session, nnsight's with our traces inside
-        assert backend.stats["tracer"] == ("Tracer" if path == "profile session" else "RoutingRun")
+        expected = {"profile session": "Tracer", "router view, plain nnsight": "InterleavingTracer"}
+        assert backend.stats["tracer"] == expected.get(path, "RoutingRun")
     else:  # one model call per trace, run by the runner against the host's model
         assert backend.stats["interleave"] == (4 if path == "profile session" else 1)
     wire.append(dict(arch=arch, path=path, mode=mode, request=backend.request_bytes, result=backend.result_bytes,
