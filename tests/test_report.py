@@ -132,10 +132,21 @@ def test_the_ablation_table_holds_own_and_other_deltas_with_an_interval():
                  dict(language="eng", condition="ablate:eng:late", item=item, bits_per_byte=2.5 - 0.01 * item),
                  dict(language="eng", condition="ablate:deu:early", item=item, bits_per_byte=2.1),
                  dict(language="eng", condition="ablate:deu:late", item=item, bits_per_byte=2.1)]
-    result = mi.experiment.AblationResult(("eng",), conditions, {"eng": 2.0}, None, {}, pd.DataFrame(rows))
-    ((language, own, other, difference, verdict),) = ablation_rows(result)
-    assert (language, own, other) == ("eng", "+0.500", "+0.100")
-    assert difference.startswith("+0.400 [") and verdict == "own experts hurt more"
+    # deu is evaluated too: eng's ablations cost it 0.05, its own 0.5
+    for item in range(6):
+        rows += [dict(language="deu", condition="baseline", item=item, bits_per_byte=3.0),
+                 dict(language="deu", condition="ablate:eng:early", item=item, bits_per_byte=3.05),
+                 dict(language="deu", condition="ablate:eng:late", item=item, bits_per_byte=3.05),
+                 dict(language="deu", condition="ablate:deu:early", item=item, bits_per_byte=3.5 + 0.01 * item),
+                 dict(language="deu", condition="ablate:deu:late", item=item, bits_per_byte=3.5 - 0.01 * item)]
+    experts = {("eng", "early"): 3, ("eng", "late"): 2, ("deu", "early"): 0, ("deu", "late"): 0}
+    delta = np.array([[0.5, 0.5, 0.1, 0.1], [0.05, 0.05, 0.5, 0.5]])
+    result = mi.experiment.AblationResult(("eng", "deu"), conditions, {"eng": 2.0, "deu": 3.0}, delta, experts,
+                                          pd.DataFrame(rows))
+    eng, deu = ablation_rows(result)
+    assert eng[:4] == ["eng", "5", "+0.500", "+0.100"] and eng[5] == "+0.050"
+    assert eng[4].startswith("+0.400 [") and eng[6] == "language-specific"
+    assert deu[1] == "0" and deu[6].startswith("nothing ablated")  # no pairs: never called specific
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install -y chromium)")
