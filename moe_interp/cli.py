@@ -323,8 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", "the whole pipeline on the bundled demo model and corpus -> report.html",
             "Profile the bundled demo model and its random-init twin on the held-out UDHR texts, compare how their "
             "routing follows language families, run a layer-band ablation and a steering evaluation, print the "
-            "key findings with their intervals and write one HTML report. Offline; about 3 minutes on 2 idle "
-            "CPU cores for all 312 languages.")
+            "key findings with their intervals and write one HTML report. Offline; a few minutes on 2 CPU cores for all "
+            "312 languages.")
     p.add_argument("--out", default="report.html", help="HTML report to write")
     p.add_argument("--languages", help="comma-separated ISO 639-3 codes (default: all 312 bundled)")
     p.add_argument("--quick", action="store_true", help="a smaller run (tests)")
