@@ -355,7 +355,9 @@ def _check_inputs(inputs: Any) -> None:
     if isinstance(inputs, str) or isinstance(inputs, torch.Tensor):
         if isinstance(inputs, torch.Tensor) and (inputs.dtype.is_floating_point or inputs.ndim not in (1, 2)):
             raise TypeError(f"{_INPUT_HELP}; got a {inputs.dtype} tensor of shape {tuple(inputs.shape)}")
-    elif isinstance(inputs, (list, tuple)) and inputs and all(isinstance(x, str) for x in inputs):
+    elif isinstance(inputs, (list, tuple)) and not inputs:
+        raise ValueError("an empty list of texts has nothing to route: pass at least one non-empty text")
+    elif isinstance(inputs, (list, tuple)) and all(isinstance(x, str) for x in inputs):
         pass
     elif not (hasattr(inputs, "keys") and "input_ids" in inputs):
         raise TypeError(f"{_INPUT_HELP}; got {type(inputs).__name__}")

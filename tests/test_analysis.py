@@ -18,7 +18,7 @@ from moe_interp.stats import StatsFileError
 
 RELEASED = Path(__file__).resolve().parents[2] / "shared" / "data" / "qwen3-30b-a3b-mgsm-routing"
 
-# PAPER.md section 5: JS divergence (base 2) to English, mean over layers 0-15 / 16-31 / 32-47.
+# The paper (arXiv 2601.14050), section 5: JS divergence (base 2) to English, mean over layers 0-15 / 16-31 / 32-47.
 PAPER_JS_TO_EN = {
     "bn": (0.252, 0.167, 0.360), "sw": (0.284, 0.175, 0.304), "ja": (0.163, 0.107, 0.309),
     "zh": (0.127, 0.066, 0.299), "de": (0.085, 0.054, 0.151), "fr": (0.078, 0.044, 0.142),

@@ -129,6 +129,8 @@ TOO_LONG = "x" * 300  # the tiny models have 256 positions; one byte is one toke
     (lambda m: _trace(m, "", mi.RouterRecord()), r"text 0 is empty \(''\)"),
     (lambda m: _trace(m, ["abc", ""], mi.RouterRecord()), r"text 1 is empty"),
     (lambda m: _invoke(m, "abc", ""), r"text 0 is empty"),
+    (lambda m: _invoke(m, "abc", []), r"an empty list of texts has nothing to route"),
+    (lambda m: _trace(m, [], mi.RouterRecord()), r"an empty list of texts has nothing to route"),
     (lambda m: _trace(m, torch.zeros(1, 0, dtype=torch.long), mi.RouterRecord()), "row 0 has no tokens"),
     (lambda m: _trace(m, {"input_ids": torch.tensor([[5, 6], [7, 8]]),
                           "attention_mask": torch.tensor([[1, 1], [0, 0]])}, mi.RouterRecord()), "row 1 has no tokens"),
