@@ -148,7 +148,9 @@ class RoutingTracer(RoutingRun):
     def invoke(self, *args: Any, group: Optional[str] = None, **kwargs: Any) -> RoutingInvoker:
         """Like nnsight's `tracer.invoke`; `group` labels these rows in `tr.routing`. Its
         inputs are checked as `mi.trace`'s are, before the model runs."""
-        if args:
+        # A plain `nnsight.NNsight` module (no Hugging Face config) takes whatever its forward
+        # takes (e.g. hidden states): only Hugging Face models get the text/token checks.
+        if args and getattr(getattr(self.envoy, "_module", None), "config", None) is not None:
             _check_inputs(args[0])
             _check_tokens(self.envoy, args[0], {**self.kwargs, **kwargs}, self._mi_generating)
         return RoutingRun.invoke(self, *args, group=group, **kwargs)

@@ -197,3 +197,54 @@ def test_two_threads_tracing_one_model_get_the_results_of_running_alone():
         assert len(results[i]) == 6
         for count, logits in results[i]:
             assert torch.equal(count, alone[i][0]) and torch.equal(logits, alone[i][1])
+
+
+def test_an_invoke_on_a_plain_nnsight_module_takes_its_own_inputs():
+    """Custom (non Hugging Face) models wrapped by `nnsight.NNsight` take hidden states, not
+    texts: the text/token checks of `tr.invoke` apply to Hugging Face models only."""
+    import nnsight
+
+    class InvokeToyRouter(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            logits = self.proj(x)
+            weights, indices = torch.topk(logits.softmax(-1), 2, dim=-1)
+            return logits, weights, indices
+
+    class Experts(torch.nn.Module):
+        def forward(self, x, indices, weights):
+            return x * weights.sum(-1, keepdim=True)
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gate, self.experts = InvokeToyRouter(), Experts()
+
+        def forward(self, x):
+            flat = x.reshape(-1, 8)
+            _, weights, indices = self.gate(flat)
+            return self.experts(flat, indices, weights).reshape(x.shape)
+
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList([Block()])
+
+        def forward(self, x):
+            return self.layers[0](x)
+
+    torch.manual_seed(0)
+    toy = Toy()
+    mi.register_adapter(mi.RouterAdapter(name="toy_invoke", router_class="InvokeToyRouter", logits="F_linear_0",
+                                         readout="experts", top_k=2))
+    model = nnsight.NNsight(toy)
+    x = torch.randn(1, 5, 8)
+    with mi.trace(model, mi.RouterRecord()) as tr:
+        with tr.invoke(x):
+            pass
+    expected = torch.bincount(torch.topk(toy.layers[0].gate.proj(x.reshape(-1, 8)).softmax(-1), 2).indices.reshape(-1),
+                              minlength=4)
+    assert tr.routing.count[0, 0].tolist() == expected.tolist()
