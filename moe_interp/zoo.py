@@ -5,7 +5,8 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
-__all__ = ["byte_tokenizer", "demo_config", "demo_model", "tiny_config", "tiny_model", "TINY_ARCHITECTURES"]
+__all__ = ["byte_tokenizer", "demo_config", "demo_model", "model_class", "tiny_config", "tiny_model",
+           "TINY_ARCHITECTURES"]
 
 _SPECIALS = ("<pad>", "<s>", "</s>")
 VOCAB_SIZE = 256 + len(_SPECIALS)
@@ -30,7 +31,20 @@ _OVERRIDES: dict[str, dict] = {
     "granitemoeshared": dict(shared_intermediate_size=32),
     "qwen2_moe": dict(decoder_sparse_step=1, mlp_only_layers=[0]),
     "qwen3_moe": dict(decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=True),
+    # encoder-decoder: 4 + 4 layers, every second one sparse (dense layers stay in the picture)
+    "nllb-moe": dict(d_model=32, encoder_layers=4, decoder_layers=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                     encoder_attention_heads=4, decoder_attention_heads=4, encoder_sparse_step=2,
+                     decoder_sparse_step=2, expert_capacity=None, moe_token_dropout=0.0, decoder_start_token_id=2),
+    "switch_transformers": dict(d_model=32, d_kv=8, d_ff=64, num_layers=4, num_decoder_layers=4, num_heads=4,
+                                num_sparse_encoder_layers=2, num_sparse_decoder_layers=2, expert_capacity=64,
+                                router_jitter_noise=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=2),
 }
+# Sub-configs that are not the language model (vision and audio towers): as small as they go.
+_TOWER = dict(depth=1, num_hidden_layers=1, num_layers=1, encoder_layers=1, hidden_size=32, d_model=32,
+              intermediate_size=64, encoder_ffn_dim=64, num_heads=4, num_attention_heads=4,
+              encoder_attention_heads=4, num_key_value_heads=4, head_dim=8, out_hidden_size=32, output_dim=32,
+              projection_dim=32, deepstack_visual_indexes=[], num_position_embeddings=64, image_size=32,
+              patch_size=8, max_source_positions=64, num_mel_bins=16, downsample_hidden_size=8)
 TINY_ARCHITECTURES = ("qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "gpt_oss", "deepseek_v3", "granitemoe")
 
 
@@ -86,13 +100,35 @@ def tiny_config(model_type: str, **overrides: Any) -> Any:
     ```
     """
     base = AutoConfig.for_model(model_type)
-    values = {k: v for k, v in _SMALL.items() if hasattr(base, k)}
-    values.update(_OVERRIDES.get(model_type, {}))
+    values = _small(base)
     experts = {name: overrides.pop(name) for name in _EXPERT_COUNT_NAMES if name in overrides}
     values.update(overrides)
     if experts:
         _set_expert_count(model_type, base, values, experts)
     return AutoConfig.for_model(model_type, **values)
+
+
+def _small(config: Any) -> dict:
+    """Tiny values for `config`'s own attributes; for a composite config (a multimodal model),
+    the language model's sub-config tiny the same way and every other tower (vision, audio)
+    cut to one small layer."""
+    values = {k: v for k, v in _SMALL.items() if hasattr(config, k)}
+    values.update(_OVERRIDES.get(config.model_type, {}))
+    subs = getattr(config, "sub_configs", None) or {}
+    text = config.get_text_config() if subs else None
+    for name in subs:
+        sub = getattr(config, name, None)
+        if sub is None or not hasattr(sub, "to_dict"):
+            continue
+        if sub is text:
+            values[name] = {**sub.to_dict(), **_small(sub)}
+        else:
+            values[name] = {**sub.to_dict(), **{k: v for k, v in _TOWER.items() if hasattr(sub, k)}}
+    if text is not None and text is not config:
+        for k in ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id"):
+            if hasattr(config, k) and k not in values:
+                values[k] = _SMALL[k]
+    return values
 
 
 # What families call their number of routed experts (aliases of one another in some configs,
@@ -117,6 +153,30 @@ def _set_expert_count(model_type: str, base: Any, values: dict, given: dict) -> 
         values[key] = {**values[key], **{name: count for name in _EXPERT_COUNT_NAMES if name in values[key]}}
 
 
+_HEADS = ("CAUSAL_LM", "SEQ_TO_SEQ_CAUSAL_LM", "IMAGE_TEXT_TO_TEXT", "MULTIMODAL_LM", "TEXT_TO_WAVEFORM",
+          "TOKEN_CLASSIFICATION", "")
+
+
+def model_class(model_type: str) -> Any:
+    """The transformers class `tiny_model` builds for `model_type`: its causal LM, else its
+    sequence-to-sequence LM, else its image-text-to-text model, ..., else its base model.
+
+    ```python
+    >>> mi.zoo.model_class("nllb-moe").__name__, mi.zoo.model_class("qwen3_vl_moe").__name__
+    ('NllbMoeForConditionalGeneration', 'Qwen3VLMoeForConditionalGeneration')
+    ```
+    """
+    import transformers
+    from transformers.models.auto import modeling_auto
+
+    for head in _HEADS:
+        names = getattr(modeling_auto, f"MODEL_FOR_{head}_MAPPING_NAMES" if head else "MODEL_MAPPING_NAMES")
+        if model_type in names:
+            name = names[model_type]
+            return getattr(transformers, name[0] if isinstance(name, (list, tuple)) else name)
+    raise ValueError(f"transformers has no model class for {model_type!r}: it is a sub-config of another type")
+
+
 def tiny_model(model_type: str = "qwen3_moe", seed: int = 0, padding_side: str = "left",
                router_std: float = 0.5, **overrides: Any) -> Any:
     """A wrapped random tiny MoE model with a byte tokenizer; routers re-drawn so tokens differ.
@@ -135,7 +195,7 @@ def tiny_model(model_type: str = "qwen3_moe", seed: int = 0, padding_side: str =
     from .loading import wrap
 
     torch.manual_seed(seed)
-    hf = AutoModelForCausalLM.from_config(tiny_config(model_type, **overrides)).eval()
+    hf = model_class(model_type).from_config(tiny_config(model_type, **overrides)).eval()
     spec = describe(hf)
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
@@ -153,6 +213,20 @@ DEMO_SEED = 0
 DEMO_EXPERTS_IMPLEMENTATION = "grouped_mm"  # same maths as "eager"; "batched_mm" is far slower on CPU
 BYTE_OFFSET = len(_SPECIALS)  # byte_tokenizer: token id = BYTE_OFFSET + byte value
 DEMO_MODEL_DIR = __import__("pathlib").Path(__file__).resolve().parent / "data" / "demo_model"
+# The demo corpus, designed for the questions the demo asks (issue 13): seven families of >= 6
+# languages, most in Latin script (Indo-European and Turkic also in Cyrillic, so a family spans
+# scripts), plus English as the hub that holds a large share of training text.
+DEMO_HUB = "eng"
+DEMO_FAMILIES = {
+    "Indo-European": ("eng", "deu", "nld", "swe", "fra", "spa", "ita", "por", "pol", "ces", "hrv",
+                      "rus", "ukr", "bul"),
+    "Niger-Congo": ("swh", "zul", "xho", "sna", "nya", "kin", "lin", "tsn", "ibo"),
+    "Austronesian": ("ind", "jav", "sun", "tgl", "ceb", "ilo", "plt", "haw", "smo"),
+    "Uralic": ("fin", "ekk", "hun", "sme", "smn", "krl", "vep"),
+    "Turkic": ("tur", "azj", "uzn", "tuk", "crh", "gag", "kaz", "tat", "sah"),
+    "Mayan": ("cak", "quc", "tzh", "tzo", "yua", "kek", "toj"),
+}
+DEMO_LANGUAGES = tuple(sorted(lang for langs in DEMO_FAMILIES.values() for lang in langs))
 
 _DEMO = dict(
     hidden_size=128, intermediate_size=256, moe_intermediate_size=128, num_hidden_layers=8,
