@@ -247,6 +247,14 @@ def demo_config(**overrides: Any) -> Any:
     return AutoConfig.for_model("qwen3_moe", **{**_DEMO, **overrides})
 
 
+def _training_seed(directory: Any) -> int:
+    """The seed the model in `directory` was trained from (its twin's seed); DEMO_SEED if unrecorded."""
+    import json
+
+    info = directory / "training.json"
+    return int(json.loads(info.read_text()).get("seed", DEMO_SEED)) if info.is_file() else DEMO_SEED
+
+
 def _checksum(model: torch.nn.Module) -> str:
     """sha256 (first 16 hex digits) of a model's float32 state dict, in name order."""
     import hashlib
@@ -258,7 +266,7 @@ def _checksum(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def demo_model(trained: bool = True, path: Any = None, padding_side: str = "left") -> Any:
+def demo_model(trained: bool = True, path: Any = None, padding_side: str = "left", seed: int | None = None) -> Any:
     """The bundled demo MoE (offline), or its random-init twin, wrapped for `moe_interp`.
 
     A `Qwen3MoeForCausalLM` over bytes (hidden 128, 8 MoE layers of 16 experts, top-2,
@@ -274,6 +282,10 @@ def demo_model(trained: bool = True, path: Any = None, padding_side: str = "left
     against: structure that the twin's routing also shows (e.g. script separation, which byte
     statistics alone produce) is not learned. The global torch RNG state is left untouched.
 
+    `seed` (with `trained=False` only) builds another random-init twin from the same config
+    under that seed: several twins show how much a statistic varies across initialisations,
+    which one twin cannot. `None` is the training run's own seed (`training.json`).
+
     A fresh model is built on every call (nothing is cached), so interventions or edits on one
     never leak into another.
 
@@ -288,6 +300,9 @@ def demo_model(trained: bool = True, path: Any = None, padding_side: str = "left
     ...     with tr.invoke(["Tous les êtres humains naissent libres"], group="fra"): pass
     >>> tr.routing.languages
     ('eng', 'fra')
+    >>> other = mi.zoo.demo_model(trained=False, seed=1)   # a second twin, another init
+    >>> bool((other._module.lm_head.weight != twin._module.lm_head.weight).any())
+    True
     ```
     """
     from .loading import wrap
@@ -296,13 +311,16 @@ def demo_model(trained: bool = True, path: Any = None, padding_side: str = "left
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"no demo model at {directory}: run `python scripts/train_demo_model.py` "
                                 "(or pass path= to a directory it wrote)")
+    if seed is not None and (trained or isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"seed={seed!r}: a seed picks a random-init twin; pass trained=False and an integer >= 0 "
+                         "(the trained weights have no seed to choose)")
     if trained:
         hf = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, local_files_only=True,
                                                   experts_implementation=DEMO_EXPERTS_IMPLEMENTATION)
     else:
         config = AutoConfig.from_pretrained(directory, local_files_only=True)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(DEMO_SEED)
+            torch.manual_seed(_training_seed(directory) if seed is None else seed)
             hf = AutoModelForCausalLM.from_config(config, experts_implementation=DEMO_EXPERTS_IMPLEMENTATION,
                                                   dtype=torch.float32)
     return wrap(hf.eval(), byte_tokenizer(padding_side))

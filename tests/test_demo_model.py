@@ -78,3 +78,22 @@ def test_twin_is_the_training_start(twin):
 
     info = json.loads((zoo.DEMO_MODEL_DIR / "training.json").read_text())
     assert zoo._checksum(twin._module) == info["init_checksum"]
+
+
+def test_twins_with_other_seeds_differ_and_default_seed_is_the_training_seed(twin):
+    """seed=None rebuilds the training start (checksum in training.json); another seed gives
+    another init drawn the same way (same per-tensor init std), a trained model takes no seed."""
+    import json
+
+    info = json.loads((zoo.DEMO_MODEL_DIR / "training.json").read_text())
+    same = zoo.demo_model(trained=False, seed=info["seed"])
+    assert zoo._checksum(same._module) == info["init_checksum"]
+    other = zoo.demo_model(trained=False, seed=info["seed"] + 1)._module.state_dict()
+    for name, tensor in twin._module.state_dict().items():
+        if tensor.std() > 0:                       # random tensors (norm weights are constant ones)
+            assert not torch.equal(tensor, other[name]), name
+            assert other[name].std().item() == pytest.approx(tensor.std().item(), rel=0.2), name
+    with pytest.raises(ValueError, match="trained=False"):
+        zoo.demo_model(seed=1)
+    with pytest.raises(ValueError, match="integer >= 0"):
+        zoo.demo_model(trained=False, seed=-1)
