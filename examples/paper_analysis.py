@@ -16,7 +16,7 @@ import moe_interp as mi
 from moe_interp import plots
 from moe_interp.report import page as report_page
 from moe_interp.report import table as _table
-from moe_interp.analysis.divergence import THIRDS, band_average
+from moe_interp.analysis import THIRDS, band_average
 from moe_interp.datasets import reference_stats
 
 PAPER_JS_TO_EN = {"bn": (0.252, 0.167, 0.360), "sw": (0.284, 0.175, 0.304), "ja": (0.163, 0.107, 0.309),

@@ -113,7 +113,7 @@ def _named(name: str, available: tuple[int, ...], stacks: tuple[str | None, ...]
     if band in _THIRD_OF:
         return bands(available, "thirds")[_THIRD_OF[band]]
     allowed = ["all", *BANDS, *THIRD_BANDS, *labels, *(f"{s}:<band>" for s in labels)]
-    raise ValueError(f"unknown layer selection {name!r}; use one of {allowed}, an int, a range, a slice "
+    raise ValueError(f"unknown band or layer selection {name!r}; use one of {allowed}, an int, a range, a slice "
                      "or a list of layer indices")
 
 

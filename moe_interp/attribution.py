@@ -43,7 +43,7 @@ from .arch import BANDS, MoESpec, describe
 from .expert_set import ExpertSet
 from .experiment import Experiment
 from .interventions import ExpertAblate
-from .stats import _replace_file, _sync_directory
+from ._counts import _replace_file, _sync_directory
 from .trace import _max_positions, model_lock
 
 __all__ = ["expert_attribution", "ExpertAttribution", "AttributionCheck", "rank_correlation"]

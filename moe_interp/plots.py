@@ -1,8 +1,11 @@
-"""Plotly figures of `RoutingStats` analyses. Every function returns a `go.Figure` and never shows it.
+"""Plotly figures of `RoutingCounts` analyses. Every function returns a `go.Figure` and never shows it.
 
 ```python
+>>> import moe_interp as mi
+>>> p = mi.datasets.reference_stats()          # the paper's released MGSM counts
 >>> fig = mi.plots.divergence_heatmap(p, layers="middle")     # p: released MGSM counts
 >>> fig.write_html("divergence.html", include_plotlyjs=True)  # self-contained, offline
+
 ```
 """
 
@@ -13,11 +16,14 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
+from scipy.cluster.hierarchy import dendrogram as scipy_dendrogram
 
-from .analysis.divergence import METRICS, PAPER_BANDS, divergence, resolve_layers
-from .analysis.divergence import bands as _bands
-from .analysis.expert_sets import PAPER, check_k
-from .stats import RoutingStats
+from . import languages
+from ._counts import RoutingCounts
+from ._layers import bands as _bands
+from .analysis import METRICS, THRESHOLD, cluster, divergence, exclusive_experts, shared_experts
+from .analysis import layer_profile as _layer_profile
+from .expert_set import PAPER, check_k
 
 __all__ = ["dendrogram", "divergence_heatmap", "expert_counts", "layer_profile", "routing_heatmap"]
 
@@ -25,7 +31,7 @@ _METRIC_NAMES = {"js": "Jensen-Shannon divergence", "cosine": "cosine distance",
                  "kl_sym": "symmetric KL (bits)"}
 
 
-def routing_heatmap(stats: RoutingStats, language: str | None = None, value: str = "frequency") -> go.Figure:
+def routing_heatmap(stats: RoutingCounts, language: str | None = None, value: str = "frequency") -> go.Figure:
     """Heatmap of how often each expert is used, MoE layer (y) by expert (x), per language.
 
     With `language=None` there is one trace per language and a menu to switch between
@@ -33,9 +39,12 @@ def routing_heatmap(stats: RoutingStats, language: str | None = None, value: str
     `top_k`) or `"gate_mass"` (routing weight per token).
 
     ```python
-    >>> fig = routing_heatmap(p, "sw")
+    >>> import moe_interp as mi
+    >>> p = mi.datasets.reference_stats()          # the paper's released MGSM counts
+    >>> fig = mi.plots.routing_heatmap(p, "sw")
     >>> fig.data[0].z.shape, fig.layout.yaxis.title.text
     ((48, 128), 'MoE layer')
+
     ```
     """
     if value not in ("frequency", "gate_mass"):
@@ -72,20 +81,23 @@ def _matrix_trace(matrix: np.ndarray, labels: list[str], zmax: float, metric: st
                       texttemplate="%{z:.3f}", hovertemplate="%{y} vs %{x}: %{z:.4f}<extra></extra>")
 
 
-def divergence_heatmap(stats: RoutingStats, metric: str = "js", layers: Any = None, bands: bool = False,
-                       edges: Sequence[float] = PAPER_BANDS) -> go.Figure:
+def divergence_heatmap(stats: RoutingCounts, metric: str = "js", layers: Any = None, bands: bool = False,
+                       scheme: str | Sequence[float] = "paper") -> go.Figure:
     """Language x language divergence, averaged over `layers`, or one panel per band.
 
-    `bands=True` draws early / middle / late panels with `edges`
-    (default `MoESpec.band`'s; `moe_interp.analysis.divergence.THIRDS` for equal thirds, as the
-    reference numbers computed from the paper's released counts use).
+    `bands=True` draws early / middle / late panels split by `scheme` (`"paper"`: its
+    10/48 and 40/48 edges, as `MoESpec.band`; `"thirds"`: equal thirds, as the reference
+    numbers computed from the paper's released counts use; see `mi.analysis.bands`).
 
     ```python
-    >>> fig = divergence_heatmap(p, layers="middle")
+    >>> import moe_interp as mi
+    >>> p = mi.datasets.reference_stats()          # the paper's released MGSM counts
+    >>> fig = mi.plots.divergence_heatmap(p, layers="middle")
     >>> fig.data[0].z.shape, fig.layout.xaxis.title.text
     ((8, 8), 'language')
-    >>> len(divergence_heatmap(p, bands=True).data)
+    >>> len(mi.plots.divergence_heatmap(p, bands=True).data)
     3
+
     ```
     """
     if metric not in METRICS:
@@ -95,7 +107,7 @@ def divergence_heatmap(stats: RoutingStats, metric: str = "js", layers: Any = No
     if not bands:
         per_layer = divergence(stats, metric, layers)
         matrix = per_layer.mean(0).numpy()
-        used = [stats.layers[i] for i in resolve_layers(stats, layers)]
+        used = [stats.layers[i] for i in stats.layer_positions(layers)]
         zmax = 1.0 if metric != "kl_sym" else float(np.nanmax(matrix))
         fig = go.Figure(_matrix_trace(matrix, labels, zmax, metric, True))
         span = f"layers {used[0]}-{used[-1]}" if used == list(range(used[0], used[-1] + 1)) else f"{len(used)} layers"
@@ -103,7 +115,7 @@ def divergence_heatmap(stats: RoutingStats, metric: str = "js", layers: Any = No
                           yaxis_autorange="reversed")
         return fig
     per_layer = divergence(stats, metric)
-    parts = _bands(stats.layers, edges)
+    parts = _bands(stats.layers, scheme)
     matrices = {b: per_layer[[stats.layer_index(l) for l in members]].mean(0).numpy() for b, members in parts.items()}
     zmax = 1.0 if metric != "kl_sym" else float(max(np.nanmax(m) for m in matrices.values()))
     fig = make_subplots(rows=1, cols=len(parts), horizontal_spacing=0.08,
@@ -124,30 +136,27 @@ def _family_colors(families: Sequence[str]) -> dict[str, str]:
 def _family_of(language: str, families: Mapping[str, str] | None) -> str:
     if families is not None and language in families:
         return families[language]
-    from . import languages
-
     try:
         return languages.info(language).family
     except KeyError:
         return "unknown"
 
 
-def dendrogram(stats: RoutingStats, metric: str = "js", layers: Any = None, method: str = "average",
+def dendrogram(stats: RoutingCounts, metric: str = "js", layers: Any = None, method: str = "average",
                families: Mapping[str, str] | None = None) -> go.Figure:
     """Dendrogram of the languages' mean routing divergence; leaves coloured by family.
 
     Families come from `moe_interp.languages` unless `families` maps a label to one.
 
     ```python
-    >>> fig = dendrogram(p, layers="middle")
+    >>> import moe_interp as mi
+    >>> p = mi.datasets.reference_stats()          # the paper's released MGSM counts
+    >>> fig = mi.plots.dendrogram(p, layers="middle")
     >>> sorted(t.name for t in fig.data if t.mode == "markers+text")
     ['Indo-European', 'Japonic', 'Niger-Congo', 'Sino-Tibetan']
+
     ```
     """
-    from scipy.cluster.hierarchy import dendrogram as scipy_dendrogram
-
-    from .analysis.clustering import cluster
-
     if len(stats.languages) < 2:
         raise ValueError("a dendrogram needs at least 2 languages")
     clustering = cluster(stats, metric, layers, method)
@@ -178,21 +187,22 @@ def dendrogram(stats: RoutingStats, metric: str = "js", layers: Any = None, meth
     return fig
 
 
-def layer_profile(stats: RoutingStats, metric: str = "js", k: int | None = None, threshold: float = 0.4,
-                  edges: Sequence[float] = PAPER_BANDS) -> go.Figure:
+def layer_profile(stats: RoutingCounts, metric: str = "js", k: int | None = None, threshold: float = THRESHOLD,
+                  scheme: str | Sequence[float] = "paper") -> go.Figure:
     """Per-layer curves: mean divergence, shared fraction and entropy (top), exclusive experts (bottom).
 
     Dotted vertical lines mark the early / middle / late band edges.
 
     ```python
-    >>> fig = layer_profile(p)
+    >>> import moe_interp as mi
+    >>> p = mi.datasets.reference_stats()          # the paper's released MGSM counts
+    >>> fig = mi.plots.layer_profile(p)
     >>> [t.name for t in fig.data][:3]
     ['mean divergence (js)', 'shared fraction', 'mean entropy']
+
     ```
     """
-    from .analysis.profile import layer_profile as compute
-
-    prof = compute(stats, metric, k, threshold)
+    prof = _layer_profile(stats, metric, k, threshold)
     x = list(prof.layers)
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.5, 0.5])
     for name, values in ((f"mean divergence ({metric})", prof.mean_divergence), ("shared fraction", prof.shared_fraction),
@@ -202,7 +212,7 @@ def layer_profile(stats: RoutingStats, metric: str = "js", k: int | None = None,
     for i, language in enumerate(stats.languages):
         fig.add_trace(go.Scatter(x=x, y=prof.exclusive[i].numpy(), mode="lines", name=f"exclusive: {language}",
                                  line={"color": palette[i % len(palette)]}), row=2, col=1)
-    for members in list(_bands(prof.layers, edges).values())[1:]:
+    for members in list(_bands(prof.layers, scheme).values())[1:]:
         for row in (1, 2):
             fig.add_vline(x=members[0] - 0.5, line={"dash": "dot", "color": "grey"}, row=row, col=1)
     fig.update_yaxes(title_text="value (0-1)", row=1, col=1)
@@ -213,7 +223,7 @@ def layer_profile(stats: RoutingStats, metric: str = "js", k: int | None = None,
     return fig
 
 
-def expert_counts(stats: RoutingStats, reference: str | None = None, k: int | None = None, threshold: float = 0.4,
+def expert_counts(stats: RoutingCounts, reference: str | None = None, k: int | None = None, threshold: float = THRESHOLD,
                   shared_k: int | None = None, shared_threshold: float = 0.7, shared_layers: Any = "middle") -> go.Figure:
     """Bars per language: exclusive experts (among all languages) and experts shared with `reference`.
 
@@ -224,9 +234,12 @@ def expert_counts(stats: RoutingStats, reference: str | None = None, k: int | No
     scaled to this model (`mi.PAPER.scaled_k`).
 
     ```python
-    >>> fig = expert_counts(p)
+    >>> import moe_interp as mi
+    >>> p = mi.datasets.reference_stats()          # the paper's released MGSM counts
+    >>> fig = mi.plots.expert_counts(p)
     >>> dict(zip(fig.data[0].x, fig.data[0].y))["sw"]
     271
+
     ```
     """
     if reference is None:
@@ -235,11 +248,10 @@ def expert_counts(stats: RoutingStats, reference: str | None = None, k: int | No
     k = check_k(k, stats.num_experts, stats.top_k)
     shared_k = check_k(shared_k, stats.num_experts, stats.top_k, PAPER.steer_k)
     languages = list(stats.languages)
-    exclusive = [stats.exclusive_experts(l, k=k, threshold=threshold).size for l in languages]
-    positions = resolve_layers(stats, shared_layers)
-    layer_list = [stats.layers[i] for i in positions]
+    exclusive = [exclusive_experts(stats, l, k=k, threshold=threshold).size for l in languages]
+    layer_list = [stats.layers[i] for i in stats.layer_positions(shared_layers)]
     others = [l for l in languages if l != reference]
-    shared = [stats.shared_experts([reference, l], k=shared_k, threshold=shared_threshold, layers=layer_list).size
+    shared = [shared_experts(stats, [reference, l], k=shared_k, threshold=shared_threshold, layers=layer_list).size
               for l in others]
     fig = go.Figure([go.Bar(x=languages, y=exclusive, name="exclusive", text=exclusive, textposition="outside"),
                      go.Bar(x=others, y=shared, name=f"shared with {reference}", text=shared, textposition="outside")])

@@ -199,7 +199,7 @@ def routing_figures(stats: Any, reference: str | None = None) -> list:
     if many:  # one language-level panel, in leaf order so that clusters show as blocks
         from scipy.cluster.hierarchy import leaves_list
 
-        from .analysis.clustering import cluster
+        from .analysis import cluster
 
         clustering = cluster(stats)
         order = [clustering.languages[i] for i in leaves_list(clustering.linkage)]

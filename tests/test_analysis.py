@@ -10,11 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import moe_interp as mi
-from moe_interp.analysis import bootstrap as boot
-from moe_interp.analysis.clustering import adjusted_rand_index
-from moe_interp.analysis.divergence import METRICS, THIRDS, band_average, bands
+from moe_interp import analysis as boot
+from moe_interp.analysis import METRICS, THIRDS, adjusted_rand_index, band_average, bands
+from moe_interp.analysis._divergence import _pairwise
 from moe_interp.datasets.reference import reference_stats
-from moe_interp.stats import StatsFileError
+from moe_interp import StatsFileError
 
 RELEASED = Path(__file__).resolve().parents[2] / "shared" / "data" / "qwen3-30b-a3b-mgsm-routing"
 
@@ -208,7 +208,6 @@ def test_js_equals_scipy_squared_distance_and_is_zero_not_nan_for_identical_rows
     distance is nan (a sum rounded a hair below 0 before its square root)."""
     from scipy.spatial.distance import jensenshannon
 
-    from moe_interp.analysis.divergence import _pairwise
 
     generator = np.random.default_rng(0)
     p = generator.dirichlet(np.ones(16), size=6)

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from test_analysis import _item_stats
 
 import moe_interp as mi
-from moe_interp.stats import StatsFileError
+from moe_interp import StatsFileError
 
 
 def _small() -> mi.RoutingStats:

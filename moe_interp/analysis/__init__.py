@@ -1,1 +1,29 @@
-"""The paper's analyses on `RoutingStats`: expert sets, divergences, clustering, layer profiles."""
+"""The paper's analyses of routing counts: divergences, clustering, expert sets, layer profiles, bootstrap.
+
+Every function takes a `RoutingCounts` (any `RoutingStats`); `RoutingStats` offers the same
+analyses as methods. Layers are chosen with one vocabulary everywhere (`layers=`: indices, a
+range, a slice, `"early"` / `"middle"` / `"late"` in the paper's proportions, `"early-third"`
+/ ... in equal thirds, or a stack name; see `moe_interp._layers`).
+
+```python
+>>> import moe_interp as mi
+>>> p = mi.datasets.reference_stats()            # the paper's released MGSM counts
+>>> mi.analysis.exclusive_experts(p, "sw", layers="middle").size
+143
+
+```
+"""
+
+from .._layers import BANDS, PAPER_EDGES, THIRD_BANDS, THIRDS, bands
+from ._bootstrap import STATISTICS, BootstrapResult, bootstrap, resample
+from ._clustering import Clustering, FamilyAgreement, adjusted_rand_index, cluster, family_agreement
+from ._divergence import METRICS, band_average, divergence, entropy, mean_offdiagonal, similarity
+from ._expert_sets import THRESHOLD, exclusive_experts, exclusive_mask, shared_experts, shared_mask, shares
+from ._layer_profile import LayerProfile, layer_profile
+
+__all__ = [
+    "BANDS", "METRICS", "PAPER_EDGES", "STATISTICS", "THIRDS", "THIRD_BANDS", "THRESHOLD", "BootstrapResult",
+    "Clustering", "FamilyAgreement", "LayerProfile", "adjusted_rand_index", "band_average", "bands", "bootstrap",
+    "cluster", "divergence", "entropy", "exclusive_experts", "exclusive_mask", "family_agreement",
+    "layer_profile", "mean_offdiagonal", "resample", "shared_experts", "shared_mask", "shares", "similarity",
+]

@@ -1,7 +1,12 @@
 """Routing statistics of real models shipped with the package, for docs, tests and offline use."""
 
+import difflib
 import json
 from importlib import resources
+
+from safetensors.torch import load_file
+
+from ..stats import RoutingStats, StatsFileError
 
 __all__ = ["REFERENCE_STATS", "reference_stats"]
 
@@ -12,24 +17,20 @@ REFERENCE_STATS = {
 }
 
 
-def reference_stats(name: str = "qwen3-30b-a3b-mgsm"):
+def reference_stats(name: str = "qwen3-30b-a3b-mgsm") -> RoutingStats:
     """Load a bundled `RoutingStats` by name (see `REFERENCE_STATS`); no network needed.
 
     ```python
+    >>> import moe_interp as mi
     >>> p = mi.datasets.reference_stats("qwen3-30b-a3b-mgsm")
     >>> p.languages, p.count.shape, p.top_k
     (('bn', 'de', 'en', 'es', 'fr', 'ja', 'sw', 'zh'), torch.Size([8, 48, 128]), 8)
     >>> p.exclusive_experts("sw").size
     271
+
     ```
     """
-    from safetensors.torch import load_file
-
-    from ..stats import RoutingStats, StatsFileError
-
     if name not in REFERENCE_STATS:
-        import difflib
-
         close = difflib.get_close_matches(name, list(REFERENCE_STATS), n=3, cutoff=0.3)
         raise KeyError(f"no reference stats named {name!r}; close matches: {close}; available: {list(REFERENCE_STATS)}")
     folder = resources.files("moe_interp").joinpath("data", "reference", name)

@@ -1,14 +1,16 @@
 """Where in depth routing is language-specific: per-layer profiles and early/middle/late summaries."""
 
 import dataclasses
+from collections.abc import Sequence
 
-import torch
+import pandas as pd
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ..stats import RoutingStats
-from .divergence import PAPER_BANDS, band_average, divergence, entropy, mean_offdiagonal
-from .expert_sets import check_k, check_threshold, shares
+from .._counts import RoutingCounts
+from ..expert_set import check_k
+from ._divergence import band_average, divergence, entropy, mean_offdiagonal
+from ._expert_sets import THRESHOLD, exclusive_mask, shared_mask, shares
 
 __all__ = ["LayerProfile", "layer_profile"]
 
@@ -35,14 +37,16 @@ class LayerProfile:
     k: int
     threshold: float
 
-    def bands(self, edges=PAPER_BANDS) -> dict[str, dict[str, float]]:
-        """Early / middle / late means (`edges` as in `divergence.bands`) of every quantity.
+    def bands(self, scheme: str | Sequence[float] = "paper") -> dict[str, dict[str, float]]:
+        """Early / middle / late means of every quantity (`scheme` as in `mi.analysis.bands`).
 
         ```python
-        >>> prof = layer_profile(p)                       # released MGSM counts
-        >>> b = prof.bands()
+        >>> import moe_interp as mi
+        >>> p = mi.datasets.reference_stats()                   # the paper's released MGSM counts
+        >>> b = mi.analysis.layer_profile(p).bands()
         >>> b["middle"]["mean_divergence"] < min(b["early"]["mean_divergence"], b["late"]["mean_divergence"])
         True
+
         ```
         """
         per_layer = {"mean_divergence": self.mean_divergence, "shared_fraction": self.shared_fraction,
@@ -50,20 +54,21 @@ class LayerProfile:
                      "entropy": self.entropy.nanmean(0)}
         out: dict[str, dict[str, float]] = {}
         for name, values in per_layer.items():
-            for band, value in band_average(values, self.layers, edges).items():
+            for band, value in band_average(values, self.layers, scheme).items():
                 out.setdefault(band, {})[name] = float(value)
         return out
 
-    def to_pandas(self):
+    def to_pandas(self) -> pd.DataFrame:
         """One row per layer: the quantities above, `exclusive` summed and per language.
 
         ```python
-        >>> layer_profile(p).to_pandas().columns[:4].tolist()
+        >>> import moe_interp as mi
+        >>> p = mi.datasets.reference_stats()                   # the paper's released MGSM counts
+        >>> mi.analysis.layer_profile(p).to_pandas().columns[:4].tolist()
         ['layer', 'mean_divergence', 'shared_fraction', 'shared']
+
         ```
         """
-        import pandas as pd
-
         frame = pd.DataFrame({"layer": list(self.layers), "mean_divergence": self.mean_divergence.numpy(),
                               "shared_fraction": self.shared_fraction.numpy(), "shared": self.shared.numpy(),
                               "exclusive": self.exclusive.sum(0).numpy(), "entropy": self.entropy.nanmean(0).numpy()})
@@ -73,7 +78,8 @@ class LayerProfile:
         return frame
 
 
-def layer_profile(stats: RoutingStats, metric: str = "js", k: int | None = None, threshold: float = 0.4) -> LayerProfile:
+def layer_profile(stats: RoutingCounts, metric: str = "js", k: int | None = None,
+                  threshold: float = THRESHOLD) -> LayerProfile:
     """Per-layer mean divergence, shared fraction, exclusive counts and entropy.
 
     Exclusive (`share > threshold`) and shared (`any share > 0 and all < threshold`)
@@ -81,17 +87,19 @@ def layer_profile(stats: RoutingStats, metric: str = "js", k: int | None = None,
     paper's 15 of 128 experts scaled to this model; the profile keeps the `k` used).
 
     ```python
-    >>> prof = layer_profile(p)
+    >>> import moe_interp as mi
+    >>> p = mi.datasets.reference_stats()                   # the paper's released MGSM counts
+    >>> prof = mi.analysis.layer_profile(p)
     >>> int(prof.exclusive[p.language_index("sw")].sum())    # as p.exclusive_experts("sw").size
     271
+
     ```
     """
-    threshold = check_threshold(threshold)
     k = check_k(k, stats.num_experts, stats.top_k)
     p = shares(stats, None, k)
+    exclusive = exclusive_mask(p, threshold).sum(-1)
+    shared = shared_mask(p, threshold).sum(-1)
     used = (p > 0).any(0)
-    shared = (used & (p < threshold).all(0)).sum(-1)
-    exclusive = (p > threshold).sum(-1)
     fraction = shared.double() / used.sum(-1).clamp(min=1).double()
     return LayerProfile(tuple(stats.languages), tuple(stats.layers), mean_offdiagonal(divergence(stats, metric)),
                         fraction, shared.long(), exclusive.long(), entropy(stats), metric, k, float(threshold))

@@ -1,6 +1,6 @@
 """Confidence intervals by resampling items (texts) within each language.
 
-Needs the per-item counts `RoutingStats.item_count` that `mi.profile` keeps. Each resample
+Needs the per-item counts `RoutingCounts.item_count` that `mi.profile` keeps. Each resample
 draws, for every language, as many items as it has, with replacement; the statistic is
 recomputed on the counts those items add up to; intervals are percentiles.
 """
@@ -8,13 +8,14 @@ recomputed on the counts those items add up to; intervals are percentiles.
 import dataclasses
 import numbers
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..stats import RoutingStats
-from .divergence import LayerSpec, divergence
-from .expert_sets import exclusive_experts, shared_experts, shares
+from .._counts import RoutingCounts
+from ._divergence import divergence
+from ._expert_sets import THRESHOLD, exclusive_experts, shared_experts, shares
 
 __all__ = ["STATISTICS", "BootstrapResult", "bootstrap", "resample"]
 
@@ -40,20 +41,20 @@ class BootstrapResult:
         return f"BootstrapResult({self.statistic}, shape={shape}, n={len(self.samples)}, level={self.level})"
 
 
-def _divergence(stats: RoutingStats, metric: str = "js", layers: LayerSpec = None) -> Tensor:
+def _divergence(stats: RoutingCounts, metric: str = "js", layers: Any = None) -> Tensor:
     return divergence(stats, metric, layers)
 
 
-def _shares(stats: RoutingStats, languages: Sequence[str] | None = None, k: int | None = None) -> Tensor:
+def _shares(stats: RoutingCounts, languages: Sequence[str] | None = None, k: int | None = None) -> Tensor:
     return shares(stats, languages, k)
 
 
-def _exclusive_sizes(stats: RoutingStats, k: int | None = None, threshold: float = 0.4, layers=None) -> Tensor:
+def _exclusive_sizes(stats: RoutingCounts, k: int | None = None, threshold: float = THRESHOLD, layers=None) -> Tensor:
     return torch.tensor([float(exclusive_experts(stats, l, k=k, threshold=threshold, layers=layers).size)
                          for l in stats.languages], dtype=torch.float64)
 
 
-def _shared_size(stats: RoutingStats, languages: Sequence[str] | None = None, k: int | None = None, threshold: float = 0.4,
+def _shared_size(stats: RoutingCounts, languages: Sequence[str] | None = None, k: int | None = None, threshold: float = THRESHOLD,
                  layers=None) -> Tensor:
     return torch.tensor(float(shared_experts(stats, languages, k=k, threshold=threshold, layers=layers).size),
                         dtype=torch.float64)
@@ -67,15 +68,23 @@ STATISTICS: dict[str, Callable[..., Tensor]] = {
 }
 
 
-def resample(stats: RoutingStats, generator: torch.Generator) -> RoutingStats:
+def resample(stats: RoutingCounts, generator: torch.Generator) -> RoutingCounts:
     """One bootstrap replicate of `stats`: items drawn with replacement within each language.
 
     `gate_mass` is not kept per item, so the replicate's `gate_mass` is zero.
 
     ```python
-    >>> r = resample(items_stats, torch.Generator().manual_seed(0))
-    >>> r.count.shape == items_stats.count.shape
-    True
+    >>> import torch
+    >>> import moe_interp as mi
+    >>> items = torch.tensor([[[2, 0, 0, 0]], [[1, 1, 0, 0]], [[0, 0, 2, 0]], [[0, 0, 1, 1]]])  # 4 texts, top-1
+    >>> count = torch.stack([items[:2].sum(0), items[2:].sum(0)])    # en: texts 0-1, de: texts 2-3
+    >>> s = mi.RoutingStats(["en", "de"], [0], 4, 1, count, count.double(), torch.tensor([4, 4]),
+    ...                     item_count=items, item_tokens=torch.tensor([2, 2, 2, 2]),
+    ...                     item_language=torch.tensor([0, 0, 1, 1]))
+    >>> r = mi.analysis.resample(s, torch.Generator().manual_seed(0))
+    >>> r.tokens.tolist(), r.count.sum().item()           # each language redraws its 2 texts of 2 tokens
+    ([4, 4], 8)
+
     ```
     """
     if stats.item_count is None or stats.item_tokens is None or stats.item_language is None:
@@ -91,22 +100,31 @@ def resample(stats: RoutingStats, generator: torch.Generator) -> RoutingStats:
     flat = stats.item_count.reshape(n_items, -1).double()
     count = (weights @ flat).round().long().reshape(stats.count.shape)
     tokens = (weights @ stats.item_tokens.double()).round().long()
-    return RoutingStats(stats.languages, stats.layers, stats.num_experts, stats.top_k, count,
-                        torch.zeros(count.shape, dtype=torch.float64), tokens, meta={**stats.meta, "bootstrap": True})
+    return type(stats)(stats.languages, stats.layers, stats.num_experts, stats.top_k, count,
+                       torch.zeros(count.shape, dtype=torch.float64), tokens, meta={**stats.meta, "bootstrap": True},
+                       stacks=stats.stacks)
 
 
-def bootstrap(stats: RoutingStats, statistic: str | Callable[[RoutingStats], Tensor] = "divergence", n: int = 200,
+def bootstrap(stats: RoutingCounts, statistic: str | Callable[[RoutingCounts], Tensor] = "divergence", n: int = 200,
               level: float = 0.95, seed: int = 0, **kwargs) -> BootstrapResult:
     """Percentile confidence intervals of a statistic, resampling items within languages.
 
     **Arguments:** `statistic`: a name in `STATISTICS` (`"divergence"`, `"shares"`,
     `"exclusive_sizes"`, `"shared_size"`; `kwargs` go to it) or any function
-    `RoutingStats -> Tensor`; `n` replicates; `level` of the interval; `seed`.
+    `RoutingCounts -> Tensor`; `n` replicates; `level` of the interval; `seed`.
 
     ```python
-    >>> ci = bootstrap(items_stats, "exclusive_sizes", n=100, seed=0, k=4, threshold=0.4)
-    >>> bool((ci.low <= ci.estimate).all() and (ci.estimate <= ci.high).all())
-    True
+    >>> import torch
+    >>> import moe_interp as mi
+    >>> items = torch.tensor([[[2, 0, 0, 0]], [[1, 1, 0, 0]], [[0, 0, 2, 0]], [[0, 0, 1, 1]]])  # 4 texts, top-1
+    >>> count = torch.stack([items[:2].sum(0), items[2:].sum(0)])    # en: texts 0-1, de: texts 2-3
+    >>> s = mi.RoutingStats(["en", "de"], [0], 4, 1, count, count.double(), torch.tensor([4, 4]),
+    ...                     item_count=items, item_tokens=torch.tensor([2, 2, 2, 2]),
+    ...                     item_language=torch.tensor([0, 0, 1, 1]))
+    >>> ci = mi.analysis.bootstrap(s, "divergence", n=50)    # en and de never share an expert
+    >>> float(ci.estimate[0, 0, 1]), float(ci.low[0, 0, 1]), float(ci.high[0, 0, 1])
+    (1.0, 1.0, 1.0)
+
     ```
     """
     if isinstance(statistic, str):

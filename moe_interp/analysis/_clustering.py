@@ -12,14 +12,15 @@ import dataclasses
 import numbers
 from collections.abc import Mapping, Sequence
 from math import comb
+from typing import Any
 
 import numpy as np
 from scipy.cluster.hierarchy import cophenet, fcluster, linkage
 from scipy.spatial.distance import squareform
 
 from .. import languages as _languages
-from ..stats import RoutingStats
-from .divergence import LayerSpec, divergence
+from .._counts import RoutingCounts
+from ._divergence import divergence
 
 __all__ = ["Clustering", "FamilyAgreement", "adjusted_rand_index", "cluster", "family_agreement"]
 
@@ -67,7 +68,7 @@ class Clustering:
         return squareform(cophenet(self.linkage))
 
 
-def cluster(stats: RoutingStats, metric: str = "js", layers: LayerSpec = None, method: str = "average") -> Clustering:
+def cluster(stats: RoutingCounts, metric: str = "js", layers: Any = None, method: str = "average") -> Clustering:
     """Cluster the languages of `stats` on their divergence averaged over `layers`.
 
     **Arguments:** `metric`: see `divergence`; `layers`: `None` (all), a band name or
@@ -87,9 +88,7 @@ def cluster(stats: RoutingStats, metric: str = "js", layers: LayerSpec = None, m
     bad = [stats.languages[i] for i in np.flatnonzero(np.isnan(distance).any(0))]
     if bad:
         raise ValueError(f"languages {bad} have no tokens; drop them with stats.select(...) before clustering")
-    from .divergence import resolve_layers
-
-    used = tuple(stats.layers[i] for i in resolve_layers(stats, layers))
+    used = tuple(stats.layers[i] for i in stats.layer_positions(layers))
     if len(stats.languages) < 2:
         tree = np.zeros((0, 4))
     else:
@@ -161,17 +160,13 @@ def _lookup(label: str, table: Mapping[str, str] | None, what: str) -> str:
     if table is not None and label in table:
         return table[label]
     try:
-        return getattr(_languages.info(label), what)
+        row = _languages.info(label)
     except KeyError as error:
-        from ..datasets import udhr_languages  # the bundled corpus knows its 312 languages
-
-        known = udhr_languages().get(label, {})
-        if known.get(what):
-            return known[what]
-        if what == "branch" and known.get("family"):  # isolates and small families: no branch
-            return known["family"]
         raise KeyError(f"cannot tell the {what} of group {label!r} ({error.args[0]}); "
                        f"pass {_OVERRIDE[what]}={{{label!r}: ...}}") from None
+    if what == "branch":
+        return row.branch or row.family  # isolates and small families: no branch
+    return getattr(row, what)
 
 
 def _pair_means(distance: np.ndarray, labels: Sequence[str]) -> tuple[float, float]:
@@ -196,7 +191,7 @@ def _agreement(clustering: Clustering, families: Sequence[str], branches: Sequen
                            within / between if between else float("nan"), clustering.cophenetic(), corr)
 
 
-def family_agreement(stats: RoutingStats, metric: str = "js", layers: LayerSpec = None, method: str = "average",
+def family_agreement(stats: RoutingCounts, metric: str = "js", layers: Any = None, method: str = "average",
                      level: str = "family", families: Mapping[str, str] | None = None,
                      scripts: Mapping[str, str] | None = None, script: str | None = None) -> FamilyAgreement:
     """Agreement of the routing clustering with language families (or branches).
