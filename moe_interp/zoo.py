@@ -34,7 +34,7 @@ _OVERRIDES: dict[str, dict] = {
     # encoder-decoder: 4 + 4 layers, every second one sparse (dense layers stay in the picture)
     "nllb-moe": dict(d_model=32, encoder_layers=4, decoder_layers=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
                      encoder_attention_heads=4, decoder_attention_heads=4, encoder_sparse_step=2,
-                     decoder_sparse_step=2, expert_capacity=None, moe_token_dropout=0.0, decoder_start_token_id=2),
+                     decoder_sparse_step=2, expert_capacity=64, moe_token_dropout=0.0, decoder_start_token_id=2),
     "switch_transformers": dict(d_model=32, d_kv=8, d_ff=64, num_layers=4, num_decoder_layers=4, num_heads=4,
                                 num_sparse_encoder_layers=2, num_sparse_decoder_layers=2, expert_capacity=64,
                                 router_jitter_noise=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=2),
@@ -116,18 +116,16 @@ def _small(config: Any) -> dict:
     values.update(_OVERRIDES.get(config.model_type, {}))
     subs = getattr(config, "sub_configs", None) or {}
     text = config.get_text_config() if subs else None
+    if text is None or text is config:  # parts of one model (DBRX's attn_config): _OVERRIDES sets them
+        return values
     for name in subs:
         sub = getattr(config, name, None)
-        if sub is None or not hasattr(sub, "to_dict"):
+        if sub is None or not hasattr(sub, "to_dict") or name in values:
             continue
         if sub is text:
             values[name] = {**sub.to_dict(), **_small(sub)}
         else:
             values[name] = {**sub.to_dict(), **{k: v for k, v in _TOWER.items() if hasattr(sub, k)}}
-    if text is not None and text is not config:
-        for k in ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id"):
-            if hasattr(config, k) and k not in values:
-                values[k] = _SMALL[k]
     return values
 
 
@@ -195,7 +193,7 @@ def tiny_model(model_type: str = "qwen3_moe", seed: int = 0, padding_side: str =
     from .loading import wrap
 
     torch.manual_seed(seed)
-    hf = model_class(model_type).from_config(tiny_config(model_type, **overrides)).eval()
+    hf = model_class(model_type)._from_config(tiny_config(model_type, **overrides)).eval()
     spec = describe(hf)
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

@@ -57,7 +57,8 @@ def arch(request):
 # ---------------------------------------------------------------------------------- experts oracle
 # What each experts module really received, found and read without moe_interp: experts modules
 # are found by name, their routing read from their own call arguments by plain torch hooks.
-_LAYER = re.compile(r"\.(\d+)\.")
+_LAYER = re.compile(r"^(.*?)\.(\d+)\.")
+_EXPERT_CHILD = re.compile(r"^expert_?\d+$")
 
 
 def _is_experts(path: str, module: torch.nn.Module) -> bool:
@@ -70,17 +71,40 @@ def _is_experts(path: str, module: torch.nn.Module) -> bool:
 def _experts_modules(hf: torch.nn.Module) -> list:
     """(layer, block path, experts module) of every routed-experts module: the outermost when
     they nest, the first of a block when it has several (JetMoe's input and output linears
-    receive the same rows)."""
+    receive the same rows). `layer` is the layer index when every experts module sits in one
+    stack of layers; in a model with several (an encoder and a decoder), it is the layer's
+    path, e.g. `"model.decoder.layers.3"`, so that equal indices of two stacks stay apart."""
     found, blocks = [], set()
     for path, module in hf.named_modules():
         block = path.rsplit(".", 1)[0]
         if (_is_experts(path, module) and block not in blocks
-                and not any(path.startswith(p + ".") for _, _, p, _ in found)):
+                and not any(path.startswith(p + ".") for _, _, _, p, _ in found)):
             match = _LAYER.search(path + ".")
             if match:
-                found.append((int(match[1]), block, path, module))
+                found.append((match[1], int(match[2]), block, path, module))
                 blocks.add(block)
-    return [(layer, block, module) for layer, block, _, module in found]
+    several = len({stack for stack, *_ in found}) > 1
+    return [(f"{stack}.{index}" if several else index, block, module) for stack, index, block, _, module in found]
+
+
+def _expert_children(module: torch.nn.Module) -> list:
+    """`[(expert index, submodule)]` of an experts container that calls one submodule per
+    expert (NLLB-MoE's and Switch's `expert_<i>`), else `[]`."""
+    return [(int(re.sub(r"\D", "", name)), child) for name, child in module.named_children()
+            if _EXPERT_CHILD.match(name)]
+
+
+def _rows_to_tokens(rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The token each of `rows` is a copy of (exact equality), each token used at most once:
+    tokens with equal states (the same prefix in two rows) take the rows in turn."""
+    match = (rows[:, None, :] == tokens[None, :, :]).all(-1)  # [rows, tokens]
+    assert bool(match.any(1).all()), "an experts row matches no token"
+    owner, used = [], set()
+    for candidates in match:
+        free = [int(t) for t in candidates.nonzero().flatten() if int(t) not in used]
+        owner.append(free[0] if free else int(candidates.nonzero()[0]))
+        used.add(owner[-1])
+    return torch.tensor(owner, dtype=torch.long)
 
 
 def _received(args: tuple, kwargs: dict, num_tokens: int, tokens: torch.Tensor | None) -> torch.Tensor:
@@ -111,12 +135,16 @@ def _received(args: tuple, kwargs: dict, num_tokens: int, tokens: torch.Tensor |
 
 
 @contextlib.contextmanager
-def experts_received(model, attention_mask: torch.Tensor):
+def experts_received(model, attention_mask):
     """Count what every routed-experts module receives during the forward(s) run in the block.
 
-    Yields a dict that, after the block, maps each layer index to `[E]` counts over the
-    non-padding tokens (`attention_mask`, flattened as the experts see tokens), summed over
-    the layer's calls. Independent of moe_interp: no `mi.describe`, plain torch hooks.
+    Yields a dict that, after the block, maps each layer (see `_experts_modules`) to `[E]`
+    counts over the non-padding tokens, summed over the layer's calls. `attention_mask` marks
+    them, flattened as the experts see tokens: one mask, or for a model with several stacks a
+    dict `{stack path prefix: mask}` (e.g. `{"model.encoder": mask, "model.decoder":
+    decoder_mask}`). An experts container that runs one submodule per expert (NLLB-MoE,
+    Switch) is read at those submodules: the rows each one really computed, matched back to
+    their token. Independent of moe_interp: no `mi.describe`, plain torch hooks.
 
     ```python
     >>> with experts_received(model, enc["attention_mask"]) as seen:
@@ -125,24 +153,41 @@ def experts_received(model, attention_mask: torch.Tensor):
     ```
     """
     hf = getattr(model, "_module", model)
-    real = attention_mask.reshape(-1).bool()
+    masks = attention_mask if isinstance(attention_mask, dict) else {"": attention_mask}
     seen: dict = {}
     block_tokens: dict = {}
     handles = []
 
+    def real_of(block):
+        prefix = max((p for p in masks if block.startswith(p)), key=len)
+        return masks[prefix].reshape(-1).bool()
+
+    def add(layer, counts):
+        old = seen.get(layer)
+        if old is not None:
+            width = max(old.shape[0], counts.shape[0])
+            counts = torch.nn.functional.pad(counts, (0, width - counts.shape[0]))
+            counts = counts + torch.nn.functional.pad(old, (0, width - old.shape[0]))
+        seen[layer] = counts
+
     def record(layer, block):
         def pre(module, args, kwargs):
+            real = real_of(block)
             counts = _received(args, kwargs, real.shape[0], block_tokens.get(block))
             if counts.shape[0] != real.shape[0]:
                 raise AssertionError(f"layer {layer}: experts saw {counts.shape[0]} tokens, the batch has "
                                      f"{real.shape[0]}")
-            total = counts[real].sum(0)
-            old = seen.get(layer)
-            if old is not None:
-                width = max(old.shape[0], total.shape[0])
-                total = torch.nn.functional.pad(total, (0, width - total.shape[0]))
-                total = total + torch.nn.functional.pad(old, (0, width - old.shape[0]))
-            seen[layer] = total
+            add(layer, counts[real].sum(0))
+        return pre
+
+    def record_child(layer, block, expert):
+        def pre(module, args, kwargs):
+            real = real_of(block)
+            rows = (args[0] if args else next(iter(kwargs.values()))).detach()
+            owner = _rows_to_tokens(rows.reshape(-1, rows.shape[-1]), block_tokens[block])
+            counts = torch.zeros(expert + 1, dtype=torch.long)
+            counts[expert] = int(real[owner].sum())
+            add(layer, counts)
         return pre
 
     def keep_block_input(block):
@@ -152,6 +197,14 @@ def experts_received(model, attention_mask: torch.Tensor):
         return pre
 
     for layer, block, module in _experts_modules(hf):
+        children = _expert_children(module)
+        if children:  # the container's hidden states are the tokens its experts' rows copy
+            handles.append(module.register_forward_pre_hook(keep_block_input(block), with_kwargs=True))
+            handles.append(module.register_forward_pre_hook(
+                lambda *_, layer=layer, n=len(children): add(layer, torch.zeros(n, dtype=torch.long))))
+            for expert, child in children:
+                handles.append(child.register_forward_pre_hook(record_child(layer, block, expert), with_kwargs=True))
+            continue
         handles.append(hf.get_submodule(block).register_forward_pre_hook(keep_block_input(block), with_kwargs=True))
         handles.append(module.register_forward_pre_hook(record(layer, block), with_kwargs=True))
     try:

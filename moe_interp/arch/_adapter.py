@@ -61,7 +61,11 @@ class RouterAdapter:
       router's output tuple at `weights_index`, `indices_index`; `"dense"`: a dense
       `[T, E]` score matrix at output `scores_index` (non-selected experts score 0);
       `"topk"`: inside the router's source, the `torch.topk` op `topk_op` (its indices)
-      and the op `weights_op` that makes the top-k weights (JetMoe).
+      and the op `weights_op` that makes the top-k weights (JetMoe); `"dispatch"`: a 0/1
+      dispatch mask `[..., E]` at router output `indices_index` and the chosen experts'
+      weights (`[..., 1]` or `[..., E]`) at `weights_index` (Switch Transformers). In
+      `"dense"` and `"dispatch"` readouts a token with fewer than `top_k` experts (dropped
+      past an expert's capacity) counts only the experts it reached.
     - `top_k`: experts per token, when neither the router nor the config says (`None`: detect).
     - `selection`: a human description of how the family selects experts.
 
@@ -82,7 +86,7 @@ class RouterAdapter:
     logits: str | None = None
     choice: str | None = None
     select: str | None = None
-    readout: Literal["experts", "router", "dense", "topk"] | None = None
+    readout: Literal["experts", "router", "dense", "dispatch", "topk"] | None = None
     weights_index: int = 1
     indices_index: int = 2
     scores_index: int = 0

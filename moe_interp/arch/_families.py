@@ -69,6 +69,29 @@ FAMILIES = (
         readout="experts",
         selection="softmax, + moe_statics bias (selection only), top-k, renormalise",
     ),
+    # Encoder-decoder models: routers in both stacks (see arch._stacks); selection by argmax,
+    # with an expert capacity past which tokens are dropped (dispatched nowhere, not counted).
+    RouterAdapter(
+        name="nllb_moe",
+        model_types=("nllb-moe",),
+        logits="self_classifier_0",
+        readout="dense",
+        scores_index=1,  # returns (top-1 mask, combine weights [T, E] of the top-2 within capacity, logits)
+        top_k=2,
+        selection="softmax, top-1 and top-2 by argmax, expert capacity (eval: moe_eval_capacity_token_fraction "
+        "x tokens), renormalise the two; padding dispatched nowhere",
+    ),
+    RouterAdapter(
+        name="switch_transformers",
+        model_types=("switch_transformers",),
+        logits="self_classifier_1",  # self_classifier_0 is the `self.classifier.to(dtype)` cast
+        readout="dispatch",
+        indices_index=0,  # one-hot dispatch [B, S, E], zero past an expert's capacity
+        weights_index=1,  # the chosen expert's softmax probability [B, S, 1]
+        top_k=1,
+        selection="softmax, top-1 by argmax, expert capacity per sequence (tokens past it are dropped, padding "
+        "included: it takes capacity like any token)",
+    ),
 )
 
 for _family in FAMILIES:
