@@ -1,0 +1,139 @@
+"""The package's import graph has no cycle, lazy imports included, and data flows one way."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import moe_interp as mi
+
+PACKAGE = Path(mi.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """Package modules `name` imports anywhere in its body (functions included): a lazy
+    import is still an edge of the graph."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            # `from . import x` and `from .pkg import module` name modules; others name attributes
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target.startswith("moe_interp") and target != name:
+                found.add(target)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+    for name in modules:  # importing a.b.c runs a/__init__ and a/b/__init__ first
+        parent = name.rpartition(".")[0]
+        while parent:
+            if parent in graph and parent != name:
+                graph[name].add(parent)
+            parent = parent.rpartition(".")[0]
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of `graph` (as a path that returns to its start), or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def _edges_ignoring_parents(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The graph without the implicit child -> parent-package edges: a package's `__init__`
+    importing its own submodules is how re-exports work, not a cycle of the code."""
+    return {name: {t for t in targets if not name.startswith(t + ".")} for name, targets in graph.items()}
+
+
+def test_the_package_has_no_import_cycle():
+    cycle = _cycle(_edges_ignoring_parents(_graph()))
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_finder_finds_a_planted_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _cycle(graph) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_lazy_imports_are_edges(tmp_path):
+    source = "def f():\n    from .stats import RoutingStats\n"
+    (tmp_path / "x.py").write_text(source)
+    modules = {"moe_interp.x": tmp_path / "x.py", "moe_interp.stats": PACKAGE / "stats.py"}
+    assert _imports("moe_interp.x", tmp_path / "x.py", modules) == {"moe_interp.stats"}
+
+
+# Data flows one way (DESIGN.md): nothing below imports from above.
+BELOW = {
+    "moe_interp._layers": {"moe_interp._checks"},
+    "moe_interp._checks": set(),
+    "moe_interp._counts": {"moe_interp._layers", "moe_interp._checks"},
+}
+
+
+@pytest.mark.parametrize("module", sorted(BELOW))
+def test_foundation_modules_import_only_what_is_below_them(module):
+    graph = _graph()
+    assert graph[module] - {"moe_interp"} <= BELOW[module]
+
+
+@pytest.mark.parametrize("module", ["moe_interp.analysis", "moe_interp.plots", "moe_interp._counts"])
+def test_analysis_and_plots_never_reach_the_user_facing_stats(module):
+    graph = _edges_ignoring_parents(_graph())
+    seen, todo = set(), [module] + [m for m in graph if m.startswith(module + ".")]
+    while todo:
+        node = todo.pop()
+        if node not in seen:
+            seen.add(node)
+            todo.extend(graph.get(node, ()))
+    assert "moe_interp.stats" not in seen
+    assert "moe_interp.datasets" not in seen  # family metadata comes from moe_interp.languages
+
+
+def test_languages_and_layers_import_nothing_above():
+    graph = _graph()
+    assert graph["moe_interp.languages"] - {"moe_interp"} == set()
