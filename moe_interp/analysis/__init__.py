@@ -15,9 +15,11 @@ range, a slice, `"early"` / `"middle"` / `"late"` in the paper's proportions, `"
 """
 
 from .._layers import BANDS, PAPER_EDGES, THIRD_BANDS, THIRDS, bands
+from ._baselines import ngram_stats, risk_difference
 from ._bootstrap import STATISTICS, BootstrapResult, bootstrap, resample
 from ._clustering import Clustering, FamilyAgreement, adjusted_rand_index, cluster, family_agreement
 from ._divergence import METRICS, band_average, divergence, entropy, mean_offdiagonal, similarity
+from ._evidence import FamilyEvidence, Interval, family_evidence, interval, paired_interval, stratified_interval
 from ._expert_sets import THRESHOLD, exclusive_experts, exclusive_mask, shared_experts, shared_mask, shares
 from ._layer_profile import LayerProfile, layer_profile
 
@@ -26,4 +28,7 @@ __all__ = [
     "Clustering", "FamilyAgreement", "LayerProfile", "adjusted_rand_index", "band_average", "bands", "bootstrap",
     "cluster", "divergence", "entropy", "exclusive_experts", "exclusive_mask", "family_agreement",
     "layer_profile", "mean_offdiagonal", "resample", "shared_experts", "shared_mask", "shares", "similarity",
+    # evidence (controls, intervals, baselines)
+    "FamilyEvidence", "Interval", "family_evidence", "interval", "ngram_stats", "paired_interval", "risk_difference",
+    "stratified_interval",
 ]
