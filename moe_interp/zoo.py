@@ -52,9 +52,11 @@ def byte_tokenizer(padding_side: str = "left") -> PreTrainedTokenizerFast:
     """A byte-level tokenizer (256 bytes + `<pad>`, `<s>`, `</s>`), built offline.
 
     ```python
+    >>> import moe_interp as mi
     >>> tok = mi.zoo.byte_tokenizer()
     >>> tok("hé").input_ids, tok.decode(tok("hé").input_ids)
     ([107, 198, 172], 'hé')
+
     ```
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -92,11 +94,13 @@ def tiny_config(model_type: str, **overrides: Any) -> Any:
     one of those the config has; a type that has none raises `ValueError`.
 
     ```python
+    >>> import moe_interp as mi
     >>> config = mi.zoo.tiny_config("olmoe", num_hidden_layers=2)
     >>> config.num_hidden_layers, config.num_experts, config.num_experts_per_tok
     (2, 8, 2)
     >>> mi.zoo.tiny_config("mixtral", num_experts=16).num_local_experts
     16
+
     ```
     """
     base = AutoConfig.for_model(model_type)
@@ -160,8 +164,10 @@ def model_class(model_type: str) -> Any:
     sequence-to-sequence LM, else its image-text-to-text model, ..., else its base model.
 
     ```python
+    >>> import moe_interp as mi
     >>> mi.zoo.model_class("nllb-moe").__name__, mi.zoo.model_class("qwen3_vl_moe").__name__
     ('NllbMoeForConditionalGeneration', 'Qwen3VLMoeForConditionalGeneration')
+
     ```
     """
     import transformers
@@ -184,16 +190,20 @@ def tiny_model(model_type: str = "qwen3_moe", seed: int = 0, padding_side: str =
     `normal(0, router_std)`.
 
     ```python
+    >>> import moe_interp as mi
     >>> model = mi.zoo.tiny_model("mixtral")
     >>> mi.describe(model).moe_layers
     (0, 1, 2, 3)
+
     ```
     """
     from .arch._spec import describe
+    from .arch._stacks import repair_nllb_moe
     from .loading import wrap
 
     torch.manual_seed(seed)
     hf = model_class(model_type)._from_config(tiny_config(model_type, **overrides)).eval()
+    repair_nllb_moe(hf)  # transformers 5's NLLB-MoE experts ignore the router (see arch._stacks)
     spec = describe(hf)
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

@@ -17,6 +17,7 @@ import torch
 
 from ._adapter import RouterAdapter, UnsupportedModelError, adapter_for, registered_adapters
 from ._probe import probe_router
+from ._stacks import broken_nllb_moe_experts, place_stacks
 
 __all__ = ["MoESpec", "describe", "hf_module"]
 
@@ -48,6 +49,11 @@ class MoESpec:
     `"torch_topk_0.input"`: rerouting masks it; `None` when it is not in the router),
     `no_grad_sites` (`(logits, select)` when the router runs other ops with grad off:
     a CUDA-only branch), `readout` (where the used routing is read), `selection` (prose).
+    `stacks` (a stack label per MoE layer, e.g. `"encoder"` / `"decoder"` /
+    `"language_model"`; `None` for a causal LM's single stack), `layer_names` (`"decoder.3"`:
+    the stack's own numbering; `moe_layers` are global, in execution order, when a model has
+    several stacks) and `stack_inputs` (per layer, the module whose inputs hold its stack's
+    tokens; `None` unless the model has several stacks): see `arch._stacks`.
     `logits`, `choice` and `select` are ops seen running: `describe` runs the learned
     router once on random hidden states of its device and dtype (describe the model on
     the device it will run on).
@@ -86,6 +92,9 @@ class MoESpec:
     selection: str
     select: str | None = None
     no_grad_sites: tuple[str, str | None] | None = None
+    stacks: tuple[str | None, ...] | None = None
+    layer_names: tuple[str, ...] | None = None
+    stack_inputs: tuple[str | None, ...] | None = None
 
     def band(self, name: str, width: int | None = None) -> tuple[int, ...]:
         """Real layer indices of the `"early"`, `"middle"` or `"late"` band of MoE layers.
@@ -260,16 +269,27 @@ def _detect(model: Any, module: torch.nn.Module) -> MoESpec:
         _unsupported(module, model_type, declared, class_names)
     routers = _same_place_routers(module, routers)
 
-    layers, experts, shared, kept = [], [], [], []
-    for path, router in routers:
+    broken = broken_nllb_moe_experts(module)
+    if broken:
+        raise UnsupportedModelError(
+            f"{broken[0]} (and {len(broken) - 1} more) dispatch tokens by the value of their 0/1 routing mask, "
+            "not by the router's choice (NllbMoeExperts of this transformers version sends every token to experts "
+            "0 and 1): what the router chose is not what the experts compute. Repair it before wrapping: "
+            "mi.arch.repair_nllb_moe(hf_model), then mi.wrap(hf_model, tokenizer)")
+    placed = place_stacks(module, [p for p, _ in routers])
+    if placed is None:
+        path = next(p for p, _ in routers if _LAYER_INDEX.match(p) is None)
+        raise UnsupportedModelError(f"found router {path!r} but cannot tell its decoder layer: "
+                                    "expected a path like 'model.layers.<i>.mlp.gate'")
+    layers, experts, shared, kept, at = [], [], [], [], []
+    for position in sorted(range(len(routers)), key=lambda i: (placed.layers[i], routers[i][0])):
+        (path, router), layer = routers[position], placed.layers[position]
         match = _LAYER_INDEX.match(path)
-        if match is None:
-            raise UnsupportedModelError(f"found router {path!r} but cannot tell its decoder layer: "
-                                        "expected a path like 'model.layers.<i>.mlp.gate'")
-        if int(match["index"]) in layers:  # a second router in the layer (attention experts): MLP router only
+        if layer in layers:  # a second router in the layer (attention experts): MLP router only
             continue
         kept.append((path, router))
-        layers.append(int(match["index"]))
+        at.append(position)
+        layers.append(layer)
         parent = path.rsplit(".", 1)[0]
         experts.append(f"{parent}.experts" if _has(module, f"{parent}.experts") else None)
         layer_path = f"{match['stack']}.{match['index']}"
@@ -302,7 +322,9 @@ def _detect(model: Any, module: torch.nn.Module) -> MoESpec:
         no_grad = (probes[1].logits, _select(probes[1], probes[1].logits, choice))
     readout = adapter.readout or ("experts" if all(e is not None for e in experts) and _takes_routing(module, experts[0]) else "router")
 
-    num_layers = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layers", 0) or max(layers) + 1)
+    num_layers = placed.num_layers or int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layers", 0)
+                                          or max(layers) + 1)
+    labelled = any(placed.labels)
     return MoESpec(
         arch=model_type,
         family=adapter.name,
@@ -327,6 +349,9 @@ def _detect(model: Any, module: torch.nn.Module) -> MoESpec:
         selection=adapter.selection,
         select=select,
         no_grad_sites=no_grad,
+        stacks=tuple(placed.labels[i] for i in at) if labelled else None,
+        layer_names=tuple(placed.names[i] for i in at) if labelled else None,
+        stack_inputs=tuple(placed.inputs[i] for i in at) if placed.num_layers else None,
     )
 
 
