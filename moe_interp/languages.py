@@ -13,15 +13,20 @@ their own family, creoles are family `"Creole"`; resource levels are coarse and 
 ('German', 'Indo-European')
 >>> mi.languages.info("zh-Hant").script
 'Hant'
+
 ```
 """
 
+import collections
 import dataclasses
 import difflib
 import functools
+import unicodedata
+from collections.abc import Iterable
 from importlib import resources
 
-__all__ = ["BELEBELE", "MGSM", "Language", "all_languages", "info"]
+__all__ = ["BELEBELE", "SCRIPT_NAMES", "Language", "all_languages", "detect_script", "info",
+           "script"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,10 +34,12 @@ class Language:
     """One language (and script) from the table.
 
     ```python
-    >>> info("ben_Latn")
+    >>> import moe_interp as mi
+    >>> mi.languages.info("ben_Latn")
     Language(iso639_3='ben', bcp47='bn-Latn', name='Bengali', family='Indo-European', branch='Indo-Aryan', script='Latn', resource='mid')
-    >>> info("ben_Latn").flores
+    >>> mi.languages.info("ben_Latn").flores
     'ben_Latn'
+
     ```
     """
 
@@ -49,9 +56,6 @@ class Language:
         """The FLORES+ / Belebele code, `{iso639_3}_{script}`."""
         return f"{self.iso639_3}_{self.script}"
 
-
-# MGSM's 11 languages (BCP-47, as its files name them).
-MGSM = ("bn", "de", "en", "es", "fr", "ja", "ru", "sw", "te", "th", "zh")
 
 # Belebele's 122 language variants (FLORES+ codes).
 BELEBELE = (
@@ -102,11 +106,13 @@ def info(code: str) -> Language:
     Unknown codes raise `KeyError` listing close matches.
 
     ```python
-    >>> info("sw").iso639_3, info("swh_Latn").bcp47, info("Swahili").branch
+    >>> import moe_interp as mi
+    >>> mi.languages.info("sw").iso639_3, mi.languages.info("swh_Latn").bcp47, mi.languages.info("Swahili").branch
     ('swh', 'sw', 'Bantu')
-    >>> info("xx")
+    >>> mi.languages.info("xx")
     Traceback (most recent call last):
-    KeyError: "unknown language code 'xx'; close matches: [...]"
+    KeyError: "unknown language code 'xx'; close matches: ..."
+
     ```
     """
     if not isinstance(code, str) or not code.strip():
@@ -135,8 +141,112 @@ def all_languages() -> tuple[Language, ...]:
     """Every row of the table, in table order.
 
     ```python
-    >>> len(all_languages()) > 200, all_languages()[0].name
+    >>> import moe_interp as mi
+    >>> len(mi.languages.all_languages()) > 200, mi.languages.all_languages()[0].name
     (True, 'English')
+
     ```
     """
     return _table()[0]
+
+
+# First word(s) of a letter's Unicode name -> ISO 15924 script code.
+_UNICODE_SCRIPTS = {
+    "LATIN": "Latn", "CYRILLIC": "Cyrl", "ARABIC": "Arab", "GREEK": "Grek", "HEBREW": "Hebr",
+    "ARMENIAN": "Armn", "GEORGIAN": "Geor", "DEVANAGARI": "Deva", "BENGALI": "Beng",
+    "GUJARATI": "Gujr", "GURMUKHI": "Guru", "TAMIL": "Taml", "TELUGU": "Telu", "KANNADA": "Knda",
+    "MALAYALAM": "Mlym", "SINHALA": "Sinh", "THAI": "Thai", "LAO": "Laoo", "KHMER": "Khmr",
+    "MYANMAR": "Mymr", "TIBETAN": "Tibt", "CJK": "Hani", "IDEOGRAPHIC": "Hani",
+    "HIRAGANA": "Hira", "KATAKANA": "Kana", "HANGUL": "Hang", "CHEROKEE": "Cher", "VAI": "Vaii",
+    "TIFINAGH": "Tfng", "ADLAM": "Adlm", "JAVANESE": "Java", "GRANTHA": "Gran", "CHAKMA": "Cakm",
+    "YI": "Yiii", "TAI VIET": "Tavt", "ETHIOPIC": "Ethi", "THAANA": "Thaa", "ORIYA": "Orya",
+    "MONGOLIAN": "Mong", "CANADIAN": "Cans",
+}
+SCRIPT_NAMES = {
+    "Latn": "Latin", "Cyrl": "Cyrillic", "Arab": "Arabic", "Grek": "Greek", "Hebr": "Hebrew",
+    "Armn": "Armenian", "Geor": "Georgian", "Deva": "Devanagari", "Beng": "Bengali",
+    "Gujr": "Gujarati", "Guru": "Gurmukhi", "Taml": "Tamil", "Telu": "Telugu", "Knda": "Kannada",
+    "Mlym": "Malayalam", "Sinh": "Sinhala", "Thai": "Thai", "Laoo": "Lao", "Khmr": "Khmer",
+    "Mymr": "Myanmar", "Tibt": "Tibetan", "Hani": "Han", "Hans": "Han (simplified)",
+    "Hant": "Han (traditional)", "Jpan": "Japanese (Han + kana)",
+    "Kore": "Korean (Hangul + Han)", "Hang": "Hangul", "Cher": "Cherokee", "Vaii": "Vai",
+    "Tfng": "Tifinagh", "Adlm": "Adlam", "Java": "Javanese", "Gran": "Grantha", "Cakm": "Chakma",
+    "Yiii": "Yi", "Tavt": "Tai Viet", "Ethi": "Ethiopic", "Thaa": "Thaana", "Orya": "Oriya",
+    "Mong": "Mongolian", "Cans": "Canadian Syllabics",
+}
+"""ISO 15924 code -> English name, for every script `detect_script` returns."""
+
+# Frequent characters that differ between simplified and traditional Chinese (same order).
+_SIMPLIFIED = "国这们会为说权发对时实经过来动应关与认义务进种护"
+_TRADITIONAL = "國這們會為說權發對時實經過來動應關與認義務進種護"
+
+
+def detect_script(texts: str | Iterable[str]) -> str | None:
+    """ISO 15924 code of the script most letters of `texts` are written in, from their
+    Unicode names: `Jpan` / `Kore` for the mixed Japanese and Korean systems, `Hans` /
+    `Hant` for Chinese; `None` when there are no letters of a known script.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> mi.languages.detect_script("Всеки човек има право"), mi.languages.detect_script(["人人生而自由", "在尊严和权利上一律平等"])
+    ('Cyrl', 'Hans')
+    >>> mi.languages.detect_script("すべての人間は、生まれながらにして自由"), mi.languages.detect_script("123 !?") is None
+    ('Jpan', True)
+
+    ```
+    """
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    counts: collections.Counter = collections.Counter()
+    for text in texts:
+        for ch in text:
+            if not unicodedata.category(ch).startswith("L"):
+                continue
+            words = unicodedata.name(ch, "").split()
+            if not words or words[0] == "MODIFIER":
+                continue
+            key = " ".join(words[:2]) if " ".join(words[:2]) in _UNICODE_SCRIPTS else words[0]
+            if key in _UNICODE_SCRIPTS:
+                counts[_UNICODE_SCRIPTS[key]] += 1
+    total = sum(counts.values())
+    if not total:
+        return None
+    if counts["Hani"] > 0.5 * total:
+        text = "".join(texts)
+        simplified = sum(text.count(c) for c in _SIMPLIFIED)
+        traditional = sum(text.count(c) for c in _TRADITIONAL)
+        return "Hans" if simplified >= traditional else "Hant"
+    if counts["Hira"] + counts["Kana"] > 0.1 * total:
+        return "Jpan"
+    if counts["Hang"] > 0.5 * total:
+        return "Kore" if counts["Hani"] > 0.01 * total else "Hang"
+    return counts.most_common(1)[0][0]
+
+
+def script(code_or_text: str | Iterable[str]) -> str:
+    """The one script (ISO 15924) the package assigns: detected from the text itself
+    (`detect_script`) when given text, the table's script when given a language code.
+
+    A string that `info` knows as a code or name is a code (`"deu"`, `"sr-Latn"`, `"German"`);
+    anything else (or a list of strings) is text; text without letters of a known script is a
+    `ValueError`. The table agrees with detection on every language of the bundled UDHR
+    corpus (`tests/test_languages.py` checks it), so code and text give the same answer there.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> mi.languages.script("ckb"), mi.languages.script("sr-Latn"), mi.languages.script("Hello, world")
+    ('Latn', 'Latn', 'Latn')
+    >>> mi.languages.script(mi.datasets.udhr("kaa")["kaa"])     # Karakalpak's UDHR text: Cyrillic
+    'Cyrl'
+
+    ```
+    """
+    if isinstance(code_or_text, str):
+        try:
+            return info(code_or_text).script
+        except KeyError:
+            pass
+    detected = detect_script(code_or_text)
+    if detected is None:
+        raise ValueError(f"{code_or_text!r} is neither a known language code nor text with letters of a known script; "
+                         "pass a code (e.g. 'deu') or some text")
+    return detected

@@ -28,13 +28,14 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "BelebeleItem", "MGSMItem", "FLORES_PLUS", "BELEBELE", "MGSM", "MGSM_LANGUAGES",
+    "BELEBELE_HUB", "FLORES_PLUS_HUB", "MGSM_HUB", "MGSM_LANGUAGES", "BelebeleItem", "MGSMItem",
     "belebele", "belebele_items", "flores", "mgsm", "mgsm_items",
 ]
 
-FLORES_PLUS = "openlanguagedata/flores_plus"
-BELEBELE = "facebook/belebele"
-MGSM = "juletxara/mgsm"
+# Hugging Face hub dataset ids (language code lists live in moe_interp.languages and MGSM_LANGUAGES)
+FLORES_PLUS_HUB = "openlanguagedata/flores_plus"
+BELEBELE_HUB = "facebook/belebele"
+MGSM_HUB = "juletxara/mgsm"
 MGSM_LANGUAGES = ("en", "de", "fr", "es", "ru", "zh", "ja", "th", "sw", "bn", "te")
 
 
@@ -43,6 +44,7 @@ class BelebeleItem:
     """One Belebele question: a FLORES passage, a question, four options, the correct index (0-3).
 
     ```python
+    >>> import moe_interp as mi
     >>> item = mi.datasets.BelebeleItem("The cat sat on the mat.", "Where did the cat sit?",
     ...                                 ("on the mat", "on a chair", "in a box", "outside"), 0)
     >>> print(item.text)
@@ -52,6 +54,7 @@ class BelebeleItem:
     B. on a chair
     C. in a box
     D. outside
+
     ```
     """
 
@@ -72,9 +75,11 @@ class MGSMItem:
     """One MGSM problem: the question and its numeric answer (`solution`: worked answer, if any).
 
     ```python
+    >>> import moe_interp as mi
     >>> item = mi.datasets.MGSMItem("Tom has 3 apples and buys 2 more. How many does he have?", 5.0)
     >>> item.answer, item.solution
     (5.0, None)
+
     ```
     """
 
@@ -136,7 +141,7 @@ def flores(
         if local is not None and local.is_file():
             out[code] = local.read_text(encoding="utf-8").splitlines()
             continue
-        rows = _load_dataset(path if path is not None else FLORES_PLUS, config, split, **load_kwargs)
+        rows = _load_dataset(path if path is not None else FLORES_PLUS_HUB, config, split, **load_kwargs)
         if "id" in rows.column_names:
             rows = rows.sort("id")
         out[code] = list(rows["text"])
@@ -173,7 +178,7 @@ def belebele_items(
             with local.open(encoding="utf-8") as f:
                 rows = [json.loads(line) for line in f if line.strip()]
         else:
-            rows = _load_dataset(path if path is not None else BELEBELE, config, split, **load_kwargs)
+            rows = _load_dataset(path if path is not None else BELEBELE_HUB, config, split, **load_kwargs)
         out[code] = [_belebele_item(row) for row in rows]
     return out
 
@@ -229,7 +234,7 @@ def mgsm_items(
                     for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if r
                 ]
         else:
-            rows = _load_dataset(path if path is not None else MGSM, code, split, **load_kwargs)
+            rows = _load_dataset(path if path is not None else MGSM_HUB, code, split, **load_kwargs)
         out[code] = [_mgsm_item(row) for row in rows]
     return out
 
