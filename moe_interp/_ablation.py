@@ -89,7 +89,8 @@ class AblationResult:
     `experts` (`(layer, expert)` pairs ablated per condition); `frame` (every text's
     bits/byte per cell: conditions `"baseline"`, `"ablate:{target}:{band}"` and the random
     controls `"control:{target}:{band}:{draw}"`, run on the target's own texts); `controls`
-    (random draws per condition), `replicates`, `level`, `seed` (of the intervals).
+    (random draws per condition), `replicates`, `level`, `seed` (of the intervals); `sets`
+    (the `ExpertSet` each condition ablated, controls included, by condition name).
     """
 
     eval_languages: tuple[str, ...]
@@ -102,6 +103,7 @@ class AblationResult:
     replicates: int = 2000
     level: float = 0.95
     seed: int = 0
+    sets: dict[str, ExpertSet] = dataclasses.field(default_factory=dict, repr=False)
 
     def _effects(self, language: str, conditions: Sequence[str]) -> np.ndarray:
         """Per text of `language`: the mean over `conditions` of (condition - baseline) bits/byte;
@@ -276,18 +278,20 @@ def ablation_grid(model: Any, stats: Any, corpus: Mapping[str, Sequence[str]], e
     spec = describe(model)
     among = list(among) if among is not None else list(dict.fromkeys([*eval_languages, *target_languages]))
     grid: dict[str, list] = {"baseline": []}
-    experts, conditions, control_grid = {}, [], {}
+    experts, conditions, control_grid, sets = {}, [], {}, {}
     for target in target_languages:
         for band in bands:
             chosen = stats.exclusive_experts(target, k=k, threshold=threshold, layers=spec.band(band, width=width),
                                              among=among)
             grid[f"ablate:{target}:{band}"] = [ExpertAblate(chosen)]
+            sets[f"ablate:{target}:{band}"] = chosen
             experts[(target, band)] = chosen.size
             conditions.append((target, band))
             if target in eval_languages and chosen.size:
                 for draw in range(controls):
                     control = random_expert_set(chosen, spec.num_experts, _seed(seed, target, band, draw))
                     control_grid.setdefault(target, {})[f"control:{target}:{band}:{draw}"] = [ExpertAblate(control)]
+                    sets[f"control:{target}:{band}:{draw}"] = control
     evaluated = {l: corpus[l] for l in eval_languages}
     frames = [Experiment(model, evaluated, grid, path=path, batch_size=batch_size, progress=progress).run()]
     for target, cells in control_grid.items():
@@ -300,4 +304,4 @@ def ablation_grid(model: Any, stats: Any, corpus: Mapping[str, Sequence[str]], e
     delta = np.array([[_mean_bpb(frame, l, f"ablate:{t}:{b}") - baseline[l] for t, b in conditions]
                       for l in eval_languages])
     return AblationResult(tuple(eval_languages), tuple(conditions), baseline, delta, experts, frame, controls,
-                          replicates, level, seed)
+                          replicates, level, seed, sets)
