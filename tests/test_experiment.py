@@ -1,5 +1,6 @@
 """Experiments: resumable grids, the ablation design, honest steering evaluation."""
 
+import contextlib
 import functools
 import json
 import math
@@ -15,11 +16,87 @@ import pytest
 import torch
 
 import moe_interp as mi
-import moe_interp.experiment as experiment_module
+import moe_interp._grid as experiment_module  # where Experiment calls text_nll
 from conftest import tiny
+from moe_interp.analysis import paired_interval
 
 CORPUS = {"eng": ["The cat sat on the mat.", "Dogs bark at night."], "deu": ["Die Katze schläft.", "Hunde bellen."],
           "fra": ["Le chat dort.", "Les chiens aboient."]}
+# ASCII texts (1 byte per token of the tiny byte-level tokenizer), three disjoint splits
+TRAIN = {"eng": ["The cat sat on the mat.", "Dogs bark at night.", "The sun is hot today."],
+         "deu": ["Die Katze schlaeft hier.", "Hunde bellen laut.", "Die Sonne ist heiss."],
+         "fra": ["Le chat dort ici.", "Les chiens aboient fort.", "Le soleil est chaud."]}
+DEV = {"eng": ["A bird sings.", "Rain falls on the roof."], "deu": ["Ein Vogel singt.", "Regen faellt aufs Dach."],
+       "fra": ["Un oiseau chante.", "La pluie tombe sur le toit."]}
+TEST = {"eng": ["Fish swim in the sea.", "The old man reads a book.", "Trees grow tall."],
+        "deu": ["Fische schwimmen im Meer.", "Der alte Mann liest ein Buch.", "Baeume wachsen hoch."],
+        "fra": ["Les poissons nagent.", "Le vieil homme lit un livre.", "Les arbres poussent."]}
+
+
+class _HandRouter(torch.nn.Module):
+    """Qwen3-MoE's router written out by hand (linear, softmax, top-k, renormalise), with
+    `edit` applied to its logits before selection: the oracle of rerouting and steering."""
+
+    def __init__(self, gate, edit):
+        super().__init__()
+        self.weight, self.top_k, self.norm, self.edit = gate.weight, gate.top_k, gate.norm_topk_prob, edit
+
+    def forward(self, hidden):
+        logits = self.edit(hidden.reshape(-1, hidden.shape[-1]) @ self.weight.T)
+        top, index = torch.topk(torch.softmax(logits.float(), -1), self.top_k, dim=-1)
+        if self.norm:
+            top = top / top.sum(-1, keepdim=True)
+        return logits, top.to(logits.dtype), index
+
+
+@contextlib.contextmanager
+def _hand_routers(model, edits):
+    """The HF model under `model` with the routers of `edits` ({layer: logits -> logits}) swapped for `_HandRouter`."""
+    hf = model._module
+    blocks = {layer: hf.model.layers[layer].mlp for layer in edits}
+    gates = {layer: block.gate for layer, block in blocks.items()}
+    try:
+        for layer, block in blocks.items():
+            block.gate = _HandRouter(gates[layer], edits[layer])
+        yield hf
+    finally:
+        for layer, block in blocks.items():
+            block.gate = gates[layer]
+
+
+def _hand_bpb(model, texts, edits=None):
+    """Bits per byte of each ASCII text, one unpadded HF forward per text, cross-entropy by torch."""
+    out = []
+    with _hand_routers(model, edits or {}) as hf, torch.no_grad():
+        for text in texts:
+            ids = model.tokenizer(text, return_tensors="pt")["input_ids"]
+            nll = torch.nn.functional.cross_entropy(hf(input_ids=ids).logits[0, :-1].float(), ids[0, 1:], reduction="sum")
+            out.append(float(nll) / math.log(2) / (len(text.encode()) - 1))
+    return np.array(out)
+
+
+def _reroute(experts):
+    def edit(logits):
+        logits = logits.clone()
+        logits[:, list(experts)] = -1e9
+        return logits
+    return edit
+
+
+def _ablation_edits(expert_set):
+    return {layer: _reroute(experts) for layer, experts in expert_set.items() if experts}
+
+
+def _steer_edits(expert_set, scale):
+    """The paper's relative steer, z + scale * s * |z|, on each steered expert."""
+    def edit_for(strengths):
+        def edit(logits):
+            s = torch.zeros(logits.shape[-1], dtype=logits.dtype)
+            for expert, value in strengths.items():
+                s[expert] = value
+            return logits + scale * s * logits.abs()
+        return edit
+    return {layer: edit_for(expert_set.strengths[layer]) for layer in expert_set if expert_set[layer]}
 
 
 def test_text_nll_matches_a_hand_computation():
@@ -52,7 +129,7 @@ def test_sigkill_midway_then_rerun_gives_identical_results_without_recomputing(t
     script = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {os.path.dirname(__file__)!r})
-        import moe_interp as mi, moe_interp.experiment as e
+        import moe_interp as mi, moe_interp._grid as e
         from conftest import tiny
         real = e.text_nll
         def slow(*a, **k):
@@ -83,40 +160,129 @@ def test_sigkill_midway_then_rerun_gives_identical_results_without_recomputing(t
     assert resumed.equals(fresh)
 
 
-def test_ablation_grid_shape_baseline_and_summary():
+def test_ablation_grid_cells_and_controls_match_a_hand_written_router():
     model = tiny("qwen3_moe")
-    profile = mi.profile(model, CORPUS, progress=False)
-    res = mi.ablation_grid(model, profile, CORPUS, ["eng", "deu", "fra"], ["eng", "deu"], k=4, threshold=0.4,
-                           progress=False)
+    profile = mi.profile(model, TRAIN, progress=False)
+    res = mi.ablation_grid(model, profile, TEST, ["eng", "deu", "fra"], ["eng", "deu"], k=4, threshold=0.4,
+                           controls=2, replicates=500, progress=False)
     assert res.delta.shape == (3, 6)
-    assert set(res.own_vs_other()) == {"eng", "deu"}
-    assert "exclusive experts" in res.summary()
-    fig = res.plot_ablation()
-    assert fig.layout.xaxis.title.text == "ablated language / band"
-    for (target, band), n in res.experts.items():
-        if n == 0:  # nothing ablated: the cell equals the baseline exactly
-            assert np.allclose(res.delta[:, res.conditions.index((target, band))], 0)
+    base = {l: _hand_bpb(model, TEST[l]) for l in TEST}
+    assert res.baseline == pytest.approx({l: v.mean() for l, v in base.items()}, abs=1e-5)
+    for j, (target, band) in enumerate(res.conditions):
+        chosen = res.sets[f"ablate:{target}:{band}"]
+        assert chosen == profile.exclusive_experts(target, k=4, threshold=0.4, among=["eng", "deu", "fra"],
+                                                   layers=mi.describe(model).band(band))
+        for i, lang in enumerate(res.eval_languages):
+            expected = (_hand_bpb(model, TEST[lang], _ablation_edits(chosen)) - base[lang]).mean()
+            assert res.delta[i, j] == pytest.approx(expected, abs=1e-5)
+    controls = [name for name in res.sets if name.startswith("control:")]
+    assert controls, "some exclusive set is non-empty: it gets random controls"
+    for name in controls:
+        _, target, band, _ = name.split(":")
+        chosen, control = res.sets[f"ablate:{target}:{band}"], res.sets[name]
+        assert {l: len(control[l]) for l in control} == {l: len(chosen[l]) for l in chosen}
+        assert all(not set(control[l]) & set(chosen[l]) for l in chosen)
+        rows = res.frame[(res.frame.condition == name)].sort_values("item")
+        assert set(rows.language) == {target}  # a control runs on the ablated language's own texts
+        assert rows.bits_per_byte.to_numpy() == pytest.approx(_hand_bpb(model, TEST[target], _ablation_edits(control)),
+                                                              abs=1e-5)
+    verdicts = res.verdicts()
+    assert list(verdicts.language) == ["eng", "deu"]
+    for row in verdicts.itertuples():
+        assert row.own_low <= row.own <= row.own_high and row.control_low <= row.control <= row.control_high
+    text = res.summary()
+    assert f"{verdicts.iloc[0].own_minus_control_low:+.4f}" in text and "random sets" in text
+    assert res.plot_ablation().layout.xaxis.title.text == "ablated language / band"
 
 
-def test_noop_steer_reports_exactly_zero_gain_with_ci_containing_zero():
+def test_ablation_grid_refuses_to_evaluate_on_the_texts_it_selected_on():
     model = tiny("qwen3_moe")
-    profile = mi.profile(model, CORPUS, progress=False)
-    res = mi.steering_eval(model, profile, CORPUS, CORPUS, ["deu", "fra"], target="eng", scales=(0.0,), k=4,
+    profile = mi.profile(model, TRAIN, progress=False)
+    with pytest.raises(ValueError, match=r"profiled on the same eng, deu texts.*split='train'"):
+        mi.ablation_grid(model, profile, TRAIN, ["eng", "deu"], ["deu"], bands=("middle",), k=4, progress=False)
+    res = mi.ablation_grid(model, profile, TRAIN, ["eng", "deu"], ["deu"], bands=("middle",), k=4, controls=1,
+                           replicates=50, allow_same_texts=True, progress=False)
+    assert res.delta.shape == (2, 1)
+
+
+def test_steering_gain_matches_a_hand_written_router():
+    model = tiny("qwen3_moe")
+    profile = mi.profile(model, TRAIN, progress=False)
+    res = mi.steering_eval(model, profile, DEV, TEST, ["deu", "fra"], target="eng", scales=(2.0,), k=4, samples=500,
                            progress=False)
-    assert res.scale == 0.0
-    assert (res.table.gain == 0).all() and (res.table.ci_low <= 0).all() and (res.table.ci_high >= 0).all()
-    assert "chosen on the dev split only" in res.summary()
+    spec = mi.describe(model)
+    assert res.scale == 2.0
+    for i, row in enumerate(res.table.itertuples()):
+        steer = mi.RouteSteer(layers="middle", target="eng", stats=profile, languages=("eng", row.language), k=4,
+                              threshold=0.7, scale=2.0)
+        experts = steer.expert_set(spec)
+        gain = _hand_bpb(model, TEST[row.language]) - _hand_bpb(model, TEST[row.language], _steer_edits(experts, 2.0))
+        assert row.gain == pytest.approx(gain.mean(), abs=1e-5)
+        assert abs(row.gain) > 1e-4, "a scale-2 steer of the shared experts changes the outcome"
+        interval = paired_interval(gain, 500, seed=i)
+        assert (row.ci_low, row.ci_high) == pytest.approx((interval.low, interval.high), abs=1e-5)
+        assert row.pairs == experts.size
+    dose = res.dose_response()
+    assert list(dose.scale) == [2.0] and 0 < dose.changed[0] <= 1
+    assert "dose-response on the test split" in res.summary()
 
 
 def test_steering_scale_is_chosen_on_dev_only():
     model = tiny("qwen3_moe")
-    profile = mi.profile(model, CORPUS, progress=False)
-    dev = {k: v[:1] for k, v in CORPUS.items()}
-    test = {k: v[1:] for k, v in CORPUS.items()}
-    res = mi.steering_eval(model, profile, dev, test, ["deu"], target="eng", scales=(0.0, 0.5, 2.0), k=4,
+    profile = mi.profile(model, TRAIN, progress=False)
+    spec = mi.describe(model)
+    scales = (0.0, 0.5, 5.0)
+    res = mi.steering_eval(model, profile, DEV, TEST, ["deu"], target="eng", scales=scales, k=4, samples=50,
                            progress=False)
-    assert res.scale == min(res.dev_scores, key=res.dev_scores.get)
-    assert set(res.dev_scores) == {0.0, 0.5, 2.0}
+    experts = mi.RouteSteer(layers="middle", target="eng", stats=profile, languages=("eng", "deu"), k=4,
+                            threshold=0.7, scale=1.0).expert_set(spec)
+    dev = {s: _hand_bpb(model, DEV["deu"], _steer_edits(experts, s) if s else None).mean() for s in scales}
+    assert res.dev_scores == pytest.approx(dev, abs=1e-5)
+    assert res.scale == min(dev, key=dev.get)
+    other_test = {"eng": ["Something else."], "deu": ["Etwas ganz anderes hier.", "Noch ein Satz."]}
+    again = mi.steering_eval(model, profile, DEV, other_test, ["deu"], target="eng", scales=scales, k=4, samples=50,
+                             progress=False)
+    assert again.scale == res.scale and again.dev_scores == res.dev_scores
+    assert list(again.dose_response().scale) == list(scales)  # every scale described on test, chosen on dev
+
+
+def test_steering_eval_refuses_to_report_on_the_dev_or_profiled_texts():
+    model = tiny("qwen3_moe")
+    profile = mi.profile(model, TRAIN, progress=False)
+    with pytest.raises(ValueError, match="dev and test hold the same deu texts"):
+        mi.steering_eval(model, profile, DEV, DEV, ["deu"], scales=(1.0,), k=4, progress=False)
+    with pytest.raises(ValueError, match="profiled on the same deu texts"):
+        mi.steering_eval(model, profile, DEV, TRAIN, ["deu"], scales=(1.0,), k=4, progress=False)
+
+
+def test_routing_shift_matches_the_routers_own_logits():
+    """An additive steer of expert 3 at layer 1, read against HF's own router logits
+    (`output_router_logits`) with the steer and the selection written out here."""
+    from moe_interp._steering import routing_shift
+
+    model = tiny("qwen3_moe")
+    texts = TEST["eng"]
+    shift = routing_shift(model, texts, mi.LayerRouteSteer({1: {3: 1.0}}, scale=3.0, mode="additive"),
+                          batch_size=2).set_index("layer")
+
+    def selected(logits):
+        top, index = torch.softmax(logits, -1).topk(2, -1)
+        return index, torch.where(index == 3, top / top.sum(-1, keepdim=True), torch.zeros_like(top)).sum(-1)
+
+    changed, moved = [], []
+    with torch.no_grad():
+        for text in texts:
+            ids = model.tokenizer(text, return_tensors="pt")["input_ids"]
+            logits = model._module(input_ids=ids, output_router_logits=True).router_logits[1].float()
+            before, weight_before = selected(logits)
+            after, weight_after = selected(logits + 3.0 * (torch.arange(logits.shape[-1]) == 3))
+            changed += (before.sort(-1).values != after.sort(-1).values).any(-1).tolist()
+            moved += (weight_after - weight_before).tolist()
+    assert 0 < np.mean(changed) < 1
+    assert shift.loc[1, "changed"] == pytest.approx(np.mean(changed))
+    assert shift.loc[1, "mass_moved"] == pytest.approx(np.mean(moved), abs=2e-3)  # weights kept as float16
+    assert shift.loc[0, "changed"] == 0 and shift.loc[0, "mass_moved"] == 0  # before the steered layer
+    assert shift.tokens.iloc[0] == sum(len(t) for t in texts)
 
 
 # -- cells keyed by content (issue 12, sections 2 and 4) --------------------------------------
@@ -193,9 +359,9 @@ def test_steering_eval_does_not_reuse_cells_of_other_stats(tmp_path):
     a, b = _two_stats()
     path = tmp_path / "cells.jsonl"
     kwargs = dict(target="eng", scales=(50.0,), k=4, progress=False)
-    first = mi.steering_eval(model, a, CORPUS, CORPUS, ["deu"], path=path, **kwargs)
-    again = mi.steering_eval(model, b, CORPUS, CORPUS, ["deu"], path=path, **kwargs)
-    fresh = mi.steering_eval(model, b, CORPUS, CORPUS, ["deu"], **kwargs)
+    first = mi.steering_eval(model, a, DEV, TEST, ["deu"], path=path, **kwargs)
+    again = mi.steering_eval(model, b, DEV, TEST, ["deu"], path=path, **kwargs)
+    fresh = mi.steering_eval(model, b, DEV, TEST, ["deu"], **kwargs)
     assert again.dev_scores == fresh.dev_scores and again.table.equals(fresh.table)
     assert again.dev_scores != first.dev_scores
 
@@ -234,15 +400,15 @@ def test_steering_eval_validates_every_steer_before_computing_any_cell(tmp_path,
     monkeypatch.setattr(experiment_module, "text_nll", lambda *a, **k: calls.append(a) or [])
     path = tmp_path / "cells.jsonl"
     with pytest.raises(ValueError, match=r"k .*\[1, 8\].*got 20"):
-        mi.steering_eval(model, profile, CORPUS, CORPUS, ["deu"], target="eng", k=20, path=path, progress=False)
+        mi.steering_eval(model, profile, DEV, TEST, ["deu"], target="eng", k=20, path=path, progress=False)
     assert calls == [] and not path.exists()
 
 
 def test_ablation_grid_of_another_model_does_not_reuse_cells(tmp_path):
     model, other = tiny("qwen3_moe"), mi.zoo.tiny_model("qwen3_moe", seed=1)
-    profile = mi.profile(model, CORPUS, progress=False)
+    profile = mi.profile(model, TRAIN, progress=False)
     path = tmp_path / "cells.jsonl"
-    args = (profile, CORPUS, ["eng", "deu"], ["deu"])
+    args = (profile, TEST, ["eng", "deu"], ["deu"])
     kwargs = dict(bands=("middle",), k=4, threshold=0.4, progress=False)
     first = mi.ablation_grid(model, *args, path=path, **kwargs)
     again = mi.ablation_grid(other, *args, path=path, **kwargs)
