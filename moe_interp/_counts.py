@@ -147,11 +147,11 @@ class RoutingCounts:
     >>> import torch
     >>> import moe_interp as mi
     >>> count = torch.tensor([[[3, 1, 0, 0]], [[0, 0, 2, 2]]])       # 2 groups, 1 layer, 4 experts
-    >>> s = mi.RoutingStats(["en", "de"], [5], num_experts=4, top_k=2, count=count,
+    >>> s = mi.RoutingStats(("en", "de"), (5,), num_experts=4, top_k=2, count=count,
     ...                     gate_mass=count / 2.0, tokens=torch.tensor([2, 2]))
     >>> s.frequency()[1, 0].tolist()                                  # uses per token, sum top_k
     [0.0, 0.0, 1.0, 1.0]
-    >>> mi.RoutingStats(["en"], [5], 4, 2, count[:1], count[:1] / 2.0, torch.tensor([-1]))
+    >>> mi.RoutingStats(("en",), (5,), 4, 2, count[:1], count[:1] / 2.0, torch.tensor([-1]))
     Traceback (most recent call last):
     ValueError: tokens[0] = -1: tokens must be non-negative
 
@@ -363,10 +363,12 @@ class RoutingCounts:
         """`count / tokens`: how often each expert is used per token (sums to `top_k`).
 
         ```python
+        >>> import torch
         >>> import moe_interp as mi
-        >>> p = mi.datasets.reference_stats()
-        >>> round(float(p.frequency()[0, 0].sum()), 6)   # a token uses top_k = 8 experts
-        8.0
+        >>> count = torch.tensor([[[3, 1, 0, 0]]])                       # 2 tokens, each used 2 experts
+        >>> s = mi.RoutingStats(("en",), (0,), 4, 2, count, count / 2.0, torch.tensor([2]))
+        >>> s.frequency()[0, 0].tolist()
+        [1.5, 0.5, 0.0, 0.0]
 
         ```
         """
@@ -376,9 +378,11 @@ class RoutingCounts:
         """`frequency() / top_k`: the routing distribution over experts (sums to 1).
 
         ```python
+        >>> import torch
         >>> import moe_interp as mi
-        >>> round(float(mi.datasets.reference_stats().distribution()[0, 0].sum()), 6)
-        1.0
+        >>> count = torch.tensor([[[3, 1, 0, 0]]])
+        >>> mi.RoutingStats(("en",), (0,), 4, 2, count, count / 2.0, torch.tensor([2])).distribution()[0, 0].tolist()
+        [0.75, 0.25, 0.0, 0.0]
 
         ```
         """
@@ -492,7 +496,7 @@ class RoutingCounts:
         try:
             return cls(tuple(header["languages"]), tuple(header["layers"]), header["num_experts"], header["top_k"],
                        *(tensors.get(n) for n in _TENSORS), meta=header.get("meta", {}), per_token=per_token,
-                       stacks=header.get("stacks"))
+                       stacks=None if header.get("stacks") is None else tuple(header["stacks"]))
         except (KeyError, ValueError, TypeError) as error:
             raise StatsFileError(f"{path} is inconsistent: {error}") from None
 

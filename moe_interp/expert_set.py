@@ -19,11 +19,13 @@ class ExpertSet(Mapping):
     selection defines one (shared experts: the first language's share).
 
     ```python
+    >>> import moe_interp as mi
     >>> s = mi.ExpertSet({3: [5, 1]}, strengths={3: {5: 0.6, 1: 0.4}})
     >>> s[3], len(s), s.size
     ((1, 5), 1, 2)
     >>> s.pairs()
     [(3, 1), (3, 5)]
+
     ```
     """
 
@@ -128,12 +130,16 @@ class PaperSettings:
     `scaled_k`; thresholds are shares of an expert's use, the same on every model.
 
     ```python
+    >>> import moe_interp as mi
     >>> mi.PAPER.exclusive_k, mi.PAPER.steer_k, mi.PAPER.steer_threshold
     (15, 20, 0.7)
-    >>> profile.exclusive_experts("deu", k=mi.PAPER.exclusive_k)          # exactly the paper's k
-    >>> mi.RouteSteer(layers="middle", target="eng", stats=profile, k=mi.PAPER.steer_k)
+    >>> p = mi.datasets.reference_stats()                                 # the paper's released counts
+    >>> p.exclusive_experts("sw", k=mi.PAPER.exclusive_k).size           # exactly the paper's k
+    271
+    >>> steer = mi.RouteSteer(layers="middle", target="en", stats=p, k=mi.PAPER.steer_k)
     >>> mi.PAPER.scaled_k(mi.PAPER.steer_k, num_experts=16, top_k=2)      # the default k on 16 experts
     3
+
     ```
     """
 
@@ -150,8 +156,10 @@ class PaperSettings:
         uses) and at most `num_experts`.
 
         ```python
+        >>> import moe_interp as mi
         >>> [mi.PAPER.scaled_k(15, e, t) for e, t in ((128, 8), (64, 8), (16, 2), (8, 2))]
         [15, 8, 2, 2]
+
         ```
         """
         return max(1, min(num_experts, max(top_k, math.ceil(paper_k * num_experts / self.num_experts))))
@@ -166,11 +174,13 @@ def check_k(k: int | None, num_experts: int, top_k: int = 1, paper_k: int = PAPE
     `None` is the default, `paper_k` of 128 scaled to this model (`PAPER.scaled_k`).
 
     ```python
-    >>> check_k(15, 128), check_k(None, 16, top_k=2)
+    >>> import moe_interp as mi
+    >>> mi.expert_set.check_k(15, 128), mi.expert_set.check_k(None, 16, top_k=2)
     (15, 2)
-    >>> check_k(20, 16, top_k=2)
+    >>> mi.expert_set.check_k(20, 16, top_k=2)
     Traceback (most recent call last):
     ValueError: k (experts kept per language and layer) must be an integer in [1, 16], got 20; leave k unset (None) for the default: the paper's 15 of 128 experts scaled to this model's 16, i.e. 2
+
     ```
     """
     if k is None:

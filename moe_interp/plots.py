@@ -4,7 +4,8 @@
 >>> import moe_interp as mi
 >>> p = mi.datasets.reference_stats()          # the paper's released MGSM counts
 >>> fig = mi.plots.divergence_heatmap(p, layers="middle")     # p: released MGSM counts
->>> fig.write_html("divergence.html", include_plotlyjs=True)  # self-contained, offline
+>>> import tempfile
+>>> fig.write_html(f"{tempfile.mkdtemp()}/divergence.html", include_plotlyjs=True)  # self-contained, offline
 
 ```
 """

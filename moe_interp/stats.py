@@ -200,12 +200,12 @@ class RoutingStats(RoutingCounts):
         >>> import torch
         >>> import moe_interp as mi
         >>> items = torch.tensor([[[2, 0, 0, 0]], [[1, 1, 0, 0]], [[0, 0, 2, 0]], [[0, 0, 1, 1]]])
-        >>> s = mi.RoutingStats(["en", "de"], [0], 4, 1, torch.stack([items[:2].sum(0), items[2:].sum(0)]),
+        >>> s = mi.RoutingStats(("en", "de"), (0,), 4, 1, torch.stack([items[:2].sum(0), items[2:].sum(0)]),
         ...                     torch.zeros(2, 1, 4), torch.tensor([4, 4]), item_count=items,
         ...                     item_tokens=torch.tensor([2, 2, 2, 2]), item_language=torch.tensor([0, 0, 1, 1]))
-        >>> ci = s.bootstrap("exclusive_sizes", n=50, k=2)
-        >>> ci.estimate.tolist(), ci.low.tolist(), ci.high.tolist()     # 2 experts each, in every resample
-        ([2.0, 2.0], [2.0, 2.0], [2.0, 2.0])
+        >>> ci = s.bootstrap("divergence", n=50)          # en and de never share an expert
+        >>> float(ci.estimate[0, 0, 1]), float(ci.low[0, 0, 1]), float(ci.high[0, 0, 1])
+        (1.0, 1.0, 1.0)
 
         ```
         """

@@ -1,5 +1,6 @@
 """RoutingStats files: atomic saves, checksums, and stats whose fields disagree (issue 12, section 4)."""
 
+import dataclasses
 import json
 import os
 import warnings
@@ -42,13 +43,13 @@ def _crash_at_rename(monkeypatch) -> None:
 
 
 def _crash_while_writing(monkeypatch) -> None:
-    import safetensors.torch
+    import moe_interp._counts
 
     def half_then_crash(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"\x00" * 100)
         raise OSError("simulated kill")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", half_then_crash)
+    monkeypatch.setattr(moe_interp._counts, "save_file", half_then_crash)  # the writer RoutingStats.save calls
 
 
 # -- atomic save --------------------------------------------------------------------------------
@@ -252,3 +253,53 @@ def test_paper_format_file_with_a_negative_count_raises_naming_it(tmp_path):
     (tmp_path / "mgsm_en.json").write_text(json.dumps({"0": layer}))
     with pytest.raises(StatsFileError, match=r"mgsm_\{lang\}.json are inconsistent: count\[0, 0, 1\] = -1"):
         mi.RoutingStats.from_paper(tmp_path, ["en"], num_experts=2, top_k=1)
+
+
+# -- stacks (encoder / decoder / language model labels per layer) ------------------------------
+
+
+def _two_stacks() -> mi.RoutingStats:
+    """Layers 0-2 of an encoder, 3-5 of a decoder; 'a' routes to expert 0 in the encoder and
+    to expert 1 in the decoder, 'b' to expert 2 everywhere (top-1, 4 experts, 2 tokens each)."""
+    count = torch.zeros(2, 6, 4, dtype=torch.long)
+    count[0, :3, 0] = 2
+    count[0, 3:, 1] = 2
+    count[1, :, 2] = 2
+    return mi.RoutingStats(("a", "b"), tuple(range(6)), 4, 1, count, count.double(), torch.tensor([2, 2]),
+                           stacks=("encoder",) * 3 + ("decoder",) * 3)
+
+
+def test_stacks_survive_save_load_select_and_merge(tmp_path):
+    stats = _two_stacks()
+    back = mi.RoutingStats.load(stats.save(tmp_path / "s.routing"))
+    assert back.stacks == ("encoder",) * 3 + ("decoder",) * 3 and torch.equal(back.count, stats.count)
+    assert stats.select(layers=[2, 3]).stacks == ("encoder", "decoder")
+    assert stats.select(["a"]).merge(stats.select(["b"])).stacks == stats.stacks
+    with pytest.raises(ValueError, match="same model"):
+        stats.merge(dataclasses.replace(stats, stacks=None))
+
+
+def test_files_without_stacks_load_as_single_stack(tmp_path):
+    stats = _item_stats()
+    assert stats.stacks is None
+    path = stats.save(tmp_path / "s.routing")
+    assert "stacks" not in json.loads((path / "meta.json").read_text())
+    assert mi.RoutingStats.load(path).stacks is None
+
+
+@pytest.mark.parametrize("stacks", [("encoder",) * 5, ("encoder",) * 5 + ("",), ("encoder",) * 5 + (3,)])
+def test_bad_stacks_are_refused(stacks):
+    with pytest.raises(ValueError, match="stacks must give one non-empty label per layer"):
+        dataclasses.replace(_two_stacks(), stacks=stacks)
+
+
+def test_a_stack_name_selects_its_layers_in_analyses():
+    stats = _two_stacks()
+    assert stats.layer_positions("decoder") == [3, 4, 5]
+    assert stats.layer_positions("decoder:early") == [3]
+    # 'a' uses expert 0 (encoder) or 1 (decoder), 'b' expert 2: disjoint, JS = 1 in every layer
+    assert stats.divergence(layers="encoder").shape == (3, 2, 2)
+    assert stats.exclusive_experts("a", k=1, layers="decoder") == {3: (1,), 4: (1,), 5: (1,)}
+    assert stats.exclusive_experts("a", k=1, layers="encoder") == {0: (0,), 1: (0,), 2: (0,)}
+    with pytest.raises(ValueError, match="unknown band or layer selection 'vision'.*'decoder', 'encoder'"):
+        stats.divergence(layers="vision")

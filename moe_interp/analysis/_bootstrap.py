@@ -78,7 +78,7 @@ def resample(stats: RoutingCounts, generator: torch.Generator) -> RoutingCounts:
     >>> import moe_interp as mi
     >>> items = torch.tensor([[[2, 0, 0, 0]], [[1, 1, 0, 0]], [[0, 0, 2, 0]], [[0, 0, 1, 1]]])  # 4 texts, top-1
     >>> count = torch.stack([items[:2].sum(0), items[2:].sum(0)])    # en: texts 0-1, de: texts 2-3
-    >>> s = mi.RoutingStats(["en", "de"], [0], 4, 1, count, count.double(), torch.tensor([4, 4]),
+    >>> s = mi.RoutingStats(("en", "de"), (0,), 4, 1, count, count.double(), torch.tensor([4, 4]),
     ...                     item_count=items, item_tokens=torch.tensor([2, 2, 2, 2]),
     ...                     item_language=torch.tensor([0, 0, 1, 1]))
     >>> r = mi.analysis.resample(s, torch.Generator().manual_seed(0))
@@ -118,7 +118,7 @@ def bootstrap(stats: RoutingCounts, statistic: str | Callable[[RoutingCounts], T
     >>> import moe_interp as mi
     >>> items = torch.tensor([[[2, 0, 0, 0]], [[1, 1, 0, 0]], [[0, 0, 2, 0]], [[0, 0, 1, 1]]])  # 4 texts, top-1
     >>> count = torch.stack([items[:2].sum(0), items[2:].sum(0)])    # en: texts 0-1, de: texts 2-3
-    >>> s = mi.RoutingStats(["en", "de"], [0], 4, 1, count, count.double(), torch.tensor([4, 4]),
+    >>> s = mi.RoutingStats(("en", "de"), (0,), 4, 1, count, count.double(), torch.tensor([4, 4]),
     ...                     item_count=items, item_tokens=torch.tensor([2, 2, 2, 2]),
     ...                     item_language=torch.tensor([0, 0, 1, 1]))
     >>> ci = mi.analysis.bootstrap(s, "divergence", n=50)    # en and de never share an expert

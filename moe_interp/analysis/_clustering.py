@@ -33,9 +33,12 @@ class Clustering:
     layers used), `linkage` (scipy linkage matrix), `metric`, `method`, `layers`.
 
     ```python
-    >>> c = cluster(p, layers="middle")             # released MGSM counts
+    >>> import moe_interp as mi
+    >>> p = mi.datasets.reference_stats()          # the paper's released MGSM counts
+    >>> c = mi.analysis.cluster(p, layers="middle")             # released MGSM counts
     >>> c.assignments(2)["es"] == c.assignments(2)["fr"]
     True
+
     ```
     """
 
@@ -76,9 +79,12 @@ def cluster(stats: RoutingCounts, metric: str = "js", layers: Any = None, method
     `"weighted"`; the centroid-based ones need Euclidean data and are refused).
 
     ```python
-    >>> c = cluster(p)
+    >>> import moe_interp as mi
+    >>> p = mi.datasets.reference_stats()          # the paper's released MGSM counts
+    >>> c = mi.analysis.cluster(p)
     >>> c.linkage.shape, c.languages[:2]
     ((7, 4), ('bn', 'de'))
+
     ```
     """
     if method not in ("average", "complete", "single", "weighted"):
@@ -100,10 +106,12 @@ def adjusted_rand_index(labels_a: Sequence, labels_b: Sequence) -> float:
     """Hubert-Arabie adjusted Rand index of two partitions (1 = identical, ~0 = chance).
 
     ```python
-    >>> adjusted_rand_index([0, 0, 1, 1], ["a", "a", "b", "b"])
+    >>> import moe_interp as mi
+    >>> mi.analysis.adjusted_rand_index([0, 0, 1, 1], ["a", "a", "b", "b"])
     1.0
-    >>> round(adjusted_rand_index([0, 0, 1, 1], [0, 1, 0, 1]), 3)
+    >>> round(mi.analysis.adjusted_rand_index([0, 0, 1, 1], [0, 1, 0, 1]), 3)
     -0.5
+
     ```
     """
     if len(labels_a) != len(labels_b):
@@ -202,11 +210,14 @@ def family_agreement(stats: RoutingCounts, metric: str = "js", layers: Any = Non
     restrict to the languages written in that script (e.g. `"Latn"`).
 
     ```python
-    >>> a = family_agreement(p)                      # released MGSM counts
+    >>> import moe_interp as mi
+    >>> p = mi.datasets.reference_stats()          # the paper's released MGSM counts
+    >>> a = mi.analysis.family_agreement(p)                      # released MGSM counts
     >>> a.n_families, a.ratio < 1
     (4, True)
     >>> sorted(a.by_script)                          # de en es fr sw
     ['Latn']
+
     ```
     """
     if level not in ("family", "branch"):
