@@ -1,31 +1,38 @@
 """moe_interp: record, analyse and steer the routers of Hugging Face MoE models with nnsight.
 
 ```python
-import moe_interp as mi
-model = mi.zoo.tiny_model("qwen3_moe")
-with mi.trace(model, ["Hello", "Bonjour"], mi.RouterRecord()) as tr:
-    logits = model.lm_head.output.save()
-tr.routing.frequency()
+>>> import moe_interp as mi
+>>> model = mi.zoo.tiny_model("qwen3_moe")                  # 4 MoE layers, 8 experts, top-2
+>>> with mi.trace(model, ["Hello", "Bonjour"], mi.RouterRecord()) as tr:
+...     logits = model.lm_head.output.save()                # plain nnsight code works inside
+>>> tr.routing.count.shape, float(tr.routing.frequency()[0, 0].sum())    # every token uses 2 experts
+(torch.Size([1, 4, 8]), 2.0)
+
 ```
+
+The public names are re-exported here from their modules (`analysis`, `datasets`, `evaluate`,
+`languages`, `plots` and `zoo` are public modules; modules whose names start with `_` are not).
 """
 
-from . import datasets, evaluate, languages, plots, zoo
-from .attribution import ExpertAttribution, expert_attribution
-from .arch import MoESpec, RouterAdapter, UnsupportedModelError, describe, register_adapter
-from .expert_set import PAPER, ExpertSet
-from .experiment import Experiment, ablation_grid, steering_eval
-from .interventions import ExpertAblate, LayerRouteSteer, RouterRecord, RouteSteer
-from .loading import load, wrap
+from . import analysis, datasets, evaluate, languages, plots, zoo
 from ._fingerprint import ResumeError
 from ._router_view import RouterAccessError
+from ._trace import generate, trace
+from .arch import MoESpec, RouterAdapter, UnsupportedModelError, describe, register_adapter
+from .attribution import ExpertAttribution, expert_attribution
+from .experiment import Experiment, ablation_grid, steering_eval
+from .expert_set import PAPER, ExpertSet
+from .interventions import ExpertAblate, LayerRouteSteer, RouterRecord, RouteSteer
+from .loading import load, wrap
 from .profiling import profile
 from .stats import RoutingStats, StatsFileError
-from .trace import generate, trace
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ExpertAblate", "ExpertAttribution", "ExpertSet", "expert_attribution", "PAPER", "Experiment", "ablation_grid", "steering_eval", "evaluate", "LayerRouteSteer", "MoESpec", "RouteSteer", "RouterAdapter", "RouterRecord",
-    "ResumeError", "RouterAccessError", "RoutingStats", "StatsFileError", "UnsupportedModelError", "describe", "generate", "load",
-    "profile", "register_adapter", "trace", "wrap", "zoo", "datasets", "languages", "plots",
+    "Experiment", "ExpertAblate", "ExpertAttribution", "ExpertSet", "LayerRouteSteer", "MoESpec", "PAPER",
+    "ResumeError", "RouteSteer", "RouterAccessError", "RouterAdapter", "RouterRecord", "RoutingStats",
+    "StatsFileError", "UnsupportedModelError", "ablation_grid", "analysis", "datasets", "describe", "evaluate",
+    "expert_attribution", "generate", "languages", "load", "plots", "profile", "register_adapter",
+    "steering_eval", "trace", "wrap", "zoo",
 ]

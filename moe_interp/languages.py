@@ -25,8 +25,9 @@ import unicodedata
 from collections.abc import Iterable
 from importlib import resources
 
-__all__ = ["BELEBELE", "SCRIPT_NAMES", "Language", "all_languages", "detect_script", "info",
-           "script"]
+__all__ = [
+    "BELEBELE", "Language", "SCRIPT_NAMES", "all_languages", "detect_script", "info", "script",
+]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -137,3 +137,21 @@ def test_analysis_and_plots_never_reach_the_user_facing_stats(module):
 def test_languages_and_layers_import_nothing_above():
     graph = _graph()
     assert graph["moe_interp.languages"] - {"moe_interp"} == set()
+
+
+@pytest.mark.parametrize("module", ["moe_interp", "moe_interp.analysis", "moe_interp.datasets", "moe_interp.languages",
+                                    "moe_interp.plots"])
+def test_public_names_are_sorted_and_exist(module):
+    import importlib
+
+    mod = importlib.import_module(module)
+    assert mod.__all__ == sorted(mod.__all__)
+    assert [name for name in mod.__all__ if not hasattr(mod, name)] == []
+
+
+def test_public_modules_do_not_hide_each_other():
+    """`mi.trace` is the function; no public module name is shadowed by an attribute of the package."""
+    shadowed = [name for name in _modules() if name.count(".") == 1 and not name.split(".")[1].startswith("_")
+                and not isinstance(getattr(mi, name.split(".")[1], None), type(mi))
+                and hasattr(mi, name.split(".")[1])]
+    assert shadowed == []

@@ -1,4 +1,5 @@
-"""The paper's analyses of routing counts: divergences, clustering, expert sets, layer profiles, bootstrap.
+"""The paper's analyses of routing counts: divergences, clustering, expert sets, layer profiles,
+bootstrap intervals, and the evidence behind a verdict (controls, baselines, permutation tests).
 
 Every function takes a `RoutingCounts` (any `RoutingStats`); `RoutingStats` offers the same
 analyses as methods. Layers are chosen with one vocabulary everywhere (`layers=`: indices, a
@@ -24,11 +25,10 @@ from ._expert_sets import THRESHOLD, exclusive_experts, exclusive_mask, shared_e
 from ._layer_profile import LayerProfile, layer_profile
 
 __all__ = [
-    "BANDS", "METRICS", "PAPER_EDGES", "STATISTICS", "THIRDS", "THIRD_BANDS", "THRESHOLD", "BootstrapResult",
-    "Clustering", "FamilyAgreement", "LayerProfile", "adjusted_rand_index", "band_average", "bands", "bootstrap",
-    "cluster", "divergence", "entropy", "exclusive_experts", "exclusive_mask", "family_agreement",
-    "layer_profile", "mean_offdiagonal", "resample", "shared_experts", "shared_mask", "shares", "similarity",
-    # evidence (controls, intervals, baselines)
-    "FamilyEvidence", "Interval", "family_evidence", "interval", "ngram_stats", "paired_interval", "risk_difference",
-    "stratified_interval",
+    "BANDS", "BootstrapResult", "Clustering", "FamilyAgreement", "FamilyEvidence", "Interval", "LayerProfile",
+    "METRICS", "PAPER_EDGES", "STATISTICS", "THIRDS", "THIRD_BANDS", "THRESHOLD", "adjusted_rand_index",
+    "band_average", "bands", "bootstrap", "cluster", "divergence", "entropy", "exclusive_experts",
+    "exclusive_mask", "family_agreement", "family_evidence", "interval", "layer_profile", "mean_offdiagonal",
+    "ngram_stats", "paired_interval", "resample", "risk_difference", "shared_experts", "shared_mask", "shares",
+    "similarity", "stratified_interval",
 ]
