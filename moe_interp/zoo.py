@@ -35,6 +35,7 @@ _OVERRIDES: dict[str, dict] = {
     "nllb-moe": dict(d_model=32, encoder_layers=4, decoder_layers=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
                      encoder_attention_heads=4, decoder_attention_heads=4, encoder_sparse_step=2,
                      decoder_sparse_step=2, expert_capacity=64, moe_token_dropout=0.0, decoder_start_token_id=2),
+    "ernie4_5_vl_moe_text": dict(moe_intermediate_size=[32, 32]),
     "switch_transformers": dict(d_model=32, d_kv=8, d_ff=64, num_layers=4, num_decoder_layers=4, num_heads=4,
                                 num_sparse_encoder_layers=2, num_sparse_decoder_layers=2, expert_capacity=64,
                                 router_jitter_noise=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=2),
@@ -43,7 +44,8 @@ _OVERRIDES: dict[str, dict] = {
 _TOWER = dict(depth=1, num_hidden_layers=1, num_layers=1, encoder_layers=1, hidden_size=32, d_model=32,
               intermediate_size=64, encoder_ffn_dim=64, num_heads=4, num_attention_heads=4,
               encoder_attention_heads=4, num_key_value_heads=4, head_dim=8, out_hidden_size=32, output_dim=32,
-              projection_dim=32, deepstack_visual_indexes=[], num_position_embeddings=64, image_size=32,
+              projection_dim=32, text_hidden_size=32, deepstack_visual_indexes=[], num_position_embeddings=64,
+              image_size=32,
               patch_size=8, max_source_positions=64, num_mel_bins=16, downsample_hidden_size=8)
 TINY_ARCHITECTURES = ("qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "gpt_oss", "deepseek_v3", "granitemoe")
 
@@ -126,10 +128,20 @@ def _small(config: Any) -> dict:
         sub = getattr(config, name, None)
         if sub is None or not hasattr(sub, "to_dict") or name in values:
             continue
-        if sub is text:
-            values[name] = {**sub.to_dict(), **_small(sub)}
-        else:
-            values[name] = {**sub.to_dict(), **{k: v for k, v in _TOWER.items() if hasattr(sub, k)}}
+        small = _small(sub) if sub is text else {k: v for k, v in _TOWER.items() if hasattr(sub, k)}
+        values[name] = {**_per_layer_cut(sub, small), **small}
+    return values
+
+
+def _per_layer_cut(config: Any, small: dict) -> dict:
+    """`config` as a dict, its per-layer lists (`layer_types`, ...) cut to the tiny layer count."""
+    values = config.to_dict()
+    for key in ("num_hidden_layers", "depth", "num_layers"):
+        old, new = values.get(key), small.get(key)
+        if isinstance(old, int) and isinstance(new, int) and new < old:
+            for name, value in values.items():
+                if isinstance(value, list) and len(value) == old:
+                    values[name] = value[:new]
     return values
 
 
@@ -173,7 +185,12 @@ def model_class(model_type: str) -> Any:
     import transformers
     from transformers.models.auto import modeling_auto
 
-    for head in _HEADS:
+    config = AutoConfig.for_model(model_type)
+    composite = getattr(config, "sub_configs", None) and config.get_text_config() is not config
+    # a composite config (a multimodal model) builds its multimodal class; its causal-LM
+    # mapping, where there is one, expects the language model's own config
+    for head in (sorted(_HEADS, key=lambda h: h not in ("IMAGE_TEXT_TO_TEXT", "MULTIMODAL_LM")) if composite
+                 else _HEADS):
         names = getattr(modeling_auto, f"MODEL_FOR_{head}_MAPPING_NAMES" if head else "MODEL_MAPPING_NAMES")
         if model_type in names:
             name = names[model_type]

@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["Stacks", "broken_nllb_moe_experts", "place_stacks", "repair_nllb_moe"]
+__all__ = ["Stacks", "broken_nllb_moe_experts", "check_per_token", "place_stacks", "repair_nllb_moe",
+           "stack_fields"]
 
 _LAYER_INDEX = re.compile(r"^(?P<stack>.*?)\.(?P<index>\d+)\.(?P<rest>.+)$")
 _UNLABELLED = ("", "model", "transformer")
@@ -170,3 +171,33 @@ def _repaired_class(cls: type) -> type:
         _REPAIRED[cls] = type(cls.__name__, (cls,), {"forward": _routed_forward, "__module__": __name__,
                                                       "__doc__": _routed_forward.__doc__})
     return _REPAIRED[cls]
+
+
+def stack_fields(spec: Any, layer: int) -> dict:
+    """The `LayerPlan` fields that place `layer` in its stack, for a model with several:
+    `tokens_from` (the module whose inputs hold the stack's tokens) and `once` (the encoder
+    of an encoder-decoder model: `generate` runs it once, before the decoder's steps).
+    Empty for a single-stack model (its tokens are the model's own inputs).
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.arch._stacks import stack_fields
+    >>> spec = mi.describe(mi.zoo.tiny_model("nllb-moe"))
+    >>> stack_fields(spec, 1), stack_fields(spec, 5)
+    ({'tokens_from': 'model.encoder', 'once': True}, {'tokens_from': 'model.decoder', 'once': False})
+
+    ```
+    """
+    if spec.stack_inputs is None:
+        return {}
+    position = spec.position(layer)
+    return {"tokens_from": spec.stack_inputs[position], "once": spec.stacks[position] == "encoder"}
+
+
+def check_per_token(spec: Any, per_token: bool) -> None:
+    """Refuse `RouterRecord(per_token=True)` on a model with several stacks: its per-token table
+    has one row per token of one stack (the stacks route different tokens)."""
+    if per_token and spec.stack_inputs is not None:
+        raise ValueError(f"RouterRecord(per_token=True) is not available on this {spec.arch} model: its stacks "
+                         f"({', '.join(dict.fromkeys(spec.stacks))}) route different tokens. Record the counts "
+                         "(per_token=False), per stack: tr.routing_by_stack")
