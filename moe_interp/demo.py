@@ -1,26 +1,38 @@
-"""The offline demo: the paper's pipeline on the bundled demo model, its random twin and the
-bundled UDHR corpus, written as one HTML report (`moe-interp demo`); and the choice of torch
-threads the `moe-interp` commands make."""
+"""The offline demo: the paper's pipeline on the bundled demo model, with its controls (random-init
+twins, a byte n-gram baseline, random expert sets) and intervals next to every number, written as
+one HTML report (`moe-interp demo`); and the choice of torch threads the `moe-interp` commands make.
+
+Selection and evaluation never share texts: experts are chosen on a profile of the UDHR train
+split (minus its last paragraphs), the steering scale on those last paragraphs (dev), and every
+reported number is measured on the held-out split."""
 
 import dataclasses
 import html
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import report
-from .datasets import udhr, udhr_languages
-from .experiment import _paired_bootstrap, ablation_grid, steering_eval
+from .analysis import family_evidence, ngram_stats
+from .datasets import udhr
+from .languages import info, script
+from .experiment import ablation_grid, steering_eval
 from .profiling import profile
-from .zoo import demo_model
+from .zoo import DEMO_HUB, DEMO_LANGUAGES, DEMO_MODEL_DIR, _training_seed, demo_model
 
-__all__ = ["DemoResult", "choose_threads", "run_demo", "set_threads"]
+__all__ = ["DemoEvidence", "DemoResult", "choose_threads", "demo_evidence", "run_demo", "set_threads"]
 
 MAX_BYTES = 256  # the demo model was trained on 256-byte windows
-BOOTSTRAP = 20  # replicates of the family-agreement intervals (resampled held-out texts): rough, ~2 s each
+DEV_PARAGRAPHS = 3  # last paragraphs of each language's train split: the steering scale is chosen on them
+TWINS = 3  # random-init twins: one twin cannot show how much a statistic varies across initialisations
+# Languages of different families whose exclusive experts are ablated (each also evaluated);
+# and languages steered toward the hub's shared experts (the paper steers toward English).
+ABLATE = ("eng", "deu", "fin", "tur", "swh", "ind")
+STEER = ("deu", "nld", "swe", "fra")
+SCALES = (0.0, 0.25, 1.0, 4.0)
 
 
 def choose_threads() -> tuple[int, str]:
@@ -32,9 +44,12 @@ def choose_threads() -> tuple[int, str]:
     took 1490 s with 2 threads on a busy 2-core machine and 120-290 s with 1.
 
     ```python
+    >>> import os
     >>> from moe_interp.demo import choose_threads
-    >>> choose_threads()                      # with OMP_NUM_THREADS=1 set
+    >>> os.environ["OMP_NUM_THREADS"] = "1"; os.environ.pop("TORCH_NUM_THREADS", None) and None
+    >>> choose_threads()
     (1, 'OMP_NUM_THREADS=1')
+
     ```
     """
     for name in ("TORCH_NUM_THREADS", "OMP_NUM_THREADS"):
@@ -64,6 +79,7 @@ def set_threads(threads: int | None = None) -> tuple[int, str]:
     >>> from moe_interp.demo import set_threads
     >>> set_threads(2)
     (2, 'asked for')
+
     ```
     """
     import torch
@@ -93,92 +109,233 @@ def _pieces(corpus: dict, max_bytes: int = MAX_BYTES) -> dict:
     return out
 
 
-def _agreement(stats: Any) -> np.ndarray:
-    """[ARI within Latin script, between/within-family JS within Latin script, ARI over all scripts]."""
-    try:
-        agreement = stats.family_agreement()
-    except (KeyError, ValueError):  # languages outside the table, or one family only
-        return np.full(3, np.nan)
-    latin = agreement.by_script.get("Latn")
-    if latin is None:
-        return np.array([np.nan, np.nan, agreement.ari])
-    return np.array([latin.ari, 1 / latin.ratio if latin.ratio else np.nan, agreement.ari])
+def _families(languages: Sequence[str]) -> dict[str, str]:
+    return {lang: info(lang).family for lang in languages}
 
 
-def _with_interval(stats: Any, replicates: int) -> list[tuple[float, float, float]]:
-    """`_agreement` with estimate +- 1.96 bootstrap standard errors over resampled held-out texts.
-
-    Not percentile intervals: a resample repeats texts, which shifts ARI and the JS ratio
-    (seen: the twin's ARI 0.260 with a percentile interval of [0.087, 0.217]); the spread of
-    the replicates is still a fair measure of the uncertainty.
-    """
-    import torch
-
-    estimate = _agreement(stats)
-    if replicates < 2 or stats.item_count is None:
-        return [(float(v), float("nan"), float("nan")) for v in estimate]
-    ci = stats.bootstrap(lambda s: torch.as_tensor(_agreement(s)), n=replicates, seed=0)
-    spread = 1.96 * np.nanstd(ci.samples.numpy(), axis=0, ddof=1)
-    return [(float(v), float(v - d), float(v + d)) for v, d in zip(estimate, spread)]
+def _latin(corpus: Mapping[str, Sequence[str]]) -> list[str]:
+    """Languages whose texts are written in Latin script (detected from the texts themselves)."""
+    return [lang for lang, texts in corpus.items() if script(list(texts)) == "Latn"]
 
 
-def _cell(value: tuple[float, float, float], digits: int = 3) -> str:
-    v, lo, hi = value
-    if np.isnan(v):
+def _splits(languages: Sequence[str], quick: bool) -> dict[str, dict[str, list[str]]]:
+    """`pick` (train split minus its last paragraphs: choosing experts), `dev` (those last
+    paragraphs: choosing the steering scale) and `heldout` (reporting), as <= 256-byte pieces."""
+    train = udhr(languages, split="train")  # unknown codes: KeyError with close matches
+    pick = _pieces({l: t[:-DEV_PARAGRAPHS] for l, t in train.items()})
+    dev = _pieces({l: t[-DEV_PARAGRAPHS:] for l, t in train.items()})
+    heldout = _pieces(udhr(languages, split="heldout"))
+    if quick:
+        pick, dev, heldout = ({l: v[:n] for l, v in c.items()} for c, n in ((pick, 6), (dev, 2), (heldout, 4)))
+    return {"pick": pick, "dev": dev, "heldout": heldout}
+
+
+def _cell(value: tuple, digits: int = 3, sign: bool = False) -> str:
+    """`estimate [low, high]`, or `n/a` when there is no estimate."""
+    v, lo, hi = value[:3]
+    if v is None or np.isnan(v):
         return "n/a"
-    return f"{v:.{digits}f}" if np.isnan(lo) else f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+    f = f"{{:{'+' if sign else ''}.{digits}f}}"
+    return f.format(v) if np.isnan(lo) else f"{f.format(v)} [{f.format(lo)}, {f.format(hi)}]"
 
 
-def ablation_rows(ablation: Any, samples: int = 2000) -> list[list[str]]:
-    """Per evaluation language that is also a target: (layer, expert) pairs ablated, mean
-    change in bits/byte when its own exclusive experts are ablated, when other targets' are,
-    the difference with a paired bootstrap 95% interval over its held-out texts, what its
-    experts' ablation does to the other evaluated languages, and a verdict."""
-    frame = ablation.frame
-    spread = ablation.specificity()
-    rows = []
-    for seed, lang in enumerate(ablation.eval_languages):
-        mine = frame[frame.language == lang].pivot_table(index="item", columns="condition", values="bits_per_byte")
-        own = [f"ablate:{t}:{b}" for t, b in ablation.conditions if t == lang]
-        other = [f"ablate:{t}:{b}" for t, b in ablation.conditions if t != lang]
-        if not own or not other:
-            continue
-        base = mine["baseline"].to_numpy()
-        own_delta = mine[own].to_numpy().mean(1) - base
-        other_delta = mine[other].to_numpy().mean(1) - base
-        low, high, p = _paired_bootstrap(own_delta - other_delta, samples, seed)
-        pairs = sum(n for (t, _), n in ablation.experts.items() if t == lang)
-        others = spread[lang][1] if lang in spread else float("nan")
-        if not pairs:
-            verdict = "nothing ablated: no exclusive experts at this k"
-        elif low > 0:
-            verdict = ("language-specific" if own_delta.mean() > others
-                       else "own experts hurt more, but they hurt other languages as much")
-        else:
-            verdict = "other languages' experts hurt more" if high < 0 else "no clear difference"
-        rows.append([lang, str(pairs), f"{own_delta.mean():+.3f}", f"{other_delta.mean():+.3f}",
-                     f"{(own_delta - other_delta).mean():+.3f} [{low:+.3f}, {high:+.3f}]", f"{others:+.3f}", verdict])
-    return rows
+@dataclasses.dataclass
+class DemoEvidence:
+    """Everything the demo measured, with its controls (see `demo_evidence`).
+
+    **Fields:** `family` (`{"all": FamilyEvidence, "Latn": FamilyEvidence}`: middle-band
+    family structure of the trained model against `TWINS` random-init twins and the byte
+    bigram baseline, held-out texts), `ablation` (`AblationResult`, experts chosen on the
+    train split, or None), `steering` (`SteeringResult`, or None), `stats` (the trained
+    model's held-out `RoutingStats`), `twin_stats` (the first twin's), `seconds` (wall time
+    per step), `languages`.
+
+    `rows()` gives the claims, each with what was measured and the verdict the intervals
+    support; `markdown()` the same as a Markdown table (the README's table is this output).
+    """
+
+    languages: tuple[str, ...]
+    family: dict
+    ablation: Any
+    steering: Any
+    stats: Any
+    twin_stats: Any
+    seconds: dict
+
+    def family_rows(self) -> list[list[str]]:
+        """Per language set and statistic: trained, each twin, the baseline, and the verdict."""
+        rows = []
+        names = {"ari": "family ARI", "between_within": "between/within-family JS"}
+        for subset, ev in self.family.items():
+            where = f"{len(ev.languages)} languages" + (", Latin script" if subset == "Latn" else "")
+            twins = [m for m in ev.models if m.startswith("twin")]
+            for statistic, name in names.items():
+                controls = [*twins, *(["baseline"] if "baseline" in ev.models else [])]
+                above = [m for m in controls if ev.difference(m, statistic)[1] > 0]
+                worst = min(controls, key=lambda m: ev.difference(m, statistic)[1])
+                verdict = ("above every twin and the byte-bigram baseline (difference intervals exclude 0)"
+                           if len(above) == len(controls) else
+                           f"not above {', '.join(m for m in controls if m not in above)}: trained - {worst} "
+                           f"{_cell(ev.difference(worst, statistic), sign=True)}")
+                p = float(ev.p_value[0, ev.statistics.index(statistic)])
+                rows.append([f"{name}, {where}", f"{_cell(ev.interval('trained', statistic))} (permutation p = "
+                             f"{p:.3g})", "; ".join(_cell(ev.interval(t, statistic)) for t in twins),
+                             _cell(ev.interval("baseline", statistic)) if "baseline" in ev.models else "n/a",
+                             verdict])
+        return rows
+
+    def ablation_rows(self) -> list[list[str]]:
+        """Per ablated language: own effect, effect on the other languages, random same-size
+        sets, the verdict (bits/byte change, positive = worse)."""
+        if self.ablation is None:
+            return []
+        return [[f"ablating {r.language}'s exclusive experts ({r.pairs} pairs)",
+                 _cell((r.own, r.own_low, r.own_high), 4, True), _cell((r.others, r.others_low, r.others_high), 4, True),
+                 _cell((r.control, r.control_low, r.control_high), 4, True), r.verdict]
+                for r in self.ablation.verdicts().itertuples()]
+
+    def steering_rows(self) -> list[list[str]]:
+        """Per steering scale: share of top-k sets changed, gate mass moved, gain with interval, verdict."""
+        if self.steering is None:
+            return []
+        chosen = self.steering.scale
+        return [[f"scale {r.scale:g}" + (" (chosen on dev)" if r.scale == chosen else ""),
+                 f"{100 * r.changed:.1f}%", f"{r.mass_moved:+.3f}",
+                 _cell((r.gain, r.gain_low, r.gain_high), 4, True), r.verdict]
+                for r in self.steering.dose_response().itertuples()]
+
+    def rows(self) -> list[list[str]]:
+        """One table of every claim: `[claim, trained / effect, controls, verdict]`."""
+        rows = [[claim, trained, f"twins {twins}; byte-bigram {base}", verdict]
+                for claim, trained, twins, base, verdict in self.family_rows()]
+        rows += [[claim, f"own {own}", f"other languages {others}; random sets {control}", verdict]
+                 for claim, own, others, control, verdict in self.ablation_rows()]
+        if self.steering is not None:
+            langs = ", ".join(self.steering.table.language)
+            rows += [[f"steering {langs} toward {DEMO_HUB}-shared experts, {scale}", f"gain {gain} bits/byte",
+                      f"top-k sets changed {changed}, gate mass {mass}", verdict]
+                     for scale, changed, mass, gain, verdict in self.steering_rows()]
+        return rows
+
+    def markdown(self) -> str:
+        """The claims as a Markdown table (what the README shows).
+
+        ```python
+        >>> from moe_interp.demo import DemoEvidence
+        >>> print(DemoEvidence(("eng",), {}, None, None, None, None, {}).markdown())
+        | claim (held-out texts, 95% intervals) | trained model | controls | verdict |
+        |---|---|---|---|
+
+        ```
+        """
+        return report.markdown_table(["claim (held-out texts, 95% intervals)", "trained model", "controls", "verdict"],
+                                     self.rows())
 
 
-def steering_rows(steering: Any) -> list[list[str]]:
-    """Per steered language: gain in bits/byte with its 95% interval, p-value, steered pairs."""
-    return [[row.language, f"{row.gain:+.4f} [{row.ci_low:+.4f}, {row.ci_high:+.4f}]", f"{row.p_value:.3f}",
-             str(row.pairs)] for row in steering.table.itertuples()]
+def demo_evidence(path: str | os.PathLike | None = None, languages: Sequence[str] | None = None,
+                  quick: bool = False, twins: int = TWINS, replicates: int = 200, permutations: int = 1000,
+                  progress: bool = True, log: Callable[[str], None] | None = None) -> DemoEvidence:
+    """Measure the demo's claims on the demo model (or the one trained into `path`).
+
+    Family structure (middle band, held-out texts): `family_evidence` against `twins`
+    random-init twins (the training seed, then seed + 1000, + 2000, ...) and the byte bigram
+    baseline, over all languages and within Latin script. Ablation: each of `ABLATE`'s
+    exclusive experts (chosen on the train split) rerouted per band, with random same-size
+    sets as control (`AblationResult.verdicts`). Steering: `STEER` toward experts they share
+    with the hub (chosen on the train split), the scale chosen on dev paragraphs, the
+    dose-response over `SCALES` on held-out texts (`SteeringResult.dose_response`).
+
+    ```python
+    >>> from moe_interp.demo import demo_evidence
+    >>> ev = demo_evidence(languages=["eng", "deu", "nld", "fin", "ekk", "hun"], quick=True, twins=1,
+    ...                    replicates=20, permutations=20, progress=False)
+    >>> list(ev.family), ev.family["all"].models          # every language is Latin: no separate Latin row
+    (['all'], ('trained', 'twin 1', 'baseline'))
+    >>> ev.markdown().splitlines()[0]
+    '| claim (held-out texts, 95% intervals) | trained model | controls | verdict |'
+
+    ```
+    """
+    import time
+
+    say = log or (lambda line: None)
+    if languages is not None:
+        languages = list(languages)
+        if not languages:
+            raise ValueError("languages is empty; pass ISO 639-3 codes such as ['eng', 'deu'], or None for the demo "
+                             f"model's {len(DEMO_LANGUAGES)} languages")
+    if isinstance(twins, bool) or not isinstance(twins, int) or twins < 1:
+        raise ValueError(f"twins must be an integer >= 1 (random-init twins to compare with), got {twins!r}")
+    languages = list(DEMO_LANGUAGES) if languages is None else languages
+    splits = _splits(languages, quick)
+    heldout = splits["heldout"]
+    seconds, clock = {}, time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        seconds[name] = round(time.perf_counter() - clock, 1)
+        clock = time.perf_counter()
+
+    trained = demo_model(path=path)
+    seed = _training_seed(DEMO_MODEL_DIR if path is None else Path(path))
+    say(f"profiling the trained model on {len(heldout)} languages ({sum(map(len, heldout.values()))} held-out "
+        f"pieces of <= {MAX_BYTES} bytes) and on the train split (choosing experts)")
+    stats = profile(trained, heldout, batch_size=16, progress=progress)
+    picked = profile(trained, splits["pick"], batch_size=16, progress=progress)
+    lap("profile trained")
+    twin_stats = {}
+    for i in range(twins):
+        say(f"profiling random-init twin {i + 1}/{twins} (seed {seed + 1000 * i}) on the held-out texts")
+        twin_stats[f"twin {i + 1}"] = profile(demo_model(trained=False, path=path, seed=seed + 1000 * i), heldout,
+                                              batch_size=16, progress=progress)
+    lap("profile twins")
+    say(f"family structure, middle band: {replicates} paired resamples of the texts, {permutations} label permutations")
+    families = _families(languages)
+    baseline = ngram_stats(heldout, n=2)
+    family = {}
+    latin = _latin(heldout)
+    for subset, langs in (("all", languages), ("Latn", latin if len(latin) < len(languages) else [])):
+        if len(set(families[l] for l in langs)) >= 2:  # a subset of one family has no family structure
+            family[subset] = family_evidence(stats.select(langs), families=families, layers="middle",
+                                             twins=twin_stats, baseline=baseline, replicates=replicates,
+                                             permutations=permutations)
+    lap("family evidence")
+    targets = [l for l in ABLATE if l in heldout][: 3 if quick else len(ABLATE)]
+    ablation = None
+    if len(targets) >= 2:
+        say(f"ablation: exclusive experts of {', '.join(targets)} (chosen on the train split) rerouted per band, "
+            "with random same-size sets; bits/byte on held-out texts")
+        ablation = ablation_grid(trained, picked, heldout, targets, targets, controls=2 if quick else 3,
+                                 replicates=replicates * 10, progress=progress)
+    lap("ablation")
+    steer = [l for l in STEER if l in heldout and l != DEMO_HUB][: 2 if quick else len(STEER)]
+    steering = None
+    if DEMO_HUB in heldout and steer:
+        say(f"steering {', '.join(steer)} toward experts shared with {DEMO_HUB}: scale chosen on dev paragraphs, "
+            "dose-response on held-out texts")
+        steering = steering_eval(trained, picked, splits["dev"], heldout, steer, target=DEMO_HUB,
+                                 scales=SCALES[:3] if quick else SCALES, samples=replicates * 10, progress=progress)
+    lap("steering")
+    return DemoEvidence(tuple(languages), family, ablation, steering, stats, twin_stats["twin 1"], seconds)
 
 
 @dataclasses.dataclass
 class DemoResult:
-    """What `run_demo` wrote (`path`) and found (`findings`: one sentence each, with intervals).
+    """What `run_demo` wrote (`path`), found (`findings`: one sentence each, with intervals)
+    and measured (`evidence`, a `DemoEvidence`).
 
     ```python
-    >>> result = run_demo("report.html", languages=["eng", "deu", "fra", "spa"], quick=True)
-    >>> print(result)                       # the findings, then where the report is
+    >>> from pathlib import Path
+    >>> print(DemoResult(Path("report.html"), ["family ARI ..."], None))
+    family ARI ...
+    report: report.html
+
     ```
     """
 
     path: Path
     findings: list[str]
+    evidence: Any = None
 
     def __str__(self) -> str:
         return "\n".join([*self.findings, f"report: {self.path}"])
@@ -186,105 +343,73 @@ class DemoResult:
 
 def run_demo(out: str | os.PathLike = "report.html", languages: Sequence[str] | None = None,
              quick: bool = False, progress: bool = True, threads: int | str | None = None,
-             log: Callable[[str], None] | None = None, bootstrap: int = BOOTSTRAP) -> DemoResult:
-    """Profile the demo model and its random-init twin, analyse, ablate, steer; write a report.
+             log: Callable[[str], None] | None = None, replicates: int = 200) -> DemoResult:
+    """Measure the demo's claims (`demo_evidence`) and write them as an HTML report.
 
-    `languages` defaults to every language of the bundled corpus (312): family structure
-    needs many languages per family. Unknown codes raise `KeyError` naming close matches
+    `languages` defaults to the demo model's 55 training languages (`zoo.DEMO_LANGUAGES`:
+    six families, English as hub). Unknown codes raise `KeyError` naming close matches
     (`"en"` -> `"eng"`). `threads`: torch threads, `"auto"` for `choose_threads()`, None to
-    leave torch's setting. `log` receives one line per step (which model each progress bar
-    belongs to); the findings are in the result. `bootstrap`: replicates of the family-agreement intervals.
+    leave torch's setting. `log` receives one line per step; the findings (every claim with
+    its interval, controls and verdict) are in the result. `replicates`: bootstrap resamples
+    of the family statistics (x10 for ablation and steering intervals).
 
     ```python
     >>> from moe_interp.demo import run_demo
-    >>> result = run_demo("report.html", languages=["eng", "deu", "fra", "spa"], quick=True, log=print)
-    >>> result.path
-    PosixPath('report.html')
+    >>> result = run_demo("report.html", languages=["eng", "deu", "nld", "fin", "ekk", "hun"], quick=True,
+    ...                   progress=False, replicates=20)
+    >>> result.path.name, len(result.findings) > 4
+    ('report.html', True)
+
     ```
     """
     say = log or (lambda line: None)
     if threads is not None:
         count, why = set_threads(None if threads == "auto" else int(threads))
         say(f"{count} torch threads ({why})")
-    if languages is not None:
-        languages = list(languages)
-        if not languages:
-            raise ValueError("languages is empty; pass ISO 639-3 codes such as ['eng', 'deu'], or None for all "
-                             f"{len(udhr_languages())} bundled languages")
-    heldout = _pieces(udhr(languages, split="heldout"))  # unknown codes: KeyError with close matches
-    dev = _pieces(udhr(languages, split="train"))
-    if quick:
-        heldout = {k: v[:4] for k, v in heldout.items()}
-        dev = {k: v[-4:] for k, v in dev.items()}
-    n = len(heldout)
-    trained, twin = demo_model(), demo_model(trained=False)
-    say(f"[1/5] profiling the trained demo model on {n} languages ({sum(map(len, heldout.values()))} held-out "
-        f"pieces of <= {MAX_BYTES} bytes)")
-    stats = profile(trained, heldout, batch_size=16, progress=progress)
-    say("[2/5] profiling its random-init twin (same architecture and seed, untrained) on the same texts")
-    twin_stats = profile(twin, heldout, batch_size=16, progress=progress)
-    replicates = 0 if quick else bootstrap
-    say(f"[3/5] family agreement of both, with {replicates} bootstrap replicates over texts")
-    family, twin_family = _with_interval(stats, replicates), _with_interval(twin_stats, replicates)
-
-    labels = ["family ARI within Latin script", "between/within-family JS within Latin script",
-              "family ARI, all scripts"]
-    findings = [f"{label}: trained {_cell(a)}, random-init twin {_cell(b)}"
-                for label, a, b in zip(labels, family, twin_family)]
+    ev = demo_evidence(languages=languages, quick=quick, replicates=replicates, permutations=5 * replicates,
+                       progress=progress, log=say)
+    findings = [f"{claim}: {trained}; {controls}: {verdict}" for claim, trained, controls, verdict in ev.rows()]
+    twins = len(ev.family["all"].models) - 2 if "all" in ev.family else TWINS
     parts = [
-        "<p>The paper's pipeline (arXiv 2601.14050) on a tiny multilingual Qwen3-MoE trained on the bundled "
-        "UDHR corpus, next to its random-init twin (same architecture and seed, untrained): any structure the "
-        "twin shows too comes from the input bytes (scripts), not from learning. Intervals resample the "
-        "held-out texts: family agreement +- 1.96 bootstrap standard errors (20 replicates), ablation and steering "
-        "paired bootstrap 95% intervals.</p>",
-        "<h2>Does routing follow language families?</h2>",
-        report.table(["", "trained", "random-init twin"],
-                     [[label, _cell(a), _cell(b)] for label, a, b in zip(labels, family, twin_family)]),
+        "<p>The paper's pipeline (arXiv 2601.14050) on a tiny multilingual Qwen3-MoE trained on UDHR texts of "
+        f"{len(DEMO_LANGUAGES)} languages in six families, English as hub. Every number comes with its controls: "
+        f"{twins} random-init twins (same architecture, untrained: structure they show too comes from the input "
+        "bytes and scripts, not from learning), a byte-bigram baseline through the same clustering (what spelling "
+        "alone gives), random expert sets of the same size for ablations, and how far routing moved for steering. "
+        "Experts are chosen on the train split, the steering scale on held-back train paragraphs, and everything "
+        "is reported on the held-out split, with 95% bootstrap intervals over texts.</p>",
+        "<h2>Does routing follow language families? (middle band)</h2>",
+        report.table(["statistic", "trained", "random-init twins", "byte-bigram baseline", "verdict"],
+                     ev.family_rows()),
+        "<p>ARI: agreement of an average-linkage clustering of the languages' routing (Jensen-Shannon "
+        "divergence) with their families (0 = chance, 1 = identical). Between/within: mean divergence between "
+        "languages of different families over that within a family (> 1: families route alike). Intervals: "
+        "normal bootstrap intervals over resampled articles (the same ones for every model); p: family labels "
+        "permuted; verdict: the trained model's paired differences from each control.</p>",
     ]
-
-    evals = [l for l in ("eng", "deu", "fra", "spa", "fin", "hun", "tur", "ind") if l in heldout][: 4 if quick else 8]
-    targets = [l for l in ("eng", "deu", "fin", "tur") if l in heldout][: 2 if quick else 4]
-    if len(evals) >= 2 and targets:
-        say(f"[4/5] layer-band ablation: exclusive experts of {', '.join(targets)} rerouted in each band, "
-            f"bits/byte on {', '.join(evals)} (trained model)")
-        # The paper keeps each language's top 15 of 128 experts; of the demo model's 16, the top 4
-        # (more than the scaled default of 2, so that the bands differ in what they remove).
-        ablation = ablation_grid(trained, stats, heldout, evals, targets, k=4, progress=progress)
-        rows = ablation_rows(ablation)
-        findings += [f"ablation, {r[0]} ({r[1]} pairs): own exclusive experts {r[2]} bits/byte, other languages' "
-                     f"{r[3]}, difference {r[4]}; its experts cost the other languages {r[5]}: {r[6]}" for r in rows]
-        parts += ["<h2>Layer-band ablation of language-exclusive experts</h2>",
-                  "<p>Change in bits/byte (higher = worse) of each language when its own exclusive experts are "
-                  "rerouted, averaged over the early, middle and late bands, against ablating the other target "
-                  "languages' experts (paired bootstrap 95% interval over held-out texts), and what ablating its "
-                  "experts does to the other evaluated languages: language-specific experts hurt their own "
-                  "language more than the others.</p>",
-                  report.table(["language", "(layer, expert) pairs ablated", "own experts ablated",
-                                "others' experts ablated", "own - others [95% CI]", "its experts, other languages",
-                                "verdict"], rows),
-                  ablation.plot_ablation()]
-    else:
-        say("[4/5] layer-band ablation skipped (needs two of eng, deu, fra, spa, fin, hun, tur, ind)")
-    steer_langs = [l for l in ("deu", "fra", "spa", "nld") if l in heldout and l != "eng"][: 2 if quick else 4]
-    if "eng" in heldout and steer_langs:
-        say(f"[5/5] steering {', '.join(steer_langs)} toward experts shared with eng: scale chosen on the train "
-            "split, gains on the held-out split (trained model)")
-        steering = steering_eval(trained, stats, dev, heldout, steer_langs, target="eng",
-                                 scales=(0.0, 0.1, 0.5) if quick else (0.0, 0.05, 0.2, 0.5), k=8,
-                                 progress=progress)
-        rows = steering_rows(steering)
-        findings += [f"steering toward eng (scale {steering.scale}, chosen on train): {r[0]} gains {r[1]} "
-                     f"bits/byte, p = {r[2]}" for r in rows]
-        parts += ["<h2>Routing-guided steering toward English-shared experts</h2>",
-                  f"<p>Scale {steering.scale} chosen on the train split only (mean train bits/byte per scale: "
-                  + html.escape(", ".join(f"{s}: {v:.4f}" for s, v in steering.dev_scores.items()))
-                  + "). Gain = baseline - steered bits/byte on held-out texts (positive = better).</p>",
-                  report.table(["language", "gain [95% CI]", "p", "steered (layer, expert) pairs"], rows),
-                  steering.plot()]
-    else:
-        say("[5/5] steering skipped (needs eng and one of deu, fra, spa, nld)")
-
+    if ev.ablation is not None:
+        parts += ["<h2>Ablating language-exclusive experts</h2>",
+                  "<p>Change in held-out bits/byte (positive = worse), mean over the early, middle and late bands. "
+                  "Language-specific: the language's own effect exceeds both its effect on the other languages "
+                  "and that of random same-size expert sets in the same layers, intervals excluding 0.</p>",
+                  report.table(["ablation", "own language", "other languages", "random same-size sets", "verdict"],
+                               ev.ablation_rows()),
+                  ev.ablation.plot_ablation()]
+    if ev.steering is not None:
+        parts += [f"<h2>Steering toward experts shared with {DEMO_HUB} (dose-response)</h2>",
+                  "<p>Per scale on held-out texts: share of tokens whose top-k expert set changed and gate mass "
+                  "moved onto the steered experts (middle-band layer means), and the gain in bits/byte (baseline - "
+                  "steered, positive = better) with its interval. The scale is chosen on held-back train paragraphs "
+                  "only (mean dev bits/byte per scale: "
+                  + html.escape(", ".join(f"{s:g}: {v:.4f}" for s, v in ev.steering.dev_scores.items())) + ").</p>",
+                  report.table(["scale", "top-k sets changed", "gate mass moved", "gain [95% CI]", "verdict"],
+                               ev.steering_rows()),
+                  ev.steering.plot()]
+    families = _families(ev.languages)
     parts = parts[:1] + [report.findings(findings)] + parts[1:]
-    parts += [report.routing_summary(stats, "Trained demo model"), *report.routing_figures(stats),
-              report.routing_summary(twin_stats, "Random-init twin"), report.routing_figures(twin_stats)[0]]
-    return DemoResult(report.write_report(out, "moe_interp demo: multilingual routing of a tiny MoE", parts), findings)
+    parts += [report.routing_summary(ev.stats, "Trained demo model", families=families),
+              *report.routing_figures(ev.stats),
+              report.routing_summary(ev.twin_stats, "Random-init twin 1", families=families),
+              report.routing_figures(ev.twin_stats)[0]]
+    path = report.write_report(out, "moe_interp demo: multilingual routing of a tiny MoE, with its controls", parts)
+    return DemoResult(path, findings, ev)

@@ -12,11 +12,11 @@ import gzip
 import html
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["findings", "page", "routing_figures", "routing_summary", "table", "write_report"]
+__all__ = ["findings", "markdown_table", "page", "routing_figures", "routing_summary", "table", "write_report"]
 
 MANY = 40  # languages from which figures are redrawn for legibility
 
@@ -52,8 +52,10 @@ def table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
     """An HTML table, every cell escaped.
 
     ```python
+    >>> import moe_interp as mi
     >>> mi.report.table(["a"], [[1]])
     '<table><thead><tr><th>a</th></tr></thead><tbody><tr><td>1</td></tr></tbody></table>'
+
     ```
     """
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
@@ -61,12 +63,32 @@ def table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def markdown_table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table (for READMEs and model cards); `|` inside a cell is escaped.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> print(mi.report.markdown_table(["claim", "value"], [["a|b", 1]]))
+    | claim | value |
+    |---|---|
+    | a\\|b | 1 |
+
+    ```
+    """
+    def line(cells: Sequence[Any]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), "|" + "---|" * len(header), *map(line, rows)])
+
+
 def findings(lines: Sequence[str], title: str = "Key findings") -> str:
     """A highlighted list of one-sentence findings (HTML), for the top of a report.
 
     ```python
+    >>> import moe_interp as mi
     >>> mi.report.findings(["family ARI 0.29 [0.25, 0.31]"])
     '<div class="findings"><h2>Key findings</h2><ul><li>family ARI 0.29 [0.25, 0.31]</li></ul></div>'
+
     ```
     """
     items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
@@ -113,7 +135,12 @@ def page(title: str, parts: Sequence[Any], compress: bool = True) -> str:
     """One HTML document from HTML strings and plotly figures (plotly.js inlined once).
 
     ```python
+    >>> import moe_interp as mi
+    >>> profile = mi.datasets.reference_stats().select(["en", "de", "sw"])    # the paper's MGSM counts
     >>> html_text = mi.report.page("Routing", ["<p>hello</p>", profile.plot_layer_profile()])
+    >>> html_text.startswith("<!DOCTYPE html>"), html_text.count('data-figure="figure-')
+    (True, 1)
+
     ```
     """
     body, scripts, first = [], [], True
@@ -144,11 +171,17 @@ def _reference(stats: Any) -> str:
     return next((l for l in ("eng", "en") if l in stats.languages), stats.languages[0])
 
 
-def routing_summary(stats: Any, label: str = "") -> str:
+def routing_summary(stats: Any, label: str = "", families: Mapping[str, str] | None = None) -> str:
     """The findings about one `RoutingStats` in a few sentences and tables (HTML).
+    `families`: `{language: family}` for languages `moe_interp.languages` does not know.
 
     ```python
-    >>> html_text = mi.report.routing_summary(profile, "Trained demo model")
+    >>> import moe_interp as mi
+    >>> profile = mi.datasets.reference_stats().select(["en", "de", "fr", "sw"])
+    >>> html_text = mi.report.routing_summary(profile, "Qwen3-30B-A3B on MGSM")
+    >>> "<h2>Qwen3-30B-A3B on MGSM</h2>" in html_text, html_text.count("<table>")
+    (True, 2)
+
     ```
     """
     bands = stats.layer_profile().bands()
@@ -160,7 +193,7 @@ def routing_summary(stats: Any, label: str = "") -> str:
              table(["band", "mean JS between languages", "shared fraction", "mean entropy", "exclusive experts / layer"],
                    rows)]
     try:
-        agreement = stats.family_agreement()
+        agreement = stats.family_agreement(families=families)
     except (KeyError, ValueError) as error:  # languages outside the table, or one family only
         parts.append(f"<p>Family agreement not computed: {html.escape(str(error))}</p>")
         return "\n".join(parts)
@@ -188,9 +221,11 @@ def routing_figures(stats: Any, reference: str | None = None) -> list:
     `reference` (default English when profiled) is the language the shared-expert bars compare with.
 
     ```python
-    >>> figures = mi.report.routing_figures(profile)
+    >>> import moe_interp as mi
+    >>> figures = mi.report.routing_figures(mi.datasets.reference_stats().select(["en", "de", "fr", "sw"]))
     >>> [f.layout.title.text.split(" ")[0] for f in figures][:2]
     ['Jensen-Shannon', 'Languages']
+
     ```
     """
     from . import plots
@@ -251,8 +286,11 @@ def write_report(path: str | os.PathLike, title: str, parts: Sequence[Any], comp
     """Write `page(title, parts)` to `path` and return it.
 
     ```python
-    >>> mi.report.write_report("report.html", "Routing", [mi.report.routing_summary(profile)])
-    PosixPath('report.html')
+    >>> import tempfile, moe_interp as mi
+    >>> path = mi.report.write_report(f"{tempfile.mkdtemp()}/report.html", "Routing", ["<p>hello</p>"])
+    >>> path.name, "<p>hello</p>" in path.read_text()
+    ('report.html', True)
+
     ```
     """
     path = Path(path)
