@@ -18,7 +18,13 @@ from . import analysis, datasets, evaluate, languages, plots, zoo
 from ._fingerprint import ResumeError
 from ._router_view import RouterAccessError
 from ._trace import generate, trace
-from .arch import MoESpec, RouterAdapter, UnsupportedModelError, describe, register_adapter
+from .arch import (
+    MoESpec,
+    RouterAdapter,
+    UnsupportedModelError,
+    describe,
+    register_adapter,
+)
 from .attribution import ExpertAttribution, expert_attribution
 from .experiment import Experiment, ablation_grid, steering_eval
 from .expert_set import PAPER, ExpertSet
@@ -30,9 +36,35 @@ from .stats import RoutingStats, StatsFileError
 __version__ = "0.1.0"
 
 __all__ = [
-    "Experiment", "ExpertAblate", "ExpertAttribution", "ExpertSet", "LayerRouteSteer", "MoESpec", "PAPER",
-    "ResumeError", "RouteSteer", "RouterAccessError", "RouterAdapter", "RouterRecord", "RoutingStats",
-    "StatsFileError", "UnsupportedModelError", "ablation_grid", "analysis", "datasets", "describe", "evaluate",
-    "expert_attribution", "generate", "languages", "load", "plots", "profile", "register_adapter",
-    "steering_eval", "trace", "wrap", "zoo",
+    "PAPER",
+    "Experiment",
+    "ExpertAblate",
+    "ExpertAttribution",
+    "ExpertSet",
+    "LayerRouteSteer",
+    "MoESpec",
+    "ResumeError",
+    "RouteSteer",
+    "RouterAccessError",
+    "RouterAdapter",
+    "RouterRecord",
+    "RoutingStats",
+    "StatsFileError",
+    "UnsupportedModelError",
+    "ablation_grid",
+    "analysis",
+    "datasets",
+    "describe",
+    "evaluate",
+    "expert_attribution",
+    "generate",
+    "languages",
+    "load",
+    "plots",
+    "profile",
+    "register_adapter",
+    "steering_eval",
+    "trace",
+    "wrap",
+    "zoo",
 ]

@@ -26,7 +26,13 @@ from collections.abc import Iterable
 from importlib import resources
 
 __all__ = [
-    "BELEBELE", "Language", "SCRIPT_NAMES", "all_languages", "detect_script", "info", "script",
+    "BELEBELE",
+    "SCRIPT_NAMES",
+    "Language",
+    "all_languages",
+    "detect_script",
+    "info",
+    "script",
 ]
 
 

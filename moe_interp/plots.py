@@ -22,7 +22,14 @@ from scipy.cluster.hierarchy import dendrogram as scipy_dendrogram
 from . import languages
 from ._counts import RoutingCounts
 from ._layers import bands as _bands
-from .analysis import METRICS, THRESHOLD, cluster, divergence, exclusive_experts, shared_experts
+from .analysis import (
+    METRICS,
+    THRESHOLD,
+    cluster,
+    divergence,
+    exclusive_experts,
+    shared_experts,
+)
 from .analysis import layer_profile as _layer_profile
 from .expert_set import PAPER, check_k
 

@@ -1,14 +1,12 @@
 import contextlib
 import functools
 import re
-import warnings
 
 import pytest
 import torch
 
 import moe_interp as mi
 
-warnings.filterwarnings("ignore")
 
 # The families the core issue names; each builds from a tiny config (moe_interp.zoo).
 NAMED_ARCHITECTURES = (

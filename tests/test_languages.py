@@ -2,7 +2,6 @@
 
 import pytest
 
-import moe_interp as mi
 from moe_interp import languages
 from moe_interp.datasets import MGSM_LANGUAGES, udhr, udhr_languages
 from moe_interp.languages import BELEBELE, info

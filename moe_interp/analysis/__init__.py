@@ -18,17 +18,74 @@ range, a slice, `"early"` / `"middle"` / `"late"` in the paper's proportions, `"
 from .._layers import BANDS, PAPER_EDGES, THIRD_BANDS, THIRDS, bands
 from ._baselines import ngram_stats, risk_difference
 from ._bootstrap import STATISTICS, BootstrapResult, bootstrap, resample
-from ._clustering import Clustering, FamilyAgreement, adjusted_rand_index, cluster, family_agreement
-from ._divergence import METRICS, band_average, divergence, entropy, mean_offdiagonal, similarity
-from ._evidence import FamilyEvidence, Interval, family_evidence, interval, paired_interval, stratified_interval
-from ._expert_sets import THRESHOLD, exclusive_experts, exclusive_mask, shared_experts, shared_mask, shares
+from ._clustering import (
+    Clustering,
+    FamilyAgreement,
+    adjusted_rand_index,
+    cluster,
+    family_agreement,
+)
+from ._divergence import (
+    METRICS,
+    band_average,
+    divergence,
+    entropy,
+    mean_offdiagonal,
+    similarity,
+)
+from ._evidence import (
+    FamilyEvidence,
+    Interval,
+    family_evidence,
+    interval,
+    paired_interval,
+    stratified_interval,
+)
+from ._expert_sets import (
+    THRESHOLD,
+    exclusive_experts,
+    exclusive_mask,
+    shared_experts,
+    shared_mask,
+    shares,
+)
 from ._layer_profile import LayerProfile, layer_profile
 
 __all__ = [
-    "BANDS", "BootstrapResult", "Clustering", "FamilyAgreement", "FamilyEvidence", "Interval", "LayerProfile",
-    "METRICS", "PAPER_EDGES", "STATISTICS", "THIRDS", "THIRD_BANDS", "THRESHOLD", "adjusted_rand_index",
-    "band_average", "bands", "bootstrap", "cluster", "divergence", "entropy", "exclusive_experts",
-    "exclusive_mask", "family_agreement", "family_evidence", "interval", "layer_profile", "mean_offdiagonal",
-    "ngram_stats", "paired_interval", "resample", "risk_difference", "shared_experts", "shared_mask", "shares",
-    "similarity", "stratified_interval",
+    "BANDS",
+    "METRICS",
+    "PAPER_EDGES",
+    "STATISTICS",
+    "THIRDS",
+    "THIRD_BANDS",
+    "THRESHOLD",
+    "BootstrapResult",
+    "Clustering",
+    "FamilyAgreement",
+    "FamilyEvidence",
+    "Interval",
+    "LayerProfile",
+    "adjusted_rand_index",
+    "band_average",
+    "bands",
+    "bootstrap",
+    "cluster",
+    "divergence",
+    "entropy",
+    "exclusive_experts",
+    "exclusive_mask",
+    "family_agreement",
+    "family_evidence",
+    "interval",
+    "layer_profile",
+    "mean_offdiagonal",
+    "ngram_stats",
+    "paired_interval",
+    "resample",
+    "risk_difference",
+    "shared_experts",
+    "shared_mask",
+    "shares",
+    "similarity",
+    "stratified_interval",
 ]

@@ -26,6 +26,15 @@ class BootstrapResult:
 
     **Fields:** `estimate` (on the full data), `low` / `high` (the `level` interval, per
     element), `samples` (`[n, ...]`), `level`, `statistic` (its name), `seed`.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> p = mi.datasets.reference_stats()      # the paper's released counts keep no per-item counts
+    >>> r = mi.analysis.bootstrap(p.select(["en"]), lambda s: s.tokens.double(), n=3)
+    Traceback (most recent call last):
+    ValueError: these stats keep no per-item counts (item_count); record them with mi.profile, which keeps them, to bootstrap over items
+
+    ```
     """
 
     estimate: Tensor
@@ -131,7 +140,7 @@ def bootstrap(stats: RoutingCounts, statistic: str | Callable[[RoutingCounts], T
         if statistic not in STATISTICS:
             raise ValueError(f"unknown statistic {statistic!r}; use one of {sorted(STATISTICS)} or a function")
         name, base = statistic, STATISTICS[statistic]
-        function = lambda s: base(s, **kwargs)  # noqa: E731
+        function = lambda s: base(s, **kwargs)
     else:
         if kwargs:
             raise TypeError("keyword arguments only apply to named statistics; close over them in your function")

@@ -24,6 +24,14 @@ class LayerProfile:
     keeps in its top-`k`), `shared[layer]` and `exclusive[lang, layer]` (expert counts, the
     paper's algorithm over all languages), `entropy[lang, layer]` (normalised), and the
     settings `metric`, `k`, `threshold`.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> prof = mi.analysis.layer_profile(mi.datasets.reference_stats())
+    >>> prof.exclusive.shape, prof.k, prof.threshold       # 8 languages x 48 layers; the paper's k and 0.4
+    (torch.Size([8, 48]), 15, 0.4)
+
+    ```
     """
 
     languages: tuple[str, ...]

@@ -129,9 +129,18 @@ def flores(
     - `path`: a local copy instead of the hub dataset `openlanguagedata/flores_plus`.
     - `load_kwargs`: passed to `datasets.load_dataset` (e.g. `revision=`, `token=`).
 
+    From the hub: `mi.datasets.flores(["eng_Latn", "deu", "jpn_Jpan"])`. From a local copy
+    in the FLORES-200 release layout:
+
     ```python
-    corpus = mi.datasets.flores(["eng_Latn", "deu", "jpn_Jpan"], split="devtest")
-    mi.profile(model, corpus)
+    >>> import pathlib, tempfile
+    >>> import moe_interp as mi
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> (root / "devtest").mkdir()
+    >>> _ = (root / "devtest" / "deu_Latn.devtest").write_text("Ein Satz.\\nNoch einer.\\n", encoding="utf-8")
+    >>> mi.datasets.flores("deu", path=root)        # the script is completed from the UDHR metadata
+    {'deu': ['Ein Satz.', 'Noch einer.']}
+
     ```
     """
     out = {}
@@ -165,9 +174,20 @@ def belebele_items(
 ) -> dict[str, list[BelebeleItem]]:
     """Belebele questions `{lang: [BelebeleItem, ...]}` (900 per language, parallel).
 
+    From the hub: `mi.datasets.belebele_items(["eng_Latn", "swh_Latn"])`. From a local copy
+    of the GitHub release (`<code>.jsonl`):
+
     ```python
-    items = mi.datasets.belebele_items(["eng_Latn", "swh_Latn"])
-    items["eng_Latn"][0].answer     # index of the correct option, 0-3
+    >>> import json, pathlib, tempfile
+    >>> import moe_interp as mi
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> row = {"flores_passage": "P.", "question": "Q?", "mc_answer1": "a", "mc_answer2": "b",
+    ...        "mc_answer3": "c", "mc_answer4": "d", "correct_answer_num": "3"}
+    >>> _ = (root / "eng_Latn.jsonl").write_text(json.dumps(row) + "\\n", encoding="utf-8")
+    >>> item = mi.datasets.belebele_items(["eng_Latn"], path=root)["eng_Latn"][0]
+    >>> item.options, item.answer                  # answer: index of the correct option, 0-3
+    (('a', 'b', 'c', 'd'), 2)
+
     ```
     """
     out = {}
@@ -192,8 +212,15 @@ def belebele(
     """Belebele as texts `{lang: [passage + question + options, ...]}` (see `BelebeleItem.text`).
 
     ```python
-    texts = mi.datasets.belebele(["eng_Latn", "deu_Latn"])      # hub, or path= a local copy
-    profile = mi.profile(model, texts)
+    >>> import json, pathlib, tempfile
+    >>> import moe_interp as mi
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> row = {"flores_passage": "P.", "question": "Q?", "mc_answer1": "a", "mc_answer2": "b",
+    ...        "mc_answer3": "c", "mc_answer4": "d", "correct_answer_num": "1"}
+    >>> _ = (root / "eng_Latn.jsonl").write_text(json.dumps(row) + "\\n", encoding="utf-8")
+    >>> mi.datasets.belebele("eng_Latn", path=root)    # hub: mi.datasets.belebele(["eng_Latn", "deu_Latn"])
+    {'eng_Latn': ['P.\\nQ?\\nA. a\\nB. b\\nC. c\\nD. d']}
+
     ```
     """
     items = belebele_items(languages, split, path, **load_kwargs)
@@ -218,8 +245,13 @@ def mgsm_items(
     `revision="refs/convert/parquet"` or a local copy of the url-nlp TSV files.
 
     ```python
-    items = mi.datasets.mgsm_items(["en", "de"], path="url-nlp/mgsm")
-    items["de"][0].answer    # 18.0
+    >>> import pathlib, tempfile
+    >>> import moe_interp as mi
+    >>> root = pathlib.Path(tempfile.mkdtemp())     # a local copy as google-research/url-nlp ships it
+    >>> _ = (root / "mgsm_de.tsv").write_text("Wie viele?\\t18\\nUnd jetzt?\\t1,000\\n", encoding="utf-8")
+    >>> [(i.question, i.answer) for i in mi.datasets.mgsm_items("de", path=root)["de"]]
+    [('Wie viele?', 18.0), ('Und jetzt?', 1000.0)]
+
     ```
     """
     out = {}
@@ -248,8 +280,13 @@ def mgsm(
     """MGSM questions as texts `{lang: [question, ...]}`; answers via `mgsm_items`.
 
     ```python
-    texts = mi.datasets.mgsm(["en", "zh"], path="url-nlp/mgsm")   # hub id or local TSV copy
-    profile = mi.profile(model, texts)                            # the paper's corpus
+    >>> import pathlib, tempfile
+    >>> import moe_interp as mi
+    >>> root = pathlib.Path(tempfile.mkdtemp())     # hub: mi.datasets.mgsm(["en", "zh"])
+    >>> _ = (root / "mgsm_de.tsv").write_text("Wie viele?\\t18\\n", encoding="utf-8")
+    >>> mi.datasets.mgsm(["de"], path=root)
+    {'de': ['Wie viele?']}
+
     ```
     """
     items = mgsm_items(languages, split, path, **load_kwargs)
