@@ -25,14 +25,16 @@ This module runs where the model runs (an NDIF server too), so it imports only t
 nnsight, typing and collections, and is shipped by value (`nnsight.register`).
 """
 
-import copyreg
 from collections.abc import Sequence
 from typing import Any, Optional
 
 import nnsight
 import torch
 from nnsight.intervention.eproperty import eproperty
-from nnsight.intervention.interleaver import Mediator
+
+from ._nnsight_compat import invoke_rows, served
+from .arch._sites import router_sites
+from .kernels import location, pick, replaced
 
 __all__ = ["RouterAccessError", "MoELayers", "MoELayer", "Router", "attach"]
 
@@ -56,34 +58,12 @@ class RouterAccessError(ValueError):
 _NO_LOGITS_EDIT = "an edit of its `logits` would not change which experts it uses"
 
 
-def _invoke_rows(num_rows: int) -> Optional[tuple]:
-    """`(start, stop)` of this invoke's tokens in a flattened `[batch * seq, ...]` tensor
-    that nnsight serves whole, or None when it needs no narrowing.
-
-    nnsight narrows a value to an invoke's rows only when its first dimension is the
-    batch; routers flatten batch and sequence, so at a prefill every invoke would see
-    every row. Narrowed the same way here, by whole sequences (padding included, as
-    nnsight includes it). A decoding step (one token a row) is narrowed by nnsight.
-    """
-    mediator = Mediator.current("router values")
-    batcher = getattr(mediator.interleaver, "batcher", None)
-    group = mediator.batch_group
-    if batcher is None or group is None or not batcher.batching:
-        return None
-    total = batcher.total
-    if num_rows == total or num_rows % total:
-        return None
-    seq = num_rows // total
-    start, size = group
-    return start * seq, (start + size) * seq
-
-
 def _tokens(value: torch.Tensor, width: Optional[int]) -> torch.Tensor:
     """`value` as `[tokens, last]`, this invoke's rows only, its first `width` columns (a
     router may make more logits than it routes: Inkling's shared-expert column). A view,
     so in-place edits reach the model."""
     flat = value.view(-1, value.shape[-1]) if value.ndim > 2 else value
-    rows = _invoke_rows(flat.shape[0])
+    rows = invoke_rows(flat.shape[0])
     flat = flat if rows is None else flat[rows[0]:rows[1]]
     return flat if width is None or flat.shape[-1] <= width else flat[:, :width]
 
@@ -91,7 +71,7 @@ def _tokens(value: torch.Tensor, width: Optional[int]) -> torch.Tensor:
 def _untokens(full: torch.Tensor, new: Any, what: str, width: Optional[int]) -> torch.Tensor:
     """`full` (the model's tensor) with this invoke's tokens (first `width` columns) set to `new`."""
     flat = full.view(-1, full.shape[-1]) if full.ndim > 2 else full
-    rows = _invoke_rows(flat.shape[0])
+    rows = invoke_rows(flat.shape[0])
     start, stop = rows if rows is not None else (0, flat.shape[0])
     columns = flat.shape[-1] if width is None else min(width, flat.shape[-1])
     new = torch.as_tensor(new)
@@ -107,93 +87,51 @@ def _untokens(full: torch.Tensor, new: Any, what: str, width: Optional[int]) -> 
     return new.view(full.shape)
 
 
-def _element(value: Any, index: Optional[int]) -> Any:
-    return value if index is None else value[index]
-
-
-def _with_element(value: Any, index: Optional[int], new: Any) -> Any:
-    if index is None:
-        return new
-    items = list(value)
-    items[index] = new
-    if hasattr(value, "_fields"):  # a namedtuple takes its fields one by one
-        return type(value)(*items)
-    return type(value)(items) if isinstance(value, tuple) else items  # torch.return_types too
-
-
-def _argument(args: tuple, kwargs: dict, index: int) -> Any:
-    """Positional argument `index` of a call, wherever the caller put it."""
-    if index < len(args):
-        return args[index]
-    return list(kwargs.values())[index - len(args)]
-
-
-def _with_argument(args: tuple, kwargs: dict, index: int, new: Any) -> tuple:
-    if index < len(args):
-        return tuple(args[:index]) + (new,) + tuple(args[index + 1:]), kwargs
-    key = list(kwargs)[index - len(args)]
-    return args, {**kwargs, key: new}
-
-
 class _Site:
-    """Where one routing value is handed over: the nnsight location `{path}.output` (one
-    element of it, `index`) or `{path}.input` (positional argument `index`); the name
-    the user reads it by (`what`, for errors) and how many columns are routed experts
-    (`width`, None for `[tokens, top_k]` values)."""
+    """Where one routing value is handed over: `site` (an `arch._sites.Site`) at the nnsight
+    location `path` (its envoy's); the name the user reads it by (`what`, for errors) and
+    how many columns are routed experts (`width`, None for `[tokens, top_k]` values)."""
 
-    def __init__(self, interleaver: Any, path: str, index: Optional[int], what: str, width: Optional[int]) -> None:
-        self.interleaver, self.path, self.index, self.what, self.width = interleaver, path, index, what, width
+    def __init__(self, interleaver: Any, path: str, site: Any, what: str, width: Optional[int]) -> None:
+        self.interleaver, self.path, self.site, self.what, self.width = interleaver, path, site, what, width
 
     @eproperty(key="output")
     def output(self, value: Any) -> Any:
-        return _tokens(_element(value, self.index), self.width)
+        return _tokens(pick(value, self.site), self.width)
 
     @output.postprocess
     def output(self, new: Any) -> Any:
-        raw = Mediator.value(f"{self.path}.output")
-        return _with_element(raw, self.index, _untokens(_element(raw, self.index), new, self.what, self.width))
+        raw = served(f"{self.path}.output")
+        return replaced(raw, self.site, _untokens(pick(raw, self.site), new, self.what, self.width))
 
     @eproperty(key="input")
     def input(self, value: Any) -> Any:
-        args, kwargs = value
-        return _tokens(_argument(args, kwargs, self.index), self.width)
+        return _tokens(pick(value, self.site), self.width)
 
     @input.postprocess
     def input(self, new: Any) -> Any:
-        args, kwargs = Mediator.value(f"{self.path}.input")
-        edited = _untokens(_argument(args, kwargs, self.index), new, self.what, self.width)
-        return _with_argument(args, kwargs, self.index, edited)
+        raw = served(f"{self.path}.input")
+        return replaced(raw, self.site, _untokens(pick(raw, self.site), new, self.what, self.width))
 
 
 class _ReadOnlySite(_Site):
     """A site whose value may be read but not edited (a hash-routed layer's logits): the
     reader gets a copy, and an in-place edit of it raises `refusal` when the trace moves on."""
 
-    def __init__(self, interleaver: Any, path: str, index: Optional[int], what: str, width: Optional[int],
+    def __init__(self, interleaver: Any, path: str, site: Any, what: str, width: Optional[int],
                  refusal: str) -> None:
-        _Site.__init__(self, interleaver, path, index, what, width)
+        _Site.__init__(self, interleaver, path, site, what, width)
         self.refusal = refusal
 
     @eproperty(key="output")
     def output(self, value: Any) -> Any:
-        return _tokens(_element(value, self.index), self.width).clone()
+        return _tokens(pick(value, self.site), self.width).clone()
 
     @output.transform
     def output(self, view: Any, raw: Any) -> Any:
-        if not torch.equal(view, _tokens(_element(raw, self.index), self.width)):
+        if not torch.equal(view, _tokens(pick(raw, self.site), self.width)):
             raise RouterAccessError(self.refusal)
         return raw
-
-
-def _parse(site: str, owner: str) -> tuple:
-    """`(owner, ops, end, index)` of a site string as `MoESpec` writes them: `"output"`,
-    `"output[1]"`, an op (`"F_linear_0"`: its output), or ops joined by dots ending in
-    `.input` / `.output` (`"self_get_topk_indices_0.torch_topk_0.input"`)."""
-    if site.startswith("output"):
-        return owner, (), "output", int(site[7:-1]) if site != "output" else None
-    parts = site.split(".")
-    end = parts.pop() if len(parts) > 1 and parts[-1] in ("input", "output") else "output"
-    return owner, tuple(parts), end, 0 if end == "input" else None
 
 
 class Router:
@@ -228,8 +166,8 @@ class Router:
     ```
     """
 
-    def __init__(self, layer: int, kind: str, arch: str, envoy: Any, experts: Any, sites: dict,
-                 no_grad_sites: Optional[dict], top_k: int, num_experts: int, learned: tuple) -> None:
+    def __init__(self, layer: int, kind: str, arch: str, envoy: Any, experts: Any, sites: Any,
+                 no_grad_sites: Any, top_k: int, num_experts: int, learned: tuple) -> None:
         self.layer, self.kind, self.arch = layer, kind, arch
         self._envoy, self._experts = envoy, experts
         self._sites, self._no_grad_sites, self._top_k, self._num_experts = sites, no_grad_sites, top_k, num_experts
@@ -239,28 +177,21 @@ class Router:
         return f"Router(layer={self.layer}, {self.kind}, {self._envoy.path})"
 
     # -- where each value lives -------------------------------------------------------
-    def _site(self, name: str) -> tuple:
+    def _site(self, name: str) -> Any:
         """The site of `name` for this forward: a router may run other ops with grad off
         (a CUDA-only branch), so `describe` names both and the grad mode decides."""
-        if self._no_grad_sites and name in self._no_grad_sites and not torch.is_grad_enabled():
-            return self._no_grad_sites[name]
-        return self._sites[name]
+        sites = self._no_grad_sites if self._no_grad_sites and not torch.is_grad_enabled() else self._sites
+        return getattr(sites, name)
 
     def _host(self, name: str, read_only: Optional[str] = None) -> tuple:
         """`(host, end)`: an eproperty host at the location of `name`, and which of its
         ends (`"output"` / `"input"`) holds the value."""
-        owner, ops, end, index = self._site(name)
-        envoy = self._envoy if owner == "router" else self._experts
-        path = envoy.path
-        if ops:
-            op = getattr(envoy.source, ops[0])
-            for inner in ops[1:]:  # an op inside a helper the router calls: drilled in the trace
-                op = getattr(op.source, inner)
-            path = op.path
+        site = self._site(name)
+        path, interleaver = location(self._envoy, self._experts, site).path, self._envoy.interleaver
         width = self._num_experts if name in ("logits", "scores", "dense") else None
         if read_only is not None:
-            return _ReadOnlySite(envoy.interleaver, path, index, f"router.{name}", width, read_only), end
-        return _Site(envoy.interleaver, path, index, f"router.{name}", width), end
+            return _ReadOnlySite(interleaver, path, site, f"router.{name}", width, read_only), site.end
+        return _Site(interleaver, path, site, f"router.{name}", width), site.end
 
     def _get(self, name: str, read_only: Optional[str] = None) -> torch.Tensor:
         host, end = self._host(name, read_only)
@@ -306,7 +237,7 @@ class Router:
     @property
     def indices(self) -> torch.Tensor:
         """`[tokens, top_k]` the experts the layer used (assignable where the experts take them)."""
-        if "dense" in self._sites:
+        if self._sites.dense is not None:
             return torch.topk(self._get("dense"), self._top_k, dim=-1).indices
         return self._get("indices")
 
@@ -318,7 +249,7 @@ class Router:
     @property
     def weights(self) -> torch.Tensor:
         """`[tokens, top_k]` the weights those experts received (assignable where they take them)."""
-        if "dense" in self._sites:
+        if self._sites.dense is not None:
             return torch.topk(self._get("dense"), self._top_k, dim=-1).values
         return self._get("weights")
 
@@ -328,7 +259,7 @@ class Router:
         self._set("weights", value)
 
     def _refuse_dense(self, what: str) -> None:
-        if "dense" in self._sites:
+        if self._sites.dense is not None:
             raise RouterAccessError(
                 f"layer {self.layer} ({self.arch}) hands its experts dense [tokens, experts] scores, not "
                 f"{what}: assign router.logits or router.scores to change its routing")
@@ -397,34 +328,9 @@ class MoELayers(Sequence):
         return f"MoELayers({self.arch}, layers={list(self.layers)})"
 
 
-def _sites(spec: Any) -> tuple:
-    """Where each router value lives (the same in every learned layer), from what `describe` found."""
-    logits = _parse(spec.logits, "router")
-    select = spec.select or spec.choice  # ranked outside the router (DBRX) or on the logits (Phi-MoE)
-    sites = {"logits": logits, "scores": _parse(select, "router") if select else logits}
-    readout = spec.readout
-    if readout == "experts":
-        sites["indices"], sites["weights"] = ("experts", (), "input", 1), ("experts", (), "input", 2)
-    elif readout == "router":
-        sites["indices"] = ("router", (), "output", spec.indices_index)
-        sites["weights"] = ("router", (), "output", spec.weights_index)
-    elif readout == "topk":
-        sites["indices"] = ("router", (spec.topk_op,), "output", 1)
-        sites["weights"] = ("router", (spec.weights_op,), "output", None)
-    else:  # dense [tokens, experts] scores, the unselected at 0
-        sites["dense"] = ("router", (), "output", spec.scores_index)
-    no_grad = None
-    if spec.no_grad_sites:
-        logits_ng, select_ng = spec.no_grad_sites
-        no_grad = {"logits": _parse(logits_ng, "router")}
-        if select_ng:
-            no_grad["scores"] = _parse(select_ng, "router")
-    return sites, no_grad
-
-
 def attach(model: Any, spec: Any) -> MoELayers:
     """Build `model.moe` from `spec` (`mi.describe(model)`) and set it on `model`."""
-    sites, no_grad = _sites(spec)
+    sites, no_grad = router_sites(spec)
     entries = []
     learned = tuple(layer for layer, kind in zip(spec.moe_layers, spec.routing_kinds) if kind == "topk")
     for position, layer in enumerate(spec.moe_layers):
@@ -440,22 +346,9 @@ def attach(model: Any, spec: Any) -> MoELayers:
     return view
 
 
-def _rebuilt_eproperty(key: str, preprocess: Any, postprocess: Any, transform: Any) -> eproperty:
-    prop = eproperty(key=key)(preprocess)
-    if postprocess is not None:
-        prop.postprocess(postprocess)
-    if transform is not None:
-        prop.transform(transform)
-    return prop
-
-
-def _reduce_eproperty(prop: eproperty) -> tuple:
-    return _rebuilt_eproperty, (prop.key, prop._preprocess, prop._postprocess, prop._transform)
-
-
 # A trace whose body reaches `model.moe` sends these classes with the model's envoys; an
 # NDIF server does not have moe_interp installed, so they travel by value (their source,
-# as `nnsight.register` ships a module). An eproperty does not pickle by itself (nnsight's
-# own classes travel by reference): it is sent as the functions it is made of.
-nnsight.register(__name__)
-copyreg.pickle(eproperty, _reduce_eproperty)
+# as `nnsight.register` ships a module; their eproperties as `_nnsight_compat` pickles them).
+# What its methods call travels the same way.
+for _module in (__name__, location.__module__, invoke_rows.__module__, router_sites.__module__):
+    nnsight.register(_module)

@@ -44,7 +44,8 @@ from .expert_set import ExpertSet
 from .experiment import Experiment
 from .interventions import ExpertAblate
 from ._counts import _replace_file, _sync_directory
-from .trace import _max_positions, model_lock
+from ._inputs import max_positions as _max_positions
+from ._shipping import model_lock
 
 __all__ = ["expert_attribution", "ExpertAttribution", "AttributionCheck", "rank_correlation"]
 

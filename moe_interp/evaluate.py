@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .trace import generate, trace
+from ._trace import generate, trace
 
 __all__ = ["text_nll", "choice_accuracy", "generate_texts", "language_consistency", "exact_match"]
 

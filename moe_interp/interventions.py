@@ -9,54 +9,28 @@ model actually used, i.e. after the interventions.
 """
 
 import dataclasses
-import math
-import operator
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
+from ._checks import check_finite as _finite, check_index as _index
 from ._fingerprint import fingerprint, stats_fingerprint
+from ._plan import Edit, LayerPlan, Plan
 from .arch import MoESpec, UnsupportedModelError
+from .arch._sites import router_sites
+from .arch._stacks import check_per_token, stack_fields
 from .expert_set import PAPER, ExpertSet, check_k
 
-__all__ = ["Intervention", "RouterRecord", "ExpertAblate", "LayerRouteSteer", "RouteSteer",
-           "compile_plan", "flatten"]
+__all__ = ["Intervention", "RouterRecord", "ExpertAblate", "LayerRouteSteer", "RouteSteer"]
 
 
 class Intervention:
     """Base class of everything `mi.trace` accepts after the inputs."""
 
-    def edits(self, spec: MoESpec) -> list[tuple[int, str, tuple]]:
+    def edits(self, spec: MoESpec) -> list[tuple[int, str, Edit]]:
         """`(layer, stage, edit)` triples this intervention adds; validates against `spec`."""
         return []
-
-
-def _index(value: Any, what: str) -> int:
-    """`value` as a non-negative int (layer or expert index), or a TypeError/ValueError naming `what`."""
-    if isinstance(value, bool):
-        raise TypeError(f"{what} must be an int, got {value!r}")
-    try:
-        index = operator.index(value)  # ints, numpy ints, integer 0-d tensors; never 1.0 or nan
-    except TypeError:
-        raise TypeError(f"{what} must be an int, got {value!r}") from None
-    if index < 0:
-        raise ValueError(f"{what} {index} is out of range: indices count from 0 (must be >= 0)")
-    return index
-
-
-def _finite(value: Any, what: str) -> float:
-    """`value` as a finite float: NaN or inf would make the router's scores, and the output, NaN."""
-    if isinstance(value, (bool, str, bytes)):
-        raise TypeError(f"{what} must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{what} must be a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise ValueError(f"{what} must be a finite number, got {number} (NaN or inf would turn the router's "
-                         "scores, and the model's output, into NaN)")
-    return number
 
 
 def _freeze_experts(experts: Any) -> tuple[tuple[int, tuple[int, ...]], ...]:
@@ -148,7 +122,7 @@ class ExpertAblate(Intervention):
         if self.mode not in ("reroute", "drop"):
             raise ValueError(f"ExpertAblate mode must be 'reroute' or 'drop', got {self.mode!r}")
 
-    def edits(self, spec: MoESpec) -> list[tuple[int, str, tuple]]:
+    def edits(self, spec: MoESpec) -> list[tuple[int, str, Edit]]:
         out = []
         for layer, experts in self.experts:
             spec.check_layer(layer)
@@ -156,9 +130,9 @@ class ExpertAblate(Intervention):
                 continue
             mask = _mask(spec, experts)
             if self.mode == "drop":
-                out.append((layer, "drop", ("drop", mask, 1.0)))
+                out.append((layer, "drop", Edit("drop", mask, 1.0)))
             else:
-                out.append((layer, "choice" if spec.choice else "logits", ("reroute", mask, 1.0)))
+                out.append((layer, "choice" if spec.choice else "logits", Edit("reroute", mask, 1.0)))
         return out
 
 
@@ -196,7 +170,7 @@ class LayerRouteSteer(Intervention):
             raise ValueError(f"LayerRouteSteer site must be 'logits' or 'selection', got {self.site!r}")
         object.__setattr__(self, "scale", _finite(self.scale, "LayerRouteSteer scale"))
 
-    def edits(self, spec: MoESpec) -> list[tuple[int, str, tuple]]:
+    def edits(self, spec: MoESpec) -> list[tuple[int, str, Edit]]:
         out = []
         for layer, per in self.strengths:
             spec.check_layer(layer)
@@ -207,7 +181,7 @@ class LayerRouteSteer(Intervention):
                 spec.check_expert(e)
                 vector[e] = s
             stage = "choice" if self.site == "selection" and spec.choice else "logits"
-            out.append((layer, stage, (self.mode, vector, float(self.scale))))
+            out.append((layer, stage, Edit(self.mode, vector, float(self.scale))))
         return out
 
 
@@ -244,6 +218,9 @@ class RouteSteer(Intervention):
     k: int | None = None
     threshold: float = PAPER.steer_threshold
     scale: float = PAPER.steer_scale
+    # expert sets already chosen, per model description: a trace (or a grid of them) opens
+    # with the same steer many times, and the choice depends on `spec` and the fields only
+    _chosen: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, list):
@@ -262,7 +239,19 @@ class RouteSteer(Intervention):
                              "(None) for the default: the paper's 20 of 128 experts scaled to the model")
 
     def expert_set(self, spec: MoESpec) -> ExpertSet:
-        """The shared experts this steer uses on a model described by `spec`."""
+        """The shared experts this steer uses on a model described by `spec` (chosen once per `spec`).
+
+        ```python
+        >>> steer = mi.RouteSteer(layers="middle", target="en", stats=profile)
+        >>> steer.expert_set(mi.describe(model)) is steer.expert_set(mi.describe(model))
+        True
+        ```
+        """
+        if spec not in self._chosen:
+            self._chosen[spec] = self._choose(spec)
+        return self._chosen[spec]
+
+    def _choose(self, spec: MoESpec) -> ExpertSet:
         layers = spec.select_layers(self.layers)
         languages = self.languages or (self.target, *[l for l in self.stats.languages if l != self.target])
         if languages[0] != self.target:
@@ -273,7 +262,7 @@ class RouteSteer(Intervention):
         k = check_k(self.k, spec.num_experts, self.stats.top_k, PAPER.steer_k, name="RouteSteer k")
         return self.stats.shared_experts(languages, k=k, threshold=self.threshold, layers=layers)
 
-    def edits(self, spec: MoESpec) -> list[tuple[int, str, tuple]]:
+    def edits(self, spec: MoESpec) -> list[tuple[int, str, Edit]]:
         return LayerRouteSteer(self.expert_set(spec), scale=self.scale).edits(spec)
 
     # Equal by content, penzai-style: `stats` by its tensors (a copy of a profile is equal,
@@ -310,14 +299,14 @@ def _reroute_last(spec: MoESpec, layer: int, edits: list, groups: tuple | None) 
     So an ablated expert is never selected, whatever the order of the list: a relative
     steer applied after the -1e9 (`z + scale*s*|z|` with `scale*s > 1`) would bring it back.
     """
-    masks = [payload for kind, payload, _ in edits if kind == "reroute"]
+    masks = [edit.payload for edit in edits if edit.kind == "reroute"]
     if not masks:
         return edits
     mask = masks[0]
     for more in masks[1:]:
         mask = mask | more
     _check_reroute(spec, layer, mask.tolist(), groups)
-    return [edit for edit in edits if edit[0] != "reroute"] + [("reroute", mask, 1.0)]
+    return [edit for edit in edits if edit.kind != "reroute"] + [Edit("reroute", mask, 1.0)]
 
 
 def _check_reroute(spec: MoESpec, layer: int, mask: list[bool], groups: tuple | None) -> None:
@@ -363,15 +352,27 @@ def router_groups(spec: MoESpec, module: Any) -> dict[int, tuple[int, int]]:
 
 
 def compile_plan(spec: MoESpec, interventions: Iterable[Intervention], groups: dict | None = None,
-                 verify: bool = False) -> dict:
-    """Validate `interventions` against `spec` and compile them to a `kernels` plan.
+                 verify: bool = False, eos: Iterable[int] = ()) -> Plan:
+    """Validate `interventions` against `spec` and compile them to a `kernels` plan (`_plan.Plan`).
 
     Per layer, edits apply in the order of the list within each site, sites in model
     order: logits steers, then selection-score steers (`site="selection"`), then every
     reroute mask at once (so an ablated expert is never selected, whichever comes first
     in the list), then `drop` on the chosen weights. `groups` (`router_groups`) lets
     group-limited routers refuse reroutes they could not honour. `verify` reads every
-    layer's routing on the first forward for `arch.ExpertsCheck`.
+    layer's routing on the first forward for `arch.ExpertsCheck`; `eos` (generation) are
+    the ids after which `RouterRecord` stops counting a row. Where each edit acts is the
+    model's `arch._sites.router_sites`, the sites the router view reads.
+
+    ```python
+    >>> from moe_interp.interventions import compile_plan
+    >>> spec = mi.describe(mi.zoo.tiny_model("qwen3_moe"))
+    >>> plan = compile_plan(spec, [mi.LayerRouteSteer({2: {1: 0.5}}), mi.RouterRecord()])
+    >>> [entry.layer for entry in plan.layers], plan.layers[2].logits_edits[0].kind
+    ([0, 1, 2, 3], 'relative')
+    >>> plan.layers[2].sites.logits.ops
+    ('router_logits_0',)
+    ```
     """
     interventions = flatten(interventions)
     records = [i for i in interventions if isinstance(i, RouterRecord)]
@@ -383,38 +384,28 @@ def compile_plan(spec: MoESpec, interventions: Iterable[Intervention], groups: d
     for layer, stages in staged.items():
         for stage in ("logits", "choice"):
             stages[stage] = _reroute_last(spec, layer, stages[stage], (groups or {}).get(layer))
+    sites, no_grad = router_sites(spec)
     layers = []
     for layer, router, experts in zip(spec.moe_layers, spec.routers, spec.experts):
         stages = staged.get(layer, {"logits": [], "choice": [], "drop": []})
         if not records and not any(stages.values()) and not verify:
             continue
-        mask = next((payload for stage in ("choice", "logits") for kind, payload, _ in stages[stage]
-                     if kind == "reroute"), None)
+        mask = next((edit.payload for stage in ("choice", "logits") for edit in stages[stage]
+                     if edit.kind == "reroute"), None)
         if mask is not None:
             _check_select(spec, layer)
-        at = spec.choice if spec.choice else spec.logits  # where the reroute mask already goes
-        layers.append({
-            "layer": layer, "router": router, "experts": experts, "logits": spec.logits,
-            "choice": spec.choice, "readout": spec.readout, "weights_index": spec.weights_index,
-            "indices_index": spec.indices_index, "scores_index": spec.scores_index,
-            "topk_op": spec.topk_op, "weights_op": spec.weights_op,
-            "logits_edits": stages["logits"], "choice_edits": stages["choice"], "drop": stages["drop"],
+        layers.append(LayerPlan(
+            layer=layer, router=router, experts=experts, sites=sites, no_grad=no_grad,
+            logits_edits=tuple(stages["logits"]), choice_edits=tuple(stages["choice"]),
             # the reroute mask again where top-k ranks (when the router adds to the scores
             # after the site above), and, padded for "no expert" (-1) indices, for the check
-            "select": _distinct(spec.select, at),
-            "select_edits": [("reroute", mask, 1.0)] if mask is not None else [],
-            "rerouted": None if mask is None else torch.cat([mask, torch.zeros(1, dtype=torch.bool)]),
-            "no_grad": None if spec.no_grad_sites is None else {
-                "logits": spec.no_grad_sites[0],
-                "select": _distinct(spec.no_grad_sites[1], spec.choice or spec.no_grad_sites[0])},
-        })
-    return {"layers": layers, "record": bool(records), "per_token": any(r.per_token for r in records),
-            "verify": verify, "num_experts": spec.num_experts, "top_k": spec.top_k}
-
-
-def _distinct(select: str | None, at: str) -> str | None:
-    """`select`, or None when it is the output of the op the reroute already edits."""
-    return None if select == f"{at}.output" else select
+            select_edits=(Edit("reroute", mask, 1.0),) if mask is not None else (),
+            drop=tuple(stages["drop"]),
+            rerouted=None if mask is None else torch.cat([mask, torch.zeros(1, dtype=torch.bool)]),
+            **stack_fields(spec, layer)))
+    check_per_token(spec, any(r.per_token for r in records))
+    return Plan(layers=tuple(layers), record=bool(records), per_token=any(r.per_token for r in records),
+                verify=verify, num_experts=spec.num_experts, top_k=spec.top_k, eos=tuple(eos))
 
 
 def _check_select(spec: MoESpec, layer: int) -> None:
@@ -434,7 +425,7 @@ class RerouteNotHeld(UnsupportedModelError):
     masked it. Raised after the trace (see `check_held`); the trace's results are withheld."""
 
 
-def check_held(plan: dict, store: dict) -> None:
+def check_held(plan: Plan, store: dict) -> None:
     """Raise `RerouteNotHeld` if, in a trace run with `plan`, any token still received an
     expert that `ExpertAblate(mode="reroute")` removed (the kernels count it, no host waits;
     this reads the count once, after the trace). Nothing to do without a reroute.
@@ -446,7 +437,7 @@ def check_held(plan: dict, store: dict) -> None:
     used = store.get("rerouted_used")
     if used is None:
         return
-    layers = [entry["layer"] for entry in plan["layers"] if entry["rerouted"] is not None]
+    layers = [entry.layer for entry in plan.layers if entry.rerouted is not None]
     leaked = {layer: int(n) for layer, n in zip(layers, used.tolist()) if n}
     if leaked:
         raise RerouteNotHeld(
@@ -471,28 +462,39 @@ def _refuse_unsteerable(spec: MoESpec, staged: dict) -> None:
                 f"ExpertAblate(..., mode='drop'), which acts after selection")
 
 
-def place(plan: dict, module: Any) -> dict:
-    """Move `plan`'s tensors onto the device of each layer's router in `module` (the HF model).
+def place(plan: Plan, module: Any) -> Plan:
+    """`plan` with its tensors on the device of each layer's router in `module` (the HF model).
 
     Local runs only: a strength or mask left on the host would be copied to the GPU at every
     layer of every forward, and such a copy waits for the GPU to catch up. Routers whose
     weights are not materialised (meta device, a remote model) are left for the kernels to
-    move. Returns `plan`, edited in place.
+    move.
+
+    ```python
+    >>> from moe_interp.interventions import compile_plan, place
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
+    >>> plan = place(compile_plan(mi.describe(model), [mi.ExpertAblate({1: [3]})]), model._module)
+    >>> plan.layers[0].logits_edits[0].payload.device
+    device(type='cpu')
+    ```
     """
     moved: dict = {}
-    for entry in plan["layers"]:
+    layers = []
+    for entry in plan.layers:
         try:
-            router = module.get_submodule(entry["router"])
+            router = module.get_submodule(entry.router)
         except AttributeError:
+            layers.append(entry)
             continue
         device = next((p.device for p in router.parameters()), None)
         if device is None or device.type == "meta":
+            layers.append(entry)
             continue
-        for key in ("logits_edits", "choice_edits", "select_edits", "drop"):
-            entry[key] = [(kind, _to(payload, device, moved), scale) for kind, payload, scale in entry[key]]
-        if entry["rerouted"] is not None:
-            entry["rerouted"] = _to(entry["rerouted"], device, moved)
-    return plan
+        on = {key: tuple(edit._replace(payload=_to(edit.payload, device, moved)) for edit in getattr(entry, key))
+              for key in ("logits_edits", "choice_edits", "select_edits", "drop")}
+        rerouted = None if entry.rerouted is None else _to(entry.rerouted, device, moved)
+        layers.append(entry._replace(rerouted=rerouted, **on))
+    return plan._replace(layers=tuple(layers))
 
 
 def _to(payload: torch.Tensor, device: torch.device, moved: dict) -> torch.Tensor:

@@ -6,9 +6,11 @@ this module imports nothing else, defines pure functions on tensors, and takes e
 decision that can be taken earlier (validation, expert sets, strengths) as a compiled
 `plan` built outside the trace by `interventions.compile_plan`.
 
-A plan is plain data: `{"layers": [entry, ...], "record": bool, "per_token": bool,
-"num_experts": int, "top_k": int}`. An entry names one MoE layer's sites (module paths and
-`.source` op names) and its edits, each `(kind, payload, scale)`:
+A plan is a `_plan.Plan`: plain typed data (`NamedTuple`s, read here by attribute only, so
+this module imports none of them). Each `LayerPlan` names one MoE layer's module paths, its
+router sites (`arch._sites.RouterSites`: where the logits, the ranked scores and the used
+routing live, the sites the router view reads too) and its edits, each an
+`Edit(kind, payload, scale)`:
 
 - `"relative"`: `z + scale * s * |z|` with `s` a dense `[E]` strength vector (the paper);
 - `"additive"`: `z + scale * s`;
@@ -16,7 +18,7 @@ A plan is plain data: `{"layers": [entry, ...], "record": bool, "per_token": boo
 - `"drop"`: the selected expert's weight set to 0 after selection (no renormalisation).
 """
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -39,14 +41,14 @@ def on(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.to(device, non_blocking=torch.device(device).type != "cpu")  # a copy to the host must wait
 
 
-def edit_scores(z: torch.Tensor, edits: list) -> torch.Tensor:
+def edit_scores(z: torch.Tensor, edits: Sequence) -> torch.Tensor:
     """Apply logit-stage edits in order to router scores `z[T, E]`; returns a new tensor.
 
     A router may make more logits than it routes (Inkling: the routed experts, then a
     shared-expert column): the payloads cover the routed experts, the columns after them
     are left as they are.
     """
-    for kind, payload, scale in edits:
+    for kind, payload, scale in edits:  # Edit values unpack as (kind, payload, scale)
         payload = on(payload, z.device)
         extra = z.shape[-1] - payload.shape[-1]
         if extra < 0:
@@ -65,83 +67,143 @@ def edit_scores(z: torch.Tensor, edits: list) -> torch.Tensor:
     return z
 
 
-def drop_weights(indices: torch.Tensor, weights: torch.Tensor, edits: list) -> torch.Tensor:
+def drop_weights(indices: torch.Tensor, weights: torch.Tensor, edits: Sequence) -> torch.Tensor:
     """Zero the weights of dropped experts among the selected `indices[T, K]`."""
-    for _, mask, _ in edits:
+    for _, mask, _ in edits:  # Edit("drop", mask, _)
         weights = weights.masked_fill(on(mask, indices.device)[indices], 0)
     return weights
 
 
-def _replace(value: Any, index: Any, new: torch.Tensor) -> Any:
+def location(router: Any, experts: Any, site: Any) -> Any:
+    """The nnsight envoy that holds `site` (an `arch._sites.Site`): the router's or the
+    experts' module envoy, or a `.source` op under it (ops inside a helper method are
+    drilled in turn). The router view finds its locations here too."""
+    envoy = router if site.owner == "router" else experts
+    for op in site.ops:
+        envoy = getattr(envoy.source, op)
+    return envoy
+
+
+def _argument(args: tuple, kwargs: dict, index: int) -> Any:
+    """Positional argument `index` of a call, wherever the caller put it."""
+    if index < len(args):
+        return args[index]
+    return list(kwargs.values())[index - len(args)]
+
+
+def _with_argument(args: tuple, kwargs: dict, index: int, new: Any) -> tuple:
+    if index < len(args):
+        return tuple(args[:index]) + (new,) + tuple(args[index + 1:]), kwargs
+    key = list(kwargs)[index - len(args)]
+    return args, {**kwargs, key: new}
+
+
+def _with_element(value: Any, index: Any, new: Any) -> Any:
     if index is None:
         return new
     items = list(value)
     items[index] = new
-    return tuple(items)
+    if hasattr(value, "_fields"):  # a namedtuple takes its fields one by one
+        return type(value)(*items)
+    return type(value)(items) if isinstance(value, tuple) else items  # torch.return_types too
 
 
-def _edit_site(router: Any, site: str, edits: list) -> None:
-    """Edit the scores at `site`: the router's `output` (or `output[i]`), or a `.source` op
-    (`"F_linear_0"`), its argument or result (`"torch_topk_0.input"`, `"scores_0.output"`),
-    ops inside a helper method joined by dots (`"self_get_topk_indices_0.torch_topk_0.input"`)."""
-    if site.startswith("output"):
-        index = int(site[7:-1]) if site != "output" else None
-        out = router.output
-        scores = out if index is None else out[index]
-        router.output = _replace(out, index, edit_scores(scores, edits))
-        return
-    parts = site.split(".")
-    end = parts.pop() if parts[-1] in ("input", "output") and len(parts) > 1 else "output"
-    op = getattr(router.source, parts[0])
-    for part in parts[1:]:
-        op = getattr(op.source, part)
-    setattr(op, end, edit_scores(getattr(op, end), edits))
+def read(envoy: Any, site: Any) -> Any:
+    """The raw value the model serves at `site`'s end of `envoy` (from `location`): the
+    whole output, or `(args, kwargs)`; `pick` takes the site's value from it."""
+    return envoy.output if site.end == "output" else envoy.inputs
 
 
-def _sites(entry: dict) -> dict:
+def pick(raw: Any, site: Any) -> Any:
+    """The value of `site` in `raw` (what `read` served): an element of the output, or a
+    positional argument."""
+    if site.end == "output":
+        return raw if site.index is None else raw[site.index]
+    return _argument(raw[0], raw[1], site.index)
+
+
+def replaced(raw: Any, site: Any, new: Any) -> Any:
+    """`raw` (what `read` served) with the value of `site` replaced by `new`."""
+    if site.end == "output":
+        return _with_element(raw, site.index, new)
+    return _with_argument(raw[0], raw[1], site.index, new)
+
+
+def write(envoy: Any, site: Any, raw: Any, new: Any) -> None:
+    """Swap `new` in at `site` of `envoy`, `raw` being what `read` served there."""
+    if site.end == "output":
+        envoy.output = replaced(raw, site, new)
+    else:
+        envoy.inputs = replaced(raw, site, new)
+
+
+def _edit_site(router: Any, experts: Any, site: Any, edits: Any) -> None:
+    """Apply score `edits` at `site`."""
+    envoy = location(router, experts, site)
+    raw = read(envoy, site)
+    write(envoy, site, raw, edit_scores(pick(raw, site), edits))
+
+
+def _sites(entry: Any) -> Any:
     """The entry's sites for this forward: some routers run other ops with grad off (a
     CUDA-only branch), so the plan names both and the grad mode of the forward decides."""
-    other = entry.get("no_grad")
-    return entry if other is None or torch.is_grad_enabled() else other
+    return entry.sites if entry.no_grad is None or torch.is_grad_enabled() else entry.no_grad
 
 
-def _readout(root: Any, router: Any, entry: dict, top_k: int) -> tuple:
+def _readout(router: Any, experts: Any, sites: Any, drops: Any, top_k: int) -> tuple:
     """(indices[T, K], weights[T, K]) the experts really receive, after `drop` edits."""
-    kind = entry["readout"]
-    drops = entry["drop"]
-    if kind == "experts":
-        experts = resolve(root, entry["experts"])
-        args, kwargs = experts.inputs
-        indices, weights = args[1], args[2]
+    if sites.readout == "dispatch":
+        return _dispatch_readout(router, experts, sites, drops, top_k)
+    if sites.dense is None:
+        at = location(router, experts, sites.indices)
+        raw = read(at, sites.indices)
+        indices = pick(raw, sites.indices)
+        if sites.weights._replace(index=None) != sites.indices._replace(index=None):  # one read when not
+            at = location(router, experts, sites.weights)
+            raw = read(at, sites.weights)
+        weights = pick(raw, sites.weights)
         if drops:
             weights = drop_weights(indices, weights, drops)
-            experts.inputs = (_replace(args, 2, weights), kwargs)
-        return indices, weights
-    if kind == "topk":
-        indices = getattr(router.source, entry["topk_op"]).output[1]
-        gates = getattr(router.source, entry["weights_op"])
-        weights = gates.output
-        if drops:
-            weights = drop_weights(indices, weights, drops)
-            gates.output = weights
-        return indices, weights
-    out = router.output
-    if kind == "router":
-        indices, weights = out[entry["indices_index"]], out[entry["weights_index"]]
-        if drops:
-            weights = drop_weights(indices, weights, drops)
-            router.output = _replace(out, entry["weights_index"], weights)
+            write(at, sites.weights, raw, weights)
         return indices, weights
     # dense [T, E] scores, non-selected experts at 0
-    scores = out[entry["scores_index"]]
-    weights, indices = torch.topk(scores, top_k, dim=-1)
+    at = location(router, experts, sites.dense)
+    raw = read(at, sites.dense)
+    scores = pick(raw, sites.dense)
     if drops:
-        mask = on(drops[0][1], scores.device)
-        for _, more, _ in drops[1:]:
-            mask = mask | on(more, scores.device)
-        router.output = _replace(out, entry["scores_index"], scores.masked_fill(mask, 0))
+        write(at, sites.dense, raw, scores.masked_fill(_dropped(drops, scores.device), 0))
+    return _top_of_dense(scores, top_k, drops)
+
+
+def _dropped(drops: Any, device: Any) -> torch.Tensor:
+    mask = on(drops[0].payload, device)
+    for more in drops[1:]:
+        mask = mask | on(more.payload, device)
+    return mask
+
+
+def _top_of_dense(scores: torch.Tensor, top_k: int, drops: Any) -> tuple:
+    """(indices, weights) of dense `[..., E]` scores: a slot whose score is 0 reached no expert
+    (dropped past an expert's capacity, or padding) and reads as index -1 ("no expert")."""
+    weights, indices = torch.topk(scores.reshape(-1, scores.shape[-1]), top_k, dim=-1)
+    indices = torch.where(weights != 0, indices, -1)
+    if drops:
         weights = drop_weights(indices, weights, drops)
     return indices, weights
+
+
+def _dispatch_readout(router: Any, experts: Any, sites: Any, drops: Any, top_k: int) -> tuple:
+    """A 0/1 dispatch mask `[..., E]` with the chosen experts' weights (`[..., 1]` or `[..., E]`),
+    both router outputs (Switch Transformers): read as dense scores, mask * weight."""
+    at = location(router, experts, sites.indices)
+    raw = read(at, sites.indices)
+    mask = pick(raw, sites.indices)
+    weights = pick(raw, sites.weights)
+    flat = mask.reshape(-1, mask.shape[-1])
+    scores = flat.to(weights.dtype) * weights.reshape(flat.shape[0], -1)
+    if drops:
+        write(at, sites.indices, raw, mask.masked_fill(_dropped(drops, mask.device), 0))
+    return _top_of_dense(scores, top_k, drops)
 
 
 def token_groups(inputs: Any, rows: list, num_tokens: int) -> tuple:
@@ -178,7 +240,7 @@ def token_groups(inputs: Any, rows: list, num_tokens: int) -> tuple:
     return group.reshape(-1), position.reshape(-1), row.reshape(-1)
 
 
-def drop_finished(inputs: Any, group: torch.Tensor, row: torch.Tensor, store: dict, eos: list) -> torch.Tensor:
+def drop_finished(inputs: Any, group: torch.Tensor, row: torch.Tensor, store: dict, eos: Sequence) -> torch.Tensor:
     """`group` with the tokens of finished generation rows marked as padding (`-1`).
 
     A batch generation keeps feeding a row that has produced an end-of-sequence token (the
@@ -251,7 +313,9 @@ def totals_add(totals: dict, layer: int, indices: torch.Tensor, weights: torch.T
     if indices.ndim != 2 or indices.shape[0] != base.shape[0]:
         raise ValueError(f"router readout gave indices of shape {tuple(indices.shape)}; expected "
                          f"[tokens={base.shape[0]}, top_k]: register an adapter whose readout matches this router")
-    bins = (base + on(indices, base.device)).reshape(-1)
+    indices = on(indices, base.device)
+    spare = (totals["shape"][1] - 1) * totals["shape"][2]  # the padding group: "no expert" (-1) slots go there
+    bins = torch.where(indices >= 0, base + indices, spare).reshape(-1)
     totals["count"][layer].scatter_add_(0, bins, totals["ones"])
     totals["mass"][layer].scatter_add_(0, bins, on(weights.detach(), base.device).reshape(-1).to(torch.float64))
 
@@ -264,54 +328,69 @@ def totals_fold(totals: dict, store: dict) -> None:
     store["gate_mass"] += totals["mass"].view(shape)[:, :groups].transpose(0, 1)
 
 
-def forward_step(root: Any, plan: dict, store: dict, rows: list) -> None:
+def forward_step(root: Any, plan: Any, store: dict, rows: list) -> None:
     """Everything this plan does during one forward of the model, in execution order."""
-    record = plan["record"]
-    verify = plan.get("verify", False) and store["forwards"] == 0  # arch.ExpertsCheck: first forward only
-    num_experts, top_k = plan["num_experts"], plan["top_k"]
-    inputs = root.inputs if record else None
-    group = totals = None
-    per_token = [] if plan["per_token"] else None
+    record = plan.record
+    verify = plan.verify and store["forwards"] == 0  # arch.ExpertsCheck: first forward only
+    num_experts, top_k = plan.num_experts, plan.top_k
+    # A model with several stacks (an encoder and a decoder) routes each stack's own tokens:
+    # they are read from the inputs of the module holding the stack, before its first router.
+    stacked = any(entry.tokens_from for entry in plan.layers)
+    inputs = {None: root.inputs} if record and not stacked else {}
+    tallies: dict = {}
+    group = None
+    per_token = [] if plan.per_token else None
     held = []
-    for position, entry in enumerate(plan["layers"]):
-        router = resolve(root, entry["router"])
-        sites = _sites(entry)
-        if entry["logits_edits"] and not sites["logits"].startswith("output"):
-            _edit_site(router, sites["logits"], entry["logits_edits"])
-        if entry["choice_edits"]:
-            _edit_site(router, entry["choice"], entry["choice_edits"])
-        if entry["select_edits"] and sites["select"]:
-            _edit_site(router, sites["select"], entry["select_edits"])
-        if entry["logits_edits"] and sites["logits"].startswith("output"):
-            _edit_site(router, sites["logits"], entry["logits_edits"])
-        if not (record or entry["drop"] or verify or entry["rerouted"] is not None):
+    for position, entry in enumerate(plan.layers):
+        if entry.once and store["forwards"] > 0:  # an encoder: generate runs it before the first step only
             continue
-        indices, weights = _readout(root, router, entry, top_k)
-        if entry["rerouted"] is not None:
+        if record and entry.tokens_from not in inputs:
+            inputs[entry.tokens_from] = resolve(root, entry.tokens_from).inputs
+        router = resolve(root, entry.router)
+        experts = resolve(root, entry.experts) if entry.experts else None
+        sites = _sites(entry)
+        # sites inside the router's forward first, in the order it runs them; its output last
+        inside = bool(sites.logits.ops)
+        if entry.logits_edits and inside:
+            _edit_site(router, experts, sites.logits, entry.logits_edits)
+        if entry.choice_edits:
+            _edit_site(router, experts, sites.choice, entry.choice_edits)
+        if entry.select_edits and sites.select is not None:
+            _edit_site(router, experts, sites.select, entry.select_edits)
+        if entry.logits_edits and not inside:
+            _edit_site(router, experts, sites.logits, entry.logits_edits)
+        if not (record or entry.drop or verify or entry.rerouted is not None):
+            continue
+        indices, weights = _readout(router, experts, sites, entry.drop, top_k)
+        if entry.rerouted is not None:
             # the safety net: tokens that still received an ablated expert (0 when the
             # reroute held); read on the host once, after the trace (interventions.check_held)
             chosen = indices if indices.dtype == torch.long else indices.long()
-            held.append(torch.count_nonzero(torch.take(on(entry["rerouted"], indices.device), chosen)))
+            held.append(torch.count_nonzero(torch.take(on(entry.rerouted, indices.device), chosen)))
         if verify:
-            store.setdefault("verify", []).append((entry["layer"], indices))
+            store.setdefault("verify", []).append((entry.layer, indices))
         if not record:
             continue
-        if group is None:
-            group, token_position, token_row = token_groups(inputs, rows, indices.shape[0])
-            if plan.get("eos"):
-                group = drop_finished(inputs, group, token_row, store, plan["eos"])
+        key = entry.tokens_from
+        if key not in tallies:
+            source = inputs[key]
+            group, token_position, token_row = token_groups(source, rows, indices.shape[0])
+            if plan.eos and not entry.once:
+                group = drop_finished(source, group, token_row, store, plan.eos)
             if "count" not in store:
-                shape = (len(rows), len(plan["layers"]), num_experts)
+                shape = (len(rows), len(plan.layers), num_experts)
                 store["count"] = torch.zeros(shape, dtype=torch.long, device=indices.device)
                 store["gate_mass"] = torch.zeros(shape, dtype=torch.float64, device=indices.device)
                 store["tokens"] = torch.zeros(len(rows), dtype=torch.long, device=indices.device)
-            store["tokens"] += on(tally(group, len(rows)), store["tokens"].device)
-            totals = totals_start(group, len(plan["layers"]), len(rows), num_experts, indices.shape[1],
-                                  store["count"].device)
-        totals_add(totals, position, indices, weights)
+            counted = store["tokens"] if key is None else store.setdefault("stack_tokens", {}).setdefault(
+                key, torch.zeros_like(store["tokens"]))
+            counted += on(tally(group, len(rows)), counted.device)
+            tallies[key] = totals_start(group, len(plan.layers), len(rows), num_experts, indices.shape[1],
+                                        store["count"].device)
+        totals_add(tallies[key], position, indices, weights)
         if per_token is not None:
             per_token.append((indices.to(torch.int16), weights.detach().to(torch.float16)))
-    if totals is not None:
+    for totals in tallies.values():
         totals_fold(totals, store)
     if held:
         used = torch.stack([on(h, held[0].device) for h in held])
@@ -342,7 +421,7 @@ def compact(chunks: list) -> dict:
     return {key: value[real] for key, value in table.items()}
 
 
-def run(root: Any, plan: dict, store: dict, steps: Any, row_groups: Any, stop: tuple) -> None:
+def run(root: Any, plan: Any, store: dict, steps: Any, row_groups: Any, stop: tuple) -> None:
     """The worker body: one `forward_step` per model forward in `steps`.
 
     A generation's open-ended `steps` ends when the model stops producing forwards:
@@ -359,7 +438,8 @@ def run(root: Any, plan: dict, store: dict, steps: Any, row_groups: Any, stop: t
 def keep_result(root: Any, tracer: Any, store: dict) -> None:
     """The second worker: the prompt length at the first forward, then the model's return value."""
     args, kwargs = root.inputs
-    ids = kwargs.get("input_ids")
+    # an encoder-decoder's output continues its decoder's input, not the source
+    ids = kwargs.get("decoder_input_ids", kwargs.get("input_ids"))
     if ids is None:
         ids = args[0] if args else kwargs.get("inputs_embeds")
     store["input_length"] = ids.shape[1]

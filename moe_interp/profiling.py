@@ -2,7 +2,7 @@
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +11,11 @@ from tqdm.auto import tqdm
 
 from ._fingerprint import ResumeError, check_corpus, fingerprint, load_checkpoint, model_parts
 from .arch import describe
+from ._inputs import max_positions
+from ._profile_session import profile_session
+from ._trace import per_row_trace
 from .interventions import RouterRecord, compile_plan, flatten
 from .stats import RoutingStats
-from .trace import _max_positions, profile_session, trace
 
 __all__ = ["profile", "ResumeError"]
 
@@ -38,7 +40,7 @@ def _rows(model: Any, corpus: dict[str, list[str]], long_texts: str,
                          "wrap it with one, mi.wrap(hf_model, tokenizer)")
     if not options.get("truncation"):
         options = {k: v for k, v in options.items() if k != "max_length"}  # as mi.trace: only with truncation
-    limit = _max_positions(model)
+    limit = max_positions(model)
     rows: list[tuple[int, list[int]]] = []
     item, long_items = -1, 0
     for lang, texts in corpus.items():
@@ -71,6 +73,38 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     partial = path.with_suffix(path.suffix + ".tmp")
     torch.save(state, partial)
     os.replace(partial, path)  # atomic: an interrupted save leaves the previous checkpoint whole
+
+
+def _local_batches(model: Any, spec: Any, todo: list[int], inputs: Any, row_language: torch.Tensor,
+                   interventions: list, num_languages: int, batch_size: int, session_batches: Any,
+                   trace_kwargs: dict) -> Iterator[tuple]:
+    """`(rows, count, tokens, gate_mass)` per batch of `todo` rows, one local trace each."""
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        tracer = per_row_trace(model, inputs(chunk), *interventions, RouterRecord(), **trace_kwargs)
+        with torch.no_grad(), tracer:
+            pass
+        routing = tracer.routing
+        mass = torch.zeros((num_languages,) + tuple(routing.gate_mass.shape[1:]), dtype=torch.float64)
+        yield chunk, routing.count, routing.tokens, mass.index_add_(0, row_language[torch.tensor(chunk)],
+                                                                    routing.gate_mass)
+
+
+def _remote_batches(model: Any, spec: Any, todo: list[int], inputs: Any, row_language: torch.Tensor,
+                    interventions: list, num_languages: int, batch_size: int, session_batches: Any,
+                    trace_kwargs: dict) -> Iterator[tuple]:
+    """`(rows, count, tokens, gate_mass)` per session request of `session_batches` batches."""
+    session_kwargs = {k: trace_kwargs[k] for k in _WHERE if k in trace_kwargs}
+    model_kwargs = {k: v for k, v in trace_kwargs.items() if k not in session_kwargs and k != "keep_output"}
+    plan = compile_plan(spec, [*interventions, RouterRecord()])
+    per_request = (session_batches or len(todo)) * batch_size
+    for first in range(0, len(todo), per_request):
+        chunks = [todo[start : start + batch_size]
+                  for start in range(first, min(first + per_request, len(todo)), batch_size)]
+        packed = profile_session(model, [(inputs(chunk), row_language[torch.tensor(chunk)]) for chunk in chunks],
+                                 plan, num_languages, session_kwargs, model_kwargs)
+        yield ([r for chunk in chunks for r in chunk], packed["item_count"], packed["item_tokens"],
+               packed["gate_mass"].to(torch.float64))
 
 
 def profile(model: Any, corpus: Mapping[str, Sequence[str]], *interventions: Any, batch_size: int = 16,
@@ -173,31 +207,14 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]], *interventions: Any
     started, tokens_seen = time.perf_counter(), 0
     bar = tqdm(total=len(rows), initial=done, unit="row", disable=not progress, desc="profiling")
     remote = bool(trace_kwargs.get("remote")) or trace_kwargs.get("backend") is not None
+    batches = _remote_batches if remote else _local_batches
     try:
-        batches = 0
-        while remote and done < len(rows):
-            per_request = (session_batches or len(rows)) * batch_size
-            chunks = [order[start : start + batch_size]
-                      for start in range(done, min(done + per_request, len(rows)), batch_size)]
-            session_kwargs = {k: trace_kwargs[k] for k in _WHERE if k in trace_kwargs}
-            model_kwargs = {k: v for k, v in trace_kwargs.items() if k not in session_kwargs and k != "keep_output"}
-            plan = compile_plan(spec, [*interventions, RouterRecord()])
-            packed = profile_session(model, [(inputs(chunk), row_language[torch.tensor(chunk)]) for chunk in chunks],
-                                     plan, len(languages), session_kwargs, model_kwargs)
-            gate_mass += packed["gate_mass"].to(torch.float64)
-            add([r for chunk in chunks for r in chunk], packed["item_count"], packed["item_tokens"])
-            save()
-        while done < len(rows):
-            chunk = order[done : done + batch_size]
-            tracer = trace(model, inputs(chunk), *interventions, RouterRecord(), **trace_kwargs)
-            tracer._mi_per_row = True  # one stats group per row
-            with torch.no_grad(), tracer:
-                pass
-            routing = tracer.routing
-            gate_mass.index_add_(0, row_language[torch.tensor(chunk)], routing.gate_mass)
-            add(chunk, routing.count, routing.tokens)
-            batches += 1
-            if batches % save_every == 0:
+        for n, (chunk, count, tokens, mass) in enumerate(batches(model, spec, order[done:], inputs, row_language,
+                                                                 interventions, len(languages), batch_size,
+                                                                 session_batches, trace_kwargs), 1):
+            gate_mass += mass
+            add(chunk, count, tokens)
+            if remote or n % save_every == 0:
                 save()
     except BaseException:
         save()  # nothing computed is lost: rerun the same call to resume
@@ -212,6 +229,8 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]], *interventions: Any
     meta = {"model": getattr(config, "_name_or_path", None) or spec.arch, "arch": spec.arch,
             "interventions": [repr(i) for i in interventions], "items": len(item_language),
             "long_texts": long_texts, "long_items": long_items,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "fingerprint": fingerprint(key)}
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "fingerprint": fingerprint(key),
+            # per language, so experiments can refuse to evaluate on the texts experts were chosen on
+            "texts": {lang: fingerprint(texts) for lang, texts in corpus.items()}}
     return RoutingStats(tuple(languages), spec.moe_layers, spec.num_experts, spec.top_k, count, gate_mass, tokens,
                         item_count, item_tokens, item_language, meta=meta)

@@ -349,7 +349,7 @@ def test_first_trace_check_passes_once_then_costs_nothing():
             pass
     finally:
         handle.remove()
-    assert first._mi_plan["verify"] and not second._mi_plan["verify"]
+    assert first._mi_plan.verify and not second._mi_plan.verify
     assert hooks_seen[0] == 3 and hooks_seen[-1] == 1  # ours + the oracle's + the check's; then ours alone
     for position, layer in enumerate(first.routing.layers):
         assert torch.equal(first.routing.count[0, position], received[layer])
@@ -366,7 +366,7 @@ def test_an_error_in_the_first_trace_leaves_the_model_unhooked_and_still_uncheck
     assert _hooks(model._module) == before == 0
     with mi.trace(model, "ab cd", mi.RouterRecord()) as tr:
         pass
-    assert tr._mi_plan["verify"] and int(tr.routing.count.sum()) == 2 * 4 * 5
+    assert tr._mi_plan.verify and int(tr.routing.count.sum()) == 2 * 4 * 5
 
 
 def test_registered_families_and_remote_runs_are_not_checked():
@@ -382,7 +382,7 @@ def test_first_trace_check_reads_a_dense_dispatch_too():
     _replace_spec(model, family="auto")
     with mi.trace(model, encode(model), mi.RouterRecord()) as tr:
         pass
-    assert tr._mi_plan["verify"] and int(tr.routing.count.sum()) == int(tr.routing.tokens) * 4  # top-1, 4 layers
+    assert tr._mi_plan.verify and int(tr.routing.count.sum()) == int(tr.routing.tokens) * 4  # top-1, 4 layers
 
 
 def test_load_without_dispatch_builds_the_model_with_its_tokenizer(tmp_path):

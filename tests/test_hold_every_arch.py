@@ -315,10 +315,10 @@ def test_reroute_is_refused_before_any_forward_where_no_top_k_was_seen():
     blind = dataclasses.replace(spec, select=None)
     with pytest.raises(mi.UnsupportedModelError, match=r"layer 2: .*mode='drop'.*select="):
         compile_plan(blind, [mi.ExpertAblate({2: [1]})])
-    assert compile_plan(blind, [mi.ExpertAblate({2: [1]}, mode="drop")])["layers"]  # drop needs no top-k
+    assert compile_plan(blind, [mi.ExpertAblate({2: [1]}, mode="drop")]).layers  # drop needs no top-k
     dbrx = mi.describe(mi.zoo.tiny_model("dbrx"))
     assert dbrx.select is None and dbrx.family == "dbrx"
-    assert compile_plan(dbrx, [mi.ExpertAblate({1: [1]})])["layers"][0]["rerouted"] is not None
+    assert compile_plan(dbrx, [mi.ExpertAblate({1: [1]})]).layers[0].rerouted is not None
 
 
 def test_plans_without_a_reroute_carry_no_check():
@@ -327,7 +327,7 @@ def test_plans_without_a_reroute_carry_no_check():
     spec = mi.describe(mi.zoo.tiny_model("qwen3_moe"))
     plans = [compile_plan(spec, [mi.RouterRecord()]),
              compile_plan(spec, [mi.LayerRouteSteer({1: {2: 1.0}}, scale=2.0), mi.ExpertAblate({1: [0]}, mode="drop")])]
-    assert all(entry["rerouted"] is None and not entry["select_edits"] for plan in plans for entry in plan["layers"])
+    assert all(entry.rerouted is None and not entry.select_edits for plan in plans for entry in plan.layers)
 
 
 class _GradBranchRouter(torch.nn.Module):
@@ -361,6 +361,7 @@ def test_a_router_that_runs_other_ops_with_grad_off_is_edited_where_each_mode_ru
     import nnsight
 
     from moe_interp import kernels
+    from moe_interp.interventions import compile_plan
 
     mi.register_adapter(mi.RouterAdapter(name="grad_branch", router_class="_GradBranchRouter", readout="router",
                                          top_k=2))
@@ -368,12 +369,11 @@ def test_a_router_that_runs_other_ops_with_grad_off_is_edited_where_each_mode_ru
     spec = mi.describe(model)
     assert (spec.logits, spec.select) == ("router_logits_1", "torch_topk_0.input")  # F.linear, grad on
     assert spec.no_grad_sites == ("router_logits_0", "torch_topk_0.input")           # torch.mm, grad off
-    entry = {"logits": spec.logits, "select": spec.select,
-             "no_grad": {"logits": spec.no_grad_sites[0], "select": spec.no_grad_sites[1]}}
+    entry = compile_plan(spec, [mi.RouterRecord()]).layers[1]
     wrapped, x = nnsight.NNsight(model), torch.randn(5, 8)
     for grad in (True, False):
         with torch.set_grad_enabled(grad), wrapped.trace(x):
             gate = wrapped.layers[1]["gate"]
-            kernels._edit_site(gate, kernels._sites(entry)["logits"], [("additive", torch.tensor([0, 0, 0, 1e4]), 1.0)])
+            kernels._edit_site(gate, None, kernels._sites(entry).logits, [("additive", torch.tensor([0, 0, 0, 1e4]), 1.0)])
             chosen = gate.output[2].save()
         assert bool((chosen == 3).any(-1).all()), f"grad={grad}: the steer missed the op that ran"

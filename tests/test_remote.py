@@ -30,7 +30,7 @@ from nnsight.tracing.util import push
 import moe_interp as mi
 from conftest import encode, tiny
 
-trace_module = sys.modules["moe_interp.trace"]
+shipping = sys.modules["moe_interp._shipping"]
 kernels = sys.modules["moe_interp.kernels"]
 
 # What NDIF lets shipped code import (its list is longer; these are all we may use).
@@ -329,7 +329,7 @@ def test_remote_trace_with_invokes_per_token_and_user_saves(loaded):
     assert all(torch.equal(local.routing.per_token[k], far.routing.per_token[k]) for k in local.routing.per_token)
     assert torch.equal(h_local[0] if isinstance(h_local, tuple) else h_local,
                        h_far[0] if isinstance(h_far, tuple) else h_far)
-    assert sim.saved_names >= {"hidden", trace_module.RESULT_NAME}
+    assert sim.saved_names >= {"hidden", shipping.RESULT_NAME}
     with pytest.raises(RuntimeError, match="keep_output=True"):
         far.output
 
@@ -403,7 +403,7 @@ def test_remote_profile_runs_all_batches_in_one_session_request(loaded):
     far = mi.profile(loaded, CORPUS, steer, batch_size=3, progress=False, backend=counting)
     _same_profile(local, far)
     assert counting.requests == 1
-    assert sim.saved_names == {trace_module.RESULT_NAME}
+    assert sim.saved_names == {shipping.RESULT_NAME}
     n_items, n_layers, n_experts = local.item_count.shape
     # per text int16 counts + an int32 token total; gate mass per language (not per text) in float64
     floor = n_items * (n_layers * n_experts * 2 + 4) + len(CORPUS) * n_layers * n_experts * 8
@@ -481,3 +481,30 @@ def test_one_language_profile_of_a_48_layer_128_expert_model_is_under_100_kb():
     assert tr.routing.count.shape == (1, 48, 128)
     # count int32 + gate_mass float64 = 48 * 128 * 12 bytes = 73,728, plus torch.save framing
     assert 48 * 128 * 12 < sim.result_bytes <= 100_000, sim.result_bytes
+
+
+# ---------------------------------------------------------------------------------- nnsight internals
+
+def test_nnsight_internals_are_those_checked():
+    """`moe_interp._nnsight_compat` holds every use of nnsight's internals; it was checked
+    against nnsight 0.8.1. A new nnsight must be checked there (then bump `CHECKED_WITH`)."""
+    import nnsight
+
+    from moe_interp import _nnsight_compat as compat
+
+    assert compat.CHECKED_WITH == "0.8.1"
+    assert nnsight.__version__ == compat.CHECKED_WITH, (
+        f"nnsight {nnsight.__version__} is installed; moe_interp/_nnsight_compat.py was checked against "
+        f"{compat.CHECKED_WITH}: check each function there against the new release")
+
+
+def test_no_module_outside_the_compat_module_reaches_into_nnsight_internals():
+    """The internals named in `_nnsight_compat`'s docstring appear nowhere else in the package."""
+    import pathlib
+
+    internals = ("interleaver.mediators", "tracing.util import push", "_PICKLE_BY_VALUE_MODULES", "__wrapped__.__get__",
+                 "_batch_size(", "Mediator(", "Mediator.value", "Mediator.current", "_preprocess")
+    package = pathlib.Path(mi.__file__).parent
+    found = [(path.name, word) for path in package.rglob("*.py") if path.name != "_nnsight_compat.py"
+             for word in internals if word in path.read_text()]
+    assert found == []

@@ -11,10 +11,11 @@ import difflib
 import inspect
 import re
 import weakref
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
+from .._layers import BANDS, bands, parse_layers
 from ._adapter import RouterAdapter, UnsupportedModelError, adapter_for, registered_adapters
 from ._probe import probe_router
 from ._stacks import broken_nllb_moe_experts, place_stacks
@@ -27,10 +28,6 @@ _NUM_EXPERTS_ATTRS = ("num_experts", "num_local_experts", "n_routed_experts", "m
 _SHARED_NAMES = ("shared_expert", "shared_experts", "shared_mlp")
 _LAYER_INDEX = re.compile(r"^(?P<stack>.*?)\.(?P<index>\d+)\.(?P<rest>.+)$")
 
-# Fraction of the MoE layers each band starts at, from the paper's 48-layer model:
-# early 0-9, middle 10-39, late 40-47 (its steering band is the middle one).
-_BAND_EDGES = (0.0, 10 / 48, 40 / 48, 1.0)
-BANDS = ("early", "middle", "late")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,18 +108,9 @@ class MoESpec:
         """
         if name not in BANDS:
             raise ValueError(f"unknown band {name!r}; use one of {BANDS}")
-        n = len(self.moe_layers)
-        if width is None:
-            i = BANDS.index(name)
-            lo, hi = (round(n * e) for e in _BAND_EDGES[i : i + 2])
-            if hi <= lo:  # very shallow models: every band keeps at least one layer
-                lo, hi = min(lo, n - 1), min(lo, n - 1) + 1
-        else:
-            if not 1 <= width <= n:
-                raise ValueError(f"band width must be in [1, {n}] for this model, got {width}")
-            lo = {"early": 0, "middle": round((n - width) / 2 + 1e-9), "late": n - width}[name]
-            hi = lo + width
-        return self.moe_layers[lo:hi]
+        if width is not None and not (isinstance(width, int) and 1 <= width <= len(self.moe_layers)):
+            raise ValueError(f"band width must be in [1, {len(self.moe_layers)}] for this model, got {width}")
+        return bands(self.moe_layers, width=width)[name]
 
     def select_layers(self, layers: Any = "all") -> tuple[int, ...]:
         """Normalise a layer selection to sorted real MoE layer indices.
@@ -136,28 +124,7 @@ class MoESpec:
         ((1, 2), (0, 1))
         ```
         """
-        if isinstance(layers, str):
-            if layers == "all":
-                return self.moe_layers
-            if layers in BANDS:
-                return self.band(layers)
-            raise ValueError(f"unknown layer selection {layers!r}; use 'all', one of {BANDS}, "
-                             "an int, a range, a slice or a list of layer indices")
-        if isinstance(layers, slice):
-            wanted = range(self.num_layers)[layers]
-            return tuple(i for i in wanted if i in self.moe_layers)
-        if isinstance(layers, (int, torch.SymInt)) and not isinstance(layers, bool):
-            layers = (int(layers),)
-        if not isinstance(layers, Iterable):
-            raise TypeError(f"layers must be 'all', a band name, an int, a range, a slice or a "
-                            f"list of ints, got {type(layers).__name__}")
-        out = []
-        for layer in layers:
-            if isinstance(layer, bool) or not isinstance(layer, int):
-                raise TypeError(f"layer indices must be ints, got {layer!r}")
-            self.check_layer(layer)
-            out.append(layer)
-        return tuple(sorted(set(out)))
+        return parse_layers(layers, self.moe_layers, num_layers=self.num_layers, stacks=self.stacks)
 
     def check_layer(self, layer: int) -> None:
         """Raise `ValueError` unless `layer` is one of this model's MoE layers."""
@@ -451,10 +418,6 @@ def _num_experts(router: torch.nn.Module, config: Any) -> int:
             value = getattr(source, attr, None)
             if isinstance(value, int) and value > 0:
                 return value
-    for attr in _NUM_EXPERTS_ATTRS:
-        value = getattr(config, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
     raise UnsupportedModelError(f"cannot tell the number of experts of {type(router).__name__}")
 
 
