@@ -481,3 +481,28 @@ def test_band_edges_must_be_increasing_fractions():
 def test_cluster_count_must_be_a_positive_integer(paper):
     with pytest.raises(ValueError, match="number of clusters"):
         paper.cluster().assignments(0)
+
+
+# -- one layer vocabulary (issue 14) --------------------------------------------------------------
+
+
+def test_exclusive_experts_take_band_names_as_every_analysis_does(paper):
+    """1c62add failed inside int("m"): expert sets took no band names while divergence did."""
+    full = paper.exclusive_experts("sw")
+    middle = paper.exclusive_experts("sw", layers="middle")
+    # the paper's middle band of 48 layers is 10-39 (its 10/48 and 40/48 edges)
+    assert dict(middle) == {layer: experts for layer, experts in full.items() if 10 <= layer <= 39}
+    assert paper.exclusive_experts("sw", layers="middle-third") == paper.exclusive_experts("sw", layers=range(16, 32))
+    assert paper.shared_experts(["en", "zh"], layers="late") == paper.shared_experts(["en", "zh"], layers=range(40, 48))
+    torch.testing.assert_close(paper.divergence(layers="early-third"), paper.divergence()[:16])
+    assert paper.cluster(layers=slice(10, 40)).layers == tuple(range(10, 40))
+
+
+@pytest.mark.parametrize("layers, message", [("centre", "unknown band or layer selection 'centre'"),
+                                             ([], "layers is empty"), ([48], "layer 48 is not available"),
+                                             ([1.5], "layer indices must be ints")])
+def test_every_analysis_refuses_bad_layers_the_same_way(paper, layers, message):
+    for call in (lambda: paper.divergence(layers=layers), lambda: paper.exclusive_experts("sw", layers=layers),
+                 lambda: paper.shared_experts(layers=layers), lambda: paper.cluster(layers=layers)):
+        with pytest.raises((ValueError, TypeError), match=message):
+            call()
