@@ -1,6 +1,7 @@
 """`mi.load` and `mi.wrap`: an nnsight model whose routers `moe_interp` has found, with
 `model.moe`, every MoE layer's router as the same nnsight values (see `_router_view`)."""
 
+import logging
 import os
 from typing import Any
 
@@ -38,7 +39,16 @@ def wrap(hf_model: Any, tokenizer: Any = None, **kwargs: Any) -> TransformersMod
         raise TypeError(f"mi.wrap needs a Hugging Face model (with .config); {type(hf_model).__name__} has none. "
                         "For a custom torch module register an adapter (mi.register_adapter) and wrap it with "
                         "nnsight.NNsight(module): mi.describe and the interventions work on it")
-    model = TransformersModel(hf_model, tokenizer=tokenizer, **kwargs)
+    # nnsight builds a text-generation pipeline around the model; transformers 5 has no pipeline
+    # for encoder-decoder LMs and logs a page-long error that changes nothing: keep it quiet
+    quiet = logging.getLogger("transformers.pipelines.base")
+    level = quiet.level
+    if getattr(hf_model.config, "is_encoder_decoder", False):
+        quiet.setLevel(logging.CRITICAL)
+    try:
+        model = TransformersModel(hf_model, tokenizer=tokenizer, **kwargs)
+    finally:
+        quiet.setLevel(level)
     attach(model, describe(model))
     return model
 
