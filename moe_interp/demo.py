@@ -23,7 +23,7 @@ from .experiment import ablation_grid, steering_eval
 from .profiling import profile
 from .zoo import DEMO_HUB, DEMO_LANGUAGES, DEMO_MODEL_DIR, _training_seed, demo_model
 
-__all__ = ["DemoEvidence", "DemoResult", "choose_threads", "demo_evidence", "run_demo", "set_threads"]
+__all__ = ["DemoEvidence", "DemoResult", "choose_threads", "demo_corpus", "demo_evidence", "run_demo", "set_threads"]
 
 MAX_BYTES = 256  # the demo model was trained on 256-byte windows
 DEV_PARAGRAPHS = 3  # last paragraphs of each language's train split: the steering scale is chosen on them
@@ -91,7 +91,7 @@ def set_threads(threads: int | None = None) -> tuple[int, str]:
     return threads, why
 
 
-def _pieces(corpus: dict, max_bytes: int = MAX_BYTES) -> dict:
+def _pieces(corpus: Mapping[str, Sequence[str]], max_bytes: int = MAX_BYTES) -> dict:
     """Cut every text into pieces of at most `max_bytes` UTF-8 bytes, at character boundaries."""
     out = {}
     for lang, texts in corpus.items():
@@ -109,6 +109,22 @@ def _pieces(corpus: dict, max_bytes: int = MAX_BYTES) -> dict:
     return out
 
 
+def demo_corpus(languages: Sequence[str] | None = None, split: str = "heldout") -> dict[str, list[str]]:
+    """UDHR texts as the demo model reads them: `{language: [piece, ...]}`, every paragraph of
+    `split` cut into pieces of at most 256 bytes (its training windows) at character boundaries.
+    `languages` defaults to the model's training languages (`zoo.DEMO_LANGUAGES`).
+
+    ```python
+    >>> from moe_interp.demo import demo_corpus
+    >>> corpus = demo_corpus(["eng", "fin"], split="heldout")
+    >>> max(len(p.encode()) for texts in corpus.values() for p in texts) <= 256, len(corpus["eng"]) > 12
+    (True, True)
+
+    ```
+    """
+    return _pieces(udhr(list(DEMO_LANGUAGES) if languages is None else languages, split=split))
+
+
 def _families(languages: Sequence[str]) -> dict[str, str]:
     return {lang: info(lang).family for lang in languages}
 
@@ -124,7 +140,7 @@ def _splits(languages: Sequence[str], quick: bool) -> dict[str, dict[str, list[s
     train = udhr(languages, split="train")  # unknown codes: KeyError with close matches
     pick = _pieces({l: t[:-DEV_PARAGRAPHS] for l, t in train.items()})
     dev = _pieces({l: t[-DEV_PARAGRAPHS:] for l, t in train.items()})
-    heldout = _pieces(udhr(languages, split="heldout"))
+    heldout = demo_corpus(languages, split="heldout")
     if quick:
         pick, dev, heldout = ({l: v[:n] for l, v in c.items()} for c, n in ((pick, 6), (dev, 2), (heldout, 4)))
     return {"pick": pick, "dev": dev, "heldout": heldout}

@@ -14,7 +14,7 @@ Deterministic from `--seed`: the initial weights come from `torch.manual_seed(se
 and the data order from a single-threaded `numpy` generator seeded with `seed + 1`.
 
 Data: `zoo.DEMO_LANGUAGES`, 55 UDHR languages chosen for the questions the demo asks (issue 13):
-seven families of six or more languages each, most in Latin script (Cyrillic for two families, so a
+six families of seven or more languages each, most in Latin script (Cyrillic for two families, so a
 family spans scripts), plus English as a hub that gets `--hub-share` of all sequences (the paper's
 English-centred steering needs a language the model knows best). Each sequence picks a language
 (the hub with probability `--hub-share`, else uniformly among the others), then a window of its
