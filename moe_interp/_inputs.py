@@ -21,6 +21,7 @@ def check_inputs(inputs: Any) -> None:
     >>> check_inputs(["Hello", ""])
     Traceback (most recent call last):
     ValueError: text 1 is empty (''): it has no tokens to route. Drop empty texts first
+
     ```
     """
     if isinstance(inputs, str) or isinstance(inputs, torch.Tensor):
@@ -46,6 +47,7 @@ def max_positions(model: Any) -> Optional[int]:
     >>> from moe_interp._inputs import max_positions
     >>> max_positions(mi.zoo.tiny_model("qwen3_moe", max_position_embeddings=16))
     16
+
     ```
     """
     config = getattr(getattr(model, "_module", None), "config", None)
@@ -88,6 +90,7 @@ def check_tokens(model: Any, inputs: Any, kwargs: dict, generating: bool) -> Non
     >>> check_tokens(model, torch.tensor([[5, 100000]]), {}, generating=False)
     Traceback (most recent call last):
     ValueError: token id 100000 is outside this model's vocabulary (ids 0-258): encode the text with this model's tokenizer (model.tokenizer)
+
     ```
     """
     ids, mask = _token_ids(model, inputs, kwargs)

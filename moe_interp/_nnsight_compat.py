@@ -45,6 +45,7 @@ def mediators(tracer: Any) -> list:
     >>> tracer = model.trace("Hello")
     >>> isinstance(compat.mediators(tracer), list)
     True
+
     ```
     """
     return tracer.envoy.interleaver.mediators
@@ -58,6 +59,7 @@ def invoke_mediators(tracer: Any) -> list:
     >>> from moe_interp import _nnsight_compat as compat
     >>> compat.invoke_mediators(mi.zoo.tiny_model("qwen3_moe").trace("Hello"))   # before the block runs
     []
+
     ```
     """
     return [m for m in mediators(tracer) if m.batch_group is not None]
@@ -70,6 +72,7 @@ def worker(body: Any, scope: dict) -> Mediator:
     >>> from moe_interp import _nnsight_compat as compat
     >>> type(compat.worker((lambda: None).__code__, {})).__name__
     'Mediator'
+
     ```
     """
     return Mediator(body, {}, scope)
@@ -86,6 +89,7 @@ def put_first(tracer: Any, workers: list) -> None:
     >>> compat.put_first(tracer, [w]); compat.mediators(tracer)[0] is w
     True
     >>> compat.mediators(tracer).clear()
+
     ```
     """
     mediators(tracer)[:0] = workers
@@ -100,6 +104,7 @@ def batch_size(tracer: Any) -> int:
     >>> model = mi.zoo.tiny_model("qwen3_moe")
     >>> compat.batch_size(model.trace(["Hello", "Hi"])), compat.batch_size(model.trace())
     (2, 0)
+
     ```
     """
     return tracer.envoy._batch_size(*tracer.args, **tracer.kwargs)
@@ -117,6 +122,7 @@ def send_back(tracer: Any, name: str, value: Any) -> None:
     ...     compat.send_back(tracer, "answer", [42])
     >>> answer
     [42]
+
     ```
     """
     push(tracer.info.frame, {name: nnsight.save(value)})
@@ -130,6 +136,7 @@ def served(location: str) -> Any:
     >>> from moe_interp import _nnsight_compat as compat
     >>> callable(compat.served)
     True
+
     ```
     """
     return Mediator.value(location)
@@ -149,6 +156,7 @@ def invoke_rows(num_rows: int) -> Optional[tuple]:
     >>> from moe_interp import _nnsight_compat as compat
     >>> callable(compat.invoke_rows)      # read inside a trace; see Router in _router_view
     True
+
     ```
     """
     mediator = Mediator.current("router values")
@@ -173,6 +181,7 @@ def undecorated_generate(model: Any) -> Any:
     >>> from moe_interp import _nnsight_compat as compat
     >>> compat.undecorated_generate(mi.zoo.tiny_model("qwen3_moe")).__name__
     'generate'
+
     ```
     """
     return type(model).generate.__wrapped__.__get__(model)
@@ -191,6 +200,7 @@ class shipped_by_value:
     True
     >>> "moe_interp" in cloudpickle.list_registry_pickle_by_value()
     False
+
     ```
     """
 

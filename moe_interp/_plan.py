@@ -21,6 +21,7 @@ class Edit(Record):
     >>> from moe_interp._plan import Edit
     >>> Edit("additive", torch.tensor([0.0, 2.0]), 0.5).kind
     'additive'
+
     ```
     """
 
@@ -44,6 +45,7 @@ class LayerPlan(Record):
     >>> entry = plan.layers[0]
     >>> entry.layer, [e.kind for e in entry.logits_edits], entry.rerouted.tolist()[3]
     (1, ['reroute'], True)
+
     ```
     """
 
@@ -63,7 +65,8 @@ class Plan(Record):
     >>> from moe_interp.interventions import compile_plan
     >>> plan = compile_plan(mi.describe(mi.zoo.tiny_model("qwen3_moe")), [mi.RouterRecord()])
     >>> len(plan.layers), plan.record, plan.per_token, plan.num_experts, plan.top_k
-    (4, True, False, 16, 2)
+    (4, True, False, 8, 2)
+
     ```
     """
 

@@ -40,7 +40,8 @@ def profile_session(model: Any, batches: list, plan: Any, num_languages: int, se
     >>> ids = {"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
     >>> out = profile_session(model, [(ids, torch.tensor([0]))], plan, 1, {"remote": "local"}, {})
     >>> out["item_tokens"].tolist(), out["item_count"].shape
-    ([3], torch.Size([1, 4, 16]))
+    ([3], torch.Size([1, 4, 8]))
+
     ```
     """
     # Keep each statement of the session body on one line: it travels as `ast.unparse`d source

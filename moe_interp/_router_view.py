@@ -9,6 +9,7 @@ with model.trace("The capital of France is"):
     s = r.scores.save()                  # [tokens, experts] what the top-k ranks
     idx = r.indices.save()               # [tokens, top_k] experts the layer used
     w = r.weights.save()                 # [tokens, top_k] weights the experts received
+
 ```
 
 How it is built, with nnsight's own extension mechanism and nothing patched: each value is
@@ -51,6 +52,7 @@ class RouterAccessError(ValueError):
     >>> with model.trace("Hello"):                 # DeepSeek-V4, layer 0 hash-routed
     ...     model.moe[0].router.logits[:, 1] += 5.0
     RouterAccessError: layer 0 routes by a token-id table (hash routing): ...
+
     ```
     """
 
@@ -163,6 +165,7 @@ class Router:
     ...     chosen = r.indices.save()                   # read after the edit: its selection
     >>> (chosen == 5).any(-1).all()
     tensor(True)
+
     ```
     """
 
@@ -275,6 +278,7 @@ class MoELayer:
     >>> layer = model.moe[0]
     >>> layer.layer, layer.router.kind, layer.shared_experts is None
     (0, 'topk', True)
+
     ```
     """
 
@@ -299,6 +303,7 @@ class MoELayers(Sequence):
     ((1, 2, 3), 3)
     >>> model.moe[0] is model.moe.at(1)
     True
+
     ```
     """
 

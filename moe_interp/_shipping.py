@@ -22,13 +22,14 @@ RESULT_NAME = "__moe_interp__"  # the saved value a remote run sends back
 _PACKAGE = __name__.split(".")[0]
 
 
-def shipped(inner: Backend, tracer: Any, ship: bool = True) -> Any:
+def shipped(inner: Any, tracer: Any, ship: bool = True) -> Any:
     """Run a request through `inner` with `moe_interp` registered for by-value shipping.
 
     ```python
     >>> from moe_interp._shipping import shipped
     >>> shipped(lambda tracer: tracer * 2, 21)          # any backend: a callable on the tracer
     42
+
     ```
     """
     with shipped_by_value(_PACKAGE, ship):
@@ -45,6 +46,7 @@ class Collect(Backend):
     ...     pass
     >>> type(tr.backend).__name__
     'Collect'
+
     ```
     """
 
@@ -82,6 +84,7 @@ def model_lock(model: Any) -> threading.RLock:
     >>> model = mi.zoo.tiny_model("qwen3_moe")
     >>> model_lock(model) is model_lock(model._module)
     True
+
     ```
     """
     key = getattr(model, "_module", model)

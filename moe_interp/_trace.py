@@ -355,6 +355,7 @@ def trace(model: Any, *args: Any, **kwargs: Any) -> RoutingTracer:
     ...         pass
     >>> tr.routing.languages
     ('en', 'de')
+
     ```
     """
     return _open(model, args, None, False, kwargs)
@@ -377,6 +378,7 @@ def generate(model: Any, *args: Any, **kwargs: Any) -> RoutingTracer:
     ...     pass
     >>> len(gen.text), gen.routing.tokens.item() > 8
     (1, True)
+
     ```
     """
     return _open(model, args, undecorated_generate(model), True, kwargs)
@@ -393,6 +395,7 @@ def per_row_trace(model: Any, *args: Any, **kwargs: Any) -> RoutingTracer:
     ...     pass
     >>> tr.routing.languages, tr.routing.tokens.tolist()
     (('0', '1'), [5, 8])
+
     ```
     """
     return _open(model, args, None, False, kwargs, per_row=True)

@@ -86,6 +86,7 @@ class RouterRecord(Intervention):
     torch.Size([1, 4, 16])
     >>> int(tr.routing.count[0, 0].sum()) == tr.routing.top_k * int(tr.routing.tokens[0])
     True
+
     ```
     """
 
@@ -111,6 +112,7 @@ class ExpertAblate(Intervention):
     >>> mi.ExpertAblate({2: [0, 5]})
     ExpertAblate(experts=((2, (0, 5)),), mode='reroute')
     >>> ablate = mi.ExpertAblate(profile.exclusive_experts("de"), mode="drop")
+
     ```
     """
 
@@ -154,6 +156,7 @@ class LayerRouteSteer(Intervention):
     ```python
     >>> mi.LayerRouteSteer({1: {3: 1.0}}, scale=50.0, mode="additive")
     LayerRouteSteer(strengths=((1, ((3, 1.0),)),), scale=50.0, mode='additive')
+
     ```
     """
 
@@ -208,6 +211,7 @@ class RouteSteer(Intervention):
     >>> steer = mi.RouteSteer(layers="middle", target="en", stats=profile, languages=("en", "zh"))
     >>> with mi.trace(model, "Wie viele Äpfel?", steer, mi.RouterRecord()) as tr:
     ...     pass
+
     ```
     """
 
@@ -245,6 +249,7 @@ class RouteSteer(Intervention):
         >>> steer = mi.RouteSteer(layers="middle", target="en", stats=profile)
         >>> steer.expert_set(mi.describe(model)) is steer.expert_set(mi.describe(model))
         True
+
         ```
         """
         if spec not in self._chosen:
@@ -372,6 +377,7 @@ def compile_plan(spec: MoESpec, interventions: Iterable[Intervention], groups: d
     ([0, 1, 2, 3], 'relative')
     >>> plan.layers[2].sites.logits.ops
     ('router_logits_0',)
+
     ```
     """
     interventions = flatten(interventions)
@@ -432,6 +438,7 @@ def check_held(plan: Plan, store: dict) -> None:
 
     ```python
     >>> check_held(plan, tracer._mi_store)     # None, or RerouteNotHeld naming the layers
+
     ```
     """
     used = store.get("rerouted_used")
@@ -476,6 +483,7 @@ def place(plan: Plan, module: Any) -> Plan:
     >>> plan = place(compile_plan(mi.describe(model), [mi.ExpertAblate({1: [3]})]), model._module)
     >>> plan.layers[0].logits_edits[0].payload.device
     device(type='cpu')
+
     ```
     """
     moved: dict = {}

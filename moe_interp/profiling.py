@@ -151,6 +151,7 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]], *interventions: Any
     >>> p = mi.profile(small, {"eng": ["x" * 40]}, progress=False)   # windows of 16, 16, 8 tokens
     >>> p.item_tokens.tolist()
     [40]
+
     ```
     """
     corpus = check_corpus(corpus)

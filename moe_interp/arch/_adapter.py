@@ -25,6 +25,7 @@ class UnsupportedModelError(TypeError):
     Traceback (most recent call last):
     moe_interp.arch._adapter.UnsupportedModelError: LlamaForCausalLM (model_type='llama') has no MoE
     router that moe_interp can find. Searched for: ... register an adapter: mi.register_adapter(...)
+
     ```
     """
 
@@ -77,6 +78,7 @@ class RouterAdapter:
     ...     name="my_moe", model_types=("my_moe",), router_class="MyRouter",
     ...     logits="F_linear_0", readout="router", weights_index=1, indices_index=2,
     ...     top_k=2, selection="softmax, top-k"))
+
     ```
     """
 
@@ -108,6 +110,7 @@ def register_adapter(adapter: RouterAdapter) -> RouterAdapter:
     >>> mi.register_adapter(mi.RouterAdapter(name="dbrx", model_types=("dbrx",),
     ...                                      logits="output", readout="experts"))
     RouterAdapter(name='dbrx', ...)
+
     ```
     """
     if not isinstance(adapter, RouterAdapter):

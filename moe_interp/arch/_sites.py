@@ -27,6 +27,7 @@ class Record:
     >>> owner, ops, end, index = site
     >>> site._replace(end="input", index=0) == Site("router", ("F_linear_0",), "input", 0)
     True
+
     ```
     """
 
@@ -78,6 +79,7 @@ class Site(Record):
     >>> from moe_interp.arch._sites import Site
     >>> Site("router", ("router_logits_0",), "output", None)
     Site(owner='router', ops=('router_logits_0',), end='output', index=None)
+
     ```
     """
 
@@ -99,6 +101,7 @@ class RouterSites(Record):
     >>> sites, no_grad = router_sites(mi.describe(mi.zoo.tiny_model("qwen3_moe")))
     >>> sites.logits.ops, sites.select.ops, sites.indices, no_grad
     (('router_logits_0',), ('torch_topk_0',), Site(owner='experts', ops=(), end='input', index=1), None)
+
     ```
     """
 
@@ -120,6 +123,7 @@ def parse_site(site: str, owner: str = "router") -> Site:
     >>> from moe_interp.arch._sites import parse_site
     >>> parse_site("output[1]"), parse_site("self_get_topk_indices_0.torch_topk_0.input").ops
     (Site(owner='router', ops=(), end='output', index=1), ('self_get_topk_indices_0', 'torch_topk_0'))
+
     ```
     """
     if site.startswith("output"):
@@ -154,6 +158,7 @@ def router_sites(spec) -> tuple:
     >>> sites, _ = router_sites(mi.describe(mi.zoo.tiny_model("deepseek_v3")))
     >>> sites.choice.ops, sites.scores == sites.select or sites.scores == sites.choice
     (('scores_for_choice_0',), True)
+
     ```
     """
     logits = parse_site(spec.logits)

@@ -65,6 +65,7 @@ class MoESpec:
     (1, 2)
     >>> mi.describe(mi.zoo.tiny_model("deepseek_v4")).routing_kinds   # hash layers first
     ('hash', 'hash', 'hash', 'topk')
+
     ```
     """
 
@@ -104,6 +105,7 @@ class MoESpec:
         ```python
         >>> spec.band("middle", width=1)
         (2,)
+
         ```
         """
         if name not in BANDS:
@@ -122,6 +124,7 @@ class MoESpec:
         ```python
         >>> spec.select_layers(range(1, 3)), spec.select_layers(slice(None, 2))
         ((1, 2), (0, 1))
+
         ```
         """
         return parse_layers(layers, self.moe_layers, num_layers=self.num_layers, stacks=self.stacks)
@@ -149,6 +152,7 @@ class MoESpec:
         ```python
         >>> spec.routing_kind(0), spec.routing_kind(3)      # DeepSeek-V4
         ('hash', 'topk')
+
         ```
         """
         return self.routing_kinds[self.position(layer)]
@@ -188,6 +192,7 @@ def describe(model: Any) -> MoESpec:
     >>> spec = mi.describe(model)
     >>> spec.arch, spec.family, spec.readout
     ('qwen3_moe', 'auto', 'experts')
+
     ```
 
     Raises `UnsupportedModelError` when no router is found, naming what was searched and

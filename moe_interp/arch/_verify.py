@@ -94,6 +94,7 @@ class ExpertsCheck:
     >>> with check:
     ...     ...                                    # the trace's forward runs here
     >>> check.compare([(layer, indices), ...])     # the kernel's readout of that forward
+
     ```
     """
 
