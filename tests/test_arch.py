@@ -1,16 +1,20 @@
 """Architecture detection: every named family, a survey of transformers' MoE types, clear errors."""
 
-import os
 import dataclasses
 import importlib
 import inspect
+import json
+import os
+import re
+from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 import moe_interp as mi
-from conftest import encode, experts_received, tiny
+from conftest import _is_experts, encode, experts_received, tiny
 
 
 def test_describe_named_architectures(arch):
@@ -148,34 +152,91 @@ def _moe_model_types():
     return found
 
 
+def _all_moe_types():
+    """Every config type of the installed transformers whose modeling module holds routed experts
+    (a class named `*Experts`, or one declaring router logits): causal LMs, sequence-to-sequence
+    models, multimodal models and the sub-configs (towers, language models) they are built from."""
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    found = []
+    for model_type, config_name in sorted(CONFIG_MAPPING_NAMES.items()):
+        try:
+            module = importlib.import_module(
+                getattr(transformers, config_name).__module__.replace("configuration_", "modeling_"))
+        except Exception:
+            continue
+        classes = [c for _, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__]
+        if any("Experts" in c.__name__ or "router_logits" in (getattr(c, "_can_record_outputs", None) or {})
+               for c in classes):
+            found.append(model_type)
+    return found
+
+
+def _stack_prefix(hf, part):
+    """Path of the model's encoder or decoder (`get_encoder()` / `get_decoder()`), found by identity."""
+    target = getattr(hf, f"get_{part}")()
+    return next(name for name, module in hf.named_modules() if module is target)
+
+
+def _inputs(model):
+    """The survey's batch: a ragged batch of texts; a sequence-to-sequence model also gets ragged
+    teacher-forced targets (right-padded, as its tokenizers pad). Returns (inputs, oracle masks)."""
+    hf = model._module
+    if not getattr(hf.config, "is_encoder_decoder", False):
+        enc = encode(model)
+        return enc, enc["attention_mask"]
+    enc = encode(model, padding_side="right")
+    dec = encode(model, ["Hallo", "Salut tout le monde", "Hi there", "ja"], padding_side="right")
+    inputs = {**enc, "decoder_input_ids": dec["input_ids"], "decoder_attention_mask": dec["attention_mask"]}
+    return inputs, {_stack_prefix(hf, "encoder"): enc["attention_mask"], _stack_prefix(hf, "decoder"): dec["attention_mask"]}
+
+
 def _build(model_type):
     """A tiny model of `model_type`, or the reason there is none (not a moe_interp verdict)."""
     config = mi.zoo.tiny_config(model_type, **SURVEY_OVERRIDES.get(model_type, {}))
+    cls = mi.zoo.model_class(model_type)
     with torch.device("meta"):
-        size = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
-    if size > 20_000_000:
+        meta = cls._from_config(config)
+    if not any(_is_experts(name, module) for name, module in meta.named_modules()):
+        return None, f"no routed experts: {cls.__name__} from this config has no experts module"
+    if sum(p.numel() for p in meta.parameters()) > 20_000_000:
         return None, "skipped: tiny config still too large"
     model = mi.zoo.tiny_model(model_type, **SURVEY_OVERRIDES.get(model_type, {}))
-    _randomise_token_tables(model._module, config.vocab_size)
-    enc = encode(model)
-    model._module(**enc, use_cache=False)  # the plain HF forward must run before moe_interp is judged
-    return model, enc
+    _randomise_token_tables(model._module, getattr(model._module.config.get_text_config(), "vocab_size", 0))
+    inputs, masks = _inputs(model)
+    model._module(**inputs, use_cache=False)  # the plain HF forward must run before moe_interp is judged
+    return model, (inputs, masks)
 
 
-def _verdict(model, enc):
+def _oracle_key(router_path, several):
+    """The oracle's name for the layer of `router_path` (see conftest._experts_modules)."""
+    match = re.match(r"^(.*?)\.(\d+)\.", router_path)
+    return f"{match[1]}.{match[2]}" if several else int(match[2])
+
+
+def _verdict(model, batch):
     """Recorded counts against what the experts received (conftest.experts_received), per layer."""
-    with experts_received(model, enc["attention_mask"]) as received:
-        with mi.trace(model, enc, mi.RouterRecord(), use_cache=False) as tr:
+    inputs, masks = batch
+    with experts_received(model, masks) as received:
+        with mi.trace(model, inputs, mi.RouterRecord(), use_cache=False) as tr:
             pass
-    recorded = dict(zip(tr.routing.layers, tr.routing.count[0]))
+    spec = mi.describe(model)
+    several = len({s for s in spec.stacks or ()}) > 1
+    routing = tr.routing if not several else None
+    stats = [routing] if routing is not None else list(tr.routing_by_stack.values())
+    recorded = {}
+    for part in stats:
+        for layer, counts in zip(part.layers, part.count[0]):
+            recorded[_oracle_key(spec.routers[spec.moe_layers.index(layer)], several)] = counts
     if set(recorded) != set(received):
-        return (f"WRONG: recorded layers {sorted(recorded)}, experts routed in layers {sorted(received)}")
+        return f"WRONG: recorded layers {sorted(recorded)}, experts routed in layers {sorted(received)}"
     for layer in sorted(recorded):
         if not torch.equal(*_aligned(recorded[layer], received[layer])):
             return f"WRONG at layer {layer}: recorded {recorded[layer].tolist()}, received {received[layer].tolist()}"
-    spec = mi.describe(model)
-    kinds = sorted(set(spec.routing_kinds))
-    return f"exact ({spec.family}, readout={spec.readout}, layers {sorted(recorded)}, {'+'.join(kinds)})"
+    kinds = "+".join(sorted(set(spec.routing_kinds)))
+    names = spec.layer_names or tuple(map(str, spec.moe_layers))
+    return f"exact ({spec.family}, readout={spec.readout}, layers {list(names)}, {kinds})"
 
 
 def _aligned(a, b):
@@ -184,41 +245,112 @@ def _aligned(a, b):
     return pad(a, (0, width - len(a))), pad(b, (0, width - len(b)))
 
 
-def test_survey_of_installed_transformers_moe_types(capsys):
-    """Every causal-LM type declaring router logits, tiny, on a left-padded ragged batch: the
-    recorded per-(layer, expert) counts must equal what each experts module received (padding
-    excluded), in every layer the experts were routed in, or moe_interp must refuse the model
-    with UnsupportedModelError. Prints the table the README reports."""
+def _kind(model_type):
+    """Which kind of model transformers builds for the type (the survey table's second column)."""
+    from transformers.models.auto import modeling_auto as auto
+
+    for head, kind in (("CAUSAL_LM", "causal LM"), ("SEQ_TO_SEQ_CAUSAL_LM", "encoder-decoder"),
+                       ("IMAGE_TEXT_TO_TEXT", "image-text-to-text"), ("MULTIMODAL_LM", "multimodal"),
+                       ("TEXT_TO_WAVEFORM", "text-to-waveform"), ("TOKEN_CLASSIFICATION", "token classification")):
+        if model_type in getattr(auto, f"MODEL_FOR_{head}_MAPPING_NAMES"):
+            return kind
+    return "sub-model" if model_type in auto.MODEL_MAPPING_NAMES else "sub-config"
+
+
+def survey_rows():
+    """`[(model_type, kind, verdict)]` for every MoE-bearing type (see `_all_moe_types`)."""
     rows = []
-    for model_type in _moe_model_types():
+    for model_type in _all_moe_types():
+        kind = _kind(model_type)
+        if kind in ("sub-config", "sub-model"):  # a tower or language model: judged inside its parent type
+            rows.append((model_type, kind, "part of another type: " + (
+                "transformers has no model class for it alone" if kind == "sub-config" else
+                "a base model without a head, built and judged inside the type that holds it")))
+            continue
         try:
-            model, enc = _build(model_type)
+            model, batch = _build(model_type)
         except mi.UnsupportedModelError as error:
-            rows.append((model_type, f"refused by describe: {str(error)[:80]}"))
+            rows.append((model_type, kind, f"refused by describe: {str(error)[:100]}"))
             continue
         except Exception as error:  # the tiny config does not build or run: not a moe_interp verdict
-            rows.append((model_type, f"no tiny build: {type(error).__name__}: {str(error)[:60]}"))
+            rows.append((model_type, kind, f"no tiny build: {type(error).__name__}: {str(error)[:60]}"))
             continue
         if model is None:
-            rows.append((model_type, enc))
+            rows.append((model_type, kind, batch))
             continue
         try:
-            rows.append((model_type, _verdict(model, enc)))
+            rows.append((model_type, kind, _verdict(model, batch)))
         except mi.UnsupportedModelError as error:
-            rows.append((model_type, f"refused by the first-trace check: {str(error)[:110]}"))
+            rows.append((model_type, kind, f"refused by the first-trace check: {str(error)[:110]}"))
         except Exception as error:
-            rows.append((model_type, f"FAILED: {type(error).__name__}: {str(error)[:80]}"))
-    table = "\n".join(f"  {model_type:28s} {verdict}" for model_type, verdict in rows)
-    if os.environ.get("MI_SURVEY"):  # `MI_SURVEY=1 pytest -k survey -s` prints the README's table
-        with capsys.disabled():
-            print("\nMoE model types in the installed transformers (counts vs what the experts received):\n" + table)
-    verdicts = dict(rows)
-    assert not [r for r in rows if r[1].startswith(("WRONG", "FAILED"))], rows
+            rows.append((model_type, kind, f"FAILED: {type(error).__name__}: {str(error)[:80]}"))
+    return rows
+
+
+SURVEY_FILE = Path(__file__).resolve().parent.parent / "docs" / "api" / "survey.json"
+
+
+def _category(verdict):
+    return verdict.split(" (")[0].split(":")[0]
+
+
+def test_survey_of_installed_transformers_moe_types():
+    """Every MoE-bearing type, tiny, on a ragged batch (sequence-to-sequence models with ragged
+    targets too): the recorded per-(layer, expert) counts must equal what each experts module
+    received (padding excluded), in every layer of every stack the experts were routed in, or
+    moe_interp must refuse the model with UnsupportedModelError. Each verdict's category must be
+    the one docs/api/survey.json records (the README's and docs' tables are generated from it):
+    `MI_SURVEY=1 pytest -k survey` rewrites the file."""
+    rows = survey_rows()
+    if os.environ.get("MI_SURVEY"):
+        SURVEY_FILE.write_text(json.dumps({"transformers": transformers.__version__, "rows": rows}, indent=1) + "\n")
+    verdicts = {model_type: verdict for model_type, _, verdict in rows}
+    assert not [r for r in rows if r[2].startswith(("WRONG", "FAILED"))], rows
+    recorded = {model_type: verdict for model_type, _, verdict in json.loads(SURVEY_FILE.read_text())["rows"]}
+    changed = {t: (_category(recorded.get(t, "absent")), _category(v)) for t, v in verdicts.items()
+               if _category(recorded.get(t, "absent")) != _category(v)}
+    assert not changed, f"verdicts differ from docs/api/survey.json (rerun with MI_SURVEY=1): {changed}"
     assert sum(v.startswith("exact") for v in verdicts.values()) >= 53
     # the two the oracle found wrong on 1c62add: hash layers unrecorded; looped layers read once
-    assert verdicts["deepseek_v4"].startswith("exact") and "layers [0, 1, 2, 3], hash+topk" in verdicts["deepseek_v4"]
+    assert verdicts["deepseek_v4"].startswith("exact") and "layers ['0', '1', '2', '3'], hash+topk" in verdicts[
+        "deepseek_v4"]
     assert verdicts["inkling2_loop_text"].startswith("refused by the first-trace check") and "layer 2" in verdicts[
         "inkling2_loop_text"]
+    for model_type in ("nllb-moe", "switch_transformers", "qwen3_vl_moe"):
+        assert verdicts[model_type].startswith("exact"), verdicts[model_type]
+
+
+def _families_table():
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "families_table.py"
+    spec = importlib.util.spec_from_file_location("families_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_architecture_pages_are_generated_from_the_survey_and_the_adapter_table():
+    """README's and docs/api/architectures.md's survey tables are what scripts/families_table.py
+    makes of docs/api/survey.json; every registered family's types are in the survey."""
+    module = _families_table()
+    root = Path(__file__).resolve().parent.parent
+    for path, readme in ((root / "docs" / "api" / "architectures.md", False), (root / "README.md", True)):
+        text = path.read_text(encoding="utf-8")
+        assert module.render_survey(text, readme=readme) == text, f"run `python scripts/families_table.py` ({path.name})"
+    rows = module.survey()
+    assert len({t for t, _, _ in rows}) == len(rows) == len(_all_moe_types())
+    page = (root / "docs" / "api" / "architectures.md").read_text(encoding="utf-8")
+    from moe_interp.arch._families import FAMILIES
+
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    surveyed = {t for t, _, _ in rows}
+    for adapter in FAMILIES:
+        for model_type in adapter.model_types:
+            assert f"| `{adapter.name}` | `{model_type}` |" in page
+            # a registered type this transformers version does not have (kimi_k2) cannot be surveyed
+            assert (model_type in surveyed) != (model_type not in CONFIG_MAPPING_NAMES), model_type
 
 
 # ------------------------------------------------------------------ hash-routed layers (DeepSeek-V4)
