@@ -3,7 +3,7 @@
     python benchmarks/demo_under_load.py [--load N] [--threads auto] [--screenshot docs/assets/report.png]
 
 Starts N busy processes (default: one per CPU this process may use), runs the real command
-(`moe-interp demo`, all 312 languages, `--threads auto` unless told) beside them, and writes
+(`moe-interp demo`, the demo model's 55 languages, `--threads auto` unless told) beside them, and writes
 the wall time, the thread count the command chose, the load averages and the findings into
 the "Demo under load" section of benchmarks/RESULTS.md (between its markers; the rest of the
 file is left as `run.py` wrote it). Takes minutes (the demo alone: about 3 on 2 idle cores).
@@ -72,7 +72,7 @@ def main() -> int:
     size = report.stat().st_size / 1e6
     lines = [START, "## Demo under load", "",
              f"`python benchmarks/demo_under_load.py` (code {_commit()}, {datetime.datetime.now():%Y-%m-%d %H:%M}): "
-             f"`moe-interp demo --threads {args.threads}` on all 312 languages beside {args.load} busy processes "
+             f"`moe-interp demo --threads {args.threads}` on the demo model's 55 languages beside {args.load} busy processes "
              f"on {cpus} CPUs (other jobs of the shared machine ran too: see the load averages).", "",
              "| measure | value |", "|---|---|",
              f"| wall time of the demo | {seconds:.0f} s |",
@@ -81,7 +81,7 @@ def main() -> int:
              f"| load average when the demo started | {' '.join(f'{v:.2f}' for v in loaded)} |",
              f"| load average when it ended | {' '.join(f'{v:.2f}' for v in after)} |",
              f"| report size | {size:.1f} MB |", "",
-             "For scale (issue 16): 176 s on a quiet 2-core machine; 2616 s with other work running and torch's "
+             "For scale (issue 16, the earlier 312-language demo): 176 s on a quiet 2-core machine; 2616 s with other work running and torch's "
              "default of one thread per core; one profile took 1490 s with 2 threads vs 120-290 s with 1 on a busy "
              "machine.", "", "Findings printed by this run:", "", "```", *findings, "```", END]
     text = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
