@@ -80,10 +80,14 @@ class RouterRecord(Intervention):
     (float16) with their row and position (`tr.routing.per_token`).
 
     ```python
-    >>> with mi.trace(model, ["Hello", "Bonjour tout le monde"], mi.RouterRecord()) as tr:
+    >>> import moe_interp as mi
+    >>> model = mi.zoo.tiny_model("qwen3_moe")          # 4 MoE layers, 8 experts, top-2
+    >>> with mi.trace(model, ["Hello", "Bonjour tout le monde"], mi.RouterRecord(per_token=True)) as tr:
     ...     pass
     >>> tr.routing.count.shape            # (groups, moe layers, experts)
-    torch.Size([1, 4, 16])
+    torch.Size([1, 4, 8])
+    >>> tr.routing.tokens.tolist()        # 5 + 21 byte tokens, the left padding not counted
+    [26]
     >>> int(tr.routing.count[0, 0].sum()) == tr.routing.top_k * int(tr.routing.tokens[0])
     True
 
@@ -109,9 +113,17 @@ class ExpertAblate(Intervention):
     group-limited routers such as DeepSeek-V3's); more is a `ValueError` naming the layer.
 
     ```python
-    >>> mi.ExpertAblate({2: [0, 5]})
+    >>> import moe_interp as mi
+    >>> mi.ExpertAblate({2: [5, 0]})
     ExpertAblate(experts=((2, (0, 5)),), mode='reroute')
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
+    >>> profile = mi.profile(model, {"en": ["The cat sat on the mat."], "de": ["Die Katze sass auf der Matte."]},
+    ...                      progress=False)
     >>> ablate = mi.ExpertAblate(profile.exclusive_experts("de"), mode="drop")
+    >>> with mi.trace(model, "Die Katze", ablate, mi.RouterRecord()) as tr:
+    ...     pass
+    >>> tr.output.logits.shape            # (rows, tokens, vocabulary)
+    torch.Size([1, 9, 259])
 
     ```
     """
@@ -154,8 +166,15 @@ class LayerRouteSteer(Intervention):
     experts receive are then unchanged by the steer, only the choice.
 
     ```python
+    >>> import moe_interp as mi
     >>> mi.LayerRouteSteer({1: {3: 1.0}}, scale=50.0, mode="additive")
-    LayerRouteSteer(strengths=((1, ((3, 1.0),)),), scale=50.0, mode='additive')
+    LayerRouteSteer(strengths=((1, ((3, 1.0),)),), scale=50.0, mode='additive', site='logits')
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
+    >>> with mi.trace(model, "Hello", mi.LayerRouteSteer({1: {3: 1.0}}, scale=50.0, mode="additive"),
+    ...               mi.RouterRecord()) as tr:
+    ...     pass
+    >>> tr.routing.count[0, 1, 3].item(), tr.routing.tokens.item()   # every token now uses expert 3
+    (5, 5)
 
     ```
     """
@@ -208,9 +227,18 @@ class RouteSteer(Intervention):
     languages every share must stay below 0.7.
 
     ```python
+    >>> import moe_interp as mi
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
+    >>> profile = mi.profile(model, {"en": ["The cat sat on the mat.", "Hello world"],
+    ...                              "de": ["Die Katze sass auf der Matte.", "Hallo Welt"],
+    ...                              "zh": ["猫坐在垫子上。", "你好世界"]}, progress=False)
     >>> steer = mi.RouteSteer(layers="middle", target="en", stats=profile, languages=("en", "zh"))
+    >>> steer.expert_set(mi.describe(model))           # middle of 4 layers: layer 1
+    ExpertSet({1: [3, 5]}, pairs=2, with strengths)
     >>> with mi.trace(model, "Wie viele Äpfel?", steer, mi.RouterRecord()) as tr:
     ...     pass
+    >>> tr.routing.count.shape
+    torch.Size([1, 4, 8])
 
     ```
     """
@@ -246,6 +274,9 @@ class RouteSteer(Intervention):
         """The shared experts this steer uses on a model described by `spec` (chosen once per `spec`).
 
         ```python
+        >>> import moe_interp as mi
+        >>> model = mi.zoo.tiny_model("qwen3_moe")
+        >>> profile = mi.profile(model, {"en": ["Hello world"], "de": ["Hallo Welt"]}, progress=False)
         >>> steer = mi.RouteSteer(layers="middle", target="en", stats=profile)
         >>> steer.expert_set(mi.describe(model)) is steer.expert_set(mi.describe(model))
         True
@@ -370,6 +401,7 @@ def compile_plan(spec: MoESpec, interventions: Iterable[Intervention], groups: d
     model's `arch._sites.router_sites`, the sites the router view reads.
 
     ```python
+    >>> import moe_interp as mi
     >>> from moe_interp.interventions import compile_plan
     >>> spec = mi.describe(mi.zoo.tiny_model("qwen3_moe"))
     >>> plan = compile_plan(spec, [mi.LayerRouteSteer({2: {1: 0.5}}), mi.RouterRecord()])
@@ -437,7 +469,13 @@ def check_held(plan: Plan, store: dict) -> None:
     this reads the count once, after the trace). Nothing to do without a reroute.
 
     ```python
-    >>> check_held(plan, tracer._mi_store)     # None, or RerouteNotHeld naming the layers
+    >>> import moe_interp as mi, torch
+    >>> from moe_interp.interventions import check_held, compile_plan
+    >>> plan = compile_plan(mi.describe(mi.zoo.tiny_model("qwen3_moe")), [mi.ExpertAblate({1: [3]})])
+    >>> check_held(plan, {"rerouted_used": torch.tensor([0])})   # the kernels' count per rerouted layer
+    >>> check_held(plan, {"rerouted_used": torch.tensor([2])})
+    Traceback (most recent call last):
+    moe_interp.interventions.RerouteNotHeld: ExpertAblate(mode='reroute') did not hold: ablated experts were still selected 2 times in layer 1 (token x top-k slot), ...
 
     ```
     """
@@ -478,6 +516,7 @@ def place(plan: Plan, module: Any) -> Plan:
     move.
 
     ```python
+    >>> import moe_interp as mi
     >>> from moe_interp.interventions import compile_plan, place
     >>> model = mi.zoo.tiny_model("qwen3_moe")
     >>> plan = place(compile_plan(mi.describe(model), [mi.ExpertAblate({1: [3]})]), model._module)
