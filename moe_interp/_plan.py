@@ -57,8 +57,11 @@ class LayerPlan(Record):
 class Plan(Record):
     """A compiled plan: `layers` (`LayerPlan`s, in model order; layers with nothing to do are
     absent), `record` / `per_token` (what `RouterRecord` keeps), `verify` (read every layer's
-    routing on the first forward for `arch.ExpertsCheck`), `num_experts`, `top_k`, and `eos`
-    (the ids that end a generated row, for counting; empty outside `mi.generate`).
+    routing on the first forward for `arch.ExpertsCheck`), `num_experts`, `top_k`, `eos`
+    (the ids that end a generated row, for counting; empty outside `mi.generate`), `exclude`
+    (a long tensor of token ids `RouterRecord` does not count; None: none) and `modalities`
+    (`(name, ids)` per non-text modality: with `RouterRecord(by_modality=True)`, each group
+    splits into text and these; see `_token_kinds`).
 
     ```python
     >>> import moe_interp as mi
@@ -70,5 +73,6 @@ class Plan(Record):
     ```
     """
 
-    __slots__ = _fields = ("layers", "record", "per_token", "verify", "num_experts", "top_k", "eos")
-    _defaults = {"eos": ()}
+    __slots__ = _fields = ("layers", "record", "per_token", "verify", "num_experts", "top_k", "eos", "exclude",
+                           "modalities")
+    _defaults = {"eos": (), "exclude": None, "modalities": ()}

@@ -26,9 +26,10 @@ from ._nnsight_compat import (OutOfOrderError, batch_size, invoke_mediators, med
                               undecorated_generate, worker)
 from ._inputs import check_inputs, check_tokens
 from ._shipping import RESULT_NAME, Collect
+from ._token_kinds import with_token_kinds
 from .arch import describe
 from .arch._verify import pending_check
-from .interventions import Intervention, compile_plan, flatten, place, router_groups
+from .interventions import Intervention, RouterRecord, compile_plan, flatten, place, router_groups
 from .kernels import compact, keep_result, pack, run as run_plan
 from .stats import RoutingStats
 
@@ -110,6 +111,9 @@ class RoutingRun(InterleavingTracer):
             labels = [label or fallback for label, fallback in zip(labels, default)]
             if len(set(labels)) != len(labels):
                 raise ValueError(f"invoke groups must be distinct, got {labels}")
+            if self._mi_plan.modalities:  # RouterRecord(by_modality=True): kernels.token_kinds' group order
+                kinds = ["text"] + [name for name, _ in self._mi_plan.modalities]
+                labels = [f"{label}/{kind}" for label in labels for kind in kinds]
             self._mi_groups = labels
             self._mi_store["groups"] = labels
         return [tuple(m.batch_group) for m in groups]
@@ -294,6 +298,8 @@ def _open(model: Any, args: tuple, fn: Any, generating: bool, kwargs: dict, per_
                         verify=check is not None)
     if generating and plan.record:
         plan = plan._replace(eos=tuple(_eos_ids(model, inputs, kwargs)))
+    if plan.record:
+        plan = with_token_kinds(plan, [i for i in interventions if isinstance(i, RouterRecord)], model)
     keep_output = kwargs.pop("keep_output", None)
     if local:
         plan = place(plan, module)
@@ -344,8 +350,6 @@ def trace(model: Any, *args: Any, **kwargs: Any) -> RoutingTracer:
     lock around the forward; plain `model.trace` blocks are not covered by it).
 
     ```python
-    >>> import moe_interp as mi
-    >>> model = mi.zoo.tiny_model("qwen3_moe")
     >>> with mi.trace(model, ["Hello", "Bonjour tout le monde"], mi.RouterRecord()) as tr:
     ...     logits = model.lm_head.output.save()
     >>> tr.routing.languages, tr.output.logits.shape[0]
@@ -376,8 +380,6 @@ def generate(model: Any, *args: Any, **kwargs: Any) -> RoutingTracer:
     `RouterRecord` on more than one prompt.
 
     ```python
-    >>> import moe_interp as mi
-    >>> model = mi.zoo.tiny_model("qwen3_moe")
     >>> with mi.generate(model, "Once upon", mi.RouterRecord(), max_new_tokens=8, do_sample=False) as gen:
     ...     pass
     >>> len(gen.text), gen.routing.tokens.item() > 8

@@ -92,9 +92,35 @@ class RouterRecord(Intervention):
     True
 
     ```
+
+    `exclude_tokens`: token ids never counted (as padding is not): an iterable of ints, or
+    `"special"` for the tokenizer's special ids (NLLB's language codes among them), resolved
+    when the trace opens. `by_modality=True` (a multimodal model) splits every group by the
+    kind of token: groups `"<group>/text"`, `"<group>/image"`, ... (the image/video/audio
+    placeholder ids of the model's config), so text and image tokens of one caption compare
+    in one `RoutingStats`.
+
+    ```python
+    >>> mi.RouterRecord(exclude_tokens=[2, 1]).exclude_tokens
+    (1, 2)
+    >>> mi.RouterRecord(exclude_tokens="eng_Latn")
+    Traceback (most recent call last):
+    TypeError: RouterRecord exclude_tokens must be token ids (a list of ints) or 'special', got 'eng_Latn'
+
+    ```
     """
 
     per_token: bool = False
+    exclude_tokens: Any = ()
+    by_modality: bool = False
+
+    def __post_init__(self) -> None:
+        if self.exclude_tokens != "special":
+            if isinstance(self.exclude_tokens, (str, int)) or not isinstance(self.exclude_tokens, Iterable):
+                raise TypeError(f"RouterRecord exclude_tokens must be token ids (a list of ints) or 'special', got "
+                                f"{self.exclude_tokens!r}")
+            ids = tuple(sorted({_index(i, "an exclude_tokens id") for i in self.exclude_tokens}))
+            object.__setattr__(self, "exclude_tokens", ids)
 
 
 @dataclasses.dataclass(frozen=True)

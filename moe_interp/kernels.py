@@ -240,6 +240,30 @@ def token_groups(inputs: Any, rows: list, num_tokens: int) -> tuple:
     return group.reshape(-1), position.reshape(-1), row.reshape(-1)
 
 
+def token_kinds(inputs: Any, group: torch.Tensor, exclude: Any, modalities: Sequence) -> torch.Tensor:
+    """`group` (from `token_groups`) with the tokens whose id is in `exclude` marked as
+    padding (`-1`) and, with `modalities` (`(name, ids)` each), every group `g` split into
+    `g * (1 + M) + m`: `m = 0` text, `m = i + 1` for a token id in `modalities[i]`."""
+    if exclude is None and not modalities:
+        return group
+    args, kwargs = inputs
+    ids = kwargs.get("input_ids")
+    if ids is None and args:
+        ids = args[0]
+    if not isinstance(ids, torch.Tensor) or ids.ndim != 2:
+        raise ValueError("RouterRecord(exclude_tokens=..., by_modality=True) tells tokens apart by their ids: "
+                         "call the model with input_ids (not inputs_embeds)")
+    ids = ids[:, ids.shape[1] - group.shape[0] // ids.shape[0]:].reshape(-1).to(group.device)
+    if exclude is not None:
+        group = torch.where(torch.isin(ids, on(exclude, group.device)), -1, group)
+    if modalities:
+        kind = torch.zeros_like(group)
+        for m, (_, members) in enumerate(modalities):
+            kind = torch.where(torch.isin(ids, on(members, group.device)), m + 1, kind)
+        group = torch.where(group >= 0, group * (len(modalities) + 1) + kind, -1)
+    return group
+
+
 def drop_finished(inputs: Any, group: torch.Tensor, row: torch.Tensor, store: dict, eos: Sequence) -> torch.Tensor:
     """`group` with the tokens of finished generation rows marked as padding (`-1`).
 
@@ -375,17 +399,19 @@ def forward_step(root: Any, plan: Any, store: dict, rows: list) -> None:
         if key not in tallies:
             source = inputs[key]
             group, token_position, token_row = token_groups(source, rows, indices.shape[0])
+            group = token_kinds(source, group, plan.exclude, plan.modalities)
             if plan.eos and not entry.once:
                 group = drop_finished(source, group, token_row, store, plan.eos)
+            groups = len(rows) * (1 + len(plan.modalities))
             if "count" not in store:
-                shape = (len(rows), len(plan.layers), num_experts)
+                shape = (groups, len(plan.layers), num_experts)
                 store["count"] = torch.zeros(shape, dtype=torch.long, device=indices.device)
                 store["gate_mass"] = torch.zeros(shape, dtype=torch.float64, device=indices.device)
-                store["tokens"] = torch.zeros(len(rows), dtype=torch.long, device=indices.device)
+                store["tokens"] = torch.zeros(groups, dtype=torch.long, device=indices.device)
             counted = store["tokens"] if key is None else store.setdefault("stack_tokens", {}).setdefault(
                 key, torch.zeros_like(store["tokens"]))
-            counted += on(tally(group, len(rows)), counted.device)
-            tallies[key] = totals_start(group, len(plan.layers), len(rows), num_experts, indices.shape[1],
+            counted += on(tally(group, groups), counted.device)
+            tallies[key] = totals_start(group, len(plan.layers), groups, num_experts, indices.shape[1],
                                         store["count"].device)
         totals_add(tallies[key], position, indices, weights)
         if per_token is not None:

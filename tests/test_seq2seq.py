@@ -154,6 +154,74 @@ def test_stack_labels_survive_save_and_load(tmp_path):
     assert loaded.select(layers="decoder").layers == (5, 7)
 
 
+# --------------------------------------------------------------------- NLLB's language-code tokens
+LANGUAGE_CODES = ("fra_Latn", "deu_Latn", "eng_Latn")
+
+
+@functools.lru_cache(maxsize=None)
+def with_language_codes():
+    """A tiny NLLB-MoE whose tokenizer knows three language codes as special tokens (ids 259-261),
+    with NLLB's layout: source `<code> text </s>`, decoder `</s> <code> text`."""
+    model = mi.zoo.tiny_model("nllb-moe", padding_side="right", vocab_size=mi.zoo.VOCAB_SIZE + len(LANGUAGE_CODES))
+    model.tokenizer.add_special_tokens({"additional_special_tokens": list(LANGUAGE_CODES)})
+    return model
+
+
+def coded_batch(model):
+    return batch(model, ["fra_LatnBonjour le monde</s>", "deu_LatnGuten Tag</s>"],
+                 ["</s>eng_LatnHello world", "</s>eng_LatnGood day"])
+
+
+def _without(inputs, ids, key):
+    """The oracle's mask: the stack's real tokens minus those whose id is in `ids`."""
+    names = {"encoder": ("input_ids", "attention_mask"), "decoder": ("decoder_input_ids", "decoder_attention_mask")}
+    tokens, mask = (inputs[name] for name in names[key])
+    return mask * ~torch.isin(tokens, torch.tensor(ids))
+
+
+@pytest.mark.parametrize("exclude, removed, fewer", [
+    # padding, <s>, </s> and the three codes: per row, source code + </s>, target </s> + code
+    ("special", (0, 1, 2, 259, 260, 261), {"encoder": 4, "decoder": 4}),
+    ((261,), (261,), {"encoder": 0, "decoder": 2}),  # eng_Latn only: the target-language code
+], ids=["special", "one code"])
+def test_language_code_tokens_can_be_left_out_exactly(exclude, removed, fewer):
+    model = with_language_codes()
+    inputs = coded_batch(model)
+    codes = model.tokenizer.convert_tokens_to_ids(list(LANGUAGE_CODES))
+    assert codes == [259, 260, 261] and int(torch.isin(inputs["input_ids"], torch.tensor(codes)).sum()) == 2
+    encoder, decoder = stack_paths(model)
+    masks = {encoder: _without(inputs, removed, "encoder"), decoder: _without(inputs, removed, "decoder")}
+    with experts_received(model, masks) as seen:
+        with mi.trace(model, inputs, mi.RouterRecord(exclude_tokens=exclude)) as tr:
+            pass
+    stats = tr.routing_by_stack
+    assert stats["encoder"].tokens.tolist() == [int(masks[encoder].sum())]
+    assert stats["decoder"].tokens.tolist() == [int(masks[decoder].sum())]
+    recorded = by_layer_path(model, stats)
+    assert set(recorded) == set(seen)
+    for layer, counts in recorded.items():
+        assert torch.equal(counts, seen[layer]), layer
+    kept = record(model, inputs)  # kept by default: every real token, the codes among them
+    for stack in ("encoder", "decoder"):
+        assert int(kept[stack].tokens) - int(stats[stack].tokens) == fewer[stack]
+
+
+def test_language_codes_are_left_out_at_every_generated_step():
+    """`mi.generate` with the target-language code forced as the first decoder token: the
+    decoder counts every step but that one."""
+    model = with_language_codes()
+    prompt = model.tokenizer(["fra_LatnBonjour</s>"], return_tensors="pt")
+    with mi.generate(model, prompt, mi.RouterRecord(exclude_tokens="special"), max_new_tokens=4, min_new_tokens=4,
+                     forced_bos_token_id=261, do_sample=False) as gen:
+        pass
+    assert gen.output[0, :2].tolist() == [2, 261]  # the decoder start (</s>), then the forced code
+    stats = gen.routing_by_stack
+    assert stats["encoder"].tokens.tolist() == [prompt["input_ids"].shape[1] - 2]  # fra_Latn and </s> left out
+    # the steps feed </s>, eng_Latn, then two generated tokens (special ones would be left out too)
+    fed = gen.output[0, :-1]
+    assert stats["decoder"].tokens.tolist() == [int((~torch.isin(fed, torch.tensor([0, 1, 2, 259, 260, 261]))).sum())]
+
+
 # ------------------------------------------------------------------------ Switch: expert capacity
 def _switch_choice(model, inputs, layer_path):
     """Per token, the expert Switch's router picks (argmax of its own linear map of the hidden
