@@ -3,12 +3,16 @@
 `mi.wrap` and `mi.load` attach it to the model they build. Inside a plain nnsight trace:
 
 ```python
-with model.trace("The capital of France is"):
-    r = model.moe[0].router              # the first MoE layer (model.moe.layers: their indices)
-    z = r.logits.save()                  # [tokens, experts] raw router logits, before selection
-    s = r.scores.save()                  # [tokens, experts] what the top-k ranks
-    idx = r.indices.save()               # [tokens, top_k] experts the layer used
-    w = r.weights.save()                 # [tokens, top_k] weights the experts received
+>>> import moe_interp as mi
+>>> model = mi.zoo.tiny_model("qwen3_moe")     # 8 experts, top-2; one byte a token
+>>> with model.trace("The capital of France is"):
+...     r = model.moe[0].router              # the first MoE layer (model.moe.layers: their indices)
+...     z = r.logits.save()                  # [tokens, experts] raw router logits, before selection
+...     s = r.scores.save()                  # [tokens, experts] what the top-k ranks
+...     idx = r.indices.save()               # [tokens, top_k] experts the layer used
+...     w = r.weights.save()                 # [tokens, top_k] weights the experts received
+>>> tuple(z.shape), tuple(s.shape), tuple(idx.shape), tuple(w.shape)
+((24, 8), (24, 8), (24, 2), (24, 2))
 
 ```
 
@@ -49,9 +53,14 @@ class RouterAccessError(ValueError):
     `indices`/`weights` to assign. The message names the layer and what to use instead.
 
     ```python
-    >>> with model.trace("Hello"):                 # DeepSeek-V4, layer 0 hash-routed
+    >>> import moe_interp as mi
+    >>> model = mi.zoo.tiny_model("deepseek_v4")
+    >>> mi.describe(model).routing_kinds          # layers 0-2 hash-routed
+    ('hash', 'hash', 'hash', 'topk')
+    >>> with model.trace("Hello"):
     ...     model.moe[0].router.logits[:, 1] += 5.0
-    RouterAccessError: layer 0 routes by a token-id table (hash routing): ...
+    Traceback (most recent call last):
+    moe_interp._router_view.RouterAccessError: layer 0 selects its experts by a token-id table (hash routing), not by ranking scores: ... use a learned layer: model.moe.at(layer) for layer in [3]
 
     ```
     """
@@ -159,6 +168,8 @@ class Router:
     scores, then indices and weights; Qwen2-MoE runs its shared expert before its router.
 
     ```python
+    >>> import moe_interp as mi
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
     >>> with model.trace("Hello world"):
     ...     r = model.moe[0].router
     ...     r.logits[:, 5] += 1e3                       # before selection: every token picks expert 5
@@ -275,9 +286,12 @@ class MoELayer:
     family has none), `block` (the envoy of the whole MoE block).
 
     ```python
-    >>> layer = model.moe[0]
+    >>> import moe_interp as mi
+    >>> layer = mi.zoo.tiny_model("qwen3_moe").moe[0]
     >>> layer.layer, layer.router.kind, layer.shared_experts is None
     (0, 'topk', True)
+    >>> layer
+    MoELayer(layer=0, router=model.model.layers.0.mlp.gate, shared_experts=None)
 
     ```
     """
@@ -298,6 +312,7 @@ class MoELayers(Sequence):
     their model layer indices, `at(layer)` looks one up by model layer index.
 
     ```python
+    >>> import moe_interp as mi
     >>> model = mi.zoo.tiny_model("deepseek_v3")      # layer 0 is dense
     >>> model.moe.layers, len(model.moe)
     ((1, 2, 3), 3)

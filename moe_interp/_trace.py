@@ -350,6 +350,8 @@ def trace(model: Any, *args: Any, **kwargs: Any) -> RoutingTracer:
     lock around the forward; plain `model.trace` blocks are not covered by it).
 
     ```python
+    >>> import moe_interp as mi
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
     >>> with mi.trace(model, ["Hello", "Bonjour tout le monde"], mi.RouterRecord()) as tr:
     ...     logits = model.lm_head.output.save()
     >>> tr.routing.languages, tr.output.logits.shape[0]
@@ -380,6 +382,8 @@ def generate(model: Any, *args: Any, **kwargs: Any) -> RoutingTracer:
     `RouterRecord` on more than one prompt.
 
     ```python
+    >>> import moe_interp as mi
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
     >>> with mi.generate(model, "Once upon", mi.RouterRecord(), max_new_tokens=8, do_sample=False) as gen:
     ...     pass
     >>> len(gen.text), gen.routing.tokens.item() > 8

@@ -23,12 +23,17 @@ def wrap(hf_model: Any, tokenizer: Any = None, **kwargs: Any) -> TransformersMod
     Remote execution needs a model from `mi.load` instead.
 
     ```python
-    >>> hf = AutoModelForCausalLM.from_config(config)
-    >>> model = mi.wrap(hf, tokenizer)
+    >>> import moe_interp as mi
+    >>> from transformers import AutoModelForCausalLM
+    >>> hf = AutoModelForCausalLM.from_config(mi.zoo.tiny_config("qwen3_moe"))
+    >>> model = mi.wrap(hf, mi.zoo.byte_tokenizer())
     >>> mi.describe(model).arch
     'qwen3_moe'
     >>> with model.trace("Hello"):
-    ...     chosen = model.moe[0].router.indices.save()   # [tokens, top_k]
+    ...     chosen = model.moe[0].router.indices.save()
+    >>> chosen.shape                                      # [tokens, top_k]: 5 bytes, top-2
+    torch.Size([5, 2])
+
     ```
     """
     if isinstance(hf_model, (str, os.PathLike)):
@@ -59,12 +64,19 @@ def load(name_or_path: Any, *, dispatch: bool = True, **kwargs: Any) -> Transfor
     `dispatch=False` builds it on the meta device without weights (enough for
     `remote=True` on NDIF, which needs a hub id; a local directory can run
     `remote="local"` only); other keyword arguments go to `from_pretrained`
-    (`dtype=`, `device_map=`, `experts_implementation=`, ...).
+    (`dtype=`, `device_map=`, `experts_implementation=`, ...). A hub id loads the same
+    way as a directory, e.g. `mi.load("allenai/OLMoE-1B-7B-0924", dtype=torch.bfloat16,
+    device_map="auto")` (64 experts; needs the hub).
 
     ```python
-    >>> model = mi.load("allenai/OLMoE-1B-7B-0924", dtype=torch.bfloat16, device_map="auto")
-    >>> mi.describe(model).num_experts
-    64
+    >>> import moe_interp as mi, torch
+    >>> model = mi.load(mi.zoo.DEMO_MODEL_DIR, dtype=torch.float32)   # a local directory
+    >>> mi.describe(model).arch, mi.describe(model).num_experts
+    ('qwen3_moe', 16)
+    >>> empty = mi.load(mi.zoo.DEMO_MODEL_DIR, dispatch=False)         # no weights read
+    >>> empty._module.lm_head.weight.device
+    device(type='meta')
+
     ```
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
