@@ -20,11 +20,14 @@ class UnsupportedModelError(TypeError):
     the list of what was searched for and how to register an adapter.
 
     ```python
-    >>> dense = AutoModelForCausalLM.from_config(LlamaConfig(num_hidden_layers=2, ...))
+    >>> import moe_interp as mi
+    >>> from transformers import AutoModelForCausalLM, LlamaConfig
+    >>> dense = AutoModelForCausalLM.from_config(LlamaConfig(
+    ...     vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+    ...     num_attention_heads=2, num_key_value_heads=1))
     >>> mi.describe(dense)
     Traceback (most recent call last):
-    moe_interp.arch._adapter.UnsupportedModelError: LlamaForCausalLM (model_type='llama') has no MoE
-    router that moe_interp can find. Searched for: ... register an adapter: mi.register_adapter(...)
+    moe_interp.arch._adapter.UnsupportedModelError: LlamaForCausalLM (model_type='llama') has no MoE router that moe_interp can find. Searched for: ... If it is an MoE model, register an adapter: mi.register_adapter(...)...
 
     ```
     """
@@ -74,10 +77,14 @@ class RouterAdapter:
 
     ```python
     >>> import moe_interp as mi
-    >>> mi.register_adapter(mi.RouterAdapter(
+    >>> adapter = mi.RouterAdapter(
     ...     name="my_moe", model_types=("my_moe",), router_class="MyRouter",
     ...     logits="F_linear_0", readout="router", weights_index=1, indices_index=2,
-    ...     top_k=2, selection="softmax, top-k"))
+    ...     top_k=2, selection="softmax, top-k")
+    >>> adapter.readout, adapter.choice          # choice None: detected when a model is described
+    ('router', None)
+    >>> mi.describe(mi.zoo.tiny_model("gpt_oss")).family   # a built-in adapter (arch._families)
+    'gpt_oss'
 
     ```
     """
@@ -107,9 +114,12 @@ def register_adapter(adapter: RouterAdapter) -> RouterAdapter:
     **Example:**
 
     ```python
-    >>> mi.register_adapter(mi.RouterAdapter(name="dbrx", model_types=("dbrx",),
-    ...                                      logits="output", readout="experts"))
-    RouterAdapter(name='dbrx', ...)
+    >>> import moe_interp as mi
+    >>> mi.register_adapter(mi.RouterAdapter(name="my_moe", model_types=("my_moe",),
+    ...                                      router_class="MyRouter", logits="output", readout="experts"))
+    RouterAdapter(name='my_moe', model_types=('my_moe',), router_class='MyRouter', logits='output', ...)
+    >>> mi.arch.registered_adapters()["class:MyRouter"].name
+    'my_moe'
 
     ```
     """

@@ -58,9 +58,12 @@ class MoESpec:
     **Example:**
 
     ```python
-    >>> spec = mi.describe(model)
+    >>> import moe_interp as mi
+    >>> spec = mi.describe(mi.zoo.tiny_model("qwen3_moe"))
     >>> spec.moe_layers, spec.num_experts, spec.top_k
-    ((0, 1, 2, 3), 16, 2)
+    ((0, 1, 2, 3), 8, 2)
+    >>> spec.routers[0], spec.logits, spec.select
+    ('model.layers.0.mlp.gate', 'router_logits_0', 'torch_topk_0.input')
     >>> spec.band("middle")
     (1, 2)
     >>> mi.describe(mi.zoo.tiny_model("deepseek_v4")).routing_kinds   # hash layers first
@@ -103,6 +106,10 @@ class MoESpec:
         width 5 on 48 layers: 0-4, 22-26, 43-47).
 
         ```python
+        >>> import moe_interp as mi
+        >>> spec = mi.describe(mi.zoo.tiny_model("qwen3_moe"))   # MoE layers 0-3
+        >>> spec.band("early"), spec.band("late")
+        ((0,), (3,))
         >>> spec.band("middle", width=1)
         (2,)
 
@@ -122,8 +129,12 @@ class MoESpec:
         inside it are skipped).
 
         ```python
+        >>> import moe_interp as mi
+        >>> spec = mi.describe(mi.zoo.tiny_model("qwen3_moe"))   # MoE layers 0-3
         >>> spec.select_layers(range(1, 3)), spec.select_layers(slice(None, 2))
         ((1, 2), (0, 1))
+        >>> spec.select_layers("middle"), spec.select_layers(3), spec.select_layers("all")
+        ((1, 2), (3,), (0, 1, 2, 3))
 
         ```
         """
@@ -150,7 +161,9 @@ class MoESpec:
         """How MoE layer `layer` selects its experts: `"topk"` or `"hash"` (see the fields).
 
         ```python
-        >>> spec.routing_kind(0), spec.routing_kind(3)      # DeepSeek-V4
+        >>> import moe_interp as mi
+        >>> spec = mi.describe(mi.zoo.tiny_model("deepseek_v4"))
+        >>> spec.routing_kind(0), spec.routing_kind(3)      # token-id table, then learned
         ('hash', 'topk')
 
         ```
@@ -189,9 +202,13 @@ def describe(model: Any) -> MoESpec:
     Works on a model from `mi.wrap`/`mi.load`, or on a plain Hugging Face model.
 
     ```python
+    >>> import moe_interp as mi
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
     >>> spec = mi.describe(model)
     >>> spec.arch, spec.family, spec.readout
     ('qwen3_moe', 'auto', 'experts')
+    >>> mi.describe(model._module) is spec               # the plain HF model: the same, cached
+    True
 
     ```
 
