@@ -69,11 +69,17 @@ def load(name_or_path: Any, *, dispatch: bool = True, **kwargs: Any) -> Transfor
     device_map="auto")` (64 experts; needs the hub).
 
     ```python
-    >>> import moe_interp as mi, torch
-    >>> model = mi.load(mi.zoo.DEMO_MODEL_DIR, dtype=torch.float32)   # a local directory
+    >>> import moe_interp as mi, tempfile, torch
+    >>> tiny = mi.zoo.tiny_model("qwen3_moe")
+    >>> with tempfile.TemporaryDirectory() as directory:                # a local directory
+    ...     tiny._module.save_pretrained(directory)
+    ...     _ = tiny.tokenizer.save_pretrained(directory)
+    ...     model = mi.load(directory, dtype=torch.float32)
+    ...     empty = mi.load(directory, dispatch=False)                  # no weights read
     >>> mi.describe(model).arch, mi.describe(model).num_experts
-    ('qwen3_moe', 16)
-    >>> empty = mi.load(mi.zoo.DEMO_MODEL_DIR, dispatch=False)         # no weights read
+    ('qwen3_moe', 8)
+    >>> torch.equal(model._module.lm_head.weight, tiny._module.lm_head.weight)
+    True
     >>> empty._module.lm_head.weight.device
     device(type='meta')
 
