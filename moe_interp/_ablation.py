@@ -164,18 +164,6 @@ class AblationResult:
                          **_summary(effects, pairs, self.replicates, self.level, self.seed + index)})
         return pd.DataFrame(rows)
 
-    def own_vs_other(self) -> dict[str, tuple[float, float]]:
-        """Point estimates only (no interval; see `verdicts`): per evaluation language that is
-        also a target, (mean delta when its own exclusive experts are ablated, mean delta when
-        other targets' experts are)."""
-        out = {}
-        for i, lang in enumerate(self.eval_languages):
-            own = [j for j, (t, _) in enumerate(self.conditions) if t == lang]
-            other = [j for j, (t, _) in enumerate(self.conditions) if t != lang]
-            if own and other:
-                out[lang] = (float(self.delta[i, own].mean()), float(self.delta[i, other].mean()))
-        return out
-
     def summary(self) -> str:
         """Per ablated language: the effect on itself, on the other languages and of random
         same-size sets, with intervals, and the verdict they support."""

@@ -107,6 +107,7 @@ def close_matches(code: str, available: list[str]) -> list[str]:
     ```python
     >>> close_matches("en", ["deu", "eng", "fra", "ven"]), close_matches("ger", ["deu", "eng", "gle"])
     (['eng'], ['deu'])
+
     ```
     """
     from moe_interp import languages
@@ -342,9 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `moe-interp`.
 
     ```python
+    >>> import os, tempfile
     >>> from moe_interp.cli import main
-    >>> main(["report", "qwen3.routing", "--out", "report.html"])
+    >>> out = os.path.join(tempfile.mkdtemp(), "tiny.routing")
+    >>> main(["profile", "--model", "tiny:qwen3_moe", "--languages", "eng,deu", "--out", out])
+    wrote .../tiny.routing: RoutingStats(languages=[eng, deu], layers=4, experts=8, top_k=2, tokens=...)
     0
+
     ```
     """
     from moe_interp.demo import set_threads

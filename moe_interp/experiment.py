@@ -10,12 +10,5 @@ The code lives in private modules (`_grid`, `_ablation`, `_steering`); these are
 from ._ablation import AblationResult, ablation_grid
 from ._grid import Experiment
 from ._steering import SteeringResult, steering_eval
-from .analysis._evidence import paired_interval
 
 __all__ = ["AblationResult", "Experiment", "SteeringResult", "ablation_grid", "steering_eval"]
-
-
-def _paired_bootstrap(diff, samples: int, seed: int) -> tuple[float, float, float]:
-    """`(low, high, p)` of `paired_interval`: what `moe_interp.demo` used before it moved to it."""
-    result = paired_interval(diff, samples, seed=seed)
-    return result.low, result.high, result.p_value

@@ -212,3 +212,55 @@ def test_threads_follow_the_environment_or_the_flag(monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(torch_threads)
+
+
+# -- every verdict carries its evidence; select on train, evaluate held out (issue 13) ---------
+
+def _short_corpus(monkeypatch):
+    import moe_interp.cli as cli
+
+    full = cli._corpus  # the defaults as they are; fewer, shorter texts, for time
+    monkeypatch.setattr(cli, "_corpus", lambda *a: {l: [t[:120] for t in texts[:4]] for l, texts in full(*a).items()})
+
+
+def test_ablate_after_a_default_profile_prints_intervals_controls_and_verdicts(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _short_corpus(monkeypatch)
+    assert main(["profile", "--model", "tiny:qwen3_moe", "--languages", "eng,deu,fra", "--out", "p.routing"]) == 0
+    capsys.readouterr()
+    assert main(["ablate", "--model", "tiny:qwen3_moe", "--stats", "p.routing", "--eval-languages", "eng,deu,fra",
+                 "--target-languages", "eng,deu", "--k", "4", "--controls", "2", "--replicates", "200"]) == 0
+    out = capsys.readouterr()
+    lines = out.out.strip().splitlines()
+    assert "2 random same-size expert sets" in lines[0] and len(lines) == 3
+    for line, lang in zip(lines[1:], ("eng", "deu")):
+        assert line.startswith(f"{lang} (") and "random sets" in line and "own - random" in line and "[" in line
+        assert line.endswith(("language-specific", "not specific", "no effect"))
+    assert "held-out split" in out.err
+
+
+def test_ablate_on_the_texts_the_stats_were_profiled_on_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _short_corpus(monkeypatch)
+    assert main(["profile", "--model", "tiny:qwen3_moe", "--languages", "eng,deu", "--split", "heldout",
+                 "--out", "p.routing"]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["ablate", "--model", "tiny:qwen3_moe", "--stats", "p.routing", "--eval-languages", "eng,deu",
+              "--target-languages", "deu", "--k", "4"])
+    assert exit_.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]  # after the line saying what runs
+    assert line.startswith("moe-interp: error: the statistics were profiled on the same eng, deu texts")
+    assert "split='train'" in line
+    assert not (tmp_path / "ablation.jsonl").exists()
+
+
+def test_steer_prints_the_dose_response_next_to_the_outcome(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _short_corpus(monkeypatch)
+    assert main(["profile", "--model", "tiny:qwen3_moe", "--languages", "eng,deu", "--out", "p.routing"]) == 0
+    assert main(["steer", "--model", "tiny:qwen3_moe", "--stats", "p.routing", "--languages", "deu", "--scales",
+                 "0,2", "--k", "4", "--replicates", "200"]) == 0
+    text = capsys.readouterr().out
+    assert "dose-response on the test split" in text and "scale 0.0: 0.0% of top-k sets changed" in text
+    assert "no effect: routing did not move" in text and "scale 2.0:" in text
