@@ -32,7 +32,24 @@ _HOW = ("register an adapter for this model type to vouch for the routing yourse
 
 def pending_check(spec: Any, module: torch.nn.Module) -> "ExpertsCheck | None":
     """The check the next trace of `module` must carry, or `None` once it passed (or for a
-    registered adapter). A model that failed it raises its `UnsupportedModelError` again."""
+    registered adapter). A model that failed it raises its `UnsupportedModelError` again.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.arch._verify import pending_check
+    >>> model = mi.zoo.tiny_model("qwen3_moe")         # auto-detected: checked on its first trace
+    >>> type(pending_check(mi.describe(model), model._module)).__name__
+    'ExpertsCheck'
+    >>> with mi.trace(model, "Hello", mi.RouterRecord()):
+    ...     pass
+    >>> pending_check(mi.describe(model), model._module) is None
+    True
+    >>> phi = mi.zoo.tiny_model("phimoe")              # a registered adapter vouches for it
+    >>> pending_check(mi.describe(phi), phi._module) is None
+    True
+
+    ```
+    """
     if spec.family != "auto":
         return None
     verdict = _VERDICTS.get(module)
@@ -90,10 +107,24 @@ class ExpertsCheck:
     """Hooks for one trace's first forward (`with check:`), then `compare(readout)`.
 
     ```python
-    >>> check = pending_check(mi.describe(model), model._module)   # None once verified
+    >>> import moe_interp as mi, torch
+    >>> from moe_interp.arch._verify import pending_check
+    >>> model = mi.zoo.tiny_model("qwen3_moe")         # auto-detected, never traced
+    >>> spec = mi.describe(model)
+    >>> check = pending_check(spec, model._module)
+    >>> with check:                                    # a trace's first forward runs here
+    ...     out = model._module(torch.tensor([[5, 6, 7]]), output_router_logits=True)
+    >>> chosen = [logits.topk(spec.top_k).indices for logits in out.router_logits]
+    >>> check.compare(list(zip(spec.moe_layers, chosen)))    # what the experts received
+    >>> pending_check(spec, model._module) is None     # verified: later traces carry no check
+    True
+    >>> other = mi.zoo.tiny_model("qwen3_moe")
+    >>> check = pending_check(spec, other._module)
     >>> with check:
-    ...     ...                                    # the trace's forward runs here
-    >>> check.compare([(layer, indices), ...])     # the kernel's readout of that forward
+    ...     out = other._module(torch.tensor([[5, 6, 7]]))
+    >>> check.compare([(layer, torch.zeros(3, 2, dtype=torch.long)) for layer in spec.moe_layers])
+    Traceback (most recent call last):
+    moe_interp.arch._adapter.UnsupportedModelError: qwen3_moe (auto-detected): layer 0: the experts moe_interp reads as selected differ from those the experts module received; ...
 
     ```
     """
