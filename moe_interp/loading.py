@@ -50,6 +50,9 @@ def wrap(hf_model: Any, tokenizer: Any = None, **kwargs: Any) -> TransformersMod
     level = quiet.level
     if getattr(hf_model.config, "is_encoder_decoder", False):
         quiet.setLevel(logging.CRITICAL)
+    if hasattr(tokenizer, "tokenizer"):  # a multimodal model's processor: nnsight keeps both
+        kwargs.setdefault("processor", tokenizer)
+        tokenizer = tokenizer.tokenizer
     try:
         model = TransformersModel(hf_model, tokenizer=tokenizer, **kwargs)
     finally:

@@ -90,7 +90,8 @@ def _byte_chars() -> list[str]:
 def tiny_config(model_type: str, **overrides: Any) -> Any:
     """A tiny config (hidden 32, 4 layers, 8 experts, top-2) of a transformers MoE type.
 
-    `overrides` are config attributes. The number of routed experts is one setting whatever
+    `overrides` are config attributes (a dict for a sub-config, e.g. `text_config={"vocab_size":
+    300}`, changes only those of its attributes). The number of routed experts is one setting whatever
     the family calls it: `num_experts`, `num_local_experts`, `n_routed_experts` and
     `moe_num_experts` (also inside nested configs such as DBRX's `ffn_config`) all set every
     one of those the config has; a type that has none raises `ValueError`.
@@ -108,7 +109,9 @@ def tiny_config(model_type: str, **overrides: Any) -> Any:
     base = AutoConfig.for_model(model_type)
     values = _small(base)
     experts = {name: overrides.pop(name) for name in _EXPERT_COUNT_NAMES if name in overrides}
-    values.update(overrides)
+    # a dict for a sub-config (text_config={...}) changes those attributes of its tiny values
+    values.update({k: {**values[k], **v} if isinstance(v, dict) and isinstance(values.get(k), dict) else v
+                   for k, v in overrides.items()})
     if experts:
         _set_expert_count(model_type, base, values, experts)
     return AutoConfig.for_model(model_type, **values)
@@ -199,8 +202,11 @@ def model_class(model_type: str) -> Any:
 
 
 def tiny_model(model_type: str = "qwen3_moe", seed: int = 0, padding_side: str = "left",
-               router_std: float = 0.5, **overrides: Any) -> Any:
+               router_std: float = 0.5, tokenizer: Any = None, **overrides: Any) -> Any:
     """A wrapped random tiny MoE model with a byte tokenizer; routers re-drawn so tokens differ.
+
+    `tokenizer`: what `mi.wrap` gets instead of the byte tokenizer (e.g. a multimodal
+    model's processor; `padding_side` is then its own).
 
     `from_config` zero-initialises several routers (every token would route alike); their
     parameters (weights, biases, DeepSeek-V3's correction bias) are redrawn from
@@ -230,7 +236,7 @@ def tiny_model(model_type: str = "qwen3_moe", seed: int = 0, padding_side: str =
             for name, buffer in hf.get_submodule(path).named_buffers():
                 if "bias" in name:
                     buffer.copy_(torch.randn(buffer.shape, generator=generator) * router_std)
-    return wrap(hf, byte_tokenizer(padding_side))
+    return wrap(hf, byte_tokenizer(padding_side) if tokenizer is None else tokenizer)
 
 
 # ------------------------------------------------------------------------------------ demo model

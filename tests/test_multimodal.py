@@ -1,4 +1,4 @@
-"""Multimodal MoE models (issue 18): the language model of Qwen3-VL-MoE, on text tokens.
+"""Multimodal MoE models (issue 18): the language model of Qwen3-VL-MoE, on text and image tokens.
 
 Oracles: `conftest.experts_received` (torch hooks on the experts' own arguments) and the
 router's maths written out here (softmax over `hidden @ W.T`, top-k, with the edit applied
@@ -6,6 +6,7 @@ to the logits) on the hidden states the router received (captured by a hook).
 """
 
 import functools
+import re
 
 import pytest
 import torch
@@ -73,3 +74,121 @@ def test_interventions_on_the_language_model_match_hand_written_router_maths(int
         pass
     assert not torch.equal(plain.routing.count[0, 2], expected)  # the edit changed the routing
     assert torch.equal(plain.routing.count[0, :2], tr.routing.count[0, :2])  # layers before it did not move
+
+
+# ------------------------------------------------------------------------- images, by modality
+SPECIAL = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+IMAGE = "<|image_pad|>"
+
+
+class TinyProcessor:
+    """Qwen3-VL's processor contract, written out offline (no hub, no PIL): each `IMAGE` in a
+    text becomes one placeholder token per merged patch (grid h * w / merge**2), an image
+    `[3, H, W]` becomes its patches `[h * w, 3 * T * P * P]` in Qwen2-VL's order (`T`
+    copies of the frame), with `image_grid_thw` and `mm_token_type_ids` (1 on image tokens)."""
+
+    def __init__(self, tokenizer, patch=8, merge=2, temporal=2):
+        self.tokenizer, self.patch, self.merge, self.temporal = tokenizer, patch, merge, temporal
+
+    def _patches(self, image):
+        p, m, t = self.patch, self.merge, self.temporal
+        c, h, w = image.shape
+        gh, gw = h // p, w // p
+        frames = image[None].expand(t, c, h, w).reshape(1, t, c, gh // m, m, p, gw // m, m, p)
+        return frames.permute(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(gh * gw, c * t * p * p), [1, gh, gw]
+
+    def __call__(self, text, images=()):
+        patches, grids = zip(*map(self._patches, images)) if images else ((), ())
+        sizes = iter(h * w // self.merge**2 for _, h, w in grids)
+        text = [re.sub(re.escape(IMAGE), lambda _: IMAGE * next(sizes), t) for t in text]
+        enc = dict(self.tokenizer(text, return_tensors="pt", padding=True))
+        enc["mm_token_type_ids"] = (enc["input_ids"] == self.tokenizer.convert_tokens_to_ids(IMAGE)).long()
+        if images:
+            enc["pixel_values"], enc["image_grid_thw"] = torch.cat(patches), torch.tensor(grids)
+        return enc
+
+
+@functools.lru_cache(maxsize=None)
+def with_images():
+    """The tiny model, wrapped with its processor: the byte tokenizer plus Qwen-VL's four vision
+    tokens (ids 259-262), the config's placeholder ids set to them."""
+    tokenizer = mi.zoo.byte_tokenizer("left")
+    tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL)})
+    ids = dict(zip(SPECIAL, tokenizer.convert_tokens_to_ids(list(SPECIAL))))
+    return mi.zoo.tiny_model(ARCH, tokenizer=TinyProcessor(tokenizer), text_config={"vocab_size": len(tokenizer)},
+                             vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+                             image_token_id=ids[IMAGE], video_token_id=ids["<|video_pad|>"])
+
+
+CAPTIONS = ["<|vision_start|><|image_pad|><|vision_end|>A cat", "<|vision_start|><|image_pad|><|vision_end|>Un chat"
+            " sur le toit"]
+
+
+def images():
+    generator = torch.Generator().manual_seed(0)
+    return [torch.rand(3, 32, 32, generator=generator), torch.rand(3, 32, 48, generator=generator)]
+
+
+def test_wrap_takes_the_models_processor():
+    model = with_images()
+    assert isinstance(model.processor, TinyProcessor) and model.tokenizer is model.processor.tokenizer
+    enc = model.processor(CAPTIONS, images())
+    # 32x32 and 32x48 pixels: 4x4 and 4x6 patches of 8, merged 2x2 -> 4 and 6 image tokens
+    assert (enc["input_ids"] == 261).sum(1).tolist() == [4, 6] and enc["pixel_values"].shape == (16 + 24, 384)
+
+
+def test_image_and_text_tokens_are_counted_apart_exactly():
+    model = with_images()
+    enc = model.processor(CAPTIONS, images())
+    real, image = enc["attention_mask"].bool(), enc["input_ids"] == 261
+    with experts_received(model, real & image) as on_images, torch.no_grad():
+        model._module(**enc)
+    with experts_received(model, real & ~image) as on_text:
+        with mi.trace(model, enc, mi.RouterRecord(by_modality=True)) as tr:
+            pass
+    stats = tr.routing
+    assert stats.languages == ("default/text", "default/image", "default/video")
+    assert stats.tokens.tolist() == [int((real & ~image).sum()), 4 + 6, 0]
+    for position, layer in enumerate(stats.layers):
+        assert torch.equal(stats.count[0, position], on_text[layer]), layer
+        assert torch.equal(stats.count[1, position], on_images[layer]), layer
+    assert int(stats.count[2].sum()) == 0
+    with mi.trace(model, enc, mi.RouterRecord()) as whole:  # without by_modality: one group, their sum
+        pass
+    assert torch.equal(whole.routing.count[0], stats.count.sum(0))
+
+
+def test_modality_counts_do_not_depend_on_padding():
+    model = with_images()
+    pictures = images()
+
+    def record(texts, imgs):
+        with mi.trace(model, model.processor(texts, imgs), mi.RouterRecord(by_modality=True)) as tr:
+            pass
+        return tr.routing
+
+    together = record(CAPTIONS, pictures)
+    alone = [record([text], [picture]) for text, picture in zip(CAPTIONS, pictures)]
+    assert torch.equal(together.count, alone[0].count + alone[1].count)
+    assert torch.equal(together.tokens, alone[0].tokens + alone[1].tokens)
+
+
+def test_a_captions_language_and_its_image_compare_in_one_stats():
+    """One trace per caption (nnsight does not batch image invokes), merged: groups
+    `"<language>/<modality>"`, each equal to its own trace."""
+    model = with_images()
+    parts = []
+    for language, text, picture in zip(("eng", "fra"), CAPTIONS, images()):
+        with mi.trace(model, mi.RouterRecord(by_modality=True)) as tr:
+            with tr.invoke(model.processor([text], [picture]), group=language):
+                pass
+        parts.append(tr.routing)
+    stats = parts[0].merge(parts[1])
+    assert stats.languages == ("eng/text", "eng/image", "eng/video", "fra/text", "fra/image", "fra/video")
+    assert stats.tokens.tolist()[1::3] == [4, 6]
+    assert torch.equal(stats.select(["fra/image"]).count[0], parts[1].count[1])
+
+
+def test_by_modality_on_a_text_only_model_is_refused():
+    with pytest.raises(ValueError, match="names no placeholder token for image, video, audio"):
+        mi.trace(mi.zoo.tiny_model("qwen3_moe"), "Hello", mi.RouterRecord(by_modality=True))
