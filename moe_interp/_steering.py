@@ -38,7 +38,7 @@ def routing_shift(model: Any, texts: Sequence[str], steer: Any, batch_size: int 
 
     ```python
     >>> import moe_interp as mi
-    >>> from moe_interp._steering import routing_shift
+    >>> from moe_interp.experiment import routing_shift
     >>> model = mi.zoo.tiny_model("qwen3_moe")
     >>> shift = routing_shift(model, ["The cat sat.", "Dogs bark."], mi.LayerRouteSteer({1: {3: 1.0}}, scale=1e4))
     >>> float(shift.set_index("layer").loc[1, "mass_moved"]) > 0.3, float(shift.set_index("layer").loc[0, "changed"])

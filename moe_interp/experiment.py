@@ -9,6 +9,6 @@ The code lives in private modules (`_grid`, `_ablation`, `_steering`); these are
 
 from ._ablation import AblationResult, ablation_grid
 from ._grid import Experiment
-from ._steering import SteeringResult, steering_eval
+from ._steering import SteeringResult, routing_shift, steering_eval
 
-__all__ = ["AblationResult", "Experiment", "SteeringResult", "ablation_grid", "steering_eval"]
+__all__ = ["AblationResult", "Experiment", "SteeringResult", "ablation_grid", "routing_shift", "steering_eval"]
