@@ -20,7 +20,9 @@ def wrap(hf_model: Any, tokenizer: Any = None, **kwargs: Any) -> TransformersMod
     Its routers are found now, so an unsupported model fails here with
     `UnsupportedModelError`; `model.moe` lists its MoE layers, each router's `logits`,
     `scores`, `indices` and `weights` readable and editable in plain nnsight code.
-    Remote execution needs a model from `mi.load` instead.
+    Remote execution needs a model from `mi.load` instead. `tokenizer` may be a multimodal
+    model's processor (anything with a `.tokenizer`): nnsight keeps it as `model.processor`,
+    and `model.tokenizer` is its tokenizer.
 
     ```python
     >>> import moe_interp as mi
