@@ -349,7 +349,20 @@ class MoELayers(Sequence):
 
 
 def attach(model: Any, spec: Any) -> MoELayers:
-    """Build `model.moe` from `spec` (`mi.describe(model)`) and set it on `model`."""
+    """Build `model.moe` from `spec` (`mi.describe(model)`) and set it on `model`.
+
+    `mi.wrap` and `mi.load` call it; attaching again builds a fresh view of the same model.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp._router_view import attach
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
+    >>> view = attach(model, mi.describe(model))
+    >>> view is model.moe, view.layers
+    (True, (0, 1, 2, 3))
+
+    ```
+    """
     sites, no_grad = router_sites(spec)
     entries = []
     learned = tuple(layer for layer, kind in zip(spec.moe_layers, spec.routing_kinds) if kind == "topk")

@@ -149,6 +149,17 @@ class RoutingTracer(RoutingRun):
     After the block: `routing` (a `RoutingStats`, when a `RouterRecord` was given),
     `output` (the model's return value; for `mi.generate`, the token ids), `text`
     (`mi.generate` only: the decoded continuations).
+
+    ```python
+    >>> import moe_interp as mi
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
+    >>> with mi.trace(model, mi.RouterRecord()) as tr:
+    ...     with tr.invoke("Hello", group="en"):
+    ...         pass
+    >>> type(tr).__name__, tr.routing.languages, tr.output.logits.shape
+    ('RoutingTracer', ('en',), torch.Size([1, 5, 259]))
+
+    ```
     """
 
     _CLIENT_ONLY = ("_mi_spec", "_mi_tokenizer", "_mi_routing")

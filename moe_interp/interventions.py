@@ -26,7 +26,25 @@ __all__ = ["Intervention", "RouterRecord", "ExpertAblate", "LayerRouteSteer", "R
 
 
 class Intervention:
-    """Base class of everything `mi.trace` accepts after the inputs."""
+    """Base class of everything `mi.trace` accepts after the inputs.
+
+    `edits(spec)` compiles one onto a described model: `(layer, stage, edit)` per layer it
+    acts on, validated against `spec` (the stage says where: `"logits"`, `"choice"`,
+    `"drop"`).
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.interventions import Intervention
+    >>> spec = mi.describe(mi.zoo.tiny_model("qwen3_moe"))
+    >>> isinstance(mi.ExpertAblate({1: [3]}), Intervention)
+    True
+    >>> [(layer, stage, edit.kind) for layer, stage, edit in mi.ExpertAblate({1: [3]}).edits(spec)]
+    [(1, 'logits', 'reroute')]
+    >>> mi.RouterRecord().edits(spec)                   # records only: no edit
+    []
+
+    ```
+    """
 
     def edits(self, spec: MoESpec) -> list[tuple[int, str, Edit]]:
         """`(layer, stage, edit)` triples this intervention adds; validates against `spec`."""

@@ -143,14 +143,16 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]], *interventions: Any
     are rows like any other there.
 
     ```python
-    >>> corpus = mi.datasets.udhr(["eng", "deu", "fra"], split="heldout")
+    >>> import moe_interp as mi
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
+    >>> corpus = mi.datasets.udhr(["eng", "deu", "fra"], split="heldout")   # bundled, offline
     >>> p = mi.profile(model, corpus, batch_size=8, progress=False)
     >>> p.languages, p.item_count.shape[0] == sum(len(t) for t in corpus.values())
     (('eng', 'deu', 'fra'), True)
     >>> small = mi.zoo.tiny_model("qwen3_moe", max_position_embeddings=16)
     >>> p = mi.profile(small, {"eng": ["x" * 40]}, progress=False)   # windows of 16, 16, 8 tokens
-    >>> p.item_tokens.tolist()
-    [40]
+    >>> p.item_tokens.tolist(), p.count[0, 0].sum().item()   # all 40 tokens, top-2 each
+    ([40], 80)
 
     ```
     """

@@ -135,7 +135,18 @@ def register_adapter(adapter: RouterAdapter) -> RouterAdapter:
 
 
 def registered_adapters() -> dict[str, RouterAdapter]:
-    """The adapter registry: `"type:<model_type>"` / `"class:<RouterClass>"` -> adapter."""
+    """The adapter registry: `"type:<model_type>"` / `"class:<RouterClass>"` -> adapter.
+
+    A copy: changing it changes nothing (use `register_adapter`).
+
+    ```python
+    >>> import moe_interp as mi
+    >>> adapters = mi.arch.registered_adapters()
+    >>> adapters["type:dbrx"].logits, adapters["type:llama4_text"].readout
+    ('output', 'dense')
+
+    ```
+    """
     return dict(_REGISTRY)
 
 

@@ -37,7 +37,19 @@ _TOKENS = 4
 
 @dataclasses.dataclass(frozen=True)
 class Probe:
-    """What one run of a router's forward showed (see the module docstring)."""
+    """What one run of a router's forward showed (see the module docstring).
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.arch._probe import probe_router
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
+    >>> block = model._module.model.layers[0].mlp
+    >>> probe = probe_router(block.gate, block, tuple(model.model.layers[0].mlp.gate.source.names), {8})[0]
+    >>> probe.logits, probe.select, probe.width, probe.makers
+    ('router_logits_0', 'torch_topk_0.input', 8, ('torch_nn_functional_softmax_0', 'router_probs_0'))
+
+    ```
+    """
 
     ran: tuple[str, ...]
     logits: str | None
@@ -141,7 +153,19 @@ def probe_router(router: torch.nn.Module, parent: torch.nn.Module | None, names:
     """Run `router`'s forward once with grad enabled and once without; one `Probe` per run
     that worked (none when the router cannot be run on random inputs). `names` are its
     `.source` op names (their order decides among logits candidates); `routed` the widths
-    a top-k over experts can rank (the router's logit count, the experts module's size)."""
+    a top-k over experts can rank (the router's logit count, the experts module's size).
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.arch._probe import probe_router
+    >>> model = mi.zoo.tiny_model("deepseek_v3")       # group-limited: two top-k ops run
+    >>> block = model._module.model.layers[1].mlp
+    >>> names = tuple(model.model.layers[1].mlp.gate.source.names)
+    >>> [(p.logits, p.select, p.width) for p in probe_router(block.gate, block, names, {8})]
+    [('router_logits_0', 'torch_topk_1.input', 8), ('router_logits_0', 'torch_topk_1.input', 8)]
+
+    ```
+    """
     out = []
     for grad in (True, False):
         log = _run(router, parent, grad)

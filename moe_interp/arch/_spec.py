@@ -188,7 +188,17 @@ _CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, MoESpec]" = weakref.WeakKeyD
 
 
 def hf_module(model: Any) -> torch.nn.Module:
-    """The underlying `torch.nn.Module` of an nnsight model (or the module itself)."""
+    """The underlying `torch.nn.Module` of an nnsight model (or the module itself).
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.arch import hf_module
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
+    >>> type(hf_module(model)).__name__, hf_module(model._module) is model._module
+    ('Qwen3MoeForCausalLM', True)
+
+    ```
+    """
     module = getattr(model, "_module", model)
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"expected a Hugging Face model or an nnsight model wrapping one, got "
