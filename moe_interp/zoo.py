@@ -260,19 +260,22 @@ DEMO_FAMILIES = {
 DEMO_LANGUAGES = tuple(sorted(lang for langs in DEMO_FAMILIES.values() for lang in langs))
 
 _DEMO = dict(
-    hidden_size=128, intermediate_size=256, moe_intermediate_size=128, num_hidden_layers=8,
+    hidden_size=128, intermediate_size=256, moe_intermediate_size=64, num_hidden_layers=8,
     num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=VOCAB_SIZE, max_position_embeddings=1024,
-    num_experts=16, num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
+    num_experts=32, num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
     tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2,
 )
 
 
 def demo_config(**overrides: Any) -> Any:
-    """The demo model's `Qwen3MoeConfig` (hidden 128, 8 MoE layers, 16 experts, top-2, bytes).
+    """The demo model's `Qwen3MoeConfig` (hidden 128, 8 MoE layers, 32 experts, top-2, bytes).
 
     ```python
-    >>> mi.zoo.demo_config().num_experts
-    16
+    >>> import moe_interp as mi
+    >>> config = mi.zoo.demo_config()
+    >>> config.num_experts, config.num_experts_per_tok, config.moe_intermediate_size
+    (32, 2, 64)
+
     ```
     """
     return AutoConfig.for_model("qwen3_moe", **{**_DEMO, **overrides})
@@ -300,11 +303,11 @@ def _checksum(model: torch.nn.Module) -> str:
 def demo_model(trained: bool = True, path: Any = None, padding_side: str = "left", seed: int | None = None) -> Any:
     """The bundled demo MoE (offline), or its random-init twin, wrapped for `moe_interp`.
 
-    A `Qwen3MoeForCausalLM` over bytes (hidden 128, 8 MoE layers of 16 experts, top-2,
-    ~6.7 M parameters) trained by `scripts/train_demo_model.py` on the UDHR train split of
-    312 languages; see `moe_interp/data/demo_model/MODEL_CARD.md` for data, training log,
-    held-out bits/byte and the family-structure numbers. Weights are stored in bfloat16 and
-    loaded as float32.
+    A `Qwen3MoeForCausalLM` over bytes (hidden 128, 8 MoE layers of 32 experts, top-2,
+    ~6.75 M parameters) trained by `scripts/train_demo_model.py` on the UDHR train split of
+    `DEMO_LANGUAGES` (55 languages in six families, English as hub); see
+    `moe_interp/data/demo_model/MODEL_CARD.md` for data, training log, held-out bits/byte and
+    every claim with its controls. Weights are stored in bfloat16 and loaded as float32.
 
     `trained=False` gives the **random-init twin**: the same config built with
     `AutoModelForCausalLM.from_config` under the same seed the training run started from, so
@@ -324,7 +327,7 @@ def demo_model(trained: bool = True, path: Any = None, padding_side: str = "left
     >>> import moe_interp as mi
     >>> model = mi.zoo.demo_model()
     >>> mi.describe(model).moe_layers, mi.describe(model).num_experts
-    ((0, 1, 2, 3, 4, 5, 6, 7), 16)
+    ((0, 1, 2, 3, 4, 5, 6, 7), 32)
     >>> twin = mi.zoo.demo_model(trained=False)          # the baseline
     >>> with mi.trace(model, mi.RouterRecord()) as tr:
     ...     with tr.invoke(["All human beings are born free"], group="eng"): pass
@@ -334,6 +337,7 @@ def demo_model(trained: bool = True, path: Any = None, padding_side: str = "left
     >>> other = mi.zoo.demo_model(trained=False, seed=1)   # a second twin, another init
     >>> bool((other._module.lm_head.weight != twin._module.lm_head.weight).any())
     True
+
     ```
     """
     from .loading import wrap

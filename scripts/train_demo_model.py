@@ -44,9 +44,6 @@ import moe_interp as mi  # noqa: E402
 from moe_interp import zoo  # noqa: E402
 
 OUT = ROOT / "moe_interp" / "data" / "demo_model"
-# 32 experts, top-2, narrow experts: more experts to specialise than the first demo (16) at the same
-# parameter count (~6.75 M, 13.5 MB in bf16) and ~1.4x its speed on one CPU thread.
-ARCH = dict(num_experts=32, num_experts_per_tok=2, moe_intermediate_size=64)
 
 
 def parse_args() -> argparse.Namespace:
@@ -131,7 +128,7 @@ def train(args: argparse.Namespace) -> dict:
     from transformers import AutoModelForCausalLM
 
     torch.use_deterministic_algorithms(True, warn_only=True)
-    config = zoo.demo_config(output_router_logits=True, router_aux_loss_coef=args.aux_coef, **ARCH)
+    config = zoo.demo_config(output_router_logits=True, router_aux_loss_coef=args.aux_coef)
     torch.manual_seed(args.seed)
     model = AutoModelForCausalLM.from_config(config, experts_implementation=zoo.DEMO_EXPERTS_IMPLEMENTATION,
                                              dtype=torch.float32)
@@ -223,7 +220,7 @@ def _run_key(args: argparse.Namespace) -> dict:
     """The settings a checkpoint must share with the run resuming it."""
     keys = ("seed", "steps", "batch_size", "seq_len", "lr", "min_lr_ratio", "warmup", "weight_decay", "aux_coef",
             "hub_share")
-    return {k: getattr(args, k) for k in keys} | {"languages": list(zoo.DEMO_LANGUAGES), "arch": ARCH}
+    return {k: getattr(args, k) for k in keys} | {"languages": list(zoo.DEMO_LANGUAGES)}
 
 
 # ----------------------------------------------------------------------------------------- eval

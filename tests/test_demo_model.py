@@ -26,13 +26,16 @@ def test_loads_offline_with_documented_config(trained):
     hf = trained._module
     cfg = hf.config
     assert type(hf).__name__ == "Qwen3MoeForCausalLM"
-    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_experts, cfg.num_experts_per_tok) == (128, 8, 16, 2)
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_experts, cfg.num_experts_per_tok) == (128, 8, 32, 2)
+    keys = ("hidden_size", "intermediate_size", "moe_intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "head_dim", "num_experts", "num_experts_per_tok", "vocab_size")
+    assert {k: getattr(cfg, k) for k in keys} == {k: getattr(zoo.demo_config(), k) for k in keys}
     assert cfg.vocab_size == zoo.VOCAB_SIZE == 259 and cfg.norm_topk_prob and cfg.tie_word_embeddings
     assert cfg._experts_implementation == zoo.DEMO_EXPERTS_IMPLEMENTATION
     assert all(p.dtype == torch.float32 for p in hf.parameters())
     assert (zoo.DEMO_MODEL_DIR / "model.safetensors").stat().st_size <= 15e6
     spec = mi.describe(trained)
-    assert spec.moe_layers == tuple(range(8)) and spec.num_experts == 16 and spec.top_k == 2
+    assert spec.moe_layers == tuple(range(8)) and spec.num_experts == 32 and spec.top_k == 2
 
 
 def test_forward_shapes_and_routing(trained):
@@ -40,7 +43,7 @@ def test_forward_shapes_and_routing(trained):
         with tr.invoke(["All human beings are born free", "Alle Menschen"], group="x"):
             pass
     stats = tr.routing
-    assert tuple(stats.count.shape) == (1, 8, 16)
+    assert tuple(stats.count.shape) == (1, 8, 32)
     assert int(stats.count[0, 0].sum()) == 2 * int(stats.tokens[0])
 
 
@@ -97,3 +100,20 @@ def test_twins_with_other_seeds_differ_and_default_seed_is_the_training_seed(twi
         zoo.demo_model(seed=1)
     with pytest.raises(ValueError, match="integer >= 0"):
         zoo.demo_model(trained=False, seed=-1)
+
+
+def test_trained_on_the_designed_corpus_with_english_as_hub():
+    """training.json records the corpus the card describes: 55 languages, six families of >= 7,
+    English drawn for a quarter of the sequences, several passes over the train split."""
+    import json
+
+    info = json.loads((zoo.DEMO_MODEL_DIR / "training.json").read_text())
+    assert info["languages"] == len(zoo.DEMO_LANGUAGES) == 55 and info["hub"] == zoo.DEMO_HUB == "eng"
+    assert info["hub_share"] == 0.25
+    assert sorted(len(v) >= 7 for v in zoo.DEMO_FAMILIES.values()) == [True] * 6
+    train_bytes = sum(len(t.encode()) for v in mi.datasets.udhr(list(zoo.DEMO_LANGUAGES), split="train").values()
+                      for t in v)
+    assert info["tokens"] == info["steps"] * info["batch_size"] * info["seq_len"] and info["tokens"] > 5 * train_bytes
+    log = (zoo.DEMO_MODEL_DIR / "training_log.tsv").read_text().splitlines()
+    first, last = (float(line.split("\t")[2]) for line in (log[1], log[-1]))
+    assert last < first - 3 and int(log[-1].split("\t")[0]) == info["steps"]
