@@ -453,9 +453,15 @@ def run(root: Any, plan: Any, store: dict, steps: Any, row_groups: Any, stop: tu
     A generation's open-ended `steps` ends when the model stops producing forwards:
     the interleaver then throws one of `stop` into the request that was never served.
     """
+    # A plan whose only work is the first forward's check must stop asking for steps: its
+    # body would otherwise request nothing and spin through an open-ended generation.
+    every_forward = plan.record or any(entry.logits_edits or entry.choice_edits or entry.select_edits
+                                       or entry.drop or entry.rerouted is not None for entry in plan.layers)
     try:
         for _ in steps:
             forward_step(root, plan, store, row_groups())
+            if not every_forward:
+                break
     except stop:
         if store["forwards"] == 0:
             raise

@@ -84,6 +84,18 @@ def test_generate_without_interventions_equals_hf_greedy():
     assert gen.text == model.tokenizer.batch_decode(expected[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
+def test_first_generate_of_a_fresh_model_from_text_ends_and_equals_hf_greedy():
+    # The first trace of an auto-detected model checks its readout on the first forward only;
+    # a generation with nothing else to do used to spin forever after that forward.
+    model = tiny("qwen3_moe")
+    enc = encode(model, ["Once upon"])
+    with torch.no_grad():
+        expected = model._module.generate(**enc, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0)
+    with mi.generate(model, "Once upon", max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0) as gen:
+        pass
+    assert torch.equal(gen.output, expected)
+
+
 # -- bad input: a typed error before any forward, the model as it was (issue 12, section 4) --
 
 def refused_before_any_forward(model, run, error, message):
