@@ -26,7 +26,17 @@ NEG_LOGIT = -1e9  # the paper's value; clamped to the dtype's range for half pre
 
 
 def resolve(root: Any, path: str) -> Any:
-    """The envoy at a dotted module path (`"model.layers.3.mlp.gate"`) under `root`."""
+    """The envoy at a dotted module path (`"model.layers.3.mlp.gate"`) under `root`.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.kernels import resolve
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
+    >>> resolve(model, "model.layers.3.mlp.gate") is model.model.layers[3].mlp.gate
+    True
+
+    ```
+    """
     envoy = root
     for part in path.split("."):
         envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
@@ -35,7 +45,17 @@ def resolve(root: Any, path: str) -> Any:
 
 def on(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """`tensor` on `device`. Local runs get their plan placed beforehand (a no-op here); on a
-    server the copy is queued without waiting, so the model never stalls for it."""
+    server the copy is queued without waiting, so the model never stalls for it.
+
+    ```python
+    >>> import torch
+    >>> from moe_interp.kernels import on
+    >>> mask = torch.tensor([True, False])
+    >>> on(mask, torch.device("cpu")) is mask            # already there: the same tensor
+    True
+
+    ```
+    """
     if tensor.device == device:
         return tensor
     return tensor.to(device, non_blocking=torch.device(device).type != "cpu")  # a copy to the host must wait
@@ -47,6 +67,19 @@ def edit_scores(z: torch.Tensor, edits: Sequence) -> torch.Tensor:
     A router may make more logits than it routes (Inkling: the routed experts, then a
     shared-expert column): the payloads cover the routed experts, the columns after them
     are left as they are.
+
+    ```python
+    >>> import torch
+    >>> from moe_interp._plan import Edit
+    >>> from moe_interp.kernels import edit_scores
+    >>> z = torch.tensor([[1.0, -2.0, 0.5]])
+    >>> edit_scores(z, [Edit("additive", torch.tensor([0.0, 0.0, 2.0]), 1.0)])   # 0.5 + 2
+    tensor([[ 1.0000, -2.0000,  2.5000]])
+    >>> steer = Edit("relative", torch.tensor([0.0, 1.0, 0.0]), 0.5)              # -2 + 0.5 * 1 * |-2|
+    >>> edit_scores(z, [steer, Edit("reroute", torch.tensor([True, False, False]), 1.0)])
+    tensor([[-1.0000e+09, -1.0000e+00,  5.0000e-01]])
+
+    ```
     """
     for kind, payload, scale in edits:  # Edit values unpack as (kind, payload, scale)
         payload = on(payload, z.device)
@@ -68,7 +101,19 @@ def edit_scores(z: torch.Tensor, edits: Sequence) -> torch.Tensor:
 
 
 def drop_weights(indices: torch.Tensor, weights: torch.Tensor, edits: Sequence) -> torch.Tensor:
-    """Zero the weights of dropped experts among the selected `indices[T, K]`."""
+    """Zero the weights of dropped experts among the selected `indices[T, K]`.
+
+    ```python
+    >>> import torch
+    >>> from moe_interp._plan import Edit
+    >>> from moe_interp.kernels import drop_weights
+    >>> indices, weights = torch.tensor([[0, 2], [1, 2]]), torch.tensor([[0.6, 0.4], [0.7, 0.3]])
+    >>> drop_weights(indices, weights, [Edit("drop", torch.tensor([False, False, True]), 1.0)])
+    tensor([[0.6000, 0.0000],
+            [0.7000, 0.0000]])
+
+    ```
+    """
     for _, mask, _ in edits:  # Edit("drop", mask, _)
         weights = weights.masked_fill(on(mask, indices.device)[indices], 0)
     return weights
@@ -77,7 +122,29 @@ def drop_weights(indices: torch.Tensor, weights: torch.Tensor, edits: Sequence) 
 def location(router: Any, experts: Any, site: Any) -> Any:
     """The nnsight envoy that holds `site` (an `arch._sites.Site`): the router's or the
     experts' module envoy, or a `.source` op under it (ops inside a helper method are
-    drilled in turn). The router view finds its locations here too."""
+    drilled in turn). The router view finds its locations here too.
+
+    `read`, `pick`, `replaced` and `write` then edit the value there, inside a trace:
+
+    ```python
+    >>> import moe_interp as mi, torch
+    >>> from moe_interp._plan import Edit
+    >>> from moe_interp.arch._sites import Site
+    >>> from moe_interp.kernels import edit_scores, location, pick, read, write
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
+    >>> block = model.model.layers[0].mlp
+    >>> site = Site("router", ("router_logits_0",), "output", None)   # the raw logits [T, E]
+    >>> boost = Edit("additive", torch.tensor([0.0] * 7 + [1e3]), 1.0)
+    >>> with model.trace("Hello"):
+    ...     at = location(block.gate, block.experts, site)
+    ...     raw = read(at, site)
+    ...     write(at, site, raw, edit_scores(pick(raw, site), [boost]))
+    ...     chosen = model.moe[0].router.indices.save()
+    >>> bool((chosen == 7).any(-1).all())                # every token now uses expert 7
+    True
+
+    ```
+    """
     envoy = router if site.owner == "router" else experts
     for op in site.ops:
         envoy = getattr(envoy.source, op)
@@ -110,27 +177,74 @@ def _with_element(value: Any, index: Any, new: Any) -> Any:
 
 def read(envoy: Any, site: Any) -> Any:
     """The raw value the model serves at `site`'s end of `envoy` (from `location`): the
-    whole output, or `(args, kwargs)`; `pick` takes the site's value from it."""
+    whole output, or `(args, kwargs)`; `pick` takes the site's value from it. Inside a
+    trace only: see `location` for a worked example.
+
+    ```python
+    >>> from moe_interp.arch._sites import Site
+    >>> from moe_interp.kernels import read
+    >>> class Served:                      # what an envoy serves, outside a trace
+    ...     output, inputs = "out", (("hidden", "indices"), {})
+    >>> read(Served, Site("router", (), "output", None)), read(Served, Site("experts", (), "input", 1))
+    ('out', (('hidden', 'indices'), {}))
+
+    ```
+    """
     return envoy.output if site.end == "output" else envoy.inputs
 
 
 def pick(raw: Any, site: Any) -> Any:
     """The value of `site` in `raw` (what `read` served): an element of the output, or a
-    positional argument."""
+    positional argument.
+
+    ```python
+    >>> from moe_interp.arch._sites import Site
+    >>> from moe_interp.kernels import pick
+    >>> pick(("logits", "weights", "indices"), Site("router", (), "output", 2))
+    'indices'
+    >>> pick((("hidden",), {"top_k_index": "indices"}), Site("experts", (), "input", 1))   # by keyword too
+    'indices'
+
+    ```
+    """
     if site.end == "output":
         return raw if site.index is None else raw[site.index]
     return _argument(raw[0], raw[1], site.index)
 
 
 def replaced(raw: Any, site: Any, new: Any) -> Any:
-    """`raw` (what `read` served) with the value of `site` replaced by `new`."""
+    """`raw` (what `read` served) with the value of `site` replaced by `new`.
+
+    ```python
+    >>> from moe_interp.arch._sites import Site
+    >>> from moe_interp.kernels import replaced
+    >>> replaced(("logits", "weights", "indices"), Site("router", (), "output", 2), "mine")
+    ('logits', 'weights', 'mine')
+    >>> replaced((("hidden",), {"top_k_index": "indices"}), Site("experts", (), "input", 1), "mine")
+    (('hidden',), {'top_k_index': 'mine'})
+
+    ```
+    """
     if site.end == "output":
         return _with_element(raw, site.index, new)
     return _with_argument(raw[0], raw[1], site.index, new)
 
 
 def write(envoy: Any, site: Any, raw: Any, new: Any) -> None:
-    """Swap `new` in at `site` of `envoy`, `raw` being what `read` served there."""
+    """Swap `new` in at `site` of `envoy`, `raw` being what `read` served there.
+    Inside a trace only: see `location` for a worked example.
+
+    ```python
+    >>> from moe_interp.arch._sites import Site
+    >>> from moe_interp.kernels import write
+    >>> class Served:                      # what an envoy serves, outside a trace
+    ...     output = ("logits", "weights", "indices")
+    >>> write(Served, Site("router", (), "output", 1), Served.output, "mine")
+    >>> Served.output
+    ('logits', 'mine', 'indices')
+
+    ```
+    """
     if site.end == "output":
         envoy.output = replaced(raw, site, new)
     else:
@@ -212,6 +326,18 @@ def token_groups(inputs: Any, rows: list, num_tokens: int) -> tuple:
     `rows` is `[(start, size), ...]` per group, in batch order. Tokens are flattened
     `batch * seq` as the router sees them; the current tokens are the last `seq`
     columns of the attention mask (a decoding step sees one new token per row).
+
+    ```python
+    >>> import torch
+    >>> from moe_interp.kernels import token_groups
+    >>> ids, mask = torch.tensor([[0, 5, 6], [7, 8, 9]]), torch.tensor([[0, 1, 1], [1, 1, 1]])
+    >>> group, position, row = token_groups(((ids,), {"attention_mask": mask}), [(0, 1), (1, 1)], 6)
+    >>> group, position                    # row 0's left pad is -1; one group per row here
+    (tensor([-1,  0,  0,  1,  1,  1]), tensor([-1,  0,  1,  0,  1,  2]))
+    >>> row
+    tensor([0, 0, 0, 1, 1, 1])
+
+    ```
     """
     args, kwargs = inputs
     mask = kwargs.get("attention_mask")
@@ -243,7 +369,20 @@ def token_groups(inputs: Any, rows: list, num_tokens: int) -> tuple:
 def token_kinds(inputs: Any, group: torch.Tensor, exclude: Any, modalities: Sequence) -> torch.Tensor:
     """`group` (from `token_groups`) with the tokens whose id is in `exclude` marked as
     padding (`-1`) and, with `modalities` (`(name, ids)` each), every group `g` split into
-    `g * (1 + M) + m`: `m = 0` text, `m = i + 1` for a token id in `modalities[i]`."""
+    `g * (1 + M) + m`: `m = 0` text, `m = i + 1` for a token id in `modalities[i]`.
+
+    ```python
+    >>> import torch
+    >>> from moe_interp.kernels import token_kinds
+    >>> inputs = ((), {"input_ids": torch.tensor([[0, 5, 6], [7, 8, 9]])})
+    >>> group = torch.tensor([-1, 0, 0, 1, 1, 1])
+    >>> token_kinds(inputs, group, torch.tensor([6]), ())                     # id 6 left out
+    tensor([-1,  0, -1,  1,  1,  1])
+    >>> token_kinds(inputs, group, None, [("image", torch.tensor([8, 9]))])   # g * 2 + (1 for image)
+    tensor([-1,  0,  0,  2,  3,  3])
+
+    ```
+    """
     if exclude is None and not modalities:
         return group
     args, kwargs = inputs
@@ -272,6 +411,18 @@ def drop_finished(inputs: Any, group: torch.Tensor, row: torch.Tensor, store: di
     there. A row counts as finished from the first forward whose input holds an EOS among
     its generated tokens (`eos`: the ids), so the counts equal generating each prompt alone.
     State lives in `store` (the prompt length, a per-row flag): no host waits.
+
+    ```python
+    >>> import torch
+    >>> from moe_interp.kernels import drop_finished
+    >>> store, group, row = {"forwards": 0}, torch.tensor([0, 1]), torch.tensor([0, 1])
+    >>> drop_finished(((torch.tensor([[5, 6], [5, 7]]),), {}), group, row, store, eos=(2,))  # the prompt
+    tensor([0, 1])
+    >>> store["forwards"] = 1
+    >>> drop_finished(((torch.tensor([[2], [8]]),), {}), group, row, store, eos=(2,))        # row 0: EOS
+    tensor([-1,  1])
+
+    ```
     """
     args, kwargs = inputs
     ids = kwargs.get("input_ids")
@@ -300,6 +451,16 @@ def tally(bins: torch.Tensor, size: int, weights: Any = None) -> torch.Tensor:
     blocks the host until every queued kernel has run; once per layer that starves the GPU.
     Here negative bins (padding) fall into one spare slot past the end, and the shapes
     depend on `size` alone.
+
+    ```python
+    >>> import torch
+    >>> from moe_interp.kernels import tally
+    >>> tally(torch.tensor([2, -1, 0, 2]), 4)
+    tensor([1, 0, 2, 0])
+    >>> tally(torch.tensor([2, -1, 0, 2]), 4, torch.tensor([0.5, 9.0, 1.0, 0.25]))   # -1's 9.0 dropped
+    tensor([1.0000, 0.0000, 0.7500, 0.0000], dtype=torch.float64)
+
+    ```
     """
     bins = bins.reshape(-1)
     bins = torch.where(bins >= 0, bins, size)
@@ -320,6 +481,16 @@ def totals_start(group: torch.Tensor, num_layers: int, num_groups: int, num_expe
     t's offset `group * E` in a `[layers, (groups + 1) * E]` buffer whose last group is a
     spare that collects the padding, so one layer's bins are `base + indices`: no masking,
     and shapes that never depend on the data. A dict, like the plan and the store.
+
+    ```python
+    >>> import torch
+    >>> from moe_interp.kernels import totals_start
+    >>> totals = totals_start(torch.tensor([0, 1, -1]), num_layers=2, num_groups=2, num_experts=3,
+    ...                       top_k=2, device="cpu")
+    >>> totals["base"].flatten().tolist(), totals["count"].shape   # padding at the spare group 2
+    ([0, 3, 6], torch.Size([2, 9]))
+
+    ```
     """
     device = torch.device(device)
     group = on(group, device)
@@ -332,7 +503,19 @@ def totals_start(group: torch.Tensor, num_layers: int, num_groups: int, num_expe
 
 
 def totals_add(totals: dict, layer: int, indices: torch.Tensor, weights: torch.Tensor) -> None:
-    """Add one layer's routing, `indices[T, K]` with their `weights[T, K]`, to `totals`."""
+    """Add one layer's routing, `indices[T, K]` with their `weights[T, K]`, to `totals`.
+
+    ```python
+    >>> import torch
+    >>> from moe_interp.kernels import totals_add, totals_start
+    >>> totals = totals_start(torch.tensor([0, -1]), num_layers=1, num_groups=1, num_experts=3,
+    ...                       top_k=2, device="cpu")
+    >>> totals_add(totals, 0, torch.tensor([[0, 2], [1, 2]]), torch.tensor([[0.75, 0.25], [0.5, 0.5]]))
+    >>> totals["count"][0].tolist()        # group 0's experts 0-2, then the padding token's
+    [1, 0, 1, 0, 1, 1]
+
+    ```
+    """
     base = totals["base"]
     if indices.ndim != 2 or indices.shape[0] != base.shape[0]:
         raise ValueError(f"router readout gave indices of shape {tuple(indices.shape)}; expected "
@@ -345,7 +528,23 @@ def totals_add(totals: dict, layer: int, indices: torch.Tensor, weights: torch.T
 
 
 def totals_fold(totals: dict, store: dict) -> None:
-    """Add a forward's totals (spare group dropped) to `store`'s `[groups, layers, E]` tables."""
+    """Add a forward's totals (spare group dropped) to `store`'s `[groups, layers, E]` tables.
+
+    ```python
+    >>> import torch
+    >>> from moe_interp.kernels import totals_add, totals_fold, totals_start
+    >>> totals = totals_start(torch.tensor([0, 0, -1]), num_layers=1, num_groups=1, num_experts=3,
+    ...                       top_k=2, device="cpu")
+    >>> totals_add(totals, 0, torch.tensor([[0, 2], [2, 1], [0, 1]]),
+    ...            torch.tensor([[0.75, 0.25], [0.5, 0.5], [0.9, 0.1]]))
+    >>> store = {"count": torch.zeros(1, 1, 3, dtype=torch.long),
+    ...          "gate_mass": torch.zeros(1, 1, 3, dtype=torch.float64)}
+    >>> totals_fold(totals, store)         # the padding token (row 3) is not counted
+    >>> store["count"].tolist(), store["gate_mass"].tolist()
+    ([[[1, 1, 2]]], [[[0.75, 0.5, 0.75]]])
+
+    ```
+    """
     shape = totals["shape"]
     groups = shape[1] - 1
     store["count"] += totals["count"].view(shape)[:, :groups].transpose(0, 1)
@@ -440,6 +639,16 @@ def compact(chunks: list) -> dict:
 
     `chunks` are `store["per_token"]`: one dict per forward, rows in token order, padding
     marked by `group == -1`.
+
+    ```python
+    >>> import torch
+    >>> from moe_interp.kernels import compact
+    >>> table = compact([{"group": torch.tensor([0, -1]), "indices": torch.tensor([[1, 2], [0, 0]])},
+    ...                  {"group": torch.tensor([1]), "indices": torch.tensor([[2, 0]])}])
+    >>> table["group"].tolist(), table["indices"].tolist()
+    ([0, 1], [[1, 2], [2, 0]])
+
+    ```
     """
     keys = chunks[0].keys()
     table = {key: torch.cat([chunk[key].detach().cpu() for chunk in chunks]) for key in keys}
@@ -494,6 +703,15 @@ def pack(store: dict) -> dict:
     With `RouterRecord()` that is `[groups, layers, experts]` counts and gate mass plus
     per-group token totals: its size does not depend on how many tokens were routed.
     `per_token` and the model output (`result`), when present, are the exceptions.
+
+    ```python
+    >>> import torch
+    >>> from moe_interp.kernels import pack
+    >>> out = pack({"count": torch.tensor([[[1, 3]]]), "tokens": torch.tensor([2]), "forwards": 1})
+    >>> out["count"].dtype, out["per_token"], out["forwards"]
+    (torch.int32, [], 1)
+
+    ```
     """
     out = {k: _to_host(v) for k, v in store.items() if k not in ("result", "per_token")}
     out["per_token"] = [compact(store["per_token"])] if store.get("per_token") else []
@@ -511,6 +729,18 @@ def profile_batch(store: dict, languages: torch.Tensor, acc: dict) -> None:
     Per text: `count[layers, experts]` (int16 when it fits, else int32) and its token
     total; gate mass is summed per language (`languages[i]` indexes `acc["gate_mass"]`),
     so the per-text float tables never travel. `acc` is built by `profile_start`.
+
+    ```python
+    >>> import torch
+    >>> from moe_interp.kernels import profile_batch, profile_finish, profile_start
+    >>> acc = profile_start(2)                                   # two languages
+    >>> store = {"count": torch.tensor([[[1, 3]], [[2, 0]]]), "tokens": torch.tensor([2, 1]),
+    ...          "gate_mass": torch.tensor([[[0.5, 1.5]], [[1.0, 0.0]]], dtype=torch.float64)}
+    >>> profile_batch(store, torch.tensor([1, 0]), acc)           # text 0 is language 1, text 1 language 0
+    >>> acc["item_count"][0].dtype, acc["gate_mass"].tolist()
+    (torch.int16, [[[1.0, 0.0]], [[0.5, 1.5]]])
+
+    ```
     """
     count = store["count"]
     small = count.numel() == 0 or int(count.max()) <= 32767
@@ -524,12 +754,34 @@ def profile_batch(store: dict, languages: torch.Tensor, acc: dict) -> None:
 
 
 def profile_start(num_languages: int) -> dict:
-    """The empty running result of a profiling session (see `profile_batch`)."""
+    """The empty running result of a profiling session (see `profile_batch`).
+
+    ```python
+    >>> from moe_interp.kernels import profile_start
+    >>> profile_start(3)
+    {'languages': 3, 'item_count': [], 'item_tokens': [], 'gate_mass': None}
+
+    ```
+    """
     return {"languages": num_languages, "item_count": [], "item_tokens": [], "gate_mass": None}
 
 
 def profile_finish(acc: dict) -> dict:
-    """What a profiling session sends back: one int16/int32 count table per text, in order."""
+    """What a profiling session sends back: one int16/int32 count table per text, in order.
+
+    ```python
+    >>> import torch
+    >>> from moe_interp.kernels import profile_batch, profile_finish, profile_start
+    >>> acc = profile_start(1)
+    >>> for counts in ([[[1, 3]]], [[[40000, 0]]]):              # the second needs int32
+    ...     profile_batch({"count": torch.tensor(counts), "tokens": torch.tensor([2]),
+    ...                    "gate_mass": torch.zeros(1, 1, 2, dtype=torch.float64)}, torch.tensor([0]), acc)
+    >>> out = profile_finish(acc)
+    >>> out["item_count"].dtype, out["item_count"].flatten().tolist(), out["item_tokens"].tolist()
+    (torch.int32, [1, 3, 40000, 0], [2, 2])
+
+    ```
+    """
     counts = acc["item_count"]
     wide = any(c.dtype == torch.int32 for c in counts)
     return {"item_count": torch.cat([c.to(torch.int32) if wide else c for c in counts]),
