@@ -220,7 +220,9 @@ def _run_key(args: argparse.Namespace) -> dict:
     """The settings a checkpoint must share with the run resuming it."""
     keys = ("seed", "steps", "batch_size", "seq_len", "lr", "min_lr_ratio", "warmup", "weight_decay", "aux_coef",
             "hub_share")
-    return {k: getattr(args, k) for k in keys} | {"languages": list(zoo.DEMO_LANGUAGES)}
+    config = zoo.demo_config()  # a checkpoint of another architecture must not resume into this one
+    arch = {k: getattr(config, k) for k in ("num_experts", "num_experts_per_tok", "moe_intermediate_size")}
+    return {k: getattr(args, k) for k in keys} | {"languages": list(zoo.DEMO_LANGUAGES), "arch": arch}
 
 
 # ----------------------------------------------------------------------------------------- eval
