@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import moe_interp as mi
-from moe_interp.demo import _pieces
+from moe_interp.demo import demo_corpus
 
 EVAL = ("eng", "deu", "fra", "spa", "fin", "hun", "tur", "ind")
 TARGETS = ("eng", "deu", "fin", "tur")
@@ -38,8 +38,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     model = mi.zoo.demo_model()
-    train = _pieces(mi.datasets.udhr(list(EVAL), split="train"))
-    heldout = _pieces(mi.datasets.udhr(list(EVAL), split="heldout"))
+    train = demo_corpus(list(EVAL), split="train")
+    heldout = demo_corpus(list(EVAL), split="heldout")
     profile = mi.profile(model, train, progress=False)
     result = mi.ablation_grid(model, profile, heldout, EVAL, TARGETS, k=K, controls=3, progress=False)
     verdicts = result.verdicts()
