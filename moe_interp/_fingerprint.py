@@ -36,17 +36,32 @@ class ResumeError(ValueError):
     weights, model config, tokenizer, corpus, interventions, settings) and what to do.
 
     ```python
-    >>> mi.profile(trained, corpus, checkpoint="run.ckpt")
-    >>> mi.profile(twin, corpus, checkpoint="run.ckpt")
+    >>> import os, tempfile
+    >>> import moe_interp as mi
+    >>> corpus, path = {"eng": ["Hello there"]}, os.path.join(tempfile.mkdtemp(), "run.ckpt")
+    >>> stats = mi.profile(mi.zoo.tiny_model("qwen3_moe"), corpus, checkpoint=path, progress=False)
+    >>> mi.profile(mi.zoo.tiny_model("qwen3_moe", seed=1), corpus, checkpoint=path, progress=False)
     Traceback (most recent call last):
-    ResumeError: checkpoint run.ckpt belongs to another model, corpus, intervention list or settings (differs: model weights); delete it or pass another checkpoint path (...)
+    moe_interp._fingerprint.ResumeError: checkpoint .../run.ckpt belongs to another model, corpus or settings (differs: model weights); delete it or pass another checkpoint path (...)
+
     ```
     """
 
 
 def check_corpus(corpus: Any) -> dict[str, list[str]]:
     """`corpus` as `{language: [texts]}`; anything else (a string, a language mapped to one string,
-    an empty list) is a clear error before any work."""
+    an empty list) is a clear error before any work.
+
+    ```python
+    >>> from moe_interp._fingerprint import check_corpus
+    >>> check_corpus({"eng": ("Hello", "Hi")})
+    {'eng': ['Hello', 'Hi']}
+    >>> check_corpus({"eng": "Hello"})
+    Traceback (most recent call last):
+    TypeError: corpus['eng'] must be a list of strings, got str (wrap one text in a list: [text])
+
+    ```
+    """
     if not isinstance(corpus, Mapping) or not corpus:
         raise TypeError("corpus must be a non-empty mapping {language: [texts]}, e.g. mi.datasets.udhr(['eng', 'deu'])"
                         f", got {type(corpus).__name__}")
@@ -121,8 +136,12 @@ def fingerprint(value: Any) -> str:
     `RoutingStats` and its copy) give equal fingerprints.
 
     ```python
+    >>> from moe_interp._fingerprint import fingerprint
     >>> fingerprint({"a": (1, 2.0)}) == fingerprint({"a": [1.0, 2]})
     True
+    >>> fingerprint({"a": (1, 2.0)}) == fingerprint({"a": (1, 2.5)})
+    False
+
     ```
     """
     digest = hashlib.sha256()
@@ -165,8 +184,16 @@ def model_parts(model: Any) -> dict[str, str]:
     goes unseen; any training step or re-initialisation is seen.
 
     ```python
-    >>> model_parts(mi.zoo.demo_model()) == model_parts(mi.zoo.demo_model(trained=False))
-    False
+    >>> import moe_interp as mi
+    >>> from moe_interp._fingerprint import differing, model_parts
+    >>> parts = model_parts(mi.zoo.tiny_model("qwen3_moe"))
+    >>> sorted(parts)
+    ['model config', 'model weights', 'tokenizer']
+    >>> differing(parts, model_parts(mi.zoo.tiny_model("qwen3_moe", seed=1)))   # re-initialised
+    ['model weights']
+    >>> differing(parts, model_parts(mi.zoo.tiny_model("qwen3_moe")))           # the same model again
+    []
+
     ```
     """
     module = getattr(model, "_module", model)
@@ -182,7 +209,17 @@ def model_parts(model: Any) -> dict[str, str]:
 
 def differing(stored: Any, current: Mapping[str, str]) -> list[str]:
     """The names of the parts of `current` whose fingerprint differs in `stored` (all of them
-    when `stored` is not a key of this kind, e.g. from an older version)."""
+    when `stored` is not a key of this kind, e.g. from an older version).
+
+    ```python
+    >>> from moe_interp._fingerprint import differing
+    >>> differing({"corpus": "ab12", "settings": "cd34"}, {"corpus": "ab12", "settings": "ef56"})
+    ['settings']
+    >>> differing(None, {"corpus": "ab12"})
+    ['corpus']
+
+    ```
+    """
     if not isinstance(stored, Mapping):
         return list(current)
     return [part for part, value in current.items() if stored.get(part) != value]
