@@ -6,7 +6,7 @@ Starts N busy processes (default: one per CPU this process may use), runs the re
 (`moe-interp demo`, the demo model's 55 languages, `--threads auto` unless told) beside them, and writes
 the wall time, the thread count the command chose, the load averages and the findings into
 the "Demo under load" section of benchmarks/RESULTS.md (between its markers; the rest of the
-file is left as `run.py` wrote it). Takes minutes (the demo alone: about 3 on 2 idle cores).
+file is left as `run.py` wrote it). Takes minutes (the demo alone: about 3 on 2 idle cores, an estimate from its CPU time under load).
 Optionally screenshots the report (scripts/check_html.py, needs chromium) for the docs.
 """
 
@@ -15,6 +15,7 @@ import datetime
 import multiprocessing
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -55,7 +56,7 @@ def main() -> int:
     loaded = os.getloadavg()
     report = Path(tempfile.mkdtemp()) / "report.html"
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "TORCH_NUM_THREADS", "MKL_NUM_THREADS")}
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         result = subprocess.run([sys.executable, "-m", "moe_interp.cli", "demo", "--out", str(report),
                                  "--threads", args.threads], capture_output=True, text=True, env=env)
@@ -67,6 +68,8 @@ def main() -> int:
     if result.returncode:
         sys.stderr.write(result.stderr[-3000:])
         return result.returncode
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = usage.ru_utime + usage.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime
     chosen = re.search(r"moe-interp: (\d+ torch threads? \([^)]*\))", result.stderr)
     findings = [line for line in result.stdout.splitlines() if line and not line.startswith("wrote ")]
     size = report.stat().st_size / 1e6
@@ -76,6 +79,7 @@ def main() -> int:
              f"on {cpus} CPUs (other jobs of the shared machine ran too: see the load averages).", "",
              "| measure | value |", "|---|---|",
              f"| wall time of the demo | {seconds:.0f} s |",
+             f"| CPU time of the demo (user + system; with one thread, about its wall time on an idle core) | {cpu:.0f} s |",
              f"| threads the demo chose | {chosen.group(1) if chosen else 'not printed'} |",
              f"| load average (1, 5, 15 min) before the busy processes | {' '.join(f'{v:.2f}' for v in before)} |",
              f"| load average when the demo started | {' '.join(f'{v:.2f}' for v in loaded)} |",

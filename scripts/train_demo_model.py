@@ -262,6 +262,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     ev = demo_evidence(path=args.out, replicates=args.replicates, permutations=args.permutations, progress=False,
                        log=lambda line: print(line, flush=True))
     result["seconds"] = ev.seconds
+    result["settings"] = {"replicates": args.replicates, "permutations": args.permutations}
     result["rows"] = ev.rows()
     result["family"] = {}
     for subset, fam in ev.family.items():
@@ -288,11 +289,16 @@ def _fmt(v: list, digits: int = 3, sign: bool = False) -> str:
     return f"{f.format(v[0])} [{f.format(v[1])}, {f.format(v[2])}]"
 
 
+def _settings(ev: dict) -> str:
+    settings = ev.get("settings", {"replicates": 200, "permutations": 1000})  # eval.json before it recorded them
+    return f"{settings['replicates']} resamples, {settings['permutations']} permutations"
+
+
 def seed_rows(evals: dict) -> list:
     """One row per training seed: the headline statistics of the demo's claims."""
     rows = []
     for seed, ev in sorted(evals.items()):
-        cells = [str(seed), f"{np.mean(list(ev['bits_per_byte']['trained'].values())):.3f}"]
+        cells = [f"{seed} ({_settings(ev)})", f"{np.mean(list(ev['bits_per_byte']['trained'].values())):.3f}"]
         for subset in ("all", "Latn"):
             fam = ev["family"].get(subset)
             if fam is None:
@@ -319,7 +325,7 @@ def seed_rows(evals: dict) -> list:
     return rows
 
 
-def write_card(args: argparse.Namespace, info: dict, result: dict, seeds: dict) -> None:
+def write_card(args: argparse.Namespace, info: dict, result: dict, seeds: dict, pending: dict) -> None:
     from transformers import AutoConfig
 
     from moe_interp.report import markdown_table
@@ -389,9 +395,9 @@ def write_card(args: argparse.Namespace, info: dict, result: dict, seeds: dict) 
                        [[f, len(l), f"{np.mean([bpb_t[x] for x in l]):.3f}", f"{np.mean([bpb_r[x] for x in l]):.3f}"]
                         for f, l in by_family.items()]), "",
         "## What the model shows, with its controls (shipped model, seed " f"{info['seed']})", "",
-        "Measured by `moe_interp.demo.demo_evidence` (what `moe-interp demo` runs) with "
-        f"{args.replicates} bootstrap resamples and {args.permutations} label permutations. Experts are chosen on a "
-        "profile of the train split (minus its last 3 paragraphs per language), the steering scale on those 3 "
+        "Measured by `moe_interp.demo.demo_evidence` (what `moe-interp demo` runs, there with lighter settings) "
+        f"with {_settings(result).replace('resamples', 'bootstrap resamples').replace('permutations', 'label permutations')}. "
+        "Experts are chosen on a profile of the train split (minus its last 3 paragraphs per language), the steering scale on those 3 "
         "paragraphs, and every number is measured on the held-out split. Family structure: middle band of MoE "
         "layers (the paper's 10/48-40/48 edges), Jensen-Shannon divergence, average-linkage clustering cut at the "
         "number of families; intervals: normal bootstrap intervals over resampled articles (the same ones for "
@@ -402,20 +408,19 @@ def write_card(args: argparse.Namespace, info: dict, result: dict, seeds: dict) 
         "Steering: RouteSteer toward experts shared with English (middle band), dose-response over scales.", "",
         markdown_table(["claim (held-out texts, 95% intervals)", "trained model", "controls", "verdict"],
                        result["rows"]), "",
-        f"## Across training seeds ({len(seeds)} runs of this recipe, seeds {', '.join(map(str, sorted(seeds)))})", "",
+        f"## Across training seeds ({len(seeds)} run{'s' * (len(seeds) != 1)} of this recipe, seeds {', '.join(map(str, sorted(seeds)))})", "",
         "Same measurements for each seed's model (only seed " f"{info['seed']} is shipped). Cells: trained value "
         "[95% interval]; then the smallest lower bound among the paired differences trained - control (the three "
         "twins and the byte-bigram baseline): positive means above every control.", "",
-        markdown_table(["seed", "held-out bits/byte", "family ARI, all", "between/within, all", "family ARI, Latin",
+        markdown_table(["seed (family statistics)", "held-out bits/byte", "family ARI, all", "between/within, all", "family ARI, Latin",
                         "between/within, Latin", "ablations language-specific", "steering dose-response"],
                        seed_rows(seeds)), "",
     ]
-    if len(seeds) < 3:
-        lines += [f"Only {len(seeds)} of the 3 seeds the recipe calls for is measured here: seeds 1 and 2 were still "
-                  "training when this card was written (the shared machine gave each ~300 tokens/s). To add them: "
-                  "`python scripts/train_demo_model.py --seed 1 --out /tmp/demo_s1` (it resumes from its checkpoint, "
-                  "then evaluates), the same for seed 2, then `python scripts/train_demo_model.py --out "
-                  "moe_interp/data/demo_model --card-only --seeds-from /tmp/demo_s1 /tmp/demo_s2`.", ""]
+    if pending:
+        lines += [f"Not measured: {'; '.join(f'seed {s}: {why}' for s, why in sorted(pending.items()))} when this card "
+                  "was written. To add a seed: `python scripts/train_demo_model.py --seed S --out DIR` (it resumes "
+                  "from its checkpoint, then evaluates), then `python scripts/train_demo_model.py --out "
+                  "moe_interp/data/demo_model --card-only --seeds-from DIR ...`.", ""]
     lines += ["Reading the numbers: routing's between/within-family divergence ratio clears every random-init twin "
               "and the byte-bigram baseline, with intervals; the clustering (ARI) does not: one random twin "
               "clusters the families about as well, and within Latin script byte bigrams cluster them better. "
@@ -432,6 +437,19 @@ def write_card(args: argparse.Namespace, info: dict, result: dict, seeds: dict) 
               "`--eval-only` to re-measure a saved model, `--seeds-from DIR1 DIR2` to add other seeds' eval.json "
               "to the card.", ""]
     (args.out / "MODEL_CARD.md").write_text("\n".join(lines))
+
+
+def _unfinished(run: Path) -> tuple:
+    """(seed, what it reached) of a run directory without eval.json: still training, or not evaluated."""
+    if (run / "training.json").is_file():
+        info = json.loads((run / "training.json").read_text())
+        return info["seed"], f"trained ({info['steps']} steps), not yet evaluated"
+    ckpt = run / "checkpoint.pt"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{run} holds no training run (no training.json, no checkpoint.pt); pass the --out "
+                                "directory of a `scripts/train_demo_model.py` run")
+    state = torch.load(ckpt, weights_only=False, map_location="cpu")
+    return state["args"]["seed"], f"still training, {state['step']} of {state['args']['steps']} steps reached"
 
 
 def _summary_rows(log: list) -> list:
@@ -457,10 +475,14 @@ def main() -> None:
         result = evaluate(args)
         (args.out / "eval.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     info["parameters"] = f"{sum(p.numel() for p in zoo.demo_model(trained=False, path=args.out)._module.parameters()):,}"
-    seeds = {info["seed"]: result}
+    seeds, pending = {info["seed"]: result}, {}
     for other in args.seeds_from:
-        seeds[json.loads((other / "training.json").read_text())["seed"]] = json.loads((other / "eval.json").read_text())
-    write_card(args, info, result, seeds)
+        if (other / "eval.json").is_file():
+            seeds[json.loads((other / "training.json").read_text())["seed"]] = json.loads((other / "eval.json").read_text())
+        else:
+            seed, why = _unfinished(other)
+            pending[seed] = why
+    write_card(args, info, result, seeds, pending)
     print("\n".join(" | ".join(r) for r in result["rows"]))
 
 
