@@ -147,7 +147,7 @@ def _splits(languages: Sequence[str], quick: bool, pick_pieces: int | None = Non
     train = udhr(languages, split="train")  # unknown codes: KeyError with close matches
     pick = _pieces({l: t[:-DEV_PARAGRAPHS] for l, t in train.items()})
     if pick_pieces:  # spread over the articles, not the preamble alone
-        pick = {l: [v[i * len(v) // pick_pieces] for i in range(min(pick_pieces, len(v)))] for l, v in pick.items()}
+        pick = {l: [v[i * len(v) // n] for i in range(n)] for l, v in pick.items() for n in [min(pick_pieces, len(v))]}
     dev = _pieces({l: t[-DEV_PARAGRAPHS:] for l, t in train.items()})
     heldout = demo_corpus(languages, split="heldout")
     if quick:

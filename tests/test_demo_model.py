@@ -117,3 +117,17 @@ def test_trained_on_the_designed_corpus_with_english_as_hub():
     log = (zoo.DEMO_MODEL_DIR / "training_log.tsv").read_text().splitlines()
     first, last = (float(line.split("\t")[2]) for line in (log[1], log[-1]))
     assert last < first - 3 and int(log[-1].split("\t")[0]) == info["steps"]
+
+
+def test_the_demo_chooses_experts_on_spread_train_pieces_never_on_dev_or_heldout_texts():
+    from moe_interp.demo import _splits
+
+    full, light = _splits(["eng", "fin"], False), _splits(["eng", "fin"], False, pick_pieces=4)
+    for lang in ("eng", "fin"):
+        pieces, picked = full["pick"][lang], light["pick"][lang]
+        assert len(picked) == 4 and len(pieces) > 40
+        where = [pieces.index(p) for p in picked]
+        assert where == sorted(where) and where[0] == 0 and where[-1] >= len(pieces) // 2  # not the preamble alone
+        assert not set(picked) & (set(light["dev"][lang]) | set(light["heldout"][lang]))
+        assert light["dev"] == full["dev"] and light["heldout"] == full["heldout"]
+    assert _splits(["eng"], False, pick_pieces=10_000)["pick"] == _splits(["eng"], False)["pick"]
