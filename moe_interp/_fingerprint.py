@@ -42,7 +42,7 @@ class ResumeError(ValueError):
     >>> stats = mi.profile(mi.zoo.tiny_model("qwen3_moe"), corpus, checkpoint=path, progress=False)
     >>> mi.profile(mi.zoo.tiny_model("qwen3_moe", seed=1), corpus, checkpoint=path, progress=False)
     Traceback (most recent call last):
-    moe_interp._fingerprint.ResumeError: checkpoint .../run.ckpt belongs to another model, corpus or settings (differs: model weights); delete it or pass another checkpoint path (...)
+    moe_interp._fingerprint.ResumeError: checkpoint .../run.ckpt belongs to another ... (differs: model weights); ...
 
     ```
     """

@@ -228,13 +228,20 @@ def expert_attribution(model: Any, corpus: Mapping[str, Sequence[str]], metric: 
     execution is not supported. The model is not changed (no `.grad` is written).
 
     ```python
-    >>> attr = mi.expert_attribution(model, {"eng": eng_texts, "swh": swh_texts}, metric="bpb")
-    >>> attr.effect.shape                       # [lang, moe layer, expert]
-    torch.Size([2, 8, 16])
-    >>> attr.top("swh", n=5)                    # the experts Swahili depends on most
-    ExpertSet({2: [7], 4: [1, 12], 6: [3], 7: [9]}, pairs=5)
-    >>> check = attr.validate(model, corpus, n=50)   # real drop ablations of 50 cells
-    >>> check.agreement()                       # Spearman with bootstrap intervals
+    >>> import moe_interp as mi
+    >>> model = mi.zoo.tiny_model("qwen3_moe")    # 4 MoE layers of 8 experts, top-2
+    >>> corpus = {"eng": ["Hello there, how are you?", "Good morning"], "deu": ["Guten Morgen, liebe Welt", "Guten Tag"]}
+    >>> attr = mi.expert_attribution(model, corpus, metric="bpb", progress=False)
+    >>> attr.effect.shape                         # [lang, moe layer, expert]
+    torch.Size([2, 4, 8])
+    >>> attr.top("deu", n=3)                      # the experts German depends on most
+    ExpertSet({0: [1], 1: [2], 2: [2]}, pairs=3)
+    >>> check = attr.validate(model, corpus, n=8, progress=False)   # real drop ablations of 8 cells
+    >>> print(check.summary())                    # rank agreement of estimated and real effects
+    eng: Spearman 0.83 [0.09, 1.00] over 8 used cells; middle layers 1.00 [1.00, 1.00] (4 cells)
+    deu: Spearman 0.98 [0.80, 1.00] over 8 used cells; middle layers 1.00 [1.00, 1.00] (4 cells)
+    all: Spearman 0.98 [0.87, 1.00] over 16 used cells; middle layers 1.00 [1.00, 1.00] (8 cells)
+
     ```
     """
     corpus = check_corpus(corpus)
@@ -313,8 +320,13 @@ def rank_correlation(x: Any, y: Any, n_boot: int = 1000, level: float = 0.95, se
     or a constant side.
 
     ```python
-    >>> rank_correlation([1, 2, 3, 4, 5], [2, 4, 5, 9, 10])
+    >>> from moe_interp.attribution import rank_correlation
+    >>> rank_correlation([1, 2, 3, 4, 5], [2, 4, 5, 9, 10])     # same order: 1, whatever the resample
     (1.0, 1.0, 1.0)
+    >>> rho, low, high = rank_correlation([1, 2, 3, 4, 5, 6], [1, 3, 2, 4, 6, 5])
+    >>> round(rho, 3), low <= rho <= high       # 1 - 6 * (1 + 1 + 1 + 1) / (6 * 35)
+    (0.886, True)
+
     ```
     """
     from scipy.stats import rankdata
@@ -358,9 +370,16 @@ class AttributionCheck:
     real ablations).
 
     ```python
-    >>> check = attr.validate(model, corpus, n=50)
-    >>> check.agreement()            # Spearman per language and band, with 95% intervals
-    >>> print(check.summary()); check.plot()
+    >>> import moe_interp as mi
+    >>> model = mi.zoo.tiny_model("qwen3_moe")    # 4 MoE layers of 8 experts, top-2
+    >>> corpus = {"eng": ["Hello there, how are you?", "Good morning"], "deu": ["Guten Morgen, liebe Welt", "Guten Tag"]}
+    >>> attr = mi.expert_attribution(model, corpus, progress=False)
+    >>> check = attr.validate(model, corpus, n=8, progress=False)
+    >>> check.cells[:3], check.bands[:3]         # the sampled (layer, expert) cells and their bands
+    (((0, 0), (0, 1), (0, 2)), ('early', 'early', 'early'))
+    >>> check.estimate.shape, check.real.shape    # [lang, cell]
+    (torch.Size([2, 8]), torch.Size([2, 8]))
+
     ```
     """
 
@@ -377,7 +396,18 @@ class AttributionCheck:
         """One row per (language, cell): `language, layer, expert, band, count, estimate, real`.
 
         ```python
-        >>> check.to_pandas().head()
+        >>> import torch
+        >>> from moe_interp.attribution import AttributionCheck
+        >>> cells, estimate, real = ((1, 0), (1, 3), (2, 5), (3, 1)), [[0.1, 0.4, 0.2, 0.0]], [[0.2, 0.9, 0.1, 0.0]]
+        >>> check = AttributionCheck(("eng",), cells, ("middle", "middle", "middle", "late"), torch.tensor(estimate),
+        ...                          torch.tensor(real), torch.tensor([[6, 9, 4, 0]]), "bpb", seconds=1.5)
+        >>> check.to_pandas()
+          language  layer  expert    band  count  estimate  real
+        0      eng      1       0  middle      6       0.1   0.2
+        1      eng      1       3  middle      9       0.4   0.9
+        2      eng      2       5  middle      4       0.2   0.1
+        3      eng      3       1    late      0       0.0   0.0
+
         ```
         """
         import pandas as pd
@@ -394,8 +424,18 @@ class AttributionCheck:
         which says nothing about the estimate and would inflate the correlation.
 
         ```python
-        >>> check.agreement().query("band == 'middle'")
-           language    band  cells  spearman   low  high
+        >>> import torch
+        >>> from moe_interp.attribution import AttributionCheck
+        >>> cells, estimate, real = ((1, 0), (1, 3), (2, 5), (3, 1)), [[0.1, 0.4, 0.2, 0.0]], [[0.2, 0.9, 0.1, 0.0]]
+        >>> check = AttributionCheck(("eng",), cells, ("middle", "middle", "middle", "late"), torch.tensor(estimate),
+        ...                          torch.tensor(real), torch.tensor([[6, 9, 4, 0]]), "bpb", seconds=1.5)
+        >>> check.agreement().query("band == 'all'")   # used cells' ranks 1 3 2 vs 2 3 1: 1 - 6*2/(3*8)
+          language band  cells  spearman  low  high
+        2      eng  all      3       0.5 -1.0   1.0
+        5      all  all      3       0.5 -1.0   1.0
+        >>> round(float(check.agreement(used_only=False).spearman[2]), 6)   # + the unused cell: 1 - 6*2/(4*15)
+        0.8
+
         ```
         """
         import pandas as pd
@@ -415,8 +455,15 @@ class AttributionCheck:
         """One sentence per language: rank agreement overall and in the middle layers.
 
         ```python
+        >>> import torch
+        >>> from moe_interp.attribution import AttributionCheck
+        >>> cells, estimate, real = ((1, 0), (1, 3), (2, 5), (3, 1)), [[0.1, 0.4, 0.2, 0.0]], [[0.2, 0.9, 0.1, 0.0]]
+        >>> check = AttributionCheck(("eng",), cells, ("middle", "middle", "middle", "late"), torch.tensor(estimate),
+        ...                          torch.tensor(real), torch.tensor([[6, 9, 4, 0]]), "bpb", seconds=1.5)
         >>> print(check.summary())
-        eng: Spearman 0.83 [0.71, 0.91] over 47 used cells; middle layers 0.86 [0.70, 0.95] (29 cells)
+        eng: Spearman 0.50 [-1.00, 1.00] over 3 used cells; middle layers 0.50 [-1.00, 1.00] (3 cells)
+        all: Spearman 0.50 [-1.00, 1.00] over 3 used cells; middle layers 0.50 [-1.00, 1.00] (3 cells)
+
         ```
         """
         table = self.agreement(level=level).set_index(["language", "band"])
@@ -436,7 +483,14 @@ class AttributionCheck:
         the line y = x.
 
         ```python
-        >>> check.plot().write_html("attribution_check.html")
+        >>> import torch
+        >>> from moe_interp.attribution import AttributionCheck
+        >>> cells, estimate, real = ((1, 0), (1, 3), (2, 5), (3, 1)), [[0.1, 0.4, 0.2, 0.0]], [[0.2, 0.9, 0.1, 0.0]]
+        >>> check = AttributionCheck(("eng",), cells, ("middle", "middle", "middle", "late"), torch.tensor(estimate),
+        ...                          torch.tensor(real), torch.tensor([[6, 9, 4, 0]]), "bpb", seconds=1.5)
+        >>> [trace.name for trace in check.plot().data]
+        ['eng', 'y = x']
+
         ```
         """
         import plotly.graph_objects as go
@@ -468,10 +522,17 @@ class ExpertAttribution:
     (`"drop"`), `meta` (model, corpus fingerprints, layer bands, time).
 
     ```python
-    >>> attr = mi.expert_attribution(model, corpus)
-    >>> attr.top("swh", n=20)                # an ExpertSet, ready for mi.ExpertAblate
-    >>> attr.versus_frequency()              # do the most-used experts matter most?
-    >>> attr.plot("swh"); attr.save("demo.attribution")
+    >>> import moe_interp as mi
+    >>> model = mi.zoo.tiny_model("qwen3_moe")    # 4 MoE layers of 8 experts, top-2
+    >>> corpus = {"eng": ["Hello there, how are you?", "Good morning"], "deu": ["Guten Morgen, liebe Welt", "Guten Tag"]}
+    >>> attr = mi.expert_attribution(model, corpus, progress=False)
+    >>> attr
+    ExpertAttribution(languages=['eng', 'deu'], layers=4, experts=8, metric='bpb', mode='drop')
+    >>> attr.layers, attr.tokens, attr.baseline  # MoE layers, real tokens per language, bits per byte
+    ((0, 1, 2, 3), tensor([37, 33]), tensor([8.0087, 8.0488], dtype=torch.float64))
+    >>> attr.count[0].sum(-1)                     # each of eng's 37 tokens chose 2 experts per layer
+    tensor([74, 74, 74, 74])
+
     ```
     """
 
@@ -502,8 +563,16 @@ class ExpertAttribution:
         """Position of a language label; `KeyError` with close matches when unknown.
 
         ```python
-        >>> attr.language_index("swh")
+        >>> import moe_interp as mi
+        >>> model = mi.zoo.tiny_model("qwen3_moe")    # 4 MoE layers of 8 experts, top-2
+        >>> corpus = {"eng": ["Hello there, how are you?", "Good morning"], "deu": ["Guten Morgen, liebe Welt", "Guten Tag"]}
+        >>> attr = mi.expert_attribution(model, corpus, progress=False)
+        >>> attr.language_index("deu")
         1
+        >>> attr.language_index("ger")
+        Traceback (most recent call last):
+        KeyError: "language 'ger' is not in this attribution; close matches: ['eng', 'deu']; all: ['eng', 'deu']"
+
         ```
         """
         if language not in self.languages:
@@ -516,7 +585,13 @@ class ExpertAttribution:
         """How often each expert is chosen per real token (`count / tokens`; rows sum to top-k).
 
         ```python
-        >>> attr.frequency()[0].sum(-1)       # top_k per layer
+        >>> import moe_interp as mi
+        >>> model = mi.zoo.tiny_model("qwen3_moe")    # 4 MoE layers of 8 experts, top-2
+        >>> corpus = {"eng": ["Hello there, how are you?", "Good morning"], "deu": ["Guten Morgen, liebe Welt", "Guten Tag"]}
+        >>> attr = mi.expert_attribution(model, corpus, progress=False)
+        >>> attr.frequency()[0].sum(-1)               # top_k per layer
+        tensor([2.0000, 2.0000, 2.0000, 2.0000], dtype=torch.float64)
+
         ```
         """
         return self.count.double() / self.tokens.clamp(min=1).double()[:, None, None]
@@ -533,7 +608,17 @@ class ExpertAttribution:
         real MoE layer indices; default all), as an `ExpertSet` for `mi.ExpertAblate`.
 
         ```python
-        >>> mi.ExpertAblate(attr.top("swh", n=20), mode="drop")
+        >>> import moe_interp as mi
+        >>> model = mi.zoo.tiny_model("qwen3_moe")    # 4 MoE layers of 8 experts, top-2
+        >>> corpus = {"eng": ["Hello there, how are you?", "Good morning"], "deu": ["Guten Morgen, liebe Welt", "Guten Tag"]}
+        >>> attr = mi.expert_attribution(model, corpus, progress=False)
+        >>> attr.top("deu", n=3)
+        ExpertSet({0: [1], 1: [2], 2: [2]}, pairs=3)
+        >>> attr.top("deu", n=2, layers=[2, 3])
+        ExpertSet({2: [1, 2]}, pairs=2)
+        >>> mi.ExpertAblate(attr.top("deu", n=3), mode="drop")
+        ExpertAblate(experts=((0, (1,)), (1, (2,)), (2, (2,))), mode='drop')
+
         ```
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -550,7 +635,16 @@ class ExpertAttribution:
         """Tidy table: `language, layer, expert, effect, frequency`.
 
         ```python
-        >>> attr.to_pandas().sort_values("effect").tail()
+        >>> import moe_interp as mi
+        >>> model = mi.zoo.tiny_model("qwen3_moe")    # 4 MoE layers of 8 experts, top-2
+        >>> corpus = {"eng": ["Hello there, how are you?", "Good morning"], "deu": ["Guten Morgen, liebe Welt", "Guten Tag"]}
+        >>> attr = mi.expert_attribution(model, corpus, progress=False)
+        >>> attr.to_pandas().sort_values("effect").tail(3).round(6)
+           language  layer  expert    effect  frequency
+        27      eng      3       3  0.000763   0.351351
+        33      deu      0       1  0.000802   0.303030
+        42      deu      1       2  0.000971   0.363636
+
         ```
         """
         import pandas as pd
@@ -568,8 +662,15 @@ class ExpertAttribution:
         decile of experts by effect are also in its top decile by frequency.
 
         ```python
-        >>> attr.versus_frequency()
+        >>> import moe_interp as mi
+        >>> model = mi.zoo.tiny_model("qwen3_moe")    # 4 MoE layers of 8 experts, top-2
+        >>> corpus = {"eng": ["Hello there, how are you?", "Good morning"], "deu": ["Guten Morgen, liebe Welt", "Guten Tag"]}
+        >>> attr = mi.expert_attribution(model, corpus, progress=False)
+        >>> attr.versus_frequency(n_boot=200).round(2)
           language  cells  spearman   low  high  top_overlap
+        0      eng     32     -0.26 -0.54  0.12          0.0
+        1      deu     32     -0.23 -0.57  0.20          0.0
+
         ```
         """
         import pandas as pd
@@ -598,8 +699,19 @@ class ExpertAttribution:
         other texts give a warning (the comparison then also measures generalisation).
 
         ```python
-        >>> check = attr.validate(model, corpus, n=50)
-        >>> print(check.summary()); check.plot()
+        >>> import moe_interp as mi
+        >>> model = mi.zoo.tiny_model("qwen3_moe")    # 4 MoE layers of 8 experts, top-2
+        >>> corpus = {"eng": ["Hello there, how are you?", "Good morning"], "deu": ["Guten Morgen, liebe Welt", "Guten Tag"]}
+        >>> attr = mi.expert_attribution(model, corpus, progress=False)
+        >>> middle = mi.describe(model).band("middle")
+        >>> middle
+        (1, 2)
+        >>> check = attr.validate(model, corpus, n=4, layers=middle, progress=False)
+        >>> check.cells
+        ((1, 4), (1, 7), (2, 0), (2, 3))
+        >>> bool((check.estimate - check.real).abs().max() < 1e-4)   # first order: close on this random model
+        True
+
         ```
         """
         corpus = check_corpus(corpus)
@@ -647,7 +759,15 @@ class ExpertAttribution:
         one trace per language and a menu to switch between them.
 
         ```python
-        >>> attr.plot("swh").write_html("swh_attribution.html")
+        >>> import moe_interp as mi
+        >>> model = mi.zoo.tiny_model("qwen3_moe")    # 4 MoE layers of 8 experts, top-2
+        >>> corpus = {"eng": ["Hello there, how are you?", "Good morning"], "deu": ["Guten Morgen, liebe Welt", "Guten Tag"]}
+        >>> attr = mi.expert_attribution(model, corpus, progress=False)
+        >>> [trace.name for trace in attr.plot().data]   # one trace per language, a menu to switch
+        ['eng', 'deu']
+        >>> attr.plot("deu").layout.title.text
+        'Estimated effect of dropping each expert: deu'
+
         ```
         """
         import plotly.graph_objects as go
@@ -680,10 +800,17 @@ class ExpertAttribution:
         each file written beside and renamed into place, as `RoutingStats.save` does.
 
         ```python
-        >>> attr.save("demo.attribution")
-        PosixPath('demo.attribution')
-        >>> mi.ExpertAttribution.load("demo.attribution").top("swh", 5) == attr.top("swh", 5)
+        >>> import moe_interp as mi
+        >>> model = mi.zoo.tiny_model("qwen3_moe")    # 4 MoE layers of 8 experts, top-2
+        >>> corpus = {"eng": ["Hello there, how are you?", "Good morning"], "deu": ["Guten Morgen, liebe Welt", "Guten Tag"]}
+        >>> attr = mi.expert_attribution(model, corpus, progress=False)
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "demo.attribution")
+        >>> attr.save(path).name
+        'demo.attribution'
+        >>> mi.ExpertAttribution.load(path).top("deu", 5) == attr.top("deu", 5)
         True
+
         ```
         """
         from safetensors.torch import save_file
@@ -717,8 +844,18 @@ class ExpertAttribution:
         """Read an attribution written by `save` (the header of record is inside the tensor file).
 
         ```python
-        >>> mi.ExpertAttribution.load("demo.attribution").effect.shape
-        torch.Size([3, 8, 16])
+        >>> import moe_interp as mi
+        >>> model = mi.zoo.tiny_model("qwen3_moe")    # 4 MoE layers of 8 experts, top-2
+        >>> corpus = {"eng": ["Hello there, how are you?", "Good morning"], "deu": ["Guten Morgen, liebe Welt", "Guten Tag"]}
+        >>> attr = mi.expert_attribution(model, corpus, progress=False)
+        >>> import os, tempfile, torch
+        >>> path = attr.save(os.path.join(tempfile.mkdtemp(), "demo.attribution"))
+        >>> sorted(os.listdir(path))
+        ['attribution.safetensors', 'meta.json']
+        >>> loaded = mi.ExpertAttribution.load(path)
+        >>> loaded.effect.shape, torch.equal(loaded.effect, attr.effect), loaded.meta == attr.meta
+        (torch.Size([2, 4, 8]), True, True)
+
         ```
         """
         from safetensors import SafetensorError, safe_open
