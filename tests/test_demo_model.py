@@ -131,3 +131,26 @@ def test_the_demo_chooses_experts_on_spread_train_pieces_never_on_dev_or_heldout
         assert not set(picked) & (set(light["dev"][lang]) | set(light["heldout"][lang]))
         assert light["dev"] == full["dev"] and light["heldout"] == full["heldout"]
     assert _splits(["eng"], False, pick_pieces=10_000)["pick"] == _splits(["eng"], False)["pick"]
+
+
+def test_the_card_lists_each_seed_with_its_settings_and_unfinished_runs_with_the_steps_reached(tmp_path):
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    card = tmp_path / "card"
+    shutil.copytree(zoo.DEMO_MODEL_DIR, card)
+    done, running = tmp_path / "done", tmp_path / "running"
+    done.mkdir(), running.mkdir()
+    evaluated = json.loads((card / "eval.json").read_text()) | {"settings": {"replicates": 50, "permutations": 250}}
+    (done / "eval.json").write_text(json.dumps(evaluated))
+    (done / "training.json").write_text(json.dumps({"seed": 7}))
+    torch.save({"args": {"seed": 9, "steps": 1400}, "step": 300}, running / "checkpoint.pt")
+    script = zoo.DEMO_MODEL_DIR.parents[2] / "scripts" / "train_demo_model.py"
+    subprocess.run([sys.executable, str(script), "--out", str(card), "--card-only", "--seeds-from", str(done),
+                    str(running)], check=True, capture_output=True)
+    text = (card / "MODEL_CARD.md").read_text()
+    assert "## Across training seeds (2 runs of this recipe, seeds 0, 7)" in text
+    assert "| 0 (200 resamples, 1000 permutations) |" in text and "| 7 (50 resamples, 250 permutations) |" in text
+    assert "Not measured: seed 9: still training, 300 of 1400 steps reached when this card was written" in text
