@@ -410,7 +410,8 @@ def run_demo(out: str | os.PathLike = "report.html", languages: Sequence[str] | 
         f"{twins} random-init twins (same architecture, untrained: structure they show too comes from the input "
         "bytes and scripts, not from learning), a byte-bigram baseline through the same clustering (what spelling "
         "alone gives), random expert sets of the same size for ablations, and how far routing moved for steering. "
-        f"Experts are chosen on the train split ({pick_pieces or 'all'} pieces of each language), the steering "
+        f"Experts are chosen on the train split ({min(6, pick_pieces or 6) if quick else pick_pieces or 'all'} "
+        "pieces of each language), the steering "
         "scale on held-back train paragraphs, and everything is reported on the held-out split, with 95% bootstrap "
         f"intervals over texts ({replicates} resamples, {5 * replicates} label permutations; the model card measures "
         "the same with all train pieces, 200 and 1000).</p>",
