@@ -451,7 +451,8 @@ def write_card(args: argparse.Namespace, info: dict, result: dict, seeds: dict, 
               "time from ~7.7 KB of text.", "",
               f"Wall time of the measurement: {', '.join(f'{k} {v:.0f} s' for k, v in result['seconds'].items())} "
               "(one thread, the shared machine at load ~5).", ""]
-    lines += ["Per-language held-out bits/byte and every number above: `eval.json` next to this card.", "",
+    lines += ["Per-language held-out bits/byte and every number above: `eval.json` next to this card (the other seeds: "
+              "`seeds/s<seed>/`, with their training.json and training_log.tsv).", "",
               "Reproduce: `python scripts/train_demo_model.py --seed S --out DIR` (train + evaluate), "
               "`--eval-only` to re-measure a saved model, `--seeds-from DIR1 DIR2` to add other seeds' eval.json "
               "to the card.", ""]
