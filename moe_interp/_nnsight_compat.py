@@ -220,7 +220,11 @@ class shipped_by_value:
 
 
 def _rebuilt_eproperty(key: str, preprocess: Any, postprocess: Any, transform: Any) -> eproperty:
-    prop = eproperty(key=key)(preprocess)
+    # Imported here, not read from the module's globals: shipped by value, this function may
+    # arrive re-wrapped (jaxtyping's import hook in the tests) without them.
+    from nnsight.intervention.eproperty import eproperty as rebuilt
+
+    prop = rebuilt(key=key)(preprocess)
     if postprocess is not None:
         prop.postprocess(postprocess)
     if transform is not None:
