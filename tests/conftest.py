@@ -145,9 +145,9 @@ def experts_received(model, attention_mask):
     their token. Independent of moe_interp: no `mi.describe`, plain torch hooks.
 
     ```python
-    >>> with experts_received(model, enc["attention_mask"]) as seen:
-    ...     model._module(**enc)
-    >>> seen[0]          # tensor([3, 0, 5, ...])
+    with experts_received(model, enc["attention_mask"]) as seen:
+        model._module(**enc)
+    seen[0]              # tensor([3, 0, 5, ...])
     ```
     """
     hf = getattr(model, "_module", model)
