@@ -193,8 +193,10 @@ def _ablate(args: argparse.Namespace) -> None:
     model = _model(args.model)
     k = _k(model, stats, args.k, mi.PAPER.exclusive_k)
     corpus = _corpus(args.corpus, evals, "heldout", args.model)
-    _say(f"ablation grid with k={k}; {args.threads_note}")
-    result = mi.ablation_grid(model, stats, corpus, evals, targets, path=args.out, k=k, threshold=args.threshold)
+    _say(f"ablation grid with k={k}, {args.controls} random same-size control sets, evaluated on the held-out "
+         f"split; {args.threads_note}")
+    result = mi.ablation_grid(model, stats, corpus, evals, targets, path=args.out, k=k, threshold=args.threshold,
+                              controls=args.controls, replicates=args.replicates, seed=args.seed)
     print(result.summary())
 
 
@@ -215,7 +217,7 @@ def _steer(args: argparse.Namespace) -> None:
     test = _corpus(args.corpus, [target, *langs], "heldout", args.model)
     _say(f"steering toward {target} with k={k}; {args.threads_note}")
     result = mi.steering_eval(model, stats, dev, test, langs, target=target, path=args.out, k=k,
-                              threshold=args.threshold, scales=scales)
+                              threshold=args.threshold, scales=scales, samples=args.replicates, seed=args.seed)
     print(result.summary())
 
 
@@ -277,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="demo", help=model_help)
     p.add_argument("--corpus", default="udhr", help="bundled corpus (udhr: 312 languages)")
     p.add_argument("--languages", help="comma-separated ISO 639-3 codes (default: every language of the corpus)")
-    p.add_argument("--split", default="heldout", choices=("train", "heldout", "all"), help="corpus split")
+    p.add_argument("--split", default="train", choices=("train", "heldout", "all"),
+                   help="corpus split (train: select experts on it, then ablate/steer evaluate on held-out texts)")
     p.add_argument("--batch-size", type=int, default=16, help="texts per forward pass")
     p.add_argument("--checkpoint", help="resume file for long runs (keyed by model and corpus content)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -303,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, help="experts kept per language and layer (default: the paper's 15 of 128 "
                                          "experts scaled to the model, at least its top-k)")
     p.add_argument("--threshold", type=float, default=0.4, help="share of an expert's use above which it is exclusive")
+    p.add_argument("--controls", type=int, default=3, help="random same-size expert sets per cell (the control)")
+    p.add_argument("--replicates", type=int, default=2000, help="bootstrap resamples over texts for each interval")
+    p.add_argument("--seed", type=int, default=0, help="seed of the control sets and the bootstrap")
     p.add_argument("--out", default="ablation.jsonl",
                    help="results file (resumable; cells are keyed by model, texts and ablation content)")
     p.set_defaults(run=_ablate)
@@ -320,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, help="experts kept per language and layer (default: the paper's 20 of 128 "
                                          "experts scaled to the model, at least its top-k)")
     p.add_argument("--threshold", type=float, default=0.7, help="every language's share of a steered expert stays below it")
+    p.add_argument("--replicates", type=int, default=2000, help="bootstrap resamples over texts for each interval")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.add_argument("--out", default="steering.jsonl",
                    help="results file (resumable; cells are keyed by model, texts and steer content)")
     p.set_defaults(run=_steer)

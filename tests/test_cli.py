@@ -185,7 +185,7 @@ def test_steer_with_default_arguments_runs_on_the_demo_and_every_zoo_model(model
     out = capsys.readouterr()
     assert "scale" in out.out and "deu: gain" in out.out
     experts = mi.RoutingStats.load("p.routing").num_experts
-    assert f"with k={ {16: 3, 8: 2}[experts] };" in out.err  # 20 of 128 experts scaled, at least top-2
+    assert f"with k={ {32: 5, 16: 3, 8: 2}[experts] };" in out.err  # 20 of 128 experts scaled, at least top-2
 
 
 def test_threads_follow_the_environment_or_the_flag(monkeypatch):
