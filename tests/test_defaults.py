@@ -48,7 +48,7 @@ def test_route_steer_with_default_arguments_runs_on_the_demo_and_every_zoo_model
     spec = mi.describe(model)
     stats = _two_language_profile(model)
     steer = mi.RouteSteer(layers="middle", target="eng", stats=stats)
-    hand_k = {16: 3, 8: 2}[spec.num_experts]  # ceil(20 * E / 128), at least top-2
+    hand_k = {32: 5, 16: 3, 8: 2}[spec.num_experts]  # ceil(20 * E / 128), at least top-2
     assert steer.expert_set(spec) == stats.shared_experts(["eng", "deu"], k=hand_k, threshold=0.7,
                                                           layers=spec.select_layers("middle"))
     with mi.trace(model, "Wie viele Äpfel hat sie?") as plain:
@@ -59,16 +59,16 @@ def test_route_steer_with_default_arguments_runs_on_the_demo_and_every_zoo_model
     if steer.expert_set(spec).size:
         assert not torch.equal(plain.output.logits, steered.output.logits)
     assert stats.exclusive_experts("deu").size >= 0  # defaults of the analyses run too
-    assert stats.layer_profile().k == {16: 2, 8: 2}[spec.num_experts]
+    assert stats.layer_profile().k == {32: 4, 16: 2, 8: 2}[spec.num_experts]  # ceil(15 * E / 128), at least top-2
 
 
 def test_an_explicit_k_beyond_the_experts_names_the_parameter_and_the_default():
     model = mi.zoo.demo_model()
     stats = _two_language_profile(model)
-    with pytest.raises(ValueError, match=r"RouteSteer k .* \[1, 16\], got 20; leave k unset .* i\.e\. 3"):
-        mi.trace(model, "Hallo", mi.RouteSteer(layers="middle", target="eng", stats=stats, k=20)).__enter__()
-    with pytest.raises(ValueError, match=r"^k .* \[1, 16\], got 20; leave k unset .* 15 of 128 .* i\.e\. 2"):
-        stats.exclusive_experts("deu", k=20)
+    with pytest.raises(ValueError, match=r"RouteSteer k .* \[1, 32\], got 40; leave k unset .* i\.e\. 5"):
+        mi.trace(model, "Hallo", mi.RouteSteer(layers="middle", target="eng", stats=stats, k=40)).__enter__()
+    with pytest.raises(ValueError, match=r"^k .* \[1, 32\], got 40; leave k unset .* 15 of 128 .* i\.e\. 4"):
+        stats.exclusive_experts("deu", k=40)
 
 
 def test_on_two_languages_threshold_0_4_is_exclusive_to_both_and_0_5_separates_them():
