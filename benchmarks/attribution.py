@@ -32,7 +32,7 @@ import torch
 
 import moe_interp as mi
 from moe_interp.attribution import rank_correlation
-from moe_interp.demo import _pieces
+from moe_interp.demo import demo_corpus
 
 LANGUAGES = ("eng", "swh", "cmn")
 TOP = 8  # experts per language in the top-k comparison (of 8 layers x 16 experts)
@@ -87,7 +87,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = mi.zoo.demo_model()
-    corpus = _pieces(mi.datasets.udhr(list(LANGUAGES), split="heldout"))
+    corpus = demo_corpus(list(LANGUAGES), split="heldout")
     texts = sum(len(v) for v in corpus.values())
     small = {lang: v[:2] for lang, v in corpus.items()}
     mi.profile(model, small, progress=False)  # first traces check the model once: not part of the timing

@@ -135,11 +135,11 @@ def demo_profile(args, device):
     from scipy.spatial.distance import jensenshannon
 
     import moe_interp as mi
-    from moe_interp.demo import _pieces
+    from moe_interp.demo import demo_corpus
 
     every = list(mi.datasets.udhr_languages())
     languages = every[:: max(1, len(every) // args.demo_languages)][: args.demo_languages]  # spread over the list
-    corpus = _pieces(mi.datasets.udhr(languages, split="heldout"))
+    corpus = demo_corpus(languages, split="heldout")
     results = {}
     for where in ([device, "cpu"] if device != "cpu" else ["cpu"]):
         model = mi.zoo.demo_model()

@@ -83,12 +83,11 @@ def _corpus(name: str, languages: list[str] | None, split: str, model: str | Non
 
     if name != "udhr":
         _fail(f"unknown corpus {name!r}; bundled: udhr (FLORES+/Belebele/MGSM via mi.datasets in Python)")
-    corpus = mi.datasets.udhr(languages, split=split)
     if model in (None, "demo"):  # the demo model reads 256-byte pieces, as it was trained and as the demo runs it
-        from moe_interp.demo import _pieces
+        from moe_interp.demo import demo_corpus
 
-        corpus = _pieces(corpus)
-    return corpus
+        return demo_corpus(languages if languages is not None else mi.datasets.udhr_languages(), split=split)
+    return mi.datasets.udhr(languages, split=split)
 
 
 def _corpus_languages(name: str) -> list[str]:
