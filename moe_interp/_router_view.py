@@ -253,12 +253,23 @@ class Router:
         """`[tokens, top_k]` the experts the layer used (assignable where the experts take them)."""
         if self._sites.dense is not None:
             return torch.topk(self._get("dense"), self._top_k, dim=-1).indices
+        self._refuse_dispatch()
         return self._get("indices")
 
     @indices.setter
     def indices(self, value: Any) -> None:
         self._refuse_dense("indices")
+        self._refuse_dispatch()
         self._set("indices", value)
+
+    def _refuse_dispatch(self) -> None:
+        # A capacity-limited router (Switch) hands its experts a [tokens, experts] 0/1 dispatch
+        # mask: read as top-k indices it would name an expert for the tokens it dropped.
+        if self._sites.readout == "dispatch":
+            raise RouterAccessError(
+                f"layer {self.layer} ({self.arch}) hands its experts a [tokens, experts] dispatch mask (tokens past "
+                "an expert's capacity are dropped), not [tokens, top_k] indices: record it with mi.RouterRecord(), "
+                "which counts dropped tokens as dropped")
 
     @property
     def weights(self) -> torch.Tensor:

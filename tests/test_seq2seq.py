@@ -340,3 +340,14 @@ def test_rerouting_an_encoder_expert_leaves_it_unused_and_picks_the_next_best(ar
     expected = torch.bincount(top[real].reshape(-1), minlength=8)
     assert int(expected[ablated]) == 0 and int(received[_layer_path(router_path)][ablated]) == 0
     assert torch.equal(stats["encoder"].count[0, 0], expected)
+
+
+def test_switch_router_view_refuses_indices_it_would_misreport():
+    # Switch hands its experts a [tokens, experts] dispatch mask, dropped tokens all-zero:
+    # as [tokens, top_k] indices it would name an expert for a dropped token.
+    from moe_interp import RouterAccessError
+
+    model = tiny("switch_transformers")
+    with pytest.raises(RouterAccessError, match=r"dispatch mask .*mi\.RouterRecord\(\)"):
+        with torch.no_grad(), model.trace(batch(model)):
+            model.moe[0].router.indices.save()
