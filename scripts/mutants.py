@@ -1,0 +1,574 @@
+"""Mutation testing of the core modules: do the tests fail when the code is wrong?
+
+A curated list of single-change mutants (`MUTANTS` below: a flipped comparison, an
+off-by-one, a wrong axis, a dropped mask, swapped arguments, a wrong constant, a removed
+check, a wrong default), each applied alone to a fresh copy of the repository's tracked
+files in a temporary directory (the checkout itself is never changed), then the fast test
+selection named for it is run there (`python -m pytest -x -q -p no:randomly <selection>`,
+doctests of the module included where named). A mutant is
+
+- `caught`: the selection failed (or could not even import the mutated code),
+- `survived`: the selection passed, so the tests cannot tell the mutant from the real code,
+- `stale`: its source snippet is no longer in the file (the code moved: update the list),
+- `timeout`: the selection ran past its limit (not counted as caught),
+- `baseline-failed`: the selection fails on the unmutated copy too, so it proves nothing.
+
+Score = caught / (mutants neither stale, baseline-failed nor listed as equivalent);
+equivalent mutants (no test can tell them apart: the behaviour is the same) are listed with
+the reason and left out of the score. Each row records which test caught the mutant, and
+whether that was a doctest.
+
+Run (from the repository root, with the project's virtual environment):
+
+    OMP_NUM_THREADS=1 nice -n 10 python scripts/mutants.py           # every mutant, one at a time
+    python scripts/mutants.py --list                                 # the mutants, nothing run
+    python scripts/mutants.py --only divergence,evidence             # some modules (or mutant ids)
+    python scripts/mutants.py --before                               # without tests/test_mutants_*.py
+
+How long: each mutant costs one pytest start (~10-20 s of imports on 2 busy cores) plus
+its selection (most under 10 s; the counts' file tests ~20 s): about 25 s a mutant on a
+2-core machine, so ~40 minutes for the whole list, plus one unmutated baseline run per
+distinct selection. `-j N` runs N mutants at once (each in its own copy).
+
+Results go to `benchmarks/mutation.json` (merged: `--only` updates its mutants' rows) and
+are rendered to `benchmarks/MUTATION.md` (table, score, survivors and why). `--before`
+keeps its results apart, as the score the tests had before `tests/test_mutants_*.py`
+(the tests added for survivors) existed. The copy is of the files git tracks: commit (or
+`git add`) a new test file before it can take part. `--rev REV` copies a commit instead of
+the working tree. Every run checks, once, that the copy's `moe_interp` is the one imported
+(not the editable install).
+"""
+
+import argparse
+import concurrent.futures
+import dataclasses
+import datetime
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ADDED_TESTS = "tests/test_mutants_"  # the tests written for survivors (dropped by --before)
+
+# short names of the modules under test (for --only and the table)
+MODULES = {
+    "moe_interp/_counts.py": "counts",
+    "moe_interp/kernels.py": "kernels",
+    "moe_interp/interventions.py": "interventions",
+    "moe_interp/_router_view.py": "router_view",
+    "moe_interp/expert_set.py": "expert_set",
+    "moe_interp/analysis/_expert_sets.py": "expert_sets",
+    "moe_interp/analysis/_divergence.py": "divergence",
+    "moe_interp/analysis/_evidence.py": "evidence",
+    "moe_interp/analysis/_bootstrap.py": "bootstrap",
+    "moe_interp/_fingerprint.py": "fingerprint",
+    "moe_interp/arch/_verify.py": "verify",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutant:
+    """One single change: in `file`, the one occurrence of `find` becomes `replace`; `tests`
+    is the pytest selection that should catch it (paths under `moe_interp/` are that module's
+    doctests); `equivalent`: why no test can catch it (left out of the score); `fixed_by`:
+    the test added for it when it first survived."""
+
+    id: str
+    file: str
+    find: str
+    replace: str
+    tests: str
+    kind: str
+    what: str
+    equivalent: str | None = None
+    fixed_by: str | None = None
+
+    @property
+    def module(self) -> str:
+        return MODULES.get(self.file, Path(self.file).stem)
+
+
+# -- test selections (fast: the tests that exercise the module, not the suite) ----------------------
+COUNTS = ("tests/test_stats_files.py tests/test_analysis.py tests/test_mutants_counts.py moe_interp/_counts.py "
+          "-k 'not killed'")
+COUNTS_FILES = "tests/test_stats_files.py tests/test_analysis.py tests/test_mutants_counts.py moe_interp/_counts.py"
+EXPERT_SET = ("tests/test_analysis.py tests/test_mutants_analysis.py moe_interp/expert_set.py "
+              "moe_interp/analysis/_expert_sets.py")
+EXPERT_SETS = "tests/test_analysis.py tests/test_mutants_analysis.py moe_interp/analysis/_expert_sets.py"
+DIVERGENCE = "tests/test_analysis.py tests/test_mutants_analysis.py moe_interp/analysis/_divergence.py"
+EVIDENCE = "tests/test_evidence.py tests/test_mutants_analysis.py moe_interp/analysis/_evidence.py"
+BOOTSTRAP = "tests/test_analysis.py tests/test_mutants_analysis.py moe_interp/analysis/_bootstrap.py"
+VERIFY = ("tests/test_arch.py tests/test_mutants_verify.py moe_interp/arch/_verify.py "
+          "-k 'first_trace or registered or verify or _verify'")
+
+M = Mutant
+MUTANTS: list[Mutant] = [
+    # -- counts ----------------------------------------------------------------------------------
+    M("counts.frequency-clamp", "moe_interp/_counts.py",
+      "self.tokens.clamp(min=1).double()", "self.tokens.clamp(min=0).double()", COUNTS,
+      "wrong constant", "a language without tokens gets nan frequencies instead of 0"),
+    M("counts.distribution-divisor", "moe_interp/_counts.py",
+      "return self.frequency() / self.top_k", "return self.frequency() / self.num_experts", COUNTS,
+      "wrong constant", "distribution divides by the number of experts, not top_k"),
+    M("counts.check-count-low", "moe_interp/_counts.py",
+      "not isinstance(value, numbers.Integral) or value < low or (",
+      "not isinstance(value, numbers.Integral) or value <= low or (", COUNTS,
+      "off-by-one", "num_experts = 1 / top_k = 1 refused"),
+    M("counts.check-count-high", "moe_interp/_counts.py",
+      "high is not None and value > high):", "high is not None and value > high + 1):", COUNTS,
+      "off-by-one", "top_k = num_experts + 1 accepted"),
+    M("counts.negative-check-dropped", "moe_interp/_counts.py",
+      "bad = (value < 0) if integral else", "bad = (value < -1) if integral else", COUNTS,
+      "off-by-one", "a count of -1 accepted"),
+    M("counts.item-language-bound", "moe_interp/_counts.py",
+      "if n_items and int(stats.item_language.max()) >= n_lang:",
+      "if n_items and int(stats.item_language.max()) > n_lang:", COUNTS,
+      "flipped comparison", "an item of language n_lang (one past the end) accepted"),
+    M("counts.item-tokens-sum", "moe_interp/_counts.py",
+      "int(stats.item_tokens[mine].sum()) == int(stats.tokens[lang])",
+      "int(stats.item_tokens[mine].sum()) <= int(stats.tokens[lang])", COUNTS,
+      "flipped comparison", "per-item tokens may add up to less than the language's tokens"),
+    M("counts.merge-relabel", "moe_interp/_counts.py",
+      "torch.cat([result.item_language, relabel[other.item_language]])",
+      "torch.cat([result.item_language, other.item_language])", COUNTS,
+      "dropped mask", "merge keeps the other stats' item language positions un-relabelled"),
+    M("counts.merge-language-order", "moe_interp/_counts.py",
+      "languages = list(result.languages) + [l for l in other.languages if l not in result.languages]",
+      "languages = [l for l in other.languages if l not in result.languages] + list(result.languages)", COUNTS,
+      "swapped arguments", "merge puts the other stats' new languages first"),
+    M("counts.select-items-remap", "moe_interp/_counts.py",
+      "remap[li] = torch.arange(len(li))", "remap[li] = li", COUNTS,
+      "wrong index", "select keeps item_language as positions in the old language order"),
+    M("counts.from-paper-top-k-round", "moe_interp/_counts.py",
+      "top_k = int(round(float(per_token.mean())))", "top_k = int(float(per_token.mean()))", COUNTS,
+      "wrong rounding", "from_paper truncates the mean experts per token instead of rounding"),
+    M("counts.from-paper-experts", "moe_interp/_counts.py",
+      "experts = num_experts or 1 + max(", "experts = num_experts or max(", COUNTS,
+      "off-by-one", "from_paper reads one expert fewer than the files hold"),
+    M("counts.checksum-compare", "moe_interp/_counts.py",
+      'if _checksum(stored["moe_interp"], tensors) != stored.get("sha256"):',
+      'if _checksum(stored["moe_interp"], tensors) != stored.get("sha256") and False:', COUNTS,
+      "removed check", "the sha256 of a stats file is not verified"),
+    M("counts.overwrite-guard", "moe_interp/_counts.py",
+      "and not (path / _META_FILE).exists()):", "or not (path / _META_FILE).exists()):", COUNTS_FILES,
+      "flipped condition", "overwrite=True refuses a directory save wrote if meta.json is missing"),
+
+    # -- expert_set -----------------------------------------------------------------------------
+    M("expert_set.negative-expert", "moe_interp/expert_set.py",
+      "    if index < 0:\n", "    if index < -1:\n", EXPERT_SET,
+      "off-by-one", "expert index -1 accepted (wraps round to the last expert)"),
+    M("expert_set.bool-expert", "moe_interp/expert_set.py",
+      "index = -1 if isinstance(value, bool) else operator.index(value)",
+      "index = operator.index(value)", EXPERT_SET,
+      "removed check", "True / False accepted as experts 1 / 0"),
+    M("expert_set.mean-strength-divisor", "moe_interp/expert_set.py",
+      "for s in v.values()) / self.size", "for s in v.values()) / len(self)", EXPERT_SET,
+      "wrong constant", "mean strength divides by the number of layers, not pairs"),
+    M("expert_set.eq-strengths", "moe_interp/expert_set.py",
+      "tuple(sorted(v)) for k, v in other.items()} and (\n            self.strengths == getattr(other, \"strengths\", None))",
+      "tuple(sorted(v)) for k, v in other.items()}", EXPERT_SET,
+      "removed check", "sets with different strengths compare equal"),
+    M("expert_set.empty-layers", "moe_interp/expert_set.py",
+      "            if values:\n                frozen[layer] = values",
+      "            if True:\n                frozen[layer] = values", EXPERT_SET,
+      "removed check", "layers with no experts are kept (len counts them)"),
+    M("expert_set.finite-strength", "moe_interp/expert_set.py",
+      "if not math.isfinite(number):", "if math.isnan(number):", EXPERT_SET,
+      "removed check", "an infinite strength accepted"),
+    M("expert_set.scaled-k-ceil", "moe_interp/expert_set.py",
+      "math.ceil(paper_k * num_experts / self.num_experts)", "int(paper_k * num_experts / self.num_experts)",
+      EXPERT_SET, "wrong rounding", "the scaled default k rounds down"),
+    M("expert_set.check-k-upper", "moe_interp/expert_set.py",
+      "not 1 <= k <= num_experts:", "not 1 <= k < num_experts:", EXPERT_SET,
+      "off-by-one", "k = num_experts refused"),
+
+    # -- expert sets (analysis) -----------------------------------------------------------------
+    M("expert_sets.shares-axis", "moe_interp/analysis/_expert_sets.py",
+      "return kept / (kept.sum(0, keepdim=True) + EPS)", "return kept / (kept.sum(-1, keepdim=True) + EPS)",
+      EXPERT_SETS, "wrong axis", "shares normalised over experts instead of languages"),
+    M("expert_sets.topk-off-by-one", "moe_interp/analysis/_expert_sets.py",
+      "top = torch.topk(freq, k, dim=-1).indices", "top = torch.topk(freq, max(1, k - 1), dim=-1).indices",
+      EXPERT_SETS, "off-by-one", "each language keeps k - 1 experts"),
+    M("expert_sets.exclusive-strict", "moe_interp/analysis/_expert_sets.py",
+      "return p > check_threshold(threshold)", "return p >= check_threshold(threshold)", EXPERT_SETS,
+      "flipped comparison", "exclusive rule not strict"),
+    M("expert_sets.shared-used", "moe_interp/analysis/_expert_sets.py",
+      "return (p > 0).any(0) & (p < threshold).all(0)", "return (p < threshold).all(0)", EXPERT_SETS,
+      "dropped mask", "shared experts include experts no language uses"),
+    M("expert_sets.shared-strength-language", "moe_interp/analysis/_expert_sets.py",
+      "strengths[layer] = {e: float(p[0, i, e]) for e in chosen}",
+      "strengths[layer] = {e: float(p[-1, i, e]) for e in chosen}", EXPERT_SETS,
+      "wrong index", "shared strength is the last language's share, not the first's"),
+    M("expert_sets.targets-mean", "moe_interp/analysis/_expert_sets.py",
+      "p[[among.index(t) for t in targets]].sum(0, keepdim=True)",
+      "p[[among.index(t) for t in targets]].mean(0, keepdim=True)", EXPERT_SETS,
+      "wrong reduction", "several targets: their shares averaged instead of summed"),
+    M("expert_sets.repeat-check", "moe_interp/analysis/_expert_sets.py",
+      "repeated = sorted({l for l in languages if languages.count(l) > 1})",
+      "repeated = sorted({l for l in languages if languages.count(l) > 2})", EXPERT_SETS,
+      "off-by-one", "a language listed twice is accepted (its share counted twice)"),
+    M("expert_sets.among-layers", "moe_interp/analysis/_expert_sets.py",
+      "selected = shared_mask(p, threshold)\n", "selected = shared_mask(p[:1], threshold)\n", EXPERT_SETS,
+      "wrong index", "shared rule judged on the first language only"),
+
+    # -- divergence -----------------------------------------------------------------------------
+    M("divergence.js-base", "moe_interp/analysis/_divergence.py",
+      "/ (2 * np.log(2))", "/ 2", DIVERGENCE,
+      "wrong constant", "JS in nats instead of bits"),
+    M("divergence.cosine-one-minus", "moe_interp/analysis/_divergence.py",
+      "return 1.0 - unit @ unit.T", "return unit @ unit.T", DIVERGENCE,
+      "wrong formula", "cosine similarity returned as the distance"),
+    M("divergence.hellinger-root", "moe_interp/analysis/_divergence.py",
+      "return np.sqrt(np.clip(1.0 - root @ root.T, 0.0, None))", "return np.clip(1.0 - root @ root.T, 0.0, None)",
+      DIVERGENCE, "wrong formula", "squared Hellinger distance"),
+    M("divergence.kl-one-sided", "moe_interp/analysis/_divergence.py",
+      "return (own[:, None] - cross) + (own[None, :] - cross.T)", "return (own[:, None] - cross)", DIVERGENCE,
+      "dropped term", "kl_sym is half the symmetric KL"),
+    M("divergence.nan-diagonal", "moe_interp/analysis/_divergence.py",
+      "out[:, idx, idx] = np.where(valid.T, 0.0, np.nan)", "out[:, idx, idx] = 0.0", DIVERGENCE,
+      "dropped mask", "a language without tokens gets 0 on the diagonal instead of nan"),
+    M("divergence.band-nanmean", "moe_interp/analysis/_divergence.py",
+      "for layer in members]].nanmean(0)", "for layer in members]].mean(0)", DIVERGENCE,
+      "dropped mask", "band average is nan when one layer is nan"),
+    M("divergence.entropy-log-base", "moe_interp/analysis/_divergence.py",
+      "return -terms.sum(-1) / float(np.log(stats.num_experts))",
+      "return -terms.sum(-1) / float(np.log(stats.num_experts + 1))", DIVERGENCE,
+      "off-by-one", "entropy normalised by log(E + 1)"),
+    M("divergence.renormalise", "moe_interp/analysis/_divergence.py",
+      "return d / d.sum(-1, keepdims=True)  #", "return d / 1.0  #", DIVERGENCE,
+      "dropped step", "distributions not renormalised when counts do not sum to top_k x tokens"),
+    M("divergence.offdiagonal-mean", "moe_interp/analysis/_divergence.py",
+      "return matrix[..., mask].nanmean(-1) if n > 1", "return matrix.flatten(-2).nanmean(-1) if n > 1",
+      DIVERGENCE, "dropped mask", "mean over all pairs, the zero diagonal included"),
+
+    # -- evidence -------------------------------------------------------------------------------
+    M("evidence.basic-swapped", "moe_interp/analysis/_evidence.py",
+      "return float(2 * estimate - high), float(2 * estimate - low)",
+      "return float(2 * estimate - low), float(2 * estimate - high)", EVIDENCE,
+      "swapped arguments", "basic interval's ends swapped"),
+    M("evidence.normal-ddof", "moe_interp/analysis/_evidence.py",
+      "samples.std(ddof=1)", "samples.std(ddof=0)", EVIDENCE,
+      "wrong default", "normal interval uses the population sd"),
+    M("evidence.p-value-twice", "moe_interp/analysis/_evidence.py",
+      "return float(min(1.0, 2 * min(", "return float(min(1.0, 1 * min(", EVIDENCE,
+      "wrong constant", "one-sided bootstrap p-value"),
+    M("evidence.p-value-ties", "moe_interp/analysis/_evidence.py",
+      "2 * min((samples <= 0).mean(), (samples >= 0).mean())",
+      "2 * min((samples < 0).mean(), (samples > 0).mean())", EVIDENCE,
+      "flipped comparison", "replicates equal to 0 count on neither side"),
+    M("evidence.resample-off-by-one", "moe_interp/analysis/_evidence.py",
+      "rng.integers(0, len(g), (replicates, len(g)))", "rng.integers(0, max(1, len(g) - 1), (replicates, len(g)))",
+      EVIDENCE, "off-by-one", "the last item of each group is never drawn"),
+    M("evidence.within-diagonal", "moe_interp/analysis/_evidence.py",
+      "upper = np.triu(np.ones_like(same), 1)", "upper = np.triu(np.ones_like(same), 0)", EVIDENCE,
+      "off-by-one", "within-family mean includes the zero diagonal"),
+    M("evidence.permutation-ties", "moe_interp/analysis/_evidence.py",
+      "(1 + (shuffled >= observed).sum(0))", "(1 + (shuffled > observed).sum(0))", EVIDENCE,
+      "flipped comparison", "permutations equal to the observed value not counted"),
+    M("evidence.difference-sign", "moe_interp/analysis/_evidence.py",
+      "estimate = float(self.estimate[0, s] - self.estimate[m, s])",
+      "estimate = float(self.estimate[m, s] - self.estimate[0, s])", EVIDENCE,
+      "swapped arguments", "difference is model minus trained"),
+    M("evidence.linkage-method", "moe_interp/analysis/_evidence.py",
+      'method="average"', 'method="complete"', EVIDENCE,
+      "wrong default", "complete-linkage tree instead of average"),
+    M("evidence.articles-paired", "moe_interp/analysis/_evidence.py",
+      "articles = len(set(sizes)) == 1", "articles = False", EVIDENCE,
+      "removed branch", "parallel corpora resampled within languages instead of by article"),
+
+    # -- bootstrap ------------------------------------------------------------------------------
+    M("bootstrap.alpha-half", "moe_interp/analysis/_bootstrap.py",
+      "alpha = (1 - level) / 2", "alpha = 1 - level", BOOTSTRAP,
+      "wrong constant", "one-sided percentile interval"),
+    M("bootstrap.draw-within-language", "moe_interp/analysis/_bootstrap.py",
+      "members = (stats.item_language == lang).nonzero().flatten()", "members = torch.arange(n_items)",
+      BOOTSTRAP, "dropped mask", "items drawn from every language"),
+    M("bootstrap.draw-count", "moe_interp/analysis/_bootstrap.py",
+      "torch.randint(len(members), (len(members),), generator=generator)",
+      "torch.randint(len(members), (max(1, len(members) - 1),), generator=generator)", BOOTSTRAP,
+      "off-by-one", "one item fewer drawn per language"),
+    M("bootstrap.estimate-on-resample", "moe_interp/analysis/_bootstrap.py",
+      "estimate = torch.as_tensor(function(stats)).double()",
+      "estimate = torch.as_tensor(function(resample(stats, generator))).double()", BOOTSTRAP,
+      "wrong argument", "the estimate is one more replicate, not the full data"),
+    M("bootstrap.level-check", "moe_interp/analysis/_bootstrap.py",
+      "not 0 < level < 1:", "not 0 < level <= 1:", BOOTSTRAP,
+      "off-by-one", "level = 1 accepted"),
+
+    # -- verify ---------------------------------------------------------------------------------
+    M("verify.auto-only", "moe_interp/arch/_verify.py",
+      'if spec.family != "auto":\n        return None', 'if spec.family == "":\n        return None', VERIFY,
+      "flipped condition", "registered adapters are checked too"),
+    M("verify.shown-mask", "moe_interp/arch/_verify.py",
+      "if not _same(_per_token(indices, tokens)[shown], received[shown]):",
+      "if not _same(_per_token(indices, tokens), received):", VERIFY,
+      "dropped mask", "tokens that show no choice (zero rows of a dense dispatch) are judged"),
+    M("verify.loop-check", "moe_interp/arch/_verify.py",
+      "if calls[layer] != 1:", "if calls[layer] > 2:", VERIFY,
+      "removed check", "a layer whose experts ran twice in one forward is accepted"),
+    M("verify.first-forward-only", "moe_interp/arch/_verify.py",
+      "def first_forward_over(*_):\n            self.done = True",
+      "def first_forward_over(*_):\n            self.done = False", VERIFY,
+      "wrong constant", "calls of later forwards are recorded too"),
+    M("verify.sentinel-column", "moe_interp/arch/_verify.py",
+      ".long().cpu().clamp(min=-1) + 1", ".long().cpu().clamp(min=0)", VERIFY,
+      "off-by-one", "negative 'no expert' sentinels counted as expert 0"),
+    M("verify.missing-layer", "moe_interp/arch/_verify.py",
+      "for layer in sorted(set(calls) - set(readout)):", "for layer in sorted(set(calls) & set()):", VERIFY,
+      "removed check", "a routed layer moe_interp does not read is accepted"),
+    M("verify.dense-rows", "moe_interp/arch/_verify.py",
+      "rows = tensors[0].detach().reshape(-1, tokens, tensors[0].shape[-1])",
+      "rows = tensors[0].detach().reshape(tokens, -1, tensors[0].shape[-1]).transpose(0, 1)", VERIFY,
+      "wrong axis", "a dense dispatch read token-major instead of expert-major"),
+]
+MUTANTS_BY_ID = {m.id: m for m in MUTANTS}
+assert len(MUTANTS_BY_ID) == len(MUTANTS), "mutant ids must be unique"
+
+
+# -- running ----------------------------------------------------------------------------------------
+def _tracked_copy(destination: Path, rev: str | None) -> None:
+    """The repository's tracked files (working-tree contents, or those of `rev`) into `destination`."""
+    if rev:
+        archive = subprocess.run(["git", "archive", rev], cwd=ROOT, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(destination)], input=archive, check=True)
+        return
+    names = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True).stdout
+    for name in names.decode().split("\0"):
+        source = ROOT / name
+        if not name or not source.is_file():  # deleted in the working tree, or a submodule
+            continue
+        target = destination / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+
+
+def _environment(copy: Path) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1",
+               PYTHONPATH=str(copy))  # the copy, never the editable install, is imported
+    env.pop("PYTEST_ADDOPTS", None)
+    return env
+
+
+def _selection(tests: str, copy: Path, before: bool) -> list[str]:
+    """The selection's arguments; paths missing from the copy (a test file not yet written) and,
+    with `before`, the tests added for survivors are dropped."""
+    out = []
+    for part in shlex.split(tests):
+        path = part.split("::")[0]
+        is_path = not part.startswith("-") and (path.endswith(".py") or "/" in path) and (not out or out[-1] != "-k")
+        if is_path and (not (copy / path).exists() or (before and path.startswith(ADDED_TESTS))):
+            continue
+        out.append(part)
+    return out
+
+
+def _pytest(args: list[str], copy: Path, python: str, timeout: float) -> tuple[str, float, str]:
+    """(`passed` / `failed` / `error` / `no-tests` / `timeout`, seconds, first failing test)."""
+    command = ["nice", "-n", "10", python, "-m", "pytest", "-x", "-q", "-p", "no:randomly",
+               "--hypothesis-seed=0", *args]
+    start = time.monotonic()
+    process = subprocess.Popen(command, cwd=copy, env=_environment(copy), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # this run's own process group only
+        process.communicate()
+        return "timeout", time.monotonic() - start, ""
+    seconds = time.monotonic() - start
+    failing = re.search(r"^(?:FAILED|ERROR) (\S+)", output, re.M)
+    first = failing[1] if failing else ""
+    if process.returncode == 0:
+        return "passed", seconds, ""
+    if process.returncode in (1, 2):  # 2: interrupted, e.g. the mutated module fails to import
+        if not first and "error" in output.lower():
+            first = "(collection error) " + (output.strip().splitlines() or [""])[-1][:80]
+        return "failed", seconds, first
+    if process.returncode == 5:
+        return "no-tests", seconds, ""
+    return "error", seconds, output.strip().splitlines()[-1][:120] if output.strip() else ""
+
+
+def _check_import(copy: Path, python: str) -> None:
+    found = subprocess.run([python, "-c", "import moe_interp; print(moe_interp.__file__)"], cwd=copy,
+                           env=_environment(copy), capture_output=True, text=True, check=True).stdout.strip()
+    if not Path(found).resolve().is_relative_to(copy.resolve()):
+        sys.exit(f"the copy's moe_interp is not the one imported ({found}); fix PYTHONPATH before trusting a score")
+
+
+def _run_one(mutant: Mutant, args: argparse.Namespace, baseline: dict) -> dict:
+    row = {"id": mutant.id, "module": mutant.module, "kind": mutant.kind, "seconds": 0.0, "caught_by": ""}
+    with tempfile.TemporaryDirectory(prefix="mutant-") as folder:
+        copy = Path(folder)
+        _tracked_copy(copy, args.rev)
+        path = copy / mutant.file
+        source = path.read_text() if path.is_file() else ""
+        found = source.count(mutant.find)
+        if found != 1:
+            row["result"] = "stale" if found == 0 else f"ambiguous ({found} matches)"
+            return row
+        selection = _selection(mutant.tests, copy, args.before)
+        key = " ".join(selection)
+        if baseline.get(key, {}).get("status", "passed") != "passed":
+            row["result"] = "baseline-failed"
+            return row
+        limit = args.timeout or max(120.0, 4 * baseline.get(key, {}).get("seconds", 150.0))
+        path.write_text(source.replace(mutant.find, mutant.replace))
+        status, seconds, first = _pytest(selection, copy, args.python, limit)
+    row["seconds"] = round(seconds, 1)
+    row["result"] = {"failed": "caught", "passed": "survived"}.get(status, status)
+    row["caught_by"] = first
+    row["doctest"] = first.startswith("moe_interp/")
+    return row
+
+
+def _baselines(mutants: list[Mutant], args: argparse.Namespace) -> dict:
+    """Each distinct selection once on the unmutated copy: it must pass, and its time sets the limit."""
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="mutant-baseline-") as folder:
+        copy = Path(folder)
+        _tracked_copy(copy, args.rev)
+        _check_import(copy, args.python)
+        for tests in dict.fromkeys(m.tests for m in mutants):
+            selection = _selection(tests, copy, args.before)
+            key = " ".join(selection)
+            if key in out or args.no_baseline:
+                continue
+            status, seconds, first = _pytest(selection, copy, args.python, args.timeout or 900)
+            out[key] = {"status": status, "seconds": round(seconds, 1), "first": first}
+            print(f"baseline {status:>8} {seconds:6.1f}s  {key}" + (f"  ({first})" if first else ""), flush=True)
+    return out
+
+
+def _git(*command: str) -> str:
+    return subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+def score(rows: dict) -> tuple[int, int]:
+    """(caught, scored): equivalent, stale and baseline-failed mutants are not scored."""
+    scored = [r for i, r in rows.items() if i in MUTANTS_BY_ID and not MUTANTS_BY_ID[i].equivalent
+              and r["result"] in ("caught", "survived", "timeout", "error", "no-tests")]
+    return sum(r["result"] == "caught" for r in scored), len(scored)
+
+
+def _markdown(data: dict) -> str:
+    lines = ["# Mutation testing of the core modules", "",
+             "Generated by `scripts/mutants.py` (its docstring says how to run it); do not edit by hand.",
+             "Each mutant is one single change to the code, applied to a copy of the repository; the test",
+             "selection named for it must then fail. Score = caught / scored mutants (equivalent, stale and",
+             "baseline-failed mutants are not scored).", ""]
+    for label, key in (("With every test", "rows"), ("Before the tests added for survivors (`--before`)", "before")):
+        rows = data.get(key, {})
+        if not rows:
+            continue
+        caught, scored = score(rows)
+        doctest_only = sum(1 for r in rows.values() if r["result"] == "caught" and r.get("doctest"))
+        commits = sorted({r.get("commit", "?") for r in rows.values()})
+        lines += [f"## {label}: {caught} / {scored} caught ({100 * caught / max(scored, 1):.0f}%)", "",
+                  f"{doctest_only} of the caught were caught first by a doctest. Measured at commit(s) "
+                  f"{', '.join(commits)}.", ""]
+        if key != "rows":
+            continue
+        lines += ["| mutant | module | kind | result | caught by (first failing test) | s |",
+                  "|---|---|---|---|---|---|"]
+        for mutant in MUTANTS:
+            r = rows.get(mutant.id)
+            if r is None:
+                continue
+            result = r["result"] + (" (equivalent)" if mutant.equivalent else "")
+            by = r.get("caught_by", "") + (" *(doctest)*" if r.get("doctest") else "")
+            lines.append(f"| `{mutant.id}` | {mutant.module} | {mutant.kind} | {result} | {by} | {r['seconds']} |")
+        lines.append("")
+    before, after = data.get("before", {}), data.get("rows", {})
+    notes = [m for m in MUTANTS if m.equivalent or m.fixed_by or after.get(m.id, {}).get("result") not in (None, "caught")]
+    if notes:
+        lines += ["## Survivors, equivalent mutants and the tests added for them", ""]
+        for m in notes:
+            now = after.get(m.id, {}).get("result", "not run")
+            then = before.get(m.id, {}).get("result")
+            head = f"- `{m.id}` ({m.what}): {now}" + (f", {then} before the added tests" if then else "")
+            if m.equivalent:
+                head += f"; equivalent: {m.equivalent}"
+            if m.fixed_by:
+                head += f"; caught by `{m.fixed_by}`"
+            lines.append(head)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", help="comma-separated module names (counts, divergence, ...) or mutant ids")
+    parser.add_argument("--list", action="store_true", help="print the mutants and exit")
+    parser.add_argument("-j", "--jobs", type=int, default=1, help="mutants run at once (default 1)")
+    parser.add_argument("--before", action="store_true",
+                        help=f"leave out {ADDED_TESTS}*.py: the score before the tests added for survivors")
+    parser.add_argument("--rev", help="copy this commit's tracked files instead of the working tree's")
+    parser.add_argument("--timeout", type=float, help="seconds per mutant (default: 4 x its baseline, >= 120)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated runs (faster, less safe)")
+    parser.add_argument("--python", default=sys.executable, help="the interpreter that runs pytest")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "mutation.json"),
+                        help="results (merged by mutant id); the markdown goes beside it as MUTATION.md")
+    args = parser.parse_args()
+
+    chosen = MUTANTS
+    if args.only:
+        wanted = {w.strip() for w in args.only.split(",") if w.strip()}
+        chosen = [m for m in MUTANTS if m.module in wanted or m.id in wanted or m.file in wanted]
+        unknown = wanted - {m.module for m in MUTANTS} - {m.id for m in MUTANTS} - {m.file for m in MUTANTS}
+        if unknown:
+            sys.exit(f"--only: unknown {sorted(unknown)}; modules: {sorted(set(MODULES.values()))}")
+    if args.list:
+        for m in chosen:
+            flag = f"  [equivalent: {m.equivalent}]" if m.equivalent else ""
+            found = (ROOT / m.file).read_text().count(m.find) if (ROOT / m.file).is_file() else 0
+            state = {0: "stale", 1: "ok"}.get(found, f"ambiguous ({found})")
+            print(f"{m.id:<40} {state:<6} {m.kind:<18} {m.what}{flag}\n{'':<47} {m.tests}")
+        print(f"{len(chosen)} mutants over {len({m.module for m in chosen})} modules")
+        return
+
+    commit = args.rev or _git("rev-parse", "--short", "HEAD") + ("+dirty" if _git("status", "--porcelain", "--",
+                                                                                    *MODULES, "tests") else "")
+    print(f"{len(chosen)} mutants, copy of {'commit ' + args.rev if args.rev else 'the working tree'} ({commit})",
+          flush=True)
+    baseline = _baselines(chosen, args)
+    rows = {}
+    with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        for row in pool.map(lambda m: _run_one(m, args, baseline), chosen):
+            row["commit"] = commit
+            rows[row["id"]] = row
+            flag = " (equivalent)" if MUTANTS_BY_ID[row["id"]].equivalent else ""
+            print(f"{row['result']:>16}{flag} {row['seconds']:6.1f}s  {row['id']:<40} {row.get('caught_by', '')}",
+                  flush=True)
+
+    out = Path(args.out)
+    data = json.loads(out.read_text()) if out.is_file() else {}
+    key = "before" if args.before else "rows"
+    merged = {**data.get(key, {}), **rows}
+    data[key] = {i: merged[i] for i in MUTANTS_BY_ID if i in merged}  # list order; dropped mutants go
+    data["updated"] = datetime.datetime.now().isoformat(timespec="seconds")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=1) + "\n")
+    (out.parent / "MUTATION.md").write_text(_markdown(data))
+    caught, scored = score(rows)
+    total_caught, total_scored = score(data[key])
+    survivors = [i for i, r in rows.items() if r["result"] != "caught"]
+    print(f"\nthis run: {caught} / {scored} caught ({100 * caught / max(scored, 1):.0f}%); "
+          f"all recorded{' (before)' if args.before else ''}: {total_caught} / {total_scored} "
+          f"({100 * total_caught / max(total_scored, 1):.0f}%)")
+    if survivors:
+        print("not caught: " + ", ".join(f"{i} ({rows[i]['result']})" for i in survivors))
+    print(f"wrote {out} and {out.parent / 'MUTATION.md'}")
+
+
+if __name__ == "__main__":
+    main()
