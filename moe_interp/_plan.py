@@ -58,7 +58,9 @@ class Plan(Record):
     """A compiled plan: `layers` (`LayerPlan`s, in model order; layers with nothing to do are
     absent), `record` / `per_token` (what `RouterRecord` keeps), `verify` (read every layer's
     routing on the first forward for `arch.ExpertsCheck`), `num_experts`, `top_k`, `eos`
-    (the ids that end a generated row, for counting; empty outside `mi.generate`), `exclude`
+    (the ids that end a generated row, for counting; empty outside `mi.generate`), `generating`
+    (`mi.generate`: count each token once, the forward it is first fed; see
+    `kernels.drop_finished`), `exclude`
     (a long tensor of token ids `RouterRecord` does not count; None: none) and `modalities`
     (`(name, ids)` per non-text modality: with `RouterRecord(by_modality=True)`, each group
     splits into text and these; see `_token_kinds`).
@@ -74,5 +76,5 @@ class Plan(Record):
     """
 
     __slots__ = _fields = ("layers", "record", "per_token", "verify", "num_experts", "top_k", "eos", "exclude",
-                           "modalities")
-    _defaults = {"eos": (), "exclude": None, "modalities": ()}
+                           "modalities", "generating")
+    _defaults = {"eos": (), "exclude": None, "modalities": (), "generating": False}

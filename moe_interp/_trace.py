@@ -308,7 +308,7 @@ def _open(model: Any, args: tuple, fn: Any, generating: bool, kwargs: dict, per_
     plan = compile_plan(spec, interventions, router_groups(spec, module) if module is not None else None,
                         verify=check is not None)
     if generating and plan.record:
-        plan = plan._replace(eos=tuple(_eos_ids(model, inputs, kwargs)))
+        plan = plan._replace(eos=tuple(_eos_ids(model, inputs, kwargs)), generating=True)
     if plan.record:
         plan = with_token_kinds(plan, [i for i in interventions if isinstance(i, RouterRecord)], model)
     keep_output = kwargs.pop("keep_output", None)

@@ -403,24 +403,38 @@ def token_kinds(inputs: Any, group: torch.Tensor, exclude: Any, modalities: Sequ
     return group
 
 
-def drop_finished(inputs: Any, group: torch.Tensor, row: torch.Tensor, store: dict, eos: Sequence) -> torch.Tensor:
-    """`group` with the tokens of finished generation rows marked as padding (`-1`).
+def drop_finished(inputs: Any, group: torch.Tensor, row: torch.Tensor, store: dict, eos: Sequence,
+                  key: Any = None) -> torch.Tensor:
+    """`group` with the tokens a generation counted before, and those of finished rows,
+    marked as padding (`-1`).
+
+    Each token counts once, at the forward that first feeds it. With a cache, a step feeds
+    only the new tokens; without one (`use_cache=False`), every step feeds the whole sequence
+    again, and only its columns past the length fed so far are new. That length is the
+    attention mask's width (the whole sequence, cache or not); without a mask, a forward
+    longer than the length fed so far is taken to re-feed it. State per stack (`key`, as in
+    `forward_step`) in `store["fed"]`.
 
     A batch generation keeps feeding a row that has produced an end-of-sequence token (the
     EOS itself, then padding) until every row has ended; alone, that row would have stopped
     there. A row counts as finished from the first forward whose input holds an EOS among
-    its generated tokens (`eos`: the ids), so the counts equal generating each prompt alone.
-    State lives in `store` (the prompt length, a per-row flag): no host waits.
+    its generated tokens (`eos`: the ids; none, no row ends), so the counts equal generating
+    each prompt alone. State lives in `store` (the prompt length, a per-row flag): no host waits.
 
     ```python
     >>> import torch
     >>> from moe_interp.kernels import drop_finished
     >>> store, group, row = {"forwards": 0}, torch.tensor([0, 1]), torch.tensor([0, 1])
-    >>> drop_finished(((torch.tensor([[5, 6], [5, 7]]),), {}), group, row, store, eos=(2,))  # the prompt
+    >>> drop_finished(((torch.tensor([[5], [5]]),), {}), group, row, store, eos=(2,))  # the prompt
     tensor([0, 1])
     >>> store["forwards"] = 1
-    >>> drop_finished(((torch.tensor([[2], [8]]),), {}), group, row, store, eos=(2,))        # row 0: EOS
+    >>> drop_finished(((torch.tensor([[2], [8]]),), {}), group, row, store, eos=(2,))  # row 0: EOS
     tensor([-1,  1])
+    >>> store = {"forwards": 1, "fed": {None: 2}}          # no cache: [prompt, prompt, new] per row
+    >>> mask = torch.ones(2, 3, dtype=torch.long)
+    >>> drop_finished(((), {"attention_mask": mask}), torch.tensor([0, 0, 0, 1, 1, 1]),
+    ...               torch.tensor([0, 0, 0, 1, 1, 1]), store, eos=())
+    tensor([-1, -1,  0, -1, -1,  1])
 
     ```
     """
@@ -428,7 +442,19 @@ def drop_finished(inputs: Any, group: torch.Tensor, row: torch.Tensor, store: di
     ids = kwargs.get("input_ids")
     if ids is None and args:
         ids = args[0]
-    if ids is None or ids.ndim != 2:
+    mask = kwargs.get("attention_mask")
+    first = mask if mask is not None else (ids if ids is not None else kwargs.get("inputs_embeds"))
+    if first is not None:
+        batch = first.shape[0]
+        seq = group.shape[0] // batch
+        fed = store.setdefault("fed", {})
+        before = fed.get(key, 0)
+        length = mask.shape[-1] if mask is not None and mask.ndim == 2 else (seq if seq > before else before + seq)
+        refed = min(max(before + seq - length, 0), seq)  # shapes only: no host waits
+        fed[key] = length
+        if refed:
+            group = torch.cat([group.new_full((batch, refed), -1), group.view(batch, seq)[:, refed:]], 1).reshape(-1)
+    if not eos or ids is None or ids.ndim != 2:
         return group
     if store["forwards"] == 0:  # the prompt: never finishes a row
         store["prompt_length"] = ids.shape[1]
@@ -599,8 +625,8 @@ def forward_step(root: Any, plan: Any, store: dict, rows: list) -> None:
             source = inputs[key]
             group, token_position, token_row = token_groups(source, rows, indices.shape[0])
             group = token_kinds(source, group, plan.exclude, plan.modalities)
-            if plan.eos and not entry.once:
-                group = drop_finished(source, group, token_row, store, plan.eos)
+            if plan.generating and not entry.once:
+                group = drop_finished(source, group, token_row, store, plan.eos, key)
             groups = len(rows) * (1 + len(plan.modalities))
             if "count" not in store:
                 shape = (groups, len(plan.layers), num_experts)
