@@ -386,7 +386,13 @@ def generate(model: Any, *args: Any, **kwargs: Any) -> RoutingTracer:
     `mi.generate(model, prompt, *interventions, max_new_tokens=..., **generate_kwargs)`.
     After the block: `gen.text` (decoded continuations), `gen.output` (token ids),
     `gen.routing` (prompt and generated tokens, when a `RouterRecord` was given).
-    A row that produces an EOS token (`eos_token_id`, else the model's) stops counting
+    Each token counts once, at the step that first feeds it: one new token per row per
+    step, with or without a cache (`use_cache=False` feeds the whole sequence again at
+    every step; the tokens fed before are not counted again, although every intervention
+    still edits their routing, as they make the new token). Per-token records
+    (`RouterRecord(per_token=True)`) give each token's text position, its index among its
+    row's real tokens (an image's placeholder tokens one each, whatever rope positions a
+    multimodal model uses). A row that produces an EOS token (`eos_token_id`, else the model's) stops counting
     there, although a batch goes on feeding it (the EOS, then padding) until every row
     ends: counts equal generating each prompt alone. Rows ended otherwise
     (`stop_strings`, `stopping_criteria`) cannot be told apart, so those are refused with

@@ -325,7 +325,10 @@ def token_groups(inputs: Any, rows: list, num_tokens: int) -> tuple:
 
     `rows` is `[(start, size), ...]` per group, in batch order. Tokens are flattened
     `batch * seq` as the router sees them; the current tokens are the last `seq`
-    columns of the attention mask (a decoding step sees one new token per row).
+    columns of the attention mask (a cached decoding step sees one new token per row).
+    The position is the text position, the token's index among its row's real tokens
+    (each image or video placeholder token counts one): 2-D `position_ids` when given,
+    never a multimodal model's rope ids (`[3, batch, seq]`), else from the mask.
 
     ```python
     >>> import torch
@@ -353,7 +356,9 @@ def token_groups(inputs: Any, rows: list, num_tokens: int) -> tuple:
         row_group[start : start + size] = g
     real = torch.ones(batch, seq, dtype=torch.bool, device=device) if mask is None else mask[:, -seq:] > 0
     position = kwargs.get("position_ids")
-    if position is not None and position.shape[-1] == seq:
+    # multimodal rope ids ([3 or 4, batch, seq], Qwen-VL's M-RoPE) are not positions among
+    # the real tokens: the text position (from the mask) is kept instead
+    if position is not None and position.ndim <= 2 and position.shape[-1] == seq:
         position = position.to(device).expand(batch, seq)
     elif mask is not None:
         position = mask.long().cumsum(-1)[:, -seq:] - 1

@@ -26,18 +26,20 @@ def tiny():
 
 
 def _experts_modules(hf):
-    """`[(layer, module)]` of the routed-experts modules, found by name (no moe_interp)."""
-    return [(int(path.split(".")[2]), module) for path, module in hf.named_modules()
+    """`[(layer, module)]` of the routed-experts modules (`...layers.<i>.mlp.experts`), found by
+    name (no moe_interp)."""
+    return [(int(path.split(".")[-3]), module) for path, module in hf.named_modules()
             if path.endswith("mlp.experts")]
 
 
 @contextlib.contextmanager
-def hand_count(model, prompt_mask, eos):
+def hand_count(model, prompt_mask, eos=(), num_experts=8):
     """Count, per layer, the experts of each token the first time it is fed to the model.
 
     Forward 0: every real prompt token. Forward n > 0: the last column of each row (the token
-    generated at step n - 1, with or without a cache), unless the row has already fed an EOS
-    (`ids` holds every row's tokens so far, read at the model's own pre-hook)."""
+    generated at step n - 1, with or without a cache), unless the row has already fed one of
+    `eos` (read at the model's own pre-hook). Yields `(seen, state)`: `seen[layer]` the `[E]`
+    counts; `state["forward"]` the last forward's index, `state["tokens"][layer]` tokens counted."""
     hf = model._module
     seen, state, handles = {}, {"forward": -1, "finished": None}, []
 
@@ -47,7 +49,7 @@ def hand_count(model, prompt_mask, eos):
         if state["forward"] == 0:
             state["finished"] = torch.zeros(ids.shape[0], dtype=torch.bool)
         else:
-            state["finished"] = state["finished"] | torch.isin(ids[:, -1], torch.tensor(eos))
+            state["finished"] = state["finished"] | torch.isin(ids[:, -1], torch.tensor(list(eos), dtype=torch.long))
         state["batch"] = ids.shape[0]
 
     def on_experts(layer):
@@ -59,7 +61,7 @@ def hand_count(model, prompt_mask, eos):
                 chosen = indices[prompt_mask.bool()]
             else:
                 chosen = indices[:, -1][~state["finished"]]
-            counts = torch.bincount(chosen.reshape(-1), minlength=8)
+            counts = torch.bincount(chosen.reshape(-1), minlength=num_experts)
             seen[layer] = seen.get(layer, 0) + counts
             state.setdefault("tokens", {}).setdefault(layer, 0)
             state["tokens"][layer] += chosen.shape[0]

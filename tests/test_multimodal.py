@@ -192,3 +192,31 @@ def test_a_captions_language_and_its_image_compare_in_one_stats():
 def test_by_modality_on_a_text_only_model_is_refused():
     with pytest.raises(ValueError, match="names no placeholder token for image, video, audio"):
         mi.trace(mi.zoo.tiny_model("qwen3_moe"), "Hello", mi.RouterRecord(by_modality=True))
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["cache", "no cache"])
+def test_generate_with_images_counts_what_the_experts_received(cache):
+    """`mi.generate` on captions with their images: Qwen-VL passes 3-D rope position ids
+    (`[4, batch, seq]`); the counts are what the experts received (hooks: every real prompt
+    token, then each row's fed token), and each token's recorded position is its text position
+    (its index among the row's real tokens, an image's placeholders one each)."""
+    from test_generate import hand_count
+
+    model, steps = with_images(), 4
+    enc = model.processor(CAPTIONS, images())
+    lengths = enc["attention_mask"].sum(1)
+    with hand_count(model, enc["attention_mask"]) as (seen, state):
+        with mi.generate(model, enc, mi.RouterRecord(per_token=True, by_modality=True), max_new_tokens=steps,
+                         min_new_tokens=steps, do_sample=False, use_cache=cache, pad_token_id=0) as gen:
+            pass
+    stats = gen.routing
+    assert state["forward"] == steps - 1 and gen.output.shape[1] == enc["input_ids"].shape[1] + steps
+    image = int((enc["input_ids"] == 261).sum())
+    assert stats.tokens.tolist() == [int(lengths.sum()) - image + 2 * (steps - 1), image, 0]
+    for position, layer in enumerate(stats.layers):
+        assert torch.equal(stats.count[:, position].sum(0), seen[layer]), layer
+    table = stats.per_token
+    prompt = [torch.arange(int(n)) for n in lengths]
+    fed = [torch.tensor([int(lengths[0]) + n, int(lengths[1]) + n]) for n in range(steps - 1)]
+    assert torch.equal(table["position"].long(), torch.cat(prompt + fed))
+    assert table["row"].tolist() == [0] * int(lengths[0]) + [1] * int(lengths[1]) + [0, 1] * (steps - 1)
