@@ -27,6 +27,9 @@ _OVERRIDES: dict[str, dict] = {
     "llama4_text": dict(interleave_moe_layer_step=1, intermediate_size_mlp=64, num_local_experts=8,
                         num_experts_per_tok=1, attention_chunk_size=64),
     "mixtral": dict(sliding_window=None),
+    # 4 zero-computation (identity) experts beside the 8 routed, not the default 256: a tiny batch
+    # then chooses both kinds (with 256 nearly every choice was a zero-computation expert)
+    "longcat_flash": dict(zero_expert_num=4),
     "gpt_oss": dict(layer_types=None, sliding_window=16, num_local_experts=8),
     "granitemoeshared": dict(shared_intermediate_size=32),
     "qwen2_moe": dict(decoder_sparse_step=1, mlp_only_layers=[0]),

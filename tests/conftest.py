@@ -194,7 +194,21 @@ def experts_received(model, attention_mask):
             block_tokens[block] = hidden.detach().reshape(-1, hidden.shape[-1])
         return pre
 
+    def record_router(layer, block):
+        def hook(module, args, output):  # (logits, weights, indices over routed + zero-computation experts)
+            real = real_of(block)
+            index = output[2].reshape(real.shape[0], -1).long()
+            counts = torch.zeros(index.shape[0], int(index.max()) + 1, dtype=torch.long)
+            add(layer, counts.scatter_add_(1, index, torch.ones_like(index))[real].sum(0))
+        return hook
+
     for layer, block, module in _experts_modules(hf):
+        if getattr(hf.get_submodule(block), "zero_expert_num", 0):
+            # LongCat-Flash from transformers 5.25: the block sends a zero-computation (identity)
+            # expert's slot to a routed expert with weight 0, so the experts' arguments do not say
+            # what was chosen; its router's output does (up to 5.24 the experts got it as it was)
+            handles.append(hf.get_submodule(block).router.register_forward_hook(record_router(layer, block)))
+            continue
         children = _expert_children(module)
         if children:  # the container's hidden states are the tokens its experts' rows copy
             handles.append(module.register_forward_pre_hook(keep_block_input(block), with_kwargs=True))

@@ -1,5 +1,6 @@
 """Architecture detection: every named family, a survey of transformers' MoE types, clear errors."""
 
+import contextlib
 import dataclasses
 import importlib
 import inspect
@@ -8,6 +9,7 @@ import os
 import re
 from pathlib import Path
 
+import nnsight
 import pytest
 import torch
 import transformers
@@ -527,3 +529,116 @@ def test_load_without_dispatch_builds_the_model_with_its_tokenizer(tmp_path):
     assert model.tokenizer("abc")["input_ids"] == tiny.tokenizer("abc")["input_ids"]
     assert mi.describe(model).moe_layers == mi.describe(tiny).moe_layers
     assert mi.describe(model).num_experts == 8
+
+
+# ------------------------------------------------------- LongCat-Flash's zero-computation experts
+# Facts read from transformers' modeling_longcat_flash.py, not from moe_interp: the router ranks
+# n_routed_experts + zero_expert_num scores (softmax of its logits, + e_score_correction_bias for
+# the choice), returns (logits, weights, indices); a chosen index >= n_routed_experts is a
+# zero-computation (identity) expert. Up to 5.24 the experts module received those indices as they
+# were; from 5.25 the block sends such a slot to a routed expert with weight 0 (a dummy) and adds the
+# identity itself, so the experts module's arguments no longer say what the router chose.
+def _longcat_oracle(model):
+    """Per MoE layer, after one forward run inside the returned context: `chosen` `[T, K]` (the
+    router's own output, read by a torch forward hook), `maths` `[T, K]` (the router's selection
+    written out, on the hidden states the router received) and `experts` (the experts module's
+    `(indices, weights)` arguments). `real`: the non-padding tokens, flattened."""
+    hf = model._module
+    seen = {}
+
+    def on_router(layer):
+        def hook(router, args, output):
+            hidden = args[0].reshape(-1, router.classifier.weight.shape[1]).float()
+            scores = torch.nn.functional.linear(hidden, router.classifier.weight.float()).softmax(-1)
+            maths = torch.topk(scores + router.e_score_correction_bias, router.top_k, dim=-1).indices
+            seen.setdefault(layer, {}).update(chosen=output[2].detach().clone(), maths=maths)
+        return hook
+
+    def on_experts(layer):
+        def hook(experts, args, kwargs):
+            seen.setdefault(layer, {})["experts"] = (args[1].detach().clone(), args[2].detach().clone())
+        return hook
+
+    handles = []
+    for index, decoder in enumerate(hf.model.layers):
+        handles.append(decoder.mlp.router.register_forward_hook(on_router(index)))
+        handles.append(decoder.mlp.experts.register_forward_pre_hook(on_experts(index), with_kwargs=True))
+    return handles, seen
+
+
+@contextlib.contextmanager
+def _longcat_seen(model, enc):
+    handles, seen = _longcat_oracle(model)
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _longcat():
+    model = mi.zoo.tiny_model("longcat_flash")
+    config = model._module.config
+    assert config.zero_expert_num > 0 and mi.describe(model).num_experts == config.n_routed_experts + config.zero_expert_num
+    return model, encode(model), config.n_routed_experts
+
+
+def _check_experts_arguments(seen, routed):
+    """The experts module computes what the router chose: a routed slot reaches its own expert
+    with its weight; a zero-computation slot reaches no routed expert with a nonzero weight."""
+    for layer, found in seen.items():
+        chosen, (indices, weights) = found["chosen"], found["experts"]
+        real_slot = chosen < routed
+        assert torch.equal(indices[real_slot], chosen[real_slot]), layer
+        assert bool((weights[~real_slot] == 0).all() or torch.equal(indices[~real_slot], chosen[~real_slot])), layer
+
+
+def test_longcat_flash_counts_and_view_follow_the_routers_choice_zero_computation_experts_included():
+    """transformers 5.25 broke it (counts read at the experts' arguments took the weight-0 dummies
+    for routed experts; the view's scores ranked zero-computation experts the indices did not name)."""
+    model, enc, routed = _longcat()
+    real = enc["attention_mask"].reshape(-1).bool()
+    with _longcat_seen(model, enc) as seen, mi.trace(model, enc, mi.RouterRecord(), use_cache=False) as tr:
+        pass
+    _check_experts_arguments(seen, routed)
+    width = mi.describe(model).num_experts
+    for position, layer in enumerate(tr.routing.layers):
+        chosen = seen[layer]["chosen"]
+        assert torch.equal(chosen, seen[layer]["maths"]), layer  # the hook reads the selection itself
+        assert bool((chosen[real] >= routed).any()) and bool((chosen[real] < routed).any())  # both kinds used
+        assert torch.equal(tr.routing.count[0, position], torch.bincount(chosen[real].reshape(-1), minlength=width))
+    with _longcat_seen(model, enc) as seen, torch.no_grad(), model.trace(enc, use_cache=False):
+        got = nnsight.save([])
+        for entry in model.moe:
+            scores = entry.router.scores.clone()  # in execution order: top-k ranks inside the router
+            got.append((entry.layer, entry.router.indices.clone(), scores))
+    for layer, indices, scores in got:
+        chosen = seen[layer]["chosen"]
+        assert torch.equal(indices.sort(-1).values, chosen.sort(-1).values), layer
+        top = torch.topk(scores, chosen.shape[1], dim=-1).indices
+        assert torch.equal(top.sort(-1).values, chosen.sort(-1).values), layer
+
+
+def test_longcat_flash_reroute_holds_for_routed_and_zero_computation_experts():
+    """Ablate, per layer, the routed expert and the zero-computation expert the router chose most:
+    the router never chooses them for a real token, and no routed slot with weight reaches the
+    ablated routed expert (5.25: the trace raised RerouteNotHeld, reading the block's dummies)."""
+    model, enc, routed = _longcat()
+    real = enc["attention_mask"].reshape(-1).bool()
+    with _longcat_seen(model, enc) as before, torch.no_grad():
+        model._module(**enc, use_cache=False)
+    ablated = {}
+    for layer, found in before.items():
+        chosen = found["chosen"][real].reshape(-1)
+        ablated[layer] = [int(chosen[chosen < routed].mode().values), int(chosen[chosen >= routed].mode().values)]
+    with _longcat_seen(model, enc) as seen, mi.trace(model, enc, mi.ExpertAblate(ablated), mi.RouterRecord(),
+                                                     use_cache=False) as tr:
+        pass
+    _check_experts_arguments(seen, routed)
+    for position, layer in enumerate(tr.routing.layers):
+        chosen = seen[layer]["chosen"][real]
+        assert not bool(torch.isin(chosen, torch.tensor(ablated[layer])).any()), (layer, ablated[layer])
+        indices, weights = seen[layer]["experts"]
+        assert not bool(((indices[real] == ablated[layer][0]) & (weights[real] != 0)).any()), layer
+        width = mi.describe(model).num_experts
+        assert torch.equal(tr.routing.count[0, position], torch.bincount(chosen.reshape(-1), minlength=width))

@@ -87,6 +87,10 @@ def router_oracle(model):
         router = next(m for m in block_module.children()
                       if isinstance(m, declared) or type(m).__name__.endswith(("Router", "Gate", "Gating")))
         handles.append(router.register_forward_hook(on_router(layer)))
+        if getattr(block_module, "zero_expert_num", 0):  # LongCat-Flash >= 5.25 (see conftest.experts_received):
+            handles.append(router.register_forward_hook(  # the router's (weights, indices), zero-computation too
+                lambda m, args, out, layer=layer: seen[layer].update(args=(out[2].detach().clone(), out[1].detach().clone()))))
+            continue
         handles.append(experts.register_forward_pre_hook(on_experts(layer), with_kwargs=True))
     try:
         yield seen

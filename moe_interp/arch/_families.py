@@ -69,6 +69,19 @@ FAMILIES = (
         readout="experts",
         selection="softmax, + moe_statics bias (selection only), top-k, renormalise",
     ),
+    RouterAdapter(
+        name="longcat_flash",
+        model_types=("longcat_flash",),
+        # read at the router's output: from transformers 5.25 the block hands its experts module a
+        # zero-computation (identity) expert's slot as a routed expert with weight 0, so the experts'
+        # arguments no longer say what the router chose (up to 5.24 they did; the router's output
+        # is the same in both)
+        readout="router",
+        weights_index=1,
+        indices_index=2,
+        selection="softmax, + e_score_correction_bias (selection only), top-k over routed and "
+        "zero-computation (identity) experts, x routed_scaling_factor",
+    ),
     # Encoder-decoder models: routers in both stacks (see arch._stacks); selection by argmax,
     # with an expert capacity past which tokens are dropped (dispatched nowhere, not counted).
     RouterAdapter(
