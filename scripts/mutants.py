@@ -2,12 +2,16 @@
 
 A curated list of single-change mutants (`MUTANTS` below: a flipped comparison, an
 off-by-one, a wrong axis, a dropped mask, swapped arguments, a wrong constant, a removed
-check, a wrong default), each applied alone to a fresh copy of the repository's tracked
-files in a temporary directory (the checkout itself is never changed), then the fast test
-selection named for it is run there (`python -m pytest -x -q -p no:randomly <selection>`,
-doctests of the module included where named). A mutant is
+check, a wrong default), each applied alone to a fresh copy of the repository in a
+temporary directory (the checkout itself is never changed), then the fast test selection
+named for it is run there (`python -m pytest -x -q -p no:randomly <selection>`, doctests of
+the module included where named). The copy is of one commit (`--rev`, default `HEAD`:
+nobody's uncommitted edits enter a run; `--worktree` copies the working tree's tracked files
+instead), snapshotted once per run, so the unmutated baseline and every mutant see the same
+tree. A mutant is
 
-- `caught`: the selection failed (or could not even import the mutated code),
+- `caught`: the selection failed (or could not even import the mutated code: the unmutated
+  baseline passed on the same tree),
 - `survived`: the selection passed, so the tests cannot tell the mutant from the real code,
 - `stale`: its source snippet is no longer in the file (the code moved: update the list),
 - `timeout`: the selection ran past its limit (not counted as caught),
@@ -33,10 +37,9 @@ distinct selection. `-j N` runs N mutants at once (each in its own copy).
 Results go to `benchmarks/mutation.json` (merged: `--only` updates its mutants' rows) and
 are rendered to `benchmarks/MUTATION.md` (table, score, survivors and why). `--before`
 keeps its results apart, as the score the tests had before `tests/test_mutants_*.py`
-(the tests added for survivors) existed. The copy is of the files git tracks: commit (or
-`git add`) a new test file before it can take part. `--rev REV` copies a commit instead of
-the working tree. Every run checks, once, that the copy's `moe_interp` is the one imported
-(not the editable install).
+(the tests added for survivors) existed. A new test file takes part once committed (or with
+`--worktree`, once `git add`ed). Every run checks, once, that the copy's `moe_interp` is the
+one imported (not the editable install), and runs each distinct selection unmutated first.
 """
 
 import argparse
@@ -334,8 +337,9 @@ assert len(MUTANTS_BY_ID) == len(MUTANTS), "mutant ids must be unique"
 
 
 # -- running ----------------------------------------------------------------------------------------
-def _tracked_copy(destination: Path, rev: str | None) -> None:
-    """The repository's tracked files (working-tree contents, or those of `rev`) into `destination`."""
+def _snapshot(destination: Path, rev: str | None) -> None:
+    """The repository's tracked files into `destination`: those of commit `rev`, or (`rev=None`)
+    the working tree's current contents of the tracked files."""
     if rev:
         archive = subprocess.run(["git", "archive", rev], cwd=ROOT, check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(destination)], input=archive, check=True)
@@ -388,13 +392,12 @@ def _pytest(args: list[str], copy: Path, python: str, timeout: float) -> tuple[s
     first = failing[1] if failing else ""
     if process.returncode == 0:
         return "passed", seconds, ""
-    if process.returncode in (1, 2):  # 2: interrupted, e.g. the mutated module fails to import
-        if not first and "error" in output.lower():
-            first = "(collection error) " + (output.strip().splitlines() or [""])[-1][:80]
-        return "failed", seconds, first
     if process.returncode == 5:
         return "no-tests", seconds, ""
-    return "error", seconds, output.strip().splitlines()[-1][:120] if output.strip() else ""
+    if not first:  # 2-4: interrupted, e.g. the code fails to import (conftest, collection)
+        error = re.search(r"^E +(\w*Error.*)$", output, re.M)
+        first = f"(exit {process.returncode}) " + (error[1] if error else output.strip().splitlines()[-1])[:70]
+    return "failed", seconds, first
 
 
 def _check_import(copy: Path, python: str) -> None:
@@ -404,11 +407,11 @@ def _check_import(copy: Path, python: str) -> None:
         sys.exit(f"the copy's moe_interp is not the one imported ({found}); fix PYTHONPATH before trusting a score")
 
 
-def _run_one(mutant: Mutant, args: argparse.Namespace, baseline: dict) -> dict:
+def _run_one(mutant: Mutant, args: argparse.Namespace, baseline: dict, snapshot: Path) -> dict:
     row = {"id": mutant.id, "module": mutant.module, "kind": mutant.kind, "seconds": 0.0, "caught_by": ""}
     with tempfile.TemporaryDirectory(prefix="mutant-") as folder:
-        copy = Path(folder)
-        _tracked_copy(copy, args.rev)
+        copy = Path(folder) / "repo"
+        shutil.copytree(snapshot, copy, symlinks=True)
         path = copy / mutant.file
         source = path.read_text() if path.is_file() else ""
         found = source.count(mutant.find)
@@ -430,12 +433,12 @@ def _run_one(mutant: Mutant, args: argparse.Namespace, baseline: dict) -> dict:
     return row
 
 
-def _baselines(mutants: list[Mutant], args: argparse.Namespace) -> dict:
+def _baselines(mutants: list[Mutant], args: argparse.Namespace, snapshot: Path) -> dict:
     """Each distinct selection once on the unmutated copy: it must pass, and its time sets the limit."""
     out = {}
     with tempfile.TemporaryDirectory(prefix="mutant-baseline-") as folder:
-        copy = Path(folder)
-        _tracked_copy(copy, args.rev)
+        copy = Path(folder) / "repo"
+        shutil.copytree(snapshot, copy, symlinks=True)
         _check_import(copy, args.python)
         for tests in dict.fromkeys(m.tests for m in mutants):
             selection = _selection(tests, copy, args.before)
@@ -455,7 +458,7 @@ def _git(*command: str) -> str:
 def score(rows: dict) -> tuple[int, int]:
     """(caught, scored): equivalent, stale and baseline-failed mutants are not scored."""
     scored = [r for i, r in rows.items() if i in MUTANTS_BY_ID and not MUTANTS_BY_ID[i].equivalent
-              and r["result"] in ("caught", "survived", "timeout", "error", "no-tests")]
+              and r["result"] in ("caught", "survived", "timeout")]
     return sum(r["result"] == "caught" for r in scored), len(scored)
 
 
@@ -512,7 +515,10 @@ def main() -> None:
     parser.add_argument("-j", "--jobs", type=int, default=1, help="mutants run at once (default 1)")
     parser.add_argument("--before", action="store_true",
                         help=f"leave out {ADDED_TESTS}*.py: the score before the tests added for survivors")
-    parser.add_argument("--rev", help="copy this commit's tracked files instead of the working tree's")
+    parser.add_argument("--rev", default="HEAD", help="the commit whose files are copied (default HEAD: "
+                        "uncommitted edits, yours or anyone's, never enter a run)")
+    parser.add_argument("--worktree", action="store_true",
+                        help="copy the working tree's tracked files (uncommitted edits included) instead of --rev")
     parser.add_argument("--timeout", type=float, help="seconds per mutant (default: 4 x its baseline, >= 120)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated runs (faster, less safe)")
     parser.add_argument("--python", default=sys.executable, help="the interpreter that runs pytest")
@@ -536,14 +542,18 @@ def main() -> None:
         print(f"{len(chosen)} mutants over {len({m.module for m in chosen})} modules")
         return
 
-    commit = args.rev or _git("rev-parse", "--short", "HEAD") + ("+dirty" if _git("status", "--porcelain", "--",
-                                                                                    *MODULES, "tests") else "")
-    print(f"{len(chosen)} mutants, copy of {'commit ' + args.rev if args.rev else 'the working tree'} ({commit})",
+    commit = _git("rev-parse", "--short", "HEAD" if args.worktree else args.rev)
+    if args.worktree and _git("status", "--porcelain", "--untracked-files=no"):
+        commit += "+worktree"
+    print(f"{len(chosen)} mutants, copy of {'the working tree' if args.worktree else 'commit ' + args.rev} ({commit})",
           flush=True)
-    baseline = _baselines(chosen, args)
     rows = {}
-    with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        for row in pool.map(lambda m: _run_one(m, args, baseline), chosen):
+    with tempfile.TemporaryDirectory(prefix="mutant-snapshot-") as folder, \
+            concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        snapshot = Path(folder)  # one snapshot per run: the baseline and every mutant see the same tree
+        _snapshot(snapshot, None if args.worktree else args.rev)
+        baseline = _baselines(chosen, args, snapshot)
+        for row in pool.map(lambda m: _run_one(m, args, baseline, snapshot), chosen):
             row["commit"] = commit
             rows[row["id"]] = row
             flag = " (equivalent)" if MUTANTS_BY_ID[row["id"]].equivalent else ""
