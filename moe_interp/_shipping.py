@@ -16,7 +16,7 @@ from nnsight.tracing.backend import Backend
 from ._nnsight_compat import shipped_by_value
 from .interventions import RerouteNotHeld, check_held
 
-__all__ = ["RESULT_NAME", "Collect", "model_lock", "shipped"]
+__all__ = ["RESULT_NAME", "Collect", "OneAtATime", "model_lock", "shipped"]
 
 RESULT_NAME = "__moe_interp__"  # the saved value a remote run sends back
 _PACKAGE = __name__.split(".")[0]
@@ -66,17 +66,50 @@ class Collect(Backend):
         return result
 
 
+class OneAtATime(Backend):
+    """Wraps a local backend: the traced block runs under `model_lock` of the traced model,
+    so a plain `model.trace` in one thread and an `mi.trace` in another take turns instead
+    of mixing their workers in the model's one interleaver. Models from `mi.wrap` and
+    `mi.load` put it around every local trace (`loading.MoEModel.trace`).
+
+    ```python
+    >>> from moe_interp._shipping import OneAtATime
+    >>> from moe_interp._shipping import model_lock
+    >>> class Model: ...
+    >>> model = Model()
+    >>> OneAtATime(lambda tracer: model_lock(model)._is_owned(), model)("tracer")   # ran holding the lock
+    True
+
+    ```
+    """
+
+    def __init__(self, inner: Any, model: Any) -> None:
+        self.inner, self.model = inner, model
+
+    def __call__(self, tracer: Any) -> Any:
+        with model_lock(self.model):
+            return self.inner(tracer)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # A trace inside a session travels with the session's request: where it then runs
+        # (a server) there is no lock to take, so it travels as the backend it wraps.
+        return self.inner.__reduce_ex__(protocol)
+
+
 _LOCKS: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
 def model_lock(model: Any) -> threading.RLock:
-    """The lock that `mi.trace`/`mi.generate` hold while `model` runs.
+    """The lock that every local trace of `model` holds while it runs.
 
     nnsight keeps one interleaver per model: two threads running traces of the same model
     at once mix up their workers (seen: "parent cannot be on a different thread", and
-    traces that return no routing). So traces of one model run one at a time; reentrant,
-    for a trace started from inside another on the same thread.
+    traces that return wrong or no routing, 19 of 20 with a plain `model.trace` in another
+    thread). So traces of one model run one at a time: `mi.trace`/`mi.generate`,
+    `mi.expert_attribution`, and the plain nnsight traces of a model from `mi.wrap` /
+    `mi.load` (`OneAtATime`); reentrant, for a trace started from inside another on the
+    same thread. A `TransformersModel` built by hand is locked by `mi.trace` only.
 
     ```python
     >>> import moe_interp as mi

@@ -9,12 +9,74 @@ import torch
 from nnsight import TransformersModel
 
 from ._router_view import attach
+from ._shipping import OneAtATime, model_lock
 from .arch import describe
 
-__all__ = ["load", "wrap"]
+__all__ = ["MoEModel", "load", "wrap"]
 
 
-def wrap(hf_model: Any, tokenizer: Any = None, **kwargs: Any) -> TransformersModel:
+class MoEModel(TransformersModel):
+    """The nnsight `TransformersModel` that `mi.wrap` and `mi.load` build: the same model,
+    whose local traces run one at a time.
+
+    nnsight keeps one interleaver per model, so two threads tracing one model at once mix
+    their workers: an `mi.trace` beside a plain `model.trace` in another thread returned
+    wrong counts or failed. Here every local trace, generation, session and direct call of
+    the model holds the model's lock (`_shipping.model_lock`, the one `mi.trace` holds);
+    a remote request (`remote=True`) runs on the server and takes no lock. NDIF knows the
+    model as a `TransformersModel`: the remote key names that class.
+
+    ```python
+    >>> import threading, moe_interp as mi
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
+    >>> type(model).__name__, type(model).__mro__[1].__name__
+    ('MoEModel', 'TransformersModel')
+    >>> seen = []
+    >>> def plain():
+    ...     for _ in range(3):
+    ...         with model.trace("Hi"):
+    ...             seen.append(model.moe[0].router.indices.save())
+    >>> thread = threading.Thread(target=plain); thread.start()
+    >>> with mi.trace(model, "Hello", mi.RouterRecord()) as tr:
+    ...     pass
+    >>> thread.join(); int(tr.routing.tokens.sum()), len(seen)
+    (5, 3)
+
+    ```
+    """
+
+    def _remoteable_class(self) -> type:
+        return TransformersModel
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # A request pickles the model with the trace; a server has no moe_interp installed
+        # (the package travels by value then, and this class's lock would travel with it):
+        # the model travels as the TransformersModel it is there.
+        reduced = TransformersModel.__reduce_ex__(self, protocol)  # (__newobj__, (MoEModel,), state, ...)
+        if len(reduced[1]) != 1:
+            raise TypeError("MoEModel pickles as a TransformersModel built by object.__new__; nnsight changed how "
+                            "its models pickle: update moe_interp.loading.MoEModel.__reduce_ex__")
+        return (object.__new__, (TransformersModel,), *reduced[2:])
+
+    def trace(self, *inputs: Any, remote: Any = False, **kwargs: Any) -> Any:
+        tracer = TransformersModel.trace(self, *inputs, remote=remote, **kwargs)
+        if remote and remote != "local" or not hasattr(tracer, "backend"):
+            return tracer  # runs on a server (or trace=False: already ran, under interleave's lock)
+        tracer.backend = OneAtATime(tracer.backend, self)
+        return tracer
+
+    def session(self, *args: Any, remote: Any = False, **kwargs: Any) -> Any:
+        tracer = TransformersModel.session(self, *args, remote=remote, **kwargs)
+        if not (remote and remote != "local"):
+            tracer.backend = OneAtATime(tracer.backend, self)
+        return tracer
+
+    def interleave(self, *args: Any, **kwargs: Any) -> Any:
+        with model_lock(self):
+            return TransformersModel.interleave(self, *args, **kwargs)
+
+
+def wrap(hf_model: Any, tokenizer: Any = None, **kwargs: Any) -> MoEModel:
     """Wrap an in-memory Hugging Face MoE model for `mi.trace` (nnsight `TransformersModel`).
 
     Its routers are found now, so an unsupported model fails here with
@@ -56,14 +118,14 @@ def wrap(hf_model: Any, tokenizer: Any = None, **kwargs: Any) -> TransformersMod
         kwargs.setdefault("processor", tokenizer)
         tokenizer = tokenizer.tokenizer
     try:
-        model = TransformersModel(hf_model, tokenizer=tokenizer, **kwargs)
+        model = MoEModel(hf_model, tokenizer=tokenizer, **kwargs)
     finally:
         quiet.setLevel(level)
     attach(model, describe(model))
     return model
 
 
-def load(name_or_path: Any, *, dispatch: bool = True, **kwargs: Any) -> TransformersModel:
+def load(name_or_path: Any, *, dispatch: bool = True, **kwargs: Any) -> MoEModel:
     """Load an MoE model by hub id or local directory as an nnsight `TransformersModel`.
 
     `dispatch=False` builds it on the meta device without weights (enough for
@@ -102,6 +164,6 @@ def load(name_or_path: Any, *, dispatch: bool = True, **kwargs: Any) -> Transfor
 
         options = {k: kwargs[k] for k in ("revision", "trust_remote_code", "token", "cache_dir") if k in kwargs}
         kwargs["tokenizer"] = AutoTokenizer.from_pretrained(str(name_or_path), **options)
-    model = TransformersModel(str(name_or_path), dispatch=dispatch, **kwargs)
+    model = MoEModel(str(name_or_path), dispatch=dispatch, **kwargs)
     attach(model, describe(model))
     return model

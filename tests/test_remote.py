@@ -411,22 +411,23 @@ def test_remote_profile_runs_all_batches_in_one_session_request(loaded):
     print(f"\nremote profile: 4 batches, 1 request, request {sim.request_bytes:,} B, result {sim.result_bytes:,} B")
 
 
-def test_remote_profile_local_simulation_and_session_chunks(loaded, tmp_path):
+def test_remote_profile_local_simulation_and_session_chunks(loaded, tmp_path, monkeypatch):
     local = mi.profile(loaded, CORPUS, batch_size=3, progress=False)
     sims = []
 
     class CountingSim(Counting):  # remote="local" builds its own backend: count at the session
         pass
 
-    real = loaded.session
+    real = type(loaded).session
 
-    def session(*args, **kwargs):
-        tracer = real(*args, **kwargs)
+    def session(self, *args, **kwargs):
+        tracer = real(self, *args, **kwargs)
         tracer.backend = CountingSim(tracer.backend)
         sims.append(tracer.backend)
         return tracer
 
-    loaded.session = session
+    # on the class: an instance attribute would travel inside the model with the request
+    monkeypatch.setattr(type(loaded), "session", session)
     try:
         far = mi.profile(loaded, CORPUS, batch_size=3, progress=False, remote="local")
         _same_profile(local, far)
@@ -439,7 +440,7 @@ def test_remote_profile_local_simulation_and_session_chunks(loaded, tmp_path):
         assert len(sims) == 2 and all(s.requests == 1 for s in sims)  # 4 batches, 2 per request
         assert torch.load(path, weights_only=True)["done"] == 10
     finally:
-        del loaded.session
+        monkeypatch.undo()
 
 
 def test_a_wrapped_model_cannot_go_to_ndif():
