@@ -36,7 +36,7 @@ from moe_interp._router_view import RouterAccessError
 def _survey_model(model_type):
     torch.set_num_threads(1)
     model = mi.zoo.tiny_model(model_type, **SURVEY_OVERRIDES.get(model_type, {}), **FAST.get(model_type, {}))
-    _randomise_token_tables(model._module, model._module.config.vocab_size)
+    _randomise_token_tables(model._module, model._module.config.get_text_config().vocab_size)
     return model, encode(model)
 
 
