@@ -27,6 +27,10 @@ _OVERRIDES: dict[str, dict] = {
     "llama4_text": dict(interleave_moe_layer_step=1, intermediate_size_mlp=64, num_local_experts=8,
                         num_experts_per_tok=1, attention_chunk_size=64),
     "mixtral": dict(sliding_window=None),
+    # its config asks for head_dim a multiple of 16 (NVFP4 keys) and at most as many indexer heads as
+    # query heads per key head; 4 layers are all sliding-window ones, layer 0 dense
+    "kolibri1_1": dict(head_dim=16, num_key_value_heads=1, index_num_heads=2, mlp_only_layers=[0],
+                       mlp_only_intermediate_size=64),
     # 4 zero-computation (identity) experts beside the 8 routed, not the default 256: a tiny batch
     # then chooses both kinds (with 256 nearly every choice was a zero-computation expert)
     "longcat_flash": dict(zero_expert_num=4),

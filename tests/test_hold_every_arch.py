@@ -13,21 +13,38 @@ import functools
 
 import pytest
 import torch
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
 import moe_interp as mi
 from conftest import _experts_modules, encode, experts_received
 from test_arch import SURVEY_OVERRIDES, _aligned, _randomise_token_tables
 
-# The "exact" rows of the survey with transformers 5.24 (53 types).
-SUPPORTED = (
+# The causal LMs the survey judges exact: 53 on transformers 5.24, and the four 5.25 added (ergo,
+# kolibri1_1, minicpm5_moe; llama4 builds tiny there). Each must be exact wherever the installed
+# transformers has it (tests/test_arch.py's live survey checks that); a type an older transformers
+# lacks is left out here.
+EXACT = (
     "afmoe", "aria_text", "axk1", "axk2", "bailing_hybrid", "beam", "cohere2_moe", "dbrx", "deepseek_v2",
-    "deepseek_v3", "deepseek_v32", "deepseek_v4", "dots1", "ernie4_5_moe", "exaone_moe", "flex_olmo", "flint",
-    "glm4_moe", "glm4_moe_lite", "glm_moe_dsa", "gpt_oss", "granitemoe", "granitemoe_swa", "granitemoeshared",
-    "hunyuan_v1_moe", "hy_v3", "hy_v4", "inkling2_text", "inkling_text", "jamba", "jetmoe", "kimi_linear",
-    "kolibri1", "laguna", "lara_mini", "llama4_text", "longcat_flash", "mellum", "mimo_v2_flash", "minimax",
-    "minimax_m2", "minimax_m3_vl_text", "mixtral", "nemotron_h", "olmoe", "phimoe", "qwen2_moe",
-    "qwen3_5_moe_text", "qwen3_moe", "qwen3_next", "sarvam_mla", "sarvam_moe", "solar_open",
+    "deepseek_v3", "deepseek_v32", "deepseek_v4", "dots1", "ergo", "ernie4_5_moe", "exaone_moe", "flex_olmo",
+    "flint", "glm4_moe", "glm4_moe_lite", "glm_moe_dsa", "gpt_oss", "granitemoe", "granitemoe_swa",
+    "granitemoeshared", "hunyuan_v1_moe", "hy_v3", "hy_v4", "inkling2_text", "inkling_text", "jamba", "jetmoe",
+    "kimi_linear", "kolibri1", "kolibri1_1", "laguna", "lara_mini", "llama4", "llama4_text", "longcat_flash",
+    "mellum", "mimo_v2_flash", "minicpm5_moe", "minimax", "minimax_m2", "minimax_m3_vl_text", "mixtral",
+    "nemotron_h", "olmoe", "phimoe", "qwen2_moe", "qwen3_5_moe_text", "qwen3_moe", "qwen3_next", "sarvam_mla",
+    "sarvam_moe", "solar_open",
 )
+HELD = tuple(t for t in EXACT if t in CONFIG_MAPPING_NAMES)  # the types of this file's tests
+# Open findings of the router view on these types; tests/test_router_view.py parametrizes its
+# every-type test over SUPPORTED (HELD, these as strict xfails of the wrong value they give today).
+VIEW_FINDINGS = {
+    "ergo": "router.scores is read where rerouting masks (the sigmoid's output), but ErgoTopkRouter's top-k ranks "
+            "`(scores + e_score_correction_bias)`, a sum that no op of its source makes: no site holds what it "
+            "ranks, so the view should refuse `scores` there (or add the bias); counts, reroute, drop and steering "
+            "are exact (this file, the survey)",
+}
+SUPPORTED = tuple(pytest.param(t, marks=pytest.mark.xfail(strict=True, raises=AssertionError,
+                                                           reason=VIEW_FINDINGS[t]))
+                  if t in VIEW_FINDINGS else t for t in HELD)
 FAVOUR = 10.0  # a selection bias no sigmoid/softmax score (in [0, 1]) can beat
 STEER = 1e3    # relative: z + 1e3 * |z|; additive: z + 1e3
 # Found by this file (transformers 5.24), fixed since: rerouting did not hold on afmoe (the block's
@@ -36,14 +53,16 @@ STEER = 1e3    # relative: z + 1e3 * |z|; additive: z + 1e3
 # weights), longcat_flash (top-k in the helper get_topk_indices); inkling_text (9 logits for 8 routed
 # experts) and kolibri1 (a CUDA-only logits op) crashed. The reroute now also masks where the
 # router's top-k ranks (found by running the router once, `MoESpec.select`), and a trace whose
-# ablated experts were still selected raises `RerouteNotHeld`. Strict xfails of open findings:
+# ablated experts were still selected raises `RerouteNotHeld`. transformers 5.25: longcat_flash's block
+# sends a zero-computation expert's slot to a routed expert with weight 0 (the reroute check read those
+# dummies as selections; it is read at the router's output since). Strict xfails of open findings:
 REROUTE_FINDINGS: dict = {}
 
 
 def _reroute_cases():
     return [pytest.param(t, marks=pytest.mark.xfail(strict=True, raises=REROUTE_FINDINGS[t][0],
                                                     reason=REROUTE_FINDINGS[t][1]))
-            if t in REROUTE_FINDINGS else t for t in SUPPORTED]
+            if t in REROUTE_FINDINGS else t for t in HELD]
 
 
 # Smaller linear-attention heads than the tiny default (routing untouched): 60x faster forwards.
@@ -56,7 +75,7 @@ def _setup(model_type, favour=True):
     the model built as the survey builds it."""
     torch.set_num_threads(1)
     model = mi.zoo.tiny_model(model_type, **SURVEY_OVERRIDES.get(model_type, {}), **FAST.get(model_type, {}))
-    _randomise_token_tables(model._module, model._module.config.vocab_size)
+    _randomise_token_tables(model._module, model._module.config.get_text_config().vocab_size)
     enc = encode(model)
     before = _plain(model, enc)
     chosen = {layer: sorted(torch.topk(counts, 2).indices.tolist()) for layer, counts in before.items()}
@@ -152,7 +171,7 @@ def test_ablation_beats_strong_steers_toward_the_same_experts(model_type, ablate
     assert _miscounted(tr, seen) == {}
 
 
-@pytest.mark.parametrize("model_type", SUPPORTED)
+@pytest.mark.parametrize("model_type", HELD)
 def test_dropped_experts_get_weight_zero(model_type):
     """mode="drop" on every MoE layer (hash-routed ones too): the weights the dropped experts
     are called with are 0, selection is what the router chose, and RouterRecord counts it."""

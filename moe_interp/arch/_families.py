@@ -70,6 +70,16 @@ FAMILIES = (
         selection="softmax, + moe_statics bias (selection only), top-k, renormalise",
     ),
     RouterAdapter(
+        name="ergo",
+        model_types=("ergo",),
+        # top-k ranks `(scores + e_score_correction_bias)`, an expression no op makes (the method
+        # `.topk` of an unnamed sum): rerouting masks the sigmoid's output, before the bias is added
+        select="router_logits_sigmoid_0.output",
+        readout="experts",
+        selection="sigmoid, + e_score_correction_bias (selection only), top-k, renormalise, "
+        "x moe_routed_scaling_factor; a learned RMSNorm per expert on its output",
+    ),
+    RouterAdapter(
         name="longcat_flash",
         model_types=("longcat_flash",),
         # read at the router's output: from transformers 5.25 the block hands its experts module a
