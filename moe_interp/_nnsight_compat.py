@@ -8,7 +8,8 @@ small function here, so that a new nnsight release breaks this file and nothing 
 - the interleaver's list of workers (`interleaver.mediators`), to run ours beside the
   user's and to read each invoke's rows (`Mediator.batch_group`);
 - building a worker (`Mediator(code, ...)`) and the value served at a location
-  (`Mediator.value`), and the batcher that narrows values to an invoke's rows;
+  (`Mediator.value`), and the batcher that narrows values to an invoke's rows (turned off
+  for a worker while it reads whole-batch values, `whole_batch`: `Mediator.batch_group`);
 - writing a saved value into the frame of the `with` block (`tracing.util.push`), which a
   remote request sends back;
 - the undecorated `generate` of a `TransformersModel` (`generate.__wrapped__`);
@@ -30,7 +31,8 @@ from nnsight.intervention.interleaver import Mediator, OutOfOrderError
 from nnsight.tracing.util import push
 
 __all__ = ["CHECKED_WITH", "OutOfOrderError", "mediators", "invoke_mediators", "worker", "put_first",
-           "batch_size", "send_back", "served", "invoke_rows", "undecorated_generate", "shipped_by_value"]
+           "batch_size", "send_back", "served", "whole_batch", "as_served", "undecorated_generate",
+           "shipped_by_value"]
 
 CHECKED_WITH = "0.8.1"
 
@@ -142,34 +144,56 @@ def served(location: str) -> Any:
     return Mediator.value(location)
 
 
-def invoke_rows(num_rows: int) -> Optional[tuple]:
-    """`(start, stop)` of the current invoke's tokens in a flattened `[batch * seq, ...]`
-    tensor that nnsight serves whole, or None when it needs no narrowing.
+class whole_batch:
+    """`with whole_batch() as rows:` the current worker reads and writes whole-batch values:
+    nnsight serves an invoke's worker only its rows of a value whose first dimension is the
+    batch (Switch's `[batch, seq, experts]`), and every row of one that is not (a router's
+    flattened `[batch * seq, experts]`, except at a one-token decoding step), so an invoke
+    cannot tell, from a value's shape, whether it was narrowed. Inside this block nothing is
+    narrowed: the caller narrows once, by `rows` (`(start, size, total)`: the invoke's rows
+    and the batch's, or None when there is nothing to narrow: one invoke, or a whole-batch
+    worker), and a value it writes replaces the whole value (keep the other invokes' rows).
 
-    nnsight narrows a value to an invoke's rows only when its first dimension is the
-    batch; routers flatten batch and sequence, so at a prefill every invoke would see
-    every row. Narrowed the same way here, by whole sequences (padding included, as
-    nnsight includes it). A decoding step (one token a row) is narrowed by nnsight, and
-    a whole-batch worker (no invoke) sees every row.
+    A write-back nnsight holds for an earlier read of this worker goes back first, in its
+    own rows.
 
     ```python
     >>> from moe_interp import _nnsight_compat as compat
-    >>> callable(compat.invoke_rows)      # read inside a trace; see Router in _router_view
+    >>> callable(compat.whole_batch)      # inside a trace; see Router in _router_view
+    True
+
+    ```
+    """
+
+    def __enter__(self) -> Optional[tuple]:
+        mediator = Mediator.current("router values")
+        mediator.flush()
+        self.mediator, self.group = mediator, mediator.batch_group
+        batcher = getattr(mediator.interleaver, "batcher", None)
+        mediator.batch_group = None  # `Mediator.handle` narrows and widens by it: whole values
+        if batcher is None or self.group is None or not batcher.batching:
+            return None
+        return self.group[0], self.group[1], batcher.total
+
+    def __exit__(self, *_: Any) -> None:
+        self.mediator.batch_group = self.group
+
+
+def as_served(value: Any) -> Any:
+    """`value` (whole batch) as nnsight serves it to the current worker: narrowed to an
+    invoke's rows where its first dimension is the batch. What an `eproperty` write-back of
+    a value read in `whole_batch` hands back, as nnsight widens it by the worker's rows.
+
+    ```python
+    >>> from moe_interp import _nnsight_compat as compat
+    >>> callable(compat.as_served)        # inside a trace
     True
 
     ```
     """
     mediator = Mediator.current("router values")
     batcher = getattr(mediator.interleaver, "batcher", None)
-    group = mediator.batch_group
-    if batcher is None or group is None or not batcher.batching:
-        return None
-    total = batcher.total
-    if num_rows == total or num_rows % total:
-        return None
-    seq = num_rows // total
-    start, size = group
-    return start * seq, (start + size) * seq
+    return value if batcher is None else batcher.narrow(value, mediator.batch_group)
 
 
 def undecorated_generate(model: Any) -> Any:

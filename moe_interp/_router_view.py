@@ -25,6 +25,15 @@ output, or the experts module's input. Reading one parks the trace's worker ther
 The eproperty's preprocess presents every architecture's value the same way: one element
 of a tuple, tokens flattened (`batch * seq`, as routers see them), and inside
 `tracer.invoke` only that invoke's rows, with padding positions kept as nnsight keeps them.
+`indices` and `weights` are not read here but by `kernels.routing`, the reading RouterRecord,
+the drop edit and attribution share (a slot that reached no expert: index -1, weight 0),
+and written by `kernels.set_indices` / `kernels.set_weights`.
+
+Every value is read on the whole batch, then narrowed once, here, to the invoke's tokens
+`[start * seq, (start + size) * seq)` (`_nnsight_compat.whole_batch`); a write replaces those
+rows of the whole value. nnsight narrows only values whose first dimension is the batch,
+so leaving it to nnsight would treat Switch's `[batch, seq, experts]` and a router's
+flattened `[batch * seq, experts]` differently.
 
 This module runs where the model runs (an NDIF server too), so it imports only torch,
 nnsight, typing and collections, and is shipped by value (`nnsight.register`).
@@ -37,53 +46,44 @@ import nnsight
 import torch
 from nnsight.intervention.eproperty import eproperty
 
-from ._nnsight_compat import invoke_rows, served
+from ._nnsight_compat import as_served, served, whole_batch
 from .arch._sites import router_sites
-from .kernels import location, pick, replaced
+from .kernels import ROUTING, RouterAccessError, location, pick, replaced, routing, set_indices, set_weights
 
 __all__ = ["RouterAccessError", "MoELayers", "MoELayer", "Router", "attach"]
-
-
-class RouterAccessError(ValueError):
-    """A router value that this MoE layer does not have, or cannot take.
-
-    Hash-routed layers (DeepSeek-V4's first layers: experts looked up by token id) rank
-    nothing: their `scores` do not exist and an edit of their `logits` would not reach
-    the selection. Routers that hand their experts dense scores (Llama-4) have no
-    `indices`/`weights` to assign. The message names the layer and what to use instead.
-
-    ```python
-    >>> import moe_interp as mi
-    >>> model = mi.zoo.tiny_model("deepseek_v4")
-    >>> mi.describe(model).routing_kinds          # layers 0-2 hash-routed
-    ('hash', 'hash', 'hash', 'topk')
-    >>> with model.trace("Hello"):
-    ...     model.moe[0].router.logits[:, 1] += 5.0
-    Traceback (most recent call last):
-    moe_interp._router_view.RouterAccessError: layer 0 selects its experts by a token-id table (hash routing), not by ranking scores: ... use a learned layer: model.moe.at(layer) for layer in [3]
-
-    ```
-    """
 
 
 _NO_LOGITS_EDIT = "an edit of its `logits` would not change which experts it uses"
 
 
-def _tokens(value: torch.Tensor, width: Optional[int]) -> torch.Tensor:
-    """`value` as `[tokens, last]`, this invoke's rows only, its first `width` columns (a
-    router may make more logits than it routes: Inkling's shared-expert column). A view,
-    so in-place edits reach the model."""
+def _span(rows: Optional[tuple], num_tokens: int, what: str) -> tuple:
+    """`(start, stop)` of the invoke's tokens among the whole batch's `num_tokens` (flattened
+    `batch * seq`); `rows` as `whole_batch` gives them (None: every token)."""
+    if rows is None:
+        return 0, num_tokens
+    start, size, total = rows
+    if num_tokens % total:
+        raise RouterAccessError(f"{what} has {num_tokens} tokens, which do not split into the batch's {total} rows: "
+                                "its tokens cannot be told apart by invoke. Read it in a trace without tracer.invoke "
+                                "(or with one invoke), where it covers the whole batch")
+    seq = num_tokens // total
+    return start * seq, (start + size) * seq
+
+
+def _tokens(value: torch.Tensor, width: Optional[int], rows: Optional[tuple], what: str) -> torch.Tensor:
+    """`value` (whole batch) as `[tokens, last]`, this invoke's rows only, its first `width`
+    columns (a router may make more logits than it routes: Inkling's shared-expert column).
+    A view, so in-place edits reach the model."""
     flat = value.view(-1, value.shape[-1]) if value.ndim > 2 else value
-    rows = invoke_rows(flat.shape[0])
-    flat = flat if rows is None else flat[rows[0]:rows[1]]
+    start, stop = _span(rows, flat.shape[0], what)
+    flat = flat if (start, stop) == (0, flat.shape[0]) else flat[start:stop]
     return flat if width is None or flat.shape[-1] <= width else flat[:, :width]
 
 
-def _untokens(full: torch.Tensor, new: Any, what: str, width: Optional[int]) -> torch.Tensor:
-    """`full` (the model's tensor) with this invoke's tokens (first `width` columns) set to `new`."""
+def _untokens(full: torch.Tensor, new: Any, what: str, width: Optional[int], rows: Optional[tuple]) -> torch.Tensor:
+    """`full` (the model's whole tensor) with this invoke's tokens (first `width` columns) set to `new`."""
     flat = full.view(-1, full.shape[-1]) if full.ndim > 2 else full
-    rows = invoke_rows(flat.shape[0])
-    start, stop = rows if rows is not None else (0, flat.shape[0])
+    start, stop = _span(rows, flat.shape[0], what)
     columns = flat.shape[-1] if width is None else min(width, flat.shape[-1])
     new = torch.as_tensor(new)
     expected = (stop - start, columns)
@@ -93,36 +93,39 @@ def _untokens(full: torch.Tensor, new: Any, what: str, width: Optional[int]) -> 
     new = new.to(device=flat.device, dtype=flat.dtype)
     if columns < flat.shape[-1]:
         new = torch.cat([new, flat[start:stop, columns:]], -1)
-    if rows is not None:
+    if (start, stop) != (0, flat.shape[0]):
         new = torch.cat([flat[:start], new, flat[stop:]])
     return new.view(full.shape)
 
 
 class _Site:
     """Where one routing value is handed over: `site` (an `arch._sites.Site`) at the nnsight
-    location `path` (its envoy's); the name the user reads it by (`what`, for errors) and
-    how many columns are routed experts (`width`, None for `[tokens, top_k]` values)."""
+    location `path` (its envoy's); the name the user reads it by (`what`, for errors), how
+    many columns are routed experts (`width`, None for `[tokens, top_k]` values) and the
+    invoke's rows (`rows`, from `whole_batch`, whose block reads and writes it)."""
 
-    def __init__(self, interleaver: Any, path: str, site: Any, what: str, width: Optional[int]) -> None:
-        self.interleaver, self.path, self.site, self.what, self.width = interleaver, path, site, what, width
+    def __init__(self, interleaver: Any, path: str, site: Any, what: str, width: Optional[int],
+                 rows: Optional[tuple]) -> None:
+        self.interleaver, self.path, self.site, self.what, self.width, self.rows = (
+            interleaver, path, site, what, width, rows)
 
     @eproperty(key="output")
     def output(self, value: Any) -> Any:
-        return _tokens(pick(value, self.site), self.width)
+        return _tokens(pick(value, self.site), self.width, self.rows, self.what)
 
     @output.postprocess
     def output(self, new: Any) -> Any:
         raw = served(f"{self.path}.output")
-        return replaced(raw, self.site, _untokens(pick(raw, self.site), new, self.what, self.width))
+        return replaced(raw, self.site, _untokens(pick(raw, self.site), new, self.what, self.width, self.rows))
 
     @eproperty(key="input")
     def input(self, value: Any) -> Any:
-        return _tokens(pick(value, self.site), self.width)
+        return _tokens(pick(value, self.site), self.width, self.rows, self.what)
 
     @input.postprocess
     def input(self, new: Any) -> Any:
         raw = served(f"{self.path}.input")
-        return replaced(raw, self.site, _untokens(pick(raw, self.site), new, self.what, self.width))
+        return replaced(raw, self.site, _untokens(pick(raw, self.site), new, self.what, self.width, self.rows))
 
 
 class _ReadOnlySite(_Site):
@@ -130,19 +133,20 @@ class _ReadOnlySite(_Site):
     reader gets a copy, and an in-place edit of it raises `refusal` when the trace moves on."""
 
     def __init__(self, interleaver: Any, path: str, site: Any, what: str, width: Optional[int],
-                 refusal: str) -> None:
-        _Site.__init__(self, interleaver, path, site, what, width)
+                 rows: Optional[tuple], refusal: str) -> None:
+        _Site.__init__(self, interleaver, path, site, what, width, rows)
         self.refusal = refusal
 
     @eproperty(key="output")
     def output(self, value: Any) -> Any:
-        return _tokens(pick(value, self.site), self.width).clone()
+        return _tokens(pick(value, self.site), self.width, self.rows, self.what).clone()
 
     @output.transform
     def output(self, view: Any, raw: Any) -> Any:
-        if not torch.equal(view, _tokens(pick(raw, self.site), self.width)):
+        if not torch.equal(view, _tokens(pick(raw, self.site), self.width, self.rows, self.what)):
             raise RouterAccessError(self.refusal)
-        return raw
+        # read whole (`whole_batch`); nnsight puts it back by the worker's rows, as it serves them
+        return as_served(raw)
 
 
 class Router:
@@ -159,11 +163,15 @@ class Router:
       the weights where the family takes them from these scores. Where the family ranks
       the logits themselves (GPT-OSS, Granite, Phi-MoE; DBRX ranks `softmax(logits)` in
       its block) this is the logits.
-    - `indices`: `[tokens, top_k]` the experts the layer used (after any edit above).
-    - `weights`: `[tokens, top_k]` the weights those experts received.
+    - `indices`: `[tokens, top_k]` the experts the layer used (after any edit above); -1
+      for a slot that reached no expert (dropped past an expert's capacity: Switch,
+      NLLB-MoE; padding a router dispatches nowhere).
+    - `weights`: `[tokens, top_k]` the weights those experts received (0 for such a slot).
 
-    `indices` and `weights` are assignable where the experts take them as arguments (the
-    common case): patching another prompt's `indices` routes these tokens to its experts.
+    `indices` and `weights` are the routing `mi.RouterRecord` counts (one reading,
+    `kernels.routing`). `weights` is assignable on every router; `indices` where the
+    experts take indices (not a dense score matrix or a dispatch mask): patching another
+    prompt's `indices` routes these tokens to its experts.
     Values must be read in the order the model makes them (nnsight's rule): logits,
     scores, then indices and weights; Qwen2-MoE runs its shared expert before its router.
 
@@ -197,23 +205,47 @@ class Router:
         sites = self._no_grad_sites if self._no_grad_sites and not torch.is_grad_enabled() else self._sites
         return getattr(sites, name)
 
-    def _host(self, name: str, read_only: Optional[str] = None) -> tuple:
+    def _sites_now(self) -> Any:
+        return self._no_grad_sites if self._no_grad_sites and not torch.is_grad_enabled() else self._sites
+
+    def _host(self, name: str, rows: Optional[tuple], read_only: Optional[str] = None) -> tuple:
         """`(host, end)`: an eproperty host at the location of `name`, and which of its
         ends (`"output"` / `"input"`) holds the value."""
         site = self._site(name)
         path, interleaver = location(self._envoy, self._experts, site).path, self._envoy.interleaver
-        width = self._num_experts if name in ("logits", "scores", "dense") else None
+        width = self._num_experts if name in ("logits", "scores") else None
         if read_only is not None:
-            return _ReadOnlySite(interleaver, path, site, f"router.{name}", width, read_only), site.end
-        return _Site(interleaver, path, site, f"router.{name}", width), site.end
+            return _ReadOnlySite(interleaver, path, site, f"router.{name}", width, rows, read_only), site.end
+        return _Site(interleaver, path, site, f"router.{name}", width, rows), site.end
 
     def _get(self, name: str, read_only: Optional[str] = None) -> torch.Tensor:
-        host, end = self._host(name, read_only)
-        return getattr(host, end)
+        with whole_batch() as rows:
+            host, end = self._host(name, rows, read_only)
+            return getattr(host, end)
 
     def _set(self, name: str, value: Any) -> None:
-        host, end = self._host(name)
-        setattr(host, end, value)
+        with whole_batch() as rows:
+            host, end = self._host(name, rows)
+            setattr(host, end, value)
+
+    def _used(self, part: str) -> torch.Tensor:
+        """`indices` or `weights` of `kernels.routing` (whole batch), the invoke's tokens."""
+        with whole_batch() as rows:
+            indices, weights = routing(self._envoy, self._experts, self._sites_now(), self._top_k, (part,))
+        value = indices if part == "indices" else weights
+        start, stop = _span(rows, value.shape[0], f"router.{part}")
+        return value if (start, stop) == (0, value.shape[0]) else value[start:stop]
+
+    def _spliced(self, current: torch.Tensor, new: Any, part: str, rows: Optional[tuple]) -> torch.Tensor:
+        """`current` (the whole batch's `[tokens, top_k]`) with the invoke's tokens set to `new`."""
+        start, stop = _span(rows, current.shape[0], f"router.{part}")
+        new = torch.as_tensor(new)
+        expected = (stop - start, current.shape[1])
+        if tuple(new.shape) != expected:
+            raise ValueError(f"router.{part} takes a tensor of shape {expected} here ([tokens, top_k]), "
+                             f"got {tuple(new.shape)}")
+        new = new.to(device=current.device, dtype=current.dtype)
+        return torch.cat([current[:start], new, current[stop:]]) if expected[0] != current.shape[0] else new
 
     def _refuse_hash(self, what: str) -> None:
         if self.kind == "hash":
@@ -250,44 +282,55 @@ class Router:
 
     @property
     def indices(self) -> torch.Tensor:
-        """`[tokens, top_k]` the experts the layer used (assignable where the experts take them)."""
-        if self._sites.dense is not None:
-            return torch.topk(self._get("dense"), self._top_k, dim=-1).indices
-        self._refuse_dispatch()
-        return self._get("indices")
+        """`[tokens, top_k]` long: the experts the layer used, -1 for a slot that reached no
+        expert (assignable where the experts take indices)."""
+        return self._used("indices")
 
     @indices.setter
     def indices(self, value: Any) -> None:
-        self._refuse_dense("indices")
-        self._refuse_dispatch()
-        self._set("indices", value)
+        self._refuse_indices()
+        sites = self._sites_now()
+        with whole_batch() as rows:
+            current, _ = routing(self._envoy, self._experts, sites, self._top_k, ("indices",))
+            new = self._spliced(current, value, "indices", rows)
+            if bool(((new < 0) | (new >= self._num_experts)).any()):
+                raise ValueError(f"router.indices takes expert indices 0-{self._num_experts - 1} (layer {self.layer} "
+                                 f"has {self._num_experts} experts), got values from {int(new.min())} to "
+                                 f"{int(new.max())}")
+            set_indices(self._envoy, self._experts, sites, new)
 
-    def _refuse_dispatch(self) -> None:
-        # A capacity-limited router (Switch) hands its experts a [tokens, experts] 0/1 dispatch
-        # mask: read as top-k indices it would name an expert for the tokens it dropped.
-        if self._sites.readout == "dispatch":
+    def _refuse_indices(self) -> None:
+        # A dense score matrix (Llama-4, NLLB-MoE) or a capacity-limited dispatch mask (Switch)
+        # takes no [tokens, top_k] indices: which experts a token reaches follows from its scores.
+        kind = self._sites.readout
+        if kind in ("dense", "dispatch"):
+            what = ("dense [tokens, experts] scores" if kind == "dense" else
+                    "a [tokens, experts] dispatch mask (tokens past an expert's capacity are dropped)")
             raise RouterAccessError(
-                f"layer {self.layer} ({self.arch}) hands its experts a [tokens, experts] dispatch mask (tokens past "
-                "an expert's capacity are dropped), not [tokens, top_k] indices: record it with mi.RouterRecord(), "
-                "which counts dropped tokens as dropped")
+                f"layer {self.layer} ({self.arch}) hands its experts {what}, not [tokens, top_k] indices: assign "
+                "router.logits or router.scores to change which experts its tokens reach (router.indices reads "
+                "fine: -1 for a dropped slot)")
 
     @property
     def weights(self) -> torch.Tensor:
-        """`[tokens, top_k]` the weights those experts received (assignable where they take them)."""
-        if self._sites.dense is not None:
-            return torch.topk(self._get("dense"), self._top_k, dim=-1).values
-        return self._get("weights")
+        """`[tokens, top_k]` the weights those experts received, 0 for a slot that reached no
+        expert (assignable)."""
+        return self._used("weights")
 
     @weights.setter
     def weights(self, value: Any) -> None:
-        self._refuse_dense("weights")
-        self._set("weights", value)
-
-    def _refuse_dense(self, what: str) -> None:
-        if self._sites.dense is not None:
-            raise RouterAccessError(
-                f"layer {self.layer} ({self.arch}) hands its experts dense [tokens, experts] scores, not "
-                f"{what}: assign router.logits or router.scores to change its routing")
+        sites = self._sites_now()
+        dropping = sites.readout in ("dense", "dispatch")  # where slots can reach no expert
+        with whole_batch() as rows:
+            indices, current = routing(self._envoy, self._experts, sites, self._top_k,
+                                       ROUTING if dropping else ("weights",))
+            new = self._spliced(current, value, "weights", rows)
+            if dropping and bool(((indices < 0) & (new != 0)).any()):
+                raise RouterAccessError(
+                    f"layer {self.layer} ({self.arch}): router.weights gives a weight to a slot that reached no "
+                    "expert (router.indices -1: dropped past an expert's capacity, or padding), which has no "
+                    "expert to weight: keep 0 there")
+            set_weights(self._envoy, self._experts, sites, new)
 
 
 class MoELayer:
@@ -394,5 +437,5 @@ def attach(model: Any, spec: Any) -> MoELayers:
 # NDIF server does not have moe_interp installed, so they travel by value (their source,
 # as `nnsight.register` ships a module; their eproperties as `_nnsight_compat` pickles them).
 # What its methods call travels the same way.
-for _module in (__name__, location.__module__, invoke_rows.__module__, router_sites.__module__):
+for _module in (__name__, location.__module__, whole_batch.__module__, router_sites.__module__):
     nnsight.register(_module)

@@ -264,60 +264,203 @@ def _sites(entry: Any) -> Any:
     return entry.sites if entry.no_grad is None or torch.is_grad_enabled() else entry.no_grad
 
 
-def _readout(router: Any, experts: Any, sites: Any, drops: Any, top_k: int) -> tuple:
-    """(indices[T, K], weights[T, K]) the experts really receive, after `drop` edits."""
-    if sites.readout == "dispatch":
-        return _dispatch_readout(router, experts, sites, drops, top_k)
-    if sites.dense is None:
+class RouterAccessError(ValueError):
+    """A router value that this MoE layer does not have, or cannot take.
+
+    Hash-routed layers (DeepSeek-V4's first layers: experts looked up by token id) rank
+    nothing: their `scores` do not exist and an edit of their `logits` would not reach
+    the selection. Routers that hand their experts dense scores (Llama-4, NLLB-MoE) or a
+    dispatch mask (Switch) have no `indices` to assign, and a slot that reached no expert
+    (index -1) has no weight to give. The message names the layer and what to use instead.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> model = mi.zoo.tiny_model("deepseek_v4")
+    >>> mi.describe(model).routing_kinds          # layers 0-2 hash-routed
+    ('hash', 'hash', 'hash', 'topk')
+    >>> with model.trace("Hello"):
+    ...     model.moe[0].router.logits[:, 1] += 5.0
+    Traceback (most recent call last):
+    moe_interp.kernels.RouterAccessError: layer 0 selects its experts by a token-id table (hash routing), not by ranking scores: ... use a learned layer: model.moe.at(layer) for layer in [3]
+
+    ```
+    """
+
+
+ROUTING = ("indices", "weights")
+
+
+def routing(router: Any, experts: Any, sites: Any, top_k: int, parts: Sequence = ROUTING) -> tuple:
+    """The routing the experts used: `(indices[T, K], weights[T, K])` for the whole batch,
+    tokens flattened `batch * seq`; the one reading that RouterRecord, the drop edit, the
+    router view (`router.indices` / `router.weights`) and `mi.expert_attribution` share.
+
+    `indices` are long; a slot that reached no expert (dropped past an expert's capacity,
+    padding that a router dispatches nowhere, a zero of a dense score matrix) reads as index
+    -1 with weight 0. `parts` says which of the two to read (the other is None): JetMoe
+    makes them at two ops, and nnsight serves values in the order the model makes them.
+
+    Where they live is the readout kind (`sites.readout`, see `arch.RouterAdapter.readout`):
+
+    - `"experts"` / `"router"`: the experts module's arguments / the router's output elements;
+    - `"topk"`: the router's `torch.topk` op (indices) and the op that makes the weights;
+    - `"dense"`: `[T, E]` scores, the unselected at 0: their top k, a 0 being a dropped slot;
+    - `"dispatch"`: a 0/1 mask `[..., E]` and the chosen experts' weights (`[..., 1]` or
+      `[..., E]`): the experts the mask dispatches each token to, -1 where it dispatches none.
+
+    Inside a trace only (`sites` from `arch._sites.router_sites`):
+
+    ```python
+    >>> import moe_interp as mi, nnsight, torch
+    >>> from moe_interp.arch._sites import router_sites
+    >>> from moe_interp.kernels import routing
+    >>> model = mi.zoo.tiny_model("switch_transformers", expert_capacity=2)   # top-1, 2 tokens an expert
+    >>> sites, _ = router_sites(mi.describe(model))
+    >>> router = model.encoder.block[1].layer[1].mlp.router
+    >>> with torch.no_grad(), model.trace({"input_ids": torch.tensor([[5, 5, 5, 5, 5, 5]]),
+    ...                                     "decoder_input_ids": torch.tensor([[0]])}):
+    ...     got = nnsight.save(routing(router, None, sites, top_k=1))
+    >>> indices, weights = got
+    >>> indices.flatten().tolist()                  # six alike tokens, one expert: 4 past its capacity
+    [6, 6, -1, -1, -1, -1]
+    >>> bool(((indices < 0) == (weights == 0)).all())
+    True
+
+    ```
+    """
+    return _routing(router, experts, sites, top_k, parts)[:2]
+
+
+def _routing(router: Any, experts: Any, sites: Any, top_k: int, parts: Sequence) -> tuple:
+    """`routing`, and `(at, raw)`: the envoy and value where the weights were read (to write them)."""
+    kind = sites.readout
+    if kind in ("dense", "dispatch"):
+        site = sites.dense if kind == "dense" else sites.indices
+        at = location(router, experts, site)
+        raw = read(at, site)
+        return _ranked(kind, raw, sites, top_k) + (at, raw)
+    indices = weights = at = raw = None
+    if "indices" in parts:
         at = location(router, experts, sites.indices)
         raw = read(at, sites.indices)
-        indices = pick(raw, sites.indices)
-        if sites.weights._replace(index=None) != sites.indices._replace(index=None):  # one read when not
-            at = location(router, experts, sites.weights)
+        indices = _token_rows(pick(raw, sites.indices)).long()
+    if "weights" in parts:
+        if raw is None or sites.weights._replace(index=None) != sites.indices._replace(index=None):
+            at = location(router, experts, sites.weights)  # one read when both live there
             raw = read(at, sites.weights)
-        weights = pick(raw, sites.weights)
-        if drops:
-            weights = drop_weights(indices, weights, drops)
-            write(at, sites.weights, raw, weights)
-        return indices, weights
-    # dense [T, E] scores, non-selected experts at 0
-    at = location(router, experts, sites.dense)
-    raw = read(at, sites.dense)
-    scores = pick(raw, sites.dense)
-    if drops:
-        write(at, sites.dense, raw, scores.masked_fill(_dropped(drops, scores.device), 0))
-    return _top_of_dense(scores, top_k, drops)
+        weights = _token_rows(pick(raw, sites.weights))
+    return indices, weights, at, raw
 
 
-def _dropped(drops: Any, device: Any) -> torch.Tensor:
-    mask = on(drops[0].payload, device)
-    for more in drops[1:]:
-        mask = mask | on(more.payload, device)
-    return mask
+def _token_rows(value: torch.Tensor) -> torch.Tensor:
+    """`[..., last]` as `[tokens, last]` (a view where it can be, so edits reach the model)."""
+    return value if value.ndim == 2 else value.reshape(-1, value.shape[-1])
 
 
-def _top_of_dense(scores: torch.Tensor, top_k: int, drops: Any) -> tuple:
-    """(indices, weights) of dense `[..., E]` scores: a slot whose score is 0 reached no expert
-    (dropped past an expert's capacity, or padding) and reads as index -1 ("no expert")."""
-    weights, indices = torch.topk(scores.reshape(-1, scores.shape[-1]), top_k, dim=-1)
-    indices = torch.where(weights != 0, indices, -1)
-    if drops:
-        weights = drop_weights(indices, weights, drops)
-    return indices, weights
+def _ranked(kind: str, raw: Any, sites: Any, top_k: int) -> tuple:
+    """`(indices, weights)` of a dense score matrix or a dispatch mask (see `routing`)."""
+    if kind == "dense":  # unselected experts score 0
+        weights, indices = torch.topk(_token_rows(pick(raw, sites.dense)), top_k, dim=-1)
+        return torch.where(weights != 0, indices, -1), weights
+    mask = _token_rows(pick(raw, sites.indices))
+    chosen = pick(raw, sites.weights).reshape(mask.shape[0], -1)  # [T, 1] or [T, E]
+    # the dispatched experts first (by weight), then the rest, which no slot reached
+    ranked, indices = torch.topk(torch.where(mask != 0, chosen, float("-inf")), top_k, dim=-1)
+    kept = mask.gather(1, indices) != 0
+    return torch.where(kept, indices, -1), torch.where(kept, ranked, torch.zeros_like(ranked))
 
 
-def _dispatch_readout(router: Any, experts: Any, sites: Any, drops: Any, top_k: int) -> tuple:
-    """A 0/1 dispatch mask `[..., E]` with the chosen experts' weights (`[..., 1]` or `[..., E]`),
-    both router outputs (Switch Transformers): read as dense scores, mask * weight."""
+def set_weights(router: Any, experts: Any, sites: Any, new: torch.Tensor) -> None:
+    """Make `new[T, K]` the weights of the routing `routing` reads, whole batch, wherever the
+    layer keeps them: the experts' argument, a router output, the op that makes them, the
+    chosen experts' entries of a dense score matrix or the dispatched experts' weights. A
+    slot that reached no expert (index -1) keeps what the model has there (no expert to give
+    it to). Autograd flows through `new` (`mi.expert_attribution` writes `weights + probe`).
+    Inside a trace only.
+
+    ```python
+    >>> import moe_interp as mi, nnsight, torch
+    >>> from moe_interp.arch._sites import router_sites
+    >>> from moe_interp.kernels import routing, set_weights
+    >>> model = mi.zoo.tiny_model("llama4_text")              # dense [T, E] scores, top-1
+    >>> sites, _ = router_sites(mi.describe(model))
+    >>> block = model.model.layers[0].feed_forward
+    >>> with torch.no_grad(), model.trace("Hello"):
+    ...     indices, weights = routing(block.router, block.experts, sites, top_k=1)
+    ...     set_weights(block.router, block.experts, sites, weights * 2)
+    ...     doubled = nnsight.save(routing(block.router, block.experts, sites, top_k=1)[1])
+    ...     weights = weights.save()
+    >>> torch.equal(doubled, weights * 2)
+    True
+
+    ```
+    """
+    kind = sites.readout
+    indices, _, at, raw = _routing(router, experts, sites, new.shape[-1],
+                                   ROUTING if kind in ("dense", "dispatch") else ("weights",))
+    _write_weights(at, raw, sites, indices, new)
+
+
+def _write_weights(at: Any, raw: Any, sites: Any, indices: Any, new: torch.Tensor) -> None:
+    kind = sites.readout
+    site = sites.dense if kind == "dense" else sites.weights
+    old = pick(raw, site)
+    new = new.to(device=old.device, dtype=old.dtype)
+    if kind == "dense" or (kind == "dispatch" and old.shape[-1] != 1):
+        value = _scattered(old, indices, new)
+    elif kind == "dispatch":  # one weight per token: the dispatched expert's
+        flat = old.reshape(-1, 1)
+        value = torch.where(indices >= 0, new, flat).reshape(old.shape)
+    else:
+        value = new.reshape(old.shape)
+    write(at, site, raw, value)
+
+
+def _scattered(scores: torch.Tensor, indices: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """`scores[..., E]` with `new[t, k]` at column `indices[t, k]` (-1: none), the rest kept."""
+    flat = scores.reshape(-1, scores.shape[-1])
+    hit = indices[..., None] == torch.arange(flat.shape[-1], device=flat.device)  # [T, K, E]
+    value = (hit * new[..., None]).sum(1).to(flat.dtype)
+    return torch.where(hit.any(1), value, flat).reshape(scores.shape)
+
+
+def set_indices(router: Any, experts: Any, sites: Any, new: torch.Tensor) -> None:
+    """Make `new[T, K]` the experts the layer's tokens go to, whole batch, where the layer
+    takes indices (the experts' argument, a router output, the top-k op). A router that hands
+    its experts a dense score matrix or a dispatch mask has no indices to take:
+    `RouterAccessError`. Inside a trace only.
+
+    ```python
+    >>> import moe_interp as mi, nnsight, torch
+    >>> from moe_interp.arch._sites import router_sites
+    >>> from moe_interp.kernels import routing, set_indices
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
+    >>> sites, _ = router_sites(mi.describe(model))
+    >>> block = model.model.layers[0].mlp
+    >>> with torch.no_grad(), model.trace("Hi"):
+    ...     set_indices(block.gate, block.experts, sites, torch.tensor([[6, 7], [6, 7]]))
+    ...     indices = nnsight.save(routing(block.gate, block.experts, sites, top_k=2)[0])
+    >>> indices.tolist()
+    [[6, 7], [6, 7]]
+
+    ```
+    """
+    if sites.readout in ("dense", "dispatch"):
+        raise RouterAccessError(f"this router hands its experts a {'dense score matrix' if sites.readout == 'dense' else 'dispatch mask'}"
+                                ", not indices: change its routing at its logits or scores")
     at = location(router, experts, sites.indices)
     raw = read(at, sites.indices)
-    mask = pick(raw, sites.indices)
-    weights = pick(raw, sites.weights)
-    flat = mask.reshape(-1, mask.shape[-1])
-    scores = flat.to(weights.dtype) * weights.reshape(flat.shape[0], -1)
+    old = pick(raw, sites.indices)
+    write(at, sites.indices, raw, new.to(device=old.device, dtype=old.dtype).reshape(old.shape))
+
+
+def _used(router: Any, experts: Any, sites: Any, drops: Any, top_k: int) -> tuple:
+    """(indices[T, K], weights[T, K]) the experts really receive, after `drop` edits."""
+    indices, weights, at, raw = _routing(router, experts, sites, top_k, ROUTING)
     if drops:
-        write(at, sites.indices, raw, mask.masked_fill(_dropped(drops, mask.device), 0))
-    return _top_of_dense(scores, top_k, drops)
+        weights = drop_weights(indices, weights, drops)
+        _write_weights(at, raw, sites, indices, weights)
+    return indices, weights
 
 
 def token_groups(inputs: Any, rows: list, num_tokens: int) -> tuple:
@@ -615,7 +758,7 @@ def forward_step(root: Any, plan: Any, store: dict, rows: list) -> None:
             _edit_site(router, experts, sites.logits, entry.logits_edits)
         if not (record or entry.drop or verify or entry.rerouted is not None):
             continue
-        indices, weights = _readout(router, experts, sites, entry.drop, top_k)
+        indices, weights = _used(router, experts, sites, entry.drop, top_k)
         if entry.rerouted is not None:
             # the safety net: tokens that still received an ablated expert (0 when the
             # reroute held); read on the host once, after the trace (interventions.check_held)

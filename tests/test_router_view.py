@@ -341,7 +341,29 @@ def test_dense_readout_refuses_assigned_indices_naming_the_fix():
     model = tiny("llama4_text")
     with pytest.raises(RouterAccessError, match=r"layer 0 \(llama4_text\) hands its experts dense .*router.logits"):
         with model.trace("Hello"):
-            model.moe[0].router.weights = model.moe[0].router.weights * 0
+            model.moe[0].router.indices = model.moe[0].router.indices * 0
+
+
+def test_dense_readout_takes_assigned_weights_as_its_chosen_experts_scores():
+    """Llama-4 hands its experts dense [T, E] scores: assigned weights become the chosen
+    experts' scores. Oracle: a torch hook scaling the router's own dense output by hand."""
+    model = tiny("llama4_text")
+    enc = encode(model)
+    with torch.no_grad(), model.trace(enc):
+        inputs = model.inputs[1].save()
+        r = model.moe[0].router
+        r.weights = r.weights * 0.25
+        out = model.lm_head.output.save()
+    router = model._module.get_submodule("model.layers.0.feed_forward.router")
+    handle = router.register_forward_hook(lambda m, args, output: (output[0] * 0.25, *output[1:]))
+    try:
+        with torch.no_grad():
+            expected = model._module(**inputs).logits
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        plain = model._module(**inputs).logits
+    assert torch.allclose(out, expected, atol=1e-6) and not torch.allclose(out, plain, atol=1e-4)
 
 
 def test_a_value_of_the_wrong_shape_is_refused_with_the_shape_expected():

@@ -342,12 +342,15 @@ def test_rerouting_an_encoder_expert_leaves_it_unused_and_picks_the_next_best(ar
     assert torch.equal(stats["encoder"].count[0, 0], expected)
 
 
-def test_switch_router_view_refuses_indices_it_would_misreport():
-    # Switch hands its experts a [tokens, experts] dispatch mask, dropped tokens all-zero:
-    # as [tokens, top_k] indices it would name an expert for a dropped token.
+def test_switch_router_view_reads_indices_and_refuses_to_take_them():
+    # Switch hands its experts a [tokens, experts] dispatch mask, dropped tokens all-zero: the
+    # view reads -1 for them (tests/test_reader.py checks values), and takes no indices.
     from moe_interp import RouterAccessError
 
     model = tiny("switch_transformers")
-    with pytest.raises(RouterAccessError, match=r"dispatch mask .*mi\.RouterRecord\(\)"):
+    with torch.no_grad(), model.trace(batch(model)):
+        indices = model.moe[0].router.indices.save()
+    assert indices.shape == (batch(model)["input_ids"].numel(), 1)
+    with pytest.raises(RouterAccessError, match=r"dispatch mask .*router\.logits"):
         with torch.no_grad(), model.trace(batch(model)):
-            model.moe[0].router.indices.save()
+            model.moe[0].router.indices = model.moe[0].router.indices
