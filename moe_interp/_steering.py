@@ -16,7 +16,7 @@ from ._fingerprint import check_corpus, fingerprint
 from ._grid import Experiment, check_held_out
 from .analysis._evidence import paired_interval, stratified_interval
 from .arch import describe
-from .interventions import RouterRecord, RouteSteer
+from .interventions import RouterRecord, RouteSteer, check_steer_range, compile_plan
 from ._trace import trace
 
 __all__ = ["SteeringResult", "dose_response_figure", "routing_shift", "steering_bars", "steering_eval"]
@@ -290,10 +290,13 @@ def steering_eval(model: Any, stats: Any, dev: Mapping[str, Sequence[str]], test
                          "split='heldout') (or allow_same_texts=True to do it anyway)")
     check_held_out(stats, {lang: test[lang] for lang in languages}, allow_same_texts)
     spec = describe(model)
+    module = getattr(model, "_module", None)
     for scale in scales:
         for interventions in grid(scale).values():
             if scale:
                 interventions[0].expert_set(spec)
+                if isinstance(module, torch.nn.Module):  # a steer the router's dtype cannot take
+                    check_steer_range(compile_plan(spec, interventions), module)
     if path is None:  # cells are still cached within this call: the baseline runs once per split
         path = Path(tempfile.mkdtemp(prefix="moe_interp_steer_")) / "cells.jsonl"
     dev_scores = {}

@@ -29,7 +29,7 @@ from ._shipping import RESULT_NAME, Collect
 from ._token_kinds import with_token_kinds
 from .arch import describe
 from .arch._verify import pending_check
-from .interventions import Intervention, RouterRecord, compile_plan, flatten, place, router_groups
+from .interventions import Intervention, RouterRecord, check_steer_range, compile_plan, flatten, place, router_groups
 from .kernels import compact, keep_result, pack, run as run_plan
 from .stats import RoutingStats
 
@@ -241,6 +241,18 @@ class RoutingTracer(RoutingRun):
             raise AttributeError("this trace recorded no routing: add mi.RouterRecord() to its interventions")
         if "count" not in self._mi_store:
             raise RuntimeError("no routing yet: read tr.routing after the `with` block has finished")
+        mass = self._mi_store["gate_mass"]
+        if not bool(torch.isfinite(mass).all()):
+            plan = self._mi_plan
+            layers = sorted({plan.layers[i].layer for i in torch.nonzero(~torch.isfinite(mass))[:, 1].tolist()})
+            steered = [entry.layer for entry in plan.layers
+                       if any(e.kind in ("relative", "additive") for e in entry.logits_edits + entry.choice_edits)]
+            cause = (f"the steers of layers {steered} made the router's scores overflow: lower their scale, so "
+                     "that |scale * s| times the largest router score stays below the largest value of its dtype "
+                     "(moe_interp.interventions.steer_limit)" if steered else
+                     "the model's router produced them (e.g. an overflow in half precision): run it in float32")
+            raise ValueError(f"the routing weights of layers {layers} were NaN or inf in this trace, so its outputs "
+                             f"are NaN too: {cause}")
 
     @property
     def text(self) -> list[str]:
@@ -307,6 +319,8 @@ def _open(model: Any, args: tuple, fn: Any, generating: bool, kwargs: dict, per_
     check = pending_check(spec, module) if local else None  # the first trace checks auto-detection
     plan = compile_plan(spec, interventions, router_groups(spec, module) if module is not None else None,
                         verify=check is not None)
+    if isinstance(module, torch.nn.Module):  # a meta-device model (remote) has its dtypes too
+        check_steer_range(plan, module)
     if generating and plan.record:
         plan = plan._replace(eos=tuple(_eos_ids(model, inputs, kwargs)), generating=True)
     if plan.record:

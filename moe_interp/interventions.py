@@ -9,6 +9,7 @@ model actually used, i.e. after the interventions.
 """
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -22,7 +23,8 @@ from .arch._sites import router_sites
 from .arch._stacks import check_per_token, stack_fields
 from .expert_set import PAPER, ExpertSet, check_k
 
-__all__ = ["Intervention", "RouterRecord", "ExpertAblate", "LayerRouteSteer", "RouteSteer"]
+__all__ = ["Intervention", "RouterRecord", "ExpertAblate", "LayerRouteSteer", "RouteSteer", "check_steer_range",
+           "steer_limit"]
 
 
 class Intervention:
@@ -78,6 +80,51 @@ def _freeze_strengths(strengths: Any) -> tuple[tuple[int, tuple[tuple[int, float
         out.append((layer, tuple(sorted((_index(e, f"strengths[{layer}] expert"),
                                          _finite(s, f"strengths[{layer}][{e!r}]")) for e, s in per.items()))))
     return tuple(sorted(out))
+
+
+def steer_limit(mode: str, dtype: torch.dtype = torch.bfloat16) -> float:
+    """The largest `|scale * s|` a steer of `mode` may add on router scores of `dtype`.
+
+    A steer must keep every router logit finite: an inf logit makes the router's softmax,
+    and the model's outputs, NaN. Logits are unknown before the forward, so the bound
+    keeps a logit of magnitude up to `sqrt(max)` of the dtype finite (float32 and
+    bfloat16: 1.8e19, float16: 255.9; real logits are far smaller): relative, `|z| * (1 +
+    |scale * s|) <= max`; additive, `|z| + |scale * s| <= max`. Steers are refused past it
+    when built (for float32/bfloat16, the default here) and when a trace opens (for the
+    model's router dtype, `check_steer_range`). Routing saturates long before (e.g. 1e4).
+
+    ```python
+    >>> import torch
+    >>> from moe_interp.interventions import steer_limit
+    >>> f"{steer_limit('relative'):.3g}", f"{steer_limit('additive'):.3g}"
+    ('1.84e+19', '3.39e+38')
+    >>> round(steer_limit("relative", torch.float16), 1), round(steer_limit("additive", torch.float16))
+    (254.9, 65248)
+
+    ```
+    """
+    top = torch.finfo(dtype).max
+    logit = math.sqrt(top)
+    return top / logit - 1 if mode == "relative" else top - logit
+
+
+def _largest(worst: float, kind: str, amount: float) -> float:
+    """The largest magnitude a logit bounded by `worst` can reach after one steer."""
+    return worst * (1 + amount) if kind == "relative" else worst + amount
+
+
+def _check_steer_size(what: str, mode: str, scale: float, strengths: Iterable[tuple[Any, Any, float]]) -> None:
+    """Refuse, when an intervention is built, `|scale * s|` past `steer_limit(mode)`."""
+    limit = steer_limit(mode)
+    for layer, expert, s in strengths:
+        amount = abs(scale) * abs(s)
+        if amount > limit:
+            where = "" if layer is None else f" (layer {layer}, expert {expert}, strength {s})"
+            raise ValueError(
+                f"{what}: |scale * strength| = {amount:.3g}{where} is past the largest {mode} steer a router's "
+                f"logits can take, {limit:.3g}: a logit of magnitude {math.sqrt(torch.finfo(torch.bfloat16).max):.3g} "
+                f"would become inf in float32/bfloat16 and the model's outputs NaN. Use a scale with "
+                f"|scale * strength| <= {limit:.3g} (routing saturates long before, e.g. at 1e4)")
 
 
 def _mask(spec: MoESpec, experts: Iterable[int]) -> torch.Tensor:
@@ -200,7 +247,11 @@ class LayerRouteSteer(Intervention):
 
     `mode="relative"` (the paper): `z_e + scale * s_e * |z_e|`; `mode="additive"`:
     `z_e + scale * s_e`. `strengths` is `{layer: {expert: s}}` or an `ExpertSet` with
-    strengths. Scale 0 or no experts compiles to nothing (bitwise a plain forward).
+    strengths. Scale 0 or no experts compiles to nothing (bitwise a plain forward). A steer
+    that could turn a router logit into inf (NaN outputs) is refused with the largest
+    `|scale * s|` allowed (`steer_limit`): when built, for float32/bfloat16 logits (relative
+    1.8e19, additive 3.4e38), and when a trace opens, for the model's router dtype
+    (float16: relative 255, additive 65248).
 
     `site="logits"` (default) edits the raw router logits. Routers that select on a
     different score (DeepSeek-V3 / GLM-4-MoE: sigmoid + correction bias; ERNIE-4.5:
@@ -235,6 +286,8 @@ class LayerRouteSteer(Intervention):
         if self.site not in ("logits", "selection"):
             raise ValueError(f"LayerRouteSteer site must be 'logits' or 'selection', got {self.site!r}")
         object.__setattr__(self, "scale", _finite(self.scale, "LayerRouteSteer scale"))
+        _check_steer_size("LayerRouteSteer", self.mode, self.scale,
+                          ((layer, e, s) for layer, per in self.strengths for e, s in per))
 
     def edits(self, spec: MoESpec) -> list[tuple[int, str, Edit]]:
         out = []
@@ -306,6 +359,8 @@ class RouteSteer(Intervention):
         if not hasattr(self.stats, "shared_experts"):
             raise TypeError(f"stats must be a RoutingStats (e.g. from mi.profile), got {type(self.stats).__name__}")
         object.__setattr__(self, "scale", _finite(self.scale, "RouteSteer scale"))
+        # its strengths are shares of tokens, at most 1
+        _check_steer_size("RouteSteer (strengths: shares, at most 1)", "relative", self.scale, [(None, None, 1.0)])
         threshold = _finite(self.threshold, "RouteSteer threshold")
         if not 0 <= threshold <= 1:
             raise ValueError(f"RouteSteer threshold is a share of tokens, in [0, 1]; got {threshold}")
@@ -549,6 +604,59 @@ def _refuse_unsteerable(spec: MoESpec, staged: dict) -> None:
                 f"not a top-k over router scores): steering or rerouting cannot change which experts it uses. "
                 f"Leave it out (layers={learned}, the learned top-k layers), or ablate it with "
                 f"ExpertAblate(..., mode='drop'), which acts after selection")
+
+
+def _router_dtype(module: Any, path: str) -> torch.dtype | None:
+    """The floating dtype of the router at `path` (else of the model): its scores are computed
+    in it, or wider."""
+    try:
+        router = module.get_submodule(path)
+    except AttributeError:
+        router = module
+    for source in (router, module):
+        for param in source.parameters():
+            if param.is_floating_point():
+                return param.dtype
+    return None
+
+
+def check_steer_range(plan: Plan, module: Any) -> None:
+    """Refuse, before any forward, steers that could overflow the router scores of `module`
+    (the HF model; a meta-device one too). Per layer and site, its steers applied in order
+    must keep a score of magnitude `sqrt(max)` of the router's dtype finite (see
+    `steer_limit`); several steers of one layer compound.
+
+    ```python
+    >>> import moe_interp as mi, torch
+    >>> from moe_interp.interventions import check_steer_range, compile_plan
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
+    >>> plan = compile_plan(mi.describe(model), [mi.LayerRouteSteer({1: {3: 1.0}}, scale=1e4)])
+    >>> check_steer_range(plan, model._module)                  # float32 router: fine
+    >>> check_steer_range(plan, model._module.to(torch.float16))
+    Traceback (most recent call last):
+    ValueError: the steers of layer 1 (relative |scale * s| = 1e+04) could overflow this model's router scores, computed in torch.float16 (largest value 6.55e+04): ...
+
+    ```
+    """
+    for entry in plan.layers:
+        for edits in (entry.logits_edits, entry.choice_edits):
+            steers = [(edit.kind, abs(edit.scale) * float(edit.payload.abs().max())) for edit in edits
+                      if edit.kind in ("relative", "additive")]
+            dtype = _router_dtype(module, entry.router) if steers else None
+            if dtype is None:
+                continue
+            top = torch.finfo(dtype).max
+            worst = math.sqrt(top)
+            for kind, amount in steers:
+                worst = _largest(worst, kind, amount)
+            if worst > top:
+                raise ValueError(
+                    f"the steers of layer {entry.layer} ({', '.join(f'{k} |scale * s| = {a:.3g}' for k, a in steers)}) "
+                    f"could overflow this model's router scores, computed in {dtype} (largest value {top:.3g}): a "
+                    f"score of magnitude {math.sqrt(top):.3g} would become {worst:.3g}, past it (inf), and the "
+                    f"model's outputs NaN. On this model use |scale * s| <= {steer_limit('relative', dtype):.3g} "
+                    f"for a relative steer and <= {steer_limit('additive', dtype):.3g} for an additive one (several "
+                    "steers of a layer compound), or run the router in float32")
 
 
 def place(plan: Plan, module: Any) -> Plan:

@@ -1,5 +1,7 @@
 """Interventions act where each architecture decides its routing, exactly as the formulas say."""
 
+import re
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -374,3 +376,103 @@ def test_numpy_and_tensor_integers_are_accepted_as_the_same_value():
 
     assert mi.ExpertAblate({np.int64(1): [np.int64(3), torch.tensor(5)]}) == mi.ExpertAblate({1: [3, 5]})
     assert mi.LayerRouteSteer({1: {np.int32(3): np.float32(0.5)}}, scale=2.0) == mi.LayerRouteSteer({1: {3: 0.5}}, scale=2.0)
+
+
+# ------------------------------------------------------------------ steers too large for the logits
+# An inf router logit makes the router's softmax, and the outputs, NaN. A steer must keep a
+# logit of magnitude sqrt(max) of its dtype finite: relative |z| * (1 + |scale * s|) <= max,
+# additive |z| + |scale * s| <= max (worked here by hand, not with moe_interp's numbers).
+BF16_MAX = 3.3895313892515355e38
+ROOT = BF16_MAX ** 0.5  # 1.84e19
+
+
+@pytest.mark.parametrize("make", [
+    lambda: mi.LayerRouteSteer({1: {3: 1.0}}, scale=1e38),
+    lambda: mi.LayerRouteSteer({1: {3: 1.0, 5: -100.0}}, scale=1e18),  # 1e20 on expert 5
+    lambda: mi.LayerRouteSteer({1: {3: 1.0}}, scale=1e300, mode="additive"),
+    lambda: mi.LayerRouteSteer({1: {3: 1.0}}, scale=-1e300, mode="additive", site="selection"),
+], ids=["relative 1e38", "relative 1e20 by its strength", "additive 1e300", "negative additive"])
+def test_a_steer_that_would_overflow_any_router_is_refused_when_built(make):
+    with pytest.raises(ValueError, match=r"LayerRouteSteer: \|scale \* strength\| = .* is past the largest .* "
+                                         r"Use a scale with \|scale \* strength\| <="):
+        make()
+
+
+def test_route_steer_refuses_a_scale_that_would_overflow_any_router(paper):
+    with pytest.raises(ValueError, match=r"RouteSteer .*\|scale \* strength\| = 1e\+38 .* Use a scale"):
+        mi.RouteSteer(layers="middle", target="en", stats=paper, scale=1e38)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_steers_just_inside_the_limit_keep_the_outputs_finite(dtype):
+    """At the bound (relative: ROOT - 1; additive: 1e38 < max - ROOT) the logits stay finite."""
+    model = mi.zoo.tiny_model("qwen3_moe")
+    model._module.to(dtype)
+    enc = encode(model)
+    for steer in (mi.LayerRouteSteer({1: {3: 1.0, 5: -1.0}}, scale=ROOT * 0.999 - 1),
+                  mi.LayerRouteSteer({1: {3: 1.0, 5: -1.0}}, scale=1e38, mode="additive")):
+        tr = run(model, enc, steer)
+        assert torch.isfinite(tr.output.logits).all()
+        assert tr.routing.count[0, 1, 3] == tr.routing.tokens[0] and tr.routing.count[0, 1, 5] == 0
+
+
+@pytest.mark.parametrize("steer, limit", [
+    (mi.LayerRouteSteer({1: {3: 1.0}}, scale=1e4), "<= 255 for a relative steer"),
+    (mi.LayerRouteSteer({1: {3: 1.0}}, scale=1e5, mode="additive"), "<= 6.52e\\+04 for an additive one"),
+    ([mi.LayerRouteSteer({1: {3: 1.0}}, scale=200.0), mi.LayerRouteSteer({1: {3: 1.0}}, scale=200.0)],
+     "relative \\|scale \\* s\\| = 200, relative \\|scale \\* s\\| = 200"),  # each fits, together they compound
+], ids=["relative", "additive", "two steers compound"])
+def test_a_steer_that_would_overflow_a_float16_router_is_refused_before_the_forward(steer, limit):
+    model = mi.zoo.tiny_model("qwen3_moe")
+    model._module.to(torch.float16)
+    hf_forwards = []
+    handle = model._module.register_forward_pre_hook(lambda *_: hf_forwards.append(1))
+    try:
+        with pytest.raises(ValueError, match=r"the steers of layer 1 .*could overflow this model's router scores, "
+                                             r"computed in torch.float16 ") as refused:
+            mi.trace(model, "Hello", mi.RouterRecord(), steer)
+    finally:
+        handle.remove()
+    assert re.search(limit, str(refused.value)) and not hf_forwards
+    tr = run(model, encode(model), mi.LayerRouteSteer({1: {3: 1.0}}, scale=250.0))  # inside: fine
+    assert torch.isfinite(tr.output.logits).all()
+
+
+def test_router_scores_past_the_assumed_range_that_overflow_name_the_steer_after_the_trace():
+    """Logits beyond sqrt(max) (a float16 router scaled by hand to |z| ~ 1e3): a steer inside
+    the limit still overflows; the routing is refused with the cause, not NaN counts."""
+    model = mi.zoo.tiny_model("qwen3_moe")
+    model._module.to(torch.float16)
+    with torch.no_grad():
+        model._module.model.layers[1].mlp.gate.weight.mul_(300)
+    enc = encode(model)
+    assert torch.isfinite(run(model, enc).output.logits).all()  # unsteered: finite
+    tr = run(model, enc, mi.LayerRouteSteer({1: {3: 1.0}}, scale=200.0))
+    with pytest.raises(ValueError, match=r"routing weights of layers \[1, .*NaN or inf .*the steers of layers \[1\] "
+                                         r"made the router's scores overflow: lower their scale"):
+        tr.routing
+
+
+def test_steering_eval_refuses_an_overflowing_scale_before_any_cell(paper):
+    model = tiny("qwen3_moe")
+    texts = {"en": ["The cat sat."], "de": ["Die Katze."]}
+    with pytest.raises(ValueError, match=r"RouteSteer .*\|scale \* strength\| = 1e\+38"):
+        mi.steering_eval(model, paper, texts, {"en": ["A dog."], "de": ["Ein Hund."]}, ["de"], target="en",
+                         scales=(0.0, 1e38), progress=False)
+
+
+def test_steering_eval_refuses_a_scale_a_float16_router_cannot_take_before_any_cell():
+    model = mi.zoo.tiny_model("qwen3_moe")
+    model._module.to(torch.float16)
+    pick = {"en": ["The cat sat on the mat.", "Hello world"], "de": ["Die Katze sass auf der Matte.", "Hallo Welt"]}
+    stats = mi.profile(model, pick, progress=False)
+    forwards = []
+    handle = model._module.register_forward_pre_hook(lambda *_: forwards.append(1))
+    try:
+        with pytest.raises(ValueError, match=r"could overflow this model's router scores, computed in torch.float16"):
+            mi.steering_eval(model, stats, {"en": ["Dogs bark."], "de": ["Hunde bellen."]},
+                             {"en": ["A bird sings."], "de": ["Ein Vogel singt."]}, ["de"], target="en",
+                             scales=(0.0, 1e3), k=4, progress=False)
+    finally:
+        handle.remove()
+    assert not forwards  # refused before the baselines ran
