@@ -4,7 +4,8 @@
 
 Sources: the adapter table (`moe_interp.arch._families.FAMILIES`) and the survey
 (`docs/api/survey.json`, written by `MI_SURVEY=1 pytest tests/test_arch.py -k survey`: one
-verdict per MoE-bearing type of the installed transformers). Targets:
+verdict per MoE-bearing type of the installed transformers, and its version; the tables say
+which version they were recorded on). Targets:
 
 - `docs/concepts.md`: the family table; a model type the survey could not judge (no tiny
   build, or too large tiny) is marked so, never listed as working;
@@ -49,6 +50,11 @@ def survey(path: Path = SURVEY) -> list[tuple[str, str, str]]:
     return [tuple(row) for row in json.loads(path.read_text(encoding="utf-8"))["rows"]]
 
 
+def recorded_on(path: Path = SURVEY) -> str:
+    """The transformers version the survey in `path` was made on."""
+    return json.loads(path.read_text(encoding="utf-8"))["transformers"]
+
+
 def _group(verdict: str) -> tuple[str, str | None]:
     for prefix, title, why in _GROUPS:
         if verdict.startswith(prefix):
@@ -65,7 +71,9 @@ def survey_unverified(rows: list | None = None) -> dict[str, str]:
 def _where(adapter) -> tuple[str, str, str]:
     logits = {None: "`router_logits_0` (detected)", "output": "the router's `output` (it returns raw logits)"}.get(
         adapter.logits, f"`{adapter.logits}`")
-    ranks = f"`{adapter.choice}`" if adapter.choice else "the logits"
+    # where top-k ranks, when the adapter says; else `describe` finds it by running the router (MoESpec.select)
+    ranks = (f"`{adapter.choice}`" if adapter.choice else f"`{adapter.select}` (rerouting masks there)"
+             if adapter.select else "found by running the router (`MoESpec.select`)")
     read = {"experts": "experts' arguments", "router": "the router's output",
             "dense": "a dense `[T, E]` score matrix the router returns",
             "dispatch": "the router's 0/1 dispatch mask and the chosen experts' weights",
@@ -116,7 +124,7 @@ def _grouped(rows: list) -> dict[str, list[str]]:
 def _summary(rows: list) -> str:
     counts = _grouped(rows)
     kinds = sorted({kind for _, kind, _ in rows})
-    return (f"{len(rows)} config types of the installed transformers hold routed experts ("
+    return (f"Recorded on transformers {recorded_on()}: {len(rows)} config types of that version hold routed experts ("
             + ", ".join(f"{sum(k == kind for _, k, _ in rows)} {kind}" for kind in kinds) + "): "
             + "; ".join(f"**{len(types)}** {title}" for title, types in counts.items()) + ".")
 

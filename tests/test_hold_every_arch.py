@@ -17,23 +17,10 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
 import moe_interp as mi
 from conftest import _experts_modules, encode, experts_received
-from test_arch import SURVEY_OVERRIDES, _aligned, _randomise_token_tables
+from test_arch import EXACT, SURVEY_OVERRIDES, _aligned, _randomise_token_tables
 
-# The causal LMs the survey judges exact: 53 on transformers 5.24, and the four 5.25 added (ergo,
-# kolibri1_1, minicpm5_moe; llama4 builds tiny there). Each must be exact wherever the installed
-# transformers has it (tests/test_arch.py's live survey checks that); a type an older transformers
-# lacks is left out here.
-EXACT = (
-    "afmoe", "aria_text", "axk1", "axk2", "bailing_hybrid", "beam", "cohere2_moe", "dbrx", "deepseek_v2",
-    "deepseek_v3", "deepseek_v32", "deepseek_v4", "dots1", "ergo", "ernie4_5_moe", "exaone_moe", "flex_olmo",
-    "flint", "glm4_moe", "glm4_moe_lite", "glm_moe_dsa", "gpt_oss", "granitemoe", "granitemoe_swa",
-    "granitemoeshared", "hunyuan_v1_moe", "hy_v3", "hy_v4", "inkling2_text", "inkling_text", "jamba", "jetmoe",
-    "kimi_linear", "kolibri1", "kolibri1_1", "laguna", "lara_mini", "llama4", "llama4_text", "longcat_flash",
-    "mellum", "mimo_v2_flash", "minicpm5_moe", "minimax", "minimax_m2", "minimax_m3_vl_text", "mixtral",
-    "nemotron_h", "olmoe", "phimoe", "qwen2_moe", "qwen3_5_moe_text", "qwen3_moe", "qwen3_next", "sarvam_mla",
-    "sarvam_moe", "solar_open",
-)
-HELD = tuple(t for t in EXACT if t in CONFIG_MAPPING_NAMES)  # the types of this file's tests
+# The causal LMs of tests/test_arch.py's EXACT that the installed transformers has
+HELD = tuple(t for t in EXACT if t in CONFIG_MAPPING_NAMES)
 # Open findings of the router view on these types; tests/test_router_view.py parametrizes its
 # every-type test over SUPPORTED (HELD, these as strict xfails of the wrong value they give today).
 VIEW_FINDINGS = {
