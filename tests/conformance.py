@@ -539,7 +539,8 @@ def check_edits(model_type, scenario, model, enc):
         with oracle.watch():
             with model.trace(enc, **extra):
                 for position in learned:
-                    model.moe[position].router.scores[:, target] += 1e4  # what top-k ranks
+                    model.moe[position].router.scores[:, target] = 1e4  # what top-k ranks (a `+=` cannot
+                    # lift DeepSeek-V3's group mask: its masked scores are -inf)
         bad = []
         blocks = oracle.forwards[-1]["blocks"]
         for position in learned:
