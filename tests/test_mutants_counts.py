@@ -61,3 +61,30 @@ def test_per_item_tokens_must_add_up_to_the_language_tokens_exactly(shift):
     with pytest.raises(ValueError, match="per-item counts of language 'b' do not add up"):
         mi.RoutingStats(stats.languages, stats.layers, 3, 1, stats.count, stats.gate_mass, tokens,
                         stats.item_count, stats.item_tokens, stats.item_language)
+
+
+def test_from_paper_rounds_the_mean_experts_per_token(tmp_path):
+    """Mutant counts.from-paper-top-k-round: top_k was the mean truncated, 1 here instead of 2.
+
+    Released counts need not sum to top_k x tokens (capacity, rounding in the paper's files):
+    here 7 selections over 4 tokens, 1.75 a token, read as top-2."""
+    import json
+
+    layer = {"0": {"activation_tokens": 4, "gate_values_sum": 2.0},
+             "1": {"activation_tokens": 3, "gate_values_sum": 1.0}, "total_tokens": 4}
+    (tmp_path / "mgsm_en.json").write_text(json.dumps({"0": layer}))
+    assert mi.RoutingStats.from_paper(tmp_path, ["en"]).top_k == 2
+
+
+def test_overwrite_takes_an_empty_directory_and_one_a_killed_save_left_half_written(tmp_path):
+    """Mutant counts.overwrite-guard: an empty directory, or one holding stats.safetensors
+    without meta.json (a save killed between its two files), was refused."""
+    stats = _items_stats()
+    empty = tmp_path / "empty.routing"
+    empty.mkdir()
+    assert mi.RoutingStats.load(stats.save(empty, overwrite=True)).count.tolist() == stats.count.tolist()
+    half = tmp_path / "half.routing"
+    stats.save(half)
+    (half / "meta.json").unlink()
+    stats.select(["a"]).save(half, overwrite=True)
+    assert mi.RoutingStats.load(half).languages == ("a",)
