@@ -194,12 +194,15 @@ def overhead(reps: int, warmup: int = 2) -> tuple[dict, float, dict]:
     with torch.no_grad():
         ratios, plain_times = paired_ratios(plain, variants, reps, warmup)
         ops = {name: aten_ops(fn) for name, fn in {"plain": plain, **variants}.items()}
-        # issue 15's target is against a plain nnsight trace, so that pair is timed directly too
+        # issues 15 and 23 set their targets against a plain nnsight trace of the same model (the
+        # router view; RouterRecord and steering within 5%), so those pairs are timed directly too
         trace = next(name for name in variants if name.startswith("nnsight trace"))
-        view = next(name for name in variants if name.startswith("model.moe"))
-        direct, _ = paired_ratios(variants[trace], {view: variants[view]}, reps, warmup)
-    ratios[f"{view}, against the plain nnsight trace (not a forward)"] = direct[view]
-    ops[f"{view}, against the plain nnsight trace (not a forward)"] = ops[view]
+        against = [next(name for name in variants if name.startswith(prefix))
+                   for prefix in ("model.moe", "RouterRecord()", "LayerRouteSteer")]
+        direct, _ = paired_ratios(variants[trace], {name: variants[name] for name in against}, reps, warmup)
+    for name in against:
+        ratios[f"{name}, against the plain nnsight trace (not a forward)"] = direct[name]
+        ops[f"{name}, against the plain nnsight trace (not a forward)"] = ops[name]
     return ratios, statistics.median(plain_times), ops
 
 
