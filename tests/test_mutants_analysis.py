@@ -30,3 +30,23 @@ def test_expert_set_leaves_out_layers_without_experts():
     s = mi.ExpertSet({1: [], 2: [3, 3], 4: ()})
     assert list(s) == [2] and len(s) == 1 and s.size == 1 and s.pairs() == [(2, 3)]
     assert 1 not in s
+
+
+# -- exclusive / shared sets ----------------------------------------------------------------------
+
+
+def _three_pairs() -> mi.RoutingStats:
+    """Languages a, b, c, 4 tokens each, top-1 of 3 experts: each language uses two experts
+    half the time, each expert is used by two languages (shares 0.5 / 0.5)."""
+    import torch
+
+    count = torch.tensor([[[2, 2, 0]], [[2, 0, 2]], [[0, 2, 2]]])
+    return mi.RoutingStats(("a", "b", "c"), (7,), 3, 1, count, count / 2.0, torch.tensor([4, 4, 4]))
+
+
+def test_exclusive_experts_of_several_targets_sum_their_shares():
+    """Mutant expert_sets.targets-mean: the targets' shares were averaged (0.5, not 1.0)."""
+    stats = _three_pairs()
+    assert dict(stats.exclusive_experts(["a", "b"], k=3, threshold=0.6)) == {7: (0,)}
+    assert dict(stats.exclusive_experts("a", k=3, threshold=0.4)) == {7: (0, 1)}
+    assert dict(stats.exclusive_experts("a", k=3, threshold=0.6)) == {}
