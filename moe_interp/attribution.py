@@ -45,7 +45,10 @@ from .experiment import Experiment
 from .interventions import ExpertAblate
 from ._counts import _replace_file, _sync_directory
 from ._inputs import max_positions as _max_positions
-from ._shipping import model_lock
+from ._trace import trace
+from .arch import UnsupportedModelError
+from .arch._sites import router_sites
+from .kernels import resolve, routing, set_weights
 
 __all__ = ["expert_attribution", "ExpertAttribution", "AttributionCheck", "rank_correlation"]
 
@@ -60,67 +63,22 @@ _SUMS = ("effect", "count", "tokens", "predicted", "loss")
 
 # ------------------------------------------------------------------------- reading the weights
 
-def _probe(value: Tensor) -> tuple[Tensor, Tensor]:
-    """`(value + delta, delta)` with `delta` a zero leaf that requires grad: the value is
-    unchanged, `dL/d delta` is the total derivative through `value` (later routers stay
-    live, so their weights move with the hidden states as in a real ablation), and no
-    parameter needs to require grad."""
-    delta = torch.zeros_like(value, requires_grad=True)
-    return value + delta, delta
-
-
-def _capture(module: torch.nn.Module, spec: MoESpec, position: int, found: list) -> Any:
-    """A torch hook that adds a zero probe (`_probe`) to MoE layer `position`'s routing
-    weights where `spec.readout` says the experts receive them, and records
-    `(position, kind, delta, weights, where)` in `found` (`where`: what maps the weights'
-    entries to tokens and experts)."""
-    kind = spec.readout
-    if kind == "experts":
-        path = spec.experts[position]
-
-        def before(_, args, kwargs):
-            if len(args) < 3:
-                raise NotImplementedError(f"{path} was called without positional (hidden, indices, weights); "
-                                          "register an adapter with readout='router' for this model")
-            weights, delta = _probe(args[2])
-            found.append((position, "experts", delta, args[2].detach(), args[1]))
-            return (*args[:2], weights, *args[3:]), kwargs
-
-        return module.get_submodule(path).register_forward_pre_hook(before, with_kwargs=True)
-    index = {"router": spec.weights_index, "dense": spec.scores_index, "topk": 2}[kind]
-
-    def after(_, args, output):
-        items = list(output) if isinstance(output, tuple) else [output]
-        if kind == "topk" and (len(items) != 5 or not isinstance(items[3], (list, tuple))):
-            raise NotImplementedError(f"{spec.routers[position]} does not return JetMoe's (order, token index, "
-                                      "gates, sizes, logits): attribution reads readout='topk' routers as JetMoe's")
-        weights, delta = _probe(items[index])
-        where = {"router": lambda: items[spec.indices_index], "dense": lambda: None,
-                 "topk": lambda: (items[1], items[3])}[kind]()
-        found.append((position, kind, delta, items[index].detach(), where))
-        items[index] = weights
-        return tuple(items) if isinstance(output, tuple) else weights
-
-    return module.get_submodule(spec.routers[position]).register_forward_hook(after)
-
-
-def _cells(kind: str, weights: Tensor, grad: Tensor | None, where: Any, num_tokens: int, num_experts: int,
-           top_k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """`(token, expert, contribution)` per selected (token, expert) pair of one layer."""
-    contribution = torch.zeros_like(weights) if grad is None else -(grad * weights)
-    if kind == "topk":  # JetMoe: gates sorted by expert, with each one's token
-        token, sizes = where
-        expert = torch.repeat_interleave(torch.arange(num_experts, device=weights.device),
-                                         torch.as_tensor(list(sizes), device=weights.device))
-        return token.reshape(-1), expert, contribution.reshape(-1)
-    if kind == "dense":  # non-selected experts score 0; the selected are the top-k, as the readout reads them
-        where = torch.topk(weights, top_k, dim=-1).indices
-        contribution = contribution.gather(-1, where)
-    if where.shape[0] != num_tokens or where.shape != contribution.shape:
-        raise ValueError(f"routing of shape {tuple(where.shape)} for {num_tokens} tokens: expected [tokens, top_k] "
-                         "indices with weights of the same shape; register an adapter whose readout matches")
-    token = torch.arange(num_tokens, device=where.device)[:, None].expand_as(where)
-    return token.reshape(-1), where.reshape(-1), contribution.reshape(-1)
+def _probe(model: Any, spec: MoESpec, found: list) -> None:
+    """Inside a trace of `model`: every MoE layer's routing as `kernels.routing` reads it (the
+    reading RouterRecord, the drop edit and the router view share; a slot that reached no
+    expert reads index -1), its weights written back (`kernels.set_weights`) plus a zero
+    probe `delta`, a leaf that requires grad: the value is unchanged, `dL/d delta` is the
+    total derivative through the weights the experts receive (later routers stay live, so
+    their weights move with the hidden states as in a real drop), and no parameter needs to
+    require grad. Appends `(indices, weights, delta)` per MoE layer, in model order."""
+    sites, _ = router_sites(spec)  # grad is on: the sites of a forward with grad
+    for router_path, experts_path in zip(spec.routers, spec.experts):
+        router = resolve(model, router_path)
+        experts = resolve(model, experts_path) if experts_path else None
+        indices, weights = routing(router, experts, sites, spec.top_k)
+        delta = torch.zeros_like(weights, requires_grad=True)
+        set_weights(router, experts, sites, weights + delta)
+        found.append((indices, weights.detach(), delta))
 
 
 # ------------------------------------------------------------------------------ one batch
@@ -134,6 +92,8 @@ def _coefficients(tokenizer: Any, texts: Sequence[str], ids: Tensor, mask: Tenso
         return torch.ones(len(texts), dtype=torch.float64)
     out = []
     for row, text in enumerate(texts):
+        if not bool(mask[row].any()):
+            raise ValueError(f"text {text!r} has no tokens (an empty text): nothing to route. Drop empty texts first")
         first = int(ids[row][mask[row].bool()][0])
         out.append(1 / math.log(2) / max(len(text.encode()) - len(tokenizer.decode([first]).encode()), 1))
     return torch.tensor(out, dtype=torch.float64)
@@ -152,34 +112,35 @@ def _batch(model: Any, spec: MoESpec, texts: Sequence[str], groups: Tensor, num_
     ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
     coefficient = _coefficients(model.tokenizer, texts, ids, mask, metric).to(device)
     found: list = []
-    hooks = [_capture(module, spec, position, found) for position in range(len(spec.moe_layers))]
-    try:
-        with model_lock(model), torch.enable_grad():
-            logits = module(input_ids=ids, attention_mask=mask).logits
-            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-            logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
-            predicted = (mask[:, 1:] * mask[:, :-1]).bool()
-            nll = -torch.where(predicted, logp, 0).sum(-1)
-            if sorted(p for p, *_ in found) != list(range(len(spec.moe_layers))):
-                raise RuntimeError(f"expected the routing weights of each of the {len(spec.moe_layers)} MoE layers once "
-                                   f"per forward, saw layers {sorted(p for p, *_ in found)}: this model routes in a "
-                                   "way attribution does not read; please report it")
-            grads = torch.autograd.grad((nll.to(torch.float64) * coefficient).sum(),
-                                        [delta for _, _, delta, _, _ in found], allow_unused=True)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with torch.enable_grad():
+        with trace(model, {"input_ids": ids, "attention_mask": mask}) as tr:  # mi.trace: the model's lock
+            _probe(model, spec, found)
+        if len(found) != len(spec.moe_layers):
+            raise RuntimeError(f"expected the routing weights of each of the {len(spec.moe_layers)} MoE layers once "
+                               f"per forward, read {len(found)}: this model routes in a way attribution does not "
+                               "read; please report it")
+        logits = tr.output.logits
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+        predicted = (mask[:, 1:] * mask[:, :-1]).bool()
+        nll = -torch.where(predicted, logp, 0).sum(-1)
+        grads = torch.autograd.grad((nll.to(torch.float64) * coefficient).sum(), [delta for *_, delta in found],
+                                    allow_unused=True)
     real = mask.reshape(-1) > 0
     token_group = torch.where(real, groups.to(device)[:, None].expand_as(mask).reshape(-1), num_groups)
     E, width = spec.num_experts, (num_groups + 1) * spec.num_experts
     effect = torch.zeros(len(spec.moe_layers), width, dtype=torch.float64, device=device)
     count = torch.zeros(len(spec.moe_layers), width, dtype=torch.long, device=device)
-    for (position, kind, _, weights, where), grad in zip(found, grads):
-        token, expert, contribution = _cells(kind, weights, grad, where, ids.numel(), E, spec.top_k)
-        valid = (expert >= 0) & (expert < E)  # some models mark "no expert" with a sentinel index
-        bins = torch.where(valid, token_group[token] * E + expert.clamp(0, E - 1), num_groups * E)
-        effect[position].index_add_(0, bins, contribution.to(torch.float64))
-        count[position].index_add_(0, bins, valid.long())
+    for position, ((indices, weights, _), grad) in enumerate(zip(found, grads)):
+        if indices.shape[0] != ids.numel() or indices.shape != weights.shape:
+            raise ValueError(f"routing of shape {tuple(indices.shape)} for {ids.numel()} tokens: expected [tokens, "
+                             "top_k] indices with weights of the same shape; register an adapter whose readout matches")
+        contribution = torch.zeros_like(weights) if grad is None else -(grad * weights)  # per (token, slot)
+        valid = (indices >= 0) & (indices < E)  # a slot that reached no expert reads -1: no effect, no count
+        token = token_group.to(indices.device)[:, None].expand_as(indices)
+        bins = torch.where(valid, token * E + indices.clamp(0, E - 1), num_groups * E).reshape(-1).to(device)
+        effect[position].index_add_(0, bins, contribution.reshape(-1).to(device, torch.float64))
+        count[position].index_add_(0, bins, valid.reshape(-1).long().to(device))
     def per_group(table: Tensor) -> Tensor:  # [layers, (groups + 1) * E] -> [groups, layers, E], padding dropped
         return table.reshape(len(spec.moe_layers), num_groups + 1, E)[:, :num_groups].transpose(0, 1).cpu()
 
@@ -223,9 +184,12 @@ def expert_attribution(model: Any, corpus: Mapping[str, Sequence[str]], metric: 
     real effects were estimated near 0).
 
     `mode="reroute"` is refused: its effect needs the output of the expert each token falls
-    back to, which the unablated forward does not compute. Runs locally on the model's own
-    modules (plain torch hooks, under `mi.trace`'s per-model lock), not on NDIF: remote
-    execution is not supported. The model is not changed (no `.grad` is written).
+    back to, which the unablated forward does not compute. An encoder-decoder model is
+    refused (`UnsupportedModelError`): the loss is a causal language model's. Runs locally in
+    `mi.trace`, reading and writing the weights through `kernels.routing` / `set_weights` (the
+    reading RouterRecord and the drop edit share: a slot dropped past an expert's capacity
+    counts nowhere), not on NDIF: remote execution is not supported. The model is not
+    changed (no `.grad` is written).
 
     ```python
     >>> import moe_interp as mi
@@ -245,6 +209,11 @@ def expert_attribution(model: Any, corpus: Mapping[str, Sequence[str]], metric: 
     ```
     """
     corpus = check_corpus(corpus)
+    for lang, texts in corpus.items():
+        for k, text in enumerate(texts):
+            if not text:  # as mi.profile refuses it
+                raise ValueError(f"corpus[{lang!r}][{k}] has no tokens (an empty text): nothing to route. "
+                                 "Drop empty texts first")
     if mode == "reroute":
         raise NotImplementedError("mode='reroute' is not estimated: its effect needs the output of the expert each "
                                   "token would fall back to, which one backward pass does not give. Use mode='drop' "
@@ -261,6 +230,13 @@ def expert_attribution(model: Any, corpus: Mapping[str, Sequence[str]], metric: 
     if getattr(model, "tokenizer", None) is None or not hasattr(model, "_module"):
         raise TypeError("expert_attribution needs a model from mi.load / mi.wrap (with its tokenizer)")
     spec = describe(model)
+    if spec.stack_inputs is not None:
+        raise UnsupportedModelError(
+            f"mi.expert_attribution scores a causal language model's loss on each text (every token predicted from "
+            f"the ones before it, as mi.evaluate.text_nll and ExpertAttribution.validate do); {spec.arch} is an "
+            "encoder-decoder model (its decoder predicts a target from a source), which that loss does not score. "
+            "Measure its experts with real drops, mi.trace(model, inputs, mi.ExpertAblate(..., mode='drop')), on "
+            "a seq2seq loss of your own")
     languages = list(corpus)
     items = [(g, text) for g, lang in enumerate(languages) for text in corpus[lang]]
     order = sorted(range(len(items)), key=lambda i: (-len(items[i][1].encode()), i))

@@ -303,3 +303,94 @@ def test_bad_input_gets_a_clear_early_error():
         mi.expert_attribution(model, {"en": ["x" * 300]}, progress=False)
     with torch.inference_mode(), pytest.raises(RuntimeError, match="outside torch.inference_mode"):
         mi.expert_attribution(model, corpus)
+
+
+# ------------------------------------------------- issue 23: one reader; inputs it refuses
+
+def test_an_empty_text_is_refused_as_trace_and_profile_refuse_it():
+    model = mi.zoo.tiny_model("qwen3_moe")
+    with pytest.raises(ValueError, match=r"corpus\['en'\]\[1\] has no tokens \(an empty text\).*Drop empty texts"):
+        mi.expert_attribution(model, {"en": ["Hello", ""]}, progress=False)
+
+
+def test_an_encoder_decoder_model_is_refused_naming_why():
+    # the loss is a causal LM's (each token from those before it), as mi.evaluate and validate score it
+    model = mi.zoo.tiny_model("switch_transformers")
+    with pytest.raises(mi.UnsupportedModelError, match=r"causal language model.*encoder-decoder"):
+        mi.expert_attribution(model, {"en": ["Hello there"]}, progress=False)
+
+
+SOURCES = ["Hello there, how are you?", "Bonjour", "Guten Morgen, liebe Welt"]
+TARGETS = ["Hallo", "Salut tout le monde", "Hi there"]
+
+
+def _switch_in_float64():
+    model = mi.zoo.tiny_model("switch_transformers", padding_side="right", expert_capacity=3)
+    model._module.to(torch.float64)
+    for module in model._module.modules():
+        if type(module).__name__ == "SwitchTransformersTop1Router":  # its config allows float32 at most
+            module.dtype = torch.float64
+        if type(module).__name__ == "SwitchTransformersLayerNorm":  # its variance is float32 inside
+            module.register_forward_hook(lambda m, args, out: m.weight * args[0] * torch.rsqrt(
+                args[0].pow(2).mean(-1, keepdim=True) + m.variance_epsilon))
+    tok = model.tokenizer
+    enc, dec = (tok(texts, return_tensors="pt", padding=True) for texts in (SOURCES, TARGETS))
+    inputs = {**enc, "decoder_input_ids": dec["input_ids"], "decoder_attention_mask": dec["attention_mask"]}
+    return model, inputs
+
+
+def _seq2seq_nll(logits, inputs):
+    """Teacher-forced NLL of the targets (each target token from those before it), padding out."""
+    ids, mask = inputs["decoder_input_ids"], inputs["decoder_attention_mask"]
+    logp = torch.log_softmax(logits[:, :-1].double(), -1).gather(-1, ids[:, 1:, None])[..., 0]
+    return -(logp * (mask[:, 1:] * mask[:, :-1])).sum()
+
+
+def _scaled_loss(model, inputs, layer, expert, factor):
+    """The loss with the weight Switch's `layer`-th experts module gives `expert`'s tokens
+    multiplied by `factor` (a pre-hook on its own routing_weights argument; no moe_interp)."""
+    experts = [m for m in model._module.modules() if type(m).__name__ == "SwitchTransformersExperts"][layer]
+
+    def pre(module, args):
+        hidden, selected, weights = args
+        mine = selected[:, 0, expert].bool()[:, None]
+        return hidden, selected, torch.where(mine, weights * factor, weights)
+    handle = experts.register_forward_pre_hook(pre)
+    try:
+        with torch.no_grad():
+            return float(_seq2seq_nll(model._module(**inputs).logits, inputs))
+    finally:
+        handle.remove()
+
+
+def test_a_dispatch_mask_router_is_probed_through_the_one_reader():
+    """Switch hands its experts a dispatch mask (tokens past capacity dropped): attribution's
+    probe reads and writes it through kernels.routing/set_weights (a KeyError before). In
+    float64, per (layer, expert), the probe's summed contribution to a seq2seq loss equals
+    the central difference of that loss with the expert's weight scaled by a torch hook on
+    the experts module's own argument; dropped slots carry nothing; and the drop edit
+    (ExpertAblate mode="drop", set_weights of a masked copy) equals the hook's real drop."""
+    model, inputs = _switch_in_float64()
+    spec = mi.describe(model)
+    found = []
+    with torch.enable_grad():
+        with mi.trace(model, inputs) as tr:
+            attribution._probe(model, spec, found)
+        grads = torch.autograd.grad(_seq2seq_nll(tr.output.logits, inputs), [delta for *_, delta in found])
+    assert len(found) == len(spec.moe_layers) == 4
+    dropped = 0
+    for layer, ((indices, weights, _), grad) in enumerate(zip(found, grads)):
+        contribution = -(grad * weights)
+        dropped += int((indices < 0).sum())
+        assert bool((weights[indices < 0] == 0).all()) and bool((contribution[indices < 0] == 0).all())
+        expert = int(torch.bincount(indices[indices >= 0], minlength=8).argmax())  # the busiest expert
+        eps = 1e-5
+        difference = (_scaled_loss(model, inputs, layer, expert, 1 - eps)
+                      - _scaled_loss(model, inputs, layer, expert, 1 + eps)) / (2 * eps)
+        assert float(contribution[indices == expert].sum()) == pytest.approx(difference, rel=1e-6, abs=1e-10), layer
+        with torch.no_grad(), mi.trace(model, inputs, mi.ExpertAblate({spec.moe_layers[layer]: [expert]},
+                                                                      mode="drop")) as ablated:
+            pass
+        real = _scaled_loss(model, inputs, layer, expert, 0.0)
+        assert float(_seq2seq_nll(ablated.output.logits, inputs)) == pytest.approx(real, rel=1e-12), layer
+    assert dropped > 0, "the case must drop tokens past capacity"
