@@ -50,3 +50,49 @@ def test_exclusive_experts_of_several_targets_sum_their_shares():
     assert dict(stats.exclusive_experts(["a", "b"], k=3, threshold=0.6)) == {7: (0,)}
     assert dict(stats.exclusive_experts("a", k=3, threshold=0.4)) == {7: (0, 1)}
     assert dict(stats.exclusive_experts("a", k=3, threshold=0.6)) == {}
+
+
+# -- divergences ----------------------------------------------------------------------------------
+
+
+def _random_stats(seed: int = 0, zeros: bool = False) -> mi.RoutingStats:
+    """4 languages, 2 layers, 6 experts, top-2; counts need not sum to top_k x tokens."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    count = torch.randint(1, 30, (4, 2, 6), generator=g)
+    if zeros:
+        count[0, 0, :3] = 0  # experts a language never uses
+    return mi.RoutingStats(("a", "b", "c", "d"), (0, 1), 6, 2, count, count.double(), torch.tensor([40, 41, 42, 43]))
+
+
+def _oracle(metric: str):
+    import numpy as np
+    from scipy.spatial.distance import cosine, jensenshannon
+    from scipy.stats import entropy
+
+    def smoothed(p):
+        return (p + 1e-10) / (1 + len(p) * 1e-10)
+
+    return {"js": lambda p, q: jensenshannon(p, q, base=2) ** 2,
+            "cosine": lambda p, q: cosine(p, q),
+            "hellinger": lambda p, q: np.linalg.norm(np.sqrt(p) - np.sqrt(q)) / np.sqrt(2),
+            "kl_sym": lambda p, q: entropy(smoothed(p), smoothed(q), base=2) + entropy(smoothed(q), smoothed(p), base=2),
+            }[metric]
+
+
+@pytest.mark.parametrize("zeros", [False, True])
+@pytest.mark.parametrize("metric", ["js", "cosine", "hellinger", "kl_sym"])
+def test_every_metric_equals_its_scipy_or_numpy_definition(metric, zeros):
+    """Mutants divergence.cosine-one-minus (similarity returned), divergence.hellinger-root
+    (squared distance), divergence.kl-one-sided (half the symmetric KL), divergence.renormalise."""
+    import numpy as np
+
+    stats = _random_stats(zeros=zeros)
+    d = stats.divergence(metric).numpy()
+    p = stats.count.double().numpy()
+    p = p / p.sum(-1, keepdims=True)  # the routing distribution, whatever the counts sum to
+    oracle = _oracle(metric)
+    expected = np.array([[[oracle(p[i, layer], p[j, layer]) if i != j else 0.0 for j in range(4)] for i in range(4)]
+                         for layer in range(2)])
+    np.testing.assert_allclose(d, expected, rtol=1e-9, atol=1e-12)
