@@ -16,6 +16,12 @@ routing live, the sites the router view reads too) and its edits, each an
 - `"additive"`: `z + scale * s`;
 - `"reroute"`: `z[:, mask] = -1e9` before selection (the expert cannot be chosen);
 - `"drop"`: the selected expert's weight set to 0 after selection (no renormalisation).
+
+The routing the experts used is read in one place, `routing` (per readout kind: where the
+indices and weights live, and which slots reached no expert: index -1, weight 0), and
+written by `set_weights` / `set_indices`. RouterRecord, the drop edit (`set_weights` of a
+masked copy), the router view's `indices` / `weights` and `mi.expert_attribution`
+(`set_weights` of `weights + probe`) all go through them.
 """
 
 from typing import Any, Sequence

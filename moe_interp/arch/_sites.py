@@ -3,8 +3,12 @@
 `describe` finds, per architecture, where the router makes its logits, where top-k ranks,
 and where the routing the model used can be read; `router_sites(spec)` turns that into
 typed `Site`s. The router view (`model.moe[i].router`) reads and writes these sites, and
-the declarative interventions compile onto the same sites, so a new readout kind is added
-in the adapter table (`RouterAdapter.readout`), here, and in the kernel's readout test.
+the declarative interventions compile onto the same sites. The routing the experts used
+(`indices`, `weights`; -1 and 0 for a slot that reached no expert) is read from them in one
+place, `kernels.routing` (written by `kernels.set_weights` / `set_indices`), which
+RouterRecord, the drop edit, the view and attribution share: a new readout kind is added
+in the adapter table (`RouterAdapter.readout`), in `_readout` here and in `kernels.routing`,
+with its case in `tests/test_reader.py`.
 
 Both types are `Record`s: they travel to an NDIF server inside a compiled plan, shipped by
 value, and a server rebuilds them from plain-Python methods (its import whitelist has no
@@ -92,7 +96,7 @@ class RouterSites(Record):
     None otherwise), `select` (where top-k ranks, when that is a site of its own: None when
     it is the logits or choice op's output, or unseen), `indices` / `weights` (the routing
     the experts received; None where the router hands them a `dense` `[T, E]` score
-    matrix instead), and `readout` (the adapter's readout kind, for the kernel's readout:
+    matrix instead), and `readout` (the adapter's readout kind, for `kernels.routing`:
     `"dispatch"` reads a 0/1 mask at `indices`).
 
     ```python
