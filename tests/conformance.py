@@ -501,10 +501,17 @@ def scenario_trace(model_type, scenario):
     if scenario == "capacity" and not overrides:
         return [Cell(model_type, scenario, r, "n/a", "no expert capacity") for r in READERS]
     model = build(model_type, **overrides)
-    if scenario == "remote_local":
+    if scenario == "remote_local":  # a request needs a model loaded from a directory (or a hub id)
         directory = tempfile.mkdtemp()
         model._module.save_pretrained(directory)
         model.tokenizer.save_pretrained(directory)
+        try:  # the model itself must survive the round trip, without moe_interp
+            reloaded = type(model._module).from_pretrained(directory, dtype=model._module.dtype)
+            with torch.no_grad():
+                reloaded(**encode(model), use_cache=False)
+        except Exception as error:  # noqa: BLE001
+            return [Cell(model_type, scenario, r, "n/a", f"the tiny model does not survive save_pretrained/"
+                         f"from_pretrained: {type(error).__name__}: {error}") for r in READERS]
         model = mi.load(directory, dtype=model._module.dtype)
     enc = encode(model, side="right" if scenario == "right_padding" else None)
     oracle = Oracle(model._module, mi.describe(model).num_experts)
@@ -644,8 +651,9 @@ def check_attribution(model_type, scenario, model, enc):
     E = mi.describe(model).num_experts
     oracle = Oracle(model._module, E)
     plain = dict(model.tokenizer(list(PROMPTS), return_tensors="pt", padding=True))
-    with oracle.watch(), torch.no_grad():
-        model._module(**plain, use_cache=False)
+    with oracle.watch():  # a plain nnsight trace: its position ids for left padding are attribution's too
+        with model.trace(plain, use_cache=False):
+            pass
     try:
         result = mi.expert_attribution(model, {"eng": PROMPTS}, progress=False, batch_size=len(PROMPTS))
     except Exception as error:  # noqa: BLE001
@@ -769,6 +777,12 @@ def scenario_generate(model_type, use_cache):
 
 
 def cells_of(model_type, scenarios=SCENARIOS):
+    try:
+        build(model_type)
+    except mi.UnsupportedModelError as error:
+        return [Cell(model_type, "*", "*", "refused", f"UnsupportedModelError: {error}")]
+    except Exception as error:  # noqa: BLE001 - the survey's "no tiny build": not a moe_interp verdict
+        return [Cell(model_type, "*", "*", "n/a", f"no tiny build: {type(error).__name__}: {error}")]
     out = []
     for scenario in scenarios:
         try:
