@@ -503,12 +503,13 @@ def scenario_trace(model_type, scenario):
     model = build(model_type, **overrides)
     if scenario == "remote_local":  # a request needs a model loaded from a directory (or a hub id)
         directory = tempfile.mkdtemp()
-        model._module.save_pretrained(directory)
-        model.tokenizer.save_pretrained(directory)
-        try:  # the model itself must survive the round trip, without moe_interp
-            reloaded = type(model._module).from_pretrained(directory, dtype=model._module.dtype)
-            with torch.no_grad():
-                reloaded(**encode(model), use_cache=False)
+        try:  # the model itself must survive the round trip through nnsight alone, without moe_interp
+            model._module.save_pretrained(directory)
+            model.tokenizer.save_pretrained(directory)
+            reloaded = nnsight.TransformersModel(directory, dispatch=True, task="text-generation",
+                                                 dtype=model._module.dtype)
+            with reloaded.trace(encode(model), use_cache=False):
+                pass
         except Exception as error:  # noqa: BLE001
             return [Cell(model_type, scenario, r, "n/a", f"the tiny model does not survive save_pretrained/"
                          f"from_pretrained: {type(error).__name__}: {error}") for r in READERS]
