@@ -49,6 +49,8 @@ def _declared(hf):
     for module in hf.modules():
         recorders = getattr(type(module), "_can_record_outputs", None) or {}
         recorder = recorders.get("router_logits") if isinstance(recorders, dict) else None
+        if isinstance(recorder, list):  # JetMoe up to transformers 5.22: its attention experts', then its MLP's
+            recorder = recorder[-1]
         if recorder is not None:
             return recorder.target_class, recorder.index
     raise AssertionError("transformers declares no router class for this model")
