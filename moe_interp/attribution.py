@@ -113,7 +113,8 @@ def _batch(model: Any, spec: MoESpec, texts: Sequence[str], groups: Tensor, num_
     coefficient = _coefficients(model.tokenizer, texts, ids, mask, metric).to(device)
     found: list = []
     with torch.enable_grad():
-        with trace(model, {"input_ids": ids, "attention_mask": mask}) as tr:  # mi.trace: the model's lock
+        # no cache: one forward scores the texts (some hybrid models' caches fail outside generation)
+        with trace(model, {"input_ids": ids, "attention_mask": mask}, use_cache=False) as tr:  # mi.trace: the model's lock
             _probe(model, spec, found)
         if len(found) != len(spec.moe_layers):
             raise RuntimeError(f"expected the routing weights of each of the {len(spec.moe_layers)} MoE layers once "

@@ -128,6 +128,16 @@ def test_counts_are_what_the_experts_received():
     assert torch.equal(attr.count[0], counts)
 
 
+def test_a_hybrid_model_whose_cache_fails_outside_generation_is_attributed():
+    """Jamba's tiny cache fails in HF's own forward unless use_cache=False (seen: 'get_mask_sizes can
+    only be called on Attention layers'): attribution scores with one uncached forward."""
+    model = mi.zoo.tiny_model("jamba")
+    attr = mi.expert_attribution(model, {"x": TEXTS[:2]}, batch_size=2, progress=False)
+    enc = model.tokenizer(TEXTS[:2], return_tensors="pt", padding=True)
+    counts, _ = oracle_routing(model, {**enc, "use_cache": False})
+    assert torch.equal(attr.count[0], counts) and int(counts.sum()) > 0
+
+
 def _layer_derivative(model, arch: str, layer: int) -> float:
     """d/ds at s = 0 of the loss with every routed contribution of MoE layer `layer` scaled by
     (1 - s), by autograd through a hook at a site found by name: the experts module's output
