@@ -8,7 +8,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ._fingerprint import check_corpus, fingerprint, model_parts
+from ._fingerprint import WEIGHTS, check_corpus, fingerprint, model_parts
 from .arch import describe
 from .evaluate import text_nll
 from .interventions import flatten
@@ -21,8 +21,10 @@ class Experiment:
 
     The model is loaded once by you; each finished cell (per-text NLL and bits per byte)
     is appended at once to `path` (JSONL), keyed by the content it depends on: the
-    model's weights, config and tokenizer, the language's texts and the condition's
-    interventions by value (a `RouteSteer` by its statistics' tensors). Rerunning skips
+    model's weights (every byte; `weights_hash="sampled"`: a strided sample of each tensor,
+    cheaper for a huge model, blind to an edit of a few numbers), config and tokenizer (its
+    behaviour, e.g. its normalizer or padding side), the language's texts and the
+    condition's interventions by value (a `RouteSteer` by its statistics' tensors). Rerunning skips
     finished cells: a killed run loses at most the cell in progress and resumes with
     identical results. A cell of another model, corpus or intervention (say, the
     random-init twin, or other statistics under the same condition name) never matches:
@@ -42,12 +44,15 @@ class Experiment:
     """
 
     def __init__(self, model: Any, corpus: Mapping[str, Sequence[str]], grid: Mapping[str, Any],
-                 path: str | os.PathLike | None = None, batch_size: int = 8, progress: bool = True) -> None:
+                 path: str | os.PathLike | None = None, batch_size: int = 8, progress: bool = True,
+                 weights_hash: str = "full") -> None:
         if not isinstance(grid, Mapping) or not grid:
             raise TypeError("grid must be a non-empty mapping {condition name: [interventions]}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int (1 or more), got {batch_size!r}")
-        self.model, self.batch_size, self.progress = model, batch_size, progress
+        if weights_hash not in WEIGHTS:
+            raise ValueError(f"weights_hash must be one of {', '.join(map(repr, WEIGHTS))}, got {weights_hash!r}")
+        self.model, self.batch_size, self.progress, self.weights_hash = model, batch_size, progress, weights_hash
         self.corpus = check_corpus(corpus)
         self.grid = {str(name): flatten(v if isinstance(v, (list, tuple)) else [v]) for name, v in grid.items()}
         spec = describe(model)
@@ -58,7 +63,7 @@ class Experiment:
 
     def _keys(self, cells: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
         # read now, not at construction: weights edited in between must not hit the old cells
-        model = fingerprint(model_parts(self.model))
+        model = fingerprint(model_parts(self.model, self.weights_hash))
         conditions = {condition: fingerprint(self.grid[condition]) for _, condition in cells}
         return {(lang, cond): fingerprint((model, self.corpus[lang], conditions[cond])) for lang, cond in cells}
 

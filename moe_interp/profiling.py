@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ._fingerprint import ResumeError, check_corpus, fingerprint, load_checkpoint, model_parts
+from ._fingerprint import WEIGHTS, ResumeError, check_corpus, fingerprint, load_checkpoint, model_parts, save_checkpoint
 from .arch import describe
 from ._inputs import max_positions
 from ._profile_session import profile_session
@@ -20,7 +20,7 @@ from .stats import RoutingStats
 __all__ = ["profile", "ResumeError"]
 
 
-_FORMAT = "moe_interp.profile-checkpoint/3"  # 3: progress counts rows (a long text's windows), not texts
+_FORMAT = "moe_interp.profile-checkpoint/4"  # 4: checksummed, keyed by every weight byte and the tokenizer's behaviour
 # trace_kwargs that say where a run executes, not what it computes
 _WHERE = ("remote", "backend", "blocking", "job_id", "verbose")
 # trace_kwargs that say how texts become tokens: mi.profile tokenizes the corpus itself
@@ -65,14 +65,7 @@ def _rows(model: Any, corpus: dict[str, list[str]], long_texts: str,
 
 def _load_checkpoint(path: Path, key: dict, fields: dict[str, torch.Tensor], total: int) -> tuple[int, dict]:
     """The progress stored at `path`, after checking it is this very run's and whole."""
-    return load_checkpoint(path, key, fields, total, _FORMAT, "mi.profile")
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, partial)
-    os.replace(partial, path)  # atomic: an interrupted save leaves the previous checkpoint whole
+    return load_checkpoint(path, key, fields, total, _FORMAT, "mi.profile", checksum=True)
 
 
 def _local_batches(model: Any, spec: Any, todo: list[int], inputs: Any, row_language: torch.Tensor,
@@ -109,7 +102,8 @@ def _remote_batches(model: Any, spec: Any, todo: list[int], inputs: Any, row_lan
 
 def profile(model: Any, corpus: Mapping[str, Sequence[str]], *interventions: Any, batch_size: int = 16,
             progress: bool = True, checkpoint: str | os.PathLike | None = None, save_every: int = 10,
-            session_batches: int | None = None, long_texts: str = "window", **trace_kwargs: Any) -> RoutingStats:
+            session_batches: int | None = None, long_texts: str = "window", weights_hash: str = "full",
+            **trace_kwargs: Any) -> RoutingStats:
     """Routing statistics of `model` over `corpus` (`{language: [texts]}`), per item too.
 
     Texts are tokenized once, then batched (longest first, to waste little padding; padding
@@ -117,11 +111,15 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]], *interventions: Any
     (`item_count`), which gives bootstrap confidence intervals. `interventions` apply during
     profiling (e.g. an ablation). With `checkpoint=path`, partial results are written every
     `save_every` batches and on interruption; rerunning the same call resumes there.
-    A checkpoint is keyed by content: the model's weights (a strided sample of every
-    tensor), config and tokenizer, the corpus texts, the full interventions, `long_texts`
-    and the trace settings. Any difference (say, the random-init twin of the model that
-    wrote it) raises `ResumeError` naming the part that differs, as does a damaged file; a
-    checkpoint is never reused for another run. Other keyword arguments go to `mi.trace`
+    A checkpoint is keyed by content: the model's weights (every byte; `weights_hash=
+    "sampled"` reads a strided sample of each tensor instead, at a cost independent of the
+    model's size, and may miss an edit of a few numbers), config and tokenizer (its
+    behaviour: normalizer, pre-tokenizer, post-processor, special and added tokens, padding
+    side, ...), the corpus texts, the full interventions, `long_texts` and the trace
+    settings. Any difference (say, the random-init twin of the model that wrote it) raises
+    `ResumeError` naming the part that differs; a checkpoint whose bytes changed after it
+    was written fails its sha256 checksum and is refused too. A checkpoint is never reused
+    for another run. Other keyword arguments go to `mi.trace`
     (`truncation=True, max_length=N` and `add_special_tokens=` to the tokenizer).
 
     Texts longer than the model's positions (`max_position_embeddings`), by `long_texts`:
@@ -163,6 +161,8 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]], *interventions: Any
             raise ValueError(f"{name} must be a positive int (1 or more), got {value!r}")
     if session_batches is not None and (not isinstance(session_batches, int) or session_batches < 1):
         raise ValueError(f"session_batches must be a positive int or None, got {session_batches!r}")
+    if weights_hash not in WEIGHTS:
+        raise ValueError(f"weights_hash must be one of {', '.join(map(repr, WEIGHTS))}, got {weights_hash!r}")
     if long_texts not in _LONG_TEXTS:
         raise ValueError(f"long_texts must be one of {', '.join(map(repr, _LONG_TEXTS))}, got {long_texts!r}")
     spec = describe(model)
@@ -178,7 +178,7 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]], *interventions: Any
     item_tokens = torch.zeros(len(item_language), dtype=torch.long)
     gate_mass = torch.zeros(len(languages), n_layers, spec.num_experts, dtype=torch.float64)
     done = 0  # rows of `order` already counted
-    key = {**model_parts(model), "corpus": fingerprint(corpus), "interventions": fingerprint(interventions),
+    key = {**model_parts(model, weights_hash), "corpus": fingerprint(corpus), "interventions": fingerprint(interventions),
            "long_texts": long_texts,
            "settings": fingerprint({k: v for k, v in trace_kwargs.items() if k not in _WHERE})}
     trace_kwargs = {k: v for k, v in trace_kwargs.items() if k not in _TOKENIZE}  # the rows are token ids
@@ -190,7 +190,7 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]], *interventions: Any
 
     def save() -> None:
         if path is not None:
-            _save_checkpoint(path, {"format": _FORMAT, "key": key, "done": done, "item_count": item_count,
+            save_checkpoint(path, {"format": _FORMAT, "key": key, "done": done, "item_count": item_count,
                                     "item_tokens": item_tokens, "gate_mass": gate_mass})
 
     def inputs(chunk: list[int]) -> dict[str, torch.Tensor]:
