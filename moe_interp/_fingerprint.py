@@ -192,10 +192,7 @@ def _full(module: torch.nn.Module) -> str:
     tensors = _tensors(module)
     pieces = []
     for _, tensor in tensors:
-        tensor = tensor.detach().reshape(-1)
-        if tensor.dtype.is_complex:
-            tensor = torch.view_as_real(tensor.resolve_conj()).reshape(-1)
-        flat = (tensor.int_repr() if tensor.is_quantized else tensor).contiguous().view(torch.uint8)
+        flat = tensor.detach().reshape(-1).view(torch.uint8)  # a view: no copy of a contiguous tensor
         pieces.append([(flat, start) for start in range(0, flat.numel(), CHUNK)])
     work = [item for tensor_pieces in pieces for item in tensor_pieces]
     workers = max(1, min(torch.get_num_threads(), 16, len(work)))
