@@ -167,7 +167,8 @@ def _profile(args: argparse.Namespace) -> None:
     model = _model(args.model)
     corpus = _corpus(args.corpus, languages, args.split, args.model)
     _say(f"profiling {args.model} on {len(corpus)} languages ({args.split} split); {args.threads_note}")
-    stats = mi.profile(model, corpus, batch_size=args.batch_size, checkpoint=args.checkpoint)
+    stats = mi.profile(model, corpus, batch_size=args.batch_size, checkpoint=args.checkpoint,
+                       weights_hash=args.weights_hash)
     print(f"wrote {stats.save(args.out, overwrite=args.overwrite)}: {stats}")
 
 
@@ -281,7 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", choices=("train", "heldout", "all"),
                    help="corpus split (train: select experts on it, then ablate/steer evaluate on held-out texts)")
     p.add_argument("--batch-size", type=int, default=16, help="texts per forward pass")
-    p.add_argument("--checkpoint", help="resume file for long runs (keyed by model and corpus content)")
+    p.add_argument("--checkpoint", help="resume file for long runs (keyed by content: the model's weights, config "
+                   "and tokenizer, the corpus; a changed or damaged file is refused)")
+    p.add_argument("--weights-hash", default="full", choices=("full", "sampled"),
+                   help="how --checkpoint keys the weights: every byte, or a strided sample of each tensor (cheaper "
+                   "for a huge model, blind to an edit of a few numbers)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--out", required=True, help="output directory (RoutingStats.save); checked before profiling")
     p.set_defaults(run=_profile)

@@ -262,3 +262,23 @@ def test_the_weights_key_is_the_same_for_equal_weights_and_differs_by_dtype_and_
 def test_an_unknown_weights_mode_is_refused():
     with pytest.raises(ValueError, match="'full'.*'sampled'"):
         model_parts(mi.zoo.tiny_model("qwen3_moe"), weights="strided")
+
+
+def test_the_cli_refuses_a_checkpoint_after_a_one_row_edit_of_the_saved_model(tmp_path, capsys):
+    """`moe-interp profile --checkpoint` keys the weights by every byte: a model directory
+    whose embedding changed in one row (that a strided sample never reads) does not resume."""
+    from moe_interp.cli import main
+    model = mi.zoo.tiny_model("qwen3_moe", vocab_size=16384)
+    model._module.save_pretrained(tmp_path / "model")
+    model.tokenizer.save_pretrained(tmp_path / "model")
+    args = ["profile", "--model", str(tmp_path / "model"), "--languages", "eng", "--split", "heldout",
+            "--checkpoint", str(tmp_path / "run.ckpt")]
+    assert main([*args, "--out", str(tmp_path / "first.routing")]) == 0
+    embedding = model._module.get_input_embeddings().weight
+    with torch.no_grad():
+        embedding[_unsampled_row(embedding)] += 1
+    model._module.save_pretrained(tmp_path / "model")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--out", str(tmp_path / "edited.routing")])
+    assert exit_.value.code == 2 and "(differs: model weights)" in capsys.readouterr().err
