@@ -24,12 +24,13 @@ class Experiment:
     model's weights (every byte; `weights_hash="sampled"`: a strided sample of each tensor,
     cheaper for a huge model, blind to an edit of a few numbers), config and tokenizer (its
     behaviour, e.g. its normalizer or padding side), the language's texts and the
-    condition's interventions by value (a `RouteSteer` by its statistics' tensors). Rerunning skips
-    finished cells: a killed run loses at most the cell in progress and resumes with
-    identical results. A cell of another model, corpus or intervention (say, the
-    random-init twin, or other statistics under the same condition name) never matches:
-    it is computed and appended, so one file can hold many runs. Condition names label
-    the rows; they never key anything.
+    condition's interventions by value (a `RouteSteer` by its statistics' tensors).
+    Rerunning skips finished cells: a killed run loses at most the cell in progress and
+    resumes with identical results. Each line carries a checksum of its content: a line
+    changed after it was written is recomputed, never reused. A cell of another model,
+    corpus or intervention (say, the random-init twin, or other statistics under the same
+    condition name) never matches: it is computed and appended, so one file can hold many
+    runs. Condition names label the rows; they never key anything.
 
     ```python
     >>> import moe_interp as mi
@@ -76,12 +77,15 @@ class Experiment:
         if self.path is None or not self.path.exists():
             return {}
         done = {}
-        for line in self.path.read_text().splitlines():
+        for line in self.path.read_bytes().splitlines():
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a kill mid-write: that cell reruns
+                record = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):  # a line cut by a kill mid-write: that cell reruns
                 continue
-            if isinstance(record, dict) and isinstance(record.get("key"), str) and isinstance(record.get("rows"), list):
+            # a record whose bytes changed after it was written (or of an older version, without a
+            # checksum) is not reused: that cell reruns rather than ever giving other numbers
+            if isinstance(record, dict) and isinstance(record.get("key"), str) and isinstance(record.get("rows"), list) \
+                    and record.get("sha256") == _checksum(record):
                 done[record["key"]] = record
         return done
 
@@ -100,6 +104,7 @@ class Experiment:
             rows = text_nll(self.model, self.corpus[language], *self.grid[condition], batch_size=self.batch_size)
             record = {"key": keys[(language, condition)], "language": language, "condition": condition,
                       "rows": rows}
+            record["sha256"] = _checksum(record)
             done[record["key"]] = record
             if self.path is not None:
                 with open(self.path, "a") as handle:
@@ -109,6 +114,12 @@ class Experiment:
         frame = [dict(language=lang, condition=cond, item=i, **row)
                  for lang, cond in cells for i, row in enumerate(done[keys[(lang, cond)]]["rows"])]
         return pd.DataFrame(frame)
+
+
+def _checksum(record: dict) -> str:
+    """A fingerprint of a cell's record (every entry but the checksum; numbers exactly, as
+    JSON gives them back)."""
+    return fingerprint({k: v for k, v in record.items() if k != "sha256"})
 
 
 def check_held_out(stats: Any, corpus: Mapping[str, Sequence[str]], allow: bool = False) -> None:

@@ -282,3 +282,21 @@ def test_the_cli_refuses_a_checkpoint_after_a_one_row_edit_of_the_saved_model(tm
     with pytest.raises(SystemExit) as exit_:
         main([*args, "--out", str(tmp_path / "edited.routing")])
     assert exit_.value.code == 2 and "(differs: model weights)" in capsys.readouterr().err
+
+
+def test_no_flipped_bit_in_an_experiment_file_is_reused_with_other_numbers(tmp_path):
+    path = tmp_path / "cells.jsonl"
+    model = mi.zoo.tiny_model("qwen3_moe")
+    corpus, grid = {"eng": CORPUS["eng"]}, {"baseline": []}
+    reference = mi.Experiment(model, corpus, grid, path=path, progress=False).run()
+    data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+    rng = np.random.default_rng(5)
+    silent = []
+    for flip in range(30):
+        bit = int(rng.integers(data.size * 8))
+        damaged = data.copy()
+        damaged[bit // 8] ^= np.uint8(1 << (bit % 8))
+        path.write_bytes(damaged.tobytes())
+        if not mi.Experiment(model, corpus, grid, path=path, progress=False).run().equals(reference):
+            silent.append(bit)
+    assert silent == [], f"{len(silent)} of 30 flipped bits reused a cell with other numbers: bits {silent}"
