@@ -1,11 +1,14 @@
 """Content fingerprints: what a stored result depends on, hashed so equal values give equal keys.
 
 A resumable result (a `mi.profile` checkpoint, an `Experiment` cell) is reused only when
-every part it depends on is the same *content* as now: the model's weights, config and
-tokenizer, the corpus, the full value of every intervention (a `RoutingStats` by its
-tensors, never by its name or repr) and the settings. Names, paths and reprs never key
-anything: a random-init twin saved under the trained model's name, or a `RouteSteer` whose
-repr hides its statistics, get keys of their own.
+every part it depends on is the same *content* as now: the model's weights (every byte by
+default), config and tokenizer (its behaviour: normalizer, pre-tokenizer, post-processor,
+special and added tokens, padding side, ..., and what it does with a probe text), the
+corpus, the full value of every intervention (a `RoutingStats` by its tensors, never by its
+name or repr) and the settings. Names, paths and reprs never key anything: a random-init
+twin saved under the trained model's name, or a `RouteSteer` whose repr hides its
+statistics, get keys of their own. A stored result also carries a checksum of its own
+content, so a byte changed after it was written is refused, never resumed.
 """
 
 import dataclasses
