@@ -192,7 +192,7 @@ def test_no_flipped_bit_resumes_a_finished_checkpoint_with_other_numbers(tmp_pat
         else:
             silent.append(bit)
     assert silent == [], f"{len(silent)} of 60 flipped bits resumed with other numbers: bits {silent}"
-    assert refused > 30, (refused, harmless)
+    assert refused >= 20, (refused, harmless)  # 40 refused, 20 harmless when written
 
 
 def test_a_checkpoint_whose_tensor_bytes_changed_is_refused_naming_the_checksum(tmp_path):
