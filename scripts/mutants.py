@@ -117,9 +117,7 @@ KERNELS_EDITS = ("tests/test_interventions.py moe_interp/kernels.py tests/test_m
 KERNELS_RECORD = ("tests/test_record.py tests/test_reader.py moe_interp/kernels.py tests/test_mutants_kernels.py "
                   "-k 'kernels or reader or qwen3_moe or invoke or tally or totals or generate or finished or per_token'")
 KERNELS_SEQ2SEQ = "tests/test_seq2seq.py tests/test_mutants_kernels.py"
-INTERVENTIONS = ("tests/test_interventions.py moe_interp/interventions.py tests/test_mutants_interventions.py "
-                 "-k 'interventions or qwen3_moe or deepseek_v3 or refused or frozen or compose or scale_zero or "
-                 "numpy or route_steer or group or held'")
+INTERVENTIONS = "tests/test_interventions.py moe_interp/interventions.py tests/test_mutants_interventions.py"
 FINGERPRINT = ("tests/test_fingerprint.py tests/test_profile.py tests/test_experiment.py moe_interp/_fingerprint.py "
                "tests/test_mutants_fingerprint.py -k 'fingerprint or checkpoint or resum or key or differ or corpus'")
 ROUTER_VIEW = ("tests/test_router_view.py tests/test_reader.py moe_interp/_router_view.py "

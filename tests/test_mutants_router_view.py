@@ -30,3 +30,13 @@ def test_a_weight_for_a_slot_that_reached_no_expert_is_refused():
     with pytest.raises(mi.RouterAccessError, match="router.weights gives a weight to a slot that reached no expert"):
         with torch.no_grad(), model.trace(inputs):
             model.moe[0].router.weights = torch.full((6, 1), 0.5)
+
+
+def test_block_is_the_moe_block_that_holds_router_and_experts():
+    """Mutant router_view.block-path: `block` was the decoder layer around the MoE block."""
+    model = tiny("qwen3_moe")
+    hf = model._module
+    for position, entry in enumerate(model.moe):
+        assert entry.block.path == f"model.model.layers.{position}.mlp"
+        assert entry.block._module is hf.model.layers[position].mlp
+        assert entry.experts._module is hf.model.layers[position].mlp.experts
