@@ -525,6 +525,8 @@ def _selection(tests: str, copy: Path, before: bool) -> list[str]:
         if is_path and (not (copy / path).exists() or (before and path.startswith(ADDED_TESTS))):
             continue
         out.append(part)
+    if not any(part.endswith(".py") or "::" in part for part in out):  # pytest would run its testpaths: the suite
+        raise SystemExit(f"the selection {tests!r} names no file that exists in the copy")
     return out
 
 
@@ -707,7 +709,7 @@ def main() -> None:
         commit += "+worktree"
     print(f"{len(chosen)} mutants, copy of {'the working tree' if args.worktree else 'commit ' + args.rev} ({commit})",
           flush=True)
-    rows = {}
+    rows, started = {}, time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mutant-snapshot-") as folder, \
             concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
         snapshot = Path(folder)  # one snapshot per run: the baseline and every mutant see the same tree
@@ -737,7 +739,7 @@ def main() -> None:
           f"({100 * total_caught / max(total_scored, 1):.0f}%)")
     if survivors:
         print("not caught: " + ", ".join(f"{i} ({rows[i]['result']})" for i in survivors))
-    print(f"wrote {out} and {out.parent / 'MUTATION.md'}")
+    print(f"wrote {out} and {out.parent / 'MUTATION.md'} ({(time.monotonic() - started) / 60:.0f} minutes)")
 
 
 if __name__ == "__main__":
