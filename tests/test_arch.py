@@ -225,8 +225,16 @@ def _build(model_type):
     model = mi.zoo.tiny_model(model_type, **SURVEY_OVERRIDES.get(model_type, {}))
     _randomise_token_tables(model._module, getattr(model._module.config.get_text_config(), "vocab_size", 0))
     inputs, masks = _inputs(model)
-    model._module(**inputs, use_cache=False)  # the plain HF forward must run before moe_interp is judged
+    try:  # the plain HF forward must run before moe_interp is judged
+        model._module(**inputs, use_cache=False)
+    except Exception as error:
+        raise PlainForwardError(f"{type(error).__name__}: {error}") from error
     return model, (inputs, masks)
+
+
+class PlainForwardError(RuntimeError):
+    """transformers' own forward of the tiny model fails (llama4 on 5.24: its causal LM reads
+    `image_outputs` its output does not have): no verdict on moe_interp."""
 
 
 def _oracle_key(router_path, several):
@@ -293,7 +301,9 @@ def survey_rows():
             rows.append((model_type, kind, f"refused by describe: {str(error)[:100]}"))
             continue
         except Exception as error:  # the tiny config does not build or run: not a moe_interp verdict
-            rows.append((model_type, kind, f"no tiny build: {type(error).__name__}: {str(error)[:60]}"))
+            plain = isinstance(error, PlainForwardError)
+            what = "the plain HF forward fails: " if plain else f"{type(error).__name__}: "
+            rows.append((model_type, kind, f"no tiny build: {what}{str(error)[:60]}"))
             continue
         if model is None:
             rows.append((model_type, kind, batch))
@@ -353,7 +363,8 @@ def test_survey_of_installed_transformers_moe_types():
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
     expected = [t for t in EXACT + EXACT_OTHER if t in CONFIG_MAPPING_NAMES]
-    assert not {t: verdicts.get(t, "absent") for t in expected if not verdicts.get(t, "").startswith("exact")}
+    excused = ("exact", "no tiny build: the plain HF forward fails")  # transformers' own bug, not a verdict
+    assert not {t: verdicts.get(t, "absent") for t in expected if not verdicts.get(t, "").startswith(excused)}
     # the two the oracle found wrong on 1c62add: hash layers unrecorded; looped layers read once
     if "deepseek_v4" in verdicts:
         assert "layers ['0', '1', '2', '3'], hash+topk" in verdicts["deepseek_v4"]
