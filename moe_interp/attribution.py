@@ -38,7 +38,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._fingerprint import check_corpus, fingerprint, load_checkpoint, model_parts
+from ._fingerprint import check_corpus, fingerprint, load_checkpoint, model_parts, save_checkpoint
 from .arch import BANDS, MoESpec, describe
 from .expert_set import ExpertSet
 from .experiment import Experiment
@@ -55,7 +55,7 @@ __all__ = ["expert_attribution", "ExpertAttribution", "AttributionCheck", "rank_
 METRICS = ("bpb", "nll")
 _METRIC_NAMES = {"bpb": "bits per byte", "nll": "nats per token"}
 _FORMAT = "moe_interp.ExpertAttribution/1"
-_CHECKPOINT = "moe_interp.attribution-checkpoint/2"
+_CHECKPOINT = "moe_interp.attribution-checkpoint/3"  # /3: with a sha256 checksum
 _TENSOR_FILE, _META_FILE = "attribution.safetensors", "meta.json"
 # running sums a checkpoint keeps; effect and loss are weighted per text (see _coefficients)
 _SUMS = ("effect", "count", "tokens", "predicted", "loss")
@@ -251,13 +251,12 @@ def expert_attribution(model: Any, corpus: Mapping[str, Sequence[str]], metric: 
     path = Path(checkpoint) if checkpoint is not None else None
     done = 0
     if path is not None and path.exists():
-        done, sums = load_checkpoint(path, key, sums, len(items), _CHECKPOINT, "mi.expert_attribution")
+        done, sums = load_checkpoint(path, key, sums, len(items), _CHECKPOINT, "mi.expert_attribution", checksum=True)
 
     def save() -> None:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            _replace_file(path, lambda temp: torch.save({"format": _CHECKPOINT, "key": key, "done": done, **sums},
-                                                        temp))
+            save_checkpoint(path, {"format": _CHECKPOINT, "key": key, "done": done, **sums})
 
     started = time.perf_counter()
     bar = tqdm(total=len(items), initial=done, unit="text", disable=not progress, desc="attribution")

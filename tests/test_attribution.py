@@ -294,6 +294,12 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
         mi.expert_attribution(model, corpus, batch_size=1, progress=False, checkpoint=tmp_path / "b.ckpt")
     with pytest.raises(mi.ResumeError, match="settings"):
         mi.expert_attribution(model, corpus, metric="nll", batch_size=1, progress=False, checkpoint=tmp_path / "a.ckpt")
+    # a checkpoint changed after it was written (one running sum, every other entry as stored) is refused
+    state = torch.load(tmp_path / "a.ckpt", weights_only=True)
+    state["effect"].view(-1)[0] += 1.0
+    torch.save(state, tmp_path / "a.ckpt")
+    with pytest.raises(mi.ResumeError, match="checksum"):
+        mi.expert_attribution(model, corpus, batch_size=1, progress=False, checkpoint=tmp_path / "a.ckpt")
 
 
 def test_bad_input_gets_a_clear_early_error():
