@@ -516,8 +516,9 @@ def _environment(copy: Path) -> dict:
 
 
 def _selection(tests: str, copy: Path, before: bool) -> list[str]:
-    """The selection's arguments; paths missing from the copy (a test file not yet written) and,
-    with `before`, the tests added for survivors are dropped."""
+    """The selection's arguments, the module's doctests last (so a mutant whose first failing test
+    is a doctest was caught by doctests only); paths missing from the copy (a test file not yet
+    written) and, with `before`, the tests added for survivors are dropped."""
     out = []
     for part in shlex.split(tests):
         path = part.split("::")[0]
@@ -527,7 +528,10 @@ def _selection(tests: str, copy: Path, before: bool) -> list[str]:
         out.append(part)
     if not any(part.endswith(".py") or "::" in part for part in out):  # pytest would run its testpaths: the suite
         raise SystemExit(f"the selection {tests!r} names no file that exists in the copy")
-    return out
+    options = [i for i, part in enumerate(out) if part.startswith("-") or (i and out[i - 1] == "-k")]
+    paths = [part for i, part in enumerate(out) if i not in options]
+    doctests = [part for part in paths if part.startswith("moe_interp/")]
+    return [p for p in paths if p not in doctests] + doctests + [out[i] for i in options]
 
 
 def _pytest(args: list[str], copy: Path, python: str, timeout: float) -> tuple[str, float, str]:
@@ -628,7 +632,7 @@ def _markdown(data: dict) -> str:
              "Score = caught / scored (equivalent, stale and baseline-failed mutants are not scored; a timeout",
              "counts as not caught). *Before* is the score without `tests/test_mutants_*.py`, the tests written",
              "for the mutants that survived (`--before`).", "", "## Score", "",
-             "| | caught | scored | score | caught first by a doctest | measured at |", "|---|---|---|---|---|---|"]
+             "| | caught | scored | score | caught by doctests only | measured at |", "|---|---|---|---|---|---|"]
     for label, rows in (("with every test", now), ("before the added tests", before)):
         if rows:
             caught, scored = score(rows)
@@ -652,7 +656,7 @@ def _markdown(data: dict) -> str:
         if not b and not n:
             continue
         latest = n or b
-        by = latest.get("caught_by", "").replace("|", "\\|") + (" (doctest)" if latest.get("doctest") else "")
+        by = latest.get("caught_by", "").replace("|", "\\|") + (" (doctest only)" if latest.get("doctest") else "")
         lines.append(f"| `{m.id}` | {m.kind} | {m.what} | {b.get('result', '')} | {n.get('result', '')}"
                      f"{' (equivalent)' if m.equivalent else ''} | {by} |")
     notes = [m for m in MUTANTS if m.equivalent or m.left or now.get(m.id, {}).get("result") not in (None, "caught")]
