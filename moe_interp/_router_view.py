@@ -189,8 +189,10 @@ class Router:
     """
 
     def __init__(self, layer: int, kind: str, arch: str, envoy: Any, experts: Any, sites: Any,
-                 no_grad_sites: Any, top_k: int, num_experts: int, learned: tuple) -> None:
+                 no_grad_sites: Any, top_k: int, num_experts: int, learned: tuple,
+                 unranked: Optional[str] = None) -> None:
         self.layer, self.kind, self.arch = layer, kind, arch
+        self._unranked = unranked  # why no site holds what top-k ranks (MoESpec.unranked), or None
         self._envoy, self._experts = envoy, experts
         self._sites, self._no_grad_sites, self._top_k, self._num_experts = sites, no_grad_sites, top_k, num_experts
         self._learned = learned  # the model layers that rank scores (for the hash-layer refusal)
@@ -273,12 +275,21 @@ class Router:
     def scores(self) -> torch.Tensor:
         """`[tokens, experts]` what the top-k ranks (assignable, editable in place)."""
         self._refuse_hash("it has no `scores`")
+        self._refuse_unranked()
         return self._get("scores")
 
     @scores.setter
     def scores(self, value: Any) -> None:
         self._refuse_hash("it has no `scores`")
+        self._refuse_unranked()
         self._set("scores", value)
+
+    def _refuse_unranked(self) -> None:
+        if self._unranked is not None:
+            raise RouterAccessError(
+                f"layer {self.layer} ({self.arch}) has no `scores` to read or assign: {self._unranked}. Read "
+                "router.logits (and add the block's selection terms yourself); rerouting (mi.ExpertAblate) and "
+                "steering (mi.LayerRouteSteer) act exactly on this router")
 
     @property
     def indices(self) -> torch.Tensor:
@@ -426,7 +437,7 @@ def attach(model: Any, spec: Any) -> MoELayers:
         shared = model.get(spec.shared_experts[position]) if spec.shared_experts[position] else None
         block = model.get(spec.routers[position].rsplit(".", 1)[0])
         router = Router(layer, spec.routing_kinds[position], spec.arch, router_envoy, experts, sites, no_grad,
-                        spec.top_k, spec.num_experts, learned)
+                        spec.top_k, spec.num_experts, learned, getattr(spec, "unranked", None))
         entries.append(MoELayer(layer, router, experts, shared, block))
     view = MoELayers(entries, spec.arch)
     model.moe = view

@@ -24,12 +24,10 @@ from test_arch import EXACT, SURVEY_OVERRIDES, _aligned, _randomise_token_tables
 HELD = tuple(t for t in EXACT if t in CONFIG_MAPPING_NAMES)
 # Open findings of the router view on these types; tests/test_router_view.py parametrizes its
 # every-type test over SUPPORTED (HELD, these as strict xfails of the wrong value they give today).
-VIEW_FINDINGS = {
-    "ergo": "router.scores is read where rerouting masks (the sigmoid's output), but ErgoTopkRouter's top-k ranks "
-            "`(scores + e_score_correction_bias)`, a sum that no op of its source makes: no site holds what it "
-            "ranks, so the view should refuse `scores` there (or add the bias); counts, reroute, drop and steering "
-            "are exact (this file, the survey)",
-}
+# Fixed: ergo's router.scores was read where rerouting masks (the sigmoid's output) while its top-k ranks
+# `(scores + e_score_correction_bias)`, a sum no op makes; the view now refuses `scores` there
+# (RouterAdapter.unranked), and the every-type test reads it only where a site holds it.
+VIEW_FINDINGS: dict = {}
 SUPPORTED = tuple(pytest.param(t, marks=pytest.mark.xfail(strict=True, raises=AssertionError,
                                                            reason=VIEW_FINDINGS[t]))
                   if t in VIEW_FINDINGS else t for t in HELD)

@@ -71,6 +71,9 @@ class RouterAdapter:
       `"dense"` and `"dispatch"` readouts a token with fewer than `top_k` experts (dropped
       past an expert's capacity) counts only the experts it reached.
     - `top_k`: experts per token, when neither the router nor the config says (`None`: detect).
+    - `unranked`: why no site holds what the router's top-k ranks, when none does (Ergo ranks
+      `sigmoid(logits) + e_score_correction_bias`, a sum no op of its source makes): the
+      router view's `scores` then refuses, naming it (rerouting and steering act at `select`).
     - `selection`: a human description of how the family selects experts.
 
     **Example:**
@@ -103,6 +106,7 @@ class RouterAdapter:
     weights_op: str | None = None
     top_k: int | None = None
     selection: str = "softmax, top-k"
+    unranked: str | None = None
 
 
 _REGISTRY: dict[str, RouterAdapter] = {}

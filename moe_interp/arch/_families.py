@@ -78,6 +78,7 @@ FAMILIES = (
         # top-k ranks `(scores + e_score_correction_bias)`, an expression no op makes (the method
         # `.topk` of an unnamed sum): rerouting masks the sigmoid's output, before the bias is added
         select="router_logits_sigmoid_0.output",
+        unranked="its top-k ranks `sigmoid(logits) + e_score_correction_bias`, a sum no op of its source makes",
         readout="experts",
         selection="sigmoid, + e_score_correction_bias (selection only), top-k, renormalise, "
         "x moe_routed_scaling_factor; a learned RMSNorm per expert on its output",

@@ -45,7 +45,8 @@ class MoESpec:
     not the logits), `select` (where the top-k that picks the experts ranks, e.g.
     `"torch_topk_0.input"`: rerouting masks it; `None` when it is not in the router),
     `no_grad_sites` (`(logits, select)` when the router runs other ops with grad off:
-    a CUDA-only branch), `readout` (where the used routing is read), `selection` (prose).
+    a CUDA-only branch), `readout` (where the used routing is read), `selection` (prose),
+    `unranked` (why no site holds what top-k ranks, when none does: `RouterAdapter.unranked`).
     `stacks` (a stack label per MoE layer, e.g. `"encoder"` / `"decoder"` /
     `"language_model"`; `None` for a causal LM's single stack), `layer_names` (`"decoder.3"`:
     the stack's own numbering; `moe_layers` are global, in execution order, when a model has
@@ -96,6 +97,7 @@ class MoESpec:
     stacks: tuple[str | None, ...] | None = None
     layer_names: tuple[str, ...] | None = None
     stack_inputs: tuple[str | None, ...] | None = None
+    unranked: str | None = None
 
     def band(self, name: str, width: int | None = None) -> tuple[int, ...]:
         """Real layer indices of the `"early"`, `"middle"` or `"late"` band of MoE layers.
@@ -351,6 +353,7 @@ def _detect(model: Any, module: torch.nn.Module) -> MoESpec:
         stacks=tuple(placed.labels[i] for i in at) if labelled else None,
         layer_names=tuple(placed.names[i] for i in at) if labelled else None,
         stack_inputs=tuple(placed.inputs[i] for i in at) if placed.num_layers else None,
+        unranked=adapter.unranked,
     )
 
 
