@@ -849,6 +849,22 @@ def totals_line(num_types, counts):
             + ", ".join(f"{counts.get(k, 0)} {k}" for k in VERDICTS))
 
 
+def _not_exact(cells):
+    """Markdown: every refused, unverifiable or failing cell, then the n/a cells counted by reason."""
+    lines = ["", "## Cells that are refused, without an oracle, or failing", "",
+             "| type | situation | reader | verdict | why |", "|---|---|---|---|---|"]
+    reasons = Counter()
+    for cell in cells:
+        why = cell[4].replace("|", "/").replace("\n", " ")
+        if cell[3] == "n/a":
+            reasons[re.sub(r": \w+(Error|Exception)\b.*", " (the error differs per type)", why) or "-"] += 1
+        elif cell[3] != "exact":
+            lines.append(f"| `{cell[0]}` | {cell[1]} | {cell[2]} | {cell[3]} | {why} |")
+    lines += ["", "## n/a cells, by reason", "", "| reason | cells |", "|---|---|"]
+    lines += [f"| {reason} | {n} |" for reason, n in reasons.most_common()]
+    return lines
+
+
 def write(cells, types, full):
     """docs/conformance.md (every type's counts and every cell that is not exact) and the README's
     counts between its markers."""
@@ -868,11 +884,7 @@ def write(cells, types, full):
     for model_type in types:
         mine = summary(c for c in cells if c[0] == model_type)
         lines.append(f"| `{model_type}` | " + " | ".join(str(mine.get(k, 0)) for k in VERDICTS) + " |")
-    lines += ["", "## Cells that are not exact", "", "| type | situation | reader | verdict | why |", "|---|---|---|---|---|"]
-    for cell in cells:
-        if cell[3] != "exact":
-            why = cell[4].replace("|", "/").replace("\n", " ")
-            lines.append(f"| `{cell[0]}` | {cell[1]} | {cell[2]} | {cell[3]} | {why} |")
+    lines += _not_exact(cells)
     with open(os.path.join(root, "docs", "conformance.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     readme = os.path.join(root, "README.md")

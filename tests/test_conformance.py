@@ -35,3 +35,15 @@ def test_the_oracle_sees_a_wrong_count():
     cells = {cell[2]: cell[3] for cell in conformance.check_trace("qwen3_moe", "one_invoke", model, tr, groups, rows,
                                                                   refused, oracle)}
     assert cells["record.count"] == "FAIL" and cells["view.indices"] == "FAIL"
+
+
+def test_the_readme_states_the_recorded_matrix():
+    """The README's counts are the record's (docs/conformance.md), written by the same run."""
+    import re
+    from pathlib import Path
+
+    root = Path(conformance.HERE).parent
+    recorded = re.search(r"^Recorded on .*FAIL\.$", (root / "docs" / "conformance.md").read_text(), re.M)[0]
+    readme = (root / "README.md").read_text()
+    block = readme.split(conformance.README_START, 1)[1].split(conformance.README_END, 1)[0]
+    assert recorded in block and ", 0 FAIL." in recorded
