@@ -29,10 +29,11 @@ Run (from the repository root, with the project's virtual environment):
     python scripts/mutants.py --only divergence,evidence             # some modules (or mutant ids)
     python scripts/mutants.py --before                               # without tests/test_mutants_*.py
 
-How long: each mutant costs one pytest start (~10-20 s of imports on 2 busy cores) plus
-its selection (most under 10 s; the counts' file tests ~20 s): about 25 s a mutant on a
-2-core machine, so ~40 minutes for the whole list, plus one unmutated baseline run per
-distinct selection. `-j N` runs N mutants at once (each in its own copy).
+How long: each mutant costs one pytest start (~8 s of imports) plus its selection: 8-20 s a
+mutant on 2 shared cores, ~55 s for the fingerprint's (its selection runs the profile and
+experiment resume tests). The whole list, with the unmutated baseline run of each of its 14
+selections, took 28 minutes (101 mutants, 2 cores shared with other work). `-j N` runs N
+mutants at once (each in its own copy); `--only <module>` takes a few minutes.
 
 Results go to `benchmarks/mutation.json` (merged: `--only` updates its mutants' rows) and
 are rendered to `benchmarks/MUTATION.md` (table, score, survivors and why). `--before`
