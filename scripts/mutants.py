@@ -661,12 +661,17 @@ def _markdown(data: dict) -> str:
         by = latest.get("caught_by", "").replace("|", "\\|") + (" (doctest only)" if latest.get("doctest") else "")
         lines.append(f"| `{m.id}` | {m.kind} | {m.what} | {b.get('result', '')} | {n.get('result', '')}"
                      f"{' (equivalent)' if m.equivalent else ''} | {by} |")
-    notes = [m for m in MUTANTS if m.equivalent or m.left or now.get(m.id, {}).get("result") not in (None, "caught")]
-    lines += ["", "## Survivors", ""]
+    notes = [m for m in MUTANTS if m.equivalent or m.left or
+             any(rows.get(m.id, {}).get("result") not in (None, "caught") for rows in (before, now))]
+    lines += ["", "## Survivors", "", "Every mutant that survived a run (before or now), and why: fixed by the test that "
+              "now catches it, equivalent (the same behaviour: not scored), or left (with the reason).", ""]
     if not notes:
-        lines.append("None: every scored mutant is caught.")
+        lines.append("None: every mutant is caught, with or without the added tests.")
     for m in notes:
-        head = f"- `{m.id}` ({m.what}): {now.get(m.id, {}).get('result', 'not run')}"
+        b, n = before.get(m.id, {}), now.get(m.id, {})
+        head = f"- `{m.id}` ({m.what}): before {b.get('result', 'not run')}, now {n.get('result', 'not run')}"
+        if n.get("result") == "caught" and b.get("result") != "caught":
+            head += f"; fixed by `{n.get('caught_by', '')}`"
         if m.equivalent:
             head += f"; equivalent, not scored: {m.equivalent}"
         if m.left:
@@ -679,7 +684,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", help="comma-separated module names (counts, divergence, ...) or mutant ids")
-    parser.add_argument("--list", action="store_true", help="print the mutants and exit")
+    parser.add_argument("--list", action="store_true", help="print the mutants (and whether each snippet is "
+                        "still in the working tree) and exit")
+    parser.add_argument("--render", action="store_true", help="rewrite MUTATION.md from the results file and exit")
     parser.add_argument("-j", "--jobs", type=int, default=1, help="mutants run at once (default 1)")
     parser.add_argument("--before", action="store_true",
                         help=f"leave out {ADDED_TESTS}*.py: the score before the tests added for survivors")
@@ -694,6 +701,10 @@ def main() -> None:
                         help="results (merged by mutant id); the markdown goes beside it as MUTATION.md")
     args = parser.parse_args()
 
+    out = Path(args.out)
+    if args.render:
+        (out.parent / "MUTATION.md").write_text(_markdown(json.loads(out.read_text())))
+        return
     chosen = MUTANTS
     if args.only:
         wanted = {w.strip() for w in args.only.split(",") if w.strip()}
@@ -728,7 +739,6 @@ def main() -> None:
             print(f"{row['result']:>16}{flag} {row['seconds']:6.1f}s  {row['id']:<40} {row.get('caught_by', '')}",
                   flush=True)
 
-    out = Path(args.out)
     data = json.loads(out.read_text()) if out.is_file() else {}
     key = "before" if args.before else "rows"
     merged = {**data.get(key, {}), **rows}
