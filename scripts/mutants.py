@@ -116,7 +116,8 @@ VERIFY = ("tests/test_arch.py tests/test_mutants_verify.py moe_interp/arch/_veri
 KERNELS_EDITS = ("tests/test_interventions.py moe_interp/kernels.py tests/test_mutants_kernels.py "
                  "-k 'kernels or qwen3_moe or deepseek_v3 or compose or scale_zero'")
 KERNELS_RECORD = ("tests/test_record.py tests/test_reader.py moe_interp/kernels.py tests/test_mutants_kernels.py "
-                  "-k 'kernels or reader or qwen3_moe or invoke or tally or totals or generate or finished or per_token'")
+                  "-k 'kernels or reader or qwen3_moe or invoke or tally or totals or generate or finished or "
+                  "per_token'")
 KERNELS_SEQ2SEQ = "tests/test_seq2seq.py tests/test_mutants_kernels.py"
 INTERVENTIONS = "tests/test_interventions.py moe_interp/interventions.py tests/test_mutants_interventions.py"
 FINGERPRINT = ("tests/test_fingerprint.py tests/test_profile.py tests/test_experiment.py moe_interp/_fingerprint.py "
@@ -189,7 +190,8 @@ MUTANTS: list[Mutant] = [
       "for s in v.values()) / self.size", "for s in v.values()) / len(self)", EXPERT_SET,
       "wrong constant", "mean strength divides by the number of layers, not pairs"),
     M("expert_set.eq-strengths", "moe_interp/expert_set.py",
-      "tuple(sorted(v)) for k, v in other.items()} and (\n            self.strengths == getattr(other, \"strengths\", None))",
+      "tuple(sorted(v)) for k, v in other.items()} and (\n"
+      "            self.strengths == getattr(other, \"strengths\", None))",
       "tuple(sorted(v)) for k, v in other.items()}", EXPERT_SET,
       "removed check", "sets with different strengths compare equal"),
     M("expert_set.empty-layers", "moe_interp/expert_set.py",
@@ -549,6 +551,9 @@ def _pytest(args: list[str], copy: Path, python: str, timeout: float) -> tuple[s
         os.killpg(process.pid, signal.SIGKILL)  # this run's own process group only
         process.communicate()
         return "timeout", time.monotonic() - start, ""
+    except BaseException:  # Ctrl-C: its own session does not get the signal, so end it here
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
     seconds = time.monotonic() - start
     failing = re.search(r"^(?:FAILED|ERROR) (.+?)(?: - .*)?$", output, re.M)
     first = failing[1] if failing else ""
@@ -651,7 +656,8 @@ def _markdown(data: dict) -> str:
             caught, scored = score(part)
             cells.append(f"{caught} / {scored}" if part else "not run")
         lines.append(f"| {module} | {len(ids)} | {cells[0]} | {cells[1]} |")
-    lines += ["", "## Mutants", "", "| mutant | kind | the change does | before | now | caught by (first failing test) |",
+    lines += ["", "## Mutants", "",
+              "| mutant | kind | the change does | before | now | caught by (first failing test) |",
               "|---|---|---|---|---|---|"]
     for m in MUTANTS:
         b, n = before.get(m.id, {}), now.get(m.id, {})
@@ -663,7 +669,8 @@ def _markdown(data: dict) -> str:
                      f"{' (equivalent)' if m.equivalent else ''} | {by} |")
     notes = [m for m in MUTANTS if m.equivalent or m.left or
              any(rows.get(m.id, {}).get("result") not in (None, "caught") for rows in (before, now))]
-    lines += ["", "## Survivors", "", "Every mutant that survived a run (before or now), and why: fixed by the test that "
+    lines += ["", "## Survivors", "",
+              "Every mutant that survived a run (before or now), and why: fixed by the test that "
               "now catches it, equivalent (the same behaviour: not scored), or left (with the reason).", ""]
     if not notes:
         lines.append("None: every mutant is caught, with or without the added tests.")

@@ -77,7 +77,8 @@ def _oracle(metric: str):
     return {"js": lambda p, q: jensenshannon(p, q, base=2) ** 2,
             "cosine": lambda p, q: cosine(p, q),
             "hellinger": lambda p, q: np.linalg.norm(np.sqrt(p) - np.sqrt(q)) / np.sqrt(2),
-            "kl_sym": lambda p, q: entropy(smoothed(p), smoothed(q), base=2) + entropy(smoothed(q), smoothed(p), base=2),
+            "kl_sym": lambda p, q: (entropy(smoothed(p), smoothed(q), base=2)
+                                    + entropy(smoothed(q), smoothed(p), base=2)),
             }[metric]
 
 
