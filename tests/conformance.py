@@ -247,10 +247,15 @@ def _block_of(entry):
     return entry.block.path.split(".", 1)[1]
 
 
+def _mask_key(block, kwargs):
+    """The keyword of `block`'s padding mask in a forward called with `kwargs` (its stack's)."""
+    decoder = ".decoder." in f".{block}." and "decoder_attention_mask" in kwargs
+    return "decoder_attention_mask" if decoder else "attention_mask"
+
+
 def _mask_of(block, kwargs):
     """The padding mask (flattened) of `block`'s tokens in a forward called with `kwargs`."""
-    key = "decoder_attention_mask" if ".decoder." in f".{block}." and "decoder_attention_mask" in kwargs \
-        else "attention_mask"
+    key = _mask_key(block, kwargs)
     mask = kwargs.get(key)
     if mask is None:
         ids = kwargs.get("decoder_input_ids" if key.startswith("decoder") else "input_ids")
@@ -259,9 +264,7 @@ def _mask_of(block, kwargs):
 
 
 def _seq_of(block, kwargs):
-    key = "decoder_attention_mask" if ".decoder." in f".{block}." and "decoder_attention_mask" in kwargs \
-        else "attention_mask"
-    return kwargs[key].shape[-1]
+    return kwargs[_mask_key(block, kwargs)].shape[-1]
 
 
 def _refusal(entry, name):
