@@ -22,7 +22,8 @@ from .._counts import RoutingCounts
 from ._clustering import adjusted_rand_index, family_agreement
 from ._divergence import divergence
 
-__all__ = ["FamilyEvidence", "Interval", "family_evidence", "interval", "paired_interval", "stratified_interval"]
+__all__ = ["FamilyEvidence", "Interval", "family_evidence", "hierarchical_interval", "interval", "paired_interval",
+           "stratified_interval"]
 
 FAMILY_STATISTICS = ("ari", "between_within")
 Values = Sequence[float] | np.ndarray  # one value per item (text)
@@ -144,6 +145,40 @@ def stratified_interval(groups: Sequence[Values], replicates: int = 2000, level:
     estimate = float(np.mean([g.mean() for g in groups]))
     if np.all(np.concatenate(groups) == 0):
         return Interval(0.0, 0.0, 0.0, 1.0)
+    return Interval(estimate, *interval(estimate, samples, level), _p_value(samples))
+
+
+def hierarchical_interval(groups: Sequence[Values], replicates: int = 2000, level: float = 0.95,
+                          seed: int = 0) -> Interval:
+    """Mean over groups of each group's mean, with an interval whose unit of inference is the
+    group: each replicate draws the groups with replacement, then the items within each drawn
+    group with replacement (a two-stage, hierarchical bootstrap). Use it when the claim is about
+    the groups (languages of a family, say), not about these particular groups' texts; with one
+    group it resamples texts only.
+
+    ```python
+    >>> from moe_interp.analysis import hierarchical_interval, stratified_interval
+    >>> groups = [[1.0, 1.0, 1.0], [3.0, 3.0], [2.0, 2.0]]       # no spread within groups, some between
+    >>> stratified_interval(groups).high - stratified_interval(groups).low
+    0.0
+    >>> r = hierarchical_interval(groups, replicates=500)
+    >>> r.estimate, r.low < 2.0 < r.high
+    (2.0, True)
+
+    ```
+    """
+    replicates, level = _check_int("replicates", replicates, 1), _check_level(level)
+    groups = [np.asarray(g, dtype=float) for g in groups]
+    if not groups or any(g.ndim != 1 or not len(g) for g in groups):
+        raise ValueError("every group needs at least one value (one per item)")
+    estimate = float(np.mean([g.mean() for g in groups]))
+    if np.all(np.concatenate(groups) == 0):
+        return Interval(0.0, 0.0, 0.0, 1.0)
+    rng = np.random.default_rng(seed)
+    picked = rng.integers(0, len(groups), (replicates, len(groups)))
+    samples = np.empty(replicates)
+    for r in range(replicates):
+        samples[r] = np.mean([groups[g][rng.integers(0, len(groups[g]), len(groups[g]))].mean() for g in picked[r]])
     return Interval(estimate, *interval(estimate, samples, level), _p_value(samples))
 
 
