@@ -148,6 +148,41 @@ def stratified_interval(groups: Sequence[Values], replicates: int = 2000, level:
     return Interval(estimate, *interval(estimate, samples, level), _p_value(samples))
 
 
+def resampled_means(groups: Sequence[Values], replicates: int = 2000, seed: int = 0,
+                    unit: str = "item") -> tuple[float, np.ndarray]:
+    """`(estimate, samples)`: the mean over groups of each group's mean, and `replicates`
+    bootstrap replicates of it. `unit="item"`: items (texts) are drawn with replacement within
+    each group, the groups kept (claims about these groups); `unit="group"`: the groups are
+    drawn with replacement first, then the items within each drawn group (claims about the
+    population the groups come from, e.g. a family's languages). Replicates of two estimates
+    can be subtracted for the interval of a difference (`interval`).
+
+    ```python
+    >>> from moe_interp.analysis._evidence import resampled_means
+    >>> estimate, samples = resampled_means([[1.0, 1.0], [3.0]], replicates=4, unit="item")
+    >>> estimate, samples.tolist()
+    (2.0, [2.0, 2.0, 2.0, 2.0])
+
+    ```
+    """
+    replicates = _check_int("replicates", replicates, 1)
+    if unit not in ("item", "group"):
+        raise ValueError(f"unit must be 'item' (resample texts within each group) or 'group' (resample the groups, "
+                         f"then their texts), got {unit!r}")
+    groups = [np.asarray(g, dtype=float) for g in groups]
+    if not groups or any(g.ndim != 1 or not len(g) for g in groups):
+        raise ValueError("every group needs at least one value (one per item)")
+    estimate = float(np.mean([g.mean() for g in groups]))
+    rng = np.random.default_rng(seed)
+    if unit == "item":
+        return estimate, np.mean([_means(g, rng.integers(0, len(g), (replicates, len(g)))) for g in groups], axis=0)
+    picked = rng.integers(0, len(groups), (replicates, len(groups)))
+    samples = np.empty(replicates)
+    for r in range(replicates):
+        samples[r] = np.mean([groups[g][rng.integers(0, len(groups[g]), len(groups[g]))].mean() for g in picked[r]])
+    return estimate, samples
+
+
 def hierarchical_interval(groups: Sequence[Values], replicates: int = 2000, level: float = 0.95,
                           seed: int = 0) -> Interval:
     """Mean over groups of each group's mean, with an interval whose unit of inference is the
@@ -167,18 +202,10 @@ def hierarchical_interval(groups: Sequence[Values], replicates: int = 2000, leve
 
     ```
     """
-    replicates, level = _check_int("replicates", replicates, 1), _check_level(level)
-    groups = [np.asarray(g, dtype=float) for g in groups]
-    if not groups or any(g.ndim != 1 or not len(g) for g in groups):
-        raise ValueError("every group needs at least one value (one per item)")
-    estimate = float(np.mean([g.mean() for g in groups]))
-    if np.all(np.concatenate(groups) == 0):
+    level = _check_level(level)
+    estimate, samples = resampled_means(groups, replicates, seed, unit="group")
+    if np.all(samples == 0) and estimate == 0:
         return Interval(0.0, 0.0, 0.0, 1.0)
-    rng = np.random.default_rng(seed)
-    picked = rng.integers(0, len(groups), (replicates, len(groups)))
-    samples = np.empty(replicates)
-    for r in range(replicates):
-        samples[r] = np.mean([groups[g][rng.integers(0, len(groups[g]), len(groups[g]))].mean() for g in picked[r]])
     return Interval(estimate, *interval(estimate, samples, level), _p_value(samples))
 
 
