@@ -63,8 +63,8 @@ def summary(stats: mi.RoutingStats) -> str:
         f"correlation {agreement.cophenetic:.3f}.",
     ]
     if latin is not None:
-        parts[-1] += (f" Within Latin script only ({', '.join(latin.languages)}), where script cannot explain the "
-                      f"grouping: ARI {latin.ari:.3f}, within/between ratio {latin.ratio:.3f}. With 8 languages, "
+        parts[-1] += (f" Latin script only ({', '.join(latin.languages)}): "
+                      f"ARI {latin.ari:.3f}, within/between ratio {latin.ratio:.3f}. With 8 languages, "
                       "4 of them Indo-European, these are indications, not tests.")
     parts[-1] += "</p>"
     return "\n".join(parts)

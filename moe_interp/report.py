@@ -171,9 +171,11 @@ def _reference(stats: Any) -> str:
     return next((l for l in ("eng", "en") if l in stats.languages), stats.languages[0])
 
 
-def routing_summary(stats: Any, label: str = "", families: Mapping[str, str] | None = None) -> str:
+def routing_summary(stats: Any, label: str = "", families: Mapping[str, str] | None = None,
+                    layers: Any = None) -> str:
     """The findings about one `RoutingStats` in a few sentences and tables (HTML).
-    `families`: `{language: family}` for languages `moe_interp.languages` does not know.
+    `families`: `{language: family}` for languages `moe_interp.languages` does not know;
+    `layers`: the layers the family agreement uses (default all; the table says which).
 
     ```python
     >>> import moe_interp as mi
@@ -193,7 +195,7 @@ def routing_summary(stats: Any, label: str = "", families: Mapping[str, str] | N
              table(["band", "mean JS between languages", "shared fraction", "mean entropy", "exclusive experts / layer"],
                    rows)]
     try:
-        agreement = stats.family_agreement(families=families)
+        agreement = stats.family_agreement(families=families, layers=layers)
     except (KeyError, ValueError) as error:  # languages outside the table, or one family only
         parts.append(f"<p>Family agreement not computed: {html.escape(str(error))}</p>")
         return "\n".join(parts)
@@ -201,11 +203,13 @@ def routing_summary(stats: Any, label: str = "", families: Mapping[str, str] | N
              f"{agreement.within:.4f}", f"{agreement.between:.4f}", _inverse(agreement.ratio)]]
     latin = agreement.by_script.get("Latn")
     if latin is not None:
-        rows.append(["Latin script only", len(latin.languages), latin.n_families, f"{latin.ari:.3f}",
+        rows.append(["Latin script only (one script)", len(latin.languages), latin.n_families, f"{latin.ari:.3f}",
                      f"{latin.within:.4f}", f"{latin.between:.4f}", _inverse(latin.ratio)])
-    parts += ["<p>Languages clustered on routing divergence, the tree cut at as many clusters as there are "
-              "families: the adjusted Rand index compares clusters with families (0 = chance, 1 = the same). "
-              "Within Latin script, script cannot explain the agreement.</p>",
+    used = [stats.layers[i] for i in stats.layer_positions(layers)]
+    where = f"MoE layers {used[0]}-{used[-1]}" if used == list(range(used[0], used[-1] + 1)) else f"MoE layers {used}"
+    parts += [f"<p>Languages clustered on routing divergence ({where}), the tree cut at as many clusters as there "
+              "are families: the adjusted Rand index compares clusters with families (0 = chance, 1 = the same). "
+              "Descriptive: no intervals or controls here.</p>",
               table(["languages", "n", "families", "ARI", "mean JS within families", "between families",
                      "between / within"], rows)]
     return "\n".join(parts)
