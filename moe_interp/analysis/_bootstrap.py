@@ -147,9 +147,9 @@ def bootstrap(stats: RoutingCounts, statistic: str | Callable[[RoutingCounts], T
         name, function = getattr(statistic, "__name__", "custom"), statistic
     if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < 1:
         raise ValueError(f"level (the interval's coverage) must be a number in (0, 1), e.g. 0.95; got {level!r}")
-    for name, value, low in (("n", n, 1), ("seed", seed, 0)):
+    for argument, value, low in (("n", n, 1), ("seed", seed, 0)):  # not `name`: that is the statistic's
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+            raise ValueError(f"{argument} must be an integer >= {low}, got {value!r}")
     generator = torch.Generator().manual_seed(seed)
     samples = torch.stack([torch.as_tensor(function(resample(stats, generator))).double() for _ in range(n)])
     estimate = torch.as_tensor(function(stats)).double()
