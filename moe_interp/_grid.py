@@ -123,31 +123,50 @@ def _checksum(record: dict) -> str:
 
 
 def check_held_out(stats: Any, corpus: Mapping[str, Sequence[str]], allow: bool = False) -> None:
-    """Refuse to evaluate on the texts the statistics were profiled on (double dipping).
+    """Refuse to evaluate on texts the statistics were profiled on (double dipping).
 
     Experts chosen from a profile of some texts and then scored on the same texts look more
-    specific than they are. `mi.profile` records a fingerprint of each language's texts in
-    `stats.meta["texts"]`; when one equals the evaluation texts of that language this raises
-    `ValueError` naming the fix, unless `allow=True` (the check is then skipped, knowingly).
-    Stats without fingerprints (built by hand, older files) pass unchecked.
+    specific than they are. `mi.profile` records a fingerprint of every text it profiled
+    (`stats.meta["text_hashes"]`, per language); any evaluation text among them, under any
+    language, is an overlap, and this raises `ValueError` saying how many texts overlap in
+    which languages and naming the fix, unless `allow=True` (the check is then skipped,
+    knowingly). Stats from an older profile, with only a fingerprint of each language's whole
+    list (`stats.meta["texts"]`), catch an identical list only; stats without fingerprints
+    (built by hand) pass unchecked.
 
     ```python
     >>> import moe_interp as mi
     >>> from moe_interp._grid import check_held_out
     >>> model = mi.zoo.tiny_model("qwen3_moe")
-    >>> p = mi.profile(model, {"eng": ["The cat sat."]}, progress=False)
-    >>> check_held_out(p, {"eng": ["A dog barked."]})            # other texts: fine
-    >>> check_held_out(p, {"eng": ["The cat sat."]})  # doctest: +ELLIPSIS
+    >>> p = mi.profile(model, {"eng": ["The cat sat.", "Dogs bark."]}, progress=False)
+    >>> check_held_out(p, {"eng": ["A dog barked.", "Fish swim."]})            # other texts: fine
+    >>> check_held_out(p, {"eng": ["A dog barked.", "Dogs bark."]})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    ValueError: the statistics were profiled on the same eng texts as the evaluation: ...
+    ValueError: the statistics were profiled on the same eng texts as the evaluation (1 of the 2 evaluation texts; eng: 1 of 2): ...
 
     ```
     """
-    recorded = getattr(stats, "meta", {}).get("texts") or {}
-    same = [lang for lang, texts in corpus.items() if recorded.get(lang) == fingerprint(list(texts))]
-    if same and not allow:
+    if allow:
+        return
+    meta = getattr(stats, "meta", None) or {}
+    hashes = meta.get("text_hashes")
+    overlap: dict[str, tuple[int, int]] = {}
+    if hashes:
+        profiled = {h for texts in hashes.values() for h in texts}
+        for lang, texts in corpus.items():
+            shared = sum(fingerprint(text) in profiled for text in texts)
+            if shared:
+                overlap[lang] = (shared, len(texts))
+    else:  # an older profile: one fingerprint per language's list, so only an identical list is seen
+        recorded = meta.get("texts") or {}
+        overlap = {lang: (len(texts), len(texts)) for lang, texts in corpus.items()
+                   if recorded.get(lang) == fingerprint(list(texts))}
+    if overlap:
+        shared, total = sum(n for n, _ in overlap.values()), sum(len(texts) for texts in corpus.values())
+        where = "; ".join(f"{lang}: {n} of {m}" for lang, (n, m) in overlap.items())
         raise ValueError(
-            f"the statistics were profiled on the same {', '.join(same)} texts as the evaluation: experts chosen and "
-            "scored on the same texts look more specific than they are. Profile on other texts, e.g. "
-            "mi.profile(model, mi.datasets.udhr(languages, split='train')), and evaluate on split='heldout' "
-            "(or pass allow_same_texts=True to do it anyway)")
+            f"the statistics were profiled on the same {', '.join(overlap)} texts as the evaluation ({shared} of the "
+            f"{total} evaluation texts; {where}): experts chosen and "
+            "scored on the same texts look more specific than they are. Use a held-out split: profile on other "
+            "texts, e.g. mi.profile(model, mi.datasets.udhr(languages, split='train')), and evaluate on "
+            "split='heldout' (or pass allow_same_texts=True to do it anyway)")

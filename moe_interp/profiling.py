@@ -234,6 +234,8 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]], *interventions: Any
             "long_texts": long_texts, "long_items": long_items,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "fingerprint": fingerprint(key),
             # per language, so experiments can refuse to evaluate on the texts experts were chosen on
-            "texts": {lang: fingerprint(texts) for lang, texts in corpus.items()}}
+            "texts": {lang: fingerprint(texts) for lang, texts in corpus.items()},
+            # per text, so an evaluation corpus that shares some texts with this one is caught too
+            "text_hashes": {lang: [fingerprint(text) for text in texts] for lang, texts in corpus.items()}}
     return RoutingStats(tuple(languages), spec.moe_layers, spec.num_experts, spec.top_k, count, gate_mass, tokens,
                         item_count, item_tokens, item_language, meta=meta)
