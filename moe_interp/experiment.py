@@ -9,6 +9,17 @@ The code lives in private modules (`_grid`, `_ablation`, `_steering`); these are
 
 from ._ablation import AblationResult, ablation_grid
 from ._grid import Experiment
-from ._steering import SteeringResult, routing_shift, steering_eval
+from ._steering import (
+    SteeringResult,
+    dose_response_across,
+    dose_response_across_findings,
+    dose_response_figure,
+    dose_response_findings,
+    dose_response_seeds_figure,
+    routing_shift,
+    steering_eval,
+)
 
-__all__ = ["AblationResult", "Experiment", "SteeringResult", "ablation_grid", "routing_shift", "steering_eval"]
+__all__ = ["AblationResult", "Experiment", "SteeringResult", "ablation_grid", "dose_response_across",
+           "dose_response_across_findings", "dose_response_figure", "dose_response_findings",
+           "dose_response_seeds_figure", "routing_shift", "steering_eval"]
