@@ -134,6 +134,7 @@ def _dose_table(dose: Any, name: str = "dose") -> Any:
     if frame.scale.duplicated().any():
         raise ValueError(f"{name} has the scales {sorted(set(frame.scale[frame.scale.duplicated()]))} more than once: "
                          "one row per scale (a table across seeds goes to dose_response_across)")
+    frame[list(_DOSE_COLUMNS)] = frame[list(_DOSE_COLUMNS)].astype(float)
     return frame.sort_values("scale", kind="stable").reset_index(drop=True)
 
 
@@ -336,7 +337,7 @@ class SteeringResult:
                  + ", ".join(f"{s}: {v:.4f}" for s, v in self.dev_scores.items()) + ")"]
         if self.scale == 0:
             lines.append("scale 0 won on dev: nothing is steered at the chosen scale")
-        for row in self.table.itertuples():
+        for row in (self.table.itertuples() if self.table is not None else ()):
             steered = f"{row.pairs} steered (layer, expert) pairs" if self.scale else "no steering"
             lines.append(f"{row.language}: gain {row.gain:+.4f} bits/byte, {pct}% CI [{row.ci_low:+.4f}, "
                          f"{row.ci_high:+.4f}], p = {row.p_value:.3f}, {steered}")
