@@ -33,7 +33,8 @@ from .analysis import (
 from .analysis import layer_profile as _layer_profile
 from .expert_set import PAPER, check_k
 
-__all__ = ["dendrogram", "divergence_heatmap", "expert_counts", "layer_profile", "routing_heatmap"]
+__all__ = ["dendrogram", "divergence_heatmap", "expert_counts", "forest_plot", "language_layer_heatmap",
+           "layer_profile", "routing_heatmap"]
 
 _METRIC_NAMES = {"js": "Jensen-Shannon divergence", "cosine": "cosine distance", "hellinger": "Hellinger distance",
                  "kl_sym": "symmetric KL (bits)"}
@@ -267,4 +268,158 @@ def expert_counts(stats: RoutingCounts, reference: str | None = None, k: int | N
                       title={"text": f"Exclusive experts (k={k}, >{threshold}, all layers) and experts shared with "
                                      f"{reference} (k={shared_k}, <{shared_threshold}, layers {layer_list[0]}-"
                                      f"{layer_list[-1]})"})
+    return fig
+
+
+# Colour per kind of row: the claim's own estimate stands out, controls recede.
+_KIND_COLORS = {"trained": "#1f77b4", "control": "#7f7f7f", "baseline": "#ff7f0e"}
+
+
+def _forest_rows(rows: Any) -> list[tuple[str, float, float, float, str]]:
+    import pandas as pd
+
+    if isinstance(rows, pd.DataFrame):
+        rows = rows.to_dict(orient="records")
+    out = []
+    for i, row in enumerate(rows):
+        if isinstance(row, Mapping):
+            try:
+                row = [row[key] for key in ("label", "estimate", "low", "high", "kind")]
+            except KeyError as missing:
+                raise ValueError(f"forest_plot row {i} lacks {missing}: give (label, estimate, low, high, kind) or a "
+                                 "mapping with those keys") from None
+        if len(row) != 5:
+            raise ValueError(f"forest_plot row {i} has {len(row)} fields: give (label, estimate, low, high, kind)")
+        label, estimate, low, high, kind = row
+        estimate, low, high = float(estimate), float(low), float(high)
+        if not all(np.isfinite([estimate, low, high])) or not low <= estimate <= high:
+            raise ValueError(f"forest_plot row {i} ({label!r}): need finite low <= estimate <= high, got "
+                             f"{estimate} [{low}, {high}]")
+        out.append((str(label), estimate, low, high, str(kind)))
+    if not out:
+        raise ValueError("forest_plot needs at least one row (label, estimate, low, high, kind)")
+    labels = [r[0] for r in out]
+    repeated = sorted({l for l in labels if labels.count(l) > 1})
+    if repeated:
+        raise ValueError(f"forest_plot labels must be unique (one row each), repeated: {repeated}")
+    return out
+
+
+def forest_plot(rows: Any, *, title: str, x_title: str, reference: float = 0.0,
+                reference_label: str | None = None) -> go.Figure:
+    """A forest plot: one row per estimate with its interval as a horizontal error bar, a
+    colour per kind of row (`"trained"`, `"control"`, `"baseline"`, or any other), top to
+    bottom in the order given, and a dotted vertical line at `reference` (0 for a
+    difference, 1 for a ratio).
+
+    **Arguments:** `rows`: `(label, estimate, low, high, kind)` tuples, mappings with those
+    keys, or a DataFrame with those columns; labels unique. `title`, `x_title` (say the
+    units); `reference`, and `reference_label` written beside its line.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> fig = mi.plots.forest_plot([("trained", 0.25, 0.18, 0.31, "trained"), ("twin 1", 0.05, -0.02, 0.12, "control"),
+    ...                             ("byte bigrams", 0.36, 0.30, 0.41, "baseline")],
+    ...                            title="Family ARI, middle band", x_title="ARI (0 = chance)")
+    >>> [(t.name, list(t.y), list(t.x)) for t in fig.data]
+    [('trained', ['trained'], [0.25]), ('control', ['twin 1'], [0.05]), ('baseline', ['byte bigrams'], [0.36])]
+    >>> fig.layout.shapes[0].x0, list(fig.layout.yaxis.categoryarray)
+    (0.0, ['trained', 'twin 1', 'byte bigrams'])
+
+    ```
+    """
+    rows = _forest_rows(rows)
+    labels = [r[0] for r in rows]
+    kinds = list(dict.fromkeys(r[4] for r in rows))
+    known = [k for k in _KIND_COLORS if k in kinds]
+    kinds = known + [k for k in kinds if k not in known]                   # legend: trained, control, baseline first
+    others = [c for c in qualitative.D3 if c.lower() not in _KIND_COLORS.values()]
+    colors = {**{k: others[i % len(others)] for i, k in enumerate(k for k in kinds if k not in _KIND_COLORS)},
+              **_KIND_COLORS}
+    fig = go.Figure()
+    for kind in kinds:
+        mine = [r for r in rows if r[4] == kind]
+        fig.add_trace(go.Scatter(
+            x=[r[1] for r in mine], y=[r[0] for r in mine], mode="markers", name=kind,
+            marker={"color": colors[kind], "size": 11, "symbol": "diamond" if kind == "trained" else "circle"},
+            error_x={"type": "data", "symmetric": False, "array": [r[3] - r[1] for r in mine],
+                     "arrayminus": [r[1] - r[2] for r in mine], "color": colors[kind], "thickness": 2, "width": 6},
+            customdata=[[r[2], r[3]] for r in mine],
+            hovertemplate="%{y}: %{x:.4g} [%{customdata[0]:.4g}, %{customdata[1]:.4g}]<extra>" + kind + "</extra>"))
+    label = {"annotation_text": reference_label, "annotation_position": "top"} if reference_label else {}
+    fig.add_vline(x=float(reference), line={"dash": "dot", "color": "black"}, **label)
+    fig.update_yaxes(type="category", categoryorder="array", categoryarray=labels, autorange="reversed",
+                     automargin=True, title_text=None)
+    fig.update_layout(title={"text": title}, xaxis_title=x_title, legend={"title": {"text": "kind"}},
+                      height=max(260, 120 + 34 * len(rows)))
+    return fig
+
+
+def _family_order(languages: Sequence[str], families: Mapping[str, str] | None) -> tuple[list[int], list[str]]:
+    """Row order (indices into `languages`) grouped by family, families alphabetical, the
+    given order within each; and each row's family (`None`: the given order, no families)."""
+    if families is None:
+        return list(range(len(languages))), []
+    family = [_family_of(l, families) for l in languages]
+    order = sorted(range(len(languages)), key=lambda i: (family[i], i))
+    return order, [family[i] for i in order]
+
+
+def language_layer_heatmap(matrix: Any, languages: Sequence[str], layers: Sequence[int], *, title: str,
+                           colorbar: str, families: Mapping[str, str] | None = None,
+                           text_format: str | None = None) -> go.Figure:
+    """A language (rows) x MoE layer (columns) heatmap of one value per cell, e.g. each
+    language's exclusive experts per layer (`stats.layer_profile().exclusive`).
+
+    With `families` (`{language: family}`; languages it lacks are looked up in
+    `moe_interp.languages`) the rows are grouped by family (families alphabetical, the given
+    order within each), each group named on the right and separated by a line.
+
+    **Arguments:** `matrix`: `[len(languages), len(layers)]` values (array, tensor or
+    nested lists); `title`; `colorbar`: the colour bar's title (say the units);
+    `text_format`: a plotly format to print each value in its cell, e.g. `"%{z:d}"`.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> fig = mi.plots.language_layer_heatmap([[1, 0], [3, 2], [0, 1]], ["deu", "fin", "nld"], [0, 1],
+    ...                                       title="Exclusive experts per layer", colorbar="experts",
+    ...                                       families={"deu": "Germanic", "nld": "Germanic", "fin": "Uralic"})
+    >>> list(fig.data[0].y), fig.data[0].z.tolist()
+    (['deu', 'nld', 'fin'], [[1, 0], [0, 1], [3, 2]])
+    >>> [a.text for a in fig.layout.annotations]
+    ['Germanic', 'Uralic']
+
+    ```
+    """
+    matrix = np.asarray(matrix.detach().cpu() if hasattr(matrix, "detach") else matrix)
+    languages, layers = [str(l) for l in languages], [int(l) for l in layers]
+    if matrix.shape != (len(languages), len(layers)):
+        raise ValueError(f"matrix has shape {matrix.shape} but {len(languages)} languages x {len(layers)} layers "
+                         f"were named: give one row per language and one column per layer")
+    order, row_family = _family_order(languages, families)
+    rows = [languages[i] for i in order]
+    z = matrix[order]
+    finite = z[np.isfinite(z)] if np.issubdtype(z.dtype, np.number) else z
+    fig = go.Figure(go.Heatmap(
+        z=z, x=layers, y=rows, colorscale="Viridis", zmin=0 if finite.size and finite.min() >= 0 else None,
+        texttemplate=text_format, colorbar={"title": {"text": colorbar, "side": "top"}, "orientation": "h",
+                                            "x": 0.5, "xanchor": "center", "y": 1.0, "yanchor": "bottom",
+                                            "len": 0.6, "thickness": 12},
+        hovertemplate="%{y}, layer %{x}: %{z}<extra></extra>"))
+    longest = 0
+    if row_family:
+        groups: dict[str, list[int]] = {}
+        for position, fam in enumerate(row_family):
+            groups.setdefault(fam, []).append(position)
+        for n, (fam, positions) in enumerate(groups.items()):
+            fig.add_annotation(text=fam, xref="paper", x=1.01, xanchor="left", yref="y",
+                               y=(positions[0] + positions[-1]) / 2, showarrow=False, font={"size": 11})
+            if n:
+                fig.add_shape(type="line", xref="paper", x0=0, x1=1, yref="y", y0=positions[0] - 0.5,
+                              y1=positions[0] - 0.5, line={"color": "white", "width": 2})
+        longest = max(len(f) for f in groups)
+    fig.update_yaxes(type="category", autorange="reversed", title_text="language", automargin=True)
+    fig.update_xaxes(title_text="MoE layer", tickformat="d", dtick=1 if len(layers) <= 16 else None)
+    fig.update_layout(title={"text": title}, height=max(320, 170 + 16 * len(rows)),
+                      margin={"t": 130, "r": 30 + 7 * longest})
     return fig
