@@ -143,7 +143,7 @@ def _monotone(changed: Sequence[float]) -> bool:
     return all(b >= a for a, b in zip(changed, changed[1:]))
 
 
-def dose_response_findings(dose: Any, chosen: float | None = None, dev_scores: Mapping[float, float] | None = None,
+def dose_response_findings(dose: Any, chosen: float | int | None = None, dev_scores: Mapping | None = None,
                            level: float = 0.95) -> list[str]:
     """The dose-response in sentences, each worded by a rule from its numbers (nothing typed).
 
@@ -255,6 +255,9 @@ class SteeringResult:
     steered_layers: tuple[int, ...] | None = None
 
     def _steered(self) -> tuple[int, ...]:
+        if self.shift is None:
+            raise ValueError("this SteeringResult has no shift (routing moved per scale and layer): steering_eval "
+                             "records it; a result built by hand needs shift= to give a dose-response")
         present = sorted(int(l) for l in set(self.shift.layer))
         if self.steered_layers is None:
             return tuple(present)
@@ -477,7 +480,7 @@ def _seed_tables(seeds: Mapping[Any, Any]) -> dict[Any, tuple[Any, float | None]
     return out
 
 
-def dose_response_across(seeds: Mapping[Any, Any], chosen: Mapping[Any, float] | None = None) -> Any:
+def dose_response_across(seeds: Mapping, chosen: Mapping | None = None) -> Any:
     """The steering dose-response of several training seeds in one table, with per scale the
     number of seeds whose gain interval lies above 0 and below 0.
 

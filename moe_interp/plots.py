@@ -305,7 +305,7 @@ def _forest_rows(rows: Any) -> list[tuple[str, float, float, float, str]]:
     return out
 
 
-def forest_plot(rows: Any, *, title: str, x_title: str, reference: float = 0.0,
+def forest_plot(rows: Any, *, title: str, x_title: str, reference: float | int = 0.0,
                 reference_label: str | None = None) -> go.Figure:
     """A forest plot: one row per estimate with its interval as a horizontal error bar, a
     colour per kind of row (`"trained"`, `"control"`, `"baseline"`, or any other), top to

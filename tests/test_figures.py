@@ -35,7 +35,7 @@ def test_forest_plot_draws_its_reference_line_at_the_reference_value():
     assert (line.x0, line.x1, line.xref, line.yref) == (0.0, 0.0, "x", "y domain")
     ratio = mi.plots.forest_plot(pd.DataFrame(ROWS, columns=["label", "estimate", "low", "high", "kind"]),
                                  title="Between/within-family JS", x_title="ratio (1 = no family structure)",
-                                 reference=1.0, reference_label="no structure")
+                                 reference=1, reference_label="no structure")
     (line,) = ratio.layout.shapes
     assert line.x0 == line.x1 == 1.0 and [a.text for a in ratio.layout.annotations] == ["no structure"]
 

@@ -100,7 +100,7 @@ def test_each_steered_scale_is_improved_worsened_or_no_effect_by_its_interval():
 def test_the_chosen_scale_is_named_with_its_dev_score_and_its_test_outcome():
     dose = _dose((0.0, 0.0, 0, 0, 0), (0.5, 0.2, -0.001, -0.004, 0.003))
     find = mi.experiment.dose_response_findings
-    assert find(dose, 0.0, {0.0: 2.25, 0.5: 2.26})[-1] == ("The dev split chose scale 0 (lowest mean dev bits/byte, "
+    assert find(dose, 0, {0: 2.25, 0.5: 2.26})[-1] == ("The dev split chose scale 0 (lowest mean dev bits/byte, "
                                                           "2.2500): nothing is steered at the chosen scale.")
     assert find(dose, 0.5, {0.0: 2.27, 0.5: 2.26})[-1] == (
         "The dev split chose scale 0.5 (lowest mean dev bits/byte, 2.2600); on the test split at that scale the "
@@ -155,7 +155,7 @@ def test_dose_response_across_has_a_row_per_scale_and_seed_and_counts_the_seeds_
 
 def test_dose_response_across_takes_dataframes_and_an_explicit_chosen_scale():
     frames = {f"s{i}": pd.DataFrame(SEEDS[i]["dose_response"]) for i in SEEDS}
-    table = mi.experiment.dose_response_across(frames, chosen={"s0": 0.25, "s1": 0.0, "s2": 0.0})
+    table = mi.experiment.dose_response_across(frames, chosen={"s0": 0.25, "s1": 0, "s2": 0})
     assert list(table[table.chosen].seed) == ["s1", "s2", "s0"]        # sorted by scale, then seed order
     with pytest.raises(ValueError, match=r"not for \['s1', 's2'\]"):
         mi.experiment.dose_response_across(frames, chosen={"s0": 0.25})
@@ -214,3 +214,8 @@ def test_a_result_whose_dev_split_chose_scale_0_plots_every_scale_not_an_empty_c
     with pytest.raises(ValueError, match="scale 0 steers nothing"):
         steering_bars(mi.experiment.SteeringResult(0.0, {}, pd.DataFrame(
             {"language": ["deu"], "gain": [0.0], "ci_low": [0.0], "ci_high": [0.0]})))
+
+
+def test_a_result_without_a_shift_says_what_a_dose_response_needs():
+    with pytest.raises(ValueError, match="no shift"):
+        mi.experiment.SteeringResult(0.5, {}, None).dose_response()
