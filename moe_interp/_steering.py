@@ -409,16 +409,16 @@ def _dose_figure(tables: Mapping[str, Any], title: str, single: bool = False) ->
 
     layers = {str(t.steered_layers.iloc[0]) for t in tables.values() if "steered_layers" in t.columns}
     over = f", mean over the steered layers {_join(sorted(layers))}" if layers else ""
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12,
-                        subplot_titles=("routing moved" + (f" (steered layers {_join(sorted(layers))})" if layers else ""),
-                                        "outcome on the test texts"))
+    moved = "routing moved" + (f" (steered layers {_join(sorted(layers))})" if layers else "")
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12, subplot_titles=(moved, "outcome on the test texts"))
     for i, (name, t) in enumerate(tables.items()):
         color = qualitative.D3[i % len(qualitative.D3)]
         scales = [_scale(s) for s in t.scale]
         chosen = list(t.chosen) if "chosen" in t.columns else [False] * len(t)
         fig.add_trace(go.Scatter(x=scales, y=list(t.changed), mode="lines+markers",
                                  name="top-k sets changed" if single else name, legendgroup=name,
-                                 line={"color": color}, hovertemplate="scale %{x}: %{y:.1%}<extra>" + name + "</extra>"),
+                                 line={"color": color},
+                                 hovertemplate="scale %{x}: %{y:.1%}<extra>" + name + "</extra>"),
                       1, 1)
         fig.add_trace(go.Scatter(x=scales, y=list(t.gain), mode="lines+markers",
                                  name="gain (bits/byte)" if single else name, legendgroup=name,
@@ -564,9 +564,12 @@ def dose_response_across_findings(table: Any) -> list[str]:
     >>> from moe_interp.experiment import dose_response_across, dose_response_across_findings
     >>> row = lambda scale, changed, gain, low, high: dict(scale=scale, changed=changed, mass_moved=changed / 2,
     ...                                                   gain=gain, gain_low=low, gain_high=high)
-    >>> seeds = {0: [row(0.0, 0, 0, 0, 0), row(0.25, 0.076, 0.0093, 0.0019, 0.0165), row(1.0, 0.21, -0.05, -0.06, -0.03)],
-    ...          1: [row(0.0, 0, 0, 0, 0), row(0.25, 0.076, -0.0025, -0.0092, 0.0038), row(1.0, 0.21, -0.07, -0.08, -0.06)],
-    ...          2: [row(0.0, 0, 0, 0, 0), row(0.25, 0.095, -0.0030, -0.0106, 0.0054), row(1.0, 0.26, -0.07, -0.08, -0.05)]}
+    >>> seeds = {0: [row(0.0, 0, 0, 0, 0), row(0.25, 0.076, 0.0093, 0.0019, 0.0165),
+    ...              row(1.0, 0.21, -0.05, -0.06, -0.03)],
+    ...          1: [row(0.0, 0, 0, 0, 0), row(0.25, 0.076, -0.0025, -0.0092, 0.0038),
+    ...              row(1.0, 0.21, -0.07, -0.08, -0.06)],
+    ...          2: [row(0.0, 0, 0, 0, 0), row(0.25, 0.095, -0.0030, -0.0106, 0.0054),
+    ...              row(1.0, 0.26, -0.07, -0.08, -0.05)]}
     >>> for sentence in dose_response_across_findings(dose_response_across(seeds, chosen={0: 0.0, 1: 0.0, 2: 0.0})):
     ...     print(sentence)
     Improved at scale 0.25 in 1 of 3 seeds (seed 0); seeds 1 and 2: intervals across 0.
@@ -598,8 +601,9 @@ def dose_response_across_findings(table: Any) -> list[str]:
         sentences.append(sentence[0].upper() + sentence[1:])
     monotone = [s for s in seed_order if _monotone(list(table[table.seed == s].changed))]
     moved = [s for s in seed_order if (table[table.seed == s].changed > 0).any()]
-    where = "top-k sets changed" + (f", mean over the steered layers {_join(sorted(set(map(str, table.steered_layers))))}"
-                                     if "steered_layers" in table.columns else "")
+    where = "top-k sets changed"
+    if "steered_layers" in table.columns:
+        where += f", mean over the steered layers {_join(sorted(set(map(str, table.steered_layers))))}"
     if not moved:
         sentences.append(f"Routing did not move at any scale in any of the {n} seeds ({where}).")
     else:

@@ -36,7 +36,8 @@ def _result(changed, tokens, gains, steered_layers, scale=0.0, dev_scores=None):
     """A SteeringResult from planted per-(scale, language, layer) shares of top-k sets changed
     (`changed[scale][language] = [share per layer]`, mass moved = half of it)."""
     rows = [dict(scale=s, language=lang, layer=layer, changed=share, mass_moved=share / 2, tokens=tokens[lang])
-            for s, per_lang in changed.items() for lang, shares in per_lang.items() for layer, share in enumerate(shares)]
+            for s, per_lang in changed.items() for lang, shares in per_lang.items()
+            for layer, share in enumerate(shares)]
     return mi.experiment.SteeringResult(scale, dev_scores or {s: 3.0 for s in changed}, None, shift=pd.DataFrame(rows),
                                         gains={s: [np.asarray(g) for g in per] for s, per in gains.items()},
                                         samples=2000, steered_layers=steered_layers)
@@ -49,7 +50,8 @@ def test_dose_response_weights_languages_by_tokens_and_averages_the_steered_laye
     row = res.dose_response().iloc[0]
     layer1, layer2 = (0.2 * 30 + 0.6 * 10) / 40, (0.4 * 30 + 0.8 * 10) / 40   # token-weighted over languages
     assert row.steered_layers == "L1-L2"
-    assert row.changed == pytest.approx((layer1 + layer2) / 2) and row.mass_moved == pytest.approx((layer1 + layer2) / 4)
+    assert row.changed == pytest.approx((layer1 + layer2) / 2)
+    assert row.mass_moved == pytest.approx((layer1 + layer2) / 4)
     assert row.changed_L1 == pytest.approx(layer1) and row.changed_L3 == pytest.approx(0.9)   # per layer kept
     everything = (0 + layer1 + layer2 + 0.9) / 4                             # what the previous code reported
     assert row.changed != pytest.approx(everything)
@@ -111,7 +113,8 @@ def test_findings_of_a_result_follow_its_planted_gains():
     rng = np.random.default_rng(0)
     changed = {0.0: {"deu": [0.0, 0.0]}, 1.0: {"deu": [0.1, 0.3]}, 4.0: {"deu": [0.2, 0.6]}}
     gains = {0.0: [np.zeros(30)], 1.0: [rng.normal(0.5, 0.1, 30)], 4.0: [rng.normal(-0.5, 0.1, 30)]}
-    res = _result(changed, {"deu": 30}, gains, steered_layers=(1,), scale=1.0, dev_scores={0.0: 3.0, 1.0: 2.5, 4.0: 3.5})
+    res = _result(changed, {"deu": 30}, gains, steered_layers=(1,), scale=1.0,
+                  dev_scores={0.0: 3.0, 1.0: 2.5, 4.0: 3.5})
     routing, outcome, chosen = res.findings()
     assert routing == ("Routing moved monotonically with scale (share of top-k sets changed, mean over the steered "
                        "layers L1): 0.0% at 0, 30.0% at 1, 60.0% at 4; 4x the scale changed 2x the sets.")
@@ -192,7 +195,8 @@ def test_the_seeds_figure_draws_each_seeds_values_and_intervals_against_the_scal
     routing, gain = fig.data[0::2], fig.data[1::2]
     assert [t.name for t in routing] == ["seed 0", "seed 1", "seed 2"] == [t.name for t in gain]
     for trace, seed in zip(routing, SEEDS.values()):
-        assert list(trace.x) == ["0", "0.25", "1", "4"] and list(trace.y) == [r["changed"] for r in seed["dose_response"]]
+        assert list(trace.x) == ["0", "0.25", "1", "4"]
+        assert list(trace.y) == [r["changed"] for r in seed["dose_response"]]
         assert trace.line.color == gain[list(SEEDS.values()).index(seed)].line.color    # one colour per seed
     for trace, seed in zip(gain, SEEDS.values()):
         rows = seed["dose_response"]
