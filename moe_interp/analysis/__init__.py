@@ -16,7 +16,7 @@ range, a slice, `"early"` / `"middle"` / `"late"` in the paper's proportions, `"
 """
 
 from .._layers import BANDS, PAPER_EDGES, THIRD_BANDS, THIRDS, bands
-from ._baselines import ngram_stats, risk_difference
+from ._baselines import ngram_baselines, ngram_stats, risk_difference
 from ._bootstrap import STATISTICS, BootstrapResult, bootstrap, resample
 from ._clustering import (
     Clustering,
@@ -36,10 +36,14 @@ from ._divergence import (
 from ._evidence import (
     FamilyEvidence,
     Interval,
+    LayerEvidence,
+    SeedTest,
     family_evidence,
     hierarchical_interval,
     interval,
+    layer_evidence,
     paired_interval,
+    seed_test,
     stratified_interval,
 )
 from ._expert_sets import (
@@ -65,7 +69,9 @@ __all__ = [
     "FamilyAgreement",
     "FamilyEvidence",
     "Interval",
+    "LayerEvidence",
     "LayerProfile",
+    "SeedTest",
     "adjusted_rand_index",
     "band_average",
     "bands",
@@ -77,14 +83,17 @@ __all__ = [
     "exclusive_mask",
     "family_agreement",
     "family_evidence",
+    "hierarchical_interval",
     "interval",
+    "layer_evidence",
     "layer_profile",
     "mean_offdiagonal",
+    "ngram_baselines",
     "ngram_stats",
-    "hierarchical_interval",
     "paired_interval",
     "resample",
     "risk_difference",
+    "seed_test",
     "shared_experts",
     "shared_mask",
     "shares",

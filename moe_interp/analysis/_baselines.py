@@ -13,69 +13,89 @@ from torch import Tensor
 from .._fingerprint import check_corpus
 from .._counts import RoutingCounts
 
-__all__ = ["ngram_stats", "risk_difference"]
-
-HASH_MULTIPLIER = 2654435761  # Knuth's multiplicative hash: spreads n-grams that differ in one byte
+__all__ = ["ngram_baselines", "ngram_stats", "risk_difference"]
 
 
-def _buckets(text: str, n: int, buckets: int | None) -> np.ndarray:
+def _ngram_ids(text: str, n: int) -> np.ndarray:
+    """Each n consecutive UTF-8 bytes of `text` as one big-endian integer (`sum b_j 256^(n-j)`)."""
     data = np.frombuffer(text.encode(), dtype=np.uint8).astype(np.uint64)
     if len(data) < n:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.uint64)
     ids = np.zeros(len(data) - n + 1, dtype=np.uint64)
     for j in range(n):  # big-endian: the first byte is the most significant
         ids = ids * np.uint64(256) + data[j : len(data) - n + 1 + j]
-    if buckets is None:
-        return ids.astype(np.int64)
-    # uint64 products wrap modulo 2**64, which 2**32 divides: the low 32 bits are exact
-    return ((ids * np.uint64(HASH_MULTIPLIER)) % np.uint64(2**32) % np.uint64(buckets)).astype(np.int64)
+    return ids
 
 
-def ngram_stats(texts: Mapping[str, Sequence[str]], n: int = 2, buckets: int | None = 1024) -> RoutingCounts:
-    """A model-free baseline: each language's byte n-gram distribution, shaped like routing stats.
+def ngram_stats(texts: Mapping[str, Sequence[str]], n: int = 2, buckets: Any = None) -> RoutingCounts:
+    """A model-free baseline: each language's exact byte n-gram distribution, shaped like
+    routing stats.
 
     Each n consecutive UTF-8 bytes of a text (within the text, never across texts) "route"
-    to one bucket, so the result is routing counts (`RoutingCounts`, the data of a
-    `RoutingStats`) with one layer (`0`), `buckets` "experts" and `top_k=1`, per-item
-    counts (one item per text, in order) and `tokens` = n-grams. Divergence, clustering, `family_evidence` and the bootstrap apply
-    unchanged: what they find here comes from spelling alone, the bar a router must clear.
-
-    Bucket of an n-gram with bytes `b_1 .. b_n`: its id `sum b_j 256^(n-j)` (big-endian),
-    then `(id * 2654435761 mod 2^32) mod buckets`; `buckets=None` keeps the id itself
-    (`256^n` buckets; `n <= 2` only).
+    to one "expert": the n-gram itself. The experts are the distinct n-grams observed in
+    `texts` (all languages together), in increasing order of their big-endian id `sum b_j
+    256^(n-j)`; `meta["ngrams"]` lists those ids, so expert `e` is the n-gram
+    `meta["ngrams"][e].to_bytes(n, "big")`. The result is routing counts (`RoutingCounts`,
+    the data of a `RoutingStats`) with one layer (`0`), `top_k=1`, per-item counts (one item
+    per text, in order) and `tokens` = n-grams. Divergence, clustering, `family_evidence`
+    and the bootstrap apply unchanged: what they find here comes from spelling alone, the bar
+    a router must clear (`ngram_baselines` builds n = 1, 2, 3 for the strongest of them).
+    `buckets` (hashing n-grams into a fixed number of buckets) was removed: the result
+    depended on the hash size; passing it raises.
 
     ```python
     >>> import moe_interp as mi
-    >>> s = mi.analysis.ngram_stats({"eng": ["abab", "ab"], "deu": ["ba"]}, n=2, buckets=None)
+    >>> s = mi.analysis.ngram_stats({"eng": ["abab", "ab"], "deu": ["ba"]}, n=2)
+    >>> [bytes.fromhex(f"{i:04x}") for i in s.meta["ngrams"]]          # the observed bigrams: the experts
+    [b'ab', b'ba']
     >>> s.num_experts, s.top_k, s.tokens.tolist(), s.item_tokens.tolist()
-    (65536, 1, [4, 1], [3, 1, 1])
-    >>> ab, ba = ord("a") * 256 + ord("b"), ord("b") * 256 + ord("a")
-    >>> int(s.count[0, 0, ab]), int(s.count[0, 0, ba]), int(s.count[1, 0, ba])
-    (3, 1, 1)
+    (2, 1, [4, 1], [3, 1, 1])
+    >>> s.count[:, 0].tolist()                                         # eng: ab 3, ba 1; deu: ba 1
+    [[3, 1], [0, 1]]
 
     ```
     """
+    if buckets is not None:
+        raise ValueError(f"buckets={buckets!r}: hashed n-grams were removed (issue 24: the baseline's ARI depended "
+                         "on the hash size); n-grams are exact now, one expert per n-gram observed. Drop buckets")
     corpus = check_corpus(texts)
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= 8:
         raise ValueError(f"n (bytes per n-gram) must be an integer in [1, 8], got {n!r}")
-    if buckets is None:
-        if n > 2:
-            raise ValueError(f"buckets=None keeps 256**n buckets, too many for n={n}; pass buckets=1024 (hashed)")
-        width = 256**n
-    elif isinstance(buckets, bool) or not isinstance(buckets, numbers.Integral) or buckets < 1:
-        raise ValueError(f"buckets must be a positive integer or None (exact ids, n <= 2), got {buckets!r}")
-    else:
-        width = int(buckets)
     items = [text for lang_texts in corpus.values() for text in lang_texts]
+    ids = [_ngram_ids(text, n) for text in items]
+    vocabulary, compact = np.unique(np.concatenate(ids), return_inverse=True)
+    width = max(len(vocabulary), 1)  # no n-gram at all: one expert nobody uses
     item_count = torch.zeros(len(items), 1, width, dtype=torch.int32)
-    for i, text in enumerate(items):
-        item_count[i, 0] = torch.from_numpy(np.bincount(_buckets(text, n, buckets), minlength=width).astype(np.int32))
+    start = 0
+    for i, grams in enumerate(ids):
+        counts = np.bincount(compact[start : start + len(grams)], minlength=width)
+        item_count[i, 0] = torch.from_numpy(counts.astype(np.int32))
+        start += len(grams)
     item_language = torch.arange(len(corpus)).repeat_interleave(torch.tensor([len(t) for t in corpus.values()]))
     item_tokens = item_count.sum((1, 2)).long()
     count = torch.zeros(len(corpus), 1, width, dtype=torch.long).index_add_(0, item_language, item_count.long())
     tokens = torch.zeros(len(corpus), dtype=torch.long).index_add_(0, item_language, item_tokens)
     return RoutingCounts(tuple(corpus), (0,), width, 1, count, count.double(), tokens, item_count, item_tokens,
-                        item_language, meta={"baseline": f"byte {n}-grams", "buckets": buckets})
+                        item_language, meta={"baseline": f"byte {n}-grams", "ngrams": [int(i) for i in vocabulary]})
+
+
+def ngram_baselines(texts: Mapping[str, Sequence[str]], n: Sequence[int] = (1, 2, 3)) -> dict[str, RoutingCounts]:
+    """`{"byte 1-grams": ngram_stats(texts, 1), ...}` for each `n`: the model-free baselines
+    `family_evidence(..., baseline=...)` takes together, reporting per statistic the strongest
+    (the highest value: the hardest bar; `FamilyEvidence.strongest_baseline`).
+
+    ```python
+    >>> import moe_interp as mi
+    >>> b = mi.analysis.ngram_baselines({"eng": ["the cat"], "deu": ["die Katze"]})
+    >>> {name: s.num_experts for name, s in b.items()}                  # distinct n-grams observed
+    {'byte 1-grams': 10, 'byte 2-grams': 12, 'byte 3-grams': 12}
+
+    ```
+    """
+    sizes = list(n)
+    if not sizes or len(set(sizes)) != len(sizes):
+        raise ValueError(f"n must list distinct n-gram sizes, e.g. (1, 2, 3), got {n!r}")
+    return {f"byte {k}-grams": ngram_stats(texts, k) for k in sizes}
 
 
 def _pooled(stats: RoutingCounts, positions: list[int]) -> Tensor:
