@@ -2,7 +2,13 @@
 
 Needs the per-item counts `RoutingCounts.item_count` that `mi.profile` keeps. Each resample
 draws, for every language, as many items as it has, with replacement; the statistic is
-recomputed on the counts those items add up to; intervals are percentiles.
+recomputed on the counts those items add up to; intervals are percentile intervals, the
+package's one method (`interval`; why: the module docstring of `moe_interp.analysis._evidence`).
+The unit is the text, the languages fixed: these intervals say how precisely the texts measure
+these languages, not how a claim about languages or families would generalise (for that,
+`family_evidence` and `layer_evidence` resample languages). Redrawn texts make plug-in
+divergences larger, so divergence replicates sit above their estimate: check it against
+`low` before reading the interval as centred on it.
 """
 
 import dataclasses
@@ -22,7 +28,7 @@ __all__ = ["STATISTICS", "BootstrapResult", "bootstrap", "resample"]
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class BootstrapResult:
-    """Percentile bootstrap of one statistic.
+    """Percentile bootstrap of one statistic (the package's one interval method, see `interval`).
 
     **Fields:** `estimate` (on the full data), `low` / `high` (the `level` interval, per
     element), `samples` (`[n, ...]`), `level`, `statistic` (its name), `seed`.
@@ -116,7 +122,8 @@ def resample(stats: RoutingCounts, generator: torch.Generator) -> RoutingCounts:
 
 def bootstrap(stats: RoutingCounts, statistic: str | Callable[[RoutingCounts], Tensor] = "divergence", n: int = 200,
               level: float = 0.95, seed: int = 0, **kwargs) -> BootstrapResult:
-    """Percentile confidence intervals of a statistic, resampling items within languages.
+    """Percentile confidence intervals of a statistic, resampling items within languages
+    (the package's one interval method, see `interval`; the unit is the text: module docstring).
 
     **Arguments:** `statistic`: a name in `STATISTICS` (`"divergence"`, `"shares"`,
     `"exclusive_sizes"`, `"shared_size"`; `kwargs` go to it) or any function
