@@ -142,7 +142,7 @@ def check_held_out(stats: Any, corpus: Mapping[str, Sequence[str]], allow: bool 
     >>> check_held_out(p, {"eng": ["A dog barked.", "Fish swim."]})            # other texts: fine
     >>> check_held_out(p, {"eng": ["A dog barked.", "Dogs bark."]})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    ValueError: the statistics were profiled on the same eng texts as the evaluation (1 of the 2 evaluation texts; eng: 1 of 2): ...
+    ValueError: the statistics were profiled on the same eng texts ... (1 of the 2 evaluation texts; eng: 1 of 2): ...
 
     ```
     """
