@@ -703,10 +703,10 @@ def family_evidence(stats: RoutingCounts, families: Mapping[str, str] | None = N
     counts it twice (Davison & Hinkley 1997, sec. 3.8), and redrawn texts repeat some texts,
     which makes plug-in divergences larger: on the demo model a twin's layer-7 mean divergence,
     0.422, lay below its whole two-stage interval [0.426, 0.518] (with whole languages: [0.375,
-    0.478], the estimate at the 49th percentile of its replicates). Why a bootstrap and not a leave-one-language-out jackknife: the ARI is a step
-    function of the tree (not smooth), where the jackknife's variance estimate is not
-    consistent, and a jackknife gives a standard error, not replicates for the one percentile
-    method (`interval`). `unit="text"` keeps the languages and redraws their texts (the same
+    0.478], the estimate at the 49th percentile of its replicates). Why a bootstrap and not a
+    leave-one-language-out jackknife: the ARI is a step function of the tree (not smooth),
+    where the jackknife's variance estimate is not consistent, and a jackknife gives a
+    standard error, not replicates for the one percentile method (`interval`). `unit="text"` keeps the languages and redraws their texts (the same
     article indices in every language on a parallel corpus): how precisely these texts measure
     these languages, much narrower, not an interval for a claim about families.
 
