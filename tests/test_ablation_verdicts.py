@@ -127,6 +127,38 @@ def test_comparators_split_by_family_with_language_level_intervals():
     assert row.own_minus_other_family == pytest.approx(0.4) and row.verdict == "language-specific"
 
 
+def test_intervals_agree_with_scipy_for_texts_and_a_hand_written_two_stage_bootstrap_for_languages():
+    import scipy.stats
+
+    result = _planted({"eng": 0.5, "deu": 0.0, "fin": 0.1, "tur": 0.3}, QUIET, noise=0.2)
+    row = result.verdicts().iloc[0]
+    table = result.frame.pivot_table(index=["language", "item"], columns="condition", values="bits_per_byte")
+    effect = {l: (table.loc[l][f"ablate:eng:{BAND}"] - table.loc[l]["baseline"]).to_numpy() for l in FAMILIES}
+    own = effect["eng"]
+    expected = scipy.stats.bootstrap((own,), np.mean, n_resamples=20000, method="percentile",
+                                     random_state=np.random.default_rng(7)).confidence_interval
+    width = expected.high - expected.low
+    assert row.own == pytest.approx(own.mean())
+    assert (row.own_low, row.own_high) == pytest.approx((expected.low, expected.high), abs=0.06 * width)
+    # other families (fin, tur): languages drawn with replacement, then each drawn language's texts
+    rng = np.random.default_rng(11)
+    others = [effect["fin"], effect["tur"]]
+
+    def two_stage():
+        return np.mean([others[g][rng.integers(0, len(others[g]), len(others[g]))].mean()
+                        for g in rng.integers(0, 2, 2)])
+
+    other = np.array([two_stage() for _ in range(20000)])
+    own_draws = np.array([own[rng.integers(0, len(own), len(own))].mean() for _ in range(20000)])
+    low, high = np.quantile(other, [0.025, 0.975])
+    assert row.other_family == pytest.approx(np.mean([o.mean() for o in others]))
+    assert (row.other_family_low, row.other_family_high) == pytest.approx((low, high), abs=0.06 * (high - low))
+    low, high = np.quantile(own_draws - other, [0.025, 0.975])
+    assert (row.own_minus_other_family_low, row.own_minus_other_family_high) == pytest.approx(
+        (low, high), abs=0.06 * (high - low))
+    assert row.own_minus_other_family == pytest.approx(own.mean() - np.mean([o.mean() for o in others]))
+
+
 def test_random_draws_are_a_distribution_not_a_mean():
     # 17 draws cost nothing, 3 cost more than eng's own experts: the draws' mean (0.12) is far below
     # the own effect (0.5), but 3 of 20 sets hurt more: rank p = (1 + 3) / 21

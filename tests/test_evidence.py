@@ -220,66 +220,7 @@ def test_risk_difference_by_hand():
     assert risk_difference(group_a, group_b, layers=[2, 5]).numpy() == pytest.approx(expected[1:])
 
 
-# -- ablation verdicts on planted per-text effects ---------------------------------------------
-
-def _planted_ablation(own: float, others: float, control: float, texts: int = 30, noise: float = 0.02):
-    """An AblationResult of eng/deu/fra with ablated eng experts whose per-text effects are planted."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for lang, shift in (("eng", own), ("deu", others), ("fra", others)):
-        for i in range(texts):
-            base = 3 + rng.normal(0, 0.3)
-            rows += [dict(language=lang, condition="baseline", item=i, bits_per_byte=base),
-                     dict(language=lang, condition="ablate:eng:middle", item=i,
-                          bits_per_byte=base + shift + rng.normal(0, noise))]
-            if lang == "eng":
-                rows += [dict(language=lang, condition=f"control:eng:middle:{d}", item=i,
-                              bits_per_byte=base + control + rng.normal(0, noise)) for d in range(2)]
-    frame = pd.DataFrame(rows)
-    return AblationResult(("eng", "deu", "fra"), (("eng", "middle"),), {}, np.zeros((3, 1)), {("eng", "middle"): 3},
-                          frame, controls=2, replicates=4000), frame
-
-
-@pytest.mark.parametrize("own, others, control, verdict", [
-    (0.5, 0.0, 0.0, "language-specific"),
-    (0.5, 0.5, 0.0, "not specific"),      # hurts every language alike
-    (0.5, 0.0, 0.5, "not specific"),      # any same-size set hurts as much
-    (0.0, 0.0, 0.0, "no effect"),
-    (-0.3, 0.0, 0.0, "no effect"),        # it helps: no harm to attribute
-])
-def test_ablation_verdicts_on_planted_effects(own, others, control, verdict):
-    result, _ = _planted_ablation(own, others, control)
-    assert result.verdicts().iloc[0].verdict == verdict
-
-
-def test_ablation_verdict_intervals_agree_with_scipy():
-    result, frame = _planted_ablation(0.5, 0.1, 0.05, noise=0.2)
-    row = result.verdicts().iloc[0]
-    table = frame.pivot_table(index=["language", "item"], columns="condition", values="bits_per_byte")
-    eng = table.loc["eng"]
-    own = (eng["ablate:eng:middle"] - eng["baseline"]).to_numpy()
-    control = ((eng["control:eng:middle:0"] + eng["control:eng:middle:1"]) / 2 - eng["baseline"]).to_numpy()
-
-    def ci(data, statistic, paired=False):
-        return scipy.stats.bootstrap(data, statistic, n_resamples=20000, method="percentile", paired=paired,
-                                     random_state=np.random.default_rng(7)).confidence_interval
-
-    expected = ci((own,), np.mean)
-    width = expected.high - expected.low
-    assert row.own == pytest.approx(own.mean())
-    assert (row.own_low, row.own_high) == pytest.approx((expected.low, expected.high), abs=0.06 * width)
-    expected = ci((own, control), lambda a, b: np.mean(a - b), paired=True)
-    assert (row.own_minus_control_low, row.own_minus_control_high) == pytest.approx(
-        (expected.low, expected.high), abs=0.06 * (expected.high - expected.low))
-    others = [(table.loc[l]["ablate:eng:middle"] - table.loc[l]["baseline"]).to_numpy() for l in ("deu", "fra")]
-    assert row.others == pytest.approx(np.mean([o.mean() for o in others]))
-    se = np.sqrt(own.var() / len(own) + sum(o.var() / len(o) for o in others) / 4)  # own - mean of 2 others
-    estimate = own.mean() - np.mean([o.mean() for o in others])
-    assert row.own_minus_others_low == pytest.approx(estimate - 1.96 * se, abs=0.1 * 1.96 * se)
-    assert row.own_minus_others_high == pytest.approx(estimate + 1.96 * se, abs=0.1 * 1.96 * se)
-    text = result.summary()
-    assert f"{row.own_low:+.4f}" in text and "random sets" in text and row.verdict in text
-
+# -- ablation: the verdict rules and their intervals are tested in tests/test_ablation_verdicts.py --
 
 def test_random_expert_set_is_same_size_disjoint_and_seeded():
     from moe_interp._ablation import random_expert_set
