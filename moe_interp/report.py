@@ -249,7 +249,22 @@ def routing_figures(stats: Any, reference: str | None = None) -> list:
                plots.expert_counts(stats, reference=reference or _reference(stats)), plots.routing_heatmap(stats)]
     if many:
         _legible(figures, len(stats.languages))
+        prof = stats.layer_profile()
+        figures.insert(3, plots.language_layer_heatmap(
+            prof.exclusive, stats.languages, prof.layers, families=_known_families(stats.languages),
+            title=f"Language-exclusive experts per MoE layer (k={prof.k}, share > {prof.threshold})",
+            colorbar="exclusive experts (count)"))
     return figures
+
+
+def _known_families(languages: Sequence[str]) -> dict[str, str] | None:
+    """`{language: family}` when `moe_interp.languages` knows every language, else None (no grouping)."""
+    from .languages import info
+
+    try:
+        return {l: info(l).family for l in languages}
+    except KeyError:
+        return None
 
 
 def _legible(figures: list, n: int) -> None:
@@ -260,11 +275,11 @@ def _legible(figures: list, n: int) -> None:
     heat.update_yaxes(showticklabels=False, title_text="language")
     heat.update_layout(height=900, title_text=heat.layout.title.text + " (languages in dendrogram order)")
     _horizontal(tree, n)
-    for trace in profile.data:
+    for trace in profile.data:  # one line per language crosses into a tangle: the heatmap after it shows them
         if trace.name and trace.name.startswith("exclusive: "):
-            trace.update(legendgroup="exclusive", showlegend=False, line={"width": 1}, opacity=0.5)
-    first = next(t for t in profile.data if t.legendgroup == "exclusive")
-    first.update(showlegend=True, name=f"exclusive experts: one line per language ({n}; hover for its name)")
+            trace.update(visible=False, showlegend=False)
+    profile.add_annotation(text=f"exclusive experts of the {n} languages: see the language x layer heatmap below",
+                           xref="paper", yref="paper", x=0.5, y=0.2, showarrow=False)
     profile.update_layout(legend={"orientation": "h", "y": -0.12})
     counts.update_traces(text=None, textposition=None)
     counts.update_xaxes(showticklabels=False, title_text=f"language ({n}; hover for names)")
