@@ -2,12 +2,13 @@
 
     python benchmarks/ablation_grid.py [--out benchmarks/ABLATION.md]
 
-8 evaluation languages x 4 target languages x (baseline + early/middle/late bands) on the
-bundled UDHR held-out split (texts cut to the model's 256-byte windows), each target's
-exclusive experts chosen from the trained model's profile of the TRAIN split (never the texts
-it is scored on), each cell also against 3 random expert sets of the same size in the same
-layers. Writes a Markdown page with the bits-per-byte deltas, the per-language verdicts with
-their bootstrap intervals and controls, and the wall time on this machine.
+8 evaluation languages x 4 target languages x (baseline + 3 equal-width bands) on the bundled
+UDHR held-out split (texts cut to the model's 256-byte windows), each target's exclusive
+experts (exclusive among every profiled language) chosen from the trained model's profile of
+the TRAIN split (never the texts it is scored on), each cell also against 20 usage-matched
+random expert sets of the same size in the same layers. Writes a Markdown page with the
+bits-per-byte deltas, the per-(language, band) verdicts with their intervals, same-family,
+other-family and random-set comparators, and the wall time on this machine.
 """
 
 import argparse
@@ -41,7 +42,7 @@ def main() -> None:
     train = demo_corpus(list(EVAL), split="train")
     heldout = demo_corpus(list(EVAL), split="heldout")
     profile = mi.profile(model, train, progress=False)
-    result = mi.ablation_grid(model, profile, heldout, EVAL, TARGETS, k=K, controls=3, progress=False)
+    result = mi.ablation_grid(model, profile, heldout, EVAL, TARGETS, k=K, progress=False)
     verdicts = result.verdicts()
     wall = time.perf_counter() - started
     spec = mi.describe(model)
@@ -49,15 +50,17 @@ def main() -> None:
     rule = "|---" * (len(result.conditions) + 1) + "|"
     rows = [f"| {lang} (base {result.baseline[lang]:.3f}) | " + " | ".join(f"{d:+.3f}" for d in result.delta[i]) + " |"
             for i, lang in enumerate(result.eval_languages)]
-    table = ["| ablated | pairs | own | other languages | random sets | own - others | own - random | verdict |",
-             "|---|---|---|---|---|---|---|---|"]
-    table += [f"| {r.language} | {r.pairs} | {_cell(r, 'own')} | {_cell(r, 'others')} | {_cell(r, 'control')} | "
-              f"{_cell(r, 'own_minus_others')} | {_cell(r, 'own_minus_control')} | {r.verdict} |"
-              for r in verdicts.itertuples()]
-    specific = list(verdicts[verdicts.verdict == "language-specific"].language)
-    finding = (f"Language-specific by the intervals (own effect above 0, above the other languages' and above random "
-               f"same-size sets'): {len(specific)} of {len(verdicts)} ablated languages "
-               f"({', '.join(specific) or 'none'}).")
+    table = ["| ablated | band | pairs | own | same family | other families | own - same family | "
+             "own - other families | random sets: mean (spread), p | verdict |", "|---" * 10 + "|"]
+    table += [f"| {r.language} | {r.band} | {r.pairs} | {_cell(r, 'own')} | "
+              f"{(r.same_family_languages + ' ' + _cell(r, 'same_family')) if r.same_family_languages else 'none'} | "
+              f"{r.other_family_languages} {_cell(r, 'other_family')} | "
+              f"{_cell(r, 'own_minus_same_family') if r.same_family_languages else '-'} | "
+              f"{_cell(r, 'own_minus_other_family')} | {r.random:+.4f} ({r.random_low:+.4f} to {r.random_high:+.4f}), "
+              f"p = {r.random_p:.3f} | {r.verdict} |" for r in verdicts.itertuples()]
+    counts = verdicts.verdict.value_counts()
+    finding = (f"Verdicts over {len(verdicts)} (language, band) cells: "
+               + ", ".join(f"{v} {counts.get(v, 0)}" for v in mi.experiment.VERDICTS) + ".")
     sizes = ", ".join(f"{t}/{b}: {n}" for (t, b), n in result.experts.items())
     text = "\n".join([
         "# Ablation grid on the demo model", "",
@@ -65,17 +68,19 @@ def main() -> None:
         f"{os.cpu_count()} cores, {args.threads} torch thread(s), torch {torch.__version__}, "
         f"{time.strftime('%Y-%m-%d')}; model: {spec.num_experts} experts top-{spec.top_k}, "
         f"{len(spec.moe_layers)} MoE layers.", "",
-        f"Grid: {len(EVAL)} evaluation languages x {len(TARGETS)} target languages x (baseline + 3 bands), plus 3 "
-        f"random control sets per non-empty cell on the target's own texts; experts chosen on "
+        f"Grid: {len(EVAL)} evaluation languages x {len(TARGETS)} target languages x (baseline + 3 bands), plus "
+        f"{result.controls} usage-matched random control sets per non-empty cell on the target's own texts; experts "
+        "chosen on "
         f"{sum(len(v) for v in train.values())} train pieces, scored on {sum(len(v) for v in heldout.values())} "
         f"held-out pieces. Wall time including profiling: {wall:.0f} s.", "",
-        f"Cells: change in mean bits/byte when the target's exclusive experts (k={K}, threshold 0.4, among the 8 "
-        "languages) are rerouted in that band; positive = worse.", "",
+        f"Cells: change in mean bits/byte when the target's exclusive experts (k={K}, threshold 0.4, "
+        f"{result.exclusive_among()}) are rerouted in that band; positive = worse. Bands: "
+        + ", ".join(f"{b} (layers {', '.join(map(str, layers))})" for b, layers in result.layers.items()) + ".", "",
         header, rule, *rows, "",
         f"Exclusive experts per (target, band): {sizes}.", "",
         "## Verdicts", "",
-        "Per ablated language, mean over texts and bands, 95% percentile bootstrap intervals over texts (own and "
-        "random sets paired on the same texts):", "",
+        "Per ablated language and band (`AblationResult.summary()` states the rules):", "",
+        "```", result.summary(), "```", "",
         *table, "", finding, ""])
     args.out.write_text(text)
     print(text)

@@ -7,7 +7,7 @@ dose-response).
 The code lives in private modules (`_grid`, `_ablation`, `_steering`); these are the public names.
 """
 
-from ._ablation import AblationResult, ablation_grid
+from ._ablation import VERDICT_RULES, VERDICTS, AblationResult, ablation_grid, ablation_verdict
 from ._grid import Experiment
 from ._steering import (
     SteeringResult,
@@ -20,6 +20,6 @@ from ._steering import (
     steering_eval,
 )
 
-__all__ = ["AblationResult", "Experiment", "SteeringResult", "ablation_grid", "dose_response_across",
-           "dose_response_across_findings", "dose_response_figure", "dose_response_findings",
-           "dose_response_seeds_figure", "routing_shift", "steering_eval"]
+__all__ = ["VERDICTS", "VERDICT_RULES", "AblationResult", "Experiment", "SteeringResult", "ablation_grid",
+           "ablation_verdict", "dose_response_across", "dose_response_across_findings", "dose_response_figure",
+           "dose_response_findings", "dose_response_seeds_figure", "routing_shift", "steering_eval"]
