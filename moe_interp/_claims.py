@@ -23,12 +23,15 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["cell", "family_claim", "shape"]
+__all__ = ["FORMAT", "ablation_claims", "cell", "claims", "family_claim", "layer_claims", "seed_claims", "seed_header",
+           "shape", "steering_claims"]
 
+FORMAT = "moe_interp.demo-eval/2"  # /2: language-level intervals, exact n-gram baselines, per-band ablation verdicts
 STATISTIC_NAMES = {"ari": "family ARI", "between_within": "between/within-family JS"}
+LAYER_NAMES = {"mean_divergence": "mean JS divergence between languages", "between_within": "between/within-family JS"}
 
 
-def cell(value: Sequence[float], digits: int = 3, sign: bool = False) -> str:
+def cell(value: Sequence[Any], digits: int = 3, sign: bool = False) -> str:
     """`estimate [low, high]` of an `(estimate, low, high, ...)` triple; `n/a` without an estimate.
 
     ```python
@@ -95,8 +98,8 @@ def family_claim(record: Mapping[str, Any], statistic: str) -> dict:
         tail = f" Label permutation p = {p:.3g}: {shows}" + (
             f"; {', '.join(passing)} pass{'es' * (len(passing) == 1)} this test too" if passing else "") + "."
     return {"claim": f"{STATISTIC_NAMES[statistic]}, {where}", "trained": cell(stat["trained"]),
-            "controls": "; ".join(f"{m} {cell(v)}" for m, v in stat.items()
-                                  if m not in ("trained", "difference", "p_value", "p_value_controls")),
+            "controls": "; ".join(f"{m}{' (strongest baseline)' * (m in stat.get('baselines', {}))} {cell(stat[m])}"
+                                  for m in differences),
             "verdict": verdict, "sentence": f"{head}; {middle}.{tail}"}
 
 
@@ -132,3 +135,224 @@ def shape(values: Sequence[Sequence[float]], layers: Sequence[int]) -> str:
     if first[1] > last[2]:
         return f"falls with depth: {ends}"
     return f"flat within its intervals: {ends}"
+
+
+def _span(layers: Sequence[int]) -> str:
+    layers = list(layers)
+    if not layers:
+        return "no layers"
+    return f"layer {layers[0]}" if len(layers) == 1 else f"layers {layers[0]}-{layers[-1]}"
+
+
+def layer_claims(record: Mapping[str, Any] | None) -> list[dict]:
+    """Per layer statistic: the shape over depth (`shape`) of the trained model and of each
+    twin, and in how many layers the trained model lies above every twin (paired intervals are
+    not kept per layer in the record, so "above" compares intervals: trained low > twin high).
+
+    ```python
+    >>> from moe_interp._claims import layer_claims
+    >>> rec = {"layers": [0, 1, 2], "level": 0.95, "unit": "language",
+    ...        "mean_divergence": {"trained": [[0.26, 0.2, 0.3], [0.15, 0.12, 0.17], [0.22, 0.19, 0.25]],
+    ...                            "twin 1": [[0.2, 0.18, 0.22], [0.3, 0.28, 0.33], [0.42, 0.38, 0.47]]}}
+    >>> c = layer_claims(rec)[0]
+    >>> c["verdict"]
+    'trained: U-shaped; twins: rises with depth'
+
+    ```
+    """
+    if not record:
+        return []
+    out = []
+    layers = record["layers"]
+    for statistic, name in LAYER_NAMES.items():
+        if statistic not in record:
+            continue
+        models = record[statistic]
+        twins = [m for m in models if m != "trained"]
+        shapes = {m: shape(models[m], layers) for m in models}
+        kinds = {m: shapes[m].split(":")[0] for m in models}
+        twin_kinds = sorted({kinds[m] for m in twins})
+        above = [layer for i, layer in enumerate(layers)
+                 if all(models["trained"][i][1] > models[m][i][2] for m in twins)] if twins else []
+        out.append({"claim": f"{name} per MoE layer ({_span(layers)}, intervals over languages)",
+                    "trained": shapes["trained"],
+                    "controls": "; ".join(f"{m}: {shapes[m]}" for m in twins),
+                    "verdict": f"trained: {kinds['trained']}; twins: {', '.join(twin_kinds) or 'none'}",
+                    "sentence": f"{name[0].upper() + name[1:]} per MoE layer: the trained model is {shapes['trained']}; "
+                                + "; ".join(f"{m} {shapes[m]}" for m in twins)
+                                + (f". The trained model's interval lies above every twin's in {len(above)} of "
+                                   f"{len(layers)} layers ({', '.join(map(str, above)) or 'none'})." if twins else ".")})
+    return out
+
+
+def ablation_claims(record: Mapping[str, Any] | None) -> list[dict]:
+    """One claim per ablated language: its verdict in each band (the rules of
+    `moe_interp.experiment.ablation_verdict`), with the band's own effect next to the
+    same-family, other-family and random-set effects of the band where the own effect is
+    largest.
+
+    ```python
+    >>> from moe_interp._claims import ablation_claims
+    >>> row = dict(language="deu", family="Indo-European", band="middle-third", layers=[3, 4], pairs=5, texts=12,
+    ...            own=0.11, own_low=0.09, own_high=0.13, same_family=0.12, same_family_low=0.1,
+    ...            same_family_high=0.14, same_family_languages="eng, nld", other_family=0.02, other_family_low=0.01,
+    ...            other_family_high=0.03, random=0.01, random_low=0.0, random_high=0.03, random_p=0.048,
+    ...            controls=20, verdict="family-level")
+    >>> c = ablation_claims({"exclusive_among": "exclusive among the 55 profiled languages", "rows": [row]})[0]
+    >>> c["verdict"]
+    'middle-third: family-level'
+    >>> print(c["sentence"])
+    Ablating deu's exclusive experts (exclusive among the 55 profiled languages), middle-third (layers 3-4): family-level: own +0.1100 [+0.0900, +0.1300] bits/byte, same family (eng, nld) +0.1200 [+0.1000, +0.1400], other families +0.0200 [+0.0100, +0.0300], 20 random sets +0.0100 (draws +0.0000 to +0.0300, rank p = 0.048).
+
+    ```
+    """
+    if not record:
+        return []
+    by_language: dict[str, list] = {}
+    for row in record["rows"]:
+        by_language.setdefault(row["language"], []).append(row)
+    out = []
+    for language, rows in by_language.items():
+        sentences = []
+        for r in rows:
+            same = (f"same family ({r['same_family_languages']}) "
+                    f"{cell((r['same_family'], r['same_family_low'], r['same_family_high']), 4, True)}"
+                    if r.get("same_family_languages") else "no same-family language evaluated")
+            sentences.append(
+                f"{r['band']} ({_span(r['layers'])}): {r['verdict']}: own "
+                f"{cell((r['own'], r['own_low'], r['own_high']), 4, True)} bits/byte, {same}, other families "
+                f"{cell((r['other_family'], r['other_family_low'], r['other_family_high']), 4, True)}, "
+                f"{r['controls']} random sets {r['random']:+.4f} (draws {r['random_low']:+.4f} to "
+                f"{r['random_high']:+.4f}, rank p = {r['random_p']:.3g})")
+        top = max(rows, key=lambda r: r["own"])
+        pairs = ", ".join(f"{r['band']} {r['pairs']}" for r in rows)
+        other = cell((top["other_family"], top["other_family_low"], top["other_family_high"]), 4, True)
+        out.append({"claim": f"ablating {language}'s exclusive experts ({pairs} (layer, expert) pairs)",
+                    "trained": "; ".join(f"{r['band']} own {cell((r['own'], r['own_low'], r['own_high']), 4, True)}"
+                                         for r in rows),
+                    "controls": f"{top['band']}: same family "
+                                + (cell((top['same_family'], top['same_family_low'], top['same_family_high']), 4, True)
+                                   if top.get("same_family_languages") else "n/a")
+                                + f", other families {other}"
+                                + f", random sets {top['random']:+.4f} ({top['random_low']:+.4f} to {top['random_high']:+.4f})",
+                    "verdict": "; ".join(f"{r['band']}: {r['verdict']}" for r in rows),
+                    "sentence": f"Ablating {language}'s exclusive experts ({record.get('exclusive_among', '')}), "
+                                + "; ".join(sentences) + "."})
+    return out
+
+
+def steering_claims(record: Mapping[str, Any] | None) -> list[dict]:
+    """One claim per steering scale (routing moved on the steered layers, the outcome with its
+    interval, the verdict), and the dose-response in sentences
+    (`moe_interp.experiment.dose_response_findings`)."""
+    if not record:
+        return []
+    from ._steering import dose_response_findings
+
+    dose = record["dose_response"]
+    langs = ", ".join(record["languages"])
+    findings = " ".join(dose_response_findings(dose, chosen=record["scale"],
+                                               dev_scores={float(k): v for k, v in record["dev_scores"].items()}))
+    out = []
+    for r in dose:
+        chosen = " (chosen on dev)" if r["scale"] == record["scale"] else ""
+        layers = f", mean over the steered layers {r['steered_layers']}" if r.get("steered_layers") else ""
+        out.append({"claim": f"steering {langs} toward hub-shared experts, scale {r['scale']:g}{chosen}",
+                    "trained": f"gain {cell((r['gain'], r['gain_low'], r['gain_high']), 4, True)} bits/byte",
+                    "controls": f"top-k sets changed {100 * r['changed']:.1f}%, gate mass {r['mass_moved']:+.3f}{layers}",
+                    "verdict": r["verdict"], "sentence": findings})
+    return out
+
+
+def claims(record: Mapping[str, Any]) -> list[dict]:
+    """Every claim of one measurement record, in the order the demo prints them: family
+    structure (all languages, then Latin script), the depth profile, ablations, steering.
+    Each: `claim` (what, where, units), `trained`, `controls`, `verdict`, `sentence`."""
+    out = []
+    for subset in ("all", "Latn"):
+        fam = (record.get("family") or {}).get(subset)
+        if fam:
+            out += [family_claim(fam, statistic) for statistic in STATISTIC_NAMES if statistic in fam]
+    return out + layer_claims(record.get("layers")) + ablation_claims(record.get("ablation")) + \
+        steering_claims(record.get("steering"))
+
+
+def seed_claims(records: Mapping[Any, Mapping[str, Any]], level: float = 0.95) -> list[list[str]]:
+    """The recipe's claims across training seeds, side by side: one row per claim, one column
+    per seed (its estimate and verdict), and a last column at the seed level: for the family
+    statistics an exact rank test of the trained models against every twin of every seed
+    (`moe_interp.analysis.seed_test`; with 3 trained seeds and 9 twins the smallest p-value is
+    1/220), for the others the number of seeds in which the verdict holds.
+
+    Returns the rows `[claim, seed..., across seeds]`; `seed_header(records)` names the columns.
+    """
+    from .analysis import seed_test
+
+    seeds = sorted(records)
+    rows = []
+    for subset in ("all", "Latn"):
+        for statistic, name in STATISTIC_NAMES.items():
+            fams = {s: (records[s].get("family") or {}).get(subset) for s in seeds}
+            if not all(f and statistic in f for f in fams.values()):
+                continue
+            first = fams[seeds[0]]
+            where = f"{name}, {first['languages']} languages" + (", Latin script" if subset == "Latn" else "") + \
+                f", MoE layers {first['layers'][0]}-{first['layers'][-1]}"
+            cells = [f"{cell(fams[s][statistic]['trained'])}: {family_claim(fams[s], statistic)['verdict']}" for s in seeds]
+            trained = [fams[s][statistic]["trained"][0] for s in seeds]
+            twins = [v[0] for s in seeds for m, v in fams[s][statistic].items() if m.startswith("twin")]
+            held = sum(family_claim(fams[s], statistic)["verdict"] == "above every control" for s in seeds)
+            if twins:
+                test = seed_test(trained, twins, level=level)
+                across = (f"above every control in {held} of {len(seeds)} seeds; trained - twins "
+                          f"{test.difference:+.3f} [{test.low:+.3f}, {test.high:+.3f}] over seeds, exact rank test "
+                          f"p = {test.p_value:.3g} ({len(trained)} trained vs {len(twins)} twins; smallest possible "
+                          f"{test.min_p:.3g})")
+            else:
+                across = f"above every control in {held} of {len(seeds)} seeds"
+            rows.append([where, *cells, across])
+    layer_rows = {s: layer_claims(records[s].get("layers")) for s in seeds}
+    if all(layer_rows.values()):
+        for i, c in enumerate(layer_rows[seeds[0]]):
+            verdicts = [layer_rows[s][i]["verdict"] for s in seeds]
+            kinds = [v.split(";")[0].removeprefix("trained: ") for v in verdicts]
+            top = max(set(kinds), key=kinds.count)
+            rows.append([c["claim"], *verdicts, f"trained {top} in {kinds.count(top)} of {len(seeds)} seeds"])
+    abl = {s: (records[s].get("ablation") or {}).get("rows", []) for s in seeds}
+    bands = list(dict.fromkeys(r["band"] for s in seeds for r in abl[s]))
+    for band in bands:
+        counts = []
+        for s in seeds:
+            verdicts = [r["verdict"] for r in abl[s] if r["band"] == band]
+            tally = {v: verdicts.count(v) for v in dict.fromkeys(verdicts)}
+            counts.append(", ".join(f"{n} {v}" for v, n in tally.items()) or "n/a")
+        specific = [sum(r["verdict"] == "language-specific" for r in abl[s] if r["band"] == band) for s in seeds]
+        languages = len([r for r in abl[seeds[0]] if r["band"] == band])
+        rows.append([f"ablation verdicts, {band} (of {languages} languages)", *counts,
+                     f"language-specific: {', '.join(map(str, specific))} per seed"])
+    steer = {s: records[s].get("steering") for s in seeds}
+    if all(steer.values()):
+        from ._steering import dose_response_across, dose_response_across_findings
+
+        table = dose_response_across({s: steer[s] for s in seeds})
+        for scale in sorted({float(r["scale"]) for s in seeds for r in steer[s]["dose_response"]}):
+            if scale == 0:
+                continue
+            cells = []
+            for s in seeds:
+                r = next(r for r in steer[s]["dose_response"] if float(r["scale"]) == scale)
+                cells.append(f"gain {cell((r['gain'], r['gain_low'], r['gain_high']), 4, True)}; sets changed "
+                             f"{100 * r['changed']:.1f}%")
+            part = table[table.scale == scale].iloc[0]
+            rows.append([f"steering toward hub-shared experts, scale {scale:g}", *cells,
+                         f"improved in {int(part.seeds_improved)}, worsened in {int(part.seeds_worsened)} of "
+                         f"{int(part.n_seeds)} seeds"])
+        rows.append(["steering, in words", *[" ".join(dose_response_findings(
+            steer[s]["dose_response"], chosen=steer[s]["scale"])) for s in seeds],
+            " ".join(dose_response_across_findings(table))])
+    return rows
+
+
+def seed_header(records: Mapping[Any, Any]) -> list[str]:
+    """The column names of `seed_claims`."""
+    return ["claim (held-out texts, 95% intervals)", *[f"seed {s}" for s in sorted(records)], "across seeds"]

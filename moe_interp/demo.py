@@ -8,6 +8,7 @@ reported number is measured on the held-out split."""
 
 import dataclasses
 import html
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -15,15 +16,17 @@ from typing import Any
 
 import numpy as np
 
-from . import report
-from .analysis import family_evidence, ngram_stats
+from . import _claims, report
+from .analysis import family_evidence, layer_evidence, ngram_baselines
 from .datasets import udhr
 from .languages import info, script
+from ._ablation import VERDICT_RULES
 from .experiment import ablation_grid, steering_eval
 from .profiling import profile
 from .zoo import DEMO_HUB, DEMO_LANGUAGES, DEMO_MODEL_DIR, _training_seed, demo_model
 
-__all__ = ["DemoEvidence", "DemoResult", "choose_threads", "demo_corpus", "demo_evidence", "run_demo", "set_threads"]
+__all__ = ["DemoEvidence", "DemoResult", "choose_threads", "demo_corpus", "demo_evidence", "run_demo", "seed_records",
+           "set_threads"]
 
 MAX_BYTES = 256  # the demo model was trained on 256-byte windows
 DEV_PARAGRAPHS = 3  # last paragraphs of each language's train split: the steering scale is chosen on them
@@ -31,6 +34,10 @@ TWINS = 3  # random-init twins: one twin cannot show how much a statistic varies
 # Languages of different families whose exclusive experts are ablated (each also evaluated);
 # and languages steered toward the hub's shared experts (the paper steers toward English).
 ABLATE = ("eng", "deu", "fin", "tur", "swh", "ind")
+# One close relative per ablated language's family, evaluated too: an effect on a relative as large
+# as on the target is family-level, not language-specific (eng and deu are each other's relative).
+RELATIVES = ("nld", "ekk", "azj", "zul", "jav")
+CONTROLS = 20  # usage-matched random expert sets per ablation cell: fewer than 19 can never pass the rank test
 STEER = ("deu", "nld", "swe", "fra")
 SCALES = (0.0, 0.25, 1.0, 4.0)
 # `moe-interp demo` (run_demo) measures every claim and control of the model card with lighter
@@ -155,13 +162,35 @@ def _splits(languages: Sequence[str], quick: bool, pick_pieces: int | None = Non
     return {"pick": pick, "dev": dev, "heldout": heldout}
 
 
-def _cell(value: tuple, digits: int = 3, sign: bool = False) -> str:
-    """`estimate [low, high]`, or `n/a` when there is no estimate."""
-    v, lo, hi = value[:3]
-    if v is None or np.isnan(v):
-        return "n/a"
-    f = f"{{:{'+' if sign else ''}.{digits}f}}"
-    return f.format(v) if np.isnan(lo) else f"{f.format(v)} [{f.format(lo)}, {f.format(hi)}]"
+def _triple(value: Sequence[float]) -> list[float]:
+    return [round(float(v), 6) for v in value[:3]]
+
+
+def _family_record(ev: Any, script: str | None = None) -> dict:
+    """The plain numbers of one `FamilyEvidence` that its claims are worded from
+    (`_claims.family_claim`): per statistic the trained model, each twin and the strongest
+    byte n-gram baseline (named), the paired differences, and the label-permutation p-values."""
+    twins = [m for m in ev.models if m.startswith("twin")]
+    out = {"languages": len(ev.languages), "families": len(set(ev.families)), "layers": list(ev.layers),
+           "level": ev.level, "unit": ev.unit, "replicates": int(len(ev.samples)), "script": script}
+    for statistic in ev.statistics:
+        strongest = ev.strongest_baseline(statistic)
+        controls = [*twins, *([strongest] if strongest else [])]
+        p = ev.table().set_index(["statistic", "model"]).p_value
+        out[statistic] = {"trained": _triple(ev.interval("trained", statistic)),
+                          **{m: _triple(ev.interval(m, statistic)) for m in controls},
+                          "difference": {m: _triple(ev.difference(m, statistic)) for m in controls},
+                          "p_value": float(p[(statistic, "trained")]),
+                          "p_value_controls": {m: float(p[(statistic, m)]) for m in twins},
+                          "baselines": {b: _triple(ev.interval(b, statistic)) for b in ev.baselines}}
+    return out
+
+
+def _layers_record(ev: Any) -> dict:
+    """Per MoE layer, per model and statistic: `[estimate, low, high]` (`LayerEvidence`)."""
+    return {"layers": list(ev.layers), "level": ev.level, "unit": ev.unit,
+            **{statistic: {m: [_triple(ev.interval(m, layer, statistic)) for layer in ev.layers] for m in ev.models}
+               for statistic in ev.statistics}}
 
 
 @dataclasses.dataclass
@@ -169,14 +198,16 @@ class DemoEvidence:
     """Everything the demo measured, with its controls (see `demo_evidence`).
 
     **Fields:** `family` (`{"all": FamilyEvidence, "Latn": FamilyEvidence}`: middle-band
-    family structure of the trained model against `TWINS` random-init twins and the byte
-    bigram baseline, held-out texts), `ablation` (`AblationResult`, experts chosen on the
-    train split, or None), `steering` (`SteeringResult`, or None), `stats` (the trained
-    model's held-out `RoutingStats`), `twin_stats` (the first twin's), `seconds` (wall time
-    per step), `languages`.
+    family structure of the trained model against `TWINS` random-init twins and exact byte
+    n-gram baselines, held-out texts, intervals over languages), `layers` (`LayerEvidence`:
+    the same per MoE layer), `ablation` (`AblationResult`, experts chosen on the train split,
+    or None), `steering` (`SteeringResult`, or None), `stats` (the trained model's held-out
+    `RoutingStats`), `twin_stats` (the first twin's), `seconds` (wall time per step),
+    `languages`.
 
-    `rows()` gives the claims, each with what was measured and the verdict the intervals
-    support; `markdown()` the same as a Markdown table (the README's table is this output).
+    `record()` gives the plain numbers (what `eval.json` keeps); `claims()` the claims worded
+    from them by the rules of `moe_interp._claims`; `rows()` / `markdown()` the same as a table
+    (the README's table is this output).
     """
 
     languages: tuple[str, ...]
@@ -186,61 +217,43 @@ class DemoEvidence:
     stats: Any
     twin_stats: Any
     seconds: dict
+    layers: Any = None
 
-    def family_rows(self) -> list[list[str]]:
-        """Per language set and statistic: trained, each twin, the baseline, and the verdict."""
-        rows = []
-        names = {"ari": "family ARI", "between_within": "between/within-family JS"}
-        for subset, ev in self.family.items():
-            where = f"{len(ev.languages)} languages" + (", Latin script" if subset == "Latn" else "")
-            twins = [m for m in ev.models if m.startswith("twin")]
-            for statistic, name in names.items():
-                controls = [*twins, *(["baseline"] if "baseline" in ev.models else [])]
-                above = [m for m in controls if ev.difference(m, statistic)[1] > 0]
-                worst = min(controls, key=lambda m: ev.difference(m, statistic)[1])
-                verdict = ("above every twin and the byte-bigram baseline (difference intervals exclude 0)"
-                           if len(above) == len(controls) else
-                           f"not above {', '.join(m for m in controls if m not in above)}: trained - {worst} "
-                           f"{_cell(ev.difference(worst, statistic), sign=True)}")
-                p = float(ev.p_value[0, ev.statistics.index(statistic)])
-                rows.append([f"{name}, {where}", f"{_cell(ev.interval('trained', statistic))} (permutation p = "
-                             f"{p:.3g})", "; ".join(_cell(ev.interval(t, statistic)) for t in twins),
-                             _cell(ev.interval("baseline", statistic)) if "baseline" in ev.models else "n/a",
-                             verdict])
-        return rows
+    def record(self) -> dict:
+        """The measurement as plain numbers (JSON-ready): what `_claims` words and `eval.json` keeps.
 
-    def ablation_rows(self) -> list[list[str]]:
-        """Per ablated language: own effect, effect on the other languages, random same-size
-        sets, the verdict (bits/byte change, positive = worse)."""
-        if self.ablation is None:
-            return []
-        return [[f"ablating {r.language}'s exclusive experts ({r.pairs} pairs)",
-                 _cell((r.own, r.own_low, r.own_high), 4, True), _cell((r.others, r.others_low, r.others_high), 4, True),
-                 _cell((r.control, r.control_low, r.control_high), 4, True), r.verdict]
-                for r in self.ablation.verdicts().itertuples()]
+        ```python
+        >>> from moe_interp.demo import DemoEvidence
+        >>> sorted(DemoEvidence(("eng",), {}, None, None, None, None, {}).record())
+        ['ablation', 'family', 'format', 'layers', 'seconds', 'steering']
 
-    def steering_rows(self) -> list[list[str]]:
-        """Per steering scale: share of top-k sets changed, gate mass moved, gain with interval, verdict."""
-        if self.steering is None:
-            return []
-        chosen = self.steering.scale
-        return [[f"scale {r.scale:g}" + (" (chosen on dev)" if r.scale == chosen else ""),
-                 f"{100 * r.changed:.1f}%", f"{r.mass_moved:+.3f}",
-                 _cell((r.gain, r.gain_low, r.gain_high), 4, True), r.verdict]
-                for r in self.steering.dose_response().itertuples()]
+        ```
+        """
+        out: dict[str, Any] = {"format": _claims.FORMAT, "seconds": dict(self.seconds),
+                               "family": {subset: _family_record(ev, None if subset == "all" else subset)
+                                          for subset, ev in self.family.items()},
+                               "layers": _layers_record(self.layers) if self.layers is not None else None,
+                               "ablation": None, "steering": None}
+        if self.ablation is not None:
+            table = self.ablation.verdicts()
+            table["layers"] = table["layers"].map(list)
+            out["ablation"] = {"exclusive_among": self.ablation.exclusive_among(), "controls": self.ablation.controls,
+                               "rows": json.loads(table.to_json(orient="records"))}
+        if self.steering is not None:
+            dose = self.steering.dose_response()
+            keep = ["scale", "steered_layers", "changed", "mass_moved", "gain", "gain_low", "gain_high", "verdict"]
+            out["steering"] = {"languages": list(self.steering.table.language), "scale": self.steering.scale,
+                               "dev_scores": {str(k): v for k, v in self.steering.dev_scores.items()},
+                               "dose_response": json.loads(dose[keep].to_json(orient="records"))}
+        return out
+
+    def claims(self) -> list[dict]:
+        """Every claim, worded by the rules of `moe_interp._claims` from `record()`."""
+        return _claims.claims(self.record())
 
     def rows(self) -> list[list[str]]:
         """One table of every claim: `[claim, trained / effect, controls, verdict]`."""
-        rows = [[claim, trained, f"twins {twins}; byte-bigram {base}", verdict]
-                for claim, trained, twins, base, verdict in self.family_rows()]
-        rows += [[claim, f"own {own}", f"other languages {others}; random sets {control}", verdict]
-                 for claim, own, others, control, verdict in self.ablation_rows()]
-        if self.steering is not None:
-            langs = ", ".join(self.steering.table.language)
-            rows += [[f"steering {langs} toward {DEMO_HUB}-shared experts, {scale}", f"gain {gain} bits/byte",
-                      f"top-k sets changed {changed}, gate mass {mass}", verdict]
-                     for scale, changed, mass, gain, verdict in self.steering_rows()]
-        return rows
+        return [[c["claim"], c["trained"], c["controls"], c["verdict"]] for c in self.claims()]
 
     def markdown(self) -> str:
         """The claims as a Markdown table (what the README shows).
@@ -259,29 +272,33 @@ class DemoEvidence:
 
 def demo_evidence(path: str | os.PathLike | None = None, languages: Sequence[str] | None = None,
                   quick: bool = False, twins: int = TWINS, replicates: int = 200, permutations: int = 1000,
-                  pick_pieces: int | None = None, controls: int = 3, progress: bool = True,
+                  pick_pieces: int | None = None, controls: int = CONTROLS, progress: bool = True,
                   log: Callable[[str], None] | None = None) -> DemoEvidence:
     """Measure the demo's claims on the demo model (or the one trained into `path`).
 
     Family structure (middle band, held-out texts): `family_evidence` against `twins`
-    random-init twins (the training seed, then seed + 1000, + 2000, ...) and the byte bigram
-    baseline, over all languages and within Latin script. Ablation: each of `ABLATE`'s
-    exclusive experts (chosen on the train split) rerouted per band, with random same-size
-    sets as control (`AblationResult.verdicts`). Steering: `STEER` toward experts they share
-    with the hub (chosen on the train split), the scale chosen on dev paragraphs, the
-    dose-response over `SCALES` on held-out texts (`SteeringResult.dose_response`).
+    random-init twins (the training seed, then seed + 1000, + 2000, ...) and exact byte
+    n-gram baselines (n = 1, 2, 3; the strongest per statistic), over all languages and
+    within Latin script, intervals over languages; per layer: `layer_evidence`. Ablation:
+    each of `ABLATE`'s exclusive experts (exclusive among every profiled language, chosen on
+    the train split) rerouted per equal-width band, evaluated on `ABLATE` and `RELATIVES`
+    (so each target has a same-family comparator), with `controls` usage-matched random sets
+    (`AblationResult.verdicts`). Steering: `STEER` toward experts they share with the hub
+    (chosen on the train split), the scale chosen on dev paragraphs, the dose-response over
+    `SCALES` on held-out texts (`SteeringResult.dose_response`).
 
     The defaults are the model card's full settings. `pick_pieces`: choose experts on that
     many train pieces per language (evenly spaced; None: all, ~55), `controls`: random
-    same-size expert sets per ablation, `replicates`/`permutations`: of the family statistics
-    (x10 bootstrap resamples for ablation and steering intervals). `run_demo` lightens them.
+    expert sets per ablation cell (20 or more: fewer can never pass the random-set rule),
+    `replicates`/`permutations`: of the family statistics (x10 bootstrap resamples for
+    ablation and steering intervals). `run_demo` lightens them.
 
     ```python
     >>> from moe_interp.demo import demo_evidence
     >>> ev = demo_evidence(languages=["eng", "deu", "nld", "fin", "ekk", "hun"], quick=True, twins=1,
     ...                    replicates=20, permutations=20, progress=False)
-    >>> list(ev.family), ev.family["all"].models          # every language is Latin: no separate Latin row
-    (['all'], ('trained', 'twin 1', 'baseline'))
+    >>> list(ev.family), ev.family["all"].models[:2]      # every language is Latin: no separate Latin row
+    (['all'], ('trained', 'twin 1'))
     >>> ev.markdown().splitlines()[0]
     '| claim (held-out texts, 95% intervals) | trained model | controls | verdict |'
 
@@ -320,23 +337,28 @@ def demo_evidence(path: str | os.PathLike | None = None, languages: Sequence[str
         twin_stats[f"twin {i + 1}"] = profile(demo_model(trained=False, path=path, seed=seed + 1000 * i), heldout,
                                               batch_size=16, progress=progress)
     lap("profile twins")
-    say(f"family structure, middle band: {replicates} paired resamples of the texts, {permutations} label permutations")
+    say(f"family structure, middle band and per layer: {replicates} resamples of the languages, {permutations} label "
+        "permutations; exact byte 1-, 2- and 3-gram baselines")
     families = _families(languages)
-    baseline = ngram_stats(heldout, n=2)
+    baselines = ngram_baselines(heldout)
     family = {}
     latin = _latin(heldout)
     for subset, langs in (("all", languages), ("Latn", latin if len(latin) < len(languages) else [])):
         if len(set(families[l] for l in langs)) >= 2:  # a subset of one family has no family structure
             family[subset] = family_evidence(stats.select(langs), families=families, layers="middle",
-                                             twins=twin_stats, baseline=baseline, replicates=replicates,
+                                             twins=twin_stats, baseline=baselines, replicates=replicates,
                                              permutations=permutations)
+    by_layer = None
+    if len(set(families.values())) >= 2:
+        by_layer = layer_evidence(stats, families=families, twins=twin_stats, replicates=replicates)
     lap("family evidence")
     targets = [l for l in ABLATE if l in heldout][: 3 if quick else len(ABLATE)]
+    evaluated = list(dict.fromkeys([*targets, *(l for l in RELATIVES if l in heldout)]))
     ablation = None
-    if len(targets) >= 2:
+    if len(targets) >= 2 and len({families[l] for l in evaluated}) >= 2:
         say(f"ablation: exclusive experts of {', '.join(targets)} (chosen on the train split) rerouted per band, "
-            "with random same-size sets; bits/byte on held-out texts")
-        ablation = ablation_grid(trained, picked, heldout, targets, targets, controls=min(2, controls) if quick else controls,
+            f"{controls} usage-matched random sets each; bits/byte on held-out texts of {', '.join(evaluated)}")
+        ablation = ablation_grid(trained, picked, heldout, evaluated, targets, controls=controls,
                                  replicates=replicates * 10, progress=progress)
     lap("ablation")
     steer = [l for l in STEER if l in heldout and l != DEMO_HUB][: 2 if quick else len(STEER)]
@@ -347,7 +369,7 @@ def demo_evidence(path: str | os.PathLike | None = None, languages: Sequence[str
         steering = steering_eval(trained, picked, splits["dev"], heldout, steer, target=DEMO_HUB,
                                  scales=SCALES[:3] if quick else SCALES, samples=replicates * 10, progress=progress)
     lap("steering")
-    return DemoEvidence(tuple(languages), family, ablation, steering, stats, twin_stats["twin 1"], seconds)
+    return DemoEvidence(tuple(languages), family, ablation, steering, stats, twin_stats["twin 1"], seconds, by_layer)
 
 
 @dataclasses.dataclass
@@ -372,6 +394,72 @@ class DemoResult:
         return "\n".join([*self.findings, f"report: {self.path}"])
 
 
+def _family_figures(record: Mapping[str, Any], subset: str) -> list:
+    """One forest plot per family statistic: the trained model, each twin and each byte
+    n-gram baseline, with their intervals."""
+    from . import plots
+
+    out = []
+    where = f"{record['languages']} languages" + (", Latin script" if subset == "Latn" else "") + \
+        f", MoE layers {record['layers'][0]}-{record['layers'][-1]}"
+    for statistic, axis, reference in (("ari", "adjusted Rand index (0 = chance, 1 = the families)", 0.0),
+                                       ("between_within", "between / within-family JS (1 = families do not group)",
+                                        1.0)):
+        stat = record[statistic]
+        rows = [("trained", *stat["trained"], "trained")]
+        rows += [(m, *v, "control") for m, v in stat.items() if m.startswith("twin")]
+        rows += [(b, *v, "baseline") for b, v in stat["baselines"].items()]
+        out.append(plots.forest_plot(rows, title=f"{_claims.STATISTIC_NAMES[statistic]}, {where} "
+                                                 f"({round(100 * record['level'])}% intervals over languages)",
+                                     x_title=axis, reference=reference))
+    return out
+
+
+def _ablation_figures(record: Mapping[str, Any]) -> list:
+    """One forest plot per band: per ablated language its own effect, the same-family and
+    other-family effects (intervals) and the spread of the random usage-matched sets."""
+    from . import plots
+
+    figures = []
+    for band in dict.fromkeys(r["band"] for r in record["rows"]):
+        rows = []
+        for r in (r for r in record["rows"] if r["band"] == band):
+            lang = r["language"]
+            rows.append((f"{lang}: own", r["own"], r["own_low"], r["own_high"], "trained"))
+            if r.get("same_family_languages"):
+                rows.append((f"{lang}: same family", r["same_family"], r["same_family_low"], r["same_family_high"],
+                             "same family"))
+            rows.append((f"{lang}: other families", r["other_family"], r["other_family_low"], r["other_family_high"],
+                         "other families"))
+            rows.append((f"{lang}: {r['controls']} random sets", r["random"], min(r["random_low"], r["random"]),
+                         max(r["random_high"], r["random"]), "control"))
+        layers = next(r["layers"] for r in record["rows"] if r["band"] == band)
+        figures.append(plots.forest_plot(rows, title=f"Ablating exclusive experts, {band} ({_claims._span(layers)})",
+                                         x_title="change in held-out bits/byte (positive = worse)", reference=0.0))
+    return figures
+
+
+def seed_records(directory: str | os.PathLike = DEMO_MODEL_DIR) -> dict[int, dict]:
+    """`{seed: record}` of the shipped model's `eval.json` and its other seeds'
+    (`seeds/s<seed>/eval.json`), those measured in the current format only.
+
+    ```python
+    >>> from moe_interp.demo import seed_records
+    >>> all(isinstance(seed, int) for seed in seed_records())
+    True
+
+    ```
+    """
+    directory = Path(directory)
+    out = {}
+    for path in [directory / "eval.json", *sorted(directory.glob("seeds/s*/eval.json"))]:
+        record = json.loads(path.read_text())
+        if record.get("format") == _claims.FORMAT:
+            training = json.loads((path.parent / "training.json").read_text())
+            out[int(training["seed"])] = record
+    return out
+
+
 def run_demo(out: str | os.PathLike = "report.html", languages: Sequence[str] | None = None,
              quick: bool = False, progress: bool = True, threads: int | str | None = None,
              log: Callable[[str], None] | None = None, replicates: int = DEMO_REPLICATES,
@@ -381,11 +469,12 @@ def run_demo(out: str | os.PathLike = "report.html", languages: Sequence[str] | 
     `languages` defaults to the demo model's 55 training languages (`zoo.DEMO_LANGUAGES`:
     six families, English as hub). Unknown codes raise `KeyError` naming close matches
     (`"en"` -> `"eng"`). `threads`: torch threads, `"auto"` for `choose_threads()`, None to
-    leave torch's setting. `log` receives one line per step; the findings (every claim with
-    its interval, controls and verdict) are in the result. Lighter than the model card's
-    measurement, to fit ~3 minutes on 2 cores: `replicates` bootstrap resamples of the family
-    statistics (x5 label permutations, x10 resamples for ablation and steering intervals),
-    experts chosen on `pick_pieces` train pieces per language (None: all).
+    leave torch's setting. `log` receives one line per step; the findings (one sentence per
+    claim, worded by the rules of `moe_interp._claims`) are in the result. Lighter than the
+    model card's measurement: `replicates` bootstrap resamples of the family statistics (x5
+    label permutations, x10 resamples for ablation and steering intervals), experts chosen on
+    `pick_pieces` train pieces per language (None: all). The report also shows the model
+    card's measurement across training seeds (the bundled `eval.json` files).
 
     ```python
     >>> from moe_interp.demo import run_demo
@@ -402,51 +491,64 @@ def run_demo(out: str | os.PathLike = "report.html", languages: Sequence[str] | 
         say(f"{count} torch threads ({why})")
     ev = demo_evidence(languages=languages, quick=quick, replicates=replicates, permutations=5 * replicates,
                        pick_pieces=pick_pieces, progress=progress, log=say)
-    findings = [f"{claim}: {trained}; {controls}: {verdict}" for claim, trained, controls, verdict in ev.rows()]
-    twins = len(ev.family["all"].models) - 2 if "all" in ev.family else TWINS
+    record = ev.record()
+    claims = _claims.claims(record)
+    findings = list(dict.fromkeys(c["sentence"] for c in claims))
+    twins = len([m for m in ev.family["all"].models if m.startswith("twin")]) if "all" in ev.family else TWINS
+    pct = 95
+
+    def said(kind: str) -> str:
+        return "".join(f"<p>{html.escape(c['sentence'])}</p>" for c in claims if c["claim"].startswith(kind))
+
     parts = [
         "<p>The paper's pipeline (arXiv 2601.14050) on a tiny multilingual Qwen3-MoE trained on UDHR texts of "
         f"{len(DEMO_LANGUAGES)} languages in six families, English as hub. Every number comes with its controls: "
         f"{twins} random-init twins (same architecture, untrained: structure they show too comes from the input "
-        "bytes and scripts, not from learning), a byte-bigram baseline through the same clustering (what spelling "
-        "alone gives), random expert sets of the same size for ablations, and how far routing moved for steering. "
-        f"Experts are chosen on the train split ({min(6, pick_pieces or 6) if quick else pick_pieces or 'all'} "
-        "pieces of each language), the steering "
-        "scale on held-back train paragraphs, and everything is reported on the held-out split, with 95% bootstrap "
-        f"intervals over texts ({replicates} resamples, {5 * replicates} label permutations; the model card measures "
-        "the same with all train pieces, 200 and 1000).</p>",
-        "<h2>Does routing follow language families? (middle band)</h2>",
-        report.table(["statistic", "trained", "random-init twins", "byte-bigram baseline", "verdict"],
-                     ev.family_rows()),
-        "<p>ARI: agreement of an average-linkage clustering of the languages' routing (Jensen-Shannon "
-        "divergence) with their families (0 = chance, 1 = identical). Between/within: mean divergence between "
-        "languages of different families over that within a family (> 1: families route alike). Intervals: "
-        "normal bootstrap intervals over resampled articles (the same ones for every model); p: family labels "
-        "permuted; verdict: the trained model's paired differences from each control.</p>",
+        "bytes and scripts, not from learning), exact byte 1-, 2- and 3-gram baselines through the same clustering "
+        "(what spelling alone gives; the strongest is the bar), usage-matched random expert sets for ablations, and "
+        "how far routing moved for steering. Experts are chosen on the train split "
+        f"({min(6, pick_pieces or 6) if quick else pick_pieces or 'all'} pieces of each language), the steering "
+        f"scale on held-back train paragraphs, and everything is reported on the held-out split with {pct}% "
+        "percentile bootstrap intervals: over languages (each with its texts) for family claims, over texts for a "
+        f"language's own effects ({replicates} resamples, {5 * replicates} label permutations; the model card "
+        "measures the same with all train pieces, 200 and 1000). Every sentence is worded by a rule from its "
+        "numbers (<code>moe_interp._claims</code>).</p>",
     ]
-    if ev.ablation is not None:
-        parts += ["<h2>Ablating language-exclusive experts</h2>",
-                  "<p>Change in held-out bits/byte (positive = worse), mean over the early, middle and late bands. "
-                  "Language-specific: the language's own effect exceeds both its effect on the other languages "
-                  "and that of random same-size expert sets in the same layers, intervals excluding 0.</p>",
-                  report.table(["ablation", "own language", "other languages", "random same-size sets", "verdict"],
-                               ev.ablation_rows()),
-                  ev.ablation.plot_ablation()]
+    for subset, title in (("all", "Does routing follow language families? (middle band)"),
+                          ("Latn", "Within Latin script (middle band)")):
+        if subset in record["family"]:
+            fam = record["family"][subset]
+            parts += [f"<h2>{html.escape(title)}</h2>",
+                      "".join(f"<p>{html.escape(_claims.family_claim(fam, s)['sentence'])}</p>"
+                              for s in _claims.STATISTIC_NAMES),
+                      *_family_figures(fam, subset)]
+    if ev.layers is not None:
+        parts += ["<h2>Layer by layer (all MoE layers)</h2>", said("mean JS divergence"), said("between/within-family JS per"),
+                  ev.layers.figure("mean_divergence"), ev.layers.figure("between_within")]
+    if record["ablation"] is not None:
+        parts += ["<h2>Ablating language-exclusive experts, per band</h2>",
+                  f"<p>{html.escape(ev.ablation.summary().splitlines()[0])} Verdict rules: "
+                  + html.escape("; ".join(f'"{v}": {rule}' for v, rule in VERDICT_RULES)) + ".</p>",
+                  said("ablating"), *_ablation_figures(record["ablation"])]
     if ev.steering is not None:
         parts += [f"<h2>Steering toward experts shared with {DEMO_HUB} (dose-response)</h2>",
-                  "<p>Per scale on held-out texts: share of tokens whose top-k expert set changed and gate mass "
-                  "moved onto the steered experts (middle-band layer means), and the gain in bits/byte (baseline - "
-                  "steered, positive = better) with its interval. The scale is chosen on held-back train paragraphs "
-                  "only (mean dev bits/byte per scale: "
-                  + html.escape(", ".join(f"{s:g}: {v:.4f}" for s, v in ev.steering.dev_scores.items())) + ").</p>",
-                  report.table(["scale", "top-k sets changed", "gate mass moved", "gain [95% CI]", "verdict"],
-                               ev.steering_rows()),
-                  ev.steering.plot()]
+                  "".join(f"<p>{html.escape(line)}</p>" for line in ev.steering.findings()), ev.steering.plot()]
+    seeds = seed_records()
+    if len(seeds) > 1:
+        from ._steering import dose_response_seeds_figure
+
+        parts += ["<h2>Across training seeds (the model card's measurement)</h2>",
+                  "<p>The same recipe trained from other seeds, measured with the model card's settings (bundled "
+                  "<code>eval.json</code> files). Claims about the recipe are judged here, with the seed as the unit."
+                  "</p>", report.table(_claims.seed_header(seeds), _claims.seed_claims(seeds))]
+        if all(r.get("steering") for r in seeds.values()):
+            parts.append(dose_response_seeds_figure({s: r["steering"] for s, r in seeds.items()}))
     families = _families(ev.languages)
     parts = parts[:1] + [report.findings(findings)] + parts[1:]
-    parts += [report.routing_summary(ev.stats, "Trained demo model", families=families),
+    parts += [report.routing_summary(ev.stats, "Trained demo model (descriptive)", families=families, layers="middle"),
               *report.routing_figures(ev.stats),
-              report.routing_summary(ev.twin_stats, "Random-init twin 1", families=families),
+              report.routing_summary(ev.twin_stats, "Random-init twin 1 (descriptive)", families=families,
+                                     layers="middle"),
               report.routing_figures(ev.twin_stats)[0]]
     path = report.write_report(out, "moe_interp demo: multilingual routing of a tiny MoE, with its controls", parts)
     return DemoResult(path, findings, ev)
