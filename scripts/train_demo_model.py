@@ -243,10 +243,6 @@ def bits_per_byte(hf, texts: list) -> float:
     return (nll[keep].sum() / keep.sum()).item() / math.log(2)
 
 
-def _interval(values) -> list:
-    return [round(float(v), 4) for v in values]
-
-
 def evaluate(args: argparse.Namespace) -> dict:
     """Held-out bits/byte (trained vs its twin) and every claim of the demo with its controls
     (`moe_interp.demo.demo_evidence`, full settings), as plain numbers for eval.json."""
@@ -261,91 +257,22 @@ def evaluate(args: argparse.Namespace) -> dict:
     print("bits/byte done", flush=True)
     ev = demo_evidence(path=args.out, replicates=args.replicates, permutations=args.permutations, progress=False,
                        log=lambda line: print(line, flush=True))
-    result["seconds"] = ev.seconds
-    result["settings"] = {"replicates": args.replicates, "permutations": args.permutations}
-    result["rows"] = ev.rows()
-    result["family"] = {}
-    for subset, fam in ev.family.items():
-        out = {"languages": len(fam.languages), "families": len(set(fam.families)), "models": list(fam.models)}
-        for stat in fam.statistics:
-            out[stat] = {m: _interval(fam.interval(m, stat)) for m in fam.models}
-            out[stat]["p_value"] = float(fam.p_value[0, fam.statistics.index(stat)])
-            out[stat]["difference"] = {m: _interval(fam.difference(m, stat)) for m in fam.models[1:]}
-        result["family"][subset] = out
-    if ev.ablation is not None:
-        result["ablation"] = ev.ablation.verdicts().round(5).to_dict(orient="records")
-    if ev.steering is not None:
-        dose = ev.steering.dose_response()
-        result["steering"] = {"languages": list(ev.steering.table.language), "scale": ev.steering.scale,
-                              "dev_scores": {str(k): v for k, v in ev.steering.dev_scores.items()},
-                              "dose_response": dose[["scale", "changed", "mass_moved", "gain", "gain_low", "gain_high",
-                                                     "verdict"]].round(5).to_dict(orient="records")}
+    result.update(ev.record())  # the plain numbers every claim is worded from (moe_interp._claims)
+    result["settings"] = {"replicates": args.replicates, "permutations": args.permutations,
+                          "controls": ev.ablation.controls if ev.ablation is not None else None}
     return result
 
 
 # ----------------------------------------------------------------------------------------- card
-def _fmt(v: list, digits: int = 3, sign: bool = False) -> str:
-    f = f"{{:{'+' if sign else ''}.{digits}f}}"
-    return f"{f.format(v[0])} [{f.format(v[1])}, {f.format(v[2])}]"
-
-
 def _settings(ev: dict) -> str:
     settings = ev.get("settings", {"replicates": 200, "permutations": 1000})  # eval.json before it recorded them
     return f"{settings['replicates']} resamples, {settings['permutations']} permutations"
 
 
-def seed_rows(evals: dict) -> list:
-    """One row per training seed: the headline statistics of the demo's claims."""
-    rows = []
-    for seed, ev in sorted(evals.items()):
-        cells = [f"{seed} ({_settings(ev)})", f"{np.mean(list(ev['bits_per_byte']['trained'].values())):.3f}"]
-        for subset in ("all", "Latn"):
-            fam = ev["family"].get(subset)
-            if fam is None:
-                cells += ["n/a"] * 2
-                continue
-            for stat in ("ari", "between_within"):
-                controls = fam[stat]["difference"]
-                worst = min(controls, key=lambda m: controls[m][1])
-                cells.append(f"{_fmt(fam[stat]['trained'])}; min over controls of trained - control: "
-                             f"{_fmt(controls[worst], sign=True)} ({worst})")
-        ablation = ev.get("ablation", [])
-        specific = [r["language"] for r in ablation if r["verdict"] == "language-specific"]
-        cells.append(f"{len(specific)} / {len(ablation)}" + (f" ({', '.join(specific)})" if specific else ""))
-        steer = ev.get("steering")
-        if steer:
-            top = max(steer["dose_response"], key=lambda r: r["scale"])
-            chosen = next(r for r in steer["dose_response"] if r["scale"] == steer["scale"])
-            cells.append(f"scale {top['scale']:g}: {100 * top['changed']:.1f}% of top-k sets changed, gain "
-                         f"{_fmt([top['gain'], top['gain_low'], top['gain_high']], 4, True)}; chosen on dev: "
-                         f"{chosen['scale']:g} ({chosen['verdict']})")
-        else:
-            cells.append("n/a")
-        rows.append(cells)
-    return rows
-
-
-def seed_summary(evals: dict) -> str:
-    """In how many seeds each claim holds: above every control (lowest difference bound > 0),
-    ablations judged language-specific, the steering scale chosen on dev."""
-    def above(subset: str, stat: str) -> int:
-        return sum(ev["family"].get(subset, {}).get(stat) is not None
-                   and min(d[1] for d in ev["family"][subset][stat]["difference"].values()) > 0 for ev in evals.values())
-
-    n = len(evals)
-    specific = [f"{sum(r['verdict'] == 'language-specific' for r in ev.get('ablation', []))} of {len(ev.get('ablation', []))}"
-                for ev in evals.values()]
-    scales = [f"{ev['steering']['scale']:g}" for ev in evals.values() if ev.get("steering")]
-    return (f"Over the {n} seeds: between/within-family JS is above every twin and the baseline in "
-            f"{above('all', 'between_within')} of {n} (all languages) and {above('Latn', 'between_within')} of {n} "
-            f"(Latin script); family ARI in {above('all', 'ari')} of {n} and {above('Latn', 'ari')} of {n}. "
-            f"Language-specific ablations: {', '.join(specific)} per seed. Steering scale chosen on "
-            f"dev: {', '.join(scales)}.")
-
-
 def write_card(args: argparse.Namespace, info: dict, result: dict, seeds: dict, pending: dict) -> None:
     from transformers import AutoConfig
 
+    from moe_interp._claims import claims, seed_claims, seed_header
     from moe_interp.report import markdown_table
 
     config = AutoConfig.from_pretrained(args.out, local_files_only=True)
@@ -415,42 +342,40 @@ def write_card(args: argparse.Namespace, info: dict, result: dict, seeds: dict, 
         "## What the model shows, with its controls (shipped model, seed " f"{info['seed']})", "",
         "Measured by `moe_interp.demo.demo_evidence` (what `moe-interp demo` runs, there with lighter settings) "
         f"with {_settings(result).replace('resamples', 'bootstrap resamples').replace('permutations', 'label permutations')}. "
-        "Experts are chosen on a profile of the train split (minus its last 3 paragraphs per language), the steering scale on those 3 "
-        "paragraphs, and every number is measured on the held-out split. Family structure: middle band of MoE "
-        "layers (the paper's 10/48-40/48 edges), Jensen-Shannon divergence, average-linkage clustering cut at the "
-        "number of families; intervals: normal bootstrap intervals over resampled articles (the same ones for "
-        "every model, so differences are paired); controls: three random-init twins (seeds s, s+1000, s+2000) and "
-        "byte-bigram distributions through the same clustering. Ablation: each language's exclusive experts "
-        "rerouted per band (early, middle, late), bits/byte change on held-out texts, against the other evaluated "
-        "languages and 3 random same-size expert sets in the same layers; percentile intervals over texts. "
-        "Steering: RouteSteer toward experts shared with English (middle band), dose-response over scales.", "",
+        "Experts are chosen on a profile of the train split (minus its last 3 paragraphs per language), the "
+        "steering scale on those 3 paragraphs, and every number is measured on the held-out split; intervals are "
+        "95% percentile bootstrap intervals. Family structure: middle band of MoE layers (the paper's 10/48-40/48 "
+        "edges), Jensen-Shannon divergence, average-linkage clustering cut at the number of families; intervals "
+        "resample the languages (each with its texts), the same draws for every model, so differences are paired; "
+        "controls: three random-init twins (seeds s, s+1000, s+2000) and exact byte 1-, 2- and 3-gram "
+        "distributions through the same clustering (the strongest per statistic is the bar). Depth profile: the "
+        "same per MoE layer. Ablation: each language's exclusive experts (exclusive among all 55 profiled "
+        "languages) rerouted per equal-width band of layers; bits/byte change on held-out texts of the target, "
+        "of evaluated languages of its family and of other families (intervals over languages, then texts), "
+        "against 20 random expert sets per cell matched to the ablated experts' usage, read as a distribution. "
+        "Steering: RouteSteer toward experts shared with English (middle band), dose-response over scales, "
+        "routing moved measured on the steered layers. Every verdict and sentence below is worded by the rules "
+        "of `moe_interp._claims` from the numbers in `eval.json`.", "",
         markdown_table(["claim (held-out texts, 95% intervals)", "trained model", "controls", "verdict"],
-                       result["rows"]), "",
+                       [[c["claim"], c["trained"], c["controls"], c["verdict"]] for c in claims(result)]), "",
+        *[f"- {sentence}" for sentence in dict.fromkeys(c["sentence"] for c in claims(result))], "",
         f"## Across training seeds ({len(seeds)} run{'s' * (len(seeds) != 1)} of this recipe, seeds {', '.join(map(str, sorted(seeds)))})", "",
-        "Same measurements for each seed's model (only seed " f"{info['seed']} is shipped). Cells: trained value "
-        "[95% interval]; then the smallest lower bound among the paired differences trained - control (the three "
-        "twins and the byte-bigram baseline): positive means above every control.", "",
-        markdown_table(["seed (family statistics)", "held-out bits/byte", "family ARI, all", "between/within, all", "family ARI, Latin",
-                        "between/within, Latin", "ablations language-specific", "steering dose-response"],
-                       seed_rows(seeds)), "",
-        seed_summary(seeds), "",
+        "Same measurements for each seed's model (only seed " f"{info['seed']} is shipped; settings: "
+        + "; ".join(f"seed {s}: {_settings(ev)}" for s, ev in sorted(seeds.items())) + "). A claim about the "
+        "training recipe is judged across seeds: the family statistics with an exact rank test of the trained "
+        "models against every twin of every seed, the others by the number of seeds in which they hold.", "",
+        markdown_table(seed_header(seeds), seed_claims(seeds)), "",
     ]
     if pending:
         lines += [f"Not measured: {'; '.join(f'seed {s}: {why}' for s, why in sorted(pending.items()))} when this card "
                   "was written. To add a seed: `python scripts/train_demo_model.py --seed S --out DIR` (it resumes "
                   "from its checkpoint, then evaluates), then `python scripts/train_demo_model.py --out "
                   "moe_interp/data/demo_model --card-only --seeds-from DIR ...`.", ""]
-    lines += ["Reading the numbers (shipped model, seed " f"{info['seed']}): routing's between/within-family divergence ratio clears every random-init twin "
-              "and the byte-bigram baseline, with intervals; the clustering (ARI) does not: one random twin "
-              "clusters the families about as well, and within Latin script byte bigrams cluster them better. "
-              "Most ablated languages are hurt more by losing their own exclusive experts than the other languages "
-              "are and than by random same-size sets; steering moves routing in proportion to the scale, and the "
-              "outcome worsens at the larger scales (the scale chosen on dev paragraphs is 0). The hub is "
-              f"memorised rather than learned ({info['hub']} held-out {bpb_t[info['hub']]:.2f} bits/byte against "
-              f"{np.mean(list(bpb_t.values())):.2f} on average): it was drawn {100 * info['hub_share']:.0f}% of the "
-              "time from ~7.7 KB of text.", "",
+    lines += [f"The hub ({info['hub']}) has held-out {bpb_t[info['hub']]:.2f} bits/byte against "
+              f"{np.mean(list(bpb_t.values())):.2f} on average over the languages, although it was drawn "
+              f"{100 * info['hub_share']:.0f}% of the time (from ~7.7 KB of text).", "",
               f"Wall time of the measurement: {', '.join(f'{k} {v:.0f} s' for k, v in result['seconds'].items())} "
-              "(one thread, the shared machine at load ~5).", ""]
+              "(one torch thread on a shared 2-core machine).", ""]
     lines += ["Per-language held-out bits/byte and every number above: `eval.json` next to this card (the other seeds: "
               "`seeds/s<seed>/`, with their training.json and training_log.tsv).", "",
               "Reproduce: `python scripts/train_demo_model.py --seed S --out DIR` (train + evaluate), "
@@ -495,15 +420,25 @@ def main() -> None:
         result = evaluate(args)
         (args.out / "eval.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     info["parameters"] = f"{sum(p.numel() for p in zoo.demo_model(trained=False, path=args.out)._module.parameters()):,}"
+    from moe_interp._claims import FORMAT, claims
+
+    if result.get("format") != FORMAT:
+        raise SystemExit(f"{args.out / 'eval.json'} was measured in an older format ({result.get('format', 'before /2')}); "
+                         f"re-measure it: python scripts/train_demo_model.py --out {args.out} --eval-only")
     seeds, pending = {info["seed"]: result}, {}
     for other in args.seeds_from:
         if (other / "eval.json").is_file():
-            seeds[json.loads((other / "training.json").read_text())["seed"]] = json.loads((other / "eval.json").read_text())
+            seed = json.loads((other / "training.json").read_text())["seed"]
+            record = json.loads((other / "eval.json").read_text())
+            if record.get("format") == FORMAT:
+                seeds[seed] = record
+            else:
+                pending[seed] = "measured in an older format (re-measure it with --eval-only)"
         else:
             seed, why = _unfinished(other)
             pending[seed] = why
     write_card(args, info, result, seeds, pending)
-    print("\n".join(" | ".join(r) for r in result["rows"]))
+    print("\n".join(c["sentence"] for c in claims(result)))
 
 
 if __name__ == "__main__":
