@@ -70,6 +70,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--eval-only", action="store_true", help="evaluate the saved model and rewrite the card")
     p.add_argument("--train-only", action="store_true", help="train and save; evaluate later with --eval-only")
     p.add_argument("--card-only", action="store_true", help="rewrite the card from the saved eval.json files")
+    p.add_argument("--readme", action="store_true",
+                   help="rewrite the README's claims block from the shipped eval.json files (moe_interp/data/demo_model "
+                        "and its seeds/), then exit")
     p.add_argument("--seeds-from", type=Path, nargs="*", default=[],
                    help="directories of other seeds' runs (their training.json and eval.json go into the card)")
     p.add_argument("--replicates", type=int, default=200, help="bootstrap resamples of the family statistics")
@@ -407,6 +410,16 @@ def _summary_rows(log: list) -> list:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
+    if args.readme:
+        from moe_interp._claims import README_END, README_START, readme_block
+        from moe_interp.demo import seed_records
+
+        readme = ROOT / "README.md"
+        text = readme.read_text()
+        start, end = text.index(README_START), text.index(README_END) + len(README_END)
+        readme.write_text(text[:start] + readme_block(seed_records()) + text[end:])
+        print(f"wrote the claims block of {readme}")
+        return
     if args.card_only:
         info = json.loads((args.out / "training.json").read_text())
         result = json.loads((args.out / "eval.json").read_text())

@@ -161,3 +161,14 @@ def test_the_shipped_records_are_the_current_format_and_word_every_claim():
         claims = _claims.claims(record)
         assert claims and all(c["sentence"] and c["verdict"] for c in claims), seed
         assert not any("proportion" in c["sentence"] for c in claims)
+
+
+def test_the_readme_claims_block_is_generated_from_the_shipped_records():
+    from pathlib import Path
+
+    from moe_interp.demo import seed_records
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start, end = readme.index(_claims.README_START), readme.index(_claims.README_END) + len(_claims.README_END)
+    assert readme[start:end] == _claims.readme_block(seed_records()), \
+        "regenerate it: python scripts/train_demo_model.py --readme"

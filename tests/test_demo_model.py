@@ -152,5 +152,7 @@ def test_the_card_lists_each_seed_with_its_settings_and_unfinished_runs_with_the
                     str(running)], check=True, capture_output=True)
     text = (card / "MODEL_CARD.md").read_text()
     assert "## Across training seeds (2 runs of this recipe, seeds 0, 7)" in text
-    assert "| 0 (200 resamples, 1000 permutations) |" in text and "| 7 (50 resamples, 250 permutations) |" in text
+    assert "seed 0: 200 resamples, 1000 permutations; seed 7: 50 resamples, 250 permutations" in text
+    assert "| claim (held-out texts, 95% intervals) | seed 0 | seed 7 | across seeds |" in text
     assert "Not measured: seed 9: still training, 300 of 1400 steps reached when this card was written" in text
+    assert "proportion" not in text
