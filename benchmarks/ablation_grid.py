@@ -75,12 +75,13 @@ def main() -> None:
         f"held-out pieces. Wall time including profiling: {wall:.0f} s.", "",
         f"Cells: change in mean bits/byte when the target's exclusive experts (k={K}, threshold 0.4, "
         f"{result.exclusive_among()}) are rerouted in that band; positive = worse. Bands: "
-        + ", ".join(f"{b} (layers {', '.join(map(str, layers))})" for b, layers in result.layers.items()) + ".", "",
+        + ", ".join(f"{b} (layers {layers[0]}-{layers[-1]})" for b, layers in result.layers.items()) + ".", "",
         header, rule, *rows, "",
         f"Exclusive experts per (target, band): {sizes}.", "",
         "## Verdicts", "",
-        "Per ablated language and band (`AblationResult.summary()` states the rules):", "",
-        "```", result.summary(), "```", "",
+        "Per ablated language and band; how each column was made and the verdict rules, as "
+        "`AblationResult.summary()` states them:", "",
+        "\n>\n".join(f"> {line}" for line in result.summary().splitlines()[: -len(verdicts)]), "",
         *table, "", finding, ""])
     args.out.write_text(text)
     print(text)
