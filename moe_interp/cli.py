@@ -193,8 +193,8 @@ def _ablate(args: argparse.Namespace) -> None:
     model = _model(args.model)
     k = _k(model, stats, args.k, mi.PAPER.exclusive_k)
     corpus = _corpus(args.corpus, evals, "heldout", args.model)
-    _say(f"ablation grid with k={k}, {args.controls} random same-size control sets, evaluated on the held-out "
-         f"split; {args.threads_note}")
+    _say(f"ablation grid with k={k}, {args.controls} usage-matched random control sets per cell, evaluated on the "
+         f"held-out split; {args.threads_note}")
     result = mi.ablation_grid(model, stats, corpus, evals, targets, path=args.out, k=k, threshold=args.threshold,
                               controls=args.controls, replicates=args.replicates, seed=args.seed)
     print(result.summary())
@@ -300,8 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_report)
 
     p = add("ablate", "layer-band ablation grid of language-exclusive experts",
-            "The paper's ablation: each target language's exclusive experts rerouted in the early, middle and "
-            "late layers, bits/byte measured on each evaluation language's held-out texts against no ablation.")
+            "The paper's ablation: each target language's exclusive experts (exclusive among every profiled "
+            "language) rerouted in each equal-width third of the layers, bits/byte measured on each evaluation "
+            "language's held-out texts against no ablation; the verdict per language and band compares the target "
+            "with evaluated languages of its family, of other families, and usage-matched random expert sets "
+            "(evaluate a relative of each target, e.g. nld for deu, to tell a family-level effect apart).")
     p.add_argument("--model", default="demo", help=model_help + "; the model --stats was profiled on")
     p.add_argument("--stats", required=True, help="routing statistics from `moe-interp profile`")
     p.add_argument("--corpus", default="udhr", help="bundled corpus for the held-out texts")
@@ -310,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, help="experts kept per language and layer (default: the paper's 15 of 128 "
                                          "experts scaled to the model, at least its top-k)")
     p.add_argument("--threshold", type=float, default=0.4, help="share of an expert's use above which it is exclusive")
-    p.add_argument("--controls", type=int, default=3, help="random same-size expert sets per cell (the control)")
+    p.add_argument("--controls", type=int, default=20,
+                   help="usage-matched random expert sets per cell (the control; 19 or more can pass its rank test)")
     p.add_argument("--replicates", type=int, default=2000, help="bootstrap resamples over texts for each interval")
     p.add_argument("--seed", type=int, default=0, help="seed of the control sets and the bootstrap")
     p.add_argument("--out", default="ablation.jsonl",

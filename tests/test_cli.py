@@ -226,17 +226,23 @@ def _short_corpus(monkeypatch):
 def test_ablate_after_a_default_profile_prints_intervals_controls_and_verdicts(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     _short_corpus(monkeypatch)
-    assert main(["profile", "--model", "tiny:qwen3_moe", "--languages", "eng,deu,fra", "--out", "p.routing"]) == 0
+    assert main(["profile", "--model", "tiny:qwen3_moe", "--languages", "eng,deu,fin", "--out", "p.routing"]) == 0
     capsys.readouterr()
-    assert main(["ablate", "--model", "tiny:qwen3_moe", "--stats", "p.routing", "--eval-languages", "eng,deu,fra",
-                 "--target-languages", "eng,deu", "--k", "4", "--controls", "2", "--replicates", "200"]) == 0
+    assert main(["ablate", "--model", "tiny:qwen3_moe", "--stats", "p.routing", "--eval-languages", "eng,deu,fin",
+                 "--target-languages", "eng,fin", "--k", "4", "--replicates", "200"]) == 0
     out = capsys.readouterr()
     lines = out.out.strip().splitlines()
-    assert "2 random same-size expert sets" in lines[0] and len(lines) == 3
-    for line, lang in zip(lines[1:], ("eng", "deu")):
-        assert line.startswith(f"{lang} (") and "random sets" in line and "own - random" in line and "[" in line
-        assert line.endswith(("language-specific", "not specific", "no effect"))
-    assert "held-out split" in out.err
+    assert lines[0].startswith("Ablation of each language's exclusive experts (exclusive among the 3 profiled "
+                               "languages); bands: early-third")
+    assert "Random sets: 20 draws per cell" in lines[1] and lines[2].startswith("Verdicts: ")
+    cells = lines[3:]
+    assert [line.split(" (")[0] for line in cells] == ["eng"] * 3 + ["fin"] * 3     # one line per band
+    assert "same family (deu)" in cells[0] and "no same-family language evaluated" in cells[3]
+    for line in cells:
+        assert "random sets" in line and "own - other families" in line and "[" in line
+        assert line.endswith(("language-specific", "family-level", "not specific", "no effect",
+                              "specific, no relative evaluated"))
+    assert "20 usage-matched random control sets" in out.err and "held-out split" in out.err
 
 
 def test_ablate_on_the_texts_the_stats_were_profiled_on_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
