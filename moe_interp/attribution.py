@@ -1,23 +1,41 @@
-"""`mi.expert_attribution`: every expert's drop effect per language from one forward and one
-backward pass per batch, checked against real ablations.
+"""`mi.expert_attribution`: every expert's drop effect per language from a few forward and
+backward passes, checked against real ablations.
 
 Attribution patching for routed experts. Dropping expert `e` for the tokens that chose it
 sets its routing weight `w[t, e]` to 0 (no renormalisation, as `ExpertAblate(mode="drop")`).
-The first-order (Taylor) estimate of the change in the loss `L` is
+Along the drop path `w[t, e] * (1 - s)`, s from 0 to 1, the change of the loss `L` is
 
-    effect[e] = sum over tokens t that chose e of  dL/dw[t, e] * (0 - w[t, e])
+    effect[e] = integral over s in [0, 1] of  sum over t that chose e of  dL/dw[t, e] * (-w[t, e])
 
-with the gradient taken at the unablated model, through the weights the experts module
-really receives (where the real drop acts), every later layer (its routers' weights
-included) responding as in the real forward. One backward pass gives it for every expert of
-every layer at once. It is exact when the loss is linear in the removed contribution. It
-misses the curvature of the loss (and of Llama-4's experts, whose score scales their
-input), and it holds every later top-k choice fixed where a real drop may change them. On a
-trained model the first-order term of a heavily used expert can nearly vanish (the model
-sits near a minimum of its loss along the scale of that expert's output) while dropping it
-costs a lot: on the demo model, layer-0 drops costing 0.4-1.4 bits per byte were estimated
-near 0, while middle-layer effects were ranked with Spearman 0.71-0.91
-(`benchmarks/ATTRIBUTION.md`). `ExpertAttribution.validate` measures this on your model.
+with the gradient taken through the weights the experts module really receives (where the
+real drop acts), every later layer (its routers' weights included) responding as in the
+real forward. Two estimators (`method=`):
+
+- `"taylor"` (first order): the gradient at s = 0, the unablated model; one backward gives
+  every expert of every layer. Exact where the loss is linear in the removed contribution.
+  A trained model sits near a minimum of its loss along the scale of an expert's output,
+  so the slope there can nearly vanish while the drop costs a lot: the loss along a drop
+  path is flat at s = 0 and steep near s = 1 (`benchmarks/ATTRIBUTION.md` shows one).
+- `"path"` (default): the integral by Gauss-Legendre quadrature (`steps` points; 1 is the
+  midpoint s = 1/2), each point one forward and one backward at scaled weights.
+
+Which weights to scale at a point. Each single drop has its own path (only expert `e`'s
+weight scaled): exact in the limit, but one pass per expert, as costly as the real
+ablations. Scaling every expert of every layer at once is one pass, but the gradient is
+then taken in a model with every MoE layer half gone, far from any single drop. The path
+estimator scales one MoE layer's routing weights at a time (the other layers as in the
+model): the state a drop in that layer moves towards, with the layer's other experts moved
+along (for a token, both of its chosen experts are halved, where a single drop halves one).
+`layers_per_pass` consecutive layers share a pass to halve the cost (default 2); 1 gives
+every layer its own path. What each choice measured on the shipped demo model is in
+`benchmarks/ATTRIBUTION.md`.
+
+What no gradient sees: a later router's top-k choice that flips along the path is a jump
+in the loss, whatever the quadrature. `ExpertAttribution.validate` runs real drops for a
+sample of cells and `AttributionCheck.agreement` gives, per language and band of layers, a
+Spearman correlation with its interval, sign agreement and the size ratio on the cells
+with a real effect, and a verdict ("reliable", "unreliable" or "too few cells") by the
+rule stated there.
 """
 
 import dataclasses
@@ -53,6 +71,12 @@ from .kernels import resolve, routing, set_weights
 __all__ = ["expert_attribution", "ExpertAttribution", "AttributionCheck", "rank_correlation"]
 
 METRICS = ("bpb", "nll")
+METHODS = ("path", "taylor")
+LAYERS_PER_PASS = 2  # method="path": MoE layers whose drop paths share one forward and backward (see the module doc)
+# AttributionCheck.agreement's rule (see there): an effect is a real change of at least MIN_EFFECT (in the metric's
+# unit); a correlation needs MIN_CELLS such cells; "reliable" needs the interval's lower end >= MIN_LOW and the right
+# sign on >= MIN_SIGN of those cells
+MIN_EFFECT, MIN_CELLS, MIN_LOW, MIN_SIGN = 1e-3, 10, 0.5, 0.8
 _METRIC_NAMES = {"bpb": "bits per byte", "nll": "nats per token"}
 _FORMAT = "moe_interp.ExpertAttribution/1"
 _CHECKPOINT = "moe_interp.attribution-checkpoint/3"  # /3: with a sha256 checksum
@@ -63,22 +87,63 @@ _SUMS = ("effect", "count", "tokens", "predicted", "loss")
 
 # ------------------------------------------------------------------------- reading the weights
 
-def _probe(model: Any, spec: MoESpec, found: list) -> None:
-    """Inside a trace of `model`: every MoE layer's routing as `kernels.routing` reads it (the
-    reading RouterRecord, the drop edit and the router view share; a slot that reached no
-    expert reads index -1), its weights written back (`kernels.set_weights`) plus a zero
-    probe `delta`, a leaf that requires grad: the value is unchanged, `dL/d delta` is the
-    total derivative through the weights the experts receive (later routers stay live, so
-    their weights move with the hidden states as in a real drop), and no parameter needs to
-    require grad. Appends `(indices, weights, delta)` per MoE layer, in model order."""
+def _probe(model: Any, spec: MoESpec, found: list, factors: Mapping[int, float | None] | None = None) -> None:
+    """Inside a trace of `model`: the routing of the MoE layers at the positions `factors`
+    names (`kernels.routing`, the reading RouterRecord, the drop edit and the router view
+    share; a slot that reached no expert reads index -1), in model order. A layer whose
+    factor is a number gets its weights written back (`kernels.set_weights`) times the
+    factor plus a zero probe `delta`, a leaf that requires grad: `dL/d delta` is the total
+    derivative through the weights the experts receive (later routers stay live, so their
+    weights move with the hidden states as in a real drop), and no parameter needs to
+    require grad. A factor of None only reads. Appends `(position, indices, weights, delta
+    or None)` per layer named; `factors=None`: every layer probed at factor 1."""
     sites, _ = router_sites(spec)  # grad is on: the sites of a forward with grad
-    for router_path, experts_path in zip(spec.routers, spec.experts):
+    factors = dict.fromkeys(range(len(spec.moe_layers)), 1.0) if factors is None else factors
+    for position, (router_path, experts_path) in enumerate(zip(spec.routers, spec.experts)):
+        if position not in factors:
+            continue
         router = resolve(model, router_path)
         experts = resolve(model, experts_path) if experts_path else None
         indices, weights = routing(router, experts, sites, spec.top_k)
-        delta = torch.zeros_like(weights, requires_grad=True)
-        set_weights(router, experts, sites, weights + delta)
-        found.append((indices, weights.detach(), delta))
+        factor, delta = factors[position], None
+        if factor is not None:
+            delta = torch.zeros_like(weights, requires_grad=True)
+            set_weights(router, experts, sites, (weights if factor == 1 else weights * factor) + delta)
+        found.append((position, indices, weights.detach(), delta))
+
+
+def _nodes(steps: int) -> list[tuple[float, float]]:
+    """Gauss-Legendre nodes and weights on [0, 1]: `steps` points integrate a polynomial of
+    degree `2 * steps - 1` exactly; one point is the midpoint rule.
+
+    ```python
+    >>> from moe_interp.attribution import _nodes
+    >>> _nodes(1)
+    [(0.5, 1.0)]
+    >>> [(round(s, 4), round(a, 4)) for s, a in _nodes(2)]   # (1 -+ 1/sqrt(3)) / 2, weight 1/2 each
+    [(0.2113, 0.5), (0.7887, 0.5)]
+
+    ```
+    """
+    x, w = np.polynomial.legendre.leggauss(steps)
+    return [(float((1 + xi) / 2), float(wi / 2)) for xi, wi in zip(x, w)]
+
+
+def _passes(method: str, steps: int, per_pass: int, layers: int) -> dict:
+    """Forward and backward passes per batch: `"taylor"` 1 and 1; `"path"` 1 + n forwards (the
+    first reads the routing) and n backwards, n = steps * ceil(layers / per_pass).
+
+    ```python
+    >>> from moe_interp.attribution import _passes
+    >>> _passes("path", 1, 2, 8)          # the demo model's 8 MoE layers, two a pass, the midpoint
+    {'forward': 5, 'backward': 4}
+
+    ```
+    """
+    if method == "taylor":
+        return {"forward": 1, "backward": 1}
+    n = steps * -(-layers // per_pass)
+    return {"forward": 1 + n, "backward": n}
 
 
 # ------------------------------------------------------------------------------ one batch
@@ -99,9 +164,39 @@ def _coefficients(tokenizer: Any, texts: Sequence[str], ids: Tensor, mask: Tenso
     return torch.tensor(out, dtype=torch.float64)
 
 
-def _batch(model: Any, spec: MoESpec, texts: Sequence[str], groups: Tensor, num_groups: int, metric: str) -> dict:
-    """One forward and one backward of `texts` (row i belongs to group `groups[i]`): the
-    running sums of `_SUMS` this batch adds, each with a leading `[num_groups]` axis."""
+def _forward(model: Any, spec: MoESpec, ids: Tensor, mask: Tensor, coefficient: Tensor,
+             factors: Mapping[int, float | None]) -> tuple[list, Tensor, Tensor, tuple]:
+    """One forward of the batch with the layers `factors` names probed (`_probe`) and, if
+    any is written, one backward: `(found, nll per text, predicted tokens mask, grads)`."""
+    found: list = []
+    with torch.enable_grad():
+        # no cache: one forward scores the texts (some hybrid models' caches fail outside generation)
+        with trace(model, {"input_ids": ids, "attention_mask": mask}, use_cache=False) as tr:  # mi.trace: the model's lock
+            _probe(model, spec, found, factors)
+        if len(found) != len(factors):
+            raise RuntimeError(f"expected the routing weights of {len(factors)} of the {len(spec.moe_layers)} MoE "
+                               f"layers once per forward, read {len(found)}: this model routes in a way attribution "
+                               "does not read; please report it")
+        logits = tr.output.logits
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+        predicted = (mask[:, 1:] * mask[:, :-1]).bool()
+        nll = -torch.where(predicted, logp, 0).sum(-1)
+        leaves = [delta for *_, delta in found if delta is not None]
+        grads = torch.autograd.grad((nll.to(torch.float64) * coefficient).sum(), leaves,
+                                    allow_unused=True) if leaves else ()
+    return found, nll.detach(), predicted, grads
+
+
+def _batch(model: Any, spec: MoESpec, texts: Sequence[str], groups: Tensor, num_groups: int, metric: str,
+           method: str = "taylor", steps: int = 1, per_pass: int = 1) -> dict:
+    """The running sums of `_SUMS` that `texts` (row i belongs to group `groups[i]`) add,
+    each with a leading `[num_groups]` axis. `"taylor"`: one forward and one backward, every
+    layer probed at the model. `"path"`: one forward that reads the routing (counts, loss),
+    then per MoE layer and per node `s` of `steps` Gauss-Legendre points, one forward with
+    that layer's routing weights scaled by `1 - s` (the other layers as in the model) and one
+    backward, weighted by the node's weight: the integral over s in [0, 1] of
+    `d/ds L(layer's weights * (1 - s))`, split by cell."""
     module = model._module
     enc = model.tokenizer(list(texts), return_tensors="pt", padding=True)
     limit = _max_positions(model)
@@ -111,37 +206,42 @@ def _batch(model: Any, spec: MoESpec, texts: Sequence[str], groups: Tensor, num_
     device = getattr(module, "device", None) or next(module.parameters()).device
     ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
     coefficient = _coefficients(model.tokenizer, texts, ids, mask, metric).to(device)
-    found: list = []
-    with torch.enable_grad():
-        # no cache: one forward scores the texts (some hybrid models' caches fail outside generation)
-        with trace(model, {"input_ids": ids, "attention_mask": mask}, use_cache=False) as tr:  # mi.trace: the model's lock
-            _probe(model, spec, found)
-        if len(found) != len(spec.moe_layers):
-            raise RuntimeError(f"expected the routing weights of each of the {len(spec.moe_layers)} MoE layers once "
-                               f"per forward, read {len(found)}: this model routes in a way attribution does not "
-                               "read; please report it")
-        logits = tr.output.logits
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
-        predicted = (mask[:, 1:] * mask[:, :-1]).bool()
-        nll = -torch.where(predicted, logp, 0).sum(-1)
-        grads = torch.autograd.grad((nll.to(torch.float64) * coefficient).sum(), [delta for *_, delta in found],
-                                    allow_unused=True)
+    positions = range(len(spec.moe_layers))
+    read, nll, predicted, grads = _forward(model, spec, ids, mask, coefficient,
+                                           {p: 1.0 if method == "taylor" else None for p in positions})
+    probed = [(1.0, entry, grad) for entry, grad in zip(read, grads)]  # (node weight, routing, dL/dw)
+    if method == "path":
+        for start in range(0, len(positions), per_pass):
+            for s, a in _nodes(steps):
+                found, _, _, grad = _forward(model, spec, ids, mask, coefficient,
+                                             dict.fromkeys(positions[start:start + per_pass], 1.0 - s))
+                probed += [(a, entry, g) for entry, g in zip(found, grad)]
     real = mask.reshape(-1) > 0
     token_group = torch.where(real, groups.to(device)[:, None].expand_as(mask).reshape(-1), num_groups)
     E, width = spec.num_experts, (num_groups + 1) * spec.num_experts
     effect = torch.zeros(len(spec.moe_layers), width, dtype=torch.float64, device=device)
     count = torch.zeros(len(spec.moe_layers), width, dtype=torch.long, device=device)
-    for position, ((indices, weights, _), grad) in enumerate(zip(found, grads)):
-        if indices.shape[0] != ids.numel() or indices.shape != weights.shape:
+
+    def bins(indices: Tensor) -> tuple[Tensor, Tensor]:
+        if indices.shape[0] != ids.numel():
             raise ValueError(f"routing of shape {tuple(indices.shape)} for {ids.numel()} tokens: expected [tokens, "
                              "top_k] indices with weights of the same shape; register an adapter whose readout matches")
-        contribution = torch.zeros_like(weights) if grad is None else -(grad * weights)  # per (token, slot)
         valid = (indices >= 0) & (indices < E)  # a slot that reached no expert reads -1: no effect, no count
         token = token_group.to(indices.device)[:, None].expand_as(indices)
-        bins = torch.where(valid, token * E + indices.clamp(0, E - 1), num_groups * E).reshape(-1).to(device)
-        effect[position].index_add_(0, bins, contribution.reshape(-1).to(device, torch.float64))
-        count[position].index_add_(0, bins, valid.reshape(-1).long().to(device))
+        return torch.where(valid, token * E + indices.clamp(0, E - 1), num_groups * E).reshape(-1).to(device), valid
+
+    for position, indices, weights, _ in read:
+        if indices.shape != weights.shape:
+            raise ValueError(f"routing of shape {tuple(indices.shape)} with weights of shape {tuple(weights.shape)}: "
+                             "expected [tokens, top_k] indices with weights of the same shape; register an adapter "
+                             "whose readout matches")
+        where, valid = bins(indices)
+        count[position].index_add_(0, where, valid.reshape(-1).long().to(device))
+    for node, (position, indices, weights, _), grad in probed:
+        where, _ = bins(indices)
+        contribution = torch.zeros_like(weights) if grad is None else -(grad * weights)  # per (token, slot)
+        effect[position].index_add_(0, where, node * contribution.reshape(-1).to(device, torch.float64))
+
     def per_group(table: Tensor) -> Tensor:  # [layers, (groups + 1) * E] -> [groups, layers, E], padding dropped
         return table.reshape(len(spec.moe_layers), num_groups + 1, E)[:, :num_groups].transpose(0, 1).cpu()
 
@@ -151,23 +251,40 @@ def _batch(model: Any, spec: MoESpec, texts: Sequence[str], groups: Tensor, num_
     rows = groups.to(device)
     return {"effect": per_group(effect), "count": per_group(count), "tokens": tally(token_group, real.long()),
             "predicted": tally(rows, predicted.sum(-1)),
-            "loss": tally(rows, nll.detach().to(torch.float64) * coefficient)}
+            "loss": tally(rows, nll.to(torch.float64) * coefficient)}
 
 
 # ------------------------------------------------------------------------- resuming
 
 def expert_attribution(model: Any, corpus: Mapping[str, Sequence[str]], metric: str = "bpb", mode: str = "drop",
                        batch_size: int = 8, progress: bool = True, checkpoint: str | os.PathLike | None = None,
-                       save_every: int = 10) -> "ExpertAttribution":
+                       save_every: int = 10, method: str = "path", steps: int | None = None,
+                       layers_per_pass: int | None = None) -> "ExpertAttribution":
     """Estimated change of each language's loss if each expert were dropped, for every
-    (MoE layer, expert), from one forward and one backward pass per batch.
+    (MoE layer, expert), from a few forward and backward passes per batch.
 
-    `effect[lang, layer, expert]` = sum over the language's real (non-padding) tokens `t`
-    that chose the expert of `dL/dw[t, e] * (0 - w[t, e])`, `w` the routing weight the
-    experts module receives (first-order estimate of `ExpertAblate({layer: [e]},
-    mode="drop")`; positive: dropping it hurts). `L` is the language's `metric`, exactly as
-    `mi.Experiment` / `mi.ablation_grid` report real ablations, so estimates and real
-    effects compare like with like:
+    `effect[lang, layer, expert]` estimates `ExpertAblate({layer: [e]}, mode="drop")`: the
+    change of the language's loss `L` when the expert's routing weight `w[t, e]` (as the
+    experts module receives it) is set to 0 for the real (non-padding) tokens `t` that
+    chose it; positive: dropping it hurts. As an integral along the drop path,
+
+        effect[e] = integral over s in [0, 1] of  sum over t that chose e of  dL/dw[t, e] * (-w[t, e])
+
+    with the gradient taken where the weights have been scaled by `1 - s`. `method` says
+    where (see the module docstring for why, and what it measured):
+
+    - `"path"` (default): at `steps` Gauss-Legendre points of s (1: the midpoint, s = 1/2),
+      with all of that MoE layer's routing weights scaled by `1 - s` and the other layers
+      as in the model; `layers_per_pass` (default `LAYERS_PER_PASS` = 2) consecutive MoE
+      layers share a pass (scaled together; 1 gives each layer its own path). Cost per
+      batch: 1 forward that reads the routing, then `steps * ceil(layers /
+      layers_per_pass)` forwards and backwards (each backward only reaches down to its
+      pass's first layer); `meta["passes"]` records them;
+    - `"taylor"`: at s = 0, the unablated model (first order, one forward and one backward
+      for every layer at once); exact where the loss is linear in the removed contribution.
+
+    `L` is the language's `metric`, exactly as `mi.Experiment` / `mi.ablation_grid` report
+    real ablations, so estimates and real effects compare like with like:
 
     - `"bpb"`: mean over the language's texts of bits per byte (`mi.evaluate.text_nll`);
     - `"nll"`: summed NLL (nats) over the language's predicted tokens / their number.
@@ -178,11 +295,12 @@ def expert_attribution(model: Any, corpus: Mapping[str, Sequence[str]], metric: 
     Texts must fit the model's positions (cut long ones; no truncation, so that `validate`
     evaluates the very same tokens). With `checkpoint=path` the sums are written every
     `save_every` batches and on interruption; rerunning the same call resumes there (keyed
-    by the content of the model, corpus, metric and mode; `ResumeError` otherwise).
+    by the content of the model, corpus, metric, mode and method with its settings;
+    `ResumeError` otherwise).
 
-    A first-order estimate: read it as a ranking, and check it with `validate` (see the
-    module docstring for where it fails; on the demo model, early-layer drops with large
-    real effects were estimated near 0).
+    An estimate: no gradient sees a later router's top-k choice flip along the path (a jump
+    in the loss). Check it with `validate`, whose `AttributionCheck.agreement` gives a
+    verdict per band of layers.
 
     `mode="reroute"` is refused: its effect needs the output of the expert each token falls
     back to, which the unablated forward does not compute. An encoder-decoder model is
@@ -199,13 +317,22 @@ def expert_attribution(model: Any, corpus: Mapping[str, Sequence[str]], metric: 
     >>> attr = mi.expert_attribution(model, corpus, metric="bpb", progress=False)
     >>> attr.effect.shape                         # [lang, moe layer, expert]
     torch.Size([2, 4, 8])
+    >>> attr.meta["method"], attr.meta["passes"]  # 1 read + 2 passes of 2 layers, at the midpoint
+    ('path', {'forward': 3, 'backward': 2})
     >>> attr.top("deu", n=3)                      # the experts German depends on most
     ExpertSet({0: [1], 1: [2], 2: [2]}, pairs=3)
-    >>> check = attr.validate(model, corpus, n=8, progress=False)   # real drop ablations of 8 cells
-    >>> print(check.summary())                    # rank agreement of estimated and real effects
-    eng: Spearman 0.83 [0.09, 1.00] over 8 used cells; middle layers 1.00 [1.00, 1.00] (4 cells)
-    deu: Spearman 0.98 [0.80, 1.00] over 8 used cells; middle layers 1.00 [1.00, 1.00] (4 cells)
-    all: Spearman 0.98 [0.87, 1.00] over 16 used cells; middle layers 1.00 [1.00, 1.00] (8 cells)
+    >>> check = attr.validate(model, corpus, n=32, progress=False)   # real drop ablations of all 32 cells
+    >>> print(check.summary())                    # a random model: no drop moves 0.001 bits per byte
+    eng: early too few cells (0 with an effect); middle too few cells (0 with an effect); late too few cells (0 with an effect); all too few cells (0 with an effect)
+    deu: early too few cells (0 with an effect); middle too few cells (0 with an effect); late too few cells (0 with an effect); all too few cells (0 with an effect)
+    all: early too few cells (0 with an effect); middle too few cells (0 with an effect); late too few cells (0 with an effect); all too few cells (0 with an effect)
+    >>> print(check.summary(min_effect=1e-4))     # its smaller effects, ranked
+    eng: early too few cells (4 with an effect); middle 0.97 [0.85, 1.00] reliable; late too few cells (3 with an effect); all 0.97 [0.90, 1.00] reliable
+    deu: early too few cells (7 with an effect); middle 1.00 [1.00, 1.00] reliable; late too few cells (5 with an effect); all 1.00 [0.99, 1.00] reliable
+    all: early 0.98 [0.90, 1.00] reliable; middle 0.99 [0.97, 1.00] reliable; late too few cells (8 with an effect); all 0.99 [0.97, 1.00] reliable
+    >>> first = mi.expert_attribution(model, corpus, method="taylor", progress=False)   # one forward and backward
+    >>> first.meta["passes"]
+    {'forward': 1, 'backward': 1}
 
     ```
     """
@@ -223,7 +350,17 @@ def expert_attribution(model: Any, corpus: Mapping[str, Sequence[str]], metric: 
         raise ValueError(f"mode must be 'drop', got {mode!r}")
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS} ('bpb': bits per byte, 'nll': nats per token), got {metric!r}")
-    for name, value in (("batch_size", batch_size), ("save_every", save_every)):
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS} ('path': the gradient integrated along each layer's drop "
+                         f"path; 'taylor': the gradient at the model, one backward), got {method!r}")
+    if method == "taylor" and (steps, layers_per_pass) != (None, None):
+        raise ValueError("steps and layers_per_pass set the passes of method='path' (points along each drop path, "
+                         "MoE layers whose paths share a pass); method='taylor' takes the gradient at the model "
+                         "once: leave them out")
+    steps = 1 if steps is None else steps
+    layers_per_pass = LAYERS_PER_PASS if layers_per_pass is None else layers_per_pass
+    for name, value in (("batch_size", batch_size), ("save_every", save_every), ("steps", steps),
+                        ("layers_per_pass", layers_per_pass)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int (1 or more), got {value!r}")
     if torch.is_inference_mode_enabled():
@@ -247,7 +384,9 @@ def expert_attribution(model: Any, corpus: Mapping[str, Sequence[str]], metric: 
             "predicted": torch.zeros(len(languages), dtype=torch.long),
             "loss": torch.zeros(len(languages), dtype=torch.float64)}
     parts = model_parts(model)
-    key = {**parts, "corpus": fingerprint(corpus), "settings": fingerprint({"metric": metric, "mode": mode})}
+    settings = {"metric": metric, "mode": mode} if method == "taylor" else {
+        "metric": metric, "mode": mode, "method": method, "steps": steps, "layers_per_pass": layers_per_pass}
+    key = {**parts, "corpus": fingerprint(corpus), "settings": fingerprint(settings)}
     path = Path(checkpoint) if checkpoint is not None else None
     done = 0
     if path is not None and path.exists():
@@ -265,7 +404,7 @@ def expert_attribution(model: Any, corpus: Mapping[str, Sequence[str]], metric: 
         while done < len(items):
             chunk = order[done : done + batch_size]
             added = _batch(model, spec, [items[i][1] for i in chunk], torch.tensor([items[i][0] for i in chunk]),
-                           len(languages), metric)
+                           len(languages), metric, method, steps, layers_per_pass)
             for name in _SUMS:
                 sums[name] += added[name].to(sums[name].dtype)
             done += len(chunk)
@@ -282,7 +421,9 @@ def expert_attribution(model: Any, corpus: Mapping[str, Sequence[str]], metric: 
     meta = {"model": getattr(config, "_name_or_path", None) or spec.arch, "arch": spec.arch,
             "model_fingerprint": fingerprint(parts), "texts": {lang: len(corpus[lang]) for lang in languages},
             "corpus": {lang: fingerprint(corpus[lang]) for lang in languages},
-            "bands": {band: list(spec.band(band)) for band in BANDS},
+            "bands": {band: list(spec.band(band)) for band in BANDS}, "method": method,
+            **({} if method == "taylor" else {"steps": steps, "layers_per_pass": layers_per_pass}),
+            "passes": _passes(method, steps, layers_per_pass, len(spec.moe_layers)),
             "seconds": round(time.perf_counter() - started, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     return ExpertAttribution(tuple(languages), spec.moe_layers, sums["effect"] / norm[:, None, None], sums["count"],
                              sums["tokens"], sums["loss"] / norm, metric, mode, meta)
@@ -393,65 +534,125 @@ class AttributionCheck:
                              for i, lang in enumerate(self.languages)
                              for j, ((layer, expert), band) in enumerate(zip(self.cells, self.bands))])
 
-    def agreement(self, n_boot: int = 1000, level: float = 0.95, seed: int = 0, used_only: bool = True) -> Any:
-        """Spearman rank correlation of estimated and real effects per language and band
-        (`"all"` pools), with a percentile bootstrap interval over cells. With `used_only`,
-        cells the language never routed to are left out: both effects are exactly 0 there,
-        which says nothing about the estimate and would inflate the correlation.
+    def agreement(self, n_boot: int = 1000, level: float = 0.95, seed: int = 0, used_only: bool = True,
+                  min_effect: float = MIN_EFFECT, min_cells: int = MIN_CELLS, min_low: float = MIN_LOW,
+                  min_sign: float = MIN_SIGN) -> Any:
+        """How far the estimates can be trusted, per language and band of layers (`"all"`
+        pools): one row each, with a verdict by a stated rule.
+
+        **Columns:** `cells` (cells compared; with `used_only`, cells the language never
+        routed to are left out: both effects are exactly 0 there, which says nothing about
+        the estimate and would inflate the correlation), `effect_cells` (those whose real
+        effect is at least `min_effect` in size, in the attribution's metric: bits per byte
+        or nats per token), `spearman` with a `level` percentile bootstrap interval `low`,
+        `high` over cells (`rank_correlation`), `sign` (share of the effect cells whose
+        estimate has the real effect's sign), `ratio` (median estimate / real over the
+        effect cells: 1 when the sizes are right), `verdict` and `reason`:
+
+        - `"too few cells"`: fewer than `min_cells` effect cells. No correlation is reported
+          (nan): over a handful of cells the bootstrap interval is degenerate (4 cells in
+          the same order give [1, 1] whatever the resample) and says nothing;
+        - `"reliable"`: the interval's lower end is at least `min_low` and the sign is right
+          on at least `min_sign` of the effect cells (the ranking and the direction hold);
+        - `"unreliable"`: otherwise; `reason` names what failed.
+
+        The sizes (`ratio`) are not part of the verdict: an estimate can rank well and be
+        off in scale. Defaults: `min_effect` 0.001, `min_cells` 10, `min_low` 0.5, `min_sign`
+        0.8 (module constants `MIN_EFFECT`, `MIN_CELLS`, `MIN_LOW`, `MIN_SIGN`).
 
         ```python
         >>> import torch
         >>> from moe_interp.attribution import AttributionCheck
-        >>> cells, estimate, real = ((1, 0), (1, 3), (2, 5), (3, 1)), [[0.1, 0.4, 0.2, 0.0]], [[0.2, 0.9, 0.1, 0.0]]
-        >>> check = AttributionCheck(("eng",), cells, ("middle", "middle", "middle", "late"), torch.tensor(estimate),
-        ...                          torch.tensor(real), torch.tensor([[6, 9, 4, 0]]), "bpb", seconds=1.5)
-        >>> check.agreement().query("band == 'all'")   # used cells' ranks 1 3 2 vs 2 3 1: 1 - 6*2/(3*8)
-          language band  cells  spearman  low  high
-        2      eng  all      3       0.5 -1.0   1.0
-        5      all  all      3       0.5 -1.0   1.0
-        >>> round(float(check.agreement(used_only=False).spearman[2]), 6)   # + the unused cell: 1 - 6*2/(4*15)
-        0.8
+        >>> real = torch.tensor([[0.002 * k for k in range(1, 13)] + [0.05, 0.0]], dtype=torch.float64)
+        >>> estimate = real.clone()
+        >>> estimate[0, :2] = estimate[0, [1, 0]]                        # one swapped pair
+        >>> estimate[0, 12] = -0.01                                      # the early cell: wrong sign
+        >>> cells, bands = tuple((2, e) for e in range(12)) + ((0, 0), (0, 1)), ("middle",) * 12 + ("early",) * 2
+        >>> count = torch.tensor([[5] * 13 + [0]])                       # the last cell was never routed to
+        >>> check = AttributionCheck(("eng",), cells, bands, estimate, real, count, "bpb", seconds=1.5)
+        >>> table = check.agreement()
+        >>> table[["language", "band", "cells", "effect_cells", "spearman", "sign", "verdict"]].round(3)
+          language    band  cells  effect_cells  spearman   sign        verdict
+        0      eng   early      1             1       NaN  0.000  too few cells
+        1      eng  middle     12            12     0.993  1.000       reliable
+        2      eng     all     13            13     0.566  0.923     unreliable
+        3      all   early      1             1       NaN  0.000  too few cells
+        4      all  middle     12            12     0.993  1.000       reliable
+        5      all     all     13            13     0.566  0.923     unreliable
+        >>> table.reason[0]
+        'too few cells with an effect: 1 cells with |real| >= 0.001 (10 needed); no correlation reported'
+        >>> table.reason[2]                                              # the early cell's wrong sign, pooled
+        "interval's lower end -0.11 < 0.5"
 
         ```
         """
         import pandas as pd
 
+        for name, value in (("min_effect", min_effect), ("min_low", min_low), ("min_sign", min_sign)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        if isinstance(min_cells, bool) or not isinstance(min_cells, int) or min_cells < 3:
+            raise ValueError(f"min_cells must be an int >= 3 (a rank correlation needs 3 points), got {min_cells!r}")
         frame = self.to_pandas()
         frame = frame[frame["count"] > 0] if used_only else frame
+        order = [*[band for band in BANDS if band in self.bands], *[b for b in dict.fromkeys(self.bands)
+                                                                      if b not in BANDS]]
         rows = []
         for language in [*self.languages, "all"]:
-            for band in [*dict.fromkeys(self.bands), "all"]:
+            for band in [*order, "all"]:
                 part = frame[((frame.language == language) | (language == "all")) & ((frame.band == band) | (band == "all"))]
-                rho, low, high = rank_correlation(part.estimate, part.real, n_boot, level, seed)
-                rows.append({"language": language, "band": band, "cells": len(part), "spearman": rho,
-                             "low": low, "high": high})
+                big = part[part.real.abs() >= min_effect]
+                sign = float((np.sign(big.estimate) == np.sign(big.real)).mean()) if len(big) else math.nan
+                ratio = float((big.estimate / big.real).median()) if len(big) else math.nan
+                if len(big) < min_cells:
+                    rho = low = high = math.nan
+                    verdict = "too few cells"
+                    reason = (f"too few cells with an effect: {len(big)} cells with |real| >= {min_effect:g} "
+                              f"({min_cells} needed); no correlation reported")
+                else:
+                    rho, low, high = rank_correlation(part.estimate, part.real, n_boot, level, seed)
+                    failed = ([f"interval's lower end {low:.2f} < {min_low:g}"] if not low >= min_low else []) + (
+                        [f"sign right on {sign:.0%} < {min_sign:.0%} of the cells with an effect"]
+                        if not sign >= min_sign else [])
+                    verdict = "unreliable" if failed else "reliable"
+                    reason = "; ".join(failed) if failed else (f"interval's lower end {low:.2f} >= {min_low:g}; sign "
+                                                               f"right on {sign:.0%} of {len(big)} cells with an effect")
+                rows.append({"language": language, "band": band, "cells": len(part), "effect_cells": len(big),
+                             "spearman": rho, "low": low, "high": high, "sign": sign, "ratio": ratio,
+                             "verdict": verdict, "reason": reason})
         return pd.DataFrame(rows)
 
-    def summary(self, level: float = 0.95) -> str:
-        """One sentence per language: rank agreement overall and in the middle layers.
+    def summary(self, level: float = 0.95, **rule: Any) -> str:
+        """One line per language (and `all`, pooled): per band of layers, the Spearman rank
+        correlation with its interval and the verdict of `agreement` (`rule`: its
+        `min_effect`, `min_cells`, `min_low`, `min_sign`; the defaults otherwise).
 
         ```python
         >>> import torch
         >>> from moe_interp.attribution import AttributionCheck
-        >>> cells, estimate, real = ((1, 0), (1, 3), (2, 5), (3, 1)), [[0.1, 0.4, 0.2, 0.0]], [[0.2, 0.9, 0.1, 0.0]]
-        >>> check = AttributionCheck(("eng",), cells, ("middle", "middle", "middle", "late"), torch.tensor(estimate),
-        ...                          torch.tensor(real), torch.tensor([[6, 9, 4, 0]]), "bpb", seconds=1.5)
+        >>> real = torch.tensor([[0.002 * k for k in range(1, 13)] + [0.05, 0.0]], dtype=torch.float64)
+        >>> estimate = real.clone()
+        >>> estimate[0, :2] = estimate[0, [1, 0]]
+        >>> estimate[0, 12] = -0.01
+        >>> cells, bands = tuple((2, e) for e in range(12)) + ((0, 0), (0, 1)), ("middle",) * 12 + ("early",) * 2
+        >>> check = AttributionCheck(("eng",), cells, bands, estimate, real, torch.tensor([[5] * 13 + [0]]), "bpb",
+        ...                          seconds=1.5)
         >>> print(check.summary())
-        eng: Spearman 0.50 [-1.00, 1.00] over 3 used cells; middle layers 0.50 [-1.00, 1.00] (3 cells)
-        all: Spearman 0.50 [-1.00, 1.00] over 3 used cells; middle layers 0.50 [-1.00, 1.00] (3 cells)
+        eng: early too few cells (1 with an effect); middle 0.99 [0.89, 1.00] reliable; all 0.57 [-0.11, 1.00] unreliable
+        all: early too few cells (1 with an effect); middle 0.99 [0.89, 1.00] reliable; all 0.57 [-0.11, 1.00] unreliable
 
         ```
         """
-        table = self.agreement(level=level).set_index(["language", "band"])
+        table = self.agreement(level=level, **rule)
         lines = []
         for language in [*self.languages, "all"]:
-            row = table.loc[(language, "all")]
-            line = (f"{language}: Spearman {row.spearman:.2f} [{row.low:.2f}, {row.high:.2f}] over "
-                    f"{int(row.cells)} used cells")
-            if (language, "middle") in table.index:
-                mid = table.loc[(language, "middle")]
-                line += f"; middle layers {mid.spearman:.2f} [{mid.low:.2f}, {mid.high:.2f}] ({int(mid.cells)} cells)"
-            lines.append(line)
+            parts = []
+            for row in table[table.language == language].itertuples():
+                if row.verdict == "too few cells":
+                    parts.append(f"{row.band} too few cells ({row.effect_cells} with an effect)")
+                else:
+                    parts.append(f"{row.band} {row.spearman:.2f} [{row.low:.2f}, {row.high:.2f}] {row.verdict}")
+            lines.append(f"{language}: " + "; ".join(parts))
         return "\n".join(lines)
 
     def plot(self) -> Any:
@@ -495,7 +696,8 @@ class ExpertAttribution:
     positive: the language depends on it), `count` (how often each expert was chosen by
     the language's real tokens), `tokens` (real tokens routed per language), `baseline`
     (the language's metric without ablation), `metric` (`"bpb"` or `"nll"`), `mode`
-    (`"drop"`), `meta` (model, corpus fingerprints, layer bands, time).
+    (`"drop"`), `meta` (model, corpus fingerprints, layer bands, the estimator: `method`,
+    its `steps` and `layers_per_pass`, `passes` per batch; time).
 
     ```python
     >>> import moe_interp as mi
@@ -617,9 +819,9 @@ class ExpertAttribution:
         >>> attr = mi.expert_attribution(model, corpus, progress=False)
         >>> attr.to_pandas().sort_values("effect").tail(3).round(6)
            language  layer  expert    effect  frequency
-        27      eng      3       3  0.000763   0.351351
-        33      deu      0       1  0.000802   0.303030
-        42      deu      1       2  0.000971   0.363636
+        27      eng      3       3  0.000771   0.351351
+        33      deu      0       1  0.000782   0.303030
+        42      deu      1       2  0.000953   0.363636
 
         ```
         """
@@ -644,7 +846,7 @@ class ExpertAttribution:
         >>> attr = mi.expert_attribution(model, corpus, progress=False)
         >>> attr.versus_frequency(n_boot=200).round(2)
           language  cells  spearman   low  high  top_overlap
-        0      eng     32     -0.26 -0.54  0.12          0.0
+        0      eng     32     -0.24 -0.52  0.12          0.0
         1      deu     32     -0.23 -0.57  0.20          0.0
 
         ```
@@ -672,7 +874,13 @@ class ExpertAttribution:
         (`path=`: resumable, one JSONL line per finished cell), against a no-ablation baseline.
 
         Pass the model and corpus the estimates were computed on: another model is refused;
-        other texts give a warning (the comparison then also measures generalisation).
+        other texts give a warning (the comparison then also measures generalisation). The
+        returned `AttributionCheck` says per language and band of layers whether the
+        estimates can be trusted (`agreement`, `summary`): a correlation with its interval,
+        sign agreement and size ratio on the cells with a real effect, and a verdict
+        ("reliable", "unreliable" or "too few cells") by a stated rule. Sample enough cells
+        per band for a verdict (`MIN_CELLS` cells with an effect: pass `layers=` one band
+        at a time, or a larger `n`).
 
         ```python
         >>> import moe_interp as mi
@@ -685,8 +893,10 @@ class ExpertAttribution:
         >>> check = attr.validate(model, corpus, n=4, layers=middle, progress=False)
         >>> check.cells
         ((1, 4), (1, 7), (2, 0), (2, 3))
-        >>> bool((check.estimate - check.real).abs().max() < 1e-4)   # first order: close on this random model
+        >>> bool((check.estimate - check.real).abs().max() < 1e-4)   # close on this random model (small effects)
         True
+        >>> check.agreement().verdict.unique().tolist()   # none of its 4 x 2 drops moves 0.001 bits per byte
+        ['too few cells']
 
         ```
         """

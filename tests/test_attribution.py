@@ -17,12 +17,12 @@ torch.set_num_threads(1)
 TEXTS = ["Hello there, how are you?", "ok", "Guten Morgen, liebe Welt und alle"]
 
 
-def _double(arch: str = "qwen3_moe"):
+def _double(arch: str = "qwen3_moe", **overrides):
     """A fresh tiny model in float64 (the cast must not leak into cached fixtures). For
     qwen3_moe, the RMSNorms and the router's softmax (float32 inside) are recomputed in
     float64 by forward hooks, so the whole forward is float64 and differences of 1e-9 are
     signal, not rounding."""
-    model = mi.zoo.tiny_model(arch)
+    model = mi.zoo.tiny_model(arch, **overrides)
     model._module.to(torch.float64)
     try:
         model._module.set_experts_implementation("eager")  # grouped_mm has no float64 kernel
@@ -82,7 +82,7 @@ def _loss(model, texts, scale: dict | None = None, metric: str = "nll") -> float
 def test_estimate_equals_central_difference_in_float64(texts, metric):
     # d/ds L(w_e * (1 - s)) at s = 0 is sum_t dL/dw_te * (-w_te): the estimate, cell by cell
     model = _double()
-    attr = mi.expert_attribution(model, {"x": texts}, metric=metric, progress=False)
+    attr = mi.expert_attribution(model, {"x": texts}, metric=metric, method="taylor", progress=False)
     eps = 1e-3  # truncation error ~1e-10 relative here, float64 rounding ~1e-14 / eps
     cells = [(0, 0), (1, 3), (3, 7), *[(layer, int(attr.effect[0, i].abs().argmax())) for i, layer in
                                        enumerate(attr.layers)]]
@@ -102,22 +102,133 @@ def test_first_order_is_exact_when_the_removed_contribution_is_small():
     layer = 2
     with torch.no_grad():
         _experts_by_layer(model)[layer].down_proj[5] *= 1e-3
-    attr = mi.expert_attribution(model, {"x": TEXTS}, metric="nll", progress=False)
+    attr = mi.expert_attribution(model, {"x": TEXTS}, metric="nll", method="taylor", progress=False)
     estimate = float(attr.effect[0, attr.layers.index(layer), 5])
     real = _loss(model, TEXTS, {layer: (5, 0.0)}) - _loss(model, TEXTS)
     assert attr.count[0, attr.layers.index(layer), 5] > 0 and abs(real) > 1e-9
     assert estimate == pytest.approx(real, rel=1e-2)
 
 
-def test_a_left_padded_batch_gives_each_text_its_effect_alone():
+@pytest.mark.parametrize("method", ["taylor", "path"])
+def test_a_left_padded_batch_gives_each_text_its_effect_alone(method):
     model = _double()
-    together = mi.expert_attribution(model, {"x": TEXTS}, batch_size=3, progress=False)
-    alone = [mi.expert_attribution(model, {"x": [text]}, progress=False) for text in TEXTS]
+    together = mi.expert_attribution(model, {"x": TEXTS}, batch_size=3, method=method, progress=False)
+    alone = [mi.expert_attribution(model, {"x": [text]}, method=method, progress=False) for text in TEXTS]
     # bits per byte is a mean over texts, so the batch's effect is the mean of the texts' effects
     mean = torch.stack([a.effect[0] for a in alone]).mean(0)
     torch.testing.assert_close(together.effect[0], mean, rtol=1e-7, atol=1e-12)
     assert torch.equal(together.count[0], sum(a.count[0] for a in alone))
     assert int(together.tokens[0]) == sum(len(t.encode()) for t in TEXTS)  # byte tokenizer, padding excluded
+
+
+def _loss_at(model, texts, factors: dict, metric: str = "nll") -> float:
+    """`_metric` where `factors = {layer: {expert: factor, None: factor for the others}}`
+    multiplies the routing weights where the layer's experts module receives them."""
+    hooks = []
+    for layer, table in factors.items():
+        def pre(module, args, table=table):
+            hidden, index, weights = args[:3]
+            scale = torch.full_like(weights, table.get(None, 1.0))
+            for expert, factor in table.items():
+                if expert is not None:
+                    scale = torch.where(index == expert, factor, scale)
+            return (hidden, index, weights * scale, *args[3:])
+        hooks.append(_experts_by_layer(model)[layer].register_forward_pre_hook(pre))
+    try:
+        with torch.no_grad():
+            return float(_metric(model, texts, metric))
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+@pytest.mark.parametrize("per_pass", [1, 2])
+def test_the_midpoint_path_estimate_is_the_slope_at_the_half_dropped_layers(per_pass):
+    # steps=1: the gradient where the pass's layers (1 or 2 adjacent) have their weights halved,
+    # times -w, summed per cell: a central difference of the loss in the expert's own factor there
+    model = _double()
+    attr = mi.expert_attribution(model, {"x": TEXTS}, metric="nll", method="path", steps=1,
+                                 layers_per_pass=per_pass, progress=False)
+    assert attr.meta["method"] == "path" and attr.meta["passes"] == {"forward": 1 + 4 // per_pass,
+                                                                     "backward": 4 // per_pass}
+    eps = 1e-4
+    for layer in attr.layers:
+        partners = [other for other in attr.layers if other // per_pass == layer // per_pass]
+        expert = int(attr.effect[0, attr.layers.index(layer)].abs().argmax())
+        def loss(factor):
+            return _loss_at(model, TEXTS, {other: {None: 0.5, **({expert: factor} if other == layer else {})}
+                                           for other in partners})
+        difference = (loss(0.5 - eps) - loss(0.5 + eps)) / (2 * eps)  # d/dt at t = 0 of L(w_e * (0.5 - t))
+        estimate = float(attr.effect[0, attr.layers.index(layer), expert])
+        assert estimate == pytest.approx(difference, rel=1e-6, abs=1e-11), (layer, expert)
+    assert torch.equal(attr.count, mi.expert_attribution(model, {"x": TEXTS}, method="taylor", progress=False).count)
+
+
+def _curved_top1():
+    """A float64 tiny model that routes each token to one expert (top-1), its experts'
+    outputs x20 so that the loss is clearly curved along a drop path."""
+    model = _double(num_experts_per_tok=1)
+    with torch.no_grad():
+        for experts in _experts_by_layer(model).values():
+            experts.down_proj *= 20
+    return model
+
+
+def _chosen(model, texts, drop: dict | None = None) -> list:
+    """The experts each layer's experts module received (oracle hooks), with `drop = {layer:
+    (expert, 0.0)}` applied as `_loss` applies it."""
+    seen, hooks = [], []
+    for layer, experts in sorted(_experts_by_layer(model).items()):
+        def pre(module, args, layer=layer):
+            seen.append(args[1].flatten().tolist())
+            if drop and layer in drop:
+                expert, factor = drop[layer]
+                return (args[0], args[1], torch.where(args[1] == expert, args[2] * factor, args[2]), *args[3:])
+        hooks.append(experts.register_forward_pre_hook(pre))
+    try:
+        _metric(model, texts)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def test_the_path_estimate_converges_to_the_real_single_expert_drop_where_no_later_choice_flips():
+    # One repeated byte: causal attention over equal values gives every position the same hidden
+    # state, so a top-1 router sends every token of a layer to one expert, and scaling the layer's
+    # weights is scaling that expert's: the layer's drop path is the single expert's. Gauss-Legendre
+    # integration of the gradient along it then converges to the real drop (measured: relative error
+    # 1-4% at 1 point, < 1e-3 at 2, < 1e-14 at 8), where the first order misses by 11-29%.
+    model = _curved_top1()
+    texts = ["a" * 12]
+    taylor = mi.expert_attribution(model, {"x": texts}, metric="nll", method="taylor", progress=False)
+    paths = {steps: mi.expert_attribution(model, {"x": texts}, metric="nll", method="path", steps=steps,
+                                          layers_per_pass=1, progress=False) for steps in (1, 2, 8)}
+    base, before = _loss(model, texts), _chosen(model, texts)
+    for i, layer in enumerate(taylor.layers):
+        (expert,) = taylor.count[0, i].nonzero().flatten().tolist()  # one expert takes all 12 tokens
+        assert set(before[i]) == {expert}
+        real = _loss(model, texts, {layer: (expert, 0.0)}) - base
+        error = {steps: abs(float(attr.effect[0, i, expert]) - real) / abs(real) for steps, attr in paths.items()}
+        first_order = abs(float(taylor.effect[0, i, expert]) - real) / abs(real)
+        if _chosen(model, texts, {layer: (expert, 0.0)}) != before:
+            # the drop flips a later layer's choice: a jump in the loss no gradient sees (layer 0 here)
+            assert layer == 0 and error[8] > 0.5
+            continue
+        assert error[8] < 1e-10 and error[2] < 1e-3 and error[1] < 0.05, (layer, error)
+        assert first_order > 0.1 and error[1] < first_order / 2, (layer, first_order, error)
+
+
+def test_a_last_layers_path_estimates_sum_to_dropping_the_whole_layer():
+    # Completeness of the integral: summed over the experts of a layer, the gradient along the
+    # layer's path integrates to the loss with the whole layer's routed output dropped. Exact on the
+    # last MoE layer (no router after it can flip); padded batch of three texts, top-2
+    model = _double()
+    last = 3
+    attr = mi.expert_attribution(model, {"x": TEXTS}, metric="nll", method="path", steps=8, layers_per_pass=1,
+                                 batch_size=3, progress=False)
+    real = _loss_at(model, TEXTS, {last: {None: 0.0}}) - _loss(model, TEXTS)
+    assert float(attr.effect[0, last].sum()) == pytest.approx(real, rel=1e-6)
 
 
 def test_counts_are_what_the_experts_received():
@@ -167,7 +278,7 @@ def test_each_layers_total_is_the_derivative_of_scaling_its_output_on_every_arch
     # norms and routers leave ~1e-9 of rounding in the loss for smaller steps (and ~1e-5 of
     # relative rounding in gradients through them; qwen3_moe above is float64 throughout).
     model = _double(arch)
-    attr = mi.expert_attribution(model, {"x": TEXTS[:2]}, metric="nll", progress=False)
+    attr = mi.expert_attribution(model, {"x": TEXTS[:2]}, metric="nll", method="taylor", progress=False)
     for i, layer in enumerate(attr.layers):
         assert float(attr.effect[0, i].sum()) == pytest.approx(_layer_derivative(model, arch, layer), rel=1e-4,
                                                                abs=1e-10), (arch, layer)
@@ -395,7 +506,7 @@ def test_a_dispatch_mask_router_is_probed_through_the_one_reader():
         grads = torch.autograd.grad(_seq2seq_nll(tr.output.logits, inputs), [delta for *_, delta in found])
     assert len(found) == len(spec.moe_layers) == 4
     dropped = 0
-    for layer, ((indices, weights, _), grad) in enumerate(zip(found, grads)):
+    for layer, ((_, indices, weights, _), grad) in enumerate(zip(found, grads)):
         contribution = -(grad * weights)
         dropped += int((indices < 0).sum())
         assert bool((weights[indices < 0] == 0).all()) and bool((contribution[indices < 0] == 0).all())
@@ -410,3 +521,104 @@ def test_a_dispatch_mask_router_is_probed_through_the_one_reader():
         real = _scaled_loss(model, inputs, layer, expert, 0.0)
         assert float(_seq2seq_nll(ablated.output.logits, inputs)) == pytest.approx(real, rel=1e-12), layer
     assert dropped > 0, "the case must drop tokens past capacity"
+
+
+# ------------------------------------------------- issue 24: agreement that a referee would sign
+
+def _check(estimate, real, bands=None, count=None, languages=("eng",)):
+    estimate, real = torch.tensor(estimate, dtype=torch.float64), torch.tensor(real, dtype=torch.float64)
+    cells = tuple((2 + j % 3, j) for j in range(estimate.shape[-1]))
+    bands = bands or ("middle",) * len(cells)
+    count = torch.ones_like(estimate, dtype=torch.long) if count is None else torch.tensor(count)
+    return attribution.AttributionCheck(languages, cells, tuple(bands), estimate, real, count, "bpb", 0.0)
+
+
+def test_a_perfectly_ordered_handful_of_cells_reports_too_few_cells_not_a_degenerate_interval():
+    # four cells in the same order: the bootstrap interval is [1, 1] whatever the resample
+    check = _check([[0.01, 0.02, 0.03, 0.04]], [[0.011, 0.025, 0.031, 0.05]])
+    row = check.agreement().query("language == 'eng' and band == 'middle'").iloc[0]
+    assert math.isnan(row.spearman) and math.isnan(row.low) and math.isnan(row.high)
+    assert row.verdict == "too few cells" and "4 cells with |real| >= 0.001" in row.reason
+
+
+def test_the_verdict_follows_the_rule_band_by_band():
+    # planted: middle ranks and signs right (reliable), early ranked backwards (unreliable: the
+    # interval), late ranked right but with wrong signs (unreliable: the sign), 5 late cells too few
+    rng = torch.Generator().manual_seed(0)
+    real = torch.rand(1, 40, generator=rng, dtype=torch.float64) * 0.05 + 0.002
+    estimate = real.clone()
+    estimate[0, 12:24] = -real[0, 12:24] + 0.1        # early: order reversed, signs kept (all positive)
+    estimate[0, 24:35] = real[0, 24:35] - 0.03        # late: order kept, shifted below 0 for most
+    bands = ["middle"] * 12 + ["early"] * 12 + ["late"] * 11 + ["tail"] * 5
+    check = _check(estimate.tolist(), real.tolist(), bands=bands)
+    table = check.agreement(n_boot=500).set_index(["language", "band"])
+    assert list(dict.fromkeys(b for _, b in table.index)) == ["early", "middle", "late", "tail", "all"]
+    middle, early, late, tail = (table.loc[("eng", band)] for band in ("middle", "early", "late", "tail"))
+    assert middle.verdict == "reliable" and middle.spearman == pytest.approx(1.0) and middle.sign == 1.0
+    assert early.verdict == "unreliable" and early.spearman == pytest.approx(-1.0) and "lower end" in early.reason
+    assert early.sign == 1.0 and "sign" not in early.reason
+    wrong = float((torch.sign(estimate[0, 24:35]) != torch.sign(real[0, 24:35])).double().mean())
+    assert late.verdict == "unreliable" and late.sign == pytest.approx(1 - wrong) and wrong > 0.2
+    assert f"sign right on {1 - wrong:.0%} < 80%" in late.reason and late.spearman == pytest.approx(1.0)
+    assert tail.verdict == "too few cells" and math.isnan(tail.spearman) and tail.effect_cells == 5
+    # the interval is rank_correlation's over the used cells, the ratio the median of estimate / real
+    rho, low, high = attribution.rank_correlation(estimate[0, 12:24], real[0, 12:24], 500)
+    assert (early.spearman, early.low, early.high) == (rho, low, high)
+    assert late.ratio == pytest.approx(float((estimate[0, 24:35] / real[0, 24:35]).median()))
+    # a cell below min_effect counts among the cells, not among the effect cells
+    small = _check([[0.01 * k for k in range(1, 12)] + [0.0]], [[0.01 * k for k in range(1, 12)] + [1e-4]])
+    row = small.agreement().iloc[0]
+    assert (row.cells, row.effect_cells, row.verdict) == (12, 11, "reliable")
+    assert small.agreement(min_cells=12).iloc[0].verdict == "too few cells"
+    with pytest.raises(ValueError, match="min_cells must be an int >= 3"):
+        small.agreement(min_cells=2)
+
+
+def test_validate_reports_a_verdict_per_band_on_a_real_model():
+    model = mi.zoo.tiny_model("qwen3_moe")
+    corpus = {"en": TEXTS[:2], "de": TEXTS[2:]}
+    attr = mi.expert_attribution(model, corpus, progress=False)
+    check = attr.validate(model, corpus, n=32, progress=False)
+    table = check.agreement(min_effect=1e-5, n_boot=200)
+    assert set(table.band) == {"early", "middle", "late", "all"} and set(table.verdict) <= {
+        "reliable", "unreliable", "too few cells"}
+    frame = check.to_pandas()
+    for row in table.itertuples():
+        part = frame[(frame["count"] > 0) & ((frame.language == row.language) | (row.language == "all"))
+                     & ((frame.band == row.band) | (row.band == "all"))]
+        big = part[part.real.abs() >= 1e-5]
+        assert (row.cells, row.effect_cells) == (len(part), len(big))
+        if len(big) >= 10:
+            assert row.spearman == pytest.approx(spearmanr(part.estimate, part.real).statistic)
+            assert row.verdict == ("reliable" if row.low >= 0.5 and row.sign >= 0.8 else "unreliable")
+        else:
+            assert row.verdict == "too few cells" and math.isnan(row.spearman)
+    assert "reliable" in set(table.verdict)
+    assert "middle" in check.summary(min_effect=1e-5)
+
+
+def test_path_settings_are_checked_and_keyed():
+    model = mi.zoo.tiny_model("qwen3_moe")
+    corpus = {"en": TEXTS}
+    with pytest.raises(ValueError, match="method must be one of"):
+        mi.expert_attribution(model, corpus, method="ig")
+    with pytest.raises(ValueError, match="steps must be a positive int"):
+        mi.expert_attribution(model, corpus, steps=0)
+    with pytest.raises(ValueError, match="layers_per_pass must be a positive int"):
+        mi.expert_attribution(model, corpus, layers_per_pass=0)
+    with pytest.raises(ValueError, match="method='taylor' takes the gradient at the model once"):
+        mi.expert_attribution(model, corpus, method="taylor", steps=2)
+    attr = mi.expert_attribution(model, corpus, steps=2, layers_per_pass=4, progress=False)
+    assert attr.meta["passes"] == {"forward": 3, "backward": 2}
+    assert (attr.meta["steps"], attr.meta["layers_per_pass"]) == (2, 4)
+
+
+def test_a_checkpoint_of_one_method_does_not_resume_another(tmp_path):
+    model = mi.zoo.tiny_model("qwen3_moe")
+    corpus = {"en": TEXTS}
+    mi.expert_attribution(model, corpus, method="taylor", batch_size=1, progress=False, checkpoint=tmp_path / "a.ckpt")
+    with pytest.raises(mi.ResumeError, match="settings"):
+        mi.expert_attribution(model, corpus, batch_size=1, progress=False, checkpoint=tmp_path / "a.ckpt")
+    mi.expert_attribution(model, corpus, batch_size=1, progress=False, checkpoint=tmp_path / "b.ckpt")
+    with pytest.raises(mi.ResumeError, match="settings"):
+        mi.expert_attribution(model, corpus, steps=2, batch_size=1, progress=False, checkpoint=tmp_path / "b.ckpt")
