@@ -31,7 +31,8 @@ __all__ = ["VERDICT_RULES", "AblationResult", "ablation_grid", "ablation_heatmap
 
 # The verdict rules, in the order they are tried: the first whose condition holds is the verdict.
 VERDICT_RULES = (
-    ("no effect", "nothing was ablated, or the own effect's interval does not lie above 0"),
+    ("nothing to ablate", "no expert is exclusive to the language in this band (under the exclusivity rule used)"),
+    ("no effect", "the own effect's interval does not lie above 0"),
     ("not specific", "the own effect is not above the random-set draws at level alpha (rank p-value > alpha = "
                      "1 - level), or the own - other-family interval does not lie above 0"),
     ("family-level", "above the random sets and the other families, but the own - same-family interval does not "
@@ -62,12 +63,14 @@ def ablation_verdict(pairs: int, own_low: float, random_p: float, own_minus_othe
     ('language-specific', 'family-level')
     >>> ablation_verdict(4, 0.10, 3 / 21, 0.05, 0.03), ablation_verdict(4, -0.01, 1 / 21, 0.05, 0.03)
     ('not specific', 'no effect')
-    >>> ablation_verdict(4, 0.10, 1 / 21, 0.05, None)
-    'specific, no relative evaluated'
+    >>> ablation_verdict(4, 0.10, 1 / 21, 0.05, None), ablation_verdict(0, 0.0, 1.0, 0.0, 0.0)
+    ('specific, no relative evaluated', 'nothing to ablate')
 
     ```
     """
-    if not pairs or not own_low > 0:
+    if not pairs:
+        return "nothing to ablate"
+    if not own_low > 0:
         return "no effect"
     if not random_p <= alpha + 1e-12 or not own_minus_other_low > 0:
         return "not specific"
@@ -367,7 +370,7 @@ class AblationResult:
         >>> first = res.summary().splitlines()[0]
         >>> "(exclusive among the 2 profiled languages)" in first, first.endswith("bands: late-third (layers 6-7).")
         (True, True)
-        >>> res.summary().splitlines()[-1].endswith("no effect")
+        >>> res.summary().splitlines()[-1].endswith("nothing to ablate")
         True
 
         ```

@@ -215,6 +215,9 @@ def ablation_claims(record: Mapping[str, Any] | None) -> list[dict]:
     for language, rows in by_language.items():
         sentences = []
         for r in rows:
+            if not r["pairs"]:
+                sentences.append(f"{r['band']} ({_span(r['layers'])}): {r['verdict']} (no exclusive expert)")
+                continue
             same = (f"same family ({r['same_family_languages']}) "
                     f"{cell((r['same_family'], r['same_family_low'], r['same_family_high']), 4, True)}"
                     if r.get("same_family_languages") else "no same-family language evaluated")
@@ -224,12 +227,12 @@ def ablation_claims(record: Mapping[str, Any] | None) -> list[dict]:
                 f"{cell((r['other_family'], r['other_family_low'], r['other_family_high']), 4, True)}, "
                 f"{r['controls']} random sets {r['random']:+.4f} (draws {r['random_low']:+.4f} to "
                 f"{r['random_high']:+.4f}, rank p = {r['random_p']:.3g})")
-        top = max(rows, key=lambda r: r["own"])
+        top = max(rows, key=lambda r: (r["pairs"] > 0, r["own"]))
         pairs = ", ".join(f"{r['band']} {r['pairs']}" for r in rows)
         other = cell((top["other_family"], top["other_family_low"], top["other_family_high"]), 4, True)
         out.append({"claim": f"ablating {language}'s exclusive experts ({pairs} (layer, expert) pairs)",
                     "trained": "; ".join(f"{r['band']} own {cell((r['own'], r['own_low'], r['own_high']), 4, True)}"
-                                         for r in rows),
+                                         if r["pairs"] else f"{r['band']}: nothing ablated" for r in rows),
                     "controls": f"{top['band']}: same family "
                                 + (cell((top['same_family'], top['same_family_low'], top['same_family_high']), 4, True)
                                    if top.get("same_family_languages") else "n/a")
@@ -332,7 +335,7 @@ def seed_claims(records: Mapping[Any, Mapping[str, Any]], level: float = 0.95) -
                      f"language-specific: {', '.join(map(str, specific))} per seed"])
     steer = {s: records[s].get("steering") for s in seeds}
     if all(steer.values()):
-        from ._steering import dose_response_across, dose_response_across_findings
+        from ._steering import dose_response_across, dose_response_across_findings, dose_response_findings
 
         table = dose_response_across({s: steer[s] for s in seeds})
         for scale in sorted({float(r["scale"]) for s in seeds for r in steer[s]["dose_response"]}):

@@ -178,9 +178,9 @@ def test_fewer_draws_than_the_level_allows_cannot_pass_and_the_summary_says_so()
         == "language-specific"                          # 19 draws: p = 1/20 = 0.05 reaches alpha
 
 
-def test_nothing_ablated_is_no_effect():
+def test_nothing_ablated_is_said_as_such_not_as_no_effect():
     row = _planted({"eng": 0.5, "deu": 0.0, "fin": 0.0, "tur": 0.0}, QUIET, pairs=0).verdicts().iloc[0]
-    assert row.pairs == 0 and row.verdict == "no effect"
+    assert row.pairs == 0 and row.verdict == "nothing to ablate"
 
 
 def test_verdicts_are_per_band_by_default_and_pooled_only_when_asked():

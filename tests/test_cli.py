@@ -241,7 +241,7 @@ def test_ablate_after_a_default_profile_prints_intervals_controls_and_verdicts(t
     for line in cells:
         assert "random sets" in line and "own - other families" in line and "[" in line
         assert line.endswith(("language-specific", "family-level", "not specific", "no effect",
-                              "specific, no relative evaluated"))
+                              "specific, no relative evaluated", "nothing to ablate"))
     assert "20 usage-matched random control sets" in out.err and "held-out split" in out.err
 
 
