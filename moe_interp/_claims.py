@@ -103,12 +103,14 @@ def family_claim(record: Mapping[str, Any], statistic: str) -> dict:
             "verdict": verdict, "sentence": f"{head}; {middle}.{tail}"}
 
 
-def shape(values: Sequence[Sequence[float]], layers: Sequence[int]) -> str:
-    """The shape of a statistic over depth, from `(estimate, low, high)` per layer, by rule:
-    "U-shaped" when the first and the last layer both lie above the lowest interior layer
-    (their intervals do not overlap its interval); "rises with depth" when the last layer lies
-    above the first; "falls with depth" when the first lies above the last; otherwise "flat
-    within its intervals". The sentence names the layers and values.
+def shape(values: Sequence[Sequence[float]], layers: Sequence[int], contrasts: Mapping[str, Any] | None = None) -> str:
+    """The shape of a statistic over depth, by rule, from `(estimate, low, high)` per layer and,
+    when given, the paired `contrasts` (`{"dip": layer, "first_minus_dip": [est, low, high],
+    "last_minus_dip": [...], "last_minus_first": [...]}`, intervals over the same resampled
+    languages; without them, the layers' own intervals are compared, which is conservative):
+    "U-shaped" when the first and the last layer both lie above the lowest interior layer;
+    "rises with depth" when the last lies above the first; "falls with depth" when the first
+    lies above the last; otherwise "flat within its intervals". The sentence names the layers.
 
     ```python
     >>> from moe_interp._claims import shape
@@ -116,25 +118,39 @@ def shape(values: Sequence[Sequence[float]], layers: Sequence[int]) -> str:
     'U-shaped: 0.260 at layer 0, lowest 0.150 at layer 2, 0.220 at layer 7'
     >>> shape([(0.1, 0.09, 0.11), (0.15, 0.14, 0.16), (0.2, 0.19, 0.21)], [0, 1, 2])
     'rises with depth: 0.100 at layer 0, 0.200 at layer 2'
+    >>> overlapping = [(0.26, 0.19, 0.34), (0.15, 0.12, 0.17), (0.22, 0.16, 0.29)]
+    >>> shape(overlapping, [0, 2, 7]).split(":")[0]
+    'flat within its intervals'
+    >>> paired = {"dip": 2, "first_minus_dip": [0.11, 0.05, 0.17], "last_minus_dip": [0.07, 0.02, 0.12],
+    ...           "last_minus_first": [-0.04, -0.1, 0.02]}
+    >>> shape(overlapping, [0, 2, 7], paired).split(":")[0]
+    'U-shaped'
 
     ```
     """
     if len(values) < 2:
         return "one layer: no shape"
     first, last = values[0], values[-1]
-    interior = range(1, len(values) - 1)
-    low_i = min(interior, key=lambda i: values[i][0]) if len(values) > 2 else None
+    low_i = min(range(1, len(values) - 1), key=lambda i: values[i][0]) if len(values) > 2 else None
+    if contrasts is not None:
+        low_i = list(layers).index(contrasts["dip"]) if len(values) > 2 else None
+        above = {k: contrasts[k][1] > 0 for k in ("first_minus_dip", "last_minus_dip")}
+        rises, falls = contrasts["last_minus_first"][1] > 0, contrasts["last_minus_first"][2] < 0
+    else:
+        dip = values[low_i] if low_i is not None else None
+        above = {"first_minus_dip": dip is not None and first[1] > dip[2],
+                 "last_minus_dip": dip is not None and last[1] > dip[2]}
+        rises, falls = last[1] > first[2], first[1] > last[2]
     ends = f"{first[0]:.3f} at layer {layers[0]}, {last[0]:.3f} at layer {layers[-1]}"
-    if low_i is not None:
-        dip = values[low_i]
-        if first[1] > dip[2] and last[1] > dip[2]:
-            return (f"U-shaped: {first[0]:.3f} at layer {layers[0]}, lowest {dip[0]:.3f} at layer {layers[low_i]}, "
-                    f"{last[0]:.3f} at layer {layers[-1]}")
-    if last[1] > first[2]:
+    if low_i is not None and above["first_minus_dip"] and above["last_minus_dip"]:
+        return (f"U-shaped: {first[0]:.3f} at layer {layers[0]}, lowest {values[low_i][0]:.3f} at layer "
+                f"{layers[low_i]}, {last[0]:.3f} at layer {layers[-1]}")
+    if rises:
         return f"rises with depth: {ends}"
-    if first[1] > last[2]:
+    if falls:
         return f"falls with depth: {ends}"
-    return f"flat within its intervals: {ends}"
+    dip = f", lowest {values[low_i][0]:.3f} at layer {layers[low_i]}" if low_i is not None else ""
+    return f"flat within its intervals: {ends}{dip}"
 
 
 def _span(layers: Sequence[int]) -> str:
@@ -169,19 +185,25 @@ def layer_claims(record: Mapping[str, Any] | None) -> list[dict]:
             continue
         models = record[statistic]
         twins = [m for m in models if m != "trained"]
-        shapes = {m: shape(models[m], layers) for m in models}
+        contrasts = (record.get("contrasts") or {}).get(statistic, {})
+        shapes = {m: shape(models[m], layers, contrasts.get(m)) for m in models}
         kinds = {m: shapes[m].split(":")[0] for m in models}
         twin_kinds = sorted({kinds[m] for m in twins})
-        above = [layer for i, layer in enumerate(layers)
-                 if all(models["trained"][i][1] > models[m][i][2] for m in twins)] if twins else []
+        paired = (record.get("difference") or {}).get(statistic)
+        if paired:  # trained - twin, paired over the same resampled languages
+            above = [layer for i, layer in enumerate(layers) if all(paired[m][i][1] > 0 for m in twins)]
+        else:  # the intervals alone (conservative)
+            above = [layer for i, layer in enumerate(layers)
+                     if all(models["trained"][i][1] > models[m][i][2] for m in twins)] if twins else []
         out.append({"claim": f"{name} per MoE layer ({_span(layers)}, intervals over languages)",
                     "trained": shapes["trained"],
                     "controls": "; ".join(f"{m}: {shapes[m]}" for m in twins),
                     "verdict": f"trained: {kinds['trained']}; twins: {', '.join(twin_kinds) or 'none'}",
-                    "sentence": f"{name[0].upper() + name[1:]} per MoE layer: the trained model is {shapes['trained']}; "
+                    "sentence": f"{name[0].upper() + name[1:]} per MoE layer: trained model {shapes['trained']}; "
                                 + "; ".join(f"{m} {shapes[m]}" for m in twins)
-                                + (f". The trained model's interval lies above every twin's in {len(above)} of "
-                                   f"{len(layers)} layers ({', '.join(map(str, above)) or 'none'})." if twins else ".")})
+                                + (f". The trained model lies above every twin in {len(above)} of {len(layers)} layers "
+                                   f"({', '.join(map(str, above)) or 'none'}; "
+                                   f"{'paired differences' if paired else 'intervals compared'})." if twins else ".")})
     return out
 
 
@@ -233,7 +255,7 @@ def ablation_claims(record: Mapping[str, Any] | None) -> list[dict]:
         out.append({"claim": f"ablating {language}'s exclusive experts ({pairs} (layer, expert) pairs)",
                     "trained": "; ".join(f"{r['band']} own {cell((r['own'], r['own_low'], r['own_high']), 4, True)}"
                                          if r["pairs"] else f"{r['band']}: nothing ablated" for r in rows),
-                    "controls": f"{top['band']}: same family "
+                    "controls": "n/a: nothing ablated" if not top["pairs"] else f"{top['band']}: same family "
                                 + (cell((top['same_family'], top['same_family_low'], top['same_family_high']), 4, True)
                                    if top.get("same_family_languages") else "n/a")
                                 + f", other families {other}"

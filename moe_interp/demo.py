@@ -187,10 +187,31 @@ def _family_record(ev: Any, script: str | None = None) -> dict:
 
 
 def _layers_record(ev: Any) -> dict:
-    """Per MoE layer, per model and statistic: `[estimate, low, high]` (`LayerEvidence`)."""
-    return {"layers": list(ev.layers), "level": ev.level, "unit": ev.unit,
-            **{statistic: {m: [_triple(ev.interval(m, layer, statistic)) for layer in ev.layers] for m in ev.models}
-               for statistic in ev.statistics}}
+    """Per MoE layer, per model and statistic: `[estimate, low, high]` (`LayerEvidence`); the
+    paired differences trained - twin per layer (`difference`); and per model the paired
+    contrasts the shape rule reads (`contrasts`: first layer - lowest interior layer, last
+    layer - lowest interior layer, last - first, each over the same resampled languages)."""
+    from .analysis import interval
+
+    out: dict[str, Any] = {"layers": list(ev.layers), "level": ev.level, "unit": ev.unit, "difference": {},
+                           "contrasts": {}}
+    for s, statistic in enumerate(ev.statistics):
+        out[statistic] = {m: [_triple(ev.interval(m, layer, statistic)) for layer in ev.layers] for m in ev.models}
+        out["difference"][statistic] = {m: [_triple(ev.difference(m, layer, statistic)) for layer in ev.layers]
+                                        for m in ev.models[1:]}
+        out["contrasts"][statistic] = {}
+        for m, model in enumerate(ev.models):
+            values, samples = ev.estimate[m, :, s], ev.samples[:, m, :, s]
+            dip = 1 + int(np.argmin(values[1:-1])) if len(values) > 2 else 0
+
+            def contrast(a: int, b: int) -> list[float]:
+                estimate = float(values[a] - values[b])
+                return _triple((estimate, *interval(estimate, samples[:, a] - samples[:, b], ev.level)))
+
+            out["contrasts"][statistic][model] = {"dip": int(ev.layers[dip]), "first_minus_dip": contrast(0, dip),
+                                                  "last_minus_dip": contrast(-1, dip),
+                                                  "last_minus_first": contrast(-1, 0)}
+    return out
 
 
 @dataclasses.dataclass
