@@ -47,11 +47,50 @@ def text_nll(model: Any, texts: Sequence[str], *interventions: Any, batch_size: 
         nll = -(logp * predicted).sum(-1)
         for row, text in enumerate(chunk):
             first = int(ids[row][mask[row].bool()][0])
-            n_bytes = max(len(text.encode()) - len(tokenizer.decode([first]).encode()), 1)
+            n_bytes = max(len(text.encode()) - _token_bytes(tokenizer, first, text), 1)
             value = float(nll[row])
             rows.append({"nll": value, "tokens": int(predicted[row].sum()), "bytes": n_bytes,
                          "bits_per_byte": value / math.log(2) / n_bytes})
     return rows
+
+
+def _byte_level_chars() -> frozenset:
+    """The 256 characters byte-level BPE tokenizers (GPT-2's scheme) write bytes as: printable
+    Latin-1 bytes stand for themselves, the other bytes are shifted to 256 + n."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    shifted = [256 + n for n in range(256 - len(kept))]
+    return frozenset(map(chr, kept + shifted))
+
+
+_BYTE_CHARS = _byte_level_chars()
+
+
+def _token_bytes(tokenizer: Any, token: int, text: str) -> int:
+    """UTF-8 bytes of `text` that its first token `token` covers: 0 for a special token (a BOS:
+    the whole text is predicted); for a token that is part of a character (decoding it gives
+    U+FFFD), its raw bytes: one per character of a byte-level BPE token (GPT-2's scheme), one
+    for a byte-fallback token `<0xNN>`; else the bytes of its decoded text.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.evaluate import _token_bytes
+    >>> tok = mi.zoo.byte_tokenizer()                      # one token per byte
+    >>> [_token_bytes(tok, tok(t)["input_ids"][0], t) for t in ("abc", "äbc")], _token_bytes(tok, tok.bos_token_id, "a")
+    ([1, 1], 0)
+
+    ```
+    """
+    if token in set(tokenizer.all_special_ids):
+        return 0
+    decoded = tokenizer.decode([token])
+    if "\ufffd" not in decoded or text.startswith(decoded):
+        return len(decoded.encode())
+    piece = tokenizer.convert_ids_to_tokens(token)
+    if isinstance(piece, str) and len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+        return 1
+    if isinstance(piece, str) and piece and set(piece) <= _BYTE_CHARS:
+        return len(piece)
+    return len(decoded.encode())
 
 
 def choice_accuracy(model: Any, items: Sequence[Mapping], *interventions: Any, batch_size: int = 8) -> list[dict]:

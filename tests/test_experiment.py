@@ -415,3 +415,29 @@ def test_ablation_grid_of_another_model_does_not_reuse_cells(tmp_path):
     again = mi.ablation_grid(other, *args, path=path, **kwargs)
     fresh = mi.ablation_grid(other, *args, **kwargs)
     assert again.frame.equals(fresh.frame) and not again.frame.equals(first.frame)
+
+
+def test_bits_per_byte_count_the_predicted_bytes_when_the_text_starts_inside_a_character_or_with_a_bos():
+    """Issue 24 (found by a docs helper): a first byte of a multi-byte character decodes to U+FFFD (3 bytes),
+    so 'äbc' counted 1 predicted byte instead of 3; a BOS counted its name's bytes instead of 0."""
+    import math
+
+    model = mi.zoo.tiny_model("qwen3_moe")                  # byte tokenizer: "ä" is two tokens
+    rows = mi.evaluate.text_nll(model, ["äbc", "abc"])
+    assert [r["bytes"] for r in rows] == [3, 2] and [r["tokens"] for r in rows] == [3, 2]
+    assert rows[0]["bits_per_byte"] == pytest.approx(rows[0]["nll"] / math.log(2) / 3)
+
+    class WithBos:                                          # the same tokenizer, a BOS prepended to every text
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __call__(self, texts, **kwargs):
+            return self.inner([self.inner.bos_token + t for t in texts], **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    bos_model = mi.zoo.tiny_model("qwen3_moe")
+    bos_model.tokenizer = WithBos(bos_model.tokenizer)
+    (row,) = mi.evaluate.text_nll(bos_model, ["abc"])
+    assert row["tokens"] == 3 and row["bytes"] == 3         # every byte of the text is predicted after the BOS
