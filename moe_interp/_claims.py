@@ -98,6 +98,7 @@ def family_claim(record: Mapping[str, Any], statistic: str) -> dict:
         tail = f" Label permutation p = {p:.3g}: {shows}" + (
             f"; {', '.join(passing)} pass{'es' * (len(passing) == 1)} this test too" if passing else "") + "."
     return {"claim": f"{STATISTIC_NAMES[statistic]}, {where}", "trained": cell(stat["trained"]),
+            "short": f"{STATISTIC_NAMES[statistic]}, {where}: {cell(stat['trained'])}, {verdict}",
             "controls": "; ".join(f"{m}{' (strongest baseline)' * (m in stat.get('baselines', {}))} {cell(stat[m])}"
                                   for m in differences),
             "verdict": verdict, "sentence": f"{head}; {middle}.{tail}"}
@@ -285,21 +286,28 @@ def steering_claims(record: Mapping[str, Any] | None) -> list[dict]:
         out.append({"claim": f"steering {langs} toward hub-shared experts, scale {r['scale']:g}{chosen}",
                     "trained": f"gain {cell((r['gain'], r['gain_low'], r['gain_high']), 4, True)} bits/byte",
                     "controls": f"top-k sets changed {100 * r['changed']:.1f}%, gate mass {r['mass_moved']:+.3f}{layers}",
-                    "verdict": r["verdict"], "sentence": findings})
+                    "verdict": r["verdict"], "sentence": findings,
+                    "short": f"steering {langs}, scale {r['scale']:g}{chosen}: gain "
+                             f"{cell((r['gain'], r['gain_low'], r['gain_high']), 4, True)} bits/byte, "
+                             f"{100 * r['changed']:.1f}% of top-k sets changed: {r['verdict']}"})
     return out
 
 
 def claims(record: Mapping[str, Any]) -> list[dict]:
     """Every claim of one measurement record, in the order the demo prints them: family
     structure (all languages, then Latin script), the depth profile, ablations, steering.
-    Each: `claim` (what, where, units), `trained`, `controls`, `verdict`, `sentence`."""
+    Each: `claim` (what, where, units), `trained`, `controls`, `verdict`, `sentence`, `short`
+    (one line for a list of key findings)."""
     out = []
     for subset in ("all", "Latn"):
         fam = (record.get("family") or {}).get(subset)
         if fam:
             out += [family_claim(fam, statistic) for statistic in STATISTIC_NAMES if statistic in fam]
-    return out + layer_claims(record.get("layers")) + ablation_claims(record.get("ablation")) + \
+    out += layer_claims(record.get("layers")) + ablation_claims(record.get("ablation")) + \
         steering_claims(record.get("steering"))
+    for c in out:
+        c.setdefault("short", f"{c['claim']}: {c['verdict']}")
+    return out
 
 
 def seed_claims(records: Mapping[Any, Mapping[str, Any]], level: float = 0.95) -> list[list[str]]:

@@ -490,8 +490,8 @@ def run_demo(out: str | os.PathLike = "report.html", languages: Sequence[str] | 
     `languages` defaults to the demo model's 55 training languages (`zoo.DEMO_LANGUAGES`:
     six families, English as hub). Unknown codes raise `KeyError` naming close matches
     (`"en"` -> `"eng"`). `threads`: torch threads, `"auto"` for `choose_threads()`, None to
-    leave torch's setting. `log` receives one line per step; the findings (one sentence per
-    claim, worded by the rules of `moe_interp._claims`) are in the result. Lighter than the
+    leave torch's setting. `log` receives one line per step; the findings (one line per claim:
+    what, the estimate, the verdict, by the rules of `moe_interp._claims`) are in the result. Lighter than the
     model card's measurement: `replicates` bootstrap resamples of the family statistics (x5
     label permutations, x10 resamples for ablation and steering intervals), experts chosen on
     `pick_pieces` train pieces per language (None: all). The report also shows the model
@@ -514,7 +514,7 @@ def run_demo(out: str | os.PathLike = "report.html", languages: Sequence[str] | 
                        pick_pieces=pick_pieces, progress=progress, log=say)
     record = ev.record()
     claims = _claims.claims(record)
-    findings = list(dict.fromkeys(c["sentence"] for c in claims))
+    findings = [c["short"] for c in claims]  # one line each; the report gives each claim's full sentence
     twins = len([m for m in ev.family["all"].models if m.startswith("twin")]) if "all" in ev.family else TWINS
     pct = 95
 
