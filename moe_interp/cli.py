@@ -342,11 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo", "the whole pipeline on the bundled demo model and corpus -> report.html",
             "Measure the demo's claims on the bundled demo model, each next to its controls: family structure of "
-            "routing (middle band) against three random-init twins and a byte-bigram baseline, ablation of "
-            "language-exclusive experts against random same-size sets, steering toward English-shared experts as a "
-            "dose-response (routing moved, outcome with its interval). Experts and scales are chosen on the train "
-            "split, everything is reported on held-out texts with 95% intervals; one HTML report. Offline; about "
-            "3 minutes on 2 CPU cores for the model's 55 languages.")
+            "routing (middle band, and per layer) against three random-init twins and exact byte n-gram baselines, "
+            "with intervals over languages; ablation of language-exclusive experts per band against the target's "
+            "relatives, other families and usage-matched random sets; steering toward English-shared experts as a "
+            "dose-response (routing moved on the steered layers, outcome with its interval). Experts and scales are "
+            "chosen on the train split, everything is reported on held-out texts with 95% intervals, every verdict "
+            "worded by a rule; one HTML report. Offline; its time on 2 CPU cores: benchmarks/RESULTS.md.")
     p.add_argument("--out", default="report.html", help="HTML report to write")
     p.add_argument("--languages", help="comma-separated ISO 639-3 codes (default: the demo model's 55)")
     p.add_argument("--quick", action="store_true", help="a smaller run (tests)")

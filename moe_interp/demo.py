@@ -41,9 +41,8 @@ CONTROLS = 20  # usage-matched random expert sets per ablation cell: fewer than 
 STEER = ("deu", "nld", "swe", "fra")
 SCALES = (0.0, 0.25, 1.0, 4.0)
 # `moe-interp demo` (run_demo) measures every claim and control of the model card with lighter
-# settings, to fit ~3 minutes on 2 cores: experts chosen on 16 train pieces per language (of ~55),
-# 100 bootstrap resamples and 500 label permutations (the card: all pieces, 200 and 1000).
-# Measured on the shipped model: every verdict as the card's, about a fifth less CPU time (123 s vs 155 s).
+# settings: experts chosen on 16 train pieces per language (of ~55), 100 bootstrap resamples and 500
+# label permutations (the card: all pieces, 200 and 1000); its wall time: benchmarks/RESULTS.md.
 DEMO_PICK_PIECES = 16
 DEMO_REPLICATES = 100
 
