@@ -380,9 +380,13 @@ def seed_claims(records: Mapping[Any, Mapping[str, Any]], level: float = 0.95) -
             rows.append([f"steering toward hub-shared experts, scale {scale:g}", *cells,
                          f"improved in {int(part.seeds_improved)}, worsened in {int(part.seeds_worsened)} of "
                          f"{int(part.n_seeds)} seeds"])
-        rows.append(["steering, in words", *[" ".join(dose_response_findings(
-            steer[s]["dose_response"], chosen=steer[s]["scale"])) for s in seeds],
-            " ".join(dose_response_across_findings(table))])
+        cells = []
+        for s in seeds:
+            routing = dose_response_findings(steer[s]["dose_response"])[0]
+            moved = "routing moved monotonically" if routing.startswith("Routing moved monotonically") else \
+                routing.split(" (")[0].lower()
+            cells.append(f"{moved}; the dev split chose scale {float(steer[s]['scale']):g}")
+        rows.append(["steering, in words", *cells, " ".join(dose_response_across_findings(table))])
     return rows
 
 

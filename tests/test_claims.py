@@ -157,6 +157,7 @@ def test_the_shipped_records_are_the_current_format_and_word_every_claim():
     from moe_interp.demo import seed_records
 
     records = seed_records()
+    assert sorted(records) == [0, 1, 2]           # the shipped model and the two other seeds of the recipe
     for seed, record in records.items():
         claims = _claims.claims(record)
         assert claims and all(c["sentence"] and c["verdict"] for c in claims), seed
