@@ -543,7 +543,8 @@ def run_demo(out: str | os.PathLike = "report.html", languages: Sequence[str] | 
                               for s in _claims.STATISTIC_NAMES),
                       *_family_figures(fam, subset)]
     if ev.layers is not None:
-        parts += ["<h2>Layer by layer (all MoE layers)</h2>", said("mean JS divergence"), said("between/within-family JS per"),
+        parts += ["<h2>Layer by layer (all MoE layers)</h2>", said("mean JS divergence"),
+                  said("between/within-family JS per"),
                   ev.layers.figure("mean_divergence"), ev.layers.figure("between_within")]
     if record["ablation"] is not None:
         parts += ["<h2>Ablating language-exclusive experts, per band</h2>",

@@ -75,8 +75,10 @@ def _token_bytes(tokenizer: Any, token: int, text: str) -> int:
     >>> import moe_interp as mi
     >>> from moe_interp.evaluate import _token_bytes
     >>> tok = mi.zoo.byte_tokenizer()                      # one token per byte
-    >>> [_token_bytes(tok, tok(t)["input_ids"][0], t) for t in ("abc", "äbc")], _token_bytes(tok, tok.bos_token_id, "a")
-    ([1, 1], 0)
+    >>> [_token_bytes(tok, tok(t)["input_ids"][0], t) for t in ("abc", "äbc")]
+    [1, 1]
+    >>> _token_bytes(tok, tok.bos_token_id, "a")
+    0
 
     ```
     """

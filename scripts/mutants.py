@@ -108,7 +108,8 @@ EXPERT_SET = ("tests/test_analysis.py tests/test_mutants_analysis.py moe_interp/
               "moe_interp/analysis/_expert_sets.py")
 EXPERT_SETS = "tests/test_analysis.py tests/test_mutants_analysis.py moe_interp/analysis/_expert_sets.py"
 DIVERGENCE = "tests/test_analysis.py tests/test_mutants_analysis.py moe_interp/analysis/_divergence.py"
-EVIDENCE = "tests/test_evidence.py tests/test_mutants_analysis.py moe_interp/analysis/_evidence.py"
+EVIDENCE = ("tests/test_evidence.py tests/test_inference.py tests/test_mutants_analysis.py "
+            "moe_interp/analysis/_evidence.py")
 BOOTSTRAP = "tests/test_analysis.py tests/test_mutants_analysis.py moe_interp/analysis/_bootstrap.py"
 VERIFY = ("tests/test_arch.py tests/test_mutants_verify.py moe_interp/arch/_verify.py "
           "-k 'first_trace or registered or verify or _verify'")
@@ -268,13 +269,13 @@ MUTANTS: list[Mutant] = [
       DIVERGENCE, "dropped mask", "mean over all pairs, the zero diagonal included"),
 
     # -- evidence -------------------------------------------------------------------------------
-    M("evidence.basic-swapped", "moe_interp/analysis/_evidence.py",
-      "return float(2 * estimate - high), float(2 * estimate - low)",
-      "return float(2 * estimate - low), float(2 * estimate - high)", EVIDENCE,
-      "swapped arguments", "basic interval's ends swapped"),
-    M("evidence.normal-ddof", "moe_interp/analysis/_evidence.py",
-      "samples.std(ddof=1)", "samples.std(ddof=0)", EVIDENCE,
-      "wrong default", "normal interval uses the population sd"),
+    M("evidence.group-unit-items", "moe_interp/analysis/_evidence.py",
+      "picked = rng.integers(0, len(groups), (replicates, len(groups)))",
+      "picked = np.tile(np.arange(len(groups)), (replicates, 1))", EVIDENCE,
+      "removed step", "unit='group' keeps the groups: a language-level interval shrinks to the text level"),
+    M("evidence.duplicate-pairs", "moe_interp/analysis/_evidence.py",
+      "valid = origin[iu[0]] != origin[iu[1]]", "valid = np.ones(len(iu[0]), dtype=bool)", EVIDENCE,
+      "dropped mask", "a language drawn twice counts as a same-family pair of divergence 0"),
     M("evidence.p-value-twice", "moe_interp/analysis/_evidence.py",
       "return float(min(1.0, 2 * min(", "return float(min(1.0, 1 * min(", EVIDENCE,
       "wrong constant", "one-sided bootstrap p-value"),
@@ -285,9 +286,6 @@ MUTANTS: list[Mutant] = [
     M("evidence.resample-off-by-one", "moe_interp/analysis/_evidence.py",
       "rng.integers(0, len(g), (replicates, len(g)))", "rng.integers(0, max(1, len(g) - 1), (replicates, len(g)))",
       EVIDENCE, "off-by-one", "the last item of each group is never drawn"),
-    M("evidence.within-diagonal", "moe_interp/analysis/_evidence.py",
-      "upper = np.triu(np.ones_like(same), 1)", "upper = np.triu(np.ones_like(same), 0)", EVIDENCE,
-      "off-by-one", "within-family mean includes the zero diagonal"),
     M("evidence.permutation-ties", "moe_interp/analysis/_evidence.py",
       "(1 + (shuffled >= observed).sum(0))", "(1 + (shuffled > observed).sum(0))", EVIDENCE,
       "flipped comparison", "permutations equal to the observed value not counted"),
@@ -299,7 +297,7 @@ MUTANTS: list[Mutant] = [
       'method="average"', 'method="complete"', EVIDENCE,
       "wrong default", "complete-linkage tree instead of average"),
     M("evidence.articles-paired", "moe_interp/analysis/_evidence.py",
-      "articles = len(set(sizes)) == 1", "articles = False", EVIDENCE,
+      "self.articles = len(set(self.sizes)) == 1", "self.articles = False", EVIDENCE,
       "removed branch", "parallel corpora resampled within languages instead of by article"),
 
     # -- bootstrap ------------------------------------------------------------------------------
