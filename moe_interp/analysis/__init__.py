@@ -25,6 +25,7 @@ from ._clustering import (
     cluster,
     family_agreement,
 )
+from ._correlation import rank_correlation
 from ._divergence import (
     METRICS,
     band_average,
@@ -91,6 +92,7 @@ __all__ = [
     "ngram_baselines",
     "ngram_stats",
     "paired_interval",
+    "rank_correlation",
     "resample",
     "risk_difference",
     "seed_test",
