@@ -9,13 +9,10 @@ and figures as methods on top. Everything here returns `type(self)` / `cls`, so 
 
 import dataclasses
 import difflib
-import hashlib
 import json
 import numbers
 import os
-import shutil
 import time
-import uuid
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +24,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from ._files import checksum as _checksum
+from ._files import write_directory
 from ._layers import parse_layers
 
 __all__ = ["RoutingCounts", "StatsFileError"]
@@ -433,21 +432,9 @@ class RoutingCounts:
         body = json.dumps(header, default=str)
         checksum = _checksum(body, tensors)
         readable = json.dumps({**json.loads(body), "sha256": checksum}, indent=1)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # a new path appears whole: both files go into a hidden directory renamed into place
-        target = path if path.exists() else path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-        target.mkdir(exist_ok=True)
-        try:
-            _replace_file(target / _TENSOR_FILE, lambda temp: save_file(
-                tensors, str(temp), metadata={"moe_interp": body, "sha256": checksum}))
-            _replace_file(target / _META_FILE, lambda temp: temp.write_text(readable))
-            if target != path:
-                os.replace(target, path)
-                _sync_directory(path.parent)
-        finally:
-            if target != path and target.exists():
-                shutil.rmtree(target)
-        return path
+        return write_directory(path, {
+            _TENSOR_FILE: lambda temp: save_file(tensors, str(temp), metadata={"moe_interp": body, "sha256": checksum}),
+            _META_FILE: lambda temp: temp.write_text(readable)})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RoutingCounts":
@@ -506,16 +493,6 @@ class RoutingCounts:
                 f"top_k={self.top_k}, tokens={int(self.tokens.sum())})")
 
 
-def _checksum(header: str, tensors: dict[str, Tensor]) -> str:
-    """sha256 of a file's header text and every tensor's name, dtype, shape and bytes."""
-    digest = hashlib.sha256(header.encode())
-    for name in sorted(tensors):
-        tensor = tensors[name].contiguous()
-        digest.update(f"\0{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
 def _read_header(text: bytes, where: Path) -> dict:
     try:
         header = json.loads(text)
@@ -524,28 +501,3 @@ def _read_header(text: bytes, where: Path) -> dict:
     if not isinstance(header, dict) or header.get("format") != _FORMAT:
         raise StatsFileError(f"{where} is not a {_FORMAT} header")
     return header
-
-
-def _replace_file(path: Path, write: Any) -> None:
-    """`write(temp)` a temporary file beside `path`, flush it to disk, then rename it over `path`."""
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        write(temp)
-        with open(temp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-    _sync_directory(path.parent)
-
-
-def _sync_directory(directory: Path) -> None:
-    """Flush a directory's entries (a rename is durable only then); not possible on Windows."""
-    try:
-        handle = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)

@@ -16,7 +16,6 @@ import enum
 import hashlib
 import json
 import numbers
-import os
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from ._files import replace_file
 
 __all__ = ["ResumeError", "check_corpus", "differing", "fingerprint", "load_checkpoint", "model_parts",
            "save_checkpoint", "stats_fingerprint", "tokenizer_fingerprint"]
@@ -456,9 +457,8 @@ def save_checkpoint(path: Any, state: Mapping[str, Any]) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".tmp")
-    torch.save({**state, "sha256": _checksum(state)}, partial)
-    os.replace(partial, path)
+    content = {**state, "sha256": _checksum(state)}
+    replace_file(path, lambda temp: torch.save(content, temp))
 
 
 def load_checkpoint(path: Any, key: Mapping[str, str], fields: Mapping[str, torch.Tensor], total: int, form: str,

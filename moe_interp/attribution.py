@@ -60,7 +60,6 @@ import json
 import math
 import os
 import time
-import uuid
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -78,7 +77,7 @@ from .analysis import rank_correlation  # public here too: `moe_interp.attributi
 from .expert_set import ExpertSet
 from .experiment import Experiment
 from .interventions import ExpertAblate
-from ._counts import _replace_file, _sync_directory
+from ._files import write_directory
 from ._inputs import max_positions as _max_positions
 from ._trace import trace
 from .arch import UnsupportedModelError
@@ -986,20 +985,9 @@ class ExpertAttribution:
                              "metric": self.metric, "mode": self.mode, "meta": self.meta}, default=str)
         tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in ("effect", "count", "tokens",
                                                                                      "baseline")}
-        target = path if path.exists() else path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-        target.mkdir(parents=True, exist_ok=True)
-        try:
-            _replace_file(target / _TENSOR_FILE, lambda temp: save_file(tensors, str(temp), metadata={"header": header}))
-            _replace_file(target / _META_FILE, lambda temp: temp.write_text(json.dumps(json.loads(header), indent=1)))
-            if target != path:
-                os.replace(target, path)
-                _sync_directory(path.parent)
-        finally:
-            if target != path and target.exists():
-                for child in target.iterdir():
-                    child.unlink()
-                target.rmdir()
-        return path
+        return write_directory(path, {
+            _TENSOR_FILE: lambda temp: save_file(tensors, str(temp), metadata={"header": header}),
+            _META_FILE: lambda temp: temp.write_text(json.dumps(json.loads(header), indent=1))})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ExpertAttribution":

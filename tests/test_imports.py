@@ -111,7 +111,8 @@ def test_lazy_imports_are_edges(tmp_path):
 BELOW = {
     "moe_interp._layers": {"moe_interp._checks"},
     "moe_interp._checks": set(),
-    "moe_interp._counts": {"moe_interp._layers", "moe_interp._checks"},
+    "moe_interp._files": set(),
+    "moe_interp._counts": {"moe_interp._layers", "moe_interp._checks", "moe_interp._files"},
 }
 
 
