@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ```
     """
-    from moe_interp.demo import set_threads
+    from moe_interp._threads import set_threads
 
     args = build_parser().parse_args(argv)
     threads, why = set_threads(None if args.threads == "auto" else args.threads)

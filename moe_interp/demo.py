@@ -1,6 +1,7 @@
 """The offline demo: the paper's pipeline on the bundled demo model, with its controls (random-init
 twins, a byte n-gram baseline, random expert sets) and intervals next to every number, written as
-one HTML report (`moe-interp demo`); and the choice of torch threads the `moe-interp` commands make.
+one HTML report (`moe-interp demo`). `choose_threads` and `set_threads` (the torch thread count every
+`moe-interp` command runs with) are importable from here too.
 
 Selection and evaluation never share texts: experts are chosen on a profile of the UDHR train
 split (minus its last paragraphs), the steering scale on those last paragraphs (dev), and every
@@ -21,6 +22,7 @@ from .analysis import family_evidence, layer_evidence, ngram_baselines
 from .datasets import udhr
 from .languages import info, script
 from ._ablation import VERDICT_RULES
+from ._threads import choose_threads, set_threads
 from .experiment import ablation_grid, steering_eval
 from .profiling import profile
 from .zoo import DEMO_HUB, DEMO_LANGUAGES, DEMO_MODEL_DIR, _training_seed, demo_model
@@ -45,62 +47,6 @@ SCALES = (0.0, 0.25, 1.0, 4.0)
 # label permutations (the card: all pieces, 200 and 1000); its wall time: benchmarks/RESULTS.md.
 DEMO_PICK_PIECES = 16
 DEMO_REPLICATES = 100
-
-
-def choose_threads() -> tuple[int, str]:
-    """A torch thread count for this machine now, and why.
-
-    `TORCH_NUM_THREADS` or `OMP_NUM_THREADS` when set; else the CPUs this process may run on
-    (affinity and cgroup quota) minus the 1-minute load average, rounded, at least 1. More
-    threads than idle cores makes torch's parallel kernels wait on each other: one profile
-    took 1490 s with 2 threads on a busy 2-core machine and 120-290 s with 1.
-
-    ```python
-    >>> import os
-    >>> from moe_interp.demo import choose_threads
-    >>> os.environ["OMP_NUM_THREADS"] = "1"; os.environ.pop("TORCH_NUM_THREADS", None) and None
-    >>> choose_threads()
-    (1, 'OMP_NUM_THREADS=1')
-
-    ```
-    """
-    for name in ("TORCH_NUM_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(name, "").strip()
-        if value.isdigit() and int(value) >= 1:
-            return int(value), f"{name}={value}"
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    cpus = min(cpus, _cgroup_cpus() or cpus)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    threads = max(1, min(cpus, round(cpus - load)))
-    return threads, f"{cpus} CPUs, load average {load:.1f}; choose with --threads N or TORCH_NUM_THREADS"
-
-
-def _cgroup_cpus() -> int | None:
-    """CPUs allowed by a cgroup v2 quota (`cpu.max`), rounded up; None when unlimited or unknown."""
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        return None if quota == "max" else max(1, -(-int(quota) // int(period)))
-    except (OSError, ValueError):
-        return None
-
-
-def set_threads(threads: int | None = None) -> tuple[int, str]:
-    """Set torch's thread count: `threads`, or `choose_threads()` when None. Returns (count, why).
-
-    ```python
-    >>> from moe_interp.demo import set_threads
-    >>> set_threads(2)
-    (2, 'asked for')
-
-    ```
-    """
-    import torch
-
-    why = "asked for"
-    if threads is None:
-        threads, why = choose_threads()
-    torch.set_num_threads(threads)
-    return threads, why
 
 
 def _pieces(corpus: Mapping[str, Sequence[str]], max_bytes: int = MAX_BYTES) -> dict:
