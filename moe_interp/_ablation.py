@@ -19,9 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import check_int as _check_int
+from ._checks import check_level as _check_level
 from ._grid import Experiment, check_held_out
 from ._layers import BANDS, THIRD_BANDS
-from .analysis._evidence import _check_int, _check_level, interval, resampled_means
+from .analysis._evidence import interval, resampled_means
 from .arch import describe
 from .expert_set import ExpertSet
 from .interventions import ExpertAblate

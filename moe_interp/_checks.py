@@ -1,4 +1,4 @@
-"""The number checks every public entry point shares: indices, finite numbers, shares.
+"""The number checks every public entry point shares: indices, counts, finite numbers, shares, levels.
 
 Each returns the value in its plain Python type or raises an error naming the argument and
 what it must be, before any forward runs. Imports nothing from the package.
@@ -7,10 +7,9 @@ what it must be, before any forward runs. Imports nothing from the package.
 import math
 import numbers
 import operator
-from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["as_index", "check_expert", "check_finite", "check_index", "check_strength", "check_threshold"]
+__all__ = ["as_index", "check_finite", "check_index", "check_int", "check_level", "check_positive", "check_threshold"]
 
 
 def as_index(value: Any) -> int | None:
@@ -83,50 +82,6 @@ def check_finite(value: Any, what: str) -> float:
     return number
 
 
-def check_expert(value: Any, layer: int) -> int:
-    """An `ExpertSet` entry of `layer` as an int >= 0: a negative index would silently wrap
-    round to the last experts in tensor indexing.
-
-    ```python
-    >>> from moe_interp._checks import check_expert
-    >>> check_expert(5, layer=3)
-    5
-    >>> check_expert(-1, layer=3)
-    Traceback (most recent call last):
-    ValueError: ExpertSet experts are integer indices >= 0; layer 3 lists -1
-
-    ```
-    """
-    index = as_index(value)
-    if index is None or index < 0:
-        raise ValueError(f"ExpertSet experts are integer indices >= 0; layer {layer} lists {value!r}")
-    return index
-
-
-def check_strength(strengths: Mapping[int, Mapping[int, float]], layer: int, expert: int) -> float:
-    """`strengths[layer][expert]` as a finite float; `ValueError` when missing or not finite.
-
-    ```python
-    >>> from moe_interp._checks import check_strength
-    >>> check_strength({3: {5: 0.25}}, 3, 5)
-    0.25
-    >>> check_strength({3: {5: 0.25}}, 3, 2)
-    Traceback (most recent call last):
-    ValueError: strengths has no value for expert 2 of layer 3: give every listed expert a strength, or pass strengths=None
-
-    ```
-    """
-    try:
-        value = strengths[layer][expert]
-    except KeyError:
-        raise ValueError(f"strengths has no value for expert {expert} of layer {layer}: give every listed "
-                         "expert a strength, or pass strengths=None") from None
-    number = _as_finite(value)
-    if number is None or not math.isfinite(number):
-        raise ValueError(f"strengths[{layer}][{expert}] must be a finite number, got {value!r}")
-    return number
-
-
 def check_threshold(threshold: Any) -> float:
     """`threshold` as a float; it is a share of an expert's use, so it must lie in [0, 1].
 
@@ -143,3 +98,57 @@ def check_threshold(threshold: Any) -> float:
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 <= threshold <= 1:
         raise ValueError(f"threshold must be a number in [0, 1] (a language's share of an expert), got {threshold!r}")
     return float(threshold)
+
+
+def check_int(name: str, value: Any, low: int) -> int:
+    """`value` as an int >= `low` (numpy ints too; never a bool or a float); `ValueError` naming `name`.
+
+    ```python
+    >>> from moe_interp._checks import check_int
+    >>> check_int("seed", 0, 0)
+    0
+    >>> check_int("replicates", 0, 1)
+    Traceback (most recent call last):
+    ValueError: replicates must be an integer >= 1, got 0
+
+    ```
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def check_positive(name: str, value: Any) -> int:
+    """`value`, a Python int of 1 or more (a batch size, a count of steps); `ValueError` naming `name`.
+
+    ```python
+    >>> from moe_interp._checks import check_positive
+    >>> check_positive("batch_size", 8)
+    8
+    >>> check_positive("batch_size", 0)
+    Traceback (most recent call last):
+    ValueError: batch_size must be a positive int (1 or more), got 0
+
+    ```
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int (1 or more), got {value!r}")
+    return value
+
+
+def check_level(level: Any) -> float:
+    """`level`, an interval's coverage, as a float strictly between 0 and 1.
+
+    ```python
+    >>> from moe_interp._checks import check_level
+    >>> check_level(0.95)
+    0.95
+    >>> check_level(95)
+    Traceback (most recent call last):
+    ValueError: level (the interval's coverage) must be a number in (0, 1), e.g. 0.95; got 95
+
+    ```
+    """
+    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < 1:
+        raise ValueError(f"level (the interval's coverage) must be a number in (0, 1), e.g. 0.95; got {level!r}")
+    return float(level)

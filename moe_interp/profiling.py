@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ._checks import check_positive
 from ._fingerprint import WEIGHTS, ResumeError, check_corpus, fingerprint, load_checkpoint, model_parts, save_checkpoint
 from .arch import describe
 from ._inputs import max_positions
@@ -156,9 +157,8 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]], *interventions: Any
     """
     corpus = check_corpus(corpus)
     interventions = [i for i in flatten(interventions) if not isinstance(i, RouterRecord)]
-    for name, value in (("batch_size", batch_size), ("save_every", save_every)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int (1 or more), got {value!r}")
+    check_positive("batch_size", batch_size)
+    check_positive("save_every", save_every)
     if session_batches is not None and (not isinstance(session_batches, int) or session_batches < 1):
         raise ValueError(f"session_batches must be a positive int or None, got {session_batches!r}")
     if weights_hash not in WEIGHTS:

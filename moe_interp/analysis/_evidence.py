@@ -40,7 +40,6 @@ not have. `FamilyEvidence.table()` and `LayerEvidence.table()` report each estim
 
 import dataclasses
 import math
-import numbers
 from collections.abc import Mapping, Sequence
 from itertools import combinations
 from typing import Any, NamedTuple
@@ -52,6 +51,8 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 from scipy.special import xlogy
 
+from .._checks import check_int as _check_int
+from .._checks import check_level as _check_level
 from .._counts import RoutingCounts
 from ._clustering import family_agreement
 from ._divergence import divergence
@@ -84,18 +85,6 @@ class Interval(NamedTuple):
     low: float
     high: float
     p_value: float
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def _check_level(level: Any) -> float:
-    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < 1:
-        raise ValueError(f"level (the interval's coverage) must be a number in (0, 1), e.g. 0.95; got {level!r}")
-    return float(level)
 
 
 def _refuse_kind(kind: Any) -> None:
