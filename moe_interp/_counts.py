@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 from jaxtyping import Float, Int
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import Tensor
 
 from ._files import checksum as _checksum
-from ._files import write_directory
+from ._files import read_tensors, write_directory
 from ._layers import parse_layers
 
 __all__ = ["RoutingCounts", "StatsFileError"]
@@ -461,9 +461,7 @@ class RoutingCounts:
                                     "meta.json and stats.safetensors, as written by RoutingStats.save)")
         header = _read_header(meta_path.read_bytes(), meta_path)
         try:
-            with safe_open(str(tensor_path), framework="pt") as handle:
-                stored = handle.metadata() or {}
-                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            stored, tensors = read_tensors(tensor_path)
         except (SafetensorError, OSError, ValueError, RuntimeError) as error:
             raise StatsFileError(f"{tensor_path} is truncated or corrupted: {error}") from None
         if "moe_interp" in stored:

@@ -5,6 +5,8 @@ A file is written to a temporary file beside it, flushed to disk, then renamed o
 one (`os.replace`), and the directory entry is flushed too: a write killed at any moment
 leaves the old file or the new one, never a torn one. A directory of such files that does not
 exist yet is written as a hidden sibling and renamed into place, so it appears whole.
+The same module reads such a directory's tensor file back (`read_tensors`) and computes the
+sha256 checksum `RoutingCounts` files carry (`checksum`).
 
 ```python
 >>> import tempfile
@@ -32,8 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 
-__all__ = ["checksum", "replace_file", "sync_directory", "write_directory"]
+__all__ = ["checksum", "read_tensors", "replace_file", "sync_directory", "write_directory"]
 
 
 def _temporary(path: Path) -> Path:
@@ -132,3 +135,22 @@ def checksum(header: str, tensors: Mapping[str, torch.Tensor]) -> str:
         digest.update(f"\0{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
+
+
+def read_tensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """`(metadata, tensors)` of the safetensors file `path`; a damaged file raises what
+    `safetensors` raises (`SafetensorError`, `OSError`, ...), for the caller to name.
+
+    ```python
+    >>> import tempfile, torch
+    >>> from pathlib import Path
+    >>> from safetensors.torch import save_file
+    >>> path = Path(tempfile.mkdtemp()) / "t.safetensors"
+    >>> save_file({"x": torch.ones(2)}, str(path), metadata={"note": "hi"})
+    >>> read_tensors(path)
+    ({'note': 'hi'}, {'x': tensor([1., 1.])})
+
+    ```
+    """
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata() or {}, {name: handle.get_tensor(name) for name in handle.keys()}

@@ -77,7 +77,7 @@ from .analysis import rank_correlation  # public here too: `moe_interp.attributi
 from .expert_set import ExpertSet
 from .experiment import Experiment
 from .interventions import ExpertAblate
-from ._files import write_directory
+from ._files import read_tensors, write_directory
 from ._inputs import max_positions as _max_positions
 from ._trace import trace
 from .arch import UnsupportedModelError
@@ -1008,15 +1008,14 @@ class ExpertAttribution:
 
         ```
         """
-        from safetensors import SafetensorError, safe_open
+        from safetensors import SafetensorError
 
         tensor_path = Path(path) / _TENSOR_FILE
         if not tensor_path.is_file():
             raise FileNotFoundError(f"{path} is not a saved ExpertAttribution (expected {tensor_path})")
         try:
-            with safe_open(str(tensor_path), framework="pt") as handle:
-                header = json.loads((handle.metadata() or {}).get("header", "null"))
-                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            stored, tensors = read_tensors(tensor_path)
+            header = json.loads(stored.get("header", "null"))
             if not isinstance(header, dict) or header.get("format") != _FORMAT:
                 raise ValueError(f"not a {_FORMAT} file")
             return cls(tuple(header["languages"]), tuple(header["layers"]), tensors["effect"], tensors["count"],
