@@ -25,7 +25,7 @@ from ._ablation import VERDICT_RULES
 from ._threads import choose_threads, set_threads
 from .experiment import ablation_grid, steering_eval
 from .profiling import profile
-from .zoo import DEMO_HUB, DEMO_LANGUAGES, DEMO_MODEL_DIR, _training_seed, demo_model
+from .zoo import DEMO_HUB, DEMO_LANGUAGES, DEMO_MODEL_DIR, demo_model, training_seed
 
 __all__ = ["DemoEvidence", "DemoResult", "choose_threads", "demo_corpus", "demo_evidence", "run_demo", "seed_records",
            "set_threads"]
@@ -291,7 +291,7 @@ def demo_evidence(path: str | os.PathLike | None = None, languages: Sequence[str
         clock = time.perf_counter()
 
     trained = demo_model(path=path)
-    seed = _training_seed(DEMO_MODEL_DIR if path is None else Path(path))
+    seed = training_seed(DEMO_MODEL_DIR if path is None else Path(path))
     say(f"profiling the trained model on {len(heldout)} languages ({sum(map(len, heldout.values()))} held-out "
         f"pieces of <= {MAX_BYTES} bytes) and on the train split (choosing experts)")
     stats = profile(trained, heldout, batch_size=16, progress=progress)

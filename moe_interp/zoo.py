@@ -1,5 +1,6 @@
 """Tiny MoE models for tests, docs and the offline demo: built from configs, no downloads."""
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -250,8 +251,8 @@ def tiny_model(model_type: str = "qwen3_moe", seed: int = 0, padding_side: str =
 DEMO_SEED = 0
 DEMO_EXPERTS_IMPLEMENTATION = "grouped_mm"  # same maths as "eager"; "batched_mm" is far slower on CPU
 BYTE_OFFSET = len(_SPECIALS)  # byte_tokenizer: token id = BYTE_OFFSET + byte value
-DEMO_MODEL_DIR = __import__("pathlib").Path(__file__).resolve().parent / "data" / "demo_model"
-# The demo corpus, designed for the questions the demo asks (issue 13): seven families of >= 6
+DEMO_MODEL_DIR = Path(__file__).resolve().parent / "data" / "demo_model"
+# The demo corpus, designed for the questions the demo asks: six families of 7 or more
 # languages, most in Latin script (Indo-European and Turkic also in Cyrillic, so a family spans
 # scripts), plus English as the hub that holds a large share of training text.
 DEMO_HUB = "eng"
@@ -288,8 +289,18 @@ def demo_config(**overrides: Any) -> Any:
     return AutoConfig.for_model("qwen3_moe", **{**_DEMO, **overrides})
 
 
-def _training_seed(directory: Any) -> int:
-    """The seed the model in `directory` was trained from (its twin's seed); DEMO_SEED if unrecorded."""
+def training_seed(directory: Any) -> int:
+    """The seed the model in `directory` (a `Path`) was trained from (its twin's seed); DEMO_SEED if unrecorded.
+
+    ```python
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from moe_interp.zoo import DEMO_MODEL_DIR, training_seed
+    >>> training_seed(DEMO_MODEL_DIR), training_seed(Path(tempfile.mkdtemp()))
+    (0, 0)
+
+    ```
+    """
     import json
 
     info = directory / "training.json"
@@ -349,7 +360,7 @@ def demo_model(trained: bool = True, path: Any = None, padding_side: str = "left
     """
     from .loading import wrap
 
-    directory = DEMO_MODEL_DIR if path is None else __import__("pathlib").Path(path)
+    directory = DEMO_MODEL_DIR if path is None else Path(path)
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"no demo model at {directory}: run `python scripts/train_demo_model.py` "
                                 "(or pass path= to a directory it wrote)")
@@ -362,7 +373,7 @@ def demo_model(trained: bool = True, path: Any = None, padding_side: str = "left
     else:
         config = AutoConfig.from_pretrained(directory, local_files_only=True)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_training_seed(directory) if seed is None else seed)
+            torch.manual_seed(training_seed(directory) if seed is None else seed)
             hf = AutoModelForCausalLM.from_config(config, experts_implementation=DEMO_EXPERTS_IMPLEMENTATION,
                                                   dtype=torch.float32)
     return wrap(hf.eval(), byte_tokenizer(padding_side))
