@@ -1,4 +1,4 @@
-"""The paper's layer-band ablation design, with the evidence a verdict needs (issue 24).
+"""The paper's layer-band ablation design, with the evidence a verdict needs.
 
 Each target language's exclusive experts (exclusive among every profiled language, as the
 paper defines them) are rerouted in each band of layers (equal-width thirds by default), and

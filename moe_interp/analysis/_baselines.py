@@ -56,8 +56,8 @@ def ngram_stats(texts: Mapping[str, Sequence[str]], n: int = 2, buckets: Any = N
     ```
     """
     if buckets is not None:
-        raise ValueError(f"buckets={buckets!r}: hashed n-grams were removed (issue 24: the baseline's ARI depended "
-                         "on the hash size); n-grams are exact now, one expert per n-gram observed. Drop buckets")
+        raise ValueError(f"buckets={buckets!r}: hashed n-grams were removed (the baseline's ARI depended on the "
+                         "hash size); n-grams are exact now, one expert per n-gram observed. Drop buckets")
     corpus = check_corpus(texts)
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= 8:
         raise ValueError(f"n (bytes per n-gram) must be an integer in [1, 8], got {n!r}")

@@ -89,7 +89,7 @@ class Interval(NamedTuple):
 
 def _refuse_kind(kind: Any) -> None:
     if kind is not None:
-        raise ValueError(f"kind={kind!r}: the choice of interval kind was removed (issue 24); every interval is a "
+        raise ValueError(f"kind={kind!r}: the choice of interval kind was removed; every interval is a "
                          "percentile bootstrap interval (see the module docstring of moe_interp.analysis._evidence "
                          "for why). Drop the kind argument")
 
@@ -571,8 +571,8 @@ class FamilyEvidence:
 
     def __post_init__(self) -> None:
         if self.kind != METHOD:
-            raise ValueError(f"kind={self.kind!r}: every interval is a percentile bootstrap interval now (issue 24: "
-                             "one interval method); build FamilyEvidence with kind='percentile' or leave it out")
+            raise ValueError(f"kind={self.kind!r}: every interval is a percentile bootstrap interval now (one "
+                             "interval method); build FamilyEvidence with kind='percentile' or leave it out")
         if self.unit not in UNITS:
             raise ValueError(f"unit must be one of {UNITS}, got {self.unit!r}")
         unknown = [b for b in self.baselines if b not in self.models]
