@@ -12,7 +12,7 @@ print(f"{spec.arch}: MoE layers {spec.moe_layers}, {spec.num_experts} experts, t
 corpus = mi.datasets.udhr(["eng", "fra", "deu", "cmn"], split="heldout")
 with mi.trace(model, mi.RouterRecord()) as tr:
     for lang, texts in corpus.items():
-        with tr.invoke(texts[:4], group=lang):
+        with tr.invoke(texts[:4], group=lang, truncation=True, max_length=256):   # the tiny model's positions
             pass
 profile = tr.routing
 print(profile)
@@ -22,6 +22,6 @@ for lang in profile.languages:
     print(f"  {lang}: {float(js[profile.language_index('eng'), profile.language_index(lang)]):.3f}")
 
 steer = mi.RouteSteer(layers="middle", target="eng", stats=profile, languages=("eng", "fra"), k=4, scale=0.5)
-with mi.trace(model, corpus["fra"][:2], steer, mi.RouterRecord()) as tr:
+with mi.trace(model, corpus["fra"][:2], steer, mi.RouterRecord(), truncation=True, max_length=256) as tr:
     pass
 print("steered routing of French text:", tr.routing)
