@@ -60,12 +60,29 @@ def replace_file(path: Path, write: Callable[[Path], Any]) -> None:
     temp = _temporary(path)
     try:
         write(temp)
+        # a writer may create the file as private (0600, like a temporary file): the result gets
+        # the mode of the file it replaces, or what the user's umask gives a new file
+        os.chmod(temp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
         with open(temp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
     sync_directory(path.parent)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system says it (Linux), else by
+    setting and restoring it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def sync_directory(directory: Path) -> None:

@@ -76,3 +76,21 @@ def test_the_checksum_is_sha256_of_the_header_then_each_tensor_by_name(tmp_path)
 def test_the_checksum_sees_a_shape_change_of_the_same_bytes():
     x = torch.arange(6.0)
     assert checksum("", {"x": x.reshape(2, 3)}) != checksum("", {"x": x.reshape(3, 2)})
+
+
+def test_a_new_file_gets_the_users_umask_and_a_replaced_file_keeps_its_mode(tmp_path):
+    """Saved stats files were mode 0600 (a temporary file's) whatever the umask (issue 26, section 3)."""
+    import os
+    import stat
+
+    from safetensors.torch import save_file
+
+    old = os.umask(0o027)
+    try:
+        replace_file(tmp_path / "t.safetensors", lambda temp: save_file({"x": torch.zeros(1)}, str(temp)))
+        assert stat.S_IMODE((tmp_path / "t.safetensors").stat().st_mode) == 0o640
+        os.chmod(tmp_path / "t.safetensors", 0o604)
+        replace_file(tmp_path / "t.safetensors", lambda temp: save_file({"x": torch.ones(1)}, str(temp)))
+        assert stat.S_IMODE((tmp_path / "t.safetensors").stat().st_mode) == 0o604
+    finally:
+        os.umask(old)
