@@ -327,8 +327,9 @@ class RoutingCounts:
         """Position of a language label; `KeyError` with close matches when unknown."""
         if language not in self.languages:
             close = difflib.get_close_matches(str(language), self.languages, n=3, cutoff=0.3)
-            raise KeyError(f"language {language!r} is not in these stats; close matches: {close}; "
-                           f"all: {list(self.languages)}")
+            hint = f"close matches: {close}; " if close else ""
+            raise KeyError(f"language {language!r} is not in these stats (it was not profiled); {hint}the profiled "
+                           f"languages: {list(self.languages)}")
         return self.languages.index(language)
 
     def layer_index(self, layer: int) -> int:

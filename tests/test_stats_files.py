@@ -310,3 +310,14 @@ def test_a_stack_name_selects_its_layers_in_analyses():
     assert stats.exclusive_experts("a", k=1, layers="encoder") == {0: (0,), 1: (0,), 2: (0,)}
     with pytest.raises(ValueError, match="unknown band or layer selection 'vision'.*'decoder', 'encoder'"):
         stats.divergence(layers="vision")
+
+
+def test_an_unprofiled_language_is_refused_naming_the_profiled_ones_not_empty_close_matches():
+    """`exclusive_experts("fra")` on stats without it said "close matches: []" (issue 26, section 3)."""
+    stats = mi.datasets.reference_stats().select(["en", "de"])
+    with pytest.raises(KeyError) as error:
+        stats.exclusive_experts("fra")
+    message = str(error.value)
+    assert "close matches" not in message and "the profiled languages: ['en', 'de']" in message
+    with pytest.raises(KeyError, match=r"close matches: \['de', 'en'\]"):
+        stats.language_index("dee")
