@@ -164,3 +164,12 @@ def test_docs_code_block_runs(page, index, code):
 def test_only_the_listed_pages_have_blocks_that_do_not_run():
     pages = {page for page, _, _ in _doc_blocks()}
     assert set(NOT_RUN) <= pages  # a page that lost its blocks leaves the list
+
+
+def test_the_docs_home_page_links_every_tutorial():
+    """docs/index.md linked 5 of the 8 tutorials (issue 26, section 2)."""
+    root = Path(__file__).resolve().parents[1]
+    index = (root / "docs" / "index.md").read_text()
+    missing = [p.name for p in sorted((root / "docs" / "tutorials").glob("*.ipynb"))
+               if f"(tutorials/{p.name})" not in index]
+    assert missing == []
