@@ -154,6 +154,13 @@ def load(name_or_path: Any, *, dispatch: bool = True, **kwargs: Any) -> MoEModel
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError("mi.load takes a hub id or a directory; to use an in-memory model call mi.wrap(model, tokenizer)")
+    text = os.fspath(name_or_path)
+    # a hub id is "name" or "org/name": anything shaped like a path is a local directory, checked here
+    # so that a typo is not sent to the hub (whose answer is a rule about repo ids)
+    if (text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text) and \
+            not os.path.isdir(os.path.expanduser(text)):
+        raise FileNotFoundError(f"mi.load({text!r}): no such model directory; pass a local directory holding "
+                                "config.json and the weights, or a hub id such as 'allenai/OLMoE-1B-7B-0924'")
     if os.path.isdir(name_or_path):  # a local directory has no hub metadata to infer the pipeline task from
         kwargs.setdefault("task", "text-generation")
     if not dispatch and kwargs.get("tokenizer") is None:

@@ -95,6 +95,20 @@ def _byte_chars() -> list[str]:
     return chars
 
 
+def _check_model_type(model_type: str) -> None:
+    """`ValueError` naming close matches (not the whole list) for a type transformers does not know."""
+    import difflib
+
+    from transformers import CONFIG_MAPPING
+
+    known = list(CONFIG_MAPPING.keys())
+    if model_type not in known:
+        close = difflib.get_close_matches(str(model_type), known, n=5, cutoff=0.6)
+        raise ValueError(f"unknown model type {model_type!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
+                         + f" ({len(known)} model types are known to this transformers; MoE types that are tested: "
+                         f"{', '.join(TINY_ARCHITECTURES)}, and docs/conformance.md lists every one)")
+
+
 def tiny_config(model_type: str, **overrides: Any) -> Any:
     """A tiny config (hidden 32, 4 layers, 8 experts, top-2) of a transformers MoE type.
 
@@ -114,6 +128,7 @@ def tiny_config(model_type: str, **overrides: Any) -> Any:
 
     ```
     """
+    _check_model_type(model_type)
     base = AutoConfig.for_model(model_type)
     values = _small(base)
     experts = {name: overrides.pop(name) for name in _EXPERT_COUNT_NAMES if name in overrides}
@@ -196,6 +211,7 @@ def model_class(model_type: str) -> Any:
     import transformers
     from transformers.models.auto import modeling_auto
 
+    _check_model_type(model_type)
     config = AutoConfig.for_model(model_type)
     composite = getattr(config, "sub_configs", None) and config.get_text_config() is not config
     # a composite config (a multimodal model) builds its multimodal class; its causal-LM
