@@ -136,7 +136,9 @@ def _codes(flag: str, text: str | None, available: list[str], where: str) -> lis
         if code not in available:
             guesses = close_matches(code, available)
             named = ", ".join(f"{g} ({_name(languages, g)})" for g in guesses)
-            hint = f"did you mean {named}?" if guesses else f"the {len(available)} codes are ISO 639-3, e.g. eng, deu"
+            listed = ", ".join(available) if len(available) <= 12 else ", ".join(available[:12]) + ", ..."
+            hint = f"did you mean {named}?" if guesses else \
+                f"the {len(available)} available (ISO 639-3 codes): {listed}"
             _fail(f"{flag}: {code!r} is not a language of {where}; {hint}")
     return codes
 

@@ -25,3 +25,14 @@ def test_the_cli_says_the_same_for_tiny_models(capsys, tmp_path):
 def test_loading_a_missing_directory_says_so_not_the_hubs_repo_id_rules(name):
     with pytest.raises(FileNotFoundError, match="no such model directory; pass a local directory"):
         mi.load(name)
+
+
+def test_a_language_code_that_is_not_available_names_the_available_ones(tmp_path, monkeypatch, capsys):
+    """`steer --languages swh` on stats of two languages said "the 2 codes are ISO 639-3" without naming them."""
+    import moe_interp.cli as cli
+
+    with pytest.raises(SystemExit):
+        cli._codes("--languages", "swh", ["eng", "deu"], "--stats p.routing and the udhr corpus")
+    err = capsys.readouterr().err
+    assert "'swh' is not a language of --stats p.routing and the udhr corpus; the 2 available (ISO 639-3 codes): " \
+           "eng, deu" in err
