@@ -1,4 +1,5 @@
-"""Corpora: the bundled UDHR (offline) and loaders for FLORES+, Belebele and MGSM (hub or local copy)."""
+"""Corpora: the bundled UDHR (offline), your own texts (`load_corpus`: a directory, JSON Lines or CSV, with a
+hash-based train/held-out split) and loaders for FLORES+, Belebele and MGSM (hub or local copy)."""
 
 from ._hub import (
     MGSM_LANGUAGES,
@@ -10,10 +11,12 @@ from ._hub import (
     mgsm,
     mgsm_items,
 )
+from ._local import HELDOUT_FRACTION, load_corpus, split_corpus
 from ._udhr import udhr, udhr_languages, udhr_segments, udhr_statistics
 from .reference import REFERENCE_STATS, reference_stats
 
 __all__ = [
+    "HELDOUT_FRACTION",
     "MGSM_LANGUAGES",
     "REFERENCE_STATS",
     "BelebeleItem",
@@ -21,9 +24,11 @@ __all__ = [
     "belebele",
     "belebele_items",
     "flores",
+    "load_corpus",
     "mgsm",
     "mgsm_items",
     "reference_stats",
+    "split_corpus",
     "udhr",
     "udhr_languages",
     "udhr_segments",
