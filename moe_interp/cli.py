@@ -78,11 +78,76 @@ def _k(model: Any, stats: Any, k: int | None, paper_k: int) -> int:
         _fail(f"{error} (the model has {experts} experts)")
 
 
+class _CorpusName(str):
+    """`--corpus`'s value, carrying the options of a corpus file (`--language-column`, `--text-column`, `--unit`)."""
+
+    options: dict
+
+
+_CORPUS_OPTIONS = ("language_column", "text_column", "unit")
+
+
+class _CorpusAction(argparse.Action):
+    """`--corpus`: the name, with the corpus-file options given so far (before or after it)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        name = _CorpusName(values)
+        name.options = {key: getattr(namespace, key) for key in _CORPUS_OPTIONS}
+        setattr(namespace, self.dest, name)
+
+
+class _CorpusOption(argparse.Action):
+    """`--language-column`, `--text-column`, `--unit`: stored, and passed on to `--corpus` if it came first."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        if isinstance(getattr(namespace, "corpus", None), _CorpusName):
+            namespace.corpus.options[self.dest] = values
+
+
+def _add_corpus(p: argparse.ArgumentParser, use: str) -> None:
+    p.add_argument("--corpus", default="udhr", action=_CorpusAction,
+                   help=f"{use}: the bundled 'udhr' (312 languages, its own split), or your own: a directory of "
+                        "UTF-8 <language>.txt files (eng.txt, deu.txt), a .jsonl or a .csv file with a language "
+                        "and a text column; its train/held-out split is by a hash of each text "
+                        "(mi.datasets.split_corpus: 25%% held out)")
+    p.add_argument("--language-column", default="language", action=_CorpusOption,
+                   help="column of the language code in a .jsonl/.csv --corpus")
+    p.add_argument("--text-column", default="text", action=_CorpusOption,
+                   help="column of the text in a .jsonl/.csv --corpus")
+    p.add_argument("--unit", default="paragraph", choices=("paragraph", "line"), action=_CorpusOption,
+                   help="one text per blank-line-separated paragraph or per line, in a directory --corpus")
+
+
+def _user_corpus(name: str, split: str) -> dict:
+    """A corpus of your own (`mi.datasets.load_corpus`), any error one line naming `--corpus`."""
+    import moe_interp as mi
+
+    path = Path(name).expanduser()
+    if not path.exists():
+        _fail(f"--corpus {name}: not a bundled corpus (udhr) and no such file or directory; pass udhr, a directory "
+              "of <language>.txt files, a .jsonl or a .csv file (FLORES+/Belebele/MGSM via mi.datasets in Python)")
+    options = dict(getattr(name, "options", {}))
+    try:
+        return mi.datasets.load_corpus(path, split, **options)
+    except (OSError, ValueError) as error:
+        _fail(f"--corpus {name}: {error}")
+
+
 def _corpus(name: str, languages: list[str] | None, split: str, model: str | None = None) -> dict:
     import moe_interp as mi
 
     if name != "udhr":
-        _fail(f"unknown corpus {name!r}; bundled: udhr (FLORES+/Belebele/MGSM via mi.datasets in Python)")
+        corpus = _user_corpus(name, split)
+        if languages is not None:
+            corpus = {lang: corpus[lang] for lang in languages}
+        if model in (None, "demo"):  # the demo model reads pieces of at most 256 bytes, as it was trained
+            from moe_interp.demo import _pieces
+
+            corpus = _pieces(corpus)
+        return corpus
     if model in (None, "demo"):  # the demo model reads 256-byte pieces, as it was trained and as the demo runs it
         from moe_interp.demo import demo_corpus
 
@@ -94,7 +159,7 @@ def _corpus_languages(name: str) -> list[str]:
     import moe_interp as mi
 
     if name != "udhr":
-        _corpus(name, None, "all")  # fails naming the corpora there are
+        return list(_user_corpus(name, "all"))
     return sorted(mi.datasets.udhr_languages())
 
 
@@ -279,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Run a model over a corpus and save how often each language uses each expert of each MoE layer "
             "(RoutingStats.save); the input of report, ablate and steer.")
     p.add_argument("--model", default="demo", help=model_help)
-    p.add_argument("--corpus", default="udhr", help="bundled corpus (udhr: 312 languages)")
+    _add_corpus(p, "texts to profile")
     p.add_argument("--languages", help="comma-separated ISO 639-3 codes (default: every language of the corpus)")
     p.add_argument("--split", default="train", choices=("train", "heldout", "all"),
                    help="corpus split (train: select experts on it, then ablate/steer evaluate on held-out texts)")
@@ -309,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
             "(evaluate a relative of each target, e.g. nld for deu, to tell a family-level effect apart).")
     p.add_argument("--model", default="demo", help=model_help + "; the model --stats was profiled on")
     p.add_argument("--stats", required=True, help="routing statistics from `moe-interp profile`")
-    p.add_argument("--corpus", default="udhr", help="bundled corpus for the held-out texts")
+    _add_corpus(p, "the corpus of the held-out texts (the one profiled with --split train)")
     p.add_argument("--eval-languages", required=True, help="comma-separated ISO 639-3 codes to evaluate on")
     p.add_argument("--target-languages", required=True, help="comma-separated codes whose exclusive experts are ablated")
     p.add_argument("--k", type=int, help="experts kept per language and layer (default: the paper's 15 of 128 "
@@ -329,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
             "bootstrap 95% intervals.")
     p.add_argument("--model", default="demo", help=model_help + "; the model --stats was profiled on")
     p.add_argument("--stats", required=True, help="routing statistics from `moe-interp profile`")
-    p.add_argument("--corpus", default="udhr", help="bundled corpus (train split: choose the scale; heldout: report)")
+    _add_corpus(p, "the corpus profiled with --split train (train split: choose the scale; heldout: report)")
     p.add_argument("--target", default="eng", help="the language whose shared experts are steered toward")
     p.add_argument("--languages", required=True, help="comma-separated ISO 639-3 codes to steer")
     p.add_argument("--scales", default="0,0.02,0.05,0.1,0.2", help="comma-separated steering scales to choose from")
