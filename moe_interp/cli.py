@@ -79,12 +79,13 @@ def _k(model: Any, stats: Any, k: int | None, paper_k: int) -> int:
 
 
 class _CorpusName(str):
-    """`--corpus`'s value, carrying the options of a corpus file (`--language-column`, `--text-column`, `--unit`)."""
+    """`--corpus`'s value, carrying the options of a corpus file (`--language-column`, `--text-column`, `--unit`,
+    `--dataset-split`)."""
 
     options: dict
 
 
-_CORPUS_OPTIONS = ("language_column", "text_column", "unit")
+_CORPUS_OPTIONS = ("language_column", "text_column", "unit", "dataset_split")
 
 
 class _CorpusAction(argparse.Action):
@@ -98,7 +99,8 @@ class _CorpusAction(argparse.Action):
 
 
 class _CorpusOption(argparse.Action):
-    """`--language-column`, `--text-column`, `--unit`: stored, and passed on to `--corpus` if it came first."""
+    """`--language-column`, `--text-column`, `--unit`, `--dataset-split`: stored, and passed on to `--corpus` if it
+    came first."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
@@ -111,7 +113,8 @@ def _add_corpus(p: argparse.ArgumentParser, use: str) -> None:
     p.add_argument("--corpus", default="udhr", action=_CorpusAction,
                    help=f"{use}: the bundled 'udhr' (312 languages, its own split), or your own: a directory of "
                         "UTF-8 <language>.txt files (eng.txt, deu.txt), a .jsonl or a .csv file with a language "
-                        "and a text column; its train/held-out split is by a hash of each text "
+                        "and a text column, or hf:<dataset name or save_to_disk path> (needs moe-interp[datasets]); "
+                        "its train/held-out split is by a hash of each text "
                         "(mi.datasets.split_corpus: 25%% held out)")
     p.add_argument("--language-column", default="language", action=_CorpusOption,
                    help="column of the language code in a .jsonl/.csv --corpus")
@@ -119,20 +122,24 @@ def _add_corpus(p: argparse.ArgumentParser, use: str) -> None:
                    help="column of the text in a .jsonl/.csv --corpus")
     p.add_argument("--unit", default="paragraph", choices=("paragraph", "line"), action=_CorpusOption,
                    help="one text per blank-line-separated paragraph or per line, in a directory --corpus")
+    p.add_argument("--dataset-split", default="train", action=_CorpusOption,
+                   help="the split of an hf:<dataset> --corpus to read (then split again by --split)")
 
 
 def _user_corpus(name: str, split: str) -> dict:
     """A corpus of your own (`mi.datasets.load_corpus`), any error one line naming `--corpus`."""
     import moe_interp as mi
 
+    hf = name.startswith("hf:")  # a Hugging Face dataset: its name or path is checked by `datasets`
     path = Path(name).expanduser()
-    if not path.exists():
+    if not hf and not path.exists():
         _fail(f"--corpus {name}: not a bundled corpus (udhr) and no such file or directory; pass udhr, a directory "
-              "of <language>.txt files, a .jsonl or a .csv file (FLORES+/Belebele/MGSM via mi.datasets in Python)")
+              "of <language>.txt files, a .jsonl or a .csv file, or hf:<dataset> (FLORES+/Belebele/MGSM via "
+              "mi.datasets in Python)")
     options = dict(getattr(name, "options", {}))
     try:
-        return mi.datasets.load_corpus(path, split, **options)
-    except (OSError, ValueError) as error:
+        return mi.datasets.load_corpus(str(name) if hf else path, split, **options)
+    except (OSError, ValueError, ImportError) as error:
         _fail(f"--corpus {name}: {error}")
 
 

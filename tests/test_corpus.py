@@ -200,3 +200,40 @@ def test_ablate_on_the_profiled_texts_of_a_user_corpus_is_refused(tmp_path, monk
         main(["ablate", "--model", "tiny:qwen3_moe", "--stats", "p.routing", "--corpus", str(folder),
               "--eval-languages", "eng,deu", "--target-languages", "deu", "--k", "4"])
     assert "profiled on the same eng, deu texts" in capsys.readouterr().err
+
+
+def test_a_hugging_face_dataset_reads_as_its_rows_and_profiles_as_the_python_api(tmp_path, monkeypatch, capsys):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.chdir(tmp_path)
+    rows = [(l, t) for l, texts in TEXTS.items() for t in texts]
+    table = datasets.Dataset.from_dict({"lang": [l for l, _ in rows], "body": [t for _, t in rows]})
+    datasets.DatasetDict({"train": table, "test": table.select([0, 1, 8])}).save_to_disk(str(tmp_path / "dd"))
+    source = f"hf:{tmp_path / 'dd'}"
+    assert mi.datasets.load_corpus(source, language_column="lang", text_column="body") == TEXTS
+    assert mi.datasets.load_corpus(source, "heldout", language_column="lang", text_column="body") == \
+        {l: _split_by_hand(t, "heldout") for l, t in TEXTS.items()}
+    with pytest.raises(ValueError, match=r"dd\[train\]: no column 'language' \(columns: 'lang', 'body'\)"):
+        mi.datasets.load_corpus(source)
+    with pytest.raises(ValueError, match=r"no split 'dev' \(splits: train, test\)"):
+        mi.datasets.load_corpus(source, dataset_split="dev", language_column="lang", text_column="body")
+    with pytest.raises(ValueError, match=r"dd\[test\]:3: language 'eng' has only this text"):
+        mi.datasets.load_corpus(source, "train", dataset_split="test", language_column="lang", text_column="body")
+    train = {l: _split_by_hand(t, "train") for l, t in TEXTS.items()}
+    expected = mi.profile(mi.zoo.tiny_model("qwen3_moe", max_position_embeddings=8192), train)
+    assert main(["profile", "--model", "tiny:qwen3_moe", "--corpus", source, "--language-column", "lang",
+                 "--text-column", "body", "--dataset-split", "train", "--split", "train", "--out", "hf.routing"]) == 0
+    stats = mi.RoutingStats.load("hf.routing")
+    assert stats.languages == expected.languages and torch.equal(stats.count, expected.count)
+    assert torch.equal(stats.tokens, expected.tokens)
+
+
+def test_a_hugging_face_dataset_without_the_extra_names_the_install(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "datasets", None)                # as if `datasets` were not installed
+    with pytest.raises(ImportError, match=r"pip install 'moe-interp\[datasets\]'"):
+        mi.datasets.load_corpus(f"hf:{tmp_path}")
+    with pytest.raises(SystemExit):
+        main(["profile", "--model", "tiny:qwen3_moe", "--corpus", f"hf:{tmp_path}", "--out", str(tmp_path / "p")])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"moe-interp: error: --corpus hf:{tmp_path}: ") and "moe-interp[datasets]" in line

@@ -1,5 +1,5 @@
-"""A researcher's own corpus: a directory of one text file per language, or a JSON Lines / CSV
-file with a language column and a text column, read into the `{language: [texts]}` every API
+"""A researcher's own corpus: a directory of one text file per language, a JSON Lines / CSV
+file or a Hugging Face `datasets` dataset with a language column and a text column, read into the `{language: [texts]}` every API
 takes, with a deterministic train/held-out split by a hash of each text.
 
 The split rule (`split_corpus`): a text is held out when the first 8 bytes of the SHA-256 of
@@ -135,7 +135,7 @@ def _read_directory(path: Path, items: _Items, unit: str) -> None:
                 paragraph = []
 
 
-def _row(path: Path, line: int, row: Mapping, language_column: str, text_column: str, items: _Items) -> None:
+def _row(path: str | Path, line: int, row: Mapping, language_column: str, text_column: str, items: _Items) -> None:
     where = f"{path}:{line}"
     for column in (language_column, text_column):
         if column not in row:
@@ -186,6 +186,51 @@ def _read_csv(path: Path, items: _Items, language_column: str, text_column: str)
         raise ValueError(f"{path}: the file is empty; put texts in it or remove it")
 
 
+def _read_file(path: Path, items: _Items, unit: str, language_column: str, text_column: str) -> Path:
+    if path.is_dir():
+        _read_directory(path, items, unit)
+    elif not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory; pass a directory of <language>.txt files, "
+                                "a .jsonl or a .csv file, or hf:<dataset>")
+    elif path.suffix.lower() == ".jsonl":
+        _read_jsonl(path, items, language_column, text_column)
+    elif path.suffix.lower() == ".csv":
+        _read_csv(path, items, language_column, text_column)
+    else:
+        raise ValueError(f"{path}: not a directory, .jsonl or .csv file; for plain text, put one file per language "
+                         "in a directory (eng.txt, deu.txt)")
+    return path
+
+
+def _read_hf(source: str, items: _Items, language_column: str, text_column: str, dataset_split: str) -> str:
+    """Rows of a Hugging Face `datasets` dataset: a `save_to_disk` directory, else `datasets.load_dataset(source)`."""
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError(f"hf:{source}: reading a Hugging Face dataset needs the `datasets` library: "
+                          "pip install 'moe-interp[datasets]'") from None
+    label = f"hf:{source}[{dataset_split}]"
+    path = Path(source).expanduser()
+    if path.is_dir() and any((path / f).exists() for f in ("dataset_info.json", "dataset_dict.json", "state.json")):
+        data = datasets.load_from_disk(str(path))
+        if isinstance(data, datasets.DatasetDict):
+            if dataset_split not in data:
+                raise ValueError(f"hf:{source}: no split {dataset_split!r} (splits: {', '.join(data)}); "
+                                 "name one with dataset_split=")
+            data = data[dataset_split]
+    else:
+        data = datasets.load_dataset(source, split=dataset_split)
+    for column, option in ((language_column, "language_column"), (text_column, "text_column")):
+        if column not in data.column_names:
+            raise ValueError(f"{label}: no column {column!r} (columns: {', '.join(map(repr, data.column_names))}); "
+                             f"name the right one with {option}=")
+    if len(data) == 0:
+        raise ValueError(f"{label}: the dataset is empty")
+    for number, row in enumerate(data.select_columns([language_column, text_column]), 1):
+        _row(label, number, row, language_column, text_column, items)
+    return label
+
+
 @functools.cache
 def _known_codes() -> tuple[str, ...]:
     from .. import languages
@@ -193,7 +238,7 @@ def _known_codes() -> tuple[str, ...]:
     return tuple(sorted({l.iso639_3 for l in languages.all_languages()}))
 
 
-def _check_codes(codes: Sequence[str], source: Path) -> None:
+def _check_codes(codes: Sequence[str], source: str | Path) -> None:
     from .. import languages
 
     known = _known_codes()
@@ -210,7 +255,8 @@ def _check_codes(codes: Sequence[str], source: Path) -> None:
 
 
 def load_corpus(path: str | Path, split: str = "all", *, unit: str = "paragraph", language_column: str = "language",
-                text_column: str = "text", fraction: float = HELDOUT_FRACTION) -> dict[str, list[str]]:
+                text_column: str = "text", fraction: float = HELDOUT_FRACTION,
+                dataset_split: str = "train") -> dict[str, list[str]]:
     """Read your own corpus as `{language: [texts]}`, the shape `mi.profile`, `mi.ablation_grid`
     and `mi.steering_eval` take, then keep its `split` ("all", "train" or "heldout", by
     `split_corpus`'s hash rule with held-out share `fraction`).
@@ -221,7 +267,10 @@ def load_corpus(path: str | Path, split: str = "all", *, unit: str = "paragraph"
       `deu.txt`); one text per blank-line-separated paragraph (`unit="paragraph"`, lines of a
       paragraph joined by newlines) or one per non-blank line (`unit="line"`);
     - a `.jsonl` file, one JSON object per line, or a `.csv` file with a header row; each
-      row's `language_column` (default `"language"`) and `text_column` (default `"text"`).
+      row's `language_column` (default `"language"`) and `text_column` (default `"text"`);
+    - `"hf:<name or path>"`: a Hugging Face `datasets` dataset (`pip install 'moe-interp[datasets]'`),
+      a `save_to_disk` directory or anything `datasets.load_dataset` reads, its `dataset_split`
+      (default `"train"`), rows as in a `.jsonl` (row numbers count from 1).
 
     Texts are stripped of surrounding whitespace and kept in file order; a directory's languages
     are in file-name order, a file's in order of first appearance. Codes that are not ISO 639-3
@@ -255,20 +304,11 @@ def load_corpus(path: str | Path, split: str = "all", *, unit: str = "paragraph"
     _check_split(split, fraction)
     if unit not in ("paragraph", "line"):
         raise ValueError(f"unit={unit!r}: pass 'paragraph' (texts separated by blank lines) or 'line'")
-    path = Path(path).expanduser()
     items = _Items()
-    if path.is_dir():
-        _read_directory(path, items, unit)
-    elif not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or directory; pass a directory of <language>.txt files, "
-                                "a .jsonl or a .csv file")
-    elif path.suffix.lower() == ".jsonl":
-        _read_jsonl(path, items, language_column, text_column)
-    elif path.suffix.lower() == ".csv":
-        _read_csv(path, items, language_column, text_column)
+    if isinstance(path, str) and path.startswith("hf:"):
+        path = _read_hf(path[3:], items, language_column, text_column, dataset_split)
     else:
-        raise ValueError(f"{path}: not a directory, .jsonl or .csv file; for plain text, put one file per language "
-                         "in a directory (eng.txt, deu.txt)")
+        path = _read_file(Path(path).expanduser(), items, unit, language_column, text_column)
     _check_codes(list(items.by_language), path)
     if split != "all":
         for language, texts in items.by_language.items():
