@@ -10,6 +10,7 @@ import os
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -138,9 +139,19 @@ def _user_corpus(name: str, split: str) -> dict:
               "mi.datasets in Python)")
     options = dict(getattr(name, "options", {}))
     try:
-        return mi.datasets.load_corpus(str(name) if hf else path, split, **options)
+        with warnings.catch_warnings(record=True) as caught:  # unknown codes: one note each, once per run
+            warnings.simplefilter("always", UserWarning)
+            corpus = mi.datasets.load_corpus(str(name) if hf else path, split, **options)
     except (OSError, ValueError, ImportError) as error:
         _fail(f"--corpus {name}: {error}")
+    for warning in caught:
+        if str(warning.message) not in _NOTED:
+            _NOTED.add(str(warning.message))
+            _say(f"note: {warning.message}")
+    return corpus
+
+
+_NOTED: set[str] = set()
 
 
 def _corpus(name: str, languages: list[str] | None, split: str, model: str | None = None) -> dict:

@@ -237,3 +237,14 @@ def test_a_hugging_face_dataset_without_the_extra_names_the_install(tmp_path, mo
         main(["profile", "--model", "tiny:qwen3_moe", "--corpus", f"hf:{tmp_path}", "--out", str(tmp_path / "p")])
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"moe-interp: error: --corpus hf:{tmp_path}: ") and "moe-interp[datasets]" in line
+
+
+def test_the_cli_notes_an_unknown_code_once_and_keeps_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "en.txt").write_text("One text.\n\nAnother text.\n\nA third.\n", encoding="utf-8")
+    (tmp_path / "t" / "deu.txt").write_text("Ein Text.\n\nNoch einer.\n\nEin dritter.\n", encoding="utf-8")
+    assert main(["profile", "--model", "tiny:qwen3_moe", "--corpus", str(tmp_path / "t"), "--out", "p.routing"]) == 0
+    notes = [l for l in capsys.readouterr().err.splitlines() if "note:" in l]
+    assert len(notes) == 1 and "language 'en' is not an ISO 639-3 code" in notes[0] and "did you mean eng?" in notes[0]
+    assert mi.RoutingStats.load("p.routing").languages == ("deu", "en")
