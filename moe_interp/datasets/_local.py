@@ -1,6 +1,7 @@
 """A researcher's own corpus: a directory of one text file per language, a JSON Lines / CSV
-file or a Hugging Face `datasets` dataset with a language column and a text column, read into the `{language: [texts]}` every API
-takes, with a deterministic train/held-out split by a hash of each text.
+file or a Hugging Face `datasets` dataset with a language column and a text column, read into
+the `{language: [texts]}` every API takes, with a deterministic train/held-out split by a hash
+of each text.
 
 The split rule (`split_corpus`): a text is held out when the first 8 bytes of the SHA-256 of
 its UTF-8 bytes, read as a big-endian integer and divided by 2**64, are below `fraction`
