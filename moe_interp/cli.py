@@ -162,15 +162,27 @@ def _corpus(name: str, languages: list[str] | None, split: str, model: str | Non
         if languages is not None:
             corpus = {lang: corpus[lang] for lang in languages}
         if model in (None, "demo"):  # the demo model reads pieces of at most 256 bytes, as it was trained
-            from moe_interp.demo import _pieces
+            from moe_interp.demo import MAX_BYTES
 
-            corpus = _pieces(corpus)
+            corpus = {lang: [p for t in texts for p in _cut(t, MAX_BYTES)] for lang, texts in corpus.items()}
         return corpus
     if model in (None, "demo"):  # the demo model reads 256-byte pieces, as it was trained and as the demo runs it
         from moe_interp.demo import demo_corpus
 
         return demo_corpus(languages if languages is not None else mi.datasets.udhr_languages(), split=split)
     return mi.datasets.udhr(languages, split=split)
+
+
+def _cut(text: str, max_bytes: int) -> list[str]:
+    """`text` in pieces of at most `max_bytes` UTF-8 bytes, cut at character boundaries (as the demo cuts UDHR)."""
+    pieces, piece, size = [], "", 0
+    for char in text:
+        width = len(char.encode())
+        if size + width > max_bytes:
+            pieces.append(piece)
+            piece, size = "", 0
+        piece, size = piece + char, size + width
+    return [*pieces, piece] if piece else pieces
 
 
 def _corpus_languages(name: str) -> list[str]:

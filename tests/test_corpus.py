@@ -248,3 +248,14 @@ def test_the_cli_notes_an_unknown_code_once_and_keeps_it(tmp_path, monkeypatch, 
     notes = [l for l in capsys.readouterr().err.splitlines() if "note:" in l]
     assert len(notes) == 1 and "language 'en' is not an ISO 639-3 code" in notes[0] and "did you mean eng?" in notes[0]
     assert mi.RoutingStats.load("p.routing").languages == ("deu", "en")
+
+
+def test_the_demo_model_reads_a_user_corpus_in_the_pieces_the_demo_cuts(tmp_path):
+    from moe_interp import cli
+    from moe_interp.demo import demo_corpus
+
+    (tmp_path / "fin.txt").write_text("\n\n".join(mi.datasets.udhr("fin", "all")["fin"]), encoding="utf-8")
+    (tmp_path / "eng.txt").write_text("\n\n".join(mi.datasets.udhr("eng", "all")["eng"]), encoding="utf-8")
+    mine = cli._corpus(str(tmp_path), ["fin", "eng"], "all", "demo")
+    assert mine == demo_corpus(["fin", "eng"], split="all")          # the UDHR texts, cut the same way
+    assert max(len(p.encode()) for texts in mine.values() for p in texts) <= 256
