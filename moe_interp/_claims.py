@@ -334,11 +334,11 @@ def seed_claims(records: Mapping[Any, Mapping[str, Any]], level: float = 0.95) -
             first = fams[seeds[0]]
             where = f"{name}, {first['languages']} languages" + (", Latin script" if subset == "Latn" else "") + \
                 f", MoE layers {first['layers'][0]}-{first['layers'][-1]}"
-            cells = [f"{cell(fams[s][statistic]['trained'])}: {family_claim(fams[s], statistic)['verdict']}"
-                     for s in seeds]
+            verdicts = [family_claim(fams[s], statistic)["verdict"] for s in seeds]
+            cells = [f"{cell(fams[s][statistic]['trained'])}: {v}" for s, v in zip(seeds, verdicts)]
             trained = [fams[s][statistic]["trained"][0] for s in seeds]
             twins = [v[0] for s in seeds for m, v in fams[s][statistic].items() if m.startswith("twin")]
-            held = sum(family_claim(fams[s], statistic)["verdict"] == "above every control" for s in seeds)
+            held = verdicts.count("above every control")
             if twins:
                 test = seed_test(trained, twins, level=level)
                 across = (f"above every control in {held} of {len(seeds)} seeds; trained - twins "

@@ -118,10 +118,10 @@ def _family_record(ev: Any, script: str | None = None) -> dict:
     twins = [m for m in ev.models if m.startswith("twin")]
     out = {"languages": len(ev.languages), "families": len(set(ev.families)), "layers": list(ev.layers),
            "level": ev.level, "unit": ev.unit, "replicates": int(len(ev.samples)), "script": script}
+    p = ev.table().set_index(["statistic", "model"]).p_value
     for statistic in ev.statistics:
         strongest = ev.strongest_baseline(statistic)
         controls = [*twins, *([strongest] if strongest else [])]
-        p = ev.table().set_index(["statistic", "model"]).p_value
         out[statistic] = {"trained": _triple(ev.interval("trained", statistic)),
                           **{m: _triple(ev.interval(m, statistic)) for m in controls},
                           "difference": {m: _triple(ev.difference(m, statistic)) for m in controls},

@@ -63,18 +63,8 @@ def _metric(model, texts, metric: str = "nll") -> torch.Tensor:
 def _loss(model, texts, scale: dict | None = None, metric: str = "nll") -> float:
     """`_metric` where `scale = {layer: (expert, factor)}` multiplies the routing weight of
     `expert` by `factor` where the experts module receives it."""
-    hooks = []
-    for layer, (expert, factor) in (scale or {}).items():
-        def pre(module, args, expert=expert, factor=factor):
-            hidden, index, weights = args[:3]
-            return (hidden, index, torch.where(index == expert, weights * factor, weights), *args[3:])
-        hooks.append(_experts_by_layer(model)[layer].register_forward_pre_hook(pre))
-    try:
-        with torch.no_grad():
-            return float(_metric(model, texts, metric))
-    finally:
-        for hook in hooks:
-            hook.remove()
+    return _loss_at(model, texts, {layer: {expert: factor} for layer, (expert, factor) in (scale or {}).items()},
+                    metric)
 
 
 @pytest.mark.parametrize("texts", [["Hi"], TEXTS], ids=["one predicted token", "three texts"])
