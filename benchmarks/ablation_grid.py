@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import moe_interp as mi
-from moe_interp.demo import demo_corpus
+from moe_interp.experiments.demo import demo_corpus
 
 EVAL = ("eng", "deu", "fra", "spa", "fin", "hun", "tur", "ind")
 TARGETS = ("eng", "deu", "fin", "tur")
@@ -60,7 +60,7 @@ def main() -> None:
               f"p = {r.random_p:.3f} | {r.verdict} |" for r in verdicts.itertuples()]
     counts = verdicts.verdict.value_counts()
     finding = (f"Verdicts over {len(verdicts)} (language, band) cells: "
-               + ", ".join(f"{v} {counts.get(v, 0)}" for v in mi.experiment.VERDICTS) + ".")
+               + ", ".join(f"{v} {counts.get(v, 0)}" for v in mi.experiments.VERDICTS) + ".")
     sizes = ", ".join(f"{t}/{b}: {n}" for (t, b), n in result.experts.items())
     text = "\n".join([
         "# Ablation grid on the demo model", "",

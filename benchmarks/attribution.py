@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/attribution.py [--out benchmarks/ATTRIBUTION.md] [--texts 6]
 
 `mi.zoo.demo_model()` (8 MoE layers of 32 experts, top-2) on eng, deu and swh: the first
-`--texts` pieces of each language's UDHR held-out split (`moe_interp.demo.demo_corpus`) that
+`--texts` pieces of each language's UDHR held-out split (`moe_interp.experiments.demo.demo_corpus`) that
 have at least 150 bytes, each cut to at most `--bytes` bytes at a character boundary. One
 process, one torch thread. Measures:
 
@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 import moe_interp as mi
-from moe_interp.attribution import MIN_CELLS, MIN_EFFECT, MIN_LOW, MIN_SIGN, rank_correlation
-from moe_interp.demo import demo_corpus
+from moe_interp.experiments._attribution import MIN_CELLS, MIN_EFFECT, MIN_LOW, MIN_SIGN, rank_correlation
+from moe_interp.experiments.demo import demo_corpus
 
 LANGUAGES = ("eng", "deu", "swh")
 TOP = 8  # experts per language in the top-k comparison

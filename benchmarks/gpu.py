@@ -135,7 +135,7 @@ def demo_profile(args, device):
     from scipy.spatial.distance import jensenshannon
 
     import moe_interp as mi
-    from moe_interp.demo import demo_corpus
+    from moe_interp.experiments.demo import demo_corpus
 
     every = list(mi.datasets.udhr_languages())
     languages = every[:: max(1, len(every) // args.demo_languages)][: args.demo_languages]  # spread over the list

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import moe_interp as mi
-from moe_interp._fingerprint import model_parts, tokenizer_fingerprint
+from moe_interp.core._fingerprint import model_parts, tokenizer_fingerprint
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- weights hash: written by benchmarks/weights_hash.py -->", "<!-- end weights hash -->"
@@ -63,7 +63,7 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()
-    from moe_interp.demo import demo_corpus
+    from moe_interp.experiments.demo import demo_corpus
 
     pieces = [t for texts in demo_corpus(["eng", "deu", "fra", "rus"], split="train").values() for t in texts][:16]
     cores = torch.get_num_threads()

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 import moe_interp as mi
-from moe_interp import plots
-from moe_interp.report import page as report_page
-from moe_interp.report import table as _table
+from moe_interp.analysis import plots
+from moe_interp.experiments.report import page as report_page
+from moe_interp.experiments.report import table as _table
 from moe_interp.analysis import THIRDS, band_average
 from moe_interp.datasets import reference_stats
 

@@ -13,25 +13,28 @@
 The public names are re-exported here from their modules (`analysis`, `datasets`, `evaluate`,
 `languages`, `plots` and `zoo` are public modules; modules whose names start with `_` are not).
 """
-
-from . import analysis, datasets, evaluate, languages, plots, zoo
-from ._fingerprint import ResumeError
-from ._router_view import RouterAccessError
-from ._trace import generate, trace
-from .arch import (
+from moe_interp import analysis, datasets
+from moe_interp.models import zoo
+from moe_interp.experiments import evaluate
+from moe_interp.core import languages
+from moe_interp.analysis import plots
+from moe_interp.core._fingerprint import ResumeError
+from moe_interp.runtime._router_view import RouterAccessError
+from moe_interp.runtime._tracer import generate, trace
+from moe_interp.arch import (
     MoESpec,
     RouterAdapter,
     UnsupportedModelError,
     describe,
     register_adapter,
 )
-from .attribution import ExpertAttribution, expert_attribution
-from .experiment import Experiment, ablation_grid, steering_eval
-from .expert_set import PAPER, ExpertSet
-from .interventions import ExpertAblate, LayerRouteSteer, RouterRecord, RouteSteer
-from .loading import load, wrap
-from .profiling import profile
-from .stats import RoutingStats, StatsFileError
+from moe_interp.experiments._attribution import ExpertAttribution, expert_attribution
+from moe_interp.experiments import Experiment, ablation_grid, steering_eval
+from moe_interp.core._expert_set import PAPER, ExpertSet
+from moe_interp.runtime._interventions import ExpertAblate, LayerRouteSteer, RouterRecord, RouteSteer
+from moe_interp.models._loading import load, wrap
+from moe_interp.experiments._profile import profile
+from moe_interp.analysis._stats import RoutingStats, StatsFileError
 
 __version__ = "0.1.0"
 

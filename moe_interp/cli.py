@@ -70,7 +70,7 @@ def _model(name: str | None, trained: bool = True) -> Any:
 def _k(model: Any, stats: Any, k: int | None, paper_k: int) -> int:
     """`--k`, by default the paper's `paper_k` of 128 experts scaled to the model, checked before any work."""
     import moe_interp as mi
-    from moe_interp.expert_set import check_k
+    from moe_interp.core._expert_set import check_k
 
     experts = mi.describe(model).num_experts
     try:
@@ -162,12 +162,12 @@ def _corpus(name: str, languages: list[str] | None, split: str, model: str | Non
         if languages is not None:
             corpus = {lang: corpus[lang] for lang in languages}
         if model in (None, "demo"):  # the demo model reads pieces of at most 256 bytes, as it was trained
-            from moe_interp.demo import MAX_BYTES
+            from moe_interp.experiments.demo import MAX_BYTES
 
             corpus = {lang: [p for t in texts for p in _cut(t, MAX_BYTES)] for lang, texts in corpus.items()}
         return corpus
     if model in (None, "demo"):  # the demo model reads 256-byte pieces, as it was trained and as the demo runs it
-        from moe_interp.demo import demo_corpus
+        from moe_interp.experiments.demo import demo_corpus
 
         return demo_corpus(languages if languages is not None else mi.datasets.udhr_languages(), split=split)
     return mi.datasets.udhr(languages, split=split)
@@ -204,7 +204,7 @@ def close_matches(code: str, available: list[str]) -> list[str]:
 
     ```
     """
-    from moe_interp import languages
+    from moe_interp.core import languages
 
     try:
         iso = languages.info(code).iso639_3
@@ -219,7 +219,7 @@ def _codes(flag: str, text: str | None, available: list[str], where: str) -> lis
     """Comma-separated language codes of `flag`, each one of `available`; `None` if not given."""
     if text is None:
         return None
-    from moe_interp import languages
+    from moe_interp.core import languages
 
     codes = [t.strip() for t in text.split(",") if t.strip()]
     if not codes:
@@ -271,7 +271,7 @@ def _profile(args: argparse.Namespace) -> None:
 
 def _report(args: argparse.Namespace) -> None:
     import moe_interp as mi
-    from moe_interp import report
+    from moe_interp.experiments import report
 
     parts = []
     for path in args.stats:
@@ -319,7 +319,7 @@ def _steer(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from moe_interp.demo import run_demo
+    from moe_interp.experiments.demo import run_demo
 
     languages = _codes("--languages", args.languages, _corpus_languages("udhr"), "the udhr corpus")
     started = time.perf_counter()
@@ -466,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ```
     """
-    from moe_interp._threads import set_threads
+    from moe_interp.core._threads import set_threads
 
     args = build_parser().parse_args(argv)
     threads, why = set_threads(None if args.threads == "auto" else args.threads)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from moe_interp.stats import RoutingStats
+from moe_interp.analysis._stats import RoutingStats
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "qwen3-30b-a3b-mgsm"

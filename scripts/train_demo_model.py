@@ -10,7 +10,7 @@ training_log.tsv, eval.json (every measured claim with its controls) and MODEL_C
     python scripts/train_demo_model.py --out DIR --card-only --seeds-from /tmp/demo_s1 /tmp/demo_s2
 
 Deterministic from `--seed`: the initial weights come from `torch.manual_seed(seed)` right before
-`AutoModelForCausalLM.from_config` (exactly what `moe_interp.zoo.demo_model(trained=False)` does),
+`AutoModelForCausalLM.from_config` (exactly what `moe_interp.models.zoo.demo_model(trained=False)` does),
 and the data order from a single-threaded `numpy` generator seeded with `seed + 1`.
 
 Data: `zoo.DEMO_LANGUAGES`, 55 UDHR languages chosen for the questions the demo asks (issue 13):
@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import moe_interp as mi  # noqa: E402
-from moe_interp import zoo  # noqa: E402
+from moe_interp.models import zoo  # noqa: E402
 
 OUT = ROOT / "moe_interp" / "data" / "demo_model"
 
@@ -248,8 +248,8 @@ def bits_per_byte(hf, texts: list) -> float:
 
 def evaluate(args: argparse.Namespace) -> dict:
     """Held-out bits/byte (trained vs its twin) and every claim of the demo with its controls
-    (`moe_interp.demo.demo_evidence`, full settings), as plain numbers for eval.json."""
-    from moe_interp.demo import _pieces, demo_evidence
+    (`moe_interp.experiments.demo.demo_evidence`, full settings), as plain numbers for eval.json."""
+    from moe_interp.experiments.demo import _pieces, demo_evidence
 
     torch.manual_seed(0)
     heldout = _pieces(mi.datasets.udhr(list(zoo.DEMO_LANGUAGES), split="heldout"), args.seq_len)
@@ -260,7 +260,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     print("bits/byte done", flush=True)
     ev = demo_evidence(path=args.out, replicates=args.replicates, permutations=args.permutations, progress=False,
                        log=lambda line: print(line, flush=True))
-    result.update(ev.record())  # the plain numbers every claim is worded from (moe_interp._claims)
+    result.update(ev.record())  # the plain numbers every claim is worded from (moe_interp.experiments._claims)
     result["settings"] = {"replicates": args.replicates, "permutations": args.permutations,
                           "controls": ev.ablation.controls if ev.ablation is not None else None}
     return result
@@ -275,8 +275,8 @@ def _settings(ev: dict) -> str:
 def write_card(args: argparse.Namespace, info: dict, result: dict, seeds: dict, pending: dict) -> None:
     from transformers import AutoConfig
 
-    from moe_interp._claims import claims, seed_claims, seed_header
-    from moe_interp.report import markdown_table
+    from moe_interp.experiments._claims import claims, seed_claims, seed_header
+    from moe_interp.experiments.report import markdown_table
 
     config = AutoConfig.from_pretrained(args.out, local_files_only=True)
     rope = getattr(config, "rope_parameters", None) or {}
@@ -297,14 +297,14 @@ def write_card(args: argparse.Namespace, info: dict, result: dict, seeds: dict, 
         "# moe_interp demo model", "",
         "A tiny multilingual Mixture-of-Experts language model over bytes, of the real transformers "
         "architecture `Qwen3MoeForCausalLM`, trained from scratch on UDHR texts so that the routing-analysis "
-        "pipeline, with its controls, can be shown offline on a CPU. Load it with `moe_interp.zoo.demo_model()`; "
-        "`moe_interp.zoo.demo_model(trained=False)` is its random-init twin (same config, the training run's "
+        "pipeline, with its controls, can be shown offline on a CPU. Load it with `moe_interp.models.zoo.demo_model()`; "
+        "`moe_interp.models.zoo.demo_model(trained=False)` is its random-init twin (same config, the training run's "
         "seed, weights exactly as initialised) and `demo_model(trained=False, seed=k)` further twins.", "",
         f"Not a useful language model: it has seen {info['tokens'] / 1e6:.1f} MB of one document in "
         f"{info['languages']} languages.", "",
         "## Corpus: designed for the questions", "",
         f"{info['languages']} UDHR languages in {len(zoo.DEMO_FAMILIES)} families of at least 7 languages each "
-        "(`moe_interp.zoo.DEMO_FAMILIES`), most in Latin script; Indo-European and Turkic also in Cyrillic, so "
+        "(`moe_interp.models.zoo.DEMO_FAMILIES`), most in Latin script; Indo-European and Turkic also in Cyrillic, so "
         f"a family spans scripts. English (`{info['hub']}`) is the hub: {100 * info['hub_share']:.0f}% of all training "
         "sequences (the paper's English-centred steering needs a language the model knows best); the other "
         "languages share the rest uniformly.", "",
@@ -314,7 +314,7 @@ def write_card(args: argparse.Namespace, info: dict, result: dict, seeds: dict, 
             ["parameters", info.get("parameters", "?")],
             ["experts_implementation", f"`{zoo.DEMO_EXPERTS_IMPLEMENTATION}` (passed at load)"],
             ["weights", f"model.safetensors, bfloat16 ({size:.1f} MB), loaded as float32"],
-            ["tokenizer", "`moe_interp.zoo.byte_tokenizer()`: ids 0-2 `<pad>` `<s>` `</s>`, id = 3 + byte"]]), "",
+            ["tokenizer", "`moe_interp.models.zoo.byte_tokenizer()`: ids 0-2 `<pad>` `<s>` `</s>`, id = 3 + byte"]]), "",
         "## Training", "",
         "- data: UDHR train split (preamble + articles 1-24); each sequence picks a language (the hub with "
         f"probability {info['hub_share']}, else uniformly), then a {info['seq_len']}-byte window of its text "
@@ -343,7 +343,7 @@ def write_card(args: argparse.Namespace, info: dict, result: dict, seeds: dict, 
                        [[f, len(l), f"{np.mean([bpb_t[x] for x in l]):.3f}", f"{np.mean([bpb_r[x] for x in l]):.3f}"]
                         for f, l in by_family.items()]), "",
         "## What the model shows, with its controls (shipped model, seed " f"{info['seed']})", "",
-        "Measured by `moe_interp.demo.demo_evidence` (what `moe-interp demo` runs, there with lighter settings) "
+        "Measured by `moe_interp.experiments.demo.demo_evidence` (what `moe-interp demo` runs, there with lighter settings) "
         f"with {_settings(result).replace('resamples', 'bootstrap resamples').replace('permutations', 'label permutations')}. "
         "Experts are chosen on a profile of the train split (minus its last 3 paragraphs per language), the "
         "steering scale on those 3 paragraphs, and every number is measured on the held-out split; intervals are "
@@ -358,7 +358,7 @@ def write_card(args: argparse.Namespace, info: dict, result: dict, seeds: dict, 
         "against 20 random expert sets per cell matched to the ablated experts' usage, read as a distribution. "
         "Steering: RouteSteer toward experts shared with English (middle band), dose-response over scales, "
         "routing moved measured on the steered layers. Every verdict and sentence below is worded by the rules "
-        "of `moe_interp._claims` from the numbers in `eval.json`.", "",
+        "of `moe_interp.experiments._claims` from the numbers in `eval.json`.", "",
         markdown_table(["claim (held-out texts, 95% intervals)", "trained model", "controls", "verdict"],
                        [[c["claim"], c["trained"], c["controls"], c["verdict"]] for c in claims(result)]), "",
         *[f"- {sentence}" for sentence in dict.fromkeys(c["sentence"] for c in claims(result))], "",
@@ -411,8 +411,8 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     if args.readme:
-        from moe_interp._claims import README_END, README_START, readme_block
-        from moe_interp.demo import seed_records
+        from moe_interp.experiments._claims import README_END, README_START, readme_block
+        from moe_interp.experiments.demo import seed_records
 
         readme = ROOT / "README.md"
         text = readme.read_text()
@@ -433,7 +433,7 @@ def main() -> None:
         result = evaluate(args)
         (args.out / "eval.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     info["parameters"] = f"{sum(p.numel() for p in zoo.demo_model(trained=False, path=args.out)._module.parameters()):,}"
-    from moe_interp._claims import FORMAT, claims
+    from moe_interp.experiments._claims import FORMAT, claims
 
     if result.get("format") != FORMAT:
         raise SystemExit(f"{args.out / 'eval.json'} was measured in an older format ({result.get('format', 'before /2')}); "

@@ -8,7 +8,7 @@ import torch
 import moe_interp as mi
 
 
-# The families the core issue names; each builds from a tiny config (moe_interp.zoo).
+# The families the core issue names; each builds from a tiny config (moe_interp.models.zoo).
 NAMED_ARCHITECTURES = (
     "mixtral", "qwen2_moe", "qwen3_moe", "qwen3_next", "olmoe", "flex_olmo", "deepseek_v2", "deepseek_v3",
     "glm4_moe", "gpt_oss", "granitemoe", "granitemoeshared", "phimoe", "llama4_text", "dbrx", "ernie4_5_moe",

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import moe_interp as mi
-from moe_interp._grid import check_held_out
+from moe_interp.experiments._grid import check_held_out
 
 
 # -- check_held_out: overlapping texts, not only an identical list ---------------------------------
@@ -76,7 +76,7 @@ def _planted(costs, draws, texts=30, noise=0.02, bands=(BAND,), pairs=4, seed=0)
                     rows += [dict(language=lang, condition=f"control:eng:{band}:{d}", item=i,
                                   bits_per_byte=base + draw + rng.normal(0, noise)) for d, draw in enumerate(draws)]
     languages = tuple(costs)
-    return mi.experiment.AblationResult(
+    return mi.experiments.AblationResult(
         languages, tuple(("eng", b) for b in bands), {}, np.zeros((len(languages), len(bands))),
         {("eng", b): pairs for b in bands}, pd.DataFrame(rows), controls=len(draws), replicates=2000,
         among=("eng", "deu", "fin", "tur", "sah"), profiled=5, families={l: FAMILIES[l] for l in languages},
@@ -116,7 +116,7 @@ def test_comparators_split_by_family_with_language_level_intervals():
     rows += [dict(language="eng", condition=f"control:eng:{BAND}:{d}", item=i, bits_per_byte=3.0)
              for d in range(20) for i in range(10)]
     families = {**FAMILIES, "nld": "Indo-European"}
-    result = mi.experiment.AblationResult(("eng", "deu", "nld", "fin", "tur"), (("eng", BAND),), {}, np.zeros((5, 1)),
+    result = mi.experiments.AblationResult(("eng", "deu", "nld", "fin", "tur"), (("eng", BAND),), {}, np.zeros((5, 1)),
                                           {("eng", BAND): 4}, pd.DataFrame(rows), controls=20, replicates=4000,
                                           families=families)
     row = result.verdicts().iloc[0]
@@ -211,7 +211,7 @@ def test_a_verdict_needs_an_evaluated_language_of_another_family():
 
 # -- usage-matched random sets ---------------------------------------------------------------------
 
-from moe_interp._ablation import random_expert_set  # noqa: E402
+from moe_interp.experiments._ablation import random_expert_set  # noqa: E402
 
 USAGE = {0: [(16 - e) / 16 for e in range(16)]}  # expert e's usage falls with e: 0 is the most used
 

@@ -11,7 +11,7 @@ from conftest import NAMED_ARCHITECTURES, _experts_modules, oracle_routing
 from scipy.stats import spearmanr
 
 import moe_interp as mi
-from moe_interp import attribution
+from moe_interp.experiments import _attribution as attribution
 
 torch.set_num_threads(1)
 TEXTS = ["Hello there, how are you?", "ok", "Guten Morgen, liebe Welt und alle"]

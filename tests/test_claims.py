@@ -1,5 +1,5 @@
 """Every claim the demo, the README and the model card print is worded by a rule from its numbers
-(`moe_interp._claims`, issue 24 section 6): the rules on planted records, where the right words
+(`moe_interp.experiments._claims`, issue 24 section 6): the rules on planted records, where the right words
 are known, and the seed-level test against scipy."""
 
 import json
@@ -10,8 +10,8 @@ import pytest
 from scipy.stats import mannwhitneyu
 
 import moe_interp as mi
-from moe_interp import _claims
-from moe_interp.demo import DemoEvidence, _family_record
+from moe_interp.experiments import _claims
+from moe_interp.experiments.demo import DemoEvidence, _family_record
 
 
 def _family(trained, twins, baseline, p=0.001, p_twins=0.4):
@@ -154,7 +154,7 @@ def test_an_empty_demo_evidence_words_no_claims():
 
 
 def test_the_shipped_records_are_the_current_format_and_word_every_claim():
-    from moe_interp.demo import seed_records
+    from moe_interp.experiments.demo import seed_records
 
     records = seed_records()
     assert sorted(records) == [0, 1, 2]           # the shipped model and the two other seeds of the recipe
@@ -167,7 +167,7 @@ def test_the_shipped_records_are_the_current_format_and_word_every_claim():
 def test_the_readme_claims_block_is_generated_from_the_shipped_records():
     from pathlib import Path
 
-    from moe_interp.demo import seed_records
+    from moe_interp.experiments.demo import seed_records
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     start, end = readme.index(_claims.README_START), readme.index(_claims.README_END) + len(_claims.README_END)

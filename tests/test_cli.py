@@ -189,14 +189,14 @@ def test_steer_with_default_arguments_runs_on_the_demo_and_every_zoo_model(model
 
 
 def test_threads_follow_the_environment_or_the_flag(monkeypatch):
-    from moe_interp.demo import choose_threads
+    from moe_interp.experiments.demo import choose_threads
 
     monkeypatch.setenv("TORCH_NUM_THREADS", "3")
     assert choose_threads() == (3, "TORCH_NUM_THREADS=3")
     monkeypatch.delenv("TORCH_NUM_THREADS")
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    monkeypatch.setattr("moe_interp._threads._cgroup_cpus", lambda: None)
+    monkeypatch.setattr("moe_interp.core._threads._cgroup_cpus", lambda: None)
     monkeypatch.setattr(os, "getloadavg", lambda: (2.6, 1.0, 1.0))
     threads, why = choose_threads()
     assert threads == 1 and "4 CPUs, load average 2.6" in why  # round(4 - 2.6)

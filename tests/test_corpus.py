@@ -252,7 +252,7 @@ def test_the_cli_notes_an_unknown_code_once_and_keeps_it(tmp_path, monkeypatch, 
 
 def test_the_demo_model_reads_a_user_corpus_in_the_pieces_the_demo_cuts(tmp_path):
     from moe_interp import cli
-    from moe_interp.demo import demo_corpus
+    from moe_interp.experiments.demo import demo_corpus
 
     (tmp_path / "fin.txt").write_text("\n\n".join(mi.datasets.udhr("fin", "all")["fin"]), encoding="utf-8")
     (tmp_path / "eng.txt").write_text("\n\n".join(mi.datasets.udhr("eng", "all")["eng"]), encoding="utf-8")

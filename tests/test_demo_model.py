@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import moe_interp as mi
-from moe_interp import zoo
+from moe_interp.models import zoo
 
 pytestmark = pytest.mark.skipif(not (zoo.DEMO_MODEL_DIR / "model.safetensors").is_file(),
                                 reason="demo model not built (python scripts/train_demo_model.py)")
@@ -120,7 +120,7 @@ def test_trained_on_the_designed_corpus_with_english_as_hub():
 
 
 def test_the_demo_chooses_experts_on_spread_train_pieces_never_on_dev_or_heldout_texts():
-    from moe_interp.demo import _splits
+    from moe_interp.experiments.demo import _splits
 
     full, light = _splits(["eng", "fin"], False), _splits(["eng", "fin"], False, pick_pieces=4)
     for lang in ("eng", "fin"):

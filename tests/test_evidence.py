@@ -16,7 +16,7 @@ from scipy.spatial.distance import jensenshannon, squareform
 import moe_interp as mi
 from moe_interp.analysis import family_evidence, interval, ngram_stats, paired_interval, risk_difference
 from moe_interp.analysis import stratified_interval
-from moe_interp.experiment import AblationResult, SteeringResult
+from moe_interp.experiments import AblationResult, SteeringResult
 
 
 # -- intervals ---------------------------------------------------------------------------------
@@ -223,7 +223,7 @@ def test_risk_difference_by_hand():
 # -- ablation: the verdict rules and their intervals are tested in tests/test_ablation_verdicts.py --
 
 def test_random_expert_set_is_same_size_disjoint_and_seeded():
-    from moe_interp._ablation import random_expert_set
+    from moe_interp.experiments._ablation import random_expert_set
 
     chosen = {3: [0, 1, 2], 5: [7]}
     draws = [random_expert_set(chosen, 8, seed) for seed in range(300)]

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import moe_interp as mi
-import moe_interp._grid as experiment_module  # where Experiment calls text_nll
+import moe_interp.experiments._grid as experiment_module  # where Experiment calls text_nll
 from conftest import tiny
 from moe_interp.analysis import paired_interval
 
@@ -129,7 +129,7 @@ def test_sigkill_midway_then_rerun_gives_identical_results_without_recomputing(t
     script = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {os.path.dirname(__file__)!r})
-        import moe_interp as mi, moe_interp._grid as e
+        import moe_interp as mi, moe_interp.experiments._grid as e
         from conftest import tiny
         real = e.text_nll
         def slow(*a, **k):
@@ -259,7 +259,7 @@ def test_steering_eval_refuses_to_report_on_the_dev_or_profiled_texts():
 def test_routing_shift_matches_the_routers_own_logits():
     """An additive steer of expert 3 at layer 1, read against HF's own router logits
     (`output_router_logits`) with the steer and the selection written out here."""
-    from moe_interp._steering import routing_shift
+    from moe_interp.experiments._steering import routing_shift
 
     model = tiny("qwen3_moe")
     texts = TEST["eng"]

@@ -1,4 +1,4 @@
-"""Atomic, checksummed files (`moe_interp._files`): a write killed at any moment leaves the old
+"""Atomic, checksummed files (`moe_interp.core._files`): a write killed at any moment leaves the old
 file or the new one and no temporary file; the checksum is the documented sha256."""
 
 import hashlib
@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from moe_interp._files import checksum, replace_file, write_directory
+from moe_interp.core._files import checksum, replace_file, write_directory
 
 
 class Killed(Exception):

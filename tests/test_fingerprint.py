@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import moe_interp as mi
-import moe_interp._grid as grid_module  # where Experiment calls text_nll
-from moe_interp._fingerprint import model_parts
+import moe_interp.experiments._grid as grid_module  # where Experiment calls text_nll
+from moe_interp.core._fingerprint import model_parts
 
 CORPUS = {"eng": ["The Cat sat on the Mat.", "Dogs BARK at night."], "deu": ["Die Katze SCHLÄFT."]}
 
@@ -123,7 +123,7 @@ def test_the_tokenizer_key_is_stable_for_the_same_behaviour():
 def test_the_tokenizer_key_is_the_same_in_another_process():
     code = textwrap.dedent("""
         import moe_interp as mi
-        from moe_interp._fingerprint import model_parts
+        from moe_interp.core._fingerprint import model_parts
         print(model_parts(mi.zoo.tiny_model("qwen3_moe"))["tokenizer"])
     """)
     env = {**os.environ, "PYTHONHASHSEED": "12345", "OMP_NUM_THREADS": "1"}

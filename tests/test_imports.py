@@ -103,16 +103,16 @@ def test_the_cycle_finder_finds_a_planted_cycle():
 def test_lazy_imports_are_edges(tmp_path):
     source = "def f():\n    from .stats import RoutingStats\n"
     (tmp_path / "x.py").write_text(source)
-    modules = {"moe_interp.x": tmp_path / "x.py", "moe_interp.stats": PACKAGE / "stats.py"}
-    assert _imports("moe_interp.x", tmp_path / "x.py", modules) == {"moe_interp.stats"}
+    modules = {"moe_interp.x": tmp_path / "x.py", "moe_interp.analysis._stats": PACKAGE / "stats.py"}
+    assert _imports("moe_interp.x", tmp_path / "x.py", modules) == {"moe_interp.analysis._stats"}
 
 
 # Data flows one way (DESIGN.md): nothing below imports from above.
 BELOW = {
-    "moe_interp._layers": {"moe_interp._checks"},
-    "moe_interp._checks": set(),
-    "moe_interp._files": set(),
-    "moe_interp._counts": {"moe_interp._layers", "moe_interp._checks", "moe_interp._files"},
+    "moe_interp.core._layers": {"moe_interp.core._checks"},
+    "moe_interp.core._checks": set(),
+    "moe_interp.core._files": set(),
+    "moe_interp.core._counts": {"moe_interp.core._layers", "moe_interp.core._checks", "moe_interp.core._files"},
 }
 
 
@@ -122,7 +122,7 @@ def test_foundation_modules_import_only_what_is_below_them(module):
     assert graph[module] - {"moe_interp"} <= BELOW[module]
 
 
-@pytest.mark.parametrize("module", ["moe_interp.analysis", "moe_interp.plots", "moe_interp._counts"])
+@pytest.mark.parametrize("module", ["moe_interp.analysis", "moe_interp.analysis.plots", "moe_interp.core._counts"])
 def test_analysis_and_plots_never_reach_the_user_facing_stats(module):
     graph = _edges_ignoring_parents(_graph())
     seen, todo = set(), [module] + [m for m in graph if m.startswith(module + ".")]
@@ -131,17 +131,17 @@ def test_analysis_and_plots_never_reach_the_user_facing_stats(module):
         if node not in seen:
             seen.add(node)
             todo.extend(graph.get(node, ()))
-    assert "moe_interp.stats" not in seen
-    assert "moe_interp.datasets" not in seen  # family metadata comes from moe_interp.languages
+    assert "moe_interp.analysis._stats" not in seen
+    assert "moe_interp.datasets" not in seen  # family metadata comes from moe_interp.core.languages
 
 
 def test_languages_and_layers_import_nothing_above():
     graph = _graph()
-    assert graph["moe_interp.languages"] - {"moe_interp"} == set()
+    assert graph["moe_interp.core.languages"] - {"moe_interp"} == set()
 
 
-@pytest.mark.parametrize("module", ["moe_interp", "moe_interp.analysis", "moe_interp.datasets", "moe_interp.languages",
-                                    "moe_interp.plots"])
+@pytest.mark.parametrize("module", ["moe_interp", "moe_interp.analysis", "moe_interp.datasets", "moe_interp.core.languages",
+                                    "moe_interp.analysis.plots"])
 def test_public_names_are_sorted_and_exist(module):
     import importlib
 
@@ -195,6 +195,6 @@ def test_no_private_name_crosses_a_module_beyond_the_listed_ones():
 
 def test_the_private_import_finder_finds_a_planted_one(tmp_path):
     (tmp_path / "x.py").write_text("from ._counts import _check_count, RoutingCounts\nfrom . import _claims\n")
-    modules = {"moe_interp.x": tmp_path / "x.py", "moe_interp._counts": PACKAGE / "_counts.py",
-               "moe_interp._claims": PACKAGE / "_claims.py"}
-    assert _private_imports("moe_interp.x", tmp_path / "x.py", modules) == {("moe_interp._counts", "_check_count")}
+    modules = {"moe_interp.x": tmp_path / "x.py", "moe_interp.core._counts": PACKAGE / "_counts.py",
+               "moe_interp.experiments._claims": PACKAGE / "_claims.py"}
+    assert _private_imports("moe_interp.x", tmp_path / "x.py", modules) == {("moe_interp.core._counts", "_check_count")}

@@ -2,9 +2,9 @@
 
 import pytest
 
-from moe_interp import languages
+from moe_interp.core import languages
 from moe_interp.datasets import MGSM_LANGUAGES, udhr, udhr_languages
-from moe_interp.languages import BELEBELE, info
+from moe_interp.core.languages import BELEBELE, info
 
 SCRIPTS = {"Latn", "Cyrl", "Arab", "Deva", "Beng", "Hans", "Hant", "Jpan", "Hang", "Thai", "Laoo", "Khmr", "Mymr",
            "Ethi", "Grek", "Hebr", "Armn", "Geor", "Gujr", "Guru", "Knda", "Mlym", "Orya", "Taml", "Telu", "Sinh",

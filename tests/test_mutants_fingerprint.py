@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import moe_interp as mi
-from moe_interp._fingerprint import ResumeError, differing, fingerprint, load_checkpoint, stats_fingerprint
+from moe_interp.core._fingerprint import ResumeError, differing, fingerprint, load_checkpoint, stats_fingerprint
 
 
 def test_nesting_is_part_of_the_key():

@@ -4,7 +4,7 @@ pinned. Each test names the mutant it catches; values are worked out by hand."""
 import torch
 
 import moe_interp as mi
-from moe_interp.kernels import totals_add, totals_fold, totals_start
+from moe_interp.runtime._kernels import totals_add, totals_fold, totals_start
 
 
 def test_slots_that_reached_no_expert_are_not_counted():

@@ -6,7 +6,7 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
-from moe_interp import plots
+from moe_interp.analysis import plots
 from moe_interp.datasets.reference import reference_stats
 
 

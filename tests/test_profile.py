@@ -37,7 +37,7 @@ def test_interrupted_profile_resumes_from_checkpoint(tmp_path, monkeypatch):
     model = tiny("qwen3_moe")
     path = tmp_path / "run.ckpt"
     calls = {"n": 0}
-    import moe_interp.profiling as profiling
+    import moe_interp.experiments._profile as profiling
     real = profiling.per_row_trace
 
     def flaky(*args, **kwargs):
@@ -142,7 +142,7 @@ def test_corrupt_checkpoint_is_a_clear_error_naming_the_path(tmp_path, damage):
 
 @pytest.mark.parametrize("value", [0, -1])
 def test_save_every_must_be_a_positive_int_checked_before_any_batch(value, monkeypatch):
-    import moe_interp.profiling as profiling
+    import moe_interp.experiments._profile as profiling
     calls = []
     monkeypatch.setattr(profiling, "per_row_trace", lambda *a, **k: calls.append(a))
     with pytest.raises(ValueError, match="save_every must be a positive int"):
@@ -152,7 +152,7 @@ def test_save_every_must_be_a_positive_int_checked_before_any_batch(value, monke
 
 def interrupted_at_third_batch(monkeypatch, *args, **kwargs) -> None:
     """Run `mi.profile(*args, **kwargs)` with a KeyboardInterrupt as its third batch starts."""
-    import moe_interp.profiling as profiling
+    import moe_interp.experiments._profile as profiling
     real, calls = profiling.per_row_trace, []
 
     def stop_at_third(*a, **k):
@@ -254,7 +254,7 @@ def test_a_bos_the_tokenizer_adds_is_routed_once_in_the_first_window():
 
 
 def test_long_texts_error_names_the_text_and_the_option_before_any_batch(monkeypatch):
-    import moe_interp.profiling as profiling
+    import moe_interp.experiments._profile as profiling
     calls = []
     monkeypatch.setattr(profiling, "per_row_trace", lambda *a, **k: calls.append(a))
     with pytest.raises(ValueError, match=r"corpus\['eng'\]\[1\] has 45 tokens, more than this model's 16 positions"
@@ -314,7 +314,7 @@ def test_cli_profile_of_the_demo_model_windows_texts_longer_than_its_positions(t
     The CLI reads the demo model's texts as the 256-byte pieces it was trained on (every byte
     routed once); `mi.profile` itself windows whatever is still too long (tests above)."""
     from moe_interp.cli import main
-    from moe_interp.demo import MAX_BYTES
+    from moe_interp.experiments.demo import MAX_BYTES
 
     out = tmp_path / "p.routing"
     assert main(["profile", "--languages", "eng,bod", "--out", str(out)]) == 0

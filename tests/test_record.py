@@ -116,7 +116,7 @@ def test_tally_equals_bincount_of_real_bins_and_never_reads_the_data():
     """`kernels.tally` counts tokens per group. Oracle: torch.bincount on the non-padding bins.
     The meta device has no data, so ops that size their output from the data (boolean
     indexing, bincount: on a GPU each waits for the device) raise there; tally must not."""
-    from moe_interp import kernels
+    from moe_interp.runtime import _kernels as kernels
 
     generator = torch.Generator().manual_seed(0)
     bins = torch.randint(-1, 12, (50, 3), generator=generator)  # -1: padding
@@ -150,7 +150,7 @@ def _loop_totals(group, layers, num_groups, num_experts):
 def test_totals_fold_layers_into_group_totals_and_run_without_data():
     """`kernels.totals_*` (what RouterRecord counts with, per forward) against a Python loop,
     on ragged groups with padding; then the same calls on the meta device."""
-    from moe_interp import kernels
+    from moe_interp.runtime import _kernels as kernels
 
     generator = torch.Generator().manual_seed(1)
     group = torch.tensor([0, 0, 1, -1, 2, 2, 2, -1, 1])
@@ -234,7 +234,7 @@ def test_drop_finished_marks_rows_after_their_eos_and_runs_without_data():
     """`kernels.drop_finished` on a hand-written cached generation: prompt of 3 columns, then
     one new token per row per forward; EOS ids 2 and 9. Then on the meta device (no data
     reads: a host wait per forward on a GPU otherwise)."""
-    from moe_interp import kernels
+    from moe_interp.runtime import _kernels as kernels
 
     store = {"forwards": 0}
     prompt = torch.tensor([[5, 2, 7], [4, 4, 4]])  # an EOS id inside the prompt ends nothing

@@ -30,8 +30,8 @@ from nnsight.tracing.util import push
 import moe_interp as mi
 from conftest import encode, tiny
 
-shipping = sys.modules["moe_interp._shipping"]
-kernels = sys.modules["moe_interp.kernels"]
+shipping = sys.modules["moe_interp.runtime._shipping"]
+kernels = sys.modules["moe_interp.runtime._kernels"]
 
 # What NDIF lets shipped code import (its list is longer; these are all we may use).
 WHITELIST = {"torch", "math", "typing", "collections", "operator", "_operator", "enum", "einops", "numpy",
@@ -487,11 +487,11 @@ def test_one_language_profile_of_a_48_layer_128_expert_model_is_under_100_kb():
 # ---------------------------------------------------------------------------------- nnsight internals
 
 def test_nnsight_internals_are_those_checked():
-    """`moe_interp._nnsight_compat` holds every use of nnsight's internals; it was checked
+    """`moe_interp.runtime._nnsight_compat` holds every use of nnsight's internals; it was checked
     against nnsight 0.8.1. A new nnsight must be checked there (then bump `CHECKED_WITH`)."""
     import nnsight
 
-    from moe_interp import _nnsight_compat as compat
+    from moe_interp.runtime import _nnsight_compat as compat
 
     assert compat.CHECKED_WITH == "0.8.1"
     assert nnsight.__version__ == compat.CHECKED_WITH, (

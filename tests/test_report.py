@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import moe_interp as mi
-from moe_interp import report
+from moe_interp.experiments import report
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent

@@ -29,7 +29,7 @@ from test_arch import SURVEY_OVERRIDES, _randomise_token_tables
 from test_hold_every_arch import FAST, SUPPORTED
 from test_remote import ship_functions_unwrapped, without_package  # noqa: F401  (an autouse fixture)
 
-from moe_interp._router_view import RouterAccessError
+from moe_interp.runtime._router_view import RouterAccessError
 
 
 @functools.lru_cache(maxsize=None)

@@ -7,7 +7,7 @@ import torch
 from jaxtyping import TypeCheckError
 
 import moe_interp as mi
-from moe_interp._counts import _check_consistent
+from moe_interp.core._counts import _check_consistent
 
 
 def _fields(**changes) -> dict:

@@ -7,7 +7,7 @@ import pytest
 
 import moe_interp as mi
 from conftest import tiny
-from moe_interp._steering import steering_bars
+from moe_interp.experiments._steering import steering_bars
 
 TRAIN = {"eng": ["The cat sat on the mat.", "Dogs bark at night.", "The sun is hot today."],
          "deu": ["Die Katze schlaeft hier.", "Hunde bellen laut.", "Die Sonne ist heiss."]}
@@ -38,7 +38,7 @@ def _result(changed, tokens, gains, steered_layers, scale=0.0, dev_scores=None):
     rows = [dict(scale=s, language=lang, layer=layer, changed=share, mass_moved=share / 2, tokens=tokens[lang])
             for s, per_lang in changed.items() for lang, shares in per_lang.items()
             for layer, share in enumerate(shares)]
-    return mi.experiment.SteeringResult(scale, dev_scores or {s: 3.0 for s in changed}, None, shift=pd.DataFrame(rows),
+    return mi.experiments.SteeringResult(scale, dev_scores or {s: 3.0 for s in changed}, None, shift=pd.DataFrame(rows),
                                         gains={s: [np.asarray(g) for g in per] for s, per in gains.items()},
                                         samples=2000, steered_layers=steered_layers)
 
@@ -78,21 +78,21 @@ def _dose(*rows):
 
 def test_routing_is_monotone_when_sets_changed_never_decrease_and_never_said_to_be_proportional():
     dose = _dose((0.0, 0.0, 0, 0, 0), (0.25, 0.076, 0, -1, 1), (1.0, 0.2, 0, -1, 1), (4.0, 0.397, 0, -1, 1))
-    (routing, *_) = mi.experiment.dose_response_findings(dose)
+    (routing, *_) = mi.experiments.dose_response_findings(dose)
     assert routing.startswith("Routing moved monotonically with scale")
     assert "16x the scale changed 5.2x the sets" in routing and "proportion" not in routing
     ties = _dose((1.0, 0.2, 0, -1, 1), (2.0, 0.2, 0, -1, 1))               # non-decreasing: a tie is monotone
-    assert mi.experiment.dose_response_findings(ties)[0].startswith("Routing moved monotonically")
+    assert mi.experiments.dose_response_findings(ties)[0].startswith("Routing moved monotonically")
     dip = _dose((1.0, 0.3, 0, -1, 1), (2.0, 0.2, 0, -1, 1), (4.0, 0.5, 0, -1, 1))
-    assert mi.experiment.dose_response_findings(dip)[0].startswith("Routing did not move monotonically with scale")
+    assert mi.experiments.dose_response_findings(dip)[0].startswith("Routing did not move monotonically with scale")
     still = _dose((0.0, 0.0, 0, 0, 0), (1.0, 0.0, 0, -1, 1))
-    assert mi.experiment.dose_response_findings(still)[0].startswith("Routing did not move at any scale")
+    assert mi.experiments.dose_response_findings(still)[0].startswith("Routing did not move at any scale")
 
 
 def test_each_steered_scale_is_improved_worsened_or_no_effect_by_its_interval():
     dose = _dose((0.0, 0.0, 0, 0, 0), (0.25, 0.1, 0.009, 0.002, 0.017), (0.5, 0.2, -0.001, -0.004, 0.003),
                  (1.0, 0.3, -0.05, -0.06, -0.03), (4.0, 0.4, -0.2, -0.23, -0.18))
-    outcome = mi.experiment.dose_response_findings(dose, level=0.9)[1]
+    outcome = mi.experiments.dose_response_findings(dose, level=0.9)[1]
     assert outcome == ("Outcome (gain = baseline - steered bits/byte, 90% CI over test texts): improved at scale 0.25 "
                        "(+0.0090 [+0.0020, +0.0170]); worsened at scales 1 (-0.0500 [-0.0600, -0.0300]) and 4 "
                        "(-0.2000 [-0.2300, -0.1800]); no effect on the outcome at scale 0.5 (-0.0010 [-0.0040, "
@@ -101,7 +101,7 @@ def test_each_steered_scale_is_improved_worsened_or_no_effect_by_its_interval():
 
 def test_the_chosen_scale_is_named_with_its_dev_score_and_its_test_outcome():
     dose = _dose((0.0, 0.0, 0, 0, 0), (0.5, 0.2, -0.001, -0.004, 0.003))
-    find = mi.experiment.dose_response_findings
+    find = mi.experiments.dose_response_findings
     assert find(dose, 0, {0: 2.25, 0.5: 2.26})[-1] == ("The dev split chose scale 0 (lowest mean dev bits/byte, "
                                                           "2.2500): nothing is steered at the chosen scale.")
     assert find(dose, 0.5, {0.0: 2.27, 0.5: 2.26})[-1] == (
@@ -141,7 +141,7 @@ SEEDS = {
 
 
 def test_dose_response_across_has_a_row_per_scale_and_seed_and_counts_the_seeds_by_interval():
-    table = mi.experiment.dose_response_across(SEEDS)
+    table = mi.experiments.dose_response_across(SEEDS)
     assert list(zip(table.scale, table.seed)) == [(s, seed) for s in (0.0, 0.25, 1.0, 4.0) for seed in (0, 1, 2)]
     quarter = table[table.scale == 0.25]
     assert list(quarter.gain) == [0.00926, -0.00253, -0.00299]
@@ -158,19 +158,19 @@ def test_dose_response_across_has_a_row_per_scale_and_seed_and_counts_the_seeds_
 
 def test_dose_response_across_takes_dataframes_and_an_explicit_chosen_scale():
     frames = {f"s{i}": pd.DataFrame(SEEDS[i]["dose_response"]) for i in SEEDS}
-    table = mi.experiment.dose_response_across(frames, chosen={"s0": 0.25, "s1": 0, "s2": 0})
+    table = mi.experiments.dose_response_across(frames, chosen={"s0": 0.25, "s1": 0, "s2": 0})
     assert list(table[table.chosen].seed) == ["s1", "s2", "s0"]        # sorted by scale, then seed order
     with pytest.raises(ValueError, match=r"not for \['s1', 's2'\]"):
-        mi.experiment.dose_response_across(frames, chosen={"s0": 0.25})
+        mi.experiments.dose_response_across(frames, chosen={"s0": 0.25})
     with pytest.raises(ValueError, match=r"lacks the columns \['gain_low'\]"):
-        mi.experiment.dose_response_across({0: pd.DataFrame(SEEDS[0]["dose_response"]).drop(columns="gain_low")})
+        mi.experiments.dose_response_across({0: pd.DataFrame(SEEDS[0]["dose_response"]).drop(columns="gain_low")})
     with pytest.raises(ValueError, match="non-empty mapping"):
-        mi.experiment.dose_response_across({})
+        mi.experiments.dose_response_across({})
 
 
 def test_findings_across_seeds_say_in_how_many_seeds_and_which():
-    find = mi.experiment.dose_response_across_findings
-    assert find(mi.experiment.dose_response_across(SEEDS)) == [
+    find = mi.experiments.dose_response_across_findings
+    assert find(mi.experiments.dose_response_across(SEEDS)) == [
         "Improved at scale 0.25 in 1 of 3 seeds (seed 0); seeds 1 and 2: intervals across 0.",
         "Worsened at scale 1 in 3 of 3 seeds (seeds 0, 1 and 2).",
         "Worsened at scale 4 in 3 of 3 seeds (seeds 0, 1 and 2).",
@@ -186,12 +186,12 @@ def test_findings_across_seeds_say_in_how_many_seeds_and_which():
         "No effect on the outcome at scale 2 in any of the 3 seeds (intervals across 0).",
         "Routing moved monotonically with scale (top-k sets changed) in 2 of 3 seeds (not in seed 0).",
     ]
-    chosen = find(mi.experiment.dose_response_across(mixed, chosen={0: 1.0, 1: 2.0, 2: 2.0}))[-1]
+    chosen = find(mi.experiments.dose_response_across(mixed, chosen={0: 1.0, 1: 2.0, 2: 2.0}))[-1]
     assert chosen == "The dev split chose scale 1 in seed 0; scale 2 in seeds 1 and 2."
 
 
 def test_the_seeds_figure_draws_each_seeds_values_and_intervals_against_the_scale():
-    fig = mi.experiment.dose_response_seeds_figure(SEEDS)
+    fig = mi.experiments.dose_response_seeds_figure(SEEDS)
     routing, gain = fig.data[0::2], fig.data[1::2]
     assert [t.name for t in routing] == ["seed 0", "seed 1", "seed 2"] == [t.name for t in gain]
     for trace, seed in zip(routing, SEEDS.values()):
@@ -216,10 +216,10 @@ def test_a_result_whose_dev_split_chose_scale_0_plots_every_scale_not_an_empty_c
     assert res.scale == 0.0 and list(fig.data[0].x) == ["0", "1"] and list(fig.data[0].y) == [0.0, 0.3]
     assert list(fig.data[1].y) == pytest.approx([0.0, -0.2])
     with pytest.raises(ValueError, match="scale 0 steers nothing"):
-        steering_bars(mi.experiment.SteeringResult(0.0, {}, pd.DataFrame(
+        steering_bars(mi.experiments.SteeringResult(0.0, {}, pd.DataFrame(
             {"language": ["deu"], "gain": [0.0], "ci_low": [0.0], "ci_high": [0.0]})))
 
 
 def test_a_result_without_a_shift_says_what_a_dose_response_needs():
     with pytest.raises(ValueError, match="no shift"):
-        mi.experiment.SteeringResult(0.5, {}, None).dose_response()
+        mi.experiments.SteeringResult(0.5, {}, None).dose_response()

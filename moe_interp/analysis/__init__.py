@@ -4,7 +4,7 @@ bootstrap intervals, and the evidence behind a verdict (controls, baselines, per
 Every function takes a `RoutingCounts` (any `RoutingStats`); `RoutingStats` offers the same
 analyses as methods. Layers are chosen with one vocabulary everywhere (`layers=`: indices, a
 range, a slice, `"early"` / `"middle"` / `"late"` in the paper's proportions, `"early-third"`
-/ ... in equal thirds, or a stack name; see `moe_interp._layers`).
+/ ... in equal thirds, or a stack name; see `moe_interp.core._layers`).
 
 ```python
 >>> import moe_interp as mi
@@ -15,18 +15,18 @@ range, a slice, `"early"` / `"middle"` / `"late"` in the paper's proportions, `"
 ```
 """
 
-from .._layers import BANDS, PAPER_EDGES, THIRD_BANDS, THIRDS, bands
-from ._baselines import ngram_baselines, ngram_stats, risk_difference
-from ._bootstrap import STATISTICS, BootstrapResult, bootstrap, resample
-from ._clustering import (
+from moe_interp.core._layers import BANDS, PAPER_EDGES, THIRD_BANDS, THIRDS, bands
+from moe_interp.analysis._baselines import ngram_baselines, ngram_stats, risk_difference
+from moe_interp.analysis._bootstrap import STATISTICS, BootstrapResult, bootstrap, resample
+from moe_interp.analysis._clustering import (
     Clustering,
     FamilyAgreement,
     adjusted_rand_index,
     cluster,
     family_agreement,
 )
-from ._correlation import rank_correlation
-from ._divergence import (
+from moe_interp.analysis._correlation import rank_correlation
+from moe_interp.analysis._divergence import (
     METRICS,
     band_average,
     divergence,
@@ -34,7 +34,7 @@ from ._divergence import (
     mean_offdiagonal,
     similarity,
 )
-from ._evidence import (
+from moe_interp.analysis._evidence import (
     FamilyEvidence,
     Interval,
     LayerEvidence,
@@ -47,7 +47,7 @@ from ._evidence import (
     seed_test,
     stratified_interval,
 )
-from ._expert_sets import (
+from moe_interp.analysis._expert_sets import (
     THRESHOLD,
     exclusive_experts,
     exclusive_mask,
@@ -55,7 +55,7 @@ from ._expert_sets import (
     shared_mask,
     shares,
 )
-from ._layer_profile import LayerProfile, layer_profile
+from moe_interp.analysis._layer_profile import LayerProfile, layer_profile
 
 __all__ = [
     "BANDS",

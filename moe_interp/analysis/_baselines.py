@@ -10,8 +10,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .._fingerprint import check_corpus
-from .._counts import RoutingCounts
+from moe_interp.core._fingerprint import check_corpus
+from moe_interp.core._counts import RoutingCounts
 
 __all__ = ["ngram_baselines", "ngram_stats", "risk_difference"]
 

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._counts import RoutingCounts
-from ._divergence import divergence
-from ._expert_sets import THRESHOLD, exclusive_experts, shared_experts, shares
+from moe_interp.core._counts import RoutingCounts
+from moe_interp.analysis._divergence import divergence
+from moe_interp.analysis._expert_sets import THRESHOLD, exclusive_experts, shared_experts, shares
 
 __all__ = ["STATISTICS", "BootstrapResult", "bootstrap", "resample"]
 

@@ -2,7 +2,7 @@
 
 Languages are clustered (scipy's `linkage`) on their divergence matrix averaged over a band
 of layers. `family_agreement` compares that clustering with the language families of
-`moe_interp.languages`: adjusted Rand index at as many clusters as families, mean
+`moe_interp.core.languages`: adjusted Rand index at as many clusters as families, mean
 within- vs between-family divergence, cophenetic correlations, and the same within one
 script only, since a shared script alone makes routing similar (even untrained models
 separate scripts), which would otherwise pass for family structure.
@@ -18,9 +18,9 @@ import numpy as np
 from scipy.cluster.hierarchy import cophenet, fcluster, linkage
 from scipy.spatial.distance import squareform
 
-from .. import languages as _languages
-from .._counts import RoutingCounts
-from ._divergence import divergence
+from moe_interp.core import languages as _languages
+from moe_interp.core._counts import RoutingCounts
+from moe_interp.analysis._divergence import divergence
 
 __all__ = ["Clustering", "FamilyAgreement", "adjusted_rand_index", "cluster", "family_agreement"]
 
@@ -217,7 +217,7 @@ def family_agreement(stats: RoutingCounts, metric: str = "js", layers: Any = Non
 
     **Arguments:** `level`: `"family"` or `"branch"` (the grouping the ARI and the
     within/between means use); `families` / `scripts`: overrides for group labels that
-    are not language codes (otherwise `moe_interp.languages.info` decides); `script`:
+    are not language codes (otherwise `moe_interp.core.languages.info` decides); `script`:
     restrict to the languages written in that script (e.g. `"Latn"`).
 
     ```python

@@ -25,8 +25,8 @@ from jaxtyping import Float
 from scipy.special import rel_entr
 from torch import Tensor
 
-from .._counts import RoutingCounts
-from .._layers import bands
+from moe_interp.core._counts import RoutingCounts
+from moe_interp.core._layers import bands
 
 __all__ = ["METRICS", "band_average", "divergence", "entropy", "mean_offdiagonal", "similarity"]
 

@@ -51,11 +51,11 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 from scipy.special import xlogy
 
-from .._checks import check_int as _check_int
-from .._checks import check_level as _check_level
-from .._counts import RoutingCounts
-from ._clustering import family_agreement
-from ._divergence import divergence
+from moe_interp.core._checks import check_int as _check_int
+from moe_interp.core._checks import check_level as _check_level
+from moe_interp.core._counts import RoutingCounts
+from moe_interp.analysis._clustering import family_agreement
+from moe_interp.analysis._divergence import divergence
 
 __all__ = ["FamilyEvidence", "Interval", "LayerEvidence", "SeedTest", "family_evidence", "hierarchical_interval",
            "interval", "layer_evidence", "paired_interval", "seed_test", "stratified_interval"]

@@ -13,9 +13,9 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from .._checks import check_threshold
-from .._counts import RoutingCounts
-from ..expert_set import PAPER, ExpertSet, check_k
+from moe_interp.core._checks import check_threshold
+from moe_interp.core._counts import RoutingCounts
+from moe_interp.core._expert_set import PAPER, ExpertSet, check_k
 
 __all__ = ["EPS", "THRESHOLD", "exclusive_experts", "exclusive_mask", "shared_experts", "shared_mask", "shares"]
 

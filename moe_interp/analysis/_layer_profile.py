@@ -7,10 +7,10 @@ import pandas as pd
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .._counts import RoutingCounts
-from ..expert_set import check_k
-from ._divergence import band_average, divergence, entropy, mean_offdiagonal
-from ._expert_sets import THRESHOLD, exclusive_mask, shared_mask, shares
+from moe_interp.core._counts import RoutingCounts
+from moe_interp.core._expert_set import check_k
+from moe_interp.analysis._divergence import band_average, divergence, entropy, mean_offdiagonal
+from moe_interp.analysis._expert_sets import THRESHOLD, exclusive_mask, shared_mask, shares
 
 __all__ = ["LayerProfile", "layer_profile"]
 

@@ -8,7 +8,7 @@ reads the routing at the experts' arguments. Only departures from it are listed 
 the table documents exactly what is special.
 """
 
-from ._adapter import RouterAdapter, register_adapter
+from moe_interp.arch._adapter import RouterAdapter, register_adapter
 
 FAMILIES = (
     RouterAdapter(

@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from .._layers import BANDS, bands, parse_layers
-from ._adapter import RouterAdapter, UnsupportedModelError, adapter_for, registered_adapters
-from ._probe import probe_router
-from ._stacks import broken_nllb_moe_experts, place_stacks
+from moe_interp.core._layers import BANDS, bands, parse_layers
+from moe_interp.arch._adapter import RouterAdapter, UnsupportedModelError, adapter_for, registered_adapters
+from moe_interp.arch._probe import probe_router
+from moe_interp.arch._stacks import broken_nllb_moe_experts, place_stacks
 
 __all__ = ["MoESpec", "describe", "hf_module"]
 

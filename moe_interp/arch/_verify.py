@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ._adapter import UnsupportedModelError
+from moe_interp.arch._adapter import UnsupportedModelError
 
 __all__ = ["ExpertsCheck", "pending_check"]
 

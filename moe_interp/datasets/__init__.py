@@ -1,7 +1,7 @@
 """Corpora: the bundled UDHR (offline), your own texts (`load_corpus`: a directory, JSON Lines or CSV, with a
 hash-based train/held-out split) and loaders for FLORES+, Belebele and MGSM (hub or local copy)."""
 
-from ._hub import (
+from moe_interp.datasets._hub import (
     MGSM_LANGUAGES,
     BelebeleItem,
     MGSMItem,
@@ -11,9 +11,9 @@ from ._hub import (
     mgsm,
     mgsm_items,
 )
-from ._local import HELDOUT_FRACTION, load_corpus, split_corpus
-from ._udhr import udhr, udhr_languages, udhr_segments, udhr_statistics
-from .reference import REFERENCE_STATS, reference_stats
+from moe_interp.datasets._local import HELDOUT_FRACTION, load_corpus, split_corpus
+from moe_interp.datasets._udhr import udhr, udhr_languages, udhr_segments, udhr_statistics
+from moe_interp.datasets.reference import REFERENCE_STATS, reference_stats
 
 __all__ = [
     "HELDOUT_FRACTION",

@@ -1,5 +1,5 @@
 """`python -m moe_interp.datasets > docs/corpus.md` regenerates the corpus page."""
 
-from ._udhr import _markdown
+from moe_interp.datasets._udhr import _markdown
 
 print(_markdown(), end="")

@@ -32,7 +32,7 @@ __all__ = [
     "belebele", "belebele_items", "flores", "mgsm", "mgsm_items",
 ]
 
-# Hugging Face hub dataset ids (language code lists live in moe_interp.languages and MGSM_LANGUAGES)
+# Hugging Face hub dataset ids (language code lists live in moe_interp.core.languages and MGSM_LANGUAGES)
 FLORES_PLUS_HUB = "openlanguagedata/flores_plus"
 BELEBELE_HUB = "facebook/belebele"
 MGSM_HUB = "juletxara/mgsm"
@@ -96,7 +96,7 @@ def _flores_code(code: str) -> str:
     """`eng_Latn` stays; a bare ISO 639-3 code gets its script from the UDHR metadata."""
     if "_" in code:
         return code
-    from ._udhr import udhr_languages
+    from moe_interp.datasets._udhr import udhr_languages
 
     meta = udhr_languages().get(code)
     if meta is None:

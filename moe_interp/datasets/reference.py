@@ -6,7 +6,7 @@ from importlib import resources
 
 from safetensors.torch import load_file
 
-from ..stats import RoutingStats, StatsFileError
+from moe_interp.analysis._stats import RoutingStats, StatsFileError
 
 __all__ = ["REFERENCE_STATS", "reference_stats"]
 

@@ -1,0 +1,425 @@
+"""Plotly figures of `RoutingCounts` analyses. Every function returns a `go.Figure` and never shows it.
+
+```python
+>>> import moe_interp as mi
+>>> p = mi.datasets.reference_stats()          # the paper's released MGSM counts
+>>> fig = mi.plots.divergence_heatmap(p, layers="middle")     # p: released MGSM counts
+>>> import tempfile
+>>> fig.write_html(f"{tempfile.mkdtemp()}/divergence.html", include_plotlyjs=True)  # self-contained, offline
+
+```
+"""
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+from scipy.cluster.hierarchy import dendrogram as scipy_dendrogram
+
+from moe_interp.core import languages
+from moe_interp.core._counts import RoutingCounts
+from moe_interp.core._layers import bands as _bands
+from moe_interp.analysis import (
+    METRICS,
+    THRESHOLD,
+    cluster,
+    divergence,
+    exclusive_experts,
+    shared_experts,
+)
+from moe_interp.analysis import layer_profile as _layer_profile
+from moe_interp.core._expert_set import PAPER, check_k
+
+__all__ = ["dendrogram", "divergence_heatmap", "expert_counts", "forest_plot", "language_layer_heatmap",
+           "layer_profile", "routing_heatmap"]
+
+_METRIC_NAMES = {"js": "Jensen-Shannon divergence", "cosine": "cosine distance", "hellinger": "Hellinger distance",
+                 "kl_sym": "symmetric KL (bits)"}
+
+
+def routing_heatmap(stats: RoutingCounts, language: str | None = None, value: str = "frequency") -> go.Figure:
+    """Heatmap of how often each expert is used, MoE layer (y) by expert (x), per language.
+
+    With `language=None` there is one trace per language and a menu to switch between
+    them (the first is shown). `value`: `"frequency"` (`count / tokens`, rows sum to
+    `top_k`) or `"gate_mass"` (routing weight per token).
+
+    ```python
+    >>> import moe_interp as mi
+    >>> p = mi.datasets.reference_stats()          # the paper's released MGSM counts
+    >>> fig = mi.plots.routing_heatmap(p, "sw")
+    >>> fig.data[0].z.shape, fig.layout.yaxis.title.text
+    ((48, 128), 'MoE layer')
+
+    ```
+    """
+    if value not in ("frequency", "gate_mass"):
+        raise ValueError(f"value must be 'frequency' or 'gate_mass', got {value!r}")
+    chosen = list(stats.languages) if language is None else [stats.languages[stats.language_index(language)]]
+    per_token = stats.frequency() if value == "frequency" else (
+        stats.gate_mass.double() / stats.tokens.clamp(min=1).double()[:, None, None])
+    zmax = float(per_token[[stats.language_index(l) for l in chosen]].max())
+    fig = go.Figure()
+    for n, lang in enumerate(chosen):
+        fig.add_trace(go.Heatmap(z=per_token[stats.language_index(lang)].numpy(), x=list(range(stats.num_experts)),
+                                 y=list(stats.layers), name=lang, visible=n == 0, zmin=0.0, zmax=zmax,
+                                 colorscale="Viridis", colorbar={"title": {"text": f"{value} per token"}},
+                                 hovertemplate="layer %{y}<br>expert %{x}<br>%{z:.4f}<extra>" + lang + "</extra>"))
+    title = f"Routing {value} per token" + (f": {chosen[0]}" if len(chosen) == 1 else "")
+    fig.update_layout(title={"text": title}, xaxis_title="expert", yaxis_title="MoE layer")
+    # layers and experts are integers: no 0.5 ticks on small models
+    fig.update_yaxes(tickformat="d", dtick=1 if len(stats.layers) <= 16 else None)
+    fig.update_xaxes(tickformat="d", dtick=1 if stats.num_experts <= 32 else None)
+    if len(chosen) > 1:
+        buttons = [{"label": lang, "method": "update",
+                    "args": [{"visible": [i == n for i in range(len(chosen))]},
+                             {"title": {"text": f"Routing {value} per token: {lang}"}}]}
+                   for n, lang in enumerate(chosen)]
+        fig.update_layout(title={"text": f"Routing {value} per token: {chosen[0]}"},
+                          updatemenus=[{"buttons": buttons, "x": 1.0, "xanchor": "right", "y": 1.15,
+                                        "yanchor": "top", "direction": "down"}])
+    return fig
+
+
+def _matrix_trace(matrix: np.ndarray, labels: list[str], zmax: float, metric: str, showscale: bool) -> go.Heatmap:
+    return go.Heatmap(z=matrix, x=labels, y=labels, zmin=0.0, zmax=zmax, colorscale="Magma_r", showscale=showscale,
+                      colorbar={"title": {"text": metric}},
+                      texttemplate="%{z:.3f}", hovertemplate="%{y} vs %{x}: %{z:.4f}<extra></extra>")
+
+
+def divergence_heatmap(stats: RoutingCounts, metric: str = "js", layers: Any = None, bands: bool = False,
+                       scheme: str | Sequence[float] = "paper") -> go.Figure:
+    """Language x language divergence, averaged over `layers`, or one panel per band.
+
+    `bands=True` draws early / middle / late panels split by `scheme` (`"paper"`: its
+    10/48 and 40/48 edges, as `MoESpec.band`; `"thirds"`: equal thirds, as the reference
+    numbers computed from the paper's released counts use; see `mi.analysis.bands`).
+
+    ```python
+    >>> import moe_interp as mi
+    >>> p = mi.datasets.reference_stats()          # the paper's released MGSM counts
+    >>> fig = mi.plots.divergence_heatmap(p, layers="middle")
+    >>> fig.data[0].z.shape, fig.layout.xaxis.title.text
+    ((8, 8), 'language')
+    >>> len(mi.plots.divergence_heatmap(p, bands=True).data)
+    3
+
+    ```
+    """
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; use one of {METRICS}")
+    labels = list(stats.languages)
+    name = _METRIC_NAMES[metric]
+    if not bands:
+        per_layer = divergence(stats, metric, layers)
+        matrix = per_layer.mean(0).numpy()
+        used = [stats.layers[i] for i in stats.layer_positions(layers)]
+        zmax = 1.0 if metric != "kl_sym" else float(np.nanmax(matrix))
+        fig = go.Figure(_matrix_trace(matrix, labels, zmax, metric, True))
+        span = f"layers {used[0]}-{used[-1]}" if used == list(range(used[0], used[-1] + 1)) else f"{len(used)} layers"
+        fig.update_layout(title={"text": f"{name}, mean over {span}"}, xaxis_title="language", yaxis_title="language",
+                          yaxis_autorange="reversed")
+        return fig
+    per_layer = divergence(stats, metric)
+    parts = _bands(stats.layers, scheme)
+    matrices = {b: per_layer[[stats.layer_index(l) for l in members]].mean(0).numpy() for b, members in parts.items()}
+    zmax = 1.0 if metric != "kl_sym" else float(max(np.nanmax(m) for m in matrices.values()))
+    fig = make_subplots(rows=1, cols=len(parts), horizontal_spacing=0.08,
+                        subplot_titles=[f"{b}: layers {m[0]}-{m[-1]}" for b, m in parts.items()])
+    for i, (band, matrix) in enumerate(matrices.items(), start=1):
+        fig.add_trace(_matrix_trace(matrix, labels, zmax, metric, i == len(parts)), row=1, col=i)
+        fig.update_xaxes(title_text="language", row=1, col=i)
+        fig.update_yaxes(title_text="language" if i == 1 else None, autorange="reversed", row=1, col=i)
+    fig.update_layout(title={"text": f"{name} by layer band"})
+    return fig
+
+
+def _family_colors(families: Sequence[str]) -> dict[str, str]:
+    palette = qualitative.D3 + qualitative.Set2 + qualitative.Dark24
+    return {family: palette[i % len(palette)] for i, family in enumerate(sorted(set(families)))}
+
+
+def _family_of(language: str, families: Mapping[str, str] | None) -> str:
+    if families is not None and language in families:
+        return families[language]
+    try:
+        return languages.info(language).family
+    except KeyError:
+        return "unknown"
+
+
+def dendrogram(stats: RoutingCounts, metric: str = "js", layers: Any = None, method: str = "average",
+               families: Mapping[str, str] | None = None) -> go.Figure:
+    """Dendrogram of the languages' mean routing divergence; leaves coloured by family.
+
+    Families come from `moe_interp.core.languages` unless `families` maps a label to one.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> p = mi.datasets.reference_stats()          # the paper's released MGSM counts
+    >>> fig = mi.plots.dendrogram(p, layers="middle")
+    >>> sorted(t.name for t in fig.data if t.mode == "markers+text")
+    ['Indo-European', 'Japonic', 'Niger-Congo', 'Sino-Tibetan']
+
+    ```
+    """
+    if len(stats.languages) < 2:
+        raise ValueError("a dendrogram needs at least 2 languages")
+    clustering = cluster(stats, metric, layers, method)
+    tree = scipy_dendrogram(clustering.linkage, labels=list(clustering.languages), no_plot=True)
+    xs, ys = [], []
+    for icoord, dcoord in zip(tree["icoord"], tree["dcoord"]):
+        xs += list(icoord) + [None]
+        ys += list(dcoord) + [None]
+    fig = go.Figure(go.Scatter(x=xs, y=ys, mode="lines", line={"color": "#555", "width": 2}, name="tree",
+                               showlegend=False, hoverinfo="skip"))
+    leaves = tree["ivl"]
+    positions = [5 + 10 * i for i in range(len(leaves))]
+    family = {leaf: _family_of(leaf, families) for leaf in leaves}
+    colors = _family_colors(list(family.values()))
+    for fam in sorted(set(family.values())):
+        members = [(x, leaf) for x, leaf in zip(positions, leaves) if family[leaf] == fam]
+        fig.add_trace(go.Scatter(x=[x for x, _ in members], y=[0.0] * len(members), mode="markers+text",
+                                 text=[leaf for _, leaf in members], textposition="bottom center", name=fam,
+                                 marker={"color": colors[fam], "size": 14}, textfont={"color": colors[fam]},
+                                 hovertemplate="%{text}<extra>" + fam + "</extra>"))
+    top = float(np.max(clustering.linkage[:, 2])) if len(clustering.linkage) else 1.0
+    fig.update_layout(title={"text": f"Languages clustered by routing ({method} linkage, {metric})"},
+                      xaxis={"title": {"text": "language"}, "tickvals": positions, "ticktext": leaves,
+                             "range": [0, 10 * len(leaves)]},
+                      yaxis={"title": {"text": f"{_METRIC_NAMES[metric]} (merge height)"},
+                             "range": [-0.12 * top, 1.05 * top]},
+                      legend={"title": {"text": "family"}})
+    return fig
+
+
+def layer_profile(stats: RoutingCounts, metric: str = "js", k: int | None = None, threshold: float = THRESHOLD,
+                  scheme: str | Sequence[float] = "paper") -> go.Figure:
+    """Per-layer curves: mean divergence, shared fraction and entropy (top), exclusive experts (bottom).
+
+    Dotted vertical lines mark the early / middle / late band edges.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> p = mi.datasets.reference_stats()          # the paper's released MGSM counts
+    >>> fig = mi.plots.layer_profile(p)
+    >>> [t.name for t in fig.data][:3]
+    ['mean divergence (js)', 'shared fraction', 'mean entropy']
+
+    ```
+    """
+    prof = _layer_profile(stats, metric, k, threshold)
+    x = list(prof.layers)
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.5, 0.5])
+    for name, values in ((f"mean divergence ({metric})", prof.mean_divergence), ("shared fraction", prof.shared_fraction),
+                         ("mean entropy", prof.entropy.nanmean(0))):
+        fig.add_trace(go.Scatter(x=x, y=values.numpy(), mode="lines+markers", name=name), row=1, col=1)
+    palette = qualitative.D3 + qualitative.Dark24
+    for i, language in enumerate(stats.languages):
+        fig.add_trace(go.Scatter(x=x, y=prof.exclusive[i].numpy(), mode="lines", name=f"exclusive: {language}",
+                                 line={"color": palette[i % len(palette)]}), row=2, col=1)
+    for members in list(_bands(prof.layers, scheme).values())[1:]:
+        for row in (1, 2):
+            fig.add_vline(x=members[0] - 0.5, line={"dash": "dot", "color": "grey"}, row=row, col=1)
+    fig.update_yaxes(title_text="value (0-1)", row=1, col=1)
+    fig.update_yaxes(title_text=f"exclusive experts (k={prof.k}, >{threshold})", row=2, col=1)
+    fig.update_xaxes(title_text="MoE layer", row=2, col=1)
+    fig.update_xaxes(title_text="MoE layer", row=1, col=1)
+    fig.update_layout(title={"text": "Layer profile of routing across languages"}, height=700)
+    return fig
+
+
+def expert_counts(stats: RoutingCounts, reference: str | None = None, k: int | None = None, threshold: float = THRESHOLD,
+                  shared_k: int | None = None, shared_threshold: float = 0.7, shared_layers: Any = "middle") -> go.Figure:
+    """Bars per language: exclusive experts (among all languages) and experts shared with `reference`.
+
+    Exclusive: the paper's algorithm with `k`, `threshold` over all layers. Shared: the
+    steering set of `(reference, language)` with `shared_k`, `shared_threshold` over
+    `shared_layers` (default the middle band; `reference` defaults to English, `"en"` or
+    `"eng"`, if present). `k` / `shared_k` default to the paper's 15 / 20 of 128 experts
+    scaled to this model (`mi.PAPER.scaled_k`).
+
+    ```python
+    >>> import moe_interp as mi
+    >>> p = mi.datasets.reference_stats()          # the paper's released MGSM counts
+    >>> fig = mi.plots.expert_counts(p)
+    >>> dict(zip(fig.data[0].x, fig.data[0].y))["sw"]
+    271
+
+    ```
+    """
+    if reference is None:
+        reference = next((l for l in ("en", "eng") if l in stats.languages), stats.languages[0])
+    stats.language_index(reference)
+    k = check_k(k, stats.num_experts, stats.top_k)
+    shared_k = check_k(shared_k, stats.num_experts, stats.top_k, PAPER.steer_k)
+    languages = list(stats.languages)
+    exclusive = [exclusive_experts(stats, l, k=k, threshold=threshold).size for l in languages]
+    layer_list = [stats.layers[i] for i in stats.layer_positions(shared_layers)]
+    others = [l for l in languages if l != reference]
+    shared = [shared_experts(stats, [reference, l], k=shared_k, threshold=shared_threshold, layers=layer_list).size
+              for l in others]
+    fig = go.Figure([go.Bar(x=languages, y=exclusive, name="exclusive", text=exclusive, textposition="outside"),
+                     go.Bar(x=others, y=shared, name=f"shared with {reference}", text=shared, textposition="outside")])
+    fig.update_layout(barmode="group", xaxis_title="language", yaxis_title="(layer, expert) pairs",
+                      title={"text": f"Exclusive experts (k={k}, >{threshold}, all layers) and experts shared with "
+                                     f"{reference} (k={shared_k}, <{shared_threshold}, layers {layer_list[0]}-"
+                                     f"{layer_list[-1]})"})
+    return fig
+
+
+# Colour per kind of row: the claim's own estimate stands out, controls recede.
+_KIND_COLORS = {"trained": "#1f77b4", "control": "#7f7f7f", "baseline": "#ff7f0e"}
+
+
+def _forest_rows(rows: Any) -> list[tuple[str, float, float, float, str]]:
+    import pandas as pd
+
+    if isinstance(rows, pd.DataFrame):
+        rows = rows.to_dict(orient="records")
+    out = []
+    for i, row in enumerate(rows):
+        if isinstance(row, Mapping):
+            try:
+                row = [row[key] for key in ("label", "estimate", "low", "high", "kind")]
+            except KeyError as missing:
+                raise ValueError(f"forest_plot row {i} lacks {missing}: give (label, estimate, low, high, kind) or a "
+                                 "mapping with those keys") from None
+        if len(row) != 5:
+            raise ValueError(f"forest_plot row {i} has {len(row)} fields: give (label, estimate, low, high, kind)")
+        label, estimate, low, high, kind = row
+        estimate, low, high = float(estimate), float(low), float(high)
+        if not all(np.isfinite([estimate, low, high])) or not low <= estimate <= high:
+            raise ValueError(f"forest_plot row {i} ({label!r}): need finite low <= estimate <= high, got "
+                             f"{estimate} [{low}, {high}]")
+        out.append((str(label), estimate, low, high, str(kind)))
+    if not out:
+        raise ValueError("forest_plot needs at least one row (label, estimate, low, high, kind)")
+    labels = [r[0] for r in out]
+    repeated = sorted({l for l in labels if labels.count(l) > 1})
+    if repeated:
+        raise ValueError(f"forest_plot labels must be unique (one row each), repeated: {repeated}")
+    return out
+
+
+def forest_plot(rows: Any, *, title: str, x_title: str, reference: float | int = 0.0,
+                reference_label: str | None = None) -> go.Figure:
+    """A forest plot: one row per estimate with its interval as a horizontal error bar, a
+    colour per kind of row (`"trained"`, `"control"`, `"baseline"`, or any other), top to
+    bottom in the order given, and a dotted vertical line at `reference` (0 for a
+    difference, 1 for a ratio).
+
+    **Arguments:** `rows`: `(label, estimate, low, high, kind)` tuples, mappings with those
+    keys, or a DataFrame with those columns; labels unique. `title`, `x_title` (say the
+    units); `reference`, and `reference_label` written beside its line.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> fig = mi.plots.forest_plot([("trained", 0.25, 0.18, 0.31, "trained"), ("twin 1", 0.05, -0.02, 0.12, "control"),
+    ...                             ("byte bigrams", 0.36, 0.30, 0.41, "baseline")],
+    ...                            title="Family ARI, middle band", x_title="ARI (0 = chance)")
+    >>> [(t.name, list(t.y), list(t.x)) for t in fig.data]
+    [('trained', ['trained'], [0.25]), ('control', ['twin 1'], [0.05]), ('baseline', ['byte bigrams'], [0.36])]
+    >>> fig.layout.shapes[0].x0, list(fig.layout.yaxis.categoryarray)
+    (0.0, ['trained', 'twin 1', 'byte bigrams'])
+
+    ```
+    """
+    rows = _forest_rows(rows)
+    labels = [r[0] for r in rows]
+    kinds = list(dict.fromkeys(r[4] for r in rows))
+    known = [k for k in _KIND_COLORS if k in kinds]
+    kinds = known + [k for k in kinds if k not in known]                   # legend: trained, control, baseline first
+    others = [c for c in qualitative.D3 if c.lower() not in _KIND_COLORS.values()]
+    colors = {**{k: others[i % len(others)] for i, k in enumerate(k for k in kinds if k not in _KIND_COLORS)},
+              **_KIND_COLORS}
+    fig = go.Figure()
+    for kind in kinds:
+        mine = [r for r in rows if r[4] == kind]
+        fig.add_trace(go.Scatter(
+            x=[r[1] for r in mine], y=[r[0] for r in mine], mode="markers", name=kind,
+            marker={"color": colors[kind], "size": 11, "symbol": "diamond" if kind == "trained" else "circle"},
+            error_x={"type": "data", "symmetric": False, "array": [r[3] - r[1] for r in mine],
+                     "arrayminus": [r[1] - r[2] for r in mine], "color": colors[kind], "thickness": 2, "width": 6},
+            customdata=[[r[2], r[3]] for r in mine],
+            hovertemplate="%{y}: %{x:.4g} [%{customdata[0]:.4g}, %{customdata[1]:.4g}]<extra>" + kind + "</extra>"))
+    label = {"annotation_text": reference_label, "annotation_position": "top"} if reference_label else {}
+    fig.add_vline(x=float(reference), line={"dash": "dot", "color": "black"}, **label)
+    fig.update_yaxes(type="category", categoryorder="array", categoryarray=labels, autorange="reversed",
+                     automargin=True, title_text=None)
+    fig.update_layout(title={"text": title}, xaxis_title=x_title, legend={"title": {"text": "kind"}},
+                      height=max(260, 120 + 34 * len(rows)))
+    return fig
+
+
+def _family_order(languages: Sequence[str], families: Mapping[str, str] | None) -> tuple[list[int], list[str]]:
+    """Row order (indices into `languages`) grouped by family, families alphabetical, the
+    given order within each; and each row's family (`None`: the given order, no families)."""
+    if families is None:
+        return list(range(len(languages))), []
+    family = [_family_of(l, families) for l in languages]
+    order = sorted(range(len(languages)), key=lambda i: (family[i], i))
+    return order, [family[i] for i in order]
+
+
+def language_layer_heatmap(matrix: Any, languages: Sequence[str], layers: Sequence[int], *, title: str,
+                           colorbar: str, families: Mapping[str, str] | None = None,
+                           text_format: str | None = None) -> go.Figure:
+    """A language (rows) x MoE layer (columns) heatmap of one value per cell, e.g. each
+    language's exclusive experts per layer (`stats.layer_profile().exclusive`).
+
+    With `families` (`{language: family}`; languages it lacks are looked up in
+    `moe_interp.core.languages`) the rows are grouped by family (families alphabetical, the given
+    order within each), each group named on the right and separated by a line.
+
+    **Arguments:** `matrix`: `[len(languages), len(layers)]` values (array, tensor or
+    nested lists); `title`; `colorbar`: the colour bar's title (say the units);
+    `text_format`: a plotly format to print each value in its cell, e.g. `"%{z:d}"`.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> fig = mi.plots.language_layer_heatmap([[1, 0], [3, 2], [0, 1]], ["deu", "fin", "nld"], [0, 1],
+    ...                                       title="Exclusive experts per layer", colorbar="experts",
+    ...                                       families={"deu": "Germanic", "nld": "Germanic", "fin": "Uralic"})
+    >>> list(fig.data[0].y), fig.data[0].z.tolist()
+    (['deu', 'nld', 'fin'], [[1, 0], [0, 1], [3, 2]])
+    >>> [a.text for a in fig.layout.annotations]
+    ['Germanic', 'Uralic']
+
+    ```
+    """
+    matrix = np.asarray(matrix.detach().cpu() if hasattr(matrix, "detach") else matrix)
+    languages, layers = [str(l) for l in languages], [int(l) for l in layers]
+    if matrix.shape != (len(languages), len(layers)):
+        raise ValueError(f"matrix has shape {matrix.shape} but {len(languages)} languages x {len(layers)} layers "
+                         f"were named: give one row per language and one column per layer")
+    order, row_family = _family_order(languages, families)
+    rows = [languages[i] for i in order]
+    z = matrix[order]
+    finite = z[np.isfinite(z)] if np.issubdtype(z.dtype, np.number) else z
+    fig = go.Figure(go.Heatmap(
+        z=z, x=layers, y=rows, colorscale="Viridis", zmin=0 if finite.size and finite.min() >= 0 else None,
+        texttemplate=text_format, colorbar={"title": {"text": colorbar, "side": "top"}, "orientation": "h",
+                                            "x": 0.5, "xanchor": "center", "y": 1.0, "yanchor": "bottom",
+                                            "len": 0.6, "thickness": 12},
+        hovertemplate="%{y}, layer %{x}: %{z}<extra></extra>"))
+    longest = 0
+    if row_family:
+        groups: dict[str, list[int]] = {}
+        for position, fam in enumerate(row_family):
+            groups.setdefault(fam, []).append(position)
+        for n, (fam, positions) in enumerate(groups.items()):
+            fig.add_annotation(text=fam, xref="paper", x=1.01, xanchor="left", yref="y",
+                               y=(positions[0] + positions[-1]) / 2, showarrow=False, font={"size": 11})
+            if n:
+                fig.add_shape(type="line", xref="paper", x0=0, x1=1, yref="y", y0=positions[0] - 0.5,
+                              y1=positions[0] - 0.5, line={"color": "white", "width": 2})
+        longest = max(len(f) for f in groups)
+    fig.update_yaxes(type="category", autorange="reversed", title_text="language", automargin=True)
+    fig.update_xaxes(title_text="MoE layer", tickformat="d", dtick=1 if len(layers) <= 16 else None)
+    fig.update_layout(title={"text": title}, height=max(320, 170 + 16 * len(rows)),
+                      margin={"t": 130, "r": 30 + 7 * longest})
+    return fig

@@ -1,0 +1,573 @@
+"""The paper's layer-band ablation design, with the evidence a verdict needs.
+
+Each target language's exclusive experts (exclusive among every profiled language, as the
+paper defines them) are rerouted in each band of layers (equal-width thirds by default), and
+every evaluated language's held-out texts are scored against no ablation. A verdict per
+language and band compares the target's own effect with three comparators: evaluated
+languages of the same family, evaluated languages of other families (each mean with an
+interval whose unit is the language), and many random expert sets matched to the ablated
+experts' usage, read as a distribution. The rules that turn these into words live in one
+place: `VERDICT_RULES` and `ablation_verdict`.
+"""
+
+import dataclasses
+import math
+import os
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from moe_interp.core._checks import check_int as _check_int
+from moe_interp.core._checks import check_level as _check_level
+from moe_interp.experiments._grid import Experiment, check_held_out
+from moe_interp.core._layers import BANDS, THIRD_BANDS
+from moe_interp.analysis._evidence import interval, resampled_means
+from moe_interp.arch import describe
+from moe_interp.core._expert_set import ExpertSet
+from moe_interp.runtime._interventions import ExpertAblate
+
+__all__ = ["VERDICT_RULES", "AblationResult", "ablation_grid", "ablation_heatmap", "ablation_verdict",
+           "random_expert_set"]
+
+# The verdict rules, in the order they are tried: the first whose condition holds is the verdict.
+VERDICT_RULES = (
+    ("nothing to ablate", "no expert is exclusive to the language in this band (under the exclusivity rule used)"),
+    ("no effect", "the own effect's interval does not lie above 0"),
+    ("not specific", "the own effect is not above the random-set draws at level alpha (rank p-value > alpha = "
+                     "1 - level), or the own - other-family interval does not lie above 0"),
+    ("family-level", "above the random sets and the other families, but the own - same-family interval does not "
+                     "lie above 0"),
+    ("specific, no relative evaluated", "above the random sets and the other families, but no language of the "
+                                        "target's family was evaluated, so a family-level effect is not ruled out"),
+    ("language-specific", "above the random sets, the other families and the same family"),
+)
+VERDICTS = tuple(verdict for verdict, _ in VERDICT_RULES)
+MATCH = 3  # a usage-matched draw picks uniformly among this many experts nearest in usage rank
+
+
+def ablation_verdict(pairs: int, own_low: float, random_p: float, own_minus_other_low: float,
+                     own_minus_same_low: float | None, alpha: float = 0.05) -> str:
+    """The verdict of one (language, band) cell, by `VERDICT_RULES` (tried in order).
+
+    **Arguments:** `pairs`: (layer, expert) pairs ablated; `own_low`: lower end of the own
+    effect's interval; `random_p`: one-sided rank p-value of the own effect among the random
+    draws, `(1 + #{draw >= own}) / (1 + draws)`; `own_minus_other_low` / `own_minus_same_low`:
+    lower ends of the own - other-family and own - same-family intervals (`None`: no
+    same-family language evaluated); `alpha`: `1 - level`. "Above" means the interval's lower
+    end is > 0 (nan is not above). With `n` draws the smallest rank p-value is `1 / (n + 1)`:
+    at `alpha = 0.05` fewer than 19 draws can never pass the random-set rule.
+
+    ```python
+    >>> from moe_interp.experiments._ablation import ablation_verdict
+    >>> ablation_verdict(4, 0.10, 1 / 21, 0.05, 0.03), ablation_verdict(4, 0.10, 1 / 21, 0.05, -0.01)
+    ('language-specific', 'family-level')
+    >>> ablation_verdict(4, 0.10, 3 / 21, 0.05, 0.03), ablation_verdict(4, -0.01, 1 / 21, 0.05, 0.03)
+    ('not specific', 'no effect')
+    >>> ablation_verdict(4, 0.10, 1 / 21, 0.05, None), ablation_verdict(0, 0.0, 1.0, 0.0, 0.0)
+    ('specific, no relative evaluated', 'nothing to ablate')
+
+    ```
+    """
+    if not pairs:
+        return "nothing to ablate"
+    if not own_low > 0:
+        return "no effect"
+    if not random_p <= alpha + 1e-12 or not own_minus_other_low > 0:
+        return "not specific"
+    if own_minus_same_low is None:
+        return "specific, no relative evaluated"
+    if not own_minus_same_low > 0:
+        return "family-level"
+    return "language-specific"
+
+
+def _min_draws(level: float) -> int:
+    """Fewest random draws whose smallest rank p-value, 1 / (draws + 1), reaches alpha = 1 - level."""
+    return max(1, math.ceil(1 / (1 - level) - 1 - 1e-9))
+
+
+def random_expert_set(experts: Mapping[int, Sequence[int]], num_experts: int, seed: Any,
+                      usage: Mapping[int, Sequence[float]] | None = None, match: int = MATCH) -> ExpertSet:
+    """A random set of the same size as `experts` in the same layers, never one of `experts`
+    there: the control an ablation of `experts` is compared with. `seed`: anything
+    `numpy.random.default_rng` takes; the same seed gives the same set.
+
+    Without `usage`: drawn uniformly, without replacement, among the layer's other experts.
+    With `usage` (`{layer: one value per expert}`, e.g. the target language's routing
+    frequency of each expert in that layer), each ablated expert gets a usage-matched stand-in:
+    the layer's experts are ranked by usage (most used first, ties by index); the ablated
+    experts are taken in a random order, and each draws uniformly among the `match`
+    not-ablated, not-yet-drawn experts nearest to it in that rank (ties: the closer usage,
+    then the lower index). A heavily used ablated expert is thus matched by a heavily used one.
+
+    ```python
+    >>> from moe_interp.experiments._ablation import random_expert_set
+    >>> s = random_expert_set({3: [0, 1], 5: [7]}, num_experts=8, seed=0)
+    >>> {layer: len(s[layer]) for layer in s}, set(s[3]) & {0, 1}, 7 in s[5]
+    ({3: 2, 5: 1}, set(), False)
+    >>> usage = {3: [0.9, 0.8, 0.7, 0.6, 0.1, 0.1, 0.0, 0.0]}     # experts 0 and 1 are the most used
+    >>> sorted({e for seed in range(50) for e in random_expert_set({3: [0, 1]}, 8, seed, usage=usage)[3]})
+    [2, 3, 4, 5]
+
+    ```
+    """
+    if usage is not None:
+        _check_int("match", match, 1)
+    rng = np.random.default_rng(seed)
+    drawn = {}
+    for layer in sorted(experts):
+        chosen = sorted({int(e) for e in experts[layer]})
+        pool = [e for e in range(num_experts) if e not in set(chosen)]
+        if len(chosen) > len(pool):
+            raise ValueError(f"layer {layer}: {len(chosen)} experts are ablated but only {len(pool)} others exist to "
+                             "draw a same-size random control from; ablate fewer experts (a smaller k)")
+        if usage is None:
+            drawn[layer] = sorted(int(e) for e in rng.choice(pool, size=len(chosen), replace=False))
+            continue
+        if layer not in usage or len(usage[layer]) != num_experts:
+            raise ValueError(f"usage needs one value per expert ({num_experts}) for layer {layer}; give "
+                             "{layer: [usage of expert 0, 1, ...]} for every layer of experts")
+        used = np.asarray(usage[layer], dtype=float)
+        rank = {e: r for r, e in enumerate(sorted(range(num_experts), key=lambda e: (-used[e], e)))}
+        free, picked = set(pool), []
+        for ablated in rng.permutation(chosen):
+            nearest = sorted(free, key=lambda e: (abs(rank[e] - rank[ablated]), abs(used[e] - used[ablated]), e))
+            pick = nearest[int(rng.integers(min(match, len(nearest))))]
+            free.discard(pick)
+            picked.append(pick)
+        drawn[layer] = sorted(picked)
+    return ExpertSet(drawn)
+
+
+def _seed(seed: int, target: str, band: str, draw: int) -> list[int]:
+    """A seed per control draw that depends on what it controls, not on the grid's order."""
+    return [seed, zlib.crc32(target.encode()), zlib.crc32(band.encode()), draw]
+
+
+def _interval_seed(seed: int, *labels: str) -> int:
+    """An int seed per resampled quantity, from what it is (not from where it sits in a grid)."""
+    return int(np.random.SeedSequence([seed, *(zlib.crc32(label.encode()) for label in labels)]).generate_state(1)[0])
+
+
+def _span(layers: Sequence[int]) -> str:
+    """`"layers 2-4"`, `"layer 3"`, `"layers 1, 5"`: the layers of a band in words."""
+    layers = list(layers)
+    if not layers:
+        return "layers not recorded"
+    if len(layers) == 1:
+        return f"layer {layers[0]}"
+    if layers == list(range(layers[0], layers[-1] + 1)):
+        return f"layers {layers[0]}-{layers[-1]}"
+    return "layers " + ", ".join(map(str, layers))
+
+
+def _family_of(language: str, families: Mapping[str, str] | None) -> str:
+    if families is not None:
+        if language not in families:
+            raise ValueError(f"families has no entry for {language!r}; give every evaluated and target language a "
+                             "family (or leave families=None for mi.languages' families)")
+        return str(families[language])
+    from moe_interp.core.languages import info
+
+    try:
+        return info(language).family
+    except KeyError as error:
+        raise ValueError(f"{language!r} has no family in mi.languages ({error.args[0]}); pass "
+                         "families={language: family} for every evaluated and target language") from None
+
+
+@dataclasses.dataclass
+class AblationResult:
+    """Bits-per-byte change of each evaluation language when each target language's
+    exclusive experts are ablated in each band, with the evidence for a verdict.
+
+    **Fields:** `eval_languages`; `conditions` (`(target, band)` pairs); `baseline` (mean
+    bits/byte per language); `delta` (`[eval language, condition]` mean change);
+    `experts` (number of `(layer, expert)` pairs ablated per condition); `frame` (every
+    text's bits/byte per cell: conditions `"baseline"`, `"ablate:{target}:{band}"` and the
+    random controls `"control:{target}:{band}:{draw}"`, run on the target's own texts);
+    `controls` (random draws per condition), `replicates`, `level`, `seed` (of the
+    intervals); `sets` (the `ExpertSet` each condition ablated, controls included, by
+    condition name); `among` (the languages the experts are exclusive among); `profiled`
+    (how many languages the statistics hold); `families` (`{language: family}` of the
+    comparators; empty: `mi.languages`' families); `layers` (`{band: layers}`); `match`
+    (controls drawn among the `match` experts nearest in usage rank; `None`: uniform).
+    """
+
+    eval_languages: tuple[str, ...]
+    conditions: tuple[tuple[str, str], ...]
+    baseline: dict[str, float]
+    delta: np.ndarray
+    experts: dict[tuple[str, str], int]
+    frame: Any
+    controls: int = 20
+    replicates: int = 2000
+    level: float = 0.95
+    seed: int = 0
+    sets: dict[str, ExpertSet] = dataclasses.field(default_factory=dict, repr=False)
+    among: tuple[str, ...] = ()
+    profiled: int = 0
+    families: dict[str, str] = dataclasses.field(default_factory=dict)
+    layers: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    match: int | None = MATCH
+
+    def exclusive_among(self) -> str:
+        """Which languages the ablated experts are exclusive among, in words.
+
+        ```python
+        >>> import numpy as np
+        >>> from moe_interp.experiments import AblationResult
+        >>> AblationResult(("eng", "fin"), (), {}, np.zeros((2, 0)), {}, None, among=("eng", "fin", "deu"),
+        ...                profiled=3).exclusive_among()
+        'exclusive among the 3 profiled languages'
+
+        ```
+        """
+        if not self.among:
+            return "exclusive among languages not recorded"
+        if len(self.among) == self.profiled:
+            return f"exclusive among the {self.profiled} profiled languages"
+        named = ", ".join(self.among[:8]) + (", ..." if len(self.among) > 8 else "")
+        of = f" of the {self.profiled} profiled" if self.profiled else ""
+        return f"exclusive among {len(self.among)}{of} languages ({named})"
+
+    def _family(self, language: str) -> str:
+        return _family_of(language, self.families or None)
+
+    def verdicts(self, band: str | Sequence[str] | None = None, pooled: bool = False) -> Any:
+        """One row per (ablated and evaluated language, band): is the effect of its own
+        exclusive experts specific to it, to its family, or to neither?
+
+        `band`: one band name or several (default: every band of the grid); `pooled=True`:
+        one row per language, averaging the chosen bands (its `band` joins their names).
+
+        **Columns:** `language`, `family`, `band`, `layers` (tuple), `among` (how many
+        languages the experts are exclusive among), `texts` (the target's), `pairs` ((layer,
+        expert) pairs ablated); per text, bits/byte change against no ablation (positive =
+        worse): `own` (the target's own texts; interval resamples them), `same_family` and
+        `other_family` (mean over the evaluated languages of the target's family / of other
+        families, each language's mean over its texts; intervals resample the languages,
+        then their texts; their names in `same_family_languages`, `other_family_languages`),
+        `own_minus_same_family`, `own_minus_other_family` (differences of the replicates),
+        each with `_low` / `_high` at `level`; `controls` (random draws), `matched` (how
+        they were drawn), `random` (the draws' mean effect on the target's texts),
+        `random_low` / `random_high` (the spread of the draws: their `(1 - level) / 2` and
+        `(1 + level) / 2` quantiles, not text noise), `random_p` (one-sided rank p-value
+        `(1 + #{draw >= own}) / (1 + draws)`), `verdict` (`ablation_verdict`).
+
+        ```python
+        >>> import numpy as np, pandas as pd
+        >>> from moe_interp.experiments import AblationResult
+        >>> cost = {"eng": 1.0, "deu": 0.0, "fin": 0.0}     # eng's experts cost eng only
+        >>> rows = [dict(language=l, condition=c, item=i, bits_per_byte=b)
+        ...         for l in cost for i in range(20)
+        ...         for c, b in [("baseline", 3 + 0.01 * i), ("ablate:eng:middle-third", 3 + cost[l] + 0.02 * (i % 3))]
+        ...         + [(f"control:eng:middle-third:{d}", 3 + 0.01 * i + 0.01 * d) for d in range(20) if l == "eng"]]
+        >>> res = AblationResult(("eng", "deu", "fin"), (("eng", "middle-third"),), {}, np.zeros((3, 1)),
+        ...                      {("eng", "middle-third"): 4}, pd.DataFrame(rows), controls=20, replicates=500,
+        ...                      layers={"middle-third": (3, 4, 5)})
+        >>> v = res.verdicts().iloc[0]
+        >>> v.language, v.band, v.layers, round(float(v.own), 2), round(float(v.random_p), 3), v.verdict
+        ('eng', 'middle-third', (3, 4, 5), 0.92, 0.048, 'language-specific')
+
+        ```
+        """
+        import pandas as pd
+
+        known = list(dict.fromkeys(b for _, b in self.conditions))
+        chosen = known if band is None else [band] if isinstance(band, str) else list(band)
+        unknown = [b for b in chosen if b not in known]
+        if unknown:
+            raise ValueError(f"band {unknown[0]!r} is not one of this grid's bands {known}")
+        groups = [chosen] if pooled else [[b] for b in chosen]
+        tables = {l: self.frame[self.frame.language == l].pivot_table(index="item", columns="condition",
+                                                                     values="bits_per_byte")
+                  for l in self.eval_languages}
+        rows = []
+        for target in dict.fromkeys(t for t, _ in self.conditions):
+            if target not in self.eval_languages:
+                continue
+            family = self._family(target)
+            same = [l for l in self.eval_languages if l != target and self._family(l) == family]
+            other = [l for l in self.eval_languages if self._family(l) != family]
+            if not other:
+                raise ValueError(f"no evaluated language is of another family than {target} ({family}); a verdict "
+                                 "compares the target with other families: evaluate one, or give families=")
+            for group in groups:
+                bands = [b for b in group if (target, b) in self.conditions]
+                if bands:
+                    rows.append(self._row(tables, target, family, bands, same, other))
+        return pd.DataFrame(rows)
+
+    def _row(self, tables: dict, target: str, family: str, bands: list[str], same: list[str],
+             other: list[str]) -> dict:
+        """Estimates, intervals, the random-set distribution and the verdict of one cell."""
+        ablate = [f"ablate:{target}:{b}" for b in bands]
+        label = "+".join(bands)
+
+        def effects(language: str, conditions: Sequence[str]) -> np.ndarray:
+            # per text: mean over conditions of (condition - baseline); a condition never run
+            # (a control of an empty set) ablated nothing: 0
+            table = tables[language]
+            base = table["baseline"].to_numpy()
+            return np.mean([table[c].to_numpy() - base if c in table else np.zeros_like(base) for c in conditions],
+                           axis=0)
+
+        own = effects(target, ablate)
+        layers = tuple(sorted({layer for b in bands for layer in self.layers.get(b, ())}))
+        row: dict[str, Any] = {"language": target, "family": family, "band": label, "layers": layers,
+                               "among": len(self.among), "texts": len(own),
+                               "pairs": sum(self.experts.get((target, b), 0) for b in bands)}
+
+        def put(name: str, estimate: float, samples: np.ndarray) -> None:
+            low, high = interval(float(estimate), samples, self.level)
+            row.update({name: float(estimate), f"{name}_low": low, f"{name}_high": high})
+
+        own_estimate, own_samples = resampled_means([own], self.replicates, _interval_seed(self.seed, target, label,
+                                                                                            "own"), unit="item")
+        put("own", own_estimate, own_samples)
+        lows = {}
+        for name, languages in (("same_family", same), ("other_family", other)):
+            row[f"{name}_languages"] = ", ".join(languages)
+            if not languages:
+                row.update({key: float("nan") for key in (name, f"{name}_low", f"{name}_high", f"own_minus_{name}",
+                                                           f"own_minus_{name}_low", f"own_minus_{name}_high")})
+                lows[name] = None
+                continue
+            estimate, samples = resampled_means([effects(l, ablate) for l in languages], self.replicates,
+                                                _interval_seed(self.seed, target, label, name), unit="group")
+            put(name, estimate, samples)
+            put(f"own_minus_{name}", own_estimate - estimate, own_samples - samples)
+            lows[name] = row[f"own_minus_{name}_low"]
+        draws = np.array([effects(target, [f"control:{target}:{b}:{d}" for b in bands]).mean()
+                          for d in range(self.controls)])
+        alpha = 1 - self.level
+        # the spread of the draws themselves (a distribution of sets), not a bootstrap interval
+        spread = np.quantile(draws, [alpha / 2, 1 - alpha / 2]) if len(draws) else (float("nan"),) * 2
+        row.update({"controls": self.controls,
+                    "matched": f"usage-matched ({self.match} nearest)" if self.match else "uniform",
+                    "random": float(draws.mean()) if len(draws) else float("nan"),
+                    "random_low": float(spread[0]), "random_high": float(spread[1]),
+                    "random_p": float((1 + (draws >= own_estimate).sum()) / (1 + len(draws)))})
+        row["verdict"] = ablation_verdict(row["pairs"], row["own_low"], row["random_p"], lows["other_family"],
+                                          lows["same_family"], alpha)
+        return row
+
+    def summary(self, pooled: bool = False) -> str:
+        """Per ablated language and band: the effect on itself, on its family and on other
+        families, and of random usage-matched sets, with intervals, and the verdict they
+        support; the first lines say which languages the experts are exclusive among,
+        which bands (and layers), how intervals and controls were made, and the rules.
+
+        ```python
+        >>> import numpy as np, pandas as pd
+        >>> from moe_interp.experiments import AblationResult
+        >>> rows = [dict(language=l, condition=c, item=i, bits_per_byte=3.0) for l in ("eng", "fin")
+        ...         for i in range(5) for c in ("baseline", "ablate:eng:late-third")]
+        >>> res = AblationResult(("eng", "fin"), (("eng", "late-third"),), {}, np.zeros((2, 1)),
+        ...                      {("eng", "late-third"): 0}, pd.DataFrame(rows), controls=5, among=("eng", "fin"),
+        ...                      profiled=2, layers={"late-third": (6, 7)})
+        >>> first = res.summary().splitlines()[0]
+        >>> "(exclusive among the 2 profiled languages)" in first, first.endswith("bands: late-third (layers 6-7).")
+        (True, True)
+        >>> res.summary().splitlines()[-1].endswith("nothing to ablate")
+        True
+
+        ```
+        """
+        pct = round(100 * self.level)
+        bands = list(dict.fromkeys(b for _, b in self.conditions))
+        where = ", ".join(f"{b} ({_span(self.layers.get(b, ()))})" for b in bands)
+        matched = (f"each ablated expert matched by one of the {self.match} not-ablated experts nearest in the "
+                   "target's usage rank in its layer" if self.match
+                   else "drawn uniformly among the not-ablated experts")
+        lines = [f"Ablation of each language's exclusive experts ({self.exclusive_among()}); bands: {where}"
+                 f"{', pooled' if pooled else ''}.",
+                 f"Change in bits/byte (positive = worse). {pct}% intervals: own effect over the language's texts; "
+                 "same-family and other-family means over languages, then their texts. Random sets: "
+                 f"{self.controls} draws per cell, same size and layers, {matched}; shown as the draws' mean and the "
+                 f"{(100 - pct) / 2:g}%-{(100 + pct) / 2:g}% spread of the draws, with the rank p-value "
+                 "(1 + #draws >= own) / (1 + draws)."]
+        if self.controls < _min_draws(self.level):
+            lines.append(f"Only {self.controls} random draws: the smallest rank p-value, 1/{self.controls + 1}, is "
+                         f"above {1 - self.level:.2g}, so no cell can be above the random sets; use controls >= "
+                         f"{_min_draws(self.level)}.")
+        lines.append("Verdicts: " + "; ".join(f'"{v}": {rule}' for v, rule in VERDICT_RULES) + ".")
+
+        def cell(row: Any, name: str) -> str:
+            low, high = getattr(row, name + "_low"), getattr(row, name + "_high")
+            return f"{getattr(row, name):+.4f} [{low:+.4f}, {high:+.4f}]"
+
+        for row in self.verdicts(pooled=pooled).itertuples():
+            same = (f"same family ({row.same_family_languages}) {cell(row, 'same_family')}, own - same family "
+                    f"{cell(row, 'own_minus_same_family')}" if row.same_family_languages
+                    else "no same-family language evaluated")
+            lines.append(f"{row.language} ({row.family}), {row.band} ({_span(row.layers)}), {row.pairs} "
+                         f"(layer, expert) pairs, {row.texts} texts: own {cell(row, 'own')}; {same}; other families "
+                         f"({row.other_family_languages}) {cell(row, 'other_family')}, own - other families "
+                         f"{cell(row, 'own_minus_other_family')}; random sets {row.random:+.4f} (draws "
+                         f"{row.random_low:+.4f} to {row.random_high:+.4f}), p = {row.random_p:.3f}: {row.verdict}")
+        return "\n".join(lines)
+
+    def plot_ablation(self) -> Any:
+        """Heatmap of the delta matrix (evaluation language x ablated target/band); see `ablation_heatmap`."""
+        return ablation_heatmap(self)
+
+
+def ablation_heatmap(result: AblationResult) -> Any:
+    """Plotly heatmap of `result.delta` (evaluation language x ablated target / band).
+
+    ```python
+    >>> import numpy as np
+    >>> from moe_interp.experiments import AblationResult
+    >>> from moe_interp.experiments._ablation import ablation_heatmap
+    >>> res = AblationResult(("eng",), (("deu", "middle"),), {}, np.zeros((1, 1)), {}, None)
+    >>> ablation_heatmap(res).layout.xaxis.title.text
+    'ablated language / band'
+
+    ```
+    """
+    import plotly.graph_objects as go
+
+    labels = [f"{t} / {b}" for t, b in result.conditions]
+    fig = go.Figure(go.Heatmap(z=result.delta, x=labels, y=list(result.eval_languages), colorscale="RdBu_r", zmid=0,
+                               colorbar={"title": "Δ bits/byte"}))
+    fig.update_layout(title="Layer-band ablation of language-exclusive experts",
+                      xaxis_title="ablated language / band", yaxis_title="evaluated language")
+    return fig
+
+
+def _mean_bpb(frame: Any, language: str, condition: str) -> float:
+    rows = frame[(frame.language == language) & (frame.condition == condition)]
+    return float(rows.bits_per_byte.mean())
+
+
+def _band_layers(spec: Any, bands: Sequence[str] | Mapping[str, Any], width: int | None) -> dict[str, tuple[int, ...]]:
+    """`{band name: real MoE layers}`: names (`THIRD_BANDS`, `BANDS`, a stack's band), with
+    `width` the paper's fixed-width bands, or a mapping `{name: any layer selection}`."""
+    if isinstance(bands, Mapping):
+        if width is not None:
+            raise ValueError("width applies to band names; with bands={name: layers} give the layers themselves")
+        return {str(name): spec.select_layers(selection) for name, selection in bands.items()}
+    bands = (bands,) if isinstance(bands, str) else tuple(bands)
+    if not bands:
+        raise ValueError(f"bands is empty; name some, e.g. {THIRD_BANDS}")
+    if width is not None:
+        wrong = [b for b in bands if b not in BANDS]
+        if wrong:
+            raise ValueError(f"width={width} gives the paper's fixed-width bands, named {BANDS}; got {wrong}. Drop "
+                             "width for equal thirds (THIRD_BANDS)")
+        return {b: spec.band(b, width=width) for b in bands}
+    return {str(b): spec.select_layers(b) for b in bands}
+
+
+def ablation_grid(model: Any, stats: Any, corpus: Mapping[str, Sequence[str]], eval_languages: Sequence[str],
+                  target_languages: Sequence[str], bands: Sequence[str] | Mapping[str, Any] = THIRD_BANDS,
+                  width: int | None = None, k: int | None = None, threshold: float = 0.4,
+                  among: Sequence[str] | None = None, controls: int = 20, replicates: int = 2000, level: float = 0.95,
+                  seed: int = 0, allow_same_texts: bool = False, path: str | os.PathLike | None = None,
+                  batch_size: int = 8, progress: bool = True, families: Mapping[str, str] | None = None,
+                  match: int | None = MATCH) -> AblationResult:
+    """The paper's ablation design, with intervals, family comparators and random-set controls.
+
+    Each target language's exclusive experts (from `stats`, exclusive among the languages
+    `among`: by default every language in `stats`, the paper's definition) are rerouted in
+    each band and every evaluation language's texts in `corpus` are scored against no
+    ablation. Each (target, band) cell also gets `controls` random expert sets of the same
+    size in the same layers, scored on the target's own texts only: usage-matched (see
+    `random_expert_set`: each ablated expert is matched by one of the `match` not-ablated
+    experts nearest to it in the target's usage rank in that layer, `stats.frequency()`),
+    or uniform with `match=None`; seeded by `seed`, target, band and draw, so a cell's draws
+    do not depend on the grid's order. `AblationResult.verdicts()` compares the target with
+    the evaluated languages of its family and of other families (`families`, default
+    `mi.languages.info(language).family`), and with the draws as a distribution; it needs,
+    for each evaluated target, an evaluated language of another family.
+
+    **Arguments:** `bands`: band names (default `THIRD_BANDS`, equal-width thirds
+    `"early-third"`, `"middle-third"`, `"late-third"`; also `"early"`/`"middle"`/`"late"`,
+    the paper's proportions, or with `width` the paper's fixed-width ablation bands) or
+    `{name: layers}`; `k=None`: the paper's 15 of 128 experts scaled to the model
+    (`mi.PAPER.scaled_k`); `controls`: random draws per cell (20 by default; fewer are
+    allowed, but the smallest rank p-value is `1 / (controls + 1)`, so below 19 at level
+    0.95 no cell can pass the random-set rule, and the summary says so); `replicates`,
+    `level`, `seed`: of the intervals.
+
+    Select and evaluate on different texts: `stats` comes from a profile of other texts
+    (e.g. the train split) than `corpus` (held out). When `stats` records any of the same
+    texts (`mi.profile` keeps their fingerprints) this raises `ValueError`, unless
+    `allow_same_texts=True`.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
+    >>> train = {"eng": ["The cat sat on the mat.", "Dogs bark."], "deu": ["Die Katze schläft.", "Hunde bellen."],
+    ...          "fin": ["Kissa istuu.", "Koirat haukkuvat."]}
+    >>> test = {"eng": ["A bird sings.", "Fish swim."], "deu": ["Ein Vogel singt.", "Fische schwimmen."],
+    ...         "fin": ["Lintu laulaa.", "Kalat uivat."]}
+    >>> profile = mi.profile(model, train, progress=False)
+    >>> res = mi.ablation_grid(model, profile, test, ["eng", "deu", "fin"], ["eng"], bands=("middle-third",), k=4,
+    ...                        controls=19, replicates=200, progress=False)
+    >>> res.delta.shape, res.among, res.layers
+    ((3, 1), ('eng', 'deu', 'fin'), {'middle-third': (1, 2)})
+    >>> v = res.verdicts().iloc[0]
+    >>> v.band, v.same_family_languages, v.other_family_languages, int(v.controls), v.verdict
+    ('middle-third', 'deu', 'fin', 19, 'no effect')
+
+    ```
+    """
+    _check_int("controls", controls, 1)
+    _check_int("replicates", replicates, 1)
+    _check_int("seed", seed, 0)
+    if match is not None:
+        _check_int("match", match, 1)
+    level = _check_level(level)
+    if len(eval_languages) < 2:
+        raise ValueError("eval_languages needs at least two languages: a verdict compares the ablated language's "
+                         "effect with the effect on the others")
+    missing = [l for l in eval_languages if l not in corpus]
+    if missing:
+        raise ValueError(f"eval_languages {missing} have no texts in corpus")
+    check_held_out(stats, {l: corpus[l] for l in eval_languages}, allow_same_texts)
+    family = {l: _family_of(l, families) for l in dict.fromkeys([*eval_languages, *target_languages])}
+    for target in target_languages:
+        if target in eval_languages and all(family[l] == family[target] for l in eval_languages):
+            raise ValueError(f"no evaluated language is of another family than {target} ({family[target]}); a "
+                             "verdict compares the target with other families: add one to eval_languages, or give "
+                             "families={language: family}")
+    spec = describe(model)
+    layers = _band_layers(spec, bands, width)
+    among = tuple(among) if among is not None else tuple(stats.languages)
+    frequency = stats.frequency()
+    grid: dict[str, list] = {"baseline": []}
+    experts, conditions, control_grid, sets = {}, [], {}, {}
+    for target in target_languages:
+        usage = None
+        if match is not None and target in stats.languages:
+            usage = {layer: frequency[stats.language_index(target), i].tolist() for i, layer in enumerate(stats.layers)}
+        for band, band_layers in layers.items():
+            chosen = stats.exclusive_experts(target, k=k, threshold=threshold, layers=band_layers, among=among)
+            grid[f"ablate:{target}:{band}"] = [ExpertAblate(chosen)]
+            sets[f"ablate:{target}:{band}"] = chosen
+            experts[(target, band)] = chosen.size
+            conditions.append((target, band))
+            if target in eval_languages and chosen.size:
+                for draw in range(controls):
+                    control = random_expert_set(chosen, spec.num_experts, _seed(seed, target, band, draw), usage=usage,
+                                                match=match or MATCH)
+                    control_grid.setdefault(target, {})[f"control:{target}:{band}:{draw}"] = [ExpertAblate(control)]
+                    sets[f"control:{target}:{band}:{draw}"] = control
+    evaluated = {l: corpus[l] for l in eval_languages}
+    frames = [Experiment(model, evaluated, grid, path=path, batch_size=batch_size, progress=progress).run()]
+    for target, cells in control_grid.items():
+        frames.append(Experiment(model, {target: corpus[target]}, cells, path=path, batch_size=batch_size,
+                                 progress=progress).run())
+    import pandas as pd
+
+    frame = pd.concat(frames, ignore_index=True)
+    baseline = {l: _mean_bpb(frame, l, "baseline") for l in eval_languages}
+    delta = np.array([[_mean_bpb(frame, l, f"ablate:{t}:{b}") - baseline[l] for t, b in conditions]
+                      for l in eval_languages])
+    return AblationResult(tuple(eval_languages), tuple(conditions), baseline, delta, experts, frame, controls,
+                          replicates, level, seed, sets, among, len(stats.languages), family, layers, match)

@@ -1,0 +1,80 @@
+"""The compiled plan: what `interventions.compile_plan` hands `kernels`, as typed values.
+
+A plan is plain data that travels to where the model runs (an NDIF server too), so its
+types are `arch._sites.Record`s (rebuilt on a server from plain-Python methods) holding
+tensors, ints and `Site`s (`arch._sites`: the same sites the router view reads).
+"""
+
+from moe_interp.arch._sites import Record
+
+__all__ = ["Edit", "LayerPlan", "Plan"]
+
+
+class Edit(Record):
+    """One edit of router scores or weights: `kind` (`"relative"`: `z + scale * s * |z|`;
+    `"additive"`: `z + scale * s`; `"reroute"`: `z` at -1e9 where `payload` is True, before
+    selection; `"drop"`: the selected experts' weight at 0 where `payload` is True, after
+    selection), `payload` (a dense `[experts]` strength vector or boolean mask) and `scale`.
+
+    ```python
+    >>> import torch
+    >>> from moe_interp.runtime._plan import Edit
+    >>> Edit("additive", torch.tensor([0.0, 2.0]), 0.5).kind
+    'additive'
+
+    ```
+    """
+
+    __slots__ = _fields = ("kind", "payload", "scale")
+
+
+class LayerPlan(Record):
+    """One MoE layer's part of a plan: `layer` (model layer index), `router` / `experts`
+    (module paths), `sites` / `no_grad` (`RouterSites`: where its values live, and with grad
+    off where that differs), the `Edit`s of each site in order (`logits_edits`,
+    `choice_edits`, `select_edits`: the reroute mask again where top-k ranks, `drop`), and
+    `rerouted` (the reroute mask plus a False for "no expert" (-1) indices, for the check
+    that it held; None without a reroute); in a model with several stacks (`arch._stacks`),
+    `tokens_from` (the module whose inputs hold this layer's tokens; None: the model's own)
+    and `once` (an encoder: `generate` runs it once, before the decoder's steps).
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.runtime._interventions import compile_plan
+    >>> plan = compile_plan(mi.describe(mi.zoo.tiny_model("qwen3_moe")), [mi.ExpertAblate({1: [3]})])
+    >>> entry = plan.layers[0]
+    >>> entry.layer, [e.kind for e in entry.logits_edits], entry.rerouted.tolist()[3]
+    (1, ['reroute'], True)
+
+    ```
+    """
+
+    __slots__ = _fields = ("layer", "router", "experts", "sites", "no_grad", "logits_edits", "choice_edits",
+                           "select_edits", "drop", "rerouted", "tokens_from", "once")
+    _defaults = {"tokens_from": None, "once": False}
+
+
+class Plan(Record):
+    """A compiled plan: `layers` (`LayerPlan`s, in model order; layers with nothing to do are
+    absent), `record` / `per_token` (what `RouterRecord` keeps), `verify` (read every layer's
+    routing on the first forward for `arch.ExpertsCheck`), `num_experts`, `top_k`, `eos`
+    (the ids that end a generated row, for counting; empty outside `mi.generate`), `generating`
+    (`mi.generate`: count each token once, the forward it is first fed; see
+    `kernels.drop_finished`), `exclude`
+    (a long tensor of token ids `RouterRecord` does not count; None: none) and `modalities`
+    (`(name, ids)` per non-text modality: with `RouterRecord(by_modality=True)`, each group
+    splits into text and these; see `_token_kinds`).
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.runtime._interventions import compile_plan
+    >>> plan = compile_plan(mi.describe(mi.zoo.tiny_model("qwen3_moe")), [mi.RouterRecord()])
+    >>> len(plan.layers), plan.record, plan.per_token, plan.num_experts, plan.top_k
+    (4, True, False, 8, 2)
+
+    ```
+    """
+
+    __slots__ = _fields = ("layers", "record", "per_token", "verify", "num_experts", "top_k", "eos", "exclude",
+                           "modalities", "generating")
+    _defaults = {"eos": (), "exclude": None, "modalities": (), "generating": False}

@@ -1,0 +1,77 @@
+"""`mi.profile`'s remote loop: many profiling batches in ONE nnsight session request."""
+
+from typing import Any
+
+import nnsight
+import torch
+from nnsight.tracing.backend import Backend
+
+from moe_interp.runtime._shipping import RESULT_NAME, model_lock, shipped
+from moe_interp.runtime._tracer import RoutingRun
+from moe_interp.runtime._kernels import profile_batch, profile_finish, profile_start
+
+__all__ = ["profile_session"]
+
+
+def _profile_run(model: Any, texts: Any, plan: Any, trace_kwargs: dict) -> RoutingRun:
+    """One profiling batch's tracer, built where the model is (inside a session, on a server
+    too): `RouterRecord` plan, one stats group per text, results left in `_mi_store`."""
+    run = model.trace(texts, tracer_cls=RoutingRun, **trace_kwargs)
+    run._mi_start(plan, per_row=True)
+    return run
+
+
+def profile_session(model: Any, batches: list, plan: Any, num_languages: int, session_kwargs: dict,
+                    trace_kwargs: dict) -> dict:
+    """Run many profiling batches in ONE session request; return what `kernels.profile_finish` packs.
+
+    `batches` is `[(inputs, language_index_tensor), ...]`, inputs as `mi.trace` takes them
+    (`mi.profile` sends token-id dicts: a row may be a window of a long text). The session
+    body below is what travels (as source): it references only the model, plain data, `_profile_run`
+    (builds a `RoutingRun`), the `kernels.profile_*` functions, torch and nnsight's `save`,
+    never the `moe_interp` package as a whole.
+
+    ```python
+    >>> import moe_interp as mi, torch
+    >>> from moe_interp.runtime._session import profile_session
+    >>> from moe_interp.runtime._interventions import compile_plan
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
+    >>> plan = compile_plan(mi.describe(model), [mi.RouterRecord()])
+    >>> ids = {"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
+    >>> out = profile_session(model, [(ids, torch.tensor([0]))], plan, 1, {"remote": "local"}, {})
+    >>> out["item_tokens"].tolist(), out["item_count"].shape
+    ([3], torch.Size([1, 4, 8]))
+
+    ```
+    """
+    # Keep each statement of the session body on one line: it travels as `ast.unparse`d source
+    # with its first line's number kept, and the inner `with` is found again by line number.
+    session = model.session(**session_kwargs)
+    collect = session.backend = _SessionCollect(session.backend, model)
+    with session:
+        acc = profile_start(num_languages)
+        for texts, languages in batches:
+            run = _profile_run(model, texts, plan, trace_kwargs)
+            with torch.no_grad(), run:
+                pass
+            profile_batch(run._mi_store, languages, acc)
+        __moe_interp__ = nnsight.save(profile_finish(acc))  # noqa: F841  (travels back as RESULT_NAME)
+    return collect.result
+
+
+class _SessionCollect(Backend):
+    """A session's backend: ships `moe_interp` by value and keeps the returned `RESULT_NAME`."""
+
+    def __init__(self, inner: Backend, model: Any) -> None:
+        self.inner, self.model, self.result = inner, model, None
+
+    def __call__(self, tracer: Any) -> Any:
+        with model_lock(self.model):
+            returned = shipped(self.inner, tracer)
+        if isinstance(returned, dict) and RESULT_NAME in returned:
+            self.result = returned[RESULT_NAME]
+        elif tracer.info is not None and tracer.info.frame is not None:
+            self.result = tracer.info.frame.f_locals.get(RESULT_NAME)
+        if self.result is None:
+            raise RuntimeError("the profiling session sent no results back (a non-blocking request?)")
+        return returned

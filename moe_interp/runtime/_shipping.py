@@ -1,0 +1,128 @@
+"""Running a request where the model is, and collecting what it sends back.
+
+A remote request (`remote=True` on NDIF, `remote="local"` to simulate) carries the tracer
+(`RoutingRun`) and ships `moe_interp` by value for the request (the server need not have
+it installed). Its results come back as one saved value, `RESULT_NAME` (a dict of
+`[groups, layers, experts]` aggregates: tokens do not change its size), which the client
+tracer adopts. Local runs go through the same backends, under a per-model lock.
+"""
+
+import threading
+import weakref
+from typing import Any
+
+from nnsight.tracing.backend import Backend
+
+from moe_interp.runtime._nnsight_compat import shipped_by_value
+from moe_interp.runtime._interventions import RerouteNotHeld, check_held
+
+__all__ = ["RESULT_NAME", "Collect", "OneAtATime", "model_lock", "shipped"]
+
+RESULT_NAME = "__moe_interp__"  # the saved value a remote run sends back
+_PACKAGE = __name__.split(".")[0]
+
+
+def shipped(inner: Any, tracer: Any, ship: bool = True) -> Any:
+    """Run a request through `inner` with `moe_interp` registered for by-value shipping.
+
+    ```python
+    >>> from moe_interp.runtime._shipping import shipped
+    >>> shipped(lambda tracer: tracer * 2, 21)          # any backend: a callable on the tracer
+    42
+
+    ```
+    """
+    with shipped_by_value(_PACKAGE, ship):
+        return inner(tracer)
+
+
+class Collect(Backend):
+    """Wraps the tracer's backend: ships `moe_interp` by value for a remote request and
+    adopts the results the request sent back (`RESULT_NAME` among the saved values).
+
+    ```python
+    >>> import moe_interp as mi
+    >>> with mi.trace(mi.zoo.tiny_model("qwen3_moe"), "Hello", mi.RouterRecord()) as tr:
+    ...     pass
+    >>> type(tr.backend).__name__
+    'Collect'
+
+    ```
+    """
+
+    def __init__(self, inner: Backend, ship: bool) -> None:
+        self.inner, self.ship = inner, ship
+
+    def __call__(self, tracer: Any) -> Any:
+        with model_lock(tracer.envoy):
+            result = shipped(self.inner, tracer, self.ship)
+        if isinstance(result, dict) and RESULT_NAME in result:
+            tracer._mi_take(result[RESULT_NAME])
+        try:
+            check_held(tracer._mi_plan, tracer._mi_store)
+        except RerouteNotHeld as error:
+            tracer._mi_store["withheld"] = error  # tr.output / tr.routing raise it too
+            raise
+        return result
+
+
+class OneAtATime(Backend):
+    """Wraps a local backend: the traced block runs under `model_lock` of the traced model,
+    so a plain `model.trace` in one thread and an `mi.trace` in another take turns instead
+    of mixing their workers in the model's one interleaver. Models from `mi.wrap` and
+    `mi.load` put it around every local trace (`loading.MoEModel.trace`).
+
+    ```python
+    >>> from moe_interp.runtime._shipping import OneAtATime
+    >>> from moe_interp.runtime._shipping import model_lock
+    >>> class Model: ...
+    >>> model = Model()
+    >>> OneAtATime(lambda tracer: model_lock(model)._is_owned(), model)("tracer")   # ran holding the lock
+    True
+
+    ```
+    """
+
+    def __init__(self, inner: Any, model: Any) -> None:
+        self.inner, self.model = inner, model
+
+    def __call__(self, tracer: Any) -> Any:
+        with model_lock(self.model):
+            return self.inner(tracer)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # A trace inside a session travels with the session's request: where it then runs
+        # (a server) there is no lock to take, so it travels as the backend it wraps.
+        return self.inner.__reduce_ex__(protocol)
+
+
+_LOCKS: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: Any) -> threading.RLock:
+    """The lock that every local trace of `model` holds while it runs.
+
+    nnsight keeps one interleaver per model: two threads running traces of the same model
+    at once mix up their workers (seen: "parent cannot be on a different thread", and
+    traces that return wrong or no routing, 19 of 20 with a plain `model.trace` in another
+    thread). So traces of one model run one at a time: `mi.trace`/`mi.generate`,
+    `mi.expert_attribution`, and the plain nnsight traces of a model from `mi.wrap` /
+    `mi.load` (`OneAtATime`); reentrant, for a trace started from inside another on the
+    same thread. A `TransformersModel` built by hand is locked by `mi.trace` only.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.runtime._shipping import model_lock
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
+    >>> model_lock(model) is model_lock(model._module)
+    True
+
+    ```
+    """
+    key = getattr(model, "_module", model)
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(key)
+        if lock is None:
+            lock = _LOCKS[key] = threading.RLock()
+    return lock
