@@ -20,7 +20,7 @@ from moe_interp.core import languages
 from moe_interp.analysis import plots
 from moe_interp.core._fingerprint import ResumeError
 from moe_interp.runtime._router_view import RouterAccessError
-from moe_interp.runtime._tracer import generate, trace
+from moe_interp.tracing import generate, trace
 from moe_interp.arch import (
     MoESpec,
     RouterAdapter,

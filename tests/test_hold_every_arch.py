@@ -330,7 +330,7 @@ def test_reroute_is_refused_before_any_forward_where_no_top_k_was_seen():
     family (DBRX selects in its block) vouches for its own."""
     import dataclasses
 
-    from moe_interp.runtime._interventions import compile_plan
+    from moe_interp.runtime._compile import compile_plan
 
     spec = mi.describe(mi.zoo.tiny_model("qwen3_moe"))
     blind = dataclasses.replace(spec, select=None)
@@ -343,7 +343,7 @@ def test_reroute_is_refused_before_any_forward_where_no_top_k_was_seen():
 
 
 def test_plans_without_a_reroute_carry_no_check():
-    from moe_interp.runtime._interventions import compile_plan
+    from moe_interp.runtime._compile import compile_plan
 
     spec = mi.describe(mi.zoo.tiny_model("qwen3_moe"))
     plans = [compile_plan(spec, [mi.RouterRecord()]),
@@ -382,7 +382,7 @@ def test_a_router_that_runs_other_ops_with_grad_off_is_edited_where_each_mode_ru
     import nnsight
 
     from moe_interp.runtime import _kernels as kernels
-    from moe_interp.runtime._interventions import compile_plan
+    from moe_interp.runtime._compile import compile_plan
 
     mi.register_adapter(mi.RouterAdapter(name="grad_branch", router_class="_GradBranchRouter", readout="router",
                                          top_k=2))

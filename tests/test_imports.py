@@ -101,13 +101,61 @@ def test_the_cycle_finder_finds_a_planted_cycle():
 
 
 def test_lazy_imports_are_edges(tmp_path):
-    source = "def f():\n    from .stats import RoutingStats\n"
+    source = "def f():\n    from .analysis._stats import RoutingStats\n"
     (tmp_path / "x.py").write_text(source)
-    modules = {"moe_interp.x": tmp_path / "x.py", "moe_interp.analysis._stats": PACKAGE / "stats.py"}
+    modules = {"moe_interp.x": tmp_path / "x.py", "moe_interp.analysis._stats": PACKAGE / "analysis" / "_stats.py"}
     assert _imports("moe_interp.x", tmp_path / "x.py", modules) == {"moe_interp.analysis._stats"}
 
 
-# Data flows one way (DESIGN.md): nothing below imports from above.
+# Data flows one way (DESIGN.md): the folders are the layers, bottom first; a module imports
+# only from its own layer and the layers below it.
+LAYERS = [
+    ("core", ["moe_interp.core"]),
+    ("arch", ["moe_interp.arch"]),
+    ("runtime", ["moe_interp.runtime"]),
+    ("models", ["moe_interp.models"]),
+    ("analysis", ["moe_interp.analysis"]),
+    ("tracing", ["moe_interp.tracing"]),
+    ("datasets", ["moe_interp.datasets"]),
+    ("experiments", ["moe_interp.experiments"]),
+    ("face", ["moe_interp", "moe_interp.cli"]),
+]
+
+
+def _layer(module: str) -> int:
+    """The index in LAYERS of the layer holding `module` (the longest prefix that names it)."""
+    best, found = -1, None
+    for index, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
+                best, found = len(prefix), index
+    assert found is not None, f"{module} is in no layer of tests/test_imports.py LAYERS: add it"
+    return found
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{name} ({LAYERS[_layer(name)][0]}) imports {target} ({LAYERS[_layer(target)][0]})"
+                  for name, targets in graph.items() for target in targets
+                  if _layer(target) > _layer(name))
+
+
+def test_every_module_lives_in_a_layer_and_imports_only_its_own_and_lower_layers():
+    graph = _edges_ignoring_parents(_graph())
+    assert _upward(graph) == []
+
+
+def test_the_layer_check_finds_a_planted_upward_import():
+    graph = {"moe_interp.runtime._kernels": {"moe_interp.analysis._stats"}, "moe_interp.analysis._stats": set()}
+    assert _upward(graph) == ["moe_interp.runtime._kernels (runtime) imports moe_interp.analysis._stats (analysis)"]
+
+
+def test_the_root_holds_only_the_face_and_the_layer_folders():
+    assert sorted(p.name for p in PACKAGE.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()) == [
+        "__init__.py", "analysis", "arch", "cli.py", "core", "datasets", "experiments", "models", "runtime",
+        "tracing.py"]
+
+
+# Within the foundation, too: nothing below imports from above.
 BELOW = {
     "moe_interp.core._layers": {"moe_interp.core._checks"},
     "moe_interp.core._checks": set(),
@@ -119,13 +167,25 @@ BELOW = {
 @pytest.mark.parametrize("module", sorted(BELOW))
 def test_foundation_modules_import_only_what_is_below_them(module):
     graph = _graph()
-    assert graph[module] - {"moe_interp"} <= BELOW[module]
+    assert graph[module] - {"moe_interp", "moe_interp.core"} <= BELOW[module]
+
+
+def test_the_runtime_never_reaches_the_analyses():
+    """A trace returns counts; `RoutingStats` (analysis, plots, plotly, pandas) is the face's."""
+    graph = _edges_ignoring_parents(_graph())
+    seen, todo = set(), [m for m in graph if m.startswith("moe_interp.runtime")]
+    while todo:
+        node = todo.pop()
+        if node not in seen:
+            seen.add(node)
+            todo.extend(graph.get(node, ()))
+    assert not any(m.startswith("moe_interp.analysis") for m in seen)
 
 
 @pytest.mark.parametrize("module", ["moe_interp.analysis", "moe_interp.analysis.plots", "moe_interp.core._counts"])
 def test_analysis_and_plots_never_reach_the_user_facing_stats(module):
     graph = _edges_ignoring_parents(_graph())
-    seen, todo = set(), [module] + [m for m in graph if m.startswith(module + ".")]
+    seen, todo = set(), [module] + [m for m in graph if m.startswith(module + ".") and m != "moe_interp.analysis._stats"]
     while todo:
         node = todo.pop()
         if node not in seen:
@@ -137,7 +197,7 @@ def test_analysis_and_plots_never_reach_the_user_facing_stats(module):
 
 def test_languages_and_layers_import_nothing_above():
     graph = _graph()
-    assert graph["moe_interp.core.languages"] - {"moe_interp"} == set()
+    assert graph["moe_interp.core.languages"] - {"moe_interp", "moe_interp.core"} == set()
 
 
 @pytest.mark.parametrize("module", ["moe_interp", "moe_interp.analysis", "moe_interp.datasets", "moe_interp.core.languages",
@@ -194,7 +254,8 @@ def test_no_private_name_crosses_a_module_beyond_the_listed_ones():
 
 
 def test_the_private_import_finder_finds_a_planted_one(tmp_path):
-    (tmp_path / "x.py").write_text("from ._counts import _check_count, RoutingCounts\nfrom . import _claims\n")
-    modules = {"moe_interp.x": tmp_path / "x.py", "moe_interp.core._counts": PACKAGE / "_counts.py",
-               "moe_interp.experiments._claims": PACKAGE / "_claims.py"}
+    (tmp_path / "x.py").write_text("from .core._counts import _check_count, RoutingCounts\n"
+                                   "from .experiments import _claims\n")
+    modules = {"moe_interp.x": tmp_path / "x.py", "moe_interp.core._counts": PACKAGE / "core" / "_counts.py",
+               "moe_interp.experiments._claims": PACKAGE / "experiments" / "_claims.py"}
     assert _private_imports("moe_interp.x", tmp_path / "x.py", modules) == {("moe_interp.core._counts", "_check_count")}

@@ -7,6 +7,7 @@ documented method per analysis; nothing below imports it.
 """
 
 from collections.abc import Sequence
+import dataclasses
 from typing import Any
 
 import pandas as pd
@@ -14,6 +15,7 @@ import plotly.graph_objects as go
 import torch
 from jaxtyping import Float
 from torch import Tensor
+
 from moe_interp import analysis
 from moe_interp.analysis import plots
 from moe_interp.core._counts import RoutingCounts, StatsFileError
@@ -40,6 +42,24 @@ class RoutingStats(RoutingCounts):
 
     ```
     """
+
+    @classmethod
+    def from_counts(cls, counts: RoutingCounts) -> "RoutingStats":
+        """The same counts with the analyses as methods (what `mi.trace` does with the
+        `RoutingCounts` the runtime records).
+
+        ```python
+        >>> import moe_interp as mi, torch
+        >>> from moe_interp.core._counts import RoutingCounts
+        >>> counts = RoutingCounts(("en",), (0,), 4, 2, torch.tensor([[[2, 1, 1, 0]]]),
+        ...                        torch.tensor([[[1.0, 0.5, 0.5, 0.0]]]), torch.tensor([2]))
+        >>> stats = mi.RoutingStats.from_counts(counts)
+        >>> type(stats).__name__, stats.count is counts.count
+        ('RoutingStats', True)
+
+        ```
+        """
+        return cls(**{field.name: getattr(counts, field.name) for field in dataclasses.fields(counts)})
 
     def shares(self, languages: Sequence[str] | None = None, k: int | None = None) -> Float[Tensor, "lang layer expert"]:
         """The paper's language shares `p[l, L, e]` over `languages` (top-`k` per language and

@@ -79,7 +79,7 @@ from moe_interp.experiments import Experiment
 from moe_interp.runtime._interventions import ExpertAblate
 from moe_interp.core._files import read_tensors, write_directory
 from moe_interp.runtime._inputs import max_positions as _max_positions
-from moe_interp.runtime._tracer import trace
+from moe_interp.tracing import trace
 from moe_interp.arch import UnsupportedModelError
 from moe_interp.arch._sites import router_sites
 from moe_interp.runtime._kernels import resolve, routing, set_weights

@@ -15,7 +15,8 @@ from moe_interp.arch import describe
 from moe_interp.runtime._inputs import max_positions
 from moe_interp.runtime._session import profile_session
 from moe_interp.runtime._tracer import per_row_trace
-from moe_interp.runtime._interventions import RouterRecord, compile_plan, flatten
+from moe_interp.runtime._compile import compile_plan
+from moe_interp.runtime._interventions import RouterRecord, flatten
 from moe_interp.analysis._stats import RoutingStats
 
 __all__ = ["profile", "ResumeError"]
@@ -156,7 +157,7 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]], *interventions: Any
     ```
     """
     corpus = check_corpus(corpus)
-    interventions = [i for i in flatten(interventions) if not isinstance(i, RouterRecord)]
+    interventions = [i for i in flatten(interventions) if i.recording() is None]  # profile records itself
     check_positive("batch_size", batch_size)
     check_positive("save_every", save_every)
     if session_batches is not None and (not isinstance(session_batches, int) or session_batches < 1):

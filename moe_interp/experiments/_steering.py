@@ -16,8 +16,9 @@ from moe_interp.core._fingerprint import check_corpus, fingerprint
 from moe_interp.experiments._grid import Experiment, check_held_out
 from moe_interp.analysis._evidence import paired_interval, stratified_interval
 from moe_interp.arch import describe
-from moe_interp.runtime._interventions import RouterRecord, RouteSteer, check_steer_range, compile_plan
-from moe_interp.runtime._tracer import trace
+from moe_interp.runtime._compile import compile_plan
+from moe_interp.runtime._interventions import RouterRecord, RouteSteer
+from moe_interp.tracing import trace
 
 __all__ = ["SteeringResult", "dose_response_across", "dose_response_across_findings", "dose_response_figure",
            "dose_response_findings", "dose_response_seeds_figure", "routing_shift", "steering_bars",
@@ -722,7 +723,7 @@ def steering_eval(model: Any, stats: Any, dev: Mapping[str, Sequence[str]], test
             if scale:
                 interventions[0].expert_set(spec)
                 if isinstance(module, torch.nn.Module):  # a steer the router's dtype cannot take
-                    check_steer_range(compile_plan(spec, interventions), module)
+                    compile_plan(spec, interventions, model)
     if path is None:  # cells are still cached within this call: the baseline runs once per split
         path = Path(tempfile.mkdtemp(prefix="moe_interp_steer_")) / "cells.jsonl"
     dev_scores = {}

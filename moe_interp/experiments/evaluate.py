@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from moe_interp.runtime._tracer import generate, trace
+from moe_interp.tracing import generate, trace
 
 __all__ = ["text_nll", "choice_accuracy", "generate_texts", "language_consistency", "exact_match"]
 

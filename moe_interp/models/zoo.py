@@ -267,7 +267,7 @@ def tiny_model(model_type: str = "qwen3_moe", seed: int = 0, padding_side: str =
 DEMO_SEED = 0
 DEMO_EXPERTS_IMPLEMENTATION = "grouped_mm"  # same maths as "eager"; "batched_mm" is far slower on CPU
 BYTE_OFFSET = len(_SPECIALS)  # byte_tokenizer: token id = BYTE_OFFSET + byte value
-DEMO_MODEL_DIR = Path(__file__).resolve().parent / "data" / "demo_model"
+DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "data" / "demo_model"
 # The demo corpus, designed for the questions the demo asks: six families of 7 or more
 # languages, most in Latin script (Indo-European and Turkic also in Cyrillic, so a family spans
 # scripts), plus English as the hub that holds a large share of training text.

@@ -17,22 +17,20 @@ import torch
 
 from moe_interp.core._checks import check_finite as _finite, check_index as _index
 from moe_interp.core._fingerprint import fingerprint, stats_fingerprint
-from moe_interp.runtime._plan import Edit, LayerPlan, Plan
-from moe_interp.arch import MoESpec, UnsupportedModelError
-from moe_interp.arch._sites import router_sites
-from moe_interp.arch._stacks import check_per_token, stack_fields
+from moe_interp.runtime._plan import Edit, Recording
+from moe_interp.arch import MoESpec
 from moe_interp.core._expert_set import PAPER, ExpertSet, check_k
 
-__all__ = ["Intervention", "RouterRecord", "ExpertAblate", "LayerRouteSteer", "RouteSteer", "check_steer_range",
-           "steer_limit"]
+__all__ = ["ExpertAblate", "Intervention", "LayerRouteSteer", "RouteSteer", "RouterRecord", "flatten", "steer_limit"]
 
 
 class Intervention:
     """Base class of everything `mi.trace` accepts after the inputs.
 
-    `edits(spec)` compiles one onto a described model: `(layer, stage, edit)` per layer it
-    acts on, validated against `spec` (the stage says where: `"logits"`, `"choice"`,
-    `"drop"`).
+    Two methods make one, both read by the compiler (`runtime._compile.compile_plan`):
+    `edits(spec)`, the `(layer, stage, edit)` it adds per layer it acts on, validated
+    against `spec` (the stage says where: `"logits"`, `"choice"`, `"drop"`), and
+    `recording()`, what it asks the trace to record (a `_plan.Recording`; None: nothing).
 
     ```python
     >>> import moe_interp as mi
@@ -51,6 +49,10 @@ class Intervention:
     def edits(self, spec: MoESpec) -> list[tuple[int, str, Edit]]:
         """`(layer, stage, edit)` triples this intervention adds; validates against `spec`."""
         return []
+
+    def recording(self) -> Recording | None:
+        """What this intervention asks the trace to record; None: nothing (only edits)."""
+        return None
 
 
 def _freeze_experts(experts: Any) -> tuple[tuple[int, tuple[int, ...]], ...]:
@@ -106,11 +108,6 @@ def steer_limit(mode: str, dtype: torch.dtype = torch.bfloat16) -> float:
     top = torch.finfo(dtype).max
     logit = math.sqrt(top)
     return top / logit - 1 if mode == "relative" else top - logit
-
-
-def _largest(worst: float, kind: str, amount: float) -> float:
-    """The largest magnitude a logit bounded by `worst` can reach after one steer."""
-    return worst * (1 + amount) if kind == "relative" else worst + amount
 
 
 def _check_steer_size(what: str, mode: str, scale: float, strengths: Iterable[tuple[Any, Any, float]]) -> None:
@@ -186,6 +183,10 @@ class RouterRecord(Intervention):
                                 f"{self.exclude_tokens!r}")
             ids = tuple(sorted({_index(i, "an exclude_tokens id") for i in self.exclude_tokens}))
             object.__setattr__(self, "exclude_tokens", ids)
+
+    def recording(self) -> Recording:
+        """The routing this records (the trace's recorder protocol)."""
+        return Recording(self.per_token, self.exclude_tokens, self.by_modality)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -428,278 +429,3 @@ def flatten(items: Iterable[Any]) -> list[Intervention]:
     return out
 
 
-def _reroute_last(spec: MoESpec, layer: int, edits: list, groups: tuple | None) -> list:
-    """`edits` with every reroute mask merged into one, applied after the steers of its stage.
-
-    So an ablated expert is never selected, whatever the order of the list: a relative
-    steer applied after the -1e9 (`z + scale*s*|z|` with `scale*s > 1`) would bring it back.
-    """
-    masks = [edit.payload for edit in edits if edit.kind == "reroute"]
-    if not masks:
-        return edits
-    mask = masks[0]
-    for more in masks[1:]:
-        mask = mask | more
-    _check_reroute(spec, layer, mask.tolist(), groups)
-    return [edit for edit in edits if edit.kind != "reroute"] + [Edit("reroute", mask, 1.0)]
-
-
-def _check_reroute(spec: MoESpec, layer: int, mask: list[bool], groups: tuple | None) -> None:
-    """Refuse a reroute that would leave top-k fewer than `top_k` experts to pick from.
-
-    Group-limited routers (DeepSeek-V2/V3, GLM-4-MoE: `groups = (num_group, topk_group)`)
-    pick among the experts of `topk_group` groups only; a group that keeps one expert can
-    be among them, so the worst case is the `topk_group` groups that keep the fewest.
-    """
-    removed, allowed = sum(mask), spec.num_experts - spec.top_k
-    fix = "Ablate fewer there, or use mode='drop' (zeroes their weights after selection, no reselection)"
-    if removed > allowed:
-        raise ValueError(
-            f"ExpertAblate(mode='reroute') removes {removed} of the {spec.num_experts} experts of layer {layer}, "
-            f"but each token picks top_k={spec.top_k}: at most {allowed} (num_experts - top_k) can be rerouted "
-            f"in a layer, or top-k would have to pick ablated ones. {fix}")
-    if groups is None:
-        return
-    num_group, topk_group = groups
-    size = len(mask) // num_group
-    kept = sorted(k for k in (size - sum(mask[g * size:(g + 1) * size]) for g in range(num_group)) if k > 0)
-    if sum(kept[:topk_group]) < spec.top_k:
-        raise ValueError(
-            f"ExpertAblate(mode='reroute') on layer {layer} keeps {kept} experts in the groups that still have "
-            f"some; this router picks top_k={spec.top_k} experts among {topk_group} of its {num_group} groups, "
-            f"so it could have to pick ablated ones. Keep at least {spec.top_k} experts in every group that "
-            f"keeps any (or ablate whole groups). {fix}")
-
-
-def router_groups(spec: MoESpec, module: Any) -> dict[int, tuple[int, int]]:
-    """`{layer: (num_group, topk_group)}` of group-limited routers in `module` (the HF model)."""
-    out = {}
-    for layer, path in zip(spec.moe_layers, spec.routers):
-        try:
-            router = module.get_submodule(path)
-        except AttributeError:
-            continue
-        num_group, topk_group = getattr(router, "num_group", None), getattr(router, "topk_group", None)
-        if isinstance(num_group, int) and isinstance(topk_group, int) and 1 < num_group and \
-                spec.num_experts % num_group == 0 and topk_group < num_group:
-            out[layer] = (num_group, topk_group)
-    return out
-
-
-def compile_plan(spec: MoESpec, interventions: Iterable[Intervention], groups: dict | None = None,
-                 verify: bool = False, eos: Iterable[int] = ()) -> Plan:
-    """Validate `interventions` against `spec` and compile them to a `kernels` plan (`_plan.Plan`).
-
-    Per layer, edits apply in the order of the list within each site, sites in model
-    order: logits steers, then selection-score steers (`site="selection"`), then every
-    reroute mask at once (so an ablated expert is never selected, whichever comes first
-    in the list), then `drop` on the chosen weights. `groups` (`router_groups`) lets
-    group-limited routers refuse reroutes they could not honour. `verify` reads every
-    layer's routing on the first forward for `arch.ExpertsCheck`; `eos` (generation) are
-    the ids after which `RouterRecord` stops counting a row. Where each edit acts is the
-    model's `arch._sites.router_sites`, the sites the router view reads.
-
-    ```python
-    >>> import moe_interp as mi
-    >>> from moe_interp.runtime._interventions import compile_plan
-    >>> spec = mi.describe(mi.zoo.tiny_model("qwen3_moe"))
-    >>> plan = compile_plan(spec, [mi.LayerRouteSteer({2: {1: 0.5}}), mi.RouterRecord()])
-    >>> [entry.layer for entry in plan.layers], plan.layers[2].logits_edits[0].kind
-    ([0, 1, 2, 3], 'relative')
-    >>> plan.layers[2].sites.logits.ops
-    ('router_logits_0',)
-
-    ```
-    """
-    interventions = flatten(interventions)
-    records = [i for i in interventions if isinstance(i, RouterRecord)]
-    staged: dict[int, dict[str, list]] = {}
-    for intervention in interventions:
-        for layer, stage, edit in intervention.edits(spec):
-            staged.setdefault(layer, {"logits": [], "choice": [], "drop": []})[stage].append(edit)
-    _refuse_unsteerable(spec, staged)
-    for layer, stages in staged.items():
-        for stage in ("logits", "choice"):
-            stages[stage] = _reroute_last(spec, layer, stages[stage], (groups or {}).get(layer))
-    sites, no_grad = router_sites(spec)
-    layers = []
-    for layer, router, experts in zip(spec.moe_layers, spec.routers, spec.experts):
-        stages = staged.get(layer, {"logits": [], "choice": [], "drop": []})
-        if not records and not any(stages.values()) and not verify:
-            continue
-        mask = next((edit.payload for stage in ("choice", "logits") for edit in stages[stage]
-                     if edit.kind == "reroute"), None)
-        if mask is not None:
-            _check_select(spec, layer)
-        layers.append(LayerPlan(
-            layer=layer, router=router, experts=experts, sites=sites, no_grad=no_grad,
-            logits_edits=tuple(stages["logits"]), choice_edits=tuple(stages["choice"]),
-            # the reroute mask again where top-k ranks (when the router adds to the scores
-            # after the site above), and, padded for "no expert" (-1) indices, for the check
-            select_edits=(Edit("reroute", mask, 1.0),) if mask is not None else (),
-            drop=tuple(stages["drop"]),
-            rerouted=None if mask is None else torch.cat([mask, torch.zeros(1, dtype=torch.bool)]),
-            **stack_fields(spec, layer)))
-    check_per_token(spec, any(r.per_token for r in records))
-    return Plan(layers=tuple(layers), record=bool(records), per_token=any(r.per_token for r in records),
-                verify=verify, num_experts=spec.num_experts, top_k=spec.top_k, eos=tuple(eos))
-
-
-def _check_select(spec: MoESpec, layer: int) -> None:
-    """An auto-detected router whose top-k was not seen cannot be trusted to honour a
-    reroute at its logits: refuse before any forward. Registered adapters vouch for theirs."""
-    if spec.select is None and spec.family == "auto":
-        raise UnsupportedModelError(
-            f"ExpertAblate(mode='reroute') on layer {layer}: moe_interp did not find where this {spec.arch} "
-            f"router's top-k ranks its scores (running it once showed no top-k over its {spec.num_experts} "
-            "experts), so it cannot make sure an ablated expert is never selected. Use mode='drop' (zeroes "
-            "their weights after selection), or register an adapter naming the site: mi.register_adapter("
-            "mi.RouterAdapter(name=..., model_types=(...), select='<op>.input'))")
-
-
-class RerouteNotHeld(UnsupportedModelError):
-    """A rerouted expert was still selected: the router's selection was not where `moe_interp`
-    masked it. Raised after the trace (see `check_held`); the trace's results are withheld."""
-
-
-def check_held(plan: Plan, store: dict) -> None:
-    """Raise `RerouteNotHeld` if, in a trace run with `plan`, any token still received an
-    expert that `ExpertAblate(mode="reroute")` removed (the kernels count it, no host waits;
-    this reads the count once, after the trace). Nothing to do without a reroute.
-
-    ```python
-    >>> import moe_interp as mi, torch
-    >>> from moe_interp.runtime._interventions import check_held, compile_plan
-    >>> plan = compile_plan(mi.describe(mi.zoo.tiny_model("qwen3_moe")), [mi.ExpertAblate({1: [3]})])
-    >>> check_held(plan, {"rerouted_used": torch.tensor([0])})   # the kernels' count per rerouted layer
-    >>> check_held(plan, {"rerouted_used": torch.tensor([2])})
-    Traceback (most recent call last):
-    moe_interp.runtime._interventions.RerouteNotHeld: ExpertAblate(mode='reroute') did not hold: ablated experts were still selected 2 times in layer 1 (token x top-k slot), ...
-
-    ```
-    """
-    used = store.get("rerouted_used")
-    if used is None:
-        return
-    layers = [entry.layer for entry in plan.layers if entry.rerouted is not None]
-    leaked = {layer: int(n) for layer, n in zip(layers, used.tolist()) if n}
-    if leaked:
-        raise RerouteNotHeld(
-            f"ExpertAblate(mode='reroute') did not hold: ablated experts were still selected "
-            f"{', '.join(f'{n} times in layer {layer}' for layer, n in leaked.items())} (token x top-k slot), so "
-            "the outputs and routing of this trace are not those of the ablated model and are withheld. The "
-            "router selects on a score moe_interp did not mask. Use mode='drop', or register an adapter naming "
-            "where its top-k ranks: mi.register_adapter(mi.RouterAdapter(..., select='<op>.input'))")
-
-
-def _refuse_unsteerable(spec: MoESpec, staged: dict) -> None:
-    """Steering and rerouting act on the scores a learned top-k ranks; a layer that selects
-    another way (a token-id hash table) would take the edit and route exactly as before."""
-    for layer, stages in sorted(staged.items()):
-        kind = spec.routing_kind(layer)
-        if kind != "topk" and (stages["logits"] or stages["choice"]):
-            learned = [l for l, k in zip(spec.moe_layers, spec.routing_kinds) if k == "topk"]
-            raise ValueError(
-                f"layer {layer} of this {spec.arch} model routes by {kind!r} (a fixed token-id -> experts table, "
-                f"not a top-k over router scores): steering or rerouting cannot change which experts it uses. "
-                f"Leave it out (layers={learned}, the learned top-k layers), or ablate it with "
-                f"ExpertAblate(..., mode='drop'), which acts after selection")
-
-
-def _router_dtype(module: Any, path: str) -> torch.dtype | None:
-    """The floating dtype of the router at `path` (else of the model): its scores are computed
-    in it, or wider."""
-    try:
-        router = module.get_submodule(path)
-    except AttributeError:
-        router = module
-    for source in (router, module):
-        for param in source.parameters():
-            if param.is_floating_point():
-                return param.dtype
-    return None
-
-
-def check_steer_range(plan: Plan, module: Any) -> None:
-    """Refuse, before any forward, steers that could overflow the router scores of `module`
-    (the HF model; a meta-device one too). Per layer and site, its steers applied in order
-    must keep a score of magnitude `sqrt(max)` of the router's dtype finite (see
-    `steer_limit`); several steers of one layer compound.
-
-    ```python
-    >>> import moe_interp as mi, torch
-    >>> from moe_interp.runtime._interventions import check_steer_range, compile_plan
-    >>> model = mi.zoo.tiny_model("qwen3_moe")
-    >>> plan = compile_plan(mi.describe(model), [mi.LayerRouteSteer({1: {3: 1.0}}, scale=1e4)])
-    >>> check_steer_range(plan, model._module)                  # float32 router: fine
-    >>> check_steer_range(plan, model._module.to(torch.float16))
-    Traceback (most recent call last):
-    ValueError: the steers of layer 1 (relative |scale * s| = 1e+04) could overflow this model's router scores, computed in torch.float16 (largest value 6.55e+04): ...
-
-    ```
-    """
-    for entry in plan.layers:
-        for edits in (entry.logits_edits, entry.choice_edits):
-            steers = [(edit.kind, abs(edit.scale) * float(edit.payload.abs().max())) for edit in edits
-                      if edit.kind in ("relative", "additive")]
-            dtype = _router_dtype(module, entry.router) if steers else None
-            if dtype is None:
-                continue
-            top = torch.finfo(dtype).max
-            worst = math.sqrt(top)
-            for kind, amount in steers:
-                worst = _largest(worst, kind, amount)
-            if worst > top:
-                raise ValueError(
-                    f"the steers of layer {entry.layer} ({', '.join(f'{k} |scale * s| = {a:.3g}' for k, a in steers)}) "
-                    f"could overflow this model's router scores, computed in {dtype} (largest value {top:.3g}): a "
-                    f"score of magnitude {math.sqrt(top):.3g} would become {worst:.3g}, past it (inf), and the "
-                    f"model's outputs NaN. On this model use |scale * s| <= {steer_limit('relative', dtype):.3g} "
-                    f"for a relative steer and <= {steer_limit('additive', dtype):.3g} for an additive one (several "
-                    "steers of a layer compound), or run the router in float32")
-
-
-def place(plan: Plan, module: Any) -> Plan:
-    """`plan` with its tensors on the device of each layer's router in `module` (the HF model).
-
-    Local runs only: a strength or mask left on the host would be copied to the GPU at every
-    layer of every forward, and such a copy waits for the GPU to catch up. Routers whose
-    weights are not materialised (meta device, a remote model) are left for the kernels to
-    move.
-
-    ```python
-    >>> import moe_interp as mi
-    >>> from moe_interp.runtime._interventions import compile_plan, place
-    >>> model = mi.zoo.tiny_model("qwen3_moe")
-    >>> plan = place(compile_plan(mi.describe(model), [mi.ExpertAblate({1: [3]})]), model._module)
-    >>> plan.layers[0].logits_edits[0].payload.device
-    device(type='cpu')
-
-    ```
-    """
-    moved: dict = {}
-    layers = []
-    for entry in plan.layers:
-        try:
-            router = module.get_submodule(entry.router)
-        except AttributeError:
-            layers.append(entry)
-            continue
-        device = next((p.device for p in router.parameters()), None)
-        if device is None or device.type == "meta":
-            layers.append(entry)
-            continue
-        on = {key: tuple(edit._replace(payload=_to(edit.payload, device, moved)) for edit in getattr(entry, key))
-              for key in ("logits_edits", "choice_edits", "select_edits", "drop")}
-        rerouted = None if entry.rerouted is None else _to(entry.rerouted, device, moved)
-        layers.append(entry._replace(rerouted=rerouted, **on))
-    return plan._replace(layers=tuple(layers))
-
-
-def _to(payload: torch.Tensor, device: torch.device, moved: dict) -> torch.Tensor:
-    """`payload` on `device`, copied once (a reroute mask serves two sites), queued and not
-    waited for: each blocking copy would be a host sync per layer."""
-    key = (id(payload), device)
-    if key not in moved:  # the payload is kept with its copy: its id is not reused meanwhile
-        moved[key] = (payload, payload if payload.device == device else payload.to(device, non_blocking=True))
-    return moved[key][1]

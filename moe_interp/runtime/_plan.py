@@ -1,4 +1,4 @@
-"""The compiled plan: what `interventions.compile_plan` hands `kernels`, as typed values.
+"""The compiled plan: what `runtime._compile.compile_plan` hands `runtime._kernels`, as typed values.
 
 A plan is plain data that travels to where the model runs (an NDIF server too), so its
 types are `arch._sites.Record`s (rebuilt on a server from plain-Python methods) holding
@@ -7,7 +7,7 @@ tensors, ints and `Site`s (`arch._sites`: the same sites the router view reads).
 
 from moe_interp.arch._sites import Record
 
-__all__ = ["Edit", "LayerPlan", "Plan"]
+__all__ = ["Edit", "LayerPlan", "Plan", "Recording"]
 
 
 class Edit(Record):
@@ -28,6 +28,26 @@ class Edit(Record):
     __slots__ = _fields = ("kind", "payload", "scale")
 
 
+class Recording(Record):
+    """What a recorder asks a trace to keep (`Intervention.recording()`; `RouterRecord`
+    is the built-in recorder): `per_token` (each token's top-k indices and weights besides
+    the per-(layer, expert) counts), `exclude_tokens` (ids never counted, or `"special"`:
+    the tokenizer's special ids) and `by_modality` (split every group by the kind of token).
+
+    ```python
+    >>> import moe_interp as mi
+    >>> mi.RouterRecord(per_token=True).recording()
+    Recording(per_token=True, exclude_tokens=(), by_modality=False)
+    >>> mi.ExpertAblate({1: [3]}).recording() is None     # edits routing, records nothing
+    True
+
+    ```
+    """
+
+    __slots__ = _fields = ("per_token", "exclude_tokens", "by_modality")
+    _defaults = {"per_token": False, "exclude_tokens": (), "by_modality": False}
+
+
 class LayerPlan(Record):
     """One MoE layer's part of a plan: `layer` (model layer index), `router` / `experts`
     (module paths), `sites` / `no_grad` (`RouterSites`: where its values live, and with grad
@@ -40,7 +60,7 @@ class LayerPlan(Record):
 
     ```python
     >>> import moe_interp as mi
-    >>> from moe_interp.runtime._interventions import compile_plan
+    >>> from moe_interp.runtime._compile import compile_plan
     >>> plan = compile_plan(mi.describe(mi.zoo.tiny_model("qwen3_moe")), [mi.ExpertAblate({1: [3]})])
     >>> entry = plan.layers[0]
     >>> entry.layer, [e.kind for e in entry.logits_edits], entry.rerouted.tolist()[3]
@@ -67,7 +87,7 @@ class Plan(Record):
 
     ```python
     >>> import moe_interp as mi
-    >>> from moe_interp.runtime._interventions import compile_plan
+    >>> from moe_interp.runtime._compile import compile_plan
     >>> plan = compile_plan(mi.describe(mi.zoo.tiny_model("qwen3_moe")), [mi.RouterRecord()])
     >>> len(plan.layers), plan.record, plan.per_token, plan.num_experts, plan.top_k
     (4, True, False, 8, 2)

@@ -34,7 +34,7 @@ def profile_session(model: Any, batches: list, plan: Any, num_languages: int, se
     ```python
     >>> import moe_interp as mi, torch
     >>> from moe_interp.runtime._session import profile_session
-    >>> from moe_interp.runtime._interventions import compile_plan
+    >>> from moe_interp.runtime._compile import compile_plan
     >>> model = mi.zoo.tiny_model("qwen3_moe")
     >>> plan = compile_plan(mi.describe(model), [mi.RouterRecord()])
     >>> ids = {"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.ones(1, 3, dtype=torch.long)}

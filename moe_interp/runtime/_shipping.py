@@ -14,7 +14,7 @@ from typing import Any
 from nnsight.tracing.backend import Backend
 
 from moe_interp.runtime._nnsight_compat import shipped_by_value
-from moe_interp.runtime._interventions import RerouteNotHeld, check_held
+from moe_interp.runtime._compile import RerouteNotHeld, check_held
 
 __all__ = ["RESULT_NAME", "Collect", "OneAtATime", "model_lock", "shipped"]
 

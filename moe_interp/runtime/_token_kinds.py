@@ -3,7 +3,7 @@ NLLB's language codes) and, in a multimodal model, the modality of each token
 (`by_modality=True`: the image/video/audio placeholder ids of the model's config).
 
 Resolved when a trace opens, from the model's tokenizer (or processor) and config, into the
-plan's `exclude` and `modalities` (`_plan.Plan`); `kernels.token_kinds` applies them to each
+plan's `exclude` and `modalities` (`_plan.Plan`) by the compiler; `_kernels.token_kinds` applies them to each
 forward's tokens, read from the input ids of the module that holds each stack.
 """
 
@@ -12,9 +12,8 @@ from typing import Any, Iterable
 
 import torch
 
-from moe_interp.runtime._plan import Plan
 
-__all__ = ["MODALITIES", "modality_ids", "special_ids", "with_token_kinds"]
+__all__ = ["MODALITIES", "modality_ids", "resolve_token_kinds", "special_ids"]
 
 MODALITIES = ("image", "video", "audio")
 _PLACEHOLDER = re.compile(r"^(?P<kind>image|video|audio)_token_(id|index)$")
@@ -70,33 +69,33 @@ def modality_ids(config: Any) -> tuple[tuple[str, torch.Tensor], ...]:
     return tuple((kind, torch.tensor(sorted(found[kind]), dtype=torch.long)) for kind in MODALITIES if kind in found)
 
 
-def with_token_kinds(plan: Plan, records: Iterable[Any], model: Any) -> Plan:
-    """`plan` with the `exclude` ids and `modalities` of its `RouterRecord`s (`records`):
-    the union of their `exclude_tokens` (`"special"`: `special_ids(model)`), and the
-    config's modalities if any asks `by_modality`.
+def resolve_token_kinds(recordings: Iterable[Any], model: Any) -> tuple[torch.Tensor | None, tuple]:
+    """`(exclude, modalities)` of a plan whose recorders asked for `recordings`
+    (`_plan.Recording`s): the union of their `exclude_tokens` (`"special"`:
+    `special_ids(model)`) as a long tensor (None: none), and the config's modalities if any
+    asks `by_modality`.
 
     ```python
     >>> import moe_interp as mi
-    >>> from moe_interp.runtime._token_kinds import with_token_kinds
-    >>> from moe_interp.runtime._interventions import compile_plan
+    >>> from moe_interp.runtime._token_kinds import resolve_token_kinds
     >>> model = mi.zoo.tiny_model("nllb-moe")
     >>> records = [mi.RouterRecord(exclude_tokens="special"), mi.RouterRecord(exclude_tokens=[7])]
-    >>> with_token_kinds(compile_plan(mi.describe(model), records), records, model).exclude.tolist()
-    [0, 1, 2, 7]
+    >>> exclude, modalities = resolve_token_kinds([r.recording() for r in records], model)
+    >>> exclude.tolist(), modalities
+    ([0, 1, 2, 7], ())
 
     ```
     """
-    records = list(records)
+    recordings = list(recordings)
     exclude: set = set()
-    for record in records:
-        exclude |= set(special_ids(model) if record.exclude_tokens == "special" else record.exclude_tokens)
+    for recording in recordings:
+        exclude |= set(special_ids(model) if recording.exclude_tokens == "special" else recording.exclude_tokens)
     modalities = ()
-    if any(record.by_modality for record in records):
+    if any(recording.by_modality for recording in recordings):
         config = getattr(getattr(model, "_module", model), "config", None)
         modalities = modality_ids(config) if config is not None else ()
         if not modalities:
             raise ValueError(f"RouterRecord(by_modality=True): this model's config ({type(config).__name__}) names no "
                              f"placeholder token for {', '.join(MODALITIES)} (e.g. image_token_id), so all its "
                              "tokens are text; record without by_modality")
-    return plan._replace(exclude=torch.tensor(sorted(exclude), dtype=torch.long) if exclude else None,
-                         modalities=modalities)
+    return (torch.tensor(sorted(exclude), dtype=torch.long) if exclude else None), modalities

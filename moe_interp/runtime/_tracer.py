@@ -1,4 +1,5 @@
-"""`mi.trace` and `mi.generate`: nnsight tracing contexts that also run compiled interventions.
+"""The tracer behind `mi.trace` and `mi.generate`: an nnsight tracing context that also runs
+the compiled plan, and returns the routing it recorded as counts.
 
 The user gets nnsight's own tracer (a subclass, `RoutingTracer`), so the body of the
 `with` block is ordinary nnsight code. Before the model runs, the tracer adds one worker
@@ -9,7 +10,7 @@ per-invoke statistics come from each invoke's rows.
 Remote runs (`remote=True` on NDIF, `remote="local"` to simulate): nnsight pickles the
 tracer itself and the server calls its `execute`. What travels is `RoutingRun`, the
 part of the tracer that runs where the model is: its methods use only nnsight, torch
-and `moe_interp.runtime._kernels` (whitelisted imports), never the analysis side of the package
+and `moe_interp.runtime._kernels` (whitelisted imports); this layer never imports the analyses
 (`_shipping` ships the package by value and adopts the results sent back); the model
 output travels only with `keep_output=True` (default for `mi.generate`: token ids are
 small; logits are not).
@@ -26,14 +27,14 @@ from moe_interp.runtime._nnsight_compat import (OutOfOrderError, batch_size, inv
                               undecorated_generate, worker)
 from moe_interp.runtime._inputs import check_inputs, check_tokens
 from moe_interp.runtime._shipping import RESULT_NAME, Collect
-from moe_interp.runtime._token_kinds import with_token_kinds
 from moe_interp.arch import describe
 from moe_interp.arch._verify import pending_check
-from moe_interp.runtime._interventions import Intervention, RouterRecord, check_steer_range, compile_plan, flatten, place, router_groups
+from moe_interp.runtime._compile import compile_plan
+from moe_interp.runtime._interventions import Intervention, flatten
 from moe_interp.runtime._kernels import compact, keep_result, pack, run as run_plan
-from moe_interp.analysis._stats import RoutingStats
+from moe_interp.core._counts import RoutingCounts
 
-__all__ = ["trace", "generate", "RoutingTracer"]
+__all__ = ["RoutingRun", "RoutingTracer", "open_trace", "per_row_trace"]
 
 
 # The bodies of the two workers. Mediators run code objects; these functions' code is
@@ -146,7 +147,8 @@ class RoutingRun(InterleavingTracer):
 class RoutingTracer(RoutingRun):
     """nnsight's tracer plus `moe_interp`'s compiled interventions and their results.
 
-    After the block: `routing` (a `RoutingStats`, when a `RouterRecord` was given),
+    After the block: `routing` (the recorded counts, when a `RouterRecord` was given: a
+    `RoutingStats` from `mi.trace`, which passes it as `wrap`),
     `output` (the model's return value; for `mi.generate`, the token ids), `text`
     (`mi.generate` only: the decoded continuations).
 
@@ -162,7 +164,7 @@ class RoutingTracer(RoutingRun):
     ```
     """
 
-    _CLIENT_ONLY = ("_mi_spec", "_mi_tokenizer", "_mi_routing")
+    _CLIENT_ONLY = ("_mi_spec", "_mi_tokenizer", "_mi_routing", "_mi_wrap")
 
     def invoke(self, *args: Any, group: Optional[str] = None, **kwargs: Any) -> RoutingInvoker:
         """Like nnsight's `tracer.invoke`; `group` labels these rows in `tr.routing`. Its
@@ -175,10 +177,11 @@ class RoutingTracer(RoutingRun):
         return RoutingRun.invoke(self, *args, group=group, **kwargs)
 
     def _mi_setup(self, spec: Any, plan: Any, generating: bool, tokenizer: Any, ship: bool = False,
-                  keep_output: bool = True, per_row: bool = False) -> None:
+                  keep_output: bool = True, per_row: bool = False, wrap: Any = None) -> None:
         self._mi_start(plan, generating, ship, keep_output, per_row)
         self._mi_spec, self._mi_tokenizer = spec, tokenizer
-        self._mi_routing: RoutingStats | None = None
+        self._mi_wrap = wrap or _unwrapped
+        self._mi_routing: Any = None
 
     def __reduce_ex__(self, protocol: Any) -> tuple:
         # A request carries a RoutingRun: the server needs nothing of the client side
@@ -209,8 +212,9 @@ class RoutingTracer(RoutingRun):
         return self._mi_store["result"]
 
     @property
-    def routing(self) -> RoutingStats:
-        """`RoutingStats` of this trace: one group per invoke ("default" for direct inputs)."""
+    def routing(self) -> Any:
+        """The routing of this trace (`wrap` of its `RoutingCounts`; `mi.trace`: a
+        `RoutingStats`): one group per invoke ("default" for direct inputs)."""
         if self._mi_routing is None:
             self._mi_recorded()
             if self._mi_spec.stack_inputs is not None:
@@ -219,19 +223,19 @@ class RoutingTracer(RoutingRun):
                                  "and the target of a translation): read one RoutingStats per stack, "
                                  "tr.routing_by_stack['encoder'] / ['decoder']")
             groups = self._mi_store.get("groups", self._mi_groups)
-            self._mi_routing = _to_stats(self._mi_spec, self._mi_plan, self._mi_store, groups)
+            self._mi_routing = self._mi_wrap(_to_counts(self._mi_spec, self._mi_plan, self._mi_store, groups))
         return self._mi_routing
 
     @property
     def routing_by_stack(self) -> dict:
-        """`{stack: RoutingStats}` of a model with several stacks (an encoder and a decoder, see
+        """`{stack: routing}` of a model with several stacks (an encoder and a decoder, see
         `mi.describe(model).stacks`): each counts its own stack's tokens and layers (global
         indices, `stacks` labels), groups as in `routing`. A single-stack model gives its one."""
         self._mi_recorded()
         spec, groups = self._mi_spec, self._mi_store.get("groups", self._mi_groups)
         if spec.stack_inputs is None:
             return {(spec.stacks or ("default",))[0]: self.routing}
-        return {stack: _to_stats(spec, self._mi_plan, self._mi_store, groups, stack)
+        return {stack: self._mi_wrap(_to_counts(spec, self._mi_plan, self._mi_store, groups, stack))
                 for stack in dict.fromkeys(spec.stacks)}
 
     def _mi_recorded(self) -> None:
@@ -263,15 +267,19 @@ class RoutingTracer(RoutingRun):
         return self._mi_tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 
-def _to_stats(spec: Any, plan: Any, store: dict, groups: list[str], stack: Optional[str] = None) -> RoutingStats:
-    """The stats of the trace's layers; with `stack`, of that stack's layers and tokens only."""
+def _unwrapped(counts: RoutingCounts) -> RoutingCounts:
+    return counts
+
+
+def _to_counts(spec: Any, plan: Any, store: dict, groups: list[str], stack: Optional[str] = None) -> RoutingCounts:
+    """The counts of the trace's layers; with `stack`, of that stack's layers and tokens only."""
     labels = [spec.stacks[spec.position(entry.layer)] if spec.stacks else None for entry in plan.layers]
     keep = [i for i, label in enumerate(labels) if stack is None or label == stack]
     tokens = store["tokens"] if stack is None else store["stack_tokens"][plan.layers[keep[0]].tokens_from]
     per_token = None
     if store["per_token"]:
         per_token = compact(store["per_token"])
-    return RoutingStats(tuple(groups), tuple(plan.layers[i].layer for i in keep), spec.num_experts, spec.top_k,
+    return RoutingCounts(tuple(groups), tuple(plan.layers[i].layer for i in keep), spec.num_experts, spec.top_k,
                         store["count"][:, keep].cpu(), store["gate_mass"][:, keep].cpu(), tokens.cpu(),
                         meta={"arch": spec.arch, "forwards": store["forwards"]}, per_token=per_token,
                         stacks=tuple(labels[i] for i in keep) if all(labels) else None)
@@ -292,23 +300,22 @@ def _split(args: tuple) -> tuple[tuple, list[Intervention]]:
     return tuple(inputs), []
 
 
-def _eos_ids(model: Any, inputs: tuple, kwargs: dict) -> list[int]:
-    """The ids that end a generated row (the call's `eos_token_id`, else the model's): after
-    one, `RouterRecord` stops counting the row (`kernels.drop_finished`)."""
-    if any(kwargs.get(name) for name in ("stop_strings", "stopping_criteria")) and not (
-            inputs and isinstance(inputs[0], str)):
-        raise ValueError("mi.generate with RouterRecord tells that a row has ended by its EOS token only; with "
-                         "stop_strings / stopping_criteria the rows that stop first would be counted past their "
-                         "end. Generate one prompt per call, or stop on eos_token_id=")
-    eos = kwargs.get("eos_token_id")
-    for source in (kwargs.get("generation_config"), getattr(model._module, "generation_config", None),
-                   getattr(model._module, "config", None)):
-        if eos is None:
-            eos = getattr(source, "eos_token_id", None)
-    return [int(i) for i in ([eos] if isinstance(eos, int) else list(eos or []))]
+def open_trace(model: Any, args: tuple, kwargs: dict, generating: bool = False, per_row: bool = False,
+               wrap: Any = None) -> RoutingTracer:
+    """Open a `RoutingTracer` on `model`: `args` are `mi.trace`'s (one input, then interventions),
+    `kwargs` the model's; `generating` traces its `generate`, `per_row` makes every batch row
+    its own group, `wrap` is what `tr.routing` makes of the recorded `RoutingCounts`.
 
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.runtime._tracer import open_trace
+    >>> with open_trace(mi.zoo.tiny_model("qwen3_moe"), ("Hello", mi.RouterRecord()), {}) as tr:
+    ...     pass
+    >>> type(tr.routing).__name__, tr.routing.tokens.tolist()     # counts: no analyses in the runtime
+    ('RoutingCounts', [5])
 
-def _open(model: Any, args: tuple, fn: Any, generating: bool, kwargs: dict, per_row: bool = False) -> RoutingTracer:
+    ```
+    """
     spec = describe(model)
     inputs, interventions = _split(args)
     for data in inputs:
@@ -317,25 +324,17 @@ def _open(model: Any, args: tuple, fn: Any, generating: bool, kwargs: dict, per_
     ship = bool(kwargs.get("remote")) or kwargs.get("backend") is not None
     local = not ship and isinstance(module, torch.nn.Module)
     check = pending_check(spec, module) if local else None  # the first trace checks auto-detection
-    plan = compile_plan(spec, interventions, router_groups(spec, module) if module is not None else None,
-                        verify=check is not None)
-    if isinstance(module, torch.nn.Module):  # a meta-device model (remote) has its dtypes too
-        check_steer_range(plan, module)
-    if generating and plan.record:
-        plan = plan._replace(eos=tuple(_eos_ids(model, inputs, kwargs)), generating=True)
-    if plan.record:
-        plan = with_token_kinds(plan, [i for i in interventions if isinstance(i, RouterRecord)], model)
+    plan = compile_plan(spec, interventions, model if module is not None else None, verify=check is not None,
+                        generation=(inputs[0] if inputs else None, kwargs) if generating else None, on_device=local)
     keep_output = kwargs.pop("keep_output", None)
-    if local:
-        plan = place(plan, module)
     if keep_output is None:  # locally the output costs nothing; remotely a trace's logits are large
         keep_output = generating or not ship
+    fn = undecorated_generate(model) if generating else None
     tracer = model.trace(*inputs, fn=fn, tracer_cls=RoutingTracer, **kwargs)
     tracer._mi_setup(spec, plan, generating, getattr(model, "tokenizer", None), ship=ship,
-                     keep_output=bool(keep_output), per_row=per_row)
+                     keep_output=bool(keep_output), per_row=per_row, wrap=wrap)
     tracer.backend = Collect(tracer.backend if check is None else _Checked(tracer.backend, check), ship)
     return tracer
-
 
 class _Checked(Backend):
     """Runs a trace under `arch.ExpertsCheck`: its first forward's routing as read must equal
@@ -357,74 +356,6 @@ class _Checked(Backend):
         return result
 
 
-def trace(model: Any, *args: Any, **kwargs: Any) -> RoutingTracer:
-    """Open an nnsight trace of `model` that also applies MoE interventions.
-
-    `mi.trace(model, [inputs], *interventions, **model_kwargs)`. Inputs: a string, a list
-    of strings, a token tensor, or a tokenizer dict with `attention_mask`; or none, with
-    inputs given by `tr.invoke(inputs, group=...)` inside the block. Interventions apply on
-    every forward, in order. The body is plain nnsight code. `remote=` passes through
-    (`True`, `"local"` or a server URL; see docs/remote.md): the routing statistics come
-    back aggregated; the model output only with `keep_output=True` (default for local runs).
-
-    Inputs are checked before the model runs (`ValueError`): no inputs at all, an empty
-    text or a row without tokens, token ids outside the model's vocabulary, and inputs
-    longer than the model's positions (`max_position_embeddings`; the policy is to refuse,
-    never to run past them: pass `truncation=True, max_length=...` to keep the first
-    tokens). Traces of one model from several threads run one at a time (a per-model
-    lock around the forward; plain `model.trace` blocks are not covered by it).
-
-    ```python
-    >>> import moe_interp as mi
-    >>> model = mi.zoo.tiny_model("qwen3_moe")
-    >>> with mi.trace(model, ["Hello", "Bonjour tout le monde"], mi.RouterRecord()) as tr:
-    ...     logits = model.lm_head.output.save()
-    >>> tr.routing.languages, tr.output.logits.shape[0]
-    (('default',), 2)
-    >>> with mi.trace(model, mi.RouterRecord()) as tr:
-    ...     with tr.invoke("Hello", group="en"):
-    ...         pass
-    ...     with tr.invoke("Hallo Welt", group="de"):
-    ...         pass
-    >>> tr.routing.languages
-    ('en', 'de')
-
-    ```
-    """
-    return _open(model, args, None, False, kwargs)
-
-
-def generate(model: Any, *args: Any, **kwargs: Any) -> RoutingTracer:
-    """Like `trace`, around the model's `generate`; interventions apply at every step.
-
-    `mi.generate(model, prompt, *interventions, max_new_tokens=..., **generate_kwargs)`.
-    After the block: `gen.text` (decoded continuations), `gen.output` (token ids),
-    `gen.routing` (prompt and generated tokens, when a `RouterRecord` was given).
-    Each token counts once, at the step that first feeds it: one new token per row per
-    step, with or without a cache (`use_cache=False` feeds the whole sequence again at
-    every step; the tokens fed before are not counted again, although every intervention
-    still edits their routing, as they make the new token). Per-token records
-    (`RouterRecord(per_token=True)`) give each token's text position, its index among its
-    row's real tokens (an image's placeholder tokens one each, whatever rope positions a
-    multimodal model uses). A row that produces an EOS token (`eos_token_id`, else the model's) stops counting
-    there, although a batch goes on feeding it (the EOS, then padding) until every row
-    ends: counts equal generating each prompt alone. Rows ended otherwise
-    (`stop_strings`, `stopping_criteria`) cannot be told apart, so those are refused with
-    `RouterRecord` on more than one prompt.
-
-    ```python
-    >>> import moe_interp as mi
-    >>> model = mi.zoo.tiny_model("qwen3_moe")
-    >>> with mi.generate(model, "Once upon", mi.RouterRecord(), max_new_tokens=8, do_sample=False) as gen:
-    ...     pass
-    >>> len(gen.text), gen.routing.tokens.item() > 8
-    (1, True)
-
-    ```
-    """
-    return _open(model, args, undecorated_generate(model), True, kwargs)
-
-
 def per_row_trace(model: Any, *args: Any, **kwargs: Any) -> RoutingTracer:
     """`trace`, with every batch row its own stats group (named `"0"`, `"1"`, ...): what
     `mi.profile` runs per batch, for its per-text counts.
@@ -439,4 +370,4 @@ def per_row_trace(model: Any, *args: Any, **kwargs: Any) -> RoutingTracer:
 
     ```
     """
-    return _open(model, args, None, False, kwargs, per_row=True)
+    return open_trace(model, args, kwargs, per_row=True)

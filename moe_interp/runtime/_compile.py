@@ -1,0 +1,352 @@
+"""The compiler: interventions and a model's description in, the finished plan out.
+
+`compile_plan` is the one place a plan is made: it validates the interventions against the
+model's `MoESpec` (before any forward), orders each layer's edits by site, merges what the
+recorders ask for (`Intervention.recording`: the ids not counted, the token kinds, the ids
+that end a generated row) and, for a model in this process, places the plan's tensors on
+each router's device. The tracer only runs what it returns (`runtime._kernels`).
+"""
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+
+from moe_interp.arch import MoESpec, UnsupportedModelError
+from moe_interp.arch._sites import router_sites
+from moe_interp.arch._stacks import check_per_token, stack_fields
+from moe_interp.runtime._interventions import Intervention, flatten, steer_limit
+from moe_interp.runtime._plan import Edit, LayerPlan, Plan
+from moe_interp.runtime._token_kinds import resolve_token_kinds
+
+__all__ = ["RerouteNotHeld", "check_held", "check_steer_range", "compile_plan", "eos_ids", "place", "router_groups"]
+
+
+def _reroute_last(spec: MoESpec, layer: int, edits: list, groups: tuple | None) -> list:
+    """`edits` with every reroute mask merged into one, applied after the steers of its stage.
+
+    So an ablated expert is never selected, whatever the order of the list: a relative
+    steer applied after the -1e9 (`z + scale*s*|z|` with `scale*s > 1`) would bring it back.
+    """
+    masks = [edit.payload for edit in edits if edit.kind == "reroute"]
+    if not masks:
+        return edits
+    mask = masks[0]
+    for more in masks[1:]:
+        mask = mask | more
+    _check_reroute(spec, layer, mask.tolist(), groups)
+    return [edit for edit in edits if edit.kind != "reroute"] + [Edit("reroute", mask, 1.0)]
+
+
+def _check_reroute(spec: MoESpec, layer: int, mask: list[bool], groups: tuple | None) -> None:
+    """Refuse a reroute that would leave top-k fewer than `top_k` experts to pick from.
+
+    Group-limited routers (DeepSeek-V2/V3, GLM-4-MoE: `groups = (num_group, topk_group)`)
+    pick among the experts of `topk_group` groups only; a group that keeps one expert can
+    be among them, so the worst case is the `topk_group` groups that keep the fewest.
+    """
+    removed, allowed = sum(mask), spec.num_experts - spec.top_k
+    fix = "Ablate fewer there, or use mode='drop' (zeroes their weights after selection, no reselection)"
+    if removed > allowed:
+        raise ValueError(
+            f"ExpertAblate(mode='reroute') removes {removed} of the {spec.num_experts} experts of layer {layer}, "
+            f"but each token picks top_k={spec.top_k}: at most {allowed} (num_experts - top_k) can be rerouted "
+            f"in a layer, or top-k would have to pick ablated ones. {fix}")
+    if groups is None:
+        return
+    num_group, topk_group = groups
+    size = len(mask) // num_group
+    kept = sorted(k for k in (size - sum(mask[g * size:(g + 1) * size]) for g in range(num_group)) if k > 0)
+    if sum(kept[:topk_group]) < spec.top_k:
+        raise ValueError(
+            f"ExpertAblate(mode='reroute') on layer {layer} keeps {kept} experts in the groups that still have "
+            f"some; this router picks top_k={spec.top_k} experts among {topk_group} of its {num_group} groups, "
+            f"so it could have to pick ablated ones. Keep at least {spec.top_k} experts in every group that "
+            f"keeps any (or ablate whole groups). {fix}")
+
+
+def router_groups(spec: MoESpec, module: Any) -> dict[int, tuple[int, int]]:
+    """`{layer: (num_group, topk_group)}` of group-limited routers in `module` (the HF model)."""
+    out = {}
+    for layer, path in zip(spec.moe_layers, spec.routers):
+        try:
+            router = module.get_submodule(path)
+        except AttributeError:
+            continue
+        num_group, topk_group = getattr(router, "num_group", None), getattr(router, "topk_group", None)
+        if isinstance(num_group, int) and isinstance(topk_group, int) and 1 < num_group and \
+                spec.num_experts % num_group == 0 and topk_group < num_group:
+            out[layer] = (num_group, topk_group)
+    return out
+
+
+def compile_plan(spec: MoESpec, interventions: Iterable[Intervention], model: Any = None, *, verify: bool = False,
+                 generation: tuple | None = None, on_device: bool = False) -> Plan:
+    """Validate `interventions` against `spec` and compile them into the finished plan
+    (`_plan.Plan`) that `runtime._kernels` executes.
+
+    Per layer, edits apply in the order of the list within each site, sites in model
+    order: logits steers, then selection-score steers (`site="selection"`), then every
+    reroute mask at once (so an ablated expert is never selected, whichever comes first
+    in the list), then `drop` on the chosen weights. Where each edit acts is the model's
+    `arch._sites.router_sites`, the sites the router view reads.
+
+    With `model` (the nnsight-wrapped model), what depends on it is resolved too:
+    group-limited routers refuse reroutes they could not honour, steers that could
+    overflow the router's dtype are refused, the recorders' token ids (`"special"`) and
+    modalities are read from its tokenizer and config, `generation` (`(inputs, kwargs)` of
+    `mi.generate`) gives the ids that end a row, and `on_device=True` (a model in this
+    process) puts the plan's tensors on each router's device. `verify` reads every layer's
+    routing on the first forward for `arch.ExpertsCheck`.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.runtime._compile import compile_plan
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
+    >>> plan = compile_plan(mi.describe(model), [mi.LayerRouteSteer({2: {1: 0.5}}), mi.RouterRecord()])
+    >>> [entry.layer for entry in plan.layers], plan.layers[2].logits_edits[0].kind
+    ([0, 1, 2, 3], 'relative')
+    >>> plan.layers[2].sites.logits.ops
+    ('router_logits_0',)
+    >>> plan = compile_plan(mi.describe(model), [mi.RouterRecord(exclude_tokens=[7])], model,
+    ...                     generation=("Hello", {"eos_token_id": 2}), on_device=True)
+    >>> plan.exclude.tolist(), plan.eos, plan.generating
+    ([7], (2,), True)
+
+    ```
+    """
+    interventions = flatten(interventions)
+    recordings = [r for r in (i.recording() for i in interventions) if r is not None]
+    module = getattr(model, "_module", None)
+    groups = router_groups(spec, module) if module is not None else {}
+    staged: dict[int, dict[str, list]] = {}
+    for intervention in interventions:
+        for layer, stage, edit in intervention.edits(spec):
+            staged.setdefault(layer, {"logits": [], "choice": [], "drop": []})[stage].append(edit)
+    _refuse_unsteerable(spec, staged)
+    for layer, stages in staged.items():
+        for stage in ("logits", "choice"):
+            stages[stage] = _reroute_last(spec, layer, stages[stage], groups.get(layer))
+    sites, no_grad = router_sites(spec)
+    layers = []
+    for layer, router, experts in zip(spec.moe_layers, spec.routers, spec.experts):
+        stages = staged.get(layer, {"logits": [], "choice": [], "drop": []})
+        if not recordings and not any(stages.values()) and not verify:
+            continue
+        mask = next((edit.payload for stage in ("choice", "logits") for edit in stages[stage]
+                     if edit.kind == "reroute"), None)
+        if mask is not None:
+            _check_select(spec, layer)
+        layers.append(LayerPlan(
+            layer=layer, router=router, experts=experts, sites=sites, no_grad=no_grad,
+            logits_edits=tuple(stages["logits"]), choice_edits=tuple(stages["choice"]),
+            # the reroute mask again where top-k ranks (when the router adds to the scores
+            # after the site above), and, padded for "no expert" (-1) indices, for the check
+            select_edits=(Edit("reroute", mask, 1.0),) if mask is not None else (),
+            drop=tuple(stages["drop"]),
+            rerouted=None if mask is None else torch.cat([mask, torch.zeros(1, dtype=torch.bool)]),
+            **stack_fields(spec, layer)))
+    check_per_token(spec, any(r.per_token for r in recordings))
+    plan = Plan(layers=tuple(layers), record=bool(recordings), per_token=any(r.per_token for r in recordings),
+                verify=verify, num_experts=spec.num_experts, top_k=spec.top_k)
+    if isinstance(module, torch.nn.Module):  # a meta-device model (remote) has its dtypes too
+        check_steer_range(plan, module)
+    if recordings:
+        exclude, modalities = resolve_token_kinds(recordings, model)
+        plan = plan._replace(exclude=exclude, modalities=modalities)
+        if generation is not None:
+            plan = plan._replace(eos=tuple(eos_ids(model, *generation)), generating=True)
+    if on_device and isinstance(module, torch.nn.Module):
+        plan = place(plan, module)
+    return plan
+
+
+def eos_ids(model: Any, inputs: Any, kwargs: dict) -> list[int]:
+    """The ids that end a generated row (the call's `eos_token_id`, else the model's): after
+    one, a recorder stops counting the row (`runtime._kernels.drop_finished`).
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.runtime._compile import eos_ids
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
+    >>> eos_ids(model, "Hi", {"eos_token_id": [2, 3]}), eos_ids(model, "Hi", {}) == [model.config.eos_token_id]
+    ([2, 3], True)
+
+    ```
+    """
+    if any(kwargs.get(name) for name in ("stop_strings", "stopping_criteria")) and not isinstance(inputs, str):
+        raise ValueError("mi.generate with RouterRecord tells that a row has ended by its EOS token only; with "
+                         "stop_strings / stopping_criteria the rows that stop first would be counted past their "
+                         "end. Generate one prompt per call, or stop on eos_token_id=")
+    eos = kwargs.get("eos_token_id")
+    for source in (kwargs.get("generation_config"), getattr(model._module, "generation_config", None),
+                   getattr(model._module, "config", None)):
+        if eos is None:
+            eos = getattr(source, "eos_token_id", None)
+    return [int(i) for i in ([eos] if isinstance(eos, int) else list(eos or []))]
+
+
+def _check_select(spec: MoESpec, layer: int) -> None:
+    """An auto-detected router whose top-k was not seen cannot be trusted to honour a
+    reroute at its logits: refuse before any forward. Registered adapters vouch for theirs."""
+    if spec.select is None and spec.family == "auto":
+        raise UnsupportedModelError(
+            f"ExpertAblate(mode='reroute') on layer {layer}: moe_interp did not find where this {spec.arch} "
+            f"router's top-k ranks its scores (running it once showed no top-k over its {spec.num_experts} "
+            "experts), so it cannot make sure an ablated expert is never selected. Use mode='drop' (zeroes "
+            "their weights after selection), or register an adapter naming the site: mi.register_adapter("
+            "mi.RouterAdapter(name=..., model_types=(...), select='<op>.input'))")
+
+
+class RerouteNotHeld(UnsupportedModelError):
+    """A rerouted expert was still selected: the router's selection was not where `moe_interp`
+    masked it. Raised after the trace (see `check_held`); the trace's results are withheld."""
+
+
+def check_held(plan: Plan, store: dict) -> None:
+    """Raise `RerouteNotHeld` if, in a trace run with `plan`, any token still received an
+    expert that `ExpertAblate(mode="reroute")` removed (the kernels count it, no host waits;
+    this reads the count once, after the trace). Nothing to do without a reroute.
+
+    ```python
+    >>> import moe_interp as mi, torch
+    >>> from moe_interp.runtime._compile import check_held, compile_plan
+    >>> plan = compile_plan(mi.describe(mi.zoo.tiny_model("qwen3_moe")), [mi.ExpertAblate({1: [3]})])
+    >>> check_held(plan, {"rerouted_used": torch.tensor([0])})   # the kernels' count per rerouted layer
+    >>> check_held(plan, {"rerouted_used": torch.tensor([2])})
+    Traceback (most recent call last):
+    moe_interp.runtime._compile.RerouteNotHeld: ExpertAblate(mode='reroute') did not hold: ablated experts were still selected 2 times in layer 1 (token x top-k slot), ...
+
+    ```
+    """
+    used = store.get("rerouted_used")
+    if used is None:
+        return
+    layers = [entry.layer for entry in plan.layers if entry.rerouted is not None]
+    leaked = {layer: int(n) for layer, n in zip(layers, used.tolist()) if n}
+    if leaked:
+        raise RerouteNotHeld(
+            f"ExpertAblate(mode='reroute') did not hold: ablated experts were still selected "
+            f"{', '.join(f'{n} times in layer {layer}' for layer, n in leaked.items())} (token x top-k slot), so "
+            "the outputs and routing of this trace are not those of the ablated model and are withheld. The "
+            "router selects on a score moe_interp did not mask. Use mode='drop', or register an adapter naming "
+            "where its top-k ranks: mi.register_adapter(mi.RouterAdapter(..., select='<op>.input'))")
+
+
+def _refuse_unsteerable(spec: MoESpec, staged: dict) -> None:
+    """Steering and rerouting act on the scores a learned top-k ranks; a layer that selects
+    another way (a token-id hash table) would take the edit and route exactly as before."""
+    for layer, stages in sorted(staged.items()):
+        kind = spec.routing_kind(layer)
+        if kind != "topk" and (stages["logits"] or stages["choice"]):
+            learned = [l for l, k in zip(spec.moe_layers, spec.routing_kinds) if k == "topk"]
+            raise ValueError(
+                f"layer {layer} of this {spec.arch} model routes by {kind!r} (a fixed token-id -> experts table, "
+                f"not a top-k over router scores): steering or rerouting cannot change which experts it uses. "
+                f"Leave it out (layers={learned}, the learned top-k layers), or ablate it with "
+                f"ExpertAblate(..., mode='drop'), which acts after selection")
+
+
+def _router_dtype(module: Any, path: str) -> torch.dtype | None:
+    """The floating dtype of the router at `path` (else of the model): its scores are computed
+    in it, or wider."""
+    try:
+        router = module.get_submodule(path)
+    except AttributeError:
+        router = module
+    for source in (router, module):
+        for param in source.parameters():
+            if param.is_floating_point():
+                return param.dtype
+    return None
+
+
+def check_steer_range(plan: Plan, module: Any) -> None:
+    """Refuse, before any forward, steers that could overflow the router scores of `module`
+    (the HF model; a meta-device one too). Per layer and site, its steers applied in order
+    must keep a score of magnitude `sqrt(max)` of the router's dtype finite (see
+    `steer_limit`); several steers of one layer compound.
+
+    ```python
+    >>> import moe_interp as mi, torch
+    >>> from moe_interp.runtime._compile import check_steer_range, compile_plan
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
+    >>> plan = compile_plan(mi.describe(model), [mi.LayerRouteSteer({1: {3: 1.0}}, scale=1e4)])
+    >>> check_steer_range(plan, model._module)                  # float32 router: fine
+    >>> check_steer_range(plan, model._module.to(torch.float16))
+    Traceback (most recent call last):
+    ValueError: the steers of layer 1 (relative |scale * s| = 1e+04) could overflow this model's router scores, computed in torch.float16 (largest value 6.55e+04): ...
+
+    ```
+    """
+    for entry in plan.layers:
+        for edits in (entry.logits_edits, entry.choice_edits):
+            steers = [(edit.kind, abs(edit.scale) * float(edit.payload.abs().max())) for edit in edits
+                      if edit.kind in ("relative", "additive")]
+            dtype = _router_dtype(module, entry.router) if steers else None
+            if dtype is None:
+                continue
+            top = torch.finfo(dtype).max
+            worst = math.sqrt(top)
+            for kind, amount in steers:
+                worst = _largest(worst, kind, amount)
+            if worst > top:
+                raise ValueError(
+                    f"the steers of layer {entry.layer} ({', '.join(f'{k} |scale * s| = {a:.3g}' for k, a in steers)}) "
+                    f"could overflow this model's router scores, computed in {dtype} (largest value {top:.3g}): a "
+                    f"score of magnitude {math.sqrt(top):.3g} would become {worst:.3g}, past it (inf), and the "
+                    f"model's outputs NaN. On this model use |scale * s| <= {steer_limit('relative', dtype):.3g} "
+                    f"for a relative steer and <= {steer_limit('additive', dtype):.3g} for an additive one (several "
+                    "steers of a layer compound), or run the router in float32")
+
+
+def place(plan: Plan, module: Any) -> Plan:
+    """`plan` with its tensors on the device of each layer's router in `module` (the HF model).
+
+    Local runs only: a strength or mask left on the host would be copied to the GPU at every
+    layer of every forward, and such a copy waits for the GPU to catch up. Routers whose
+    weights are not materialised (meta device, a remote model) are left for the kernels to
+    move.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.runtime._compile import compile_plan, place
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
+    >>> plan = place(compile_plan(mi.describe(model), [mi.ExpertAblate({1: [3]})]), model._module)
+    >>> plan.layers[0].logits_edits[0].payload.device
+    device(type='cpu')
+
+    ```
+    """
+    moved: dict = {}
+    layers = []
+    for entry in plan.layers:
+        try:
+            router = module.get_submodule(entry.router)
+        except AttributeError:
+            layers.append(entry)
+            continue
+        device = next((p.device for p in router.parameters()), None)
+        if device is None or device.type == "meta":
+            layers.append(entry)
+            continue
+        on = {key: tuple(edit._replace(payload=_to(edit.payload, device, moved)) for edit in getattr(entry, key))
+              for key in ("logits_edits", "choice_edits", "select_edits", "drop")}
+        rerouted = None if entry.rerouted is None else _to(entry.rerouted, device, moved)
+        layers.append(entry._replace(rerouted=rerouted, **on))
+    return plan._replace(layers=tuple(layers))
+
+
+def _to(payload: torch.Tensor, device: torch.device, moved: dict) -> torch.Tensor:
+    """`payload` on `device`, copied once (a reroute mask serves two sites), queued and not
+    waited for: each blocking copy would be a host sync per layer."""
+    key = (id(payload), device)
+    if key not in moved:  # the payload is kept with its copy: its id is not reused meanwhile
+        moved[key] = (payload, payload if payload.device == device else payload.to(device, non_blocking=True))
+    return moved[key][1]
+
+
+def _largest(worst: float, kind: str, amount: float) -> float:
+    """The largest magnitude a logit bounded by `worst` can reach after one steer."""
+    return worst * (1 + amount) if kind == "relative" else worst + amount
