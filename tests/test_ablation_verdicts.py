@@ -295,7 +295,7 @@ def test_ablation_grid_end_to_end_per_band_with_usage_matched_controls_independe
     assert list(zip(table.language, table.band)) == [(l, b) for l in ("eng", "fin")
                                                      for b in ("early-third", "middle-third", "late-third")]
     assert list(table.same_family_languages) == ["deu"] * 3 + [""] * 3
-    assert set(table.verdict) <= set(mi._ablation.VERDICTS) and (table.controls == 3).all()
+    assert set(table.verdict) <= set(mi.experiments.VERDICTS) and (table.controls == 3).all()
     for name, control in res.sets.items():
         if not name.startswith("control:"):
             continue

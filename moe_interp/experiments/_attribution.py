@@ -82,7 +82,7 @@ from moe_interp.runtime._inputs import max_positions as _max_positions
 from moe_interp.tracing import trace
 from moe_interp.arch import UnsupportedModelError
 from moe_interp.arch._sites import router_sites
-from moe_interp.runtime._kernels import resolve, routing, set_weights
+from moe_interp.runtime._reader import resolve, routing, set_weights
 
 __all__ = ["expert_attribution", "ExpertAttribution", "AttributionCheck", "rank_correlation"]
 

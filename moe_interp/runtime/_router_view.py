@@ -48,7 +48,7 @@ from nnsight.intervention.eproperty import eproperty
 
 from moe_interp.runtime._nnsight_compat import as_served, served, whole_batch
 from moe_interp.arch._sites import router_sites
-from moe_interp.runtime._kernels import ROUTING, RouterAccessError, location, pick, replaced, routing, set_indices, set_weights
+from moe_interp.runtime._reader import ROUTING, RouterAccessError, location, pick, replaced, routing, set_indices, set_weights
 
 __all__ = ["RouterAccessError", "MoELayers", "MoELayer", "Router", "attach"]
 
