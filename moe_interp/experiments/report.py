@@ -52,8 +52,8 @@ def table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
     """An HTML table, every cell escaped.
 
     ```python
-    >>> import moe_interp as mi
-    >>> mi.report.table(["a"], [[1]])
+    >>> from moe_interp.experiments import report
+    >>> report.table(["a"], [[1]])
     '<table><thead><tr><th>a</th></tr></thead><tbody><tr><td>1</td></tr></tbody></table>'
 
     ```
@@ -67,8 +67,8 @@ def markdown_table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
     """A Markdown table (for READMEs and model cards); `|` inside a cell is escaped.
 
     ```python
-    >>> import moe_interp as mi
-    >>> print(mi.report.markdown_table(["claim", "value"], [["a|b", 1]]))
+    >>> from moe_interp.experiments import report
+    >>> print(report.markdown_table(["claim", "value"], [["a|b", 1]]))
     | claim | value |
     |---|---|
     | a\\|b | 1 |
@@ -85,8 +85,8 @@ def findings(lines: Sequence[str], title: str = "Key findings") -> str:
     """A highlighted list of one-sentence findings (HTML), for the top of a report.
 
     ```python
-    >>> import moe_interp as mi
-    >>> mi.report.findings(["family ARI 0.29 [0.25, 0.31]"])
+    >>> from moe_interp.experiments import report
+    >>> report.findings(["family ARI 0.29 [0.25, 0.31]"])
     '<div class="findings"><h2>Key findings</h2><ul><li>family ARI 0.29 [0.25, 0.31]</li></ul></div>'
 
     ```
@@ -136,8 +136,9 @@ def page(title: str, parts: Sequence[Any], compress: bool = True) -> str:
 
     ```python
     >>> import moe_interp as mi
+    >>> from moe_interp.experiments import report
     >>> profile = mi.datasets.reference_stats().select(["en", "de", "sw"])    # the paper's MGSM counts
-    >>> html_text = mi.report.page("Routing", ["<p>hello</p>", profile.plot_layer_profile()])
+    >>> html_text = report.page("Routing", ["<p>hello</p>", profile.plot_layer_profile()])
     >>> html_text.startswith("<!DOCTYPE html>"), html_text.count('data-figure="figure-')
     (True, 1)
 
@@ -179,8 +180,9 @@ def routing_summary(stats: Any, label: str = "", families: Mapping[str, str] | N
 
     ```python
     >>> import moe_interp as mi
+    >>> from moe_interp.experiments import report
     >>> profile = mi.datasets.reference_stats().select(["en", "de", "fr", "sw"])
-    >>> html_text = mi.report.routing_summary(profile, "Qwen3-30B-A3B on MGSM")
+    >>> html_text = report.routing_summary(profile, "Qwen3-30B-A3B on MGSM")
     >>> "<h2>Qwen3-30B-A3B on MGSM</h2>" in html_text, html_text.count("<table>")
     (True, 2)
 
@@ -226,7 +228,8 @@ def routing_figures(stats: Any, reference: str | None = None) -> list:
 
     ```python
     >>> import moe_interp as mi
-    >>> figures = mi.report.routing_figures(mi.datasets.reference_stats().select(["en", "de", "fr", "sw"]))
+    >>> from moe_interp.experiments import report
+    >>> figures = report.routing_figures(mi.datasets.reference_stats().select(["en", "de", "fr", "sw"]))
     >>> [f.layout.title.text.split(" ")[0] for f in figures][:2]
     ['Jensen-Shannon', 'Languages']
 
@@ -305,8 +308,9 @@ def write_report(path: str | os.PathLike, title: str, parts: Sequence[Any], comp
     """Write `page(title, parts)` to `path` and return it.
 
     ```python
-    >>> import tempfile, moe_interp as mi
-    >>> path = mi.report.write_report(f"{tempfile.mkdtemp()}/report.html", "Routing", ["<p>hello</p>"])
+    >>> import tempfile
+    >>> from moe_interp.experiments import report
+    >>> path = report.write_report(f"{tempfile.mkdtemp()}/report.html", "Routing", ["<p>hello</p>"])
     >>> path.name, "<p>hello</p>" in path.read_text()
     ('report.html', True)
 
