@@ -52,7 +52,7 @@ PREFERRED = {
     "ven": "ven", "vie": "vie", "zlm": "mly_latn", "acu": "acu",
 }
 
-# ISO 639-3 -> (family, branch), in the conventions of `moe_interp/languages.py` (whose table
+# ISO 639-3 -> (family, branch), in the conventions of `moe_interp/core/languages.py` (whose table
 # `udhr_languages()` prefers where it lists a language): top-level genealogical units, the
 # traditional Niger-Congo (with Mande, Ijoid) and Nilo-Saharan; isolates are their own family;
 # "Creole" and "Constructed" are kept apart from their lexifiers on purpose.
@@ -356,7 +356,7 @@ English text). Only translations with exactly the English article paragraphs are
 ISO 639-3 code. Per-language metadata: name, ISO 639-3, BCP 47, direction, latitude/longitude and
 the Unicode project's stage come from the package; the script (ISO 15924) is detected from the
 text; family and branch are written by hand in the build script (`udhr_languages()` prefers the
-package's languages table, `moe_interp/languages.py`, where it lists the language).
+package's languages table, `moe_interp/core/languages.py`, where it lists the language).
 
 MIT licence of the `udhr` package:
 

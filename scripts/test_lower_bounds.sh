@@ -42,4 +42,4 @@ for pin in sys.argv[1:]:
 print("installed:", ", ".join(f"{p.split('==')[0]} {version(p.split('==')[0])}" for p in sys.argv[1:]))
 EOF
 "$venv/bin/python" -m pytest -q -p no:logging tests/test_arch.py tests/test_zoo.py tests/test_record.py tests/test_trace.py \
-    tests/test_interventions.py tests/test_hold_every_arch.py tests/test_router_view.py moe_interp/arch moe_interp/kernels.py
+    tests/test_interventions.py tests/test_hold_every_arch.py tests/test_router_view.py moe_interp/arch moe_interp/runtime

@@ -33,6 +33,25 @@ from conftest import encode, tiny
 shipping = sys.modules["moe_interp.runtime._shipping"]
 kernels = sys.modules["moe_interp.runtime._kernels"]
 
+
+def _in_trace_modules() -> list:
+    """The modules whose code runs inside a trace: the kernels and the package modules they
+    import, transitively (shipped by value with them)."""
+    import ast
+    found, todo = [], [kernels]
+    while todo:
+        module = todo.pop()
+        if module in found:
+            continue
+        found.append(module)
+        for node in ast.parse(open(module.__file__).read()).body:  # module level only
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("moe_interp"):
+                todo.append(sys.modules[node.module])
+    return found
+
+
+IN_TRACE = _in_trace_modules()
+
 # What NDIF lets shipped code import (its list is longer; these are all we may use).
 WHITELIST = {"torch", "math", "typing", "collections", "operator", "_operator", "enum", "einops", "numpy",
              "builtins"}
@@ -50,7 +69,7 @@ _LIBRARY_DIRS = tuple(os.path.dirname(m.__file__) + os.sep for m in (torch, sys.
 
 def _in_kernel(frame) -> bool:
     while frame is not None:
-        if frame.f_code.co_filename == kernels.__file__:
+        if frame.f_code.co_filename in {module.__file__ for module in IN_TRACE}:
             return True
         frame = frame.f_back
     return False
@@ -76,7 +95,7 @@ def _import_hook(check):
 def kernel_import_guard():
     """Refuse any import outside `WHITELIST` made by code running in a kernel frame.
 
-    Active only where a `moe_interp/kernels.py` frame is on the stack (the worker
+    Active only where a frame of the in-trace modules (`IN_TRACE`) is on the stack (the worker
     greenlet), so the model's own forward, which runs in another greenlet, is free.
     Imports made by torch or nnsight internals on a kernel's behalf are allowed (the
     server runs those libraries); anything the kernel code itself imports must be on
@@ -193,20 +212,32 @@ def ship_functions_unwrapped(monkeypatch):
 
 # ---------------------------------------------------------------------------------- 1. import guard
 
-def test_kernels_module_imports_only_whitelisted_modules():
+@pytest.mark.parametrize("module", IN_TRACE, ids=lambda m: m.__name__)
+def test_in_trace_modules_import_only_whitelisted_modules(module):
+    """At module level, the whitelist and the package's other in-trace modules (shipped by value
+    with the kernels); inside functions (run on the server), the whitelist only."""
     import ast
-    tree = ast.parse(open(kernels.__file__).read())
+    tree = ast.parse(open(module.__file__).read())
+    top = set(tree.body)
     names = set()
-    for node in ast.walk(tree):  # module level and inside functions (lazy imports) alike
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(a.name.split(".")[0] for a in node.names)
         elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, "kernels.py must not import from moe_interp"
+            assert node.level == 0, f"{module.__name__}: relative import"
+            if node in top and node.module in {m.__name__ for m in IN_TRACE}:
+                continue
             names.add(node.module.split(".")[0])
     assert names <= WHITELIST, names - WHITELIST
 
 
-def test_kernel_code_uses_only_builtins_ndif_keeps():
+def test_the_in_trace_modules_are_the_kernels_and_the_reader():
+    assert {m.__name__ for m in IN_TRACE} >= {"moe_interp.runtime._kernels", "moe_interp.runtime._reader"}
+    assert not any(m.__name__.startswith(("moe_interp.analysis", "moe_interp.experiments")) for m in IN_TRACE)
+
+
+@pytest.mark.parametrize("module", IN_TRACE, ids=lambda m: m.__name__)
+def test_in_trace_code_uses_only_builtins_ndif_keeps(module):
     import types
 
     def code_objects(code):
@@ -215,7 +246,7 @@ def test_kernel_code_uses_only_builtins_ndif_keeps():
             if isinstance(const, types.CodeType):
                 yield from code_objects(const)
 
-    module_code = compile(open(kernels.__file__).read(), kernels.__file__, "exec")
+    module_code = compile(open(module.__file__).read(), module.__file__, "exec")
     used = {name for code in code_objects(module_code) for name in code.co_names if hasattr(builtins, name)}
     assert used <= NDIF_BUILTINS, used - NDIF_BUILTINS
 
