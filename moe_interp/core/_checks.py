@@ -100,26 +100,33 @@ def check_threshold(threshold: Any) -> float:
     return float(threshold)
 
 
-def check_int(name: str, value: Any, low: int) -> int:
-    """`value` as an int >= `low` (numpy ints too; never a bool or a float); `ValueError` naming `name`.
+def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    """`value` as an int >= `low` (and <= `high` if given): numpy ints too, never a bool or a
+    float; `ValueError` naming `name`, which may carry what the number counts.
 
     ```python
     >>> from moe_interp.core._checks import check_int
     >>> check_int("seed", 0, 0)
     0
-    >>> check_int("replicates", 0, 1)
+    >>> check_int("resamples", 0, 1)
     Traceback (most recent call last):
-    ValueError: replicates must be an integer >= 1, got 0
+    ValueError: resamples must be an integer >= 1, got 0
+    >>> check_int("n (bytes per n-gram)", 9, 1, 8)
+    Traceback (most recent call last):
+    ValueError: n (bytes per n-gram) must be an integer in [1, 8], got 9
 
     ```
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
+    index = as_index(value)
+    if index is None or index < low or (high is not None and index > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
+    return index
 
 
 def check_positive(name: str, value: Any) -> int:
-    """`value`, a Python int of 1 or more (a batch size, a count of steps); `ValueError` naming `name`.
+    """`value` as an int of 1 or more (a batch size, a count of steps): `check_int(name, value, 1)`
+    worded for a count of things; `ValueError` naming `name`.
 
     ```python
     >>> from moe_interp.core._checks import check_positive
@@ -131,9 +138,10 @@ def check_positive(name: str, value: Any) -> int:
 
     ```
     """
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    index = as_index(value)
+    if index is None or index < 1:
         raise ValueError(f"{name} must be a positive int (1 or more), got {value!r}")
-    return value
+    return index
 
 
 def check_level(level: Any) -> float:
