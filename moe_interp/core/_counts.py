@@ -10,7 +10,6 @@ and figures as methods on top. Everything here returns `type(self)` / `cls`, so 
 import dataclasses
 import difflib
 import json
-import numbers
 import os
 import time
 import warnings
@@ -24,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import Tensor
 
+from moe_interp.core._checks import check_int
 from moe_interp.core._files import checksum as _checksum
 from moe_interp.core._files import read_tensors, write_directory
 from moe_interp.core._layers import parse_layers
@@ -58,13 +58,6 @@ class StatsFileError(ValueError):
     """
 
 
-def _check_count(name: str, value: Any, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low or (
-            high is not None and value > high):
-        bound = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
-        raise ValueError(f"{name} must be {bound}, got {value!r}")
-
-
 def _check_tensor(name: str, value: Any, shape: tuple[int, ...], axes: str, integral: bool) -> None:
     """Shape and dtype of one field; integer fields must not be negative, float ones finite."""
     if not isinstance(value, Tensor):
@@ -97,8 +90,8 @@ def _check_consistent(stats: "RoutingCounts") -> None:
         if len(stats.stacks) != n_layer or not all(isinstance(s, str) and s for s in stats.stacks):
             raise ValueError(f"stacks must give one non-empty label per layer ({n_layer}), e.g. 'encoder' / "
                              f"'decoder', or be None for a single-stack model; got {stats.stacks!r}")
-    _check_count("num_experts", stats.num_experts, 1)
-    _check_count("top_k", stats.top_k, 1, stats.num_experts)
+    check_int("num_experts", stats.num_experts, 1)
+    check_int("top_k", stats.top_k, 1, stats.num_experts)
     grid = (n_lang, n_layer, stats.num_experts)
     _check_tensor("count", stats.count, grid, "(languages, layers, num_experts)", integral=True)
     _check_tensor("gate_mass", stats.gate_mass, grid, "(languages, layers, num_experts)", integral=False)

@@ -3,10 +3,10 @@ settings for choosing them (`PAPER`) and the check of `k` that scales them to an
 
 import dataclasses
 import math
-import numbers
-import operator
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
+
+from moe_interp.core._checks import as_index, check_finite, check_int
 
 __all__ = ["ExpertSet", "PAPER", "PaperSettings", "check_k"]
 
@@ -38,8 +38,10 @@ class ExpertSet(Mapping):
             experts = {layer: list(values) for layer, values in strengths.items()}
         frozen = {}
         for layer, values in experts.items():
-            if isinstance(layer, bool) or not isinstance(layer, int):
+            index = as_index(layer)
+            if index is None:
                 raise TypeError(f"ExpertSet layers must be ints, got {layer!r}")
+            layer = index
             values = tuple(sorted({_expert(e, layer) for e in values}))
             if values:
                 frozen[layer] = values
@@ -96,11 +98,8 @@ class ExpertSet(Mapping):
 
 def _expert(value: Any, layer: int) -> int:
     # a negative index would silently wrap round to the last experts in tensor indexing
-    try:
-        index = -1 if isinstance(value, bool) else operator.index(value)
-    except TypeError:
-        index = -1
-    if index < 0:
+    index = as_index(value)
+    if index is None or index < 0:
         raise ValueError(f"ExpertSet experts are integer indices >= 0; layer {layer} lists {value!r}")
     return index
 
@@ -111,13 +110,7 @@ def _strength(strengths: Mapping[int, Mapping[int, float]], layer: int, expert: 
     except KeyError:
         raise ValueError(f"strengths has no value for expert {expert} of layer {layer}: give every listed "
                          "expert a strength, or pass strengths=None") from None
-    try:
-        number = math.nan if isinstance(value, (bool, str)) else float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number):
-        raise ValueError(f"strengths[{layer}][{expert}] must be a finite number, got {value!r}")
-    return number
+    return check_finite(value, f"strengths[{layer}][{expert}]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,10 +167,10 @@ def check_k(k: int | None, num_experts: int, top_k: int = 1, paper_k: int = PAPE
     `None` is the default, `paper_k` of 128 scaled to this model (`PAPER.scaled_k`).
 
     ```python
-    >>> import moe_interp as mi
-    >>> mi.expert_set.check_k(15, 128), mi.expert_set.check_k(None, 16, top_k=2)
+    >>> from moe_interp.core._expert_set import check_k
+    >>> check_k(15, 128), check_k(None, 16, top_k=2)
     (15, 2)
-    >>> mi.expert_set.check_k(20, 16, top_k=2)
+    >>> check_k(20, 16, top_k=2)
     Traceback (most recent call last):
     ValueError: k (experts kept per language and layer) must be an integer in [1, 16], got 20; leave k unset (None) for the default: the paper's 15 of 128 experts scaled to this model's 16, i.e. 2
 
@@ -185,9 +178,9 @@ def check_k(k: int | None, num_experts: int, top_k: int = 1, paper_k: int = PAPE
     """
     if k is None:
         return PAPER.scaled_k(paper_k, num_experts, top_k)
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= num_experts:
-        raise ValueError(f"{name} (experts kept per language and layer) must be an integer in [1, {num_experts}], "
-                         f"got {k!r}; leave {name.split()[-1]} unset (None) for the default: the paper's {paper_k} of "
+    try:
+        return check_int(f"{name} (experts kept per language and layer)", k, 1, num_experts)
+    except ValueError as error:
+        raise ValueError(f"{error}; leave {name.split()[-1]} unset (None) for the default: the paper's {paper_k} of "
                          f"{PAPER.num_experts} experts scaled to this model's {num_experts}, i.e. "
-                         f"{PAPER.scaled_k(paper_k, num_experts, top_k)}")
-    return int(k)
+                         f"{PAPER.scaled_k(paper_k, num_experts, top_k)}") from None
