@@ -156,7 +156,7 @@ def test_ablation_beats_strong_steers_toward_the_same_experts(model_type, ablate
     ablated = _learned(model, chosen)
     strengths = {layer: {e: 1.0 for e in experts} for layer, experts in ablated.items()}
     steers = [mi.LayerRouteSteer(strengths, scale=STEER, mode=mode, site=site)
-              for mode in ("relative", "additive") for site in ("logits", "selection")]
+              for mode in ("relative", "additive") for site in ("logits", "scores")]
     ablate = mi.ExpertAblate(ablated)
     seen, tr = _traced(model, enc, *([ablate, *steers] if ablate_first else [*steers, ablate]))
     assert _still_received(seen, ablated) == {}, f"ablated experts still received (favoured by {biased})"
@@ -232,7 +232,7 @@ def test_a_hash_routed_layer_refuses_reroute_and_steer_naming_it():
     assert hashed == [0, 1, 2]
     for layer in hashed:
         for intervention in (mi.ExpertAblate({layer: [1]}), mi.LayerRouteSteer({layer: {1: 1.0}}, scale=5.0),
-                             mi.LayerRouteSteer({layer: {1: 1.0}}, scale=5.0, mode="additive", site="selection")):
+                             mi.LayerRouteSteer({layer: {1: 1.0}}, scale=5.0, mode="additive", site="scores")):
             with pytest.raises(ValueError, match=rf"layer {layer} .*'hash'.*layers=\[3\]"):
                 mi.trace(model, "ab", intervention)
 
@@ -348,7 +348,7 @@ def test_plans_without_a_reroute_carry_no_check():
     spec = mi.describe(mi.zoo.tiny_model("qwen3_moe"))
     plans = [compile_plan(spec, [mi.RouterRecord()]),
              compile_plan(spec, [mi.LayerRouteSteer({1: {2: 1.0}}, scale=2.0), mi.ExpertAblate({1: [0]}, mode="drop")])]
-    assert all(entry.rerouted is None and not entry.select_edits for plan in plans for entry in plan.layers)
+    assert all(entry.rerouted is None and not entry.at("select") for plan in plans for entry in plan.layers)
 
 
 class _GradBranchRouter(torch.nn.Module):
@@ -383,6 +383,7 @@ def test_a_router_that_runs_other_ops_with_grad_off_is_edited_where_each_mode_ru
 
     from moe_interp.runtime import _kernels as kernels
     from moe_interp.runtime._compile import compile_plan
+    from moe_interp.runtime._plan import Edit
 
     mi.register_adapter(mi.RouterAdapter(name="grad_branch", router_class="_GradBranchRouter", readout="router",
                                          top_k=2))
@@ -395,6 +396,6 @@ def test_a_router_that_runs_other_ops_with_grad_off_is_edited_where_each_mode_ru
     for grad in (True, False):
         with torch.set_grad_enabled(grad), wrapped.trace(x):
             gate = wrapped.layers[1]["gate"]
-            kernels._edit_site(gate, None, kernels._sites(entry).logits, [("additive", torch.tensor([0, 0, 0, 1e4]), 1.0)])
+            kernels._edit_site(gate, None, kernels._sites(entry).logits, [Edit("additive", torch.tensor([0, 0, 0, 1e4]), 1.0)])
             chosen = gate.output[2].save()
         assert bool((chosen == 3).any(-1).all()), f"grad={grad}: the steer missed the op that ran"

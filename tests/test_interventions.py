@@ -22,7 +22,7 @@ def test_additive_steer_selects_the_expert_only_in_steered_layers(arch):
     layer = spec.moe_layers[1]
     base = run(model, enc).routing
     # sigmoid-with-bias routers saturate at the logits: steer the score top-k ranks instead
-    site = "selection" if spec.choice else "logits"
+    site = "scores" if spec.choice else "logits"
     steered = run(model, enc, mi.LayerRouteSteer({layer: {5: 1.0}}, scale=1e4, mode="additive", site=site))
     tokens = int(steered.routing.tokens[0])
     position = spec.position(layer)
@@ -289,7 +289,7 @@ def received(model, enc, *interventions):
 
 
 @pytest.mark.parametrize("arch, site", [("qwen3_moe", "logits"), ("deepseek_v3", "logits"),
-                                        ("deepseek_v3", "selection")])
+                                        ("deepseek_v3", "scores")])
 @pytest.mark.parametrize("ablate_first", [True, False])
 def test_an_ablated_expert_is_never_selected_whatever_the_order(arch, site, ablate_first):
     """A relative steer of scale*s = 3 after the ablation turned -1e9 into +2e9 on Qwen3-style
@@ -390,7 +390,7 @@ ROOT = BF16_MAX ** 0.5  # 1.84e19
     lambda: mi.LayerRouteSteer({1: {3: 1.0}}, scale=1e38),
     lambda: mi.LayerRouteSteer({1: {3: 1.0, 5: -100.0}}, scale=1e18),  # 1e20 on expert 5
     lambda: mi.LayerRouteSteer({1: {3: 1.0}}, scale=1e300, mode="additive"),
-    lambda: mi.LayerRouteSteer({1: {3: 1.0}}, scale=-1e300, mode="additive", site="selection"),
+    lambda: mi.LayerRouteSteer({1: {3: 1.0}}, scale=-1e300, mode="additive", site="scores"),
 ], ids=["relative 1e38", "relative 1e20 by its strength", "additive 1e300", "negative additive"])
 def test_a_steer_that_would_overflow_any_router_is_refused_when_built(make):
     with pytest.raises(ValueError, match=r"LayerRouteSteer: \|scale \* strength\| = .* is past the largest .* "

@@ -269,7 +269,7 @@ def _paths(model):
         (mi.ExpertAblate({layer: [0, 1]}), mi.RouterRecord()),
         (mi.ExpertAblate({other: [2]}, mode="drop"), mi.RouterRecord()),
         (mi.LayerRouteSteer(every, scale=0.5), mi.RouterRecord()),
-        (mi.LayerRouteSteer({layer: {3: 2.0}}, scale=3.0, mode="additive", site="selection"), mi.RouterRecord()),
+        (mi.LayerRouteSteer({layer: {3: 2.0}}, scale=3.0, mode="additive", site="scores"), mi.RouterRecord()),
         (mi.RouteSteer(layers="middle", target="en", stats=stats, k=2, threshold=0.0), mi.RouterRecord()),
     ]
     for interventions in runs:

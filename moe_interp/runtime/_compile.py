@@ -1,7 +1,9 @@
 """The compiler: interventions and a model's description in, the finished plan out.
 
 `compile_plan` is the one place a plan is made: it validates the interventions against the
-model's `MoESpec` (before any forward), orders each layer's edits by site, merges what the
+model's `MoESpec` (before any forward), groups each layer's edits by site (the sites and
+the edit kinds are `runtime._edits`'s; nothing here depends on a kind but the reroute's
+guarantees and the steers' overflow bound), merges what the
 recorders ask for (`Intervention.recording`: the ids not counted, the token kinds, the ids
 that end a generated row) and, for a model in this process, places the plan's tensors on
 each router's device. The tracer only runs what it returns (`runtime._kernels`).
@@ -16,6 +18,7 @@ import torch
 from moe_interp.arch import MoESpec, UnsupportedModelError
 from moe_interp.arch._sites import router_sites
 from moe_interp.arch._stacks import check_per_token, stack_fields
+from moe_interp.runtime._edits import REROUTE, SCORE_SITES, SITES, EditKind, SteerKind
 from moe_interp.runtime._interventions import Intervention, flatten, steer_limit
 from moe_interp.runtime._plan import Edit, LayerPlan, Plan
 from moe_interp.runtime._token_kinds import resolve_token_kinds
@@ -24,19 +27,19 @@ __all__ = ["RerouteNotHeld", "check_held", "check_steer_range", "compile_plan", 
 
 
 def _reroute_last(spec: MoESpec, layer: int, edits: list, groups: tuple | None) -> list:
-    """`edits` with every reroute mask merged into one, applied after the steers of its stage.
+    """`edits` with every reroute mask merged into one, applied after the steers of its site.
 
     So an ablated expert is never selected, whatever the order of the list: a relative
     steer applied after the -1e9 (`z + scale*s*|z|` with `scale*s > 1`) would bring it back.
     """
-    masks = [edit.payload for edit in edits if edit.kind == "reroute"]
+    masks = [edit.payload for edit in edits if edit.kind == REROUTE]
     if not masks:
         return edits
     mask = masks[0]
     for more in masks[1:]:
         mask = mask | more
     _check_reroute(spec, layer, mask.tolist(), groups)
-    return [edit for edit in edits if edit.kind != "reroute"] + [Edit("reroute", mask, 1.0)]
+    return [edit for edit in edits if edit.kind != REROUTE] + [Edit(REROUTE, mask, 1.0)]
 
 
 def _check_reroute(spec: MoESpec, layer: int, mask: list[bool], groups: tuple | None) -> None:
@@ -87,9 +90,12 @@ def compile_plan(spec: MoESpec, interventions: Iterable[Intervention], model: An
     (`_plan.Plan`) that `runtime._kernels` executes.
 
     Per layer, edits apply in the order of the list within each site, sites in model
-    order: logits steers, then selection-score steers (`site="selection"`), then every
-    reroute mask at once (so an ablated expert is never selected, whichever comes first
-    in the list), then `drop` on the chosen weights. Where each edit acts is the model's
+    order (`_edits.SITES`): logits, then the scores top-k ranks (`site="scores"`; on a
+    router that ranks its logits, an edit of its scores goes to its logits), then where
+    top-k ranks, then the weights after selection (`drop`). Within the logits and the
+    scores, every reroute mask applies at once after the steers (so an ablated expert is
+    never selected, whichever comes first in the list), and again where top-k ranks when
+    that is a site of its own. Where each site is on the model is its
     `arch._sites.router_sites`, the sites the router view reads.
 
     With `model` (the nnsight-wrapped model), what depends on it is resolved too:
@@ -105,8 +111,8 @@ def compile_plan(spec: MoESpec, interventions: Iterable[Intervention], model: An
     >>> from moe_interp.runtime._compile import compile_plan
     >>> model = mi.zoo.tiny_model("qwen3_moe")
     >>> plan = compile_plan(mi.describe(model), [mi.LayerRouteSteer({2: {1: 0.5}}), mi.RouterRecord()])
-    >>> [entry.layer for entry in plan.layers], plan.layers[2].logits_edits[0].kind
-    ([0, 1, 2, 3], 'relative')
+    >>> [entry.layer for entry in plan.layers], [(site, [e.kind for e in at]) for site, at in plan.layers[2].edits]
+    ([0, 1, 2, 3], [('logits', [Relative()])])
     >>> plan.layers[2].sites.logits.ops
     ('router_logits_0',)
     >>> plan = compile_plan(mi.describe(model), [mi.RouterRecord(exclude_tokens=[7])], model,
@@ -122,29 +128,27 @@ def compile_plan(spec: MoESpec, interventions: Iterable[Intervention], model: An
     groups = router_groups(spec, module) if module is not None else {}
     staged: dict[int, dict[str, list]] = {}
     for intervention in interventions:
-        for layer, stage, edit in intervention.edits(spec):
-            staged.setdefault(layer, {"logits": [], "choice": [], "drop": []})[stage].append(edit)
+        for layer, site, edit in intervention.edits(spec):
+            staged.setdefault(layer, {name: [] for name in SITES})[_site(spec, intervention, site, edit)].append(edit)
     _refuse_unsteerable(spec, staged)
-    for layer, stages in staged.items():
-        for stage in ("logits", "choice"):
-            stages[stage] = _reroute_last(spec, layer, stages[stage], groups.get(layer))
+    for layer, at in staged.items():
+        for site in ("logits", "scores"):
+            at[site] = _reroute_last(spec, layer, at[site], groups.get(layer))
     sites, no_grad = router_sites(spec)
     layers = []
     for layer, router, experts in zip(spec.moe_layers, spec.routers, spec.experts):
-        stages = staged.get(layer, {"logits": [], "choice": [], "drop": []})
-        if not recordings and not any(stages.values()) and not verify:
+        at = staged.get(layer, {name: [] for name in SITES})
+        if not recordings and not any(at.values()) and not verify:
             continue
-        mask = next((edit.payload for stage in ("choice", "logits") for edit in stages[stage]
-                     if edit.kind == "reroute"), None)
+        mask = next((edit.payload for site in ("scores", "logits") for edit in at[site] if edit.kind == REROUTE), None)
         if mask is not None:
             _check_select(spec, layer)
+            # the mask again where top-k ranks (when the router adds to the scores after the
+            # site above), and, padded for "no expert" (-1) indices, for the check
+            at["select"].append(Edit(REROUTE, mask, 1.0))
         layers.append(LayerPlan(
             layer=layer, router=router, experts=experts, sites=sites, no_grad=no_grad,
-            logits_edits=tuple(stages["logits"]), choice_edits=tuple(stages["choice"]),
-            # the reroute mask again where top-k ranks (when the router adds to the scores
-            # after the site above), and, padded for "no expert" (-1) indices, for the check
-            select_edits=(Edit("reroute", mask, 1.0),) if mask is not None else (),
-            drop=tuple(stages["drop"]),
+            edits=tuple((site, tuple(at[site])) for site in SITES if at[site]),
             rerouted=None if mask is None else torch.cat([mask, torch.zeros(1, dtype=torch.bool)]),
             **stack_fields(spec, layer)))
     check_per_token(spec, any(r.per_token for r in recordings))
@@ -185,6 +189,19 @@ def eos_ids(model: Any, inputs: Any, kwargs: dict) -> list[int]:
         if eos is None:
             eos = getattr(source, "eos_token_id", None)
     return [int(i) for i in ([eos] if isinstance(eos, int) else list(eos or []))]
+
+
+def _site(spec: MoESpec, intervention: Intervention, site: str, edit: Edit) -> str:
+    """Where `edit` acts on this model: `site`, checked against the sites its kind takes;
+    the scores of a router that ranks its logits are its logits."""
+    kind = edit.kind
+    if not isinstance(kind, EditKind):
+        raise TypeError(f"{type(intervention).__name__}.edits gave {edit!r}: an Edit's kind is an EditKind "
+                        "(moe_interp.runtime._edits)")
+    if site not in kind.sites:
+        raise ValueError(f"{type(intervention).__name__}.edits put a {kind.name!r} edit at site {site!r}; "
+                         f"{type(kind).__name__} acts at {', '.join(map(repr, kind.sites))} (runtime._edits.SITES)")
+    return "logits" if site == "scores" and not spec.choice else site
 
 
 def _check_select(spec: MoESpec, layer: int) -> None:
@@ -237,9 +254,9 @@ def check_held(plan: Plan, store: dict) -> None:
 def _refuse_unsteerable(spec: MoESpec, staged: dict) -> None:
     """Steering and rerouting act on the scores a learned top-k ranks; a layer that selects
     another way (a token-id hash table) would take the edit and route exactly as before."""
-    for layer, stages in sorted(staged.items()):
+    for layer, at in sorted(staged.items()):
         kind = spec.routing_kind(layer)
-        if kind != "topk" and (stages["logits"] or stages["choice"]):
+        if kind != "topk" and any(at[site] for site in SCORE_SITES):
             learned = [l for l, k in zip(spec.moe_layers, spec.routing_kinds) if k == "topk"]
             raise ValueError(
                 f"layer {layer} of this {spec.arch} model routes by {kind!r} (a fixed token-id -> experts table, "
@@ -281,19 +298,19 @@ def check_steer_range(plan: Plan, module: Any) -> None:
     ```
     """
     for entry in plan.layers:
-        for edits in (entry.logits_edits, entry.choice_edits):
+        for _, edits in entry.edits:
             steers = [(edit.kind, abs(edit.scale) * float(edit.payload.abs().max())) for edit in edits
-                      if edit.kind in ("relative", "additive")]
+                      if isinstance(edit.kind, SteerKind)]
             dtype = _router_dtype(module, entry.router) if steers else None
             if dtype is None:
                 continue
             top = torch.finfo(dtype).max
             worst = math.sqrt(top)
             for kind, amount in steers:
-                worst = _largest(worst, kind, amount)
+                worst = kind.grow(worst, amount)
             if worst > top:
                 raise ValueError(
-                    f"the steers of layer {entry.layer} ({', '.join(f'{k} |scale * s| = {a:.3g}' for k, a in steers)}) "
+                    f"the steers of layer {entry.layer} ({', '.join(f'{k.name} |scale * s| = {a:.3g}' for k, a in steers)}) "
                     f"could overflow this model's router scores, computed in {dtype} (largest value {top:.3g}): a "
                     f"score of magnitude {math.sqrt(top):.3g} would become {worst:.3g}, past it (inf), and the "
                     f"model's outputs NaN. On this model use |scale * s| <= {steer_limit('relative', dtype):.3g} "
@@ -314,7 +331,7 @@ def place(plan: Plan, module: Any) -> Plan:
     >>> from moe_interp.runtime._compile import compile_plan, place
     >>> model = mi.zoo.tiny_model("qwen3_moe")
     >>> plan = place(compile_plan(mi.describe(model), [mi.ExpertAblate({1: [3]})]), model._module)
-    >>> plan.layers[0].logits_edits[0].payload.device
+    >>> plan.layers[0].at("logits")[0].payload.device
     device(type='cpu')
 
     ```
@@ -331,10 +348,10 @@ def place(plan: Plan, module: Any) -> Plan:
         if device is None or device.type == "meta":
             layers.append(entry)
             continue
-        on = {key: tuple(edit._replace(payload=_to(edit.payload, device, moved)) for edit in getattr(entry, key))
-              for key in ("logits_edits", "choice_edits", "select_edits", "drop")}
+        edits = tuple((site, tuple(edit._replace(payload=_to(edit.payload, device, moved)) for edit in at))
+                      for site, at in entry.edits)
         rerouted = None if entry.rerouted is None else _to(entry.rerouted, device, moved)
-        layers.append(entry._replace(rerouted=rerouted, **on))
+        layers.append(entry._replace(edits=edits, rerouted=rerouted))
     return plan._replace(layers=tuple(layers))
 
 
@@ -346,7 +363,3 @@ def _to(payload: torch.Tensor, device: torch.device, moved: dict) -> torch.Tenso
         moved[key] = (payload, payload if payload.device == device else payload.to(device, non_blocking=True))
     return moved[key][1]
 
-
-def _largest(worst: float, kind: str, amount: float) -> float:
-    """The largest magnitude a logit bounded by `worst` can reach after one steer."""
-    return worst * (1 + amount) if kind == "relative" else worst + amount

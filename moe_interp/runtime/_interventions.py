@@ -17,6 +17,7 @@ import torch
 
 from moe_interp.core._checks import check_finite as _finite, check_index as _index
 from moe_interp.core._fingerprint import fingerprint, stats_fingerprint
+from moe_interp.runtime._edits import DROP, REROUTE, steers
 from moe_interp.runtime._plan import Edit, Recording
 from moe_interp.arch import MoESpec
 from moe_interp.core._expert_set import PAPER, ExpertSet, check_k
@@ -28,9 +29,11 @@ class Intervention:
     """Base class of everything `mi.trace` accepts after the inputs.
 
     Two methods make one, both read by the compiler (`runtime._compile.compile_plan`):
-    `edits(spec)`, the `(layer, stage, edit)` it adds per layer it acts on, validated
-    against `spec` (the stage says where: `"logits"`, `"choice"`, `"drop"`), and
-    `recording()`, what it asks the trace to record (a `_plan.Recording`; None: nothing).
+    `edits(spec)`, the `(layer, site, edit)` it adds per layer it acts on, validated
+    against `spec` (the site says where, one of `runtime._edits.SITES`: `"logits"`,
+    `"scores"` (what top-k ranks), `"weights"` (after selection); the edit's kind says what,
+    and carries its transformation), and `recording()`, what it asks the trace to record (a
+    `_plan.Recording`; None: nothing).
 
     ```python
     >>> import moe_interp as mi
@@ -38,8 +41,8 @@ class Intervention:
     >>> spec = mi.describe(mi.zoo.tiny_model("qwen3_moe"))
     >>> isinstance(mi.ExpertAblate({1: [3]}), Intervention)
     True
-    >>> [(layer, stage, edit.kind) for layer, stage, edit in mi.ExpertAblate({1: [3]}).edits(spec)]
-    [(1, 'logits', 'reroute')]
+    >>> [(layer, site, edit.kind) for layer, site, edit in mi.ExpertAblate({1: [3]}).edits(spec)]
+    [(1, 'scores', Reroute())]
     >>> mi.RouterRecord().edits(spec)                   # records only: no edit
     []
 
@@ -47,7 +50,7 @@ class Intervention:
     """
 
     def edits(self, spec: MoESpec) -> list[tuple[int, str, Edit]]:
-        """`(layer, stage, edit)` triples this intervention adds; validates against `spec`."""
+        """`(layer, site, edit)` triples this intervention adds; validates against `spec`."""
         return []
 
     def recording(self) -> Recording | None:
@@ -105,9 +108,9 @@ def steer_limit(mode: str, dtype: torch.dtype = torch.bfloat16) -> float:
 
     ```
     """
-    top = torch.finfo(dtype).max
-    logit = math.sqrt(top)
-    return top / logit - 1 if mode == "relative" else top - logit
+    if mode not in steers():
+        raise ValueError(f"steer_limit mode must be {' or '.join(map(repr, steers()))}, got {mode!r}")
+    return steers()[mode].limit(dtype)
 
 
 def _check_steer_size(what: str, mode: str, scale: float, strengths: Iterable[tuple[Any, Any, float]]) -> None:
@@ -236,9 +239,9 @@ class ExpertAblate(Intervention):
                 continue
             mask = _mask(spec, experts)
             if self.mode == "drop":
-                out.append((layer, "drop", Edit("drop", mask, 1.0)))
+                out.append((layer, "weights", Edit(DROP, mask, 1.0)))
             else:
-                out.append((layer, "choice" if spec.choice else "logits", Edit("reroute", mask, 1.0)))
+                out.append((layer, "scores", Edit(REROUTE, mask, 1.0)))
         return out
 
 
@@ -257,9 +260,10 @@ class LayerRouteSteer(Intervention):
     `site="logits"` (default) edits the raw router logits. Routers that select on a
     different score (DeepSeek-V3 / GLM-4-MoE: sigmoid + correction bias; ERNIE-4.5:
     softmax + bias) saturate there: a logit can raise its sigmoid score to 1 at most, so
-    a large steer need not win against the bias. `site="selection"` edits the score that
-    top-k actually ranks (the same as the logits on other families); the weights the
-    experts receive are then unchanged by the steer, only the choice.
+    a large steer need not win against the bias. `site="scores"` edits the scores that
+    top-k actually ranks (the router view's `scores`; the same as the logits on other
+    families); the weights the experts receive are then unchanged by the steer, only the
+    choice.
 
     ```python
     >>> import moe_interp as mi
@@ -282,10 +286,11 @@ class LayerRouteSteer(Intervention):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "strengths", _freeze_strengths(self.strengths))
-        if self.mode not in ("relative", "additive"):
-            raise ValueError(f"LayerRouteSteer mode must be 'relative' or 'additive', got {self.mode!r}")
-        if self.site not in ("logits", "selection"):
-            raise ValueError(f"LayerRouteSteer site must be 'logits' or 'selection', got {self.site!r}")
+        if self.mode not in steers():
+            raise ValueError(f"LayerRouteSteer mode must be {' or '.join(map(repr, steers()))}, got {self.mode!r}")
+        if self.site not in ("logits", "scores"):
+            fix = ": the scores top-k ranks are site='scores' (the router view's word)" if self.site == "selection" else ""
+            raise ValueError(f"LayerRouteSteer site must be 'logits' or 'scores', got {self.site!r}{fix}")
         object.__setattr__(self, "scale", _finite(self.scale, "LayerRouteSteer scale"))
         _check_steer_size("LayerRouteSteer", self.mode, self.scale,
                           ((layer, e, s) for layer, per in self.strengths for e, s in per))
@@ -300,8 +305,7 @@ class LayerRouteSteer(Intervention):
             for e, s in per:
                 spec.check_expert(e)
                 vector[e] = s
-            stage = "choice" if self.site == "selection" and spec.choice else "logits"
-            out.append((layer, stage, Edit(self.mode, vector, float(self.scale))))
+            out.append((layer, self.site, Edit(steers()[self.mode], vector, float(self.scale))))
         return out
 
 

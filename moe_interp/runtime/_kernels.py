@@ -2,22 +2,21 @@
 
 Everything here executes in nnsight's worker while the model runs: locally, or on an NDIF
 server that imports only whitelisted modules (torch, math, typing, collections, ...). So
-this module imports nothing else, defines pure functions on tensors, and takes every
+this module imports nothing else but the package's other in-trace modules (`_reader`,
+`_edits`: shipped by value with it), defines pure functions on tensors, and takes every
 decision that can be taken earlier (validation, expert sets, strengths) as a compiled
-`plan` built outside the trace by `interventions.compile_plan`.
+`plan` built outside the trace by `runtime._compile.compile_plan`.
 
 A plan is a `_plan.Plan`: plain typed data (`NamedTuple`s, read here by attribute only, so
 this module imports none of them). Each `LayerPlan` names one MoE layer's module paths, its
 router sites (`arch._sites.RouterSites`: where the logits, the ranked scores and the used
-routing live, the sites the router view reads too) and its edits, each an
-`Edit(kind, payload, scale)`:
+routing live, the sites the router view reads too) and its edits per site, each an
+`Edit(kind, payload, scale)` whose kind carries its transformation (`runtime._edits`: the
+kinds, the sites and their order). The kernels apply them site by site, in the order the
+forward reaches the sites: `edit_scores` at the score sites, `edit_weights` on the routing
+the experts receive.
 
-- `"relative"`: `z + scale * s * |z|` with `s` a dense `[E]` strength vector (the paper);
-- `"additive"`: `z + scale * s`;
-- `"reroute"`: `z[:, mask] = -1e9` before selection (the expert cannot be chosen);
-- `"drop"`: the selected expert's weight set to 0 after selection (no renormalisation).
-
-The routing the experts used is read in one place, `routing` (per readout kind: where the
+The routing the experts used is read in one place, `_reader.routing` (per readout kind: where the
 indices and weights live, and which slots reached no expert: index -1, weight 0), and
 written by `set_weights` / `set_indices`. RouterRecord, the drop edit (`set_weights` of a
 masked copy), the router view's `indices` / `weights` and `mi.expert_attribution`
@@ -28,13 +27,13 @@ from typing import Any, Sequence
 
 import torch
 
+from moe_interp.runtime._edits import SCORE_SITES, router_field
 from moe_interp.runtime._reader import location, on, pick, read, resolve, rewrite_weights, routing, write
-
-NEG_LOGIT = -1e9  # the paper's value; clamped to the dtype's range for half precision
 
 
 def edit_scores(z: torch.Tensor, edits: Sequence) -> torch.Tensor:
-    """Apply logit-stage edits in order to router scores `z[T, E]`; returns a new tensor.
+    """Apply score edits in order to router scores `z[T, E]` (each `Edit`'s kind applies
+    itself: `runtime._edits`); returns a new tensor.
 
     A router may make more logits than it routes (Inkling: the routed experts, then a
     shared-expert column): the payloads cover the routed experts, the columns after them
@@ -61,33 +60,26 @@ def edit_scores(z: torch.Tensor, edits: Sequence) -> torch.Tensor:
                              f"{payload.shape[-1]} experts: register an adapter naming the site of the routed scores")
         if extra:
             payload = torch.cat([payload, payload.new_zeros(extra)])
-        if kind == "relative":
-            z = z + scale * payload.to(z.dtype) * z.abs()
-        elif kind == "additive":
-            z = z + scale * payload.to(z.dtype)
-        elif kind == "reroute":
-            z = torch.where(payload, max(NEG_LOGIT, torch.finfo(z.dtype).min), z)  # fewer ops than masked_fill
-        else:
-            raise ValueError(f"unknown score edit {kind!r}")
+        z = kind.apply(z, payload, scale)
     return z
 
 
-def drop_weights(indices: torch.Tensor, weights: torch.Tensor, edits: Sequence) -> torch.Tensor:
-    """Zero the weights of dropped experts among the selected `indices[T, K]`.
+def edit_weights(indices: torch.Tensor, weights: torch.Tensor, edits: Sequence) -> torch.Tensor:
+    """Apply weight edits in order to the `weights[T, K]` of the selected `indices[T, K]`.
 
     ```python
     >>> import torch
     >>> from moe_interp.runtime._plan import Edit
-    >>> from moe_interp.runtime._kernels import drop_weights
+    >>> from moe_interp.runtime._kernels import edit_weights
     >>> indices, weights = torch.tensor([[0, 2], [1, 2]]), torch.tensor([[0.6, 0.4], [0.7, 0.3]])
-    >>> drop_weights(indices, weights, [Edit("drop", torch.tensor([False, False, True]), 1.0)])
+    >>> edit_weights(indices, weights, [Edit("drop", torch.tensor([False, False, True]), 1.0)])
     tensor([[0.6000, 0.0000],
             [0.7000, 0.0000]])
 
     ```
     """
-    for _, mask, _ in edits:  # Edit("drop", mask, _)
-        weights = weights.masked_fill(on(mask, indices.device)[indices], 0)
+    for kind, payload, scale in edits:
+        weights = kind.apply(indices, weights, on(payload, indices.device), scale)
     return weights
 
 
@@ -104,11 +96,35 @@ def _sites(entry: Any) -> Any:
     return entry.sites if entry.no_grad is None or torch.is_grad_enabled() else entry.no_grad
 
 
-def _used(router: Any, experts: Any, sites: Any, drops: Any, top_k: int) -> tuple:
-    """(indices[T, K], weights[T, K]) the experts really receive, after `drop` edits."""
-    if not drops:
+def score_edits(entry: Any, sites: Any) -> list:
+    """`(site, edits)` of a `LayerPlan`'s score edits, each site an `arch._sites.Site` of
+    `sites`, in the order the forward reaches them: the sites inside the router's forward
+    first, in `_edits.SITES` order (logits, scores, select), then those at its output. A
+    site the router does not have (no select site of its own) is left out.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.runtime._compile import compile_plan
+    >>> from moe_interp.runtime._kernels import score_edits
+    >>> entry = compile_plan(mi.describe(mi.zoo.tiny_model("qwen3_moe")), [mi.ExpertAblate({1: [3]})]).layers[0]
+    >>> [(site.ops, [edit.kind for edit in edits]) for site, edits in score_edits(entry, entry.sites)]
+    [(('router_logits_0',), [Reroute()]), (('torch_topk_0',), [Reroute()])]
+
+    ```
+    """
+    located = []
+    for name, edits in entry.edits:
+        site = getattr(sites, router_field(name)) if name in SCORE_SITES else None
+        if site is not None:
+            located.append((site, edits))
+    return [pair for pair in located if pair[0].ops] + [pair for pair in located if not pair[0].ops]
+
+
+def _used(router: Any, experts: Any, sites: Any, edits: Any, top_k: int) -> tuple:
+    """(indices[T, K], weights[T, K]) the experts really receive, after the weight `edits`."""
+    if not edits:
         return routing(router, experts, sites, top_k)
-    return rewrite_weights(router, experts, sites, top_k, lambda indices, weights: drop_weights(indices, weights, drops))
+    return rewrite_weights(router, experts, sites, top_k, lambda indices, weights: edit_weights(indices, weights, edits))
 
 
 def token_groups(inputs: Any, rows: list, num_tokens: int) -> tuple:
@@ -394,19 +410,12 @@ def forward_step(root: Any, plan: Any, store: dict, rows: list) -> None:
         router = resolve(root, entry.router)
         experts = resolve(root, entry.experts) if entry.experts else None
         sites = _sites(entry)
-        # sites inside the router's forward first, in the order it runs them; its output last
-        inside = bool(sites.logits.ops)
-        if entry.logits_edits and inside:
-            _edit_site(router, experts, sites.logits, entry.logits_edits)
-        if entry.choice_edits:
-            _edit_site(router, experts, sites.choice, entry.choice_edits)
-        if entry.select_edits and sites.select is not None:
-            _edit_site(router, experts, sites.select, entry.select_edits)
-        if entry.logits_edits and not inside:
-            _edit_site(router, experts, sites.logits, entry.logits_edits)
-        if not (record or entry.drop or verify or entry.rerouted is not None):
+        for site, edits in score_edits(entry, sites):
+            _edit_site(router, experts, site, edits)
+        weight_edits = entry.at("weights")
+        if not (record or weight_edits or verify or entry.rerouted is not None):
             continue
-        indices, weights = _used(router, experts, sites, entry.drop, top_k)
+        indices, weights = _used(router, experts, sites, weight_edits, top_k)
         if entry.rerouted is not None:
             # the safety net: tokens that still received an ablated expert (0 when the
             # reroute held); read on the host once, after the trace (interventions.check_held)
@@ -486,8 +495,7 @@ def run(root: Any, plan: Any, store: dict, steps: Any, row_groups: Any, stop: tu
     """
     # A plan whose only work is the first forward's check must stop asking for steps: its
     # body would otherwise request nothing and spin through an open-ended generation.
-    every_forward = plan.record or any(entry.logits_edits or entry.choice_edits or entry.select_edits
-                                       or entry.drop or entry.rerouted is not None for entry in plan.layers)
+    every_forward = plan.record or any(entry.edits or entry.rerouted is not None for entry in plan.layers)
     try:
         for _ in steps:
             forward_step(root, plan, store, row_groups())

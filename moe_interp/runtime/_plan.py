@@ -5,27 +5,42 @@ types are `arch._sites.Record`s (rebuilt on a server from plain-Python methods) 
 tensors, ints and `Site`s (`arch._sites`: the same sites the router view reads).
 """
 
+from typing import Any
+
 from moe_interp.arch._sites import Record
+from moe_interp.runtime._edits import EditKind, kind_named
 
 __all__ = ["Edit", "LayerPlan", "Plan", "Recording"]
 
 
 class Edit(Record):
-    """One edit of router scores or weights: `kind` (`"relative"`: `z + scale * s * |z|`;
-    `"additive"`: `z + scale * s`; `"reroute"`: `z` at -1e9 where `payload` is True, before
-    selection; `"drop"`: the selected experts' weight at 0 where `payload` is True, after
-    selection), `payload` (a dense `[experts]` strength vector or boolean mask) and `scale`.
+    """One edit of router scores or weights: `kind` (an `_edits.EditKind`, which carries the
+    transformation; a built-in one may be given by name: `"relative"`, `"additive"`,
+    `"reroute"`, `"drop"`), `payload` (a dense `[experts]` strength vector or boolean mask)
+    and `scale`.
 
     ```python
     >>> import torch
     >>> from moe_interp.runtime._plan import Edit
-    >>> Edit("additive", torch.tensor([0.0, 2.0]), 0.5).kind
-    'additive'
+    >>> edit = Edit("additive", torch.tensor([0.0, 2.0]), 0.5)
+    >>> edit.kind, edit.kind == "additive"
+    (Additive(), True)
+    >>> Edit("clamp", torch.tensor([0.0, 2.0]), 0.5)
+    Traceback (most recent call last):
+    ValueError: no edit kind 'clamp': the built-in kinds are 'relative', 'additive', 'reroute', 'drop'; a new one is an EditKind subclass (see moe_interp.runtime._edits)
 
     ```
     """
 
     __slots__ = _fields = ("kind", "payload", "scale")
+
+    def __init__(self, kind: Any, payload: Any, scale: Any) -> None:
+        if isinstance(kind, str):
+            kind = kind_named(kind)
+        elif not isinstance(kind, EditKind):
+            raise TypeError(f"an Edit's kind is an EditKind (moe_interp.runtime._edits) or the name of a built-in "
+                            f"one, got {kind!r}")
+        Record.__init__(self, kind, payload, scale)
 
 
 class Recording(Record):
@@ -51,27 +66,37 @@ class Recording(Record):
 class LayerPlan(Record):
     """One MoE layer's part of a plan: `layer` (model layer index), `router` / `experts`
     (module paths), `sites` / `no_grad` (`RouterSites`: where its values live, and with grad
-    off where that differs), the `Edit`s of each site in order (`logits_edits`,
-    `choice_edits`, `select_edits`: the reroute mask again where top-k ranks, `drop`), and
-    `rerouted` (the reroute mask plus a False for "no expert" (-1) indices, for the check
-    that it held; None without a reroute); in a model with several stacks (`arch._stacks`),
-    `tokens_from` (the module whose inputs hold this layer's tokens; None: the model's own)
-    and `once` (an encoder: `generate` runs it once, before the decoder's steps).
+    off where that differs), `edits` (`(site, (Edit, ...))` pairs, sites in `_edits.SITES`
+    order, each site's edits in the order they apply; sites without edits are absent; `at`
+    gives one site's), and `rerouted` (the reroute mask plus a False for "no expert" (-1)
+    indices, for the check that it held; None without a reroute); in a model with several
+    stacks (`arch._stacks`), `tokens_from` (the module whose inputs hold this layer's
+    tokens; None: the model's own) and `once` (an encoder: `generate` runs it once, before
+    the decoder's steps).
 
     ```python
     >>> import moe_interp as mi
     >>> from moe_interp.runtime._compile import compile_plan
     >>> plan = compile_plan(mi.describe(mi.zoo.tiny_model("qwen3_moe")), [mi.ExpertAblate({1: [3]})])
     >>> entry = plan.layers[0]
-    >>> entry.layer, [e.kind for e in entry.logits_edits], entry.rerouted.tolist()[3]
-    (1, ['reroute'], True)
+    >>> entry.layer, [(site, [e.kind.name for e in edits]) for site, edits in entry.edits]
+    (1, [('logits', ['reroute']), ('select', ['reroute'])])
+    >>> entry.at("weights"), entry.rerouted.tolist()[3]
+    ((), True)
 
     ```
     """
 
-    __slots__ = _fields = ("layer", "router", "experts", "sites", "no_grad", "logits_edits", "choice_edits",
-                           "select_edits", "drop", "rerouted", "tokens_from", "once")
-    _defaults = {"tokens_from": None, "once": False}
+    __slots__ = _fields = ("layer", "router", "experts", "sites", "no_grad", "edits", "rerouted", "tokens_from",
+                           "once")
+    _defaults = {"edits": (), "tokens_from": None, "once": False}
+
+    def at(self, site: str) -> tuple:
+        """The edits at `site` (one of `_edits.SITES`), in order; `()` if none."""
+        for name, edits in self.edits:
+            if name == site:
+                return edits
+        return ()
 
 
 class Plan(Record):

@@ -30,6 +30,7 @@ from moe_interp.runtime._shipping import RESULT_NAME, Collect
 from moe_interp.arch import describe
 from moe_interp.arch._verify import pending_check
 from moe_interp.runtime._compile import compile_plan
+from moe_interp.runtime._edits import SteerKind
 from moe_interp.runtime._interventions import Intervention, flatten
 from moe_interp.runtime._kernels import compact, keep_result, pack, run as run_plan
 from moe_interp.core._counts import RoutingCounts
@@ -250,7 +251,7 @@ class RoutingTracer(RoutingRun):
             plan = self._mi_plan
             layers = sorted({plan.layers[i].layer for i in torch.nonzero(~torch.isfinite(mass))[:, 1].tolist()})
             steered = [entry.layer for entry in plan.layers
-                       if any(e.kind in ("relative", "additive") for e in entry.logits_edits + entry.choice_edits)]
+                       if any(isinstance(e.kind, SteerKind) for _, edits in entry.edits for e in edits)]
             cause = (f"the steers of layers {steered} made the router's scores overflow: lower their scale, so "
                      "that |scale * s| times the largest router score stays below the largest value of its dtype "
                      "(moe_interp.runtime._interventions.steer_limit)" if steered else
