@@ -61,7 +61,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +69,13 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from moe_interp.core._fingerprint import check_corpus, fingerprint, load_checkpoint, model_parts, save_checkpoint
+from moe_interp.core._fingerprint import check_corpus, fingerprint, model_parts
 from moe_interp.arch import BANDS, MoESpec, describe
 from moe_interp.analysis import rank_correlation  # public here too: `moe_interp.experiments._attribution.rank_correlation`
 from moe_interp.core._expert_set import ExpertSet
 from moe_interp.experiments import Experiment
+from moe_interp.experiments._resume import run_resumable
 from moe_interp.runtime._interventions import ExpertAblate
 from moe_interp.core._files import read_tensors, write_directory
 from moe_interp.runtime._inputs import max_positions as _max_positions
@@ -403,34 +403,20 @@ def expert_attribution(model: Any, corpus: Mapping[str, Sequence[str]], metric: 
     settings = {"metric": metric, "mode": mode} if method == "taylor" else {
         "metric": metric, "mode": mode, "method": method, "steps": steps, "layers_per_pass": layers_per_pass}
     key = {**parts, "corpus": fingerprint(corpus), "settings": fingerprint(settings)}
-    path = Path(checkpoint) if checkpoint is not None else None
-    done = 0
-    if path is not None and path.exists():
-        done, sums = load_checkpoint(path, key, sums, len(items), _CHECKPOINT, "mi.expert_attribution", checksum=True)
 
-    def save() -> None:
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(path, {"format": _CHECKPOINT, "key": key, "done": done, **sums})
-
-    started = time.perf_counter()
-    bar = tqdm(total=len(items), initial=done, unit="text", disable=not progress, desc="attribution")
-    batches = 0
-    try:
-        while done < len(items):
-            chunk = order[done : done + batch_size]
+    def batches(done: int, sums: dict[str, Tensor]) -> Iterator[tuple[int, int]]:
+        for start in range(done, len(items), batch_size):
+            chunk = order[start : start + batch_size]
             added = _batch(model, spec, [items[i][1] for i in chunk], torch.tensor([items[i][0] for i in chunk]),
                            len(languages), metric, method, steps, layers_per_pass)
             for name in _SUMS:
                 sums[name] += added[name].to(sums[name].dtype)
-            done += len(chunk)
-            batches += 1
-            bar.update(len(chunk))
-            if batches % save_every == 0:
-                save()
-    finally:  # finished or interrupted, nothing computed is lost: rerunning the same call resumes
-        bar.close()
-        save()
+            yield len(chunk), int(added["tokens"].sum())
+
+    started = time.perf_counter()
+    sums = run_resumable(batches, sums, total=len(items), key=key, checkpoint=checkpoint, form=_CHECKPOINT,
+                         what="mi.expert_attribution", save_every=save_every, progress=progress, desc="attribution",
+                         unit="text")
     texts = torch.tensor([len(corpus[lang]) for lang in languages], dtype=torch.float64)
     norm = texts if metric == "bpb" else sums["predicted"].to(torch.float64).clamp(min=1)
     config = getattr(model._module, "config", None)

@@ -3,14 +3,12 @@
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from moe_interp.core._checks import check_positive
-from moe_interp.core._fingerprint import WEIGHTS, ResumeError, check_corpus, fingerprint, load_checkpoint, model_parts, save_checkpoint
+from moe_interp.core._fingerprint import WEIGHTS, ResumeError, check_corpus, fingerprint, model_parts
 from moe_interp.arch import describe
 from moe_interp.runtime._inputs import max_positions
 from moe_interp.runtime._session import profile_session
@@ -18,6 +16,7 @@ from moe_interp.runtime._tracer import per_row_trace
 from moe_interp.runtime._compile import compile_plan
 from moe_interp.runtime._interventions import RouterRecord, flatten
 from moe_interp.analysis._stats import RoutingStats
+from moe_interp.experiments._resume import run_resumable
 
 __all__ = ["profile", "ResumeError"]
 
@@ -63,11 +62,6 @@ def _rows(model: Any, corpus: dict[str, list[str]], long_texts: str,
             rows.extend((item, ids[start : start + limit]) for start in range(0, stop, limit))
             long_items += 1
     return rows, long_items
-
-
-def _load_checkpoint(path: Path, key: dict, fields: dict[str, torch.Tensor], total: int) -> tuple[int, dict]:
-    """The progress stored at `path`, after checking it is this very run's and whole."""
-    return load_checkpoint(path, key, fields, total, _FORMAT, "mi.profile", checksum=True)
 
 
 def _local_batches(model: Any, spec: Any, todo: list[int], inputs: Any, row_language: torch.Tensor,
@@ -160,8 +154,8 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]], *interventions: Any
     interventions = [i for i in flatten(interventions) if i.recording() is None]  # profile records itself
     check_positive("batch_size", batch_size)
     check_positive("save_every", save_every)
-    if session_batches is not None and (not isinstance(session_batches, int) or session_batches < 1):
-        raise ValueError(f"session_batches must be a positive int or None, got {session_batches!r}")
+    if session_batches is not None:
+        check_positive("session_batches", session_batches)
     if weights_hash not in WEIGHTS:
         raise ValueError(f"weights_hash must be one of {', '.join(map(repr, WEIGHTS))}, got {weights_hash!r}")
     if long_texts not in _LONG_TEXTS:
@@ -175,57 +169,33 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]], *interventions: Any
                                  dtype=torch.long)
     row_language = item_language[row_item]
     n_layers = len(spec.moe_layers)
-    item_count = torch.zeros(len(item_language), n_layers, spec.num_experts, dtype=torch.int32)
-    item_tokens = torch.zeros(len(item_language), dtype=torch.long)
-    gate_mass = torch.zeros(len(languages), n_layers, spec.num_experts, dtype=torch.float64)
-    done = 0  # rows of `order` already counted
+    sums = {"item_count": torch.zeros(len(item_language), n_layers, spec.num_experts, dtype=torch.int32),
+            "item_tokens": torch.zeros(len(item_language), dtype=torch.long),
+            "gate_mass": torch.zeros(len(languages), n_layers, spec.num_experts, dtype=torch.float64)}
     key = {**model_parts(model, weights_hash), "corpus": fingerprint(corpus), "interventions": fingerprint(interventions),
            "long_texts": long_texts,
            "settings": fingerprint({k: v for k, v in trace_kwargs.items() if k not in _WHERE})}
     trace_kwargs = {k: v for k, v in trace_kwargs.items() if k not in _TOKENIZE}  # the rows are token ids
-    path = Path(checkpoint) if checkpoint is not None else None
-    if path is not None and path.exists():
-        done, state = _load_checkpoint(path, key, {"item_count": item_count, "item_tokens": item_tokens,
-                                                   "gate_mass": gate_mass}, len(rows))
-        item_count, item_tokens, gate_mass = state["item_count"], state["item_tokens"], state["gate_mass"]
-
-    def save() -> None:
-        if path is not None:
-            save_checkpoint(path, {"format": _FORMAT, "key": key, "done": done, "item_count": item_count,
-                                    "item_tokens": item_tokens, "gate_mass": gate_mass})
+    remote = bool(trace_kwargs.get("remote")) or trace_kwargs.get("backend") is not None
+    batches = _remote_batches if remote else _local_batches
 
     def inputs(chunk: list[int]) -> dict[str, torch.Tensor]:
         padded = model.tokenizer.pad({"input_ids": [rows[r][1] for r in chunk]}, return_tensors="pt")
         return {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]}
 
-    def add(chunk: list[int], count: torch.Tensor, tokens: torch.Tensor) -> None:
-        nonlocal done, tokens_seen
-        index = row_item[torch.tensor(chunk)]  # a long text's windows add up to its item
-        item_count.index_add_(0, index, count.to(torch.int32))
-        item_tokens.index_add_(0, index, tokens.long())
-        done += len(chunk)
-        tokens_seen += int(tokens.sum())
-        bar.update(len(chunk))
-        bar.set_postfix(tokens_per_s=f"{tokens_seen / (time.perf_counter() - started):.0f}")
+    def steps(done: int, sums: dict[str, torch.Tensor]) -> Iterator[tuple[int, int]]:
+        for chunk, count, tokens, mass in batches(model, spec, order[done:], inputs, row_language, interventions,
+                                                  len(languages), batch_size, session_batches, trace_kwargs):
+            index = row_item[torch.tensor(chunk)]  # a long text's windows add up to its item
+            sums["gate_mass"] += mass
+            sums["item_count"].index_add_(0, index, count.to(torch.int32))
+            sums["item_tokens"].index_add_(0, index, tokens.long())
+            yield len(chunk), int(tokens.sum())
 
-    started, tokens_seen = time.perf_counter(), 0
-    bar = tqdm(total=len(rows), initial=done, unit="row", disable=not progress, desc="profiling")
-    remote = bool(trace_kwargs.get("remote")) or trace_kwargs.get("backend") is not None
-    batches = _remote_batches if remote else _local_batches
-    try:
-        for n, (chunk, count, tokens, mass) in enumerate(batches(model, spec, order[done:], inputs, row_language,
-                                                                 interventions, len(languages), batch_size,
-                                                                 session_batches, trace_kwargs), 1):
-            gate_mass += mass
-            add(chunk, count, tokens)
-            if remote or n % save_every == 0:
-                save()
-    except BaseException:
-        save()  # nothing computed is lost: rerun the same call to resume
-        raise
-    finally:
-        bar.close()
-    save()
+    # remote: progress is saved after every session request
+    sums = run_resumable(steps, sums, total=len(rows), key=key, checkpoint=checkpoint, form=_FORMAT, what="mi.profile",
+                         save_every=1 if remote else save_every, progress=progress, desc="profiling")
+    item_count, item_tokens, gate_mass = sums["item_count"], sums["item_tokens"], sums["gate_mass"]
     count = torch.zeros(len(languages), n_layers, spec.num_experts, dtype=torch.long)
     count.index_add_(0, item_language, item_count.long())
     tokens = torch.zeros(len(languages), dtype=torch.long).index_add_(0, item_language, item_tokens)
