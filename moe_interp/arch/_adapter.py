@@ -8,7 +8,9 @@ router's output tuple, or a dense score matrix).
 """
 
 import dataclasses
-from typing import Literal
+from typing import Any
+
+from moe_interp.arch._sites import readout_kind, register_readout
 
 __all__ = ["RouterAdapter", "register_adapter", "registered_adapters", "UnsupportedModelError"]
 
@@ -60,7 +62,9 @@ class RouterAdapter:
       (`"self_get_topk_indices_0.torch_topk_0.input"`). Rerouting masks it, so an
       ablated expert is never selected whatever the router adds after the logits.
       `None` means detect (by running the router once; see `describe`).
-    - `readout`: where the routing actually used is read. `"experts"`: the experts module's
+    - `readout`: where the routing actually used is read: the name of a readout kind
+      (`arch._sites.readout_kinds()`), or a `mi.arch.Readout` subclass of your own (then
+      registered under its `name` with the adapter). `"experts"`: the experts module's
       positional arguments `(hidden, top_k_index, top_k_weights)`; `"router"`: the
       router's output tuple at `weights_index`, `indices_index`; `"dense"`: a dense
       `[T, E]` score matrix at output `scores_index` (non-selected experts score 0);
@@ -69,7 +73,8 @@ class RouterAdapter:
       dispatch mask `[..., E]` at router output `indices_index` and the chosen experts'
       weights (`[..., 1]` or `[..., E]`) at `weights_index` (Switch Transformers). In
       `"dense"` and `"dispatch"` readouts a token with fewer than `top_k` experts (dropped
-      past an expert's capacity) counts only the experts it reached.
+      past an expert's capacity) counts only the experts it reached. `None`: detect
+      (`"experts"` where the experts module takes the routing, else `"router"`).
     - `top_k`: experts per token, when neither the router nor the config says (`None`: detect).
     - `unranked`: why no site holds what the router's top-k ranks, when none does (Ergo ranks
       `sigmoid(logits) + e_score_correction_bias`, a sum no op of its source makes): the
@@ -98,7 +103,7 @@ class RouterAdapter:
     logits: str | None = None
     choice: str | None = None
     select: str | None = None
-    readout: Literal["experts", "router", "dense", "dispatch", "topk"] | None = None
+    readout: Any = None  # a readout kind's name, or a mi.arch.Readout subclass
     weights_index: int = 1
     indices_index: int = 2
     scores_index: int = 0
@@ -107,6 +112,10 @@ class RouterAdapter:
     top_k: int | None = None
     selection: str = "softmax, top-k"
     unranked: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.readout is not None:
+            readout_kind(self.readout)  # an unknown kind is refused here, naming the kinds
 
 
 _REGISTRY: dict[str, RouterAdapter] = {}
@@ -131,6 +140,8 @@ def register_adapter(adapter: RouterAdapter) -> RouterAdapter:
         raise TypeError(f"register_adapter takes a RouterAdapter, got {type(adapter).__name__}")
     if not adapter.model_types and not adapter.router_class:
         raise ValueError("a RouterAdapter needs model_types or router_class to be found by")
+    if isinstance(adapter.readout, type):
+        register_readout(adapter.readout)
     for key in adapter.model_types:
         _REGISTRY[f"type:{key}"] = adapter
     if adapter.router_class:

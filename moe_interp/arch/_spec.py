@@ -18,6 +18,7 @@ import torch
 from moe_interp.core._layers import BANDS, bands, parse_layers
 from moe_interp.arch._adapter import RouterAdapter, UnsupportedModelError, adapter_for, registered_adapters
 from moe_interp.arch._probe import probe_router
+from moe_interp.arch._sites import readout_kind, readout_kinds
 from moe_interp.arch._stacks import broken_nllb_moe_experts, place_stacks
 
 __all__ = ["MoESpec", "describe", "hf_module"]
@@ -321,7 +322,8 @@ def _detect(model: Any, module: torch.nn.Module) -> MoESpec:
     no_grad = None
     if len(probes) == 2 and adapter.logits is None and (probes[1].logits, probes[1].select) != (seen.logits, seen.select):
         no_grad = (probes[1].logits, _select(probes[1], probes[1].logits, choice))
-    readout = adapter.readout or ("experts" if all(e is not None for e in experts) and _takes_routing(module, experts[0]) else "router")
+    readout = (readout_kind(adapter.readout).name if adapter.readout else
+               "experts" if all(e is not None for e in experts) and _takes_routing(module, experts[0]) else "router")
 
     num_layers = placed.num_layers or int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layers", 0)
                                           or max(layers) + 1)
@@ -405,7 +407,7 @@ def _unsupported(module, model_type, declared, class_names) -> None:
         f"Module classes that look MoE-related: {routerish or 'none (is this a dense model?)'}. "
         "If it is an MoE model, register an adapter: mi.register_adapter(mi.RouterAdapter("
         "name='my_family', router_class='<RouterClass>', logits='<op in router.source>', "
-        "readout='router'|'experts'|'dense')). See docs: 'Add a new architecture'.")
+        f"readout={'|'.join(map(repr, readout_kinds()))})). See docs: 'Add a new architecture'.")
 
 
 def _has(module: torch.nn.Module, path: str) -> bool:

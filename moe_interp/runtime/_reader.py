@@ -2,11 +2,13 @@
 
 Runs in nnsight's worker while the model runs (locally, or on an NDIF server that imports
 only whitelisted modules), like `runtime._kernels`, so it imports only torch and typing.
-`routing` reads the routing the experts used (per readout kind: where the indices and
-weights live, and which slots reached no expert: index -1, weight 0) and `set_weights` /
-`set_indices` write it. RouterRecord, the drop edit, the router view's `indices` /
-`weights` and `mi.expert_attribution` all go through them; `location`, `read`, `pick`,
-`replaced` and `write` reach any site (`arch._sites.Site`) of a router or its experts.
+`routing` reads the routing the experts used and `set_weights` / `set_indices` /
+`rewrite_weights` write it, for every readout kind alike: the kind (`sites.used`, an
+`arch._sites.Readout`) names its sites and decodes / encodes their values, this module
+reads and writes those sites (each place once, in model order). RouterRecord, the drop
+edit, the router view's `indices` / `weights` and `mi.expert_attribution` all go through
+them; `location`, `read`, `pick`, `replaced` and `write` reach any site
+(`arch._sites.Site`) of a router or its experts.
 """
 
 from typing import Any, Sequence
@@ -231,16 +233,13 @@ def routing(router: Any, experts: Any, sites: Any, top_k: int, parts: Sequence =
 
     `indices` are long; a slot that reached no expert (dropped past an expert's capacity,
     padding that a router dispatches nowhere, a zero of a dense score matrix) reads as index
-    -1 with weight 0. `parts` says which of the two to read (the other is None): JetMoe
+    -1 with weight 0. `parts` says which of the two to read (the other may be None): JetMoe
     makes them at two ops, and nnsight serves values in the order the model makes them.
 
-    Where they live is the readout kind (`sites.readout`, see `arch.RouterAdapter.readout`):
-
-    - `"experts"` / `"router"`: the experts module's arguments / the router's output elements;
-    - `"topk"`: the router's `torch.topk` op (indices) and the op that makes the weights;
-    - `"dense"`: `[T, E]` scores, the unselected at 0: their top k, a 0 being a dropped slot;
-    - `"dispatch"`: a 0/1 mask `[..., E]` and the chosen experts' weights (`[..., 1]` or
-      `[..., E]`): the experts the mask dispatches each token to, -1 where it dispatches none.
+    Where they live and how they decode is the layer's readout kind, `sites.used` (an
+    `arch._sites.Readout`: the experts' arguments, the router's output, its top-k op, a
+    dense `[T, E]` score matrix, a dispatch mask, or a kind an adapter registers): this
+    reads the kind's sites (each place once) and hands their values to its `decode`.
 
     Inside a trace only (`sites` from `arch._sites.router_sites`):
 
@@ -267,44 +266,43 @@ def routing(router: Any, experts: Any, sites: Any, top_k: int, parts: Sequence =
 
 
 def _routing(router: Any, experts: Any, sites: Any, top_k: int, parts: Sequence) -> tuple:
-    """`routing`, and `(at, raw)`: the envoy and value where the weights were read (to write them)."""
-    kind = sites.readout
-    if kind in ("dense", "dispatch"):
-        site = sites.dense if kind == "dense" else sites.indices
-        at = location(router, experts, site)
-        raw = read(at, site)
-        return _ranked(kind, raw, sites, top_k) + (at, raw)
-    indices = weights = at = raw = None
-    if "indices" in parts:
-        at = location(router, experts, sites.indices)
-        raw = read(at, sites.indices)
-        indices = _token_rows(pick(raw, sites.indices)).long()
-    if "weights" in parts:
-        if raw is None or sites.weights._replace(index=None) != sites.indices._replace(index=None):
-            at = location(router, experts, sites.weights)  # one read when both live there
-            raw = read(at, sites.weights)
-        weights = _token_rows(pick(raw, sites.weights))
-    return indices, weights, at, raw
+    """`routing`, and what it read (`values`, `places`: see `_read_sites`), to write back with `_write_sites`."""
+    values, places = _read_sites(router, experts, sites.used, parts)
+    indices, weights = sites.used.decode(values, top_k)
+    return indices, weights, values, places
 
 
 
-def _token_rows(value: torch.Tensor) -> torch.Tensor:
-    """`[..., last]` as `[tokens, last]` (a view where it can be, so edits reach the model)."""
-    return value if value.ndim == 2 else value.reshape(-1, value.shape[-1])
+def _read_sites(router: Any, experts: Any, kind: Any, parts: Sequence) -> tuple:
+    """`(values, places)`: `{field: value}` of the sites readout `kind` reads for `parts`, and
+    `[(envoy, place, raw)]`, each place (an output, a call's arguments) read once."""
+    values, places = {}, []
+    for field in kind.reads(parts):
+        site = getattr(kind, field)
+        place = site._replace(index=None)  # two elements of one output, two arguments of one call: one read
+        found = next((p for p in places if p[1] == place), None)
+        if found is None:
+            at = location(router, experts, site)
+            found = (at, place, read(at, site))
+            places.append(found)
+        values[field] = pick(found[2], site)
+    return values, places
 
 
 
-def _ranked(kind: str, raw: Any, sites: Any, top_k: int) -> tuple:
-    """`(indices, weights)` of a dense score matrix or a dispatch mask (see `routing`)."""
-    if kind == "dense":  # unselected experts score 0
-        weights, indices = torch.topk(_token_rows(pick(raw, sites.dense)), top_k, dim=-1)
-        return torch.where(weights != 0, indices, -1), weights
-    mask = _token_rows(pick(raw, sites.indices))
-    chosen = pick(raw, sites.weights).reshape(mask.shape[0], -1)  # [T, 1] or [T, E]
-    # the dispatched experts first (by weight), then the rest, which no slot reached
-    ranked, indices = torch.topk(torch.where(mask != 0, chosen, float("-inf")), top_k, dim=-1)
-    kept = mask.gather(1, indices) != 0
-    return torch.where(kept, indices, -1), torch.where(kept, ranked, torch.zeros_like(ranked))
+def _write_sites(kind: Any, places: list, changes: dict) -> None:
+    """Write `changes` (`{field: new value}` from the readout's `encode_*`) at the places read."""
+    for at, place, raw in places:
+        mine = [(getattr(kind, field), value) for field, value in changes.items()
+                if getattr(kind, field)._replace(index=None) == place]
+        if mine:
+            for site, value in mine[:-1]:
+                raw = replaced(raw, site, value)
+            write(at, mine[-1][0], raw, mine[-1][1])
+    unread = [field for field in changes if all(getattr(kind, field)._replace(index=None) != p[1] for p in places)]
+    if unread:
+        raise ValueError(f"readout kind {kind.name!r} writes {unread} without reading them: "
+                         "return them from its reads(parts)")
 
 
 
@@ -333,35 +331,8 @@ def set_weights(router: Any, experts: Any, sites: Any, new: torch.Tensor) -> Non
 
     ```
     """
-    kind = sites.readout
-    indices, _, at, raw = _routing(router, experts, sites, new.shape[-1],
-                                   ROUTING if kind in ("dense", "dispatch") else ("weights",))
-    _write_weights(at, raw, sites, indices, new)
-
-
-
-def _write_weights(at: Any, raw: Any, sites: Any, indices: Any, new: torch.Tensor) -> None:
-    kind = sites.readout
-    site = sites.dense if kind == "dense" else sites.weights
-    old = pick(raw, site)
-    new = new.to(device=old.device, dtype=old.dtype)
-    if kind == "dense" or (kind == "dispatch" and old.shape[-1] != 1):
-        value = _scattered(old, indices, new)
-    elif kind == "dispatch":  # one weight per token: the dispatched expert's
-        flat = old.reshape(-1, 1)
-        value = torch.where(indices >= 0, new, flat).reshape(old.shape)
-    else:
-        value = new.reshape(old.shape)
-    write(at, site, raw, value)
-
-
-
-def _scattered(scores: torch.Tensor, indices: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    """`scores[..., E]` with `new[t, k]` at column `indices[t, k]` (-1: none), the rest kept."""
-    flat = scores.reshape(-1, scores.shape[-1])
-    hit = indices[..., None] == torch.arange(flat.shape[-1], device=flat.device)  # [T, K, E]
-    value = (hit * new[..., None]).sum(1).to(flat.dtype)
-    return torch.where(hit.any(1), value, flat).reshape(scores.shape)
+    indices, _, values, places = _routing(router, experts, sites, new.shape[-1], ("weights",))
+    _write_sites(sites.used, places, sites.used.encode_weights(values, indices, new))
 
 
 
@@ -385,9 +356,9 @@ def rewrite_weights(router: Any, experts: Any, sites: Any, top_k: int, change: A
 
     ```
     """
-    indices, weights, at, raw = _routing(router, experts, sites, top_k, ROUTING)
+    indices, weights, values, places = _routing(router, experts, sites, top_k, ROUTING)
     weights = change(indices, weights)
-    _write_weights(at, raw, sites, indices, weights)
+    _write_sites(sites.used, places, sites.used.encode_weights(values, indices, weights))
     return indices, weights
 
 
@@ -412,10 +383,9 @@ def set_indices(router: Any, experts: Any, sites: Any, new: torch.Tensor) -> Non
 
     ```
     """
-    if sites.readout in ("dense", "dispatch"):
-        raise RouterAccessError(f"this router hands its experts a {'dense score matrix' if sites.readout == 'dense' else 'dispatch mask'}"
-                                ", not indices: change its routing at its logits or scores")
-    at = location(router, experts, sites.indices)
-    raw = read(at, sites.indices)
-    old = pick(raw, sites.indices)
-    write(at, sites.indices, raw, new.to(device=old.device, dtype=old.dtype).reshape(old.shape))
+    kind = sites.used
+    if kind.hands is not None:
+        raise RouterAccessError(f"this router hands its experts {kind.hands}, not indices: change its routing at "
+                                "its logits or scores")
+    values, places = _read_sites(router, experts, kind, ("indices",))
+    _write_sites(kind, places, kind.encode_indices(values, new))
