@@ -32,7 +32,7 @@ and an `apply`; an intervention (`runtime._interventions.Intervention`) returns
 changes: `tests/test_edits.py` defines one in the test file and runs it through `mi.trace`.
 
 Runs inside the trace (`runtime._kernels` calls `apply`, locally or on an NDIF server), so
-it imports only torch and typing; kinds travel inside the plan, shipped by value.
+it imports only torch, math and typing; kinds travel inside the plan, shipped by value.
 """
 
 import math
@@ -81,8 +81,8 @@ class EditKind:
     """
 
     __slots__ = ()
-    name: str = ""
-    sites: tuple = ()
+    name = ""
+    sites = ()
 
     def __eq__(self, other: Any) -> bool:
         return other == self.name if isinstance(other, str) else type(other) is type(self)
