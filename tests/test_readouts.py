@@ -1,27 +1,34 @@
 """A new readout kind is one `mi.arch.Readout` subclass: this file defines one, registers it
 through an adapter, and checks every reader that goes through it against what the experts
-really received.
+really received. It is the worked example of docs/extending.md ("A new readout kind"), which
+shows this file's kind and its first test verbatim.
 
 The kind: qwen3_moe's router returns `(logits, weights, indices)` and its block hands the
 last two to the experts unchanged, so the routing can be read from (and written to) that
-one output tuple instead of the experts' arguments (the built-in `"experts"` kind).
+one output tuple instead of the experts' arguments (the built-in `"experts"` kind). Its
+methods name `Site`, not `mi.arch.Site`: a remote request ships moe_interp by value, and a
+method that reads the package object `mi` would take the whole package with it.
+
 Oracle: torch pre-hooks on the experts modules, found by class name (the arguments the model
 itself passed them), sharing no code with moe_interp.
 """
 
 import contextlib
+import inspect
 import sys
+from pathlib import Path
 
 import nnsight
 import pytest
 import torch
 
 import moe_interp as mi
+from moe_interp.arch import Readout, Site
 
 PROMPTS = ["Hello there, how are you?", "Bonjour", "Guten Morgen, liebe Welt"]
 
 
-class RouterTuple(mi.arch.Readout):
+class RouterTuple(Readout):
     """The routing at the router's whole output, `(logits, weights[T, K], indices[T, K])`."""
 
     name = "router_tuple"
@@ -29,7 +36,7 @@ class RouterTuple(mi.arch.Readout):
 
     @classmethod
     def at(cls, spec):
-        return cls(mi.arch.Site("router", (), "output", None))
+        return cls(Site("router", (), "output", None))
 
     def decode(self, values, top_k):
         _, weights, indices = values["output"]
@@ -93,6 +100,19 @@ def test_the_kind_is_registered_with_its_adapter(tupled):
 
 
 def test_router_record_counts_what_the_experts_received(tupled):
+    enc = tupled.tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    real = enc["attention_mask"].reshape(-1).bool()
+    with received(tupled._module) as seen, torch.no_grad():       # hooks: {layer: [(indices, weights)]}
+        with mi.trace(tupled, enc, mi.RouterRecord()) as tr:
+            pass
+    spec = mi.describe(tupled)
+    for position, layer in enumerate(spec.moe_layers):
+        ((indices, weights),) = seen[layer]
+        want = torch.bincount(indices[real].flatten(), minlength=spec.num_experts)
+        assert torch.equal(tr.routing.count[0, position], want)
+
+
+def test_router_record_gate_mass_and_per_token_are_what_the_experts_received(tupled):
     enc = _encoded(tupled)
     real = enc["attention_mask"].reshape(-1).bool()
     with received(tupled._module) as seen, torch.no_grad():
@@ -102,13 +122,12 @@ def test_router_record_counts_what_the_experts_received(tupled):
     assert tr.routing.tokens.tolist() == [int(real.sum())]
     for position, layer in enumerate(spec.moe_layers):
         ((indices, weights),) = seen[layer]
-        chosen = indices[real]
-        want = torch.bincount(chosen.flatten(), minlength=spec.num_experts)
         mass = torch.zeros(spec.num_experts, dtype=torch.float64).index_add_(
-            0, chosen.flatten(), weights[real].flatten().to(torch.float64))
-        assert torch.equal(tr.routing.count[0, position], want), f"layer {layer}: counts"
-        assert torch.equal(tr.routing.gate_mass[0, position].to(torch.float64), mass), f"layer {layer}: gate mass"
-    assert int(tr.routing.count.sum()) == spec.top_k * int(real.sum()) * len(spec.moe_layers)
+            0, indices[real].flatten(), weights[real].flatten().to(torch.float64))
+        assert torch.equal(tr.routing.gate_mass[0, position].to(torch.float64), mass), f"layer {layer}"
+        kept = tr.routing.per_token
+        assert torch.equal(kept["indices"][:, position].long(), indices[real]), f"layer {layer}: per-token indices"
+        assert torch.equal(kept["weights"][:, position], weights[real].to(kept["weights"].dtype)), f"layer {layer}"
 
 
 def test_it_counts_as_the_built_in_experts_reading_does(tupled):
@@ -152,6 +171,29 @@ def test_the_drop_edit_goes_through_it(tupled):
     assert torch.equal(dropped[2][0][1], torch.where(indices == 3, 0.0, weights))
     assert tr.routing.gate_mass[0, 2, 3] == 0 and tr.routing.count[0, 2, 3] > 0
     assert torch.equal(dropped[1][0][1], plain[1][0][1])  # other layers untouched
+
+
+def test_it_travels_with_a_remote_request(tupled, tmp_path):
+    """`remote="local"`: the plan, the kind inside it, is serialized and run as a server would."""
+    tupled._module.save_pretrained(tmp_path)
+    tupled.tokenizer.save_pretrained(tmp_path)
+    loaded = mi.load(tmp_path)
+    assert mi.describe(loaded).readout == "router_tuple"
+    with received(loaded._module) as seen, torch.no_grad():
+        with mi.trace(loaded, PROMPTS[0], mi.RouterRecord(), remote="local") as tr:
+            pass
+    spec = mi.describe(loaded)
+    for position, layer in enumerate(spec.moe_layers):
+        ((indices, _),) = seen[layer]
+        assert torch.equal(tr.routing.count[0, position], torch.bincount(indices.flatten(), minlength=spec.num_experts))
+
+
+def test_the_docs_show_this_kind_and_this_test():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "extending.md").read_text(encoding="utf-8")
+    section = page.split("\n## A new readout kind\n", 1)[1].split("\n## ", 1)[0]
+    assert inspect.getsource(RouterTuple) in section
+    assert inspect.getsource(test_router_record_counts_what_the_experts_received) in section
+    assert "readout=RouterTuple" in section
 
 
 def test_an_unknown_readout_is_refused_naming_the_kinds():
