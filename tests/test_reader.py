@@ -1,6 +1,8 @@
-"""One reader of the routing the experts used (issue 23, section 2): `kernels.routing`,
-`kernels.set_weights`, `kernels.set_indices`, and what reads through them (the router view,
-RouterRecord, the drop edit, attribution), on the cases that were silently wrong.
+"""One reader of the routing the experts used: `runtime._reader.routing`, `set_weights`,
+`set_indices` over the readout kinds of `arch._sites` (Switch's dispatch mask, NLLB-MoE's dense
+scores here; a kind defined in a test: tests/test_readouts.py), and what reads through them
+(the router view, RouterRecord, the drop edit, attribution), on the cases that were silently
+wrong.
 
 Oracles share no code with moe_interp: torch forward hooks on the routers and on the experts
 modules (the arguments the model itself passed them, and the rows each expert submodule
