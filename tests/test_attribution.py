@@ -308,7 +308,7 @@ def test_validate_measures_real_drops_with_the_same_metric():
     assert len(check.plot().data) == 3  # one scatter per language and y = x
     middle = attr.validate(model, corpus, n=3, layers=[2], progress=False)
     assert [layer for layer, _ in middle.cells] == [2, 2, 2] and set(middle.bands) == {"middle"}
-    with pytest.raises(ValueError, match="not MoE layers"):
+    with pytest.raises(ValueError, match=r"layer 7 is out of range; the layers to choose from are 0-3"):
         attr.validate(model, corpus, layers=[7], progress=False)
     with pytest.raises(ValueError, match="not the one the estimates were computed on"):
         attr.validate(mi.zoo.tiny_model("qwen3_moe", seed=1), corpus, n=2, progress=False)
@@ -325,8 +325,25 @@ def test_top_picks_the_largest_effects():
                                                              [r for r in ranked if r[1] == 1][:3])
     with pytest.raises(KeyError, match="close matches"):
         attr.top("eng")
-    with pytest.raises(ValueError, match="not MoE layers"):
+    with pytest.raises(ValueError, match=r"layer 9 is out of range; the layers to choose from are 0-3 \(of 4"):
         attr.top("en", layers=[9])
+
+
+def test_layers_take_the_layer_vocabulary_so_middle_is_the_middle_band():
+    # `layers=` is read as everywhere (core._layers): "middle" is the band, not the letters m, i, d, ...
+    model = mi.zoo.tiny_model("qwen3_moe")
+    corpus = {"en": TEXTS}
+    attr = mi.expert_attribution(model, corpus, method="taylor", progress=False)
+    middle = mi.describe(model).band("middle")
+    assert middle == (1, 2)
+    band = attr.top("en", n=16, layers="middle")  # every cell of the band's two layers
+    assert band.pairs() == [(layer, e) for layer in middle for e in range(8)]
+    assert attr.top("en", n=5, layers="middle") == attr.top("en", n=5, layers=list(middle))
+    assert attr.top("en", n=3, layers=2) == attr.top("en", n=3, layers=[2])
+    check = attr.validate(model, corpus, n=3, layers="middle", progress=False)
+    assert {layer for layer, _ in check.cells} <= set(middle) and check.bands == ("middle",) * 3
+    with pytest.raises(ValueError, match="unknown band or layer selection 'centre'"):
+        attr.top("en", layers="centre")
 
 
 def test_rank_correlation_matches_scipy_and_brackets_it():
@@ -560,7 +577,7 @@ def test_the_verdict_follows_the_rule_band_by_band():
     row = small.agreement().iloc[0]
     assert (row.cells, row.effect_cells, row.verdict) == (12, 11, "reliable")
     assert small.agreement(min_cells=12).iloc[0].verdict == "too few cells"
-    with pytest.raises(ValueError, match="min_cells must be an int >= 3"):
+    with pytest.raises(ValueError, match=r"min_cells \(a rank correlation needs 3 points\) must be an integer >= 3"):
         small.agreement(min_cells=2)
 
 

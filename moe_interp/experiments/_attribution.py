@@ -61,7 +61,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,9 @@ from torch import Tensor
 from moe_interp.core._fingerprint import check_corpus, fingerprint, model_parts
 from moe_interp.arch import BANDS, MoESpec, describe
 from moe_interp.analysis import rank_correlation  # public here too: `moe_interp.experiments._attribution.rank_correlation`
+from moe_interp.core._checks import check_int, check_positive
 from moe_interp.core._expert_set import ExpertSet
+from moe_interp.core._layers import parse_layers
 from moe_interp.experiments import Experiment
 from moe_interp.experiments._resume import run_resumable
 from moe_interp.runtime._interventions import ExpertAblate
@@ -82,6 +84,7 @@ from moe_interp.runtime._inputs import max_positions as _max_positions
 from moe_interp.tracing import trace
 from moe_interp.arch import UnsupportedModelError
 from moe_interp.arch._sites import router_sites
+from moe_interp.runtime._kernels import tally, totals_add, totals_fold, totals_start
 from moe_interp.runtime._reader import resolve, routing, set_weights
 
 __all__ = ["expert_attribution", "ExpertAttribution", "AttributionCheck", "rank_correlation"]
@@ -232,42 +235,29 @@ def _batch(model: Any, spec: MoESpec, texts: Sequence[str], groups: Tensor, num_
                 found, _, _, grad = _forward(model, spec, ids, mask, coefficient,
                                              dict.fromkeys(positions[start:start + per_pass], 1.0 - s))
                 probed += [(a, entry, g) for entry, g in zip(found, grad)]
-    real = mask.reshape(-1) > 0
-    token_group = torch.where(real, groups.to(device)[:, None].expand_as(mask).reshape(-1), num_groups)
-    E, width = spec.num_experts, (num_groups + 1) * spec.num_experts
-    effect = torch.zeros(len(spec.moe_layers), width, dtype=torch.float64, device=device)
-    count = torch.zeros(len(spec.moe_layers), width, dtype=torch.long, device=device)
-
-    def bins(indices: Tensor) -> tuple[Tensor, Tensor]:
-        if indices.shape[0] != ids.numel():
-            raise ValueError(f"routing of shape {tuple(indices.shape)} for {ids.numel()} tokens: expected [tokens, "
-                             "top_k] indices with weights of the same shape; register an adapter whose readout matches")
-        valid = (indices >= 0) & (indices < E)  # a slot that reached no expert reads -1: no effect, no count
-        token = token_group.to(indices.device)[:, None].expand_as(indices)
-        return torch.where(valid, token * E + indices.clamp(0, E - 1), num_groups * E).reshape(-1).to(device), valid
-
+    # the kernels' totals, as RouterRecord keeps them: per (group, layer, expert), padding (-1)
+    # and slots that reached no expert (index -1) left out; `moved` keeps the effects as its mass
+    group = torch.where(mask.reshape(-1) > 0, groups.to(device)[:, None].expand_as(mask).reshape(-1), -1)
+    layers, E = len(spec.moe_layers), spec.num_experts
+    chosen, moved = (totals_start(group, layers, num_groups, E, spec.top_k, device) for _ in range(2))
     for position, indices, weights, _ in read:
         if indices.shape != weights.shape:
             raise ValueError(f"routing of shape {tuple(indices.shape)} with weights of shape {tuple(weights.shape)}: "
                              "expected [tokens, top_k] indices with weights of the same shape; register an adapter "
                              "whose readout matches")
-        where, valid = bins(indices)
-        count[position].index_add_(0, where, valid.reshape(-1).long().to(device))
+        totals_add(chosen, position, indices, weights)
     for node, (position, indices, weights, _), grad in probed:
-        where, _ = bins(indices)
         contribution = torch.zeros_like(weights) if grad is None else -(grad * weights)  # per (token, slot)
-        effect[position].index_add_(0, where, node * contribution.reshape(-1).to(device, torch.float64))
-
-    def per_group(table: Tensor) -> Tensor:  # [layers, (groups + 1) * E] -> [groups, layers, E], padding dropped
-        return table.reshape(len(spec.moe_layers), num_groups + 1, E)[:, :num_groups].transpose(0, 1).cpu()
-
-    def tally(bins: Tensor, values: Tensor) -> Tensor:
-        return torch.zeros(num_groups + 1, dtype=values.dtype, device=device).index_add_(0, bins, values)[:-1].cpu()
-
+        totals_add(moved, position, indices, contribution.to(torch.float64) * node)
+    counted, effects = ({"count": torch.zeros(num_groups, layers, E, dtype=torch.long, device=device),
+                         "gate_mass": torch.zeros(num_groups, layers, E, dtype=torch.float64, device=device)}
+                        for _ in range(2))
+    totals_fold(chosen, counted)
+    totals_fold(moved, effects)
     rows = groups.to(device)
-    return {"effect": per_group(effect), "count": per_group(count), "tokens": tally(token_group, real.long()),
-            "predicted": tally(rows, predicted.sum(-1)),
-            "loss": tally(rows, nll.to(torch.float64) * coefficient)}
+    return {"effect": effects["gate_mass"].cpu(), "count": counted["count"].cpu(), "tokens": tally(group, num_groups).cpu(),
+            "predicted": tally(rows, num_groups, predicted.sum(-1)).cpu(),
+            "loss": tally(rows, num_groups, nll.to(torch.float64) * coefficient).cpu()}
 
 
 # ------------------------------------------------------------------------- resuming
@@ -377,8 +367,7 @@ def expert_attribution(model: Any, corpus: Mapping[str, Sequence[str]], metric: 
     layers_per_pass = LAYERS_PER_PASS if layers_per_pass is None else layers_per_pass
     for name, value in (("batch_size", batch_size), ("save_every", save_every), ("steps", steps),
                         ("layers_per_pass", layers_per_pass)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int (1 or more), got {value!r}")
+        check_positive(name, value)
     if torch.is_inference_mode_enabled():
         raise RuntimeError("expert_attribution needs gradients: call it outside torch.inference_mode()")
     if getattr(model, "tokenizer", None) is None or not hasattr(model, "_module"):
@@ -423,7 +412,7 @@ def expert_attribution(model: Any, corpus: Mapping[str, Sequence[str]], metric: 
     meta = {"model": getattr(config, "_name_or_path", None) or spec.arch, "arch": spec.arch,
             "model_fingerprint": fingerprint(parts), "texts": {lang: len(corpus[lang]) for lang in languages},
             "corpus": {lang: fingerprint(corpus[lang]) for lang in languages},
-            "bands": {band: list(spec.band(band)) for band in BANDS}, "method": method,
+            "num_layers": spec.num_layers, "bands": {band: list(spec.band(band)) for band in BANDS}, "method": method,
             **({} if method == "taylor" else {"steps": steps, "layers_per_pass": layers_per_pass}),
             "passes": _passes(method, steps, layers_per_pass, len(spec.moe_layers)),
             "seconds": round(time.perf_counter() - started, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -552,8 +541,7 @@ class AttributionCheck:
         for name, value in (("min_effect", min_effect), ("min_low", min_low), ("min_sign", min_sign)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        if isinstance(min_cells, bool) or not isinstance(min_cells, int) or min_cells < 3:
-            raise ValueError(f"min_cells must be an int >= 3 (a rank correlation needs 3 points), got {min_cells!r}")
+        check_int("min_cells (a rank correlation needs 3 points)", min_cells, 3)
         frame = self.to_pandas()
         frame = frame[frame["count"] > 0] if used_only else frame
         order = [*[band for band in BANDS if band in self.bands], *[b for b in dict.fromkeys(self.bands)
@@ -657,7 +645,7 @@ class ExpertAttribution:
     positive: the language depends on it), `count` (how often each expert was chosen by
     the language's real tokens), `tokens` (real tokens routed per language), `baseline`
     (the language's metric without ablation), `metric` (`"bpb"` or `"nll"`), `mode`
-    (`"drop"`), `meta` (model, corpus fingerprints, layer bands, the estimator: `method`,
+    (`"drop"`), `meta` (model, its layer count, corpus fingerprints, layer bands, the estimator: `method`,
     its `steps` and `layers_per_pass`, `passes` per batch; time).
 
     ```python
@@ -735,16 +723,14 @@ class ExpertAttribution:
         """
         return self.count.double() / self.tokens.clamp(min=1).double()[:, None, None]
 
-    def _layers(self, layers: Iterable[int] | None) -> list[int]:
-        chosen = list(self.layers) if layers is None else list(layers)
-        unknown = [layer for layer in chosen if layer not in self.layers]
-        if unknown or not chosen:
-            raise ValueError(f"layers {unknown or chosen} are not MoE layers of this attribution; use some of {self.layers}")
-        return chosen
+    def _layers(self, layers: Any) -> tuple[int, ...]:
+        """The MoE layers `layers` selects in the layer vocabulary (`core._layers.parse_layers`)."""
+        return parse_layers(layers, self.layers, num_layers=self.meta.get("num_layers"))
 
-    def top(self, language: str, n: int = 20, layers: Iterable[int] | None = None) -> ExpertSet:
-        """The `n` experts with the largest estimated effect for `language` (among `layers`,
-        real MoE layer indices; default all), as an `ExpertSet` for `mi.ExpertAblate`.
+    def top(self, language: str, n: int = 20, layers: Any = None) -> ExpertSet:
+        """The `n` experts with the largest estimated effect for `language` (among `layers`:
+        real MoE layer indices, a band name such as `"middle"`, ... as everywhere `layers=`
+        is taken; default all), as an `ExpertSet` for `mi.ExpertAblate`.
 
         ```python
         >>> import moe_interp as mi
@@ -760,8 +746,7 @@ class ExpertAttribution:
 
         ```
         """
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive int, got {n!r}")
+        check_positive("n", n)
         chosen = self._layers(layers)
         rows = [self.layers.index(layer) for layer in chosen]
         values = self.effect[self.language_index(language)][rows].reshape(-1)
@@ -826,13 +811,14 @@ class ExpertAttribution:
         return pd.DataFrame(rows)
 
     def validate(self, model: Any, corpus: Mapping[str, Sequence[str]], n: int = 50, seed: int = 0,
-                 layers: Iterable[int] | None = None, batch_size: int = 16, path: str | os.PathLike | None = None,
+                 layers: Any = None, batch_size: int = 16, path: str | os.PathLike | None = None,
                  progress: bool = True) -> AttributionCheck:
         """Run real single-expert drop ablations (`mi.ExpertAblate({layer: [e]}, mode="drop")`)
         for `n` (layer, expert) cells sampled uniformly without replacement (`seed`) among
-        `layers` (real MoE layer indices, e.g. `mi.describe(model).band("middle")`; default
-        all), on every language of `corpus`, measured with this attribution's metric through `mi.Experiment`
-        (`path=`: resumable, one JSONL line per finished cell), against a no-ablation baseline.
+        `layers` (a band name such as `"middle"`, real MoE layer indices, ... as everywhere
+        `layers=` is taken; default all), on every language of `corpus`, measured with this
+        attribution's metric through `mi.Experiment` (`path=`: resumable, one JSONL line per
+        finished cell), against a no-ablation baseline.
 
         Pass the model and corpus the estimates were computed on: another model is refused;
         other texts give a warning (the comparison then also measures generalisation). The
@@ -848,12 +834,11 @@ class ExpertAttribution:
         >>> model = mi.zoo.tiny_model("qwen3_moe")    # 4 MoE layers of 8 experts, top-2
         >>> corpus = {"eng": ["Hello there, how are you?", "Good morning"], "deu": ["Guten Morgen, liebe Welt", "Guten Tag"]}
         >>> attr = mi.expert_attribution(model, corpus, progress=False)
-        >>> middle = mi.describe(model).band("middle")
-        >>> middle
+        >>> mi.describe(model).band("middle")
         (1, 2)
-        >>> check = attr.validate(model, corpus, n=4, layers=middle, progress=False)
-        >>> check.cells
-        ((1, 4), (1, 7), (2, 0), (2, 3))
+        >>> check = attr.validate(model, corpus, n=4, layers="middle", progress=False)
+        >>> check.cells, check.bands
+        (((1, 4), (1, 7), (2, 0), (2, 3)), ('middle', 'middle', 'middle', 'middle'))
         >>> bool((check.estimate - check.real).abs().max() < 1e-4)   # close on this random model (small effects)
         True
         >>> check.agreement().verdict.unique().tolist()   # none of its 4 x 2 drops moves 0.001 bits per byte
@@ -864,8 +849,7 @@ class ExpertAttribution:
         corpus = check_corpus(corpus)
         among = self._layers(layers)
         total = len(among) * self.num_experts
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive int (cells to ablate, at most {total}), got {n!r}")
+        check_positive(f"n (cells to ablate, at most {total})", n)
         if fingerprint(model_parts(model)) != self.meta.get("model_fingerprint"):
             raise ValueError("this model is not the one the estimates were computed on (its weights, config or "
                              "tokenizer differ): validate with the same model, or recompute mi.expert_attribution")
