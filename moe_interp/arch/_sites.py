@@ -44,8 +44,8 @@ class Record:
     """
 
     __slots__ = ()
-    _fields: tuple = ()
-    _defaults: dict = {}
+    _fields = ()
+    _defaults = {}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         values = dict(self._defaults)
@@ -146,9 +146,9 @@ class Readout(Record):
     """
 
     __slots__ = ()
-    name: str = ""
-    hands: Optional[str] = None
-    drops: bool = False
+    name = ""
+    hands = None
+    drops = False
 
     @classmethod
     def at(cls, spec: Any) -> "Readout":
