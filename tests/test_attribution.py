@@ -2,6 +2,7 @@
 drops computed through the test's own torch hooks on the experts modules (found by name),
 the test's own loss, and conftest's record of what the experts received."""
 
+import json
 import math
 import re
 
@@ -382,6 +383,33 @@ def test_save_and_load_round_trip(tmp_path):
     (path / "attribution.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="damaged"):
         mi.ExpertAttribution.load(path)
+
+
+def test_a_saved_attribution_whose_numbers_changed_is_refused_naming_the_checksum(tmp_path):
+    # one flipped bit of the last effect in the tensor file: loading it must not give other numbers
+    model = mi.zoo.tiny_model("qwen3_moe")
+    path = mi.expert_attribution(model, {"en": TEXTS}, method="taylor", progress=False).save(tmp_path / "a.attribution")
+    tensor_file = path / "attribution.safetensors"
+    data = bytearray(tensor_file.read_bytes())
+    header_size = 8 + int.from_bytes(data[:8], "little")
+    _, end = json.loads(data[8:header_size])["effect"]["data_offsets"]  # where effect's bytes are
+    data[header_size + end - 1] ^= 1
+    tensor_file.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="fails its sha256 checksum"):
+        mi.ExpertAttribution.load(path)
+
+
+def test_an_attribution_saved_before_files_had_a_checksum_loads_with_a_warning(tmp_path):
+    from safetensors.torch import save_file
+    attr = mi.expert_attribution(mi.zoo.tiny_model("qwen3_moe"), {"en": TEXTS}, method="taylor", progress=False)
+    header = {"format": "moe_interp.ExpertAttribution/1", "languages": list(attr.languages),
+              "layers": list(attr.layers), "metric": attr.metric, "mode": attr.mode, "meta": attr.meta}
+    (tmp_path / "old").mkdir()
+    save_file({name: getattr(attr, name) for name in ("effect", "count", "tokens", "baseline")},
+              str(tmp_path / "old" / "attribution.safetensors"), metadata={"header": json.dumps(header)})
+    with pytest.warns(UserWarning, match="has no checksum"):
+        old = mi.ExpertAttribution.load(tmp_path / "old")
+    assert torch.equal(old.effect, attr.effect) and old.meta == attr.meta
 
 
 def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):

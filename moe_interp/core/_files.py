@@ -5,8 +5,10 @@ A file is written to a temporary file beside it, flushed to disk, then renamed o
 one (`os.replace`), and the directory entry is flushed too: a write killed at any moment
 leaves the old file or the new one, never a torn one. A directory of such files that does not
 exist yet is written as a hidden sibling and renamed into place, so it appears whole.
-The same module reads such a directory's tensor file back (`read_tensors`) and computes the
-sha256 checksum `RoutingCounts` files carry (`checksum`).
+A result is saved as such a directory (`save_tensor_directory`): a safetensors file that holds
+the tensors, the JSON header and the sha256 `checksum` of both (the copy of record), beside a
+readable JSON copy of the header; `read_checked` reads the tensor file back and refuses it
+when a byte changed after it was written.
 
 ```python
 >>> import tempfile
@@ -26,6 +28,7 @@ Imports nothing from the package: every layer may use it.
 """
 
 import hashlib
+import json
 import os
 import shutil
 import uuid
@@ -36,7 +39,8 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-__all__ = ["checksum", "read_tensors", "replace_file", "sync_directory", "write_directory"]
+__all__ = ["checksum", "read_checked", "read_tensors", "replace_file", "save_tensor_directory", "sync_directory",
+           "write_directory"]
 
 
 def _temporary(path: Path) -> Path:
@@ -171,3 +175,76 @@ def read_tensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """
     with safe_open(str(path), framework="pt") as handle:
         return handle.metadata() or {}, {name: handle.get_tensor(name) for name in handle.keys()}
+
+
+def save_tensor_directory(path: Path, header: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], *,
+                          tensor_file: str, what: str, overwrite: bool = False, meta_file: str = "meta.json") -> Path:
+    """Save a result as directory `path` with `write_directory`: `tensor_file` (safetensors:
+    the tensors, with the JSON `header` and the sha256 `checksum` of both in its metadata, the
+    copy of record that `read_checked` verifies) and `meta_file` (the header and checksum as
+    readable JSON, for people and other tools). An existing `path` is replaced only with
+    `overwrite=True`, and only if it is an empty directory or one such a save wrote; `what`
+    names that save in the error (e.g. `"RoutingStats.save"`). Returns `path`.
+
+    ```python
+    >>> import json, tempfile, torch
+    >>> from pathlib import Path
+    >>> path = Path(tempfile.mkdtemp()) / "demo.result"
+    >>> save_tensor_directory(path, {"format": "demo/1"}, {"x": torch.ones(2)}, tensor_file="x.safetensors",
+    ...                       what="Demo.save").name
+    'demo.result'
+    >>> sorted(p.name for p in path.iterdir()), sorted(json.loads((path / "meta.json").read_text()))
+    (['meta.json', 'x.safetensors'], ['format', 'sha256'])
+    >>> save_tensor_directory(path, {}, {}, tensor_file="x.safetensors", what="Demo.save")
+    Traceback (most recent call last):
+    FileExistsError: ... exists; pass overwrite=True to replace it
+
+    ```
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.exists():
+        if not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        if not path.is_dir() or (any(path.iterdir()) and not (path / tensor_file).exists()
+                                 and not (path / meta_file).exists()):
+            raise FileExistsError(f"{path} exists and is not a directory written by {what}; overwrite=True replaces "
+                                  "only those: choose another path")
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
+    body = json.dumps(header, default=str)
+    digest = checksum(body, tensors)
+    readable = json.dumps({**json.loads(body), "sha256": digest}, indent=1)
+    return write_directory(path, {
+        tensor_file: lambda temp: save_file(tensors, str(temp), metadata={"moe_interp": body, "sha256": digest}),
+        meta_file: lambda temp: temp.write_text(readable)})
+
+
+def read_checked(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """`read_tensors(path)`, after checking the sha256 checksum `save_tensor_directory` stores
+    (metadata `"sha256"` of the header `"moe_interp"` and the tensors): a byte changed after
+    the save raises `ValueError` naming the file, never gives other numbers. A file without a
+    header there (written before files carried a checksum) is returned unverified: the caller
+    decides. A damaged file raises what `read_tensors` raises.
+
+    ```python
+    >>> import tempfile, torch
+    >>> from pathlib import Path
+    >>> path = save_tensor_directory(Path(tempfile.mkdtemp()) / "run", {"format": "demo/1"}, {"x": torch.ones(2)},
+    ...                              tensor_file="x.safetensors", what="Demo.save")
+    >>> metadata, tensors = read_checked(path / "x.safetensors")
+    >>> metadata["moe_interp"], tensors
+    ('{"format": "demo/1"}', {'x': tensor([1., 1.])})
+    >>> data = bytearray((path / "x.safetensors").read_bytes())
+    >>> data[-1] ^= 1                                # one bit of the last number
+    >>> _ = (path / "x.safetensors").write_bytes(bytes(data))
+    >>> read_checked(path / "x.safetensors")
+    Traceback (most recent call last):
+    ValueError: .../x.safetensors fails its sha256 checksum: it was changed or damaged after it was written
+
+    ```
+    """
+    stored, tensors = read_tensors(path)
+    if "moe_interp" in stored and checksum(stored["moe_interp"], tensors) != stored.get("sha256"):
+        raise ValueError(f"{path} fails its sha256 checksum: it was changed or damaged after it was written")
+    return stored, tensors

@@ -79,7 +79,7 @@ from moe_interp.core._layers import parse_layers
 from moe_interp.experiments import Experiment
 from moe_interp.experiments._resume import run_resumable
 from moe_interp.runtime._interventions import ExpertAblate
-from moe_interp.core._files import read_tensors, write_directory
+from moe_interp.core._files import read_checked, save_tensor_directory
 from moe_interp.runtime._inputs import max_positions as _max_positions
 from moe_interp.tracing import trace
 from moe_interp.arch import UnsupportedModelError
@@ -99,7 +99,8 @@ MIN_EFFECT, MIN_CELLS, MIN_LOW, MIN_SIGN = 1e-3, 10, 0.5, 0.8
 _METRIC_NAMES = {"bpb": "bits per byte", "nll": "nats per token"}
 _FORMAT = "moe_interp.ExpertAttribution/1"
 _CHECKPOINT = "moe_interp.attribution-checkpoint/3"  # /3: with a sha256 checksum
-_TENSOR_FILE, _META_FILE = "attribution.safetensors", "meta.json"
+_TENSOR_FILE = "attribution.safetensors"
+_TENSORS = ("effect", "count", "tokens", "baseline")  # the fields a file stores as tensors, in field order
 # running sums a checkpoint keeps; effect and loss are weighted per text (see _coefficients)
 _SUMS = ("effect", "count", "tokens", "predicted", "loss")
 
@@ -927,8 +928,10 @@ class ExpertAttribution:
     # -- files ---------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write to a directory `path` (`attribution.safetensors` + a readable `meta.json`),
-        each file written beside and renamed into place, as `RoutingStats.save` does.
+        """Write to a directory `path` as `RoutingStats.save` does (`core._files`):
+        `attribution.safetensors` (the tensors, the header and a sha256 checksum of both,
+        verified by `load`) and a readable `meta.json`, each written beside and renamed into
+        place; an existing `path` is replaced only with `overwrite=True`.
 
         ```python
         >>> import moe_interp as mi
@@ -944,24 +947,16 @@ class ExpertAttribution:
 
         ```
         """
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-        if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / _TENSOR_FILE).exists())):
-            raise FileExistsError(f"{path} is not a directory written by ExpertAttribution.save; choose another path")
-        header = json.dumps({"format": _FORMAT, "languages": list(self.languages), "layers": list(self.layers),
-                             "metric": self.metric, "mode": self.mode, "meta": self.meta}, default=str)
-        tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in ("effect", "count", "tokens",
-                                                                                     "baseline")}
-        return write_directory(path, {
-            _TENSOR_FILE: lambda temp: save_file(tensors, str(temp), metadata={"header": header}),
-            _META_FILE: lambda temp: temp.write_text(json.dumps(json.loads(header), indent=1))})
+        header = {"format": _FORMAT, "languages": list(self.languages), "layers": list(self.layers),
+                  "metric": self.metric, "mode": self.mode, "meta": self.meta}
+        return save_tensor_directory(Path(path), header, {name: getattr(self, name) for name in _TENSORS},
+                                     tensor_file=_TENSOR_FILE, what="ExpertAttribution.save", overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ExpertAttribution":
-        """Read an attribution written by `save` (the header of record is inside the tensor file).
+        """Read an attribution written by `save`, after checking its checksum (the header of
+        record is inside the tensor file). A file written before attribution files carried a
+        checksum loads unverified, with a `UserWarning` saying so.
 
         ```python
         >>> import moe_interp as mi
@@ -984,12 +979,15 @@ class ExpertAttribution:
         if not tensor_path.is_file():
             raise FileNotFoundError(f"{path} is not a saved ExpertAttribution (expected {tensor_path})")
         try:
-            stored, tensors = read_tensors(tensor_path)
-            header = json.loads(stored.get("header", "null"))
+            stored, tensors = read_checked(tensor_path)
+            if "moe_interp" not in stored and "header" in stored:
+                warnings.warn(f"{tensor_path} has no checksum (written before attribution files had one): loaded "
+                              "unverified; save it again to add one", UserWarning, stacklevel=2)
+            header = json.loads(stored.get("moe_interp", stored.get("header", "null")))
             if not isinstance(header, dict) or header.get("format") != _FORMAT:
                 raise ValueError(f"not a {_FORMAT} file")
-            return cls(tuple(header["languages"]), tuple(header["layers"]), tensors["effect"], tensors["count"],
-                       tensors["tokens"], tensors["baseline"], header["metric"], header["mode"], header["meta"])
+            return cls(tuple(header["languages"]), tuple(header["layers"]), *(tensors[name] for name in _TENSORS),
+                       header["metric"], header["mode"], header["meta"])
         except (SafetensorError, OSError, ValueError, KeyError, TypeError) as error:
             raise ValueError(f"{tensor_path} is damaged or not an ExpertAttribution file: {error}") from None
 
