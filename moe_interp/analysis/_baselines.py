@@ -1,7 +1,6 @@
 """Comparisons that need no trained router: a byte n-gram baseline shaped like routing
 statistics, and SteerMoE's risk difference between two groups of texts."""
 
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -10,6 +9,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from moe_interp.core._checks import check_int
 from moe_interp.core._fingerprint import check_corpus
 from moe_interp.core._counts import RoutingCounts
 
@@ -59,8 +59,7 @@ def ngram_stats(texts: Mapping[str, Sequence[str]], n: int = 2, buckets: Any = N
         raise ValueError(f"buckets={buckets!r}: hashed n-grams were removed (the baseline's ARI depended on the "
                          "hash size); n-grams are exact now, one expert per n-gram observed. Drop buckets")
     corpus = check_corpus(texts)
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= 8:
-        raise ValueError(f"n (bytes per n-gram) must be an integer in [1, 8], got {n!r}")
+    n = check_int("n (bytes per n-gram)", n, 1, 8)
     items = [text for lang_texts in corpus.values() for text in lang_texts]
     ids = [_ngram_ids(text, n) for text in items]
     vocabulary, compact = np.unique(np.concatenate(ids), return_inverse=True)

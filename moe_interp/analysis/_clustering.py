@@ -9,7 +9,6 @@ separate scripts), which would otherwise pass for family structure.
 """
 
 import dataclasses
-import numbers
 from collections.abc import Mapping, Sequence
 from math import comb
 from typing import Any
@@ -19,6 +18,7 @@ from scipy.cluster.hierarchy import cophenet, fcluster, linkage
 from scipy.spatial.distance import squareform
 
 from moe_interp.core import languages as _languages
+from moe_interp.core._checks import check_int
 from moe_interp.core._counts import RoutingCounts
 from moe_interp.analysis._divergence import divergence
 
@@ -51,8 +51,7 @@ class Clustering:
 
     def assignments(self, n: int) -> dict[str, int]:
         """Cluster number (1-based) of each language when the tree is cut into `n` clusters."""
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-            raise ValueError(f"n (the number of clusters) must be an integer >= 1, got {n!r}")
+        n = check_int("n (the number of clusters)", n, 1)
         if len(self.languages) == 1:
             return {self.languages[0]: 1}
         labels = fcluster(self.linkage, t=n, criterion="maxclust")

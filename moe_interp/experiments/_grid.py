@@ -8,6 +8,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from moe_interp.core._checks import check_positive
 from moe_interp.core._fingerprint import WEIGHTS, check_corpus, fingerprint, model_parts
 from moe_interp.arch import describe
 from moe_interp.experiments.evaluate import text_nll
@@ -49,8 +50,7 @@ class Experiment:
                  weights_hash: str = "full") -> None:
         if not isinstance(grid, Mapping) or not grid:
             raise TypeError("grid must be a non-empty mapping {condition name: [interventions]}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int (1 or more), got {batch_size!r}")
+        batch_size = check_positive("batch_size", batch_size)
         if weights_hash not in WEIGHTS:
             raise ValueError(f"weights_hash must be one of {', '.join(map(repr, WEIGHTS))}, got {weights_hash!r}")
         self.model, self.batch_size, self.progress, self.weights_hash = model, batch_size, progress, weights_hash
