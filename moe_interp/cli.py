@@ -36,6 +36,14 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+class _Renamed(argparse.Action):
+    """An option that was renamed: giving it is an error naming its new name (`const`)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parser.error(f"{option_string} is named {self.const} now")
+
+
 def _fail(message: str) -> None:
     sys.stderr.write(f"moe-interp: error: {message}\n")
     raise SystemExit(2)
@@ -293,7 +301,7 @@ def _ablate(args: argparse.Namespace) -> None:
     _say(f"ablation grid with k={k}, {args.controls} usage-matched random control sets per cell, evaluated on the "
          f"held-out split; {args.threads_note}")
     result = mi.ablation_grid(model, stats, corpus, evals, targets, path=args.out, k=k, threshold=args.threshold,
-                              controls=args.controls, replicates=args.replicates, seed=args.seed)
+                              controls=args.controls, resamples=args.resamples, seed=args.seed)
     print(result.summary())
 
 
@@ -314,7 +322,7 @@ def _steer(args: argparse.Namespace) -> None:
     test = _corpus(args.corpus, [target, *langs], "heldout", args.model)
     _say(f"steering toward {target} with k={k}; {args.threads_note}")
     result = mi.steering_eval(model, stats, dev, test, langs, target=target, path=args.out, k=k,
-                              threshold=args.threshold, scales=scales, samples=args.replicates, seed=args.seed)
+                              threshold=args.threshold, scales=scales, resamples=args.resamples, seed=args.seed)
     print(result.summary())
 
 
@@ -412,7 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.4, help="share of an expert's use above which it is exclusive")
     p.add_argument("--controls", type=int, default=20,
                    help="usage-matched random expert sets per cell (the control; 19 or more can pass its rank test)")
-    p.add_argument("--replicates", type=int, default=2000, help="bootstrap resamples over texts for each interval")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples over texts for each interval")
+    p.add_argument("--replicates", action=_Renamed, const="--resamples", nargs="?", default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help="seed of the control sets and the bootstrap")
     p.add_argument("--out", default="ablation.jsonl",
                    help="results file (resumable; cells are keyed by model, texts and ablation content)")
@@ -431,7 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, help="experts kept per language and layer (default: the paper's 20 of 128 "
                                          "experts scaled to the model, at least its top-k)")
     p.add_argument("--threshold", type=float, default=0.7, help="every language's share of a steered expert stays below it")
-    p.add_argument("--replicates", type=int, default=2000, help="bootstrap resamples over texts for each interval")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples over texts for each interval")
+    p.add_argument("--replicates", action=_Renamed, const="--resamples", nargs="?", default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.add_argument("--out", default="steering.jsonl",
                    help="results file (resumable; cells are keyed by model, texts and steer content)")

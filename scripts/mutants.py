@@ -270,8 +270,8 @@ MUTANTS: list[Mutant] = [
 
     # -- evidence -------------------------------------------------------------------------------
     M("evidence.group-unit-items", "moe_interp/analysis/_evidence.py",
-      "picked = rng.integers(0, len(groups), (replicates, len(groups)))",
-      "picked = np.tile(np.arange(len(groups)), (replicates, 1))", EVIDENCE,
+      "picked = rng.integers(0, len(groups), (resamples, len(groups)))",
+      "picked = np.tile(np.arange(len(groups)), (resamples, 1))", EVIDENCE,
       "removed step", "unit='group' keeps the groups: a language-level interval shrinks to the text level"),
     M("evidence.duplicate-pairs", "moe_interp/analysis/_evidence.py",
       "valid = origin[iu[0]] != origin[iu[1]]", "valid = np.ones(len(iu[0]), dtype=bool)", EVIDENCE,
@@ -284,7 +284,7 @@ MUTANTS: list[Mutant] = [
       "2 * min((samples < 0).mean(), (samples > 0).mean())", EVIDENCE,
       "flipped comparison", "replicates equal to 0 count on neither side"),
     M("evidence.resample-off-by-one", "moe_interp/analysis/_evidence.py",
-      "rng.integers(0, len(g), (replicates, len(g)))", "rng.integers(0, max(1, len(g) - 1), (replicates, len(g)))",
+      "rng.integers(0, len(g), (resamples, len(g)))", "rng.integers(0, max(1, len(g) - 1), (resamples, len(g)))",
       EVIDENCE, "off-by-one", "the last item of each group is never drawn"),
     M("evidence.permutation-ties", "moe_interp/analysis/_evidence.py",
       "(1 + (shuffled >= observed).sum(0))", "(1 + (shuffled > observed).sum(0))", EVIDENCE,

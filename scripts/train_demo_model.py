@@ -75,7 +75,7 @@ def parse_args() -> argparse.Namespace:
                         "and its seeds/), then exit")
     p.add_argument("--seeds-from", type=Path, nargs="*", default=[],
                    help="directories of other seeds' runs (their training.json and eval.json go into the card)")
-    p.add_argument("--replicates", type=int, default=200, help="bootstrap resamples of the family statistics")
+    p.add_argument("--resamples", type=int, default=200, help="bootstrap resamples of the family statistics")
     p.add_argument("--permutations", type=int, default=1000, help="label permutations of the family statistics")
     return p.parse_args()
 
@@ -258,18 +258,19 @@ def evaluate(args: argparse.Namespace) -> dict:
         hf = zoo.demo_model(trained=trained, path=args.out)._module
         result["bits_per_byte"][name] = {lang: bits_per_byte(hf, texts) for lang, texts in sorted(heldout.items())}
     print("bits/byte done", flush=True)
-    ev = demo_evidence(path=args.out, replicates=args.replicates, permutations=args.permutations, progress=False,
+    ev = demo_evidence(path=args.out, resamples=args.resamples, permutations=args.permutations, progress=False,
                        log=lambda line: print(line, flush=True))
     result.update(ev.record())  # the plain numbers every claim is worded from (moe_interp.experiments._claims)
-    result["settings"] = {"replicates": args.replicates, "permutations": args.permutations,
+    result["settings"] = {"resamples": args.resamples, "permutations": args.permutations,
                           "controls": ev.ablation.controls if ev.ablation is not None else None}
     return result
 
 
 # ----------------------------------------------------------------------------------------- card
 def _settings(ev: dict) -> str:
-    settings = ev.get("settings", {"replicates": 200, "permutations": 1000})  # eval.json before it recorded them
-    return f"{settings['replicates']} resamples, {settings['permutations']} permutations"
+    settings = ev.get("settings", {"resamples": 200, "permutations": 1000})  # eval.json before it recorded them
+    resamples = settings.get("resamples", settings.get("replicates"))  # the shipped eval.json files say replicates
+    return f"{resamples} resamples, {settings['permutations']} permutations"
 
 
 def write_card(args: argparse.Namespace, info: dict, result: dict, seeds: dict, pending: dict) -> None:

@@ -78,7 +78,7 @@ def _planted(costs, draws, texts=30, noise=0.02, bands=(BAND,), pairs=4, seed=0)
     languages = tuple(costs)
     return mi.experiments.AblationResult(
         languages, tuple(("eng", b) for b in bands), {}, np.zeros((len(languages), len(bands))),
-        {("eng", b): pairs for b in bands}, pd.DataFrame(rows), controls=len(draws), replicates=2000,
+        {("eng", b): pairs for b in bands}, pd.DataFrame(rows), controls=len(draws), resamples=2000,
         among=("eng", "deu", "fin", "tur", "sah"), profiled=5, families={l: FAMILIES[l] for l in languages},
         layers={"early-third": (0, 1), "middle-third": (2, 3, 4), "late-third": (5, 6)})
 
@@ -117,7 +117,7 @@ def test_comparators_split_by_family_with_language_level_intervals():
              for d in range(20) for i in range(10)]
     families = {**FAMILIES, "nld": "Indo-European"}
     result = mi.experiments.AblationResult(("eng", "deu", "nld", "fin", "tur"), (("eng", BAND),), {}, np.zeros((5, 1)),
-                                          {("eng", BAND): 4}, pd.DataFrame(rows), controls=20, replicates=4000,
+                                          {("eng", BAND): 4}, pd.DataFrame(rows), controls=20, resamples=4000,
                                           families=families)
     row = result.verdicts().iloc[0]
     assert (row.same_family_languages, row.other_family_languages) == ("deu, nld", "fin, tur")
@@ -275,7 +275,7 @@ def _planted_stats():
 def test_exclusive_experts_are_exclusive_among_every_profiled_language_by_default():
     model = mi.zoo.tiny_model("qwen3_moe")
     stats = _planted_stats()
-    kwargs = dict(bands=("middle-third",), k=2, controls=1, replicates=50, progress=False)
+    kwargs = dict(bands=("middle-third",), k=2, controls=1, resamples=50, progress=False)
     res = mi.ablation_grid(model, stats, TEST, ["eng", "fin"], ["eng"], **kwargs)
     assert res.among == ("eng", "fin", "sah") and res.sets["ablate:eng:middle-third"] == {1: [1], 2: [1]}
     assert "exclusive among the 3 profiled languages" in res.summary()
@@ -287,7 +287,7 @@ def test_exclusive_experts_are_exclusive_among_every_profiled_language_by_defaul
 def test_ablation_grid_end_to_end_per_band_with_usage_matched_controls_independent_of_grid_order():
     model = mi.zoo.tiny_model("qwen3_moe")
     profile = mi.profile(model, TRAIN, progress=False)
-    kwargs = dict(k=4, controls=3, replicates=200, progress=False)
+    kwargs = dict(k=4, controls=3, resamples=200, progress=False)
     res = mi.ablation_grid(model, profile, TEST, ["eng", "deu", "fin"], ["eng", "fin"], **kwargs)
     assert res.layers == {"early-third": (0,), "middle-third": (1, 2), "late-third": (3,)}
     assert res.among == ("eng", "deu", "fin") and res.controls == 3 and res.match == 3

@@ -287,9 +287,9 @@ def _item_stats(seed: int = 0, items: int = 45) -> mi.RoutingStats:
 
 def test_bootstrap_is_seeded_and_brackets_the_estimate():
     stats = _item_stats()
-    first = stats.bootstrap("divergence", n=40, seed=7)
-    again = stats.bootstrap("divergence", n=40, seed=7)
-    other = stats.bootstrap("divergence", n=40, seed=8)
+    first = stats.bootstrap("divergence", resamples=40, seed=7)
+    again = stats.bootstrap("divergence", resamples=40, seed=7)
+    other = stats.bootstrap("divergence", resamples=40, seed=8)
     assert torch.equal(first.samples, again.samples) and not torch.equal(first.samples, other.samples)
     assert first.samples.shape == (40, 2, 3, 3)
     assert bool((first.low <= first.high).all())
@@ -300,10 +300,10 @@ def test_bootstrap_is_seeded_and_brackets_the_estimate():
 
 def test_bootstrap_named_statistics_have_their_shapes():
     stats = _item_stats()
-    assert stats.bootstrap("shares", n=5, k=3).estimate.shape == (3, 2, 6)
-    assert stats.bootstrap("exclusive_sizes", n=5, k=3).estimate.shape == (3,)
-    assert stats.bootstrap("shared_size", n=5, k=3).estimate.shape == ()
-    custom = stats.bootstrap(lambda s: s.entropy().mean(), n=5)
+    assert stats.bootstrap("shares", resamples=5, k=3).estimate.shape == (3, 2, 6)
+    assert stats.bootstrap("exclusive_sizes", resamples=5, k=3).estimate.shape == (3,)
+    assert stats.bootstrap("shared_size", resamples=5, k=3).estimate.shape == ()
+    custom = stats.bootstrap(lambda s: s.entropy().mean(), resamples=5)
     assert custom.samples.shape == (5,)
 
 
@@ -316,7 +316,7 @@ def test_bootstrap_resample_keeps_each_language_item_count():
 
 def test_bootstrap_without_items_explains_how_to_get_them(paper):
     with pytest.raises(ValueError, match="mi.profile"):
-        paper.bootstrap(n=2)
+        paper.bootstrap(resamples=2)
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -393,7 +393,7 @@ THRESHOLD_CALLS = {
     "exclusive_experts": lambda s, t: s.exclusive_experts("a", k=3, threshold=t),
     "shared_experts": lambda s, t: s.shared_experts(k=3, threshold=t),
     "layer_profile": lambda s, t: s.layer_profile(k=3, threshold=t),
-    "bootstrap exclusive_sizes": lambda s, t: s.bootstrap("exclusive_sizes", n=2, k=3, threshold=t),
+    "bootstrap exclusive_sizes": lambda s, t: s.bootstrap("exclusive_sizes", resamples=2, k=3, threshold=t),
 }
 
 
@@ -448,13 +448,18 @@ def test_empty_language_list_is_refused_and_none_means_all():
 @pytest.mark.parametrize("level", [float("nan"), float("inf"), 0.0, 1.0])
 def test_bootstrap_level_must_be_a_fraction(level):
     with pytest.raises(ValueError, match=r"level \(the interval's coverage\) must be a number in \(0, 1\)"):
-        _item_stats().bootstrap(n=2, level=level)
+        _item_stats().bootstrap(resamples=2, level=level)
 
 
 @pytest.mark.parametrize("n", [0, -3, True])
-def test_bootstrap_replicates_must_be_a_positive_integer(n):
-    with pytest.raises(ValueError, match="n must be an integer >= 1"):
-        _item_stats().bootstrap(n=n)
+def test_bootstrap_resamples_must_be_a_positive_integer(n):
+    with pytest.raises(ValueError, match="resamples must be an integer >= 1"):
+        _item_stats().bootstrap(resamples=n)
+
+
+def test_bootstrap_names_resamples_when_given_its_old_name_n():
+    with pytest.raises(TypeError, match="bootstrap's n is named resamples now"):
+        _item_stats().bootstrap("divergence", n=5)
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])

@@ -350,7 +350,7 @@ def test_layers_take_the_layer_vocabulary_so_middle_is_the_middle_band():
 def test_rank_correlation_matches_scipy_and_brackets_it():
     x = [0.3, 1.2, -0.5, 2.2, 0.1, 0.9, 1.7, -1.1]
     y = [0.1, 1.0, -0.2, 1.5, 0.4, 0.2, 2.0, -0.9]
-    rho, low, high = attribution.rank_correlation(x, y, n_boot=500)
+    rho, low, high = attribution.rank_correlation(x, y, resamples=500)
     assert rho == pytest.approx(spearmanr(x, y).statistic) and low < rho <= high
     assert attribution.rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == (1.0, 1.0, 1.0)
     assert math.isnan(attribution.rank_correlation([1, 2], [1, 2])[0])

@@ -29,7 +29,9 @@ def test_help_of_every_subcommand(sub, capsys):
 
 @pytest.mark.parametrize("argv, says", [(["profile"], "--out"), (["frobnicate"], "invalid choice"),
                                         (["profile", "--batch-size", "x", "--out", "o"], "invalid int"),
-                                        (["report", "does-not-exist"], "not a saved RoutingStats")])
+                                        (["report", "does-not-exist"], "not a saved RoutingStats"),
+                                        (["steer", "--stats", "s", "--languages", "deu", "--replicates", "100"],
+                                         "--replicates is named --resamples now")])
 def test_bad_arguments_give_one_clear_line_and_exit_code_2(argv, says):
     result = run(*argv)
     assert result.returncode == 2
@@ -229,7 +231,7 @@ def test_ablate_after_a_default_profile_prints_intervals_controls_and_verdicts(t
     assert main(["profile", "--model", "tiny:qwen3_moe", "--languages", "eng,deu,fin", "--out", "p.routing"]) == 0
     capsys.readouterr()
     assert main(["ablate", "--model", "tiny:qwen3_moe", "--stats", "p.routing", "--eval-languages", "eng,deu,fin",
-                 "--target-languages", "eng,fin", "--k", "4", "--replicates", "200"]) == 0
+                 "--target-languages", "eng,fin", "--k", "4", "--resamples", "200"]) == 0
     out = capsys.readouterr()
     lines = out.out.strip().splitlines()
     assert lines[0].startswith("Ablation of each language's exclusive experts (exclusive among the 3 profiled "
@@ -266,7 +268,7 @@ def test_steer_prints_the_dose_response_next_to_the_outcome(tmp_path, monkeypatc
     _short_corpus(monkeypatch)
     assert main(["profile", "--model", "tiny:qwen3_moe", "--languages", "eng,deu", "--out", "p.routing"]) == 0
     assert main(["steer", "--model", "tiny:qwen3_moe", "--stats", "p.routing", "--languages", "deu", "--scales",
-                 "0,2", "--k", "4", "--replicates", "200"]) == 0
+                 "0,2", "--k", "4", "--resamples", "200"]) == 0
     text = capsys.readouterr().out
     assert "dose-response on the test split" in text and "scale 0.0: 0.0% of top-k sets changed" in text
     assert "no effect: routing did not move" in text and "scale 2.0:" in text

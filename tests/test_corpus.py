@@ -181,12 +181,12 @@ def test_cli_profile_on_each_file_counts_as_the_python_api_and_ablate_steer_run_
 
     assert main(["ablate", "--model", "tiny:qwen3_moe", "--stats", "dir.routing", "--corpus", str(jsonl),
                  "--eval-languages", "eng,deu,fin", "--target-languages", "eng,fin", "--k", "4",
-                 "--replicates", "100"]) == 0
+                 "--resamples", "100"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("Ablation of each language's exclusive experts (exclusive among the 3 profiled")
     assert [line.split(" (")[0] for line in lines[3:]] == ["eng"] * 3 + ["fin"] * 3
     assert main(["steer", "--model", "tiny:qwen3_moe", "--stats", "dir.routing", "--corpus", str(folder),
-                 "--languages", "deu,fin", "--scales", "0,2", "--k", "4", "--replicates", "100"]) == 0
+                 "--languages", "deu,fin", "--scales", "0,2", "--k", "4", "--resamples", "100"]) == 0
     assert "dose-response on the test split" in capsys.readouterr().out
 
 

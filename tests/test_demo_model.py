@@ -143,7 +143,7 @@ def test_the_card_lists_each_seed_with_its_settings_and_unfinished_runs_with_the
     shutil.copytree(zoo.DEMO_MODEL_DIR, card)
     done, running = tmp_path / "done", tmp_path / "running"
     done.mkdir(), running.mkdir()
-    evaluated = json.loads((card / "eval.json").read_text()) | {"settings": {"replicates": 50, "permutations": 250}}
+    evaluated = json.loads((card / "eval.json").read_text()) | {"settings": {"resamples": 50, "permutations": 250}}
     (done / "eval.json").write_text(json.dumps(evaluated))
     (done / "training.json").write_text(json.dumps({"seed": 7}))
     torch.save({"args": {"seed": 9, "steps": 1400}, "step": 300}, running / "checkpoint.pt")

@@ -23,7 +23,7 @@ from moe_interp.experiments import AblationResult, SteeringResult
 
 def test_paired_interval_agrees_with_scipy_percentile_bootstrap():
     values = np.random.default_rng(1).normal(0.3, 1.0, 40)
-    mine = paired_interval(values, replicates=20000, seed=0)
+    mine = paired_interval(values, resamples=20000, seed=0)
     theirs = scipy.stats.bootstrap((values,), np.mean, n_resamples=20000, method="percentile",
                                    random_state=np.random.default_rng(5)).confidence_interval
     width = theirs.high - theirs.low
@@ -37,7 +37,7 @@ def test_paired_interval_p_value_is_twice_the_smaller_tail_share():
     rng = np.random.default_rng(3)
     means = values[rng.integers(0, len(values), (20000, len(values)))].mean(1)
     expected = 2 * min((means <= 0).mean(), (means >= 0).mean())
-    assert paired_interval(values, replicates=20000, seed=0).p_value == pytest.approx(expected, abs=0.02)
+    assert paired_interval(values, resamples=20000, seed=0).p_value == pytest.approx(expected, abs=0.02)
 
 
 def test_stratified_interval_resamples_within_each_group():
@@ -45,7 +45,7 @@ def test_stratified_interval_resamples_within_each_group():
     variance with ddof=0, the bootstrap's), so the interval is about +-1.96 of that."""
     rng = np.random.default_rng(2)
     groups = [rng.normal(0, 1, 60), rng.normal(2, 3, 90), rng.normal(-1, 0.5, 30)]
-    result = stratified_interval(groups, replicates=20000, seed=1)
+    result = stratified_interval(groups, resamples=20000, seed=1)
     se = np.sqrt(sum(g.var() / len(g) for g in groups)) / len(groups)
     estimate = np.mean([g.mean() for g in groups])
     assert result.estimate == pytest.approx(estimate)
@@ -62,9 +62,9 @@ def test_interval_is_the_percentile_interval_by_hand():
 
 
 @pytest.mark.parametrize("bad", [0, -1, True])
-def test_replicates_must_be_a_positive_integer(bad):
-    with pytest.raises(ValueError, match="replicates must be an integer >= 1"):
-        paired_interval([1.0, 2.0], replicates=bad)
+def test_resamples_must_be_a_positive_integer(bad):
+    with pytest.raises(ValueError, match="resamples must be an integer >= 1"):
+        paired_interval([1.0, 2.0], resamples=bad)
 
 
 # -- family structure: fixtures, then the checks -------------------------------------------------
@@ -122,7 +122,7 @@ def _oracle_statistics(count, families):
 
 def test_family_evidence_estimates_match_scipy_and_find_planted_structure():
     stats, fams = _family_stats(planted=True)
-    ev = family_evidence(stats, families=fams, layers=None, replicates=30, permutations=400, seed=0)
+    ev = family_evidence(stats, families=fams, layers=None, resamples=30, permutations=400, seed=0)
     ari, ratio, _, _ = _oracle_statistics(stats.count, [fams[l] for l in stats.languages])
     assert ev.interval("trained", "ari")[0] == pytest.approx(ari, abs=1e-9)
     assert ev.interval("trained", "between_within")[0] == pytest.approx(ratio, rel=1e-6)
@@ -134,7 +134,7 @@ def test_family_evidence_estimates_match_scipy_and_find_planted_structure():
 def test_family_evidence_permutation_p_value_on_unstructured_data_matches_an_oracle():
     stats, fams = _family_stats(planted=False, seed=3)
     labels = np.array([fams[l] for l in stats.languages])
-    ev = family_evidence(stats, families=fams, layers=None, replicates=2, permutations=2000, seed=0)
+    ev = family_evidence(stats, families=fams, layers=None, resamples=2, permutations=2000, seed=0)
     ari, ratio, js, clusters = _oracle_statistics(stats.count, labels)
     rng = np.random.default_rng(11)
     iu = np.triu_indices(len(labels), 1)
@@ -153,7 +153,7 @@ def test_family_evidence_permutation_p_value_on_unstructured_data_matches_an_ora
 def test_a_twin_equal_to_the_trained_stats_differs_by_exactly_zero_in_every_resample():
     """Paired resampling: the same texts are drawn for both, so the difference never moves."""
     stats, fams = _family_stats(planted=True)
-    ev = family_evidence(stats, families=fams, layers=None, twins=[stats], replicates=25, permutations=10)
+    ev = family_evidence(stats, families=fams, layers=None, twins=[stats], resamples=25, permutations=10)
     for statistic in ("ari", "between_within"):
         assert ev.difference("twin 1", statistic) == (0.0, 0.0, 0.0)
 
@@ -162,7 +162,7 @@ def test_family_evidence_bootstrap_agrees_with_an_independent_article_bootstrap(
     stats, fams = _family_stats(planted=True, texts=8, seed=4)
     labels = [fams[l] for l in stats.languages]
     twin, _ = _family_stats(planted=False, texts=8, seed=5)
-    ev = family_evidence(stats, families=fams, layers=None, twins={"random": twin}, replicates=300,
+    ev = family_evidence(stats, families=fams, layers=None, twins={"random": twin}, resamples=300,
                          permutations=10, seed=0, unit="text")  # texts only: the article bootstrap below
     rng = np.random.default_rng(9)
     item = {name: s.item_count.reshape(len(labels), 8, 1, -1) for name, s in (("trained", stats), ("random", twin))}
@@ -188,7 +188,7 @@ def test_family_evidence_refuses_models_profiled_on_other_texts():
     stats, fams = _family_stats(planted=True, texts=5)
     other, _ = _family_stats(planted=True, texts=4)
     with pytest.raises(ValueError, match="same texts"):
-        family_evidence(stats, families=fams, layers=None, twins=[other], replicates=2, permutations=2)
+        family_evidence(stats, families=fams, layers=None, twins=[other], resamples=2, permutations=2)
 
 
 # -- model-free baseline and SteerMoE's risk difference ----------------------------------------
@@ -197,7 +197,7 @@ def test_ngram_stats_feeds_family_evidence_as_a_baseline():
     stats, fams = _family_stats(planted=True, languages=6, texts=3)
     texts = {l: [f"{fams[l] * 5} text {i} {l}" for i in range(3)] for l in stats.languages}
     ev = family_evidence(stats, families=fams, layers=None, baseline=ngram_stats(texts, n=2),
-                         replicates=5, permutations=20)
+                         resamples=5, permutations=20)
     assert ev.models == ("trained", "baseline") and np.isfinite(ev.estimate).all()
 
 
@@ -249,7 +249,7 @@ def _steering_result(changed, gains):
     table = pd.DataFrame({"language": ["deu"], "gain": [0.0], "ci_low": [0.0], "ci_high": [0.0], "p_value": [1.0],
                           "pairs": [2]})
     return SteeringResult(max(changed), {s: 3.0 for s in changed}, table, shift=pd.DataFrame(rows),
-                          gains={s: [np.asarray(g)] for s, g in gains.items()}, samples=4000)
+                          gains={s: [np.asarray(g)] for s, g in gains.items()}, resamples=4000)
 
 
 def test_dose_response_averages_layers_and_says_what_moved():

@@ -164,7 +164,7 @@ def test_ablation_grid_cells_and_controls_match_a_hand_written_router():
     model = tiny("qwen3_moe")
     profile = mi.profile(model, TRAIN, progress=False)
     res = mi.ablation_grid(model, profile, TEST, ["eng", "deu", "fra"], ["eng", "deu"], k=4, threshold=0.4,
-                           controls=2, replicates=500, progress=False,
+                           controls=2, resamples=500, progress=False,
                            families={"eng": "Germanic", "deu": "Germanic", "fra": "Romance"})
     assert res.delta.shape == (3, 6)
     base = {l: _hand_bpb(model, TEST[l]) for l in TEST}
@@ -202,14 +202,14 @@ def test_ablation_grid_refuses_to_evaluate_on_the_texts_it_selected_on():
     with pytest.raises(ValueError, match=r"profiled on the same eng, deu texts.*split='train'"):
         mi.ablation_grid(model, profile, TRAIN, ["eng", "deu"], ["deu"], bands=("middle",), k=4, progress=False)
     res = mi.ablation_grid(model, profile, TRAIN, ["eng", "deu"], ["deu"], bands=("middle",), k=4, controls=1,
-                           replicates=50, allow_same_texts=True, progress=False, families={"eng": "A", "deu": "B"})
+                           resamples=50, allow_same_texts=True, progress=False, families={"eng": "A", "deu": "B"})
     assert res.delta.shape == (2, 1)
 
 
 def test_steering_gain_matches_a_hand_written_router():
     model = tiny("qwen3_moe")
     profile = mi.profile(model, TRAIN, progress=False)
-    res = mi.steering_eval(model, profile, DEV, TEST, ["deu", "fra"], target="eng", scales=(2.0,), k=4, samples=500,
+    res = mi.steering_eval(model, profile, DEV, TEST, ["deu", "fra"], target="eng", scales=(2.0,), k=4, resamples=500,
                            progress=False)
     spec = mi.describe(model)
     assert res.scale == 2.0
@@ -233,7 +233,7 @@ def test_steering_scale_is_chosen_on_dev_only():
     profile = mi.profile(model, TRAIN, progress=False)
     spec = mi.describe(model)
     scales = (0.0, 0.5, 5.0)
-    res = mi.steering_eval(model, profile, DEV, TEST, ["deu"], target="eng", scales=scales, k=4, samples=50,
+    res = mi.steering_eval(model, profile, DEV, TEST, ["deu"], target="eng", scales=scales, k=4, resamples=50,
                            progress=False)
     experts = mi.RouteSteer(layers="middle", target="eng", stats=profile, languages=("eng", "deu"), k=4,
                             threshold=0.7, scale=1.0).expert_set(spec)
@@ -241,7 +241,7 @@ def test_steering_scale_is_chosen_on_dev_only():
     assert res.dev_scores == pytest.approx(dev, abs=1e-5)
     assert res.scale == min(dev, key=dev.get)
     other_test = {"eng": ["Something else."], "deu": ["Etwas ganz anderes hier.", "Noch ein Satz."]}
-    again = mi.steering_eval(model, profile, DEV, other_test, ["deu"], target="eng", scales=scales, k=4, samples=50,
+    again = mi.steering_eval(model, profile, DEV, other_test, ["deu"], target="eng", scales=scales, k=4, resamples=50,
                              progress=False)
     assert again.scale == res.scale and again.dev_scores == res.dev_scores
     assert list(again.dose_response().scale) == list(scales)  # every scale described on test, chosen on dev

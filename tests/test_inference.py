@@ -23,13 +23,13 @@ def _item_stats():
 def test_bootstrap_result_names_the_statistic_it_resampled():
     """The name was overwritten by the argument-check loop's variable: always "seed"."""
     stats = _item_stats()
-    assert mi.analysis.bootstrap(stats, "divergence", n=3).statistic == "divergence"
-    assert mi.analysis.bootstrap(stats, "shares", n=3).statistic == "shares"
+    assert mi.analysis.bootstrap(stats, "divergence", resamples=3).statistic == "divergence"
+    assert mi.analysis.bootstrap(stats, "shares", resamples=3).statistic == "shares"
 
     def token_total(s):
         return s.tokens.double()
 
-    assert mi.analysis.bootstrap(stats, token_total, n=3).statistic == "token_total"
+    assert mi.analysis.bootstrap(stats, token_total, resamples=3).statistic == "token_total"
 
 
 # -- fixtures and oracles (numpy / scipy only) ------------------------------------------------
@@ -116,7 +116,7 @@ def test_interval_is_numpys_percentile_interval_and_refuses_a_kind():
 def test_family_evidence_refuses_the_removed_kind_and_evidence_of_another_method():
     stats, fams = _planted(languages=6, texts=2)
     with pytest.raises(ValueError, match="choice of interval kind was removed"):
-        family_evidence(stats, families=fams, layers=None, replicates=2, permutations=2, kind="normal")
+        family_evidence(stats, families=fams, layers=None, resamples=2, permutations=2, kind="normal")
     with pytest.raises(ValueError, match="percentile bootstrap interval now"):
         FamilyEvidence(("a", "b"), ("A", "B"), (0,), ("trained",), np.zeros((1, 2)), np.zeros((3, 1, 2)),
                        np.ones((1, 2)), 0.95, "normal")
@@ -129,7 +129,7 @@ def test_family_evidence_language_intervals_match_a_hand_written_cluster_bootstr
     labels = [fams[l] for l in stats.languages]
     codes = np.unique(labels, return_inverse=True)[1]
     d = _js_matrix(stats.count[:, 0].double().numpy())
-    ev = family_evidence(stats, families=fams, layers=None, replicates=3000, permutations=10, seed=0)
+    ev = family_evidence(stats, families=fams, layers=None, resamples=3000, permutations=10, seed=0)
     ours = _language_bootstrap(d, codes, 3000, seed=12)
     assert ev.unit == "language" and ev.kind == "percentile"
     full = _replicate(d, codes, np.arange(len(codes)))
@@ -147,7 +147,7 @@ def test_a_language_drawn_twice_is_not_a_same_family_pair():
     of two different languages of the languages it drew; one without two different languages of
     one family has no within-family pair: nan, never a within-family divergence of 0."""
     stats, fams = _planted(languages=4, families=2, texts=2, seed=2)
-    ev = family_evidence(stats, families=fams, layers=None, replicates=600, permutations=10, seed=0)
+    ev = family_evidence(stats, families=fams, layers=None, resamples=600, permutations=10, seed=0)
     d = _js_matrix(stats.count[:, 0].double().numpy())
     codes = np.unique([fams[l] for l in stats.languages], return_inverse=True)[1]
 
@@ -170,8 +170,8 @@ def test_language_level_intervals_are_wide_where_text_level_ones_are_narrow():
     """Languages of one family differ a lot, texts of one language little: resampling texts
     says nothing about families, resampling languages does."""
     stats, fams = _planted(languages=24, texts=8, tokens=10000, language_spread=2.0, seed=3)
-    by_language = family_evidence(stats, families=fams, layers=None, replicates=300, permutations=10)
-    by_text = family_evidence(stats, families=fams, layers=None, replicates=300, permutations=10, unit="text")
+    by_language = family_evidence(stats, families=fams, layers=None, resamples=300, permutations=10)
+    by_text = family_evidence(stats, families=fams, layers=None, resamples=300, permutations=10, unit="text")
     assert by_text.unit == "text" and "the languages fixed" in by_text.summary()
     assert by_text.estimate.tolist() == by_language.estimate.tolist()
     width = {(ev.unit, s): np.subtract(*ev.interval("trained", s)[:0:-1]) for ev in (by_language, by_text)
@@ -183,7 +183,7 @@ def test_language_level_intervals_are_wide_where_text_level_ones_are_narrow():
 def test_paired_differences_use_the_same_language_draws_for_every_model():
     stats, fams = _planted(seed=4)
     twin, _ = _planted(seed=5)
-    ev = family_evidence(stats, families=fams, layers=None, twins={"twin": twin}, replicates=1500, permutations=10)
+    ev = family_evidence(stats, families=fams, layers=None, twins={"twin": twin}, resamples=1500, permutations=10)
     codes = np.unique([fams[l] for l in stats.languages], return_inverse=True)[1]
     d_trained, d_twin = (_js_matrix(s.count[:, 0].double().numpy()) for s in (stats, twin))
     rng = np.random.default_rng(8)
@@ -198,7 +198,7 @@ def test_paired_differences_use_the_same_language_draws_for_every_model():
 
 def test_the_summary_says_what_the_permutation_test_shows_and_what_it_does_not():
     stats, fams = _planted(languages=6, texts=2)
-    text = family_evidence(stats, families=fams, layers=None, replicates=5, permutations=10).summary()
+    text = family_evidence(stats, families=fams, layers=None, resamples=5, permutations=10).summary()
     assert "structure exists" in text and "does not say training made it" in text
     assert "random-init twins can pass it too" in text
     assert "percentile intervals over 5 resamples of the languages" in text
@@ -237,7 +237,7 @@ def test_the_strongest_baseline_is_the_one_with_the_highest_value_of_each_statis
     texts = {l: [f"{fams[l] * 6} {l} text {i}" for i in range(3)] for l in stats.languages}
     baselines = ngram_baselines(texts)
     assert list(baselines) == ["byte 1-grams", "byte 2-grams", "byte 3-grams"]
-    ev = family_evidence(stats, families=fams, layers=None, baseline=baselines, replicates=5, permutations=10)
+    ev = family_evidence(stats, families=fams, layers=None, baseline=baselines, resamples=5, permutations=10)
     assert ev.baselines == tuple(baselines) and ev.models == ("trained", *baselines)
     table = ev.table()
     for s, statistic in enumerate(ev.statistics):
@@ -272,7 +272,7 @@ def test_three_seeds_against_three_cannot_get_below_one_in_twenty():
 
 def test_seed_test_interval_is_a_two_sample_percentile_bootstrap_over_seeds():
     trained, controls = [0.31, 0.25, 0.28, 0.22], [0.11, 0.16, 0.09]
-    result = seed_test(trained, controls, replicates=40000)
+    result = seed_test(trained, controls, resamples=40000)
     expected = scipy.stats.bootstrap((trained, controls), lambda a, b: np.mean(a) - np.mean(b), paired=False,
                                      vectorized=False, n_resamples=40000, method="percentile",
                                      random_state=np.random.default_rng(3)).confidence_interval
@@ -308,7 +308,7 @@ def test_layer_evidence_matches_scipy_per_layer_and_a_hand_written_language_boot
     stats, fams = _planted(layers=3, seed=7)
     twin, _ = _planted(layers=3, seed=8)
     codes = np.unique([fams[l] for l in stats.languages], return_inverse=True)[1]
-    ev = layer_evidence(stats, families=fams, twins=[twin], replicates=2000, seed=0)
+    ev = layer_evidence(stats, families=fams, twins=[twin], resamples=2000, seed=0)
     assert ev.models == ("trained", "twin 1") and ev.layers == (0, 1, 2)
     for m, s in enumerate((stats, twin)):
         for layer in range(3):
@@ -334,7 +334,7 @@ def test_layer_evidence_reads_sparse_rows_as_scipy_does():
              "nld": ["de kat", "een hond"], "fin": ["kissa istui", "koira"], "ekk": ["kass istus", "koer"]}
     stats = ngram_stats(texts, n=3)
     fams = {"eng": "IE", "deu": "IE", "nld": "IE", "fin": "U", "ekk": "U"}
-    ev = layer_evidence(stats, families=fams, replicates=3)
+    ev = layer_evidence(stats, families=fams, resamples=3)
     d = _js_matrix(stats.count[:, 0].double().numpy())
     iu = np.triu_indices(5, 1)
     assert ev.estimate[0, 0, 0] == pytest.approx(d[iu].mean(), rel=1e-12)

@@ -159,7 +159,7 @@ def test_bootstrap_interval_is_the_central_percentile_interval_of_its_replicates
     count = torch.stack([item_count[language == i].sum(0) for i in range(2)])
     tokens = torch.stack([item_tokens[language == i].sum() for i in range(2)])
     stats = mi.RoutingStats(("a", "b"), (0,), 3, 1, count, count.double(), tokens, item_count, item_tokens, language)
-    result = mi.analysis.bootstrap(stats, "divergence", n=40, level=level, seed=1)
+    result = mi.analysis.bootstrap(stats, "divergence", resamples=40, level=level, seed=1)
     samples = result.samples[:, 0, 0, 1].numpy()
     alpha = (1 - level) / 2
     assert float(result.low[0, 0, 1]) == pytest.approx(float(np.quantile(samples, alpha)))

@@ -22,7 +22,7 @@ def test_dose_response_of_a_middle_band_steer_averages_the_middle_band_only():
     model = tiny("qwen3_moe")                                    # MoE layers 0-3, middle band 1-2
     profile = mi.profile(model, TRAIN, progress=False)
     res = mi.steering_eval(model, profile, DEV, TEST, ["deu"], target="eng", scales=(0.0, 50.0), layers="middle",
-                           k=4, samples=50, progress=False)
+                           k=4, resamples=50, progress=False)
     row = res.dose_response().set_index("scale").loc[50.0]
     # the hand-written mean of the per-layer columns of the two steered layers
     assert row.changed == pytest.approx((row.changed_L1 + row.changed_L2) / 2)
@@ -40,7 +40,7 @@ def _result(changed, tokens, gains, steered_layers, scale=0.0, dev_scores=None):
             for layer, share in enumerate(shares)]
     return mi.experiments.SteeringResult(scale, dev_scores or {s: 3.0 for s in changed}, None, shift=pd.DataFrame(rows),
                                         gains={s: [np.asarray(g) for g in per] for s, per in gains.items()},
-                                        samples=2000, steered_layers=steered_layers)
+                                        resamples=2000, steered_layers=steered_layers)
 
 
 def test_dose_response_weights_languages_by_tokens_and_averages_the_steered_layers_of_a_planted_shift():

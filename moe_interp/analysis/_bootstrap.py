@@ -12,13 +12,13 @@ divergences larger, so divergence replicates sit above their estimate: check it 
 """
 
 import dataclasses
-import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from moe_interp.core._checks import check_int, check_level
 from moe_interp.core._counts import RoutingCounts
 from moe_interp.analysis._divergence import divergence
 from moe_interp.analysis._expert_sets import THRESHOLD, exclusive_experts, shared_experts, shares
@@ -31,12 +31,13 @@ class BootstrapResult:
     """Percentile bootstrap of one statistic (the package's one interval method, see `interval`).
 
     **Fields:** `estimate` (on the full data), `low` / `high` (the `level` interval, per
-    element), `samples` (`[n, ...]`), `level`, `statistic` (its name), `seed`.
+    element), `samples` (the statistic on each resample: `[resamples, ...]`), `level`,
+    `statistic` (its name), `seed`.
 
     ```python
     >>> import moe_interp as mi
     >>> p = mi.datasets.reference_stats()      # the paper's released counts keep no per-item counts
-    >>> r = mi.analysis.bootstrap(p.select(["en"]), lambda s: s.tokens.double(), n=3)
+    >>> r = mi.analysis.bootstrap(p.select(["en"]), lambda s: s.tokens.double(), resamples=3)
     Traceback (most recent call last):
     ValueError: these stats keep no per-item counts (item_count); record them with mi.profile, which keeps them, to bootstrap over items
 
@@ -53,7 +54,7 @@ class BootstrapResult:
 
     def __repr__(self) -> str:
         shape = tuple(self.estimate.shape)
-        return f"BootstrapResult({self.statistic}, shape={shape}, n={len(self.samples)}, level={self.level})"
+        return f"BootstrapResult({self.statistic}, shape={shape}, resamples={len(self.samples)}, level={self.level})"
 
 
 def _divergence(stats: RoutingCounts, metric: str = "js", layers: Any = None) -> Tensor:
@@ -120,14 +121,14 @@ def resample(stats: RoutingCounts, generator: torch.Generator) -> RoutingCounts:
                        stacks=stats.stacks)
 
 
-def bootstrap(stats: RoutingCounts, statistic: str | Callable[[RoutingCounts], Tensor] = "divergence", n: int = 200,
-              level: float = 0.95, seed: int = 0, **kwargs) -> BootstrapResult:
+def bootstrap(stats: RoutingCounts, statistic: str | Callable[[RoutingCounts], Tensor] = "divergence",
+              resamples: int = 200, level: float = 0.95, seed: int = 0, **kwargs) -> BootstrapResult:
     """Percentile confidence intervals of a statistic, resampling items within languages
     (the package's one interval method, see `interval`; the unit is the text: module docstring).
 
     **Arguments:** `statistic`: a name in `STATISTICS` (`"divergence"`, `"shares"`,
     `"exclusive_sizes"`, `"shared_size"`; `kwargs` go to it) or any function
-    `RoutingCounts -> Tensor`; `n` replicates; `level` of the interval; `seed`.
+    `RoutingCounts -> Tensor`; `resamples`, how many; `level` of the interval; `seed`.
 
     ```python
     >>> import torch
@@ -137,12 +138,14 @@ def bootstrap(stats: RoutingCounts, statistic: str | Callable[[RoutingCounts], T
     >>> s = mi.RoutingStats(("en", "de"), (0,), 4, 1, count, count.double(), torch.tensor([4, 4]),
     ...                     item_count=items, item_tokens=torch.tensor([2, 2, 2, 2]),
     ...                     item_language=torch.tensor([0, 0, 1, 1]))
-    >>> ci = mi.analysis.bootstrap(s, "divergence", n=50)    # en and de never share an expert
+    >>> ci = mi.analysis.bootstrap(s, "divergence", resamples=50)    # en and de never share an expert
     >>> float(ci.estimate[0, 0, 1]), float(ci.low[0, 0, 1]), float(ci.high[0, 0, 1])
     (1.0, 1.0, 1.0)
 
     ```
     """
+    if "n" in kwargs:  # kwargs go to the statistic, which would name n as its own unknown argument
+        raise TypeError("bootstrap's n is named resamples now: bootstrap(stats, statistic, resamples=200)")
     if isinstance(statistic, str):
         if statistic not in STATISTICS:
             raise ValueError(f"unknown statistic {statistic!r}; use one of {sorted(STATISTICS)} or a function")
@@ -152,13 +155,9 @@ def bootstrap(stats: RoutingCounts, statistic: str | Callable[[RoutingCounts], T
         if kwargs:
             raise TypeError("keyword arguments only apply to named statistics; close over them in your function")
         name, function = getattr(statistic, "__name__", "custom"), statistic
-    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < 1:
-        raise ValueError(f"level (the interval's coverage) must be a number in (0, 1), e.g. 0.95; got {level!r}")
-    for argument, value, low in (("n", n, 1), ("seed", seed, 0)):  # not `name`: that is the statistic's
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-            raise ValueError(f"{argument} must be an integer >= {low}, got {value!r}")
+    level, resamples, seed = check_level(level), check_int("resamples", resamples, 1), check_int("seed", seed, 0)
     generator = torch.Generator().manual_seed(seed)
-    samples = torch.stack([torch.as_tensor(function(resample(stats, generator))).double() for _ in range(n)])
+    samples = torch.stack([torch.as_tensor(function(resample(stats, generator))).double() for _ in range(resamples)])
     estimate = torch.as_tensor(function(stats)).double()
     alpha = (1 - level) / 2
     quantiles = torch.tensor([alpha, 1 - alpha], dtype=torch.float64)

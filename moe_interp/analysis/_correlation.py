@@ -8,13 +8,16 @@ from typing import Any
 
 import numpy as np
 
+from moe_interp.core._checks import check_int, check_level
+
 __all__ = ["rank_correlation"]
 
 
-def rank_correlation(x: Any, y: Any, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+def rank_correlation(x: Any, y: Any, resamples: int = 1000, level: float = 0.95,
+                     seed: int = 0) -> tuple[float, float, float]:
     """Spearman's rank correlation of `x` and `y` and a percentile bootstrap interval
-    (points resampled with replacement): `(rho, low, high)`; `nan` for fewer than 3 points
-    or a constant side.
+    (points resampled with replacement, `resamples` times): `(rho, low, high)`; `nan` for
+    fewer than 3 points or a constant side.
 
     ```python
     >>> from moe_interp.analysis import rank_correlation
@@ -29,8 +32,7 @@ def rank_correlation(x: Any, y: Any, n_boot: int = 1000, level: float = 0.95, se
     from scipy.stats import rankdata
 
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    level, resamples = check_level(level), check_int("resamples", resamples, 1)
 
     def spearman(a: np.ndarray, b: np.ndarray) -> Any:  # rows are samples
         ra, rb = rankdata(a, axis=-1), rankdata(b, axis=-1)
@@ -43,7 +45,7 @@ def rank_correlation(x: Any, y: Any, n_boot: int = 1000, level: float = 0.95, se
     if len(x) < 3:
         return math.nan, math.nan, math.nan
     rho = float(spearman(x, y))
-    pick = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
+    pick = np.random.default_rng(seed).integers(0, len(x), size=(resamples, len(x)))
     samples = spearman(x[pick], y[pick])
     samples = samples[np.isfinite(samples)]
     if not samples.size:

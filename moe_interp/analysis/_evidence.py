@@ -51,8 +51,7 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 from scipy.special import xlogy
 
-from moe_interp.core._checks import check_int as _check_int
-from moe_interp.core._checks import check_level as _check_level
+from moe_interp.core._checks import check_int, check_level
 from moe_interp.core._counts import RoutingCounts
 from moe_interp.analysis._clustering import family_agreement
 from moe_interp.analysis._divergence import divergence
@@ -111,7 +110,7 @@ def interval(estimate: float, samples: Values, level: float = 0.95, *, kind: Any
     ```
     """
     _refuse_kind(kind)
-    level = _check_level(level)
+    level = check_level(level)
     samples = np.asarray(samples, dtype=float)
     samples = samples[~np.isnan(samples)]
     if not len(samples) or np.isnan(estimate):
@@ -131,7 +130,7 @@ def _means(values: np.ndarray, draws: np.ndarray) -> np.ndarray:
     return values[draws].mean(-1) if values.size else np.zeros(len(draws))
 
 
-def paired_interval(values: Values, replicates: int = 2000, level: float = 0.95, seed: int = 0) -> Interval:
+def paired_interval(values: Values, resamples: int = 2000, level: float = 0.95, seed: int = 0) -> Interval:
     """Mean of per-item `values` (e.g. steered minus baseline bits/byte of each text) with a
     percentile bootstrap interval over items (the package's one method, see `interval`) and a
     two-sided bootstrap p-value.
@@ -143,16 +142,16 @@ def paired_interval(values: Values, replicates: int = 2000, level: float = 0.95,
     >>> from moe_interp.analysis import paired_interval
     >>> paired_interval([0.0, 0.0, 0.0])
     Interval(estimate=0.0, low=0.0, high=0.0, p_value=1.0)
-    >>> r = paired_interval([0.9, 1.1, 1.0, 1.2, 0.8], replicates=500)
+    >>> r = paired_interval([0.9, 1.1, 1.0, 1.2, 0.8], resamples=500)
     >>> round(r.estimate, 2), r.low > 0.8, r.high < 1.2, r.p_value
     (1.0, True, True, 0.0)
 
     ```
     """
-    return stratified_interval([values], replicates, level, seed)
+    return stratified_interval([values], resamples, level, seed)
 
 
-def stratified_interval(groups: Sequence[Values], replicates: int = 2000, level: float = 0.95,
+def stratified_interval(groups: Sequence[Values], resamples: int = 2000, level: float = 0.95,
                         seed: int = 0) -> Interval:
     """Mean over groups of each group's mean (e.g. one group per language, one value per
     text), with a percentile bootstrap interval (see `interval`) that resamples items within
@@ -167,16 +166,16 @@ def stratified_interval(groups: Sequence[Values], replicates: int = 2000, level:
 
     ```
     """
-    level = _check_level(level)
-    estimate, samples = resampled_means(groups, replicates, seed, unit="item")
+    level = check_level(level)
+    estimate, samples = resampled_means(groups, resamples, seed, unit="item")
     if np.all(np.concatenate([np.asarray(g, dtype=float) for g in groups]) == 0):
         return Interval(0.0, 0.0, 0.0, 1.0)
     return Interval(estimate, *interval(estimate, samples, level), _p_value(samples))
 
 
-def resampled_means(groups: Sequence[Values], replicates: int = 2000, seed: int = 0,
+def resampled_means(groups: Sequence[Values], resamples: int = 2000, seed: int = 0,
                     unit: str = "item") -> tuple[float, np.ndarray]:
-    """`(estimate, samples)`: the mean over groups of each group's mean, and `replicates`
+    """`(estimate, samples)`: the mean over groups of each group's mean, and `resamples`
     bootstrap replicates of it. `unit="item"`: items (texts) are drawn with replacement within
     each group, the groups kept (claims about these groups); `unit="group"`: the groups are
     drawn with replacement first, then the items within each drawn group (claims about the
@@ -185,13 +184,13 @@ def resampled_means(groups: Sequence[Values], replicates: int = 2000, seed: int 
 
     ```python
     >>> from moe_interp.analysis._evidence import resampled_means
-    >>> estimate, samples = resampled_means([[1.0, 1.0], [3.0]], replicates=4, unit="item")
+    >>> estimate, samples = resampled_means([[1.0, 1.0], [3.0]], resamples=4, unit="item")
     >>> estimate, samples.tolist()
     (2.0, [2.0, 2.0, 2.0, 2.0])
 
     ```
     """
-    replicates = _check_int("replicates", replicates, 1)
+    resamples = check_int("resamples", resamples, 1)
     if unit not in ("item", "group"):
         raise ValueError(f"unit must be 'item' (resample texts within each group) or 'group' (resample the groups, "
                          f"then their texts), got {unit!r}")
@@ -201,15 +200,15 @@ def resampled_means(groups: Sequence[Values], replicates: int = 2000, seed: int 
     estimate = float(np.mean([g.mean() for g in groups]))
     rng = np.random.default_rng(seed)
     if unit == "item":
-        return estimate, np.mean([_means(g, rng.integers(0, len(g), (replicates, len(g)))) for g in groups], axis=0)
-    picked = rng.integers(0, len(groups), (replicates, len(groups)))
-    samples = np.empty(replicates)
-    for r in range(replicates):
+        return estimate, np.mean([_means(g, rng.integers(0, len(g), (resamples, len(g)))) for g in groups], axis=0)
+    picked = rng.integers(0, len(groups), (resamples, len(groups)))
+    samples = np.empty(resamples)
+    for r in range(resamples):
         samples[r] = np.mean([groups[g][rng.integers(0, len(groups[g]), len(groups[g]))].mean() for g in picked[r]])
     return estimate, samples
 
 
-def hierarchical_interval(groups: Sequence[Values], replicates: int = 2000, level: float = 0.95,
+def hierarchical_interval(groups: Sequence[Values], resamples: int = 2000, level: float = 0.95,
                           seed: int = 0) -> Interval:
     """Mean over groups of each group's mean, with a percentile interval (see `interval`) whose
     unit of inference is the group: each replicate draws the groups with replacement, then the
@@ -222,14 +221,14 @@ def hierarchical_interval(groups: Sequence[Values], replicates: int = 2000, leve
     >>> groups = [[1.0, 1.0, 1.0], [3.0, 3.0], [2.0, 2.0]]       # no spread within groups, some between
     >>> stratified_interval(groups).high - stratified_interval(groups).low
     0.0
-    >>> r = hierarchical_interval(groups, replicates=500)
+    >>> r = hierarchical_interval(groups, resamples=500)
     >>> r.estimate, r.low < 2.0 < r.high
     (2.0, True)
 
     ```
     """
-    level = _check_level(level)
-    estimate, samples = resampled_means(groups, replicates, seed, unit="group")
+    level = check_level(level)
+    estimate, samples = resampled_means(groups, resamples, seed, unit="group")
     if np.all(samples == 0) and estimate == 0:
         return Interval(0.0, 0.0, 0.0, 1.0)
     return Interval(estimate, *interval(estimate, samples, level), _p_value(samples))
@@ -274,7 +273,7 @@ def _u(trained: np.ndarray, controls: np.ndarray) -> float:
     return float((trained[:, None] > controls[None, :]).sum() + 0.5 * (trained[:, None] == controls[None, :]).sum())
 
 
-def seed_test(trained: Values, controls: Values, level: float = 0.95, replicates: int = 10000,
+def seed_test(trained: Values, controls: Values, level: float = 0.95, resamples: int = 10000,
               seed: int = 0) -> SeedTest:
     """Is a statistic higher for models trained with a recipe than for their controls, at the
     level of the unit a recipe claim is about, the training run (one value per seed)?
@@ -284,7 +283,7 @@ def seed_test(trained: Values, controls: Values, level: float = 0.95, replicates
     the two sizes (`p` = share of splits whose U is at least the observed one; ties count
     1/2 in U and the enumeration conditions on them, where `scipy.stats.mannwhitneyu(method=
     "exact")` ignores ties); and `mean(trained) - mean(controls)` with a percentile bootstrap
-    interval (`replicates` draws of each group's seeds with replacement, see `interval`).
+    interval (`resamples` draws of each group's seeds with replacement, see `interval`).
 
     **What few seeds can show.** With `n` trained and `m` control seeds the smallest attainable
     one-sided p is `1 / C(n + m, n)`: 3 vs 3 gives 1/20 = 0.05, reached only when all three
@@ -306,8 +305,8 @@ def seed_test(trained: Values, controls: Values, level: float = 0.95, replicates
 
     ```
     """
-    level = _check_level(level)
-    replicates, seed = _check_int("replicates", replicates, 1), _check_int("seed", seed, 0)
+    level = check_level(level)
+    resamples, seed = check_int("resamples", resamples, 1), check_int("seed", seed, 0)
     a, b = (np.asarray(v, dtype=float) for v in (trained, controls))
     for name, v in (("trained", a), ("controls", b)):
         if v.ndim != 1 or not len(v) or np.isnan(v).any():
@@ -325,7 +324,7 @@ def seed_test(trained: Values, controls: Values, level: float = 0.95, replicates
         mask[list(chosen)] = True
         at_least += _u(pooled[mask], pooled[~mask]) >= observed - 1e-9
     rng = np.random.default_rng(seed)
-    samples = a[rng.integers(0, n, (replicates, n))].mean(1) - b[rng.integers(0, m, (replicates, m))].mean(1)
+    samples = a[rng.integers(0, n, (resamples, n))].mean(1) - b[rng.integers(0, m, (resamples, m))].mean(1)
     difference = float(a.mean() - b.mean())
     return SeedTest(difference, *interval(difference, samples, level), at_least / total, observed, 1 / total, n, m,
                     level)
@@ -446,7 +445,7 @@ class _Resampler:
     resampled counts (`r=None`: the data)."""
 
     def __init__(self, models: Mapping[str, RoutingCounts], layers: Mapping[str, Any], languages: Sequence[str],
-                 metric: str, unit: str, replicates: int, seed: int):
+                 metric: str, unit: str, resamples: int, seed: int):
         if unit not in UNITS:
             raise ValueError(f"unit must be 'language' (resample languages with their texts: claims about "
                              f"languages and families) or 'text' (resample texts, the languages fixed), got {unit!r}")
@@ -479,7 +478,7 @@ class _Resampler:
         n_lang = len(languages)
         rng = np.random.default_rng([seed, 0])
         self.draws = []
-        for _ in range(replicates):
+        for _ in range(resamples):
             if unit == "language":
                 self.draws.append((rng.integers(0, n_lang, n_lang), None))
             elif self.articles:  # a parallel corpus: the same article indices in every language
@@ -669,7 +668,7 @@ def _baselines(baseline: RoutingCounts | Mapping[str, RoutingCounts] | None) -> 
 
 def family_evidence(stats: RoutingCounts, families: Mapping[str, str] | None = None, layers: Any = "middle",
                     twins: Sequence[RoutingCounts] | Mapping[str, RoutingCounts] = (),
-                    baseline: RoutingCounts | Mapping[str, RoutingCounts] | None = None, replicates: int = 200,
+                    baseline: RoutingCounts | Mapping[str, RoutingCounts] | None = None, resamples: int = 200,
                     permutations: int = 1000, level: float = 0.95, seed: int = 0, metric: str = "js",
                     script: str | None = None, unit: str = "language", kind: Any = None) -> FamilyEvidence:
     """Family structure of routing with its evidence: ARI and between/within-family divergence.
@@ -681,7 +680,7 @@ def family_evidence(stats: RoutingCounts, families: Mapping[str, str] | None = N
     alike).
 
     **Intervals at the language level** (`unit="language"`, the default): the claim is about
-    languages and families, so each of `replicates` draws the languages with replacement, each
+    languages and families, so each of `resamples` draws the languages with replacement, each
     drawn language keeping all its texts (a cluster bootstrap), and recomputes both statistics
     on the drawn languages' divergences. A language drawn twice is one language, not two: the
     pair of its copies is neither a same-family pair (it would add a divergence of 0 within the
@@ -728,16 +727,16 @@ def family_evidence(stats: RoutingCounts, families: Mapping[str, str] | None = N
     >>> count = torch.zeros(8, 1, 4, dtype=torch.long).index_add_(0, lang, item)
     >>> stats = mi.RoutingStats(langs, (0,), 4, 2, count, count.double(), count.sum((1, 2)) // 2,
     ...                         item, item.sum((1, 2)) // 2, lang)
-    >>> ev = family_evidence(stats, families=fams, layers=None, replicates=50, permutations=500)
+    >>> ev = family_evidence(stats, families=fams, layers=None, resamples=50, permutations=500)
     >>> ev.interval("trained", "ari")[0], float(ev.p_value[0, 0]) < 0.05   # 2 of 70 splits are this one
     (1.0, True)
 
     ```
     """
     _refuse_kind(kind)
-    for name, value, low in (("replicates", replicates, 1), ("permutations", permutations, 1), ("seed", seed, 0)):
-        _check_int(name, value, low)
-    level = _check_level(level)
+    for name, value, low in (("resamples", resamples, 1), ("permutations", permutations, 1), ("seed", seed, 0)):
+        check_int(name, value, low)
+    level = check_level(level)
     named, baselines = _named(twins), _baselines(baseline)
     clash = set(named) & set(baselines) | ({"trained"} & (set(named) | set(baselines)))
     if clash:
@@ -749,7 +748,7 @@ def family_evidence(stats: RoutingCounts, families: Mapping[str, str] | None = N
                          "needs at least two families")
     models = {"trained": stats, **named, **baselines}
     use_layers = {name: (None if name in baselines else layers) for name in models}
-    resampler = _Resampler(models, use_layers, languages, metric, unit, replicates, seed)
+    resampler = _Resampler(models, use_layers, languages, metric, unit, resamples, seed)
     codes = np.unique(np.asarray(labels), return_inverse=True)[1]
     permuter = np.random.default_rng([seed, 1])
     estimate, samples, p_value = [], [], []
@@ -763,7 +762,7 @@ def family_evidence(stats: RoutingCounts, families: Mapping[str, str] | None = N
         estimate.append(observed)
         p_value.append((1 + (shuffled >= observed).sum(0)) / (1 + permutations))
         replicate_stats = []
-        for r in range(replicates):
+        for r in range(resamples):
             origin, distances = resampler.distances(name, r)
             replicate_stats.append(_family_statistics(distances.mean(0), codes, origin))
         samples.append(np.array(replicate_stats))
@@ -899,7 +898,7 @@ class LayerEvidence:
 
 def layer_evidence(stats: RoutingCounts, families: Mapping[str, str] | None = None,
                    twins: Sequence[RoutingCounts] | Mapping[str, RoutingCounts] = (), layers: Any = None,
-                   replicates: int = 200, level: float = 0.95, seed: int = 0, metric: str = "js",
+                   resamples: int = 200, level: float = 0.95, seed: int = 0, metric: str = "js",
                    script: str | None = None, unit: str = "language") -> LayerEvidence:
     """Per MoE layer: the mean divergence between languages and the between/within-family
     ratio, for the trained model and each random-init twin, with the same language-level
@@ -924,7 +923,7 @@ def layer_evidence(stats: RoutingCounts, families: Mapping[str, str] | None = No
     >>> count = torch.zeros(4, 2, 4, dtype=torch.long).index_add_(0, lang, item)
     >>> stats = mi.RoutingStats(langs, (0, 1), 4, 1, count, count.double(), torch.full((4,), 8),
     ...                         item, torch.full((8,), 4), lang)
-    >>> ev = layer_evidence(stats, families={l: l[0] for l in langs}, replicates=20)
+    >>> ev = layer_evidence(stats, families={l: l[0] for l in langs}, resamples=20)
     >>> [round(ev.interval("trained", layer, "between_within")[0], 2) for layer in (0, 1)]  # layer 1: families
     [1.0, 5.3]
     >>> ev.table().shape                                     # 2 layers x 1 model x 2 statistics
@@ -932,23 +931,23 @@ def layer_evidence(stats: RoutingCounts, families: Mapping[str, str] | None = No
 
     ```
     """
-    for name, value, low in (("replicates", replicates, 1), ("seed", seed, 0)):
-        _check_int(name, value, low)
-    level = _check_level(level)
+    for name, value, low in (("resamples", resamples, 1), ("seed", seed, 0)):
+        check_int(name, value, low)
+    level = check_level(level)
     named = _named(twins)
     if "trained" in named:
         raise ValueError("a twin is named 'trained'; name the twins apart from the trained model")
     agreement = family_agreement(stats, metric, layers, families=families, script=script)
     languages, labels = agreement.languages, agreement.families
     models = {"trained": stats, **named}
-    resampler = _Resampler(models, {name: layers for name in models}, languages, metric, unit, replicates, seed)
+    resampler = _Resampler(models, {name: layers for name in models}, languages, metric, unit, resamples, seed)
     codes = np.unique(np.asarray(labels), return_inverse=True)[1]
     estimate, samples = [], []
     for name in models:
         origin, distances = resampler.distances(name)
         estimate.append(_layer_statistics(distances, codes, origin))
         samples.append(np.array([_layer_statistics(resampler.distances(name, r)[1], codes, resampler.draws[r][0])
-                                 for r in range(replicates)]))
+                                 for r in range(resamples)]))
     used = tuple(stats.layers[i] for i in stats.layer_positions(layers))
     return LayerEvidence(tuple(languages), tuple(labels), used, tuple(models), np.array(estimate),
                          np.stack(samples, axis=1), level, unit, resampler.articles, metric)

@@ -209,7 +209,7 @@ class RoutingStats(RoutingCounts):
         """
         return analysis.layer_profile(self, metric, k, threshold)
 
-    def bootstrap(self, statistic: Any = "divergence", n: int = 200, level: float = 0.95, seed: int = 0,
+    def bootstrap(self, statistic: Any = "divergence", resamples: int = 200, level: float = 0.95, seed: int = 0,
                   **kwargs: Any) -> analysis.BootstrapResult:
         """Bootstrap confidence intervals over items (needs per-item counts, kept by `mi.profile`).
 
@@ -223,13 +223,13 @@ class RoutingStats(RoutingCounts):
         >>> s = mi.RoutingStats(("en", "de"), (0,), 4, 1, torch.stack([items[:2].sum(0), items[2:].sum(0)]),
         ...                     torch.zeros(2, 1, 4), torch.tensor([4, 4]), item_count=items,
         ...                     item_tokens=torch.tensor([2, 2, 2, 2]), item_language=torch.tensor([0, 0, 1, 1]))
-        >>> ci = s.bootstrap("divergence", n=50)          # en and de never share an expert
+        >>> ci = s.bootstrap("divergence", resamples=50)  # en and de never share an expert
         >>> float(ci.estimate[0, 0, 1]), float(ci.low[0, 0, 1]), float(ci.high[0, 0, 1])
         (1.0, 1.0, 1.0)
 
         ```
         """
-        return analysis.bootstrap(self, statistic, n=n, level=level, seed=seed, **kwargs)
+        return analysis.bootstrap(self, statistic, resamples, level, seed, **kwargs)
 
     def to_pandas(self) -> pd.DataFrame:
         """Tidy long table: one row per (language, layer, expert) with count, gate mass, frequency.

@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from moe_interp.core._checks import check_int as _check_int
-from moe_interp.core._checks import check_level as _check_level
+from moe_interp.core._checks import check_int, check_level
 from moe_interp.experiments._grid import Experiment, check_held_out
 from moe_interp.core._layers import BANDS, THIRD_BANDS
 from moe_interp.analysis._evidence import interval, resampled_means
@@ -114,7 +113,7 @@ def random_expert_set(experts: Mapping[int, Sequence[int]], num_experts: int, se
     ```
     """
     if usage is not None:
-        _check_int("match", match, 1)
+        check_int("match", match, 1)
     rng = np.random.default_rng(seed)
     drawn = {}
     for layer in sorted(experts):
@@ -188,7 +187,7 @@ class AblationResult:
     `experts` (number of `(layer, expert)` pairs ablated per condition); `frame` (every
     text's bits/byte per cell: conditions `"baseline"`, `"ablate:{target}:{band}"` and the
     random controls `"control:{target}:{band}:{draw}"`, run on the target's own texts);
-    `controls` (random draws per condition), `replicates`, `level`, `seed` (of the
+    `controls` (random draws per condition), `resamples`, `level`, `seed` (of the
     intervals); `sets` (the `ExpertSet` each condition ablated, controls included, by
     condition name); `among` (the languages the experts are exclusive among); `profiled`
     (how many languages the statistics hold); `families` (`{language: family}` of the
@@ -203,7 +202,7 @@ class AblationResult:
     experts: dict[tuple[str, str], int]
     frame: Any
     controls: int = 20
-    replicates: int = 2000
+    resamples: int = 2000
     level: float = 0.95
     seed: int = 0
     sets: dict[str, ExpertSet] = dataclasses.field(default_factory=dict, repr=False)
@@ -266,7 +265,7 @@ class AblationResult:
         ...         for c, b in [("baseline", 3 + 0.01 * i), ("ablate:eng:middle-third", 3 + cost[l] + 0.02 * (i % 3))]
         ...         + [(f"control:eng:middle-third:{d}", 3 + 0.01 * i + 0.01 * d) for d in range(20) if l == "eng"]]
         >>> res = AblationResult(("eng", "deu", "fin"), (("eng", "middle-third"),), {}, np.zeros((3, 1)),
-        ...                      {("eng", "middle-third"): 4}, pd.DataFrame(rows), controls=20, replicates=500,
+        ...                      {("eng", "middle-third"): 4}, pd.DataFrame(rows), controls=20, resamples=500,
         ...                      layers={"middle-third": (3, 4, 5)})
         >>> v = res.verdicts().iloc[0]
         >>> v.language, v.band, v.layers, round(float(v.own), 2), round(float(v.random_p), 3), v.verdict
@@ -325,7 +324,7 @@ class AblationResult:
             low, high = interval(float(estimate), samples, self.level)
             row.update({name: float(estimate), f"{name}_low": low, f"{name}_high": high})
 
-        own_estimate, own_samples = resampled_means([own], self.replicates, _interval_seed(self.seed, target, label,
+        own_estimate, own_samples = resampled_means([own], self.resamples, _interval_seed(self.seed, target, label,
                                                                                             "own"), unit="item")
         put("own", own_estimate, own_samples)
         lows = {}
@@ -336,7 +335,7 @@ class AblationResult:
                                                            f"own_minus_{name}_low", f"own_minus_{name}_high")})
                 lows[name] = None
                 continue
-            estimate, samples = resampled_means([effects(l, ablate) for l in languages], self.replicates,
+            estimate, samples = resampled_means([effects(l, ablate) for l in languages], self.resamples,
                                                 _interval_seed(self.seed, target, label, name), unit="group")
             put(name, estimate, samples)
             put(f"own_minus_{name}", own_estimate - estimate, own_samples - samples)
@@ -466,7 +465,7 @@ def _band_layers(spec: Any, bands: Sequence[str] | Mapping[str, Any], width: int
 def ablation_grid(model: Any, stats: Any, corpus: Mapping[str, Sequence[str]], eval_languages: Sequence[str],
                   target_languages: Sequence[str], bands: Sequence[str] | Mapping[str, Any] = THIRD_BANDS,
                   width: int | None = None, k: int | None = None, threshold: float = 0.4,
-                  among: Sequence[str] | None = None, controls: int = 20, replicates: int = 2000, level: float = 0.95,
+                  among: Sequence[str] | None = None, controls: int = 20, resamples: int = 2000, level: float = 0.95,
                   seed: int = 0, allow_same_texts: bool = False, path: str | os.PathLike | None = None,
                   batch_size: int = 8, progress: bool = True, families: Mapping[str, str] | None = None,
                   match: int | None = MATCH) -> AblationResult:
@@ -491,7 +490,7 @@ def ablation_grid(model: Any, stats: Any, corpus: Mapping[str, Sequence[str]], e
     `{name: layers}`; `k=None`: the paper's 15 of 128 experts scaled to the model
     (`mi.PAPER.scaled_k`); `controls`: random draws per cell (20 by default; fewer are
     allowed, but the smallest rank p-value is `1 / (controls + 1)`, so below 19 at level
-    0.95 no cell can pass the random-set rule, and the summary says so); `replicates`,
+    0.95 no cell can pass the random-set rule, and the summary says so); `resamples`,
     `level`, `seed`: of the intervals.
 
     Select and evaluate on different texts: `stats` comes from a profile of other texts
@@ -508,7 +507,7 @@ def ablation_grid(model: Any, stats: Any, corpus: Mapping[str, Sequence[str]], e
     ...         "fin": ["Lintu laulaa.", "Kalat uivat."]}
     >>> profile = mi.profile(model, train, progress=False)
     >>> res = mi.ablation_grid(model, profile, test, ["eng", "deu", "fin"], ["eng"], bands=("middle-third",), k=4,
-    ...                        controls=19, replicates=200, progress=False)
+    ...                        controls=19, resamples=200, progress=False)
     >>> res.delta.shape, res.among, res.layers
     ((3, 1), ('eng', 'deu', 'fin'), {'middle-third': (1, 2)})
     >>> v = res.verdicts().iloc[0]
@@ -517,12 +516,12 @@ def ablation_grid(model: Any, stats: Any, corpus: Mapping[str, Sequence[str]], e
 
     ```
     """
-    _check_int("controls", controls, 1)
-    _check_int("replicates", replicates, 1)
-    _check_int("seed", seed, 0)
+    check_int("controls", controls, 1)
+    check_int("resamples", resamples, 1)
+    check_int("seed", seed, 0)
     if match is not None:
-        _check_int("match", match, 1)
-    level = _check_level(level)
+        check_int("match", match, 1)
+    level = check_level(level)
     if len(eval_languages) < 2:
         raise ValueError("eval_languages needs at least two languages: a verdict compares the ablated language's "
                          "effect with the effect on the others")
@@ -570,4 +569,4 @@ def ablation_grid(model: Any, stats: Any, corpus: Mapping[str, Sequence[str]], e
     delta = np.array([[_mean_bpb(frame, l, f"ablate:{t}:{b}") - baseline[l] for t, b in conditions]
                       for l in eval_languages])
     return AblationResult(tuple(eval_languages), tuple(conditions), baseline, delta, experts, frame, controls,
-                          replicates, level, seed, sets, among, len(stats.languages), family, layers, match)
+                          resamples, level, seed, sets, among, len(stats.languages), family, layers, match)

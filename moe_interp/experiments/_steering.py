@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from moe_interp.core._checks import check_int, check_level
 from moe_interp.core._fingerprint import check_corpus, fingerprint
 from moe_interp.experiments._grid import Experiment, check_held_out
 from moe_interp.analysis._evidence import paired_interval, stratified_interval
@@ -238,7 +239,7 @@ class SteeringResult:
     `ci_high` paired bootstrap interval over texts, `p_value`, `pairs` steered); `outcome`
     (the same on the test texts for every scale, column `scale`); `shift` (per scale,
     language and MoE layer on the test texts: `changed` share of top-k sets, `mass_moved`
-    onto the steered experts, `tokens`); `level`, `samples`, `seed` (of the intervals);
+    onto the steered experts, `tokens`); `level`, `resamples`, `seed` (of the intervals);
     `gains` (per scale, one array per language of each test text's gain); `steered_layers`
     (the layers the steer is applied to, e.g. the middle band; `None`: every layer of
     `shift`, for a result built by hand).
@@ -250,7 +251,7 @@ class SteeringResult:
     outcome: Any = None
     shift: Any = None
     level: float = 0.95
-    samples: int = 2000
+    resamples: int = 2000
     seed: int = 0
     gains: dict = dataclasses.field(default_factory=dict, repr=False)
     steered_layers: tuple[int, ...] | None = None
@@ -302,7 +303,7 @@ class SteeringResult:
                 lambda g: pd.Series({"changed": np.average(g.changed, weights=g.tokens),
                                      "mass_moved": np.average(g.mass_moved, weights=g.tokens)}), include_groups=False)
             changed, moved = float(layers.changed.loc[steered].mean()), float(layers.mass_moved.loc[steered].mean())
-            gain = stratified_interval(self.gains[scale], self.samples, self.level, self.seed)
+            gain = stratified_interval(self.gains[scale], self.resamples, self.level, self.seed)
             row = {"scale": float(scale), "steered_layers": label, "changed": changed, "mass_moved": moved,
                    "gain": gain.estimate, "gain_low": gain.low, "gain_high": gain.high,
                    "verdict": _verdict(changed, gain.low, gain.high)}
@@ -651,7 +652,7 @@ def dose_response_seeds_figure(seeds: Any, title: str = "Steering dose-response 
 
 def steering_eval(model: Any, stats: Any, dev: Mapping[str, Sequence[str]], test: Mapping[str, Sequence[str]],
                   languages: Sequence[str], target: str = "eng", scales: Sequence[float] = (0.0, 0.02, 0.05, 0.1, 0.2),
-                  layers: Any = "middle", k: int | None = None, threshold: float = 0.7, samples: int = 2000,
+                  layers: Any = "middle", k: int | None = None, threshold: float = 0.7, resamples: int = 2000,
                   seed: int = 0, level: float = 0.95, allow_same_texts: bool = False,
                   path: str | os.PathLike | None = None, batch_size: int = 8, progress: bool = True) -> SteeringResult:
     """Routing-guided steering, evaluated honestly.
@@ -659,10 +660,10 @@ def steering_eval(model: Any, stats: Any, dev: Mapping[str, Sequence[str]], test
     For each language `l`, steer toward the experts shared by `(target, l)` (the paper's
     `RouteSteer`, experts from `stats`); choose the scale minimising mean bits/byte on
     `dev`; report on `test` each language's gain with a paired bootstrap interval and
-    p-value (`samples` replicates), and for every scale on `test` the dose-response: how far
-    routing moved per layer (`routing_shift`; summarised over the layers `layers` selects,
-    `SteeringResult.steered_layers`) next to the outcome. `k=None`: the paper's
-    20 of 128 experts scaled to the model, as `RouteSteer`.
+    p-value (`resamples` bootstrap resamples of its texts), and for every scale on `test`
+    the dose-response: how far routing moved per layer (`routing_shift`; summarised over
+    the layers `layers` selects, `SteeringResult.steered_layers`) next to the outcome.
+    `k=None`: the paper's 20 of 128 experts scaled to the model, as `RouteSteer`.
 
     Three disjoint sets of texts: `stats` profiled on one (choosing experts), `dev`
     (choosing the scale), `test` (reporting). `test` equal to `dev`, or to the texts
@@ -676,7 +677,7 @@ def steering_eval(model: Any, stats: Any, dev: Mapping[str, Sequence[str]], test
     >>> dev = {"eng": ["Dogs bark."], "deu": ["Hunde bellen."]}
     >>> test = {"eng": ["A bird sings."], "deu": ["Ein Vogel singt.", "Fische schwimmen."]}
     >>> res = mi.steering_eval(mi.zoo.tiny_model("qwen3_moe"), mi.profile(model, pick, progress=False), dev, test,
-    ...                        ["deu"], scales=(0.0, 1.0), k=4, samples=200, progress=False)
+    ...                        ["deu"], scales=(0.0, 1.0), k=4, resamples=200, progress=False)
     >>> res.scale in (0.0, 1.0), list(res.dose_response().scale), res.table.language.tolist()
     (True, [0.0, 1.0], ['deu'])
 
@@ -705,6 +706,7 @@ def steering_eval(model: Any, stats: Any, dev: Mapping[str, Sequence[str]], test
 
     # Check everything before the first cell: a bad k must not cost the baselines' compute.
     dev, test, scales = check_corpus(dev), check_corpus(test), [float(s) for s in scales]
+    resamples, seed, level = check_int("resamples", resamples, 1), check_int("seed", seed, 0), check_level(level)
     if not scales:
         raise ValueError("scales is empty: pass the steering scales to choose from, e.g. (0.0, 0.02, 0.05)")
     missing = [lang for lang in languages if lang not in dev or lang not in test]
@@ -737,7 +739,7 @@ def steering_eval(model: Any, stats: Any, dev: Mapping[str, Sequence[str]], test
         gains[scale] = [per_text(frame, scale, lang) for lang in languages]
         for i, (lang, interventions) in enumerate(grid(scale).items()):
             diff = gains[scale][i]
-            result = paired_interval(diff, samples, level, seed + i)
+            result = paired_interval(diff, resamples, level, seed + i)
             pairs = interventions[0].expert_set(spec).size if scale else 0
             outcome.append({"scale": scale, "language": lang, "gain": result.estimate, "ci_low": result.low,
                             "ci_high": result.high, "p_value": result.p_value, "pairs": pairs})
@@ -748,5 +750,5 @@ def steering_eval(model: Any, stats: Any, dev: Mapping[str, Sequence[str]], test
     outcome = pd.DataFrame(outcome)
     table = outcome[outcome.scale == best].drop(columns="scale").reset_index(drop=True)
     shift = pd.concat(shift, ignore_index=True)[["scale", "language", "layer", "changed", "mass_moved", "tokens"]]
-    return SteeringResult(best, dev_scores, table, outcome, shift, level, samples, seed, gains,
+    return SteeringResult(best, dev_scores, table, outcome, shift, level, resamples, seed, gains,
                           steered_layers=tuple(spec.select_layers(layers)))

@@ -22,6 +22,7 @@ from moe_interp.analysis import family_evidence, layer_evidence, ngram_baselines
 from moe_interp.datasets import udhr
 from moe_interp.core.languages import info, script
 from moe_interp.experiments._ablation import VERDICT_RULES
+from moe_interp.core._checks import check_int
 from moe_interp.core._threads import choose_threads, set_threads
 from moe_interp.experiments import ablation_grid, steering_eval
 from moe_interp.experiments._profile import profile
@@ -46,7 +47,7 @@ SCALES = (0.0, 0.25, 1.0, 4.0)
 # settings: experts chosen on 16 train pieces per language (of ~55), 100 bootstrap resamples and 500
 # label permutations (the card: all pieces, 200 and 1000); its wall time: benchmarks/RESULTS.md.
 DEMO_PICK_PIECES = 16
-DEMO_REPLICATES = 100
+DEMO_RESAMPLES = 100
 
 
 def _pieces(corpus: Mapping[str, Sequence[str]], max_bytes: int = MAX_BYTES) -> dict:
@@ -117,7 +118,7 @@ def _family_record(ev: Any, script: str | None = None) -> dict:
     byte n-gram baseline (named), the paired differences, and the label-permutation p-values."""
     twins = [m for m in ev.models if m.startswith("twin")]
     out = {"languages": len(ev.languages), "families": len(set(ev.families)), "layers": list(ev.layers),
-           "level": ev.level, "unit": ev.unit, "replicates": int(len(ev.samples)), "script": script}
+           "level": ev.level, "unit": ev.unit, "resamples": int(len(ev.samples)), "script": script}
     p = ev.table().set_index(["statistic", "model"]).p_value
     for statistic in ev.statistics:
         strongest = ev.strongest_baseline(statistic)
@@ -237,7 +238,7 @@ class DemoEvidence:
 
 
 def demo_evidence(path: str | os.PathLike | None = None, languages: Sequence[str] | None = None,
-                  quick: bool = False, twins: int = TWINS, replicates: int = 200, permutations: int = 1000,
+                  quick: bool = False, twins: int = TWINS, resamples: int = 200, permutations: int = 1000,
                   pick_pieces: int | None = None, controls: int = CONTROLS, progress: bool = True,
                   log: Callable[[str], None] | None = None) -> DemoEvidence:
     """Measure the demo's claims on the demo model (or the one trained into `path`).
@@ -256,13 +257,13 @@ def demo_evidence(path: str | os.PathLike | None = None, languages: Sequence[str
     The defaults are the model card's full settings. `pick_pieces`: choose experts on that
     many train pieces per language (evenly spaced; None: all, ~55), `controls`: random
     expert sets per ablation cell (20 or more: fewer can never pass the random-set rule),
-    `replicates`/`permutations`: of the family statistics (x10 bootstrap resamples for
+    `resamples`/`permutations`: of the family statistics (x10 bootstrap resamples for
     ablation and steering intervals). `run_demo` lightens them.
 
     ```python
     >>> from moe_interp.experiments.demo import demo_evidence
     >>> ev = demo_evidence(languages=["eng", "deu", "nld", "fin", "ekk", "hun"], quick=True, twins=1,
-    ...                    replicates=20, permutations=20, progress=False)
+    ...                    resamples=20, permutations=20, progress=False)
     >>> list(ev.family), ev.family["all"].models[:2]      # every language is Latin: no separate Latin row
     (['all'], ('trained', 'twin 1'))
     >>> ev.markdown().splitlines()[0]
@@ -278,8 +279,7 @@ def demo_evidence(path: str | os.PathLike | None = None, languages: Sequence[str
         if not languages:
             raise ValueError("languages is empty; pass ISO 639-3 codes such as ['eng', 'deu'], or None for the demo "
                              f"model's {len(DEMO_LANGUAGES)} languages")
-    if isinstance(twins, bool) or not isinstance(twins, int) or twins < 1:
-        raise ValueError(f"twins must be an integer >= 1 (random-init twins to compare with), got {twins!r}")
+    twins = check_int("twins (random-init twins to compare with)", twins, 1)
     languages = list(DEMO_LANGUAGES) if languages is None else languages
     splits = _splits(languages, quick, pick_pieces)
     heldout = splits["heldout"]
@@ -303,7 +303,7 @@ def demo_evidence(path: str | os.PathLike | None = None, languages: Sequence[str
         twin_stats[f"twin {i + 1}"] = profile(demo_model(trained=False, path=path, seed=seed + 1000 * i), heldout,
                                               batch_size=16, progress=progress)
     lap("profile twins")
-    say(f"family structure, middle band and per layer: {replicates} resamples of the languages, {permutations} label "
+    say(f"family structure, middle band and per layer: {resamples} resamples of the languages, {permutations} label "
         "permutations; exact byte 1-, 2- and 3-gram baselines")
     families = _families(languages)
     baselines = ngram_baselines(heldout)
@@ -312,11 +312,11 @@ def demo_evidence(path: str | os.PathLike | None = None, languages: Sequence[str
     for subset, langs in (("all", languages), ("Latn", latin if len(latin) < len(languages) else [])):
         if len(set(families[l] for l in langs)) >= 2:  # a subset of one family has no family structure
             family[subset] = family_evidence(stats.select(langs), families=families, layers="middle",
-                                             twins=twin_stats, baseline=baselines, replicates=replicates,
+                                             twins=twin_stats, baseline=baselines, resamples=resamples,
                                              permutations=permutations)
     by_layer = None
     if len(set(families.values())) >= 2:
-        by_layer = layer_evidence(stats, families=families, twins=twin_stats, replicates=replicates)
+        by_layer = layer_evidence(stats, families=families, twins=twin_stats, resamples=resamples)
     lap("family evidence")
     targets = [l for l in ABLATE if l in heldout][: 3 if quick else len(ABLATE)]
     evaluated = list(dict.fromkeys([*targets, *(l for l in RELATIVES if l in heldout)]))
@@ -325,7 +325,7 @@ def demo_evidence(path: str | os.PathLike | None = None, languages: Sequence[str
         say(f"ablation: exclusive experts of {', '.join(targets)} (chosen on the train split) rerouted per band, "
             f"{controls} usage-matched random sets each; bits/byte on held-out texts of {', '.join(evaluated)}")
         ablation = ablation_grid(trained, picked, heldout, evaluated, targets, controls=controls,
-                                 replicates=replicates * 10, progress=progress)
+                                 resamples=resamples * 10, progress=progress)
     lap("ablation")
     steer = [l for l in STEER if l in heldout and l != DEMO_HUB][: 2 if quick else len(STEER)]
     steering = None
@@ -333,7 +333,7 @@ def demo_evidence(path: str | os.PathLike | None = None, languages: Sequence[str
         say(f"steering {', '.join(steer)} toward experts shared with {DEMO_HUB}: scale chosen on dev paragraphs, "
             "dose-response on held-out texts")
         steering = steering_eval(trained, picked, splits["dev"], heldout, steer, target=DEMO_HUB,
-                                 scales=SCALES[:3] if quick else SCALES, samples=replicates * 10, progress=progress)
+                                 scales=SCALES[:3] if quick else SCALES, resamples=resamples * 10, progress=progress)
     lap("steering")
     return DemoEvidence(tuple(languages), family, ablation, steering, stats, twin_stats["twin 1"], seconds, by_layer)
 
@@ -428,7 +428,7 @@ def seed_records(directory: str | os.PathLike = DEMO_MODEL_DIR) -> dict[int, dic
 
 def run_demo(out: str | os.PathLike = "report.html", languages: Sequence[str] | None = None,
              quick: bool = False, progress: bool = True, threads: int | str | None = None,
-             log: Callable[[str], None] | None = None, replicates: int = DEMO_REPLICATES,
+             log: Callable[[str], None] | None = None, resamples: int = DEMO_RESAMPLES,
              pick_pieces: int | None = DEMO_PICK_PIECES) -> DemoResult:
     """Measure the demo's claims (`demo_evidence`) and write them as an HTML report.
 
@@ -437,7 +437,7 @@ def run_demo(out: str | os.PathLike = "report.html", languages: Sequence[str] | 
     (`"en"` -> `"eng"`). `threads`: torch threads, `"auto"` for `choose_threads()`, None to
     leave torch's setting. `log` receives one line per step; the findings (one line per claim:
     what, the estimate, the verdict, by the rules of `moe_interp.experiments._claims`) are in the result. Lighter than the
-    model card's measurement: `replicates` bootstrap resamples of the family statistics (x5
+    model card's measurement: `resamples` bootstrap resamples of the family statistics (x5
     label permutations, x10 resamples for ablation and steering intervals), experts chosen on
     `pick_pieces` train pieces per language (None: all). The report also shows the model
     card's measurement across training seeds (the bundled `eval.json` files).
@@ -445,7 +445,7 @@ def run_demo(out: str | os.PathLike = "report.html", languages: Sequence[str] | 
     ```python
     >>> from moe_interp.experiments.demo import run_demo
     >>> result = run_demo("report.html", languages=["eng", "deu", "nld", "fin", "ekk", "hun"], quick=True,
-    ...                   progress=False, replicates=20)
+    ...                   progress=False, resamples=20)
     >>> result.path.name, len(result.findings) > 4
     ('report.html', True)
 
@@ -455,7 +455,7 @@ def run_demo(out: str | os.PathLike = "report.html", languages: Sequence[str] | 
     if threads is not None:
         count, why = set_threads(None if threads == "auto" else int(threads))
         say(f"{count} torch threads ({why})")
-    ev = demo_evidence(languages=languages, quick=quick, replicates=replicates, permutations=5 * replicates,
+    ev = demo_evidence(languages=languages, quick=quick, resamples=resamples, permutations=5 * resamples,
                        pick_pieces=pick_pieces, progress=progress, log=say)
     record = ev.record()
     claims = _claims.claims(record)
@@ -476,7 +476,7 @@ def run_demo(out: str | os.PathLike = "report.html", languages: Sequence[str] | 
         f"({min(6, pick_pieces or 6) if quick else pick_pieces or 'all'} pieces of each language), the steering "
         f"scale on held-back train paragraphs, and everything is reported on the held-out split with {pct}% "
         "percentile bootstrap intervals: over languages (each with its texts) for family claims, over texts for a "
-        f"language's own effects ({replicates} resamples, {5 * replicates} label permutations; the model card "
+        f"language's own effects ({resamples} resamples, {5 * resamples} label permutations; the model card "
         "measures the same with all train pieces, 200 and 1000). Every sentence is worded by a rule from its "
         "numbers (<code>moe_interp.experiments._claims</code>).</p>",
     ]
