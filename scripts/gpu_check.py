@@ -57,7 +57,7 @@ with mi.trace(gpu, mi.RouterRecord()) as tr:
         pass
     with tr.invoke(prompts[1:], group="x"):
         pass
-check("invokes groups", tr.routing.languages == ("en", "x"), str(tr.routing.languages))
+check("invokes groups", tr.routing.groups == ("en", "x"), str(tr.routing.groups))
 with mi.trace(gpu, prompts[0], mi.RouterRecord()) as one:
     pass
 check("invoke en == single trace", torch.equal(tr.routing.count[0], one.routing.count[0]))

@@ -160,7 +160,9 @@ BELOW = {
     "moe_interp.core._layers": {"moe_interp.core._checks"},
     "moe_interp.core._checks": set(),
     "moe_interp.core._files": set(),
-    "moe_interp.core._counts": {"moe_interp.core._layers", "moe_interp.core._checks", "moe_interp.core._files"},
+    "moe_interp.core.languages": set(),
+    "moe_interp.core._counts": {"moe_interp.core._layers", "moe_interp.core._checks", "moe_interp.core._files",
+                                "moe_interp.core.languages"},  # the repr says languages when the labels are
 }
 
 

@@ -26,7 +26,7 @@ def _unchecked(**changes) -> mi.RoutingStats:
 
 
 def test_the_annotation_refuses_a_tokens_axis_that_disagrees_with_count():
-    with pytest.raises(TypeCheckError, match=r"lang=2"):
+    with pytest.raises(TypeCheckError, match=r"group=2"):
         mi.RoutingStats(**_fields(tokens=torch.zeros(3, dtype=torch.long)))
 
 

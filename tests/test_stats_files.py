@@ -321,3 +321,17 @@ def test_an_unprofiled_language_is_refused_naming_the_profiled_ones_not_empty_cl
     assert "close matches" not in message and "the profiled languages: ['en', 'de']" in message
     with pytest.raises(KeyError, match=r"close matches: \['de', 'en'\]"):
         stats.language_index("dee")
+
+
+def test_groups_name_the_first_axis_and_files_keep_the_languages_key(tmp_path):
+    """A trace's invoke groups are no languages: `groups` names the axis, the repr says which,
+    and the saved header keeps the key `languages`, so files read the same either way."""
+    count = torch.tensor([[[1, 1, 0]], [[0, 1, 1]]])
+    invokes = mi.RoutingStats(("default/text", "invoke1"), (0,), 3, 2, count, count / 2.0, torch.tensor([1, 1]))
+    assert invokes.groups == invokes.languages == ("default/text", "invoke1")
+    assert repr(invokes).startswith("RoutingStats(groups=[default/text, invoke1], layers=1")
+    path = invokes.save(tmp_path / "invokes.routing")
+    assert json.loads((path / "meta.json").read_text())["languages"] == ["default/text", "invoke1"]
+    assert mi.RoutingStats.load(path).groups == ("default/text", "invoke1")
+    profile = dataclasses.replace(invokes, languages=("eng", "de"))
+    assert repr(profile).startswith("RoutingStats(languages=[eng, de], layers=1")

@@ -27,6 +27,7 @@ from moe_interp.core._checks import check_int
 from moe_interp.core._files import checksum as _checksum
 from moe_interp.core._files import read_tensors, write_directory
 from moe_interp.core._layers import parse_layers
+from moe_interp.core.languages import info
 
 __all__ = ["RoutingCounts", "StatsFileError"]
 
@@ -125,8 +126,12 @@ class RoutingCounts:
     `RoutingStats`, which adds the analyses and figures as methods.
 
     For every non-padding token and MoE layer, each of the `top_k` experts the model
-    used adds 1 to `count[lang, layer, expert]` and its routing weight to
-    `gate_mass[...]`; `tokens[lang]` counts the tokens. `layers` holds the real indices of
+    used adds 1 to `count[group, layer, expert]` and its routing weight to
+    `gate_mass[...]`; `tokens[group]` counts the tokens. The `group` axis is labelled by
+    `groups`: the invoke groups of a trace (`("default",)` for one plain input), the
+    languages of a profile. The field holding the labels is `languages`, the name the
+    analyses of languages use (`exclusive_experts("sw")`, `family_agreement`, saved files);
+    `groups` is the same tuple. `layers` holds the real indices of
     the MoE layers (the `layer` axis). Per-item counts (`item_count`, `item_tokens`,
     `item_language`), kept by `mi.profile`, allow bootstrap confidence intervals.
     `stacks` labels each layer's stack (e.g. `"encoder"` / `"decoder"`) on models with more
@@ -154,9 +159,9 @@ class RoutingCounts:
     layers: tuple[int, ...]
     num_experts: int
     top_k: int
-    count: Int[Tensor, "lang layer expert"]
-    gate_mass: Float[Tensor, "lang layer expert"]
-    tokens: Int[Tensor, " lang"]
+    count: Int[Tensor, "group layer expert"]
+    gate_mass: Float[Tensor, "group layer expert"]
+    tokens: Int[Tensor, " group"]
     item_count: Int[Tensor, "item layer expert"] | None = None
     item_tokens: Int[Tensor, " item"] | None = None
     item_language: Int[Tensor, " item"] | None = None
@@ -173,6 +178,26 @@ class RoutingCounts:
         if self.stacks is not None:
             self.stacks = tuple(self.stacks)
         _check_consistent(self)
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The labels of the `group` axis (`count[group]`): the invoke groups of a trace
+        (`("default",)` for one plain input, `"invoke0"`, ... or the names given), the
+        languages of a profile. The same tuple as `languages`.
+
+        ```python
+        >>> import moe_interp as mi
+        >>> model = mi.zoo.tiny_model("qwen3_moe")
+        >>> with mi.trace(model, "The cat sat.", mi.RouterRecord()) as tr:
+        ...     pass
+        >>> tr.routing.groups
+        ('default',)
+        >>> tr.routing                                   # not language codes: the repr says groups
+        RoutingStats(groups=[default], layers=4, experts=8, top_k=2, tokens=...)
+
+        ```
+        """
+        return self.languages
 
     # -- construction --------------------------------------------------------------
 
@@ -352,7 +377,7 @@ class RoutingCounts:
 
     # -- basic quantities ----------------------------------------------------------
 
-    def frequency(self) -> Float[Tensor, "lang layer expert"]:
+    def frequency(self) -> Float[Tensor, "group layer expert"]:
         """`count / tokens`: how often each expert is used per token (sums to `top_k`).
 
         ```python
@@ -367,7 +392,7 @@ class RoutingCounts:
         """
         return self.count.double() / self.tokens.clamp(min=1).double()[:, None, None]
 
-    def distribution(self) -> Float[Tensor, "lang layer expert"]:
+    def distribution(self) -> Float[Tensor, "group layer expert"]:
         """`frequency() / top_k`: the routing distribution over experts (sums to 1).
 
         ```python
@@ -480,9 +505,19 @@ class RoutingCounts:
             raise StatsFileError(f"{path} is inconsistent: {error}") from None
 
     def __repr__(self) -> str:
-        langs = ", ".join(self.languages[:8]) + (", ..." if len(self.languages) > 8 else "")
-        return (f"{type(self).__name__}(languages=[{langs}], layers={len(self.layers)}, experts={self.num_experts}, "
+        # "languages" when every label is a language code (a profile), else "groups" (a trace's invokes)
+        axis = "languages" if all(_is_language(label) for label in self.languages) else "groups"
+        labels = ", ".join(self.languages[:8]) + (", ..." if len(self.languages) > 8 else "")
+        return (f"{type(self).__name__}({axis}=[{labels}], layers={len(self.layers)}, experts={self.num_experts}, "
                 f"top_k={self.top_k}, tokens={int(self.tokens.sum())})")
+
+
+def _is_language(label: str) -> bool:
+    try:
+        info(label)
+    except (KeyError, TypeError, ValueError):
+        return False
+    return True
 
 
 def _read_header(text: bytes, where: Path) -> dict:

@@ -366,7 +366,7 @@ def demo_model(trained: bool = True, path: Any = None, padding_side: str = "left
     >>> with mi.trace(model, mi.RouterRecord()) as tr:
     ...     with tr.invoke(["All human beings are born free"], group="eng"): pass
     ...     with tr.invoke(["Tous les êtres humains naissent libres"], group="fra"): pass
-    >>> tr.routing.languages
+    >>> tr.routing.groups
     ('eng', 'fra')
     >>> other = mi.zoo.demo_model(trained=False, seed=1)   # a second twin, another init
     >>> bool((other._module.lm_head.weight != twin._module.lm_head.weight).any())
