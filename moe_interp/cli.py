@@ -341,15 +341,14 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _threads(text: str) -> int | str:
+    from moe_interp.core._checks import check_int
+
     if text == "auto":
         return text
     try:
-        value = int(text)
+        return check_int("--threads", int(text), 1)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: pass a number of threads >= 1, or auto")
-    return value
+        raise argparse.ArgumentTypeError(f"{text!r}: pass a number of threads >= 1, or auto") from None
 
 
 _EXAMPLES = {

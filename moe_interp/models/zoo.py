@@ -6,6 +6,8 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
+from moe_interp.core._checks import as_index
+
 __all__ = ["byte_tokenizer", "demo_config", "demo_model", "model_class", "tiny_config", "tiny_model",
            "TINY_ARCHITECTURES"]
 
@@ -380,7 +382,8 @@ def demo_model(trained: bool = True, path: Any = None, padding_side: str = "left
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"no demo model at {directory}: run `python scripts/train_demo_model.py` "
                                 "(or pass path= to a directory it wrote)")
-    if seed is not None and (trained or isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+    index = None if seed is None else as_index(seed)
+    if seed is not None and (trained or index is None or index < 0):
         raise ValueError(f"seed={seed!r}: a seed picks a random-init twin; pass trained=False and an integer >= 0 "
                          "(the trained weights have no seed to choose)")
     if trained:
@@ -389,7 +392,7 @@ def demo_model(trained: bool = True, path: Any = None, padding_side: str = "left
     else:
         config = AutoConfig.from_pretrained(directory, local_files_only=True)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(training_seed(directory) if seed is None else seed)
+            torch.manual_seed(training_seed(directory) if index is None else index)
             hf = AutoModelForCausalLM.from_config(config, experts_implementation=DEMO_EXPERTS_IMPLEMENTATION,
                                                   dtype=torch.float32)
     return wrap(hf.eval(), byte_tokenizer(padding_side))
