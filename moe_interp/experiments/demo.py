@@ -1,7 +1,7 @@
 """The offline demo: the paper's pipeline on the bundled demo model, with its controls (random-init
 twins, a byte n-gram baseline, random expert sets) and intervals next to every number, written as
-one HTML report (`moe-interp demo`). `choose_threads` and `set_threads` (the torch thread count every
-`moe-interp` command runs with) are importable from here too.
+one HTML report (`moe-interp demo`). `choose_threads` and `set_threads`, the torch thread policy every
+`moe-interp` command runs with (`moe_interp.core._threads`), are importable from here too.
 
 Selection and evaluation never share texts: experts are chosen on a profile of the UDHR train
 split (minus its last paragraphs), the steering scale on those last paragraphs (dev), and every
