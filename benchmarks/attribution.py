@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 import moe_interp as mi
-from moe_interp.experiments._attribution import MIN_CELLS, MIN_EFFECT, MIN_LOW, MIN_SIGN, rank_correlation
+from moe_interp.analysis import rank_correlation
+from moe_interp.experiments._attribution_results import MIN_CELLS, MIN_EFFECT, MIN_LOW, MIN_SIGN
 from moe_interp.experiments.demo import demo_corpus
 
 LANGUAGES = ("eng", "deu", "swh")
