@@ -6,7 +6,8 @@ import torch
 
 import moe_interp as mi
 from conftest import encode, tiny
-from moe_interp.runtime._compile import RerouteNotHeld, check_held, compile_plan
+from moe_interp.runtime._compile import compile_plan
+from moe_interp.runtime._shipping import RerouteNotHeld, check_held
 
 
 def test_group_limited_reroute_judges_the_groups_that_keep_fewest_experts():

@@ -23,7 +23,7 @@ from moe_interp.runtime._interventions import Intervention, flatten, steer_limit
 from moe_interp.runtime._plan import Edit, LayerPlan, Plan
 from moe_interp.runtime._token_kinds import resolve_token_kinds
 
-__all__ = ["RerouteNotHeld", "check_held", "check_steer_range", "compile_plan", "eos_ids", "place", "router_groups"]
+__all__ = ["check_steer_range", "compile_plan", "eos_ids", "place", "router_groups"]
 
 
 def _reroute_last(spec: MoESpec, layer: int, edits: list, groups: tuple | None) -> list:
@@ -214,41 +214,6 @@ def _check_select(spec: MoESpec, layer: int) -> None:
             "experts), so it cannot make sure an ablated expert is never selected. Use mode='drop' (zeroes "
             "their weights after selection), or register an adapter naming the site: mi.register_adapter("
             "mi.RouterAdapter(name=..., model_types=(...), select='<op>.input'))")
-
-
-class RerouteNotHeld(UnsupportedModelError):
-    """A rerouted expert was still selected: the router's selection was not where `moe_interp`
-    masked it. Raised after the trace (see `check_held`); the trace's results are withheld."""
-
-
-def check_held(plan: Plan, store: dict) -> None:
-    """Raise `RerouteNotHeld` if, in a trace run with `plan`, any token still received an
-    expert that `ExpertAblate(mode="reroute")` removed (the kernels count it, no host waits;
-    this reads the count once, after the trace). Nothing to do without a reroute.
-
-    ```python
-    >>> import moe_interp as mi, torch
-    >>> from moe_interp.runtime._compile import check_held, compile_plan
-    >>> plan = compile_plan(mi.describe(mi.zoo.tiny_model("qwen3_moe")), [mi.ExpertAblate({1: [3]})])
-    >>> check_held(plan, {"rerouted_used": torch.tensor([0])})   # the kernels' count per rerouted layer
-    >>> check_held(plan, {"rerouted_used": torch.tensor([2])})
-    Traceback (most recent call last):
-    moe_interp.runtime._compile.RerouteNotHeld: ExpertAblate(mode='reroute') did not hold: ablated experts were still selected 2 times in layer 1 (token x top-k slot), ...
-
-    ```
-    """
-    used = store.get("rerouted_used")
-    if used is None:
-        return
-    layers = [entry.layer for entry in plan.layers if entry.rerouted is not None]
-    leaked = {layer: int(n) for layer, n in zip(layers, used.tolist()) if n}
-    if leaked:
-        raise RerouteNotHeld(
-            f"ExpertAblate(mode='reroute') did not hold: ablated experts were still selected "
-            f"{', '.join(f'{n} times in layer {layer}' for layer, n in leaked.items())} (token x top-k slot), so "
-            "the outputs and routing of this trace are not those of the ablated model and are withheld. The "
-            "router selects on a score moe_interp did not mask. Use mode='drop', or register an adapter naming "
-            "where its top-k ranks: mi.register_adapter(mi.RouterAdapter(..., select='<op>.input'))")
 
 
 def _refuse_unsteerable(spec: MoESpec, staged: dict) -> None:

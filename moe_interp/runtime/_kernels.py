@@ -418,7 +418,7 @@ def forward_step(root: Any, plan: Any, store: dict, rows: list) -> None:
         indices, weights = _used(router, experts, sites, weight_edits, top_k)
         if entry.rerouted is not None:
             # the safety net: tokens that still received an ablated expert (0 when the
-            # reroute held); read on the host once, after the trace (interventions.check_held)
+            # reroute held); read on the host once, after the trace (runtime._shipping.check_held)
             chosen = indices if indices.dtype == torch.long else indices.long()
             held.append(torch.count_nonzero(torch.take(on(entry.rerouted, indices.device), chosen)))
         if verify:

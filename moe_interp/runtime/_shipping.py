@@ -1,4 +1,5 @@
-"""Running a request where the model is, and collecting what it sends back.
+"""Running a request where the model is, and collecting what it sends back: the results, and
+whether the plan held (`check_held`: a rerouted expert was never selected).
 
 A remote request (`remote=True` on NDIF, `remote="local"` to simulate) carries the tracer
 (`RoutingRun`) and ships `moe_interp` by value for the request (the server need not have
@@ -14,9 +15,9 @@ from typing import Any
 from nnsight.tracing.backend import Backend
 
 from moe_interp.runtime._nnsight_compat import shipped_by_value
-from moe_interp.runtime._compile import RerouteNotHeld, check_held
+from moe_interp.arch import UnsupportedModelError
 
-__all__ = ["RESULT_NAME", "Collect", "OneAtATime", "model_lock", "shipped"]
+__all__ = ["RESULT_NAME", "Collect", "OneAtATime", "RerouteNotHeld", "check_held", "model_lock", "shipped"]
 
 RESULT_NAME = "__moe_interp__"  # the saved value a remote run sends back
 _PACKAGE = __name__.split(".")[0]
@@ -34,6 +35,42 @@ def shipped(inner: Any, tracer: Any, ship: bool = True) -> Any:
     """
     with shipped_by_value(_PACKAGE, ship):
         return inner(tracer)
+
+
+class RerouteNotHeld(UnsupportedModelError):
+    """A rerouted expert was still selected: the router's selection was not where `moe_interp`
+    masked it. Raised after the trace (see `check_held`); the trace's results are withheld."""
+
+
+def check_held(plan: Any, store: dict) -> None:
+    """Raise `RerouteNotHeld` if, in a trace run with `plan`, any token still received an
+    expert that `ExpertAblate(mode="reroute")` removed (the kernels count it, no host waits;
+    this reads the count once, after the trace). Nothing to do without a reroute.
+
+    ```python
+    >>> import moe_interp as mi, torch
+    >>> from moe_interp.runtime._compile import compile_plan
+    >>> from moe_interp.runtime._shipping import check_held
+    >>> plan = compile_plan(mi.describe(mi.zoo.tiny_model("qwen3_moe")), [mi.ExpertAblate({1: [3]})])
+    >>> check_held(plan, {"rerouted_used": torch.tensor([0])})   # the kernels' count per rerouted layer
+    >>> check_held(plan, {"rerouted_used": torch.tensor([2])})
+    Traceback (most recent call last):
+    moe_interp.runtime._shipping.RerouteNotHeld: ExpertAblate(mode='reroute') did not hold: ablated experts were still selected 2 times in layer 1 (token x top-k slot), ...
+
+    ```
+    """
+    used = store.get("rerouted_used")
+    if used is None:
+        return
+    layers = [entry.layer for entry in plan.layers if entry.rerouted is not None]
+    leaked = {layer: int(n) for layer, n in zip(layers, used.tolist()) if n}
+    if leaked:
+        raise RerouteNotHeld(
+            f"ExpertAblate(mode='reroute') did not hold: ablated experts were still selected "
+            f"{', '.join(f'{n} times in layer {layer}' for layer, n in leaked.items())} (token x top-k slot), so "
+            "the outputs and routing of this trace are not those of the ablated model and are withheld. The "
+            "router selects on a score moe_interp did not mask. Use mode='drop', or register an adapter naming "
+            "where its top-k ranks: mi.register_adapter(mi.RouterAdapter(..., select='<op>.input'))")
 
 
 class Collect(Backend):
