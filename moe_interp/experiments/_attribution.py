@@ -90,10 +90,10 @@ _SUMS = ("effect", "count", "tokens", "predicted", "loss")
 
 def _probe(model: Any, spec: MoESpec, found: list, factors: Mapping[int, float | None] | None = None) -> None:
     """Inside a trace of `model`: the routing of the MoE layers at the positions `factors`
-    names (`kernels.routing`, the reading RouterRecord, the drop edit and the router view
-    share; a slot that reached no expert reads index -1), in model order. A layer whose
-    factor is a number gets its weights written back (`kernels.set_weights`) times the
-    factor plus a zero probe `delta`, a leaf that requires grad: `dL/d delta` is the total
+    names (`runtime._reader.routing`, the one reader that RouterRecord, the drop edit and
+    the router view share; a slot that reached no expert reads index -1), in model order.
+    A layer whose factor is a number gets its weights written back (`set_weights`) times
+    the factor plus a zero probe `delta`, a leaf that requires grad: `dL/d delta` is the total
     derivative through the weights the experts receive (later routers stay live, so their
     weights move with the hidden states as in a real drop), and no parameter needs to
     require grad. A factor of None only reads. Appends `(position, indices, weights, delta
@@ -293,9 +293,9 @@ def expert_attribution(model: Any, corpus: Mapping[str, Sequence[str]], metric: 
     `mode="reroute"` is refused: its effect needs the output of the expert each token falls
     back to, which the unablated forward does not compute. An encoder-decoder model is
     refused (`UnsupportedModelError`): the loss is a causal language model's. Runs locally in
-    `mi.trace`, reading and writing the weights through `kernels.routing` / `set_weights` (the
-    reading RouterRecord and the drop edit share: a slot dropped past an expert's capacity
-    counts nowhere), not on NDIF: remote execution is not supported. The model is not
+    `mi.trace`, reading and writing the weights through the one reader (`runtime._reader`:
+    `routing` / `set_weights`, which the reading RouterRecord and the drop edit share: a
+    slot dropped past an expert's capacity counts nowhere), not on NDIF: remote execution is not supported. The model is not
     changed (no `.grad` is written).
 
     ```python

@@ -268,8 +268,8 @@ class ExpertAttribution:
     positive: the language depends on it), `count` (how often each expert was chosen by
     the language's real tokens), `tokens` (real tokens routed per language), `baseline`
     (the language's metric without ablation), `metric` (`"bpb"` or `"nll"`), `mode`
-    (`"drop"`), `meta` (model, its layer count, corpus fingerprints, layer bands, the estimator: `method`,
-    its `steps` and `layers_per_pass`, `passes` per batch; time).
+    (`"drop"`), `meta` (model, its layer count, corpus fingerprints, layer bands, the
+    estimator: `method`, its `steps` and `layers_per_pass`, `passes` per batch; time).
 
     ```python
     >>> import moe_interp as mi
