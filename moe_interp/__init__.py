@@ -18,6 +18,7 @@ from moe_interp.models import zoo
 from moe_interp.experiments import evaluate
 from moe_interp.core import languages
 from moe_interp.analysis import plots
+from moe_interp.core._counts import RoutingCounts
 from moe_interp.core._fingerprint import ResumeError
 from moe_interp.runtime._router_view import RouterAccessError
 from moe_interp.tracing import generate, trace
@@ -31,7 +32,9 @@ from moe_interp.arch import (
 from moe_interp.experiments._attribution import ExpertAttribution, expert_attribution
 from moe_interp.experiments import Experiment, ablation_grid, steering_eval
 from moe_interp.core._expert_set import PAPER, ExpertSet
-from moe_interp.runtime._interventions import ExpertAblate, LayerRouteSteer, RouterRecord, RouteSteer
+from moe_interp.runtime._edits import ScoreKind, SteerKind, WeightsKind
+from moe_interp.runtime._interventions import ExpertAblate, Intervention, LayerRouteSteer, RouterRecord, RouteSteer
+from moe_interp.runtime._plan import Edit
 from moe_interp.models._loading import load, wrap
 from moe_interp.experiments._profile import profile
 from moe_interp.analysis._stats import RoutingStats, StatsFileError
@@ -40,10 +43,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PAPER",
+    "Edit",
     "Experiment",
     "ExpertAblate",
     "ExpertAttribution",
     "ExpertSet",
+    "Intervention",
     "LayerRouteSteer",
     "MoESpec",
     "ResumeError",
@@ -51,9 +56,13 @@ __all__ = [
     "RouterAccessError",
     "RouterAdapter",
     "RouterRecord",
+    "RoutingCounts",
     "RoutingStats",
+    "ScoreKind",
     "StatsFileError",
+    "SteerKind",
     "UnsupportedModelError",
+    "WeightsKind",
     "ablation_grid",
     "analysis",
     "datasets",
