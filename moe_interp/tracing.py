@@ -37,14 +37,14 @@ def trace(model: Any, *args: Any, **kwargs: Any) -> RoutingTracer:
     >>> model = mi.zoo.tiny_model("qwen3_moe")
     >>> with mi.trace(model, ["Hello", "Bonjour tout le monde"], mi.RouterRecord()) as tr:
     ...     logits = model.lm_head.output.save()
-    >>> tr.routing.languages, tr.output.logits.shape[0]
+    >>> tr.routing.groups, tr.output.logits.shape[0]
     (('default',), 2)
     >>> with mi.trace(model, mi.RouterRecord()) as tr:
     ...     with tr.invoke("Hello", group="en"):
     ...         pass
     ...     with tr.invoke("Hallo Welt", group="de"):
     ...         pass
-    >>> tr.routing.languages
+    >>> tr.routing.groups
     ('en', 'de')
 
     ```

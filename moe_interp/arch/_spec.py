@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from moe_interp.core._checks import check_int
 from moe_interp.core._layers import BANDS, bands, parse_layers
 from moe_interp.arch._adapter import RouterAdapter, UnsupportedModelError, adapter_for, registered_adapters
 from moe_interp.arch._probe import probe_router
@@ -120,8 +121,8 @@ class MoESpec:
         """
         if name not in BANDS:
             raise ValueError(f"unknown band {name!r}; use one of {BANDS}")
-        if width is not None and not (isinstance(width, int) and 1 <= width <= len(self.moe_layers)):
-            raise ValueError(f"band width must be in [1, {len(self.moe_layers)}] for this model, got {width}")
+        if width is not None:
+            width = check_int(f"band width (MoE layers of this {self.arch} model)", width, 1, len(self.moe_layers))
         return bands(self.moe_layers, width=width)[name]
 
     def select_layers(self, layers: Any = "all") -> tuple[int, ...]:

@@ -21,7 +21,7 @@ imports only `_checks` (no other package module), so every layer can use it.
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from moe_interp.core._checks import as_index
+from moe_interp.core._checks import as_index, check_int
 
 __all__ = ["BANDS", "PAPER_EDGES", "SCHEMES", "THIRDS", "THIRD_BANDS", "bands", "parse_layers"]
 
@@ -85,8 +85,7 @@ def bands(available: Iterable[int], scheme: str | Sequence[float] = "paper",
     if not n:
         raise ValueError("no layers to split into bands")
     if width is not None:
-        if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= n:
-            raise ValueError(f"band width must be an int in [1, {n}] for these {n} layers, got {width!r}")
+        width = check_int(f"band width (of these {n} layers)", width, 1, n)
         starts = {"early": 0, "middle": round((n - width) / 2 + 1e-9), "late": n - width}
         return {name: layers[starts[name]: starts[name] + width] for name in BANDS}
     edges = _edges(scheme)

@@ -159,7 +159,7 @@ class RoutingTracer(RoutingRun):
     >>> with mi.trace(model, mi.RouterRecord()) as tr:
     ...     with tr.invoke("Hello", group="en"):
     ...         pass
-    >>> type(tr).__name__, tr.routing.languages, tr.output.logits.shape
+    >>> type(tr).__name__, tr.routing.groups, tr.output.logits.shape
     ('RoutingTracer', ('en',), torch.Size([1, 5, 259]))
 
     ```
@@ -366,7 +366,7 @@ def per_row_trace(model: Any, *args: Any, **kwargs: Any) -> RoutingTracer:
     >>> from moe_interp.runtime._tracer import per_row_trace
     >>> with per_row_trace(mi.zoo.tiny_model("qwen3_moe"), ["Hello", "Hi there"], mi.RouterRecord()) as tr:
     ...     pass
-    >>> tr.routing.languages, tr.routing.tokens.tolist()
+    >>> tr.routing.groups, tr.routing.tokens.tolist()
     (('0', '1'), [5, 8])
 
     ```
