@@ -34,11 +34,31 @@ shipping = sys.modules["moe_interp.runtime._shipping"]
 kernels = sys.modules["moe_interp.runtime._kernels"]
 
 
+def _plan_modules() -> list:
+    """The modules that define the values a compiled plan carries (its records, sites, edit and
+    readout kinds): their methods run inside the trace too."""
+    from moe_interp.runtime._compile import compile_plan
+
+    spec = mi.describe(mi.zoo.tiny_model("qwen3_moe"))
+    plan = compile_plan(spec, [mi.RouterRecord(per_token=True), mi.ExpertAblate({1: [0]}),
+                               mi.ExpertAblate({2: [1]}, mode="drop"), mi.LayerRouteSteer({3: {2: 1.0}}),
+                               mi.LayerRouteSteer({3: {1: 1.0}}, mode="additive")])
+    found, todo = set(), [plan]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, (tuple, list)):
+            todo.extend(value)
+        elif type(value).__module__.startswith("moe_interp"):
+            found.add(type(value).__module__)
+            todo.extend(getattr(value, name) for name in getattr(value, "_fields", ()))
+    return [sys.modules[name] for name in sorted(found)]
+
+
 def _in_trace_modules() -> list:
-    """The modules whose code runs inside a trace: the kernels and the package modules they
-    import, transitively (shipped by value with them)."""
+    """The modules whose code runs inside a trace: the kernels, the modules of the values a plan
+    carries, and the package modules they import, transitively (shipped by value with them)."""
     import ast
-    found, todo = [], [kernels]
+    found, todo = [], [kernels, *_plan_modules()]
     while todo:
         module = todo.pop()
         if module in found:
@@ -231,8 +251,10 @@ def test_in_trace_modules_import_only_whitelisted_modules(module):
     assert names <= WHITELIST, names - WHITELIST
 
 
-def test_the_in_trace_modules_are_the_kernels_and_the_reader():
-    assert {m.__name__ for m in IN_TRACE} >= {"moe_interp.runtime._kernels", "moe_interp.runtime._reader"}
+def test_the_in_trace_modules_are_the_kernels_the_reader_and_the_plan_values():
+    assert {m.__name__ for m in IN_TRACE} >= {"moe_interp.runtime._kernels", "moe_interp.runtime._reader",
+                                              "moe_interp.runtime._edits", "moe_interp.runtime._plan",
+                                              "moe_interp.arch._sites"}
     assert not any(m.__name__.startswith(("moe_interp.analysis", "moe_interp.experiments")) for m in IN_TRACE)
 
 

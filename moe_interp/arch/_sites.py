@@ -361,7 +361,7 @@ class DispatchMask(Readout):
         return {"weights": torch.where(indices >= 0, new, old.reshape(-1, 1)).reshape(old.shape)}
 
 
-_READOUTS: dict = {}
+_READOUTS = {}  # name -> Readout subclass
 _BUILT_IN = ("experts", "router", "topk", "dense", "dispatch")
 
 
