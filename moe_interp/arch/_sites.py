@@ -300,7 +300,7 @@ class DenseScores(Readout):
 
     __slots__ = _fields = ("scores",)
     name = "dense"
-    hands = "a dense score matrix"
+    hands = "dense [tokens, experts] scores"
     drops = True
 
     @classmethod
@@ -337,7 +337,7 @@ class DispatchMask(Readout):
 
     __slots__ = _fields = ("mask", "weights")
     name = "dispatch"
-    hands = "a dispatch mask"
+    hands = "a [tokens, experts] dispatch mask (tokens past an expert's capacity are dropped)"
     drops = True
 
     @classmethod

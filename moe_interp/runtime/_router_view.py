@@ -25,9 +25,9 @@ output, or the experts module's input. Reading one parks the trace's worker ther
 The eproperty's preprocess presents every architecture's value the same way: one element
 of a tuple, tokens flattened (`batch * seq`, as routers see them), and inside
 `tracer.invoke` only that invoke's rows, with padding positions kept as nnsight keeps them.
-`indices` and `weights` are not read here but by `kernels.routing`, the reading RouterRecord,
+`indices` and `weights` are not read here but by `runtime._reader.routing`, the reading RouterRecord,
 the drop edit and attribution share (a slot that reached no expert: index -1, weight 0),
-and written by `kernels.set_indices` / `kernels.set_weights`.
+and written by `runtime._reader.set_indices` / `set_weights`.
 
 Every value is read on the whole batch, then narrowed once, here, to the invoke's tokens
 `[start * seq, (start + size) * seq)` (`_nnsight_compat.whole_batch`); a write replaces those
@@ -169,7 +169,7 @@ class Router:
     - `weights`: `[tokens, top_k]` the weights those experts received (0 for such a slot).
 
     `indices` and `weights` are the routing `mi.RouterRecord` counts (one reading,
-    `kernels.routing`). `weights` is assignable on every router; `indices` where the
+    `runtime._reader.routing`). `weights` is assignable on every router; `indices` where the
     experts take indices (not a dense score matrix or a dispatch mask): patching another
     prompt's `indices` routes these tokens to its experts.
     Values must be read in the order the model makes them (nnsight's rule): logits,
@@ -231,7 +231,7 @@ class Router:
             setattr(host, end, value)
 
     def _used(self, part: str) -> torch.Tensor:
-        """`indices` or `weights` of `kernels.routing` (whole batch), the invoke's tokens."""
+        """`indices` or `weights` of `runtime._reader.routing` (whole batch), the invoke's tokens."""
         with whole_batch() as rows:
             indices, weights = routing(self._envoy, self._experts, self._sites_now(), self._top_k, (part,))
         value = indices if part == "indices" else weights
@@ -311,12 +311,10 @@ class Router:
             set_indices(self._envoy, self._experts, sites, new)
 
     def _refuse_indices(self) -> None:
-        # A dense score matrix (Llama-4, NLLB-MoE) or a capacity-limited dispatch mask (Switch)
-        # takes no [tokens, top_k] indices: which experts a token reaches follows from its scores.
-        kind = self._sites.readout
-        if kind in ("dense", "dispatch"):
-            what = ("dense [tokens, experts] scores" if kind == "dense" else
-                    "a [tokens, experts] dispatch mask (tokens past an expert's capacity are dropped)")
+        # A layer that hands its experts no [tokens, top_k] indices (a dense score matrix, a
+        # capacity-limited dispatch mask): which experts a token reaches follows from its scores.
+        what = self._sites.used.hands
+        if what is not None:
             raise RouterAccessError(
                 f"layer {self.layer} ({self.arch}) hands its experts {what}, not [tokens, top_k] indices: assign "
                 "router.logits or router.scores to change which experts its tokens reach (router.indices reads "
@@ -331,7 +329,7 @@ class Router:
     @weights.setter
     def weights(self, value: Any) -> None:
         sites = self._sites_now()
-        dropping = sites.readout in ("dense", "dispatch")  # where slots can reach no expert
+        dropping = sites.used.drops  # where slots can reach no expert
         with whole_batch() as rows:
             indices, current = routing(self._envoy, self._experts, sites, self._top_k,
                                        ROUTING if dropping else ("weights",))
