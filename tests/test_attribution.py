@@ -301,10 +301,10 @@ def test_validate_measures_real_drops_with_the_same_metric():
             assert float(check.real[i, j]) == pytest.approx(real, abs=2e-5)
             assert float(check.estimate[i, j]) == float(attr.effect[i, attr.layers.index(layer), expert])
             assert int(check.count[i, j]) == int(attr.count[i, attr.layers.index(layer), expert])
-    table = check.agreement(n_boot=200, used_only=False)
+    table = check.agreement(resamples=200, used_only=False)
     assert set(table.language) == {"en", "de", "all"} and "middle" in set(table.band)
     assert int(table.query("language == 'all' and band == 'all'").cells.iloc[0]) == 12
-    used = check.agreement(n_boot=200).query("language == 'all' and band == 'all'").cells.iloc[0]
+    used = check.agreement(resamples=200).query("language == 'all' and band == 'all'").cells.iloc[0]
     assert used == int((check.count > 0).sum())
     assert len(check.plot().data) == 3  # one scatter per language and y = x
     middle = attr.validate(model, corpus, n=3, layers=[2], progress=False)
@@ -359,7 +359,7 @@ def test_rank_correlation_matches_scipy_and_brackets_it():
 def test_versus_frequency_and_plot():
     model = mi.zoo.tiny_model("qwen3_moe")
     attr = mi.expert_attribution(model, {"en": TEXTS[:2], "de": TEXTS[2:]}, progress=False)
-    table = attr.versus_frequency(n_boot=200)
+    table = attr.versus_frequency(resamples=200)
     freq = attr.frequency()
     assert list(table.language) == ["en", "de"] and (table.cells == 32).all()
     assert table.spearman[0] == pytest.approx(spearmanr(freq[0].reshape(-1), attr.effect[0].reshape(-1)).statistic)
@@ -586,7 +586,7 @@ def test_the_verdict_follows_the_rule_band_by_band():
     estimate[0, 24:35] = real[0, 24:35] - 0.03        # late: order kept, shifted below 0 for most
     bands = ["middle"] * 12 + ["early"] * 12 + ["late"] * 11 + ["tail"] * 5
     check = _check(estimate.tolist(), real.tolist(), bands=bands)
-    table = check.agreement(n_boot=500).set_index(["language", "band"])
+    table = check.agreement(resamples=500).set_index(["language", "band"])
     assert list(dict.fromkeys(b for _, b in table.index)) == ["early", "middle", "late", "tail", "all"]
     middle, early, late, tail = (table.loc[("eng", band)] for band in ("middle", "early", "late", "tail"))
     assert middle.verdict == "reliable" and middle.spearman == pytest.approx(1.0) and middle.sign == 1.0
@@ -614,7 +614,7 @@ def test_validate_reports_a_verdict_per_band_on_a_real_model():
     corpus = {"en": TEXTS[:2], "de": TEXTS[2:]}
     attr = mi.expert_attribution(model, corpus, progress=False)
     check = attr.validate(model, corpus, n=32, progress=False)
-    table = check.agreement(min_effect=1e-5, n_boot=200)
+    table = check.agreement(min_effect=1e-5, resamples=200)
     assert set(table.band) == {"early", "middle", "late", "all"} and set(table.verdict) <= {
         "reliable", "unreliable", "too few cells"}
     frame = check.to_pandas()

@@ -193,6 +193,17 @@ class AblationResult:
     (how many languages the statistics hold); `families` (`{language: family}` of the
     comparators; empty: `mi.languages`' families); `layers` (`{band: layers}`); `match`
     (controls drawn among the `match` experts nearest in usage rank; `None`: uniform).
+    `mi.ablation_grid` makes one; `verdicts()` reads it by the rules of `VERDICT_RULES`.
+
+    ```python
+    >>> import numpy as np
+    >>> from moe_interp.experiments import AblationResult
+    >>> res = AblationResult(("eng", "fin"), (("fin", "middle-third"),), {"eng": 2.0, "fin": 2.5},
+    ...                      np.array([[0.0], [0.1]]), {("fin", "middle-third"): 3}, None)
+    >>> res.delta[1, 0], res.experts[("fin", "middle-third")], res.controls     # fin lost 0.1 bits/byte
+    (np.float64(0.1), 3, 20)
+
+    ```
     """
 
     eval_languages: tuple[str, ...]

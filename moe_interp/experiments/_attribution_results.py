@@ -107,7 +107,7 @@ class AttributionCheck:
                              for i, lang in enumerate(self.languages)
                              for j, ((layer, expert), band) in enumerate(zip(self.cells, self.bands))])
 
-    def agreement(self, n_boot: int = 1000, level: float = 0.95, seed: int = 0, used_only: bool = True,
+    def agreement(self, resamples: int = 1000, level: float = 0.95, seed: int = 0, used_only: bool = True,
                   min_effect: float = MIN_EFFECT, min_cells: int = MIN_CELLS, min_low: float = MIN_LOW,
                   min_sign: float = MIN_SIGN) -> Any:
         """How far the estimates can be trusted, per language and band of layers (`"all"`
@@ -182,7 +182,7 @@ class AttributionCheck:
                     reason = (f"too few cells with an effect: {len(big)} cells with |real| >= {min_effect:g} "
                               f"({min_cells} needed); no correlation reported")
                 else:
-                    rho, low, high = rank_correlation(part.estimate, part.real, n_boot, level, seed)
+                    rho, low, high = rank_correlation(part.estimate, part.real, resamples, level, seed)
                     failed = ([f"interval's lower end {low:.2f} < {min_low:g}"] if not low >= min_low else []) + (
                         [f"sign right on {sign:.0%} < {min_sign:.0%} of the cells with an effect"]
                         if not sign >= min_sign else [])
@@ -402,7 +402,7 @@ class ExpertAttribution:
                              for i, lang in enumerate(self.languages) for j, layer in enumerate(self.layers)
                              for e in range(self.num_experts)])
 
-    def versus_frequency(self, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> Any:
+    def versus_frequency(self, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> Any:
         """Are the most-used experts the ones a language depends on? Per language, Spearman
         rank correlation over all (layer, expert) cells of routing frequency and estimated
         effect, with a bootstrap interval over cells, and how many of the language's top
@@ -413,7 +413,7 @@ class ExpertAttribution:
         >>> model = mi.zoo.tiny_model("qwen3_moe")    # 4 MoE layers of 8 experts, top-2
         >>> corpus = {"eng": ["Hello there, how are you?", "Good morning"], "deu": ["Guten Morgen, liebe Welt", "Guten Tag"]}
         >>> attr = mi.expert_attribution(model, corpus, progress=False)
-        >>> attr.versus_frequency(n_boot=200).round(2)
+        >>> attr.versus_frequency(resamples=200).round(2)
           language  cells  spearman   low  high  top_overlap
         0      eng     32     -0.24 -0.52  0.12          0.0
         1      deu     32     -0.23 -0.57  0.20          0.0
@@ -427,7 +427,7 @@ class ExpertAttribution:
         top = max(1, len(self.layers) * self.num_experts // 10)
         for i, lang in enumerate(self.languages):
             f, e = freq[i].reshape(-1).numpy(), self.effect[i].reshape(-1).numpy()
-            rho, low, high = rank_correlation(f, e, n_boot, level, seed)
+            rho, low, high = rank_correlation(f, e, resamples, level, seed)
             overlap = len(set(np.argsort(-f, kind="stable")[:top]) & set(np.argsort(-e, kind="stable")[:top])) / top
             rows.append({"language": lang, "cells": len(f), "spearman": rho, "low": low, "high": high,
                          "top_overlap": overlap})

@@ -243,6 +243,15 @@ class SteeringResult:
     `gains` (per scale, one array per language of each test text's gain); `steered_layers`
     (the layers the steer is applied to, e.g. the middle band; `None`: every layer of
     `shift`, for a result built by hand).
+    `mi.steering_eval` makes one; `dose_response()` and `findings()` read it.
+
+    ```python
+    >>> from moe_interp.experiments import SteeringResult
+    >>> res = SteeringResult(0.5, {0.0: 3.0, 0.5: 2.9}, None)     # the dev texts chose scale 0.5
+    >>> res.scale, min(res.dev_scores, key=res.dev_scores.get)
+    (0.5, 0.5)
+
+    ```
     """
 
     scale: float

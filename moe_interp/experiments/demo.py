@@ -174,7 +174,15 @@ class DemoEvidence:
 
     `record()` gives the plain numbers (what `eval.json` keeps); `claims()` the claims worded
     from them by the rules of `moe_interp.experiments._claims`; `rows()` / `markdown()` the same as a table
-    (the README's table is this output).
+    (the README's table is this output). `demo_evidence` makes one (`run_demo` writes its report).
+
+    ```python
+    >>> import dataclasses
+    >>> from moe_interp.experiments.demo import DemoEvidence
+    >>> [field.name for field in dataclasses.fields(DemoEvidence)]
+    ['languages', 'family', 'ablation', 'steering', 'stats', 'twin_stats', 'seconds', 'layers']
+
+    ```
     """
 
     languages: tuple[str, ...]
