@@ -43,13 +43,13 @@ def _crash_at_rename(monkeypatch) -> None:
 
 
 def _crash_while_writing(monkeypatch) -> None:
-    import moe_interp.core._counts
+    import safetensors.torch
 
     def half_then_crash(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"\x00" * 100)
         raise OSError("simulated kill")
 
-    monkeypatch.setattr(moe_interp.core._counts, "save_file", half_then_crash)  # the writer RoutingStats.save calls
+    monkeypatch.setattr(safetensors.torch, "save_file", half_then_crash)  # the writer RoutingStats.save calls
 
 
 # -- atomic save --------------------------------------------------------------------------------

@@ -20,12 +20,10 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 from safetensors import SafetensorError
-from safetensors.torch import save_file
 from torch import Tensor
 
 from moe_interp.core._checks import check_int
-from moe_interp.core._files import checksum as _checksum
-from moe_interp.core._files import read_tensors, write_directory
+from moe_interp.core._files import read_tensors, save_tensor_directory, verify_checksum
 from moe_interp.core._layers import parse_layers
 from moe_interp.core.languages import info
 
@@ -431,29 +429,16 @@ class RoutingCounts:
 
         ```
         """
-        path = Path(path)
-        if path.exists():
-            if not overwrite:
-                raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-            if not path.is_dir() or (any(path.iterdir()) and not (path / _TENSOR_FILE).exists()
-                                     and not (path / _META_FILE).exists()):
-                raise FileExistsError(f"{path} exists and is not a directory written by RoutingStats.save; "
-                                      "overwrite=True replaces only those: choose another path")
-        tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in _TENSORS
-                   if getattr(self, name) is not None}
+        tensors = {name: getattr(self, name) for name in _TENSORS if getattr(self, name) is not None}
         for name, value in (self.per_token or {}).items():
-            tensors[f"per_token.{name}"] = value.detach().cpu().contiguous()
+            tensors[f"per_token.{name}"] = value
         header = {"format": _FORMAT, "languages": list(self.languages), "layers": list(self.layers),
                   "num_experts": self.num_experts, "top_k": self.top_k, "meta": self.meta,
                   "saved": time.strftime("%Y-%m-%dT%H:%M:%S")}
         if self.stacks is not None:  # absent for single-stack models: files read as before
             header["stacks"] = list(self.stacks)
-        body = json.dumps(header, default=str)
-        checksum = _checksum(body, tensors)
-        readable = json.dumps({**json.loads(body), "sha256": checksum}, indent=1)
-        return write_directory(path, {
-            _TENSOR_FILE: lambda temp: save_file(tensors, str(temp), metadata={"moe_interp": body, "sha256": checksum}),
-            _META_FILE: lambda temp: temp.write_text(readable)})
+        return save_tensor_directory(Path(path), header, tensors, tensor_file=_TENSOR_FILE, meta_file=_META_FILE,
+                                     what="RoutingStats.save", overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RoutingCounts":
@@ -486,9 +471,10 @@ class RoutingCounts:
         if "moe_interp" in stored:
             # the checksummed copy inside the tensor file is the header of record: meta.json may be
             # one save behind if a save was killed between its two renames
-            if _checksum(stored["moe_interp"], tensors) != stored.get("sha256"):
-                raise StatsFileError(f"{tensor_path} fails its sha256 checksum: it was changed or damaged after "
-                                     "RoutingStats.save wrote it; restore a copy or recompute the stats")
+            try:
+                verify_checksum(tensor_path, stored, tensors)
+            except ValueError as error:
+                raise StatsFileError(f"{error} (by RoutingStats.save); restore a copy or recompute the stats") from None
             header = _read_header(stored["moe_interp"].encode(), tensor_path)
         else:
             warnings.warn(f"{tensor_path} has no checksum (written before stats files had one): loaded "

@@ -39,8 +39,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-__all__ = ["checksum", "read_checked", "read_tensors", "replace_file", "save_tensor_directory", "sync_directory",
-           "write_directory"]
+__all__ = ["checksum", "read_checked", "read_tensors", "replace_file", "save_tensor_directory", "sync_directory", "verify_checksum", "write_directory"]
 
 
 def _temporary(path: Path) -> Path:
@@ -245,6 +244,25 @@ def read_checked(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     ```
     """
     stored, tensors = read_tensors(path)
-    if "moe_interp" in stored and checksum(stored["moe_interp"], tensors) != stored.get("sha256"):
-        raise ValueError(f"{path} fails its sha256 checksum: it was changed or damaged after it was written")
+    if "moe_interp" in stored:
+        verify_checksum(path, stored, tensors)
     return stored, tensors
+
+
+def verify_checksum(path: Any, stored: Mapping[str, str], tensors: Mapping[str, torch.Tensor]) -> None:
+    """Raise `ValueError` naming `path` unless the sha256 `stored` with a header (metadata
+    `"moe_interp"` and `"sha256"`, as `save_tensor_directory` writes them) is that of the
+    header and `tensors` read back.
+
+    ```python
+    >>> import torch
+    >>> body = '{"format": "demo/1"}'
+    >>> verify_checksum("x.safetensors", {"moe_interp": body, "sha256": checksum(body, {})}, {})
+    >>> verify_checksum("x.safetensors", {"moe_interp": body, "sha256": "0" * 64}, {})
+    Traceback (most recent call last):
+    ValueError: x.safetensors fails its sha256 checksum: it was changed or damaged after it was written
+
+    ```
+    """
+    if checksum(stored["moe_interp"], tensors) != stored.get("sha256"):
+        raise ValueError(f"{path} fails its sha256 checksum: it was changed or damaged after it was written")
