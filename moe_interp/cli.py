@@ -94,7 +94,8 @@ class _CorpusName(str):
     options: dict
 
 
-_CORPUS_OPTIONS = ("language_column", "text_column", "unit", "dataset_split")
+# the corpus-file options and their defaults
+_CORPUS_OPTIONS = {"language_column": "language", "text_column": "text", "unit": "paragraph", "dataset_split": "train"}
 
 
 class _CorpusAction(argparse.Action):
@@ -118,6 +119,12 @@ class _CorpusOption(argparse.Action):
             namespace.corpus.options[self.dest] = values
 
 
+def _add_resamples(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples over texts for each interval")
+    p.add_argument("--replicates", action=_Renamed, const="--resamples", nargs="?", default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)
+
+
 def _add_corpus(p: argparse.ArgumentParser, use: str) -> None:
     p.add_argument("--corpus", default="udhr", action=_CorpusAction,
                    help=f"{use}: the bundled 'udhr' (312 languages, its own split), or your own: a directory of "
@@ -125,14 +132,25 @@ def _add_corpus(p: argparse.ArgumentParser, use: str) -> None:
                         "and a text column, or hf:<dataset name or save_to_disk path> (needs moe-interp[datasets]); "
                         "its train/held-out split is by a hash of each text "
                         "(mi.datasets.split_corpus: 25%% held out)")
-    p.add_argument("--language-column", default="language", action=_CorpusOption,
+    p.add_argument("--language-column", default=_CORPUS_OPTIONS["language_column"], action=_CorpusOption,
                    help="column of the language code in a .jsonl/.csv --corpus")
-    p.add_argument("--text-column", default="text", action=_CorpusOption,
+    p.add_argument("--text-column", default=_CORPUS_OPTIONS["text_column"], action=_CorpusOption,
                    help="column of the text in a .jsonl/.csv --corpus")
-    p.add_argument("--unit", default="paragraph", choices=("paragraph", "line"), action=_CorpusOption,
+    p.add_argument("--unit", default=_CORPUS_OPTIONS["unit"], choices=("paragraph", "line"), action=_CorpusOption,
                    help="one text per blank-line-separated paragraph or per line, in a directory --corpus")
-    p.add_argument("--dataset-split", default="train", action=_CorpusOption,
+    p.add_argument("--dataset-split", default=_CORPUS_OPTIONS["dataset_split"], action=_CorpusOption,
                    help="the split of an hf:<dataset> --corpus to read (then split again by --split)")
+
+
+def _refuse_file_options_on_udhr(args: argparse.Namespace) -> None:
+    """The corpus-file options read your own files: on the bundled corpus they would do nothing."""
+    if str(getattr(args, "corpus", "")) != "udhr":
+        return
+    given = [f"--{key.replace('_', '-')}" for key, default in _CORPUS_OPTIONS.items()
+             if getattr(args, key, default) != default]
+    if given:
+        _fail(f"{', '.join(given)} read{'s' * (len(given) == 1)} your own corpus file (--corpus <path>); the bundled "
+              "udhr has its own columns and split: leave them out, or pass --corpus")
 
 
 def _user_corpus(name: str, split: str) -> dict:
@@ -419,9 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.4, help="share of an expert's use above which it is exclusive")
     p.add_argument("--controls", type=int, default=20,
                    help="usage-matched random expert sets per cell (the control; 19 or more can pass its rank test)")
-    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples over texts for each interval")
-    p.add_argument("--replicates", action=_Renamed, const="--resamples", nargs="?", default=argparse.SUPPRESS,
-                   help=argparse.SUPPRESS)
+    _add_resamples(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the control sets and the bootstrap")
     p.add_argument("--out", default="ablation.jsonl",
                    help="results file (resumable; cells are keyed by model, texts and ablation content)")
@@ -440,9 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, help="experts kept per language and layer (default: the paper's 20 of 128 "
                                          "experts scaled to the model, at least its top-k)")
     p.add_argument("--threshold", type=float, default=0.7, help="every language's share of a steered expert stays below it")
-    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples over texts for each interval")
-    p.add_argument("--replicates", action=_Renamed, const="--resamples", nargs="?", default=argparse.SUPPRESS,
-                   help=argparse.SUPPRESS)
+    _add_resamples(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.add_argument("--out", default="steering.jsonl",
                    help="results file (resumable; cells are keyed by model, texts and steer content)")
@@ -480,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     from moe_interp.core._threads import set_threads
 
     args = build_parser().parse_args(argv)
+    _refuse_file_options_on_udhr(args)
     threads, why = set_threads(None if args.threads == "auto" else args.threads)
     args.threads_note = f"{threads} torch thread{'s' * (threads > 1)} ({why})"
     try:

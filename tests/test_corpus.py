@@ -259,3 +259,14 @@ def test_the_demo_model_reads_a_user_corpus_in_the_pieces_the_demo_cuts(tmp_path
     mine = cli._corpus(str(tmp_path), ["fin", "eng"], "all", "demo")
     assert mine == demo_corpus(["fin", "eng"], split="all")          # the UDHR texts, cut the same way
     assert max(len(p.encode()) for texts in mine.values() for p in texts) <= 256
+
+
+def test_corpus_file_options_on_the_bundled_corpus_are_refused_naming_them(capsys):
+    """--text-column and friends were silently ignored with the bundled udhr (issue 26)."""
+    from moe_interp.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["profile", "--model", "tiny:qwen3_moe", "--text-column", "body", "--unit", "line", "--out", "x"])
+    assert exit_info.value.code != 0
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--text-column, --unit read your own corpus file (--corpus <path>)" in line
