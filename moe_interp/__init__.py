@@ -10,10 +10,14 @@
 
 ```
 
-The public names are re-exported here from their modules (`analysis`, `datasets`, `evaluate`,
-`languages`, `plots` and `zoo` are public modules; modules whose names start with `_` are not).
+The public names are re-exported here. The public modules are `mi.analysis`, `mi.arch`,
+`mi.datasets`, `mi.evaluate`, `mi.experiments`, `mi.languages`, `mi.plots` and `mi.zoo` (with
+`moe_interp.tracing`, `moe_interp.cli` and the demo's `moe_interp.experiments.demo` / `.report`);
+a module with a part of its path starting with `_` is private. The folders of the package are
+its layers, bottom to top: `core`, `arch`, `runtime`, `models`, `analysis`, `tracing`, `datasets`,
+`experiments`, and this face (docs/concepts.md, "How the package is built").
 """
-from moe_interp import analysis, datasets
+from moe_interp import analysis, arch, datasets, experiments
 from moe_interp.models import zoo
 from moe_interp.experiments import evaluate
 from moe_interp.core import languages
@@ -65,9 +69,11 @@ __all__ = [
     "WeightsKind",
     "ablation_grid",
     "analysis",
+    "arch",
     "datasets",
     "describe",
     "evaluate",
+    "experiments",
     "expert_attribution",
     "generate",
     "languages",
