@@ -66,6 +66,7 @@ ADDED_TESTS = "tests/test_mutants_"  # the tests written for survivors (dropped 
 MODULES = {
     "moe_interp/core/_counts.py": "counts",
     "moe_interp/core/_checks.py": "checks",
+    "moe_interp/core/_files.py": "files",
     "moe_interp/core/_expert_set.py": "expert_set",
     "moe_interp/core/_fingerprint.py": "fingerprint",
     "moe_interp/runtime/_kernels.py": "kernels",
@@ -124,6 +125,9 @@ VERIFY = ("tests/test_arch.py tests/test_mutants_verify.py moe_interp/arch/_veri
 CHECKS_COUNTS = COUNTS.replace(" -k", " moe_interp/core/_checks.py -k")
 CHECKS_EXPERT_SET = EXPERT_SET + " moe_interp/core/_checks.py"
 CHECKS_BOOTSTRAP = BOOTSTRAP + " moe_interp/core/_checks.py"
+# the checksummed result directory (core/_files.py) RoutingCounts.save/load write and read through
+FILES_COUNTS = COUNTS.replace(" -k", " tests/test_files.py moe_interp/core/_files.py -k")
+FILES_COUNTS_FILES = COUNTS_FILES + " tests/test_files.py moe_interp/core/_files.py"
 
 EDITS = ("tests/test_interventions.py tests/test_edits.py tests/test_readouts.py moe_interp/runtime/_edits.py "
          "tests/test_mutants_kernels.py -k 'edits or qwen3_moe or deepseek_v3 or compose or scale_zero or (readouts and drop)'")
@@ -185,12 +189,12 @@ MUTANTS: list[Mutant] = [
     M("counts.from-paper-experts", "moe_interp/core/_counts.py",
       "experts = num_experts or 1 + max(", "experts = num_experts or max(", COUNTS,
       "off-by-one", "from_paper reads one expert fewer than the files hold"),
-    M("counts.checksum-compare", "moe_interp/core/_counts.py",
-      'if _checksum(stored["moe_interp"], tensors) != stored.get("sha256"):',
-      'if _checksum(stored["moe_interp"], tensors) != stored.get("sha256") and False:', COUNTS,
+    M("counts.checksum-compare", "moe_interp/core/_files.py",
+      'if checksum(stored["moe_interp"], tensors) != stored.get("sha256"):',
+      'if checksum(stored["moe_interp"], tensors) != stored.get("sha256") and False:', FILES_COUNTS,
       "removed check", "the sha256 of a stats file is not verified"),
-    M("counts.overwrite-guard", "moe_interp/core/_counts.py",
-      "and not (path / _META_FILE).exists()):", "or not (path / _META_FILE).exists()):", COUNTS_FILES,
+    M("counts.overwrite-guard", "moe_interp/core/_files.py",
+      "and not (path / meta_file).exists()):", "or not (path / meta_file).exists()):", FILES_COUNTS_FILES,
       "flipped condition", "overwrite=True refuses a directory save wrote if meta.json is missing"),
 
     # -- expert_set -----------------------------------------------------------------------------
