@@ -7,7 +7,6 @@ documented method per analysis; nothing below imports it.
 """
 
 from collections.abc import Sequence
-import dataclasses
 from typing import Any
 
 import pandas as pd
@@ -46,7 +45,7 @@ class RoutingStats(RoutingCounts):
     @classmethod
     def from_counts(cls, counts: RoutingCounts) -> "RoutingStats":
         """The same counts with the analyses as methods (what `mi.trace` does with the
-        `RoutingCounts` the runtime records).
+        `RoutingCounts` the runtime records). The fields are shared, not copied or checked again.
 
         ```python
         >>> import moe_interp as mi, torch
@@ -59,7 +58,9 @@ class RoutingStats(RoutingCounts):
 
         ```
         """
-        return cls(**{field.name: getattr(counts, field.name) for field in dataclasses.fields(counts)})
+        stats = cls.__new__(cls)  # the counts were checked when made: no second check
+        stats.__dict__.update(counts.__dict__)
+        return stats
 
     def shares(self, languages: Sequence[str] | None = None, k: int | None = None) -> Float[Tensor, "lang layer expert"]:
         """The paper's language shares `p[l, L, e]` over `languages` (top-`k` per language and
