@@ -31,9 +31,10 @@ Run (from the repository root, with the project's virtual environment):
 
 How long: each mutant costs one pytest start (~8 s of imports) plus its selection: 8-20 s a
 mutant on 2 shared cores, ~55 s for the fingerprint's (its selection runs the profile and
-experiment resume tests). The whole list, with the unmutated baseline run of each of its 14
-selections, took 28 minutes (101 mutants, 2 cores shared with other work). `-j N` runs N
-mutants at once (each in its own copy); `--only <module>` takes a few minutes.
+experiment resume tests). The whole list (100 mutants over 16 modules), with the unmutated
+baseline run of each of its 21 selections, took 28 minutes in three `--only` runs of `-j 1`
+(2 cores shared with other work). `-j N` runs N mutants at once (each in its own copy);
+`--only <module>` takes a few minutes.
 
 Results go to `benchmarks/mutation.json` (merged: `--only` updates its mutants' rows) and
 are rendered to `benchmarks/MUTATION.md` (table, score, survivors and why). `--before`
