@@ -74,8 +74,11 @@ def check_held(plan: Any, store: dict) -> None:
 
 
 class Collect(Backend):
-    """Wraps the tracer's backend: ships `moe_interp` by value for a remote request and
-    adopts the results the request sent back (`RESULT_NAME` among the saved values).
+    """The one wrapper of a routing trace's backend: runs it under the model's lock, ships
+    `moe_interp` by value for a remote request and adopts the results the request sent back
+    (`RESULT_NAME` among the saved values); with `check` (`arch.ExpertsCheck`, the first local
+    trace of an auto-detected model) compares the routing read on the first forward with what
+    the experts received; then checks that every reroute held.
 
     ```python
     >>> import moe_interp as mi
@@ -87,20 +90,39 @@ class Collect(Backend):
     ```
     """
 
-    def __init__(self, inner: Backend, ship: bool) -> None:
-        self.inner, self.ship = inner, ship
+    def __init__(self, inner: Backend, ship: bool, check: Any = None) -> None:
+        # a local model's own OneAtATime is not needed inside: this takes the same lock
+        self.inner = inner.inner if isinstance(inner, OneAtATime) else inner
+        self.ship, self.check = ship, check
 
     def __call__(self, tracer: Any) -> Any:
         with model_lock(tracer.envoy):
-            result = shipped(self.inner, tracer, self.ship)
+            if self.check is None:
+                result = shipped(self.inner, tracer, self.ship)
+            else:
+                with self.check:  # the experts' hooks off again whatever happens in the forward
+                    result = shipped(self.inner, tracer, self.ship)
         if isinstance(result, dict) and RESULT_NAME in result:
             tracer._mi_take(result[RESULT_NAME])
+        if self.check is not None:
+            _compare(self.check, tracer._mi_store)
         try:
             check_held(tracer._mi_plan, tracer._mi_store)
         except RerouteNotHeld as error:
             tracer._mi_store["withheld"] = error  # tr.output / tr.routing raise it too
             raise
         return result
+
+
+def _compare(check: Any, store: dict) -> None:
+    """`arch.ExpertsCheck` on a trace's first forward: the routing read must equal what the
+    experts received. On a mismatch the tracer keeps no counts to return."""
+    try:
+        check.compare(store.pop("verify", []))
+    except Exception:
+        store.clear()
+        store.update(forwards=0, per_token=[])
+        raise
 
 
 class OneAtATime(Backend):

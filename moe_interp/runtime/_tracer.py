@@ -21,7 +21,6 @@ from typing import Any, Optional
 
 import torch
 from nnsight.intervention.tracer import InterleavingTracer, Invoker
-from nnsight.tracing.backend import Backend
 
 from moe_interp.runtime._nnsight_compat import (OutOfOrderError, batch_size, invoke_mediators, mediators, put_first, send_back,
                               undecorated_generate, worker)
@@ -334,28 +333,8 @@ def open_trace(model: Any, args: tuple, kwargs: dict, generating: bool = False, 
     tracer = model.trace(*inputs, fn=fn, tracer_cls=RoutingTracer, **kwargs)
     tracer._mi_setup(spec, plan, generating, getattr(model, "tokenizer", None), ship=ship,
                      keep_output=bool(keep_output), per_row=per_row, wrap=wrap)
-    tracer.backend = Collect(tracer.backend if check is None else _Checked(tracer.backend, check), ship)
+    tracer.backend = Collect(tracer.backend, ship, check)
     return tracer
-
-class _Checked(Backend):
-    """Runs a trace under `arch.ExpertsCheck`: its first forward's routing as read must equal
-    what the experts received. On a mismatch the tracer keeps no counts to return."""
-
-    def __init__(self, inner: Any, check: Any) -> None:
-        self.inner, self.check = inner, check
-
-    def __call__(self, tracer: Any) -> Any:
-        with self.check:  # hooks off again whatever happens in the forward
-            result = self.inner(tracer)
-        store = tracer._mi_store
-        try:
-            self.check.compare(store.pop("verify", []))
-        except Exception:
-            store.clear()
-            store.update(forwards=0, per_token=[])
-            raise
-        return result
-
 
 def per_row_trace(model: Any, *args: Any, **kwargs: Any) -> RoutingTracer:
     """`trace`, with every batch row its own stats group (named `"0"`, `"1"`, ...): what
