@@ -225,6 +225,14 @@ def test_a_hugging_face_dataset_reads_as_its_rows_and_profiles_as_the_python_api
     stats = mi.RoutingStats.load("hf.routing")
     assert stats.languages == expected.languages and torch.equal(stats.count, expected.count)
     assert torch.equal(stats.tokens, expected.tokens)
+    capsys.readouterr()
+    hf = ["--corpus", source, "--language-column", "lang", "--text-column", "body"]
+    assert main(["ablate", "--model", "tiny:qwen3_moe", "--stats", "hf.routing", *hf, "--eval-languages", "eng,deu,fin",
+                 "--target-languages", "fin", "--k", "4", "--resamples", "100"]) == 0
+    assert capsys.readouterr().out.startswith("Ablation of each language's exclusive experts")
+    assert main(["steer", "--model", "tiny:qwen3_moe", "--stats", "hf.routing", *hf, "--languages", "deu,fin",
+                 "--scales", "0,2", "--k", "4", "--resamples", "100"]) == 0
+    assert "dose-response on the test split" in capsys.readouterr().out
 
 
 def test_a_hugging_face_dataset_without_the_extra_names_the_install(tmp_path, monkeypatch, capsys):
