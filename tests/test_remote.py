@@ -502,7 +502,7 @@ def test_remote_profile_local_simulation_and_session_chunks(loaded, tmp_path, mo
 
 
 def test_a_wrapped_model_cannot_go_to_ndif():
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="loads it by its hub id, and this one has none"):
         with mi.trace(tiny("qwen3_moe"), "abc", mi.RouterRecord(), remote=True):
             pass
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 __all__ = ["Stacks", "broken_nllb_moe_experts", "check_per_token", "place_stacks", "repair_nllb_moe",
-           "stack_fields"]
+           "repaired_nllb_moe_experts", "stack_fields"]
 
 _LAYER_INDEX = re.compile(r"^(?P<stack>.*?)\.(?P<index>\d+)\.(?P<rest>.+)$")
 _UNLABELLED = ("", "model", "transformer")
@@ -164,6 +164,22 @@ def repair_nllb_moe(model: Any) -> int:
 
 
 _REPAIRED: dict[type, type] = {}
+
+
+def repaired_nllb_moe_experts(module: torch.nn.Module) -> list[str]:
+    """Paths of the experts modules of `module` that `repair_nllb_moe` repaired in this process.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.arch._stacks import repaired_nllb_moe_experts
+    >>> len(repaired_nllb_moe_experts(mi.zoo.tiny_model("nllb-moe")._module)) > 0    # the zoo repairs it
+    True
+    >>> repaired_nllb_moe_experts(mi.zoo.tiny_model("qwen3_moe")._module)
+    []
+
+    ```
+    """
+    return [name for name, sub in module.named_modules() if type(sub) in _REPAIRED.values()]
 
 
 def _repaired_class(cls: type) -> type:

@@ -6,7 +6,7 @@ import nnsight
 import torch
 from nnsight.tracing.backend import Backend
 
-from moe_interp.runtime._shipping import RESULT_NAME, model_lock, shipped
+from moe_interp.runtime._shipping import RESULT_NAME, check_servable, model_lock, shipped
 from moe_interp.runtime._tracer import RoutingRun
 from moe_interp.runtime._kernels import profile_batch, profile_finish, profile_start
 
@@ -44,6 +44,7 @@ def profile_session(model: Any, batches: list, plan: Any, num_languages: int, se
 
     ```
     """
+    check_servable(model, session_kwargs.get("remote"))
     # Keep each statement of the session body on one line: it travels as `ast.unparse`d source
     # with its first line's number kept, and the inner `with` is found again by line number.
     session = model.session(**session_kwargs)

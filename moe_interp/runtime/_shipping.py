@@ -12,12 +12,15 @@ import threading
 import weakref
 from typing import Any
 
+import torch
 from nnsight.tracing.backend import Backend
 
 from moe_interp.runtime._nnsight_compat import shipped_by_value
 from moe_interp.arch import UnsupportedModelError
+from moe_interp.arch._stacks import repaired_nllb_moe_experts
 
-__all__ = ["RESULT_NAME", "Collect", "OneAtATime", "RerouteNotHeld", "check_held", "model_lock", "shipped"]
+__all__ = ["RESULT_NAME", "Collect", "OneAtATime", "RerouteNotHeld", "check_held", "check_servable", "model_lock",
+           "shipped"]
 
 RESULT_NAME = "__moe_interp__"  # the saved value a remote run sends back
 _PACKAGE = __name__.split(".")[0]
@@ -71,6 +74,41 @@ def check_held(plan: Any, store: dict) -> None:
             "the outputs and routing of this trace are not those of the ablated model and are withheld. The "
             "router selects on a score moe_interp did not mask. Use mode='drop', or register an adapter naming "
             "where its top-k ranks: mi.register_adapter(mi.RouterAdapter(..., select='<op>.input'))")
+
+
+def check_servable(model: Any, remote: Any) -> None:
+    """Refuse, before anything is sent, a request NDIF would run on another model than this
+    one: NDIF loads a model by its hub id, so a model without one (wrapped in memory, read from
+    a local directory) cannot be served, and a model changed in this process (NLLB-MoE's
+    `repair_nllb_moe`) would run unchanged there. `remote="local"` (the request simulated in
+    this process, on this model) and local runs pass.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.runtime._shipping import check_servable
+    >>> check_servable(mi.zoo.tiny_model("qwen3_moe"), remote="local")
+    >>> check_servable(mi.zoo.tiny_model("nllb-moe"), remote=True)
+    Traceback (most recent call last):
+    ValueError: remote=True runs this model on NDIF, which loads it from the hub by id, unrepaired: ...
+
+    ```
+    """
+    if not remote or remote == "local":
+        return
+    module = getattr(model, "_module", None)
+    repaired = repaired_nllb_moe_experts(module) if isinstance(module, torch.nn.Module) else []
+    if repaired:
+        raise ValueError(
+            "remote=True runs this model on NDIF, which loads it from the hub by id, unrepaired: NLLB-MoE's "
+            f"experts ({len(repaired)} modules, e.g. {repaired[0]}) were repaired in this process "
+            "(mi.arch.repair_nllb_moe: transformers 5 sends every token to experts 0 and 1), so the server's "
+            "routing would not be this model's. Run it here, or remote='local' to simulate the request")
+    repo = getattr(model, "repo_id", None)
+    if not isinstance(repo, str) or not repo or repo.startswith((".", "/", "~")) or repo.count("/") > 1:
+        raise ValueError(
+            f"remote=True runs the model on NDIF, which loads it by its hub id, and this one has none "
+            f"({repo!r}: a model wrapped in memory or read from a local directory). Load it by id, "
+            "mi.load('org/name', dispatch=False), or run it here (remote='local' simulates the request)")
 
 
 class Collect(Backend):
