@@ -292,6 +292,11 @@ def _profile(args: argparse.Namespace) -> None:
     _say(f"profiling {args.model} on {len(corpus)} languages ({args.split} split); {args.threads_note}")
     stats = mi.profile(model, corpus, batch_size=args.batch_size, checkpoint=args.checkpoint,
                        weights_hash=args.weights_hash)
+    if isinstance(stats, dict):  # an encoder-decoder model: one statistics directory per stack, under --out
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        for stack, part in stats.items():
+            print(f"wrote {part.save(Path(args.out) / stack, overwrite=args.overwrite)}: {stack} {part}")
+        return
     print(f"wrote {stats.save(args.out, overwrite=args.overwrite)}: {stats}")
 
 
@@ -410,7 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how --checkpoint keys the weights: every byte, or a strided sample of each tensor (cheaper "
                    "for a huge model, blind to an edit of a few numbers)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--out", required=True, help="output directory (RoutingStats.save); checked before profiling")
+    p.add_argument("--out", required=True, help="output directory (RoutingStats.save; an encoder-decoder model: "
+                   "OUT/encoder and OUT/decoder, the decoder teacher-forced on the same texts); checked before "
+                   "profiling")
     p.set_defaults(run=_profile)
 
     p = add("report", "statistics files -> one self-contained HTML report",
