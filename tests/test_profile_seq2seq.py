@@ -139,6 +139,37 @@ def test_parallel_pairs_group_the_encoder_by_source_and_the_decoder_by_target():
     assert torch.equal(decoder.count[1], decoder.item_count[3].long())
 
 
+def test_udhr_pairs_profile_the_encoder_by_source_and_the_decoder_by_target_language():
+    """The UDHR is parallel: pairs of the same article in two languages. The encoder reads only
+    the sources, so its stats equal a plain profile of the sources; the decoder's one target
+    language collects both source languages' pairs."""
+    model = tiny("nllb-moe", max_position_embeddings=512)  # the longest held-out text has 474 bytes
+    u = mi.datasets.udhr(["fra", "deu", "eng"], split="heldout")
+    pairs = {(s, "eng"): list(zip(u[s], u["eng"])) for s in ("fra", "deu")}
+    by_stack = mi.profile(model, pairs, batch_size=8, progress=False)
+    sources = mi.profile(model, {s: u[s] for s in ("fra", "deu")}, batch_size=8, progress=False)
+    assert by_stack["encoder"].languages == ("fra", "deu") and by_stack["decoder"].languages == ("eng",)
+    assert torch.equal(by_stack["encoder"].item_count, sources["encoder"].item_count)
+    assert torch.equal(by_stack["encoder"].count, sources["encoder"].count)
+    eng = [len(ids) for ids in model.tokenizer(u["eng"])["input_ids"]]
+    assert by_stack["decoder"].item_tokens.tolist() == eng + eng
+    assert by_stack["decoder"].tokens.tolist() == [2 * sum(eng)]
+    # the same English targets, routed differently through cross-attention to different sources
+    assert not torch.equal(by_stack["decoder"].item_count[:12], by_stack["decoder"].item_count[12:])
+
+
+@pytest.mark.parametrize("arch", SEQ2SEQ)
+def test_an_ablation_during_a_stack_profile_empties_that_expert_in_its_stack_only(arch):
+    model = tiny(arch)
+    base = mi.profile(model, CORPUS, progress=False)
+    expert = int(base["encoder"].count[:, 0].sum(0).argmax())  # the busiest expert of encoder layer 1
+    ablated = mi.profile(model, CORPUS, mi.ExpertAblate({1: [expert]}), progress=False)
+    assert int(ablated["encoder"].item_count[:, 0, expert].sum()) == 0
+    assert int(base["encoder"].item_count[:, 0, expert].sum()) > 0
+    assert torch.equal(ablated["encoder"].item_tokens, base["encoder"].item_tokens)
+    assert ablated["encoder"].meta["interventions"] == [repr(mi.ExpertAblate({1: [expert]}))]
+
+
 def test_a_long_text_is_windowed_in_both_stacks():
     """NLLB-MoE with 8 positions (Switch has relative positions: no maximum length): each
     window runs as its own row, teacher-forced on its own tokens, and adds up to the text."""
