@@ -239,7 +239,8 @@ def split_check(args, device):
     oracle = "HF output_router_logits + top-k (oracle)"
     exact = all(int((splits[s][0]["RouterRecord()"] != splits[s][0][oracle]).sum()) == 0 for s in splits)
     exact &= int((unsplit["RouterRecord()"] != unsplit[oracle]).sum()) == 0
-    lines += ["", f"- RouterRecord equals the oracle on every model (split and unsplit): **{'yes' if exact else 'NO'}**"]
+    lines += ["", "- RouterRecord equals the oracle on every model (split and unsplit): "
+              f"**{'yes' if exact else 'NO'}**"]
     for label, (result, where, ok) in splits.items():
         lines.append(f"- plan placement, {label}: {where}: **{'each on its router' if ok else 'NOT on its router'}**")
     placed = all(ok for _, _, ok in splits.values())
@@ -305,7 +306,8 @@ def measure(implementation, args, device, autocast=False):
 
     peak = (torch.cuda.max_memory_allocated() if device == "cuda" else 0) / 2**30
     title = getattr(hf.config, "_experts_implementation", implementation)
-    lines = [f"## experts implementation {title!r}" + (", float32 weights under bf16 autocast" if autocast else ", bf16"),
+    kind = ", float32 weights under bf16 autocast" if autocast else ", bf16"
+    lines = [f"## experts implementation {title!r}{kind}",
              "", f"- {sum(p.numel() for p in hf.parameters()) / 1e9:.2f}B parameters; median plain forward "
              f"{statistics.median(plain_times) * 1000:.1f} ms "
              f"({args.batch * args.seq / statistics.median(plain_times):,.0f} tokens/s); peak memory {peak:.1f} GiB; "
