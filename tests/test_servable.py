@@ -33,8 +33,8 @@ def test_a_model_without_a_hub_id_is_refused_remotely_naming_mi_load():
 
 
 def test_a_remote_profile_is_refused_before_its_session_is_sent():
-    model = mi.zoo.tiny_model("nllb-moe")
-    with pytest.raises(ValueError, match="unrepaired"):
+    model = mi.zoo.tiny_model("qwen3_moe")
+    with pytest.raises(ValueError, match="loads it by its hub id, and this one has none"):
         mi.profile(model, {"eng": ["Hello world.", "Good day."]}, remote=True, progress=False)
 
 
