@@ -266,21 +266,29 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]] | Mapping[tuple[str,
     # remote: progress is saved after every session request
     sums = run_resumable(steps, sums, total=len(rows), key=key, checkpoint=checkpoint, form=_FORMAT, what="mi.profile",
                          save_every=1 if remote else save_every, progress=progress, desc="profiling")
-    item_count, item_tokens, gate_mass = sums["item_count"], sums["item_tokens"], sums["gate_mass"]
-    count = torch.zeros(len(languages), n_layers, spec.num_experts, dtype=torch.long)
+    meta = {"interventions": [repr(i) for i in interventions], "items": len(item_language),
+            "long_texts": long_texts, "long_items": long_items,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "fingerprint": fingerprint(key)}
+    return _stats(model, spec, languages, spec.moe_layers, item_language, sums["item_count"], sums["item_tokens"],
+                  sums["gate_mass"], corpus, meta)
+
+
+def _stats(model: Any, spec: Any, languages: list, layers: tuple, item_language: torch.Tensor,
+           item_count: torch.Tensor, item_tokens: torch.Tensor, gate_mass: torch.Tensor, texts: dict, meta: dict,
+           stacks: tuple | None = None) -> RoutingStats:
+    """The profile's `RoutingStats`: per-language counts summed from the per-item ones, and the
+    fingerprints of the `texts` each language read in its meta."""
+    count = torch.zeros(len(languages), len(layers), spec.num_experts, dtype=torch.long)
     count.index_add_(0, item_language, item_count.long())
     tokens = torch.zeros(len(languages), dtype=torch.long).index_add_(0, item_language, item_tokens)
     config = getattr(getattr(model, "_module", None), "config", None)
-    meta = {"model": getattr(config, "_name_or_path", None) or spec.arch, "arch": spec.arch,
-            "interventions": [repr(i) for i in interventions], "items": len(item_language),
-            "long_texts": long_texts, "long_items": long_items,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "fingerprint": fingerprint(key),
+    meta = {"model": getattr(config, "_name_or_path", None) or spec.arch, "arch": spec.arch, **meta,
             # per language, so experiments can refuse to evaluate on the texts experts were chosen on
-            "texts": {lang: fingerprint(texts) for lang, texts in corpus.items()},
+            "texts": {lang: fingerprint(t) for lang, t in texts.items()},
             # per text, so an evaluation corpus that shares some texts with this one is caught too
-            "text_hashes": {lang: [fingerprint(text) for text in texts] for lang, texts in corpus.items()}}
-    return RoutingStats(tuple(languages), spec.moe_layers, spec.num_experts, spec.top_k, count, gate_mass, tokens,
-                        item_count, item_tokens, item_language, meta=meta)
+            "text_hashes": {lang: [fingerprint(text) for text in t] for lang, t in texts.items()}}
+    return RoutingStats(tuple(languages), layers, spec.num_experts, spec.top_k, count, gate_mass, tokens,
+                        item_count, item_tokens, item_language, meta=meta, stacks=stacks)
 
 
 def _check_options(interventions: tuple, batch_size: int, save_every: int, session_batches: int | None,
@@ -399,21 +407,14 @@ def _profile_stacks(model: Any, spec: Any, corpus: dict, interventions: tuple, *
     created = time.strftime("%Y-%m-%dT%H:%M:%S")
     out = {}
     for stack in stacks:
-        n_lang, texts = len(languages[stack]), {}
+        texts: dict = {}
         for k in keys:  # the texts this stack read, per its language
             texts.setdefault(k[side[stack]] if pairs else str(k), []).extend(
                 [pair[side[stack]] for pair in corpus[k]] if pairs else corpus[k])
-        item_count, item_tokens = sums[f"{stack}.item_count"], sums[f"{stack}.item_tokens"]
-        count = torch.zeros(n_lang, len(layers[stack]), spec.num_experts, dtype=torch.long)
-        count.index_add_(0, item_language[stack], item_count.long())
-        tokens = torch.zeros(n_lang, dtype=torch.long).index_add_(0, item_language[stack], item_tokens)
-        meta = {"model": getattr(config, "_name_or_path", None) or spec.arch, "arch": spec.arch,
-                "interventions": [repr(i) for i in interventions], "items": n_items, "stack": stack,
+        meta = {"interventions": [repr(i) for i in interventions], "items": n_items, "stack": stack,
                 "decoder": "pairs: the target, teacher-forced" if pairs else "the text itself, teacher-forced",
-                "long_texts": long_texts, "long_items": long_items, "created": created, "fingerprint": fingerprint(key),
-                "texts": {lang: fingerprint(t) for lang, t in texts.items()},
-                "text_hashes": {lang: [fingerprint(text) for text in t] for lang, t in texts.items()}}
-        out[stack] = RoutingStats(tuple(languages[stack]), layers[stack], spec.num_experts, spec.top_k, count,
-                                  sums[f"{stack}.gate_mass"], tokens, item_count, item_tokens, item_language[stack],
-                                  meta=meta, stacks=(stack,) * len(layers[stack]))
+                "long_texts": long_texts, "long_items": long_items, "created": created, "fingerprint": fingerprint(key)}
+        out[stack] = _stats(model, spec, languages[stack], layers[stack], item_language[stack],
+                            sums[f"{stack}.item_count"], sums[f"{stack}.item_tokens"], sums[f"{stack}.gate_mass"],
+                            texts, meta, stacks=(stack,) * len(layers[stack]))
     return out
