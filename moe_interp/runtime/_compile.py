@@ -151,8 +151,9 @@ def compile_plan(spec: MoESpec, interventions: Iterable[Intervention], model: An
             edits=tuple((site, tuple(at[site])) for site in SITES if at[site]),
             rerouted=None if mask is None else torch.cat([mask, torch.zeros(1, dtype=torch.bool)]),
             **stack_fields(spec, layer)))
-    check_per_token(spec, any(r.per_token for r in recordings))
-    plan = Plan(layers=tuple(layers), record=bool(recordings), per_token=any(r.per_token for r in recordings),
+    per_token = any(r.per_token for r in recordings)
+    check_per_token(spec, per_token)
+    plan = Plan(layers=tuple(layers), record=bool(recordings), per_token=per_token,
                 verify=verify, num_experts=spec.num_experts, top_k=spec.top_k)
     if isinstance(module, torch.nn.Module):  # a meta-device model (remote) has its dtypes too
         check_steer_range(plan, module)

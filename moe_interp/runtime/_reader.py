@@ -37,7 +37,6 @@ def resolve(root: Any, path: str) -> Any:
     return envoy
 
 
-
 def on(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """`tensor` on `device`. Local runs get their plan placed beforehand (a no-op here); on a
     server the copy is queued without waiting, so the model never stalls for it.
@@ -54,7 +53,6 @@ def on(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     if tensor.device == device:
         return tensor
     return tensor.to(device, non_blocking=torch.device(device).type != "cpu")  # a copy to the host must wait
-
 
 
 def location(router: Any, experts: Any, site: Any) -> Any:
@@ -90,7 +88,6 @@ def location(router: Any, experts: Any, site: Any) -> Any:
     return envoy
 
 
-
 def _argument(args: tuple, kwargs: dict, index: int) -> Any:
     """Positional argument `index` of a call, wherever the caller put it."""
     if index < len(args):
@@ -98,13 +95,11 @@ def _argument(args: tuple, kwargs: dict, index: int) -> Any:
     return list(kwargs.values())[index - len(args)]
 
 
-
 def _with_argument(args: tuple, kwargs: dict, index: int, new: Any) -> tuple:
     if index < len(args):
         return tuple(args[:index]) + (new,) + tuple(args[index + 1:]), kwargs
     key = list(kwargs)[index - len(args)]
     return args, {**kwargs, key: new}
-
 
 
 def _with_element(value: Any, index: Any, new: Any) -> Any:
@@ -115,7 +110,6 @@ def _with_element(value: Any, index: Any, new: Any) -> Any:
     if hasattr(value, "_fields"):  # a namedtuple takes its fields one by one
         return type(value)(*items)
     return type(value)(items) if isinstance(value, tuple) else items  # torch.return_types too
-
 
 
 def read(envoy: Any, site: Any) -> Any:
@@ -134,7 +128,6 @@ def read(envoy: Any, site: Any) -> Any:
     ```
     """
     return envoy.output if site.end == "output" else envoy.inputs
-
 
 
 def pick(raw: Any, site: Any) -> Any:
@@ -156,7 +149,6 @@ def pick(raw: Any, site: Any) -> Any:
     return _argument(raw[0], raw[1], site.index)
 
 
-
 def replaced(raw: Any, site: Any, new: Any) -> Any:
     """`raw` (what `read` served) with the value of `site` replaced by `new`.
 
@@ -173,7 +165,6 @@ def replaced(raw: Any, site: Any, new: Any) -> Any:
     if site.end == "output":
         return _with_element(raw, site.index, new)
     return _with_argument(raw[0], raw[1], site.index, new)
-
 
 
 def write(envoy: Any, site: Any, raw: Any, new: Any) -> None:
@@ -195,7 +186,6 @@ def write(envoy: Any, site: Any, raw: Any, new: Any) -> None:
         envoy.output = replaced(raw, site, new)
     else:
         envoy.inputs = replaced(raw, site, new)
-
 
 
 class RouterAccessError(ValueError):
@@ -221,9 +211,7 @@ class RouterAccessError(ValueError):
     """
 
 
-
 ROUTING = ("indices", "weights")
-
 
 
 def routing(router: Any, experts: Any, sites: Any, top_k: int, parts: Sequence = ROUTING) -> tuple:
@@ -264,13 +252,11 @@ def routing(router: Any, experts: Any, sites: Any, top_k: int, parts: Sequence =
     return _routing(router, experts, sites, top_k, parts)[:2]
 
 
-
 def _routing(router: Any, experts: Any, sites: Any, top_k: int, parts: Sequence) -> tuple:
     """`routing`, and what it read (`values`, `places`: see `_read_sites`), to write back with `_write_sites`."""
     values, places = _read_sites(router, experts, sites.used, parts)
     indices, weights = sites.used.decode(values, top_k)
     return indices, weights, values, places
-
 
 
 def _read_sites(router: Any, experts: Any, kind: Any, parts: Sequence) -> tuple:
@@ -289,7 +275,6 @@ def _read_sites(router: Any, experts: Any, kind: Any, parts: Sequence) -> tuple:
     return values, places
 
 
-
 def _write_sites(kind: Any, places: list, changes: dict) -> None:
     """Write `changes` (`{field: new value}` from the readout's `encode_*`) at the places read."""
     for at, place, raw in places:
@@ -303,7 +288,6 @@ def _write_sites(kind: Any, places: list, changes: dict) -> None:
     if unread:
         raise ValueError(f"readout kind {kind.name!r} writes {unread} without reading them: "
                          "return them from its reads(parts)")
-
 
 
 def set_weights(router: Any, experts: Any, sites: Any, new: torch.Tensor) -> None:
@@ -333,7 +317,6 @@ def set_weights(router: Any, experts: Any, sites: Any, new: torch.Tensor) -> Non
     """
     indices, _, values, places = _routing(router, experts, sites, new.shape[-1], ("weights",))
     _write_sites(sites.used, places, sites.used.encode_weights(values, indices, new))
-
 
 
 def rewrite_weights(router: Any, experts: Any, sites: Any, top_k: int, change: Any) -> tuple:
