@@ -9,7 +9,8 @@ import numbers
 import operator
 from typing import Any
 
-__all__ = ["as_index", "check_finite", "check_index", "check_int", "check_level", "check_positive", "check_threshold"]
+__all__ = ["as_index", "check_finite", "check_index", "check_int", "check_level", "check_positive", "check_threshold",
+           "hub_id_shaped"]
 
 
 def as_index(value: Any) -> int | None:
@@ -160,3 +161,18 @@ def check_level(level: Any) -> float:
     if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < 1:
         raise ValueError(f"level (the interval's coverage) must be a number in (0, 1), e.g. 0.95; got {level!r}")
     return float(level)
+
+
+def hub_id_shaped(text: str) -> bool:
+    """Whether `text` has the shape of a Hugging Face hub id (`"name"` or `"org/name"`), not of
+    a local path (`./x`, `/x`, `~/x`, `a/b/c`, a backslash).
+
+    ```python
+    >>> from moe_interp.core._checks import hub_id_shaped
+    >>> hub_id_shaped("allenai/OLMoE-1B-7B-0924"), hub_id_shaped("gpt2"), hub_id_shaped("./models/x")
+    (True, True, False)
+
+    ```
+    """
+    return not (text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text)
+

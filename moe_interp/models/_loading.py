@@ -9,6 +9,7 @@ import torch
 from nnsight import TransformersModel
 
 from moe_interp.runtime._router_view import attach
+from moe_interp.core._checks import hub_id_shaped
 from moe_interp.runtime._shipping import OneAtATime, model_lock
 from moe_interp.arch import describe
 
@@ -157,8 +158,7 @@ def load(name_or_path: Any, *, dispatch: bool = True, **kwargs: Any) -> MoEModel
     text = os.fspath(name_or_path)
     # a hub id is "name" or "org/name": anything shaped like a path is a local directory, checked here
     # so that a typo is not sent to the hub (whose answer is a rule about repo ids)
-    if (text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text) and \
-            not os.path.isdir(os.path.expanduser(text)):
+    if not hub_id_shaped(text) and not os.path.isdir(os.path.expanduser(text)):
         raise FileNotFoundError(f"mi.load({text!r}): no such model directory; pass a local directory holding "
                                 "config.json and the weights, or a hub id such as 'allenai/OLMoE-1B-7B-0924'")
     if os.path.isdir(name_or_path):  # a local directory has no hub metadata to infer the pipeline task from

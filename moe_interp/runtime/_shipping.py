@@ -17,6 +17,7 @@ from nnsight.tracing.backend import Backend
 
 from moe_interp.runtime._nnsight_compat import shipped_by_value
 from moe_interp.arch import UnsupportedModelError
+from moe_interp.core._checks import hub_id_shaped
 from moe_interp.arch._stacks import repaired_nllb_moe_experts
 
 __all__ = ["RESULT_NAME", "Collect", "OneAtATime", "RerouteNotHeld", "check_held", "check_servable", "model_lock",
@@ -104,7 +105,7 @@ def check_servable(model: Any, remote: Any) -> None:
             "(mi.arch.repair_nllb_moe: transformers 5 sends every token to experts 0 and 1), so the server's "
             "routing would not be this model's. Run it here, or remote='local' to simulate the request")
     repo = getattr(model, "repo_id", None)
-    if not isinstance(repo, str) or not repo or repo.startswith((".", "/", "~")) or repo.count("/") > 1:
+    if not isinstance(repo, str) or not repo or not hub_id_shaped(repo):
         raise ValueError(
             f"remote=True runs the model on NDIF, which loads it by its hub id, and this one has none "
             f"({repo!r}: a model wrapped in memory or read from a local directory). Load it by id, "
