@@ -165,14 +165,19 @@ def _coefficients(tokenizer: Any, texts: Sequence[str], ids: Tensor, mask: Tenso
     return torch.tensor(out, dtype=torch.float64)
 
 
-def _forward(model: Any, spec: MoESpec, ids: Tensor, mask: Tensor, coefficient: Tensor,
-             factors: Mapping[int, float | None]) -> tuple[list, Tensor, Tensor, tuple]:
+def _forward(model: Any, spec: MoESpec, inputs: Mapping[str, Tensor], targets: Tensor, predicted: Tensor,
+             coefficient: Tensor, factors: Mapping[int, float | None], shift: bool = True,
+             interventions: Sequence = (), grad: bool = True) -> tuple[list, Tensor, tuple]:
     """One forward of the batch with the layers `factors` names probed (`_probe`) and, if
-    any is written, one backward: `(found, nll per text, predicted tokens mask, grads)`."""
+    any is written, one backward: `(found, nll per text, grads)`. The NLL is of `targets`
+    at the `predicted` positions: a causal LM's logits are `shift`ed (position i predicts
+    token i + 1, `targets` = the ids from the second on); an encoder-decoder's decoder
+    predicts its labels in place (`shift=False`, `targets` = the labels). `interventions`
+    apply in the trace (`grad=False`: no graph, for real drops)."""
     found: list = []
-    with torch.enable_grad():
+    with torch.enable_grad() if grad else torch.no_grad():
         # no cache: one forward scores the texts (some hybrid models' caches fail outside generation)
-        with trace(model, {"input_ids": ids, "attention_mask": mask}, use_cache=False) as tr:  # mi.trace: the model's lock
+        with trace(model, dict(inputs), *interventions, use_cache=False) as tr:  # mi.trace: the model's lock
             _probe(model, spec, found, factors)
         if len(found) != len(factors):
             raise RuntimeError(f"expected the routing weights of {len(factors)} of the {len(spec.moe_layers)} MoE "
@@ -180,24 +185,18 @@ def _forward(model: Any, spec: MoESpec, ids: Tensor, mask: Tensor, coefficient: 
                                "does not read; please report it")
         logits = tr.output.logits
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
-        predicted = (mask[:, 1:] * mask[:, :-1]).bool()
+        logp = torch.log_softmax(logits[:, :-1] if shift else logits, dim=-1).gather(-1, targets[..., None])[..., 0]
         nll = -torch.where(predicted, logp, 0).sum(-1)
         leaves = [delta for *_, delta in found if delta is not None]
         grads = torch.autograd.grad((nll.to(torch.float64) * coefficient).sum(), leaves,
                                     allow_unused=True) if leaves else ()
-    return found, nll.detach(), predicted, grads
+    return found, nll.detach(), grads
 
 
 def _batch(model: Any, spec: MoESpec, texts: Sequence[str], groups: Tensor, num_groups: int, metric: str,
            method: str = "taylor", steps: int = 1, per_pass: int = 1) -> dict:
     """The running sums of `_SUMS` that `texts` (row i belongs to group `groups[i]`) add,
-    each with a leading `[num_groups]` axis. `"taylor"`: one forward and one backward, every
-    layer probed at the model. `"path"`: one forward that reads the routing (counts, loss),
-    then per MoE layer and per node `s` of `steps` Gauss-Legendre points, one forward with
-    that layer's routing weights scaled by `1 - s` (the other layers as in the model) and one
-    backward, weighted by the node's weight: the integral over s in [0, 1] of
-    `d/ds L(layer's weights * (1 - s))`, split by cell."""
+    each with a leading `[num_groups]` axis, on a causal LM (`_estimate`)."""
     module = model._module
     enc = model.tokenizer(list(texts), return_tensors="pt", padding=True)
     limit = _max_positions(model)
@@ -207,39 +206,67 @@ def _batch(model: Any, spec: MoESpec, texts: Sequence[str], groups: Tensor, num_
     device = getattr(module, "device", None) or next(module.parameters()).device
     ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
     coefficient = _coefficients(model.tokenizer, texts, ids, mask, metric).to(device)
+    predicted = (mask[:, 1:] * mask[:, :-1]).bool()
+    part = (tuple(range(len(spec.moe_layers))), mask, groups.to(device), num_groups)
+    return _estimate(model, spec, {"input_ids": ids, "attention_mask": mask}, ids[:, 1:], predicted, coefficient,
+                     True, [part], method, steps, per_pass)[0]
+
+
+def _estimate(model: Any, spec: MoESpec, inputs: Mapping[str, Tensor], targets: Tensor, predicted: Tensor,
+              coefficient: Tensor, shift: bool, parts: Sequence[tuple], method: str, steps: int,
+              per_pass: int) -> list[dict]:
+    """The running sums of `_SUMS` one batch adds, per part: a part is `(positions, mask,
+    rows, num_groups)`, MoE layers (positions in `spec.moe_layers`) whose tokens are the
+    `mask`ed ones of their stack's inputs (the whole model for a causal LM; an encoder's or
+    a decoder's own), text i of the batch in group `rows[i]`; its sums have a leading
+    `[num_groups]` axis. `"taylor"`: one forward and one backward, every layer probed at
+    the model. `"path"`: one forward that reads the routing (counts, loss), then per MoE
+    layer and per node `s` of `steps` Gauss-Legendre points, one forward with that layer's
+    routing weights scaled by `1 - s` (the other layers as in the model) and one backward,
+    weighted by the node's weight: the integral over s in [0, 1] of `d/ds L(layer's weights
+    * (1 - s))`, split by cell. The loss (`_forward`) is the batch's, every part's effects
+    its derivatives; each part tallies it by its own groups."""
     positions = range(len(spec.moe_layers))
-    read, nll, predicted, grads = _forward(model, spec, ids, mask, coefficient,
-                                           {p: 1.0 if method == "taylor" else None for p in positions})
+    read, nll, grads = _forward(model, spec, inputs, targets, predicted, coefficient,
+                                {p: 1.0 if method == "taylor" else None for p in positions}, shift)
     probed = [(1.0, entry, grad) for entry, grad in zip(read, grads)]  # (node weight, routing, dL/dw)
     if method == "path":
         for start in range(0, len(positions), per_pass):
             for s, a in _nodes(steps):
-                found, _, _, grad = _forward(model, spec, ids, mask, coefficient,
-                                             dict.fromkeys(positions[start:start + per_pass], 1.0 - s))
+                found, _, grad = _forward(model, spec, inputs, targets, predicted, coefficient,
+                                          dict.fromkeys(positions[start:start + per_pass], 1.0 - s), shift)
                 probed += [(a, entry, g) for entry, g in zip(found, grad)]
-    # the kernels' totals, as RouterRecord keeps them: per (group, layer, expert), padding (-1)
-    # and slots that reached no expert (index -1) left out; `moved` keeps the effects as its mass
-    group = torch.where(mask.reshape(-1) > 0, groups.to(device)[:, None].expand_as(mask).reshape(-1), -1)
-    layers, E = len(spec.moe_layers), spec.num_experts
-    chosen, moved = (totals_start(group, layers, num_groups, E, spec.top_k, device) for _ in range(2))
-    for position, indices, weights, _ in read:
-        if indices.shape != weights.shape:
-            raise ValueError(f"routing of shape {tuple(indices.shape)} with weights of shape {tuple(weights.shape)}: "
-                             "expected [tokens, top_k] indices with weights of the same shape; register an adapter "
-                             "whose readout matches")
-        totals_add(chosen, position, indices, weights)
-    for node, (position, indices, weights, _), grad in probed:
-        contribution = torch.zeros_like(weights) if grad is None else -(grad * weights)  # per (token, slot)
-        totals_add(moved, position, indices, contribution.to(torch.float64) * node)
-    counted, effects = ({"count": torch.zeros(num_groups, layers, E, dtype=torch.long, device=device),
-                         "gate_mass": torch.zeros(num_groups, layers, E, dtype=torch.float64, device=device)}
-                        for _ in range(2))
-    totals_fold(chosen, counted)
-    totals_fold(moved, effects)
-    rows = groups.to(device)
-    return {"effect": effects["gate_mass"].cpu(), "count": counted["count"].cpu(), "tokens": tally(group, num_groups).cpu(),
-            "predicted": tally(rows, num_groups, predicted.sum(-1)).cpu(),
-            "loss": tally(rows, num_groups, nll.to(torch.float64) * coefficient).cpu()}
+    out = []
+    for mine, mask, rows, num_groups in parts:
+        column = {position: j for j, position in enumerate(mine)}  # a layer's row in this part's tables
+        device = mask.device
+        # the kernels' totals, as RouterRecord keeps them: per (group, layer, expert), padding (-1)
+        # and slots that reached no expert (index -1) left out; `moved` keeps the effects as its mass
+        group = torch.where(mask.reshape(-1) > 0, rows[:, None].expand_as(mask).reshape(-1), -1)
+        layers, E = len(mine), spec.num_experts
+        chosen, moved = (totals_start(group, layers, num_groups, E, spec.top_k, device) for _ in range(2))
+        for position, indices, weights, _ in read:
+            if position not in column:
+                continue
+            if indices.shape != weights.shape:
+                raise ValueError(f"routing of shape {tuple(indices.shape)} with weights of shape "
+                                 f"{tuple(weights.shape)}: expected [tokens, top_k] indices with weights of the same "
+                                 "shape; register an adapter whose readout matches")
+            totals_add(chosen, column[position], indices, weights)
+        for node, (position, indices, weights, _), grad in probed:
+            if position not in column:
+                continue
+            contribution = torch.zeros_like(weights) if grad is None else -(grad * weights)  # per (token, slot)
+            totals_add(moved, column[position], indices, contribution.to(torch.float64) * node)
+        counted, effects = ({"count": torch.zeros(num_groups, layers, E, dtype=torch.long, device=device),
+                             "gate_mass": torch.zeros(num_groups, layers, E, dtype=torch.float64, device=device)}
+                            for _ in range(2))
+        totals_fold(chosen, counted)
+        totals_fold(moved, effects)
+        out.append({"effect": effects["gate_mass"].cpu(), "count": counted["count"].cpu(),
+                    "tokens": tally(group, num_groups).cpu(), "predicted": tally(rows, num_groups, predicted.sum(-1)).cpu(),
+                    "loss": tally(rows, num_groups, nll.to(torch.float64) * coefficient).cpu()})
+    return out
 
 
 # ---------------------------------------------------------------------- the estimate
