@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from moe_interp.arch import describe
 from moe_interp.tracing import generate, trace
 
 __all__ = ["text_nll", "choice_accuracy", "generate_texts", "language_consistency", "exact_match"]
@@ -18,12 +19,124 @@ def _batches(items: Sequence, size: int):
         yield items[start : start + size]
 
 
-def text_nll(model: Any, texts: Sequence[str], *interventions: Any, batch_size: int = 8) -> list[dict]:
+def two_stacks(model: Any) -> bool:
+    """Whether `model` routes two stacks of different tokens (an encoder and a decoder: NLLB-MoE,
+    Switch Transformers), whose workflows score the decoder (`seq2seq_inputs`).
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.experiments.evaluate import two_stacks
+    >>> two_stacks(mi.zoo.tiny_model("switch_transformers")), two_stacks(mi.zoo.tiny_model("qwen3_moe"))
+    (True, False)
+
+    ```
+    """
+    return describe(model).stack_inputs is not None
+
+
+def _is_pair(text: Any) -> bool:
+    return isinstance(text, (tuple, list)) and len(text) == 2 and all(isinstance(t, str) for t in text)
+
+
+def seq2seq_inputs(model: Any, texts: Sequence[str | tuple[str, str]]) -> tuple[dict[str, torch.Tensor],
+                                                                              torch.Tensor, list[str]]:
+    """An encoder-decoder model's inputs and labels for scoring `texts` teacher-forced, as
+    `mi.profile` feeds its two stacks.
+
+    A text (a string) is read by the encoder and predicted by the decoder: its tokens are the
+    labels, and the decoder reads them shifted one position right behind the model's
+    `decoder_start_token_id` (what the model's own `shift_tokens_right` /
+    `prepare_decoder_input_ids_from_labels` make of labels). A pair `(source, target)`: the
+    encoder reads the source, the decoder predicts the target, tokenized with `text_target=`
+    (an NLLB tokenizer adds its `tgt_lang` code), shifted the same way. Each side is padded
+    by the tokenizer (its padding side).
+
+    **Returns:** `(inputs, labels, predicted)`: `inputs` holds `input_ids`, `attention_mask`,
+    `decoder_input_ids`, `decoder_attention_mask`; `labels` `[rows, decoder tokens]` the
+    predicted token ids, -100 at padding (Hugging Face's ignore index, so
+    `model(input_ids=..., attention_mask=..., labels=labels).loss` is the mean NLL over the
+    same tokens); `predicted`: the text each row's decoder predicts (the text, or the pair's
+    target).
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.experiments.evaluate import seq2seq_inputs
+    >>> model = mi.zoo.tiny_model("switch_transformers")  # one token per byte; decoder_start_token_id 0
+    >>> inputs, labels, predicted = seq2seq_inputs(model, ["Hi", ("Bonjour", "Hello")])
+    >>> inputs["input_ids"].tolist()
+    [[75, 108, 0, 0, 0, 0, 0], [69, 114, 113, 109, 114, 120, 117]]
+    >>> inputs["decoder_input_ids"].tolist(), labels.tolist(), predicted
+    ([[0, 75, 0, 0, 0], [0, 75, 104, 111, 111]], [[75, 108, -100, -100, -100], [75, 104, 111, 111, 114]], ['Hi', 'Hello'])
+
+    ```
+    """
+    tokenizer = model.tokenizer
+    config = getattr(getattr(model, "_module", None), "config", None)
+    start = getattr(config, "decoder_start_token_id", None)
+    if start is None:
+        raise ValueError("this encoder-decoder model's config has no decoder_start_token_id, the token its decoder "
+                         "starts from: set model._module.config.decoder_start_token_id (see its model card)")
+    texts = list(texts)
+    sources = [t[0] if _is_pair(t) else t for t in texts]
+    predicted = [t[1] if _is_pair(t) else t for t in texts]
+    for i, text in enumerate(texts):
+        if not (isinstance(text, str) or _is_pair(text)):
+            raise TypeError(f"texts[{i}] must be a text or a (source text, target text) pair, got {text!r:.80}")
+    encoded = tokenizer(sources, verbose=False)["input_ids"]
+    pairs = [i for i, t in enumerate(texts) if _is_pair(t)]
+    targets = list(encoded)
+    if pairs:  # the tokenizer's target mode (NLLB: its tgt_lang code)
+        for i, ids in zip(pairs, tokenizer(text_target=[predicted[i] for i in pairs], verbose=False)["input_ids"]):
+            targets[i] = ids
+    for i, (source, target) in enumerate(zip(encoded, targets)):
+        if not source or not target:
+            raise ValueError(f"texts[{i}] has no tokens{' on one side' if i in pairs else ''} (an empty text): the "
+                             "decoder would predict nothing. Drop empty texts first")
+    encoder = tokenizer.pad({"input_ids": encoded}, return_tensors="pt")
+    decoder = tokenizer.pad({"input_ids": [[int(start), *ids[:-1]] for ids in targets]}, return_tensors="pt")
+    labels = tokenizer.pad({"input_ids": targets}, return_tensors="pt")
+    inputs = {"input_ids": encoder["input_ids"], "attention_mask": encoder["attention_mask"],
+              "decoder_input_ids": decoder["input_ids"], "decoder_attention_mask": decoder["attention_mask"]}
+    return inputs, labels["input_ids"].masked_fill(labels["attention_mask"] == 0, -100), predicted
+
+
+def _seq2seq_nll(model: Any, texts: list, interventions: tuple, batch_size: int) -> list[dict]:
+    """`text_nll` on an encoder-decoder model: the decoder's NLL of each text (or pair's
+    target), every token predicted."""
+    rows = []
+    for chunk in _batches(texts, batch_size):
+        inputs, labels, predicted = seq2seq_inputs(model, chunk)
+        with torch.no_grad(), trace(model, inputs, *interventions) as tr:
+            pass
+        logits = tr.output.logits.float()
+        labels = labels.to(logits.device)
+        mask = labels != -100
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+        nll = -(logp * mask).sum(-1)
+        for row, text in enumerate(predicted):
+            value, n_bytes = float(nll[row]), max(len(text.encode()), 1)
+            rows.append({"nll": value, "tokens": int(mask[row].sum()), "bytes": n_bytes,
+                         "bits_per_byte": value / math.log(2) / n_bytes})
+    return rows
+
+
+def text_nll(model: Any, texts: Sequence[str | tuple[str, str]], *interventions: Any,
+             batch_size: int = 8) -> list[dict]:
     """Teacher-forced NLL of each text under `interventions`, padding-exact.
 
     Returns one dict per text: `nll` (nats, summed over predicted tokens), `tokens`
     (predicted tokens), `bytes` (UTF-8 bytes of the predicted part) and `bits_per_byte`.
     The first token has no context and is not predicted.
+
+    Encoder-decoder models (NLLB-MoE, Switch Transformers): the decoder's teacher-forced NLL,
+    the inputs `mi.profile` gives the two stacks (`seq2seq_inputs`). A text is read by the
+    encoder and predicted by the decoder, every one of its tokens (the decoder's first
+    input is the model's `decoder_start_token_id`); a pair `(source, target)` among `texts`
+    scores the target given the source. `bytes` are the predicted text's (the text's, or the
+    target's) UTF-8 bytes, and `nll` sums every label token, the tokenizer's special ones
+    (NLLB's language code, `</s>`) included: `nll / tokens` is Hugging Face's own
+    `model(input_ids=..., labels=...).loss` of that text alone. Interventions apply to both
+    stacks' layers as their (global) layer indices say.
 
     ```python
     >>> import moe_interp as mi
@@ -31,12 +144,22 @@ def text_nll(model: Any, texts: Sequence[str], *interventions: Any, batch_size: 
     >>> rows = mi.evaluate.text_nll(model, ["Hello world", "Hi"], mi.ExpertAblate({1: [0]}))
     >>> sorted(rows[0]), rows[0]["tokens"], rows[0]["bytes"], rows[1]["tokens"]
     (['bits_per_byte', 'bytes', 'nll', 'tokens'], 10, 10, 1)
+    >>> seq2seq = mi.zoo.tiny_model("switch_transformers")   # encoder layers 1, 3; decoder layers 5, 7
+    >>> rows = mi.evaluate.text_nll(seq2seq, ["Hi", ("Bonjour", "Hello")], mi.ExpertAblate({5: [0]}))
+    >>> [(r["tokens"], r["bytes"]) for r in rows]       # every token of "Hi" and of the target "Hello"
+    [(2, 2), (5, 5)]
 
     ```
     """
+    texts = list(texts)
+    if two_stacks(model):
+        return _seq2seq_nll(model, texts, interventions, batch_size)
+    if any(_is_pair(t) for t in texts):
+        raise ValueError("(source, target) pairs are scored by an encoder-decoder model (the decoder predicts the "
+                         "target from the source); this model reads one text: pass the texts themselves")
     tokenizer = model.tokenizer
     rows = []
-    for chunk in _batches(list(texts), batch_size):
+    for chunk in _batches(texts, batch_size):
         enc = tokenizer(list(chunk), return_tensors="pt", padding=True)
         with torch.no_grad(), trace(model, enc, *interventions) as tr:
             pass
@@ -99,7 +222,9 @@ def choice_accuracy(model: Any, items: Sequence[Mapping], *interventions: Any, b
     """Multiple-choice accuracy by log-likelihood (Belebele-style).
 
     Each item is `{"context": str, "choices": [str, ...], "answer": int}`; the predicted
-    choice maximises the summed log-probability of its tokens after the context.
+    choice maximises the summed log-probability of its tokens after the context. On an
+    encoder-decoder model the encoder reads the context and the decoder is scored on each
+    choice, a `(context, choice)` pair of `text_nll` (the choice tokenized as a target).
 
     ```python
     >>> import moe_interp as mi
@@ -111,8 +236,17 @@ def choice_accuracy(model: Any, items: Sequence[Mapping], *interventions: Any, b
 
     ```
     """
+    seq2seq = two_stacks(model)
     out = []
     for item in items:
+        if seq2seq:  # the encoder reads the context, the decoder is scored on each choice (every token)
+            rows = _seq2seq_nll(model, [(item["context"], choice) for choice in item["choices"]], interventions,
+                                batch_size)
+            scores = [-row["nll"] for row in rows]
+            predicted = int(torch.tensor(scores).argmax())
+            out.append({"predicted": predicted, "answer": int(item["answer"]),
+                        "correct": predicted == int(item["answer"]), "scores": scores})
+            continue
         scores = []
         context_len = len(model.tokenizer(item["context"])["input_ids"])
         texts = [item["context"] + choice for choice in item["choices"]]
