@@ -9,12 +9,110 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from moe_interp.core._checks import check_positive
+from moe_interp.core._expert_set import ExpertSet
 from moe_interp.core._fingerprint import WEIGHTS, check_corpus, fingerprint, model_parts
+from moe_interp.core._layers import BANDS, THIRD_BANDS, bands as band_split
 from moe_interp.arch import describe
 from moe_interp.experiments.evaluate import text_nll
 from moe_interp.runtime._interventions import flatten
 
 __all__ = ["Experiment"]
+
+
+def stack_layers(spec: Any, selection: Any, width: int | None = None) -> dict[str, tuple[int, ...]]:
+    """`{stack: layers}` that a layer selection picks on a model with several stacks (an
+    encoder and a decoder), stacks with none left out. A band name (`BANDS`, `THIRD_BANDS`)
+    applies within each stack (its `"<stack>:<band>"`; with `width`, that many of each
+    stack's layers, the paper's fixed-width bands); anything else (a stack name,
+    `"decoder:late"`, indices, a range) is `spec.select_layers`' selection, split by stack.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.experiments._grid import stack_layers
+    >>> spec = mi.describe(mi.zoo.tiny_model("switch_transformers"))   # encoder 1, 3; decoder 5, 7
+    >>> stack_layers(spec, "late"), stack_layers(spec, "decoder:early"), stack_layers(spec, [1, 3])
+    ({'encoder': (3,), 'decoder': (7,)}, {'decoder': (5,)}, {'encoder': (1, 3)})
+
+    ```
+    """
+    stacks = list(dict.fromkeys(spec.stacks))
+    own = {stack: tuple(l for l, s in zip(spec.moe_layers, spec.stacks) if s == stack) for stack in stacks}
+    if isinstance(selection, str) and (selection in BANDS or selection in THIRD_BANDS):
+        if width is not None:
+            if selection not in BANDS:
+                raise ValueError(f"width={width} gives the paper's fixed-width bands, named {BANDS}; got "
+                                 f"{selection!r}")
+            return {stack: band_split(own[stack], width=min(width, len(own[stack])))[selection] for stack in stacks}
+        return {stack: spec.select_layers(f"{stack}:{selection}") for stack in stacks}
+    chosen = set(spec.select_layers(selection))
+    out = {stack: tuple(l for l in own[stack] if l in chosen) for stack in stacks}
+    return {stack: layers for stack, layers in out.items() if layers}
+
+
+def stack_stats(model: Any, stats: Any, what: str) -> dict[str, Any] | None:
+    """`stats` checked against `model`'s stacks: `None` for a model with one stack (whose
+    statistics are one `RoutingStats`); for an encoder-decoder model the `{stack:
+    RoutingStats}` dict `mi.profile` returns, each covering its stack's MoE layers. `what`
+    names the workflow in errors.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.experiments._grid import stack_stats
+    >>> model = mi.zoo.tiny_model("switch_transformers")
+    >>> by_stack = mi.profile(model, {"eng": ["Hello"], "deu": ["Hallo"]}, progress=False)
+    >>> {stack: s.layers for stack, s in stack_stats(model, by_stack, "ablation_grid").items()}
+    {'encoder': (1, 3), 'decoder': (5, 7)}
+    >>> stack_stats(model, by_stack["decoder"], "ablation_grid")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    TypeError: ablation_grid on this switch_transformers model (stacks encoder, decoder) chooses experts per stack ...
+
+    ```
+    """
+    spec = describe(model)
+    if spec.stack_inputs is None:
+        if isinstance(stats, Mapping):
+            raise TypeError(f"{what}: this {spec.arch} model has one stack of MoE layers; pass one RoutingStats (its "
+                            f"mi.profile), not a mapping of {len(stats)} statistics")
+        return None
+    stacks = list(dict.fromkeys(spec.stacks))
+    if not isinstance(stats, Mapping):
+        raise TypeError(f"{what} on this {spec.arch} model (stacks {', '.join(stacks)}) chooses experts per stack from "
+                        f"each stack's own statistics; pass the {{stack: RoutingStats}} dict that mi.profile(model, "
+                        f"corpus) returns (got one {type(stats).__name__}); from `moe-interp profile --out OUT`: "
+                        f"{{s: mi.RoutingStats.load(f'OUT/{{s}}') for s in {tuple(stacks)}}}")
+    if list(stats) != stacks and sorted(stats) != sorted(stacks):
+        raise ValueError(f"{what}: stats has the stacks {list(stats)}, this {spec.arch} model {stacks}: pass "
+                         "mi.profile(model, corpus) of this model")
+    out = {}
+    for stack in stacks:
+        part = stats[stack]
+        if not hasattr(part, "exclusive_experts"):
+            raise TypeError(f"{what}: stats[{stack!r}] must be a RoutingStats, got {type(part).__name__}")
+        layers = tuple(l for l, s in zip(spec.moe_layers, spec.stacks) if s == stack)
+        if tuple(part.layers) != layers or part.num_experts != spec.num_experts:
+            raise ValueError(f"{what}: stats[{stack!r}] covers layers {list(part.layers)} of {part.num_experts} "
+                             f"experts; this model's {stack} MoE layers are {list(layers)} of {spec.num_experts}: "
+                             "profile this model (mi.profile)")
+        out[stack] = part
+    return out
+
+
+def union(sets: Sequence[ExpertSet]) -> ExpertSet:
+    """One `ExpertSet` of sets on disjoint layers (e.g. one per stack), strengths kept when
+    every set has them.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.experiments._grid import union
+    >>> union([mi.ExpertSet({1: [0]}), mi.ExpertSet({5: [2, 3]})])
+    ExpertSet({1: [0], 5: [2, 3]}, pairs=3)
+
+    ```
+    """
+    experts = {layer: s[layer] for s in sets for layer in s}
+    if sets and all(s.strengths is not None for s in sets):
+        return ExpertSet(experts, strengths={layer: dict(s.strengths[layer]) for s in sets for layer in s})
+    return ExpertSet(experts)
 
 
 class Experiment:
