@@ -55,6 +55,7 @@ from moe_interp.analysis._expert_sets import (
     shared_mask,
     shares,
 )
+from moe_interp.analysis._health import Health, health
 from moe_interp.analysis._layer_profile import LayerProfile, layer_profile
 
 __all__ = [
@@ -69,6 +70,7 @@ __all__ = [
     "Clustering",
     "FamilyAgreement",
     "FamilyEvidence",
+    "Health",
     "Interval",
     "LayerEvidence",
     "LayerProfile",
@@ -84,6 +86,7 @@ __all__ = [
     "exclusive_mask",
     "family_agreement",
     "family_evidence",
+    "health",
     "hierarchical_interval",
     "interval",
     "layer_evidence",

@@ -210,6 +210,24 @@ class RoutingStats(RoutingCounts):
         """
         return analysis.layer_profile(self, metric, k, threshold)
 
+    def health(self, resamples: int = 200, level: float = 0.95, seed: int = 0) -> analysis.Health:
+        """Expert load and health per layer, per language and over all (`"all"`): load against
+        uniform, its coefficient of variation and max / mean (intervals over texts when per-item
+        counts are kept), experts never chosen, entropy. Against a twin: `mi.analysis.compare`.
+
+        ```python
+        >>> import torch
+        >>> import moe_interp as mi
+        >>> s = mi.RoutingStats(("en",), (0, 1), 4, 1, torch.tensor([[[2, 2, 0, 0], [1, 1, 1, 1]]]),
+        ...                     torch.zeros(1, 2, 4), torch.tensor([4]))
+        >>> h = s.health()
+        >>> h.dead_experts(), h.max_over_mean[-1].tolist()       # layer 0 uses 2 of 4 experts
+        ({0: (2, 3)}, [2.0, 1.0])
+
+        ```
+        """
+        return analysis.health(self, resamples, level, seed)
+
     def bootstrap(self, statistic: Any = "divergence", resamples: int = 200, level: float = 0.95, seed: int = 0,
                   **kwargs: Any) -> analysis.BootstrapResult:
         """Bootstrap confidence intervals over items (needs per-item counts, kept by `mi.profile`).
