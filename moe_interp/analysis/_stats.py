@@ -338,3 +338,19 @@ class RoutingStats(RoutingCounts):
         ```
         """
         return plots.expert_counts(self, **kwargs)
+
+    def plot_health(self, other: "RoutingCounts | None" = None, **kwargs: Any) -> go.Figure:
+        """Expert load against uniform per layer, experts never chosen crossed, cv and max / mean;
+        `other` (e.g. the random-init twin on the same texts) drawn below (`mi.plots.load_health`).
+
+        ```python
+        >>> import torch
+        >>> import moe_interp as mi
+        >>> count = torch.tensor([[[4, 2, 2, 0], [2, 2, 2, 2]]])
+        >>> s = mi.RoutingStats(("en",), (0, 1), 4, 2, count, count / 2.0, torch.tensor([4]))
+        >>> s.plot_health(s, names=["trained", "twin"]).layout.title.text
+        'Expert load per layer (all); experts never chosen: trained 1, twin 1'
+
+        ```
+        """
+        return plots.load_health(self, other, **kwargs)

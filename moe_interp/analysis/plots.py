@@ -25,16 +25,18 @@ from moe_interp.core._layers import bands as _bands
 from moe_interp.analysis import (
     METRICS,
     THRESHOLD,
+    Health,
     cluster,
     divergence,
     exclusive_experts,
+    health,
     shared_experts,
 )
 from moe_interp.analysis import layer_profile as _layer_profile
 from moe_interp.core._expert_set import PAPER, check_k
 
 __all__ = ["dendrogram", "divergence_heatmap", "expert_counts", "forest_plot", "language_layer_heatmap",
-           "layer_profile", "routing_heatmap"]
+           "layer_profile", "load_health", "routing_heatmap"]
 
 _METRIC_NAMES = {"js": "Jensen-Shannon divergence", "cosine": "cosine distance", "hellinger": "Hellinger distance",
                  "kl_sym": "symmetric KL (bits)"}
@@ -423,3 +425,107 @@ def language_layer_heatmap(matrix: Any, languages: Sequence[str], layers: Sequen
     fig.update_layout(title={"text": title}, height=max(320, 170 + 16 * len(rows)),
                       margin={"t": 130, "r": 30 + 7 * longest})
     return fig
+
+
+def _log_load_ratio(h: Health, scope: str) -> np.ndarray:
+    """`log2(load / uniform)` per (layer, expert) of `scope`; `nan` where never chosen (crossed
+    in the figure, not a colour off the scale) or where nothing was routed."""
+    s = h.scopes.index(scope)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.log2(h.load[s].double().numpy() / h.uniform[s].numpy()[:, None])
+    ratio[~np.isfinite(ratio)] = np.nan
+    return ratio
+
+
+def _health_row(fig: go.Figure, h: Health, row: int, name: str, scope: str, zrange: float, first: bool) -> None:
+    """One row of load-and-health panels: load against uniform (layer x expert, dead experts
+    crossed), experts never chosen per layer, and cv and max / mean per layer with intervals."""
+    s = h.scopes.index(scope)
+    load, ratio = h.load[s].double().numpy(), _log_load_ratio(h, scope)
+    layers, experts = list(h.layers), list(range(h.num_experts))
+    fig.add_trace(go.Heatmap(z=ratio, x=experts, y=layers, customdata=load, zmid=0.0, zmin=-zrange, zmax=zrange,
+                             colorscale="RdBu_r", showscale=first, name=name,
+                             colorbar={"title": {"text": "log2(load / uniform)"}, "len": 0.45, "y": 1.0,
+                                       "yanchor": "top"},
+                             hovertemplate="layer %{y}, expert %{x}<br>%{customdata:d} tokens<br>"
+                                           "log2(load / uniform) %{z:.2f}<extra>" + name + "</extra>"),
+                  row=row, col=1)
+    dead_layer, dead_expert = h.dead[s].nonzero(as_tuple=True)
+    fig.add_trace(go.Scatter(x=dead_expert.tolist(), y=[layers[i] for i in dead_layer.tolist()], mode="markers",
+                             marker={"symbol": "x", "color": "black", "size": 9}, name="never chosen",
+                             legendgroup="dead", showlegend=first,
+                             hovertemplate="layer %{y}, expert %{x}: never chosen<extra>" + name + "</extra>"),
+                  row=row, col=1)
+    counts = h.dead_count[s].tolist()
+    fig.add_trace(go.Bar(x=counts, y=layers, orientation="h", text=counts, textposition="outside",
+                         marker={"color": "black"}, name="experts never chosen", legendgroup="dead bars",
+                         showlegend=first, hovertemplate="layer %{y}: %{x} never chosen<extra>" + name + "</extra>"),
+                  row=row, col=2)
+    for label, values, ci, color in (("cv", h.cv, h.cv_interval, "#1f77b4"),
+                                     ("max / mean", h.max_over_mean, h.max_over_mean_interval, "#d62728")):
+        estimate = values[s].numpy()
+        error = None
+        if ci is not None:
+            error = {"type": "data", "symmetric": False, "array": (ci.high[s].numpy() - estimate).clip(0),
+                     "arrayminus": (estimate - ci.low[s].numpy()).clip(0)}
+        fig.add_trace(go.Scatter(x=estimate, y=layers, error_x=error, mode="markers+lines", name=label,
+                                 legendgroup=label, showlegend=first, line={"color": color},
+                                 hovertemplate="layer %{y}: " + label + " %{x:.3f}<extra>" + name + "</extra>"),
+                      row=row, col=3)
+    fig.update_yaxes(title_text=f"{name}: MoE layer", row=row, col=1)
+
+
+def _health_figure(healths: Sequence[Health], names: Sequence[str], scope: str) -> go.Figure:
+    for h in healths:
+        if scope not in h.scopes:
+            raise KeyError(f"scope {scope!r} is not one of {list(h.scopes)} (a language, or 'all')")
+    fig = make_subplots(rows=len(healths), cols=3, shared_yaxes=True, column_widths=[0.6, 0.15, 0.25],
+                        horizontal_spacing=0.03, vertical_spacing=0.12,
+                        subplot_titles=[t for name in names for t in
+                                        (f"{name}: load against uniform", "never chosen", "cv, max / mean")])
+    # the colours saturate at 16x above or below uniform, so a nearly idle expert does not wash out the rest
+    zrange = min(4.0, max([1.0] + [float(np.nanmax(np.abs(_log_load_ratio(h, scope)), initial=0.0)) for h in healths]))
+    for row, (h, name) in enumerate(zip(healths, names), 1):
+        _health_row(fig, h, row, name, scope, zrange, row == 1)
+        fig.update_xaxes(title_text="expert", tickformat="d", dtick=1 if h.num_experts <= 32 else None,
+                         range=[-0.5, h.num_experts - 0.5], row=row, col=1)
+    fig.update_yaxes(tickformat="d", dtick=1 if max(len(h.layers) for h in healths) <= 16 else None)
+    fig.update_xaxes(title_text="experts", rangemode="tozero", row=len(healths), col=2)
+    fig.update_xaxes(title_text="ratio (uniform: cv 0, max / mean 1)", row=len(healths), col=3)
+    dead = ", ".join(f"{name} {int(h.dead_count[h.scopes.index(scope)].sum())}" for h, name in zip(healths, names))
+    fig.update_layout(title={"text": f"Expert load per layer ({scope}); experts never chosen: {dead}"},
+                      height=120 + 60 * len(healths) + sum(max(260, 22 * len(h.layers)) for h in healths),
+                      legend={"orientation": "h", "y": -0.08})
+    return fig
+
+
+def load_health(stats: RoutingCounts | Health, other: RoutingCounts | Health | None = None, scope: str = "all",
+                names: Sequence[str] | None = None, resamples: int = 200) -> go.Figure:
+    """Expert load at a glance, one row per model: each expert's load against uniform (layer x
+    expert, `log2(load / uniform)`, red above, blue below; experts never chosen crossed), how
+    many experts each layer never chose, and the load's coefficient of variation and max / mean
+    per layer (bootstrap intervals over texts when the stats keep per-item counts).
+
+    **Arguments:** `stats`: a `RoutingStats` (or its `Health`); `other`: a second model on the
+    same texts (e.g. the random-init twin), drawn below; `scope`: a language or `"all"`;
+    `names`: the rows' labels; `resamples` of the intervals (`mi.analysis.health`).
+
+    ```python
+    >>> import torch
+    >>> import moe_interp as mi
+    >>> count = torch.tensor([[[4, 2, 2, 0], [2, 2, 2, 2]]])
+    >>> s = mi.RoutingStats(("en",), (0, 1), 4, 2, count, count / 2.0, torch.tensor([4]))
+    >>> fig = mi.plots.load_health(s, names=["trained"])
+    >>> fig.layout.title.text
+    'Expert load per layer (all); experts never chosen: trained 1'
+    >>> [t.name for t in fig.data]
+    ['trained', 'never chosen', 'experts never chosen', 'cv', 'max / mean']
+
+    ```
+    """
+    parts = [stats] if other is None else [stats, other]
+    names = list(names) if names is not None else (["model"] if other is None else ["model", "other"])
+    if len(names) != len(parts):
+        raise ValueError(f"names gives {len(names)} labels for {len(parts)} models: give one per model")
+    healths = [p if isinstance(p, Health) else health(p, resamples=resamples) for p in parts]
+    return _health_figure(healths, names, scope)
