@@ -12,6 +12,7 @@ from moe_interp.core._fingerprint import WEIGHTS, ResumeError, check_corpus, fin
 from moe_interp.arch import describe
 from moe_interp.runtime._inputs import max_positions
 from moe_interp.runtime._session import profile_session
+from moe_interp.runtime._shipping import check_servable
 from moe_interp.runtime._tracer import per_row_trace
 from moe_interp.runtime._compile import compile_plan
 from moe_interp.runtime._interventions import RouterRecord, flatten
@@ -27,6 +28,8 @@ _WHERE = ("remote", "backend", "blocking", "job_id", "verbose")
 # trace_kwargs that say how texts become tokens: mi.profile tokenizes the corpus itself
 _TOKENIZE = ("truncation", "max_length", "add_special_tokens")
 _LONG_TEXTS = ("window", "truncate", "error")  # mi.profile's policies for texts longer than the model's positions
+# A remote profile's default request size, in padded tokens (see `profile`'s docstring for why)
+REQUEST_TOKENS = 2**15
 
 
 def _tokenize(tokenizer: Any, texts: list[str], options: dict, target: bool = False) -> list[list[int]]:
@@ -120,28 +123,81 @@ def _stack_batches(model: Any, todo: list[int], inputs: Any, row_languages: dict
         yield chunk, parts
 
 
-def _remote_batches(model: Any, spec: Any, todo: list[int], inputs: Any, row_language: torch.Tensor,
-                    interventions: list, num_languages: int, batch_size: int, session_batches: Any,
-                    trace_kwargs: dict) -> Iterator[tuple]:
-    """`(rows, count, tokens, gate_mass)` per session request of `session_batches` batches."""
+def _remote_batches(model: Any, requests: list[list[list[int]]], inputs: Any, row_group: torch.Tensor, plan: Any,
+                    num_groups: int, trace_kwargs: dict, stack_tokens: list | None = None) -> Iterator[tuple]:
+    """`(rows, item_count, item_tokens, gate_mass)` per session request (`requests`: the batches
+    of each, from `_requests`); gate mass is summed per `row_group` (`num_groups` of them).
+    With `stack_tokens` (a model with several stacks) `item_tokens` is `[rows, stacks]` and
+    `item_count` / `gate_mass` hold every plan layer (`_session.profile_session`)."""
     session_kwargs = {k: trace_kwargs[k] for k in _WHERE if k in trace_kwargs}
     model_kwargs = {k: v for k, v in trace_kwargs.items() if k not in session_kwargs and k != "keep_output"}
-    plan = compile_plan(spec, [*interventions, RouterRecord()])
-    per_request = (session_batches or len(todo)) * batch_size
-    for first in range(0, len(todo), per_request):
-        chunks = [todo[start : start + batch_size]
-                  for start in range(first, min(first + per_request, len(todo)), batch_size)]
-        packed = profile_session(model, [(inputs(chunk), row_language[torch.tensor(chunk)]) for chunk in chunks],
-                                 plan, num_languages, session_kwargs, model_kwargs)
+    for chunks in requests:
+        packed = profile_session(model, [(inputs(chunk), row_group[torch.tensor(chunk)]) for chunk in chunks],
+                                 plan, num_groups, session_kwargs, model_kwargs, stack_tokens)
         yield ([r for chunk in chunks for r in chunk], packed["item_count"], packed["item_tokens"],
                packed["gate_mass"].to(torch.float64))
+
+
+def _requests(todo: list[int], batch_size: int, batch_tokens: Any, request_tokens: int | None,
+              session_batches: int | None) -> list[list[list[int]]]:
+    """The requests a remote profile sends for the rows `todo` (in run order), each a list of
+    batches of `batch_size` rows: as many consecutive batches as fit `request_tokens` padded
+    tokens (`batch_tokens(batch)`; default `REQUEST_TOKENS`, where a larger batch goes alone),
+    or `session_batches` batches each. Greedy, so the requests after a request boundary do
+    not depend on how the run got there: a resumed profile sends the requests it had not
+    finished, cut as they would have been.
+
+    ```python
+    >>> from moe_interp.experiments._profile import _requests
+    >>> size = lambda batch: 10 * len(batch)                   # ten padded tokens a row
+    >>> _requests(list(range(7)), 2, size, 40, None)          # two batches of 20 tokens a request
+    [[[0, 1], [2, 3]], [[4, 5], [6]]]
+    >>> _requests(list(range(7)), 2, size, None, 3)           # session_batches=3
+    [[[0, 1], [2, 3], [4, 5]], [[6]]]
+    >>> _requests(list(range(7)), 2, size, 15, None)
+    Traceback (most recent call last):
+    ValueError: request_tokens=15 is less than a batch of this corpus: its largest has 20 padded tokens ...
+
+    ```
+    """
+    batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
+    sizes = [batch_tokens(batch) for batch in batches]
+    if request_tokens is not None and sizes and max(sizes) > request_tokens:
+        raise ValueError(f"request_tokens={request_tokens} is less than a batch of this corpus: its largest has "
+                         f"{max(sizes)} padded tokens (rows x longest row), and a request holds whole batches. "
+                         f"Pass request_tokens={max(sizes)} or more, or a smaller batch_size")
+    budget = REQUEST_TOKENS if request_tokens is None else request_tokens
+    requests: list[list[list[int]]] = []
+    used = 0
+    for batch, size in zip(batches, sizes):
+        if not requests or (len(requests[-1]) >= session_batches if session_batches is not None
+                            else used + size > budget):
+            requests.append([])
+            used = 0
+        requests[-1].append(batch)
+        used += size
+    return requests
+
+
+def _check_requests(request_tokens: Any, session_batches: Any, remote: bool) -> None:
+    """`request_tokens=` / `session_batches=` size a remote profile's requests: checked here,
+    before anything runs."""
+    if request_tokens is not None and session_batches is not None:
+        raise ValueError("pass one of request_tokens= (a budget of padded tokens per request) and session_batches= "
+                         "(a number of batches per request), not both")
+    for name, value in (("request_tokens", request_tokens), ("session_batches", session_batches)):
+        if value is not None:
+            check_positive(name, value)
+            if not remote:
+                raise ValueError(f"{name}= sizes the requests of a remote profile, and this one runs here: drop it, "
+                                 "or pass remote=True (or remote='local', backend=) to run remotely")
 
 
 def profile(model: Any, corpus: Mapping[str, Sequence[str]] | Mapping[tuple[str, str], Sequence[Sequence[str]]],
             *interventions: Any, batch_size: int = 16,
             progress: bool = True, checkpoint: str | os.PathLike | None = None, save_every: int = 10,
-            session_batches: int | None = None, long_texts: str = "window", weights_hash: str = "full",
-            **trace_kwargs: Any) -> RoutingStats | dict[str, RoutingStats]:
+            request_tokens: int | None = None, session_batches: int | None = None, long_texts: str = "window",
+            weights_hash: str = "full", **trace_kwargs: Any) -> RoutingStats | dict[str, RoutingStats]:
     """Routing statistics of `model` over `corpus` (`{language: [texts]}`), per item too.
 
     Texts are tokenized once, then batched (longest first, to waste little padding; padding
@@ -191,15 +247,40 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]] | Mapping[tuple[str,
     index): `{(s, t): list(zip(u[s], u[t])) for s, t in [("fra", "eng"), ("deu", "eng")]}`
     with `u = mi.datasets.udhr(["fra", "deu", "eng"])`. Padding is never counted; special
     tokens the tokenizer adds (NLLB's language codes, `</s>`) are counted like any other, as
-    `mi.RouterRecord()` counts them. Such a profile runs locally (not `remote=`), and
-    builds the decoder's inputs itself (no `decoder_input_ids=` in `trace_kwargs`).
+    `mi.RouterRecord()` counts them. Such a profile builds the decoder's inputs itself (no
+    `decoder_input_ids=` in `trace_kwargs`), and runs remotely too, per stack as here.
 
-    Remote (`remote=True`, `"local"`, a URL, or `backend=`): the batches run in ONE nnsight
-    session request (`session_batches=N` splits them into requests of N batches each; the
-    default sends all). The server aggregates: per row an int16/int32 `[layers, experts]`
-    count table and a token total, gate mass summed per language. With `checkpoint=`,
-    progress is saved after every request (resume is per request, not per batch). Windows
-    are rows like any other there.
+    Remote (`remote=True`, `"local"`, a URL, or `backend=`): the batches go in nnsight session
+    requests of whole batches, as many consecutive ones as fit `request_tokens` padded tokens
+    (rows x longest row, the encoder's and the decoder's added; default `REQUEST_TOKENS`,
+    32,768, where one larger batch goes alone; an explicit budget smaller than a batch is
+    refused before anything runs), or `session_batches=N` batches each (not both). The
+    server aggregates: per row an int16/int32 `[layers, experts]` count table and a token
+    total, gate mass summed per language, so the results equal a local profile's however
+    the requests are cut. With `checkpoint=`, progress is saved after every request: an
+    interrupted profile resumes at the first request that had not finished (a request is all
+    or nothing), with the same cuts. The bar counts rows and moves once per request. Windows
+    are rows like any other there. A model NDIF would serve differently (no hub id, a
+    repaired NLLB-MoE) is refused before anything is sent.
+
+    Why 32,768 tokens: NDIF kills a request that runs past its deployment's execution timeout
+    ("Your job exceeded the execution timeout of Ns": ndif 0.1.2,
+    `services/ray/deployments/modeling/base.py`, the block raced against
+    `execution_timeout`), and nothing of it comes back. That timeout is set per deployment
+    (`execution_timeout_seconds`, or `NDIF_DEFAULT_EXECUTION_TIMEOUT_SECONDS`; unset means
+    no cap, and ndif's example config has 3600 s: `cli/lib/model_config.py`,
+    `deployments/controller/controller.py`); NDIF's public deployments do not publish theirs
+    (nnsight's remote-execution docs name none). A token budget keeps a request's forwards
+    short whatever the texts' lengths: at a slow 1,000 tokens/s (a large model, with
+    nnsight's per-layer interleaving, on ndif's sandbox every read a socket round trip)
+    32,768 tokens take about half a minute, far below any timeout a shared deployment would
+    set, while a request's fixed cost (queue, payload, model lookup) is paid once per
+    32,768 tokens. The result does not grow with tokens but with rows: about
+    `rows x layers x experts x 2` bytes, 4 MB for 330 texts of 100 tokens on a 48-layer,
+    128-expert model, under the 8 MiB above which ndif sends a result through its object
+    store instead of inline (`common/providers/redis.py`, `STOCK_PUBSUB_SOFT_LIMIT_BYTES`).
+    Lower it for a slow model or many short texts. A time budget would not cut the same
+    requests on a rerun, so a checkpoint could not resume them.
 
     ```python
     >>> import moe_interp as mi
@@ -220,16 +301,24 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]] | Mapping[tuple[str,
     >>> by_stack = mi.profile(seq2seq, pairs, progress=False)
     >>> by_stack["encoder"].languages, by_stack["decoder"].languages, by_stack["decoder"].item_tokens.tolist()
     (('fra', 'deu'), ('eng',), [5, 2])
+    >>> far = mi.profile(small, {"eng": ["x" * 40, "y" * 10]}, batch_size=1, progress=False,
+    ...                  remote="local", request_tokens=18)          # three requests: 16, 16, then 10 + 8 tokens
+    >>> far.item_tokens.tolist(), far.count[0, 0].sum().item()
+    ([40, 10], 100)
 
     ```
     """
     spec = describe(model)
     pairs = _is_pairs(corpus)
+    remote = bool(trace_kwargs.get("remote")) or trace_kwargs.get("backend") is not None
+    _check_requests(request_tokens, session_batches, remote)
+    if remote:  # before anything is sent, or a checkpoint written
+        check_servable(model, trace_kwargs.get("remote"))
     if spec.stack_inputs is not None or pairs:
         return _profile_stacks(model, spec, _check_pairs(corpus) if pairs else check_corpus(corpus), interventions,
                                batch_size=batch_size, progress=progress, checkpoint=checkpoint, save_every=save_every,
-                               session_batches=session_batches, long_texts=long_texts, weights_hash=weights_hash,
-                               trace_kwargs=trace_kwargs)
+                               request_tokens=request_tokens, session_batches=session_batches, long_texts=long_texts,
+                               weights_hash=weights_hash, trace_kwargs=trace_kwargs)
     corpus = check_corpus(corpus)
     interventions = _check_options(interventions, batch_size, save_every, session_batches, weights_hash, long_texts)
     languages = list(corpus)
@@ -247,16 +336,27 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]] | Mapping[tuple[str,
            "long_texts": long_texts,
            "settings": fingerprint({k: v for k, v in trace_kwargs.items() if k not in _WHERE})}
     trace_kwargs = {k: v for k, v in trace_kwargs.items() if k not in _TOKENIZE}  # the rows are token ids
-    remote = bool(trace_kwargs.get("remote")) or trace_kwargs.get("backend") is not None
-    batches = _remote_batches if remote else _local_batches
 
     def inputs(chunk: list[int]) -> dict[str, torch.Tensor]:
         padded = model.tokenizer.pad({"input_ids": [rows[r][1] for r in chunk]}, return_tensors="pt")
         return {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]}
 
+    def padded(chunk: list[int]) -> int:
+        return len(chunk) * max(len(rows[r][1]) for r in chunk)
+
+    def batches(todo: list[int]) -> Iterator[tuple]:
+        if not remote:
+            return _local_batches(model, spec, todo, inputs, row_language, interventions, len(languages), batch_size,
+                                  session_batches, trace_kwargs)
+        return _remote_batches(model, _requests(todo, batch_size, padded, request_tokens, session_batches), inputs,
+                               row_language, compile_plan(spec, [*interventions, RouterRecord()]), len(languages),
+                               trace_kwargs)
+
+    # cut once here too: a budget smaller than a batch is refused before anything runs
+    requests = len(_requests(order, batch_size, padded, request_tokens, session_batches)) if remote else 0
+
     def steps(done: int, sums: dict[str, torch.Tensor]) -> Iterator[tuple[int, int]]:
-        for chunk, count, tokens, mass in batches(model, spec, order[done:], inputs, row_language, interventions,
-                                                  len(languages), batch_size, session_batches, trace_kwargs):
+        for chunk, count, tokens, mass in batches(order[done:]):
             index = row_item[torch.tensor(chunk)]  # a long text's windows add up to its item
             sums["gate_mass"] += mass
             sums["item_count"].index_add_(0, index, count.to(torch.int32))
@@ -265,12 +365,17 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]] | Mapping[tuple[str,
 
     # remote: progress is saved after every session request
     sums = run_resumable(steps, sums, total=len(rows), key=key, checkpoint=checkpoint, form=_FORMAT, what="mi.profile",
-                         save_every=1 if remote else save_every, progress=progress, desc="profiling")
+                         save_every=1 if remote else save_every, progress=progress, desc=_desc(requests))
     meta = {"interventions": [repr(i) for i in interventions], "items": len(item_language),
             "long_texts": long_texts, "long_items": long_items,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "fingerprint": fingerprint(key)}
     return _stats(model, spec, languages, spec.moe_layers, item_language, sums["item_count"], sums["item_tokens"],
                   sums["gate_mass"], corpus, meta)
+
+
+def _desc(requests: int) -> str:
+    """The progress bar's label: a remote profile's says how many requests it sends."""
+    return f"profiling in {requests} request{'s' * (requests != 1)}" if requests else "profiling"
 
 
 def _stats(model: Any, spec: Any, languages: list, layers: tuple, item_language: torch.Tensor,
@@ -331,8 +436,8 @@ def _check_pairs(corpus: Mapping) -> dict[tuple[str, str], list[tuple[str, str]]
 
 
 def _profile_stacks(model: Any, spec: Any, corpus: dict, interventions: tuple, *, batch_size: int, progress: bool,
-                    checkpoint: Any, save_every: int, session_batches: int | None, long_texts: str,
-                    weights_hash: str, trace_kwargs: dict) -> dict[str, RoutingStats]:
+                    checkpoint: Any, save_every: int, request_tokens: int | None, session_batches: int | None,
+                    long_texts: str, weights_hash: str, trace_kwargs: dict) -> dict[str, RoutingStats]:
     """`mi.profile` of a model with several stacks: `{stack: RoutingStats}` (see `profile`)."""
     pairs = isinstance(next(iter(corpus)), tuple)
     if spec.stack_inputs is None:
@@ -352,10 +457,7 @@ def _profile_stacks(model: Any, spec: Any, corpus: dict, interventions: tuple, *
         raise ValueError(f"mi.profile builds the decoder's inputs itself (teacher-forced from each text), so "
                          f"{', '.join(builds)} cannot be passed: to give the decoder other texts, pass a corpus of "
                          "pairs {(source language, target language): [(source text, target text), ...]}")
-    if bool(trace_kwargs.get("remote")) or trace_kwargs.get("backend") is not None:
-        raise ValueError(f"mi.profile of a model with an encoder and a decoder ({spec.arch}) runs locally for now: "
-                         "drop remote= / backend= (or run mi.trace(..., remote=True) per batch and read "
-                         "tr.routing_by_stack)")
+    remote = bool(trace_kwargs.get("remote")) or trace_kwargs.get("backend") is not None
     rows, long_items = _rows(model, corpus, long_texts, {k: trace_kwargs[k] for k in _TOKENIZE if k in trace_kwargs},
                              decoder_start=int(start))
     # the languages each stack groups by: a pair's source for the encoder, its target for the decoder
@@ -389,10 +491,22 @@ def _profile_stacks(model: Any, spec: Any, corpus: dict, interventions: tuple, *
         return {"input_ids": encoder["input_ids"], "attention_mask": encoder["attention_mask"],
                 "decoder_input_ids": decoder["input_ids"], "decoder_attention_mask": decoder["attention_mask"]}
 
+    def padded(chunk: list[int]) -> int:  # the encoder's and the decoder's
+        return len(chunk) * (max(len(rows[r][1]) for r in chunk) + max(len(rows[r][2]) for r in chunk))
+
+    def batches(todo: list[int]) -> Iterator[tuple]:
+        if not remote:
+            return _stack_batches(model, todo, inputs, row_languages, interventions,
+                                  {stack: len(languages[stack]) for stack in stacks}, batch_size, trace_kwargs)
+        return _remote_stacks(model, spec, _requests(todo, batch_size, padded, request_tokens, session_batches),
+                              inputs, interventions, stacks, keys, corpus, row_item, languages, side if pairs else None,
+                              trace_kwargs)
+
+    # cut once here too: a budget smaller than a batch is refused before anything runs
+    requests = len(_requests(order, batch_size, padded, request_tokens, session_batches)) if remote else 0
+
     def steps(done: int, sums: dict[str, torch.Tensor]) -> Iterator[tuple[int, int]]:
-        for chunk, parts in _stack_batches(model, order[done:], inputs, row_languages, interventions,
-                                           {stack: len(languages[stack]) for stack in stacks}, batch_size,
-                                           trace_kwargs):
+        for chunk, parts in batches(order[done:]):
             index = row_item[torch.tensor(chunk)]  # a long text's windows add up to its item
             routed = 0
             for stack, (count, tokens, mass) in parts.items():
@@ -403,7 +517,8 @@ def _profile_stacks(model: Any, spec: Any, corpus: dict, interventions: tuple, *
             yield len(chunk), routed
 
     sums = run_resumable(steps, sums, total=len(rows), key=key, checkpoint=checkpoint, form=_FORMAT,
-                         what="mi.profile", save_every=save_every, progress=progress, desc="profiling")
+                         what="mi.profile", save_every=1 if remote else save_every, progress=progress,
+                         desc=_desc(requests))
     created = time.strftime("%Y-%m-%dT%H:%M:%S")
     out = {}
     for stack in stacks:
@@ -418,3 +533,26 @@ def _profile_stacks(model: Any, spec: Any, corpus: dict, interventions: tuple, *
                             sums[f"{stack}.item_count"], sums[f"{stack}.item_tokens"], sums[f"{stack}.gate_mass"],
                             texts, meta, stacks=(stack,) * len(layers[stack]))
     return out
+
+
+def _remote_stacks(model: Any, spec: Any, requests: list, inputs: Any, interventions: list, stacks: list, keys: list,
+                   corpus: dict, row_item: torch.Tensor, languages: dict, side: dict | None,
+                   trace_kwargs: dict) -> Iterator[tuple]:
+    """`(rows, {stack: (count, tokens, gate_mass)})` per session request of a model with several
+    stacks, as `_stack_batches` gives per batch. The server sums gate mass per corpus key (a
+    language, or a (source, target) pair); each stack's languages are summed from them here."""
+    plan = compile_plan(spec, [*interventions, RouterRecord()])
+    labels = [spec.stacks[spec.position(entry.layer)] for entry in plan.layers]
+    where = {stack: [i for i, label in enumerate(labels) if label == stack] for stack in stacks}
+    stack_tokens = [plan.layers[where[stack][0]].tokens_from for stack in stacks]
+    item_key = torch.tensor([k for k, key in enumerate(keys) for _ in corpus[key]], dtype=torch.long)
+    key_language = {stack: torch.tensor([languages[stack].index(key[side[stack]] if side else key) for key in keys],
+                                        dtype=torch.long) for stack in stacks}
+    for chunk, count, tokens, mass in _remote_batches(model, requests, inputs, item_key[row_item], plan, len(keys),
+                                                      trace_kwargs, stack_tokens):
+        parts = {}
+        for s, stack in enumerate(stacks):
+            keep = torch.tensor(where[stack])
+            by_language = torch.zeros((len(languages[stack]), len(keep), mass.shape[-1]), dtype=torch.float64)
+            parts[stack] = (count[:, keep], tokens[:, s], by_language.index_add_(0, key_language[stack], mass[:, keep]))
+        yield chunk, parts

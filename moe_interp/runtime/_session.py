@@ -1,4 +1,5 @@
-"""`mi.profile`'s remote loop: many profiling batches in ONE nnsight session request."""
+"""`mi.profile`'s remote loop: many profiling batches in one nnsight session request (`mi.profile`
+sizes its requests, see its `request_tokens=`)."""
 
 from typing import Any
 
@@ -22,14 +23,19 @@ def _profile_run(model: Any, texts: Any, plan: Any, trace_kwargs: dict) -> Routi
 
 
 def profile_session(model: Any, batches: list, plan: Any, num_languages: int, session_kwargs: dict,
-                    trace_kwargs: dict) -> dict:
+                    trace_kwargs: dict, stack_tokens: list | None = None) -> dict:
     """Run many profiling batches in ONE session request; return what `kernels.profile_finish` packs.
 
     `batches` is `[(inputs, language_index_tensor), ...]`, inputs as `mi.trace` takes them
     (`mi.profile` sends token-id dicts: a row may be a window of a long text). The session
     body below is what travels (as source): it references only the model, plain data, `_profile_run`
-    (builds a `RoutingRun`), the `kernels.profile_*` functions, torch and nnsight's `save`,
-    never the `moe_interp` package as a whole.
+    (builds a `RoutingRun`), `_per_stack`, the `kernels.profile_*` functions, torch and nnsight's
+    `save`, never the `moe_interp` package as a whole.
+
+    A model with several stacks (an encoder and a decoder) counts each stack's own tokens:
+    `stack_tokens` names, per stack, the module whose inputs hold them (its plan layers'
+    `tokens_from`), and `item_tokens` is then `[rows, stacks]`; `item_count` and `gate_mass`
+    hold every plan layer, to be split by stack by the caller.
 
     ```python
     >>> import moe_interp as mi, torch
@@ -41,6 +47,14 @@ def profile_session(model: Any, batches: list, plan: Any, num_languages: int, se
     >>> out = profile_session(model, [(ids, torch.tensor([0]))], plan, 1, {"remote": "local"}, {})
     >>> out["item_tokens"].tolist(), out["item_count"].shape
     ([3], torch.Size([1, 4, 8]))
+    >>> switch = mi.zoo.tiny_model("switch_transformers")
+    >>> plan = compile_plan(mi.describe(switch), [mi.RouterRecord()])
+    >>> keys = list(dict.fromkeys(entry.tokens_from for entry in plan.layers))   # the encoder's, the decoder's
+    >>> pair = dict(ids, decoder_input_ids=torch.tensor([[0, 5]]),
+    ...             decoder_attention_mask=torch.ones(1, 2, dtype=torch.long))
+    >>> out = profile_session(switch, [(pair, torch.tensor([0]))], plan, 1, {"remote": "local"}, {}, keys)
+    >>> out["item_tokens"].tolist(), out["item_count"].shape       # 3 source tokens, 2 target tokens; 4 layers
+    ([[3, 2]], torch.Size([1, 4, 8]))
 
     ```
     """
@@ -55,9 +69,19 @@ def profile_session(model: Any, batches: list, plan: Any, num_languages: int, se
             run = _profile_run(model, texts, plan, trace_kwargs)
             with torch.no_grad(), run:
                 pass
-            profile_batch(run._mi_store, languages, acc)
+            profile_batch(_per_stack(run._mi_store, stack_tokens), languages, acc)
         __moe_interp__ = nnsight.save(profile_finish(acc))  # noqa: F841  (travels back as RESULT_NAME)
     return collect.result
+
+
+def _per_stack(store: dict, keys: Any) -> dict:
+    """A batch's results as `kernels.profile_batch` reads them: with `keys` (one per stack, the
+    modules whose inputs hold its tokens), `tokens` is each stack's token total per row,
+    `[rows, stacks]`. Runs in the session (on a server too): torch only."""
+    if not keys:
+        return store
+    return {"count": store["count"], "gate_mass": store["gate_mass"],
+            "tokens": torch.stack([store["stack_tokens"][key] for key in keys], 1)}
 
 
 class _SessionCollect(Backend):
