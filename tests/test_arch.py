@@ -285,10 +285,10 @@ def _kind(model_type):
     return "sub-model" if model_type in auto.MODEL_MAPPING_NAMES else "sub-config"
 
 
-def survey_rows():
-    """`[(model_type, kind, verdict)]` for every MoE-bearing type (see `_all_moe_types`)."""
+def survey_rows(types=None):
+    """`[(model_type, kind, verdict)]` for every MoE-bearing type (see `_all_moe_types`), or for `types`."""
     rows = []
-    for model_type in _all_moe_types():
+    for model_type in _all_moe_types() if types is None else types:
         kind = _kind(model_type)
         if kind in ("sub-config", "sub-model"):  # a tower or language model: judged inside its parent type
             rows.append((model_type, kind, "part of another type: " + (
@@ -298,7 +298,7 @@ def survey_rows():
         try:
             model, batch = _build(model_type)
         except mi.UnsupportedModelError as error:
-            rows.append((model_type, kind, f"refused by describe: {str(error)[:100]}"))
+            rows.append((model_type, kind, f"refused by describe: {str(error)[:240]}"))
             continue
         except Exception as error:  # the tiny config does not build or run: not a moe_interp verdict
             plain = isinstance(error, PlainForwardError)
@@ -344,6 +344,17 @@ def write_survey(rows, path=SURVEY_FILE):
     """Record the survey for the docs, with the transformers version it was made on
     (`MI_SURVEY=1 pytest tests/test_arch.py -k survey`, then `python scripts/families_table.py`)."""
     path.write_text(json.dumps({"transformers": transformers.__version__, "rows": rows}, indent=1) + "\n")
+
+
+def merge_survey(rows, path=SURVEY_FILE):
+    """Replace the recorded rows of `rows`' types (one type's verdict changed: `python -c "import
+    test_arch as t; t.merge_survey(t.survey_rows(['lfm2_moe']))"` from tests/), same version only."""
+    record = json.loads(path.read_text())
+    assert record["transformers"] == transformers.__version__, "rerun the whole survey on another version"
+    new = {row[0]: list(row) for row in rows}
+    record["rows"] = [new.pop(row[0], row) for row in record["rows"]] + list(new.values())
+    record["rows"].sort(key=lambda row: row[0])
+    path.write_text(json.dumps(record, indent=1) + "\n")
 
 
 def test_survey_of_installed_transformers_moe_types():

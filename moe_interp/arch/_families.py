@@ -67,7 +67,7 @@ FAMILIES = (
     ),
     RouterAdapter(
         name="ernie4_5_moe",
-        model_types=("ernie4_5_moe", "ernie4_5_vl_moe"),
+        model_types=("ernie4_5_moe",),  # ernie4_5_vl_moe: refused (modality-isolated experts, arch._spec)
         choice="self_moe_statics_0",  # softmax + a learned bias ("moe_statics"), for selection only
         readout="experts",
         selection="softmax, + moe_statics bias (selection only), top-k, renormalise",
@@ -82,6 +82,16 @@ FAMILIES = (
         readout="experts",
         selection="sigmoid, + e_score_correction_bias (selection only), top-k, renormalise, "
         "x moe_routed_scaling_factor; a learned RMSNorm per expert on its output",
+    ),
+    RouterAdapter(
+        name="gemma4",
+        model_types=("gemma4_text", "gemma4", "diffusion_gemma_text", "diffusion_gemma"),
+        # the router's linear makes `expert_scores`; the router returns the softmax of them (which
+        # transformers declares as its "router_logits"), top-k weights and indices. Router and
+        # experts are siblings in the decoder layer, beside a dense MLP whose output is added
+        logits="expert_scores_0",
+        readout="experts",
+        selection="RMS-normed input, softmax, top-k, renormalise, x a learned per-expert scale",
     ),
     RouterAdapter(
         name="longcat_flash",

@@ -88,18 +88,24 @@ def _helper(router: torch.nn.Module, callee: Any) -> bool:
 
 
 def _inputs(router: torch.nn.Module, parent: torch.nn.Module | None, hidden: torch.Tensor) -> tuple | None:
-    """Arguments for `router.forward`: the hidden states, then any other required argument
-    the block passes from an attribute of the same name (AFMoE's `expert_bias`)."""
+    """`(args, kwargs)` for `router.forward`: the hidden states, then any other required argument
+    the block passes from an attribute of the same name (AFMoE's `expert_bias`), and an optional
+    one where the block has a tensor of its name (LFM2-MoE's `expert_bias=None`, which the block
+    passes: without it the router ranks other scores)."""
     params = list(inspect.signature(type(router).forward).parameters.values())[1:]
-    args = [hidden]
+    args, kwargs = [hidden], {}
     for param in params[1:]:
-        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD) or param.default is not param.empty:
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
         value = getattr(parent, param.name, None) if parent is not None else None
-        if not isinstance(value, torch.Tensor):
+        if param.default is not param.empty:
+            if isinstance(value, torch.Tensor):
+                kwargs[param.name] = value
+            continue
+        if not isinstance(value, torch.Tensor) or kwargs:
             return None
         args.append(value)
-    return tuple(args)
+    return tuple(args), kwargs
 
 
 def _run(router: torch.nn.Module, parent: torch.nn.Module | None, grad: bool) -> list | None:
@@ -116,7 +122,7 @@ def _run(router: torch.nn.Module, parent: torch.nn.Module | None, grad: bool) ->
         try:
             forward = _record(router, type(router).forward, "", log, 0)
             with torch.set_grad_enabled(grad):
-                forward(router, *inputs)
+                forward(router, *inputs[0], **inputs[1])
         except Exception:  # a shape the router does not take, a kernel the device lacks: next try
             continue
         return log

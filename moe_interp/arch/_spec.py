@@ -25,7 +25,7 @@ from moe_interp.arch._stacks import broken_nllb_moe_experts, place_stacks
 __all__ = ["MoESpec", "describe", "hf_module"]
 
 _LOGITS_CANDIDATES = ("router_logits_0", "F_linear_0", "forward_0", "self_layer_0")
-_TOP_K_ATTRS = ("num_experts_per_tok", "moe_top_k", "top_k", "num_experts_per_token", "moe_k")
+_TOP_K_ATTRS = ("num_experts_per_tok", "moe_top_k", "top_k", "num_experts_per_token", "moe_k", "top_k_experts")
 _NUM_EXPERTS_ATTRS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 _SHARED_NAMES = ("shared_expert", "shared_experts", "shared_mlp")
 _LAYER_INDEX = re.compile(r"^(?P<stack>.*?)\.(?P<index>\d+)\.(?P<rest>.+)$")
@@ -271,6 +271,7 @@ def _detect(model: Any, module: torch.nn.Module) -> MoESpec:
     if not routers:
         _unsupported(module, model_type, declared, class_names)
     routers = _same_place_routers(module, routers)
+    _refuse_modality_split(routers, model_type)
 
     broken = broken_nllb_moe_experts(module)
     if broken:
@@ -387,6 +388,23 @@ def _same_place_routers(module: torch.nn.Module, routers: list) -> list:
                 and _has(module, f"{path.rsplit('.', 1)[0]}.experts")):
             found[path] = router
     return sorted(found.items(), key=lambda item: (int(_LAYER_INDEX.match(item[0])["index"]), item[0]))
+
+
+def _refuse_modality_split(routers: list, model_type: str) -> None:
+    """`UnsupportedModelError` for a router module that holds several routed blocks, each with
+    its own router and experts, between which the model picks per token (Ernie 4.5 VL-MoE:
+    `text_moe` for text tokens, `vision_moe` for image and video tokens): two routings per
+    layer, where `moe_interp` reads one."""
+    for path, router in routers:
+        blocks = [name for name, child in router.named_children()
+                  if isinstance(getattr(child, "experts", None), torch.nn.Module)]
+        if len(blocks) > 1:
+            raise UnsupportedModelError(
+                f"{type(router).__name__} at {path} ({model_type}) holds {len(blocks)} routed blocks "
+                f"({', '.join(blocks)}), each with its own router and experts, and sends each token to one of "
+                "them by its modality (text or image/video tokens): two routings per layer, where moe_interp "
+                "reads one router per layer. Not supported; a text-only reading of one block would miss the "
+                "other's tokens")
 
 
 def _routing_kind(router: torch.nn.Module) -> str:

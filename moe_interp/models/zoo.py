@@ -45,7 +45,34 @@ _OVERRIDES: dict[str, dict] = {
     "nllb-moe": dict(d_model=32, encoder_layers=4, decoder_layers=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
                      encoder_attention_heads=4, decoder_attention_heads=4, encoder_sparse_step=2,
                      decoder_sparse_step=2, expert_capacity=64, moe_token_dropout=0.0, decoder_start_token_id=2),
-    "ernie4_5_vl_moe_text": dict(moe_intermediate_size=[32, 32]),
+    # M-RoPE sections (height, width, time) summing to head_dim / 2
+    "ernie4_5_vl_moe_text": dict(moe_intermediate_size=[32, 32],
+                                 rope_parameters={"rope_type": "default", "rope_theta": 500000.0,
+                                                  "mrope_section": [1, 1, 2]}),
+    # transformers' defaults leave the per-layer lists unset (None), which its modeling indexes
+    "lfm2_moe": dict(num_dense_layers=1, layer_types=["conv", "full_attention", "conv", "full_attention"]),
+    "deepseek_ocr2_text": dict(mlp_layer_types=["dense", "sparse", "sparse", "sparse"]),
+    # the MoE block is off by default; full-attention layers have a larger head (per_layer_config,
+    # a heterogeneous config, as the real models' 512 against 256)
+    "gemma4_text": dict(enable_moe_block=True, num_experts=8, top_k_experts=2, moe_intermediate_size=32,
+                        layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+                        per_layer_config={1: {"head_dim": 16}, 3: {"head_dim": 16}}, sliding_window=16,
+                        hidden_size_per_layer_input=8, vocab_size_per_layer_input=VOCAB_SIZE),
+    "diffusion_gemma_text": dict(num_experts=8, top_k_experts=2, moe_intermediate_size=32,
+                                 layer_types=["sliding_attention", "full_attention", "sliding_attention",
+                                              "full_attention"],
+                                 per_layer_config={1: {"head_dim": 16}, 3: {"head_dim": 16}}, sliding_window=16),
+    "diffusion_gemma": dict(canvas_length=8, boi_token_id=250, eoi_token_id=251, image_token_id=252),
+    # two indexed-attention (DSA) layers, then two sliding-window ones with their own MLA sizes
+    "dots3_note_text": dict(mlp_layer_types=["dense", "sparse", "sparse", "sparse"],
+                            layer_types=["indexed_attention", "indexed_attention", "sliding_attention",
+                                         "sliding_attention"],
+                            per_layer_config={i: dict(num_attention_heads=2, num_key_value_heads=2, kv_lora_rank=8)
+                                              for i in (2, 3)},
+                            head_dim=16, index_topk=8, index_head_dim=8, index_n_heads=2, sliding_window=16,
+                            shared_experts_intermediate_size=32),
+    "dots3_note_vision_encoder": dict(adapter_in_dim=32, adapter_out_dim=32),
+    "dots3_note_audio_encoder": dict(adapter_input_size=32, adapter_out_dim=32),
     "switch_transformers": dict(d_model=32, d_kv=8, d_ff=64, num_layers=4, num_decoder_layers=4, num_heads=4,
                                 num_sparse_encoder_layers=2, num_sparse_decoder_layers=2, expert_capacity=64,
                                 router_jitter_noise=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=2),
@@ -146,7 +173,7 @@ def _small(config: Any) -> dict:
     """Tiny values for `config`'s own attributes; for a composite config (a multimodal model),
     the language model's sub-config tiny the same way and every other tower (vision, audio)
     cut to one small layer."""
-    values = {k: v for k, v in _SMALL.items() if hasattr(config, k)}
+    values = {k: v for k, v in _SMALL.items() if _has(config, k)}
     values.update(_OVERRIDES.get(config.model_type, {}))
     subs = getattr(config, "sub_configs", None) or {}
     text = config.get_text_config() if subs else None
@@ -156,13 +183,36 @@ def _small(config: Any) -> dict:
         sub = getattr(config, name, None)
         if sub is None or not hasattr(sub, "to_dict") or name in values:
             continue
-        small = _small(sub) if sub is text else {k: v for k, v in _TOWER.items() if hasattr(sub, k)}
+        small = _small(sub) if sub is text else _tower(sub)
         values[name] = {**_per_layer_cut(sub, small), **small}
     return values
 
 
+def _has(config: Any, name: str) -> bool:
+    """Whether `config` has the attribute `name`; a heterogeneous config (Gemma 4's per-layer
+    `head_dim`) has it even where reading it globally raises."""
+    try:
+        return hasattr(config, name)
+    except RuntimeError:  # transformers' AmbiguousGlobalPerLayerAttributeError: set per layer
+        return True
+
+
+def _tower(config: Any) -> dict:
+    """Tiny values for a tower (vision, audio) sub-config: `_TOWER`'s, its own `_OVERRIDES`, and
+    the same for the towers nested in it (DeepSeek-OCR-2's SAM and Qwen2 encoders)."""
+    values = {k: v for k, v in _TOWER.items() if _has(config, k)}
+    values.update(_OVERRIDES.get(config.model_type, {}))
+    for name in getattr(config, "sub_configs", None) or {}:
+        sub = getattr(config, name, None)
+        if sub is not None and hasattr(sub, "to_dict") and name not in values:
+            small = _tower(sub)
+            values[name] = {**_per_layer_cut(sub, small), **small}
+    return values
+
+
 def _per_layer_cut(config: Any, small: dict) -> dict:
-    """`config` as a dict, its per-layer lists (`layer_types`, ...) cut to the tiny layer count."""
+    """`config` as a dict, its per-layer lists (`layer_types`, ...) and `per_layer_config` cut to the
+    tiny layer count."""
     values = config.to_dict()
     for key in ("num_hidden_layers", "depth", "num_layers"):
         old, new = values.get(key), small.get(key)
@@ -170,6 +220,8 @@ def _per_layer_cut(config: Any, small: dict) -> dict:
             for name, value in values.items():
                 if isinstance(value, list) and len(value) == old:
                     values[name] = value[:new]
+            if isinstance(values.get("per_layer_config"), dict):  # a heterogeneous config's layers
+                values["per_layer_config"] = {k: v for k, v in values["per_layer_config"].items() if int(k) < new}
     return values
 
 
@@ -185,7 +237,7 @@ def _set_expert_count(model_type: str, base: Any, values: dict, given: dict) -> 
     (count,) = counts
     nested = [key for key, value in values.items() if isinstance(value, dict)
               and any(name in value for name in _EXPERT_COUNT_NAMES)]
-    names = [name for name in _EXPERT_COUNT_NAMES if hasattr(base, name)]
+    names = [name for name in _EXPERT_COUNT_NAMES if _has(base, name)]
     if not names and not nested:
         raise ValueError(f"{type(base).__name__} ({model_type}) has none of {list(_EXPERT_COUNT_NAMES)}; "
                          "pass the attribute its config uses for the number of experts (see its sub-configs, "
@@ -262,6 +314,10 @@ def tiny_model(model_type: str = "qwen3_moe", seed: int = 0, padding_side: str =
             for name, buffer in hf.get_submodule(path).named_buffers():
                 if "bias" in name:
                     buffer.copy_(torch.randn(buffer.shape, generator=generator) * router_std)
+            block = hf.get_submodule(path.rsplit(".", 1)[0]) if "." in path else None
+            for name, buffer in block.named_buffers(recurse=False) if block is not None else ():
+                if "bias" in name and buffer.is_floating_point():  # a selection bias the block passes its
+                    buffer.copy_(torch.randn(buffer.shape, generator=generator) * router_std)  # router (LFM2-MoE)
     return wrap(hf, byte_tokenizer(padding_side) if tokenizer is None else tokenizer)
 
 
