@@ -25,6 +25,7 @@ from moe_interp.analysis._clustering import (
     cluster,
     family_agreement,
 )
+from moe_interp.analysis._compare import Comparison, compare, match_experts
 from moe_interp.analysis._correlation import rank_correlation
 from moe_interp.analysis._divergence import (
     METRICS,
@@ -68,6 +69,7 @@ __all__ = [
     "THRESHOLD",
     "BootstrapResult",
     "Clustering",
+    "Comparison",
     "FamilyAgreement",
     "FamilyEvidence",
     "Health",
@@ -80,6 +82,7 @@ __all__ = [
     "bands",
     "bootstrap",
     "cluster",
+    "compare",
     "divergence",
     "entropy",
     "exclusive_experts",
@@ -91,6 +94,7 @@ __all__ = [
     "interval",
     "layer_evidence",
     "layer_profile",
+    "match_experts",
     "mean_offdiagonal",
     "ngram_baselines",
     "ngram_stats",

@@ -30,12 +30,13 @@ from moe_interp.analysis import (
     divergence,
     exclusive_experts,
     health,
+    mean_offdiagonal,
     shared_experts,
 )
 from moe_interp.analysis import layer_profile as _layer_profile
 from moe_interp.core._expert_set import PAPER, check_k
 
-__all__ = ["dendrogram", "divergence_heatmap", "expert_counts", "forest_plot", "language_layer_heatmap",
+__all__ = ["comparison", "dendrogram", "divergence_heatmap", "expert_counts", "forest_plot", "language_layer_heatmap",
            "layer_profile", "load_health", "routing_heatmap"]
 
 _METRIC_NAMES = {"js": "Jensen-Shannon divergence", "cosine": "cosine distance", "hellinger": "Hellinger distance",
@@ -475,27 +476,35 @@ def _health_row(fig: go.Figure, h: Health, row: int, name: str, scope: str, zran
     fig.update_yaxes(title_text=f"{name}: MoE layer", row=row, col=1)
 
 
-def _health_figure(healths: Sequence[Health], names: Sequence[str], scope: str) -> go.Figure:
+def _health_figure(healths: Sequence[Health], names: Sequence[str], scope: str, title: str | None = None,
+                   extra: Sequence[str] = ()) -> go.Figure:
+    """Rows of load-and-health panels, one per model; `extra`: the titles of the panels of one
+    more row below (its first panel one column wide, its second two)."""
     for h in healths:
         if scope not in h.scopes:
             raise KeyError(f"scope {scope!r} is not one of {list(h.scopes)} (a language, or 'all')")
-    fig = make_subplots(rows=len(healths), cols=3, shared_yaxes=True, column_widths=[0.6, 0.15, 0.25],
-                        horizontal_spacing=0.03, vertical_spacing=0.12,
+    n = len(healths)
+    specs = [[{}, {}, {}] for _ in healths] + ([[{}, {"colspan": 2}, None]] if extra else [])
+    heights = [max(260, 22 * len(h.layers)) for h in healths] + ([300] if extra else [])
+    fig = make_subplots(rows=len(specs), cols=3, shared_yaxes=True, column_widths=[0.6, 0.15, 0.25],
+                        horizontal_spacing=0.03, vertical_spacing=0.1, specs=specs, row_heights=heights,
                         subplot_titles=[t for name in names for t in
-                                        (f"{name}: load against uniform", "never chosen", "cv, max / mean")])
+                                        (f"{name}: load against uniform", "never chosen", "cv, max / mean")]
+                        + list(extra))
     # the colours saturate at 16x above or below uniform, so a nearly idle expert does not wash out the rest
     zrange = min(4.0, max([1.0] + [float(np.nanmax(np.abs(_log_load_ratio(h, scope)), initial=0.0)) for h in healths]))
     for row, (h, name) in enumerate(zip(healths, names), 1):
         _health_row(fig, h, row, name, scope, zrange, row == 1)
         fig.update_xaxes(title_text="expert", tickformat="d", dtick=1 if h.num_experts <= 32 else None,
                          range=[-0.5, h.num_experts - 0.5], row=row, col=1)
-    fig.update_yaxes(tickformat="d", dtick=1 if max(len(h.layers) for h in healths) <= 16 else None)
-    fig.update_xaxes(title_text="experts", rangemode="tozero", row=len(healths), col=2)
-    fig.update_xaxes(title_text="ratio (uniform: cv 0, max / mean 1)", row=len(healths), col=3)
+        for col in (1, 2, 3):
+            fig.update_yaxes(tickformat="d", dtick=1 if len(h.layers) <= 16 else None, row=row, col=col)
+    fig.update_xaxes(title_text="experts", rangemode="tozero", row=n, col=2)
+    fig.update_xaxes(title_text="ratio (uniform: cv 0, max / mean 1)", row=n, col=3)
     dead = ", ".join(f"{name} {int(h.dead_count[h.scopes.index(scope)].sum())}" for h, name in zip(healths, names))
-    fig.update_layout(title={"text": f"Expert load per layer ({scope}); experts never chosen: {dead}"},
-                      height=120 + 60 * len(healths) + sum(max(260, 22 * len(h.layers)) for h in healths),
-                      legend={"orientation": "h", "y": -0.08})
+    title = title or f"Expert load per layer ({scope})"
+    fig.update_layout(title={"text": f"{title}; experts never chosen: {dead}"}, height=120 + 60 * len(specs) +
+                      sum(heights), legend={"orientation": "h", "y": -0.05})
     return fig
 
 
@@ -529,3 +538,48 @@ def load_health(stats: RoutingCounts | Health, other: RoutingCounts | Health | N
         raise ValueError(f"names gives {len(names)} labels for {len(parts)} models: give one per model")
     healths = [p if isinstance(p, Health) else health(p, resamples=resamples) for p in parts]
     return _health_figure(healths, names, scope)
+
+
+def comparison(result: Any, scope: str = "all") -> go.Figure:
+    """Two models on the same texts (`mi.analysis.compare`'s `Comparison`): each model's load
+    and health (as `load_health`), then per layer the mean divergence of the experts matched by
+    language profile, with its interval, against a random matching and the best matching with
+    the languages shuffled (their ranges as bands), and each model's mean divergence between
+    languages.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> p = mi.datasets.reference_stats().select(["en", "de", "sw"], layers=[0, 1])
+    >>> fig = mi.plots.comparison(mi.analysis.compare(p, p, names=("a", "b"), nulls=10))
+    >>> [t.name for t in fig.data][-5:]
+    ['random matching', 'shuffled languages', 'matched experts', 'between languages: a', 'between languages: b']
+
+    ```
+    """
+    a, b = result.names
+    fig = _health_figure(result.health, result.names, scope, title=f"{a} vs {b}: expert load per layer ({scope})",
+                         extra=("matched experts: mean divergence of their language profiles",
+                                f"mean {result.metric} divergence between languages"))
+    row, x = len(result.health) + 1, list(result.layers)
+    pct = round(100 * result.level)
+    for label, low, high, color in (("random matching", result.random_low, result.random_high, "#7f7f7f"),
+                                    ("shuffled languages", result.shuffled_low, result.shuffled_high, "#ff7f0e")):
+        fig.add_trace(go.Scatter(x=x + x[::-1], y=list(high.numpy()) + list(low.numpy())[::-1], fill="toself",
+                                 fillcolor=color, opacity=0.25, line={"width": 0}, name=label,
+                                 hoverinfo="skip"), row=row, col=1)
+    error = None
+    if not bool(result.quality_low.isnan().all()):
+        error = {"type": "data", "symmetric": False, "array": (result.quality_high - result.quality).clip(min=0).numpy(),
+                 "arrayminus": (result.quality - result.quality_low).clip(min=0).numpy()}
+    fig.add_trace(go.Scatter(x=x, y=result.quality.numpy(), error_y=error, mode="lines+markers", name="matched experts",
+                             line={"color": "black"},
+                             hovertemplate="layer %{x}: %{y:.3f}<extra>matched experts</extra>"), row=row, col=1)
+    palette = qualitative.Plotly
+    for i, (name, div) in enumerate(zip(result.names, result.divergence)):
+        fig.add_trace(go.Scatter(x=x, y=mean_offdiagonal(div).numpy(), mode="lines+markers",
+                                 name=f"between languages: {name}", line={"color": palette[i % len(palette)]}),
+                      row=row, col=2)
+    fig.update_xaxes(title_text="MoE layer", tickformat="d", row=row, col=1)
+    fig.update_xaxes(title_text="MoE layer", tickformat="d", row=row, col=2)
+    fig.update_yaxes(title_text=f"Jensen-Shannon (bands: {pct}% of the nulls)", rangemode="tozero", row=row, col=1)
+    return fig
