@@ -97,7 +97,8 @@ class TinyProcessor:
         frames = image[None].expand(t, c, h, w).reshape(1, t, c, gh // m, m, p, gw // m, m, p)
         return frames.permute(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(gh * gw, c * t * p * p), [1, gh, gw]
 
-    def __call__(self, text, images=()):
+    def __call__(self, text, images=(), return_tensors="pt"):
+        text, images = [text] if isinstance(text, str) else text, images or ()
         patches, grids = zip(*map(self._patches, images)) if images else ((), ())
         sizes = iter(h * w // self.merge**2 for _, h, w in grids)
         text = [re.sub(re.escape(IMAGE), lambda _: IMAGE * next(sizes), t) for t in text]
@@ -109,15 +110,18 @@ class TinyProcessor:
 
 
 @functools.lru_cache(maxsize=None)
-def with_images():
+def with_images(side="left"):
     """The tiny model, wrapped with its processor: the byte tokenizer plus Qwen-VL's four vision
-    tokens (ids 259-262), the config's placeholder ids set to them."""
-    tokenizer = mi.zoo.byte_tokenizer("left")
+    tokens (ids 259-262), the config's placeholder ids set to them; padding on `side` (nnsight
+    sets a causal model's tokenizer to the left when it wraps it: "right" is set after)."""
+    tokenizer = mi.zoo.byte_tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL)})
     ids = dict(zip(SPECIAL, tokenizer.convert_tokens_to_ids(list(SPECIAL))))
-    return mi.zoo.tiny_model(ARCH, tokenizer=TinyProcessor(tokenizer), text_config={"vocab_size": len(tokenizer)},
-                             vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-                             image_token_id=ids[IMAGE], video_token_id=ids["<|video_pad|>"])
+    model = mi.zoo.tiny_model(ARCH, tokenizer=TinyProcessor(tokenizer), text_config={"vocab_size": len(tokenizer)},
+                              vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+                              image_token_id=ids[IMAGE], video_token_id=ids["<|video_pad|>"])
+    model.tokenizer.padding_side = side
+    return model
 
 
 CAPTIONS = ["<|vision_start|><|image_pad|><|vision_end|>A cat", "<|vision_start|><|image_pad|><|vision_end|>Un chat"
@@ -174,19 +178,186 @@ def test_modality_counts_do_not_depend_on_padding():
 
 
 def test_a_captions_language_and_its_image_compare_in_one_stats():
-    """One trace per caption (nnsight does not batch image invokes), merged: groups
-    `"<language>/<modality>"`, each equal to its own trace."""
+    """One trace, an invoke per caption with its image: groups `"<language>/<modality>"`, each
+    equal to the caption's own trace."""
     model = with_images()
-    parts = []
-    for language, text, picture in zip(("eng", "fra"), CAPTIONS, images()):
-        with mi.trace(model, mi.RouterRecord(by_modality=True)) as tr:
+    with mi.trace(model, mi.RouterRecord(by_modality=True)) as tr:
+        for language, text, picture in zip(("eng", "fra"), CAPTIONS, images()):
             with tr.invoke(model.processor([text], [picture]), group=language):
                 pass
-        parts.append(tr.routing)
-    stats = parts[0].merge(parts[1])
+    stats = tr.routing
     assert stats.languages == ("eng/text", "eng/image", "eng/video", "fra/text", "fra/image", "fra/video")
     assert stats.tokens.tolist()[1::3] == [4, 6]
-    assert torch.equal(stats.select(["fra/image"]).count[0], parts[1].count[1])
+    for position, (text, picture) in enumerate(zip(CAPTIONS, images())):
+        with mi.trace(model, model.processor([text], [picture]), mi.RouterRecord(by_modality=True)) as alone:
+            pass
+        assert torch.equal(stats.count[3 * position:3 * position + 3], alone.routing.count)
+
+
+# -------------------------------------------------------- several images across invokes, one trace
+def more_images():
+    """Images of three sizes (three different `image_grid_thw`): 32x32, 32x48, 48x32 pixels."""
+    generator = torch.Generator().manual_seed(1)
+    return [torch.rand(3, h, w, generator=generator) for h, w in ((32, 32), (32, 48), (48, 32))]
+
+
+PICTURE = "<|vision_start|><|image_pad|><|vision_end|>"
+# (group, texts, images of those texts): one caption and its image; one caption with two images
+# of different sizes; two captions in one invoke (padded by the processor among themselves);
+# a text without an image.
+INVOKES = [("eng", ["A cat" + PICTURE], [0]),
+           ("deu", [PICTURE + "Zwei Bilder: " + PICTURE + " ein Hund und eine Katze"], [1, 2]),
+           ("fra", [PICTURE + "Un chat", "Le chien " + PICTURE + " dort"], [2, 0]),
+           ("txt", "Only text, no picture at all", [])]
+
+
+def _encode(model, texts, pictures):
+    return model.processor(texts, pictures) if pictures else model.tokenizer(texts, return_tensors="pt")
+
+
+def _alone(model, texts, pictures):
+    """Per row of one invoke, run alone through Hugging Face's own forward: `(text counts,
+    image counts)` per layer (hooks on the experts), its last-layer logits on real tokens,
+    its real tokens' count of each kind."""
+    texts = [texts] if isinstance(texts, str) else texts
+    per_row, taken = [], 0
+    for text in texts:
+        mine = [pictures[taken + i] for i in range(text.count(IMAGE))]
+        taken += len(mine)
+        enc = _encode(model, [text], mine)
+        image = enc["input_ids"] == 261
+        with experts_received(model, ~image) as on_text, experts_received(model, image) as on_images, torch.no_grad():
+            logits = model._module(**enc).logits[0]
+        per_row.append((_eight(on_text), _eight(on_images), logits, int((~image).sum()), int(image.sum())))
+    return per_row
+
+
+def _eight(seen):
+    """`experts_received`'s counts per layer, as `[8]` (it stops at the last expert reached)."""
+    return {layer: torch.nn.functional.pad(counts, (0, 8 - counts.shape[0])) for layer, counts in seen.items()}
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_image_invokes_of_different_sizes_batch_in_one_trace_exactly(side):
+    """Four invokes in one trace: images of three sizes, two in one caption, two captions in
+    one invoke, a text without any. Per group and modality, the counts are what the experts
+    received with each caption run alone through Hugging Face's forward (hooks, no package
+    code); each row's logits are its own, on `side`-padded rows (an invoke padded on the other
+    side among its own rows too); an invoke's code sees its rows."""
+    model, pool = with_images(side), more_images()
+    encodings = {group: _encode(model, texts, [pool[i] for i in picks]) if picks else texts
+                 for group, texts, picks in INVOKES}
+    model.tokenizer.padding_side = "right" if side == "left" else "left"
+    try:  # an invoke padded among its own rows on the other side: its rows are padded again
+        encodings["fra"] = _encode(model, INVOKES[2][1], [pool[i] for i in INVOKES[2][2]])
+    finally:
+        model.tokenizer.padding_side = side
+    assert encodings["fra"]["attention_mask"][0, -1 if side == "left" else 0] == 0
+    with mi.trace(model, mi.RouterRecord(by_modality=True)) as tr:
+        with tr.invoke(encodings["eng"], group="eng"):
+            pass
+        with tr.invoke(encodings["deu"], group="deu"):
+            deu = model.lm_head.output.save()
+        with tr.invoke(encodings["fra"], group="fra"):
+            pass
+        with tr.invoke(encodings["txt"], group="txt"):
+            pass
+    stats = tr.routing
+    assert stats.groups == tuple(f"{g}/{kind}" for g, _, _ in INVOKES for kind in ("text", "image", "video"))
+    logits, row = tr.output.logits, 0
+    for number, (group, texts, picks) in enumerate(INVOKES):
+        rows = _alone(model, texts, [pool[i] for i in picks])
+        text_tokens, image_tokens = sum(r[3] for r in rows), sum(r[4] for r in rows)
+        assert stats.tokens[3 * number:3 * number + 3].tolist() == [text_tokens, image_tokens, 0], group
+        for position, layer in enumerate(stats.layers):
+            assert torch.equal(stats.count[3 * number, position], sum(r[0][layer] for r in rows)), (group, layer)
+            assert torch.equal(stats.count[3 * number + 1, position], sum(r[1][layer] for r in rows)), (group, layer)
+            assert int(stats.count[3 * number + 2, position].sum()) == 0
+        for own in rows:  # a row's real tokens sit at the end (left padding) or the start (right)
+            n = own[2].shape[0]
+            batched = logits[row, -n:] if side == "left" else logits[row, :n]
+            torch.testing.assert_close(batched, own[2], atol=1e-4, rtol=1e-4)
+            row += 1
+    assert row == logits.shape[0] == 5 and deu.shape[0] == 1
+    assert torch.equal(deu, logits[1:2])
+
+
+def test_plain_nnsight_still_refuses_image_invokes_with_the_version_checked():
+    """`_nnsight_compat.MediaBatcher` batches what nnsight 0.8.1 refuses: a plain `model.trace`
+    with two image invokes. When a new nnsight batches them itself, check MediaBatcher against
+    it (and bump `_nnsight_compat.CHECKED_WITH`)."""
+    import nnsight
+
+    from moe_interp.runtime import _nnsight_compat as compat
+
+    model = with_images()
+    assert nnsight.__version__ == compat.CHECKED_WITH == "0.8.1"
+    with pytest.raises(NotImplementedError, match="Can't batch these inputs"):
+        with model.trace() as tracer:
+            for text, picture in zip(CAPTIONS, images()):
+                with tracer.invoke(model.processor([text], [picture])):
+                    pass
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["cache", "no cache"])
+def test_generate_with_several_image_invokes_equals_each_caption_generated_alone(cache):
+    """`mi.generate` with an invoke per caption, images of different sizes: each group's counts
+    per modality, and its tokens, are those of Hugging Face's own `generate` on the caption
+    alone (hooks: every real prompt token, then each fed token; the image part from a
+    forward of the prompt alone)."""
+    from test_generate import hand_count
+
+    model, steps, pool = with_images(), 4, more_images()
+    captions = [("eng", INVOKES[0][1], [pool[0]]), ("deu", INVOKES[1][1], [pool[1], pool[2]])]
+    options = dict(max_new_tokens=steps, min_new_tokens=steps, do_sample=False, use_cache=cache, pad_token_id=0)
+    with mi.generate(model, mi.RouterRecord(by_modality=True), **options) as gen:
+        for group, texts, pictures in captions:
+            with gen.invoke(model.processor(texts, pictures), group=group):
+                pass
+    stats = gen.routing
+    assert stats.groups == ("eng/text", "eng/image", "eng/video", "deu/text", "deu/image", "deu/video")
+    for number, (group, texts, pictures) in enumerate(captions):
+        enc = model.processor(texts, pictures)
+        image = enc["input_ids"] == 261
+        with hand_count(model, enc["attention_mask"]) as (seen, state):
+            alone = model._module.generate(**enc, **options)
+        with experts_received(model, image) as on_images, torch.no_grad():
+            model._module(**enc)
+        assert state["forward"] == steps - 1
+        assert gen.output[number, -alone.shape[1]:].tolist() == alone[0].tolist(), group
+        text_tokens = int((~image).sum()) + steps - 1
+        assert stats.tokens[3 * number:3 * number + 3].tolist() == [text_tokens, int(image.sum()), 0]
+        for position, layer in enumerate(stats.layers):
+            both = stats.count[3 * number, position] + stats.count[3 * number + 1, position]
+            assert torch.equal(both, seen[layer]), (group, layer)  # hand_count: minlength 8
+            assert torch.equal(stats.count[3 * number + 1, position], _eight(on_images)[layer]), (group, layer)
+
+
+def test_images_a_model_cannot_take_are_refused_before_any_forward():
+    model, (picture, other) = with_images(), images()
+    caption = model.processor([CAPTIONS[0]], [picture])
+    swapped = {**caption, "image_grid_thw": model.processor([CAPTIONS[1]], [other])["image_grid_thw"]}
+    bare = mi.zoo.tiny_model(ARCH)  # no processor
+    text_only = mi.zoo.tiny_model("qwen3_moe")
+    cases = [
+        (bare, ("A cat",), {"images": [picture]}, "wrapped without one: wrap it with its processor"),
+        (model, (swapped,), {}, "holds 4 image placeholder tokens .* makes 6 image features"),
+        (model, ({**caption, "pixel_values": caption["pixel_values"][:8]},), {}, "pixel_values has 8 rows"),
+        (text_only, ({"input_ids": torch.tensor([[5, 6]]), "pixel_values": torch.zeros(4, 8)},), {}, "takes text only"),
+    ]
+    for target, inputs, kwargs, message in cases:
+        forwards = []
+        handle = target._module.register_forward_pre_hook(lambda *_: forwards.append(1))
+        try:
+            with pytest.raises(ValueError, match=message):
+                with mi.trace(target, mi.RouterRecord()) as tr:
+                    with tr.invoke(model.processor([CAPTIONS[1]], [other]) if target is model else "Hi", group="ok"):
+                        pass
+                    with tr.invoke(*inputs, group="bad", **kwargs):
+                        pass
+        finally:
+            handle.remove()
+        assert forwards == [], message
 
 
 def test_by_modality_on_a_text_only_model_is_refused():

@@ -12,6 +12,8 @@ small function here, so that a new nnsight release breaks this file and nothing 
   for a worker while it reads whole-batch values, `whole_batch`: `Mediator.batch_group`);
 - writing a saved value into the frame of the `with` block (`tracing.util.push`), which a
   remote request sends back;
+- a trace's batcher (`tracer.batcher`, an nnsight `Batcher`), given `assemble` of its own
+  for invokes that carry images (`batch_media`), which nnsight 0.8.1 refuses to batch;
 - the undecorated `generate` of a `TransformersModel` (`generate.__wrapped__`);
 - an nnsight model's batch size for its inputs (`Envoy._batch_size`);
 - pickling an `eproperty` (its private callbacks) for by-value shipping.
@@ -26,13 +28,16 @@ from typing import Any, Optional
 
 import cloudpickle
 import nnsight
+from nnsight.intervention.batching import Batcher
 from nnsight.intervention.eproperty import eproperty
 from nnsight.intervention.interleaver import Mediator, OutOfOrderError
 from nnsight.tracing.util import push
 
+from moe_interp.runtime._inputs import batch_media as _batch_media, carries_media
+
 __all__ = ["CHECKED_WITH", "OutOfOrderError", "mediators", "invoke_mediators", "worker", "put_first",
-           "batch_size", "send_back", "served", "whole_batch", "as_served", "undecorated_generate",
-           "shipped_by_value"]
+           "batch_size", "MediaBatcher", "batch_media", "send_back", "served", "whole_batch", "as_served",
+           "undecorated_generate", "shipped_by_value"]
 
 CHECKED_WITH = "0.8.1"
 
@@ -110,6 +115,47 @@ def batch_size(tracer: Any) -> int:
     ```
     """
     return tracer.envoy._batch_size(*tracer.args, **tracer.kwargs)
+
+
+class MediaBatcher(Batcher):
+    """nnsight's batcher, that also batches invokes carrying images (`_inputs.batch_media`).
+
+    nnsight 0.8.1 (`modeling/processing.py`, `preprocess_invoke` and `batch_forward`) passes
+    an encoding with a tensor beyond its text fields (`pixel_values`, `image_grid_thw`,
+    `mm_token_type_ids`) to the model whole, and refuses it beside another invoke ("Can't
+    batch these inputs; pass text or token ids"). Row groups are nnsight's own (`add`);
+    only the combined call differs, and only when two or more invokes carry media.
+    """
+
+    def assemble(self, fn: Any) -> tuple:
+        if len(self.invokes) > 1 and any(carries_media(inputs, kwargs) for inputs, kwargs in self.invokes):
+            args, kwargs = _batch_media(self.envoy, self.invokes)
+            return args, {**kwargs, **self.extra_kwargs}
+        return Batcher.assemble(self, fn)
+
+
+def batch_media(tracer: Any) -> None:
+    """Let `tracer` batch invokes that carry images: its batcher (made by nnsight as the
+    block starts, holding the invokes added so far) becomes a `MediaBatcher`. A model with
+    its own batcher class (diffusion) keeps it.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.runtime import _nnsight_compat as compat
+    >>> kinds = []
+    >>> with mi.zoo.tiny_model("qwen3_moe").trace() as tracer:
+    ...     compat.batch_media(tracer)
+    ...     kinds.append(type(tracer.batcher).__name__)
+    ...     with tracer.invoke("Hello"):
+    ...         pass
+    >>> kinds
+    ['MediaBatcher']
+
+    ```
+    """
+    batcher = getattr(tracer, "batcher", None)
+    if type(batcher) is Batcher:
+        batcher.__class__ = MediaBatcher
 
 
 def send_back(tracer: Any, name: str, value: Any) -> None:

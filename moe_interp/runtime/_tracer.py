@@ -22,8 +22,8 @@ from typing import Any, Optional
 import torch
 from nnsight.intervention.tracer import InterleavingTracer, Invoker
 
-from moe_interp.runtime._nnsight_compat import (OutOfOrderError, batch_size, invoke_mediators, mediators, put_first, send_back,
-                              undecorated_generate, worker)
+from moe_interp.runtime._nnsight_compat import (OutOfOrderError, batch_media, batch_size, invoke_mediators, mediators, put_first,
+                              send_back, undecorated_generate, worker)
 from moe_interp.runtime._inputs import check_inputs, check_tokens
 from moe_interp.runtime._shipping import RESULT_NAME, Collect, check_servable
 from moe_interp.arch import describe
@@ -66,6 +66,7 @@ class RoutingInvoker(Invoker):
         self.group = group
 
     def execute(self, code: Any) -> None:
+        batch_media(self.tracer)  # invokes with images batch too (nnsight refuses them)
         Invoker.execute(self, code)
         mine = mediators(self.tracer)[-1]
         mine.mi_group = self.group
