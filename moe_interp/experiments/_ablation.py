@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from moe_interp.core._checks import check_int, check_level
-from moe_interp.experiments._grid import Experiment, check_held_out
+from moe_interp.experiments._grid import Experiment, check_held_out, stack_layers, stack_stats, union
 from moe_interp.core._layers import BANDS, THIRD_BANDS
 from moe_interp.analysis._evidence import interval, resampled_means
 from moe_interp.arch import describe
@@ -150,9 +150,15 @@ def _interval_seed(seed: int, *labels: str) -> int:
     return int(np.random.SeedSequence([seed, *(zlib.crc32(label.encode()) for label in labels)]).generate_state(1)[0])
 
 
-def _span(layers: Sequence[int]) -> str:
-    """`"layers 2-4"`, `"layer 3"`, `"layers 1, 5"`: the layers of a band in words."""
+def _span(layers: Sequence[int], stacks: Mapping[int, str] | None = None) -> str:
+    """`"layers 2-4"`, `"layer 3"`, `"layers 1, 5"`: the layers of a band in words; with
+    `stacks` (`{layer: stack}`), per stack: `"encoder layer 3, decoder layer 7"`."""
     layers = list(layers)
+    if stacks and layers:
+        by_stack: dict[str, list[int]] = {}
+        for layer in layers:
+            by_stack.setdefault(stacks.get(layer, "?"), []).append(layer)
+        return ", ".join(f"{stack} {_span(part)}" for stack, part in by_stack.items())
     if not layers:
         return "layers not recorded"
     if len(layers) == 1:
@@ -192,7 +198,10 @@ class AblationResult:
     condition name); `among` (the languages the experts are exclusive among); `profiled`
     (how many languages the statistics hold); `families` (`{language: family}` of the
     comparators; empty: `mi.languages`' families); `layers` (`{band: layers}`); `match`
-    (controls drawn among the `match` experts nearest in usage rank; `None`: uniform).
+    (controls drawn among the `match` experts nearest in usage rank; `None`: uniform);
+    on an encoder-decoder model, `stacks` (`{layer: stack}` of every band's layers, e.g.
+    `{1: "encoder", 5: "decoder"}`; empty for one stack) and `among_by_stack` (`{stack:
+    languages}` each stack's experts are exclusive among: its own statistics' languages).
     `mi.ablation_grid` makes one; `verdicts()` reads it by the rules of `VERDICT_RULES`.
 
     ```python
@@ -222,6 +231,8 @@ class AblationResult:
     families: dict[str, str] = dataclasses.field(default_factory=dict)
     layers: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     match: int | None = MATCH
+    stacks: dict[int, str] = dataclasses.field(default_factory=dict)
+    among_by_stack: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     def exclusive_among(self) -> str:
         """Which languages the ablated experts are exclusive among, in words.
@@ -237,6 +248,9 @@ class AblationResult:
         """
         if not self.among:
             return "exclusive among languages not recorded"
+        if len(set(self.among_by_stack.values())) > 1:  # stacks profiled on different languages (pairs)
+            return "; ".join(f"{stack}: exclusive among {len(among)} languages ({', '.join(among[:8])}"
+                             f"{', ...' if len(among) > 8 else ''})" for stack, among in self.among_by_stack.items())
         if len(self.among) == self.profiled:
             return f"exclusive among the {self.profiled} profiled languages"
         named = ", ".join(self.among[:8]) + (", ..." if len(self.among) > 8 else "")
@@ -253,7 +267,8 @@ class AblationResult:
         `band`: one band name or several (default: every band of the grid); `pooled=True`:
         one row per language, averaging the chosen bands (its `band` joins their names).
 
-        **Columns:** `language`, `family`, `band`, `layers` (tuple), `among` (how many
+        **Columns:** `language`, `family`, `band`, `layers` (tuple; on an encoder-decoder model
+        also `stacks`, the stack of each), `among` (how many
         languages the experts are exclusive among), `texts` (the target's), `pairs` ((layer,
         expert) pairs ablated); per text, bits/byte change against no ablation (positive =
         worse): `own` (the target's own texts; interval resamples them), `same_family` and
@@ -330,6 +345,8 @@ class AblationResult:
         row: dict[str, Any] = {"language": target, "family": family, "band": label, "layers": layers,
                                "among": len(self.among), "texts": len(own),
                                "pairs": sum(self.experts.get((target, b), 0) for b in bands)}
+        if self.stacks:  # an encoder-decoder model: the stack of each layer
+            row["stacks"] = tuple(self.stacks.get(layer, "") for layer in layers)
 
         def put(name: str, estimate: float, samples: np.ndarray) -> None:
             low, high = interval(float(estimate), samples, self.level)
@@ -389,7 +406,7 @@ class AblationResult:
         """
         pct = round(100 * self.level)
         bands = list(dict.fromkeys(b for _, b in self.conditions))
-        where = ", ".join(f"{b} ({_span(self.layers.get(b, ()))})" for b in bands)
+        where = ", ".join(f"{b} ({_span(self.layers.get(b, ()), self.stacks)})" for b in bands)
         matched = (f"each ablated expert matched by one of the {self.match} not-ablated experts nearest in the "
                    "target's usage rank in its layer" if self.match
                    else "drawn uniformly among the not-ablated experts")
@@ -414,7 +431,7 @@ class AblationResult:
             same = (f"same family ({row.same_family_languages}) {cell(row, 'same_family')}, own - same family "
                     f"{cell(row, 'own_minus_same_family')}" if row.same_family_languages
                     else "no same-family language evaluated")
-            lines.append(f"{row.language} ({row.family}), {row.band} ({_span(row.layers)}), {row.pairs} "
+            lines.append(f"{row.language} ({row.family}), {row.band} ({_span(row.layers, self.stacks)}), {row.pairs} "
                          f"(layer, expert) pairs, {row.texts} texts: own {cell(row, 'own')}; {same}; other families "
                          f"({row.other_family_languages}) {cell(row, 'other_family')}, own - other families "
                          f"{cell(row, 'own_minus_other_family')}; random sets {row.random:+.4f} (draws "
@@ -456,14 +473,21 @@ def _mean_bpb(frame: Any, language: str, condition: str) -> float:
 
 def _band_layers(spec: Any, bands: Sequence[str] | Mapping[str, Any], width: int | None) -> dict[str, tuple[int, ...]]:
     """`{band name: real MoE layers}`: names (`THIRD_BANDS`, `BANDS`, a stack's band), with
-    `width` the paper's fixed-width bands, or a mapping `{name: any layer selection}`."""
+    `width` the paper's fixed-width bands, or a mapping `{name: any layer selection}`. On a
+    model with several stacks a band name is that band of each stack (`stack_layers`)."""
     if isinstance(bands, Mapping):
         if width is not None:
             raise ValueError("width applies to band names; with bands={name: layers} give the layers themselves")
+        if spec.stack_inputs is not None:
+            return {str(name): tuple(sorted(l for part in stack_layers(spec, selection).values() for l in part))
+                    for name, selection in bands.items()}
         return {str(name): spec.select_layers(selection) for name, selection in bands.items()}
     bands = (bands,) if isinstance(bands, str) else tuple(bands)
     if not bands:
         raise ValueError(f"bands is empty; name some, e.g. {THIRD_BANDS}")
+    if spec.stack_inputs is not None:
+        return {str(b): tuple(sorted(l for part in stack_layers(spec, b, width).values() for l in part))
+                for b in bands}
     if width is not None:
         wrong = [b for b in bands if b not in BANDS]
         if wrong:
@@ -509,6 +533,17 @@ def ablation_grid(model: Any, stats: Any, corpus: Mapping[str, Sequence[str]], e
     texts (`mi.profile` keeps their fingerprints) this raises `ValueError`, unless
     `allow_same_texts=True`.
 
+    Encoder-decoder models (NLLB-MoE, Switch Transformers): `stats` is the `{stack:
+    RoutingStats}` dict `mi.profile` returns (one `RoutingStats` is refused, naming it). A
+    band name is that band within each stack (`"middle-third"`: the middle third of the
+    encoder's MoE layers and of the decoder's); each stack's exclusive experts come from its
+    own statistics (exclusive among its languages, or among those of `among` it holds; a
+    stack whose statistics lack the target ablates nothing there), and one condition
+    ablates them in every stack at once; `bands=("encoder:middle-third",
+    "decoder:middle-third")` ablates one stack per condition. Texts are scored by
+    `mi.evaluate.text_nll`: the decoder's teacher-forced NLL of each text, which the encoder
+    reads, in bits per byte. `AblationResult.stacks` gives each band layer's stack.
+
     ```python
     >>> import moe_interp as mi
     >>> model = mi.zoo.tiny_model("qwen3_moe")
@@ -539,7 +574,9 @@ def ablation_grid(model: Any, stats: Any, corpus: Mapping[str, Sequence[str]], e
     missing = [l for l in eval_languages if l not in corpus]
     if missing:
         raise ValueError(f"eval_languages {missing} have no texts in corpus")
-    check_held_out(stats, {l: corpus[l] for l in eval_languages}, allow_same_texts)
+    by_stack = stack_stats(model, stats, "ablation_grid")
+    for part in (by_stack or {"": stats}).values():
+        check_held_out(part, {l: corpus[l] for l in eval_languages}, allow_same_texts)
     family = {l: _family_of(l, families) for l in dict.fromkeys([*eval_languages, *target_languages])}
     for target in target_languages:
         if target in eval_languages and all(family[l] == family[target] for l in eval_languages):
@@ -548,6 +585,10 @@ def ablation_grid(model: Any, stats: Any, corpus: Mapping[str, Sequence[str]], e
                              "families={language: family}")
     spec = describe(model)
     layers = _band_layers(spec, bands, width)
+    if by_stack is not None:
+        return _ablation_grid_stacks(model, spec, by_stack, corpus, eval_languages, target_languages, layers, k,
+                                     threshold, among, controls, resamples, level, seed, path, batch_size, progress,
+                                     family, match)
     among = tuple(among) if among is not None else tuple(stats.languages)
     frequency = stats.frequency()
     grid: dict[str, list] = {"baseline": []}
@@ -568,6 +609,16 @@ def ablation_grid(model: Any, stats: Any, corpus: Mapping[str, Sequence[str]], e
                                                 match=match or MATCH)
                     control_grid.setdefault(target, {})[f"control:{target}:{band}:{draw}"] = [ExpertAblate(control)]
                     sets[f"control:{target}:{band}:{draw}"] = control
+    frame, baseline, delta = _run_grid(model, corpus, eval_languages, grid, control_grid, conditions, path,
+                                       batch_size, progress)
+    return AblationResult(tuple(eval_languages), tuple(conditions), baseline, delta, experts, frame, controls,
+                          resamples, level, seed, sets, among, len(stats.languages), family, layers, match)
+
+
+def _run_grid(model: Any, corpus: Mapping, eval_languages: Sequence[str], grid: dict, control_grid: dict,
+              conditions: list, path: Any, batch_size: int, progress: bool) -> tuple:
+    """Score the grid (every evaluated language) and each target's controls (its own texts):
+    the frame of every text's bits/byte, the baseline per language and the delta matrix."""
     evaluated = {l: corpus[l] for l in eval_languages}
     frames = [Experiment(model, evaluated, grid, path=path, batch_size=batch_size, progress=progress).run()]
     for target, cells in control_grid.items():
@@ -579,5 +630,61 @@ def ablation_grid(model: Any, stats: Any, corpus: Mapping[str, Sequence[str]], e
     baseline = {l: _mean_bpb(frame, l, "baseline") for l in eval_languages}
     delta = np.array([[_mean_bpb(frame, l, f"ablate:{t}:{b}") - baseline[l] for t, b in conditions]
                       for l in eval_languages])
+    return frame, baseline, delta
+
+
+def _ablation_grid_stacks(model: Any, spec: Any, by_stack: dict, corpus: Mapping, eval_languages: Sequence[str],
+                          target_languages: Sequence[str], layers: dict, k: int | None, threshold: float,
+                          among: Sequence[str] | None, controls: int, resamples: int, level: float, seed: int,
+                          path: Any, batch_size: int, progress: bool, family: dict,
+                          match: int | None) -> AblationResult:
+    """`ablation_grid` on an encoder-decoder model: each stack's experts chosen from its own
+    statistics, in the band's layers of that stack, all stacks ablated together."""
+    stack_of = {layer: stack for layer, stack in zip(spec.moe_layers, spec.stacks)}
+    profiled = list(dict.fromkeys(l for part in by_stack.values() for l in part.languages))
+    if among is not None:
+        unknown = [l for l in among if l not in profiled]
+        if unknown:
+            raise ValueError(f"among names {unknown}, which no stack's statistics hold; the profiled languages are "
+                             f"{profiled}")
+    among_by_stack = {stack: tuple(l for l in (among if among is not None else part.languages)
+                                   if l in part.languages) for stack, part in by_stack.items()}
+    for target in target_languages:
+        if not any(target in part.languages for part in by_stack.values()):
+            raise ValueError(f"target language {target!r} is in no stack's statistics ("
+                             + "; ".join(f"{s}: {', '.join(p.languages)}" for s, p in by_stack.items())
+                             + "): profile it, or pick a target among them")
+    frequency = {stack: part.frequency() for stack, part in by_stack.items()}
+    grid: dict[str, list] = {"baseline": []}
+    experts, conditions, control_grid, sets = {}, [], {}, {}
+    for target in target_languages:
+        usage = {}  # per layer: the target's routing frequency in that layer's stack
+        for stack, part in by_stack.items():
+            if target in part.languages:
+                usage.update({layer: frequency[stack][part.language_index(target), i].tolist()
+                              for i, layer in enumerate(part.layers)})
+        for band, band_layers in layers.items():
+            parts = []
+            for stack, part in by_stack.items():
+                mine = [layer for layer in band_layers if stack_of[layer] == stack]
+                if mine and target in part.languages:
+                    parts.append(part.exclusive_experts(target, k=k, threshold=threshold, layers=mine,
+                                                        among=among_by_stack[stack]))
+            chosen = union(parts)
+            grid[f"ablate:{target}:{band}"] = [ExpertAblate(chosen)]
+            sets[f"ablate:{target}:{band}"] = chosen
+            experts[(target, band)] = chosen.size
+            conditions.append((target, band))
+            if target in eval_languages and chosen.size:
+                for draw in range(controls):
+                    control = random_expert_set(chosen, spec.num_experts, _seed(seed, target, band, draw),
+                                                usage=usage if match is not None else None, match=match or MATCH)
+                    control_grid.setdefault(target, {})[f"control:{target}:{band}:{draw}"] = [ExpertAblate(control)]
+                    sets[f"control:{target}:{band}:{draw}"] = control
+    frame, baseline, delta = _run_grid(model, corpus, eval_languages, grid, control_grid, conditions, path,
+                                       batch_size, progress)
+    stacks = {layer: stack_of[layer] for band_layers in layers.values() for layer in band_layers}
     return AblationResult(tuple(eval_languages), tuple(conditions), baseline, delta, experts, frame, controls,
-                          resamples, level, seed, sets, among, len(stats.languages), family, layers, match)
+                          resamples, level, seed, sets, tuple(dict.fromkeys(l for a in among_by_stack.values()
+                                                                             for l in a)),
+                          len(profiled), family, layers, match, stacks, among_by_stack)

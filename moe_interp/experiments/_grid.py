@@ -37,12 +37,12 @@ def stack_layers(spec: Any, selection: Any, width: int | None = None) -> dict[st
     """
     stacks = list(dict.fromkeys(spec.stacks))
     own = {stack: tuple(l for l, s in zip(spec.moe_layers, spec.stacks) if s == stack) for stack in stacks}
+    if width is not None:
+        if not (isinstance(selection, str) and selection in BANDS):
+            raise ValueError(f"width={width} gives the paper's fixed-width bands, named {BANDS}, within each stack; "
+                             f"got {selection!r}. Drop width for equal thirds (THIRD_BANDS)")
+        return {stack: band_split(own[stack], width=width)[selection] for stack in stacks}
     if isinstance(selection, str) and (selection in BANDS or selection in THIRD_BANDS):
-        if width is not None:
-            if selection not in BANDS:
-                raise ValueError(f"width={width} gives the paper's fixed-width bands, named {BANDS}; got "
-                                 f"{selection!r}")
-            return {stack: band_split(own[stack], width=min(width, len(own[stack])))[selection] for stack in stacks}
         return {stack: spec.select_layers(f"{stack}:{selection}") for stack in stacks}
     chosen = set(spec.select_layers(selection))
     out = {stack: tuple(l for l in own[stack] if l in chosen) for stack in stacks}
