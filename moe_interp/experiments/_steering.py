@@ -14,11 +14,12 @@ from tqdm.auto import tqdm
 
 from moe_interp.core._checks import check_int, check_level
 from moe_interp.core._fingerprint import check_corpus, fingerprint
-from moe_interp.experiments._grid import Experiment, check_held_out
+from moe_interp.experiments._grid import Experiment, check_held_out, stack_layers, stack_stats
+from moe_interp.experiments.evaluate import seq2seq_inputs
 from moe_interp.analysis._evidence import paired_interval, stratified_interval
 from moe_interp.arch import describe
 from moe_interp.runtime._compile import compile_plan
-from moe_interp.runtime._interventions import RouterRecord, RouteSteer
+from moe_interp.runtime._interventions import RouterRecord, RouteSteer, flatten
 from moe_interp.tracing import trace
 
 __all__ = ["SteeringResult", "dose_response_across", "dose_response_across_findings", "dose_response_figure",
@@ -32,13 +33,61 @@ def _per_token(model: Any, enc: Any, *interventions: Any) -> dict:
     return tr.routing.per_token
 
 
+def _view_routing(model: Any, spec: Any, inputs: dict, *interventions: Any) -> dict:
+    """`{layer: (indices, weights)}` of every MoE layer, read from the router view
+    (`model.moe`) in one trace under `interventions`: `[stack tokens, top_k]` each, padding
+    positions included (a slot that reached no expert: index -1, weight 0)."""
+    saved = {}
+    with torch.no_grad(), trace(model, inputs, *interventions):
+        for layer in spec.moe_layers:
+            router = model.moe.at(layer).router
+            saved[layer] = (router.indices.save(), router.weights.save())
+    return {layer: (indices.detach().cpu(), weights.detach().cpu()) for layer, (indices, weights) in saved.items()}
+
+
+def _stack_shift(model: Any, spec: Any, texts: list, steers: list, mask: torch.Tensor, batch_size: int) -> Any:
+    """`routing_shift` on an encoder-decoder model: each layer over its own stack's tokens (the
+    encoder reads each text, the decoder the text teacher-forced, as `mi.evaluate.text_nll`)."""
+    import pandas as pd
+
+    n = len(spec.moe_layers)
+    changed, moved = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+    tokens = torch.zeros(n, dtype=torch.long)
+    for start in range(0, len(texts), batch_size):
+        inputs, _, _ = seq2seq_inputs(model, texts[start : start + batch_size])
+        real = {"encoder": inputs["attention_mask"].reshape(-1).bool(),
+                "decoder": inputs["decoder_attention_mask"].reshape(-1).bool()}
+        before, after = _view_routing(model, spec, inputs), _view_routing(model, spec, inputs, *steers)
+        for position, (layer, stack) in enumerate(zip(spec.moe_layers, spec.stacks)):
+            keep = real[stack]
+            (b_idx, b_w), (a_idx, a_w) = before[layer], after[layer]
+            b_idx, b_w, a_idx, a_w = b_idx.long()[keep], b_w[keep], a_idx.long()[keep], a_w[keep]
+            changed[position] += (b_idx.sort(-1).values != a_idx.sort(-1).values).any(-1).sum().double()
+
+            def on_steered(idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+                return (w.double() * ((idx >= 0) & mask[position, idx.clamp(min=0)])).sum()
+
+            moved[position] += on_steered(a_idx, a_w) - on_steered(b_idx, b_w)
+            tokens[position] += int(keep.sum())
+    count = tokens.clamp(min=1).double()
+    return pd.DataFrame({"layer": list(spec.moe_layers), "stack": list(spec.stacks),
+                         "changed": (changed / count).tolist(), "mass_moved": (moved / count).tolist(),
+                         "tokens": tokens.tolist()})
+
+
 def routing_shift(model: Any, texts: Sequence[str], steer: Any, batch_size: int = 8) -> Any:
     """How far `steer` moves routing on `texts`, per MoE layer, against no intervention.
 
     Per layer: `changed`, the share of tokens whose set of top-k experts differs from the
     unsteered run; `mass_moved`, the mean over tokens of the routing weight on the steered
     experts (those of `steer.expert_set`, or of a `LayerRouteSteer`'s strengths) after
-    minus before; `tokens`. Padding is excluded.
+    minus before; `tokens`. Padding is excluded. `steer` may be a list of steers (applied
+    together; their steered experts pooled).
+
+    Encoder-decoder models: each layer over its own stack's tokens, the encoder reading each
+    text and the decoder the text teacher-forced (as `mi.evaluate.text_nll` scores it), read
+    from the router view (`model.moe`; a slot that reached no expert, index -1, is a set
+    like any other); a `stack` column names each layer's stack and `tokens` is that stack's.
 
     ```python
     >>> import moe_interp as mi
@@ -47,19 +96,28 @@ def routing_shift(model: Any, texts: Sequence[str], steer: Any, batch_size: int 
     >>> shift = routing_shift(model, ["The cat sat.", "Dogs bark."], mi.LayerRouteSteer({1: {3: 1.0}}, scale=1e4))
     >>> float(shift.set_index("layer").loc[1, "mass_moved"]) > 0.3, float(shift.set_index("layer").loc[0, "changed"])
     (True, 0.0)
+    >>> seq2seq = mi.zoo.tiny_model("switch_transformers")        # encoder layers 1, 3; decoder 5, 7
+    >>> shift = routing_shift(seq2seq, ["The cat sat."], mi.LayerRouteSteer({5: {3: 1.0}}, scale=1e4))
+    >>> shift[["layer", "stack", "tokens"]].values.tolist(), float(shift.changed[0]), float(shift.mass_moved[2]) > 0.3
+    ([[1, 'encoder', 12], [3, 'encoder', 12], [5, 'decoder', 12], [7, 'decoder', 12]], 0.0, True)
 
     ```
     """
     import pandas as pd
 
     spec = describe(model)
-    if hasattr(steer, "expert_set"):
-        steered = steer.expert_set(spec)
-    else:  # a LayerRouteSteer keeps its strengths as ((layer, ((expert, s), ...)), ...)
-        steered = {layer: [e for e, _ in dict(s).items()] for layer, s in dict(steer.strengths).items()}
+    steers = flatten(steer) if isinstance(steer, (list, tuple)) else [steer]
     mask = torch.zeros(len(spec.moe_layers), spec.num_experts, dtype=torch.bool)
-    for layer, experts in steered.items():
-        mask[spec.moe_layers.index(layer), list(experts)] = True
+    for one in steers:
+        if hasattr(one, "expert_set"):
+            steered = one.expert_set(spec)
+        else:  # a LayerRouteSteer keeps its strengths as ((layer, ((expert, s), ...)), ...)
+            steered = {layer: [e for e, _ in dict(s).items()] for layer, s in dict(one.strengths).items()}
+        for layer, experts in steered.items():
+            mask[spec.moe_layers.index(layer), list(experts)] = True
+    if spec.stack_inputs is not None:
+        return _stack_shift(model, spec, list(texts), steers, mask, batch_size)
+    steer = steers[0] if len(steers) == 1 else steers
     changed = torch.zeros(len(spec.moe_layers), dtype=torch.float64)
     moved = torch.zeros(len(spec.moe_layers), dtype=torch.float64)
     tokens = 0
@@ -91,9 +149,15 @@ def _outcome(low: float, high: float) -> str:
     return "improved" if low > 0 else "worsened" if high < 0 else "no effect"
 
 
-def _layers_label(layers: Sequence[int]) -> str:
-    """`"L2-L5"` for a run of layers, `"L1, L3"` otherwise."""
+def _layers_label(layers: Sequence[int], stacks: Mapping[int, str] | None = None) -> str:
+    """`"L2-L5"` for a run of layers, `"L1, L3"` otherwise; with `stacks` (`{layer: stack}`),
+    per stack: `"encoder L3, decoder L7"`."""
     layers = sorted(int(l) for l in layers)
+    if stacks:
+        by_stack: dict[str, list[int]] = {}
+        for layer in layers:
+            by_stack.setdefault(stacks.get(layer, "?"), []).append(layer)
+        return ", ".join(f"{stack} {_layers_label(part)}" for stack, part in by_stack.items())
     if len(layers) > 1 and layers == list(range(layers[0], layers[-1] + 1)):
         return f"L{layers[0]}-L{layers[-1]}"
     return ", ".join(f"L{l}" for l in layers)
@@ -242,7 +306,8 @@ class SteeringResult:
     onto the steered experts, `tokens`); `level`, `resamples`, `seed` (of the intervals);
     `gains` (per scale, one array per language of each test text's gain); `steered_layers`
     (the layers the steer is applied to, e.g. the middle band; `None`: every layer of
-    `shift`, for a result built by hand).
+    `shift`, for a result built by hand); `stacks` (`{layer: stack}` on an encoder-decoder
+    model, whose `shift` then has a `stack` column; empty for one stack).
     `mi.steering_eval` makes one; `dose_response()` and `findings()` read it.
 
     ```python
@@ -264,6 +329,7 @@ class SteeringResult:
     seed: int = 0
     gains: dict = dataclasses.field(default_factory=dict, repr=False)
     steered_layers: tuple[int, ...] | None = None
+    stacks: dict[int, str] = dataclasses.field(default_factory=dict)
 
     def _steered(self) -> tuple[int, ...]:
         if self.shift is None:
@@ -305,7 +371,7 @@ class SteeringResult:
         import pandas as pd
 
         steered = list(self._steered())
-        label = _layers_label(steered)
+        label = _layers_label(steered, self.stacks)
         rows = []
         for scale, part in self.shift.groupby("scale", sort=True):
             layers = part.groupby("layer").apply(
@@ -679,6 +745,16 @@ def steering_eval(model: Any, stats: Any, dev: Mapping[str, Sequence[str]], test
     `stats` was profiled on (`mi.profile` records them), raises `ValueError` unless
     `allow_same_texts=True`.
 
+    Encoder-decoder models (NLLB-MoE, Switch Transformers): `stats` is the `{stack:
+    RoutingStats}` dict `mi.profile` returns (one `RoutingStats` is refused, naming it). A
+    band name in `layers` is that band within each stack (`"middle"`: the middle of the
+    encoder's MoE layers and of the decoder's; `"decoder:middle"` or explicit indices steer
+    the stacks they select); each stack gets its own `RouteSteer` from its own statistics
+    (a stack whose statistics lack the language or the target is not steered), applied
+    together. Texts are scored by `mi.evaluate.text_nll` (the decoder's teacher-forced NLL
+    of each text, which the encoder reads); `shift` gets a `stack` column and
+    `SteeringResult.stacks` names each layer's stack.
+
     ```python
     >>> import moe_interp as mi
     >>> model = mi.zoo.tiny_model("qwen3_moe")
@@ -692,9 +768,20 @@ def steering_eval(model: Any, stats: Any, dev: Mapping[str, Sequence[str]], test
 
     ```
     """
+    by_stack = stack_stats(model, stats, "steering_eval")
+    spec = describe(model)
+    # per stack, the layers `layers` selects there (a band within each stack); one stack: None
+    where = None if by_stack is None else stack_layers(spec, layers)
+
     def grid(scale: float) -> dict[str, list]:
-        return {lang: [RouteSteer(layers=layers, target=target, stats=stats, languages=(target, lang), k=k,
-                                  threshold=threshold, scale=scale)] for lang in languages}
+        if where is None:
+            return {lang: [RouteSteer(layers=layers, target=target, stats=stats, languages=(target, lang), k=k,
+                                      threshold=threshold, scale=scale)] for lang in languages}
+        return {lang: [RouteSteer(layers=part, target=target, stats=by_stack[stack], languages=(target, lang), k=k,
+                                  threshold=threshold, scale=scale)
+                       for stack, part in where.items()
+                       if target in by_stack[stack].languages and lang in by_stack[stack].languages]
+                for lang in languages}
 
     def run(corpus: Mapping, scale: float) -> Any:
         frames = []
@@ -726,13 +813,20 @@ def steering_eval(model: Any, stats: Any, dev: Mapping[str, Sequence[str]], test
         raise ValueError(f"dev and test hold the same {', '.join(reused)} texts: the scale would be chosen on the texts "
                          "it is reported on; pass held-out texts as test, e.g. mi.datasets.udhr(languages, "
                          "split='heldout') (or allow_same_texts=True to do it anyway)")
-    check_held_out(stats, {lang: test[lang] for lang in languages}, allow_same_texts)
-    spec = describe(model)
+    for part in (by_stack or {"": stats}).values():
+        check_held_out(part, {lang: test[lang] for lang in languages}, allow_same_texts)
+    if where is not None:
+        empty = [lang for lang, steers in grid(1.0).items() if not steers]
+        if empty:
+            raise ValueError(f"steering_eval: no stack's statistics hold both {target!r} and {empty} in the stacks "
+                             f"layers={layers!r} selects ({', '.join(where)}); the languages per stack are "
+                             + "; ".join(f"{s}: {', '.join(p.languages)}" for s, p in by_stack.items()))
     module = getattr(model, "_module", None)
     for scale in scales:
         for interventions in grid(scale).values():
             if scale:
-                interventions[0].expert_set(spec)
+                for steer in interventions:
+                    steer.expert_set(spec)
                 if isinstance(module, torch.nn.Module):  # a steer the router's dtype cannot take
                     compile_plan(spec, interventions, model)
     if path is None:  # cells are still cached within this call: the baseline runs once per split
@@ -749,15 +843,27 @@ def steering_eval(model: Any, stats: Any, dev: Mapping[str, Sequence[str]], test
         for i, (lang, interventions) in enumerate(grid(scale).items()):
             diff = gains[scale][i]
             result = paired_interval(diff, resamples, level, seed + i)
-            pairs = interventions[0].expert_set(spec).size if scale else 0
+            pairs = sum(steer.expert_set(spec).size for steer in interventions) if scale else 0
             outcome.append({"scale": scale, "language": lang, "gain": result.estimate, "ci_low": result.low,
                             "ci_high": result.high, "p_value": result.p_value, "pairs": pairs})
-            moved = routing_shift(model, test[lang], interventions[0], batch_size) if scale else \
-                pd.DataFrame({"layer": list(spec.moe_layers), "changed": 0.0, "mass_moved": 0.0,
-                              "tokens": sum(len(model.tokenizer(t)["input_ids"]) for t in test[lang])})
+            if scale:
+                moved = routing_shift(model, test[lang], interventions if where is not None else interventions[0],
+                                      batch_size)
+            else:  # each stack reads every token of each text (the decoder teacher-forced)
+                moved = pd.DataFrame({"layer": list(spec.moe_layers), "changed": 0.0, "mass_moved": 0.0,
+                                      "tokens": sum(len(model.tokenizer(t)["input_ids"]) for t in test[lang])})
+                if where is not None:
+                    moved.insert(1, "stack", list(spec.stacks))
             shift.append(moved.assign(scale=scale, language=lang))
     outcome = pd.DataFrame(outcome)
     table = outcome[outcome.scale == best].drop(columns="scale").reset_index(drop=True)
-    shift = pd.concat(shift, ignore_index=True)[["scale", "language", "layer", "changed", "mass_moved", "tokens"]]
+    columns = ["scale", "language", "layer", *(["stack"] if where is not None else []), "changed", "mass_moved",
+               "tokens"]
+    shift = pd.concat(shift, ignore_index=True)[columns]
+    if where is None:
+        return SteeringResult(best, dev_scores, table, outcome, shift, level, resamples, seed, gains,
+                              steered_layers=tuple(spec.select_layers(layers)))
+    steered = tuple(sorted(layer for part in where.values() for layer in part))
     return SteeringResult(best, dev_scores, table, outcome, shift, level, resamples, seed, gains,
-                          steered_layers=tuple(spec.select_layers(layers)))
+                          steered_layers=steered, stacks={layer: stack for layer, stack in zip(spec.moe_layers,
+                                                                                                spec.stacks)})

@@ -65,8 +65,10 @@ def seq2seq_inputs(model: Any, texts: Sequence[str | tuple[str, str]]) -> tuple[
     >>> inputs, labels, predicted = seq2seq_inputs(model, ["Hi", ("Bonjour", "Hello")])
     >>> inputs["input_ids"].tolist()
     [[75, 108, 0, 0, 0, 0, 0], [69, 114, 113, 109, 114, 120, 117]]
-    >>> inputs["decoder_input_ids"].tolist(), labels.tolist(), predicted
-    ([[0, 75, 0, 0, 0], [0, 75, 104, 111, 111]], [[75, 108, -100, -100, -100], [75, 104, 111, 111, 114]], ['Hi', 'Hello'])
+    >>> inputs["decoder_input_ids"].tolist(), predicted
+    ([[0, 75, 0, 0, 0], [0, 75, 104, 111, 111]], ['Hi', 'Hello'])
+    >>> labels.tolist()
+    [[75, 108, -100, -100, -100], [75, 104, 111, 111, 114]]
 
     ```
     """
