@@ -333,6 +333,27 @@ def test_generate_with_several_image_invokes_equals_each_caption_generated_alone
             assert torch.equal(stats.count[3 * number + 1, position], _eight(on_images)[layer]), (group, layer)
 
 
+def test_image_invokes_in_a_processors_terms_and_remote_local_count_as_locally():
+    """An invoke may name the processor's arguments (`tr.invoke(text, images=[...])`, nnsight's
+    own form); `remote="local"` (the request serialized and run as a server would) batches the
+    invokes the same way: counts equal to a local trace of the processor's outputs."""
+    model, pictures = with_images(), images()
+    encoded = model.processor([CAPTIONS[0]], [pictures[0]])
+
+    def record(first, remote=False, **terms):
+        with mi.trace(model, mi.RouterRecord(by_modality=True), remote=remote) as tr:
+            with tr.invoke(first, group="eng", **terms):
+                pass
+            with tr.invoke(model.processor([CAPTIONS[1]], [pictures[1]]), group="fra"):
+                pass
+        return tr.routing
+
+    local = record(encoded)
+    assert local.tokens.tolist() == [7, 4, 0, 21, 6, 0]
+    assert torch.equal(record(CAPTIONS[0], images=[pictures[0]]).count, local.count)
+    assert torch.equal(record(encoded, remote="local").count, local.count)
+
+
 def test_images_a_model_cannot_take_are_refused_before_any_forward():
     model, (picture, other) = with_images(), images()
     caption = model.processor([CAPTIONS[0]], [picture])
