@@ -103,7 +103,9 @@ def check_servable(model: Any, remote: Any) -> None:
             "remote=True runs this model on NDIF, which loads it from the hub by id, unrepaired: NLLB-MoE's "
             f"experts ({len(repaired)} modules, e.g. {repaired[0]}) were repaired in this process "
             "(mi.arch.repair_nllb_moe: transformers 5 sends every token to experts 0 and 1), so the server's "
-            "routing would not be this model's. Run it here, or remote='local' to simulate the request")
+            "routing would not be this model's, and no remote request of it can be served. Run it here: drop "
+            "remote= (mi.trace, mi.generate and mi.profile, two-stack profiles included, run the repaired model "
+            "locally), or pass remote='local' to simulate the request on this model")
     repo = getattr(model, "repo_id", None)
     if not isinstance(repo, str) or not repo or not hub_id_shaped(repo):
         raise ValueError(
