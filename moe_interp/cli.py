@@ -278,7 +278,40 @@ def _name(languages: Any, code: str) -> str:
 
 def _stats_languages(args: argparse.Namespace, stats: Any) -> list[str]:
     corpus = set(_corpus_languages(args.corpus))
-    return [l for l in stats.languages if l in corpus]
+    parts = stats.values() if isinstance(stats, dict) else [stats]
+    return [l for l in dict.fromkeys(l for part in parts for l in part.languages) if l in corpus]
+
+
+def _load_stats(path: str) -> Any:
+    """`--stats`: one statistics directory, or the directory `moe-interp profile` wrote for an
+    encoder-decoder model (`OUT/encoder`, `OUT/decoder`): then `{stack: RoutingStats}`."""
+    import moe_interp as mi
+
+    root = Path(path)
+    if root.is_dir() and not (root / "stats.safetensors").exists():
+        stacks = [d for d in root.iterdir() if d.is_dir() and (d / "stats.safetensors").exists()]
+        if stacks:
+            order = {"encoder": 0, "decoder": 1}
+            stacks.sort(key=lambda d: (order.get(d.name, 2), d.name))
+            return {d.name: mi.RoutingStats.load(d) for d in stacks}
+    return mi.RoutingStats.load(path)
+
+
+def _check_stacks(model: Any, stats: Any, path: str) -> None:
+    """An encoder-decoder model needs the statistics of both stacks: the directory `profile` wrote."""
+    import moe_interp as mi
+
+    spec = mi.describe(model)
+    if spec.stack_inputs is not None and not isinstance(stats, dict):
+        stacks = list(dict.fromkeys(spec.stacks))
+        _fail(f"--stats {path} holds one stack's statistics; this {spec.arch} model has {len(stacks)} stacks "
+              f"({', '.join(stacks)}), whose experts are chosen per stack: pass the --out directory `moe-interp "
+              f"profile` wrote for it (it holds {', '.join(f'OUT/{s}' for s in stacks)})")
+
+
+def _one_stack(stats: Any) -> Any:
+    """One `RoutingStats` of `stats` (its top-k is every stack's)."""
+    return next(iter(stats.values())) if isinstance(stats, dict) else stats
 
 
 def _profile(args: argparse.Namespace) -> None:
@@ -314,12 +347,13 @@ def _report(args: argparse.Namespace) -> None:
 def _ablate(args: argparse.Namespace) -> None:
     import moe_interp as mi
 
-    stats = mi.RoutingStats.load(args.stats)
+    stats = _load_stats(args.stats)
     available, where = _stats_languages(args, stats), f"--stats {args.stats} and the {args.corpus} corpus"
     evals = _codes("--eval-languages", args.eval_languages, available, where)
     targets = _codes("--target-languages", args.target_languages, available, where)
     model = _model(args.model)
-    k = _k(model, stats, args.k, mi.PAPER.exclusive_k)
+    _check_stacks(model, stats, args.stats)
+    k = _k(model, _one_stack(stats), args.k, mi.PAPER.exclusive_k)
     corpus = _corpus(args.corpus, evals, "heldout", args.model)
     _say(f"ablation grid with k={k}, {args.controls} usage-matched random control sets per cell, evaluated on the "
          f"held-out split; {args.threads_note}")
@@ -331,7 +365,7 @@ def _ablate(args: argparse.Namespace) -> None:
 def _steer(args: argparse.Namespace) -> None:
     import moe_interp as mi
 
-    stats = mi.RoutingStats.load(args.stats)
+    stats = _load_stats(args.stats)
     available, where = _stats_languages(args, stats), f"--stats {args.stats} and the {args.corpus} corpus"
     (target,) = _codes("--target", args.target, available, where)
     langs = _codes("--languages", args.languages, [l for l in available if l != target], where + " other than --target")
@@ -340,7 +374,8 @@ def _steer(args: argparse.Namespace) -> None:
     except ValueError:
         _fail(f"--scales {args.scales}: pass comma-separated numbers, e.g. --scales 0,0.02,0.05")
     model = _model(args.model)
-    k = _k(model, stats, args.k, mi.PAPER.steer_k)
+    _check_stacks(model, stats, args.stats)
+    k = _k(model, _one_stack(stats), args.k, mi.PAPER.steer_k)
     dev = _corpus(args.corpus, [target, *langs], "train", args.model)
     test = _corpus(args.corpus, [target, *langs], "heldout", args.model)
     _say(f"steering toward {target} with k={k}; {args.threads_note}")
@@ -435,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
             "with evaluated languages of its family, of other families, and usage-matched random expert sets "
             "(evaluate a relative of each target, e.g. nld for deu, to tell a family-level effect apart).")
     p.add_argument("--model", default="demo", help=model_help + "; the model --stats was profiled on")
-    p.add_argument("--stats", required=True, help="routing statistics from `moe-interp profile`")
+    p.add_argument("--stats", required=True, help="routing statistics from `moe-interp profile` (an encoder-decoder "
+                   "model: its --out directory, holding OUT/encoder and OUT/decoder)")
     _add_corpus(p, "the corpus of the held-out texts (the one profiled with --split train)")
     p.add_argument("--eval-languages", required=True, help="comma-separated ISO 639-3 codes to evaluate on")
     p.add_argument("--target-languages", required=True, help="comma-separated codes whose exclusive experts are ablated")
@@ -455,7 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
             "the scale on the train split, report per-language bits/byte gains on the held-out split with "
             "bootstrap 95% intervals.")
     p.add_argument("--model", default="demo", help=model_help + "; the model --stats was profiled on")
-    p.add_argument("--stats", required=True, help="routing statistics from `moe-interp profile`")
+    p.add_argument("--stats", required=True, help="routing statistics from `moe-interp profile` (an encoder-decoder "
+                   "model: its --out directory, holding OUT/encoder and OUT/decoder)")
     _add_corpus(p, "the corpus profiled with --split train (train split: choose the scale; heldout: report)")
     p.add_argument("--target", default="eng", help="the language whose shared experts are steered toward")
     p.add_argument("--languages", required=True, help="comma-separated ISO 639-3 codes to steer")
