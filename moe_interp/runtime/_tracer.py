@@ -34,7 +34,7 @@ from moe_interp.runtime._interventions import Intervention, flatten
 from moe_interp.runtime._kernels import compact, keep_result, pack, run as run_plan
 from moe_interp.core._counts import RoutingCounts
 
-__all__ = ["RoutingRun", "RoutingTracer", "open_trace", "per_row_trace"]
+__all__ = ["RoutingRun", "RoutingTracer", "open_trace", "per_row_trace", "to_counts"]
 
 
 # The bodies of the two workers. Mediators run code objects; these functions' code is
@@ -224,7 +224,7 @@ class RoutingTracer(RoutingRun):
                                  "and the target of a translation): read one RoutingStats per stack, "
                                  "tr.routing_by_stack['encoder'] / ['decoder']")
             groups = self._mi_store.get("groups", self._mi_groups)
-            self._mi_routing = self._mi_wrap(_to_counts(self._mi_spec, self._mi_plan, self._mi_store, groups))
+            self._mi_routing = self._mi_wrap(to_counts(self._mi_spec, self._mi_plan, self._mi_store, groups))
         return self._mi_routing
 
     @property
@@ -236,7 +236,7 @@ class RoutingTracer(RoutingRun):
         spec, groups = self._mi_spec, self._mi_store.get("groups", self._mi_groups)
         if spec.stack_inputs is None:
             return {(spec.stacks or ("default",))[0]: self.routing}
-        return {stack: self._mi_wrap(_to_counts(spec, self._mi_plan, self._mi_store, groups, stack))
+        return {stack: self._mi_wrap(to_counts(spec, self._mi_plan, self._mi_store, groups, stack))
                 for stack in dict.fromkeys(spec.stacks)}
 
     def _mi_recorded(self) -> None:
@@ -272,8 +272,25 @@ def _unwrapped(counts: RoutingCounts) -> RoutingCounts:
     return counts
 
 
-def _to_counts(spec: Any, plan: Any, store: dict, groups: list[str], stack: Optional[str] = None) -> RoutingCounts:
-    """The counts of the trace's layers; with `stack`, of that stack's layers and tokens only."""
+def to_counts(spec: Any, plan: Any, store: dict, groups: list[str], stack: Optional[str] = None) -> RoutingCounts:
+    """The `RoutingCounts` of a run's `store` (what `_kernels.forward_step` filled for `plan`),
+    one group per label of `groups`; with `stack`, of that stack's layers and tokens only. The
+    tracer's `routing` and `runtime._hooks`' read both end here.
+
+    ```python
+    >>> import moe_interp as mi, torch
+    >>> from moe_interp.runtime._compile import compile_plan
+    >>> from moe_interp.runtime._tracer import to_counts
+    >>> spec = mi.describe(mi.zoo.tiny_model("qwen3_moe"))            # 4 MoE layers, 8 experts
+    >>> plan = compile_plan(spec, [mi.RouterRecord()])
+    >>> store = {"count": torch.ones(1, 4, 8, dtype=torch.long), "gate_mass": torch.zeros(1, 4, 8, dtype=torch.float64),
+    ...          "tokens": torch.tensor([4]), "forwards": 1, "per_token": []}
+    >>> counts = to_counts(spec, plan, store, ["en"])
+    >>> counts.groups, counts.layers, counts.count.shape
+    (('en',), (0, 1, 2, 3), torch.Size([1, 4, 8]))
+
+    ```
+    """
     labels = [spec.stacks[spec.position(entry.layer)] if spec.stacks else None for entry in plan.layers]
     keep = [i for i, label in enumerate(labels) if stack is None or label == stack]
     tokens = store["tokens"] if stack is None else store["stack_tokens"][plan.layers[keep[0]].tokens_from]
