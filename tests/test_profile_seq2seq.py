@@ -205,10 +205,9 @@ def test_a_two_stack_profile_resumes_from_its_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("kwargs, error, match", [
     ({"decoder_input_ids": torch.tensor([[0, 5]])}, ValueError, r"builds the decoder's inputs itself.*pairs"),
-    ({"remote": "local"}, ValueError, r"runs locally for now: drop remote="),
     ({"corpus": {("fra", "eng"): ["Bonjour"]}}, TypeError, r"list of \(source text, target text\) pairs"),
     ({"corpus": {("fra", "eng"): [("a", "b")], "deu": ["c"]}}, TypeError, r"keyed by \(source language"),
-], ids=["decoder input", "remote", "pair not a pair", "mixed keys"])
+], ids=["decoder input", "pair not a pair", "mixed keys"])
 def test_bad_input_fails_early_naming_the_fix(kwargs, error, match):
     kwargs = dict(kwargs)
     corpus = kwargs.pop("corpus", CORPUS)

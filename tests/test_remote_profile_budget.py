@@ -147,6 +147,22 @@ def test_session_batches_still_cuts_requests_of_n_batches(model, local):
     assert_bitwise(local, far)
 
 
+def test_a_remote_profile_of_pairs_groups_each_stack_by_its_own_language(model):
+    """Encoder by source language, decoder by target: the server sums gate mass per pair key and
+    the client folds ('fra', 'eng') and ('deu', 'eng') into the decoder's one 'eng'."""
+    if mi.describe(model).stack_inputs is None:
+        pytest.skip("pairs need an encoder-decoder model")
+    pairs = {("fra", "eng"): [("Bonjour tout le monde", "Hello everyone"), ("Le chat", "The cat")],
+             ("deu", "eng"): [("Guten Morgen, liebe Welt", "Good morning, dear world"), ("Hallo", "Hello")],
+             ("deu", "fra"): [("Ja, gerne", "Oui, volontiers")]}
+    local = mi.profile(model, pairs, batch_size=BATCH, progress=False)
+    backend = Counting(NdifSim(model))
+    far = mi.profile(model, pairs, batch_size=BATCH, backend=backend, request_tokens=96, progress=False)
+    assert backend.requests >= 2
+    assert far["encoder"].languages == ("fra", "deu") and far["decoder"].languages == ("eng", "fra")
+    assert_bitwise(local, far)
+
+
 @pytest.mark.parametrize("budget", [0, -64, 64.0, True, "64"])
 def test_a_budget_that_is_not_a_positive_int_is_refused(budget):
     # unwrapped: under pytest a runtime type check refuses a non-int first; installed, this check does
