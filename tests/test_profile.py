@@ -38,24 +38,24 @@ def test_interrupted_profile_resumes_from_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "run.ckpt"
     calls = {"n": 0}
     import moe_interp.experiments._profile as profiling
-    real = profiling.per_row_trace
+    real = profiling._local_forward  # one call per batch, read by hooks or by a trace
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
-    monkeypatch.setattr(profiling, "per_row_trace", flaky)
+    monkeypatch.setattr(profiling, "_local_forward", flaky)
     with pytest.raises(KeyboardInterrupt):
         mi.profile(model, CORPUS, batch_size=1, progress=False, checkpoint=path)
     assert torch.load(path, weights_only=True)["done"] == 2
-    monkeypatch.setattr(profiling, "per_row_trace", real)
+    monkeypatch.setattr(profiling, "_local_forward", real)
     counted = {"n": 0}
 
     def counting(*args, **kwargs):
         counted["n"] += 1
         return real(*args, **kwargs)
-    monkeypatch.setattr(profiling, "per_row_trace", counting)
+    monkeypatch.setattr(profiling, "_local_forward", counting)
     resumed = mi.profile(model, CORPUS, batch_size=1, progress=False, checkpoint=path)
     assert counted["n"] == 3  # only the 3 texts not done before
     fresh = mi.profile(model, CORPUS, batch_size=1, progress=False)
@@ -144,7 +144,7 @@ def test_corrupt_checkpoint_is_a_clear_error_naming_the_path(tmp_path, damage):
 def test_save_every_must_be_a_positive_int_checked_before_any_batch(value, monkeypatch):
     import moe_interp.experiments._profile as profiling
     calls = []
-    monkeypatch.setattr(profiling, "per_row_trace", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(profiling, "_local_forward", lambda *a, **k: calls.append(a))
     with pytest.raises(ValueError, match="save_every must be a positive int"):
         mi.profile(tiny("qwen3_moe"), CORPUS, progress=False, save_every=value)
     assert calls == []
@@ -153,7 +153,7 @@ def test_save_every_must_be_a_positive_int_checked_before_any_batch(value, monke
 def interrupted_at_third_batch(monkeypatch, *args, **kwargs) -> None:
     """Run `mi.profile(*args, **kwargs)` with a KeyboardInterrupt as its third batch starts."""
     import moe_interp.experiments._profile as profiling
-    real, calls = profiling.per_row_trace, []
+    real, calls = profiling._local_forward, []  # one call per batch, read by hooks or by a trace
 
     def stop_at_third(*a, **k):
         calls.append(1)
@@ -161,7 +161,7 @@ def interrupted_at_third_batch(monkeypatch, *args, **kwargs) -> None:
             raise KeyboardInterrupt
         return real(*a, **k)
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
-        patch.setattr(profiling, "per_row_trace", stop_at_third)
+        patch.setattr(profiling, "_local_forward", stop_at_third)
         mi.profile(*args, **kwargs)
 
 
@@ -256,7 +256,7 @@ def test_a_bos_the_tokenizer_adds_is_routed_once_in_the_first_window():
 def test_long_texts_error_names_the_text_and_the_option_before_any_batch(monkeypatch):
     import moe_interp.experiments._profile as profiling
     calls = []
-    monkeypatch.setattr(profiling, "per_row_trace", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(profiling, "_local_forward", lambda *a, **k: calls.append(a))
     with pytest.raises(ValueError, match=r"corpus\['eng'\]\[1\] has 45 tokens, more than this model's 16 positions"
                                          r".*long_texts=\"window\".*long_texts=\"truncate\""):
         mi.profile(small(), LONG, long_texts="error", progress=False)

@@ -13,6 +13,7 @@ from moe_interp.arch import describe
 from moe_interp.runtime._inputs import max_positions
 from moe_interp.runtime._session import profile_session
 from moe_interp.runtime._shipping import check_servable
+from moe_interp.runtime._hooks import hooked_trace
 from moe_interp.runtime._tracer import per_row_trace
 from moe_interp.runtime._compile import compile_plan
 from moe_interp.runtime._interventions import RouterRecord, flatten
@@ -90,15 +91,29 @@ def _rows(model: Any, corpus: dict, long_texts: str, options: dict,
     return rows, long_items
 
 
+def _local_forward(model: Any, batch: dict, interventions: list, trace_kwargs: dict) -> Any:
+    """One local forward of `batch` with `interventions` and a per-row `RouterRecord()`: read by
+    torch hooks where they serve it (`runtime._hooks.hooked_trace`: the same reader and kernels,
+    without an nnsight trace's cost), else by an nnsight trace; both give `.routing` /
+    `.routing_by_stack`."""
+    with torch.no_grad():
+        run = hooked_trace(model, batch, *interventions, RouterRecord(), **trace_kwargs)
+    if run is not None:
+        return run
+    tracer = per_row_trace(model, batch, *interventions, RouterRecord(), **trace_kwargs)
+    with torch.no_grad(), tracer:
+        pass
+    return tracer
+
+
 def _local_batches(model: Any, spec: Any, todo: list[int], inputs: Any, row_language: torch.Tensor,
                    interventions: list, num_languages: int, batch_size: int, session_batches: Any,
                    trace_kwargs: dict) -> Iterator[tuple]:
-    """`(rows, count, tokens, gate_mass)` per batch of `todo` rows, one local trace each."""
+    """`(rows, count, tokens, gate_mass)` per batch of `todo` rows, one local forward each (read by
+    torch hooks where they serve the interventions, `runtime._hooks`; else by an nnsight trace)."""
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
-        tracer = per_row_trace(model, inputs(chunk), *interventions, RouterRecord(), **trace_kwargs)
-        with torch.no_grad(), tracer:
-            pass
+        tracer = _local_forward(model, inputs(chunk), interventions, trace_kwargs)
         routing = tracer.routing
         mass = torch.zeros((num_languages,) + tuple(routing.gate_mass.shape[1:]), dtype=torch.float64)
         yield chunk, routing.count, routing.tokens, mass.index_add_(0, row_language[torch.tensor(chunk)],
@@ -109,12 +124,10 @@ def _stack_batches(model: Any, todo: list[int], inputs: Any, row_languages: dict
                    interventions: list, num_languages: dict[str, int], batch_size: int,
                    trace_kwargs: dict) -> Iterator[tuple]:
     """`(rows, {stack: (count, tokens, gate_mass)})` per batch of `todo` rows of a model with
-    several stacks, one local trace each (`tr.routing_by_stack`)."""
+    several stacks, one local forward each (`routing_by_stack`, as `_local_batches` reads it)."""
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
-        tracer = per_row_trace(model, inputs(chunk), *interventions, RouterRecord(), **trace_kwargs)
-        with torch.no_grad(), tracer:
-            pass
+        tracer = _local_forward(model, inputs(chunk), interventions, trace_kwargs)
         parts = {}
         for stack, routing in tracer.routing_by_stack.items():
             mass = torch.zeros((num_languages[stack],) + tuple(routing.gate_mass.shape[1:]), dtype=torch.float64)
