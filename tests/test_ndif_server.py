@@ -292,3 +292,85 @@ def test_docs_name_the_ndif_version_the_tests_ran():
     match = re.search(r"proven against `ndif` ([0-9][0-9a-z.]*)", docs)
     assert match, "docs/remote.md should say which ndif version the remote path was proven against"
     assert match[1] == ndif_version(_NDIF)
+
+
+# ------------------------------------------------------------------- the object-store route
+# NDIF's model actor (`BaseModelDeployment.run`, ndif 0.1.2) hands a result back inline, as a
+# pickled COMPLETED response through Redis, when its compressed blob is at most
+# `RedisProvider.max_publish_bytes()` (8 MiB against a stock Redis); anything larger goes to
+# the object store (`ObjectStoreProvider.put`, `presigned_get`) and the client downloads it
+# from the presigned url (nnsight's `RemoteBackend.download_result`).
+
+@pytest.fixture(scope="module")
+def actor_server(server):
+    """A server whose environment can import ndif's model actor (ray, accelerate, boto3, redis:
+    `.ndif/actor`, which `.ci/run` fills); skipped, with the reason, where it cannot."""
+    from ndif_harness import ACTOR_DEPS
+
+    process = NdifServer(_NDIF, extra_paths=(ACTOR_DEPS,) if os.path.isdir(ACTOR_DEPS) else ())
+    reason = process.probe()["actor"]
+    if reason:
+        process.close()
+        pytest.skip(f"{reason}: install what it imports into .ndif/actor, as .ci/run does")
+    yield process
+    process.close()
+
+
+def _big_batch(model, batch: int = 24, seq: int = 256) -> dict:
+    ids = torch.randint(3, model.tokenizer.vocab_size - 1, (batch, seq), generator=torch.Generator().manual_seed(7))
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _per_token_with_logits(model, inputs, remote) -> dict:
+    with mi.trace(model, inputs, mi.RouterRecord(per_token=True), keep_output=True, **remote) as tr:
+        pass
+    return {**_stats(tr.routing), "logits": tr.output.logits}
+
+
+def object_store_round_trip(actor_server) -> None:
+    """A result over the cap goes through the object store, a small one inline; both bitwise local.
+
+    Served by ndif's own `BaseModelDeployment.run` (`ndif_harness/actor.py`): it measures the
+    compressed blob against `RedisProvider.max_publish_bytes()` (ndif's derivation, from a
+    stock redis:7's `client-output-buffer-limit`: 8 MiB), and uploads with `ObjectStoreProvider.put`
+    and presigns with `presigned_get`. The seams (nothing of ndif, boto3 or nnsight replaced
+    above them):
+    - S3: a botocore `before-send` handler on the two boto3 clients ndif's
+      `ObjectStoreProvider.connect()` built (`ndif_harness/stores.MemoryS3`): boto3's
+      `upload_fileobj`, s3transfer's multipart split (8 MiB parts), SigV4 signing and presigning
+      all run; the handler answers each HTTP request in memory and records it; no socket.
+    - Redis: `RedisProvider.sync_client` is `stores.MemoryRedis` (publish, pipeline, config_get).
+    - the download: nnsight's `download_result` runs (httpx GET, streaming); the `httpx.Client`
+      it builds gets a `MockTransport` that asks the server process for the object the
+      presigned url names (`NdifBackend._object_store_transport`).
+    """
+    model = _model("qwen3_moe")
+    threshold = 8 * 1024 * 1024
+
+    # (a) large: per-token routing of 24 x 256 tokens with the logits
+    inputs = _big_batch(model)
+    local = _per_token_with_logits(model, inputs, {})
+    backend = NdifBackend(model, actor_server, "actor")
+    far = _per_token_with_logits(model, inputs, {"backend": backend})
+    _same(local, far)
+    stats = backend.stats
+    assert stats["threshold"] == threshold
+    key = f"{stats['request_id']}.pt"
+    assert list(stats["uploaded"]) == [key] and stats["uploaded"][key] > threshold, stats["uploaded"]
+    parts = stats["s3"].count("UploadPart")
+    assert stats["s3"][-(parts + 2):] == ["CreateMultipartUpload", *["UploadPart"] * parts,
+                                           "CompleteMultipartUpload"] and parts >= 2, stats["s3"]
+    completed = backend.parse(backend.frames[-1])
+    assert isinstance(backend.frames[-1], str) and completed.data.split("?")[0].endswith(f"/{key}"), completed
+    assert [(url, size) for url, size in backend.downloads] == [(completed.data, stats["uploaded"][key])]
+
+    # (b) small: the same trace on 3 prompts comes back inline, nothing stored or downloaded
+    small = NdifBackend(model, actor_server, "actor")
+    _same(_local("qwen3_moe", "per-token record")[0], _trace(mi.RouterRecord(per_token=True))(model, {"backend": small})[0])
+    assert small.stats["uploaded"] == {} and small.downloads == []
+    assert isinstance(small.frames[-1], bytes) and len(small.frames[-1]) <= threshold
+    return stats["uploaded"][key], parts
+
+
+def test_a_result_over_8_mib_comes_back_through_the_object_store_bitwise_local(actor_server):
+    object_store_round_trip(actor_server)

@@ -25,7 +25,11 @@ the request:
   starts a fresh one per request: ~4 s each, too slow for a test); `nns.run` scopes
   each request's source caches itself;
 - the result is zstd-compressed (level 3) when the request asked for compression, as
-  `BaseModelDeployment.prepare_result` does.
+  `BaseModelDeployment.prepare_result` does;
+- `mode="actor"`: the model actor's own request method, `BaseModelDeployment.run`, with Redis
+  and the object store in memory (`actor.py`, `stores.py`); the reply is the frames the
+  client's `/subscribe` websocket would receive. A `("get", url)` message downloads what a
+  presigned url names from that object store.
 """
 
 import io
@@ -57,15 +61,18 @@ class Server:
         self.models: dict = {}
         self.runners: dict = {}
         self.runner_python = None
+        self.actors: dict = {}
+        self.services = None
 
-    def model(self, key: str):
+    def model(self, key: str, warm: bool = True):
         from nnsight.modeling.huggingface import HuggingFaceModel
 
         if key not in self.models:
             model = HuggingFaceModel.from_model_key(key, dispatch=True)
             model._module.requires_grad_(False)
             self.models[key] = model
-            self._warm(key)
+            if warm:
+                self._warm(key)
         return self.models[key]
 
     def _warm(self, key: str) -> None:
@@ -86,6 +93,8 @@ class Server:
         self.runners[key] = (thread, box)
 
     def runner(self, key: str):
+        if key not in self.runners:
+            self._warm(key)
         thread, box = self.runners[key]
         thread.join()
         if isinstance(box[0], BaseException):
@@ -100,7 +109,9 @@ class Server:
 
         request = BackendRequestModel.model_validate_json(metadata)
         request.payload = payload
-        model = self.model(request.model_key)
+        model = self.model(request.model_key, warm=mode != "actor")
+        if mode == "actor":
+            return self._actor(model, request)
         dtype = model._module.dtype
         model._remoteable_set_env(request.env)
         started = time.perf_counter()
@@ -120,6 +131,7 @@ class Server:
             data = zstandard.ZstdCompressor(level=3).compress(data)
         assert "moe_interp" not in sys.modules, "moe_interp was imported on the server"
         stats["torch_threads"] = torch.get_num_threads()
+        stats["python"] = sys.version.split()[0]
         return data, stats
 
     def _execute(self, model, request, dtype) -> tuple:
@@ -150,9 +162,36 @@ class Server:
             connection.close()
         return data, {**connection.counts, "logs": logs}
 
+    def _actor(self, model, request) -> tuple:
+        """`BaseModelDeployment.run(request)`; returns the frames `/subscribe` would forward."""
+        import torch
+        from actor import Services, actor_class
+        from ndif.common.providers.redis import RedisProvider
+
+        self.services = self.services or Services()
+        key = request.model_key
+        if key not in self.actors:
+            self.actors[key] = actor_class()(model, key)
+        stored, operations = set(self.services.s3.objects), len(self.services.s3.operations)
+        started = time.perf_counter()
+        self.actors[key].serve(request)
+        frames = self.services.frames(request.session_id)
+        uploaded = {k: len(v) for (_, k), v in self.services.s3.objects.items() if (_, k) not in stored}
+        assert "moe_interp" not in sys.modules, "moe_interp was imported on the server"
+        return frames, {"seconds": time.perf_counter() - started, "request_id": request.id,
+                        "threshold": RedisProvider.max_publish_bytes(), "uploaded": uploaded,
+                        "s3": [name for name, _ in self.services.s3.operations[operations:]],
+                        "frames": [(type(f).__name__, len(f)) for f in frames],
+                        "torch_threads": torch.get_num_threads(), "python": sys.version.split()[0]}
+
+    def download(self, url: str):
+        return self.services.s3.get(url) if self.services else None
+
     def close(self) -> None:
-        # a runner still starting exits by itself when this process does (ndif's die_with_parent)
-        for _, box in self.runners.values():
+        # a runner still starting is waited for and stopped (ndif's die_with_parent polls, and a
+        # runner that outlived this process was seen still running minutes later)
+        for thread, box in self.runners.values():
+            thread.join(timeout=60)
             if box and not isinstance(box[0], BaseException):
                 box[0].stop()
 
@@ -207,6 +246,14 @@ def main(fd: int) -> None:
             message = channel.recv()
             if message is None:
                 return
+            if message[0] == "get":
+                channel.send(("ok", server.download(message[1]), {}))
+                continue
+            if message[0] == "probe":
+                from actor import importable
+
+                channel.send(("ok", {"python": sys.version.split()[0], "actor": importable()}))
+                continue
             try:
                 data, stats = server.serve(*message)
                 channel.send(("ok", data, stats))
