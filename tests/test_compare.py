@@ -54,20 +54,21 @@ def costs_by_hand(hook_a, hook_b):
 def test_the_matching_is_the_best_of_every_assignment_of_the_hooks_profiles(pair):
     (a, b), (hook_a, hook_b) = pair
     cost = costs_by_hand(hook_a, hook_b)
-    c = mi.analysis.compare(a, b, names=("seed 0", "seed 1"), resamples=0, nulls=20)
+    c = mi.analysis.compare(a, b, names=("seed 0", "seed 1"), resamples=0, permutations=20)
     every = np.array(list(itertools.permutations(range(E))))
     for layer in range(cost.shape[0]):
         best = cost[layer][np.arange(E), every].sum(1).min()
         assert sorted(c.matching[layer].tolist()) == list(range(E))  # one-to-one
         assert float(c.quality[layer]) * E == pytest.approx(best, abs=1e-9)
-        assert c.matched[layer].tolist() == pytest.approx(cost[layer][np.arange(E), c.matching[layer].numpy()], abs=1e-9)
+        chosen = cost[layer][np.arange(E), c.matching[layer].numpy()]
+        assert c.matched[layer].tolist() == pytest.approx(chosen, abs=1e-9)
         assert float(c.random_matching[layer]) == pytest.approx(cost[layer].mean(), abs=1e-9)  # exact, not sampled
     assert bool((c.quality < c.random_matching).all())
 
 
 def test_side_by_side_health_and_divergence_are_each_models_own(pair):
     (a, b), (hook_a, hook_b) = pair
-    c = mi.analysis.compare(a, b, names=("seed 0", "seed 1"), resamples=0, nulls=5)
+    c = mi.analysis.compare(a, b, names=("seed 0", "seed 1"), resamples=0, permutations=5)
     for h, (counts, tokens) in zip(c.health, (hook_a, hook_b)):
         assert torch.equal(h.load[:-1], torch.stack(list(counts.values())))
         assert h.tokens.tolist()[:-1] == list(tokens.values())
@@ -79,7 +80,7 @@ def test_side_by_side_health_and_divergence_are_each_models_own(pair):
 
 def test_each_languages_routing_after_the_matching_equals_the_hooks(pair):
     (a, b), (hook_a, hook_b) = pair
-    c = mi.analysis.compare(a, b, resamples=0, nulls=5)
+    c = mi.analysis.compare(a, b, resamples=0, permutations=5)
     for layer in range(c.matching.shape[0]):
         for i, lang in enumerate(CORPUS):
             da = [int(x) / int(hook_a[0][lang][layer].sum()) for x in hook_a[0][lang][layer]]
@@ -98,7 +99,8 @@ def test_a_known_renumbering_of_the_experts_is_found_again_exactly(pair):
     matching, divergence = mi.analysis.match_experts(a, renumbered(a))
     assert torch.equal(order[matching], torch.arange(E).expand_as(matching)) and float(divergence.max()) == 0.0
     # against another model: renumbering it renumbers the matching, nothing else
-    c, d = mi.analysis.compare(a, b, nulls=5, resamples=0), mi.analysis.compare(a, renumbered(b), nulls=5, resamples=0)
+    c = mi.analysis.compare(a, b, permutations=5, resamples=0)
+    d = mi.analysis.compare(a, renumbered(b), permutations=5, resamples=0)
     assert torch.equal(order[d.matching], c.matching) and torch.equal(d.quality, c.quality)
 
 
@@ -106,20 +108,20 @@ def test_a_model_against_itself_has_a_zero_interval_the_draws_are_paired(pair):
     """Each replicate draws the same texts for both: a model against itself stays at 0. Unpaired
     draws would give two different replicates, and a divergence above 0."""
     (a, b), _ = pair
-    c = mi.analysis.compare(a, a, names=("a", "again"), resamples=30, nulls=10)
+    c = mi.analysis.compare(a, a, names=("a", "again"), resamples=30, permutations=10)
     assert c.quality.tolist() == [0.0] * 4 and c.quality_high.tolist() == [0.0] * 4
     assert bool((c.p_random < 0.2).all())
-    d = mi.analysis.compare(a, b, resamples=30, nulls=10, seed=4)
+    d = mi.analysis.compare(a, b, resamples=30, permutations=10, seed=4)
     assert bool((d.quality_low <= d.quality_high).all()) and bool(d.quality_low.isfinite().all())
-    again = mi.analysis.compare(a, b, resamples=30, nulls=10, seed=4)
+    again = mi.analysis.compare(a, b, resamples=30, permutations=10, seed=4)
     assert torch.equal(again.quality_low, d.quality_low) and torch.equal(again.shuffled, d.shuffled)  # seeded
     assert "lies above the estimate" in d.summary() or bool((d.quality >= d.quality_low).all())
 
 
 def test_languages_in_another_order_are_aligned_first(pair):
     (a, b), _ = pair
-    c = mi.analysis.compare(a, b, resamples=0, nulls=5)
-    d = mi.analysis.compare(a, b.select(["deu", "eng", "fra"]), resamples=0, nulls=5)
+    c = mi.analysis.compare(a, b, resamples=0, permutations=5)
+    d = mi.analysis.compare(a, b.select(["deu", "eng", "fra"]), resamples=0, permutations=5)
     assert torch.equal(c.matching, d.matching) and torch.equal(c.routing_divergence, d.routing_divergence)
 
 
@@ -153,7 +155,7 @@ def test_stats_that_did_not_read_the_same_texts_are_refused_naming_the_differenc
 
 def test_the_figure_draws_the_matching_against_its_nulls(pair):
     (a, b), _ = pair
-    c = mi.analysis.compare(a, b, names=("seed 0", "seed 1"), resamples=10, nulls=10)
+    c = mi.analysis.compare(a, b, names=("seed 0", "seed 1"), resamples=10, permutations=10)
     fig = c.figure()
     line = next(t for t in fig.data if t.name == "matched experts")
     assert list(line.y) == pytest.approx(c.quality.tolist()) and list(line.x) == list(c.layers)

@@ -8,15 +8,15 @@ two seeds, base and fine-tuned), so they are matched per layer by what they do: 
 not weigh in), and the matching is the assignment (`scipy.optimize.linear_sum_assignment`) that
 minimises the summed Jensen-Shannon divergence (base 2, in [0, 1]) between matched profiles. An
 expert never chosen has no profile: it costs 1 against a used expert and 0 against another
-unused one.
+unused one. Experts of the same profile tie; the closer load breaks the tie.
 
 How well they match, per layer: the mean matched divergence (0: every expert of one model has a
 twin of the same language profile in the other), against two nulls: a **random matching** of the
-same experts (its mean is exactly the mean of the cost matrix; its spread from `nulls` random
-permutations; `p_random` = the share of them at or below the matching, with the usual +1) and the
-best matching after **shuffling the languages** of the second model (`nulls` permutations of the
-language axis: what matching buys when the two models' language axes are unrelated; `p_shuffled`
-likewise). The interval resamples the texts within languages, the same texts for both models
+same experts (its mean is exactly the mean of the cost matrix; its spread from `permutations` random
+ones; `p_random` = the share of them at or below the matching, with the usual +1) and the
+best matching after **shuffling the languages** of the second model (as many random orders of its
+language axis, the identity excluded: what matching buys when the two models' language axes are
+unrelated; `p_shuffled` likewise). The interval resamples the texts within languages, the same texts for both models
 (`mi.analysis.bootstrap`'s unit; needs the per-item counts `mi.profile` keeps), and re-matches
 each replicate.
 """
@@ -77,7 +77,8 @@ def _assign(cost: np.ndarray, gap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return matching, np.take_along_axis(cost, matching[..., None], -1)[..., 0]
 
 
-def match_experts(a: RoutingCounts, b: RoutingCounts) -> tuple[Int[Tensor, "layer expert"], Float[Tensor, "layer expert"]]:
+def match_experts(a: RoutingCounts, b: RoutingCounts) -> tuple[Int[Tensor, "layer expert"],
+                                                                Float[Tensor, "layer expert"]]:
     """Per layer, the expert of `b` matched to each expert of `a` by language profile (module
     docstring), and the Jensen-Shannon divergence of each matched pair. `a` and `b` need the
     same languages (in the same order), layers and number of experts; `mi.analysis.compare`
@@ -108,8 +109,8 @@ def _check_shapes(a: RoutingCounts, b: RoutingCounts, names: Sequence[str]) -> N
         raise ValueError(f"{names[0]} has MoE layers {list(a.layers)} and {names[1]} {list(b.layers)}: experts are "
                          "matched layer by layer; select the common layers with .select(layers=...)")
     if a.num_experts != b.num_experts:
-        raise ValueError(f"{names[0]} has {a.num_experts} experts per layer and {names[1]} {b.num_experts}: a one-to-one "
-                         "matching needs the same number")
+        raise ValueError(f"{names[0]} has {a.num_experts} experts per layer and {names[1]} {b.num_experts}: a "
+                         "one-to-one matching needs the same number")
     if len(a.languages) < 2:
         raise ValueError(f"the stats hold one language ({a.languages[0]!r}): language profiles need at least 2 "
                          "languages to tell experts apart")
@@ -157,13 +158,13 @@ class Comparison:
     and `p_random`, `shuffled` (median best matching after shuffling the second model's
     languages) with `shuffled_low` / `shuffled_high` and `p_shuffled`; `routing_divergence[layer,
     lang]` (each language's routing in the two models, experts matched); `health` (a `Health`
-    per model) and `divergence` (`[layer, lang, lang]` per model, `metric`); `level`, `nulls`,
+    per model) and `divergence` (`[layer, lang, lang]` per model, `metric`); `level`, `permutations`,
     `resamples`. **Methods:** `table`, `summary`, `figure`.
 
     ```python
     >>> import moe_interp as mi
     >>> p = mi.datasets.reference_stats().select(["en", "de", "sw", "zh"], layers=range(4))
-    >>> c = mi.analysis.compare(p, p, names=("run", "same run"), nulls=20)
+    >>> c = mi.analysis.compare(p, p, names=("run", "same run"), permutations=20)
     >>> c.quality.tolist(), bool((c.random_matching > 0.05).all())      # each expert finds itself
     ([0.0, 0.0, 0.0, 0.0], True)
 
@@ -192,7 +193,7 @@ class Comparison:
     health: tuple[Health, Health]
     divergence: tuple[Tensor, Tensor]
     level: float
-    nulls: int
+    permutations: int
     resamples: int
 
     def __repr__(self) -> str:
@@ -208,7 +209,7 @@ class Comparison:
         ```python
         >>> import moe_interp as mi
         >>> p = mi.datasets.reference_stats().select(["en", "de", "sw"], layers=[0, 1])
-        >>> t = mi.analysis.compare(p, p, names=("a", "b"), nulls=10).table()
+        >>> t = mi.analysis.compare(p, p, names=("a", "b"), permutations=10).table()
         >>> t.columns[:4].tolist(), t["dead (a)"].tolist()          # released counts: 2 experts unused in layer 0
         (['layer', 'quality', 'quality_low', 'quality_high'], [2, 0])
 
@@ -232,7 +233,7 @@ class Comparison:
         ```python
         >>> import moe_interp as mi
         >>> p = mi.datasets.reference_stats().select(["en", "de", "sw"], layers=[0, 1])
-        >>> print(mi.analysis.compare(p, p, names=("a", "b"), nulls=10).summary().splitlines()[0])
+        >>> print(mi.analysis.compare(p, p, names=("a", "b"), permutations=10).summary().splitlines()[0])
         a vs b: 3 languages, 2 MoE layers of 128 experts.
 
         ```
@@ -250,11 +251,12 @@ class Comparison:
         dead_layers = {n: [layer for layer, d in zip(self.layers, h.dead_count[-1].tolist()) if d]
                        for n, h in zip(self.names, self.health)}
         lines = [
-            f"{a} vs {b}: {len(self.languages)} languages, {len(self.layers)} MoE layers of {self.num_experts} experts.",
+            f"{a} vs {b}: {len(self.languages)} languages, {len(self.layers)} MoE layers of {self.num_experts} "
+            "experts.",
             f"Experts matched by language profile (Jensen-Shannon, base 2): mean matched divergence "
             f"{float(self.quality.mean()):.3f}{interval}; a random matching {float(self.random_matching.mean()):.3f}, "
             f"the best matching with {b}'s languages shuffled {float(self.shuffled.mean()):.3f} (medians of "
-            f"{self.nulls}); layers below both nulls' {pct}% ranges: "
+            f"{self.permutations}); layers below both nulls' {pct}% ranges: "
             f"{int(((self.quality < self.random_low) & (self.quality < self.shuffled_low)).sum())} of "
             f"{len(self.layers)}.",
             "Experts never chosen: " + "; ".join(f"{n} {dead[n]}" + (f" (layers {dead_layers[n]})" if dead[n] else "")
@@ -275,7 +277,7 @@ class Comparison:
         ```python
         >>> import moe_interp as mi
         >>> p = mi.datasets.reference_stats().select(["en", "de", "sw"], layers=[0, 1])
-        >>> fig = mi.analysis.compare(p, p, names=("a", "b"), nulls=10).figure()
+        >>> fig = mi.analysis.compare(p, p, names=("a", "b"), permutations=10).figure()
         >>> fig.layout.title.text.startswith("a vs b")
         True
 
@@ -287,7 +289,7 @@ class Comparison:
 
 
 def compare(a: RoutingCounts, b: RoutingCounts, names: Sequence[str] = ("a", "b"), metric: str = "js",
-            resamples: int = 200, nulls: int = 200, level: float = 0.95, seed: int = 0) -> Comparison:
+            resamples: int = 200, permutations: int = 200, level: float = 0.95, seed: int = 0) -> Comparison:
     """Compare two models profiled on the same texts: match their experts per layer by
     language profile and say how well they match (module docstring), beside each model's load
     and health (`mi.analysis.health`) and divergence between languages (`metric`).
@@ -303,7 +305,7 @@ def compare(a: RoutingCounts, b: RoutingCounts, names: Sequence[str] = ("a", "b"
     >>> shuffled = torch.randperm(128, generator=torch.Generator().manual_seed(0))
     >>> q = mi.RoutingStats(p.languages, p.layers, 128, p.top_k, p.count[..., shuffled],
     ...                     p.gate_mass[..., shuffled], p.tokens)     # the same model, experts renumbered
-    >>> c = mi.analysis.compare(p, q, names=("p", "renumbered"), nulls=20)
+    >>> c = mi.analysis.compare(p, q, names=("p", "renumbered"), permutations=20)
     >>> used = p.count.sum(0) > 0                                      # experts never chosen have no profile
     >>> bool((shuffled[c.matching] == torch.arange(128))[used].all()), c.quality.tolist()   # all found again
     (True, [0.0, 0.0, 0.0, 0.0])
@@ -318,7 +320,7 @@ def compare(a: RoutingCounts, b: RoutingCounts, names: Sequence[str] = ("a", "b"
         raise ValueError(f"names must give two different labels, e.g. ('trained', 'twin'); got {names}")
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; use one of {METRICS}")
-    resamples, nulls = check_int("resamples", resamples, 0), check_int("nulls", nulls, 1)
+    resamples, permutations = check_int("resamples", resamples, 0), check_int("permutations", permutations, 1)
     level, seed = check_level(level), check_int("seed", seed, 0)
     b = _same_corpus(a, b, names)
     profile_a, profile_b = _profiles(a), _profiles(b)
@@ -335,10 +337,10 @@ def compare(a: RoutingCounts, b: RoutingCounts, names: Sequence[str] = ("a", "b"
     n_layer, n_expert = cost.shape[:2]
     rows = np.arange(n_expert)
     random = np.stack([cost[np.arange(n_layer)[:, None], rows, torch.randperm(n_expert, generator=generator).numpy()]
-                       .mean(-1) for _ in range(nulls)])
+                       .mean(-1) for _ in range(permutations)])
     random_low, _, random_high, p_random = spread(random)
     shuffled = []
-    for _ in range(nulls):
+    for _ in range(permutations):
         other = profile_b[..., _language_permutation(len(a.languages), generator)]
         shuffled.append(_assign(_js_cross(profile_a, other), gap)[1].mean(-1))
     shuffled = np.stack(shuffled)
@@ -354,7 +356,7 @@ def compare(a: RoutingCounts, b: RoutingCounts, names: Sequence[str] = ("a", "b"
         as_tensor(random_low), as_tensor(random_high), as_tensor(p_random), as_tensor(shuffled_mid),
         as_tensor(shuffled_low), as_tensor(shuffled_high), as_tensor(p_shuffled), as_tensor(routing),
         (health(a, resamples, level, seed), health(b, resamples, level, seed)),
-        (divergence(a, metric), divergence(b, metric)), level, nulls, resamples)
+        (divergence(a, metric), divergence(b, metric)), level, permutations, resamples)
 
 
 def _language_permutation(n: int, generator: torch.Generator) -> np.ndarray:

@@ -24,7 +24,6 @@ recorder that reads them in the trace, and is left for one.
 """
 
 import dataclasses
-from typing import Any
 
 import pandas as pd
 import torch

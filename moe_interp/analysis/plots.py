@@ -550,7 +550,7 @@ def comparison(result: Any, scope: str = "all") -> go.Figure:
     ```python
     >>> import moe_interp as mi
     >>> p = mi.datasets.reference_stats().select(["en", "de", "sw"], layers=[0, 1])
-    >>> fig = mi.plots.comparison(mi.analysis.compare(p, p, names=("a", "b"), nulls=10))
+    >>> fig = mi.plots.comparison(mi.analysis.compare(p, p, names=("a", "b"), permutations=10))
     >>> [t.name for t in fig.data][-5:]
     ['random matching', 'shuffled languages', 'matched experts', 'between languages: a', 'between languages: b']
 
@@ -569,7 +569,8 @@ def comparison(result: Any, scope: str = "all") -> go.Figure:
                                  hoverinfo="skip"), row=row, col=1)
     error = None
     if not bool(result.quality_low.isnan().all()):
-        error = {"type": "data", "symmetric": False, "array": (result.quality_high - result.quality).clip(min=0).numpy(),
+        error = {"type": "data", "symmetric": False,
+                 "array": (result.quality_high - result.quality).clip(min=0).numpy(),
                  "arrayminus": (result.quality - result.quality_low).clip(min=0).numpy()}
     fig.add_trace(go.Scatter(x=x, y=result.quality.numpy(), error_y=error, mode="lines+markers", name="matched experts",
                              line={"color": "black"},
