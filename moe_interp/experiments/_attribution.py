@@ -52,6 +52,10 @@ sample of cells and `AttributionCheck.agreement` gives, per language and band of
 Spearman correlation with its interval, sign agreement and the size ratio on the cells
 with a real effect, and a verdict ("reliable", "unreliable" or "too few cells") by the
 rule stated there. Both result classes live in `experiments._attribution_results`.
+
+Encoder-decoder models: `L` is the decoder's teacher-forced loss (of the text itself, or of
+a pair's target given its source), the experts of both stacks are scored from the same
+passes, and the result is one `ExpertAttribution` per stack (see `expert_attribution`).
 """
 
 import math
@@ -65,12 +69,13 @@ import torch
 from torch import Tensor
 
 from moe_interp.analysis import rank_correlation  # public here too: `moe_interp.experiments._attribution.rank_correlation`
-from moe_interp.arch import BANDS, MoESpec, UnsupportedModelError, describe
+from moe_interp.arch import BANDS, MoESpec, describe
 from moe_interp.arch._sites import router_sites
 from moe_interp.core._checks import check_positive
 from moe_interp.core._fingerprint import check_corpus, fingerprint, model_parts
+from moe_interp.core._layers import bands as _bands
 from moe_interp.experiments._attribution_results import (  # AttributionCheck: public here too, as documented
-    METRICS, AttributionCheck, ExpertAttribution)
+    METRICS, AttributionCheck, ExpertAttribution, check_stacks, is_pairs, stack_inputs, stack_items, target_nll)
 from moe_interp.experiments._resume import run_resumable
 from moe_interp.runtime._inputs import max_positions as _max_positions
 from moe_interp.runtime._kernels import tally, totals_add, totals_fold, totals_start
@@ -183,10 +188,7 @@ def _forward(model: Any, spec: MoESpec, inputs: Mapping[str, Tensor], targets: T
             raise RuntimeError(f"expected the routing weights of {len(factors)} of the {len(spec.moe_layers)} MoE "
                                f"layers once per forward, read {len(found)}: this model routes in a way attribution "
                                "does not read; please report it")
-        logits = tr.output.logits
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        logp = torch.log_softmax(logits[:, :-1] if shift else logits, dim=-1).gather(-1, targets[..., None])[..., 0]
-        nll = -torch.where(predicted, logp, 0).sum(-1)
+        nll = target_nll(tr.output.logits, targets, predicted, shift)
         leaves = [delta for *_, delta in found if delta is not None]
         grads = torch.autograd.grad((nll.to(torch.float64) * coefficient).sum(), leaves,
                                     allow_unused=True) if leaves else ()
@@ -269,12 +271,88 @@ def _estimate(model: Any, spec: MoESpec, inputs: Mapping[str, Tensor], targets: 
     return out
 
 
+def _stack_batch(model: Any, spec: MoESpec, items: Sequence[tuple[str, str]], pairs: bool, start: int,
+                 groups: Mapping[str, Tensor], num_groups: Mapping[str, int], metric: str, method: str = "taylor",
+                 steps: int = 1, per_pass: int = 1) -> dict[str, dict]:
+    """`{stack: the running sums of _SUMS}` that the (source, target) `items` add on an
+    encoder-decoder model (`stack_inputs`): each stack's MoE layers, over its own tokens,
+    item i in that stack's group `groups[stack][i]`."""
+    module = model._module
+    device = getattr(module, "device", None) or next(module.parameters()).device
+    inputs, labels, predicted, coefficient = stack_inputs(model, items, pairs, start, metric, device)
+    masks = {"encoder": inputs["attention_mask"], "decoder": inputs["decoder_attention_mask"]}
+    parts = [(tuple(p for p, label in enumerate(spec.stacks) if label == stack), masks[stack],
+              groups[stack].to(device), num_groups[stack]) for stack in groups]
+    return dict(zip(groups, _estimate(model, spec, inputs, labels, predicted, coefficient, False, parts, method,
+                                      steps, per_pass)))
+
+
+def _attribution_stacks(model: Any, spec: MoESpec, corpus: dict, pairs: bool, start: int, metric: str, mode: str,
+                        batch_size: int, progress: bool, checkpoint: Any, save_every: int, method: str, steps: int,
+                        layers_per_pass: int, settings: dict) -> dict[str, ExpertAttribution]:
+    """`mi.expert_attribution` of an encoder-decoder model: `{stack: ExpertAttribution}`."""
+    items, languages, groups, texts = stack_items(corpus, pairs)
+    order = sorted(range(len(items)), key=lambda i: (-len(items[i][0].encode()) - len(items[i][1].encode()), i))
+    layers = {stack: tuple(l for l, label in zip(spec.moe_layers, spec.stacks) if label == stack) for stack in groups}
+    sums = {}
+    for stack in groups:
+        shape, n = (len(languages[stack]), len(layers[stack]), spec.num_experts), len(languages[stack])
+        sums.update({f"{stack}.effect": torch.zeros(shape, dtype=torch.float64),
+                     f"{stack}.count": torch.zeros(shape, dtype=torch.long),
+                     f"{stack}.tokens": torch.zeros(n, dtype=torch.long),
+                     f"{stack}.predicted": torch.zeros(n, dtype=torch.long),
+                     f"{stack}.loss": torch.zeros(n, dtype=torch.float64)})
+    parts = model_parts(model)
+    decoder = "pairs: the target, teacher-forced" if pairs else "the text itself, teacher-forced"
+    key = {**parts, "corpus": fingerprint({repr(k): v for k, v in corpus.items()}),
+           "settings": fingerprint(settings), "decoder": decoder}
+
+    def batches(done: int, sums: dict[str, Tensor]) -> Iterator[tuple[int, int]]:
+        for first in range(done, len(items), batch_size):
+            chunk = order[first : first + batch_size]
+            added = _stack_batch(model, spec, [items[i] for i in chunk], pairs, start,
+                                 {stack: groups[stack][chunk] for stack in groups},
+                                 {stack: len(languages[stack]) for stack in groups}, metric, method, steps,
+                                 layers_per_pass)
+            for stack, part in added.items():
+                for name in _SUMS:
+                    sums[f"{stack}.{name}"] += part[name].to(sums[f"{stack}.{name}"].dtype)
+            yield len(chunk), sum(int(part["tokens"].sum()) for part in added.values())
+
+    started = time.perf_counter()
+    sums = run_resumable(batches, sums, total=len(items), key=key, checkpoint=checkpoint, form=_CHECKPOINT,
+                         what="mi.expert_attribution", save_every=save_every, progress=progress, desc="attribution",
+                         unit="text")
+    config = getattr(model._module, "config", None)
+    seconds, created = round(time.perf_counter() - started, 3), time.strftime("%Y-%m-%dT%H:%M:%S")
+    out = {}
+    for stack in groups:
+        n = torch.tensor([len(texts[stack][lang]) for lang in languages[stack]], dtype=torch.float64)
+        norm = n if metric == "bpb" else sums[f"{stack}.predicted"].to(torch.float64).clamp(min=1)
+        meta = {"model": getattr(config, "_name_or_path", None) or spec.arch, "arch": spec.arch,
+                "model_fingerprint": fingerprint(parts), "stack": stack, "decoder": decoder,
+                "corpus_form": "pairs" if pairs else "texts",
+                "texts": {lang: len(texts[stack][lang]) for lang in languages[stack]},
+                "corpus": {lang: fingerprint(texts[stack][lang]) for lang in languages[stack]},
+                "num_layers": spec.num_layers, "bands": {band: list(ls) for band, ls in _bands(layers[stack]).items()},
+                "method": method, **({} if method == "taylor" else {"steps": steps, "layers_per_pass": layers_per_pass}),
+                "passes": _passes(method, steps, layers_per_pass, len(spec.moe_layers)),
+                "seconds": seconds, "created": created}
+        out[stack] = ExpertAttribution(tuple(languages[stack]), layers[stack],
+                                       sums[f"{stack}.effect"] / norm[:, None, None], sums[f"{stack}.count"],
+                                       sums[f"{stack}.tokens"], sums[f"{stack}.loss"] / norm, metric, mode, meta,
+                                       stacks=(stack,) * len(layers[stack]))
+    return out
+
+
 # ---------------------------------------------------------------------- the estimate
 
-def expert_attribution(model: Any, corpus: Mapping[str, Sequence[str]], metric: str = "bpb", mode: str = "drop",
-                       batch_size: int = 8, progress: bool = True, checkpoint: str | os.PathLike | None = None,
-                       save_every: int = 10, method: str = "path", steps: int | None = None,
-                       layers_per_pass: int | None = None) -> ExpertAttribution:
+def expert_attribution(model: Any,
+                       corpus: Mapping[str, Sequence[str]] | Mapping[tuple[str, str], Sequence[Sequence[str]]],
+                       metric: str = "bpb", mode: str = "drop", batch_size: int = 8, progress: bool = True,
+                       checkpoint: str | os.PathLike | None = None, save_every: int = 10, method: str = "path",
+                       steps: int | None = None,
+                       layers_per_pass: int | None = None) -> ExpertAttribution | dict[str, ExpertAttribution]:
     """Estimated change of each language's loss if each expert were dropped, for every
     (MoE layer, expert), from a few forward and backward passes per batch.
 
@@ -317,9 +395,24 @@ def expert_attribution(model: Any, corpus: Mapping[str, Sequence[str]], metric: 
     in the loss). Check it with `validate`, whose `AttributionCheck.agreement` gives a
     verdict per band of layers.
 
+    Encoder-decoder models (NLLB-MoE, Switch Transformers; `mi.describe(model).stacks`):
+    the result is `{stack: ExpertAttribution}` (`{"encoder": ..., "decoder": ...}`, as
+    `mi.profile` returns its stats), each with its own stack's MoE layers (global indices,
+    `stacks` labels, so `top(lang, layers="decoder:late")` works). `L` is the decoder's
+    teacher-forced loss, its inputs built as `mi.profile` builds them. With plain texts the
+    encoder reads the text and the decoder predicts that same text: its input is the
+    text's tokens shifted right behind the model's `decoder_start_token_id`, so every token
+    is predicted (the first from the start token) and bits per byte count all of the
+    text's UTF-8 bytes. With a corpus of parallel pairs `{(source language, target
+    language): [(source text, target text), ...]}`, `L` is the NLL of the target
+    (tokenized with `text_target=`) given the source; the encoder's experts are attributed
+    per source language and the decoder's per target language (each language's metric the
+    mean over its pairs, or its pairs' tokens for `"nll"`). Both stacks' experts are scored
+    from the same passes (`layers_per_pass` counts MoE layers in execution order, the
+    encoder's then the decoder's); `validate` drops experts for real on that same loss.
+
     `mode="reroute"` is refused: its effect needs the output of the expert each token falls
-    back to, which the unablated forward does not compute. An encoder-decoder model is
-    refused (`UnsupportedModelError`): the loss is a causal language model's. Runs locally in
+    back to, which the unablated forward does not compute. Runs locally in
     `mi.trace`, reading and writing the weights through the one reader (`runtime._reader`:
     `routing` / `set_weights`, which the reading RouterRecord and the drop edit share: a
     slot dropped past an expert's capacity counts nowhere), not on NDIF: remote execution is not supported. The model is not
@@ -348,15 +441,27 @@ def expert_attribution(model: Any, corpus: Mapping[str, Sequence[str]], metric: 
     >>> first = mi.expert_attribution(model, corpus, method="taylor", progress=False)   # one forward and backward
     >>> first.meta["passes"]
     {'forward': 1, 'backward': 1}
+    >>> seq2seq = mi.zoo.tiny_model("switch_transformers")   # 2 MoE layers in each stack, top-1
+    >>> by_stack = mi.expert_attribution(seq2seq, corpus, progress=False)   # the decoder teacher-forced on each text
+    >>> {stack: (attr.layers, attr.tokens.tolist()) for stack, attr in by_stack.items()}
+    {'encoder': ((1, 3), [37, 33]), 'decoder': ((5, 7), [37, 33])}
+    >>> by_stack["decoder"].top("deu", n=2, layers="decoder:late")
+    ExpertSet({7: [2, 5]}, pairs=2)
+    >>> pairs = {("fra", "eng"): [("Bonjour", "Hello")], ("deu", "eng"): [("Hallo", "Hi"), ("Guten Tag", "Good day")]}
+    >>> by_stack = mi.expert_attribution(seq2seq, pairs, progress=False)   # each target given its source
+    >>> by_stack["encoder"].languages, by_stack["decoder"].languages   # by source language, by target language
+    (('fra', 'deu'), ('eng',))
 
     ```
     """
-    corpus = check_corpus(corpus)
-    for lang, texts in corpus.items():
-        for k, text in enumerate(texts):
-            if not text:  # as mi.profile refuses it
-                raise ValueError(f"corpus[{lang!r}][{k}] has no tokens (an empty text): nothing to route. "
-                                 "Drop empty texts first")
+    pairs = is_pairs(corpus)
+    if not pairs:
+        corpus = check_corpus(corpus)
+        for lang, texts in corpus.items():
+            for k, text in enumerate(texts):
+                if not text:  # as mi.profile refuses it
+                    raise ValueError(f"corpus[{lang!r}][{k}] has no tokens (an empty text): nothing to route. "
+                                     "Drop empty texts first")
     if mode == "reroute":
         raise NotImplementedError("mode='reroute' is not estimated: its effect needs the output of the expert each "
                                   "token would fall back to, which one backward pass does not give. Use mode='drop' "
@@ -382,13 +487,12 @@ def expert_attribution(model: Any, corpus: Mapping[str, Sequence[str]], metric: 
     if getattr(model, "tokenizer", None) is None or not hasattr(model, "_module"):
         raise TypeError("expert_attribution needs a model from mi.load / mi.wrap (with its tokenizer)")
     spec = describe(model)
-    if spec.stack_inputs is not None:
-        raise UnsupportedModelError(
-            f"mi.expert_attribution scores a causal language model's loss on each text (every token predicted from "
-            f"the ones before it, as mi.evaluate.text_nll and ExpertAttribution.validate do); {spec.arch} is an "
-            "encoder-decoder model (its decoder predicts a target from a source), which that loss does not score. "
-            "Measure its experts with real drops, mi.trace(model, inputs, mi.ExpertAblate(..., mode='drop')), on "
-            "a seq2seq loss of your own")
+    settings = {"metric": metric, "mode": mode} if method == "taylor" else {
+        "metric": metric, "mode": mode, "method": method, "steps": steps, "layers_per_pass": layers_per_pass}
+    if spec.stack_inputs is not None or pairs:
+        corpus, start = check_stacks(model, spec, corpus, pairs)
+        return _attribution_stacks(model, spec, corpus, pairs, start, metric, mode, batch_size, progress, checkpoint,
+                                   save_every, method, steps, layers_per_pass, settings)
     languages = list(corpus)
     items = [(g, text) for g, lang in enumerate(languages) for text in corpus[lang]]
     order = sorted(range(len(items)), key=lambda i: (-len(items[i][1].encode()), i))
@@ -398,8 +502,6 @@ def expert_attribution(model: Any, corpus: Mapping[str, Sequence[str]], metric: 
             "predicted": torch.zeros(len(languages), dtype=torch.long),
             "loss": torch.zeros(len(languages), dtype=torch.float64)}
     parts = model_parts(model)
-    settings = {"metric": metric, "mode": mode} if method == "taylor" else {
-        "metric": metric, "mode": mode, "method": method, "steps": steps, "layers_per_pass": layers_per_pass}
     key = {**parts, "corpus": fingerprint(corpus), "settings": fingerprint(settings)}
 
     def batches(done: int, sums: dict[str, Tensor]) -> Iterator[tuple[int, int]]:

@@ -19,16 +19,19 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from moe_interp.analysis import rank_correlation
-from moe_interp.arch import BANDS
+from moe_interp.arch import BANDS, UnsupportedModelError, describe
 from moe_interp.core._checks import check_int, check_positive
 from moe_interp.core._expert_set import ExpertSet
 from moe_interp.core._files import read_checked, save_tensor_directory
 from moe_interp.core._fingerprint import check_corpus, fingerprint, model_parts
 from moe_interp.core._layers import parse_layers
 from moe_interp.experiments import Experiment
+from moe_interp.runtime._inputs import max_positions
 from moe_interp.runtime._interventions import ExpertAblate
+from moe_interp.tracing import trace
 
 __all__ = ["AttributionCheck", "ExpertAttribution", "METRICS", "MIN_CELLS", "MIN_EFFECT", "MIN_LOW", "MIN_SIGN"]
 
@@ -41,6 +44,232 @@ _METRIC_NAMES = {"bpb": "bits per byte", "nll": "nats per token"}
 _FORMAT = "moe_interp.ExpertAttribution/1"
 _TENSOR_FILE = "attribution.safetensors"
 _TENSORS = ("effect", "count", "tokens", "baseline")  # the fields a file stores as tensors, in field order
+
+
+# ------------------------------------------------------------ the loss on an encoder-decoder
+# The estimate (experiments._attribution) and `ExpertAttribution.validate`'s real drops score
+# the same teacher-forced loss; both read it from here.
+
+def target_nll(logits: Tensor, targets: Tensor, predicted: Tensor, shift: bool = True) -> Tensor:
+    """Summed NLL (nats) per row of `targets` at the `predicted` positions under `logits`
+    (promoted to at least float32). A causal LM's logits are `shift`ed (position i predicts
+    token i + 1: pass the ids from the second on); an encoder-decoder's decoder predicts its
+    labels in place (`shift=False`).
+
+    ```python
+    >>> import torch
+    >>> from moe_interp.experiments._attribution_results import target_nll
+    >>> logits = torch.zeros(1, 3, 4)                      # uniform over 4 tokens
+    >>> target_nll(logits, torch.tensor([[1, 2, 3]]), torch.tensor([[True, True, False]]), shift=False)
+    tensor([2.7726])
+    >>> float(2 * torch.log(torch.tensor(4.0)))            # two tokens predicted, ln 4 each
+    2.7725887298583984
+
+    ```
+    """
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    logp = torch.log_softmax(logits[:, :-1] if shift else logits, dim=-1).gather(-1, targets[..., None])[..., 0]
+    return -torch.where(predicted, logp, 0).sum(-1)
+
+
+def is_pairs(corpus: Any) -> bool:
+    """Whether `corpus` is keyed by (source language, target language) pairs, as `mi.profile`
+    takes a parallel corpus.
+
+    ```python
+    >>> from moe_interp.experiments._attribution_results import is_pairs
+    >>> is_pairs({("fra", "eng"): [("Bonjour", "Hello")]}), is_pairs({"eng": ["Hello"]})
+    (True, False)
+
+    ```
+    """
+    return isinstance(corpus, Mapping) and bool(corpus) and any(isinstance(key, tuple) for key in corpus)
+
+
+def check_stacks(model: Any, spec: Any, corpus: Any, pairs: bool) -> tuple[dict, int]:
+    """A two-stack corpus checked (`{language: [texts]}`, or with `pairs`
+    `{(source language, target language): [(source text, target text), ...]}`, as
+    `mi.profile` takes them) and the model's `decoder_start_token_id`; a clear error for a
+    corpus of pairs on a causal LM, a malformed pair, an empty text, or a model without an
+    encoder and a decoder.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.experiments._attribution_results import check_stacks
+    >>> model = mi.zoo.tiny_model("switch_transformers")
+    >>> check_stacks(model, mi.describe(model), {("fra", "eng"): [["Bonjour", "Hello"]]}, pairs=True)
+    ({('fra', 'eng'): [('Bonjour', 'Hello')]}, 0)
+    >>> check_stacks(model, mi.describe(model), {("fra", "eng"): ["Bonjour"]}, pairs=True)
+    Traceback (most recent call last):
+    TypeError: corpus[('fra', 'eng')] must be a list of (source text, target text) pairs, e.g. list(zip(sources, targets))
+
+    ```
+    """
+    if spec.stack_inputs is None:
+        raise ValueError(f"a corpus of (source, target) pairs needs an encoder-decoder model; this {spec.arch} model "
+                         "reads one text: pass {language: [texts]}")
+    if pairs:
+        checked = {}
+        for key, items in corpus.items():
+            if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, str) and k for k in key)):
+                raise TypeError(f"a corpus of pairs is keyed by (source language, target language), e.g. ('fra', "
+                                f"'eng'); got the key {key!r}. Use one form for the whole corpus: {{language: "
+                                "[texts]}} or {(source, target): [(source text, target text)]}")
+            if isinstance(items, str) or not isinstance(items, Sequence) or not all(
+                    isinstance(p, Sequence) and not isinstance(p, str) and len(p) == 2
+                    and all(isinstance(t, str) for t in p) for p in items):
+                raise TypeError(f"corpus[{key!r}] must be a list of (source text, target text) pairs, e.g. "
+                                "list(zip(sources, targets))")
+            if not items:
+                raise ValueError(f"corpus[{key!r}] is empty")
+            checked[key] = [tuple(p) for p in items]
+        corpus = checked
+    else:
+        corpus = check_corpus(corpus)
+    for key, items in corpus.items():
+        for k, item in enumerate(items):
+            if not all(item if pairs else (item,)):
+                raise ValueError(f"corpus[{key!r}][{k}] has no tokens (an empty text): nothing to route. "
+                                 "Drop empty texts first")
+    stacks = list(dict.fromkeys(spec.stacks))
+    start = getattr(getattr(model._module, "config", None), "decoder_start_token_id", None)
+    if stacks != ["encoder", "decoder"] or start is None:
+        raise UnsupportedModelError(
+            f"mi.expert_attribution scores a causal LM, or an encoder and a decoder (a decoder_start_token_id in the "
+            f"config); this {spec.arch} model's stacks are {stacks} (decoder_start_token_id {start})")
+    return corpus, int(start)
+
+
+def stack_items(corpus: Mapping, pairs: bool) -> tuple[list[tuple[str, str]], dict, dict, dict]:
+    """`(items, languages, groups, texts)` of a two-stack corpus: every (source, target)
+    item in corpus order (a plain text is its own target); per stack, its languages (a
+    pair's source language for the encoder, its target language for the decoder, as
+    `mi.profile` groups them; a plain corpus's languages for both), each item's group, and
+    the items of each language.
+
+    ```python
+    >>> from moe_interp.experiments._attribution_results import stack_items
+    >>> pairs = {("fra", "eng"): [("Oui", "Yes")], ("deu", "eng"): [("Ja", "Yes")], ("fra", "deu"): [("Non", "Nein")]}
+    >>> items, languages, groups, texts = stack_items(pairs, pairs=True)
+    >>> languages, {stack: g.tolist() for stack, g in groups.items()}
+    ({'encoder': ['fra', 'deu'], 'decoder': ['eng', 'deu']}, {'encoder': [0, 1, 0], 'decoder': [0, 0, 1]})
+    >>> stack_items({"eng": ["Hi"]}, pairs=False)[0]
+    [('Hi', 'Hi')]
+
+    ```
+    """
+    side = {"encoder": 0, "decoder": 1}
+    keys = list(corpus)
+    items = [tuple(item) if pairs else (item, item) for key in keys for item in corpus[key]]
+    languages, groups, texts = {}, {}, {}
+    for stack, at in side.items():
+        labels = [key[at] if pairs else key for key in keys]
+        languages[stack] = list(dict.fromkeys(labels))
+        groups[stack] = torch.tensor([languages[stack].index(label) for label, key in zip(labels, keys)
+                                      for _ in corpus[key]], dtype=torch.long)
+        texts[stack] = {}
+        for label, key in zip(labels, keys):
+            texts[stack].setdefault(label, []).extend(corpus[key])
+    return items, languages, groups, texts
+
+
+def stack_inputs(model: Any, items: Sequence[tuple[str, str]], pairs: bool, start: int, metric: str,
+                 device: Any = "cpu") -> tuple[dict, Tensor, Tensor, Tensor]:
+    """An encoder-decoder batch as `mi.profile` builds it: `(inputs, labels, predicted,
+    coefficient)`. The encoder reads each item's source; the decoder its target (a pair's,
+    tokenized with `text_target=`; a plain text's own tokens), teacher-forced: its input is
+    the target's tokens shifted right behind `start` (the model's `decoder_start_token_id`),
+    its labels the target's tokens, every one predicted (the first from the start token).
+    `coefficient`: per item, the factor of its summed NLL in the metric's sum, `1 / (ln 2 *
+    bytes)` for `"bpb"` (all of the target's UTF-8 bytes: no token goes unpredicted), 1 for
+    `"nll"`.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.experiments._attribution_results import stack_inputs
+    >>> model = mi.zoo.tiny_model("switch_transformers")    # one token per byte; decoder_start_token_id 0
+    >>> inputs, labels, predicted, coefficient = stack_inputs(model, [("Hi", "Hi"), ("a", "a")], False, 0, "nll")
+    >>> inputs["decoder_input_ids"].tolist(), labels.tolist(), predicted.tolist()
+    ([[0, 75], [0, 0]], [[75, 108], [100, 0]], [[True, True], [True, False]])
+
+    ```
+    """
+    tokenizer = model.tokenizer
+    sources = tokenizer([source for source, _ in items], verbose=False)["input_ids"]
+    targets = tokenizer(text_target=[target for _, target in items], verbose=False)["input_ids"] if pairs else sources
+    limit = max_positions(model)
+    for (source, target), ids, labels in zip(items, sources, targets):
+        if not ids or not labels:
+            raise ValueError(f"the item {(source, target)!r} has a side with no tokens (an empty text): nothing to "
+                             "route. Drop empty texts first")
+        if limit is not None and max(len(ids), len(labels)) > limit:
+            raise ValueError(f"a text of {max(len(ids), len(labels))} tokens is longer than this model's {limit} "
+                             "positions: cut the texts into shorter pieces first (the estimate and its real drops "
+                             "must see the same text)")
+    encoder = tokenizer.pad({"input_ids": sources}, return_tensors="pt")
+    decoder = tokenizer.pad({"input_ids": [[start, *labels[:-1]] for labels in targets]}, return_tensors="pt")
+    labels = tokenizer.pad({"input_ids": targets}, return_tensors="pt")["input_ids"]
+    inputs = {"input_ids": encoder["input_ids"], "attention_mask": encoder["attention_mask"],
+              "decoder_input_ids": decoder["input_ids"], "decoder_attention_mask": decoder["attention_mask"]}
+    inputs = {name: value.to(device) for name, value in inputs.items()}
+    if metric == "nll":
+        coefficient = torch.ones(len(items), dtype=torch.float64)
+    else:
+        coefficient = torch.tensor([1 / math.log(2) / max(len(target.encode()), 1) for _, target in items],
+                                   dtype=torch.float64)
+    return inputs, labels.to(device), inputs["decoder_attention_mask"].bool(), coefficient.to(device)
+
+
+def _stack_losses(model: Any, corpus: dict, pairs: bool, start: int, metric: str, batch_size: int,
+                  interventions: Sequence = ()) -> tuple[Tensor, Tensor]:
+    """Per item of a two-stack corpus, in corpus order: its summed NLL times its
+    `stack_inputs` coefficient, and its predicted tokens, under `interventions`."""
+    items, *_ = stack_items(corpus, pairs)
+    module = model._module
+    device = getattr(module, "device", None) or next(module.parameters()).device
+    loss, predicted = torch.zeros(len(items), dtype=torch.float64), torch.zeros(len(items), dtype=torch.long)
+    for first in range(0, len(items), batch_size):
+        chunk = items[first : first + batch_size]
+        inputs, labels, mask, coefficient = stack_inputs(model, chunk, pairs, start, metric, device)
+        with torch.no_grad(), trace(model, inputs, *interventions, use_cache=False) as tr:
+            pass
+        nll = target_nll(tr.output.logits, labels, mask, shift=False)
+        loss[first : first + len(chunk)] = (nll.to(torch.float64) * coefficient).cpu()
+        predicted[first : first + len(chunk)] = mask.sum(-1).cpu()
+    return loss, predicted
+
+
+def _stack_drops(model: Any, corpus: Any, attribution: "ExpertAttribution", cells: Sequence[tuple[int, int]],
+                 batch_size: int, progress: bool) -> tuple[tuple[str, ...], Tensor, dict, dict]:
+    """`validate` of one stack of an encoder-decoder: the real change of the attribution's
+    metric per language of that stack (`[lang, cell]`) when each cell's expert is dropped
+    (`ExpertAblate({layer: [e]}, mode="drop")`), on the estimate's own loss; the baselines;
+    per language, whether its items are the ones the estimate read."""
+    pairs = is_pairs(corpus)
+    corpus, start = check_stacks(model, describe(model), corpus, pairs)
+    form = "pairs" if pairs else "texts"
+    if attribution.meta.get("corpus_form") != form:
+        raise ValueError(f"this attribution was computed on a corpus of {attribution.meta.get('corpus_form')}, and "
+                         f"validate got one of {form}: pass the corpus the estimates were computed on")
+    _, languages, groups, texts = stack_items(corpus, pairs)
+    stack = attribution.meta["stack"]
+    languages, groups, texts = tuple(languages[stack]), groups[stack], texts[stack]
+    same = {}
+    for lang in languages:
+        attribution.language_index(lang)
+        same[lang] = fingerprint(texts[lang]) == attribution.meta.get("corpus", {}).get(lang)
+        if not same[lang]:
+            warnings.warn(f"the {stack}'s {lang!r} items are not those the estimates were computed on: the "
+                          "agreement also measures how well they generalise", UserWarning, stacklevel=3)
+    values = []
+    conditions = [(), *[(ExpertAblate({layer: [expert]}, mode="drop"),) for layer, expert in cells]]
+    for interventions in tqdm(conditions, disable=not progress, desc="real drops", unit="condition"):
+        loss, predicted = _stack_losses(model, corpus, pairs, start, attribution.metric, batch_size, interventions)
+        norm = torch.ones_like(loss) if attribution.metric == "bpb" else predicted.to(torch.float64)
+        total, count = (torch.zeros(len(languages), dtype=torch.float64).index_add_(0, groups, x) for x in (loss, norm))
+        values.append(total / count.clamp(min=1))
+    real = torch.stack(values[1:], 1) - values[0][:, None]
+    return languages, real, {lang: float(values[0][i]) for i, lang in enumerate(languages)}, same
 
 
 # ------------------------------------------------------------------------- agreement
@@ -269,7 +498,9 @@ class ExpertAttribution:
     the language's real tokens), `tokens` (real tokens routed per language), `baseline`
     (the language's metric without ablation), `metric` (`"bpb"` or `"nll"`), `mode`
     (`"drop"`), `meta` (model, its layer count, corpus fingerprints, layer bands, the
-    estimator: `method`, its `steps` and `layers_per_pass`, `passes` per batch; time).
+    estimator: `method`, its `steps` and `layers_per_pass`, `passes` per batch; time; on an
+    encoder-decoder, its `stack` and what the decoder read), `stacks` (the stack of each
+    layer, `("decoder", "decoder")`, on an encoder-decoder model; `None` otherwise).
 
     ```python
     >>> import moe_interp as mi
@@ -295,10 +526,13 @@ class ExpertAttribution:
     metric: str
     mode: str = "drop"
     meta: dict = dataclasses.field(default_factory=dict)
+    stacks: tuple[str | None, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        if self.stacks is not None and len(self.stacks) != len(self.layers):
+            raise ValueError(f"stacks has {len(self.stacks)} labels for {len(self.layers)} layers; give one per layer")
         shape = (len(self.languages), len(self.layers))
         if tuple(self.effect.shape[:2]) != shape or self.count.shape != self.effect.shape:
             raise ValueError(f"effect and count must be [languages={shape[0]}, layers={shape[1]}, experts], got "
@@ -348,7 +582,7 @@ class ExpertAttribution:
 
     def _layers(self, layers: Any) -> tuple[int, ...]:
         """The MoE layers `layers` selects in the layer vocabulary (`core._layers.parse_layers`)."""
-        return parse_layers(layers, self.layers, num_layers=self.meta.get("num_layers"))
+        return parse_layers(layers, self.layers, num_layers=self.meta.get("num_layers"), stacks=self.stacks)
 
     def top(self, language: str, n: int = 20, layers: Any = None) -> ExpertSet:
         """The `n` experts with the largest estimated effect for `language` (among `layers`:
@@ -433,7 +667,8 @@ class ExpertAttribution:
                          "top_overlap": overlap})
         return pd.DataFrame(rows)
 
-    def validate(self, model: Any, corpus: Mapping[str, Sequence[str]], n: int = 50, seed: int = 0,
+    def validate(self, model: Any,
+                 corpus: Mapping[str, Sequence[str]] | Mapping[tuple[str, str], Sequence[Sequence[str]]], n: int = 50, seed: int = 0,
                  layers: Any = None, batch_size: int = 16, path: str | os.PathLike | None = None,
                  progress: bool = True) -> AttributionCheck:
         """Run real single-expert drop ablations (`mi.ExpertAblate({layer: [e]}, mode="drop")`)
@@ -444,7 +679,9 @@ class ExpertAttribution:
         finished cell), against a no-ablation baseline.
 
         Pass the model and corpus the estimates were computed on: another model is refused;
-        other texts give a warning (the comparison then also measures generalisation). The
+        other texts give a warning (the comparison then also measures generalisation). One
+        stack of an encoder-decoder measures its drops on the estimate's own teacher-forced
+        loss, in memory (no `path=`), grouped by that stack's languages. The
         returned `AttributionCheck` says per language and band of layers whether the
         estimates can be trusted (`agreement`, `summary`): a correlation with its interval,
         sign agreement and size ratio on the cells with a real effect, and a verdict
@@ -469,39 +706,50 @@ class ExpertAttribution:
 
         ```
         """
-        corpus = check_corpus(corpus)
+        if self.stacks is None:
+            corpus = check_corpus(corpus)
         among = self._layers(layers)
         total = len(among) * self.num_experts
         check_positive(f"n (cells to ablate, at most {total})", n)
         if fingerprint(model_parts(model)) != self.meta.get("model_fingerprint"):
             raise ValueError("this model is not the one the estimates were computed on (its weights, config or "
                              "tokenizer differ): validate with the same model, or recompute mi.expert_attribution")
-        for lang, texts in corpus.items():
-            self.language_index(lang)
-            if fingerprint(texts) != self.meta.get("corpus", {}).get(lang):
-                warnings.warn(f"corpus[{lang!r}] is not the text the estimates were computed on: the agreement "
-                              "also measures how well they generalise", UserWarning, stacklevel=2)
+        if self.stacks is not None and path is not None:
+            raise ValueError("path= resumes mi.Experiment's table, which scores a causal LM's texts; the real drops of "
+                             "an encoder-decoder's attribution run in memory: leave path out")
+        if self.stacks is None:
+            for lang, texts in corpus.items():
+                self.language_index(lang)
+                if fingerprint(texts) != self.meta.get("corpus", {}).get(lang):
+                    warnings.warn(f"corpus[{lang!r}] is not the text the estimates were computed on: the agreement "
+                                  "also measures how well they generalise", UserWarning, stacklevel=2)
         picks = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False))
         cells = tuple((among[int(p) // self.num_experts], int(p) % self.num_experts) for p in picks)
-        grid = {"baseline": [], **{f"layer {l} expert {e}": [ExpertAblate({l: [e]}, mode="drop")] for l, e in cells}}
         started = time.perf_counter()
-        frame = Experiment(model, corpus, grid, path=path, batch_size=batch_size, progress=progress).run()
+        if self.stacks is None:
+            grid = {"baseline": [], **{f"layer {l} expert {e}": [ExpertAblate({l: [e]}, mode="drop")]
+                                       for l, e in cells}}
+            frame = Experiment(model, corpus, grid, path=path, batch_size=batch_size, progress=progress).run()
+            grouped = frame.groupby(["language", "condition"])
+            value = (grouped.bits_per_byte.mean() if self.metric == "bpb"
+                     else grouped.nll.sum() / grouped.tokens.sum().clip(lower=1))
+            languages = tuple(corpus)
+            real = torch.tensor([[value[(lang, f"layer {l} expert {e}")] - value[(lang, "baseline")] for l, e in cells]
+                                 for lang in languages], dtype=torch.float64)
+            baselines = {lang: float(value[(lang, "baseline")]) for lang in languages}
+            same = {lang: fingerprint(corpus[lang]) == self.meta.get("corpus", {}).get(lang) for lang in languages}
+        else:  # an encoder-decoder: the estimate's own loss, under each drop
+            languages, real, baselines, same = _stack_drops(model, corpus, self, cells, batch_size, progress)
         seconds = time.perf_counter() - started
-        grouped = frame.groupby(["language", "condition"])
-        value = (grouped.bits_per_byte.mean() if self.metric == "bpb"
-                 else grouped.nll.sum() / grouped.tokens.sum().clip(lower=1))
-        languages = tuple(corpus)
-        real = torch.tensor([[value[(lang, f"layer {l} expert {e}")] - value[(lang, "baseline")] for l, e in cells]
-                             for lang in languages], dtype=torch.float64)
+
         def at(table: Tensor) -> Tensor:
             return torch.stack([torch.stack([table[self.language_index(lang), self.layers.index(l), e]
                                              for l, e in cells]) for lang in languages])
 
         estimate, count = at(self.effect).to(torch.float64), at(self.count)
         for lang in languages:
-            mine, theirs = float(self.baseline[self.language_index(lang)]), float(value[(lang, "baseline")])
-            if fingerprint(corpus[lang]) == self.meta.get("corpus", {}).get(lang) and not math.isclose(
-                    mine, theirs, rel_tol=1e-3, abs_tol=1e-6):
+            mine, theirs = float(self.baseline[self.language_index(lang)]), baselines[lang]
+            if same[lang] and not math.isclose(mine, theirs, rel_tol=1e-3, abs_tol=1e-6):
                 warnings.warn(f"{lang}: the baseline {self.metric} differs between the attribution ({mine:.6g}) and "
                               f"mi.evaluate ({theirs:.6g}): the two did not score the same tokens", UserWarning,
                               stacklevel=2)
@@ -570,7 +818,8 @@ class ExpertAttribution:
         ```
         """
         header = {"format": _FORMAT, "languages": list(self.languages), "layers": list(self.layers),
-                  "metric": self.metric, "mode": self.mode, "meta": self.meta}
+                  "metric": self.metric, "mode": self.mode, "meta": self.meta,
+                  **({} if self.stacks is None else {"stacks": list(self.stacks)})}
         return save_tensor_directory(Path(path), header, {name: getattr(self, name) for name in _TENSORS},
                                      tensor_file=_TENSOR_FILE, what="ExpertAttribution.save", overwrite=overwrite)
 
@@ -608,11 +857,13 @@ class ExpertAttribution:
             header = json.loads(stored.get("moe_interp", stored.get("header", "null")))
             if not isinstance(header, dict) or header.get("format") != _FORMAT:
                 raise ValueError(f"not a {_FORMAT} file")
+            stacks = header.get("stacks")
             return cls(tuple(header["languages"]), tuple(header["layers"]), *(tensors[name] for name in _TENSORS),
-                       header["metric"], header["mode"], header["meta"])
+                       header["metric"], header["mode"], header["meta"], None if stacks is None else tuple(stacks))
         except (SafetensorError, OSError, ValueError, KeyError, TypeError) as error:
             raise ValueError(f"{tensor_path} is damaged or not an ExpertAttribution file: {error}") from None
 
     def __repr__(self) -> str:
         return (f"ExpertAttribution(languages={list(self.languages)}, layers={len(self.layers)}, "
-                f"experts={self.num_experts}, metric={self.metric!r}, mode={self.mode!r})")
+                f"experts={self.num_experts}, metric={self.metric!r}, mode={self.mode!r}"
+                + ("" if self.stacks is None else f", stacks={sorted(set(self.stacks), key=self.stacks.index)}") + ")")
