@@ -139,7 +139,8 @@ def expected(model, corpus, metric, passes):
     `passes`: `[(layers, factor, node weight)]`; the taylor estimate is `[(None, 1.0, 1.0)]`."""
     layers = list(experts_by_layer(model))
     encoder_layers = getattr(model._module.config, "encoder_layers", None) or model._module.config.num_layers
-    stacks = {"encoder": [l for l in layers if l < encoder_layers], "decoder": [l for l in layers if l >= encoder_layers]}
+    stacks = {"encoder": [l for l in layers if l < encoder_layers],
+              "decoder": [l for l in layers if l >= encoder_layers]}
     E = model._module.config.num_experts
     ids = tokens(model, corpus)
     per_item = {}  # key, k -> (effect [layer, E], count [layer, E], source tokens, target tokens, loss, predicted)

@@ -266,7 +266,8 @@ def _estimate(model: Any, spec: MoESpec, inputs: Mapping[str, Tensor], targets: 
         totals_fold(chosen, counted)
         totals_fold(moved, effects)
         out.append({"effect": effects["gate_mass"].cpu(), "count": counted["count"].cpu(),
-                    "tokens": tally(group, num_groups).cpu(), "predicted": tally(rows, num_groups, predicted.sum(-1)).cpu(),
+                    "tokens": tally(group, num_groups).cpu(),
+                    "predicted": tally(rows, num_groups, predicted.sum(-1)).cpu(),
                     "loss": tally(rows, num_groups, nll.to(torch.float64) * coefficient).cpu()})
     return out
 
@@ -335,7 +336,8 @@ def _attribution_stacks(model: Any, spec: MoESpec, corpus: dict, pairs: bool, st
                 "texts": {lang: len(texts[stack][lang]) for lang in languages[stack]},
                 "corpus": {lang: fingerprint(texts[stack][lang]) for lang in languages[stack]},
                 "num_layers": spec.num_layers, "bands": {band: list(ls) for band, ls in _bands(layers[stack]).items()},
-                "method": method, **({} if method == "taylor" else {"steps": steps, "layers_per_pass": layers_per_pass}),
+                "method": method,
+                **({} if method == "taylor" else {"steps": steps, "layers_per_pass": layers_per_pass}),
                 "passes": _passes(method, steps, layers_per_pass, len(spec.moe_layers)),
                 "seconds": seconds, "created": created}
         out[stack] = ExpertAttribution(tuple(languages[stack]), layers[stack],

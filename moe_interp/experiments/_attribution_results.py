@@ -99,9 +99,9 @@ def check_stacks(model: Any, spec: Any, corpus: Any, pairs: bool) -> tuple[dict,
     >>> model = mi.zoo.tiny_model("switch_transformers")
     >>> check_stacks(model, mi.describe(model), {("fra", "eng"): [["Bonjour", "Hello"]]}, pairs=True)
     ({('fra', 'eng'): [('Bonjour', 'Hello')]}, 0)
-    >>> check_stacks(model, mi.describe(model), {("fra", "eng"): ["Bonjour"]}, pairs=True)
+    >>> check_stacks(model, mi.describe(model), {"eng": ["Hello", ""]}, pairs=False)
     Traceback (most recent call last):
-    TypeError: corpus[('fra', 'eng')] must be a list of (source text, target text) pairs, e.g. list(zip(sources, targets))
+    ValueError: corpus['eng'][1] has no tokens (an empty text): nothing to route. Drop empty texts first
 
     ```
     """
@@ -668,7 +668,8 @@ class ExpertAttribution:
         return pd.DataFrame(rows)
 
     def validate(self, model: Any,
-                 corpus: Mapping[str, Sequence[str]] | Mapping[tuple[str, str], Sequence[Sequence[str]]], n: int = 50, seed: int = 0,
+                 corpus: Mapping[str, Sequence[str]] | Mapping[tuple[str, str], Sequence[Sequence[str]]],
+                 n: int = 50, seed: int = 0,
                  layers: Any = None, batch_size: int = 16, path: str | os.PathLike | None = None,
                  progress: bool = True) -> AttributionCheck:
         """Run real single-expert drop ablations (`mi.ExpertAblate({layer: [e]}, mode="drop")`)
