@@ -1,0 +1,158 @@
+"""`mi.profile` tokens/s against a plain forward over the same token windows: `python benchmarks/profile_speed.py`.
+
+The demo model (`mi.zoo.demo_model()`, CPU), 8 of its languages x 16 held-out texts (the UDHR
+held-out split cut into the model's 256-byte pieces), batches of 16. The plain forward runs the
+batches `mi.profile` runs, built here independently: every text tokenized once, cut into windows
+of the model's positions where longer, rows longest first, padded per batch by the tokenizer,
+then `model(input_ids, attention_mask)` under `torch.no_grad()`. Both count the same real tokens
+(checked), so the ratio of their times is the ratio of their tokens/s.
+
+Three variants, each repetition in a shuffled order: the plain forward; `mi.profile` as it runs
+(its batches read by torch hooks, `runtime._hooks`); and `mi.profile` with every batch read by
+an nnsight trace (the path before the hooks, and what edits still take). A profile's time is the
+whole call: tokenizing, the checkpoint key (every weight byte hashed), every batch, the result.
+Ratio = plain time / profile time of the same repetition (tokens/s, profile over plain), in wall
+time and in CPU time of this process (less disturbed by other jobs on a shared machine). The
+two profiles' tables are compared bitwise. Writes the "Profile speed" section of
+benchmarks/RESULTS.md (between its markers; the rest of the file is kept).
+
+Options: `--reps N` (default 21), `--smoke` (2 languages x 4 texts, 1 repetition, writes nothing;
+tests/test_profile_speed.py runs it).
+"""
+
+import argparse
+import datetime
+import os
+import random
+import re
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+START, END = "<!-- profile speed: written by benchmarks/profile_speed.py -->", "<!-- end profile speed -->"
+
+
+def plain_batches(model, corpus: dict, batch_size: int) -> list:
+    """The padded batches of `corpus` as `mi.profile` cuts them, built without the package."""
+    tokenizer, limit = model.tokenizer, model._module.config.max_position_embeddings
+    rows = []
+    for texts in corpus.values():
+        for ids in tokenizer(list(texts))["input_ids"]:
+            rows += [ids[start : start + limit] for start in range(0, len(ids), limit)]
+    order = sorted(range(len(rows)), key=lambda r: (-len(rows[r]), r))
+    return [tokenizer.pad({"input_ids": [rows[r] for r in order[start : start + batch_size]]}, return_tensors="pt")
+            for start in range(0, len(order), batch_size)]
+
+
+def summary(values: list) -> str:
+    q = statistics.quantiles(values, n=4) if len(values) >= 2 else [values[0]] * 3
+    return (f"**{statistics.median(values):.3f}** | {q[0]:.3f} - {q[2]:.3f} | "
+            f"{min(values):.3f} - {max(values):.3f}")
+
+
+def commit() -> str:
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=HERE, capture_output=True, text=True, timeout=10).stdout
+        return run("rev-parse", "--short", "HEAD").strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=21)
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    args = parser.parse_args()
+    import warnings
+    warnings.filterwarnings("ignore")
+
+    import moe_interp as mi
+    import moe_interp.experiments._profile as profiling
+    from moe_interp.experiments.demo import demo_corpus
+    from moe_interp.models.zoo import DEMO_LANGUAGES
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    languages, texts, reps = (2, 4, 1) if args.smoke else (8, 16, args.reps)
+    corpus = {lang: pieces[:texts] for lang, pieces in demo_corpus(list(DEMO_LANGUAGES)[:languages]).items()}
+    model = mi.zoo.demo_model()
+    hf = model._module
+    batches = plain_batches(model, corpus, 16)
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    hooked = profiling.hooked_trace
+
+    def plain():
+        for b in batches:
+            hf(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+
+    def profile():
+        return mi.profile(model, corpus, batch_size=16, progress=False)
+
+    def traced():  # every batch through an nnsight trace, as before runtime/_hooks
+        profiling.hooked_trace = lambda *a, **k: None
+        try:
+            return profile()
+        finally:
+            profiling.hooked_trace = hooked
+
+    variants = {"plain": plain, "hooks": profile, "traces": traced}
+    load_start = os.getloadavg()
+    with torch.no_grad():
+        a, b = profile(), traced()  # warm-up (the first trace checks the detection), and the checks
+        plain()
+        same = all(torch.equal(getattr(a, f), getattr(b, f))
+                   for f in ("count", "gate_mass", "tokens", "item_count", "item_tokens"))
+        counted = int(a.tokens.sum())
+        wall = {name: [] for name in variants}
+        cpu = {name: [] for name in variants}
+        rng = random.Random(0)
+        for rep in range(reps):
+            for name in rng.sample(list(variants), len(variants)):
+                started, started_cpu = time.perf_counter(), time.process_time()
+                variants[name]()
+                wall[name].append(time.perf_counter() - started)
+                cpu[name].append(time.process_time() - started_cpu)
+            print(f"repetition {rep + 1}/{reps}: " + ", ".join(
+                f"{name} {wall[name][-1]:.2f} s" for name in variants), flush=True)
+    load_end = os.getloadavg()
+    ratio = {(clock, name): [p / v for p, v in zip(times["plain"], times[name])]
+             for clock, times in (("wall", wall), ("cpu", cpu)) for name in ("hooks", "traces")}
+    cpu_name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                    "unknown CPU") if os.path.exists("/proc/cpuinfo") else "unknown CPU"
+    plain_rate = tokens / statistics.median(wall["plain"])
+    lines = [START, "## Profile speed: `mi.profile` against a plain forward", "",
+             f"`python benchmarks/profile_speed.py` (code {commit()}, {datetime.datetime.now():%Y-%m-%d %H:%M}; "
+             f"{cpu_name}, {os.cpu_count()} cores shared with other jobs, {torch.get_num_threads()} torch thread, "
+             f"`nice`; torch {torch.__version__}; load average {' '.join(f'{v:.2f}' for v in load_start)} at start, "
+             f"{' '.join(f'{v:.2f}' for v in load_end)} at end). Demo model, {languages} languages x {texts} "
+             f"held-out texts, batch 16: {len(batches)} batches, {tokens:,} real tokens in the plain forward's "
+             f"windows, {counted:,} counted by the profile ({'the same' if counted == tokens else 'DIFFERENT'}). "
+             f"{reps} repetitions, each runs the three in a shuffled order; ratio = the profile's tokens/s over the "
+             "plain forward's in the same repetition. The profile's time is the whole call (tokenizing, the "
+             "checkpoint key: every weight byte hashed, every batch, the result). Median plain forward: "
+             f"{statistics.median(wall['plain']):.2f} s ({plain_rate:,.0f} tokens/s). The profile read by hooks "
+             f"and the one read by traces gave {'bitwise equal' if same else 'DIFFERENT'} tables (count, gate "
+             "mass, tokens, per-item counts and tokens). Target: >= 0.97 (issue 27).", "",
+             "| `mi.profile`, batches read by | tokens/s ratio, wall: median | IQR | min - max | "
+             "CPU time: median | IQR | min - max |", "|---|---|---|---|---|---|---|"]
+    for name, label in (("hooks", "torch hooks (`runtime._hooks`, the default)"),
+                        ("traces", "an nnsight trace each (before)")):
+        lines.append(f"| {label} | {summary(ratio[('wall', name)])} | {summary(ratio[('cpu', name)])} |")
+    lines.append(END)
+    section = "\n".join(lines)
+    print(section)
+    if args.smoke:
+        return 0 if same and counted == tokens else 1
+    text = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
+    text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda m: section, text, flags=re.S) if START in text \
+        else text.rstrip("\n") + "\n\n" + section + "\n"
+    args.out.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

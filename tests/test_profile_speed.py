@@ -1,0 +1,23 @@
+"""`benchmarks/profile_speed.py --smoke`: the profile-speed benchmark runs as a user would run it
+(a subprocess), finds the two profiles' tables bitwise equal and the tokens counted equal to the
+plain forward's, and writes nothing (no time is asserted: tests assert behaviour)."""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "benchmarks", "profile_speed.py")
+RESULTS = os.path.join(ROOT, "benchmarks", "RESULTS.md")
+
+
+def test_the_smoke_run_reports_equal_tables_and_tokens_and_writes_nothing():
+    with open(RESULTS, "rb") as f:
+        before = f.read()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, SCRIPT, "--smoke"], capture_output=True, text=True, env=env, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "gave bitwise equal tables" in run.stdout and "(the same)" in run.stdout
+    assert "| torch hooks (`runtime._hooks`, the default) | **" in run.stdout
+    with open(RESULTS, "rb") as f:
+        assert f.read() == before
