@@ -78,12 +78,15 @@ class NdifServer:
 
     `python`: the interpreter that runs it (default: this one), e.g. a Python 3.12 virtual
     environment with ndif installed (`path=""`) while the client stays on this Python.
+    `extra_paths`: directories the server searches after its site-packages (`ACTOR_DEPS`).
     """
 
     def __init__(self, path: str, python: Optional[str] = None, extra_paths: tuple = ()) -> None:
         ours, theirs = socket.socketpair()
         env = {**os.environ, "NDIF_HARNESS_THREADS": str(torch.get_num_threads())}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (path, *extra_paths, env.get("PYTHONPATH", "")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (path, env.get("PYTHONPATH", "")) if p)
+        # after site-packages (server.py appends them): they add what is missing, never shadow
+        env["NDIF_HARNESS_APPEND_PATH"] = os.pathsep.join(extra_paths)
         # Runners inherit the host's OMP_NUM_THREADS (ndif's RUNNER_ENV): same threads as here.
         env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
         self.process = subprocess.Popen([python or sys.executable, os.path.join(HERE, "server.py"), str(theirs.fileno())],

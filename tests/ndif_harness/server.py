@@ -42,6 +42,8 @@ import traceback
 
 import no_moe_interp  # noqa: F401  (first: the server does not have moe_interp)
 
+sys.path.extend(p for p in os.environ.get("NDIF_HARNESS_APPEND_PATH", "").split(os.pathsep) if p)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
