@@ -13,7 +13,8 @@ ndif's functions. Two server paths:
   the real model in the server process, every `.output`/`.source` a socket round trip.
 
 Every remote path of `moe_interp` is compared bitwise with the same call run locally, on
-four models. Skipped where `ndif` cannot be imported (it declares Python >= 3.12; `.ci/run`
+four models. A third, "actor": ndif's model actor itself (`BaseModelDeployment.run`), where a
+result over 8 MiB is sent through the object store (the last test). Skipped where `ndif` cannot be imported (it declares Python >= 3.12; `.ci/run`
 installs the wheel without dependencies into `.ndif/`, where it imports on 3.11 too).
 
 `NDIF_WIRE_TABLE=path.md` writes the measured bytes and round trips as a Markdown table
@@ -327,7 +328,7 @@ def _per_token_with_logits(model, inputs, remote) -> dict:
     return {**_stats(tr.routing), "logits": tr.output.logits}
 
 
-def object_store_round_trip(actor_server) -> None:
+def test_a_result_over_8_mib_comes_back_through_the_object_store_bitwise_local(actor_server):
     """A result over the cap goes through the object store, a small one inline; both bitwise local.
 
     Served by ndif's own `BaseModelDeployment.run` (`ndif_harness/actor.py`): it measures the
@@ -347,7 +348,8 @@ def object_store_round_trip(actor_server) -> None:
     model = _model("qwen3_moe")
     threshold = 8 * 1024 * 1024
 
-    # (a) large: per-token routing of 24 x 256 tokens with the logits
+    # (a) large: per-token routing of 24 x 256 tokens with the model's output (keep_output):
+    # 11.2 MB compressed, two 8 MiB parts (measured)
     inputs = _big_batch(model)
     local = _per_token_with_logits(model, inputs, {})
     backend = NdifBackend(model, actor_server, "actor")
@@ -364,13 +366,8 @@ def object_store_round_trip(actor_server) -> None:
     assert isinstance(backend.frames[-1], str) and completed.data.split("?")[0].endswith(f"/{key}"), completed
     assert [(url, size) for url, size in backend.downloads] == [(completed.data, stats["uploaded"][key])]
 
-    # (b) small: the same trace on 3 prompts comes back inline, nothing stored or downloaded
+    # (b) small: the per-token record of the 3 prompts (2.7 KB) comes back inline: nothing stored or downloaded
     small = NdifBackend(model, actor_server, "actor")
     _same(_local("qwen3_moe", "per-token record")[0], _trace(mi.RouterRecord(per_token=True))(model, {"backend": small})[0])
     assert small.stats["uploaded"] == {} and small.downloads == []
     assert isinstance(small.frames[-1], bytes) and len(small.frames[-1]) <= threshold
-    return stats["uploaded"][key], parts
-
-
-def test_a_result_over_8_mib_comes_back_through_the_object_store_bitwise_local(actor_server):
-    object_store_round_trip(actor_server)
