@@ -272,7 +272,7 @@ def _estimate(model: Any, spec: MoESpec, inputs: Mapping[str, Tensor], targets: 
     return out
 
 
-def _stack_batch(model: Any, spec: MoESpec, items: Sequence[tuple[str, str]], pairs: bool, start: int,
+def _stack_batch(model: Any, spec: MoESpec, items: Sequence[tuple[str, str]], pairs: bool,
                  groups: Mapping[str, Tensor], num_groups: Mapping[str, int], metric: str, method: str = "taylor",
                  steps: int = 1, per_pass: int = 1) -> dict[str, dict]:
     """`{stack: the running sums of _SUMS}` that the (source, target) `items` add on an
@@ -280,7 +280,7 @@ def _stack_batch(model: Any, spec: MoESpec, items: Sequence[tuple[str, str]], pa
     item i in that stack's group `groups[stack][i]`."""
     module = model._module
     device = getattr(module, "device", None) or next(module.parameters()).device
-    inputs, labels, predicted, coefficient = stack_inputs(model, items, pairs, start, metric, device)
+    inputs, labels, predicted, coefficient = stack_inputs(model, items, pairs, metric, device)
     masks = {"encoder": inputs["attention_mask"], "decoder": inputs["decoder_attention_mask"]}
     parts = [(tuple(p for p, label in enumerate(spec.stacks) if label == stack), masks[stack],
               groups[stack].to(device), num_groups[stack]) for stack in groups]
@@ -288,7 +288,7 @@ def _stack_batch(model: Any, spec: MoESpec, items: Sequence[tuple[str, str]], pa
                                       steps, per_pass)))
 
 
-def _attribution_stacks(model: Any, spec: MoESpec, corpus: dict, pairs: bool, start: int, metric: str, mode: str,
+def _attribution_stacks(model: Any, spec: MoESpec, corpus: dict, pairs: bool, metric: str, mode: str,
                         batch_size: int, progress: bool, checkpoint: Any, save_every: int, method: str, steps: int,
                         layers_per_pass: int, settings: dict) -> dict[str, ExpertAttribution]:
     """`mi.expert_attribution` of an encoder-decoder model: `{stack: ExpertAttribution}`."""
@@ -311,7 +311,7 @@ def _attribution_stacks(model: Any, spec: MoESpec, corpus: dict, pairs: bool, st
     def batches(done: int, sums: dict[str, Tensor]) -> Iterator[tuple[int, int]]:
         for first in range(done, len(items), batch_size):
             chunk = order[first : first + batch_size]
-            added = _stack_batch(model, spec, [items[i] for i in chunk], pairs, start,
+            added = _stack_batch(model, spec, [items[i] for i in chunk], pairs,
                                  {stack: groups[stack][chunk] for stack in groups},
                                  {stack: len(languages[stack]) for stack in groups}, metric, method, steps,
                                  layers_per_pass)
@@ -492,8 +492,8 @@ def expert_attribution(model: Any,
     settings = {"metric": metric, "mode": mode} if method == "taylor" else {
         "metric": metric, "mode": mode, "method": method, "steps": steps, "layers_per_pass": layers_per_pass}
     if spec.stack_inputs is not None or pairs:
-        corpus, start = check_stacks(model, spec, corpus, pairs)
-        return _attribution_stacks(model, spec, corpus, pairs, start, metric, mode, batch_size, progress, checkpoint,
+        corpus = check_stacks(model, spec, corpus, pairs)
+        return _attribution_stacks(model, spec, corpus, pairs, metric, mode, batch_size, progress, checkpoint,
                                    save_every, method, steps, layers_per_pass, settings)
     languages = list(corpus)
     items = [(g, text) for g, lang in enumerate(languages) for text in corpus[lang]]

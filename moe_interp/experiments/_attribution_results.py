@@ -29,6 +29,7 @@ from moe_interp.core._files import read_checked, save_tensor_directory
 from moe_interp.core._fingerprint import check_corpus, fingerprint, model_parts
 from moe_interp.core._layers import parse_layers
 from moe_interp.experiments import Experiment
+from moe_interp.experiments.evaluate import seq2seq_inputs
 from moe_interp.runtime._inputs import max_positions
 from moe_interp.runtime._interventions import ExpertAblate
 from moe_interp.tracing import trace
@@ -86,19 +87,19 @@ def is_pairs(corpus: Any) -> bool:
     return isinstance(corpus, Mapping) and bool(corpus) and any(isinstance(key, tuple) for key in corpus)
 
 
-def check_stacks(model: Any, spec: Any, corpus: Any, pairs: bool) -> tuple[dict, int]:
+def check_stacks(model: Any, spec: Any, corpus: Any, pairs: bool) -> dict:
     """A two-stack corpus checked (`{language: [texts]}`, or with `pairs`
     `{(source language, target language): [(source text, target text), ...]}`, as
-    `mi.profile` takes them) and the model's `decoder_start_token_id`; a clear error for a
-    corpus of pairs on a causal LM, a malformed pair, an empty text, or a model without an
-    encoder and a decoder.
+    `mi.profile` takes them); a clear error for a corpus of pairs on a causal LM, a
+    malformed pair, an empty text, or a model without an encoder and a decoder (and a
+    `decoder_start_token_id`, the token its decoder starts from).
 
     ```python
     >>> import moe_interp as mi
     >>> from moe_interp.experiments._attribution_results import check_stacks
     >>> model = mi.zoo.tiny_model("switch_transformers")
     >>> check_stacks(model, mi.describe(model), {("fra", "eng"): [["Bonjour", "Hello"]]}, pairs=True)
-    ({('fra', 'eng'): [('Bonjour', 'Hello')]}, 0)
+    {('fra', 'eng'): [('Bonjour', 'Hello')]}
     >>> check_stacks(model, mi.describe(model), {"eng": ["Hello", ""]}, pairs=False)
     Traceback (most recent call last):
     ValueError: corpus['eng'][1] has no tokens (an empty text): nothing to route. Drop empty texts first
@@ -137,7 +138,7 @@ def check_stacks(model: Any, spec: Any, corpus: Any, pairs: bool) -> tuple[dict,
         raise UnsupportedModelError(
             f"mi.expert_attribution scores a causal LM, or an encoder and a decoder (a decoder_start_token_id in the "
             f"config); this {spec.arch} model's stacks are {stacks} (decoder_start_token_id {start})")
-    return corpus, int(start)
+    return corpus
 
 
 def stack_items(corpus: Mapping, pairs: bool) -> tuple[list[tuple[str, str]], dict, dict, dict]:
@@ -173,13 +174,15 @@ def stack_items(corpus: Mapping, pairs: bool) -> tuple[list[tuple[str, str]], di
     return items, languages, groups, texts
 
 
-def stack_inputs(model: Any, items: Sequence[tuple[str, str]], pairs: bool, start: int, metric: str,
+def stack_inputs(model: Any, items: Sequence[tuple[str, str]], pairs: bool, metric: str,
                  device: Any = "cpu") -> tuple[dict, Tensor, Tensor, Tensor]:
-    """An encoder-decoder batch as `mi.profile` builds it: `(inputs, labels, predicted,
-    coefficient)`. The encoder reads each item's source; the decoder its target (a pair's,
-    tokenized with `text_target=`; a plain text's own tokens), teacher-forced: its input is
-    the target's tokens shifted right behind `start` (the model's `decoder_start_token_id`),
-    its labels the target's tokens, every one predicted (the first from the start token).
+    """An encoder-decoder batch as `mi.profile` builds it (`mi.evaluate.seq2seq_inputs`, which
+    `mi.evaluate.text_nll` scores too): `(inputs, labels, predicted, coefficient)`. The
+    encoder reads each item's source; the decoder its target (a pair's, tokenized with
+    `text_target=`; a plain text's own tokens), teacher-forced: its input is the target's
+    tokens shifted right behind the model's `decoder_start_token_id`, its labels the
+    target's tokens, every one predicted (the first from the start token); `predicted`
+    masks the padding out.
     `coefficient`: per item, the factor of its summed NLL in the metric's sum, `1 / (ln 2 *
     bytes)` for `"bpb"` (all of the target's UTF-8 bytes: no token goes unpredicted), 1 for
     `"nll"`.
@@ -188,39 +191,29 @@ def stack_inputs(model: Any, items: Sequence[tuple[str, str]], pairs: bool, star
     >>> import moe_interp as mi
     >>> from moe_interp.experiments._attribution_results import stack_inputs
     >>> model = mi.zoo.tiny_model("switch_transformers")    # one token per byte; decoder_start_token_id 0
-    >>> inputs, labels, predicted, coefficient = stack_inputs(model, [("Hi", "Hi"), ("a", "a")], False, 0, "nll")
+    >>> inputs, labels, predicted, coefficient = stack_inputs(model, [("Hi", "Hi"), ("a", "a")], False, "nll")
     >>> inputs["decoder_input_ids"].tolist(), labels.tolist(), predicted.tolist()
     ([[0, 75], [0, 0]], [[75, 108], [100, 0]], [[True, True], [True, False]])
 
     ```
     """
-    tokenizer = model.tokenizer
-    sources = tokenizer([source for source, _ in items], verbose=False)["input_ids"]
-    targets = tokenizer(text_target=[target for _, target in items], verbose=False)["input_ids"] if pairs else sources
+    inputs, labels, _ = seq2seq_inputs(model, [item if pairs else item[0] for item in items])  # -100: padding
     limit = max_positions(model)
-    for (source, target), ids, labels in zip(items, sources, targets):
-        if not ids or not labels:
-            raise ValueError(f"the item {(source, target)!r} has a side with no tokens (an empty text): nothing to "
-                             "route. Drop empty texts first")
-        if limit is not None and max(len(ids), len(labels)) > limit:
-            raise ValueError(f"a text of {max(len(ids), len(labels))} tokens is longer than this model's {limit} "
-                             "positions: cut the texts into shorter pieces first (the estimate and its real drops "
-                             "must see the same text)")
-    encoder = tokenizer.pad({"input_ids": sources}, return_tensors="pt")
-    decoder = tokenizer.pad({"input_ids": [[start, *labels[:-1]] for labels in targets]}, return_tensors="pt")
-    labels = tokenizer.pad({"input_ids": targets}, return_tensors="pt")["input_ids"]
-    inputs = {"input_ids": encoder["input_ids"], "attention_mask": encoder["attention_mask"],
-              "decoder_input_ids": decoder["input_ids"], "decoder_attention_mask": decoder["attention_mask"]}
+    longest = max(inputs["input_ids"].shape[1], labels.shape[1])
+    if limit is not None and longest > limit:
+        raise ValueError(f"a text of {longest} tokens is longer than this model's {limit} positions: cut the texts "
+                         "into shorter pieces first (the estimate and its real drops must see the same text)")
     inputs = {name: value.to(device) for name, value in inputs.items()}
+    predicted = (labels != -100).to(device)
     if metric == "nll":
         coefficient = torch.ones(len(items), dtype=torch.float64)
     else:
         coefficient = torch.tensor([1 / math.log(2) / max(len(target.encode()), 1) for _, target in items],
                                    dtype=torch.float64)
-    return inputs, labels.to(device), inputs["decoder_attention_mask"].bool(), coefficient.to(device)
+    return inputs, labels.clamp(min=0).to(device), predicted, coefficient.to(device)
 
 
-def _stack_losses(model: Any, corpus: dict, pairs: bool, start: int, metric: str, batch_size: int,
+def _stack_losses(model: Any, corpus: dict, pairs: bool, metric: str, batch_size: int,
                   interventions: Sequence = ()) -> tuple[Tensor, Tensor]:
     """Per item of a two-stack corpus, in corpus order: its summed NLL times its
     `stack_inputs` coefficient, and its predicted tokens, under `interventions`."""
@@ -230,7 +223,7 @@ def _stack_losses(model: Any, corpus: dict, pairs: bool, start: int, metric: str
     loss, predicted = torch.zeros(len(items), dtype=torch.float64), torch.zeros(len(items), dtype=torch.long)
     for first in range(0, len(items), batch_size):
         chunk = items[first : first + batch_size]
-        inputs, labels, mask, coefficient = stack_inputs(model, chunk, pairs, start, metric, device)
+        inputs, labels, mask, coefficient = stack_inputs(model, chunk, pairs, metric, device)
         with torch.no_grad(), trace(model, inputs, *interventions, use_cache=False) as tr:
             pass
         nll = target_nll(tr.output.logits, labels, mask, shift=False)
@@ -246,7 +239,7 @@ def _stack_drops(model: Any, corpus: Any, attribution: "ExpertAttribution", cell
     (`ExpertAblate({layer: [e]}, mode="drop")`), on the estimate's own loss; the baselines;
     per language, whether its items are the ones the estimate read."""
     pairs = is_pairs(corpus)
-    corpus, start = check_stacks(model, describe(model), corpus, pairs)
+    corpus = check_stacks(model, describe(model), corpus, pairs)
     form = "pairs" if pairs else "texts"
     if attribution.meta.get("corpus_form") != form:
         raise ValueError(f"this attribution was computed on a corpus of {attribution.meta.get('corpus_form')}, and "
@@ -264,7 +257,7 @@ def _stack_drops(model: Any, corpus: Any, attribution: "ExpertAttribution", cell
     values = []
     conditions = [(), *[(ExpertAblate({layer: [expert]}, mode="drop"),) for layer, expert in cells]]
     for interventions in tqdm(conditions, disable=not progress, desc="real drops", unit="condition"):
-        loss, predicted = _stack_losses(model, corpus, pairs, start, attribution.metric, batch_size, interventions)
+        loss, predicted = _stack_losses(model, corpus, pairs, attribution.metric, batch_size, interventions)
         norm = torch.ones_like(loss) if attribution.metric == "bpb" else predicted.to(torch.float64)
         total, count = (torch.zeros(len(languages), dtype=torch.float64).index_add_(0, groups, x) for x in (loss, norm))
         values.append(total / count.clamp(min=1))
