@@ -16,7 +16,8 @@
 #    harness server (tests/ndif_harness/server.py) and its sandbox runners run on the venv's 3.12, and
 #    every result is compared bitwise with the same call run locally.
 #
-# Measured (2026-12-06, 2 cores, PyPI): see docs/remote.md section 7 ("On Python 3.12").
+# Measured (2026-12-06, 2 shared cores, PyPI): 4 min 7 s to install, 5.3 GB (torch 4.7 GB of it), 103 tests
+# passed in 275 s; docs/remote.md section 7, "On the Python ndif requires (3.12)".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
