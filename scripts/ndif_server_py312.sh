@@ -25,8 +25,8 @@ client="${PYTHON:-python}"
 py312="${NDIF_PY312:-/root/.pyenv/versions/3.12.1/bin/python}"
 venv="${NDIF_PY312_VENV:-.ndif/py312}"
 
-read -r nnsight_v transformers_v torch_v < <("$client" -c \
-    'import nnsight, transformers, torch; print(nnsight.__version__, transformers.__version__, torch.__version__.split("+")[0])')
+read -r nnsight_v transformers_v torch_v < <("$client" -c 'import nnsight, transformers, torch
+print(nnsight.__version__, transformers.__version__, torch.__version__.split("+")[0])')
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import ndif, ray, boto3, redis, accelerate' 2>/dev/null; then
   started=$SECONDS
   "$py312" -c 'import sys; assert sys.version_info >= (3, 12), sys.version' \

@@ -89,8 +89,8 @@ class NdifServer:
         env["NDIF_HARNESS_APPEND_PATH"] = os.pathsep.join(extra_paths)
         # Runners inherit the host's OMP_NUM_THREADS (ndif's RUNNER_ENV): same threads as here.
         env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
-        self.process = subprocess.Popen([python or sys.executable, os.path.join(HERE, "server.py"), str(theirs.fileno())],
-                                        pass_fds=[theirs.fileno()], env=env, cwd=os.path.dirname(HERE))
+        command = [python or sys.executable, os.path.join(HERE, "server.py"), str(theirs.fileno())]
+        self.process = subprocess.Popen(command, pass_fds=[theirs.fileno()], env=env, cwd=os.path.dirname(HERE))
         theirs.close()
         self.socket = ours
         self.channel = Connection(os.dup(ours.fileno()))

@@ -178,7 +178,8 @@ class Server:
         started = time.perf_counter()
         self.actors[key].serve(request)
         frames = self.services.frames(request.session_id)
-        uploaded = {k: len(v) for (_, k), v in self.services.s3.objects.items() if (_, k) not in stored}
+        uploaded = {name: len(data) for (bucket, name), data in self.services.s3.objects.items()
+                    if (bucket, name) not in stored}
         assert "moe_interp" not in sys.modules, "moe_interp was imported on the server"
         return frames, {"seconds": time.perf_counter() - started, "request_id": request.id,
                         "threshold": RedisProvider.max_publish_bytes(), "uploaded": uploaded,
