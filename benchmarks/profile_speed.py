@@ -7,10 +7,12 @@ of the model's positions where longer, rows longest first, padded per batch by t
 then `model(input_ids, attention_mask)` under `torch.no_grad()`. Both count the same real tokens
 (checked), so the ratio of their times is the ratio of their tokens/s.
 
-Three variants, each repetition in a shuffled order: the plain forward; `mi.profile` as it runs
-(its batches read by torch hooks, `runtime._hooks`); and `mi.profile` with every batch read by
-an nnsight trace (the path before the hooks, and what edits still take). A profile's time is the
-whole call: tokenizing, the checkpoint key (every weight byte hashed), every batch, the result.
+Five variants, each repetition in a shuffled order: the plain forward; `mi.profile` as it runs
+(its batches read by torch hooks, `runtime._hooks`); `mi.profile` with every batch read by an
+nnsight trace (the path before the hooks, and what edits still take); and the batches alone, what
+the profile runs per batch (the read, the kernels, the counts) on the plain forward's batches,
+read by hooks and by traces. A profile's time is the whole call: tokenizing and padding, the
+checkpoint key (every weight byte hashed; its time alone is reported too), every batch, the result.
 Ratio = plain time / profile time of the same repetition (tokens/s, profile over plain), in wall
 time and in CPU time of this process (less disturbed by other jobs on a shared machine). The
 two profiles' tables are compared bitwise. Writes the "Profile speed" section of
@@ -54,6 +56,12 @@ def summary(values: list) -> str:
             f"{min(values):.3f} - {max(values):.3f}")
 
 
+def _cpu(call) -> float:
+    started = time.process_time()
+    call()
+    return time.process_time() - started
+
+
 def commit() -> str:
     try:
         run = lambda *a: subprocess.run(["git", *a], cwd=HERE, capture_output=True, text=True, timeout=10).stdout
@@ -74,7 +82,9 @@ def main() -> int:
     import moe_interp as mi
     import moe_interp.experiments._profile as profiling
     from moe_interp.experiments.demo import demo_corpus
+    from moe_interp.core._fingerprint import model_parts
     from moe_interp.models.zoo import DEMO_LANGUAGES
+    from moe_interp.runtime._tracer import per_row_trace
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     languages, texts, reps = (2, 4, 1) if args.smoke else (8, 16, args.reps)
@@ -84,6 +94,7 @@ def main() -> int:
     batches = plain_batches(model, corpus, 16)
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     hooked = profiling.hooked_trace
+    inputs = [{"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]} for b in batches]
 
     def plain():
         for b in batches:
@@ -99,14 +110,29 @@ def main() -> int:
         finally:
             profiling.hooked_trace = hooked
 
-    variants = {"plain": plain, "hooks": profile, "traces": traced}
+    def batches_hooked():  # what the profile does per batch, read by hooks
+        return [hooked(model, batch, mi.RouterRecord()).routing for batch in inputs]
+
+    def batches_traced():  # the same, one nnsight trace each
+        out = []
+        for batch in inputs:
+            with per_row_trace(model, batch, mi.RouterRecord()) as tracer:
+                pass
+            out.append(tracer.routing)
+        return out
+
+    variants = {"plain": plain, "hooks": profile, "traces": traced, "batches_hooks": batches_hooked,
+                "batches_traces": batches_traced}
     load_start = os.getloadavg()
     with torch.no_grad():
         a, b = profile(), traced()  # warm-up (the first trace checks the detection), and the checks
         plain()
         same = all(torch.equal(getattr(a, f), getattr(b, f))
                    for f in ("count", "gate_mass", "tokens", "item_count", "item_tokens"))
+        same = same and all(torch.equal(x.count, y.count) and torch.equal(x.gate_mass, y.gate_mass)
+                            for x, y in zip(batches_hooked(), batches_traced()))
         counted = int(a.tokens.sum())
+        key_s = statistics.median(_cpu(lambda: model_parts(model, "full")) for _ in range(5))
         wall = {name: [] for name in variants}
         cpu = {name: [] for name in variants}
         rng = random.Random(0)
@@ -120,10 +146,10 @@ def main() -> int:
                 f"{name} {wall[name][-1]:.2f} s" for name in variants), flush=True)
     load_end = os.getloadavg()
     ratio = {(clock, name): [p / v for p, v in zip(times["plain"], times[name])]
-             for clock, times in (("wall", wall), ("cpu", cpu)) for name in ("hooks", "traces")}
+             for clock, times in (("wall", wall), ("cpu", cpu)) for name in variants}
     cpu_name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                     "unknown CPU") if os.path.exists("/proc/cpuinfo") else "unknown CPU"
-    plain_rate = tokens / statistics.median(wall["plain"])
+    plain_s = statistics.median(cpu["plain"])
     lines = [START, "## Profile speed: `mi.profile` against a plain forward", "",
              f"`python benchmarks/profile_speed.py` (code {commit()}, {datetime.datetime.now():%Y-%m-%d %H:%M}; "
              f"{cpu_name}, {os.cpu_count()} cores shared with other jobs, {torch.get_num_threads()} torch thread, "
@@ -131,16 +157,21 @@ def main() -> int:
              f"{' '.join(f'{v:.2f}' for v in load_end)} at end). Demo model, {languages} languages x {texts} "
              f"held-out texts, batch 16: {len(batches)} batches, {tokens:,} real tokens in the plain forward's "
              f"windows, {counted:,} counted by the profile ({'the same' if counted == tokens else 'DIFFERENT'}). "
-             f"{reps} repetitions, each runs the three in a shuffled order; ratio = the profile's tokens/s over the "
-             "plain forward's in the same repetition. The profile's time is the whole call (tokenizing, the "
-             "checkpoint key: every weight byte hashed, every batch, the result). Median plain forward: "
-             f"{statistics.median(wall['plain']):.2f} s ({plain_rate:,.0f} tokens/s). The profile read by hooks "
-             f"and the one read by traces gave {'bitwise equal' if same else 'DIFFERENT'} tables (count, gate "
-             "mass, tokens, per-item counts and tokens). Target: >= 0.97 (issue 27).", "",
-             "| `mi.profile`, batches read by | tokens/s ratio, wall: median | IQR | min - max | "
-             "CPU time: median | IQR | min - max |", "|---|---|---|---|---|---|---|"]
-    for name, label in (("hooks", "torch hooks (`runtime._hooks`, the default)"),
-                        ("traces", "an nnsight trace each (before)")):
+             f"{reps} repetitions, each runs the {len(variants)} variants in a shuffled order; ratio = tokens/s over "
+             "the plain forward's in the same repetition (plain time / variant time). A whole call includes "
+             "tokenizing and padding the texts, the checkpoint key (every weight byte hashed: "
+             f"{key_s * 1000:.0f} ms CPU here, {key_s / plain_s:.1%} of the plain forward) and building the result; "
+             "the batches alone are what it runs per batch (the read, the kernels, the counts) on the plain "
+             f"forward's batches. Median plain forward: {statistics.median(wall['plain']):.2f} s wall, "
+             f"{plain_s:.2f} s CPU. The profile read by hooks and the one read by traces gave "
+             f"{'bitwise equal' if same else 'DIFFERENT'} tables (count, gate mass, tokens, per-item counts and "
+             "tokens; per batch too). Target: >= 0.97 (issue 27).", "",
+             "| variant | tokens/s ratio, wall: median | IQR | min - max | CPU time: median | IQR | min - max |",
+             "|---|---|---|---|---|---|---|"]
+    for name, label in (("hooks", "`mi.profile`, batches read by torch hooks (`runtime._hooks`, the default)"),
+                        ("traces", "`mi.profile`, batches read by an nnsight trace each (before)"),
+                        ("batches_hooks", "the batches alone, read by torch hooks"),
+                        ("batches_traces", "the batches alone, an nnsight trace each")):
         lines.append(f"| {label} | {summary(ratio[('wall', name)])} | {summary(ratio[('cpu', name)])} |")
     lines.append(END)
     section = "\n".join(lines)
