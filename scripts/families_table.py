@@ -7,8 +7,9 @@ Sources: the adapter table (`moe_interp.arch._families.FAMILIES`) and the survey
 verdict per MoE-bearing type of the installed transformers, and its version; the tables say
 which version they were recorded on). Targets:
 
-- `docs/concepts.md`: the family table; a model type the survey could not judge (no tiny
-  build, or too large tiny) is marked so, never listed as working;
+- `docs/concepts.md`: the family table; a model type the survey could not judge (transformers'
+  own forward fails, the tiny config does not build, or too large tiny) is marked so, never listed
+  as working;
 - `docs/api/architectures.md`: every surveyed type with its kind and verdict, and the
   cross-check of the adapter table against the survey (each registered type's verdict);
 - `README.md`: the survey's summary (counts per verdict, the types that are not exact).
@@ -38,8 +39,10 @@ _COMMON = ("| *common pattern*: every other type that declares router logits (`m
 # verdict prefix -> (table group, short reason for "not verified")
 _GROUPS = (("exact", "exact, every MoE layer of every stack", None),
            ("refused", "refused with `UnsupportedModelError`", None),
-           ("no tiny build", "not judged: does not build or run from a tiny config", "no tiny build"),
-           ("skipped", "not judged: too large even tiny", "too large to build tiny"),
+           ("HF forward fails", "not judged: transformers' own forward of the tiny model fails", "transformers' "
+            "forward fails"),
+           ("tiny config fails", "not judged: the tiny config does not build", "the tiny config does not build"),
+           ("too large", "not judged: too large even tiny", "too large to build tiny"),
            ("no routed experts", "no routed experts in the model this config builds", None),
            ("part of another type", "part of another type (a tower, a language model, a sub-config): judged through "
             "the type that holds it", None))

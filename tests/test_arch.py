@@ -138,6 +138,15 @@ def _randomise_token_tables(hf, vocab_size, seed=3):
             buffer.copy_(torch.randint(0, 8, buffer.shape, generator=generator))
 
 
+def _choose_skip_experts(hf, bias=0.8):
+    """ZAYA's skip expert (a router class past the experts: no compute) starts with balancing bias -1,
+    which a random tiny router then never picks; a bias of 0.8 makes some tokens of the survey's batch
+    take it in most layers, so that readers meet it."""
+    for module in hf.modules():
+        if type(module).__name__ == "ZayaRouter":
+            module.balancing_biases[-1] = bias
+
+
 def _moe_model_types():
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -220,10 +229,12 @@ def _build(model_type):
         meta = cls._from_config(config)
     if not any(_is_experts(name, module) for name, module in meta.named_modules()):
         return None, f"no routed experts: {cls.__name__} from this config has no experts module"
-    if sum(p.numel() for p in meta.parameters()) > 20_000_000:
-        return None, "skipped: tiny config still too large"
+    size = sum(p.numel() for p in meta.parameters())
+    if size > TOO_LARGE:
+        return None, f"too large: {size:,} parameters from its tiny config (the survey builds up to {TOO_LARGE:,})"
     model = mi.zoo.tiny_model(model_type, **SURVEY_OVERRIDES.get(model_type, {}))
     _randomise_token_tables(model._module, getattr(model._module.config.get_text_config(), "vocab_size", 0))
+    _choose_skip_experts(model._module)
     inputs, masks = _inputs(model)
     try:  # the plain HF forward must run before moe_interp is judged
         model._module(**inputs, use_cache=False)
@@ -232,9 +243,33 @@ def _build(model_type):
     return model, (inputs, masks)
 
 
+TOO_LARGE = 20_000_000  # parameters: a tiny config that builds a larger model is not run by the survey
+
+
 class PlainForwardError(RuntimeError):
     """transformers' own forward of the tiny model fails (llama4 on 5.24: its causal LM reads
     `image_outputs` its output does not have): no verdict on moe_interp."""
+
+
+@contextlib.contextmanager
+def _weightless_slots(model, mask):
+    """`{layer: count}` of the real tokens' slots a ZAYA experts module received with weight exactly 0:
+    the router chose its skip expert (the class past the experts), handed over as expert 0, weight 0."""
+    from conftest import _experts_modules
+
+    hf, seen, handles = model._module, {}, []
+    if hf.config.model_type in ("zaya",):
+        def pre(layer):
+            def hook(module, args):
+                index, weights = args[1].reshape(mask.numel(), -1), args[2].reshape(mask.numel(), -1)
+                seen[layer] = seen.get(layer, 0) + int(((weights == 0) & (index == 0))[mask.reshape(-1).bool()].sum())
+            return hook
+        handles = [module.register_forward_pre_hook(pre(layer)) for layer, _, module in _experts_modules(hf)]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _oracle_key(router_path, several):
@@ -246,10 +281,14 @@ def _oracle_key(router_path, several):
 def _verdict(model, batch):
     """Recorded counts against what the experts received (conftest.experts_received), per layer."""
     inputs, masks = batch
-    with experts_received(model, masks) as received:
+    with experts_received(model, masks) as received, _weightless_slots(model, masks) as skipped:
         with mi.trace(model, inputs, mi.RouterRecord(), use_cache=False) as tr:
             pass
     spec = mi.describe(model)
+    for layer, count in skipped.items():  # ZAYA's skip expert: handed over as expert 0 with weight 0
+        received[layer] = torch.nn.functional.pad(received[layer], (0, spec.num_experts - len(received[layer])))
+        received[layer][0] -= count
+        received[layer][-1] += count
     several = len({s for s in spec.stacks or ()}) > 1
     routing = tr.routing if not several else None
     stats = [routing] if routing is not None else list(tr.routing_by_stack.values())
@@ -300,10 +339,11 @@ def survey_rows(types=None):
         except mi.UnsupportedModelError as error:
             rows.append((model_type, kind, f"refused by describe: {str(error)[:240]}"))
             continue
-        except Exception as error:  # the tiny config does not build or run: not a moe_interp verdict
-            plain = isinstance(error, PlainForwardError)
-            what = "the plain HF forward fails: " if plain else f"{type(error).__name__}: "
-            rows.append((model_type, kind, f"no tiny build: {what}{str(error)[:60]}"))
+        except PlainForwardError as error:  # transformers' own forward of the tiny model: not a moe_interp verdict
+            rows.append((model_type, kind, f"HF forward fails: {str(error)[:160]}"))
+            continue
+        except Exception as error:  # the tiny config does not build: not a moe_interp verdict
+            rows.append((model_type, kind, f"tiny config fails: {type(error).__name__}: {str(error)[:140]}"))
             continue
         if model is None:
             rows.append((model_type, kind, batch))
@@ -374,7 +414,7 @@ def test_survey_of_installed_transformers_moe_types():
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
     expected = [t for t in EXACT + EXACT_OTHER if t in CONFIG_MAPPING_NAMES]
-    excused = ("exact", "no tiny build: the plain HF forward fails")  # transformers' own bug, not a verdict
+    excused = ("exact", "HF forward fails")  # transformers' own bug, not a verdict
     assert not {t: verdicts.get(t, "absent") for t in expected if not verdicts.get(t, "").startswith(excused)}
     # the two the oracle found wrong on 1c62add: hash layers unrecorded; looped layers read once
     if "deepseek_v4" in verdicts:
@@ -711,3 +751,72 @@ def test_longcat_flash_reroute_holds_for_routed_and_zero_computation_experts():
         assert not bool(((indices[real] == ablated[layer][0]) & (weights[real] != 0)).any()), layer
         width = mi.describe(model).num_experts
         assert torch.equal(tr.routing.count[0, position], torch.bincount(chosen.reshape(-1), minlength=width))
+
+
+# ------------------------------------------- types first built from hand-written tiny configs (issue 27)
+def test_zaya_counts_its_skip_expert_in_the_column_past_the_experts():
+    """ZAYA's router hands a token that chose its skip expert (no compute) to the experts module as
+    expert 0 with weight 0. moe_interp reads the router's top-k: a skip is counted in the last column
+    (read at the experts' arguments, every skip was counted for expert 0). The oracle: the experts'
+    own arguments, a slot of weight exactly 0 being a skip."""
+    model = mi.zoo.tiny_model("zaya")
+    _choose_skip_experts(model._module)
+    spec = mi.describe(model)
+    assert (spec.family, spec.num_experts, spec.top_k) == ("zaya", 9, 1)
+    enc, seen = encode(model), {}
+    handles = [model._module.get_submodule(path).register_forward_pre_hook(
+        lambda module, args, layer=layer: seen.__setitem__(layer, (args[1], args[2])))
+        for layer, path in zip(spec.moe_layers, spec.experts)]
+    try:
+        with mi.trace(model, enc, mi.RouterRecord(), use_cache=False) as tr:
+            pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    real = enc["attention_mask"].reshape(-1).bool()
+    for position, layer in enumerate(tr.routing.layers):
+        index, weights = seen[layer]
+        chosen = torch.where(weights == 0, 8, index).reshape(real.shape[0], -1)[real]
+        assert torch.equal(tr.routing.count[0, position], torch.bincount(chosen.reshape(-1), minlength=9)), layer
+    assert int(tr.routing.count[0, :, 8].sum()) > 0  # the batch meets the skip expert
+
+
+@pytest.mark.parametrize("model_type, reason", [
+    ("ernie4_5_vl_moe", r"2 routed blocks \(text_moe, vision_moe\).*by its modality"),
+    ("diffusion_gemma", r"block-diffusion model.*canvas_length=8"),
+    ("qwen3_omni_moe", r"defines no forward.*runs: thinker \(mi\.wrap\(hf\.thinker, processor\)\)"),
+])
+def test_types_whose_routing_moe_interp_cannot_read_are_refused_naming_why(model_type, reason):
+    with pytest.raises(mi.UnsupportedModelError, match=reason):
+        mi.zoo.tiny_model(model_type)
+
+
+def test_gemma4_logits_are_the_router_linear_whose_softmax_it_returns():
+    """Gemma 4's router returns (softmax, weights, indices) and transformers records the softmax as
+    its router_logits; the view's logits are the linear's output before it."""
+    model = mi.zoo.tiny_model("gemma4_text")
+    assert (mi.describe(model).family, mi.describe(model).logits) == ("gemma4", "expert_scores_0")
+    probabilities = {}
+    routers = [m for m in model._module.modules() if type(m).__name__ == "Gemma4TextRouter"]
+    handles = [r.register_forward_hook(lambda m, a, out, i=i: probabilities.__setitem__(i, out[0]))
+               for i, r in enumerate(routers)]
+    try:
+        with model.trace(encode(model), use_cache=False):
+            logits = nnsight.save([])
+            for entry in model.moe:
+                logits.append(entry.router.logits.save())
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(logits) == len(routers) == 4
+    for i, value in enumerate(logits):
+        assert not torch.equal(value, probabilities[i])
+        assert torch.equal(torch.softmax(value, -1, dtype=torch.float32), probabilities[i])
+
+
+def test_lfm2_moe_reroute_ranks_with_the_expert_bias_its_block_passes():
+    """LFM2-MoE's router takes `expert_bias=None` and ranks `sigmoid(logits) + expert_bias` when its
+    block passes it; the probe passes the block's bias, so rerouting finds that top-k."""
+    model = mi.zoo.tiny_model("lfm2_moe")
+    assert mi.describe(model).select == "torch_topk_0.input"
+    assert bool((model._module.model.layers[1].feed_forward.expert_bias != 0).all())  # redrawn by tiny_model

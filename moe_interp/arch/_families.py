@@ -85,13 +85,25 @@ FAMILIES = (
     ),
     RouterAdapter(
         name="gemma4",
-        model_types=("gemma4_text", "gemma4", "diffusion_gemma_text", "diffusion_gemma"),
+        model_types=("gemma4_text", "gemma4"),  # diffusion_gemma: refused (block diffusion, arch._spec)
         # the router's linear makes `expert_scores`; the router returns the softmax of them (which
         # transformers declares as its "router_logits"), top-k weights and indices. Router and
         # experts are siblings in the decoder layer, beside a dense MLP whose output is added
         logits="expert_scores_0",
         readout="experts",
         selection="RMS-normed input, softmax, top-k, renormalise, x a learned per-expert scale",
+    ),
+    RouterAdapter(
+        name="zaya",
+        model_types=("zaya",),
+        # read inside the router, at its top-k: a token that chose the skip expert (index E, no compute)
+        # is handed to the experts module as expert 0 with weight 0, so the experts' arguments and the
+        # router's output say expert 0 where the router chose the skip expert; counted as expert E
+        readout="topk",
+        topk_op="torch_topk_0",
+        weights_op="router_probs_masked_fill_0",  # the chosen probabilities, the skip expert's set to 0
+        selection="an MLP on the hidden state (plus the previous layer's router state), softmax over the experts "
+        "and a skip expert, + balancing biases (selection only), top-k; the skip expert's weight is 0",
     ),
     RouterAdapter(
         name="longcat_flash",

@@ -17,7 +17,9 @@ device and dtype, under both grad modes, and reads off:
 - `width`: how many scores that top-k ranks (the routed experts; a router may make more
   logits than it routes, e.g. Inkling's shared-expert column);
 - `makers`: the ops whose output is exactly what top-k ranks (when one is the logits or
-  choice op, an edit there already reaches top-k: no second site is needed).
+  choice op, an edit there already reaches top-k: no second site is needed);
+- `logits_width`: how many logits the logits op made (ZAYA's router makes them after an MLP:
+  its first weight matrix is not the classifier); a top-k over that many scores ranks experts.
 """
 
 import dataclasses
@@ -56,6 +58,7 @@ class Probe:
     select: str | None
     width: int | None
     makers: tuple[str, ...]
+    logits_width: int | None = None
 
 
 def _record(router: torch.nn.Module, fn: Any, prefix: str, log: list, depth: int) -> Any:
@@ -138,6 +141,9 @@ def _read(log: list, names: tuple[str, ...], routed: set[int]) -> Probe:
     top = set(ran)
     logits = next((n for n in names if _LOGITS.match(n) and n in top), None)
     logits = logits or next((n for n in _LOGITS_FALLBACK if n in top), None)
+    made = next((v for p, _, _, _, v in log if p == logits), None)
+    logits_width = int(made.shape[-1]) if isinstance(made, torch.Tensor) and made.ndim >= 1 else None
+    routed = routed | ({logits_width} if logits_width else set())  # a top-k over the logits' width ranks experts
     select = width = None
     makers: tuple[str, ...] = ()
     for position in range(len(log) - 1, -1, -1):
@@ -151,7 +157,7 @@ def _read(log: list, names: tuple[str, ...], routed: set[int]) -> Probe:
             makers = tuple(p for p, _, _, _, v in log[:position] if v is ranked)
             select = f"{path}.input" if not method else (f"{makers[-1]}.output" if makers else None)
         break
-    return Probe(ran, logits, select, width, makers)
+    return Probe(ran, logits, select, width, makers, logits_width)
 
 
 def probe_router(router: torch.nn.Module, parent: torch.nn.Module | None, names: tuple[str, ...],

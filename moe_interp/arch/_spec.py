@@ -272,6 +272,8 @@ def _detect(model: Any, module: torch.nn.Module) -> MoESpec:
         _unsupported(module, model_type, declared, class_names)
     routers = _same_place_routers(module, routers)
     _refuse_modality_split(routers, model_type)
+    _refuse_block_diffusion(module, model_type)
+    _refuse_without_forward(module, model_type, [p for p, _ in routers])
 
     broken = broken_nllb_moe_experts(module)
     if broken:
@@ -311,6 +313,8 @@ def _detect(model: Any, module: torch.nn.Module) -> MoESpec:
     probes = probe_router(first, module.get_submodule(first_path.rsplit(".", 1)[0]), op_names,
                           {rows} | ({sized} if isinstance(sized, int) else set()))
     seen = probes[0] if probes else None
+    if seen and seen.logits_width and seen.width == seen.logits_width != rows:  # the classifier is not the first
+        rows = seen.logits_width  # weight matrix (ZAYA's router: a down-projection, an MLP, then the classifier)
     logits = adapter.logits or (seen and seen.logits) or next((n for n in _LOGITS_CANDIDATES if n in op_names), None)
     if logits is None:
         raise UnsupportedModelError(
@@ -405,6 +409,33 @@ def _refuse_modality_split(routers: list, model_type: str) -> None:
                 "them by its modality (text or image/video tokens): two routings per layer, where moe_interp "
                 "reads one router per layer. Not supported; a text-only reading of one block would miss the "
                 "other's tokens")
+
+
+def _refuse_block_diffusion(module: torch.nn.Module, model_type: str) -> None:
+    """`UnsupportedModelError` for a block-diffusion model (DiffusionGemma): its decoder denoises a
+    canvas of `canvas_length` tokens (random ones unless the caller gives them), attending to the
+    prompt's cache, so the tokens its routers see are not the input text, and its generation is
+    a denoising loop rather than next-token decoding."""
+    length = getattr(getattr(module, "config", None), "canvas_length", None)
+    if isinstance(length, int) and not getattr(module.config, "is_encoder_decoder", False):
+        raise UnsupportedModelError(
+            f"{type(module).__name__} ({model_type}) is a block-diffusion model: its encoder reads the prompt "
+            f"and its decoder denoises a canvas of canvas_length={length} tokens (random unless given as "
+            "decoder_input_ids), so its decoder's routing is not over the input text and its generation is a "
+            "denoising loop. moe_interp reads causal and encoder-decoder language models; not supported")
+
+
+def _refuse_without_forward(module: torch.nn.Module, model_type: str, router_paths: list) -> None:
+    """`UnsupportedModelError` for a model class with no forward of its own (Qwen3-Omni-MoE: transformers
+    gives it `generate` only, which runs its thinker, then its talker), naming the parts that have one."""
+    if type(module).forward is not torch.nn.Module.forward:
+        return
+    parts = sorted({p.split(".", 1)[0] for p in router_paths
+                    if type(module.get_submodule(p.split(".", 1)[0])).forward is not torch.nn.Module.forward})
+    raise UnsupportedModelError(
+        f"{type(module).__name__} ({model_type}) defines no forward (transformers gives it generate only), so no "
+        "trace can run it" + (f"; wrap a part that holds its routers and runs: {', '.join(parts)} "
+                              f"(mi.wrap(hf.{parts[0]}, processor))" if parts else ""))
 
 
 def _routing_kind(router: torch.nn.Module) -> str:

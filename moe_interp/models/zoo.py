@@ -71,6 +71,41 @@ _OVERRIDES: dict[str, dict] = {
                                               for i in (2, 3)},
                             head_dim=16, index_topk=8, index_head_dim=8, index_n_heads=2, sliding_window=16,
                             shared_experts_intermediate_size=32),
+    # the M-RoPE sections (temporal, height, width) sum to the rotary half-width; GLM-4.5V's text head 16
+    "glm4v_moe_text": dict(num_attention_heads=2, num_key_value_heads=2,
+                           rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                            "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1]}),
+    "hy_v4_vl_text": dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}),
+    # DSA layers without RoPE (qk_rope_head_dim 0, as its validation asks); the indexer keeps 8 keys of pools of 2
+    "glm5_next_text": dict(qk_rope_head_dim=0, mlp_layer_types=["dense", "sparse", "sparse", "sparse"], index_topk=8,
+                           index_kpool=2, index_head_dim=8, index_n_heads=2, linear_head_dim=8, linear_num_heads=4),
+    # Mamba-2 and attention layers alternating
+    "granitemoehybrid": dict(mamba_n_heads=4, mamba_d_state=16, mamba_chunk_size=16, shared_intermediate_size=32,
+                             layer_types=["linear_attention", "full_attention", "linear_attention", "full_attention"]),
+    # head_dim is the query/key head (nope + rope): the rotary width is read from it
+    "mistral4": dict(head_dim=16),
+    # transformers' thinker reads vision_start_token_id, which its config does not define
+    "qwen3_omni_moe_thinker": dict(vision_start_token_id=251),
+    # the talker reads spatial_merge_size and its MoE shared_expert_intermediate_size, which their configs
+    # do not define (released config.json files carry them)
+    "Qwen3OmniMoeTalkerConfig": dict(spatial_merge_size=2),  # its model_type is ''
+    "Qwen3OmniMoeCode2WavConfig": dict(decoder_dim=16, codebook_size=64),  # the speech decoder, not an LM
+    "qwen3_omni_moe_talker_code_predictor": dict(vocab_size=64),
+    "qwen3_omni_moe_talker_text": dict(shared_expert_intermediate_size=32, num_experts=8, num_experts_per_tok=2,
+                                       moe_intermediate_size=32),
+    # three GatedDeltaNet layers and one with the QSA indexer (its fields are all unset by default)
+    "qwen4_exp_text": dict(indexer_n_heads=2, indexer_kv_heads=1, indexer_head_dim=8, indexer_budget=8,
+                           indexer_compress_ratio=2, linear_key_head_dim=8, linear_value_head_dim=8,
+                           linear_num_key_heads=2, linear_num_value_heads=4, hc_lowrank=8),
+    # Step3p7's language model builds its sliding-window mask whatever its layer types: a window is needed
+    "step3p5": dict(sliding_window=16, share_expert_dim=32, num_sliding_attention_heads=4,
+                    layer_types=["full_attention", "sliding_attention", "full_attention", "sliding_attention"],
+                    mlp_layer_types=["dense", "sparse", "sparse", "sparse"]),
+    "zaya": dict(num_experts_per_tok=1, router_hidden_size=16),  # its validation allows top-1 only
+    # the experts work in a space of their own (a projection to moe_hidden_size before them)
+    "muse_spark_text": dict(moe_hidden_size=32),
+    "muse_spark": dict(out_hidden_size=32, projector_hidden_size=32),
+    "inkling_vision": dict(n_layers=1),
     "dots3_note_vision_encoder": dict(adapter_in_dim=32, adapter_out_dim=32),
     "dots3_note_audio_encoder": dict(adapter_input_size=32, adapter_out_dim=32),
     "switch_transformers": dict(d_model=32, d_kv=8, d_ff=64, num_layers=4, num_decoder_layers=4, num_heads=4,
@@ -169,23 +204,35 @@ def tiny_config(model_type: str, **overrides: Any) -> Any:
     return AutoConfig.for_model(model_type, **values)
 
 
-def _small(config: Any) -> dict:
+def _small(config: Any, text: Any = None) -> dict:
     """Tiny values for `config`'s own attributes; for a composite config (a multimodal model),
-    the language model's sub-config tiny the same way and every other tower (vision, audio)
-    cut to one small layer."""
+    the language model's sub-config tiny the same way (also where it sits inside another
+    sub-config: Qwen3-Omni's thinker) and every other tower (vision, audio) cut to one small layer."""
     values = {k: v for k, v in _SMALL.items() if _has(config, k)}
-    values.update(_OVERRIDES.get(config.model_type, {}))
+    values.update(_override(config))
     subs = getattr(config, "sub_configs", None) or {}
-    text = config.get_text_config() if subs else None
+    text = text if text is not None else config.get_text_config() if subs else None
     if text is None or text is config:  # parts of one model (DBRX's attn_config): _OVERRIDES sets them
         return values
     for name in subs:
         sub = getattr(config, name, None)
         if sub is None or not hasattr(sub, "to_dict") or name in values:
             continue
-        small = _small(sub) if sub is text else _tower(sub)
+        small = _small(sub) if sub is text else _small(sub, text) if _holds(sub, text) else _tower(sub)
         values[name] = {**_per_layer_cut(sub, small), **small}
     return values
+
+
+def _holds(config: Any, target: Any) -> bool:
+    """Whether the sub-config `target` is nested (at any depth) in `config`."""
+    subs = [getattr(config, name, None) for name in getattr(config, "sub_configs", None) or {}]
+    return any(sub is target or (sub is not None and _holds(sub, target)) for sub in subs)
+
+
+def _override(config: Any) -> dict:
+    """`_OVERRIDES` for `config`, by its model type or, for a sub-config without one (Qwen3-Omni's
+    talker: `model_type` ''), by its class name."""
+    return _OVERRIDES.get(config.model_type) or _OVERRIDES.get(type(config).__name__, {})
 
 
 def _has(config: Any, name: str) -> bool:
@@ -201,7 +248,7 @@ def _tower(config: Any) -> dict:
     """Tiny values for a tower (vision, audio) sub-config: `_TOWER`'s, its own `_OVERRIDES`, and
     the same for the towers nested in it (DeepSeek-OCR-2's SAM and Qwen2 encoders)."""
     values = {k: v for k, v in _TOWER.items() if _has(config, k)}
-    values.update(_OVERRIDES.get(config.model_type, {}))
+    values.update(_override(config))
     for name in getattr(config, "sub_configs", None) or {}:
         sub = getattr(config, name, None)
         if sub is not None and hasattr(sub, "to_dict") and name not in values:
