@@ -58,6 +58,7 @@ from moe_interp.analysis._expert_sets import (
 )
 from moe_interp.analysis._health import Health, health
 from moe_interp.analysis._layer_profile import LayerProfile, layer_profile
+from moe_interp.analysis._vocabulary import Vocabulary
 
 __all__ = [
     "BANDS",
@@ -77,6 +78,7 @@ __all__ = [
     "LayerEvidence",
     "LayerProfile",
     "SeedTest",
+    "Vocabulary",
     "adjusted_rand_index",
     "band_average",
     "bands",
