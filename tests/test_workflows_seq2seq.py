@@ -351,6 +351,22 @@ def test_an_experiment_grid_on_switch_scores_each_cell_as_hf_loss(tmp_path):
         assert row.bits_per_byte == pytest.approx(bits(hf_nll(model, text, ablate=ablate), text), rel=1e-5)
 
 
+def test_an_experiment_grid_of_parallel_pairs_scores_each_target_given_its_source():
+    model = tiny("nllb-moe")
+    pairs = {("fra", "eng"): [("Bonjour le monde", "Hello world"), ("Merci", "Thank you")],
+             ("deu", "eng"): [("Guten Tag", "Good day")]}
+    grid = {"baseline": [], "ablate": [mi.ExpertAblate({1: [3], 7: [5]})]}
+    frame = mi.Experiment(model, pairs, grid, progress=False).run()
+    assert frame.language.unique().tolist() == ["fra-eng", "deu-eng"] and len(frame) == 6
+    for row in frame.itertuples():
+        pair = pairs[tuple(row.language.split("-"))][row.item]
+        ablate = {1: [3], 7: [5]} if row.condition == "ablate" else None
+        assert row.bytes == len(pair[1].encode())
+        assert row.bits_per_byte == pytest.approx(bits(hf_nll(model, pair, ablate=ablate), pair), rel=1e-5)
+    with pytest.raises(ValueError, match="encoder-decoder model.*pass \\{language: \\[texts\\]\\}"):
+        mi.Experiment(tiny("qwen3_moe"), pairs, grid)
+
+
 # ----------------------------------------------------------------------------------------------- CLI
 def test_the_cli_ablates_and_steers_an_encoder_decoder_model_from_its_profile_directory(tmp_path, capsys):
     from moe_interp.cli import main

@@ -13,7 +13,7 @@ from moe_interp.core._expert_set import ExpertSet
 from moe_interp.core._fingerprint import WEIGHTS, check_corpus, fingerprint, model_parts
 from moe_interp.core._layers import BANDS, THIRD_BANDS, bands as band_split
 from moe_interp.arch import describe
-from moe_interp.experiments.evaluate import text_nll
+from moe_interp.experiments.evaluate import text_nll, two_stacks
 from moe_interp.runtime._interventions import flatten
 
 __all__ = ["Experiment"]
@@ -131,6 +131,12 @@ class Experiment:
     condition name) never matches: it is computed and appended, so one file can hold many
     runs. Condition names label the rows; they never key anything.
 
+    On an encoder-decoder model (NLLB-MoE, Switch) each text is scored by
+    `mi.evaluate.text_nll`: the decoder's teacher-forced NLL of the text, which the encoder
+    reads. A corpus of parallel pairs, `{(source language, target language): [(source,
+    target), ...]}`, scores each target given its source; its rows' `language` is
+    `"source-target"` (e.g. `"fra-eng"`).
+
     ```python
     >>> import moe_interp as mi
     >>> model = mi.zoo.tiny_model("qwen3_moe")
@@ -143,7 +149,9 @@ class Experiment:
     ```
     """
 
-    def __init__(self, model: Any, corpus: Mapping[str, Sequence[str]], grid: Mapping[str, Any],
+    def __init__(self, model: Any,
+                 corpus: Mapping[str, Sequence[str]] | Mapping[tuple[str, str], Sequence[Sequence[str]]],
+                 grid: Mapping[str, Any],
                  path: str | os.PathLike | None = None, batch_size: int = 8, progress: bool = True,
                  weights_hash: str = "full") -> None:
         if not isinstance(grid, Mapping) or not grid:
@@ -152,7 +160,12 @@ class Experiment:
         if weights_hash not in WEIGHTS:
             raise ValueError(f"weights_hash must be one of {', '.join(map(repr, WEIGHTS))}, got {weights_hash!r}")
         self.model, self.batch_size, self.progress, self.weights_hash = model, batch_size, progress, weights_hash
-        self.corpus = check_corpus(corpus)
+        pairs = _pairs_corpus(corpus)
+        if pairs is not None and not two_stacks(model):
+            raise ValueError("a corpus of (source, target) pairs is scored by an encoder-decoder model (the decoder "
+                             "predicts the target from the source); this model reads one text: pass {language: "
+                             "[texts]}")
+        self.corpus = pairs if pairs is not None else check_corpus(corpus)
         self.grid = {str(name): flatten(v if isinstance(v, (list, tuple)) else [v]) for name, v in grid.items()}
         spec = describe(model)
         for interventions in self.grid.values():  # validate every cell before running any
@@ -212,6 +225,35 @@ class Experiment:
         frame = [dict(language=lang, condition=cond, item=i, **row)
                  for lang, cond in cells for i, row in enumerate(done[keys[(lang, cond)]]["rows"])]
         return pd.DataFrame(frame)
+
+
+def _pairs_corpus(corpus: Any) -> dict[str, list[tuple[str, str]]] | None:
+    """A corpus of parallel pairs `{(source, target): [(text, text)]}` as `{"source-target":
+    [pairs]}`; `None` for any other corpus (checked as `{language: [texts]}`).
+
+    ```python
+    >>> from moe_interp.experiments._grid import _pairs_corpus
+    >>> _pairs_corpus({("fra", "eng"): [("Bonjour", "Hello")]}), _pairs_corpus({"eng": ["Hello"]})
+    ({'fra-eng': [('Bonjour', 'Hello')]}, None)
+
+    ```
+    """
+    if not (isinstance(corpus, Mapping) and any(isinstance(key, tuple) for key in corpus)):
+        return None
+    out = {}
+    for key, pairs in corpus.items():
+        if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, str) and k for k in key)):
+            raise TypeError(f"a corpus of pairs is keyed by (source language, target language), e.g. ('fra', 'eng'); "
+                            f"got the key {key!r}. Use one form for the whole corpus: {{language: [texts]}} or "
+                            "{(source, target): [(source text, target text)]}")
+        if isinstance(pairs, str) or not isinstance(pairs, Sequence) or not all(
+                isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(t, str) for t in p) for p in pairs):
+            raise TypeError(f"corpus[{key!r}] must be a list of (source text, target text) pairs, e.g. "
+                            "list(zip(sources, targets))")
+        if not pairs:
+            raise ValueError(f"corpus[{key!r}] is empty")
+        out[f"{key[0]}-{key[1]}"] = [tuple(p) for p in pairs]
+    return out
 
 
 def _checksum(record: dict) -> str:
