@@ -17,7 +17,7 @@
 #    every result is compared bitwise with the same call run locally.
 #
 # Measured (2026-12-06, 2 shared cores, PyPI): 4 min 7 s to install, 5.3 GB (torch 4.7 GB of it), 103 tests
-# passed in 275 s; docs/remote.md section 7, "On the Python ndif requires (3.12)".
+# passed in 183-275 s; docs/remote.md section 7, "On the Python ndif requires (3.12)".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
