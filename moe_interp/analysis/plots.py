@@ -26,6 +26,7 @@ from moe_interp.analysis import (
     METRICS,
     THRESHOLD,
     Health,
+    Vocabulary,
     cluster,
     divergence,
     exclusive_experts,
@@ -37,7 +38,7 @@ from moe_interp.analysis import layer_profile as _layer_profile
 from moe_interp.core._expert_set import PAPER, check_k
 
 __all__ = ["comparison", "dendrogram", "divergence_heatmap", "expert_counts", "forest_plot", "language_layer_heatmap",
-           "layer_profile", "load_health", "routing_heatmap"]
+           "layer_profile", "load_health", "routing_heatmap", "vocabulary_specialization"]
 
 _METRIC_NAMES = {"js": "Jensen-Shannon divergence", "cosine": "cosine distance", "hellinger": "Hellinger distance",
                  "kl_sym": "symmetric KL (bits)"}
@@ -583,4 +584,56 @@ def comparison(result: Any, scope: str = "all") -> go.Figure:
     fig.update_xaxes(title_text="MoE layer", tickformat="d", row=row, col=1)
     fig.update_xaxes(title_text="MoE layer", tickformat="d", row=row, col=2)
     fig.update_yaxes(title_text=f"Jensen-Shannon (bands: {pct}% of the nulls)", rangemode="tozero", row=row, col=1)
+    return fig
+
+
+def vocabulary_specialization(vocab: Vocabulary, n: int = 5, language: str | None = None) -> go.Figure:
+    """Which tokens the experts take (`mi.experiments.vocabulary`'s `Vocabulary`): left, the share
+    of each expert's load taken by its `n` most frequent tokens (layer x expert; hover: those
+    tokens), against the corpus' own top-`n` share in the title; right, OLMoE's vocabulary
+    specialization per layer (the mean share of a token's occurrences routed to its most-used
+    expert), over all languages and per language, against `top_k / num_experts` (a router that
+    spread every token evenly).
+
+    ```python
+    >>> import torch
+    >>> import moe_interp as mi
+    >>> v = mi.analysis.Vocabulary.from_records(torch.tensor([1, 1, 2, 2]), torch.tensor([0, 0, 1, 1])[:, None, None],
+    ...                                         num_experts=2, pieces={1: "a", 2: "b"})
+    >>> fig = mi.plots.vocabulary_specialization(v, n=1)
+    >>> fig.data[0].z.tolist(), [t.name for t in fig.data[1:]]
+    ([[1.0, 1.0]], ['all languages', 'spread evenly'])
+
+    ```
+    """
+    share = vocab.specialization(n, language).numpy()
+    layers, experts = list(vocab.layers), list(range(vocab.num_experts))
+    tokens = [[" ".join(repr(p) for p in vocab.top_tokens(layer, e, n, language).piece) if not np.isnan(share[i, e])
+               else "never chosen" for e in experts] for i, layer in enumerate(layers)]
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.65, 0.35], horizontal_spacing=0.08,
+                        subplot_titles=(f"share of each expert's load taken by its {n} most frequent tokens",
+                                        "OLMoE's vocabulary specialization per layer"))
+    fig.add_trace(go.Heatmap(z=share, x=experts, y=layers, customdata=tokens, zmin=0.0, zmax=1.0, colorscale="Viridis",
+                             name="top-n share", colorbar={"title": {"text": f"top-{n} share"}, "x": 0.6},
+                             hovertemplate="layer %{y}, expert %{x}<br>top-" + str(n) + " share %{z:.3f}<br>"
+                                           "%{customdata}<extra></extra>"), row=1, col=1)
+    scopes = [(language or "all languages", language)] + ([(lang, lang) for lang in vocab.languages]
+                                                           if language is None and len(vocab.languages) > 1 else [])
+    palette = qualitative.Plotly
+    for i, (name, scope) in enumerate(scopes):
+        fig.add_trace(go.Scatter(x=layers, y=vocab.vocabulary_specialization(scope).numpy(), mode="lines+markers",
+                                 name=name, line={"color": "black" if i == 0 else palette[(i - 1) % len(palette)],
+                                                  "width": 3 if i == 0 else 1},
+                                 hovertemplate="layer %{x}: %{y:.3f}<extra>" + name + "</extra>"), row=1, col=2)
+    even = vocab.top_k / vocab.num_experts
+    fig.add_trace(go.Scatter(x=[layers[0], layers[-1]], y=[even, even], mode="lines", name="spread evenly",
+                             line={"color": "#7f7f7f", "dash": "dash"}, hoverinfo="skip"), row=1, col=2)
+    fig.update_xaxes(title_text="expert", tickformat="d", dtick=1 if vocab.num_experts <= 32 else None, row=1, col=1)
+    fig.update_yaxes(title_text="MoE layer", tickformat="d", dtick=1 if len(layers) <= 16 else None, row=1, col=1)
+    fig.update_xaxes(title_text="MoE layer", tickformat="d", row=1, col=2)
+    fig.update_yaxes(title_text="mean share to the most-used expert", range=[0, 1.05], row=1, col=2)
+    scope = "all languages" if language is None else language
+    fig.update_layout(title={"text": f"Vocabulary specialization ({scope}); the corpus' own {n} most frequent tokens "
+                                     f"take {vocab.corpus_share(n, language):.2f} of its tokens"},
+                      legend={"orientation": "h", "y": -0.15})
     return fig
