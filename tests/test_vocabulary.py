@@ -296,3 +296,14 @@ def test_bad_input_is_refused_early_naming_the_fix(vocab, model):
         mi.analysis.Vocabulary.from_records(torch.tensor([-1]), torch.tensor([[[0]]]), num_experts=2)
     with pytest.raises(ValueError, match="num_experts is 2"):
         mi.analysis.Vocabulary.from_records(torch.tensor([1]), torch.tensor([[[2]]]), num_experts=2)
+
+
+def test_the_figure_draws_the_top_n_share_and_olmoes_specialization(vocab):
+    fig = mi.plots.vocabulary_specialization(vocab, n=3)
+    heat, share = fig.data[0], vocab.specialization(3)
+    assert torch.equal(torch.tensor(heat.z).nan_to_num(-1), share.nan_to_num(-1))
+    layer, expert = (int(i) for i in (~share.isnan()).nonzero()[0])
+    assert heat.customdata[layer][expert] == " ".join(repr(p) for p in vocab.top_tokens(layer, expert, 3).piece)
+    assert [t.name for t in fig.data[1:]] == ["all languages", "eng", "fra", "spread evenly"]
+    assert list(fig.data[2].y) == pytest.approx(vocab.vocabulary_specialization("eng").tolist())
+    assert fig.data[-1].y == (K / 16, K / 16)
