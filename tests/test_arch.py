@@ -820,3 +820,31 @@ def test_lfm2_moe_reroute_ranks_with_the_expert_bias_its_block_passes():
     model = mi.zoo.tiny_model("lfm2_moe")
     assert mi.describe(model).select == "torch_topk_0.input"
     assert bool((model._module.model.layers[1].feed_forward.expert_bias != 0).all())  # redrawn by tiny_model
+
+
+def test_logits_are_the_last_router_logits_before_selection_as_the_router_returns_them():
+    """MuseSpark's router makes `router_logits` by a linear, then multiplies them (output_multiplier);
+    Laguna's caps them (tanh softcapping, where set). The view's logits are the last ones, those the
+    router ranks after and returns (read at the first, they were the linear's output alone)."""
+    muse = mi.zoo.tiny_model("muse_spark")
+    laguna = mi.zoo.model_class("laguna")._from_config(mi.zoo.tiny_config("laguna")).eval()
+    for module in laguna.modules():
+        if hasattr(module, "router_logit_softcapping"):
+            module.router_logit_softcapping = 2.0
+    laguna = mi.wrap(laguna, mi.zoo.byte_tokenizer())
+    for model, router_class in ((muse, "MuseSparkTopkRouter"), (laguna, "LagunaTopKRouter")):
+        returned = {}
+        routers = [m for m in model._module.modules() if type(m).__name__ == router_class]
+        assert routers, router_class
+        handles = [r.register_forward_hook(lambda m, a, out, i=i: returned.__setitem__(i, out[0]))
+                   for i, r in enumerate(routers)]
+        try:
+            with model.trace(encode(model), use_cache=False):
+                logits = nnsight.save([])
+                for entry in model.moe:
+                    logits.append(entry.router.logits.save())
+        finally:
+            for handle in handles:
+                handle.remove()
+        assert mi.describe(model).logits == "router_logits_1"
+        assert len(logits) == len(routers) and all(torch.equal(v, returned[i]) for i, v in enumerate(logits))

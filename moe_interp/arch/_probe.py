@@ -9,7 +9,8 @@ ablated expert back in. So detection runs the router's forward, instrumented by 
 own `.source` machinery (the same op names), on random hidden states of the router's
 device and dtype, under both grad modes, and reads off:
 
-- `logits`: the first logits-making op that ran;
+- `logits`: the last `router_logits` op that ran before the selecting top-k (a later one rescales
+  or caps the first: MuseSpark, Laguna), else the first logits-making op that ran;
 - `select`: the site of the last top-k, the one that picks the experts, as
   `"<op>.input"` (`torch.topk(x, ...)`: its argument) or `"<op>.output"` (`x.topk(...)`:
   the op that made `x`); ops inside a helper method are joined by dots
@@ -139,7 +140,11 @@ def _is_topk(callee: Any) -> bool:
 def _read(log: list, names: tuple[str, ...], routed: set[int]) -> Probe:
     ran = tuple(path for path, *_ in log)
     top = set(ran)
-    logits = next((n for n in names if _LOGITS.match(n) and n in top), None)
+    # the last `router_logits` the router made before it selects: a later assignment rescales or caps
+    # the first (MuseSpark's output multiplier, Laguna's softcapping), and it is what the router returns
+    last_topk = max((i for i, (_, callee, *_) in enumerate(log) if _is_topk(callee)), default=len(log))
+    made = [path for path, *_ in log[:last_topk] if _LOGITS.match(path) and path in names]
+    logits = made[-1] if made else next((n for n in names if _LOGITS.match(n) and n in top), None)
     logits = logits or next((n for n in _LOGITS_FALLBACK if n in top), None)
     made = next((v for p, _, _, _, v in log if p == logits), None)
     logits_width = int(made.shape[-1]) if isinstance(made, torch.Tensor) and made.ndim >= 1 else None

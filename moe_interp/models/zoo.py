@@ -58,6 +58,7 @@ _OVERRIDES: dict[str, dict] = {
                         layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
                         per_layer_config={1: {"head_dim": 16}, 3: {"head_dim": 16}}, sliding_window=16,
                         hidden_size_per_layer_input=8, vocab_size_per_layer_input=VOCAB_SIZE),
+    # builds and runs (transformers' forward); moe_interp refuses it (a block-diffusion model: arch._spec)
     "diffusion_gemma_text": dict(num_experts=8, top_k_experts=2, moe_intermediate_size=32,
                                  layer_types=["sliding_attention", "full_attention", "sliding_attention",
                                               "full_attention"],
