@@ -307,3 +307,12 @@ def test_the_figure_draws_the_top_n_share_and_olmoes_specialization(vocab):
     assert [t.name for t in fig.data[1:]] == ["all languages", "eng", "fra", "spread evenly"]
     assert list(fig.data[2].y) == pytest.approx(vocab.vocabulary_specialization("eng").tolist())
     assert fig.data[-1].y == (K / 16, K / 16)
+
+
+def test_an_ablation_applies_while_routing(vocab, model):
+    busiest = int(vocab.load()[1].argmax())
+    ablated = mi.experiments.vocabulary(model, CORPUS, mi.ExpertAblate({1: [busiest]}), mi.RouterRecord(),
+                                        batch_size=3, progress=False)
+    assert int(ablated.load()[1, busiest]) == 0 and torch.equal(ablated.load()[0], vocab.load()[0])
+    assert torch.equal(ablated.occurrences, vocab.occurrences)
+    assert ablated.meta["interventions"] == [repr(mi.ExpertAblate({1: [busiest]}))]  # the recorder given is dropped
