@@ -309,14 +309,22 @@ class Vocabulary:
 
         ```
         """
-        return self._matrices(self._language(language))[self._layer(layer)]
+        position = self._layer(layer)
+        return self._matrices(self._language(language), position)[0]
 
-    def _matrices(self, lang: int | None) -> Tensor:
-        """`[layer, token, expert]` counts of one language (None: all)."""
-        keep = slice(None) if lang is None else self.entries[:, 0] == lang
+    def _matrices(self, lang: int | None, position: int | None = None) -> Tensor:
+        """`[layer, token, expert]` counts of one language (None: all), of every layer or of the
+        one at `position` (a `[1, token, expert]` tensor)."""
+        keep = torch.ones(len(self.entry_count), dtype=torch.bool)
+        if lang is not None:
+            keep &= self.entries[:, 0] == lang
+        if position is not None:
+            keep &= self.entries[:, 1] == position
         e = self.entries[keep]
-        out = torch.zeros(len(self.layers), len(self.token_ids), self.num_experts, dtype=torch.long)
-        out.index_put_((e[:, 1], e[:, 2], e[:, 3]), self.entry_count[keep], accumulate=True)
+        layer = e[:, 1] if position is None else torch.zeros_like(e[:, 1])
+        out = torch.zeros(len(self.layers) if position is None else 1, len(self.token_ids), self.num_experts,
+                          dtype=torch.long)
+        out.index_put_((layer, e[:, 2], e[:, 3]), self.entry_count[keep], accumulate=True)
         return out
 
     def load(self, language: str | None = None) -> Int[Tensor, "layer expert"]:
@@ -331,7 +339,12 @@ class Vocabulary:
 
         ```
         """
-        return self._matrices(self._language(language)).sum(1)
+        lang = self._language(language)
+        keep = slice(None) if lang is None else self.entries[:, 0] == lang
+        e = self.entries[keep]
+        flat = torch.zeros(len(self.layers) * self.num_experts, dtype=torch.long)
+        return flat.index_add_(0, e[:, 1] * self.num_experts + e[:, 3], self.entry_count[keep]).reshape(
+            len(self.layers), self.num_experts)
 
     # ------------------------------------------------------------------ the expert's side
     def top_tokens(self, layer: int, expert: int, n: int = 10, language: str | None = None, by: str = "count",
