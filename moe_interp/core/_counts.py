@@ -95,6 +95,9 @@ def _check_consistent(stats: "RoutingCounts") -> None:
     _check_tensor("count", stats.count, grid, "(languages, layers, num_experts)", integral=True)
     _check_tensor("gate_mass", stats.gate_mass, grid, "(languages, layers, num_experts)", integral=False)
     _check_tensor("tokens", stats.tokens, (n_lang,), "(languages,)", integral=True)
+    if stats.co_activation is not None:
+        _check_tensor("co_activation", stats.co_activation, grid + (stats.num_experts,),
+                      "(languages, layers, num_experts, num_experts)", integral=True)
     items = (stats.item_count, stats.item_tokens, stats.item_language)
     if all(x is None for x in items):
         return
@@ -134,7 +137,10 @@ class RoutingCounts:
     `item_language`), kept by `mi.profile`, allow bootstrap confidence intervals.
     `stacks` labels each layer's stack (e.g. `"encoder"` / `"decoder"`) on models with more
     than one; `None` on single-stack models. Where analyses take `layers=`, a stack name
-    selects its layers (`moe_interp.core._layers`).
+    selects its layers (`moe_interp.core._layers`). `co_activation[group, layer, i, j]`
+    (`RouterRecord(co_activation=True)`, `mi.profile` with it) counts the tokens that chose
+    both experts `i` and `j`; its diagonal is `count` (each expert once per token); `None`
+    when not recorded.
     Construction checks that the fields agree (shapes, integer counts >= 0, finite gate mass,
     per-item counts adding up to `count`) and raises `ValueError` / `TypeError` naming the field.
 
@@ -166,6 +172,7 @@ class RoutingCounts:
     meta: dict = dataclasses.field(default_factory=dict)
     per_token: dict | None = None
     stacks: tuple[str, ...] | None = None
+    co_activation: Int[Tensor, "group layer expert expert2"] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.languages, str):
@@ -273,8 +280,8 @@ class RoutingCounts:
     def merge(self, *others: "RoutingCounts") -> "RoutingCounts":
         """Combine stats of the same model: counts of a language present in both are summed.
 
-        Languages: this one's, then the others' new ones. Per-item counts are kept when
-        every part has them.
+        Languages: this one's, then the others' new ones. Per-item counts and co-activation
+        counts are kept when every part has them.
 
         ```python
         >>> import moe_interp as mi
@@ -295,11 +302,15 @@ class RoutingCounts:
             count = torch.zeros(shape, dtype=torch.long)
             mass = torch.zeros(shape, dtype=torch.float64)
             tokens = torch.zeros(len(languages), dtype=torch.long)
+            both = result.co_activation is not None and other.co_activation is not None
+            pairs = torch.zeros(shape + (result.num_experts,), dtype=torch.long) if both else None
             for stats in (result, other):
                 index = torch.tensor([languages.index(l) for l in stats.languages])
                 count.index_add_(0, index, stats.count.cpu().long())
                 mass.index_add_(0, index, stats.gate_mass.cpu().double())
                 tokens.index_add_(0, index, stats.tokens.cpu().long())
+                if both:
+                    pairs.index_add_(0, index, stats.co_activation.cpu().long())
             items = None
             if result.item_count is not None and other.item_count is not None:
                 relabel = torch.tensor([languages.index(l) for l in other.languages])
@@ -308,7 +319,7 @@ class RoutingCounts:
                          torch.cat([result.item_language, relabel[other.item_language]]))
             result = type(self)(tuple(languages), result.layers, result.num_experts, result.top_k, count, mass,
                                 tokens, *(items or (None, None, None)), meta={**result.meta, "merged": True},
-                                stacks=result.stacks)
+                                stacks=result.stacks, co_activation=pairs)
         return result
 
     def select(self, languages: Sequence[str] | None = None, layers: Any = None) -> "RoutingCounts":
@@ -335,9 +346,10 @@ class RoutingCounts:
             remap[li] = torch.arange(len(li))
             items = (self.item_count[keep][:, yi], self.item_tokens[keep], remap[self.item_language[keep]])
         stacks = None if self.stacks is None else tuple(self.stacks[i] for i in layer_index)
+        pairs = None if self.co_activation is None else self.co_activation[li][:, yi]
         return type(self)(tuple(self.languages[i] for i in lang_index), tuple(self.layers[i] for i in layer_index),
                           self.num_experts, self.top_k, self.count[li][:, yi], self.gate_mass[li][:, yi],
-                          self.tokens[li], *items, meta=dict(self.meta), stacks=stacks)
+                          self.tokens[li], *items, meta=dict(self.meta), stacks=stacks, co_activation=pairs)
 
     def language_index(self, language: str) -> int:
         """Position of a language label; `KeyError` with close matches when unknown."""
@@ -430,6 +442,8 @@ class RoutingCounts:
         ```
         """
         tensors = {name: getattr(self, name) for name in _TENSORS if getattr(self, name) is not None}
+        if self.co_activation is not None:  # absent when not recorded: files read as before
+            tensors["co_activation"] = self.co_activation
         for name, value in (self.per_token or {}).items():
             tensors[f"per_token.{name}"] = value
         header = {"format": _FORMAT, "languages": list(self.languages), "layers": list(self.layers),
@@ -486,7 +500,8 @@ class RoutingCounts:
         try:
             return cls(tuple(header["languages"]), tuple(header["layers"]), header["num_experts"], header["top_k"],
                        *(tensors.get(n) for n in _TENSORS), meta=header.get("meta", {}), per_token=per_token,
-                       stacks=None if header.get("stacks") is None else tuple(header["stacks"]))
+                       stacks=None if header.get("stacks") is None else tuple(header["stacks"]),
+                       co_activation=tensors.get("co_activation"))
         except (KeyError, ValueError, TypeError) as error:
             raise StatsFileError(f"{path} is inconsistent: {error}") from None
 

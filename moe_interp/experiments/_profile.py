@@ -91,55 +91,68 @@ def _rows(model: Any, corpus: dict, long_texts: str, options: dict,
     return rows, long_items
 
 
-def _local_forward(model: Any, batch: dict, interventions: list, trace_kwargs: dict) -> Any:
-    """One local forward of `batch` with `interventions` and a per-row `RouterRecord()`: read by
+def _local_forward(model: Any, batch: dict, interventions: list, trace_kwargs: dict,
+                   record: RouterRecord = RouterRecord()) -> Any:
+    """One local forward of `batch` with `interventions` and a per-row `record`: read by
     torch hooks where they serve it (`runtime._hooks.hooked_trace`: the same reader and kernels,
     without an nnsight trace's cost), else by an nnsight trace; both give `.routing` /
     `.routing_by_stack`."""
     with torch.no_grad():
-        run = hooked_trace(model, batch, *interventions, RouterRecord(), **trace_kwargs)
+        run = hooked_trace(model, batch, *interventions, record, **trace_kwargs)
     if run is not None:
         return run
-    tracer = per_row_trace(model, batch, *interventions, RouterRecord(), **trace_kwargs)
+    tracer = per_row_trace(model, batch, *interventions, record, **trace_kwargs)
     with torch.no_grad(), tracer:
         pass
     return tracer
 
 
+def _by_language(values: torch.Tensor | None, row_language: torch.Tensor, num_languages: int) -> torch.Tensor | None:
+    """Per-row `values` (`[rows, ...]`) summed per language (`row_language[row]`); None stays None."""
+    if values is None:
+        return None
+    out = torch.zeros((num_languages,) + tuple(values.shape[1:]), dtype=values.dtype)
+    return out.index_add_(0, row_language, values)
+
+
 def _local_batches(model: Any, spec: Any, todo: list[int], inputs: Any, row_language: torch.Tensor,
                    interventions: list, num_languages: int, batch_size: int, session_batches: Any,
-                   trace_kwargs: dict) -> Iterator[tuple]:
-    """`(rows, count, tokens, gate_mass)` per batch of `todo` rows, one local forward each (read by
-    torch hooks where they serve the interventions, `runtime._hooks`; else by an nnsight trace)."""
+                   trace_kwargs: dict, record: RouterRecord = RouterRecord()) -> Iterator[tuple]:
+    """`(rows, count, tokens, gate_mass, co_activation)` per batch of `todo` rows, one local forward
+    each (read by torch hooks where they serve the interventions, `runtime._hooks`; else by an
+    nnsight trace); gate mass and co-activation (None unless `record` asks) summed per language."""
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
-        tracer = _local_forward(model, inputs(chunk), interventions, trace_kwargs)
+        tracer = _local_forward(model, inputs(chunk), interventions, trace_kwargs, record)
         routing = tracer.routing
-        mass = torch.zeros((num_languages,) + tuple(routing.gate_mass.shape[1:]), dtype=torch.float64)
-        yield chunk, routing.count, routing.tokens, mass.index_add_(0, row_language[torch.tensor(chunk)],
-                                                                    routing.gate_mass)
+        languages = row_language[torch.tensor(chunk)]
+        yield (chunk, routing.count, routing.tokens, _by_language(routing.gate_mass.double(), languages, num_languages),
+               _by_language(routing.co_activation, languages, num_languages))
 
 
 def _stack_batches(model: Any, todo: list[int], inputs: Any, row_languages: dict[str, torch.Tensor],
                    interventions: list, num_languages: dict[str, int], batch_size: int,
-                   trace_kwargs: dict) -> Iterator[tuple]:
-    """`(rows, {stack: (count, tokens, gate_mass)})` per batch of `todo` rows of a model with
-    several stacks, one local forward each (`routing_by_stack`, as `_local_batches` reads it)."""
+                   trace_kwargs: dict, record: RouterRecord = RouterRecord()) -> Iterator[tuple]:
+    """`(rows, {stack: (count, tokens, gate_mass, co_activation)})` per batch of `todo` rows of a
+    model with several stacks, one local forward each (`routing_by_stack`, as `_local_batches`
+    reads it)."""
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
-        tracer = _local_forward(model, inputs(chunk), interventions, trace_kwargs)
+        tracer = _local_forward(model, inputs(chunk), interventions, trace_kwargs, record)
         parts = {}
         for stack, routing in tracer.routing_by_stack.items():
-            mass = torch.zeros((num_languages[stack],) + tuple(routing.gate_mass.shape[1:]), dtype=torch.float64)
+            languages = row_languages[stack][torch.tensor(chunk)]
             parts[stack] = (routing.count, routing.tokens,
-                            mass.index_add_(0, row_languages[stack][torch.tensor(chunk)], routing.gate_mass))
+                            _by_language(routing.gate_mass.double(), languages, num_languages[stack]),
+                            _by_language(routing.co_activation, languages, num_languages[stack]))
         yield chunk, parts
 
 
 def _remote_batches(model: Any, requests: list[list[list[int]]], inputs: Any, row_group: torch.Tensor, plan: Any,
                     num_groups: int, trace_kwargs: dict, stack_tokens: list | None = None) -> Iterator[tuple]:
-    """`(rows, item_count, item_tokens, gate_mass)` per session request (`requests`: the batches
-    of each, from `_requests`); gate mass is summed per `row_group` (`num_groups` of them).
+    """`(rows, item_count, item_tokens, gate_mass, co_activation)` per session request (`requests`:
+    the batches of each, from `_requests`); gate mass and co-activation (None unless the plan
+    records it) are summed per `row_group` (`num_groups` of them) on the server.
     With `stack_tokens` (a model with several stacks) `item_tokens` is `[rows, stacks]` and
     `item_count` / `gate_mass` hold every plan layer (`_session.profile_session`)."""
     session_kwargs = {k: trace_kwargs[k] for k in _WHERE if k in trace_kwargs}
@@ -147,8 +160,9 @@ def _remote_batches(model: Any, requests: list[list[list[int]]], inputs: Any, ro
     for chunks in requests:
         packed = profile_session(model, [(inputs(chunk), row_group[torch.tensor(chunk)]) for chunk in chunks],
                                  plan, num_groups, session_kwargs, model_kwargs, stack_tokens)
+        pairs = packed.get("co_activation")
         yield ([r for chunk in chunks for r in chunk], packed["item_count"], packed["item_tokens"],
-               packed["gate_mass"].to(torch.float64))
+               packed["gate_mass"].to(torch.float64), None if pairs is None else pairs.long())
 
 
 def _requests(todo: list[int], batch_size: int, batch_tokens: Any, request_tokens: int | None,
@@ -333,6 +347,7 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]] | Mapping[tuple[str,
                                request_tokens=request_tokens, session_batches=session_batches, long_texts=long_texts,
                                weights_hash=weights_hash, trace_kwargs=trace_kwargs)
     corpus = check_corpus(corpus)
+    record = _recorder(interventions)
     interventions = _check_options(interventions, batch_size, save_every, session_batches, weights_hash, long_texts)
     languages = list(corpus)
     rows, long_items = _rows(model, corpus, long_texts, {k: trace_kwargs[k] for k in _TOKENIZE if k in trace_kwargs})
@@ -348,6 +363,10 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]] | Mapping[tuple[str,
     key = {**model_parts(model, weights_hash), "corpus": fingerprint(corpus), "interventions": fingerprint(interventions),
            "long_texts": long_texts,
            "settings": fingerprint({k: v for k, v in trace_kwargs.items() if k not in _WHERE})}
+    if record.co_activation:  # a key part only when asked: checkpoints of plain profiles resume as before
+        sums["co_activation"] = torch.zeros(len(languages), n_layers, spec.num_experts, spec.num_experts,
+                                            dtype=torch.long)
+        key["co_activation"] = "recorded"
     trace_kwargs = {k: v for k, v in trace_kwargs.items() if k not in _TOKENIZE}  # the rows are token ids
 
     def inputs(chunk: list[int]) -> dict[str, torch.Tensor]:
@@ -360,18 +379,20 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]] | Mapping[tuple[str,
     def batches(todo: list[int]) -> Iterator[tuple]:
         if not remote:
             return _local_batches(model, spec, todo, inputs, row_language, interventions, len(languages), batch_size,
-                                  session_batches, trace_kwargs)
+                                  session_batches, trace_kwargs, record)
         return _remote_batches(model, _requests(todo, batch_size, padded, request_tokens, session_batches), inputs,
-                               row_language, compile_plan(spec, [*interventions, RouterRecord()]), len(languages),
+                               row_language, compile_plan(spec, [*interventions, record]), len(languages),
                                trace_kwargs)
 
     # cut once here too: a budget smaller than a batch is refused before anything runs
     requests = len(_requests(order, batch_size, padded, request_tokens, session_batches)) if remote else 0
 
     def steps(done: int, sums: dict[str, torch.Tensor]) -> Iterator[tuple[int, int]]:
-        for chunk, count, tokens, mass in batches(order[done:]):
+        for chunk, count, tokens, mass, pairs in batches(order[done:]):
             index = row_item[torch.tensor(chunk)]  # a long text's windows add up to its item
             sums["gate_mass"] += mass
+            if pairs is not None:
+                sums["co_activation"] += pairs
             sums["item_count"].index_add_(0, index, count.to(torch.int32))
             sums["item_tokens"].index_add_(0, index, tokens.long())
             yield len(chunk), int(tokens.sum())
@@ -383,7 +404,7 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]] | Mapping[tuple[str,
             "long_texts": long_texts, "long_items": long_items,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "fingerprint": fingerprint(key)}
     return _stats(model, spec, languages, spec.moe_layers, item_language, sums["item_count"], sums["item_tokens"],
-                  sums["gate_mass"], corpus, meta)
+                  sums["gate_mass"], corpus, meta, co_activation=sums.get("co_activation"))
 
 
 def _desc(requests: int) -> str:
@@ -393,7 +414,7 @@ def _desc(requests: int) -> str:
 
 def _stats(model: Any, spec: Any, languages: list, layers: tuple, item_language: torch.Tensor,
            item_count: torch.Tensor, item_tokens: torch.Tensor, gate_mass: torch.Tensor, texts: dict, meta: dict,
-           stacks: tuple | None = None) -> RoutingStats:
+           stacks: tuple | None = None, co_activation: torch.Tensor | None = None) -> RoutingStats:
     """The profile's `RoutingStats`: per-language counts summed from the per-item ones, and the
     fingerprints of the `texts` each language read in its meta."""
     count = torch.zeros(len(languages), len(layers), spec.num_experts, dtype=torch.long)
@@ -406,7 +427,33 @@ def _stats(model: Any, spec: Any, languages: list, layers: tuple, item_language:
             # per text, so an evaluation corpus that shares some texts with this one is caught too
             "text_hashes": {lang: [fingerprint(text) for text in t] for lang, t in texts.items()}}
     return RoutingStats(tuple(languages), layers, spec.num_experts, spec.top_k, count, gate_mass, tokens,
-                        item_count, item_tokens, item_language, meta=meta, stacks=stacks)
+                        item_count, item_tokens, item_language, meta=meta, stacks=stacks, co_activation=co_activation)
+
+
+def _recorder(interventions: tuple) -> RouterRecord:
+    """The per-row `RouterRecord` a profile runs: `co_activation=True` when a `RouterRecord` among
+    `interventions` asks for it; what only a trace records is refused, naming `mi.trace`.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.experiments._profile import _recorder
+    >>> _recorder((mi.ExpertAblate({1: [0]}), mi.RouterRecord(co_activation=True)))
+    RouterRecord(per_token=False, exclude_tokens=(), by_modality=False, co_activation=True, by_token_kind=False, by_position=())
+    >>> _recorder((mi.RouterRecord(by_token_kind=True),))
+    Traceback (most recent call last):
+    ValueError: mi.profile records per text and language, with RouterRecord(co_activation=True) at most; by_token_kind is a trace's: record it with mi.trace(model, mi.RouterRecord(by_token_kind=True)) and tr.invoke(texts, group=language)
+
+    ```
+    """
+    recordings = [i.recording() for i in flatten(interventions)]
+    recordings = [r for r in recordings if r is not None]
+    for recording in recordings:
+        for name in ("per_token", "exclude_tokens", "by_modality", "by_token_kind", "by_position"):
+            if getattr(recording, name):
+                raise ValueError(f"mi.profile records per text and language, with RouterRecord(co_activation=True) "
+                                 f"at most; {name} is a trace's: record it with mi.trace(model, mi.RouterRecord("
+                                 f"{name}={getattr(recording, name)!r})) and tr.invoke(texts, group=language)")
+    return RouterRecord(co_activation=any(r.co_activation for r in recordings))
 
 
 def _check_options(interventions: tuple, batch_size: int, save_every: int, session_batches: int | None,
@@ -464,6 +511,7 @@ def _profile_stacks(model: Any, spec: Any, corpus: dict, interventions: tuple, *
         raise ValueError(f"mi.profile runs models with an encoder and a decoder (with a decoder_start_token_id in "
                          f"their config); this {spec.arch} model's stacks are {stacks} (decoder_start_token_id "
                          f"{start}): profile one stack's inputs with mi.trace and tr.routing_by_stack")
+    record = _recorder(interventions)
     interventions = _check_options(interventions, batch_size, save_every, session_batches, weights_hash, long_texts)
     builds = [k for k in trace_kwargs if k.startswith("decoder_") or k in ("labels", "encoder_outputs")]
     if builds:
@@ -496,6 +544,11 @@ def _profile_stacks(model: Any, spec: Any, corpus: dict, interventions: tuple, *
     key = {**model_parts(model, weights_hash), "corpus": fingerprint({repr(k): v for k, v in corpus.items()}),
            "interventions": fingerprint(interventions), "long_texts": long_texts, "decoder": "teacher-forced",
            "settings": fingerprint({k: v for k, v in trace_kwargs.items() if k not in _WHERE})}
+    if record.co_activation:  # a key part only when asked: checkpoints of plain profiles resume as before
+        for stack in stacks:
+            sums[f"{stack}.co_activation"] = torch.zeros(len(languages[stack]), len(layers[stack]), spec.num_experts,
+                                                         spec.num_experts, dtype=torch.long)
+        key["co_activation"] = "recorded"
     trace_kwargs = {k: v for k, v in trace_kwargs.items() if k not in _TOKENIZE}  # the rows are token ids
 
     def inputs(chunk: list[int]) -> dict[str, torch.Tensor]:
@@ -510,10 +563,10 @@ def _profile_stacks(model: Any, spec: Any, corpus: dict, interventions: tuple, *
     def batches(todo: list[int]) -> Iterator[tuple]:
         if not remote:
             return _stack_batches(model, todo, inputs, row_languages, interventions,
-                                  {stack: len(languages[stack]) for stack in stacks}, batch_size, trace_kwargs)
+                                  {stack: len(languages[stack]) for stack in stacks}, batch_size, trace_kwargs, record)
         return _remote_stacks(model, spec, _requests(todo, batch_size, padded, request_tokens, session_batches),
                               inputs, interventions, stacks, keys, corpus, row_item, languages, side if pairs else None,
-                              trace_kwargs)
+                              trace_kwargs, record)
 
     # cut once here too: a budget smaller than a batch is refused before anything runs
     requests = len(_requests(order, batch_size, padded, request_tokens, session_batches)) if remote else 0
@@ -522,8 +575,10 @@ def _profile_stacks(model: Any, spec: Any, corpus: dict, interventions: tuple, *
         for chunk, parts in batches(order[done:]):
             index = row_item[torch.tensor(chunk)]  # a long text's windows add up to its item
             routed = 0
-            for stack, (count, tokens, mass) in parts.items():
+            for stack, (count, tokens, mass, co) in parts.items():
                 sums[f"{stack}.gate_mass"] += mass
+                if co is not None:
+                    sums[f"{stack}.co_activation"] += co
                 sums[f"{stack}.item_count"].index_add_(0, index, count.to(torch.int32))
                 sums[f"{stack}.item_tokens"].index_add_(0, index, tokens.long())
                 routed += int(tokens.sum())
@@ -544,28 +599,32 @@ def _profile_stacks(model: Any, spec: Any, corpus: dict, interventions: tuple, *
                 "long_texts": long_texts, "long_items": long_items, "created": created, "fingerprint": fingerprint(key)}
         out[stack] = _stats(model, spec, languages[stack], layers[stack], item_language[stack],
                             sums[f"{stack}.item_count"], sums[f"{stack}.item_tokens"], sums[f"{stack}.gate_mass"],
-                            texts, meta, stacks=(stack,) * len(layers[stack]))
+                            texts, meta, stacks=(stack,) * len(layers[stack]),
+                            co_activation=sums.get(f"{stack}.co_activation"))
     return out
 
 
 def _remote_stacks(model: Any, spec: Any, requests: list, inputs: Any, interventions: list, stacks: list, keys: list,
                    corpus: dict, row_item: torch.Tensor, languages: dict, side: dict | None,
-                   trace_kwargs: dict) -> Iterator[tuple]:
-    """`(rows, {stack: (count, tokens, gate_mass)})` per session request of a model with several
-    stacks, as `_stack_batches` gives per batch. The server sums gate mass per corpus key (a
-    language, or a (source, target) pair); each stack's languages are summed from them here."""
-    plan = compile_plan(spec, [*interventions, RouterRecord()])
+                   trace_kwargs: dict, record: RouterRecord = RouterRecord()) -> Iterator[tuple]:
+    """`(rows, {stack: (count, tokens, gate_mass, co_activation)})` per session request of a model
+    with several stacks, as `_stack_batches` gives per batch. The server sums gate mass and
+    co-activation per corpus key (a language, or a (source, target) pair); each stack's
+    languages are summed from them here."""
+    plan = compile_plan(spec, [*interventions, record])
     labels = [spec.stacks[spec.position(entry.layer)] for entry in plan.layers]
     where = {stack: [i for i, label in enumerate(labels) if label == stack] for stack in stacks}
     stack_tokens = [plan.layers[where[stack][0]].tokens_from for stack in stacks]
     item_key = torch.tensor([k for k, key in enumerate(keys) for _ in corpus[key]], dtype=torch.long)
     key_language = {stack: torch.tensor([languages[stack].index(key[side[stack]] if side else key) for key in keys],
                                         dtype=torch.long) for stack in stacks}
-    for chunk, count, tokens, mass in _remote_batches(model, requests, inputs, item_key[row_item], plan, len(keys),
-                                                      trace_kwargs, stack_tokens):
+    for chunk, count, tokens, mass, co in _remote_batches(model, requests, inputs, item_key[row_item], plan, len(keys),
+                                                          trace_kwargs, stack_tokens):
         parts = {}
         for s, stack in enumerate(stacks):
             keep = torch.tensor(where[stack])
-            by_language = torch.zeros((len(languages[stack]), len(keep), mass.shape[-1]), dtype=torch.float64)
-            parts[stack] = (count[:, keep], tokens[:, s], by_language.index_add_(0, key_language[stack], mass[:, keep]))
+            parts[stack] = (count[:, keep], tokens[:, s],
+                            _by_language(mass[:, keep], key_language[stack], len(languages[stack])),
+                            None if co is None else _by_language(co[:, keep], key_language[stack],
+                                                                 len(languages[stack])))
         yield chunk, parts

@@ -21,7 +21,7 @@ from moe_interp.arch._stacks import check_per_token, stack_fields
 from moe_interp.runtime._edits import REROUTE, SCORE_SITES, SITES, EditKind, SteerKind
 from moe_interp.runtime._interventions import Intervention, flatten, steer_limit
 from moe_interp.runtime._plan import Edit, LayerPlan, Plan
-from moe_interp.runtime._token_kinds import resolve_token_kinds
+from moe_interp.runtime._token_kinds import resolve_token_kinds, token_kind_table
 
 __all__ = ["check_steer_range", "compile_plan", "eos_ids", "place", "router_groups"]
 
@@ -119,6 +119,9 @@ def compile_plan(spec: MoESpec, interventions: Iterable[Intervention], model: An
     ...                     generation=("Hello", {"eos_token_id": 2}), on_device=True)
     >>> plan.exclude.tolist(), plan.eos, plan.generating
     ([7], (2,), True)
+    >>> plan = compile_plan(mi.describe(model), [mi.RouterRecord(co_activation=True, by_position=(0, 8))])
+    >>> plan.co_activation, plan.positions, plan.labels(["en"])
+    (True, (0, 8), ['en/pos0-7', 'en/pos8+'])
 
     ```
     """
@@ -158,13 +161,27 @@ def compile_plan(spec: MoESpec, interventions: Iterable[Intervention], model: An
     if isinstance(module, torch.nn.Module):  # a meta-device model (remote) has its dtypes too
         check_steer_range(plan, module)
     if recordings:
+        plan = plan._replace(co_activation=any(r.co_activation for r in recordings),
+                             positions=_position_buckets(recordings))
         exclude, modalities = resolve_token_kinds(recordings, model)
         plan = plan._replace(exclude=exclude, modalities=modalities)
+        if any(r.by_token_kind for r in recordings):
+            plan = plan._replace(kinds=token_kind_table(model))
         if generation is not None:
             plan = plan._replace(eos=tuple(eos_ids(model, *generation)), generating=True)
     if on_device and isinstance(module, torch.nn.Module):
         plan = place(plan, module)
     return plan
+
+
+def _position_buckets(recordings: list) -> tuple:
+    """The position buckets the recorders ask for (`RouterRecord(by_position=...)`): one
+    split per trace, so recorders that ask for different ones are refused."""
+    asked = {r.by_position for r in recordings if r.by_position}
+    if len(asked) > 1:
+        raise ValueError(f"two RouterRecords split positions differently ({' and '.join(map(str, sorted(asked)))}): "
+                         "a trace splits its groups one way; pass one by_position")
+    return asked.pop() if asked else ()
 
 
 def eos_ids(model: Any, inputs: Any, kwargs: dict) -> list[int]:
@@ -318,7 +335,12 @@ def place(plan: Plan, module: Any) -> Plan:
                       for site, at in entry.edits)
         rerouted = None if entry.rerouted is None else _to(entry.rerouted, device, moved)
         layers.append(entry._replace(edits=edits, rerouted=rerouted))
-    return plan._replace(layers=tuple(layers))
+    plan = plan._replace(layers=tuple(layers))
+    embeddings = getattr(module, "get_input_embeddings", lambda: None)() if plan.kinds is not None else None
+    device = getattr(getattr(embeddings, "weight", None), "device", None)
+    if device is not None and device.type != "meta":  # the token-kind table is indexed by the input ids
+        plan = plan._replace(kinds=(plan.kinds[0], _to(plan.kinds[1], device, moved)))
+    return plan
 
 
 def _to(payload: torch.Tensor, device: torch.device, moved: dict) -> torch.Tensor:

@@ -173,11 +173,45 @@ class RouterRecord(Intervention):
     TypeError: RouterRecord exclude_tokens must be token ids (a list of ints) or 'special', got 'eng_Latn'
 
     ```
+
+    `co_activation=True` also counts, per group and MoE layer, how often experts `i` and `j`
+    were chosen for the same token (`tr.routing.co_activation`, `[group, layer, E, E]`
+    integers; the diagonal is `count`), accumulated in the trace like the counts: no
+    per-token storage, and only that table travels back from a remote run.
+    `by_token_kind=True` splits every group by the kind of token (`"<group>/first"`, the
+    first token of a text, then `"special"`, `"punct"`, `"digit"`, `"space"` (whitespace-led),
+    `"other"`: each vocabulary id classified once from its decoded piece,
+    `mi.trace`'s `runtime._token_kinds.token_kind_table`), and `by_position` by position in
+    the text: `True` for buckets 0, 1-3, 4-15, 16-63, 64+ (`"<group>/pos1-3"`, ...), or the
+    first position of each bucket (`(0, 8, 32)`). The splits combine:
+    `"<group>/<kind>/<bucket>"`.
+
+    ```python
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
+    >>> with mi.trace(model, "Hi 42!", mi.RouterRecord(co_activation=True, by_token_kind=True)) as tr:
+    ...     pass
+    >>> tr.routing.groups
+    ('default/first', 'default/special', 'default/punct', 'default/digit', 'default/space', 'default/other')
+    >>> tr.routing.tokens.tolist()        # H, then !, then 4 2, then the space, then i
+    [1, 0, 1, 2, 1, 1]
+    >>> co = tr.routing.co_activation      # [group, layer, E, E]; its diagonal is count
+    >>> co.shape, bool((co.diagonal(dim1=-2, dim2=-1) == tr.routing.count).all())
+    (torch.Size([6, 4, 8, 8]), True)
+    >>> mi.RouterRecord(by_position=(0, 4)).by_position, mi.RouterRecord(by_position=True).by_position
+    ((0, 4), (0, 1, 4, 16, 64))
+    >>> mi.RouterRecord(by_position=(1, 4))
+    Traceback (most recent call last):
+    ValueError: RouterRecord by_position takes the first position of each bucket, increasing from 0 (e.g. (0, 1, 4, 16, 64)), or True for those; got (1, 4)
+
+    ```
     """
 
     per_token: bool = False
     exclude_tokens: Any = ()
     by_modality: bool = False
+    co_activation: bool = False
+    by_token_kind: bool = False
+    by_position: Any = ()
 
     def __post_init__(self) -> None:
         if self.exclude_tokens != "special":
@@ -186,10 +220,35 @@ class RouterRecord(Intervention):
                                 f"{self.exclude_tokens!r}")
             ids = tuple(sorted({_index(i, "an exclude_tokens id") for i in self.exclude_tokens}))
             object.__setattr__(self, "exclude_tokens", ids)
+        for name in ("per_token", "by_modality", "co_activation", "by_token_kind"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"RouterRecord {name} must be True or False, got {getattr(self, name)!r}")
+        object.__setattr__(self, "by_position", _position_buckets(self.by_position))
 
     def recording(self) -> Recording:
         """The routing this records (the trace's recorder protocol)."""
-        return Recording(self.per_token, self.exclude_tokens, self.by_modality)
+        return Recording(self.per_token, self.exclude_tokens, self.by_modality, self.co_activation,
+                         self.by_token_kind, self.by_position)
+
+
+POSITION_BUCKETS = (0, 1, 4, 16, 64)  # RouterRecord(by_position=True): first token, 1-3, 4-15, 16-63, 64+
+
+
+def _position_buckets(value: Any) -> tuple:
+    """`RouterRecord(by_position=...)` as the first position of each bucket (`()`: no split)."""
+    if value is True:
+        return POSITION_BUCKETS
+    if value is False or value is None:
+        return ()
+    bad = isinstance(value, (str, bytes)) or not isinstance(value, Iterable)
+    starts = () if bad else tuple(value)
+    if not bad and starts == ():
+        return ()
+    if (bad or not all(isinstance(p, int) and not isinstance(p, bool) for p in starts) or starts[0] != 0
+            or any(b <= a for a, b in zip(starts, starts[1:]))):
+        raise ValueError("RouterRecord by_position takes the first position of each bucket, increasing from 0 "
+                         f"(e.g. {POSITION_BUCKETS}), or True for those; got {value!r}")
+    return starts
 
 
 @dataclasses.dataclass(frozen=True)

@@ -178,10 +178,14 @@ def token_groups(inputs: Any, rows: list, num_tokens: int) -> tuple:
     return group.reshape(-1), position.reshape(-1), row.reshape(-1)
 
 
-def token_kinds(inputs: Any, group: torch.Tensor, exclude: Any, modalities: Sequence) -> torch.Tensor:
+def token_kinds(inputs: Any, group: torch.Tensor, exclude: Any, modalities: Sequence, position: Any = None,
+                kinds: Any = None, positions: Sequence = ()) -> torch.Tensor:
     """`group` (from `token_groups`) with the tokens whose id is in `exclude` marked as
-    padding (`-1`) and, with `modalities` (`(name, ids)` each), every group `g` split into
-    `g * (1 + M) + m`: `m = 0` text, `m = i + 1` for a token id in `modalities[i]`.
+    padding (`-1`) and each group split in turn: with `modalities` (`(name, ids)` each), every
+    group `g` into `g * (1 + M) + m` (`m = 0` text, `m = i + 1` for a token id in
+    `modalities[i]`); with `kinds` (`(names, table)`: `_token_kinds.token_kind_table`), into
+    `g * len(names) + table[id]`, kind 0 (`"first"`) for the tokens at `position` 0; with
+    `positions` (the first position of each bucket), into `g * len(positions) + bucket`.
 
     ```python
     >>> import torch
@@ -192,19 +196,26 @@ def token_kinds(inputs: Any, group: torch.Tensor, exclude: Any, modalities: Sequ
     tensor([-1,  0, -1,  1,  1,  1])
     >>> token_kinds(inputs, group, None, [("image", torch.tensor([8, 9]))])   # g * 2 + (1 for image)
     tensor([-1,  0,  0,  2,  3,  3])
+    >>> position = torch.tensor([-1, 0, 1, 0, 1, 2])
+    >>> token_kinds(inputs, group, None, (), position, positions=(0, 2))      # g * 2 + (1 from position 2)
+    tensor([-1,  0,  0,  2,  2,  3])
+    >>> table = torch.tensor([0, 0, 0, 0, 0, 2, 1, 2, 1, 1], dtype=torch.int8)
+    >>> token_kinds(inputs, group, None, (), position, kinds=(("first", "a", "b"), table))
+    tensor([-1,  0,  1,  3,  4,  4])
 
     ```
     """
-    if exclude is None and not modalities:
+    if exclude is None and not modalities and kinds is None and not positions:
         return group
-    args, kwargs = inputs
-    ids = kwargs.get("input_ids")
-    if ids is None and args:
-        ids = args[0]
-    if not isinstance(ids, torch.Tensor) or ids.ndim != 2:
-        raise ValueError("RouterRecord(exclude_tokens=..., by_modality=True) tells tokens apart by their ids: "
-                         "call the model with input_ids (not inputs_embeds)")
-    ids = ids[:, ids.shape[1] - group.shape[0] // ids.shape[0]:].reshape(-1).to(group.device)
+    if exclude is not None or modalities or kinds is not None:
+        args, kwargs = inputs
+        ids = kwargs.get("input_ids")
+        if ids is None and args:
+            ids = args[0]
+        if not isinstance(ids, torch.Tensor) or ids.ndim != 2:
+            raise ValueError("RouterRecord(exclude_tokens=..., by_modality=True, by_token_kind=True) tells tokens "
+                             "apart by their ids: call the model with input_ids (not inputs_embeds)")
+        ids = ids[:, ids.shape[1] - group.shape[0] // ids.shape[0]:].reshape(-1).to(group.device)
     if exclude is not None:
         group = torch.where(torch.isin(ids, on(exclude, group.device)), -1, group)
     if modalities:
@@ -212,7 +223,32 @@ def token_kinds(inputs: Any, group: torch.Tensor, exclude: Any, modalities: Sequ
         for m, (_, members) in enumerate(modalities):
             kind = torch.where(torch.isin(ids, on(members, group.device)), m + 1, kind)
         group = torch.where(group >= 0, group * (len(modalities) + 1) + kind, -1)
+    if kinds is not None:
+        names, table = kinds
+        kind = torch.where(position == 0, 0, on(table, group.device)[ids].long())
+        group = torch.where(group >= 0, group * len(names) + kind, -1)
+    if positions:
+        starts = torch.tensor(list(positions), dtype=position.dtype, device=position.device)
+        bucket = torch.bucketize(position, starts, right=True) - 1
+        group = torch.where(group >= 0, group * len(positions) + bucket, -1)
     return group
+
+
+def splits(plan: Any) -> int:
+    """How many groups `token_kinds` splits each trace group into under `plan`.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.runtime._compile import compile_plan
+    >>> from moe_interp.runtime._kernels import splits
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
+    >>> splits(compile_plan(mi.describe(model), [mi.RouterRecord(by_token_kind=True, by_position=(0, 4))], model))
+    12
+
+    ```
+    """
+    return ((1 + len(plan.modalities)) * (len(plan.kinds[0]) if plan.kinds is not None else 1)
+            * (len(plan.positions) or 1))
 
 
 def drop_finished(inputs: Any, group: torch.Tensor, row: torch.Tensor, store: dict, eos: Sequence,
@@ -312,32 +348,40 @@ def tally(bins: torch.Tensor, size: int, weights: Any = None) -> torch.Tensor:
 
 
 def totals_start(group: torch.Tensor, num_layers: int, num_groups: int, num_experts: int, top_k: int,
-                 device: Any) -> dict:
+                 device: Any, co_activation: bool = False) -> dict:
     """One forward's routing totals, filled layer by layer with four GPU ops each and no waits.
 
     Built once per forward from the per-token group ids (`-1` padding): `base[t]` is token
     t's offset `group * E` in a `[layers, (groups + 1) * E]` buffer whose last group is a
     spare that collects the padding, so one layer's bins are `base + indices`: no masking,
     and shapes that never depend on the data. A dict, like the plan and the store.
+    With `co_activation`, a `[layers, (groups + 1) * E * E]` buffer counts the pairs of
+    experts chosen for the same token too (`totals_add`).
 
     ```python
     >>> import torch
     >>> from moe_interp.runtime._kernels import totals_start
     >>> totals = totals_start(torch.tensor([0, 1, -1]), num_layers=2, num_groups=2, num_experts=3,
-    ...                       top_k=2, device="cpu")
+    ...                       top_k=2, device="cpu", co_activation=True)
     >>> totals["base"].flatten().tolist(), totals["count"].shape   # padding at the spare group 2
     ([0, 3, 6], torch.Size([2, 9]))
+    >>> totals["co"].shape
+    torch.Size([2, 27])
 
     ```
     """
     device = torch.device(device)
     group = on(group, device)
     width = (num_groups + 1) * num_experts
-    return {"base": (torch.where(group >= 0, group, num_groups) * num_experts)[:, None],
-            "ones": torch.ones(group.shape[0] * top_k, dtype=torch.long, device=device),
-            "count": torch.zeros(num_layers, width, dtype=torch.long, device=device),
-            "mass": torch.zeros(num_layers, width, dtype=torch.float64, device=device),
-            "shape": (num_layers, num_groups + 1, num_experts)}
+    totals = {"base": (torch.where(group >= 0, group, num_groups) * num_experts)[:, None],
+              "ones": torch.ones(group.shape[0] * top_k, dtype=torch.long, device=device),
+              "count": torch.zeros(num_layers, width, dtype=torch.long, device=device),
+              "mass": torch.zeros(num_layers, width, dtype=torch.float64, device=device),
+              "shape": (num_layers, num_groups + 1, num_experts)}
+    if co_activation:
+        totals["co"] = torch.zeros(num_layers, width * num_experts, dtype=torch.long, device=device)
+        totals["co_ones"] = torch.ones(group.shape[0] * top_k * top_k, dtype=torch.long, device=device)
+    return totals
 
 
 def totals_add(totals: dict, layer: int, indices: torch.Tensor, weights: torch.Tensor) -> None:
@@ -353,6 +397,19 @@ def totals_add(totals: dict, layer: int, indices: torch.Tensor, weights: torch.T
     [1, 0, 1, 0, 1, 1]
 
     ```
+
+    With `co_activation` (`totals_start`), each token's `K * K` pairs of chosen experts `(i, j)`
+    fall in bin `(group * E + i) * E + j`, its count bin times `E` plus `j`: one scatter per
+    layer, and the same spare group for padding and "no expert" slots.
+
+    ```python
+    >>> totals = totals_start(torch.tensor([0, -1]), num_layers=1, num_groups=1, num_experts=3,
+    ...                       top_k=2, device="cpu", co_activation=True)
+    >>> totals_add(totals, 0, torch.tensor([[0, 2], [1, 2]]), torch.tensor([[0.75, 0.25], [0.5, 0.5]]))
+    >>> totals["co"][0, :9].view(3, 3).tolist()      # group 0: experts 0 and 2 together once
+    [[1, 0, 1], [0, 0, 0], [1, 0, 1]]
+
+    ```
     """
     base = totals["base"]
     if indices.ndim != 2 or indices.shape[0] != base.shape[0]:
@@ -360,9 +417,15 @@ def totals_add(totals: dict, layer: int, indices: torch.Tensor, weights: torch.T
                          f"[tokens={base.shape[0]}, top_k]: register an adapter whose readout matches this router")
     indices = on(indices, base.device)
     spare = (totals["shape"][1] - 1) * totals["shape"][2]  # the padding group: "no expert" (-1) slots go there
-    bins = torch.where(indices >= 0, base + indices, spare).reshape(-1)
-    totals["count"][layer].scatter_add_(0, bins, totals["ones"])
-    totals["mass"][layer].scatter_add_(0, bins, on(weights.detach(), base.device).reshape(-1).to(torch.float64))
+    chosen = indices >= 0
+    bins = torch.where(chosen, base + indices, spare)
+    totals["count"][layer].scatter_add_(0, bins.reshape(-1), totals["ones"])
+    totals["mass"][layer].scatter_add_(0, bins.reshape(-1),
+                                       on(weights.detach(), base.device).reshape(-1).to(torch.float64))
+    if "co" in totals:
+        experts = totals["shape"][2]
+        pairs = torch.where(chosen.unsqueeze(1), bins.unsqueeze(2) * experts + indices.unsqueeze(1), spare * experts)
+        totals["co"][layer].scatter_add_(0, pairs.reshape(-1), totals["co_ones"])
 
 
 def totals_fold(totals: dict, store: dict) -> None:
@@ -387,6 +450,9 @@ def totals_fold(totals: dict, store: dict) -> None:
     groups = shape[1] - 1
     store["count"] += totals["count"].view(shape)[:, :groups].transpose(0, 1)
     store["gate_mass"] += totals["mass"].view(shape)[:, :groups].transpose(0, 1)
+    if "co" in totals:
+        square = shape + (shape[2],)
+        store["co_activation"] += totals["co"].view(square)[:, :groups].transpose(0, 1)
 
 
 def forward_step(root: Any, plan: Any, store: dict, rows: list) -> None:
@@ -429,20 +495,24 @@ def forward_step(root: Any, plan: Any, store: dict, rows: list) -> None:
         if key not in tallies:
             source = inputs[key]
             group, token_position, token_row = token_groups(source, rows, indices.shape[0])
-            group = token_kinds(source, group, plan.exclude, plan.modalities)
+            group = token_kinds(source, group, plan.exclude, plan.modalities, token_position, plan.kinds,
+                                plan.positions)
             if plan.generating and not entry.once:
                 group = drop_finished(source, group, token_row, store, plan.eos, key)
-            groups = len(rows) * (1 + len(plan.modalities))
+            groups = len(rows) * splits(plan)
             if "count" not in store:
                 shape = (groups, len(plan.layers), num_experts)
                 store["count"] = torch.zeros(shape, dtype=torch.long, device=indices.device)
                 store["gate_mass"] = torch.zeros(shape, dtype=torch.float64, device=indices.device)
                 store["tokens"] = torch.zeros(groups, dtype=torch.long, device=indices.device)
+                if plan.co_activation:
+                    store["co_activation"] = torch.zeros(shape + (num_experts,), dtype=torch.long,
+                                                         device=indices.device)
             counted = store["tokens"] if key is None else store.setdefault("stack_tokens", {}).setdefault(
                 key, torch.zeros_like(store["tokens"]))
             counted += on(tally(group, groups), counted.device)
             tallies[key] = totals_start(group, len(plan.layers), groups, num_experts, indices.shape[1],
-                                        store["count"].device)
+                                        store["count"].device, plan.co_activation)
         totals_add(tallies[key], position, indices, weights)
         if per_token is not None:
             per_token.append((indices.to(torch.int16), weights.detach().to(torch.float16)))
@@ -531,7 +601,8 @@ def pack(store: dict) -> dict:
     """What a remote run sends back: the store on the CPU, `count` as int32 when it fits.
 
     With `RouterRecord()` that is `[groups, layers, experts]` counts and gate mass plus
-    per-group token totals: its size does not depend on how many tokens were routed.
+    per-group token totals (and `[groups, layers, experts, experts]` pair counts with
+    `co_activation=True`, int32 too): its size does not depend on how many tokens were routed.
     `per_token` and the model output (`result`), when present, are the exceptions.
 
     ```python
@@ -547,9 +618,10 @@ def pack(store: dict) -> dict:
     out["per_token"] = [compact(store["per_token"])] if store.get("per_token") else []
     if "result" in store:
         out["result"] = _to_host(store["result"]) if isinstance(store["result"], torch.Tensor) else store["result"]
-    count = out.get("count")
-    if count is not None and (count.numel() == 0 or int(count.max()) <= 2147483647):
-        out["count"] = count.to(torch.int32)
+    for name in ("count", "co_activation"):
+        count = out.get(name)
+        if count is not None and (count.numel() == 0 or int(count.max()) <= 2147483647):
+            out[name] = count.to(torch.int32)
     return out
 
 
@@ -558,7 +630,9 @@ def profile_batch(store: dict, languages: torch.Tensor, acc: dict) -> None:
 
     Per text: `count[layers, experts]` (int16 when it fits, else int32) and its token
     total; gate mass is summed per language (`languages[i]` indexes `acc["gate_mass"]`),
-    so the per-text float tables never travel. `acc` is built by `profile_start`.
+    so the per-text float tables never travel, and so are the pair counts of
+    `RouterRecord(co_activation=True)` (`acc["co_activation"]`, `[languages, layers, E, E]`).
+    `acc` is built by `profile_start`.
 
     ```python
     >>> import torch
@@ -581,6 +655,12 @@ def profile_batch(store: dict, languages: torch.Tensor, acc: dict) -> None:
         acc["gate_mass"] = torch.zeros((acc["languages"],) + tuple(mass.shape[1:]), dtype=torch.float64,
                                        device=mass.device)
     acc["gate_mass"].index_add_(0, languages.to(mass.device), mass)
+    pairs = store.get("co_activation")
+    if pairs is not None:  # RouterRecord(co_activation=True): summed per language, as gate mass
+        if acc.get("co_activation") is None:
+            acc["co_activation"] = torch.zeros((acc["languages"],) + tuple(pairs.shape[1:]), dtype=torch.long,
+                                               device=pairs.device)
+        acc["co_activation"].index_add_(0, languages.to(pairs.device), pairs)
 
 
 def profile_start(num_languages: int) -> dict:
@@ -614,6 +694,12 @@ def profile_finish(acc: dict) -> dict:
     """
     counts = acc["item_count"]
     wide = any(c.dtype == torch.int32 for c in counts)
-    return {"item_count": torch.cat([c.to(torch.int32) if wide else c for c in counts]),
-            "item_tokens": torch.cat(acc["item_tokens"]),
-            "gate_mass": acc["gate_mass"].cpu()}
+    out = {"item_count": torch.cat([c.to(torch.int32) if wide else c for c in counts]),
+           "item_tokens": torch.cat(acc["item_tokens"]),
+           "gate_mass": acc["gate_mass"].cpu()}
+    pairs = acc.get("co_activation")
+    if pairs is not None:  # per language [layers, E, E]: int16 / int32 when they fit
+        top = int(pairs.max()) if pairs.numel() else 0
+        out["co_activation"] = pairs.to(torch.int16 if top <= 32767 else torch.int32 if top <= 2147483647
+                                        else torch.long).cpu()
+    return out

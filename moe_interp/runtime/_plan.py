@@ -10,7 +10,7 @@ from typing import Any
 from moe_interp.arch._sites import Record
 from moe_interp.runtime._edits import EditKind, kind_named
 
-__all__ = ["Edit", "LayerPlan", "Plan", "Recording"]
+__all__ = ["Edit", "LayerPlan", "Plan", "Recording", "bucket_names"]
 
 
 class Edit(Record):
@@ -47,20 +47,26 @@ class Recording(Record):
     """What a recorder asks a trace to keep (`Intervention.recording()`; `RouterRecord`
     is the built-in recorder): `per_token` (each token's top-k indices and weights besides
     the per-(layer, expert) counts), `exclude_tokens` (ids never counted, or `"special"`:
-    the tokenizer's special ids) and `by_modality` (split every group by the kind of token).
+    the tokenizer's special ids), `by_modality` (split every group by the modality of the
+    token), `co_activation` (count the pairs of experts chosen for the same token),
+    `by_token_kind` (split every group by the kind of token: `_token_kinds.TOKEN_KINDS`) and
+    `by_position` (split every group by position bucket: the buckets' first positions, or
+    `()`: no split).
 
     ```python
     >>> import moe_interp as mi
     >>> mi.RouterRecord(per_token=True).recording()
-    Recording(per_token=True, exclude_tokens=(), by_modality=False)
+    Recording(per_token=True, exclude_tokens=(), by_modality=False, co_activation=False, by_token_kind=False, by_position=())
     >>> mi.ExpertAblate({1: [3]}).recording() is None     # edits routing, records nothing
     True
 
     ```
     """
 
-    __slots__ = _fields = ("per_token", "exclude_tokens", "by_modality")
-    _defaults = {"per_token": False, "exclude_tokens": (), "by_modality": False}
+    __slots__ = _fields = ("per_token", "exclude_tokens", "by_modality", "co_activation", "by_token_kind",
+                           "by_position")
+    _defaults = {"per_token": False, "exclude_tokens": (), "by_modality": False, "co_activation": False,
+                 "by_token_kind": False, "by_position": ()}
 
 
 class LayerPlan(Record):
@@ -106,9 +112,16 @@ class Plan(Record):
     (the ids that end a generated row, for counting; empty outside `mi.generate`), `generating`
     (`mi.generate`: count each token once, the forward it is first fed; see
     `kernels.drop_finished`), `exclude`
-    (a long tensor of token ids `RouterRecord` does not count; None: none) and `modalities`
-    (`(name, ids)` per non-text modality: with `RouterRecord(by_modality=True)`, each group
-    splits into text and these; see `_token_kinds`).
+    (a long tensor of token ids `RouterRecord` does not count; None: none),
+    `modalities` (`(name, ids)` per non-text modality: with `RouterRecord(by_modality=True)`, each
+    group splits into text and these; see `_token_kinds`), `co_activation` (count each pair of
+    experts chosen for the same token, `[group, layer, E, E]`), `kinds` (`(names, table)`: with
+    `RouterRecord(by_token_kind=True)`, each group splits by the kind of token, `table[id]` the
+    kind of a token id, `names[0]` the first token of a text; None: no split) and `positions`
+    (the first position of each position bucket, `RouterRecord(by_position=...)`; `()`: no split).
+
+    Each group of the trace splits by modality, then kind, then position bucket; `splits()`
+    names the parts and `labels(groups)` the split groups, in the order the kernels number them.
 
     ```python
     >>> import moe_interp as mi
@@ -116,10 +129,46 @@ class Plan(Record):
     >>> plan = compile_plan(mi.describe(mi.zoo.tiny_model("qwen3_moe")), [mi.RouterRecord()])
     >>> len(plan.layers), plan.record, plan.per_token, plan.num_experts, plan.top_k
     (4, True, False, 8, 2)
+    >>> plan._replace(positions=(0, 1, 4)).labels(["en"])
+    ['en/pos0', 'en/pos1-3', 'en/pos4+']
 
     ```
     """
 
     __slots__ = _fields = ("layers", "record", "per_token", "verify", "num_experts", "top_k", "eos", "exclude",
-                           "modalities", "generating")
-    _defaults = {"eos": (), "exclude": None, "modalities": (), "generating": False}
+                           "modalities", "generating", "co_activation", "kinds", "positions")
+    _defaults = {"eos": (), "exclude": None, "modalities": (), "generating": False, "co_activation": False,
+                 "kinds": None, "positions": ()}
+
+    def splits(self) -> list:
+        """The names of each split of a group, in order: modalities (`"text"` first), token
+        kinds, position buckets; `[]` when groups are not split."""
+        out = []
+        if self.modalities:
+            out.append(["text"] + [name for name, _ in self.modalities])
+        if self.kinds is not None:
+            out.append(list(self.kinds[0]))
+        if self.positions:
+            out.append(bucket_names(self.positions))
+        return out
+
+    def labels(self, groups: list) -> list:
+        """`groups` (the invoke labels) with every split applied: `"<group>/<part>/..."`."""
+        for names in self.splits():
+            groups = [f"{group}/{name}" for group in groups for name in names]
+        return list(groups)
+
+
+def bucket_names(starts: tuple) -> list:
+    """The labels of position buckets that start at `starts` (increasing, the first 0): `pos0`
+    for one position, `pos1-3` for several, `pos64+` for the last.
+
+    ```python
+    >>> from moe_interp.runtime._plan import bucket_names
+    >>> bucket_names((0, 1, 4, 16, 64))
+    ['pos0', 'pos1-3', 'pos4-15', 'pos16-63', 'pos64+']
+
+    ```
+    """
+    ends = list(starts[1:]) + [None]
+    return [f"pos{a}+" if b is None else (f"pos{a}" if b == a + 1 else f"pos{a}-{b - 1}") for a, b in zip(starts, ends)]

@@ -35,7 +35,9 @@ def profile_session(model: Any, batches: list, plan: Any, num_languages: int, se
     A model with several stacks (an encoder and a decoder) counts each stack's own tokens:
     `stack_tokens` names, per stack, the module whose inputs hold them (its plan layers'
     `tokens_from`), and `item_tokens` is then `[rows, stacks]`; `item_count` and `gate_mass`
-    hold every plan layer, to be split by stack by the caller.
+    hold every plan layer, to be split by stack by the caller. A plan recording co-activation
+    (`RouterRecord(co_activation=True)`) also sends `co_activation`, `[languages, layers, E, E]`
+    summed per language on the server: only that table travels back, never per text.
 
     ```python
     >>> import moe_interp as mi, torch
@@ -47,6 +49,10 @@ def profile_session(model: Any, batches: list, plan: Any, num_languages: int, se
     >>> out = profile_session(model, [(ids, torch.tensor([0]))], plan, 1, {"remote": "local"}, {})
     >>> out["item_tokens"].tolist(), out["item_count"].shape
     ([3], torch.Size([1, 4, 8]))
+    >>> plan = compile_plan(mi.describe(model), [mi.RouterRecord(co_activation=True)])
+    >>> out = profile_session(model, [(ids, torch.tensor([0]))], plan, 1, {"remote": "local"}, {})
+    >>> out["co_activation"].shape, int(out["co_activation"][0, 0].diagonal().sum())   # 3 tokens, top-2
+    (torch.Size([1, 4, 8, 8]), 6)
     >>> switch = mi.zoo.tiny_model("switch_transformers")
     >>> plan = compile_plan(mi.describe(switch), [mi.RouterRecord()])
     >>> keys = list(dict.fromkeys(entry.tokens_from for entry in plan.layers))   # the encoder's, the decoder's
@@ -80,8 +86,11 @@ def _per_stack(store: dict, keys: Any) -> dict:
     `[rows, stacks]`. Runs in the session (on a server too): torch only."""
     if not keys:
         return store
-    return {"count": store["count"], "gate_mass": store["gate_mass"],
-            "tokens": torch.stack([store["stack_tokens"][key] for key in keys], 1)}
+    out = {"count": store["count"], "gate_mass": store["gate_mass"],
+           "tokens": torch.stack([store["stack_tokens"][key] for key in keys], 1)}
+    if "co_activation" in store:
+        out["co_activation"] = store["co_activation"]
+    return out
 
 
 class _SessionCollect(Backend):

@@ -104,7 +104,7 @@ class RoutingRun(InterleavingTracer):
                              "or use `with tr.invoke(inputs):` inside the block")
         if self._mi_per_row:  # every batch row its own group (mi.profile's per-item counts)
             rows = [(start + i, 1) for m in groups for start, size in [m.batch_group] for i in range(size)]
-            self._mi_groups = self._mi_groups or [str(i) for i in range(len(rows))]
+            self._mi_groups = self._mi_groups or self._mi_plan.labels([str(i) for i in range(len(rows))])
             self._mi_store["groups"] = self._mi_groups
             return rows
         if not self._mi_groups:
@@ -113,9 +113,8 @@ class RoutingRun(InterleavingTracer):
             labels = [label or fallback for label, fallback in zip(labels, default)]
             if len(set(labels)) != len(labels):
                 raise ValueError(f"invoke groups must be distinct, got {labels}")
-            if self._mi_plan.modalities:  # RouterRecord(by_modality=True): kernels.token_kinds' group order
-                kinds = ["text"] + [name for name, _ in self._mi_plan.modalities]
-                labels = [f"{label}/{kind}" for label in labels for kind in kinds]
+            # RouterRecord(by_modality=, by_token_kind=, by_position=): kernels.token_kinds' group order
+            labels = self._mi_plan.labels(labels)
             self._mi_groups = labels
             self._mi_store["groups"] = labels
         return [tuple(m.batch_group) for m in groups]
@@ -193,8 +192,9 @@ class RoutingTracer(RoutingRun):
     def _mi_take(self, packed: dict) -> None:
         """Adopt the results a remote run sent back (see `kernels.pack`)."""
         store = dict(packed)
-        if "count" in store:
-            store["count"] = store["count"].long()
+        for name in ("count", "co_activation"):
+            if name in store:
+                store[name] = store[name].long()
         self._mi_store = store
         self._mi_groups = list(store.get("groups", self._mi_groups))
 
@@ -300,7 +300,8 @@ def to_counts(spec: Any, plan: Any, store: dict, groups: list[str], stack: Optio
     return RoutingCounts(tuple(groups), tuple(plan.layers[i].layer for i in keep), spec.num_experts, spec.top_k,
                         store["count"][:, keep].cpu(), store["gate_mass"][:, keep].cpu(), tokens.cpu(),
                         meta={"arch": spec.arch, "forwards": store["forwards"]}, per_token=per_token,
-                        stacks=tuple(labels[i] for i in keep) if all(labels) else None)
+                        stacks=tuple(labels[i] for i in keep) if all(labels) else None,
+                        co_activation=store["co_activation"][:, keep].cpu() if "co_activation" in store else None)
 
 
 def _split(args: tuple) -> tuple[tuple, list[Intervention]]:
