@@ -105,6 +105,28 @@ def test_each_stack_records_exactly_what_its_experts_computed(arch):
         assert torch.equal(counts, seen[layer]), layer
 
 
+def test_mi_load_reads_an_encoder_decoder_directory_as_a_seq2seq_model(tmp_path):
+    """nnsight 0.8.1 loads a name through a pipeline task, and transformers 5 has none for encoder-decoder
+    LMs: `mi.load(directory)` of Switch built `AutoModelForCausalLM` and failed. It now loads the seq2seq
+    class, records what its experts computed, and (`dispatch=False`) builds it on meta with its id kept."""
+    saved = tiny("switch_transformers")
+    saved._module.save_pretrained(tmp_path)
+    saved.tokenizer.save_pretrained(tmp_path)
+    model = mi.load(tmp_path, dtype=torch.float32)
+    assert type(model._module).__name__ == "SwitchTransformersForConditionalGeneration"
+    assert all(torch.equal(a, b) for a, b in zip(model._module.parameters(), saved._module.parameters()))
+    inputs = batch(model)
+    with experts_received(model, stack_masks(model, inputs)) as seen:
+        stats = record(model, inputs)
+    recorded = by_layer_path(model, stats)
+    assert set(recorded) == set(seen) and all(torch.equal(recorded[k], seen[k]) for k in seen)
+    empty = mi.load(tmp_path, dispatch=False)
+    assert next(empty._module.parameters()).device == torch.device("meta") and empty.repo_id == str(tmp_path)
+    assert mi.describe(empty).moe_layers == mi.describe(saved).moe_layers
+    with pytest.raises(ValueError, match="takes no task="):
+        mi.load(tmp_path, task="fill-mask")
+
+
 @pytest.mark.parametrize("arch", SEQ2SEQ)
 def test_stack_counts_do_not_depend_on_padding(arch):
     model = tiny(arch)

@@ -161,6 +161,8 @@ def load(name_or_path: Any, *, dispatch: bool = True, **kwargs: Any) -> MoEModel
     if not hub_id_shaped(text) and not os.path.isdir(os.path.expanduser(text)):
         raise FileNotFoundError(f"mi.load({text!r}): no such model directory; pass a local directory holding "
                                 "config.json and the weights, or a hub id such as 'allenai/OLMoE-1B-7B-0924'")
+    if _is_encoder_decoder(text, kwargs):
+        return _load_seq2seq(text, dispatch, kwargs)
     if os.path.isdir(name_or_path):  # a local directory has no hub metadata to infer the pipeline task from
         kwargs.setdefault("task", "text-generation")
     if not dispatch and kwargs.get("tokenizer") is None:
@@ -173,4 +175,41 @@ def load(name_or_path: Any, *, dispatch: bool = True, **kwargs: Any) -> MoEModel
         kwargs["tokenizer"] = AutoTokenizer.from_pretrained(str(name_or_path), **options)
     model = MoEModel(str(name_or_path), dispatch=dispatch, **kwargs)
     attach(model, describe(model))
+    return model
+
+
+_HUB_OPTIONS = ("revision", "trust_remote_code", "token", "cache_dir")
+
+
+def _is_encoder_decoder(name: str, kwargs: dict) -> bool:
+    """Whether `name`'s config is an encoder-decoder's (read from the directory or the hub)."""
+    from transformers import AutoConfig
+
+    config = kwargs.get("config") or AutoConfig.from_pretrained(
+        name, **{k: kwargs[k] for k in _HUB_OPTIONS if k in kwargs})
+    return bool(getattr(config, "is_encoder_decoder", False))
+
+
+def _load_seq2seq(name: str, dispatch: bool, kwargs: dict) -> MoEModel:
+    """An encoder-decoder model (Switch Transformers, NLLB-MoE) loaded by transformers' seq2seq class
+    and wrapped: nnsight 0.8.1 loads a name through a `transformers.pipeline` task, and transformers 5
+    has no pipeline task for encoder-decoder LMs (no "text2text-generation"), so `TransformersModel(name)`
+    builds `AutoModelForCausalLM` and fails. The model keeps `name` as its `repo_id` (as a hub load would:
+    NDIF knows it by that id). `dispatch=False` builds it on the meta device from its config."""
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    hub = {k: kwargs.pop(k) for k in _HUB_OPTIONS if k in kwargs}
+    tokenizer = kwargs.pop("tokenizer", None) or AutoTokenizer.from_pretrained(name, **hub)
+    if kwargs.pop("task", None) not in (None, "text-generation"):
+        raise ValueError("mi.load of an encoder-decoder model takes no task=: it is loaded as a seq2seq LM")
+    if dispatch:
+        hf = AutoModelForSeq2SeqLM.from_pretrained(name, **hub, **kwargs)
+    else:
+        config = kwargs.pop("config", None) or AutoConfig.from_pretrained(name, **hub)
+        options = {k: kwargs[k] for k in ("dtype", "torch_dtype", "attn_implementation") if k in kwargs}
+        with torch.device("meta"):
+            hf = AutoModelForSeq2SeqLM.from_config(config, **options)
+        hf.config._name_or_path = name
+    model = wrap(hf, tokenizer, **({} if dispatch else {"device": "meta"}))  # the pipeline would move it
+    model.repo_id = name
     return model
