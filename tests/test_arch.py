@@ -371,9 +371,15 @@ EXACT = (
     "mellum", "mimo_v2_flash", "minicpm5_moe", "minimax", "minimax_m2", "minimax_m3_vl_text", "mixtral",
     "nemotron_h", "olmoe", "param2moe", "phimoe", "qwen2_moe", "qwen3_5_moe_text", "qwen3_moe", "qwen3_next",
     "sarvam_mla", "sarvam_moe", "solar_open",
+    # exact on 5.25 from hand-written tiny configs (issue 27; no tiny build before)
+    "dots3_note", "dots3_note_text", "granitemoehybrid", "lfm2_moe", "mistral4", "qwen4_exp", "qwen4_exp_text",
 )
 EXACT_OTHER = ("aria", "inkling2", "inkling2_loop", "minimax_m3_vl", "mistral_large4", "nllb-moe",
-               "openai_privacy_filter", "qwen3_5_moe", "qwen3_vl_moe", "switch_transformers")
+               "openai_privacy_filter", "qwen3_5_moe", "qwen3_vl_moe", "switch_transformers",
+               # issue 27, as above; gemma4 and zaya are causal LMs whose routers the hold tests' oracles do not
+               # read (Gemma 4 returns the softmax as its logits; ZAYA hands its skip expert over as expert 0)
+               "deepseek_ocr2", "gemma4", "gemma4_text", "glm4v_moe", "glm5_next", "hy_v4_vl", "inkling_mm_model",
+               "muse_spark", "qwen3_omni_moe_thinker", "step3p7", "unlimited_ocr", "zaya")
 
 
 def _category(verdict):
