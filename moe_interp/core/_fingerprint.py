@@ -27,8 +27,8 @@ import torch
 
 from moe_interp.core._files import replace_file
 
-__all__ = ["ResumeError", "check_corpus", "differing", "fingerprint", "load_checkpoint", "model_parts",
-           "save_checkpoint", "stats_fingerprint", "tokenizer_fingerprint"]
+__all__ = ["ResumeError", "check_corpus", "check_pairs", "differing", "fingerprint", "is_pairs", "load_checkpoint",
+           "model_parts", "save_checkpoint", "stats_fingerprint", "tokenizer_fingerprint"]
 
 WEIGHTS = ("full", "sampled")  # how the weights are keyed: every byte, or a strided sample of each tensor
 SAMPLES = 4096  # elements a "sampled" key reads from each parameter and buffer: cost independent of model size
@@ -85,6 +85,50 @@ def check_corpus(corpus: Any) -> dict[str, list[str]]:
         if not texts:
             raise ValueError(f"corpus[{lang!r}] is empty")
         out[str(lang)] = list(texts)
+    return out
+
+
+def is_pairs(corpus: Any) -> bool:
+    """Whether `corpus` is keyed by (source language, target language), as a parallel corpus is.
+
+    ```python
+    >>> from moe_interp.core._fingerprint import is_pairs
+    >>> is_pairs({("fra", "eng"): [("Bonjour", "Hello")]}), is_pairs({"eng": ["Hello"]})
+    (True, False)
+
+    ```
+    """
+    return isinstance(corpus, Mapping) and bool(corpus) and any(isinstance(key, tuple) for key in corpus)
+
+
+def check_pairs(corpus: Any) -> dict[tuple[str, str], list[tuple[str, str]]]:
+    """A corpus of parallel pairs, `{(source language, target language): [(source, target), ...]}`,
+    checked: a malformed key or pair, or an empty language, is a clear error before any work.
+
+    ```python
+    >>> from moe_interp.core._fingerprint import check_pairs
+    >>> check_pairs({("fra", "eng"): [["Bonjour", "Hello"]]})
+    {('fra', 'eng'): [('Bonjour', 'Hello')]}
+    >>> check_pairs({("fra", "eng"): ["Bonjour"]})
+    Traceback (most recent call last):
+    TypeError: corpus[('fra', 'eng')] must be a list of (source text, target text) pairs, e.g. list(zip(sources, targets))
+
+    ```
+    """
+    out = {}
+    for key, pairs in corpus.items():
+        if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, str) and k for k in key)):
+            raise TypeError(f"a corpus of pairs is keyed by (source language, target language), e.g. ('fra', 'eng'); "
+                            f"got the key {key!r}. Use one form for the whole corpus: {{language: [texts]}} or "
+                            "{(source, target): [(source text, target text)]}")
+        if isinstance(pairs, str) or not isinstance(pairs, Sequence) or not all(
+                isinstance(p, Sequence) and not isinstance(p, str) and len(p) == 2
+                and all(isinstance(t, str) for t in p) for p in pairs):
+            raise TypeError(f"corpus[{key!r}] must be a list of (source text, target text) pairs, e.g. "
+                            "list(zip(sources, targets))")
+        if not pairs:
+            raise ValueError(f"corpus[{key!r}] is empty")
+        out[key] = [tuple(p) for p in pairs]
     return out
 
 

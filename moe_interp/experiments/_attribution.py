@@ -72,10 +72,10 @@ from moe_interp.analysis import rank_correlation  # public here too: `moe_interp
 from moe_interp.arch import BANDS, MoESpec, describe
 from moe_interp.arch._sites import router_sites
 from moe_interp.core._checks import check_positive
-from moe_interp.core._fingerprint import check_corpus, fingerprint, model_parts
+from moe_interp.core._fingerprint import check_corpus, fingerprint, is_pairs, model_parts
 from moe_interp.core._layers import bands as _bands
 from moe_interp.experiments._attribution_results import (  # AttributionCheck: public here too, as documented
-    METRICS, AttributionCheck, ExpertAttribution, check_stacks, is_pairs, stack_inputs, stack_items, target_nll)
+    METRICS, AttributionCheck, ExpertAttribution, check_stacks, stack_inputs, stack_items, target_nll)
 from moe_interp.experiments._resume import run_resumable
 from moe_interp.runtime._inputs import max_positions as _max_positions
 from moe_interp.runtime._kernels import tally, totals_add, totals_fold, totals_start

@@ -26,7 +26,7 @@ from moe_interp.arch import BANDS, UnsupportedModelError, describe
 from moe_interp.core._checks import check_int, check_positive
 from moe_interp.core._expert_set import ExpertSet
 from moe_interp.core._files import read_checked, save_tensor_directory
-from moe_interp.core._fingerprint import check_corpus, fingerprint, model_parts
+from moe_interp.core._fingerprint import check_corpus, check_pairs, fingerprint, is_pairs, model_parts
 from moe_interp.core._layers import parse_layers
 from moe_interp.experiments import Experiment
 from moe_interp.experiments.evaluate import seq2seq_inputs
@@ -73,20 +73,6 @@ def target_nll(logits: Tensor, targets: Tensor, predicted: Tensor, shift: bool =
     return -torch.where(predicted, logp, 0).sum(-1)
 
 
-def is_pairs(corpus: Any) -> bool:
-    """Whether `corpus` is keyed by (source language, target language) pairs, as `mi.profile`
-    takes a parallel corpus.
-
-    ```python
-    >>> from moe_interp.experiments._attribution_results import is_pairs
-    >>> is_pairs({("fra", "eng"): [("Bonjour", "Hello")]}), is_pairs({"eng": ["Hello"]})
-    (True, False)
-
-    ```
-    """
-    return isinstance(corpus, Mapping) and bool(corpus) and any(isinstance(key, tuple) for key in corpus)
-
-
 def check_stacks(model: Any, spec: Any, corpus: Any, pairs: bool) -> dict:
     """A two-stack corpus checked (`{language: [texts]}`, or with `pairs`
     `{(source language, target language): [(source text, target text), ...]}`, as
@@ -110,21 +96,7 @@ def check_stacks(model: Any, spec: Any, corpus: Any, pairs: bool) -> dict:
         raise ValueError(f"a corpus of (source, target) pairs needs an encoder-decoder model; this {spec.arch} model "
                          "reads one text: pass {language: [texts]}")
     if pairs:
-        checked = {}
-        for key, items in corpus.items():
-            if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, str) and k for k in key)):
-                raise TypeError(f"a corpus of pairs is keyed by (source language, target language), e.g. ('fra', "
-                                f"'eng'); got the key {key!r}. Use one form for the whole corpus: {{language: "
-                                "[texts]}} or {(source, target): [(source text, target text)]}")
-            if isinstance(items, str) or not isinstance(items, Sequence) or not all(
-                    isinstance(p, Sequence) and not isinstance(p, str) and len(p) == 2
-                    and all(isinstance(t, str) for t in p) for p in items):
-                raise TypeError(f"corpus[{key!r}] must be a list of (source text, target text) pairs, e.g. "
-                                "list(zip(sources, targets))")
-            if not items:
-                raise ValueError(f"corpus[{key!r}] is empty")
-            checked[key] = [tuple(p) for p in items]
-        corpus = checked
+        corpus = check_pairs(corpus)
     else:
         corpus = check_corpus(corpus)
     for key, items in corpus.items():

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from moe_interp.core._checks import check_positive
 from moe_interp.core._expert_set import ExpertSet
-from moe_interp.core._fingerprint import WEIGHTS, check_corpus, fingerprint, model_parts
+from moe_interp.core._fingerprint import WEIGHTS, check_corpus, check_pairs, fingerprint, is_pairs, model_parts
 from moe_interp.core._layers import BANDS, THIRD_BANDS, bands as band_split
 from moe_interp.arch import describe
 from moe_interp.experiments.evaluate import text_nll, two_stacks
@@ -238,22 +238,9 @@ def _pairs_corpus(corpus: Any) -> dict[str, list[tuple[str, str]]] | None:
 
     ```
     """
-    if not (isinstance(corpus, Mapping) and any(isinstance(key, tuple) for key in corpus)):
+    if not is_pairs(corpus):
         return None
-    out = {}
-    for key, pairs in corpus.items():
-        if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, str) and k for k in key)):
-            raise TypeError(f"a corpus of pairs is keyed by (source language, target language), e.g. ('fra', 'eng'); "
-                            f"got the key {key!r}. Use one form for the whole corpus: {{language: [texts]}} or "
-                            "{(source, target): [(source text, target text)]}")
-        if isinstance(pairs, str) or not isinstance(pairs, Sequence) or not all(
-                isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(t, str) for t in p) for p in pairs):
-            raise TypeError(f"corpus[{key!r}] must be a list of (source text, target text) pairs, e.g. "
-                            "list(zip(sources, targets))")
-        if not pairs:
-            raise ValueError(f"corpus[{key!r}] is empty")
-        out[f"{key[0]}-{key[1]}"] = [tuple(p) for p in pairs]
-    return out
+    return {f"{source}-{target}": pairs for (source, target), pairs in check_pairs(corpus).items()}
 
 
 def _checksum(record: dict) -> str:
