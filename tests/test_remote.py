@@ -562,7 +562,8 @@ def test_no_module_outside_the_compat_module_reaches_into_nnsight_internals():
     import pathlib
 
     internals = ("interleaver.mediators", "tracing.util import push", "_PICKLE_BY_VALUE_MODULES", "__wrapped__.__get__",
-                 "_batch_size(", "Mediator(", "Mediator.value", "Mediator.current", "_preprocess")
+                 "_batch_size(", "Mediator(", "Mediator.value", "Mediator.current", "_preprocess",
+                 "batching import Batcher", "tracer.batcher")
     package = pathlib.Path(mi.__file__).parent
     found = [(path.name, word) for path in package.rglob("*.py") if path.name != "_nnsight_compat.py"
              for word in internals if word in path.read_text()]
