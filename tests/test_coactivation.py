@@ -263,3 +263,29 @@ def test_the_pair_table_is_saved_checked_selected_and_merged(tmp_path):
     with pytest.raises(ValueError, match="co_activation.* must be non-negative"):
         mi.RoutingStats(stats.languages, stats.layers, 8, 2, stats.count, stats.gate_mass, stats.tokens,
                         co_activation=-stats.co_activation)
+
+
+def test_the_rate_is_olmoe_s_normalisation_of_the_pairs_by_hand_and_its_heatmap_shows_it():
+    """`co_activation_rate`: of the tokens routed to expert i, the share also routed to j, from the
+    hook pairs by hand; the heatmap shows it in %, the groups pooled."""
+    model = tiny("qwen3_moe")
+    with mi.trace(model, mi.RouterRecord(co_activation=True)) as tr:
+        with tr.invoke(PROMPTS[:2], group="a"):
+            pass
+        with tr.invoke(PROMPTS[2:], group="b"):
+            pass
+    pairs = pairs_by_hand(model, PROMPTS, 8).double()   # both groups pooled
+    by_hand = torch.full_like(pairs, float("nan"))
+    for layer in range(pairs.shape[0]):
+        for i in range(8):
+            if pairs[layer, i, i] > 0:
+                for j in range(8):
+                    by_hand[layer, i, j] = 0.0 if i == j else pairs[layer, i, j] / pairs[layer, i, i]
+    rate = tr.routing.co_activation_rate(pooled=True)[0]
+    torch.testing.assert_close(rate, by_hand, equal_nan=True, rtol=0, atol=0)
+    chosen = rate.isfinite().all(-1)
+    torch.testing.assert_close(rate.sum(-1)[chosen], torch.ones_like(rate.sum(-1)[chosen]))  # top-2: one partner
+    figure = tr.routing.plot_co_activation(layer=2)
+    torch.testing.assert_close(torch.tensor(figure.data[0].z, dtype=torch.float64), 100 * by_hand[2], equal_nan=True)
+    with pytest.raises(ValueError, match=r"RouterRecord\(co_activation=True\)"):
+        mi.profile(model, CORPUS, progress=False).co_activation_rate()

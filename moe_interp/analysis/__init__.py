@@ -58,6 +58,7 @@ from moe_interp.analysis._expert_sets import (
 )
 from moe_interp.analysis._health import Health, health
 from moe_interp.analysis._layer_profile import LayerProfile, layer_profile
+from moe_interp.analysis._routing_parts import SplitEffect, co_activation_rate, split_effect
 from moe_interp.analysis._vocabulary import Vocabulary
 
 __all__ = [
@@ -78,12 +79,14 @@ __all__ = [
     "LayerEvidence",
     "LayerProfile",
     "SeedTest",
+    "SplitEffect",
     "Vocabulary",
     "adjusted_rand_index",
     "band_average",
     "bands",
     "bootstrap",
     "cluster",
+    "co_activation_rate",
     "compare",
     "divergence",
     "entropy",
@@ -109,5 +112,6 @@ __all__ = [
     "shared_mask",
     "shares",
     "similarity",
+    "split_effect",
     "stratified_interval",
 ]

@@ -228,6 +228,46 @@ class RoutingStats(RoutingCounts):
         """
         return analysis.health(self, resamples, level, seed)
 
+    def co_activation_rate(self, layers: Any = None, pooled: bool = False) -> Float[Tensor, "group layer expert expert2"]:
+        """OLMoE's co-activation: of the tokens routed to expert `i`, the share also routed to `j`
+        (`co_activation[i, j] / count[i]`; diagonal 0, never-chosen experts `nan`), per group and
+        layer; `pooled=True` sums the groups first. Needs `RouterRecord(co_activation=True)`.
+
+        ```python
+        >>> import moe_interp as mi
+        >>> model = mi.zoo.tiny_model("qwen3_moe")                     # top-2 of 8 experts
+        >>> with mi.trace(model, "The cat sat.", mi.RouterRecord(co_activation=True)) as tr:
+        ...     pass
+        >>> rate = tr.routing.co_activation_rate()
+        >>> rate.shape, bool(torch.allclose(rate[0, 0].nansum(-1)[rate[0, 0].isfinite().all(-1)], torch.tensor(1.0).double()))
+        (torch.Size([1, 4, 8, 8]), True)
+
+        ```
+        """
+        return analysis.co_activation_rate(self, layers, pooled)
+
+    def split_effect(self, metric: str = "js", layers: Any = None, level: int = -1,
+                     min_tokens: int = 10) -> analysis.SplitEffect:
+        """Per layer, how far apart the parts of a language route (token kinds, position buckets:
+        groups `"<language>/<part>"` from `RouterRecord(by_token_kind=True)` / `by_position=`)
+        against how far apart languages route on one part (`mi.analysis.split_effect`).
+
+        ```python
+        >>> import moe_interp as mi
+        >>> model = mi.zoo.tiny_model("qwen3_moe")
+        >>> with mi.trace(model, mi.RouterRecord(by_position=True)) as tr:
+        ...     with tr.invoke(["The cat sat on the mat, all day long."] * 2, group="eng"):
+        ...         pass
+        ...     with tr.invoke(["Die Katze saß den ganzen Tag auf der Matte."] * 2, group="deu"):
+        ...         pass
+        >>> effect = tr.routing.split_effect(min_tokens=2)
+        >>> effect.parts, effect.tokens.tolist()
+        (('pos0', 'pos1-3', 'pos4-15', 'pos16-63', 'pos64+'), [[2, 6, 24, 42, 0], [2, 6, 24, 56, 0]])
+
+        ```
+        """
+        return analysis.split_effect(self, metric, layers, level, min_tokens)
+
     def bootstrap(self, statistic: Any = "divergence", resamples: int = 200, level: float = 0.95, seed: int = 0,
                   **kwargs: Any) -> analysis.BootstrapResult:
         """Bootstrap confidence intervals over items (needs per-item counts, kept by `mi.profile`).
@@ -354,3 +394,40 @@ class RoutingStats(RoutingCounts):
         ```
         """
         return plots.load_health(self, other, **kwargs)
+
+    def plot_co_activation(self, layer: int | None = None, group: str | None = None, other: "RoutingCounts | None" = None,
+                           **kwargs: Any) -> go.Figure:
+        """OLMoE's co-activation heatmap of one MoE layer (`co_activation_rate`, in %), all groups
+        pooled or one `group`; `other` (e.g. the random-init twin) beside it
+        (`mi.plots.co_activation_heatmap`).
+
+        ```python
+        >>> import moe_interp as mi
+        >>> model = mi.zoo.tiny_model("qwen3_moe")
+        >>> with mi.trace(model, "The cat sat.", mi.RouterRecord(co_activation=True)) as tr:
+        ...     pass
+        >>> tr.routing.plot_co_activation(layer=1).data[0].type
+        'heatmap'
+
+        ```
+        """
+        return plots.co_activation_heatmap(self, layer, group, other, **kwargs)
+
+    def plot_split_effect(self, metric: str = "js", **kwargs: Any) -> go.Figure:
+        """Per layer: the divergence between the parts of a language (token kinds or position
+        buckets) beside the divergence between languages on one part (`mi.plots.split_effect`).
+
+        ```python
+        >>> import moe_interp as mi
+        >>> model = mi.zoo.tiny_model("qwen3_moe")
+        >>> with mi.trace(model, mi.RouterRecord(by_token_kind=True)) as tr:
+        ...     with tr.invoke(["The cat, 12 days."] * 2, group="eng"):
+        ...         pass
+        ...     with tr.invoke(["Die Katze, 12 Tage."] * 2, group="deu"):
+        ...         pass
+        >>> [trace.name for trace in tr.routing.plot_split_effect(min_tokens=2).data][:3]
+        ['between the kinds of a language', 'between languages, one kind', 'between languages, kinds pooled']
+
+        ```
+        """
+        return plots.split_effect(self, metric, **kwargs)

@@ -35,10 +35,13 @@ from moe_interp.analysis import (
     shared_experts,
 )
 from moe_interp.analysis import layer_profile as _layer_profile
+from moe_interp.analysis import SplitEffect, co_activation_rate
+from moe_interp.analysis import split_effect as _split_effect
 from moe_interp.core._expert_set import PAPER, check_k
 
-__all__ = ["comparison", "dendrogram", "divergence_heatmap", "expert_counts", "forest_plot", "language_layer_heatmap",
-           "layer_profile", "load_health", "routing_heatmap", "vocabulary_specialization"]
+__all__ = ["co_activation_heatmap", "comparison", "dendrogram", "divergence_heatmap", "expert_counts", "forest_plot",
+           "language_layer_heatmap", "layer_profile", "load_health", "routing_heatmap", "split_effect",
+           "vocabulary_specialization"]
 
 _METRIC_NAMES = {"js": "Jensen-Shannon divergence", "cosine": "cosine distance", "hellinger": "Hellinger distance",
                  "kl_sym": "symmetric KL (bits)"}
@@ -636,4 +639,110 @@ def vocabulary_specialization(vocab: Vocabulary, n: int = 5, language: str | Non
     fig.update_layout(title={"text": f"Vocabulary specialization ({scope}); the corpus' own {n} most frequent tokens "
                                      f"take {vocab.corpus_share(n, language):.2f} of its tokens"},
                       legend={"orientation": "h", "y": -0.15})
+    return fig
+
+
+def _strongest_experts(rate: np.ndarray, top: int) -> list[int]:
+    """OLMoE's choice of experts to show: down the pairs (i, j) by falling rate, each expert the
+    first time it appears, until `top` (`run_moe_analysis.py`, `do_correlation_analysis`)."""
+    scores = np.where(np.isfinite(rate), rate, -1.0)
+    np.fill_diagonal(scores, -1.0)
+    order: list[int] = []
+    for flat in np.argsort(-scores, axis=None, kind="stable"):
+        for expert in divmod(int(flat), rate.shape[0]):
+            if expert not in order and len(order) < top:
+                order.append(expert)
+        if len(order) == top:
+            break
+    return order
+
+
+def co_activation_heatmap(stats: RoutingCounts, layer: int | None = None, group: str | None = None,
+                          other: RoutingCounts | None = None, names: Sequence[str] | None = None,
+                          top: int | None = None) -> go.Figure:
+    """OLMoE's co-activation heatmap of one MoE layer: row `i`, column `j`, the % of the tokens
+    routed to expert `i` also routed to `j` (`mi.analysis.co_activation_rate`), all groups pooled
+    or one `group`; `other` (e.g. the random-init twin on the same texts) in a panel beside it.
+
+    `layer`: a real MoE layer index (default the middle MoE layer); `top`: how many experts (all
+    up to 32, else OLMoE's 16: those of the strongest pairs, in that order).
+
+    ```python
+    >>> import torch
+    >>> import moe_interp as mi
+    >>> pairs = torch.tensor([[[[3, 2, 1], [2, 2, 0], [1, 0, 1]]]])   # 3 tokens, top-2: {0,1}, {0,1}, {0,2}
+    >>> count = pairs.diagonal(dim1=-2, dim2=-1)
+    >>> s = mi.RoutingStats(("en",), (0,), 3, 2, count, count / 2.0, torch.tensor([3]), co_activation=pairs)
+    >>> fig = mi.plots.co_activation_heatmap(s, top=2)
+    >>> fig.data[0].y, fig.data[0].z.round(1).tolist()     # expert 1's tokens all chose 0 too: first
+    (('1', '0'), [[0.0, 100.0], [66.7, 0.0]])
+
+    ```
+    """
+    panels = [stats] + ([other] if other is not None else [])
+    names = list(names) if names is not None else (["this model", "other"] if other is not None else [""])
+    layer = stats.layers[len(stats.layers) // 2] if layer is None else layer
+    rates = []
+    for panel in panels:
+        panel.layer_index(layer)  # a layer these stats lack: ValueError naming theirs
+        if group is None:
+            rate = co_activation_rate(panel, layers=[layer], pooled=True)[0, 0]
+        else:
+            rate = co_activation_rate(panel, layers=[layer])[panel.language_index(group), 0]
+        rates.append(rate.numpy())
+    count = top or (stats.num_experts if stats.num_experts <= 32 else 16)
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[n for n in names] if other is not None else None,
+                        horizontal_spacing=0.12)
+    for column, (rate, panel) in enumerate(zip(rates, panels), start=1):
+        experts = (list(range(panel.num_experts)) if count >= panel.num_experts
+                   else _strongest_experts(rate, count))
+        labels = tuple(str(e) for e in experts)
+        fig.add_trace(go.Heatmap(z=100 * rate[np.ix_(experts, experts)], x=labels, y=labels, zmin=0, zmax=100,
+                                 colorscale="Reds", coloraxis=None, showscale=column == len(panels),
+                                 colorbar={"title": "%"},
+                                 hovertemplate="expert %{y} with %{x}: %{z:.1f}%<extra></extra>"), 1, column)
+        fig.update_xaxes(title_text="also routed to expert", type="category", row=1, col=column)
+        fig.update_yaxes(title_text="tokens routed to expert", type="category", autorange="reversed", row=1, col=column)
+    where = "all groups" if group is None else group
+    fig.update_layout(title=f"Co-activation, MoE layer {layer} ({where}): % of the tokens routed to expert i "
+                            "(row) also routed to j (column)")
+    return fig
+
+
+def split_effect(stats: Any, metric: str = "js", layers: Any = None, level: int = -1,
+                 min_tokens: int = 10) -> go.Figure:
+    """Per MoE layer: the divergence between the parts of a language (token kinds or position
+    buckets), between languages on one part, and between languages with their parts pooled
+    (`mi.analysis.split_effect`; `stats` may be its `SplitEffect`). A part line at or above the
+    language lines: what a token is moves routing as much as its language does.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
+    >>> with mi.trace(model, mi.RouterRecord(by_position=(0, 4))) as tr:
+    ...     with tr.invoke(["The cat sat on the mat."] * 2, group="eng"):
+    ...         pass
+    ...     with tr.invoke(["Die Katze saß auf der Matte."] * 2, group="deu"):
+    ...         pass
+    >>> fig = mi.plots.split_effect(tr.routing, min_tokens=2)
+    >>> [trace.name for trace in fig.data], fig.layout.xaxis.title.text
+    (['between the position buckets of a language', 'between languages, one position bucket', 'between languages, position buckets pooled'], 'MoE layer')
+
+    ```
+    """
+    effect = stats if isinstance(stats, SplitEffect) else _split_effect(stats, metric, layers, level, min_tokens)
+    one, many = (("position bucket", "position buckets") if all(p.startswith("pos") for p in effect.parts)
+                 else ("kind", "kinds"))
+    table = effect.to_pandas()
+    fig = go.Figure()
+    for column, name, dash in (("within", f"between the {many} of a language", "solid"),
+                               ("across", f"between languages, one {one}", "dash"),
+                               ("pooled", f"between languages, {many} pooled", "dot")):
+        fig.add_trace(go.Scatter(x=table["layer"], y=table[column], name=name, mode="lines+markers",
+                                 line={"dash": dash}))
+    fig.update_layout(title=f"Routing by {one} within a language against across languages "
+                            f"({len(effect.languages)} languages, {len(effect.parts)} {many})",
+                      xaxis_title="MoE layer", yaxis_title=_METRIC_NAMES[effect.metric], legend={"orientation": "h"})
+    fig.update_xaxes(tickformat="d")
+    fig.update_yaxes(rangemode="tozero")
     return fig
