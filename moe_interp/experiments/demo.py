@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from moe_interp.experiments import report
 from moe_interp.experiments import _claims
 from moe_interp.analysis import family_evidence, layer_evidence, ngram_baselines
@@ -26,6 +27,7 @@ from moe_interp.core._checks import check_int
 from moe_interp.core._threads import choose_threads, set_threads
 from moe_interp.experiments import ablation_grid, steering_eval
 from moe_interp.experiments._profile import profile
+from moe_interp.runtime._interventions import RouterRecord
 from moe_interp.models.zoo import DEMO_HUB, DEMO_LANGUAGES, DEMO_MODEL_DIR, demo_model, training_seed
 
 __all__ = ["DemoEvidence", "DemoResult", "choose_threads", "demo_corpus", "demo_evidence", "run_demo", "seed_records",
@@ -160,6 +162,165 @@ def _layers_record(ev: Any) -> dict:
     return out
 
 
+def _health_record(healths: Mapping[str, Any]) -> dict:
+    """Expert load and health of each model over all held-out texts (`Health`, scope "all"):
+    per MoE layer the experts never chosen, the load's coefficient of variation and max / mean
+    (`[estimate, low, high]`, intervals over texts); their means over the layers with intervals,
+    and the trained model's paired difference from each twin (the same resampled texts)."""
+    from moe_interp.analysis import interval
+
+    first = healths["trained"]
+    out: dict[str, Any] = {"layers": list(first.layers), "experts": first.num_experts, "top_k": first.top_k,
+                           "languages": len(first.scopes) - 1, "tokens": int(first.tokens[-1]), "level": None,
+                           "resamples": 0, "models": {}}
+    means = {}
+    for name, h in healths.items():
+        model: dict[str, Any] = {"dead": h.dead_count[-1].tolist(),
+                                 "dead_experts": {str(l): list(e) for l, e in h.dead_experts().items()}}
+        for statistic in ("cv", "max_over_mean"):
+            values, ci = getattr(h, statistic)[-1].numpy(), getattr(h, f"{statistic}_interval")
+            samples = None if ci is None else ci.samples[:, -1].numpy()
+            level = 0.95 if ci is None else ci.level
+            model[statistic] = [_triple((v, *(interval(v, samples[:, i], level) if samples is not None
+                                              else (float("nan"),) * 2))) for i, v in enumerate(values)]
+            mean = float(np.nanmean(values))
+            mean_samples = None if samples is None else np.nanmean(samples, axis=1)
+            means[name, statistic] = (mean, mean_samples)
+            model[f"{statistic}_mean"] = _triple((mean, *(interval(mean, mean_samples, level)
+                                                          if mean_samples is not None else (float("nan"),) * 2)))
+            if ci is not None:
+                out["level"], out["resamples"] = ci.level, int(len(ci.samples))
+        out["models"][name] = model
+    for name in healths:
+        if name != "trained":
+            out["models"][name]["difference"] = {}
+            for statistic in ("cv", "max_over_mean"):
+                (a, sa), (b, sb) = means["trained", statistic], means[name, statistic]
+                paired = interval(a - b, sa - sb, out["level"]) if sa is not None and sb is not None else (
+                    float("nan"),) * 2
+                out["models"][name]["difference"][statistic] = _triple((a - b, *paired))
+    return out
+
+
+def _co_activation_record(stats: Mapping[str, Any]) -> dict | None:
+    """Co-activation of each model over all held-out texts (`RouterRecord(co_activation=True)`),
+    per MoE layer: `top_partner`, of the tokens routed to an expert the share also routed to its
+    most frequent partner, weighted by the experts' loads (1 / (top_k - 1) at most; an even
+    router over E experts gives about `(top_k - 1) / (E - 1)`); `pair`, the strongest pair by
+    OLMoE's rate (`[i, j, share of i's tokens also routed to j]`, among experts with at least 1%
+    of the layer's load). None when a model has no co-activation or routes one expert a token."""
+    first = stats["trained"]
+    if any(s.co_activation is None for s in stats.values()) or first.top_k < 2:
+        return None
+    experts = first.num_experts
+    out: dict[str, Any] = {"layers": list(first.layers), "experts": experts, "top_k": first.top_k,
+                           "even": (first.top_k - 1) / (experts - 1), "models": {}}
+    for name, s in stats.items():
+        pairs = s.co_activation.sum(0).double()                 # [layer, E, E], the groups pooled
+        load = pairs.diagonal(dim1=-2, dim2=-1)                 # tokens routed to each expert
+        off = pairs * (1 - torch.eye(experts, dtype=torch.float64))
+        top = (off.amax(-1).sum(-1) / load.sum(-1)).tolist()
+        rate = off / load.clamp(min=1)[..., None]
+        rate = torch.where((load >= 0.01 * load.sum(-1, keepdim=True))[..., None], rate, torch.zeros_like(rate))
+        strongest = []
+        for i in range(len(s.layers)):
+            flat = int(rate[i].argmax())
+            strongest.append([flat // experts, flat % experts, round(float(rate[i].flatten()[flat]), 6)])
+        out["models"][name] = {"top_partner": [round(v, 6) for v in top], "pair": strongest}
+    return out
+
+
+def _layer_text(layers: Sequence[int]) -> str:
+    """`[1, 2, 3, 4, 6]` -> `"layers 1-4 and 6"`: runs of consecutive layers joined."""
+    runs: list[list[int]] = []
+    for layer in sorted(layers):
+        if runs and layer == runs[-1][-1] + 1:
+            runs[-1].append(layer)
+        else:
+            runs.append([layer])
+    parts = [f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs]
+    joined = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return ("layer " if len(layers) == 1 else "layers ") + joined
+
+
+def _count_text(n: int) -> str:
+    return "none" if n == 0 else f"{n}"
+
+
+def _health_finding(record: Mapping[str, Any]) -> str:
+    """One line from `_health_record`'s numbers: experts never chosen in the trained model and
+    its twins, and the load's coefficient of variation against twin 1 (paired interval).
+
+    ```python
+    >>> from moe_interp.experiments.demo import _health_finding
+    >>> rec = {"layers": [0, 1, 2, 3, 4], "experts": 32, "top_k": 2, "languages": 55, "tokens": 165000,
+    ...        "level": 0.95, "resamples": 100, "models": {
+    ...        "trained": {"dead": [0, 3, 2, 1, 1], "dead_experts": {}, "cv_mean": [1.2, 1.1, 1.3]},
+    ...        "twin 1": {"dead": [0, 0, 0, 0, 0], "dead_experts": {}, "cv_mean": [0.5, 0.45, 0.55],
+    ...                   "difference": {"cv": [0.7, 0.6, 0.8]}}}}
+    >>> print(_health_finding(rec))
+    7 experts never chosen in layers 1-4 of the trained model over 165,000 held-out tokens, none in twin 1; load cv over the experts (mean of MoE layers 0-4) 1.20 [1.10, 1.30] against 0.50 [0.45, 0.55] in twin 1: the trained model's load is more uneven (difference +0.70 [+0.60, +0.80])
+
+    ```
+    """
+    models = record["models"]
+    trained, twins = models["trained"], [m for m in models if m != "trained"]
+    dead = sum(trained["dead"])
+    where = [layer for layer, d in zip(record["layers"], trained["dead"]) if d]
+    line = (f"{dead} expert{'s' if dead != 1 else ''} never chosen in {_layer_text(where)} of the trained model"
+            if dead else "every expert of the trained model chosen") + \
+        f" over {record['tokens']:,} held-out tokens"
+    twin_dead = [sum(models[t]["dead"]) for t in twins]
+    if twins:
+        if not any(twin_dead):
+            line += f", none in {twins[0] if len(twins) == 1 else f'its {len(twins)} random-init twins'}"
+        else:
+            line += ", " + ", ".join(f"{_count_text(d)} in {t}" for t, d in zip(twins, twin_dead))
+        twin = models[twins[0]]
+        cv, other, diff = trained["cv_mean"], twin["cv_mean"], twin["difference"]["cv"]
+        span = f"{record['layers'][0]}-{record['layers'][-1]}"
+        line += (f"; load cv over the experts (mean of MoE layers {span}) {cv[0]:.2f} [{cv[1]:.2f}, {cv[2]:.2f}] "
+                 f"against {other[0]:.2f} [{other[1]:.2f}, {other[2]:.2f}] in {twins[0]}: ")
+        if diff[1] > 0:
+            line += "the trained model's load is more uneven"
+        elif diff[2] < 0:
+            line += "the trained model's load is more even"
+        else:
+            line += "no difference in evenness"
+        line += f" (difference {diff[0]:+.2f} [{diff[1]:+.2f}, {diff[2]:+.2f}])"
+    return line
+
+
+def _co_activation_finding(record: Mapping[str, Any]) -> str:
+    """One line from `_co_activation_record`'s numbers: the share of an expert's tokens that also
+    go to its most frequent partner, per layer, in the trained model against every twin.
+
+    ```python
+    >>> from moe_interp.experiments.demo import _co_activation_finding
+    >>> rec = {"layers": [0, 1, 2], "experts": 32, "top_k": 2, "even": 1 / 31, "models": {
+    ...        "trained": {"top_partner": [0.58, 0.47, 0.30], "pair": []},
+    ...        "twin 1": {"top_partner": [0.32, 0.25, 0.31], "pair": []}}}
+    >>> print(_co_activation_finding(rec))
+    co-activation: of the tokens routed to an expert, 0.30-0.58 also go to its most frequent partner in the trained model (per MoE layer, load-weighted), 0.25-0.32 in twin 1 (an even top-2 router over 32 experts: about 0.03); above twin 1 in 2 of 3 layers
+
+    ```
+    """
+    models = record["models"]
+    twins = [m for m in models if m != "trained"]
+    trained = models["trained"]["top_partner"]
+
+    def span(values: Sequence[float]) -> str:
+        return f"{min(values):.2f}-{max(values):.2f}"
+
+    others = [v for t in twins for v in models[t]["top_partner"]]
+    above = sum(all(v > models[t]["top_partner"][i] for t in twins) for i, v in enumerate(trained))
+    who = twins[0] if len(twins) == 1 else f"its {len(twins)} random-init twins"
+    return (f"co-activation: of the tokens routed to an expert, {span(trained)} also go to its most frequent partner "
+            f"in the trained model (per MoE layer, load-weighted), {span(others)} in {who} (an even "
+            f"top-{record['top_k']} router over {record['experts']} experts: about {record['even']:.2f}); above "
+            f"{'every twin' if len(twins) > 1 else who} in {above} of {len(trained)} layers")
+
+
 @dataclasses.dataclass
 class DemoEvidence:
     """Everything the demo measured, with its controls (see `demo_evidence`).
@@ -169,8 +330,10 @@ class DemoEvidence:
     n-gram baselines, held-out texts, intervals over languages), `layers` (`LayerEvidence`:
     the same per MoE layer), `ablation` (`AblationResult`, experts chosen on the train split,
     or None), `steering` (`SteeringResult`, or None), `stats` (the trained model's held-out
-    `RoutingStats`), `twin_stats` (the first twin's), `seconds` (wall time per step),
-    `languages`.
+    `RoutingStats`, with co-activation), `twin_stats` (the first twin's), `seconds` (wall time
+    per step), `languages`, `twins` (every twin's held-out `RoutingStats`, by name) and
+    `health` (`{"trained" | twin name: Health}`: expert load and health on the held-out texts,
+    intervals over texts).
 
     `record()` gives the plain numbers (what `eval.json` keeps); `claims()` the claims worded
     from them by the rules of `moe_interp.experiments._claims`; `rows()` / `markdown()` the same as a table
@@ -180,7 +343,7 @@ class DemoEvidence:
     >>> import dataclasses
     >>> from moe_interp.experiments.demo import DemoEvidence
     >>> [field.name for field in dataclasses.fields(DemoEvidence)]
-    ['languages', 'family', 'ablation', 'steering', 'stats', 'twin_stats', 'seconds', 'layers']
+    ['languages', 'family', 'ablation', 'steering', 'stats', 'twin_stats', 'seconds', 'layers', 'twins', 'health']
 
     ```
     """
@@ -193,6 +356,8 @@ class DemoEvidence:
     twin_stats: Any
     seconds: dict
     layers: Any = None
+    twins: dict | None = None
+    health: dict | None = None
 
     def record(self) -> dict:
         """The measurement as plain numbers (JSON-ready): what `_claims` words and `eval.json` keeps.
@@ -200,7 +365,7 @@ class DemoEvidence:
         ```python
         >>> from moe_interp.experiments.demo import DemoEvidence
         >>> sorted(DemoEvidence(("eng",), {}, None, None, None, None, {}).record())
-        ['ablation', 'family', 'format', 'layers', 'seconds', 'steering']
+        ['ablation', 'co_activation', 'family', 'format', 'health', 'layers', 'seconds', 'steering']
 
         ```
         """
@@ -208,7 +373,11 @@ class DemoEvidence:
                                "family": {subset: _family_record(ev, None if subset == "all" else subset)
                                           for subset, ev in self.family.items()},
                                "layers": _layers_record(self.layers) if self.layers is not None else None,
-                               "ablation": None, "steering": None}
+                               "ablation": None, "steering": None,
+                               "health": _health_record(self.health) if self.health else None,
+                               "co_activation": None}
+        if self.stats is not None and self.twins:
+            out["co_activation"] = _co_activation_record({"trained": self.stats, **self.twins})
         if self.ablation is not None:
             table = self.ablation.verdicts()
             table["layers"] = table["layers"].map(list)
@@ -302,15 +471,19 @@ def demo_evidence(path: str | os.PathLike | None = None, languages: Sequence[str
     seed = training_seed(DEMO_MODEL_DIR if path is None else Path(path))
     say(f"profiling the trained model on {len(heldout)} languages ({sum(map(len, heldout.values()))} held-out "
         f"pieces of <= {MAX_BYTES} bytes) and on the train split (choosing experts)")
-    stats = profile(trained, heldout, batch_size=16, progress=progress)
+    pairs = RouterRecord(co_activation=True)  # which experts a token chose together: [language, layer, E, E]
+    stats = profile(trained, heldout, pairs, batch_size=16, progress=progress)
     picked = profile(trained, splits["pick"], batch_size=16, progress=progress)
     lap("profile trained")
     twin_stats = {}
     for i in range(twins):
         say(f"profiling random-init twin {i + 1}/{twins} (seed {seed + 1000 * i}) on the held-out texts")
         twin_stats[f"twin {i + 1}"] = profile(demo_model(trained=False, path=path, seed=seed + 1000 * i), heldout,
-                                              batch_size=16, progress=progress)
+                                              pairs, batch_size=16, progress=progress)
     lap("profile twins")
+    say(f"expert load and health of the trained model and its twins: {resamples} resamples of the texts")
+    healths = {name: s.health(resamples=resamples) for name, s in {"trained": stats, **twin_stats}.items()}
+    lap("health")
     say(f"family structure, middle band and per layer: {resamples} resamples of the languages, {permutations} label "
         "permutations; exact byte 1-, 2- and 3-gram baselines")
     families = _families(languages)
@@ -343,7 +516,8 @@ def demo_evidence(path: str | os.PathLike | None = None, languages: Sequence[str
         steering = steering_eval(trained, picked, splits["dev"], heldout, steer, target=DEMO_HUB,
                                  scales=SCALES[:3] if quick else SCALES, resamples=resamples * 10, progress=progress)
     lap("steering")
-    return DemoEvidence(tuple(languages), family, ablation, steering, stats, twin_stats["twin 1"], seconds, by_layer)
+    return DemoEvidence(tuple(languages), family, ablation, steering, stats, twin_stats["twin 1"], seconds, by_layer,
+                        twin_stats, healths)
 
 
 @dataclasses.dataclass
@@ -508,6 +682,22 @@ def run_demo(out: str | os.PathLike = "report.html", languages: Sequence[str] | 
     if ev.steering is not None:
         parts += [f"<h2>Steering toward experts shared with {DEMO_HUB} (dose-response)</h2>",
                   "".join(f"<p>{html.escape(line)}</p>" for line in ev.steering.findings()), ev.steering.plot()]
+    if record["health"] is not None:
+        from moe_interp.analysis import plots
+
+        line = _health_finding(record["health"])
+        findings.append(line)
+        rec = record["health"]
+        parts += ["<h2>Expert load and health: the trained model beside its random-init twin</h2>",
+                  f"<p>{html.escape(line[0].upper() + line[1:])}. Load per expert over all {rec['languages']} "
+                  f"languages' held-out texts against the even share; cv: the load's coefficient of variation over "
+                  f"the {rec['experts']} experts of a layer (0 when even), with {round(100 * (rec['level'] or 0.95))}% "
+                  f"intervals over texts ({rec['resamples']} resamples, the same texts for both models: the "
+                  "difference is paired). Twins: the same architecture untrained, on the same texts.</p>",
+                  plots.load_health(ev.health["trained"], ev.health["twin 1"], names=["trained", "twin 1"])]
+    if record["co_activation"] is not None:
+        line = _co_activation_finding(record["co_activation"])
+        findings.append(line)
     seeds = seed_records()
     if len(seeds) > 1:
         from moe_interp.experiments._steering import dose_response_seeds_figure
