@@ -7,16 +7,17 @@ of the model's positions where longer, rows longest first, padded per batch by t
 then `model(input_ids, attention_mask)` under `torch.no_grad()`. Both count the same real tokens
 (checked), so the ratio of their times is the ratio of their tokens/s.
 
-Five variants, each repetition in a shuffled order: the plain forward; `mi.profile` as it runs
-(its batches read by torch hooks, `runtime._hooks`); `mi.profile` with every batch read by an
-nnsight trace (the path before the hooks, and what edits still take); and the batches alone, what
-the profile runs per batch (the read, the kernels, the counts) on the plain forward's batches,
-read by hooks and by traces. A profile's time is the whole call: tokenizing and padding, the
-checkpoint key (every weight byte hashed; its time alone is reported too), every batch, the result.
-Ratio = plain time / profile time of the same repetition (tokens/s, profile over plain), in wall
-time and in CPU time of this process (less disturbed by other jobs on a shared machine). The
-two profiles' tables are compared bitwise. Writes the "Profile speed" section of
-benchmarks/RESULTS.md (between its markers; the rest of the file is kept).
+Each repetition runs, in a shuffled order, the plain forward; `mi.profile` as it runs (its
+batches read by torch hooks, `runtime._hooks`); and `mi.profile` with every batch read by an
+nnsight trace (the path before the hooks, and what edits still take). A profile's time is the
+whole call: tokenizing and padding, the checkpoint key (every weight byte hashed; its time alone
+is reported too), every batch, the result. Then the batches alone, what the profile runs per
+batch (the read, the kernels, the counts) on the plain forward's batches: each batch three ways
+(plain forward, hooks, trace) in a shuffled order, so that the three see the same load.
+Ratio = plain time / variant time of the same repetition (tokens/s, variant over plain), in
+wall time and in CPU time of this process (less disturbed by other jobs on a shared machine).
+The two profiles' tables, and each batch's counts, are compared bitwise. Writes the "Profile
+speed" section of benchmarks/RESULTS.md (between its markers; the rest of the file is kept).
 
 Options: `--reps N` (default 21), `--smoke` (2 languages x 4 texts, 1 repetition, writes nothing;
 tests/test_profile_speed.py runs it).
@@ -110,19 +111,19 @@ def main() -> int:
         finally:
             profiling.hooked_trace = hooked
 
-    def batches_hooked():  # what the profile does per batch, read by hooks
-        return [hooked(model, batch, mi.RouterRecord()).routing for batch in inputs]
+    def batch_plain(batch):
+        return hf(**batch)
 
-    def batches_traced():  # the same, one nnsight trace each
-        out = []
-        for batch in inputs:
-            with per_row_trace(model, batch, mi.RouterRecord()) as tracer:
-                pass
-            out.append(tracer.routing)
-        return out
+    def batch_hooked(batch):  # what the profile does per batch, read by hooks
+        return hooked(model, batch, mi.RouterRecord()).routing
 
-    variants = {"plain": plain, "hooks": profile, "traces": traced, "batches_hooks": batches_hooked,
-                "batches_traces": batches_traced}
+    def batch_traced(batch):  # the same, one nnsight trace
+        with per_row_trace(model, batch, mi.RouterRecord()) as tracer:
+            pass
+        return tracer.routing
+
+    calls = {"plain": plain, "hooks": profile, "traces": traced}
+    per_batch = {"batch_plain": batch_plain, "batches_hooks": batch_hooked, "batches_traces": batch_traced}
     load_start = os.getloadavg()
     with torch.no_grad():
         a, b = profile(), traced()  # warm-up (the first trace checks the detection), and the checks
@@ -130,23 +131,32 @@ def main() -> int:
         same = all(torch.equal(getattr(a, f), getattr(b, f))
                    for f in ("count", "gate_mass", "tokens", "item_count", "item_tokens"))
         same = same and all(torch.equal(x.count, y.count) and torch.equal(x.gate_mass, y.gate_mass)
-                            for x, y in zip(batches_hooked(), batches_traced()))
+                            for x, y in ((batch_hooked(batch), batch_traced(batch)) for batch in inputs))
         counted = int(a.tokens.sum())
         key_s = statistics.median(_cpu(lambda: model_parts(model, "full")) for _ in range(5))
-        wall = {name: [] for name in variants}
-        cpu = {name: [] for name in variants}
+        wall = {name: [] for name in [*calls, *per_batch]}
+        cpu = {name: [] for name in [*calls, *per_batch]}
         rng = random.Random(0)
         for rep in range(reps):
-            for name in rng.sample(list(variants), len(variants)):
+            for name in rng.sample(list(calls), len(calls)):  # whole calls, in a shuffled order
                 started, started_cpu = time.perf_counter(), time.process_time()
-                variants[name]()
+                calls[name]()
                 wall[name].append(time.perf_counter() - started)
                 cpu[name].append(time.process_time() - started_cpu)
+            for name in per_batch:
+                wall[name].append(0.0)
+                cpu[name].append(0.0)
+            for batch in inputs:  # the batches alone: the three paired batch by batch
+                for name in rng.sample(list(per_batch), len(per_batch)):
+                    started, started_cpu = time.perf_counter(), time.process_time()
+                    per_batch[name](batch)
+                    wall[name][-1] += time.perf_counter() - started
+                    cpu[name][-1] += time.process_time() - started_cpu
             print(f"repetition {rep + 1}/{reps}: " + ", ".join(
-                f"{name} {wall[name][-1]:.2f} s" for name in variants), flush=True)
+                f"{name} {wall[name][-1]:.2f} s" for name in wall), flush=True)
     load_end = os.getloadavg()
-    ratio = {(clock, name): [p / v for p, v in zip(times["plain"], times[name])]
-             for clock, times in (("wall", wall), ("cpu", cpu)) for name in variants}
+    ratio = {(clock, name): [p / v for p, v in zip(times["batch_plain" if name in per_batch else "plain"], times[name])]
+             for clock, times in (("wall", wall), ("cpu", cpu)) for name in wall}
     cpu_name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                     "unknown CPU") if os.path.exists("/proc/cpuinfo") else "unknown CPU"
     plain_s = statistics.median(cpu["plain"])
@@ -157,8 +167,9 @@ def main() -> int:
              f"{' '.join(f'{v:.2f}' for v in load_end)} at end). Demo model, {languages} languages x {texts} "
              f"held-out texts, batch 16: {len(batches)} batches, {tokens:,} real tokens in the plain forward's "
              f"windows, {counted:,} counted by the profile ({'the same' if counted == tokens else 'DIFFERENT'}). "
-             f"{reps} repetitions, each runs the {len(variants)} variants in a shuffled order; ratio = tokens/s over "
-             "the plain forward's in the same repetition (plain time / variant time). A whole call includes "
+             f"{reps} repetitions; each runs the plain forward and the two whole calls in a shuffled order, then "
+             "every batch three ways (plain, hooks, trace) in a shuffled order; ratio = tokens/s over the plain "
+             "forward's in the same repetition (plain time / variant time). A whole call includes "
              "tokenizing and padding the texts, the checkpoint key (every weight byte hashed: "
              f"{key_s * 1000:.0f} ms CPU here, {key_s / plain_s:.1%} of the plain forward) and building the result; "
              "the batches alone are what it runs per batch (the read, the kernels, the counts) on the plain "
