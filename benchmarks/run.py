@@ -94,6 +94,7 @@ def moe_interp_variants(model, enc, layers):
             router_view_all_values,
         "RouterRecord()": traced(mi.RouterRecord()),
         "RouterRecord(per_token=True)": traced(mi.RouterRecord(per_token=True)),
+        "RouterRecord(co_activation=True)": traced(mi.RouterRecord(co_activation=True)),
         f"LayerRouteSteer on all {len(layers)} MoE layers": traced(steer),
         f"ExpertAblate (2 experts x {len(layers)} layers, reroute)": traced(ablate),
     }
@@ -200,9 +201,15 @@ def overhead(reps: int, warmup: int = 2) -> tuple[dict, float, dict]:
         against = [next(name for name in variants if name.startswith(prefix))
                    for prefix in ("model.moe", "RouterRecord()", "LayerRouteSteer")]
         direct, _ = paired_ratios(variants[trace], {name: variants[name] for name in against}, reps, warmup)
+        # issue 28: recording co-activation within 2% of RouterRecord alone, timed against it
+        # directly, with three times the repetitions (the difference is small beside the noise)
+        pairs = "RouterRecord(co_activation=True)"
+        co, _ = paired_ratios(variants["RouterRecord()"], {pairs: variants[pairs]}, 3 * reps, warmup)
     for name in against:
         ratios[f"{name}, against the plain nnsight trace (not a forward)"] = direct[name]
         ops[f"{name}, against the plain nnsight trace (not a forward)"] = ops[name]
+    ratios[f"{pairs}, against RouterRecord() (not a forward; {3 * reps} pairs)"] = co[pairs]
+    ops[f"{pairs}, against RouterRecord() (not a forward; {3 * reps} pairs)"] = ops[pairs]
     return ratios, statistics.median(plain_times), ops
 
 

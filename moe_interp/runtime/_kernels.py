@@ -355,7 +355,7 @@ def totals_start(group: torch.Tensor, num_layers: int, num_groups: int, num_expe
     t's offset `group * E` in a `[layers, (groups + 1) * E]` buffer whose last group is a
     spare that collects the padding, so one layer's bins are `base + indices`: no masking,
     and shapes that never depend on the data. A dict, like the plan and the store.
-    With `co_activation`, a `[layers, (groups + 1) * E * E]` buffer counts the pairs of
+    With `co_activation`, a `[layers, (groups + 1) * E * (E + 1)]` buffer counts the pairs of
     experts chosen for the same token too (`totals_add`).
 
     ```python
@@ -366,7 +366,7 @@ def totals_start(group: torch.Tensor, num_layers: int, num_groups: int, num_expe
     >>> totals["base"].flatten().tolist(), totals["count"].shape   # padding at the spare group 2
     ([0, 3, 6], torch.Size([2, 9]))
     >>> totals["co"].shape
-    torch.Size([2, 27])
+    torch.Size([2, 36])
 
     ```
     """
@@ -379,8 +379,9 @@ def totals_start(group: torch.Tensor, num_layers: int, num_groups: int, num_expe
               "mass": torch.zeros(num_layers, width, dtype=torch.float64, device=device),
               "shape": (num_layers, num_groups + 1, num_experts)}
     if co_activation:
-        totals["co"] = torch.zeros(num_layers, width * num_experts, dtype=torch.long, device=device)
+        totals["co"] = torch.zeros(num_layers, width * (num_experts + 1), dtype=torch.long, device=device)
         totals["co_ones"] = torch.ones(group.shape[0] * top_k * top_k, dtype=torch.long, device=device)
+        totals["one"] = torch.ones((), dtype=torch.long, device=device)
     return totals
 
 
@@ -398,15 +399,17 @@ def totals_add(totals: dict, layer: int, indices: torch.Tensor, weights: torch.T
 
     ```
 
-    With `co_activation` (`totals_start`), each token's `K * K` pairs of chosen experts `(i, j)`
-    fall in bin `(group * E + i) * E + j`, its count bin times `E` plus `j`: one scatter per
-    layer, and the same spare group for padding and "no expert" slots.
+    With `co_activation` (`totals_start`), each token's `K * K` pairs of slots `(a, b)` fall in
+    bin `row * (E + 1) + 1 + indices[b]`, `row` slot a's count bin: a table of `E + 1` columns
+    per count bin whose column 0 takes the pairs with a "no expert" (-1) slot b, and whose
+    spare group takes padding and the pairs of a "no expert" slot a. One scatter per layer,
+    no masking (`totals_fold` keeps groups `< G`, columns `>= 1`).
 
     ```python
     >>> totals = totals_start(torch.tensor([0, -1]), num_layers=1, num_groups=1, num_experts=3,
     ...                       top_k=2, device="cpu", co_activation=True)
     >>> totals_add(totals, 0, torch.tensor([[0, 2], [1, 2]]), torch.tensor([[0.75, 0.25], [0.5, 0.5]]))
-    >>> totals["co"][0, :9].view(3, 3).tolist()      # group 0: experts 0 and 2 together once
+    >>> totals["co"][0, :12].view(3, 4)[:, 1:].tolist()      # group 0: experts 0 and 2 together once
     [[1, 0, 1], [0, 0, 0], [1, 0, 1]]
 
     ```
@@ -417,15 +420,13 @@ def totals_add(totals: dict, layer: int, indices: torch.Tensor, weights: torch.T
                          f"[tokens={base.shape[0]}, top_k]: register an adapter whose readout matches this router")
     indices = on(indices, base.device)
     spare = (totals["shape"][1] - 1) * totals["shape"][2]  # the padding group: "no expert" (-1) slots go there
-    chosen = indices >= 0
-    bins = torch.where(chosen, base + indices, spare)
-    totals["count"][layer].scatter_add_(0, bins.reshape(-1), totals["ones"])
-    totals["mass"][layer].scatter_add_(0, bins.reshape(-1),
-                                       on(weights.detach(), base.device).reshape(-1).to(torch.float64))
-    if "co" in totals:
-        experts = totals["shape"][2]
-        pairs = torch.where(chosen.unsqueeze(1), bins.unsqueeze(2) * experts + indices.unsqueeze(1), spare * experts)
-        totals["co"][layer].scatter_add_(0, pairs.reshape(-1), totals["co_ones"])
+    bins = torch.where(indices >= 0, base + indices, spare).reshape(-1)
+    totals["count"][layer].scatter_add_(0, bins, totals["ones"])
+    totals["mass"][layer].scatter_add_(0, bins, on(weights.detach(), base.device).reshape(-1).to(torch.float64))
+    if "co" in totals:  # four ops: rows, two views, their sum; then the scatter
+        tokens, k = indices.shape
+        rows = torch.add(totals["one"], bins, alpha=totals["shape"][2] + 1).view(tokens, k, 1)
+        totals["co"][layer].scatter_add_(0, (rows + indices.view(tokens, 1, k)).view(-1), totals["co_ones"])
 
 
 def totals_fold(totals: dict, store: dict) -> None:
@@ -451,8 +452,8 @@ def totals_fold(totals: dict, store: dict) -> None:
     store["count"] += totals["count"].view(shape)[:, :groups].transpose(0, 1)
     store["gate_mass"] += totals["mass"].view(shape)[:, :groups].transpose(0, 1)
     if "co" in totals:
-        square = shape + (shape[2],)
-        store["co_activation"] += totals["co"].view(square)[:, :groups].transpose(0, 1)
+        table = totals["co"].view(shape + (shape[2] + 1,))
+        store["co_activation"] += table[:, :groups, :, 1:].transpose(0, 1)
 
 
 def forward_step(root: Any, plan: Any, store: dict, rows: list) -> None:
