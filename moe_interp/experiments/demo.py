@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from moe_interp.experiments import report
 from moe_interp.experiments import _claims
-from moe_interp.analysis import family_evidence, layer_evidence, ngram_baselines
+from moe_interp.analysis import co_activation_rate, family_evidence, layer_evidence, ngram_baselines
 from moe_interp.datasets import udhr
 from moe_interp.core.languages import info, script
 from moe_interp.experiments._ablation import VERDICT_RULES
@@ -216,11 +216,9 @@ def _co_activation_record(stats: Mapping[str, Any]) -> dict | None:
     out: dict[str, Any] = {"layers": list(first.layers), "experts": experts, "top_k": first.top_k,
                            "even": (first.top_k - 1) / (experts - 1), "models": {}}
     for name, s in stats.items():
-        pairs = s.co_activation.sum(0).double()                 # [layer, E, E], the groups pooled
-        load = pairs.diagonal(dim1=-2, dim2=-1)                 # tokens routed to each expert
-        off = pairs * (1 - torch.eye(experts, dtype=torch.float64))
-        top = (off.amax(-1).sum(-1) / load.sum(-1)).tolist()
-        rate = off / load.clamp(min=1)[..., None]
+        rate = co_activation_rate(s, pooled=True)[0].nan_to_num(0.0)   # [layer, E, E], the groups pooled
+        load = s.count.sum(0).double()                                 # [layer, E]: tokens routed to each expert
+        top = ((rate.amax(-1) * load).sum(-1) / load.sum(-1)).tolist()
         rate = torch.where((load >= 0.01 * load.sum(-1, keepdim=True))[..., None], rate, torch.zeros_like(rate))
         strongest = []
         for i in range(len(s.layers)):
@@ -696,8 +694,22 @@ def run_demo(out: str | os.PathLike = "report.html", languages: Sequence[str] | 
                   "difference is paired). Twins: the same architecture untrained, on the same texts.</p>",
                   plots.load_health(ev.health["trained"], ev.health["twin 1"], names=["trained", "twin 1"])]
     if record["co_activation"] is not None:
-        line = _co_activation_finding(record["co_activation"])
+        from moe_interp.analysis import plots
+
+        rec = record["co_activation"]
+        line = _co_activation_finding(rec)
         findings.append(line)
+        middle = len(rec["layers"]) // 2  # the heatmap's default layer
+        strongest = "; ".join(f"{name}: experts {i} and {j}, {100 * r:.0f}% of expert {i}'s tokens"
+                              for name, (i, j, r) in ((n, m["pair"][middle]) for n, m in rec["models"].items()
+                                                      if n in ("trained", "twin 1")))
+        parts += ["<h2>Co-activation: which experts a token chooses together</h2>",
+                  f"<p>{html.escape(line[0].upper() + line[1:])}. Counted in the trace for every held-out token "
+                  f"(<code>RouterRecord(co_activation=True)</code>); the heatmap shows OLMoE's rate in MoE layer "
+                  f"{rec['layers'][middle]}: row i, column j, the share of the tokens routed to expert i also routed "
+                  f"to j. Strongest pair there (experts with at least 1% of the load): {html.escape(strongest)}. "
+                  "No interval: the counts are not kept per text; the twins are the control.</p>",
+                  plots.co_activation_heatmap(ev.stats, other=ev.twin_stats, names=["trained", "twin 1"])]
     seeds = seed_records()
     if len(seeds) > 1:
         from moe_interp.experiments._steering import dose_response_seeds_figure
