@@ -41,6 +41,11 @@ def test_the_demo_report_draws_every_figure_in_chromium(browser, tmp_path):
     assert checked["drawn"] == checked["figures"], checked
     assert checked["errors"] == [], checked["errors"]
     assert checked["wide"] == [] and checked["page"] <= checked["width"], checked["wide"]
+    # issue 28: the load-and-health and co-activation figures, the trained model beside its twin, with their findings
+    assert "<h2>Expert load and health: the trained model beside its random-init twin</h2>" in page
+    assert "<h2>Co-activation: which experts a token chooses together</h2>" in page
+    assert any("never chosen" in line and "twin" in line for line in result.findings)
+    assert any(line.startswith("co-activation: ") for line in result.findings)
 
 
 def test_the_browser_check_fails_on_a_figure_that_does_not_draw(browser, tmp_path):
