@@ -47,8 +47,14 @@ def test_the_tested_versions_table_gives_the_recorded_newest():
     assert table["nnsight"][1] == CHECKED_WITH
 
 
-def test_the_python_classifiers_name_only_the_tested_python():
+def test_the_python_classifiers_name_only_the_tested_pythons():
     table = _table()
     versions = [c.rsplit(" :: ", 1)[1] for c in PYPROJECT["project"]["classifiers"]
                 if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)]
-    assert versions == [table["Python"][1]]
+    assert versions == sorted(set(table["Python"]), key=lambda v: tuple(map(int, v.split("."))))
+
+
+def test_the_lowest_tested_python_is_the_one_pyproject_requires():
+    # 3.10 was declared once, while transformers >= 5.21 (our lower bound) requires 3.11: pip on 3.10 finds no
+    # transformers that satisfies the pin, so the declaration promised an install that cannot happen
+    assert PYPROJECT["project"]["requires-python"] == f">={_table()['Python'][0]}"
