@@ -213,6 +213,43 @@ def overhead(reps: int, warmup: int = 2) -> tuple[dict, float, dict]:
     return ratios, statistics.median(plain_times), ops
 
 
+def co_activation_kernels(repeats: int = 5, calls: int = 50) -> tuple[float, float]:
+    """Median seconds of one forward's RouterRecord kernels (`runtime._kernels.totals_*`) on the
+    benchmark's shapes (batch x seq tokens, top-4 of 32 experts, 8 layers, one group) without and
+    with co-activation: the pair counting alone, free of the forward's noise on a shared machine."""
+    from moe_interp.runtime import _kernels as kernels
+
+    tokens, k, experts, layers = BATCH * SEQ, BENCH_CONFIG["num_experts_per_tok"], BENCH_CONFIG["num_experts"], \
+        BENCH_CONFIG["num_hidden_layers"]
+    generator = torch.Generator().manual_seed(0)
+    group = torch.zeros(tokens, dtype=torch.long)
+    routing = [(torch.randint(0, experts, (tokens, k), generator=generator), torch.rand(tokens, k, generator=generator))
+               for _ in range(layers)]
+
+    def forward(pairs: bool) -> None:
+        store = {"count": torch.zeros(1, layers, experts, dtype=torch.long),
+                 "gate_mass": torch.zeros(1, layers, experts, dtype=torch.float64)}
+        if pairs:  # the trace's table too (kernels.forward_step makes it with the counts)
+            store["co_activation"] = torch.zeros(1, layers, experts, experts, dtype=torch.long)
+        totals = kernels.totals_start(group, layers, 1, experts, k, "cpu", co_activation=pairs)
+        for layer, (indices, weights) in enumerate(routing):
+            kernels.totals_add(totals, layer, indices, weights)
+        kernels.totals_fold(totals, store)
+
+    def median(pairs: bool) -> float:
+        times = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            forward(pairs)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    for _ in range(5):
+        forward(False), forward(True)
+    rows = [(median(False), median(True)) for _ in range(repeats)]
+    return statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
+
+
 def summary(values: list) -> dict:
     q = statistics.quantiles(values, n=4) if len(values) >= 2 else [values[0]] * 3
     return {"median": statistics.median(values), "q1": q[0], "q3": q[2], "min": min(values), "max": max(values)}
@@ -330,6 +367,7 @@ def main() -> None:
     info = machine()
     print("forward overhead ...", flush=True)
     ratios, plain_s, ops = overhead(reps)
+    alone, paired = co_activation_kernels()
     print("peak RSS of mi.profile (subprocesses) ...", flush=True)
     small, large = child("--rss", "1"), child("--rss", "10")
     print("demo model tokens/s ...", flush=True)
@@ -356,6 +394,11 @@ def main() -> None:
         s = summary(values)
         lines.append(f"| {name} | {s['median']:.3f}x | {s['q1']:.3f} - {s['q3']:.3f} | "
                      f"{s['min']:.3f} - {s['max']:.3f} | {(ops[name] - ops['plain']) / BENCH_CONFIG['num_hidden_layers']:.1f} |")
+    lines += ["", f"Co-activation alone (issue 28: within 2% of `RouterRecord()`): one forward's RouterRecord kernels "
+              f"(`runtime._kernels.totals_*`, the benchmark's shapes, median of 5 x 50 calls) take "
+              f"{alone * 1e6:.0f} us, {paired * 1e6:.0f} us with the pairs: {(paired - alone) * 1e6:.0f} us more, "
+              f"**{(paired - alone) / plain_s * 100:.2f}%** of the median plain forward; the timed ratio above "
+              "is that plus the noise of a shared machine."]
     growth = (large["peak_kib"] - small["peak_kib"]) / small["peak_kib"]
     lines += ["", "## Peak RSS of `mi.profile` (one subprocess each)", "",
               "Same model; synthetic two-language corpus, batch 16.", "",
