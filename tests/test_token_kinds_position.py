@@ -193,3 +193,35 @@ def test_split_effect_refuses_groups_that_are_not_split():
     routing = trace_groups(tiny("qwen3_moe"), mi.RouterRecord())
     with pytest.raises(ValueError, match=r"by_token_kind=True\) or by_position=True"):
         routing.split_effect()
+
+
+@pytest.mark.parametrize("scheme", ["byte-level", "metaspace"])
+def test_the_kind_table_reads_word_initial_pieces_of_bpe_and_sentencepiece_style_vocabularies(scheme):
+    """A byte-level BPE (GPT-2's `Ġ`, decoded to a space) and a SentencePiece-style one (`▁`, which a
+    lone piece's decoding drops): word-initial pieces are `space`, digits and punctuation kept
+    apart whether or not a space leads them, word-internal pieces `other`."""
+    from types import SimpleNamespace
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from moe_interp.runtime._token_kinds import token_kind_table
+
+    bpe = Tokenizer(models.BPE())
+    if scheme == "byte-level":
+        bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:
+        bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+        alphabet = []
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>"], initial_alphabet=alphabet)
+    bpe.train_from_iterator(["the cats sat, 42 times; the cats ran 42 laps!"] * 50, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>")
+    names, table = token_kind_table(SimpleNamespace(tokenizer=tokenizer))
+    kind = {piece: names[table[i]] for piece, i in tokenizer.get_vocab().items()}
+    lead = "Ġ" if scheme == "byte-level" else "▁"
+    assert kind["<s>"] == "special"
+    assert kind[f"{lead}the"] == kind[f"{lead}cats"] == "space"
+    assert kind[f"{lead}42"] == "digit" and kind[","] == kind[";"] == "punct"
+    inner = [piece for piece in kind if piece.isalpha() and not piece.startswith(lead) and len(piece) > 1]
+    assert inner and all(kind[piece] == "other" for piece in inner)

@@ -230,8 +230,12 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]] | Mapping[tuple[str,
     Texts are tokenized once, then batched (longest first, to waste little padding; padding
     is excluded, so batching never changes the counts) and every text's counts are kept
     (`item_count`), which gives bootstrap confidence intervals. `interventions` apply during
-    profiling (e.g. an ablation). With `checkpoint=path`, partial results are written every
-    `save_every` batches and on interruption; rerunning the same call resumes there.
+    profiling (e.g. an ablation); a `mi.RouterRecord(co_activation=True)` among them also counts
+    the pairs of experts chosen for the same token, per language (`co_activation`, `[languages,
+    layers, E, E]`; per text it is not kept), here and remotely (what only a trace records, such
+    as `by_token_kind`, is refused, naming `mi.trace`). With `checkpoint=path`, partial results
+    are written every `save_every` batches and on interruption; rerunning the same call resumes
+    there.
     A checkpoint is keyed by content: the model's weights (every byte; `weights_hash=
     "sampled"` reads a strided sample of each tensor instead, at a cost independent of the
     model's size, and may miss an edit of a few numbers), config and tokenizer (its

@@ -145,9 +145,9 @@ def token_kind_table(model: Any) -> tuple[tuple[str, ...], torch.Tensor]:
     texts = tokenizer.batch_decode([[i] for i in known], skip_special_tokens=False,
                                    clean_up_tokenization_spaces=False)
     special = set(getattr(tokenizer, "all_special_ids", ()))
-    table = torch.full((size,), TOKEN_KINDS.index("other"), dtype=torch.int8)
-    for i, piece, text in zip(known, pieces, texts):
-        table[i] = TOKEN_KINDS.index(piece_kind(str(piece or ""), text, i in special))
+    position = {kind: k for k, kind in enumerate(TOKEN_KINDS)}
+    kinds = [position[piece_kind(str(piece or ""), text, i in special)] for i, piece, text in zip(known, pieces, texts)]
+    table = torch.tensor(kinds + [position["other"]] * (size - len(kinds)), dtype=torch.int8)
     try:
         _TABLES[tokenizer] = ((len(tokenizer), size), TOKEN_KINDS, table)
     except TypeError:  # not weakly referable: made again next time
