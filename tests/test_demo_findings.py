@@ -6,8 +6,13 @@ import pytest
 import torch
 
 import moe_interp as mi
-from moe_interp.experiments.demo import (_co_activation_finding, _co_activation_record, _health_finding,
-                                         _health_record, _layer_text)
+from moe_interp.experiments.demo import (
+    _co_activation_finding,
+    _co_activation_record,
+    _health_finding,
+    _health_record,
+    _layer_text,
+)
 
 
 def _stats(seed: int, dead: dict[int, list[int]], items: int = 6, layers: int = 3, experts: int = 6):
@@ -54,15 +59,16 @@ def test_the_health_record_equals_the_counts_by_hand(models):
     assert record["models"]["trained"]["dead_experts"] == {"1": [0, 3], "2": [5]}
     assert record["tokens"] == int(models["trained"].tokens.sum()) and record["resamples"] == 50
     diff = record["models"]["twin 1"]["difference"]["cv"]
-    assert diff[0] == pytest.approx(record["models"]["trained"]["cv_mean"][0] - record["models"]["twin 1"]["cv_mean"][0])
+    trained, twin = record["models"]["trained"]["cv_mean"][0], record["models"]["twin 1"]["cv_mean"][0]
+    assert diff[0] == pytest.approx(trained - twin)
 
 
 def test_the_health_finding_states_the_dead_experts_and_the_cv(models):
     record = _health_record({name: s.health(resamples=50) for name, s in models.items()})
     line = _health_finding(record)
     tokens = int(models["trained"].tokens.sum())
-    assert line.startswith(f"3 experts never chosen in layers 1-2 of the trained model over {tokens:,} held-out tokens, "
-                           "none in twin 1, 1 in twin 2; load cv over the experts (mean of MoE layers 0-2) ")
+    assert line.startswith(f"3 experts never chosen in layers 1-2 of the trained model over {tokens:,} held-out "
+                           "tokens, none in twin 1, 1 in twin 2; load cv over the experts (mean of MoE layers 0-2) ")
     cv = record["models"]["trained"]["cv_mean"]
     assert f"{cv[0]:.2f} [{cv[1]:.2f}, {cv[2]:.2f}]" in line
     # the verdict follows the paired interval: planted numbers either side of 0

@@ -189,7 +189,7 @@ def _health_record(healths: Mapping[str, Any]) -> dict:
             model[f"{statistic}_mean"] = _triple((mean, *(interval(mean, mean_samples, level)
                                                           if mean_samples is not None else (float("nan"),) * 2)))
             if ci is not None:
-                out["level"], out["resamples"] = ci.level, int(len(ci.samples))
+                out["level"], out["resamples"] = ci.level, len(ci.samples)
         out["models"][name] = model
     for name in healths:
         if name != "trained":
@@ -428,6 +428,9 @@ def demo_evidence(path: str | os.PathLike | None = None, languages: Sequence[str
     (`AblationResult.verdicts`). Steering: `STEER` toward experts they share with the hub
     (chosen on the train split), the scale chosen on dev paragraphs, the dose-response over
     `SCALES` on held-out texts (`SteeringResult.dose_response`).
+    Load and health (`RoutingStats.health`, intervals over texts) of the trained model and of
+    every twin, and co-activation (the held-out profiles record `RouterRecord(co_activation=True)`),
+    both on the held-out texts: `record()["health"]` and `["co_activation"]`.
 
     The defaults are the model card's full settings. `pick_pieces`: choose experts on that
     many train pieces per language (evenly spaced; None: all, ~55), `controls`: random
@@ -443,6 +446,8 @@ def demo_evidence(path: str | os.PathLike | None = None, languages: Sequence[str
     (['all'], ('trained', 'twin 1'))
     >>> ev.markdown().splitlines()[0]
     '| claim (held-out texts, 95% intervals) | trained model | controls | verdict |'
+    >>> sorted(ev.health), tuple(ev.stats.co_activation.shape)   # [language, layer, expert, expert]
+    (['trained', 'twin 1'], (6, 8, 32, 32))
 
     ```
     """
@@ -620,7 +625,9 @@ def run_demo(out: str | os.PathLike = "report.html", languages: Sequence[str] | 
     model card's measurement: `resamples` bootstrap resamples of the family statistics (x5
     label permutations, x10 resamples for ablation and steering intervals), experts chosen on
     `pick_pieces` train pieces per language (None: all). The report also shows the model
-    card's measurement across training seeds (the bundled `eval.json` files).
+    card's measurement across training seeds (the bundled `eval.json` files), and the expert load
+    and health and co-activation of the trained model beside its first twin, each with one finding
+    worded from the numbers (`record()["health"]`, `["co_activation"]`).
 
     ```python
     >>> from moe_interp.experiments.demo import run_demo
@@ -687,11 +694,11 @@ def run_demo(out: str | os.PathLike = "report.html", languages: Sequence[str] | 
         findings.append(line)
         rec = record["health"]
         parts += ["<h2>Expert load and health: the trained model beside its random-init twin</h2>",
-                  f"<p>{html.escape(line[0].upper() + line[1:])}. Load per expert over all {rec['languages']} "
-                  f"languages' held-out texts against the even share; cv: the load's coefficient of variation over "
-                  f"the {rec['experts']} experts of a layer (0 when even), with {round(100 * (rec['level'] or 0.95))}% "
-                  f"intervals over texts ({rec['resamples']} resamples, the same texts for both models: the "
-                  "difference is paired). Twins: the same architecture untrained, on the same texts.</p>",
+                  (f"<p>{html.escape(line[0].upper() + line[1:])}. Load per expert over all {rec['languages']} "
+                   f"languages' held-out texts against the even share; cv: the load's coefficient of variation over "
+                   f"the {rec['experts']} experts of a layer (0 when even), with {round(100 * (rec['level'] or 0.95))}%"
+                   f" intervals over texts ({rec['resamples']} resamples, the same texts for both models: the "
+                   "difference is paired). Twins: the same architecture untrained, on the same texts.</p>"),
                   plots.load_health(ev.health["trained"], ev.health["twin 1"], names=["trained", "twin 1"])]
     if record["co_activation"] is not None:
         from moe_interp.analysis import plots
@@ -704,11 +711,12 @@ def run_demo(out: str | os.PathLike = "report.html", languages: Sequence[str] | 
                               for name, (i, j, r) in ((n, m["pair"][middle]) for n, m in rec["models"].items()
                                                       if n in ("trained", "twin 1")))
         parts += ["<h2>Co-activation: which experts a token chooses together</h2>",
-                  f"<p>{html.escape(line[0].upper() + line[1:])}. Counted in the trace for every held-out token "
-                  f"(<code>RouterRecord(co_activation=True)</code>); the heatmap shows OLMoE's rate in MoE layer "
-                  f"{rec['layers'][middle]}: row i, column j, the share of the tokens routed to expert i also routed "
-                  f"to j. Strongest pair there (experts with at least 1% of the load): {html.escape(strongest)}. "
-                  "No interval: the counts are not kept per text; the twins are the control.</p>",
+                  (f"<p>{html.escape(line[0].upper() + line[1:])}. Counted in the trace for every held-out token "
+                   f"(<code>RouterRecord(co_activation=True)</code>); the heatmap shows OLMoE's rate in MoE layer "
+                   f"{rec['layers'][middle]}: row i, column j, the share of the tokens routed to expert i also "
+                   f"routed to j. Strongest pair there (experts with at least 1% of the load): "
+                   f"{html.escape(strongest)}. No interval: the counts are not kept per text; the twins are the "
+                   "control.</p>"),
                   plots.co_activation_heatmap(ev.stats, other=ev.twin_stats, names=["trained", "twin 1"])]
     seeds = seed_records()
     if len(seeds) > 1:
