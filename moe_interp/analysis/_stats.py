@@ -228,7 +228,8 @@ class RoutingStats(RoutingCounts):
         """
         return analysis.health(self, resamples, level, seed)
 
-    def co_activation_rate(self, layers: Any = None, pooled: bool = False) -> Float[Tensor, "group layer expert expert2"]:
+    def co_activation_rate(self, layers: Any = None,
+                           pooled: bool = False) -> Float[Tensor, "group layer expert expert2"]:
         """OLMoE's co-activation: of the tokens routed to expert `i`, the share also routed to `j`
         (`co_activation[i, j] / count[i]`; diagonal 0, never-chosen experts `nan`), per group and
         layer; `pooled=True` sums the groups first. Needs `RouterRecord(co_activation=True)`.
@@ -239,8 +240,10 @@ class RoutingStats(RoutingCounts):
         >>> with mi.trace(model, "The cat sat.", mi.RouterRecord(co_activation=True)) as tr:
         ...     pass
         >>> rate = tr.routing.co_activation_rate()
-        >>> rate.shape, bool(torch.allclose(rate[0, 0].nansum(-1)[rate[0, 0].isfinite().all(-1)], torch.tensor(1.0).double()))
-        (torch.Size([1, 4, 8, 8]), True)
+        >>> rate.shape
+        torch.Size([1, 4, 8, 8])
+        >>> rate[0, 0].sum(-1)            # top-2: each token of an expert has one partner
+        tensor([1., 1., 1., 1., 1., 1., 1., 1.], dtype=torch.float64)
 
         ```
         """
