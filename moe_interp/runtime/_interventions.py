@@ -192,7 +192,7 @@ class RouterRecord(Intervention):
     ...     pass
     >>> tr.routing.groups
     ('default/first', 'default/special', 'default/punct', 'default/digit', 'default/space', 'default/other')
-    >>> tr.routing.tokens.tolist()        # H, then !, then 4 2, then the space, then i
+    >>> tr.routing.tokens.tolist()        # first H, no special, punct !, digits 4 2, space, other i
     [1, 0, 1, 2, 1, 1]
     >>> co = tr.routing.co_activation      # [group, layer, E, E]; its diagonal is count
     >>> co.shape, bool((co.diagonal(dim1=-2, dim2=-1) == tr.routing.count).all())
