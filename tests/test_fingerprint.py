@@ -300,3 +300,15 @@ def test_no_flipped_bit_in_an_experiment_file_is_reused_with_other_numbers(tmp_p
         if not mi.Experiment(model, corpus, grid, path=path, progress=False).run().equals(reference):
             silent.append(bit)
     assert silent == [], f"{len(silent)} of 30 flipped bits reused a cell with other numbers: bits {silent}"
+
+
+def test_saving_a_model_keeps_its_key(tmp_path):
+    """`save_pretrained` writes `dtype` and `architectures` into the live config: the key ignored the first
+    and not the second, so a model saved in between (a test's fixture did it) re-ran every cell and profile."""
+    model = mi.zoo.tiny_model("qwen3_moe")
+    before = model_parts(model)
+    model._module.save_pretrained(tmp_path)
+    model.tokenizer.save_pretrained(tmp_path)
+    assert model._module.config.architectures == ["Qwen3MoeForCausalLM"]  # what save_pretrained wrote
+    assert model_parts(model) == before
+    assert model_parts(mi.load(tmp_path))["model config"] == before["model config"]  # and the model read back

@@ -33,9 +33,11 @@ __all__ = ["ResumeError", "check_corpus", "check_pairs", "differing", "fingerpri
 WEIGHTS = ("full", "sampled")  # how the weights are keyed: every byte, or a strided sample of each tensor
 SAMPLES = 4096  # elements a "sampled" key reads from each parameter and buffer: cost independent of model size
 CHUNK = 1 << 26  # bytes hashed as one piece by a "full" key (64 MiB: pieces hash in parallel, copies stay small)
-# Config entries that ask for extra outputs or name the file's dtype: they never change a result.
+# Config entries that ask for extra outputs or name the file's dtype and classes: they never change a result
+# (`save_pretrained` writes `dtype` and `architectures` into the live config: saving a model must not make
+# its checkpoints someone else's)
 _RUNTIME_CONFIG = frozenset({"output_attentions", "output_hidden_states", "output_router_logits", "return_dict",
-                             "use_cache", "dtype", "torch_dtype", "transformers_version"})
+                             "use_cache", "dtype", "torch_dtype", "transformers_version", "architectures"})
 _STATS_FIELDS = ("languages", "layers", "num_experts", "top_k", "count", "gate_mass", "tokens", "item_count",
                  "item_tokens", "item_language", "per_token")
 
