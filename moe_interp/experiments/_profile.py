@@ -8,7 +8,8 @@ from typing import Any
 import torch
 
 from moe_interp.core._checks import check_positive
-from moe_interp.core._fingerprint import WEIGHTS, ResumeError, check_corpus, fingerprint, model_parts
+from moe_interp.core._fingerprint import (WEIGHTS, ResumeError, check_corpus, check_pairs, fingerprint, is_pairs,
+                                          model_parts)
 from moe_interp.arch import describe
 from moe_interp.runtime._inputs import max_positions
 from moe_interp.runtime._session import profile_session
@@ -340,13 +341,13 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]] | Mapping[tuple[str,
     ```
     """
     spec = describe(model)
-    pairs = _is_pairs(corpus)
+    pairs = is_pairs(corpus)
     remote = bool(trace_kwargs.get("remote")) or trace_kwargs.get("backend") is not None
     _check_requests(request_tokens, session_batches, remote)
     if remote:  # before anything is sent, or a checkpoint written
         check_servable(model, trace_kwargs.get("remote"))
     if spec.stack_inputs is not None or pairs:
-        return _profile_stacks(model, spec, _check_pairs(corpus) if pairs else check_corpus(corpus), interventions,
+        return _profile_stacks(model, spec, check_pairs(corpus) if pairs else check_corpus(corpus), interventions,
                                batch_size=batch_size, progress=progress, checkpoint=checkpoint, save_every=save_every,
                                request_tokens=request_tokens, session_batches=session_batches, long_texts=long_texts,
                                weights_hash=weights_hash, trace_kwargs=trace_kwargs)
@@ -473,30 +474,6 @@ def _check_options(interventions: tuple, batch_size: int, save_every: int, sessi
     if long_texts not in _LONG_TEXTS:
         raise ValueError(f"long_texts must be one of {', '.join(map(repr, _LONG_TEXTS))}, got {long_texts!r}")
     return interventions
-
-
-def _is_pairs(corpus: Any) -> bool:
-    return isinstance(corpus, Mapping) and bool(corpus) and any(isinstance(key, tuple) for key in corpus)
-
-
-def _check_pairs(corpus: Mapping) -> dict[tuple[str, str], list[tuple[str, str]]]:
-    """A corpus of parallel pairs, `{(source language, target language): [(source, target), ...]}`."""
-    out = {}
-    for key, pairs in corpus.items():
-        if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, str) and k for k in key)):
-            raise TypeError(f"a corpus of pairs is keyed by (source language, target language), e.g. ('fra', 'eng'); "
-                            f"got the key {key!r}. Use one form for the whole corpus: {{language: [texts]}} or "
-                            "{(source, target): [(source text, target text)]}")
-        if isinstance(pairs, str) or not isinstance(pairs, Sequence) or not all(
-                isinstance(p, Sequence) and not isinstance(p, str) and len(p) == 2
-                and all(isinstance(t, str) for t in p)
-                for p in pairs):
-            raise TypeError(f"corpus[{key!r}] must be a list of (source text, target text) pairs, e.g. "
-                            "list(zip(sources, targets))")
-        if not pairs:
-            raise ValueError(f"corpus[{key!r}] is empty")
-        out[key] = [tuple(p) for p in pairs]
-    return out
 
 
 def _profile_stacks(model: Any, spec: Any, corpus: dict, interventions: tuple, *, batch_size: int, progress: bool,
