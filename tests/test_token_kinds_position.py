@@ -12,7 +12,7 @@ import torch
 
 import moe_interp as mi
 from conftest import tiny
-from test_coactivation import chosen_by_hand, loaded  # noqa: F401  (loaded: a fixture)
+from test_routing_coactivation import chosen_by_hand, loaded  # noqa: F401  (loaded: a fixture)
 from test_remote import NdifSim, ship_functions_unwrapped  # noqa: F401  (autouse: ship functions as installed code)
 
 KINDS = ("first", "special", "punct", "digit", "space", "other")
