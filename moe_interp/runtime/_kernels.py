@@ -687,8 +687,9 @@ def profile_batch(store: dict, languages: torch.Tensor, acc: dict) -> None:
     Per text: `count[layers, experts]` (int16 when it fits, else int32) and its token
     total; gate mass is summed per language (`languages[i]` indexes `acc["gate_mass"]`),
     so the per-text float tables never travel, and so are the pair counts of
-    `RouterRecord(co_activation=True)` (`acc["co_activation"]`, `[languages, layers, E, E]`).
-    `acc` is built by `profile_start`.
+    `RouterRecord(co_activation=True)` (`acc["co_activation"]`, `[languages, layers, E, E]`)
+    and the per-token entropy sums of `RouterRecord(entropy=True)` (`acc["entropy"]`,
+    `[languages, layers]`). `acc` is built by `profile_start`.
 
     ```python
     >>> import torch
@@ -717,6 +718,12 @@ def profile_batch(store: dict, languages: torch.Tensor, acc: dict) -> None:
             acc["co_activation"] = torch.zeros((acc["languages"],) + tuple(pairs.shape[1:]), dtype=torch.long,
                                                device=pairs.device)
         acc["co_activation"].index_add_(0, languages.to(pairs.device), pairs)
+    nats = store.get("entropy")
+    if nats is not None:  # RouterRecord(entropy=True): per-token entropies' sums, per language too
+        if acc.get("entropy") is None:
+            acc["entropy"] = torch.zeros((acc["languages"],) + tuple(nats.shape[1:]), dtype=torch.float64,
+                                         device=nats.device)
+        acc["entropy"].index_add_(0, languages.to(nats.device), nats.to(torch.float64))
 
 
 def profile_start(num_languages: int) -> dict:
@@ -758,4 +765,6 @@ def profile_finish(acc: dict) -> dict:
         top = int(pairs.max()) if pairs.numel() else 0
         out["co_activation"] = pairs.to(torch.int16 if top <= 32767 else torch.int32 if top <= 2147483647
                                         else torch.long).cpu()
+    if acc.get("entropy") is not None:  # per language [layers], float64
+        out["entropy"] = acc["entropy"].cpu()
     return out
