@@ -177,3 +177,17 @@ def test_the_sums_are_saved_checked_selected_and_merged_and_old_files_load_witho
     with pytest.raises(ValueError, match="non-negative"):
         mi.RoutingStats(stats.languages, stats.layers, stats.num_experts, stats.top_k, stats.count,
                         stats.gate_mass, stats.tokens, entropy_sum=-stats.entropy_sum)
+
+
+def test_health_gives_the_mean_token_entropy_per_language_and_pooled():
+    model = tiny("qwen3_moe")
+    stats = mi.profile(model, CORPUS, mi.RouterRecord(entropy=True), progress=False)
+    health = stats.health(resamples=0)
+    expected = per_language_by_hand(model, CORPUS)
+    pooled = expected.sum(0) / stats.tokens.sum().double()
+    by_hand = torch.cat([expected / stats.tokens[:, None].double(), pooled[None]]) / math.log(8)
+    assert health.scopes == ("eng", "deu", "all") and close(health.token_entropy, by_hand)
+    assert torch.allclose(health.token_entropy[:2], stats.token_entropy(normalise=True))
+    table = health.to_pandas()
+    assert close(torch.tensor(table["token_entropy"].to_numpy()), by_hand.flatten())
+    assert mi.profile(model, CORPUS, progress=False).health(resamples=0).token_entropy is None
