@@ -191,3 +191,22 @@ def test_health_gives_the_mean_token_entropy_per_language_and_pooled():
     table = health.to_pandas()
     assert close(torch.tensor(table["token_entropy"].to_numpy()), by_hand.flatten())
     assert mi.profile(model, CORPUS, progress=False).health(resamples=0).token_entropy is None
+
+
+def test_under_a_reroute_the_entropy_is_of_the_edited_logits_the_router_goes_on_with():
+    """ExpertAblate({1: [3]}) puts expert 3's layer-1 logit at -1e9: layer 1's entropy is that of
+    the other 7 experts' softmax (its logits are the plain forward's: nothing before it changed),
+    layer 0's the plain one."""
+    model = tiny("qwen3_moe")
+    with torch.no_grad(), mi.trace(model, PROMPTS[:2], mi.RouterRecord(entropy=True),
+                                   mi.ExpertAblate({1: [3]})) as tr:
+        pass
+    plain = entropy_by_hand(model, PROMPTS[:2])
+    kept = [e for e in range(8) if e != 3]
+    rerouted = torch.zeros((), dtype=torch.float64)
+    for text in PROMPTS[:2]:
+        logits = logits_by_hand(model, text)[1][:, kept]
+        p = torch.softmax(logits, -1)
+        rerouted += -(p * p.log()).sum()
+    assert close(tr.routing.entropy_sum[0, 0], plain[0]) and close(tr.routing.entropy_sum[0, 1], rerouted)
+    assert int(tr.routing.count[0, 1, 3]) == 0

@@ -83,11 +83,13 @@ def edit_weights(indices: torch.Tensor, weights: torch.Tensor, edits: Sequence) 
     return weights
 
 
-def _edit_site(router: Any, experts: Any, site: Any, edits: Any) -> None:
-    """Apply score `edits` at `site`."""
+def _edit_site(router: Any, experts: Any, site: Any, edits: Any) -> torch.Tensor:
+    """Apply score `edits` at `site`; returns the edited value."""
     envoy = location(router, experts, site)
     raw = read(envoy, site)
-    write(envoy, site, raw, edit_scores(pick(raw, site), edits))
+    new = edit_scores(pick(raw, site), edits)
+    write(envoy, site, raw, new)
+    return new
 
 
 def _sites(entry: Any) -> Any:
@@ -524,14 +526,20 @@ def forward_step(root: Any, plan: Any, store: dict, rows: list) -> None:
         router = resolve(root, entry.router)
         experts = resolve(root, entry.experts) if entry.experts else None
         sites = _sites(entry)
-        for site, edits in score_edits(entry, sites):
-            _edit_site(router, experts, site, edits)
+        located = score_edits(entry, sites)
+        # RouterRecord(entropy=True) reads the logits the router goes on with: edited where an
+        # edit is at their site, else read before any later site's edit (nnsight's order)
+        logits = None
+        entropy = record and plan.entropy
+        if entropy and all(site != sites.logits for site, _ in located):
+            logits = pick(read(location(router, experts, sites.logits), sites.logits), sites.logits)
+        for site, edits in located:
+            new = _edit_site(router, experts, site, edits)
+            if entropy and site == sites.logits:
+                logits = new
         weight_edits = entry.at("weights")
         if not (record or weight_edits or verify or entry.rerouted is not None):
             continue
-        logits = None
-        if record and plan.entropy:  # before indices and weights: nnsight serves values in the order they are made
-            logits = pick(read(location(router, experts, sites.logits), sites.logits), sites.logits)
         indices, weights = _used(router, experts, sites, weight_edits, top_k)
         if entry.rerouted is not None:
             # the safety net: tokens that still received an ablated expert (0 when the
