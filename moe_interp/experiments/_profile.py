@@ -616,8 +616,8 @@ def _remote_stacks(model: Any, spec: Any, requests: list, inputs: Any, intervent
     item_key = torch.tensor([k for k, key in enumerate(keys) for _ in corpus[key]], dtype=torch.long)
     key_language = {stack: torch.tensor([languages[stack].index(key[side[stack]] if side else key) for key in keys],
                                         dtype=torch.long) for stack in stacks}
-    for chunk, count, tokens, mass, co in _remote_batches(model, requests, inputs, item_key[row_item], plan, len(keys),
-                                                          trace_kwargs, stack_tokens):
+    for chunk, count, tokens, mass, co, _ in _remote_batches(model, requests, inputs, item_key[row_item], plan,
+                                                             len(keys), trace_kwargs, stack_tokens):
         parts = {}
         for s, stack in enumerate(stacks):
             keep = torch.tensor(where[stack])
