@@ -210,3 +210,36 @@ def test_under_a_reroute_the_entropy_is_of_the_edited_logits_the_router_goes_on_
         rerouted += -(p * p.log()).sum()
     assert close(tr.routing.entropy_sum[0, 0], plain[0]) and close(tr.routing.entropy_sum[0, 1], rerouted)
     assert int(tr.routing.count[0, 1, 3]) == 0
+
+
+def test_a_two_stack_trace_keeps_each_stack_s_entropy():
+    """Switch: each stack's sums against the logits of every `*.mlp.router.classifier` (a Linear),
+    read by torch forward hooks in a plain HF forward."""
+    model = tiny("switch_transformers")
+    ids, target = torch.tensor([[5, 6, 7, 8]]), torch.tensor([[0, 5]])
+    inputs = {"input_ids": ids, "decoder_input_ids": target}
+    with torch.no_grad(), mi.trace(model, inputs, mi.RouterRecord()):
+        pass                                        # the first trace checks the detection
+    with torch.no_grad(), mi.trace(model, inputs, mi.RouterRecord(entropy=True)) as tr:
+        pass
+    seen = {}
+
+    def keep(name):
+        def hook(module, args, output):
+            p = torch.softmax(output.detach().double().reshape(-1, output.shape[-1]), -1)
+            seen[name] = float(-(p * p.log()).sum())
+        return hook
+    hf = model._module
+    handles = [module.register_forward_hook(keep(name)) for name, module in hf.named_modules()
+               if name.endswith("mlp.router.classifier")]
+    try:
+        with torch.no_grad():
+            hf(**inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for stack, routing in tr.routing_by_stack.items():
+        names = sorted((n for n in seen if n.startswith(stack)), key=lambda n: int(n.split(".")[2]))
+        assert len(names) == len(routing.layers) > 0
+        assert routing.tokens.tolist() == [ids.shape[1] if stack == "encoder" else target.shape[1]]
+        assert close(routing.entropy_sum[0], torch.tensor([seen[n] for n in names], dtype=torch.float64))

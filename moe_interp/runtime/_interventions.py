@@ -186,7 +186,8 @@ class RouterRecord(Intervention):
     first position of each bucket (`(0, 8, 32)`). The splits combine:
     `"<group>/<kind>/<bucket>"`. `entropy=True` sums, per group and MoE layer, each counted
     token's routing entropy in nats, `H = -sum_e p_e log p_e` with `p = softmax(router logits)`
-    over all E experts (the view's `router.logits`), in the trace like the counts
+    over all E experts (the view's `router.logits`, after a score edit there: a rerouted expert's
+    probability is 0), in the trace like the counts
     (`tr.routing.entropy_sum`, `[group, layer]`; `tr.routing.token_entropy()` the mean per token).
     Hash-routed layers have no distribution over experts and are refused.
 
