@@ -13,7 +13,7 @@ from jaxtyping import TypeCheckError
 
 import moe_interp as mi
 from conftest import PROMPTS, tiny
-from test_remote import ship_functions_unwrapped  # noqa: F401  (autouse: ship functions as installed code)
+from test_remote import NdifSim, ship_functions_unwrapped  # noqa: F401  (autouse: ship functions as installed code)
 
 profile_module = sys.modules["moe_interp.experiments._profile"]
 CORPUS = {"eng": ["The cat sat on the mat.", "Hi", "A much longer English sentence about cats."],
@@ -243,3 +243,22 @@ def test_a_two_stack_trace_keeps_each_stack_s_entropy():
         assert len(names) == len(routing.layers) > 0
         assert routing.tokens.tolist() == [ids.shape[1] if stack == "encoder" else target.shape[1]]
         assert close(routing.entropy_sum[0], torch.tensor([seen[n] for n in names], dtype=torch.float64))
+
+
+def test_an_ndif_like_server_runs_the_kernels_and_sends_back_only_the_sums(loaded):
+    """`NdifSim` (the whitelist-only worker of tests/test_remote): the trace's sums travel back as
+    one float64 `[groups, layers]` table, bitwise the local ones."""
+    def run(record, **kwargs):
+        with torch.no_grad(), mi.trace(loaded, mi.RouterRecord(entropy=record), **kwargs) as tr:
+            with tr.invoke(PROMPTS[:2], group="a"):
+                pass
+            with tr.invoke(PROMPTS[2:], group="b"):
+                pass
+        return tr.routing
+
+    with_sums, without = NdifSim(loaded), NdifSim(loaded)
+    far, here = run(True, backend=with_sums), run(True)
+    run(False, backend=without)
+    table = 2 * 4 * 8
+    assert table <= with_sums.result_bytes - without.result_bytes <= table + 1024
+    assert torch.equal(far.entropy_sum, here.entropy_sum) and torch.equal(far.count, here.count)
