@@ -11,19 +11,23 @@ languages together (the scope `"all"`, the languages' counts summed):
   population standard deviation (0 for a perfectly even load; `sqrt(E - 1)` when one expert takes
   everything); `max_over_mean`: the busiest expert's load over the mean (1 when even, at most `E`);
 - `dead`: experts never chosen (load 0) where the scope routed tokens at all;
-- `entropy`: the normalised routing entropy of the load (`mi.analysis.entropy`).
+- `entropy`: the normalised routing entropy of the load (`mi.analysis.entropy`);
+- `token_entropy`: the mean per-token routing entropy (each token's `softmax` of the router
+  logits over all experts), over `log(num_experts)` like `entropy`, where the stats recorded it
+  (`RouterRecord(entropy=True)`; else `None`): a layer whose load `entropy` is near 1 while its
+  `token_entropy` is low spreads its tokens over all experts, each token routed sharply.
 
 Intervals for `cv` and `max_over_mean` resample the texts within each language
 (`mi.analysis.bootstrap`, needs the per-item counts `mi.profile` keeps); the scope `"all"` sums
 each replicate's languages, so its interval keeps the corpus' language mix. A control is the same
 analysis on another model over the same texts (the random-init twin): `mi.analysis.compare`.
 
-Not here: routing entropy per token (how peaked the router's distribution over all experts is
-for each token) needs the router's probabilities per token, which counts do not hold; it needs a
-recorder that reads them in the trace, and is left for one.
+Routing entropy per token needs the router's probabilities per token, which counts do not hold:
+`RouterRecord(entropy=True)` sums it in the trace (`RoutingCounts.entropy_sum`).
 """
 
 import dataclasses
+import math
 
 import pandas as pd
 import torch
@@ -67,8 +71,9 @@ class Health:
     **Fields:** `scopes` (the languages, then `"all"`), `layers` (real indices), `num_experts`,
     `top_k`, `load[scope, layer, expert]` (tokens routed to each expert), `tokens[scope]`,
     `cv[scope, layer]`, `max_over_mean[scope, layer]`, `dead[scope, layer, expert]`,
-    `entropy[scope, layer]`, and the intervals `cv_interval` / `max_over_mean_interval`
-    (`BootstrapResult` over texts, `None` without per-item counts or with `resamples=0`).
+    `entropy[scope, layer]`, the intervals `cv_interval` / `max_over_mean_interval`
+    (`BootstrapResult` over texts, `None` without per-item counts or with `resamples=0`) and
+    `token_entropy[scope, layer]` (`None` unless the stats recorded `RouterRecord(entropy=True)`).
     **Properties:** `share`, `uniform`, `dead_count`; **methods:** `dead_experts`, `to_pandas`.
 
     ```python
@@ -97,6 +102,7 @@ class Health:
     entropy: Float[Tensor, "scope layer"]
     cv_interval: BootstrapResult | None = None
     max_over_mean_interval: BootstrapResult | None = None
+    token_entropy: Float[Tensor, "scope layer"] | None = None
 
     def __repr__(self) -> str:
         dead = self.dead_count[-1].tolist()
@@ -177,7 +183,7 @@ class Health:
     def to_pandas(self) -> pd.DataFrame:
         """One row per (scope, layer): tokens, routed, uniform, min and max load, `cv` and
         `max_over_mean` (with `_low` / `_high` interval columns when there are intervals),
-        dead experts, entropy.
+        dead experts, entropy (and `token_entropy` when recorded).
 
         ```python
         >>> import torch
@@ -199,6 +205,8 @@ class Health:
                        "min_load": int(self.load[s, i].min()), "max_load": int(self.load[s, i].max()),
                        "cv": float(self.cv[s, i]), "max_over_mean": float(self.max_over_mean[s, i]),
                        "dead": int(dead[s, i]), "entropy": float(self.entropy[s, i])}
+                if self.token_entropy is not None:
+                    row["token_entropy"] = float(self.token_entropy[s, i])
                 for name, ci in (("cv", self.cv_interval), ("max_over_mean", self.max_over_mean_interval)):
                     if ci is not None:
                         row[f"{name}_low"], row[f"{name}_high"] = float(ci.low[s, i]), float(ci.high[s, i])
@@ -241,7 +249,32 @@ def health(stats: RoutingCounts, resamples: int = 200, level: float = 0.95, seed
         both = bootstrap(stats, _cv_and_peak, resamples=resamples, level=level, seed=seed)
         intervals = tuple(_part(both, i, name) for i, name in enumerate(("cv", "max_over_mean")))
     return Health((*stats.languages, ALL), stats.layers, stats.num_experts, stats.top_k, load, tokens, spread[0],
-                  spread[1], (load == 0) & routed, entropy(scoped), *intervals)
+                  spread[1], (load == 0) & routed, entropy(scoped), *intervals, token_entropy=_token_entropy(stats))
+
+
+def _token_entropy(stats: RoutingCounts) -> Tensor | None:
+    """`[scope, layer]`: the mean per-token routing entropy over `log(num_experts)` per language
+    and over all (the sums pooled), from `entropy_sum`; None where it was not recorded.
+
+    ```python
+    >>> import math, torch
+    >>> import moe_interp as mi
+    >>> from moe_interp.analysis._health import _token_entropy
+    >>> count = torch.tensor([[[2, 0]], [[1, 1]]])                       # en: 2 tokens, de: 2 tokens, top-1
+    >>> s = mi.RoutingStats(("en", "de"), (0,), 2, 1, count, count.double(), torch.tensor([2, 2]),
+    ...                     entropy_sum=torch.tensor([[0.0], [2 * math.log(2)]], dtype=torch.float64))
+    >>> _token_entropy(s)[:, 0].tolist()                                  # en sharp, de uniform; all: their mean
+    [0.0, 1.0, 0.5]
+
+    ```
+    """
+    if stats.entropy_sum is None:
+        return None
+    sums = stats.entropy_sum.cpu().double()
+    sums = torch.cat([sums, sums.sum(0, keepdim=True)])
+    tokens = _scoped(stats)[1].double()[:, None]
+    mean = torch.where(tokens > 0, sums / tokens.clamp(min=1), float("nan"))
+    return mean / math.log(stats.num_experts) if stats.num_experts > 1 else mean * 0.0
 
 
 def _cv_and_peak(stats: RoutingCounts) -> Tensor:

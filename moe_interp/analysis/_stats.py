@@ -6,6 +6,7 @@ The top of the statistics stack: the data, its checks, selection, merging and fi
 documented method per analysis; nothing below imports it.
 """
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -133,6 +134,38 @@ class RoutingStats(RoutingCounts):
         ```
         """
         return analysis.entropy(self)
+
+    def token_entropy(self, normalise: bool = False) -> Float[Tensor, "lang layer"]:
+        """Mean per-token routing entropy per language (group) and layer: each counted token's
+        entropy of `softmax(router logits)` over all experts, averaged (`entropy_sum / tokens`;
+        `nan` without tokens). In nats, or over `log(num_experts)` with `normalise=True`, the
+        scale of `entropy()`, the entropy of the language's aggregate load: a language can
+        spread its load over every expert (`entropy()` near 1) while each of its tokens routes
+        sharply (`token_entropy` low). Needs `RouterRecord(entropy=True)`.
+
+        ```python
+        >>> import moe_interp as mi, torch
+        >>> model = mi.zoo.tiny_model("qwen3_moe")
+        >>> with torch.no_grad(), mi.trace(model, mi.RouterRecord(entropy=True)) as tr:
+        ...     with tr.invoke("The cat sat.", group="en"):
+        ...         pass
+        >>> h = tr.routing.token_entropy(normalise=True)
+        >>> h.shape, bool((h > 0).all() and (h <= 1).all())
+        (torch.Size([1, 4]), True)
+        >>> mi.datasets.reference_stats().token_entropy()
+        Traceback (most recent call last):
+        ValueError: these stats have no per-token routing entropy: record it with mi.RouterRecord(entropy=True) (mi.trace, or among mi.profile's interventions)
+
+        ```
+        """
+        if self.entropy_sum is None:
+            raise ValueError("these stats have no per-token routing entropy: record it with "
+                             "mi.RouterRecord(entropy=True) (mi.trace, or among mi.profile's interventions)")
+        tokens = self.tokens.double()[:, None]
+        mean = torch.where(tokens > 0, self.entropy_sum.double() / tokens.clamp(min=1), float("nan"))
+        if normalise:
+            mean = mean / math.log(self.num_experts) if self.num_experts > 1 else mean * 0.0
+        return mean
 
     def divergence(self, metric: str = "js", layers: Any = None) -> Float[Tensor, "layer lang lang"]:
         """Per layer, the `[lang, lang]` divergence of routing distributions.

@@ -98,6 +98,10 @@ def _check_consistent(stats: "RoutingCounts") -> None:
     if stats.co_activation is not None:
         _check_tensor("co_activation", stats.co_activation, grid + (stats.num_experts,),
                       "(languages, layers, num_experts, num_experts)", integral=True)
+    if stats.entropy_sum is not None:
+        _check_tensor("entropy_sum", stats.entropy_sum, (n_lang, n_layer), "(languages, layers)", integral=False)
+        if bool((stats.entropy_sum < 0).any()):
+            raise ValueError("entropy_sum must be non-negative: sums of per-token routing entropies (nats)")
     items = (stats.item_count, stats.item_tokens, stats.item_language)
     if all(x is None for x in items):
         return
@@ -140,7 +144,9 @@ class RoutingCounts:
     selects its layers (`moe_interp.core._layers`). `co_activation[group, layer, i, j]`
     (`RouterRecord(co_activation=True)`, `mi.profile` with it) counts the tokens that chose
     both experts `i` and `j`; its diagonal is `count` (each expert once per token); `None`
-    when not recorded.
+    when not recorded. `entropy_sum[group, layer]` (`RouterRecord(entropy=True)`) sums the
+    counted tokens' routing entropies in nats (`softmax` of the router logits over all E
+    experts): divided by `tokens`, the mean per-token entropy; `None` when not recorded.
     Construction checks that the fields agree (shapes, integer counts >= 0, finite gate mass,
     per-item counts adding up to `count`) and raises `ValueError` / `TypeError` naming the field.
 
@@ -173,6 +179,7 @@ class RoutingCounts:
     per_token: dict | None = None
     stacks: tuple[str, ...] | None = None
     co_activation: Int[Tensor, "group layer expert expert2"] | None = None
+    entropy_sum: Float[Tensor, "group layer"] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.languages, str):
@@ -304,6 +311,8 @@ class RoutingCounts:
             tokens = torch.zeros(len(languages), dtype=torch.long)
             both = result.co_activation is not None and other.co_activation is not None
             pairs = torch.zeros(shape + (result.num_experts,), dtype=torch.long) if both else None
+            nats = result.entropy_sum is not None and other.entropy_sum is not None
+            entropy = torch.zeros(shape[:2], dtype=torch.float64) if nats else None
             for stats in (result, other):
                 index = torch.tensor([languages.index(l) for l in stats.languages])
                 count.index_add_(0, index, stats.count.cpu().long())
@@ -311,6 +320,8 @@ class RoutingCounts:
                 tokens.index_add_(0, index, stats.tokens.cpu().long())
                 if both:
                     pairs.index_add_(0, index, stats.co_activation.cpu().long())
+                if nats:
+                    entropy.index_add_(0, index, stats.entropy_sum.cpu().double())
             items = None
             if result.item_count is not None and other.item_count is not None:
                 relabel = torch.tensor([languages.index(l) for l in other.languages])
@@ -319,7 +330,7 @@ class RoutingCounts:
                          torch.cat([result.item_language, relabel[other.item_language]]))
             result = type(self)(tuple(languages), result.layers, result.num_experts, result.top_k, count, mass,
                                 tokens, *(items or (None, None, None)), meta={**result.meta, "merged": True},
-                                stacks=result.stacks, co_activation=pairs)
+                                stacks=result.stacks, co_activation=pairs, entropy_sum=entropy)
         return result
 
     def select(self, languages: Sequence[str] | None = None, layers: Any = None) -> "RoutingCounts":
@@ -347,9 +358,11 @@ class RoutingCounts:
             items = (self.item_count[keep][:, yi], self.item_tokens[keep], remap[self.item_language[keep]])
         stacks = None if self.stacks is None else tuple(self.stacks[i] for i in layer_index)
         pairs = None if self.co_activation is None else self.co_activation[li][:, yi]
+        entropy = None if self.entropy_sum is None else self.entropy_sum[li][:, yi]
         return type(self)(tuple(self.languages[i] for i in lang_index), tuple(self.layers[i] for i in layer_index),
                           self.num_experts, self.top_k, self.count[li][:, yi], self.gate_mass[li][:, yi],
-                          self.tokens[li], *items, meta=dict(self.meta), stacks=stacks, co_activation=pairs)
+                          self.tokens[li], *items, meta=dict(self.meta), stacks=stacks, co_activation=pairs,
+                          entropy_sum=entropy)
 
     def language_index(self, language: str) -> int:
         """Position of a language label; `KeyError` with close matches when unknown."""
@@ -444,6 +457,8 @@ class RoutingCounts:
         tensors = {name: getattr(self, name) for name in _TENSORS if getattr(self, name) is not None}
         if self.co_activation is not None:  # absent when not recorded: files read as before
             tensors["co_activation"] = self.co_activation
+        if self.entropy_sum is not None:  # the same
+            tensors["entropy_sum"] = self.entropy_sum
         for name, value in (self.per_token or {}).items():
             tensors[f"per_token.{name}"] = value
         header = {"format": _FORMAT, "languages": list(self.languages), "layers": list(self.layers),
@@ -501,7 +516,7 @@ class RoutingCounts:
             return cls(tuple(header["languages"]), tuple(header["layers"]), header["num_experts"], header["top_k"],
                        *(tensors.get(n) for n in _TENSORS), meta=header.get("meta", {}), per_token=per_token,
                        stacks=None if header.get("stacks") is None else tuple(header["stacks"]),
-                       co_activation=tensors.get("co_activation"))
+                       co_activation=tensors.get("co_activation"), entropy_sum=tensors.get("entropy_sum"))
         except (KeyError, ValueError, TypeError) as error:
             raise StatsFileError(f"{path} is inconsistent: {error}") from None
 

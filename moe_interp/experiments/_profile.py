@@ -119,16 +119,18 @@ def _by_language(values: torch.Tensor | None, row_language: torch.Tensor, num_la
 def _local_batches(model: Any, spec: Any, todo: list[int], inputs: Any, row_language: torch.Tensor,
                    interventions: list, num_languages: int, batch_size: int, session_batches: Any,
                    trace_kwargs: dict, record: RouterRecord = RouterRecord()) -> Iterator[tuple]:
-    """`(rows, count, tokens, gate_mass, co_activation)` per batch of `todo` rows, one local forward
-    each (read by torch hooks where they serve the interventions, `runtime._hooks`; else by an
-    nnsight trace); gate mass and co-activation (None unless `record` asks) summed per language."""
+    """`(rows, count, tokens, gate_mass, co_activation, entropy)` per batch of `todo` rows, one local
+    forward each (read by torch hooks where they serve the interventions, `runtime._hooks`; else by
+    an nnsight trace); gate mass, co-activation and entropy sums (None unless `record` asks) summed
+    per language."""
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
         tracer = _local_forward(model, inputs(chunk), interventions, trace_kwargs, record)
         routing = tracer.routing
         languages = row_language[torch.tensor(chunk)]
         yield (chunk, routing.count, routing.tokens, _by_language(routing.gate_mass.double(), languages, num_languages),
-               _by_language(routing.co_activation, languages, num_languages))
+               _by_language(routing.co_activation, languages, num_languages),
+               _by_language(routing.entropy_sum, languages, num_languages))
 
 
 def _stack_batches(model: Any, todo: list[int], inputs: Any, row_languages: dict[str, torch.Tensor],
@@ -151,7 +153,7 @@ def _stack_batches(model: Any, todo: list[int], inputs: Any, row_languages: dict
 
 def _remote_batches(model: Any, requests: list[list[list[int]]], inputs: Any, row_group: torch.Tensor, plan: Any,
                     num_groups: int, trace_kwargs: dict, stack_tokens: list | None = None) -> Iterator[tuple]:
-    """`(rows, item_count, item_tokens, gate_mass, co_activation)` per session request (`requests`:
+    """`(rows, item_count, item_tokens, gate_mass, co_activation, entropy)` per session request (`requests`:
     the batches of each, from `_requests`); gate mass and co-activation (None unless the plan
     records it) are summed per `row_group` (`num_groups` of them) on the server.
     With `stack_tokens` (a model with several stacks) `item_tokens` is `[rows, stacks]` and
@@ -161,9 +163,10 @@ def _remote_batches(model: Any, requests: list[list[list[int]]], inputs: Any, ro
     for chunks in requests:
         packed = profile_session(model, [(inputs(chunk), row_group[torch.tensor(chunk)]) for chunk in chunks],
                                  plan, num_groups, session_kwargs, model_kwargs, stack_tokens)
-        pairs = packed.get("co_activation")
+        pairs, nats = packed.get("co_activation"), packed.get("entropy")
         yield ([r for chunk in chunks for r in chunk], packed["item_count"], packed["item_tokens"],
-               packed["gate_mass"].to(torch.float64), None if pairs is None else pairs.long())
+               packed["gate_mass"].to(torch.float64), None if pairs is None else pairs.long(),
+               None if nats is None else nats.to(torch.float64))
 
 
 def _requests(todo: list[int], batch_size: int, batch_tokens: Any, request_tokens: int | None,
@@ -372,6 +375,9 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]] | Mapping[tuple[str,
         sums["co_activation"] = torch.zeros(len(languages), n_layers, spec.num_experts, spec.num_experts,
                                             dtype=torch.long)
         key["co_activation"] = "recorded"
+    if record.entropy:  # the same
+        sums["entropy"] = torch.zeros(len(languages), n_layers, dtype=torch.float64)
+        key["entropy"] = "recorded"
     trace_kwargs = {k: v for k, v in trace_kwargs.items() if k not in _TOKENIZE}  # the rows are token ids
 
     def inputs(chunk: list[int]) -> dict[str, torch.Tensor]:
@@ -393,11 +399,13 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]] | Mapping[tuple[str,
     requests = len(_requests(order, batch_size, padded, request_tokens, session_batches)) if remote else 0
 
     def steps(done: int, sums: dict[str, torch.Tensor]) -> Iterator[tuple[int, int]]:
-        for chunk, count, tokens, mass, pairs in batches(order[done:]):
+        for chunk, count, tokens, mass, pairs, nats in batches(order[done:]):
             index = row_item[torch.tensor(chunk)]  # a long text's windows add up to its item
             sums["gate_mass"] += mass
             if pairs is not None:
                 sums["co_activation"] += pairs
+            if nats is not None:
+                sums["entropy"] += nats
             sums["item_count"].index_add_(0, index, count.to(torch.int32))
             sums["item_tokens"].index_add_(0, index, tokens.long())
             yield len(chunk), int(tokens.sum())
@@ -409,7 +417,8 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]] | Mapping[tuple[str,
             "long_texts": long_texts, "long_items": long_items,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "fingerprint": fingerprint(key)}
     return _stats(model, spec, languages, spec.moe_layers, item_language, sums["item_count"], sums["item_tokens"],
-                  sums["gate_mass"], corpus, meta, co_activation=sums.get("co_activation"))
+                  sums["gate_mass"], corpus, meta, co_activation=sums.get("co_activation"),
+                  entropy_sum=sums.get("entropy"))
 
 
 def _desc(requests: int) -> str:
@@ -419,7 +428,8 @@ def _desc(requests: int) -> str:
 
 def _stats(model: Any, spec: Any, languages: list, layers: tuple, item_language: torch.Tensor,
            item_count: torch.Tensor, item_tokens: torch.Tensor, gate_mass: torch.Tensor, texts: dict, meta: dict,
-           stacks: tuple | None = None, co_activation: torch.Tensor | None = None) -> RoutingStats:
+           stacks: tuple | None = None, co_activation: torch.Tensor | None = None,
+           entropy_sum: torch.Tensor | None = None) -> RoutingStats:
     """The profile's `RoutingStats`: per-language counts summed from the per-item ones, and the
     fingerprints of the `texts` each language read in its meta."""
     count = torch.zeros(len(languages), len(layers), spec.num_experts, dtype=torch.long)
@@ -432,7 +442,8 @@ def _stats(model: Any, spec: Any, languages: list, layers: tuple, item_language:
             # per text, so an evaluation corpus that shares some texts with this one is caught too
             "text_hashes": {lang: [fingerprint(text) for text in t] for lang, t in texts.items()}}
     return RoutingStats(tuple(languages), layers, spec.num_experts, spec.top_k, count, gate_mass, tokens,
-                        item_count, item_tokens, item_language, meta=meta, stacks=stacks, co_activation=co_activation)
+                        item_count, item_tokens, item_language, meta=meta, stacks=stacks, co_activation=co_activation,
+                        entropy_sum=entropy_sum)
 
 
 def _recorder(interventions: tuple) -> RouterRecord:
@@ -443,10 +454,10 @@ def _recorder(interventions: tuple) -> RouterRecord:
     >>> import moe_interp as mi
     >>> from moe_interp.experiments._profile import _recorder
     >>> _recorder((mi.ExpertAblate({1: [0]}), mi.RouterRecord(co_activation=True)))
-    RouterRecord(per_token=False, exclude_tokens=(), by_modality=False, co_activation=True, by_token_kind=False, by_position=())
+    RouterRecord(per_token=False, exclude_tokens=(), by_modality=False, co_activation=True, by_token_kind=False, by_position=(), entropy=False)
     >>> _recorder((mi.RouterRecord(by_token_kind=True),))
     Traceback (most recent call last):
-    ValueError: mi.profile records per text and language, with RouterRecord(co_activation=True) at most; by_token_kind is a trace's: record it with mi.trace(model, mi.RouterRecord(by_token_kind=True)) and tr.invoke(texts, group=language)
+    ValueError: mi.profile records per text and language, with RouterRecord(co_activation=True, entropy=True) at most; by_token_kind is a trace's: record it with mi.trace(model, mi.RouterRecord(by_token_kind=True)) and tr.invoke(texts, group=language)
 
     ```
     """
@@ -455,10 +466,12 @@ def _recorder(interventions: tuple) -> RouterRecord:
     for recording in recordings:
         for name in ("per_token", "exclude_tokens", "by_modality", "by_token_kind", "by_position"):
             if getattr(recording, name):
-                raise ValueError(f"mi.profile records per text and language, with RouterRecord(co_activation=True) "
-                                 f"at most; {name} is a trace's: record it with mi.trace(model, mi.RouterRecord("
-                                 f"{name}={getattr(recording, name)!r})) and tr.invoke(texts, group=language)")
-    return RouterRecord(co_activation=any(r.co_activation for r in recordings))
+                raise ValueError(f"mi.profile records per text and language, with RouterRecord(co_activation=True, "
+                                 f"entropy=True) at most; {name} is a trace's: record it with mi.trace(model, "
+                                 f"mi.RouterRecord({name}={getattr(recording, name)!r})) and tr.invoke(texts, "
+                                 f"group=language)")
+    return RouterRecord(co_activation=any(r.co_activation for r in recordings),
+                        entropy=any(r.entropy for r in recordings))
 
 
 def _check_options(interventions: tuple, batch_size: int, save_every: int, session_batches: int | None,
@@ -525,6 +538,10 @@ def _profile_stacks(model: Any, spec: Any, corpus: dict, interventions: tuple, *
     key = {**model_parts(model, weights_hash), "corpus": fingerprint({repr(k): v for k, v in corpus.items()}),
            "interventions": fingerprint(interventions), "long_texts": long_texts, "decoder": "teacher-forced",
            "settings": fingerprint({k: v for k, v in trace_kwargs.items() if k not in _WHERE})}
+    if record.entropy:
+        raise ValueError("mi.profile of a model with several stacks does not record RouterRecord(entropy=True) "
+                         "yet: record it with mi.trace(model, mi.RouterRecord(entropy=True)) and "
+                         "tr.invoke(texts, group=language), reading tr.routing_by_stack")
     if record.co_activation:  # a key part only when asked: checkpoints of plain profiles resume as before
         for stack in stacks:
             sums[f"{stack}.co_activation"] = torch.zeros(len(languages[stack]), len(layers[stack]), spec.num_experts,
@@ -599,8 +616,8 @@ def _remote_stacks(model: Any, spec: Any, requests: list, inputs: Any, intervent
     item_key = torch.tensor([k for k, key in enumerate(keys) for _ in corpus[key]], dtype=torch.long)
     key_language = {stack: torch.tensor([languages[stack].index(key[side[stack]] if side else key) for key in keys],
                                         dtype=torch.long) for stack in stacks}
-    for chunk, count, tokens, mass, co in _remote_batches(model, requests, inputs, item_key[row_item], plan, len(keys),
-                                                          trace_kwargs, stack_tokens):
+    for chunk, count, tokens, mass, co, _ in _remote_batches(model, requests, inputs, item_key[row_item], plan,
+                                                             len(keys), trace_kwargs, stack_tokens):
         parts = {}
         for s, stack in enumerate(stacks):
             keep = torch.tensor(where[stack])

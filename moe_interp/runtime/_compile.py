@@ -167,11 +167,38 @@ def compile_plan(spec: MoESpec, interventions: Iterable[Intervention], model: An
         plan = plan._replace(exclude=exclude, modalities=modalities)
         if any(r.by_token_kind for r in recordings):
             plan = plan._replace(kinds=token_kind_table(model))
+        if any(r.entropy for r in recordings):
+            _check_entropy(spec, plan)
+            plan = plan._replace(entropy=True)
         if generation is not None:
             plan = plan._replace(eos=tuple(eos_ids(model, *generation)), generating=True)
     if on_device and isinstance(module, torch.nn.Module):
         plan = place(plan, module)
     return plan
+
+
+def _check_entropy(spec: MoESpec, plan: Plan) -> None:
+    """`RouterRecord(entropy=True)` needs each recorded layer's full distribution over its
+    experts, `softmax(router logits)`: a hash-routed layer (a token-id table) has none.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> mi.trace(mi.zoo.tiny_model("deepseek_v4"), "Hi", mi.RouterRecord(entropy=True))
+    Traceback (most recent call last):
+    ValueError: RouterRecord(entropy=True) reads each token's distribution over experts, softmax of the router logits: layers [0, 1, 2] of this deepseek_v4 model route by a token-id table (hash), which ranks no logits. Record RouterRecord() without entropy here, and read the learned layers' logits with the router view: model.moe.at(layer).logits for layer in [3]
+
+    ```
+    """
+    kinds = dict(zip(spec.moe_layers, spec.routing_kinds))
+    hashed = [entry.layer for entry in plan.layers if kinds.get(entry.layer) != "topk"]
+    missing = [entry.layer for entry in plan.layers if entry.sites.logits is None]
+    if hashed or missing:
+        learned = [entry.layer for entry in plan.layers if entry.layer not in hashed + missing]
+        why = (f"layers {hashed} of this {spec.arch} model route by a token-id table (hash), which ranks no logits"
+               if hashed else f"layers {missing} of this {spec.arch} model have no router logits site")
+        raise ValueError(f"RouterRecord(entropy=True) reads each token's distribution over experts, softmax of "
+                         f"the router logits: {why}. Record RouterRecord() without entropy here, and read the learned "
+                         f"layers' logits with the router view: model.moe.at(layer).logits for layer in {learned}")
 
 
 def _position_buckets(recordings: list) -> tuple:

@@ -78,6 +78,8 @@ def unserved(plan: Any) -> Optional[str]:
         return "it checks the detection (the first trace of an auto-detected model)"
     if any(entry.edits or entry.rerouted is not None for entry in plan.layers):
         return "it edits routing inside the forward"
+    if plan.entropy:
+        return "it records routing entropy (RouterRecord(entropy=True) reads the router logits)"
     for entry in plan.layers:
         for site in _read_sites(entry):
             if site.ops:

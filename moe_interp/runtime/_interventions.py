@@ -184,7 +184,12 @@ class RouterRecord(Intervention):
     `mi.trace`'s `runtime._token_kinds.token_kind_table`), and `by_position` by position in
     the text: `True` for buckets 0, 1-3, 4-15, 16-63, 64+ (`"<group>/pos1-3"`, ...), or the
     first position of each bucket (`(0, 8, 32)`). The splits combine:
-    `"<group>/<kind>/<bucket>"`.
+    `"<group>/<kind>/<bucket>"`. `entropy=True` sums, per group and MoE layer, each counted
+    token's routing entropy in nats, `H = -sum_e p_e log p_e` with `p = softmax(router logits)`
+    over all E experts (the view's `router.logits`, after a score edit there: a rerouted expert's
+    probability is 0), in the trace like the counts
+    (`tr.routing.entropy_sum`, `[group, layer]`; `tr.routing.token_entropy()` the mean per token).
+    Hash-routed layers have no distribution over experts and are refused.
 
     ```python
     >>> model = mi.zoo.tiny_model("qwen3_moe")
@@ -212,6 +217,7 @@ class RouterRecord(Intervention):
     co_activation: bool = False
     by_token_kind: bool = False
     by_position: Any = ()
+    entropy: bool = False
 
     def __post_init__(self) -> None:
         if self.exclude_tokens != "special":
@@ -220,7 +226,7 @@ class RouterRecord(Intervention):
                                 f"{self.exclude_tokens!r}")
             ids = tuple(sorted({_index(i, "an exclude_tokens id") for i in self.exclude_tokens}))
             object.__setattr__(self, "exclude_tokens", ids)
-        for name in ("per_token", "by_modality", "co_activation", "by_token_kind"):
+        for name in ("per_token", "by_modality", "co_activation", "by_token_kind", "entropy"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"RouterRecord {name} must be True or False, got {getattr(self, name)!r}")
         object.__setattr__(self, "by_position", _position_buckets(self.by_position))
@@ -228,7 +234,7 @@ class RouterRecord(Intervention):
     def recording(self) -> Recording:
         """The routing this records (the trace's recorder protocol)."""
         return Recording(self.per_token, self.exclude_tokens, self.by_modality, self.co_activation,
-                         self.by_token_kind, self.by_position)
+                         self.by_token_kind, self.by_position, self.entropy)
 
 
 POSITION_BUCKETS = (0, 1, 4, 16, 64)  # RouterRecord(by_position=True): first token, 1-3, 4-15, 16-63, 64+

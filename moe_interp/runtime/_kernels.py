@@ -83,11 +83,13 @@ def edit_weights(indices: torch.Tensor, weights: torch.Tensor, edits: Sequence) 
     return weights
 
 
-def _edit_site(router: Any, experts: Any, site: Any, edits: Any) -> None:
-    """Apply score `edits` at `site`."""
+def _edit_site(router: Any, experts: Any, site: Any, edits: Any) -> torch.Tensor:
+    """Apply score `edits` at `site`; returns the edited value."""
     envoy = location(router, experts, site)
     raw = read(envoy, site)
-    write(envoy, site, raw, edit_scores(pick(raw, site), edits))
+    new = edit_scores(pick(raw, site), edits)
+    write(envoy, site, raw, new)
+    return new
 
 
 def _sites(entry: Any) -> Any:
@@ -348,7 +350,7 @@ def tally(bins: torch.Tensor, size: int, weights: Any = None) -> torch.Tensor:
 
 
 def totals_start(group: torch.Tensor, num_layers: int, num_groups: int, num_experts: int, top_k: int,
-                 device: Any, co_activation: bool = False) -> dict:
+                 device: Any, co_activation: bool = False, entropy: bool = False) -> dict:
     """One forward's routing totals, filled layer by layer with four GPU ops each and no waits.
 
     Built once per forward from the per-token group ids (`-1` padding): `base[t]` is token
@@ -356,7 +358,8 @@ def totals_start(group: torch.Tensor, num_layers: int, num_groups: int, num_expe
     spare that collects the padding, so one layer's bins are `base + indices`: no masking,
     and shapes that never depend on the data. A dict, like the plan and the store.
     With `co_activation`, a `[layers, (groups + 1) * E * (E + 1)]` buffer counts the pairs of
-    experts chosen for the same token too (`totals_add`).
+    experts chosen for the same token too (`totals_add`); with `entropy`, a `[layers, groups + 1]`
+    one sums each token's routing entropy (`totals_entropy`).
 
     ```python
     >>> import torch
@@ -382,6 +385,9 @@ def totals_start(group: torch.Tensor, num_layers: int, num_groups: int, num_expe
         totals["co"] = torch.zeros(num_layers, width * (num_experts + 1), dtype=torch.long, device=device)
         totals["co_ones"] = torch.ones(group.shape[0] * top_k * top_k, dtype=torch.long, device=device)
         totals["one"] = torch.ones((), dtype=torch.long, device=device)
+    if entropy:
+        totals["entropy"] = torch.zeros(num_layers, num_groups + 1, dtype=torch.float64, device=device)
+        totals["row"] = torch.where(group >= 0, group, num_groups)
     return totals
 
 
@@ -429,6 +435,47 @@ def totals_add(totals: dict, layer: int, indices: torch.Tensor, weights: torch.T
         totals["co"][layer].scatter_add_(0, (rows + indices.view(tokens, 1, k)).view(-1), totals["co_ones"])
 
 
+def token_entropy(logits: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Each token's routing entropy in nats, `-sum_e p_e log p_e` with `p = softmax(logits)`
+    over the first `num_experts` columns (a router may make more logits than it routes), in
+    float64; a `-inf` logit is an expert of probability 0 and adds nothing.
+
+    ```python
+    >>> import math, torch
+    >>> from moe_interp.runtime._kernels import token_entropy
+    >>> h = token_entropy(torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, float("-inf"), 0.0, 5.0]]), 3)
+    >>> abs(float(h[0]) - math.log(3)) < 1e-12, abs(float(h[1]) - math.log(2)) < 1e-12
+    (True, True)
+
+    ```
+    """
+    z = logits.detach().reshape(-1, logits.shape[-1])[:, :num_experts].to(torch.float64)
+    return torch.special.entr(torch.softmax(z, dim=-1)).sum(dim=-1)
+
+
+def totals_entropy(totals: dict, layer: int, logits: torch.Tensor) -> None:
+    """Add each token's `token_entropy` of `logits` (`[tokens, >= E]`, batch * seq as the
+    router sees them) to its group's bin of `layer`: one scatter, padding to the spare group.
+
+    ```python
+    >>> import math, torch
+    >>> from moe_interp.runtime._kernels import totals_entropy, totals_start
+    >>> totals = totals_start(torch.tensor([0, 0, -1]), num_layers=1, num_groups=1, num_experts=2,
+    ...                       top_k=1, device="cpu", entropy=True)
+    >>> totals_entropy(totals, 0, torch.zeros(3, 2))     # two tokens of group 0, one padding
+    >>> [round(float(h) / math.log(2), 6) for h in totals["entropy"][0]]
+    [2.0, 1.0]
+
+    ```
+    """
+    row = totals["row"]
+    h = token_entropy(on(logits, row.device), totals["shape"][2])
+    if h.shape[0] != row.shape[0]:
+        raise ValueError(f"router logits have {h.shape[0]} token rows where the layer routed {row.shape[0]} tokens: "
+                         "RouterRecord(entropy=True) needs one row of logits per routed token")
+    totals["entropy"][layer].scatter_add_(0, row, h)
+
+
 def totals_fold(totals: dict, store: dict) -> None:
     """Add a forward's totals (spare group dropped) to `store`'s `[groups, layers, E]` tables.
 
@@ -454,6 +501,8 @@ def totals_fold(totals: dict, store: dict) -> None:
     if "co" in totals:
         table = totals["co"].view(shape + (shape[2] + 1,))
         store["co_activation"] += table[:, :groups, :, 1:].transpose(0, 1)
+    if "entropy" in totals:
+        store["entropy"] += totals["entropy"][:, :groups].transpose(0, 1)
 
 
 def forward_step(root: Any, plan: Any, store: dict, rows: list) -> None:
@@ -477,8 +526,17 @@ def forward_step(root: Any, plan: Any, store: dict, rows: list) -> None:
         router = resolve(root, entry.router)
         experts = resolve(root, entry.experts) if entry.experts else None
         sites = _sites(entry)
-        for site, edits in score_edits(entry, sites):
-            _edit_site(router, experts, site, edits)
+        located = score_edits(entry, sites)
+        # RouterRecord(entropy=True) reads the logits the router goes on with: edited where an
+        # edit is at their site, else read before any later site's edit (nnsight's order)
+        logits = None
+        entropy = record and plan.entropy
+        if entropy and all(site != sites.logits for site, _ in located):
+            logits = pick(read(location(router, experts, sites.logits), sites.logits), sites.logits)
+        for site, edits in located:
+            new = _edit_site(router, experts, site, edits)
+            if entropy and site == sites.logits:
+                logits = new
         weight_edits = entry.at("weights")
         if not (record or weight_edits or verify or entry.rerouted is not None):
             continue
@@ -509,12 +567,17 @@ def forward_step(root: Any, plan: Any, store: dict, rows: list) -> None:
                 if plan.co_activation:
                     store["co_activation"] = torch.zeros(shape + (num_experts,), dtype=torch.long,
                                                          device=indices.device)
+                if plan.entropy:
+                    store["entropy"] = torch.zeros(groups, len(plan.layers), dtype=torch.float64,
+                                                   device=indices.device)
             counted = store["tokens"] if key is None else store.setdefault("stack_tokens", {}).setdefault(
                 key, torch.zeros_like(store["tokens"]))
             counted += on(tally(group, groups), counted.device)
             tallies[key] = totals_start(group, len(plan.layers), groups, num_experts, indices.shape[1],
-                                        store["count"].device, plan.co_activation)
+                                        store["count"].device, plan.co_activation, plan.entropy)
         totals_add(tallies[key], position, indices, weights)
+        if logits is not None:
+            totals_entropy(tallies[key], position, logits)
         if per_token is not None:
             per_token.append((indices.to(torch.int16), weights.detach().to(torch.float16)))
     for totals in tallies.values():
@@ -632,8 +695,9 @@ def profile_batch(store: dict, languages: torch.Tensor, acc: dict) -> None:
     Per text: `count[layers, experts]` (int16 when it fits, else int32) and its token
     total; gate mass is summed per language (`languages[i]` indexes `acc["gate_mass"]`),
     so the per-text float tables never travel, and so are the pair counts of
-    `RouterRecord(co_activation=True)` (`acc["co_activation"]`, `[languages, layers, E, E]`).
-    `acc` is built by `profile_start`.
+    `RouterRecord(co_activation=True)` (`acc["co_activation"]`, `[languages, layers, E, E]`)
+    and the per-token entropy sums of `RouterRecord(entropy=True)` (`acc["entropy"]`,
+    `[languages, layers]`). `acc` is built by `profile_start`.
 
     ```python
     >>> import torch
@@ -662,6 +726,12 @@ def profile_batch(store: dict, languages: torch.Tensor, acc: dict) -> None:
             acc["co_activation"] = torch.zeros((acc["languages"],) + tuple(pairs.shape[1:]), dtype=torch.long,
                                                device=pairs.device)
         acc["co_activation"].index_add_(0, languages.to(pairs.device), pairs)
+    nats = store.get("entropy")
+    if nats is not None:  # RouterRecord(entropy=True): per-token entropies' sums, per language too
+        if acc.get("entropy") is None:
+            acc["entropy"] = torch.zeros((acc["languages"],) + tuple(nats.shape[1:]), dtype=torch.float64,
+                                         device=nats.device)
+        acc["entropy"].index_add_(0, languages.to(nats.device), nats.to(torch.float64))
 
 
 def profile_start(num_languages: int) -> dict:
@@ -703,4 +773,6 @@ def profile_finish(acc: dict) -> dict:
         top = int(pairs.max()) if pairs.numel() else 0
         out["co_activation"] = pairs.to(torch.int16 if top <= 32767 else torch.int32 if top <= 2147483647
                                         else torch.long).cpu()
+    if acc.get("entropy") is not None:  # per language [layers], float64
+        out["entropy"] = acc["entropy"].cpu()
     return out

@@ -51,12 +51,12 @@ class Recording(Record):
     token), `co_activation` (count the pairs of experts chosen for the same token),
     `by_token_kind` (split every group by the kind of token: `_token_kinds.TOKEN_KINDS`) and
     `by_position` (split every group by position bucket: the buckets' first positions, or
-    `()`: no split).
+    `()`: no split) and `entropy` (sum each token's routing entropy, nats, per group and layer).
 
     ```python
     >>> import moe_interp as mi
     >>> mi.RouterRecord(per_token=True).recording()
-    Recording(per_token=True, exclude_tokens=(), by_modality=False, co_activation=False, by_token_kind=False, by_position=())
+    Recording(per_token=True, exclude_tokens=(), by_modality=False, co_activation=False, by_token_kind=False, by_position=(), entropy=False)
     >>> mi.ExpertAblate({1: [3]}).recording() is None     # edits routing, records nothing
     True
 
@@ -64,9 +64,9 @@ class Recording(Record):
     """
 
     __slots__ = _fields = ("per_token", "exclude_tokens", "by_modality", "co_activation", "by_token_kind",
-                           "by_position")
+                           "by_position", "entropy")
     _defaults = {"per_token": False, "exclude_tokens": (), "by_modality": False, "co_activation": False,
-                 "by_token_kind": False, "by_position": ()}
+                 "by_token_kind": False, "by_position": (), "entropy": False}
 
 
 class LayerPlan(Record):
@@ -118,7 +118,8 @@ class Plan(Record):
     experts chosen for the same token, `[group, layer, E, E]`), `kinds` (`(names, table)`: with
     `RouterRecord(by_token_kind=True)`, each group splits by the kind of token, `table[id]` the
     kind of a token id, `names[0]` the first token of a text; None: no split) and `positions`
-    (the first position of each position bucket, `RouterRecord(by_position=...)`; `()`: no split).
+    (the first position of each position bucket, `RouterRecord(by_position=...)`; `()`: no split)
+    and `entropy` (sum each token's entropy of `softmax(router logits)`, `[group, layer]`).
 
     Each group of the trace splits by modality, then kind, then position bucket; `splits()`
     names the parts and `labels(groups)` the split groups, in the order the kernels number them.
@@ -136,9 +137,9 @@ class Plan(Record):
     """
 
     __slots__ = _fields = ("layers", "record", "per_token", "verify", "num_experts", "top_k", "eos", "exclude",
-                           "modalities", "generating", "co_activation", "kinds", "positions")
+                           "modalities", "generating", "co_activation", "kinds", "positions", "entropy")
     _defaults = {"eos": (), "exclude": None, "modalities": (), "generating": False, "co_activation": False,
-                 "kinds": None, "positions": ()}
+                 "kinds": None, "positions": (), "entropy": False}
 
     def splits(self) -> list:
         """The names of each split of a group, in order: modalities (`"text"` first), token

@@ -37,7 +37,8 @@ def profile_session(model: Any, batches: list, plan: Any, num_languages: int, se
     `tokens_from`), and `item_tokens` is then `[rows, stacks]`; `item_count` and `gate_mass`
     hold every plan layer, to be split by stack by the caller. A plan recording co-activation
     (`RouterRecord(co_activation=True)`) also sends `co_activation`, `[languages, layers, E, E]`
-    summed per language on the server: only that table travels back, never per text.
+    summed per language on the server: only that table travels back, never per text; one
+    recording entropy (`RouterRecord(entropy=True)`) sends `entropy`, `[languages, layers]`.
 
     ```python
     >>> import moe_interp as mi, torch
@@ -90,6 +91,8 @@ def _per_stack(store: dict, keys: Any) -> dict:
            "tokens": torch.stack([store["stack_tokens"][key] for key in keys], 1)}
     if "co_activation" in store:
         out["co_activation"] = store["co_activation"]
+    if "entropy" in store:
+        out["entropy"] = store["entropy"]
     return out
 
 

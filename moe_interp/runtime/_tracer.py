@@ -301,7 +301,8 @@ def to_counts(spec: Any, plan: Any, store: dict, groups: list[str], stack: Optio
                         store["count"][:, keep].cpu(), store["gate_mass"][:, keep].cpu(), tokens.cpu(),
                         meta={"arch": spec.arch, "forwards": store["forwards"]}, per_token=per_token,
                         stacks=tuple(labels[i] for i in keep) if all(labels) else None,
-                        co_activation=store["co_activation"][:, keep].cpu() if "co_activation" in store else None)
+                        co_activation=store["co_activation"][:, keep].cpu() if "co_activation" in store else None,
+                        entropy_sum=store["entropy"][:, keep].cpu() if "entropy" in store else None)
 
 
 def _split(args: tuple) -> tuple[tuple, list[Intervention]]:
