@@ -15,6 +15,7 @@ Neither proves acceptance by the real server (its import whitelist, its nnsight 
 
 import builtins
 import contextlib
+import inspect
 import io
 import linecache
 import os
@@ -169,6 +170,28 @@ def without_package(prefix: str = "moe_interp"):
         sys.modules.update(gone)
 
 
+def _by_value_classes() -> dict:
+    """The namespace of every class cloudpickle has shipped by value in this process.
+
+    Deserializing such a class in the process that defined it does not build a new class: cloudpickle
+    finds the original by its tracker id and *sets the shipped state on it*, so the package's own
+    `RoutingRun` would go on with the deserialized methods, whose globals are a copy of the module's
+    (a monkeypatched `kernels.tally` in a later test was then never called). A server is another
+    process; `_restore_classes` puts the namespaces back after the simulated request."""
+    from cloudpickle import cloudpickle as cp
+    with cp._DYNAMIC_CLASS_TRACKER_LOCK:
+        return {cls: dict(vars(cls)) for cls in list(cp._DYNAMIC_CLASS_TRACKER_BY_CLASS)}
+
+
+def _restore_classes(saved: dict) -> None:
+    for cls, namespace in saved.items():
+        for name in set(vars(cls)) - set(namespace):
+            delattr(cls, name)
+        for name, value in namespace.items():
+            if vars(cls).get(name) is not value and name not in ("__dict__", "__weakref__"):
+                setattr(cls, name, value)
+
+
 class NdifSim(Backend):
     """Serialize -> deserialize (package hidden) -> run the deserialized tracer -> send saves back."""
 
@@ -186,6 +209,7 @@ class NdifSim(Backend):
         # LocalSimulationBackend does.
         filename = tracer.info.frame.f_code.co_filename
         saved_lines = linecache.cache.get(filename)
+        classes = _by_value_classes()
         try:
             with without_package(), record_imports(self.deserialize_imports):
                 restored = RequestModel.deserialize(blob, self.model._remoteable_persistent_objects(),
@@ -199,8 +223,11 @@ class NdifSim(Backend):
         # A trace request carries a RoutingRun; a session request (mi.profile) nnsight's Tracer.
         assert type(restored).__name__ in ("RoutingRun", "Tracer"), type(restored)
         assert not any(name.startswith("moe_interp") for name in self.deserialize_imports)
-        with without_package(), (kernel_import_guard() if self.guard else contextlib.nullcontext([])) as seen:
-            restored.execute(restored.info.code)
+        try:
+            with without_package(), (kernel_import_guard() if self.guard else contextlib.nullcontext([])) as seen:
+                restored.execute(restored.info.code)
+        finally:
+            _restore_classes(classes)
         self.kernel_imports = list(seen)
         saves = {k: v for k, v in restored.info.frame.f_locals.items() if id(v) in _saves()}
         buffer = io.BytesIO()
@@ -390,6 +417,21 @@ def test_remote_trace_with_invokes_per_token_and_user_saves(loaded):
     assert sim.saved_names >= {"hidden", shipping.RESULT_NAME}
     with pytest.raises(RuntimeError, match="keep_output=True"):
         far.output
+
+
+def test_the_simulated_server_leaves_the_package_s_classes_as_they_were(loaded):
+    """In-process, cloudpickle sets a shipped class's state on the original class (see
+    `_by_value_classes`): NdifSim puts it back, else later tests run the deserialized methods
+    (the import-guard test then failed after a co-activation test's NdifSim run)."""
+    from moe_interp.runtime._tracer import RoutingRun
+    before = dict(vars(RoutingRun))
+    with mi.trace(loaded, "abc", mi.RouterRecord(), backend=NdifSim(loaded)):
+        pass
+    after = vars(RoutingRun)
+    assert set(after) == set(before)
+    assert [name for name in before if after[name] is not before[name]] == []
+    execute = inspect.unwrap(RoutingRun.execute)  # (jaxtyping wraps it under pytest)
+    assert execute.__globals__ is vars(sys.modules[RoutingRun.__module__])
 
 
 @pytest.mark.parametrize("remote", ["local", "sim"])

@@ -1,10 +1,7 @@
 """RouterRecord(co_activation=True): how often experts i and j are chosen for the same token, per
 group and MoE layer, against pairs counted by hand from the experts' own arguments (plain torch
 hooks, no package code), in a trace with padding and several invokes, in `mi.profile` on both
-local paths (torch hooks and nnsight traces) and remotely (`remote="local"`, `NdifSim`).
-
-Named to sort after tests/test_remote.py: run before it, these remote tests left state under which
-test_remote's import-guard test saw no kernel import (cause not found; closing note of 2026-12-06)."""
+local paths (torch hooks and nnsight traces) and remotely (`remote="local"`, `NdifSim`)."""
 
 import sys
 
