@@ -168,6 +168,72 @@ def _span(layers: Sequence[int], stacks: Mapping[int, str] | None = None) -> str
     return "layers " + ", ".join(map(str, layers))
 
 
+def pair_directions(model: Any, corpus: Any, what: str) -> tuple[dict[str, tuple[str, str]], dict[str, list]] | None:
+    """A corpus of parallel pairs checked for `what`: `({"source-target": (source, target)},
+    {"source-target": [(source text, target text), ...]})`, each direction labelled as
+    `mi.Experiment` labels its rows; `None` for `{language: [texts]}`. A pairs corpus on a
+    model without an encoder and a decoder, or a corpus mixing the two forms, is refused
+    (`check_stacks`, as `mi.expert_attribution` refuses it).
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.experiments._ablation import pair_directions
+    >>> model = mi.zoo.tiny_model("switch_transformers")
+    >>> pair_directions(model, {("fra", "eng"): [("Bonjour", "Hello")]}, "ablation_grid")
+    ({'fra-eng': ('fra', 'eng')}, {'fra-eng': [('Bonjour', 'Hello')]})
+    >>> pair_directions(model, {"eng": ["Hello"]}, "ablation_grid") is None
+    True
+
+    ```
+    """
+    from moe_interp.core._fingerprint import is_pairs
+    from moe_interp.experiments._attribution_results import check_stacks
+
+    if not is_pairs(corpus):
+        return None
+    try:
+        checked = check_stacks(model, describe(model), corpus, pairs=True)
+    except ValueError as error:
+        raise ValueError(f"{what}: {error}") from None
+    keys = {f"{source}-{target}": (source, target) for source, target in checked}
+    return keys, {label: checked[key] for label, key in keys.items()}
+
+
+def direction_names(names: Any, keys: Mapping[str, tuple[str, str]], what: str) -> list[str]:
+    """Each of `names` (a direction `"fra-eng"` or `("fra", "eng")`) as its label in `keys`,
+    in order; an unknown name is refused, listing the corpus's directions.
+
+    ```python
+    >>> from moe_interp.experiments._ablation import direction_names
+    >>> direction_names([("fra", "eng"), "deu-eng"], {"fra-eng": ("fra", "eng"), "deu-eng": ("deu", "eng")}, "x")
+    ['fra-eng', 'deu-eng']
+
+    ```
+    """
+    if isinstance(names, (str, tuple)):
+        names = [names]
+    labels = {key: label for label, key in keys.items()}
+    out = []
+    for name in names:
+        label = labels.get(tuple(name)) if isinstance(name, tuple) else name if name in keys else None
+        if label is None:
+            raise ValueError(f"{what} names {name!r}, which is not a direction of this corpus of pairs: a pairs "
+                             f"corpus is evaluated per (source, target) direction; name one of "
+                             f"{', '.join(map(repr, keys))} (or its tuple, e.g. {next(iter(keys.values()))!r})")
+        out.append(label)
+    return out
+
+
+def _side_corpora(corpus: Mapping, keys: Mapping[str, tuple[str, str]] | None, stack: str) -> dict:
+    """The texts `stack` reads of each evaluated language or direction, labelled for
+    `check_held_out`: a pair's sources for the encoder (whose statistics recorded the
+    profiled sources), its targets for the decoder; plain texts for both."""
+    if keys is None:
+        return dict(corpus)
+    side, name = (0, "sources") if stack == "encoder" else (1, "targets")
+    return {f"{label} {name}": [pair[side] for pair in items] for label, items in corpus.items()}
+
+
 def _family_of(language: str, families: Mapping[str, str] | None) -> str:
     if families is not None:
         if language not in families:
@@ -201,8 +267,10 @@ class AblationResult:
     (controls drawn among the `match` experts nearest in usage rank; `None`: uniform);
     on an encoder-decoder model, `stacks` (`{layer: stack}` of every band's layers, e.g.
     `{1: "encoder", 5: "decoder"}`; empty for one stack) and `among_by_stack` (`{stack:
-    languages}` each stack's experts are exclusive among: its own statistics' languages).
-    `mi.ablation_grid` makes one; `verdicts()` reads it by the rules of `VERDICT_RULES`.
+    languages}` each stack's experts are exclusive among: its own statistics' languages);
+    for a corpus of parallel pairs, `directions` (`{"fra-eng": ("fra", "eng")}`: the
+    evaluated and ablated directions, whose labels `eval_languages`, `conditions` and the
+    frame use). `mi.ablation_grid` makes one; `verdicts()` reads it by the rules of `VERDICT_RULES`.
 
     ```python
     >>> import numpy as np
@@ -233,6 +301,7 @@ class AblationResult:
     match: int | None = MATCH
     stacks: dict[int, str] = dataclasses.field(default_factory=dict)
     among_by_stack: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    directions: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
 
     def exclusive_among(self) -> str:
         """Which languages the ablated experts are exclusive among, in words.
@@ -412,6 +481,10 @@ class AblationResult:
                    else "drawn uniformly among the not-ablated experts")
         lines = [f"Ablation of each language's exclusive experts ({self.exclusive_among()}); bands: {where}"
                  f"{', pooled' if pooled else ''}.",
+                 *(["Directions (source-target): a direction's source-language experts are ablated in the encoder, "
+                    "its target-language experts in the decoder, each exclusive among its stack's languages; its "
+                    "family is its source's → its target's unless families= names the direction (same family: "
+                    "both sides' families equal)."] if self.directions else []),
                  f"Change in bits/byte (positive = worse). {pct}% intervals: own effect over the language's texts; "
                  "same-family and other-family means over languages, then their texts. Random sets: "
                  f"{self.controls} draws per cell, same size and layers, {matched}; shown as the draws' mean and the "
@@ -497,8 +570,10 @@ def _band_layers(spec: Any, bands: Sequence[str] | Mapping[str, Any], width: int
     return {str(b): spec.select_layers(b) for b in bands}
 
 
-def ablation_grid(model: Any, stats: Any, corpus: Mapping[str, Sequence[str]], eval_languages: Sequence[str],
-                  target_languages: Sequence[str], bands: Sequence[str] | Mapping[str, Any] = THIRD_BANDS,
+def ablation_grid(model: Any, stats: Any,
+                  corpus: Mapping[str, Sequence[str]] | Mapping[tuple[str, str], Sequence[Sequence[str]]],
+                  eval_languages: Sequence[str | tuple[str, str]], target_languages: Sequence[str | tuple[str, str]],
+                  bands: Sequence[str] | Mapping[str, Any] = THIRD_BANDS,
                   width: int | None = None, k: int | None = None, threshold: float = 0.4,
                   among: Sequence[str] | None = None, controls: int = 20, resamples: int = 2000, level: float = 0.95,
                   seed: int = 0, allow_same_texts: bool = False, path: str | os.PathLike | None = None,
@@ -544,6 +619,26 @@ def ablation_grid(model: Any, stats: Any, corpus: Mapping[str, Sequence[str]], e
     `mi.evaluate.text_nll`: the decoder's teacher-forced NLL of each text, which the encoder
     reads, in bits per byte. `AblationResult.stacks` gives each band layer's stack.
 
+    Parallel pairs (encoder-decoder models): `corpus` may be `{(source language, target
+    language): [(source text, target text), ...]}`, the form `mi.profile` takes (a profile of
+    pairs groups the encoder's statistics by source language, the decoder's by target
+    language). Each pair is scored by the decoder's teacher-forced NLL of the target given
+    the source, in bits per byte of the target. The unit is a direction: `eval_languages`
+    and `target_languages` name directions, `"fra-eng"` (as `mi.Experiment` labels its
+    rows; also `AblationResult`'s labels) or `("fra", "eng")`. Ablating a direction (s, t)
+    reroutes the encoder's experts exclusive to s (from `stats["encoder"]`, among its
+    languages) and the decoder's exclusive to t (from `stats["decoder"]`), together; a
+    stack's band (`"encoder:late-third"`) ablates one side only. Controls are matched to s's
+    usage in the encoder and t's in the decoder. A direction's family, for the comparators,
+    is its source's family → its target's (`"Uralic → Indo-European"`): a same-family
+    direction matches on both sides, any other is another family (a key `"fra-eng"` in
+    `families` sets a direction's family itself). The held-out check compares each pair's
+    source with the texts the encoder's statistics were profiled on and its target with
+    the decoder's. Refused, naming the fix: pairs on a causal LM, a corpus mixing pairs and
+    plain texts, and ablating a stack whose statistics hold one language (among one
+    language every expert it uses is "exclusive": e.g. a profile of pairs all into
+    English, whose decoder knows English only; ablate the encoder's band then).
+
     ```python
     >>> import moe_interp as mi
     >>> model = mi.zoo.tiny_model("qwen3_moe")
@@ -559,6 +654,21 @@ def ablation_grid(model: Any, stats: Any, corpus: Mapping[str, Sequence[str]], e
     >>> v = res.verdicts().iloc[0]
     >>> v.band, v.same_family_languages, v.other_family_languages, int(v.controls), v.verdict
     ('middle-third', 'deu', 'fin', 19, 'no effect')
+    >>> seq2seq = mi.zoo.tiny_model("switch_transformers")          # encoder layers 1, 3; decoder 5, 7
+    >>> train, held = (mi.datasets.udhr(["eng", "deu", "fin"], split=s) for s in ("train", "heldout"))
+    >>> directions = [("deu", "eng"), ("fin", "eng"), ("eng", "fin")]
+    >>> pairs = lambda split, n: {(s, t): [(a[:60], b[:60]) for a, b in zip(split[s][:n], split[t][:n])]
+    ...                           for s, t in directions}
+    >>> by_stack = mi.profile(seq2seq, pairs(train, 4), progress=False)   # encoder by source, decoder by target
+    >>> by_stack["encoder"].languages, by_stack["decoder"].languages
+    (('deu', 'fin', 'eng'), ('eng', 'fin'))
+    >>> res = mi.ablation_grid(seq2seq, by_stack, pairs(held, 2), ["deu-eng", "fin-eng", ("eng", "fin")],
+    ...                        ["deu-eng"], bands=("late-third",), k=2, threshold=0.3, controls=2, resamples=50,
+    ...                        progress=False)
+    >>> res.eval_languages, res.families["fin-eng"]
+    (('deu-eng', 'fin-eng', 'eng-fin'), 'Uralic → Indo-European')
+    >>> res.sets["ablate:deu-eng:late-third"]       # deu's exclusive experts in layer 3, eng's in layer 7
+    ExpertSet({3: [2], 7: [2, 6]}, pairs=3)
 
     ```
     """
@@ -568,6 +678,12 @@ def ablation_grid(model: Any, stats: Any, corpus: Mapping[str, Sequence[str]], e
     if match is not None:
         check_int("match", match, 1)
     level = check_level(level)
+    directions = pair_directions(model, corpus, "ablation_grid")
+    keys = None
+    if directions is not None:
+        keys, corpus = directions
+        eval_languages = direction_names(eval_languages, keys, "eval_languages")
+        target_languages = direction_names(target_languages, keys, "target_languages")
     if len(eval_languages) < 2:
         raise ValueError("eval_languages needs at least two languages: a verdict compares the ablated language's "
                          "effect with the effect on the others")
@@ -575,9 +691,14 @@ def ablation_grid(model: Any, stats: Any, corpus: Mapping[str, Sequence[str]], e
     if missing:
         raise ValueError(f"eval_languages {missing} have no texts in corpus")
     by_stack = stack_stats(model, stats, "ablation_grid")
-    for part in (by_stack or {"": stats}).values():
-        check_held_out(part, {l: corpus[l] for l in eval_languages}, allow_same_texts)
-    family = {l: _family_of(l, families) for l in dict.fromkeys([*eval_languages, *target_languages])}
+    for stack, part in (by_stack or {"": stats}).items():
+        check_held_out(part, _side_corpora({l: corpus[l] for l in eval_languages}, keys, stack), allow_same_texts)
+    named = dict.fromkeys([*eval_languages, *target_languages])
+    if keys is None:
+        family = {l: _family_of(l, families) for l in named}
+    else:  # a direction's family: its source's and its target's (a key "fra-eng" in families overrides)
+        family = {l: str(families[l]) if families is not None and l in families
+                  else f"{_family_of(keys[l][0], families)} → {_family_of(keys[l][1], families)}" for l in named}
     for target in target_languages:
         if target in eval_languages and all(family[l] == family[target] for l in eval_languages):
             raise ValueError(f"no evaluated language is of another family than {target} ({family[target]}); a "
@@ -588,7 +709,7 @@ def ablation_grid(model: Any, stats: Any, corpus: Mapping[str, Sequence[str]], e
     if by_stack is not None:
         return _ablation_grid_stacks(model, spec, by_stack, corpus, eval_languages, target_languages, layers, k,
                                      threshold, among, controls, resamples, level, seed, path, batch_size, progress,
-                                     family, match)
+                                     family, match, keys)
     among = tuple(among) if among is not None else tuple(stats.languages)
     frequency = stats.frequency()
     grid: dict[str, list] = {"baseline": []}
@@ -616,13 +737,17 @@ def ablation_grid(model: Any, stats: Any, corpus: Mapping[str, Sequence[str]], e
 
 
 def _run_grid(model: Any, corpus: Mapping, eval_languages: Sequence[str], grid: dict, control_grid: dict,
-              conditions: list, path: Any, batch_size: int, progress: bool) -> tuple:
+              conditions: list, path: Any, batch_size: int, progress: bool,
+              keys: Mapping[str, tuple[str, str]] | None = None) -> tuple:
     """Score the grid (every evaluated language) and each target's controls (its own texts):
-    the frame of every text's bits/byte, the baseline per language and the delta matrix."""
-    evaluated = {l: corpus[l] for l in eval_languages}
+    the frame of every text's bits/byte, the baseline per language and the delta matrix.
+    With `keys` (directions of pairs), `Experiment` gets the corpus keyed by `(source, target)`
+    and labels its rows `"source-target"`, the labels used here."""
+    key = (lambda label: label) if keys is None else keys.__getitem__
+    evaluated = {key(l): corpus[l] for l in eval_languages}
     frames = [Experiment(model, evaluated, grid, path=path, batch_size=batch_size, progress=progress).run()]
     for target, cells in control_grid.items():
-        frames.append(Experiment(model, {target: corpus[target]}, cells, path=path, batch_size=batch_size,
+        frames.append(Experiment(model, {key(target): corpus[target]}, cells, path=path, batch_size=batch_size,
                                  progress=progress).run())
     import pandas as pd
 
@@ -637,9 +762,11 @@ def _ablation_grid_stacks(model: Any, spec: Any, by_stack: dict, corpus: Mapping
                           target_languages: Sequence[str], layers: dict, k: int | None, threshold: float,
                           among: Sequence[str] | None, controls: int, resamples: int, level: float, seed: int,
                           path: Any, batch_size: int, progress: bool, family: dict,
-                          match: int | None) -> AblationResult:
+                          match: int | None, keys: Mapping[str, tuple[str, str]] | None = None) -> AblationResult:
     """`ablation_grid` on an encoder-decoder model: each stack's experts chosen from its own
-    statistics, in the band's layers of that stack, all stacks ablated together."""
+    statistics, in the band's layers of that stack, all stacks ablated together. With `keys`
+    (directions of pairs), a direction's language in each stack is its source in the encoder
+    and its target in the decoder."""
     stack_of = {layer: stack for layer, stack in zip(spec.moe_layers, spec.stacks)}
     profiled = list(dict.fromkeys(l for part in by_stack.values() for l in part.languages))
     if among is not None:
@@ -649,26 +776,41 @@ def _ablation_grid_stacks(model: Any, spec: Any, by_stack: dict, corpus: Mapping
                              f"{profiled}")
     among_by_stack = {stack: tuple(l for l in (among if among is not None else part.languages)
                                    if l in part.languages) for stack, part in by_stack.items()}
+    # the language each stack ablates for a target: itself, or for a direction its source / its target
+    side = {t: {stack: t if keys is None else keys[t][0 if stack == "encoder" else 1] for stack in by_stack}
+            for t in target_languages}
     for target in target_languages:
-        if not any(target in part.languages for part in by_stack.values()):
-            raise ValueError(f"target language {target!r} is in no stack's statistics ("
+        if not any(side[target][stack] in part.languages for stack, part in by_stack.items()):
+            what = (f"target language {target!r} is" if keys is None else
+                    f"target direction {target!r}: neither its source {keys[target][0]!r} in the encoder nor its "
+                    f"target {keys[target][1]!r} in the decoder is")
+            raise ValueError(f"{what} in no stack's statistics ("
                              + "; ".join(f"{s}: {', '.join(p.languages)}" for s, p in by_stack.items())
                              + "): profile it, or pick a target among them")
+    ablated = {stack_of[layer] for band_layers in layers.values() for layer in band_layers}
+    for stack in ablated:
+        if len(among_by_stack[stack]) < 2 and any(side[t][stack] in by_stack[stack].languages
+                                                  for t in target_languages):
+            raise ValueError(f"the {stack}'s statistics hold one language ({', '.join(among_by_stack[stack])}): "
+                             "among one language every expert it uses is 'exclusive', so ablating them would "
+                             f"test the {stack}'s most-used experts, not a language's own. Profile more languages "
+                             f"for the {stack} (e.g. pairs into several target languages, or plain texts of "
+                             f"each), or ablate the other stack only (bands=('encoder:middle-third',) names one)")
     frequency = {stack: part.frequency() for stack, part in by_stack.items()}
     grid: dict[str, list] = {"baseline": []}
     experts, conditions, control_grid, sets = {}, [], {}, {}
     for target in target_languages:
         usage = {}  # per layer: the target's routing frequency in that layer's stack
         for stack, part in by_stack.items():
-            if target in part.languages:
-                usage.update({layer: frequency[stack][part.language_index(target), i].tolist()
+            if side[target][stack] in part.languages:
+                usage.update({layer: frequency[stack][part.language_index(side[target][stack]), i].tolist()
                               for i, layer in enumerate(part.layers)})
         for band, band_layers in layers.items():
             parts = []
             for stack, part in by_stack.items():
                 mine = [layer for layer in band_layers if stack_of[layer] == stack]
-                if mine and target in part.languages:
-                    parts.append(part.exclusive_experts(target, k=k, threshold=threshold, layers=mine,
+                if mine and side[target][stack] in part.languages:
+                    parts.append(part.exclusive_experts(side[target][stack], k=k, threshold=threshold, layers=mine,
                                                         among=among_by_stack[stack]))
             chosen = union(parts)
             grid[f"ablate:{target}:{band}"] = [ExpertAblate(chosen)]
@@ -682,9 +824,11 @@ def _ablation_grid_stacks(model: Any, spec: Any, by_stack: dict, corpus: Mapping
                     control_grid.setdefault(target, {})[f"control:{target}:{band}:{draw}"] = [ExpertAblate(control)]
                     sets[f"control:{target}:{band}:{draw}"] = control
     frame, baseline, delta = _run_grid(model, corpus, eval_languages, grid, control_grid, conditions, path,
-                                       batch_size, progress)
+                                       batch_size, progress, keys)
     stacks = {layer: stack_of[layer] for band_layers in layers.values() for layer in band_layers}
     return AblationResult(tuple(eval_languages), tuple(conditions), baseline, delta, experts, frame, controls,
                           resamples, level, seed, sets, tuple(dict.fromkeys(l for a in among_by_stack.values()
                                                                              for l in a)),
-                          len(profiled), family, layers, match, stacks, among_by_stack)
+                          len(profiled), family, layers, match, stacks, among_by_stack,
+                          {label: keys[label] for label in dict.fromkeys([*eval_languages, *target_languages])}
+                          if keys is not None else {})
