@@ -86,7 +86,7 @@ __all__ = ["expert_attribution", "ExpertAttribution", "AttributionCheck", "rank_
 
 METHODS = ("path", "taylor")
 LAYERS_PER_PASS = 2  # method="path": MoE layers whose drop paths share one forward and backward (see the module doc)
-_CHECKPOINT = "moe_interp.attribution-checkpoint/3"  # /3: with a sha256 checksum
+_CHECKPOINT = "moe_interp.attribution-checkpoint/4"  # /3: with a sha256 checksum; /4: the weights key by XXH3-128
 # running sums a checkpoint keeps; effect and loss are weighted per text (see _coefficients)
 _SUMS = ("effect", "count", "tokens", "predicted", "loss")
 

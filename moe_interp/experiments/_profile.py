@@ -24,7 +24,7 @@ from moe_interp.experiments._resume import run_resumable
 __all__ = ["profile", "ResumeError"]
 
 
-_FORMAT = "moe_interp.profile-checkpoint/4"  # 4: checksummed, keyed by every weight byte and the tokenizer's behaviour
+_FORMAT = "moe_interp.profile-checkpoint/5"  # 5: the weights key hashes by XXH3-128 (4: sha256)
 # trace_kwargs that say where a run executes, not what it computes
 _WHERE = ("remote", "backend", "blocking", "job_id", "verbose")
 # trace_kwargs that say how texts become tokens: mi.profile tokenizes the corpus itself
