@@ -463,7 +463,7 @@ def _health_row(fig: go.Figure, h: Health, row: int, name: str, scope: str, zran
                   row=row, col=1)
     counts = h.dead_count[s].tolist()
     fig.add_trace(go.Bar(x=counts, y=layers, orientation="h", text=counts, textposition="outside",
-                         marker={"color": "black"}, name="experts never chosen", legendgroup="dead bars",
+                         marker={"color": "black"}, name="experts never chosen", legendgroup="dead bars", cliponaxis=False,
                          showlegend=first, hovertemplate="layer %{y}: %{x} never chosen<extra>" + name + "</extra>"),
                   row=row, col=2)
     for label, values, ci, color in (("cv", h.cv, h.cv_interval, "#1f77b4"),
@@ -499,16 +499,21 @@ def _health_figure(healths: Sequence[Health], names: Sequence[str], scope: str, 
     zrange = min(4.0, max([1.0] + [float(np.nanmax(np.abs(_log_load_ratio(h, scope)), initial=0.0)) for h in healths]))
     for row, (h, name) in enumerate(zip(healths, names), 1):
         _health_row(fig, h, row, name, scope, zrange, row == 1)
-        fig.update_xaxes(title_text="expert", tickformat="d", dtick=1 if h.num_experts <= 32 else None,
-                         range=[-0.5, h.num_experts - 0.5], row=row, col=1)
+        # axis titles on the last model's row only: above, they would run into the next row's panel titles
+        fig.update_xaxes(title_text="expert" if row == n else None, tickformat="d",
+                         dtick=1 if h.num_experts <= 32 else None, range=[-0.5, h.num_experts - 0.5], row=row, col=1)
+        top = max(1, int(h.dead_count.max()))  # room for the bars' numbers, written outside them
+        fig.update_xaxes(range=[0, top * 1.25], row=row, col=2)
         for col in (1, 2, 3):
             fig.update_yaxes(tickformat="d", dtick=1 if len(h.layers) <= 16 else None, row=row, col=col)
-    fig.update_xaxes(title_text="experts", rangemode="tozero", row=n, col=2)
+    fig.update_xaxes(title_text="experts", row=n, col=2)
     fig.update_xaxes(title_text="ratio (uniform: cv 0, max / mean 1)", row=n, col=3)
     dead = ", ".join(f"{name} {int(h.dead_count[h.scopes.index(scope)].sum())}" for h, name in zip(healths, names))
     title = title or f"Expert load per layer ({scope})"
-    fig.update_layout(title={"text": f"{title}; experts never chosen: {dead}"}, height=120 + 60 * len(specs) +
-                      sum(heights), legend={"orientation": "h", "y": -0.05})
+    height = 120 + 60 * len(specs) + sum(heights)
+    margin = {"t": 90, "b": 110}  # the legend goes below the last row's axis titles, inside the bottom margin
+    fig.update_layout(title={"text": f"{title}; experts never chosen: {dead}"}, height=height, margin=margin,
+                      legend={"orientation": "h", "yanchor": "top", "y": -60 / (height - margin["t"] - margin["b"])})
     return fig
 
 
