@@ -511,8 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
             "routing (middle band, and per layer) against three random-init twins and exact byte n-gram baselines, "
             "with intervals over languages; ablation of language-exclusive experts per band against the target's "
             "relatives, other families and usage-matched random sets; steering toward English-shared experts as a "
-            "dose-response (routing moved on the steered layers, outcome with its interval). Experts and scales are "
-            "chosen on the train split, everything is reported on held-out texts with 95% intervals, every verdict "
+            "dose-response (routing moved on the steered layers, outcome with its interval); expert load and health "
+            "(experts never chosen, load against uniform) and co-activation, each beside a random-init twin. "
+            "Experts and scales are chosen on the train split, everything is reported on held-out texts with 95% intervals, every verdict "
             "worded by a rule; one HTML report. Offline; its time on 2 CPU cores: benchmarks/RESULTS.md.")
     p.add_argument("--out", default="report.html", help="HTML report to write")
     p.add_argument("--languages", help="comma-separated ISO 639-3 codes (default: the demo model's 55)")
