@@ -224,7 +224,7 @@ def direction_names(names: Any, keys: Mapping[str, tuple[str, str]], what: str) 
     return out
 
 
-def _side_corpora(corpus: Mapping, keys: Mapping[str, tuple[str, str]] | None, stack: str) -> dict:
+def side_corpora(corpus: Mapping, keys: Mapping[str, tuple[str, str]] | None, stack: str) -> dict:
     """The texts `stack` reads of each evaluated language or direction, labelled for
     `check_held_out`: a pair's sources for the encoder (whose statistics recorded the
     profiled sources), its targets for the decoder; plain texts for both."""
@@ -692,7 +692,7 @@ def ablation_grid(model: Any, stats: Any,
         raise ValueError(f"eval_languages {missing} have no texts in corpus")
     by_stack = stack_stats(model, stats, "ablation_grid")
     for stack, part in (by_stack or {"": stats}).items():
-        check_held_out(part, _side_corpora({l: corpus[l] for l in eval_languages}, keys, stack), allow_same_texts)
+        check_held_out(part, side_corpora({l: corpus[l] for l in eval_languages}, keys, stack), allow_same_texts)
     named = dict.fromkeys([*eval_languages, *target_languages])
     if keys is None:
         family = {l: _family_of(l, families) for l in named}

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from moe_interp.core._checks import check_int, check_level
 from moe_interp.core._fingerprint import check_corpus, fingerprint
+from moe_interp.experiments._ablation import direction_names, pair_directions, side_corpora
 from moe_interp.experiments._grid import Experiment, check_held_out, stack_layers, stack_stats
 from moe_interp.experiments.evaluate import seq2seq_inputs
 from moe_interp.analysis._evidence import paired_interval, stratified_interval
@@ -75,7 +76,7 @@ def _stack_shift(model: Any, spec: Any, texts: list, steers: list, mask: torch.T
                          "tokens": tokens.tolist()})
 
 
-def routing_shift(model: Any, texts: Sequence[str], steer: Any, batch_size: int = 8) -> Any:
+def routing_shift(model: Any, texts: Sequence[str | tuple[str, str]], steer: Any, batch_size: int = 8) -> Any:
     """How far `steer` moves routing on `texts`, per MoE layer, against no intervention.
 
     Per layer: `changed`, the share of tokens whose set of top-k experts differs from the
@@ -88,6 +89,8 @@ def routing_shift(model: Any, texts: Sequence[str], steer: Any, batch_size: int 
     text and the decoder the text teacher-forced (as `mi.evaluate.text_nll` scores it), read
     from the router view (`model.moe`; a slot that reached no expert, index -1, is a set
     like any other); a `stack` column names each layer's stack and `tokens` is that stack's.
+    `texts` may hold `(source, target)` pairs: the encoder reads the source, the decoder the
+    target teacher-forced.
 
     ```python
     >>> import moe_interp as mi
@@ -133,6 +136,15 @@ def routing_shift(model: Any, texts: Sequence[str], steer: Any, batch_size: int 
         tokens += len(b_idx)
     return pd.DataFrame({"layer": list(spec.moe_layers), "changed": (changed / max(tokens, 1)).tolist(),
                          "mass_moved": (moved / max(tokens, 1)).tolist(), "tokens": tokens})
+
+
+def _pair_tokens(model: Any, pairs: Sequence[tuple[str, str]], stack: str) -> int:
+    """The tokens `stack` reads of `pairs`: the sources' (encoder), the targets' (decoder, as
+    `seq2seq_inputs` tokenizes them, `text_target=`)."""
+    tokenizer = model.tokenizer
+    if stack == "encoder":
+        return sum(len(tokenizer(source)["input_ids"]) for source, _ in pairs)
+    return sum(len(tokenizer(text_target=target)["input_ids"]) for _, target in pairs)
 
 
 def _verdict(changed: float, low: float, high: float) -> str:
@@ -725,8 +737,10 @@ def dose_response_seeds_figure(seeds: Any, title: str = "Steering dose-response 
     return _dose_figure(tables, title)
 
 
-def steering_eval(model: Any, stats: Any, dev: Mapping[str, Sequence[str]], test: Mapping[str, Sequence[str]],
-                  languages: Sequence[str], target: str = "eng", scales: Sequence[float] = (0.0, 0.02, 0.05, 0.1, 0.2),
+def steering_eval(model: Any, stats: Any, dev: Mapping[str, Sequence[str]] | Mapping[tuple[str, str], Sequence],
+                  test: Mapping[str, Sequence[str]] | Mapping[tuple[str, str], Sequence],
+                  languages: Sequence[str | tuple[str, str]], target: str = "eng",
+                  scales: Sequence[float] = (0.0, 0.02, 0.05, 0.1, 0.2),
                   layers: Any = "middle", k: int | None = None, threshold: float = 0.7, resamples: int = 2000,
                   seed: int = 0, level: float = 0.95, allow_same_texts: bool = False,
                   path: str | os.PathLike | None = None, batch_size: int = 8, progress: bool = True) -> SteeringResult:
@@ -755,6 +769,22 @@ def steering_eval(model: Any, stats: Any, dev: Mapping[str, Sequence[str]], test
     of each text, which the encoder reads); `shift` gets a `stack` column and
     `SteeringResult.stacks` names each layer's stack.
 
+    Parallel pairs (encoder-decoder models): `dev` and `test` may both be `{(source language,
+    target language): [(source text, target text), ...]}` (both, or neither: a mix is
+    refused); each pair is scored by the decoder's teacher-forced NLL of the target given
+    the source, in bits per byte of the target. `languages` then names directions, `"fra-eng"`
+    or `("fra", "eng")`, the labels of `table`, `outcome` and `shift`. A direction (s, t)
+    steers the encoder toward the experts shared by `(target, s)` in `stats["encoder"]` and
+    the decoder toward those shared by `(target, t)` in `stats["decoder"]`, each stack from its
+    own statistics; a side already in `target` (t = `"eng"` with the default target) has
+    nothing to steer toward, so that stack is not steered (its routing can still move
+    downstream of the other's steer: `shift` shows it). The statistics may come from a
+    profile of plain texts (both stacks then hold every language) or of pairs (the encoder's
+    by source language, the decoder's by target language). The held-out check compares the
+    test sources with the encoder's profiled texts and the test targets with the decoder's;
+    `shift`'s `tokens` are the sources' in encoder layers and the targets' in decoder layers.
+    Pairs on a causal LM are refused, naming the plain form.
+
     ```python
     >>> import moe_interp as mi
     >>> model = mi.zoo.tiny_model("qwen3_moe")
@@ -765,30 +795,63 @@ def steering_eval(model: Any, stats: Any, dev: Mapping[str, Sequence[str]], test
     ...                        ["deu"], scales=(0.0, 1.0), k=4, resamples=200, progress=False)
     >>> res.scale in (0.0, 1.0), list(res.dose_response().scale), res.table.language.tolist()
     (True, [0.0, 1.0], ['deu'])
+    >>> seq2seq = mi.zoo.tiny_model("switch_transformers")          # encoder layers 1, 3; decoder 5, 7
+    >>> by_stack = mi.profile(seq2seq, {"eng": ["The cat sat on the mat.", "Dogs bark."],
+    ...                                 "deu": ["Die Katze schläft.", "Hunde bellen."],
+    ...                                 "fin": ["Kissa istuu.", "Koirat haukkuvat."]}, progress=False)
+    >>> dev = {("deu", "fin"): [("Guten Tag.", "Hyvää päivää.")], ("fin", "eng"): [("Kiitos.", "Thank you.")]}
+    >>> test = {("deu", "fin"): [("Ein Vogel singt.", "Lintu laulaa.")],
+    ...         ("fin", "eng"): [("Kalat uivat.", "Fish swim.")]}
+    >>> res = mi.steering_eval(seq2seq, by_stack, dev, test, ["deu-fin", ("fin", "eng")], scales=(0.0, 1.0),
+    ...                        layers="late", k=3, resamples=50, progress=False)
+    >>> res.table.language.tolist(), res.steered_layers      # fin-eng: only its encoder side (fin) is steered
+    (['deu-fin', 'fin-eng'], (3, 7))
+    >>> res.shift[(res.shift.scale == 0.0) & (res.shift.language == "fin-eng")].tokens.tolist()  # a byte a token
+    [12, 12, 10, 10]
 
     ```
     """
+    directions = [pair_directions(model, corpus, f"steering_eval {name}") for name, corpus in (("dev", dev),
+                                                                                                 ("test", test))]
+    if (directions[0] is None) != (directions[1] is None):
+        raise ValueError("steering_eval: dev and test must take the same form, both {language: [texts]} or both "
+                         "parallel pairs {(source, target): [(source text, target text)]}; got "
+                         + " and ".join(f"{name} as {'pairs' if d else 'texts'}"
+                                        for name, d in zip(("dev", "test"), directions)))
+    keys = None
+    if directions[0] is not None:
+        (dev_keys, dev), (keys, test) = directions
+        keys = {**dev_keys, **keys}
+        languages = direction_names(languages, keys, "languages")
     by_stack = stack_stats(model, stats, "steering_eval")
     spec = describe(model)
     # per stack, the layers `layers` selects there (a band within each stack); one stack: None
     where = None if by_stack is None else stack_layers(spec, layers)
 
+    def side(lang: str, stack: str) -> str:
+        """The language `stack` reads of `lang`: itself, or of a direction its source (encoder) or target."""
+        return lang if keys is None else keys[lang][0 if stack == "encoder" else 1]
+
+    def steered(lang: str, stack: str) -> bool:
+        part = by_stack[stack].languages
+        # a direction's side in the target language has nothing to steer toward (itself): that stack is not steered
+        return target in part and side(lang, stack) in part and (keys is None or side(lang, stack) != target)
+
     def grid(scale: float) -> dict[str, list]:
         if where is None:
             return {lang: [RouteSteer(layers=layers, target=target, stats=stats, languages=(target, lang), k=k,
                                       threshold=threshold, scale=scale)] for lang in languages}
-        return {lang: [RouteSteer(layers=part, target=target, stats=by_stack[stack], languages=(target, lang), k=k,
-                                  threshold=threshold, scale=scale)
-                       for stack, part in where.items()
-                       if target in by_stack[stack].languages and lang in by_stack[stack].languages]
+        return {lang: [RouteSteer(layers=part, target=target, stats=by_stack[stack],
+                                  languages=(target, side(lang, stack)), k=k, threshold=threshold, scale=scale)
+                       for stack, part in where.items() if steered(lang, stack)]
                 for lang in languages}
 
     def run(corpus: Mapping, scale: float) -> Any:
         frames = []
         for lang, interventions in grid(scale).items():
             cond = {"baseline": [], f"steer:{scale}": interventions} if scale else {"baseline": []}
-            frame = Experiment(model, {lang: list(corpus[lang])}, cond, path=path, batch_size=batch_size,
-                               progress=False).run()
+            frame = Experiment(model, {lang if keys is None else keys[lang]: list(corpus[lang])}, cond, path=path,
+                               batch_size=batch_size, progress=False).run()
             if not scale:  # scale 0 steers nothing: its cell is the baseline, not run twice
                 frame = pd.concat([frame, frame.assign(condition=f"steer:{scale}")])
             frames.append(frame)
@@ -801,7 +864,9 @@ def steering_eval(model: Any, stats: Any, dev: Mapping[str, Sequence[str]], test
     import pandas as pd
 
     # Check everything before the first cell: a bad k must not cost the baselines' compute.
-    dev, test, scales = check_corpus(dev), check_corpus(test), [float(s) for s in scales]
+    if keys is None:
+        dev, test = check_corpus(dev), check_corpus(test)
+    scales = [float(s) for s in scales]
     resamples, seed, level = check_int("resamples", resamples, 1), check_int("seed", seed, 0), check_level(level)
     if not scales:
         raise ValueError("scales is empty: pass the steering scales to choose from, e.g. (0.0, 0.02, 0.05)")
@@ -813,10 +878,18 @@ def steering_eval(model: Any, stats: Any, dev: Mapping[str, Sequence[str]], test
         raise ValueError(f"dev and test hold the same {', '.join(reused)} texts: the scale would be chosen on the texts "
                          "it is reported on; pass held-out texts as test, e.g. mi.datasets.udhr(languages, "
                          "split='heldout') (or allow_same_texts=True to do it anyway)")
-    for part in (by_stack or {"": stats}).values():
-        check_held_out(part, {lang: test[lang] for lang in languages}, allow_same_texts)
+    for stack, part in (by_stack or {"": stats}).items():
+        check_held_out(part, side_corpora({lang: test[lang] for lang in languages}, keys, stack), allow_same_texts)
     if where is not None:
         empty = [lang for lang, steers in grid(1.0).items() if not steers]
+        if empty and keys is not None:
+            raise ValueError(f"steering_eval: nothing to steer for the directions {empty} in the stacks "
+                             f"layers={layers!r} selects ({', '.join(where)}): a direction steers the encoder when its "
+                             f"statistics hold {target!r} and the source (not {target!r} itself), the decoder likewise "
+                             "with the target; the languages per stack are "
+                             + "; ".join(f"{s}: {', '.join(p.languages)}" for s, p in by_stack.items())
+                             + ". Profile plain texts of every language (both stacks then hold them all), or pairs "
+                             f"with {target!r} on both sides")
         if empty:
             raise ValueError(f"steering_eval: no stack's statistics hold both {target!r} and {empty} in the stacks "
                              f"layers={layers!r} selects ({', '.join(where)}); the languages per stack are "
@@ -851,7 +924,8 @@ def steering_eval(model: Any, stats: Any, dev: Mapping[str, Sequence[str]], test
                                       batch_size)
             else:  # each stack reads every token of each text (the decoder teacher-forced)
                 moved = pd.DataFrame({"layer": list(spec.moe_layers), "changed": 0.0, "mass_moved": 0.0,
-                                      "tokens": sum(len(model.tokenizer(t)["input_ids"]) for t in test[lang])})
+                                      "tokens": sum(len(model.tokenizer(t)["input_ids"]) for t in test[lang])
+                                      if keys is None else [_pair_tokens(model, test[lang], s) for s in spec.stacks]})
                 if where is not None:
                     moved.insert(1, "stack", list(spec.stacks))
             shift.append(moved.assign(scale=scale, language=lang))
