@@ -15,6 +15,14 @@ Two additions, both about the runner's weightless meta model (`nns.load_meta_mod
   class the string names (nothing else changes).
 - ndif's runner logs a failed meta build and serves with every module id resolved to None;
   here a failed build ends the runner instead, so a test cannot pass without the meta model.
+- nnsight's meta build (`TransformersModel._load_meta`) tries only the task's auto classes,
+  where transformers' pipeline, which builds the server's real model, then tries the classes
+  `config.architectures` names (transformers/pipelines/base.py, `load_model`). A multimodal
+  checkpoint keyed "text-generation" (a local directory: `mi.load` sets that task; the tiny
+  Qwen3-VL-MoE of tests/test_ndif_server_images.py, which cannot be keyed
+  "image-text-to-text" here, since a Qwen-VL processor needs torchvision) is then real on the
+  host and unbuildable in the runner. `_meta_architectures_fix` lets the meta build try those
+  classes after the task's, as the real load does (nothing changes where the task's build).
 """
 
 import importlib
@@ -47,6 +55,39 @@ def _meta_build_fix() -> None:
     TransformersModel._loaded_preprocessors = loaded_preprocessors
 
 
+def _meta_architectures_fix() -> None:
+    import transformers
+    import transformers.pipelines as pipelines
+    from nnsight.modeling.transformers import TransformersModel
+
+    real_load = TransformersModel._load_meta
+
+    class Concrete:  # a model class as the auto classes' `from_config`
+        def __init__(self, cls) -> None:
+            self.cls = cls
+
+        def from_config(self, config, trust_remote_code=None, code_revision=None, **kwargs):
+            return self.cls._from_config(config, **kwargs)  # the auto classes' options dropped, as the pipeline does
+
+    def load_meta(self, repo_id, *args, **kwargs):
+        config = transformers.AutoConfig.from_pretrained(repo_id, revision=self.revision)
+        named = [getattr(transformers, name, None) for name in config.architectures or ()]
+        extra = tuple(Concrete(cls) for cls in named if cls is not None)
+        real_check = pipelines.check_task
+
+        def check_task(task):
+            name, targeted, options = real_check(task)
+            return name, {**targeted, "pt": (*targeted["pt"], *extra)}, options
+
+        pipelines.check_task = check_task  # `_load_meta` imports it as it starts
+        try:
+            return real_load(self, repo_id, *args, **kwargs)
+        finally:
+            pipelines.check_task = real_check
+
+    TransformersModel._load_meta = load_meta
+
+
 def _meta_model_required() -> None:
     from ndif.services.ray.sandbox import nns
 
@@ -65,6 +106,7 @@ if __name__ == "__main__":
     if sys.argv[1:2] != ["-m"]:
         raise SystemExit(f"usage: runner_main.py -m MODULE ARGS (got {sys.argv[1:]})")
     _meta_build_fix()
+    _meta_architectures_fix()
     _meta_model_required()
     module = sys.argv[2]
     sys.argv = [module, *sys.argv[3:]]
