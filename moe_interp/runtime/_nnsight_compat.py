@@ -125,7 +125,27 @@ class MediaBatcher(Batcher):
     `mm_token_type_ids`) to the model whole, and refuses it beside another invoke ("Can't
     batch these inputs; pass text or token ids"). Row groups are nnsight's own (`add`);
     only the combined call differs, and only when two or more invokes carry media.
+
+    Over a model on the meta device (NDIF's sandbox runner: the block runs there, and the
+    host assembles the inputs with nnsight's own `Batcher`, ndif 0.1.2 sandbox/driver.py
+    `_assemble`, so this class never batches them) such invokes are refused as they are
+    added, before the model runs, naming what NDIF can run.
     """
+
+    def add(self, *inputs: Any, **kwargs: Any) -> Any:
+        group = Batcher.add(self, *inputs, **kwargs)
+        module = getattr(self.envoy, "_module", None)
+        weight = next(module.parameters(), None) if module is not None else None
+        if (weight is not None and weight.device.type == "meta" and len(self.invokes) > 1
+                and any(carries_media(i, k) for i, k in self.invokes)):
+            raise NotImplementedError(
+                f"{len(self.invokes)} invokes with rows, some carrying images: NDIF's sandbox (where it runs "
+                "untrusted requests; ndif 0.1.2, nnsight 0.8.1) assembles the model's inputs on its host with "
+                "nnsight's own batcher, which cannot batch invokes that carry images beside others, and moe_interp's "
+                "batching of them does not run there. Run one trace per image invoke (one request each), or put "
+                "the captions in one invoke (model.processor(texts, images) pads them together: one group), or "
+                "run it locally")
+        return group
 
     def assemble(self, fn: Any) -> tuple:
         if len(self.invokes) > 1 and any(carries_media(inputs, kwargs) for inputs, kwargs in self.invokes):
