@@ -7,8 +7,8 @@
 #
 # Makes a virtual environment with PYTHON (default: a fresh directory under $TMPDIR), installs
 # torch==2.13.0 first, then the project with its test extras (every other dependency as pip resolves
-# it for that Python), prints the versions it got, and runs the README's test command (`pytest -q`) or
-# PYTEST_ARGS. Not run by CI (it would double CI's time): results and the date they were taken are in
+# it for that Python), prints the versions it got, and runs the README's test command (`pytest -q -n 2 --dist loadfile`)
+# with PYTEST_ARGS added. Not run by CI (it would double CI's time): results and the date they were taken are in
 # docs/install.md. torch's wheel: on the CI machines pip finds a local CPU build only for Python 3.11;
 # for any other Python the same pin pulls the CUDA build from PyPI (~4.3 GB in the venv), which runs
 # on the CPU too. To avoid it, add --index-url https://download.pytorch.org/whl/cpu to the torch line.
@@ -27,4 +27,4 @@ from importlib.metadata import version
 names = ("torch", "transformers", "nnsight", "numpy", "pandas", "plotly", "jaxtyping", "pytest")
 print(f"Python {sys.version.split()[0]}:", ", ".join(f"{n} {version(n)}" for n in names))
 EOF
-"$venv/bin/python" -m pytest -q "$@"
+"$venv/bin/python" -m pytest -q -n 2 --dist loadfile "$@"
