@@ -1,6 +1,6 @@
 """What keying a resumable result by its model costs: `python benchmarks/weights_hash.py`.
 
-Times the weights' content key both ways (`model_parts(model, weights="full")`: sha256 of
+Times the weights' content key both ways (`model_parts(model, weights="full")`: XXH3-128 of
 every byte; `"sampled"`: a strided sample of 4096 elements per tensor), the tokenizer's key,
 and one plain forward over a typical batch (16 rows of 256 tokens, `mi.profile`'s default
 batch size over the demo corpus's 256-byte pieces), on the tiny test model and the bundled
@@ -102,7 +102,8 @@ def main() -> int:
              f"{' '.join(f'{v:.2f}' for v in load_start)} at start, {' '.join(f'{v:.2f}' for v in load_end)} at end: "
              "a shared machine, medians of "
              f"{args.reps}). `model_parts` keys a `mi.profile` checkpoint and each `Experiment` run: the weights "
-             "by every byte (`full`, the default: sha256 of 64 MiB pieces in `torch.get_num_threads()` threads) or "
+             "by every byte (`full`, the default: XXH3-128 of each 64 MiB piece, in `torch.get_num_threads()` threads, "
+             "the digests combined by sha256) or "
              "by a strided sample of 4096 elements per tensor (`sampled`); the time includes the config and the "
              "tokenizer's key (the tokenizer alone in its own column: its definition plus a behavioural probe). "
              "Forward: one plain HF forward, `torch.no_grad()`, over 16 of the demo corpus's 256-byte pieces.", "",
@@ -120,18 +121,18 @@ def main() -> int:
                "with more)")
     lines += ["", f"Full hash throughput on a 512 MiB tensor: **{rate_1 / 1e9:.2f} GB/s** with 1 thread, {threads} "
               f"(the sampled key of the same tensor: {ms(sampled_big)}). At {rate_1 / 1e9:.2f} GB/s a 7B-parameter "
-              f"model in bf16 (14 GB) takes **{seven / rate_1:.0f} s** on one core; sha256 runs about 1 GB/s per "
-              f"core, so ~{seven / rate_1 / 16:.1f} s on 16 cores if memory bandwidth keeps up (an estimate: not "
-              "measured here, nor the copy of GPU-resident weights to the host, in 64 MiB pieces).", "",
+              f"model in bf16 (14 GB) takes **{seven / rate_1:.1f} s** on one core (an estimate from this rate: not "
+              "measured here, nor the copy of GPU-resident weights to the host, in 64 MiB pieces; the key hashed "
+              "by sha256 before, at 1.1 GB/s here).", "",
               "Where it becomes expensive (estimates from these rates): the full key is one pass over the weights' "
               "bytes. On a CPU that is well under one forward over a batch (measured above: "
               f"{min(r['full_1'] / r['forward'] for r in rows):.2f}-{max(r['full_1'] / r['forward'] for r in rows):.2f}x; "
               "a 7B dense model's forward over 4096 tokens is ~57 TFLOP, minutes on a CPU, against "
-              f"~{seven / rate_1:.0f} s of hashing). On a GPU the same forward takes ~0.1-0.3 s, so the key of a 7B "
-              "model costs tens (16 cores) to a hundred (1 core) forwards: noise against a `mi.profile` of "
-              "thousands of batches, but it can dominate an `Experiment` of a few short texts per cell "
-              "(`steering_eval` keys one `Experiment` per language and scale, `ablation_grid` one per target, each "
-              "with the full hash), and it grows with the model's bytes (a 47B Mixtral, 94 GB: "
+              f"~{seven / rate_1:.1f} s of hashing). On a GPU the same forward takes ~0.1-0.3 s, so the key of a 7B "
+              f"model costs ~{seven / rate_1 / 0.3:.0f}-{seven / rate_1 / 0.1:.0f} such forwards on one core: noise "
+              "against a `mi.profile` of thousands of batches, more against an `Experiment` of a few short texts "
+              "per cell (`steering_eval` keys one `Experiment` per language and scale, `ablation_grid` one per "
+              "target, each with the full hash), and it grows with the model's bytes (a 47B Mixtral, 94 GB: "
               f"~{94e9 / rate_1:.0f} s on one core). `mi.profile(..., weights_hash=\"sampled\")` and "
               "`Experiment(..., weights_hash=\"sampled\")` read a fixed 4096 elements per tensor instead, blind "
               "to an edit that touches none of them, e.g. one row of an embedding with more than 4096 rows "
