@@ -101,6 +101,10 @@ def main() -> int:
         for b in batches:
             hf(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
 
+    def plain_from_texts():  # the same pipeline from the texts: tokenize, window, sort, pad, forward
+        for b in plain_batches(model, corpus, 16):
+            hf(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+
     def profile():
         return mi.profile(model, corpus, batch_size=16, progress=False)
 
@@ -122,7 +126,7 @@ def main() -> int:
             pass
         return tracer.routing
 
-    calls = {"plain": plain, "hooks": profile, "traces": traced}
+    calls = {"plain": plain, "plain_texts": plain_from_texts, "hooks": profile, "traces": traced}
     per_batch = {"batch_plain": batch_plain, "batches_hooks": batch_hooked, "batches_traces": batch_traced}
     load_start = os.getloadavg()
     with torch.no_grad():
@@ -157,6 +161,9 @@ def main() -> int:
     load_end = os.getloadavg()
     ratio = {(clock, name): [p / v for p, v in zip(times["batch_plain" if name in per_batch else "plain"], times[name])]
              for clock, times in (("wall", wall), ("cpu", cpu)) for name in wall}
+    for clock, times in (("wall", wall), ("cpu", cpu)):  # against the plain pipeline from the same texts
+        for name in ("hooks", "traces"):
+            ratio[(clock, name + "_texts")] = [p / v for p, v in zip(times["plain_texts"], times[name])]
     cpu_name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                     "unknown CPU") if os.path.exists("/proc/cpuinfo") else "unknown CPU"
     plain_s = statistics.median(cpu["plain"])
@@ -167,9 +174,11 @@ def main() -> int:
              f"{' '.join(f'{v:.2f}' for v in load_end)} at end). Demo model, {languages} languages x {texts} "
              f"held-out texts, batch 16: {len(batches)} batches, {tokens:,} real tokens in the plain forward's "
              f"windows, {counted:,} counted by the profile ({'the same' if counted == tokens else 'DIFFERENT'}). "
-             f"{reps} repetitions; each runs the plain forward and the two whole calls in a shuffled order, then "
+             f"{reps} repetitions; each runs the plain forward (on batches built beforehand), the plain pipeline "
+             "from the texts (tokenizing, windowing, sorting and padding them as the profile does, without the "
+             "package, then the same forward) and the two whole calls in a shuffled order, then "
              "every batch three ways (plain, hooks, trace) in a shuffled order; ratio = tokens/s over the plain "
-             "forward's in the same repetition (plain time / variant time). A whole call includes "
+             "forward's, or the plain pipeline's, in the same repetition (plain time / variant time). A whole call includes "
              "tokenizing and padding the texts, the checkpoint key (every weight byte hashed: "
              f"{key_s * 1000:.0f} ms CPU here, {key_s / plain_s:.1%} of the plain forward) and building the result; "
              "the batches alone are what it runs per batch (the read, the kernels, the counts) on the plain "
@@ -181,6 +190,8 @@ def main() -> int:
              "|---|---|---|---|---|---|---|"]
     for name, label in (("hooks", "`mi.profile`, batches read by torch hooks (`runtime._hooks`, the default)"),
                         ("traces", "`mi.profile`, batches read by an nnsight trace each (before)"),
+                        ("hooks_texts", "`mi.profile` (hooks), against the plain pipeline from the same texts"),
+                        ("traces_texts", "`mi.profile` (traces), against the plain pipeline from the same texts"),
                         ("batches_hooks", "the batches alone, read by torch hooks"),
                         ("batches_traces", "the batches alone, an nnsight trace each")):
         lines.append(f"| {label} | {summary(ratio[('wall', name)])} | {summary(ratio[('cpu', name)])} |")
