@@ -262,3 +262,30 @@ def test_an_ndif_like_server_runs_the_kernels_and_sends_back_only_the_sums(loade
     table = 2 * 4 * 8
     assert table <= with_sums.result_bytes - without.result_bytes <= table + 1024
     assert torch.equal(far.entropy_sum, here.entropy_sum) and torch.equal(far.count, here.count)
+
+
+def test_the_entropy_figure_draws_each_token_s_and_the_load_s_entropy_by_hand():
+    """`mi.plots.routing_entropy` (scope "all"): the per-token line is the hand entropies' mean per
+    token over log(E); the load line is the entropy of the pooled expert counts, both written out
+    here from hook-captured logits and top-k choices; the twin's lines come second."""
+    model, twin = tiny("qwen3_moe"), mi.zoo.tiny_model("qwen3_moe", seed=1)
+    stats = mi.profile(model, CORPUS, mi.RouterRecord(entropy=True), batch_size=2, progress=False)
+    other = mi.profile(twin, CORPUS, mi.RouterRecord(entropy=True), batch_size=2, progress=False)
+    fig = stats.plot_entropy(other, names=["a", "b"])
+    assert [t.name for t in fig.data] == ["a: per token", "a: load", "b: per token", "b: load"]
+    experts = model._module.config.num_experts
+    k = model._module.config.num_experts_per_tok
+    tokens = sum(len(model.tokenizer(t)["input_ids"]) for texts in CORPUS.values() for t in texts)
+    per_token = per_language_by_hand(model, CORPUS).sum(0) / tokens / math.log(experts)
+    assert torch.allclose(torch.tensor(fig.data[0].y, dtype=torch.float64), per_token, rtol=1e-4, atol=1e-6)
+    load = torch.zeros(len(per_token), experts, dtype=torch.float64)  # top-k of each token's logits, pooled
+    for texts in CORPUS.values():
+        for text in texts:
+            for layer, logits in enumerate(logits_by_hand(model, text)):
+                for row in logits.tolist():
+                    for e in sorted(range(experts), key=lambda e: -row[e])[:k]:
+                        load[layer, e] += 1
+    share = load / load.sum(-1, keepdim=True)
+    want = -(share * share.clamp(min=1e-300).log()).sum(-1) / math.log(experts)
+    assert torch.allclose(torch.tensor(fig.data[1].y, dtype=torch.float64), want, rtol=1e-6, atol=1e-9)
+    assert not torch.allclose(torch.tensor(fig.data[2].y, dtype=torch.float64), per_token)  # the twin's own

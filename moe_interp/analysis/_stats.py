@@ -431,6 +431,23 @@ class RoutingStats(RoutingCounts):
         """
         return plots.load_health(self, other, **kwargs)
 
+    def plot_entropy(self, other: "RoutingCounts | None" = None, **kwargs: Any) -> go.Figure:
+        """Routing entropy per MoE layer, each token's (`token_entropy`) against the load's
+        (`entropy`); `other` (e.g. the random-init twin on the same texts) beside it
+        (`mi.plots.routing_entropy`). Needs `RouterRecord(entropy=True)`.
+
+        ```python
+        >>> import moe_interp as mi, torch
+        >>> model = mi.zoo.tiny_model("qwen3_moe")
+        >>> with torch.no_grad(), mi.trace(model, "The cat sat.", mi.RouterRecord(entropy=True)) as tr:
+        ...     pass
+        >>> len(tr.routing.plot_entropy(tr.routing, names=["a", "b"]).data)
+        4
+
+        ```
+        """
+        return plots.routing_entropy(self, other, **kwargs)
+
     def plot_co_activation(self, layer: int | None = None, group: str | None = None, other: "RoutingCounts | None" = None,
                            **kwargs: Any) -> go.Figure:
         """OLMoE's co-activation heatmap of one MoE layer (`co_activation_rate`, in %), all groups

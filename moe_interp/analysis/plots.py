@@ -40,7 +40,8 @@ from moe_interp.analysis import split_effect as _split_effect
 from moe_interp.core._expert_set import PAPER, check_k
 
 __all__ = ["co_activation_heatmap", "comparison", "dendrogram", "divergence_heatmap", "expert_counts", "forest_plot",
-           "language_layer_heatmap", "layer_profile", "load_health", "routing_heatmap", "split_effect",
+           "language_layer_heatmap", "layer_profile", "load_health", "routing_entropy", "routing_heatmap",
+           "split_effect",
            "vocabulary_specialization"]
 
 _METRIC_NAMES = {"js": "Jensen-Shannon divergence", "cosine": "cosine distance", "hellinger": "Hellinger distance",
@@ -547,6 +548,55 @@ def load_health(stats: RoutingCounts | Health, other: RoutingCounts | Health | N
         raise ValueError(f"names gives {len(names)} labels for {len(parts)} models: give one per model")
     healths = [p if isinstance(p, Health) else health(p, resamples=resamples) for p in parts]
     return _health_figure(healths, names, scope)
+
+
+def routing_entropy(stats: RoutingCounts | Health, other: RoutingCounts | Health | None = None, scope: str = "all",
+                    names: Sequence[str] | None = None) -> go.Figure:
+    """Routing entropy per MoE layer, per token against per language: the mean entropy of each
+    token's router distribution (`RoutingStats.token_entropy`, solid) beside the entropy of the
+    scope's aggregate load (`RoutingStats.entropy`, dashed), both over `log(num_experts)` (1: every
+    expert equally likely). A layer whose load entropy is near 1 while its tokens' is low spreads
+    its tokens over all experts, each routed sharply. `other` (e.g. the random-init twin on the
+    same texts) drawn in a second colour; `scope`: a language or `"all"`. Needs
+    `RouterRecord(entropy=True)` (the per-token part).
+
+    ```python
+    >>> import moe_interp as mi, torch
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
+    >>> with torch.no_grad(), mi.trace(model, mi.RouterRecord(entropy=True)) as tr:
+    ...     with tr.invoke("The cat sat on the mat.", group="en"):
+    ...         pass
+    >>> fig = mi.plots.routing_entropy(tr.routing, names=["tiny"])
+    >>> [t.name for t in fig.data]
+    ['tiny: per token', 'tiny: load']
+    >>> mi.plots.routing_entropy(mi.datasets.reference_stats())
+    Traceback (most recent call last):
+    ValueError: these stats have no per-token routing entropy: record it with mi.RouterRecord(entropy=True) (mi.trace, or among mi.profile's interventions)
+
+    ```
+    """
+    parts = [stats] if other is None else [stats, other]
+    names = list(names) if names is not None else (["model"] if other is None else ["model", "other"])
+    if len(names) != len(parts):
+        raise ValueError(f"names gives {len(names)} labels for {len(parts)} models: give one per model")
+    healths = [p if isinstance(p, Health) else health(p, resamples=0) for p in parts]
+    fig = go.Figure()
+    palette = qualitative.Plotly
+    for i, (h, name) in enumerate(zip(healths, names)):
+        if h.token_entropy is None:
+            raise ValueError("these stats have no per-token routing entropy: record it with "
+                             "mi.RouterRecord(entropy=True) (mi.trace, or among mi.profile's interventions)")
+        if scope not in h.scopes:
+            raise KeyError(f"scope {scope!r} is not one of {list(h.scopes)} (a language, or 'all')")
+        s, x, color = h.scopes.index(scope), list(h.layers), palette[i % len(palette)]
+        for label, values, dash in (("per token", h.token_entropy, "solid"), ("load", h.entropy, "dash")):
+            fig.add_trace(go.Scatter(x=x, y=values[s].numpy(), mode="lines+markers", name=f"{name}: {label}",
+                                     line={"color": color, "dash": dash},
+                                     hovertemplate=f"layer %{{x}}: %{{y:.3f}}<extra>{name}: {label}</extra>"))
+    fig.update_layout(title=f"Routing entropy per MoE layer ({scope}): each token's against the load's",
+                      xaxis={"title": "MoE layer", "tickformat": "d"},
+                      yaxis={"title": "entropy / log(experts)", "range": [0, 1.02]})
+    return fig
 
 
 def comparison(result: Any, scope: str = "all") -> go.Figure:
