@@ -412,3 +412,26 @@ def test_generate_with_images_counts_what_the_experts_received(cache):
     fed = [torch.tensor([int(lengths[0]) + n, int(lengths[1]) + n]) for n in range(steps - 1)]
     assert torch.equal(table["position"].long(), torch.cat(prompt + fed))
     assert table["row"].tolist() == [0] * int(lengths[0]) + [1] * int(lengths[1]) + [0, 1] * (steps - 1)
+
+
+def test_the_sandbox_refusal_is_for_a_dispatched_meta_model_only():
+    """`MediaBatcher.add` refuses several image invokes over a model whose weights are on meta
+    *and* which says it is dispatched (NDIF's sandbox runner); a local model built with
+    `dispatch=False` is on meta too until nnsight loads its weights at interleave, after every
+    invoke was added: its invokes are batched, not refused (a reviewer's finding)."""
+    from moe_interp.runtime._nnsight_compat import MediaBatcher
+
+    model, pictures = with_images.__wrapped__(), more_images()  # a model of its own (not the cached one)
+    encoded = [_encode(model, [texts] if isinstance(texts, str) else texts, [pictures[i] for i in which])
+               for _, texts, which in INVOKES[:2]]
+    model._module.to("meta")
+    for dispatched, refused in ((False, False), (True, True)):
+        model.dispatched = dispatched
+        batcher = MediaBatcher(model, {})
+        batcher.add(encoded[0])
+        if refused:
+            with pytest.raises(NotImplementedError, match="NDIF's sandbox"):
+                batcher.add(encoded[1])
+        else:
+            batcher.add(encoded[1])
+            assert len(batcher.invokes) == 2

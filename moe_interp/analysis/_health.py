@@ -15,7 +15,9 @@ languages together (the scope `"all"`, the languages' counts summed):
 - `token_entropy`: the mean per-token routing entropy (each token's `softmax` of the router
   logits over all experts), over `log(num_experts)` like `entropy`, where the stats recorded it
   (`RouterRecord(entropy=True)`; else `None`): a layer whose load `entropy` is near 1 while its
-  `token_entropy` is low spreads its tokens over all experts, each token routed sharply.
+  `token_entropy` is low spreads its tokens over all experts, each token routed sharply. On a
+  router that scores by sigmoid it is the softmax of the raw logits, not a distribution the
+  model uses (`RouterRecord`).
 
 Intervals for `cv` and `max_over_mean` resample the texts within each language
 (`mi.analysis.bootstrap`, needs the per-item counts `mi.profile` keeps); the scope `"all"` sums

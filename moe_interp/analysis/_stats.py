@@ -141,7 +141,9 @@ class RoutingStats(RoutingCounts):
         `nan` without tokens). In nats, or over `log(num_experts)` with `normalise=True`, the
         scale of `entropy()`, the entropy of the language's aggregate load: a language can
         spread its load over every expert (`entropy()` near 1) while each of its tokens routes
-        sharply (`token_entropy` low). Needs `RouterRecord(entropy=True)`.
+        sharply (`token_entropy` low). Needs `RouterRecord(entropy=True)`. On a router that
+        scores by sigmoid (DeepSeek-V3, GLM-4-MoE, Llama 4) it is the softmax of the raw logits,
+        which the model never computes (bias, groups and its own scores ignored).
 
         ```python
         >>> import moe_interp as mi, torch

@@ -115,10 +115,13 @@ def check_pairs(corpus: Any) -> dict[tuple[str, str], list[tuple[str, str]]]:
     >>> check_pairs({("fra", "eng"): ["Bonjour"]})
     Traceback (most recent call last):
     TypeError: corpus[('fra', 'eng')] must be a list of (source text, target text) pairs, e.g. list(zip(sources, targets))
+    >>> check_pairs({("en", "pt-BR"): [("Hi", "Oi")], ("en-pt", "BR"): [("Hi", "Oi")]})
+    Traceback (most recent call last):
+    ValueError: the directions ('en', 'pt-BR') and ('en-pt', 'BR') are both labelled 'en-pt-BR' (results name a direction 'source-target'): rename a language so that no two directions share a label
 
     ```
     """
-    out = {}
+    out, labels = {}, {}
     for key, pairs in corpus.items():
         if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, str) and k for k in key)):
             raise TypeError(f"a corpus of pairs is keyed by (source language, target language), e.g. ('fra', 'eng'); "
@@ -131,6 +134,11 @@ def check_pairs(corpus: Any) -> dict[tuple[str, str], list[tuple[str, str]]]:
                             "list(zip(sources, targets))")
         if not pairs:
             raise ValueError(f"corpus[{key!r}] is empty")
+        label = "-".join(key)
+        if label in labels:
+            raise ValueError(f"the directions {labels[label]!r} and {key!r} are both labelled {label!r} (results name a "
+                             "direction 'source-target'): rename a language so that no two directions share a label")
+        labels[label] = key
         out[key] = [tuple(p) for p in pairs]
     return out
 

@@ -189,7 +189,10 @@ class RouterRecord(Intervention):
     over all E experts (the view's `router.logits`, after a score edit there: a rerouted expert's
     probability is 0), in the trace like the counts
     (`tr.routing.entropy_sum`, `[group, layer]`; `tr.routing.token_entropy()` the mean per token).
-    Hash-routed layers have no distribution over experts and are refused.
+    Hash-routed layers have no distribution over experts and are refused. A router that scores
+    by sigmoid (DeepSeek-V3, GLM-4-MoE, Llama 4: a correction bias, group-limited top-k) never
+    makes this softmax: its entropy is that of the softmax of its raw logits, a measure of how
+    peaked they are, not of a distribution the model uses.
 
     ```python
     >>> model = mi.zoo.tiny_model("qwen3_moe")

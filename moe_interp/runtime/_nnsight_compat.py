@@ -126,7 +126,7 @@ class MediaBatcher(Batcher):
     batch these inputs; pass text or token ids"). Row groups are nnsight's own (`add`);
     only the combined call differs, and only when two or more invokes carry media.
 
-    Over a model on the meta device (NDIF's sandbox runner: the block runs there, and the
+    Over a dispatched model on the meta device (NDIF's sandbox runner: the block runs there, and the
     host assembles the inputs with nnsight's own `Batcher`, ndif 0.1.2 sandbox/driver.py
     `_assemble`, so this class never batches them) such invokes are refused as they are
     added, before the model runs, naming what NDIF can run.
@@ -136,8 +136,11 @@ class MediaBatcher(Batcher):
         group = Batcher.add(self, *inputs, **kwargs)
         module = getattr(self.envoy, "_module", None)
         weight = next(module.parameters(), None) if module is not None else None
-        if (weight is not None and weight.device.type == "meta" and len(self.invokes) > 1
-                and any(carries_media(i, k) for i, k in self.invokes)):
+        # meta weights on a model that says it is dispatched: NDIF's sandbox runner (its wrapper's
+        # __setstate__ sets dispatched over meta weights, ndif 0.1.2 sandbox/nns.py); a local model
+        # built with dispatch=False is on meta too until nnsight loads it at interleave: not refused
+        if (weight is not None and weight.device.type == "meta" and getattr(self.envoy, "dispatched", True)
+                and len(self.invokes) > 1 and any(carries_media(i, k) for i, k in self.invokes)):
             raise NotImplementedError(
                 f"{len(self.invokes)} invokes with rows, some carrying images: NDIF's sandbox (where it runs "
                 "untrusted requests; ndif 0.1.2, nnsight 0.8.1) assembles the model's inputs on its host with "
