@@ -15,7 +15,9 @@ classifiers and each pair's NLL as Hugging Face's own `labels=` loss of that pai
 (`test_workflows_seq2seq.hf_nll`).
 """
 
+import dataclasses
 import functools
+import itertools
 
 import pytest
 import torch
@@ -74,6 +76,26 @@ def hand_shared(stats, languages, k, threshold, layers):
     return out
 
 
+def matched_by_hand(stats, language, layer, ablated):
+    """The usage-matched stand-ins with match=1, for every order the ablated experts may be taken
+    in: experts ranked by `language`'s frequency in `layer` (most used first, ties by index), each
+    ablated expert taking the nearest free not-ablated expert in rank (ties: closer frequency,
+    then lower index). A list of sorted expert lists."""
+    i, j = stats.languages.index(language), stats.layers.index(layer)
+    used = (stats.count[i, j].double() / float(stats.tokens[i])).tolist()
+    order = sorted(range(len(used)), key=lambda e: (-used[e], e))
+    rank = {e: r for r, e in enumerate(order)}
+    outcomes = []
+    for taken in itertools.permutations(ablated):
+        free, picked = [e for e in range(len(used)) if e not in ablated], []
+        for a in taken:
+            pick = min(free, key=lambda e: (abs(rank[e] - rank[a]), abs(used[e] - used[a]), e))
+            free.remove(pick)
+            picked.append(pick)
+        outcomes.append(sorted(picked))
+    return outcomes
+
+
 def as_lists(expert_set):
     return {layer: list(expert_set[layer]) for layer in expert_set}
 
@@ -87,7 +109,7 @@ def test_ablating_a_direction_reroutes_its_sources_encoder_experts_and_its_targe
     test[("deu", "eng")][1] = ("Ja.", test[("deu", "eng")][1][1])  # a short source: its row pads
     res = mi.ablation_grid(model, stats, test, ["deu-eng", ("fin", "eng"), "eng-fin"], [("deu", "eng")],
                            bands=("late-third",), k=2, threshold=0.3, controls=1, resamples=20, batch_size=2,
-                           progress=False)
+                           progress=False, match=1)
     assert res.eval_languages == ("deu-eng", "fin-eng", "eng-fin") and res.conditions == (("deu-eng", "late-third"),)
     assert res.directions == {"deu-eng": ("deu", "eng"), "fin-eng": ("fin", "eng"), "eng-fin": ("eng", "fin")}
     # the encoder's experts exclusive to deu (the source), the decoder's exclusive to eng (the target)
@@ -107,6 +129,10 @@ def test_ablating_a_direction_reroutes_its_sources_encoder_experts_and_its_targe
         assert row.bits_per_byte == pytest.approx(bits(hf_nll(model, pair), pair), rel=1e-5)
     control = as_lists(res.sets["control:deu-eng:late-third:0"])
     assert {layer: len(e) for layer, e in control.items()} == {layer: len(e) for layer, e in want.items()}
+    # usage-matched on each side's own language and stack (match=1: the nearest free expert in usage rank)
+    sides = {3: ("encoder", "deu"), 7: ("decoder", "eng")}
+    for layer, (stack, language) in sides.items():  # (this data does not tell the languages apart: next test)
+        assert sorted(control[layer]) in matched_by_hand(stats[stack], language, layer, want[layer])
     cell = res.frame[res.frame.condition == "control:deu-eng:late-third:0"]
     assert set(cell.language) == {"deu-eng"}  # controls run on the target direction's own pairs
     for row in cell.itertuples():
@@ -120,6 +146,36 @@ def test_ablating_a_direction_reroutes_its_sources_encoder_experts_and_its_targe
     assert verdict.other_family_languages == "fin-eng, eng-fin"
     assert "its family is its source's → its target's" in res.summary()
 
+
+
+def test_controls_are_matched_on_each_side_s_own_language_and_stack():
+    """Designed counts where the usage ranks of deu, fin and eng differ in both late layers: a
+    direction deu-eng's random control (match=1) in the encoder is the nearest expert in deu's
+    rank, in the decoder in eng's; matched on any other language of that stack, it would differ."""
+    model, profiled = tiny("nllb-moe"), profiled_pairs("nllb-moe")
+    usage = {"deu": [100, 60, 50, 40, 30, 20, 10, 5], "fin": [0, 100, 50, 45, 30, 20, 10, 5],
+             "eng": [0, 100, 5, 10, 20, 30, 40, 50]}  # expert 0: deu's alone
+    decoder_usage = {"eng": [100, 60, 50, 40, 30, 20, 10, 5], "fin": [0, 100, 50, 45, 30, 20, 10, 5],
+                     "deu": [0, 100, 5, 10, 20, 30, 40, 50]}  # expert 0: eng's alone
+    stats = {}
+    for stack, layer, table in (("encoder", 3, usage), ("decoder", 7, decoder_usage)):
+        s = profiled[stack]
+        count = s.count.clone()
+        for language, values in table.items():
+            count[s.languages.index(language), s.layers.index(layer)] = torch.tensor(values)
+        tokens = count.sum(-1).max(-1).values  # every layer's counts within its language's tokens
+        stats[stack] = dataclasses.replace(s, count=count, tokens=tokens, gate_mass=count.double(), item_count=None,
+                                           item_tokens=None, item_language=None)
+    test = pairs("heldout", [("deu", "eng"), ("fin", "eng")], 2, 50)
+    res = mi.ablation_grid(model, stats, test, ["deu-eng", "fin-eng"], ["deu-eng"], bands={"late": [3, 7]}, k=2,
+                           threshold=0.3, controls=1, resamples=20, batch_size=2, progress=False, match=1)
+    chosen, control = as_lists(res.sets["ablate:deu-eng:late"]), as_lists(res.sets["control:deu-eng:late:0"])
+    assert chosen == {3: [0], 7: [0]}
+    for layer, stack, language in ((3, "encoder", "deu"), (7, "decoder", "eng")):
+        right = matched_by_hand(stats[stack], language, layer, chosen[layer])
+        assert [sorted(control[layer])] == right
+        for other in set(stats[stack].languages) - {language}:
+            assert matched_by_hand(stats[stack], other, layer, chosen[layer]) != right
 
 def test_a_stack_band_of_a_direction_ablates_that_side_only():
     model, stats = tiny("switch_transformers"), profiled_pairs("switch_transformers")
