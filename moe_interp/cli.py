@@ -125,6 +125,14 @@ def _add_resamples(p: argparse.ArgumentParser) -> None:
                    help=argparse.SUPPRESS)
 
 
+def _add_pairs_to(p: argparse.ArgumentParser, use: str) -> None:
+    p.add_argument("--pairs-to", metavar="LANG",
+                   help="encoder-decoder models: pair each source language's udhr text with LANG's text of the same "
+                        f"segment, directions '<source>-LANG' (e.g. --pairs-to eng: deu-eng, fin-eng); {use}. "
+                        "Only the bundled, parallel udhr (your own pairs: the Python API, "
+                        "mi.profile(model, {(src, tgt): [(source text, target text), ...]}))")
+
+
 def _add_corpus(p: argparse.ArgumentParser, use: str) -> None:
     p.add_argument("--corpus", default="udhr", action=_CorpusAction,
                    help=f"{use}: the bundled 'udhr' (312 languages, its own split), or your own: a directory of "
@@ -314,15 +322,72 @@ def _one_stack(stats: Any) -> Any:
     return next(iter(stats.values())) if isinstance(stats, dict) else stats
 
 
+def _pairs_early(args: argparse.Namespace) -> str | None:
+    """`--pairs-to LANG`, checked before any model is loaded: the demo model (a causal LM), a corpus of your own
+    (not parallel) and a LANG not in the udhr are refused. `None` without `--pairs-to`."""
+    import moe_interp as mi
+
+    if args.pairs_to is None:
+        return None
+    if args.model in (None, "demo"):
+        _fail("--pairs-to pairs texts for an encoder-decoder model (its encoder reads the source, its decoder the "
+              "target); --model demo is a causal LM (one stack): leave --pairs-to out, or pass e.g. --model "
+              "tiny:switch_transformers, tiny:nllb-moe or facebook/nllb-moe-54b")
+    if str(args.corpus) != "udhr":
+        _fail(f"--pairs-to pairs the bundled udhr corpus's aligned segments; --corpus {args.corpus} is not known to "
+              "be parallel: leave --pairs-to out, or pass your pairs in Python: mi.profile(model, {(src, tgt): "
+              "[(source text, target text), ...]}) (mi.ablation_grid and mi.steering_eval take the same form)")
+    (to,) = _codes("--pairs-to", args.pairs_to, sorted(mi.datasets.udhr_languages()), "the udhr corpus")
+    return to
+
+
+def _pairs_model(model: Any, args: argparse.Namespace) -> None:
+    """`--pairs-to` on a model without an encoder and a decoder: refused, before any work."""
+    import moe_interp as mi
+
+    spec = mi.describe(model)
+    if args.pairs_to is not None and spec.stack_inputs is None:
+        _fail(f"--pairs-to pairs texts for an encoder-decoder model; --model {args.model} ({spec.arch}) is a causal "
+              "LM (one stack), which reads plain texts: leave --pairs-to out")
+
+
+def _sources(flag: str, codes: list[str], to: str, given: bool) -> list[str]:
+    """The source languages of `flag` for `--pairs-to to`: `to` itself would pair each text with itself, so it is
+    left out of a default list and refused when named."""
+    if to not in codes:
+        return codes
+    if given:
+        _fail(f"{flag} lists {to}, the --pairs-to language: {to}-{to} would pair each text with itself; leave {to} "
+              f"out of {flag} (its texts are every pair's target)")
+    return [c for c in codes if c != to]
+
+
+def _pairs(sources: list[str], to: str, split: str) -> dict:
+    """`{(source, to): [(source text, to's text of the same segment), ...]}` from the udhr, aligned by segment id."""
+    import moe_interp as mi
+
+    segments = mi.datasets.udhr_segments([*sources, to], split=split)
+    return {(s, to): [(segments[s][i], text) for i, text in segments[to].items()] for s in sources}
+
+
 def _profile(args: argparse.Namespace) -> None:
     import moe_interp as mi
 
     if Path(args.out).exists() and not args.overwrite:  # before the profile, which may take hours
         _fail(f"--out {args.out} already exists; pass --overwrite to replace it, or another --out")
+    to = _pairs_early(args)
     languages = _codes("--languages", args.languages, _corpus_languages(args.corpus), f"the {args.corpus} corpus")
+    if to is not None:
+        languages = _sources("--languages", languages or _corpus_languages(args.corpus), to, args.languages is not None)
     model = _model(args.model)
-    corpus = _corpus(args.corpus, languages, args.split, args.model)
-    _say(f"profiling {args.model} on {len(corpus)} languages ({args.split} split); {args.threads_note}")
+    _pairs_model(model, args)
+    if to is None:
+        corpus = _corpus(args.corpus, languages, args.split, args.model)
+        _say(f"profiling {args.model} on {len(corpus)} languages ({args.split} split); {args.threads_note}")
+    else:
+        corpus = _pairs(languages, to, args.split)
+        _say(f"profiling {args.model} on {len(corpus)} directions into {to} ({args.split} split; the encoder by "
+             f"source language, the decoder on the {to} targets); {args.threads_note}")
     stats = mi.profile(model, corpus, batch_size=args.batch_size, checkpoint=args.checkpoint,
                        weights_hash=args.weights_hash)
     if isinstance(stats, dict):  # an encoder-decoder model: one statistics directory per stack, under --out
@@ -347,37 +412,63 @@ def _report(args: argparse.Namespace) -> None:
 def _ablate(args: argparse.Namespace) -> None:
     import moe_interp as mi
 
+    to = _pairs_early(args)
     stats = _load_stats(args.stats)
     available, where = _stats_languages(args, stats), f"--stats {args.stats} and the {args.corpus} corpus"
     evals = _codes("--eval-languages", args.eval_languages, available, where)
     targets = _codes("--target-languages", args.target_languages, available, where)
     model = _model(args.model)
+    _pairs_model(model, args)
     _check_stacks(model, stats, args.stats)
     k = _k(model, _one_stack(stats), args.k, mi.PAPER.exclusive_k)
-    corpus = _corpus(args.corpus, evals, "heldout", args.model)
+    bands: dict = {}
+    if to is None:
+        corpus = _corpus(args.corpus, evals, "heldout", args.model)
+    else:  # each source language's held-out texts paired with `to`'s: directions "<source>-<to>"
+        evals, targets = (_sources(flag, codes, to, True) for flag, codes in
+                          (("--eval-languages", evals), ("--target-languages", targets)))
+        corpus = _pairs(evals, to, "heldout")
+        evals, targets = [f"{s}-{to}" for s in evals], [f"{s}-{to}" for s in targets]
+        decoder = stats.get("decoder")
+        if decoder is not None and len(decoder.languages) < 2:  # a profile of pairs all into `to`
+            from moe_interp.core._layers import THIRD_BANDS
+
+            bands = {"bands": tuple(f"encoder:{band}" for band in THIRD_BANDS)}
+            _say(f"the decoder's statistics hold one language ({', '.join(decoder.languages)}), among which every "
+                 "expert it uses is 'exclusive': ablating the encoder's bands only (the sources' experts)")
     _say(f"ablation grid with k={k}, {args.controls} usage-matched random control sets per cell, evaluated on the "
-         f"held-out split; {args.threads_note}")
+         f"held-out split{f' pairs into {to}' if to else ''}; {args.threads_note}")
     result = mi.ablation_grid(model, stats, corpus, evals, targets, path=args.out, k=k, threshold=args.threshold,
-                              controls=args.controls, resamples=args.resamples, seed=args.seed)
+                              controls=args.controls, resamples=args.resamples, seed=args.seed, **bands)
     print(result.summary())
 
 
 def _steer(args: argparse.Namespace) -> None:
     import moe_interp as mi
 
+    to = _pairs_early(args)
     stats = _load_stats(args.stats)
     available, where = _stats_languages(args, stats), f"--stats {args.stats} and the {args.corpus} corpus"
     (target,) = _codes("--target", args.target, available, where)
-    langs = _codes("--languages", args.languages, [l for l in available if l != target], where + " other than --target")
+    if to is None:
+        langs = _codes("--languages", args.languages, [l for l in available if l != target],
+                       where + " other than --target")
+    else:  # source languages: one equal to --target still steers its decoder side (unless --pairs-to is --target)
+        langs = _sources("--languages", _codes("--languages", args.languages, available, where), to, True)
     try:
         scales = [float(s) for s in args.scales.split(",")]
     except ValueError:
         _fail(f"--scales {args.scales}: pass comma-separated numbers, e.g. --scales 0,0.02,0.05")
     model = _model(args.model)
+    _pairs_model(model, args)
     _check_stacks(model, stats, args.stats)
     k = _k(model, _one_stack(stats), args.k, mi.PAPER.steer_k)
-    dev = _corpus(args.corpus, [target, *langs], "train", args.model)
-    test = _corpus(args.corpus, [target, *langs], "heldout", args.model)
+    if to is None:
+        dev = _corpus(args.corpus, [target, *langs], "train", args.model)
+        test = _corpus(args.corpus, [target, *langs], "heldout", args.model)
+    else:  # directions "<source>-<to>": the scale chosen on the train split's pairs, reported on the held-out's
+        dev, test = _pairs(langs, to, "train"), _pairs(langs, to, "heldout")
+        langs = [f"{s}-{to}" for s in langs]
     _say(f"steering toward {target} with k={k}; {args.threads_note}")
     result = mi.steering_eval(model, stats, dev, test, langs, target=target, path=args.out, k=k,
                               threshold=args.threshold, scales=scales, resamples=args.resamples, seed=args.seed)
@@ -410,11 +501,20 @@ def _threads(text: str) -> int | str:
 
 
 _EXAMPLES = {
-    "profile": "example:\n  moe-interp profile --model demo --languages eng,deu,fra --out demo.routing",
+    "profile": "example:\n  moe-interp profile --model demo --languages eng,deu,fra --out demo.routing\n"
+               "parallel pairs, encoder-decoder (--pairs-to) example:\n"
+               "  moe-interp profile --model tiny:switch_transformers --languages deu,fin --pairs-to eng "
+               "--out pairs.routing",
     "report": "example:\n  moe-interp report demo.routing --out report.html",
     "ablate": "example:\n  moe-interp ablate --stats demo.routing --eval-languages eng,deu,fra "
-              "--target-languages eng,deu",
-    "steer": "example:\n  moe-interp steer --stats demo.routing --languages deu,fra",
+              "--target-languages eng,deu\n"
+              "parallel pairs, encoder-decoder (--pairs-to) example:\n"
+              "  moe-interp ablate --model tiny:switch_transformers --stats pairs.routing --pairs-to eng "
+              "--eval-languages deu,fin --target-languages deu",
+    "steer": "example:\n  moe-interp steer --stats demo.routing --languages deu,fra\n"
+             "parallel pairs, encoder-decoder (--pairs-to) example:\n"
+             "  moe-interp steer --model tiny:switch_transformers --stats texts.routing --pairs-to eng "
+             "--languages deu,fin",
     "demo": "example:\n  moe-interp demo --languages eng,deu,fra,spa,fin,hun --out report.html",
 }
 
@@ -440,7 +540,10 @@ def build_parser() -> argparse.ArgumentParser:
             "(RoutingStats.save); the input of report, ablate and steer.")
     p.add_argument("--model", default="demo", help=model_help)
     _add_corpus(p, "texts to profile")
-    p.add_argument("--languages", help="comma-separated ISO 639-3 codes (default: every language of the corpus)")
+    p.add_argument("--languages", help="comma-separated ISO 639-3 codes (default: every language of the corpus; "
+                   "with --pairs-to, the source languages, by default every one but LANG)")
+    _add_pairs_to(p, "the encoder is profiled by source language, the decoder on LANG's texts (OUT/encoder, "
+                     "OUT/decoder)")
     p.add_argument("--split", default="train", choices=("train", "heldout", "all"),
                    help="corpus split (train: select experts on it, then ablate/steer evaluate on held-out texts)")
     p.add_argument("--batch-size", type=int, default=16, help="texts per forward pass")
@@ -451,8 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "for a huge model, blind to an edit of a few numbers)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--out", required=True, help="output directory (RoutingStats.save; an encoder-decoder model: "
-                   "OUT/encoder and OUT/decoder, the decoder teacher-forced on the same texts); checked before "
-                   "profiling")
+                   "OUT/encoder and OUT/decoder, the decoder teacher-forced on the same texts, or with --pairs-to on "
+                   "LANG's); checked before profiling")
     p.set_defaults(run=_profile)
 
     p = add("report", "statistics files -> one self-contained HTML report",
@@ -473,8 +576,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", required=True, help="routing statistics from `moe-interp profile` (an encoder-decoder "
                    "model: its --out directory, holding OUT/encoder and OUT/decoder)")
     _add_corpus(p, "the corpus of the held-out texts (the one profiled with --split train)")
-    p.add_argument("--eval-languages", required=True, help="comma-separated ISO 639-3 codes to evaluate on")
-    p.add_argument("--target-languages", required=True, help="comma-separated codes whose exclusive experts are ablated")
+    p.add_argument("--eval-languages", required=True, help="comma-separated ISO 639-3 codes to evaluate on "
+                   "(with --pairs-to: source languages, evaluated on their held-out pairs into LANG)")
+    p.add_argument("--target-languages", required=True, help="comma-separated codes whose exclusive experts are "
+                   "ablated (with --pairs-to: source languages; a direction ablates its source's encoder experts and "
+                   "LANG's decoder experts)")
+    _add_pairs_to(p, "bits/byte of each held-out pair's target given its source; --stats from a profile with "
+                     "--pairs-to (the decoder then knows LANG only, so the encoder's bands are ablated) or of plain "
+                     "texts (both stacks)")
     p.add_argument("--k", type=int, help="experts kept per language and layer (default: the paper's 15 of 128 "
                                          "experts scaled to the model, at least its top-k)")
     p.add_argument("--threshold", type=float, default=0.4, help="share of an expert's use above which it is exclusive")
@@ -495,7 +604,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "model: its --out directory, holding OUT/encoder and OUT/decoder)")
     _add_corpus(p, "the corpus profiled with --split train (train split: choose the scale; heldout: report)")
     p.add_argument("--target", default="eng", help="the language whose shared experts are steered toward")
-    p.add_argument("--languages", required=True, help="comma-separated ISO 639-3 codes to steer")
+    p.add_argument("--languages", required=True, help="comma-separated ISO 639-3 codes to steer (with --pairs-to: "
+                   "source languages)")
+    _add_pairs_to(p, "each side is steered toward what it shares with --target in its own stack's statistics, a side "
+                     "already in --target not steered; --stats should hold --target in the stacks it steers (a "
+                     "profile of plain texts holds every language in both)")
     p.add_argument("--scales", default="0,0.02,0.05,0.1,0.2", help="comma-separated steering scales to choose from")
     p.add_argument("--k", type=int, help="experts kept per language and layer (default: the paper's 20 of 128 "
                                          "experts scaled to the model, at least its top-k)")

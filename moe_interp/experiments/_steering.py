@@ -319,8 +319,11 @@ class SteeringResult:
     `gains` (per scale, one array per language of each test text's gain); `steered_layers`
     (the layers the steer is applied to, e.g. the middle band; `None`: every layer of
     `shift`, for a result built by hand); `stacks` (`{layer: stack}` on an encoder-decoder
-    model, whose `shift` then has a `stack` column; empty for one stack).
-    `mi.steering_eval` makes one; `dose_response()` and `findings()` read it.
+    model, whose `shift` then has a `stack` column; empty for one stack);
+    `steered_by_language` (`{language or direction: the layers its own steer reaches}`, on an
+    encoder-decoder model: a direction whose side is already in the target language steers one
+    stack only, while `steered_layers` is every stack any of them steers; empty: each language
+    steers `steered_layers`). `mi.steering_eval` makes one; `dose_response()` and `findings()` read it.
 
     ```python
     >>> from moe_interp.experiments import SteeringResult
@@ -342,6 +345,19 @@ class SteeringResult:
     gains: dict = dataclasses.field(default_factory=dict, repr=False)
     steered_layers: tuple[int, ...] | None = None
     stacks: dict[int, str] = dataclasses.field(default_factory=dict)
+    steered_by_language: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+
+    def _where_steered(self, language: str) -> str:
+        """`language`'s own steered layers per stack, naming a stack it leaves alone:
+        `" (steered: encoder L3; decoder not steered)"`; empty when every language steers the
+        same layers (one stack, or no per-language record)."""
+        mine = self.steered_by_language.get(language)
+        if mine is None or not self.stacks:
+            return ""
+        stacks = list(dict.fromkeys(self.stacks.values()))
+        untouched = [s for s in stacks if not any(self.stacks.get(l) == s for l in mine)]
+        return (f" (steered: {_layers_label(mine, self.stacks)}"
+                + "".join(f"; {s} not steered" for s in untouched) + ")")
 
     def _steered(self) -> tuple[int, ...]:
         if self.shift is None:
@@ -432,12 +448,16 @@ class SteeringResult:
         for row in (self.table.itertuples() if self.table is not None else ()):
             steered = f"{row.pairs} steered (layer, expert) pairs" if self.scale else "no steering"
             lines.append(f"{row.language}: gain {row.gain:+.4f} bits/byte, {pct}% CI [{row.ci_low:+.4f}, "
-                         f"{row.ci_high:+.4f}], p = {row.p_value:.3f}, {steered}")
+                         f"{row.ci_high:+.4f}], p = {row.p_value:.3f}, {steered}"
+                         + (self._where_steered(row.language) if self.scale else ""))
         if self.shift is not None:
             dose = self.dose_response()
             lines.append("dose-response on the test split (routing: share of top-k sets changed and gate mass moved "
                          "onto the steered experts, mean over the steered layers "
-                         f"{dose.steered_layers.iloc[0]}; outcome: gain in bits/byte, mean over languages):")
+                         f"{dose.steered_layers.iloc[0]}"
+                         + ("" if len(set(self.steered_by_language.values())) < 2
+                            else ", the layers any language steers (each one's own: above)")
+                         + "; outcome: gain in bits/byte, mean over languages):")
             for row in dose.itertuples():
                 lines.append(f"  scale {row.scale}: {100 * row.changed:.1f}% of top-k sets changed, gate mass "
                              f"{row.mass_moved:+.3f}; gain {row.gain:+.4f} [{row.gain_low:+.4f}, {row.gain_high:+.4f}]"
@@ -806,6 +826,8 @@ def steering_eval(model: Any, stats: Any, dev: Mapping[str, Sequence[str]] | Map
     ...                        layers="late", k=3, resamples=50, progress=False)
     >>> res.table.language.tolist(), res.steered_layers      # fin-eng: only its encoder side (fin) is steered
     (['deu-fin', 'fin-eng'], (3, 7))
+    >>> res.steered_by_language                               # each direction's own steered layers
+    {'deu-fin': (3, 7), 'fin-eng': (3,)}
     >>> res.shift[(res.shift.scale == 0.0) & (res.shift.language == "fin-eng")].tokens.tolist()  # a byte a token
     [12, 12, 10, 10]
 
@@ -832,7 +854,7 @@ def steering_eval(model: Any, stats: Any, dev: Mapping[str, Sequence[str]] | Map
         """The language `stack` reads of `lang`: itself, or of a direction its source (encoder) or target."""
         return lang if keys is None else keys[lang][0 if stack == "encoder" else 1]
 
-    def steered(lang: str, stack: str) -> bool:
+    def steered_in(lang: str, stack: str) -> bool:
         part = by_stack[stack].languages
         # a direction's side in the target language has nothing to steer toward (itself): that stack is not steered
         return target in part and side(lang, stack) in part and (keys is None or side(lang, stack) != target)
@@ -843,7 +865,7 @@ def steering_eval(model: Any, stats: Any, dev: Mapping[str, Sequence[str]] | Map
                                       threshold=threshold, scale=scale)] for lang in languages}
         return {lang: [RouteSteer(layers=part, target=target, stats=by_stack[stack],
                                   languages=(target, side(lang, stack)), k=k, threshold=threshold, scale=scale)
-                       for stack, part in where.items() if steered(lang, stack)]
+                       for stack, part in where.items() if steered_in(lang, stack)]
                 for lang in languages}
 
     def run(corpus: Mapping, scale: float) -> Any:
@@ -938,6 +960,9 @@ def steering_eval(model: Any, stats: Any, dev: Mapping[str, Sequence[str]] | Map
         return SteeringResult(best, dev_scores, table, outcome, shift, level, resamples, seed, gains,
                               steered_layers=tuple(spec.select_layers(layers)))
     steered = tuple(sorted(layer for part in where.values() for layer in part))
+    own = {lang: tuple(sorted(layer for stack, part in where.items() if steered_in(lang, stack) for layer in part))
+           for lang in languages}
     return SteeringResult(best, dev_scores, table, outcome, shift, level, resamples, seed, gains,
                           steered_layers=steered, stacks={layer: stack for layer, stack in zip(spec.moe_layers,
-                                                                                                spec.stacks)})
+                                                                                                spec.stacks)},
+                          steered_by_language=own)
