@@ -312,3 +312,20 @@ def test_saving_a_model_keeps_its_key(tmp_path):
     assert model._module.config.architectures == ["Qwen3MoeForCausalLM"]  # what save_pretrained wrote
     assert model_parts(model) == before
     assert model_parts(mi.load(tmp_path))["model config"] == before["model config"]  # and the model read back
+
+
+def test_a_remote_trace_keeps_the_model_s_key(tmp_path):
+    """Serializing a request tags the wrapped model's tokenizer with nnsight's `_persistent_id`
+    (`LanguageModel.__getstate__`, nnsight 0.8.1), which the tokenizer key read as an attribute:
+    after a remote trace every local checkpoint and Experiment cell of the model was someone
+    else's (found by CI: test_experiment's SIGKILL resume recomputed all 6 cells after
+    test_remote's NdifSim traces had run on the shared tiny model)."""
+    source = mi.zoo.tiny_model("qwen3_moe")
+    source._module.save_pretrained(tmp_path)
+    source.tokenizer.save_pretrained(tmp_path)
+    model = mi.load(tmp_path)
+    before = model_parts(model)
+    with mi.trace(model, "Hello there", mi.RouterRecord(), remote="local"):
+        pass
+    assert model.tokenizer.__dict__.get("_persistent_id") == "Tokenizer"  # what serialization left on it
+    assert model_parts(model) == before

@@ -334,10 +334,11 @@ def model_parts(model: Any, weights: str = "full") -> dict[str, str]:
             "tokenizer": tokenizer_fingerprint(getattr(model, "tokenizer", None))}
 
 
-# Tokenizer attributes that record where it came from or what it warned about, not what it does.
+# Tokenizer attributes that record where it came from or what it warned about, not what it does
+# (`_persistent_id`: nnsight tags the tokenizer with it whenever a request is serialized).
 _TOKENIZER_RECORDS = frozenset({"init_inputs", "init_kwargs", "name_or_path", "_processor_class", "verbose",
                                 "_in_target_context_manager", "deprecation_warnings", "files_loaded", "backend",
-                                "_tokenizer", "tokens_trie", "_decode_use_source_tokenizer"})
+                                "_tokenizer", "tokens_trie", "_decode_use_source_tokenizer", "_persistent_id"})
 # The texts a tokenizer's behaviour is probed on: several scripts, digits, case, whitespace
 # runs, combining marks, full-width forms, emoji, contractions (its own special and added
 # tokens are appended).
