@@ -22,6 +22,30 @@ def tiny(arch: str, padding_side: str = "left"):
     return mi.zoo.tiny_model(arch, padding_side=padding_side)
 
 
+def by_layer_hooks(model, text, suffix, take, pre=False):
+    """Per MoE layer (model order), what `take` returns from every module whose name ends with
+    `suffix` during a plain HF forward of `text` (alone, no padding): `take(args, kwargs)` of a
+    pre-hook (`pre=True`) or `take(args, output)` of a forward hook. Plain torch hooks, no
+    package code; every hook removed whatever happens."""
+    hf, seen = model._module, {}
+
+    def keep(name):
+        if pre:
+            return lambda module, args, kwargs: seen.__setitem__(name, take(args, kwargs))
+        return lambda module, args, output: seen.__setitem__(name, take(args, output))
+
+    handles = [module.register_forward_pre_hook(keep(name), with_kwargs=True) if pre
+               else module.register_forward_hook(keep(name)) for name, module in hf.named_modules()
+               if name.endswith(suffix)]
+    try:
+        with torch.no_grad():
+            hf(**model.tokenizer(text, return_tensors="pt"))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [seen[name] for name in sorted(seen, key=lambda n: int(n.split(".")[2]))]
+
+
 def encode(model, prompts=PROMPTS, padding_side=None):
     tok = model.tokenizer
     if padding_side is not None:

@@ -27,31 +27,10 @@ import torch
 from nnsight.intervention.backends.remote import RemoteError
 
 import moe_interp as mi
-from ndif_harness import NdifBackend, NdifServer, ndif_path
+from ndif_harness import NdifBackend
 from test_multimodal import INVOKES, TinyProcessor, more_images, with_images
+from test_ndif_server import MODES, pytestmark, server  # noqa: F401  (skipped without ndif, as there; its server)
 from test_remote import ship_functions_unwrapped  # noqa: F401  (autouse: ship functions as installed code)
-
-MODES = ("execute", "sandbox")
-
-_NDIF = ndif_path()
-pytestmark = pytest.mark.skipif(
-    _NDIF is None, reason="the ndif package is not installed here nor in .ndif/: install the wheel without dependencies into "
-    ".ndif/ (pip download ndif==0.1.2 --no-deps --python-version 3.12 --only-binary=:all:, then pip install "
-    "--no-deps --ignore-requires-python --target .ndif <wheel>), as .ci/run does")
-
-
-@pytest.fixture(scope="module")
-def server():
-    from cloudpickle.cloudpickle import _PICKLE_BY_VALUE_MODULES
-    import nnsight.ndif
-
-    by_value, pulled = set(_PICKLE_BY_VALUE_MODULES), nnsight.ndif._PULLED_ENV
-    process = NdifServer(_NDIF)
-    yield process
-    process.close()
-    _PICKLE_BY_VALUE_MODULES.clear()
-    _PICKLE_BY_VALUE_MODULES.update(by_value)
-    nnsight.ndif._PULLED_ENV = pulled
 
 
 @functools.lru_cache(maxsize=None)

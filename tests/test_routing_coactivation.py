@@ -10,8 +10,8 @@ import torch
 from jaxtyping import TypeCheckError
 
 import moe_interp as mi
-from conftest import PROMPTS, tiny
-from test_remote import NdifSim, ship_functions_unwrapped  # noqa: F401  (autouse: ship functions as installed code)
+from conftest import PROMPTS, by_layer_hooks, tiny
+from test_remote import NdifSim, loaded, ship_functions_unwrapped  # noqa: F401  (autouse: ship functions as installed code; the loaded model)
 
 profile_module = sys.modules["moe_interp.experiments._profile"]
 CORPUS = {"eng": ["The cat sat on the mat.", "Hi", "A much longer English sentence about cats."],
@@ -22,25 +22,10 @@ def chosen_by_hand(model, text):
     """Per MoE layer (model order), the `[tokens, K]` experts each token of `text` (alone, no
     padding) was sent to: the integer argument of every `*.mlp.experts` call, read by a torch
     pre-hook during a plain HF forward."""
-    hf = model._module
-    seen = {}
-
-    def keep(name):
-        def pre(module, args, kwargs):
-            index = next(v for v in [*args, *kwargs.values()] if isinstance(v, torch.Tensor)
-                         and not v.is_floating_point())
-            seen[name] = index.reshape(-1, index.shape[-1]).clone()
-        return pre
-
-    handles = [module.register_forward_pre_hook(keep(name), with_kwargs=True)
-               for name, module in hf.named_modules() if name.endswith(".mlp.experts")]
-    try:
-        with torch.no_grad():
-            hf(**model.tokenizer(text, return_tensors="pt"))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [seen[name] for name in sorted(seen, key=lambda n: int(n.split(".")[2]))]
+    def take(args, kwargs):
+        index = next(v for v in [*args, *kwargs.values()] if isinstance(v, torch.Tensor) and not v.is_floating_point())
+        return index.reshape(-1, index.shape[-1]).clone()
+    return by_layer_hooks(model, text, ".mlp.experts", take, pre=True)
 
 
 def pairs_by_hand(model, texts, num_experts):
@@ -169,16 +154,6 @@ def test_a_profile_counts_the_pairs_by_hand_on_both_local_paths(monkeypatch):
         assert torch.equal(stats.co_activation.diagonal(dim1=-2, dim2=-1), stats.count)
     plain = mi.profile(model, CORPUS, batch_size=2, progress=False)
     assert plain.co_activation is None and torch.equal(plain.count, hooked.count)
-
-
-@pytest.fixture(scope="module")
-def loaded(tmp_path_factory):
-    """`mi.load(local_dir)` of the tiny qwen3_moe (a wrapped in-memory model cannot go remote)."""
-    directory = tmp_path_factory.mktemp("tiny_qwen3_moe")
-    source = tiny("qwen3_moe")
-    source._module.save_pretrained(directory)
-    source.tokenizer.save_pretrained(directory)
-    return mi.load(directory)
 
 
 @pytest.mark.parametrize("remote", ["local", "sim"])

@@ -12,8 +12,8 @@ import torch
 from jaxtyping import TypeCheckError
 
 import moe_interp as mi
-from conftest import PROMPTS, tiny
-from test_remote import NdifSim, ship_functions_unwrapped  # noqa: F401  (autouse: ship functions as installed code)
+from conftest import PROMPTS, by_layer_hooks, tiny
+from test_remote import NdifSim, loaded, ship_functions_unwrapped  # noqa: F401  (autouse: ship functions as installed code; the loaded model)
 
 profile_module = sys.modules["moe_interp.experiments._profile"]
 CORPUS = {"eng": ["The cat sat on the mat.", "Hi", "A much longer English sentence about cats."],
@@ -24,23 +24,8 @@ def logits_by_hand(model, text):
     """Per MoE layer (model order), the `[tokens, E]` router logits of `text` (alone, no padding):
     the first output of every `*.mlp.gate` (HF's top-k router returns `(logits, scores, indices)`),
     read by a torch forward hook during a plain HF forward."""
-    hf = model._module
-    seen = {}
-
-    def keep(name):
-        def hook(module, args, output):
-            seen[name] = output[0].detach().reshape(-1, output[0].shape[-1]).double().clone()
-        return hook
-
-    handles = [module.register_forward_hook(keep(name)) for name, module in hf.named_modules()
-               if name.endswith(".mlp.gate")]
-    try:
-        with torch.no_grad():
-            hf(**model.tokenizer(text, return_tensors="pt"))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [seen[name] for name in sorted(seen, key=lambda n: int(n.split(".")[2]))]
+    return by_layer_hooks(model, text, ".mlp.gate",
+                          lambda args, out: out[0].detach().reshape(-1, out[0].shape[-1]).double().clone())
 
 
 def entropy_by_hand(model, texts):
@@ -129,16 +114,6 @@ def test_a_profile_sums_the_entropies_by_hand_per_language_and_the_hooked_path_d
     assert stats.entropy_sum.shape == (2, 4) and close(stats.entropy_sum, expected)
     assert torch.equal(stats.count, plain.count) and plain.entropy_sum is None
     assert close(stats.token_entropy(), expected / stats.tokens[:, None].double())
-
-
-@pytest.fixture(scope="module")
-def loaded(tmp_path_factory):
-    """`mi.load(local_dir)` of the tiny qwen3_moe (a wrapped in-memory model cannot go remote)."""
-    directory = tmp_path_factory.mktemp("tiny_qwen3_moe")
-    source = mi.zoo.tiny_model("qwen3_moe")
-    source._module.save_pretrained(directory)
-    source.tokenizer.save_pretrained(directory)
-    return mi.load(directory)
 
 
 def test_a_remote_trace_and_profile_send_back_the_sums(loaded):
