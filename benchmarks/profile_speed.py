@@ -8,12 +8,15 @@ then `model(input_ids, attention_mask)` under `torch.no_grad()`. Both count the 
 (checked), so the ratio of their times is the ratio of their tokens/s.
 
 Each repetition runs, in a shuffled order, the plain forward; `mi.profile` as it runs (its
-batches read by torch hooks, `runtime._hooks`); and `mi.profile` with every batch read by an
-nnsight trace (the path before the hooks, and what edits still take). A profile's time is the
-whole call: tokenizing and padding, the checkpoint key (every weight byte hashed; its time alone
-is reported too), every batch, the result. Then the batches alone, what the profile runs per
-batch (the read, the kernels, the counts) on the plain forward's batches: each batch three ways
-(plain forward, hooks, trace) in a shuffled order, so that the three see the same load.
+batches read by torch hooks, `runtime._hooks`, each forward stopped once the last router it
+reads has handed its routing over); the same with every forward run to its end
+(`hooked_reader(stop_early=False)`: what the reading itself costs); and `mi.profile` with every
+batch read by an nnsight trace (the path before the hooks, and what edits still take). A
+profile's time is the whole call: tokenizing and padding, the checkpoint key (every weight byte
+hashed; its time alone is reported too), every batch, the result. Then the batches alone, what
+the profile runs per batch (the read, the kernels, the counts) on the plain forward's batches:
+each batch four ways (plain forward, hooks stopping early, hooks to the end, trace) in a
+shuffled order, so that the four see the same load.
 Ratio = plain time / variant time of the same repetition (tokens/s, variant over plain), in
 wall time and in CPU time of this process (less disturbed by other jobs on a shared machine).
 The two profiles' tables, and each batch's counts, are compared bitwise. Writes the "Profile
@@ -94,7 +97,7 @@ def main() -> int:
     hf = model._module
     batches = plain_batches(model, corpus, 16)
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-    hooked = profiling.hooked_trace
+    hooked = profiling.hooked_reader
     inputs = [{"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]} for b in batches]
 
     def plain():
@@ -109,33 +112,51 @@ def main() -> int:
         return mi.profile(model, corpus, batch_size=16, progress=False)
 
     def traced():  # every batch through an nnsight trace, as before runtime/_hooks
-        profiling.hooked_trace = lambda *a, **k: None
+        profiling.hooked_reader = lambda *a, **k: None
         try:
             return profile()
         finally:
-            profiling.hooked_trace = hooked
+            profiling.hooked_reader = hooked
+
+    def to_the_end():  # every batch read by hooks, every forward run to its end
+        profiling.hooked_reader = lambda *a, **k: hooked(*a, stop_early=False, **k)
+        try:
+            return profile()
+        finally:
+            profiling.hooked_reader = hooked
 
     def batch_plain(batch):
         return hf(**batch)
 
-    def batch_hooked(batch):  # what the profile does per batch, read by hooks
-        return hooked(model, batch, mi.RouterRecord()).routing
+    reader, reader_full = hooked(model, mi.RouterRecord()), hooked(model, mi.RouterRecord(), stop_early=False)
+
+    def batch_hooked(batch):  # what the profile does per batch, read by hooks (its reader prepared once)
+        return reader(batch).routing
+
+    def batch_hooked_full(batch):  # the same, the forward run to its end
+        return reader_full(batch).routing
 
     def batch_traced(batch):  # the same, one nnsight trace
         with per_row_trace(model, batch, mi.RouterRecord()) as tracer:
             pass
         return tracer.routing
 
-    calls = {"plain": plain, "plain_texts": plain_from_texts, "hooks": profile, "traces": traced}
-    per_batch = {"batch_plain": batch_plain, "batches_hooks": batch_hooked, "batches_traces": batch_traced}
+    calls = {"plain": plain, "plain_texts": plain_from_texts, "hooks": profile, "hooks_full": to_the_end,
+             "traces": traced}
+    per_batch = {"batch_plain": batch_plain, "batches_hooks": batch_hooked, "batches_hooks_full": batch_hooked_full,
+                 "batches_traces": batch_traced}
     load_start = os.getloadavg()
     with torch.no_grad():
-        a, b = profile(), traced()  # warm-up (the first trace checks the detection), and the checks
+        a, b, c = profile(), traced(), to_the_end()  # warm-up (the first trace checks the detection); the checks
+        reader, reader_full = hooked(model, mi.RouterRecord()), hooked(model, mi.RouterRecord(), stop_early=False)
         plain()
-        same = all(torch.equal(getattr(a, f), getattr(b, f))
+        same = all(torch.equal(getattr(a, f), getattr(x, f)) for x in (b, c)
                    for f in ("count", "gate_mass", "tokens", "item_count", "item_tokens"))
         same = same and all(torch.equal(x.count, y.count) and torch.equal(x.gate_mass, y.gate_mass)
-                            for x, y in ((batch_hooked(batch), batch_traced(batch)) for batch in inputs))
+                            for batch in inputs for y in (batch_hooked_full(batch), batch_traced(batch))
+                            for x in (batch_hooked(batch),))
+        stops = {reader(batch).stopped for batch in inputs}
+        same = same and None not in stops and {reader_full(batch).stopped for batch in inputs} == {None}
         counted = int(a.tokens.sum())
         key_s = statistics.median(_cpu(lambda: model_parts(model, "full")) for _ in range(5))
         wall = {name: [] for name in [*calls, *per_batch]}
@@ -162,7 +183,7 @@ def main() -> int:
     ratio = {(clock, name): [p / v for p, v in zip(times["batch_plain" if name in per_batch else "plain"], times[name])]
              for clock, times in (("wall", wall), ("cpu", cpu)) for name in wall}
     for clock, times in (("wall", wall), ("cpu", cpu)):  # against the plain pipeline from the same texts
-        for name in ("hooks", "traces"):
+        for name in ("hooks", "hooks_full", "traces"):
             ratio[(clock, name + "_texts")] = [p / v for p, v in zip(times["plain_texts"], times[name])]
     cpu_name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                     "unknown CPU") if os.path.exists("/proc/cpuinfo") else "unknown CPU"
@@ -176,23 +197,30 @@ def main() -> int:
              f"windows, {counted:,} counted by the profile ({'the same' if counted == tokens else 'DIFFERENT'}). "
              f"{reps} repetitions; each runs the plain forward (on batches built beforehand), the plain pipeline "
              "from the texts (tokenizing, windowing, sorting and padding them as the profile does, without the "
-             "package, then the same forward) and the two whole calls in a shuffled order, then "
-             "every batch three ways (plain, hooks, trace) in a shuffled order; ratio = tokens/s over the plain "
+             "package, then the same forward) and the three whole calls in a shuffled order, then "
+             "every batch four ways (plain, hooks stopping early, hooks to the end, trace) in a shuffled order; ratio = tokens/s over the plain "
              "forward's, or the plain pipeline's, in the same repetition (plain time / variant time). A whole call includes "
              "tokenizing and padding the texts, the checkpoint key (every weight byte hashed: "
              f"{key_s * 1000:.0f} ms CPU here, {key_s / plain_s:.1%} of the plain forward) and building the result; "
              "the batches alone are what it runs per batch (the read, the kernels, the counts) on the plain "
              f"forward's batches. Median plain forward: {statistics.median(wall['plain']):.2f} s wall, "
-             f"{plain_s:.2f} s CPU. The profile read by hooks and the one read by traces gave "
+             f"{plain_s:.2f} s CPU. The profiles read by hooks (stopping early and not) and the one read by traces gave "
              f"{'bitwise equal' if same else 'DIFFERENT'} tables (count, gate mass, tokens, per-item counts and "
-             "tokens; per batch too). Target: >= 0.97 (issue 27).", "",
+             "tokens; per batch too, the three reads against each other). The reads that stop early stopped at "
+             f"{', '.join(sorted(str(s) for s in stops))}: what runs after it (there, this layer's experts, the final "
+             "norm and the head) does not run; the default. Target: >= 0.97 (issue 27).", "",
              "| variant | tokens/s ratio, wall: median | IQR | min - max | CPU time: median | IQR | min - max |",
              "|---|---|---|---|---|---|---|"]
-    for name, label in (("hooks", "`mi.profile`, batches read by torch hooks (`runtime._hooks`, the default)"),
+    for name, label in (("hooks", "`mi.profile` (the default: batches read by torch hooks, each forward stopped "
+                                  "after the last router read)"),
+                        ("hooks_full", "`mi.profile`, batches read by torch hooks, every forward to its end"),
                         ("traces", "`mi.profile`, batches read by an nnsight trace each (before)"),
-                        ("hooks_texts", "`mi.profile` (hooks), against the plain pipeline from the same texts"),
+                        ("hooks_texts", "`mi.profile` (the default), against the plain pipeline from the same texts"),
+                        ("hooks_full_texts", "`mi.profile` (hooks, forward to its end), against the plain pipeline "
+                                             "from the same texts"),
                         ("traces_texts", "`mi.profile` (traces), against the plain pipeline from the same texts"),
-                        ("batches_hooks", "the batches alone, read by torch hooks"),
+                        ("batches_hooks", "the batches alone, read by torch hooks, stopped after the last read"),
+                        ("batches_hooks_full", "the batches alone, read by torch hooks, forward to its end"),
                         ("batches_traces", "the batches alone, an nnsight trace each")):
         lines.append(f"| {label} | {summary(ratio[('wall', name)])} | {summary(ratio[('cpu', name)])} |")
     lines.append(END)

@@ -46,6 +46,31 @@ def by_layer_hooks(model, text, suffix, take, pre=False):
     return [seen[name] for name in sorted(seen, key=lambda n: int(n.split(".")[2]))]
 
 
+def hooked_batches(monkeypatch, hooks=True):
+    """Patch `mi.profile`'s hooked reader (`experiments._profile.hooked_reader`) to record, per
+    local batch, whether torch hooks read it (True) or a trace ran (False); `hooks=False` makes
+    every batch a trace. Returns the list it appends to; `monkeypatch.undo()` restores it."""
+    import moe_interp.experiments._profile as profile_module
+    from moe_interp.runtime._hooks import hooked_reader
+
+    served = []
+
+    def reader(*args, **kwargs):
+        real = hooked_reader(*args, **kwargs) if hooks else None
+        if real is None:  # this batch runs a trace; the profile prepares a reader again for the next
+            served.append(False)
+            return None
+
+        def read(batch):
+            run = real(batch)
+            served.append(run is not None)
+            return run
+        return read
+
+    monkeypatch.setattr(profile_module, "hooked_reader", reader)
+    return served
+
+
 def encode(model, prompts=PROMPTS, padding_side=None):
     tok = model.tokenizer
     if padding_side is not None:

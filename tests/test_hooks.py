@@ -7,16 +7,17 @@ calls, or serve what only a trace can (edits, a `.source` readout, the first che
 
 import os
 import threading
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import conformance
+from conftest import hooked_batches
 import moe_interp as mi
-import moe_interp.experiments._profile as profile_module
 from moe_interp.runtime import _hooks
 from moe_interp.runtime._compile import compile_plan
-from moe_interp.runtime._hooks import hooked_trace, unserved
+from moe_interp.runtime._hooks import hooked_reader, hooked_trace, unserved
 from moe_interp.runtime._shipping import model_lock
 from moe_interp.runtime._tracer import per_row_trace
 
@@ -75,14 +76,17 @@ def test_a_hooked_batch_equals_the_trace_and_the_oracle(model_type, situation):
             pass
         return
     plan = compile_plan(mi.describe(model), [mi.RouterRecord()], model)
+    stopped = _hooked(model, batch, use_cache=False)  # nothing else watches: it stops after the last read
     oracle = conformance.Oracle(model._module, mi.describe(model).num_experts)
-    with oracle.watch():
+    with oracle.watch():  # the oracle's hooks watch: the forward runs to its end
         run = _hooked(model, batch, use_cache=False)
     if unserved(plan) is not None:  # a readout at a `.source` op (JetMoe): the trace serves it
-        assert run is None and "source" in unserved(plan)
+        assert run is None and stopped is None and "source" in unserved(plan)
         return
-    assert run is not None
+    assert run is not None and run.stopped is None
+    assert stopped is not None and stopped.stopped is not None
     _assert_same(run, tracer)
+    _assert_same(stopped, tracer)
     rows = [(row, 1) for row in range(batch["input_ids"].shape[0])]
     cells = conformance.check_trace(model_type, situation, model, run, {g: {} for g in range(len(rows))}, rows, {},
                                     oracle)
@@ -224,21 +228,98 @@ def test_a_profile_read_by_hooks_equals_one_read_by_traces(model_type, monkeypat
     corpus = {"eng": ["Hello there, how are you today?" * 2, "Hi", "A longer text of several words"],
               "deu": ["Guten Morgen, liebe Welt", "Ja"]}
     fresh = mi.zoo.tiny_model(model_type, **options)
-    monkeypatch.setattr(profile_module, "hooked_trace", lambda *args, **kwargs: None)
+    hooked_batches(monkeypatch, hooks=False)
     traced = mi.profile(fresh, corpus, batch_size=2, progress=False)
     monkeypatch.undo()
     model = mi.zoo.tiny_model(model_type, **options)
-    served = []
-
-    def counting(*args, **kwargs):
-        run = hooked_trace(*args, **kwargs)
-        served.append(run is not None)
-        return run
-
-    monkeypatch.setattr(profile_module, "hooked_trace", counting)
+    served = hooked_batches(monkeypatch)
     hooked = mi.profile(model, corpus, batch_size=2, progress=False)
     assert all(served[1:]) and len(served) >= 3  # the first may be a trace: it checks an auto-detected model
     pairs = [(hooked, traced)] if model_type == "qwen3_moe" else [(hooked[s], traced[s]) for s in traced]
     for a, b in pairs:
         for field in ("count", "gate_mass", "tokens", "item_count", "item_tokens"):
             assert torch.equal(getattr(a, field), getattr(b, field)), field
+
+
+def _lock_is_free(model):
+    free = []
+    other = threading.Thread(target=lambda: free.append(model_lock(model).acquire(timeout=5) and
+                                                        model_lock(model).release() is None))
+    other.start()
+    other.join()
+    return free == [True]
+
+
+def test_the_forward_stops_after_the_last_router_read_and_leaves_the_model_as_it_was(monkeypatch):
+    """Nothing after the last layer's experts input runs (its experts, the final norm, the head:
+    counted by wrapping their forwards, which no hook sees), every hook goes, the lock is free,
+    and every batch reads what the trace reads."""
+    model = mi.zoo.tiny_model("qwen3_moe")
+    hf = model._module
+    batch = _batch(model)
+    reference = _traced(model, batch)
+    before = _hook_state(hf)
+    calls = []
+    for name in ("lm_head", "model.norm", "model.layers.3.mlp.experts", "model.layers.3.mlp.gate"):
+        module = hf.get_submodule(name)
+        forward = module.forward
+        monkeypatch.setattr(module, "forward", lambda *a, _name=name, _forward=forward, **k: calls.append(_name)
+                            or _forward(*a, **k))
+    for _ in range(2):
+        run = _hooked(model, batch)
+        assert run.stopped == "model.layers.3.mlp.experts"
+        _assert_same(run, reference)
+    assert calls == ["model.layers.3.mlp.gate"] * 2  # the last router ran; what follows its read did not
+    monkeypatch.undo()
+    assert _hook_state(hf) == before and _lock_is_free(model)
+    with torch.no_grad():
+        full = hooked_trace(model, batch, mi.RouterRecord(), stop_early=False)
+    assert full.stopped is None
+    _assert_same(full, reference)
+
+
+def test_a_hook_someone_registered_sees_the_whole_forward():
+    model = mi.zoo.tiny_model("qwen3_moe")
+    batch = _batch(model)
+    reference = _traced(model, batch)
+    seen = []
+    handle = model._module.lm_head.register_forward_hook(lambda module, args, output: seen.append(output.shape))
+    try:
+        run = _hooked(model, batch)
+    finally:
+        handle.remove()
+    assert run.stopped is None and len(seen) == 1
+    _assert_same(run, reference)
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(lambda module, args: None)  # global hooks too
+    try:
+        assert _hooked(model, batch).stopped is None
+    finally:
+        handle.remove()
+    assert _hooked(model, batch).stopped is not None
+
+
+class _AccelerateHook(SimpleNamespace):
+    """Stands in for an accelerate module hook: what nnsight calls around the module's body."""
+
+    def pre_forward(self, module, *args, **kwargs):
+        return args, kwargs
+
+    def post_forward(self, module, output):
+        return output
+
+
+@pytest.mark.parametrize("hook, stops", [
+    (_AccelerateHook(offload=True), False),                   # accelerate's AlignDevicesHook, offloading weights
+    (_AccelerateHook(hooks=[_AccelerateHook(offload=False), _AccelerateHook(offload=True)]), False),  # SequentialHook
+    (_AccelerateHook(offload=False, io_same_device=True), True),  # device placement only: nothing to put back
+])
+def test_an_accelerate_hook_that_offloads_weights_sees_the_whole_forward(hook, stops, monkeypatch):
+    """An offloading hook puts the weights back in its post-forward, which a stopped forward
+    would skip: such a model runs to the end."""
+    model = mi.zoo.tiny_model("qwen3_moe")
+    batch = _batch(model)
+    reference = _traced(model, batch)
+    monkeypatch.setattr(model._module.model.layers[3], "_hf_hook", hook, raising=False)
+    run = _hooked(model, batch)
+    assert (run.stopped is not None) == stops
+    _assert_same(run, reference)

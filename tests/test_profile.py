@@ -325,3 +325,33 @@ def test_cli_profile_of_the_demo_model_windows_texts_longer_than_its_positions(t
     pieces = stats.item_tokens.tolist()
     assert max(pieces) <= MAX_BYTES and sum(pieces) == sum(stats.tokens.tolist())
     assert len(pieces) > sum(len(corpus[lang]) for lang in ("eng", "bod"))  # long texts were cut
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("model_type", ["qwen3_moe", "switch_transformers"])
+def test_padding_rows_equals_the_tokenizers_own_pad(model_type, side):
+    """`mi.profile`'s batches: token ids, mask, dtypes and shape exactly as `tokenizer.pad`
+    makes them, on either padding side (rows of one token, of equal lengths, longest last)."""
+    from moe_interp.runtime._inputs import pad_rows
+    tokenizer = tiny(model_type).tokenizer
+    saved = tokenizer.padding_side
+    tokenizer.padding_side = side
+    try:
+        for rows in ([[5, 6, 7], [8]], [[9]], [[4, 5], [6, 7]], [[3], [4, 5, 6, 7, 8], [9, 10]]):
+            ours, theirs = pad_rows(tokenizer, rows), tokenizer.pad({"input_ids": rows}, return_tensors="pt")
+            for field in ("input_ids", "attention_mask"):
+                assert ours[field].dtype == theirs[field].dtype and torch.equal(ours[field], theirs[field]), field
+    finally:
+        tokenizer.padding_side = saved
+
+
+def test_padding_without_a_pad_token_is_the_tokenizers_error():
+    from moe_interp.runtime._inputs import pad_rows
+    tokenizer = tiny("qwen3_moe").tokenizer
+    saved = tokenizer.pad_token
+    tokenizer.pad_token = None
+    try:
+        with pytest.raises(ValueError, match="padding token"):
+            pad_rows(tokenizer, [[5, 6], [7]])
+    finally:
+        tokenizer.pad_token = saved

@@ -1,6 +1,7 @@
 """`benchmarks/profile_speed.py --smoke`: the profile-speed benchmark runs as a user would run it
-(a subprocess), finds the two profiles' tables bitwise equal and the tokens counted equal to the
-plain forward's, per batch too, and writes nothing (no time is asserted: tests assert behaviour)."""
+(a subprocess), finds the three profiles' tables bitwise equal (hooks stopping early, hooks to the
+end, traces) and the tokens counted equal to the plain forward's, per batch too, finds the early
+reads stopped and the others not, and writes nothing (no time is asserted: tests assert behaviour)."""
 
 import os
 import subprocess
@@ -18,7 +19,11 @@ def test_the_smoke_run_reports_equal_tables_and_tokens_and_writes_nothing():
     run = subprocess.run([sys.executable, SCRIPT, "--smoke"], capture_output=True, text=True, env=env, timeout=900)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "gave bitwise equal tables" in run.stdout and "(the same)" in run.stdout
-    assert "| `mi.profile`, batches read by torch hooks (`runtime._hooks`, the default) | **" in run.stdout
-    assert "| the batches alone, read by torch hooks | **" in run.stdout
+    assert "stopped at model.layers.7.mlp.experts:" in run.stdout
+    for row in ("`mi.profile` (the default: batches read by torch hooks, each forward stopped after the last router "
+                "read)", "`mi.profile`, batches read by torch hooks, every forward to its end",
+                "the batches alone, read by torch hooks, stopped after the last read",
+                "the batches alone, read by torch hooks, forward to its end"):
+        assert f"| {row} | **" in run.stdout
     with open(RESULTS, "rb") as f:
         assert f.read() == before

@@ -3,17 +3,15 @@ group and MoE layer, against pairs counted by hand from the experts' own argumen
 hooks, no package code), in a trace with padding and several invokes, in `mi.profile` on both
 local paths (torch hooks and nnsight traces) and remotely (`remote="local"`, `NdifSim`)."""
 
-import sys
 
 import pytest
 import torch
 from jaxtyping import TypeCheckError
 
 import moe_interp as mi
-from conftest import PROMPTS, by_layer_hooks, tiny
+from conftest import PROMPTS, by_layer_hooks, hooked_batches, tiny
 from test_remote import NdifSim, loaded, ship_functions_unwrapped  # noqa: F401  (autouse: ship functions as installed code; the loaded model)
 
-profile_module = sys.modules["moe_interp.experiments._profile"]
 CORPUS = {"eng": ["The cat sat on the mat.", "Hi", "A much longer English sentence about cats."],
           "deu": ["Die Katze saß auf der Matte.", "Hallo Welt"]}
 
@@ -129,16 +127,9 @@ def _by_hand_per_language(model, corpus):
 def test_a_profile_counts_the_pairs_by_hand_on_both_local_paths(monkeypatch):
     model = mi.zoo.tiny_model("qwen3_moe")
     expected = _by_hand_per_language(model, CORPUS)
-    real = profile_module.hooked_trace
 
     def read_by(hooks):
-        calls = []
-
-        def hooked(*args, **kwargs):
-            run = real(*args, **kwargs) if hooks else None
-            calls.append(run is not None)
-            return run
-        monkeypatch.setattr(profile_module, "hooked_trace", hooked)
+        calls = hooked_batches(monkeypatch, hooks)
         try:
             return mi.profile(model, CORPUS, mi.RouterRecord(co_activation=True), batch_size=2, progress=False), calls
         finally:

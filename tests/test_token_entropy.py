@@ -5,17 +5,15 @@ trace with padding and several invokes, in `mi.profile` (its hooked path decline
 remotely (`remote="local"`), and saved / loaded."""
 
 import math
-import sys
 
 import pytest
 import torch
 from jaxtyping import TypeCheckError
 
 import moe_interp as mi
-from conftest import PROMPTS, by_layer_hooks, tiny
+from conftest import PROMPTS, by_layer_hooks, hooked_batches, tiny
 from test_remote import NdifSim, loaded, ship_functions_unwrapped  # noqa: F401  (autouse: ship functions as installed code; the loaded model)
 
-profile_module = sys.modules["moe_interp.experiments._profile"]
 CORPUS = {"eng": ["The cat sat on the mat.", "Hi", "A much longer English sentence about cats."],
           "deu": ["Die Katze saß auf der Matte.", "Hallo Welt"]}
 
@@ -99,14 +97,7 @@ def test_a_hash_routed_model_is_refused_with_the_reason():
 def test_a_profile_sums_the_entropies_by_hand_per_language_and_the_hooked_path_declines(monkeypatch):
     model = mi.zoo.tiny_model("qwen3_moe")
     expected = per_language_by_hand(model, CORPUS)
-    real = profile_module.hooked_trace
-    calls = []
-
-    def hooked(*args, **kwargs):
-        run = real(*args, **kwargs)
-        calls.append(run is not None)
-        return run
-    monkeypatch.setattr(profile_module, "hooked_trace", hooked)
+    calls = hooked_batches(monkeypatch)
     stats = mi.profile(model, CORPUS, mi.RouterRecord(entropy=True), batch_size=2, progress=False)
     plain = mi.profile(model, CORPUS, batch_size=2, progress=False)
     assert not any(calls[:3]) and any(calls[3:])   # entropy reads the logits: traces; the plain profile hooks

@@ -11,10 +11,10 @@ from moe_interp.core._checks import check_positive
 from moe_interp.core._fingerprint import (WEIGHTS, ResumeError, check_corpus, check_pairs, fingerprint, is_pairs,
                                           model_parts)
 from moe_interp.arch import describe
-from moe_interp.runtime._inputs import max_positions
+from moe_interp.runtime._inputs import max_positions, pad_rows
 from moe_interp.runtime._session import profile_session
 from moe_interp.runtime._shipping import check_servable
-from moe_interp.runtime._hooks import hooked_trace
+from moe_interp.runtime._hooks import hooked_reader
 from moe_interp.runtime._tracer import per_row_trace
 from moe_interp.runtime._compile import compile_plan
 from moe_interp.runtime._interventions import RouterRecord, flatten
@@ -93,13 +93,18 @@ def _rows(model: Any, corpus: dict, long_texts: str, options: dict,
 
 
 def _local_forward(model: Any, batch: dict, interventions: list, trace_kwargs: dict,
-                   record: RouterRecord = RouterRecord()) -> Any:
+                   record: RouterRecord = RouterRecord(), readers: dict | None = None) -> Any:
     """One local forward of `batch` with `interventions` and a per-row `record`: read by
-    torch hooks where they serve it (`runtime._hooks.hooked_trace`: the same reader and kernels,
-    without an nnsight trace's cost), else by an nnsight trace; both give `.routing` /
-    `.routing_by_stack`."""
+    torch hooks where they serve it (`runtime._hooks.hooked_reader`: the same reader and kernels,
+    without an nnsight trace's cost; the forward stops after the last routing it reads), else by
+    an nnsight trace; both give `.routing` / `.routing_by_stack`. `readers` keeps the hooked
+    reader across a profile's batches (prepared again until one serves: an auto-detected model's
+    first batch is a trace, which checks the detection)."""
+    readers = {} if readers is None else readers
     with torch.no_grad():
-        run = hooked_trace(model, batch, *interventions, record, **trace_kwargs)
+        if readers.get("hooks") is None:
+            readers["hooks"] = hooked_reader(model, *interventions, record, **trace_kwargs)
+        run = None if readers["hooks"] is None else readers["hooks"](batch)
     if run is not None:
         return run
     tracer = per_row_trace(model, batch, *interventions, record, **trace_kwargs)
@@ -123,9 +128,10 @@ def _local_batches(model: Any, spec: Any, todo: list[int], inputs: Any, row_lang
     forward each (read by torch hooks where they serve the interventions, `runtime._hooks`; else by
     an nnsight trace); gate mass, co-activation and entropy sums (None unless `record` asks) summed
     per language."""
+    readers: dict = {}
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
-        tracer = _local_forward(model, inputs(chunk), interventions, trace_kwargs, record)
+        tracer = _local_forward(model, inputs(chunk), interventions, trace_kwargs, record, readers)
         routing = tracer.routing
         languages = row_language[torch.tensor(chunk)]
         yield (chunk, routing.count, routing.tokens, _by_language(routing.gate_mass.double(), languages, num_languages),
@@ -139,9 +145,10 @@ def _stack_batches(model: Any, todo: list[int], inputs: Any, row_languages: dict
     """`(rows, {stack: (count, tokens, gate_mass, co_activation)})` per batch of `todo` rows of a
     model with several stacks, one local forward each (`routing_by_stack`, as `_local_batches`
     reads it)."""
+    readers: dict = {}
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
-        tracer = _local_forward(model, inputs(chunk), interventions, trace_kwargs, record)
+        tracer = _local_forward(model, inputs(chunk), interventions, trace_kwargs, record, readers)
         parts = {}
         for stack, routing in tracer.routing_by_stack.items():
             languages = row_languages[stack][torch.tensor(chunk)]
@@ -262,6 +269,13 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]] | Mapping[tuple[str,
     - `"truncate"`: only the first `max_position_embeddings` tokens of the text are routed.
     - `"error"`: a `ValueError` naming the text, before any batch runs.
 
+    Locally, each batch's routing is read by torch hooks where they serve the interventions
+    (recording, no edits), and its forward stops once the last router it reads has handed its
+    routing over: the layers after it, the final norm and the head do not run (they change no
+    count). A model someone else watches (a torch hook registered on any of its modules, an
+    accelerate hook that offloads weights) runs every forward to its end; a profile with edits
+    (an ablation, a steer) runs an nnsight trace per batch.
+
     Encoder-decoder models (NLLB-MoE, Switch Transformers; `mi.describe(model).stacks`):
     the result is `{stack: RoutingStats}`, one per stack (`{"encoder": ..., "decoder": ...}`,
     as `tr.routing_by_stack`): each has its own stack's layers (global indices, `stacks`
@@ -381,8 +395,7 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]] | Mapping[tuple[str,
     trace_kwargs = {k: v for k, v in trace_kwargs.items() if k not in _TOKENIZE}  # the rows are token ids
 
     def inputs(chunk: list[int]) -> dict[str, torch.Tensor]:
-        padded = model.tokenizer.pad({"input_ids": [rows[r][1] for r in chunk]}, return_tensors="pt")
-        return {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]}
+        return pad_rows(model.tokenizer, [rows[r][1] for r in chunk])
 
     def padded(chunk: list[int]) -> int:
         return len(chunk) * max(len(rows[r][1]) for r in chunk)
@@ -550,8 +563,8 @@ def _profile_stacks(model: Any, spec: Any, corpus: dict, interventions: tuple, *
     trace_kwargs = {k: v for k, v in trace_kwargs.items() if k not in _TOKENIZE}  # the rows are token ids
 
     def inputs(chunk: list[int]) -> dict[str, torch.Tensor]:
-        encoder = model.tokenizer.pad({"input_ids": [rows[r][1] for r in chunk]}, return_tensors="pt")
-        decoder = model.tokenizer.pad({"input_ids": [rows[r][2] for r in chunk]}, return_tensors="pt")
+        encoder = pad_rows(model.tokenizer, [rows[r][1] for r in chunk])
+        decoder = pad_rows(model.tokenizer, [rows[r][2] for r in chunk])
         return {"input_ids": encoder["input_ids"], "attention_mask": encoder["attention_mask"],
                 "decoder_input_ids": decoder["input_ids"], "decoder_attention_mask": decoder["attention_mask"]}
 

@@ -9,7 +9,7 @@ from moe_interp.core._checks import check_positive
 from moe_interp.core._fingerprint import check_corpus
 from moe_interp.arch import describe
 from moe_interp.runtime._hooks import hooked_trace
-from moe_interp.runtime._inputs import max_positions
+from moe_interp.runtime._inputs import max_positions, pad_rows
 from moe_interp.runtime._interventions import RouterRecord, flatten
 from moe_interp.analysis._vocabulary import Vocabulary
 from moe_interp.tracing import trace
@@ -115,9 +115,8 @@ def vocabulary(model: Any, corpus: Any, *interventions: Any, batch_size: int = 1
     bar = tqdm(total=len(rows), desc="vocabulary", disable=not progress)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        padded = model.tokenizer.pad({"input_ids": [rows[r][1] for r in chunk]}, return_tensors="pt")
-        table = _records(model, {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]},
-                         interventions, record, trace_kwargs)
+        table = _records(model, pad_rows(model.tokenizer, [rows[r][1] for r in chunk]), interventions, record,
+                         trace_kwargs)
         if table is not None and len(table["row"]):
             pending.append(_batch(table, [rows[r] for r in chunk], languages, layers, spec.num_experts))
         # fold the batches into the total once they outweigh it: each entry is merged O(log batches) times

@@ -20,6 +20,16 @@ returned, as a trace does. The values a readout site names are copied when the h
 read them then); the other arguments are dropped, so no layer's hidden states outlive it.
 Every hook is removed whatever happens in the forward.
 
+The forward stops once every value the plan reads has been seen (`hooked_reader(stop_early=
+True)`, the default; nnsight's `tracer.stop()` does the same in a trace): the hook that sees the
+last one raises, and `_run` catches it. What would run after it (the last MoE layer's experts
+when the routing is read at their arguments, the layers after the last MoE layer, the final
+norm, the head) does not, and nothing it would compute is read, so the counts are those of the
+whole forward (the tests compare both, bitwise, on the conformance matrix). It runs to the end
+where something outside the model watches it: a torch hook anyone registered on any module,
+or a global one, is owed the whole forward, and an accelerate hook that offloads weights
+(`AlignDevicesHook(offload=True)`) puts them back in a post-forward a stop would skip.
+
 Served: a plan that records (`RouterRecord`, per-token too) and edits nothing, on readout sites
 that are a module's arguments or output (every built-in kind but JetMoe's `.source` ops), on
 token-id inputs. Everything else returns None, and the caller runs the nnsight trace
@@ -46,7 +56,7 @@ from moe_interp.runtime._reader import ROUTING
 from moe_interp.runtime._shipping import model_lock
 from moe_interp.runtime._tracer import to_counts
 
-__all__ = ["HookedRun", "hooked_trace", "unserved"]
+__all__ = ["HookedReader", "HookedRun", "hooked_reader", "hooked_trace", "unserved"]
 
 # the fields of a token-id input a hooked run takes (what mi.profile passes); anything else goes to a trace
 _TOKEN_FIELDS = frozenset({"input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask"})
@@ -112,8 +122,9 @@ class HookedRun:
     ```
     """
 
-    def __init__(self, spec: Any, plan: Any, store: dict, groups: list) -> None:
+    def __init__(self, spec: Any, plan: Any, store: dict, groups: list, stopped: Optional[str] = None) -> None:
         self._spec, self._plan, self._store, self._groups = spec, plan, store, groups
+        self.stopped = stopped  # the module whose hook ended the forward early, or None (it ran to the end)
 
     @property
     def routing(self) -> Any:
@@ -133,12 +144,105 @@ class HookedRun:
                 for stack in dict.fromkeys(spec.stacks)}
 
 
-def hooked_trace(model: Any, inputs: Any, *interventions: Any, **kwargs: Any) -> Optional[HookedRun]:
+def hooked_reader(model: Any, *interventions: Any, stop_early: bool = True, **kwargs: Any) -> Optional["HookedReader"]:
+    """A `HookedReader` of `interventions` on `model`, prepared once for many batches (the
+    plan compiled, the modules to hook chosen), or None where only a trace serves them (see the
+    module docstring; an auto-detected model's first trace, which checks the detection, is
+    one: prepare again after it). `kwargs` go to the model. With `stop_early` (the default)
+    each forward stops once every value the plan reads has been seen, as nnsight's
+    `tracer.stop()` does: the layers after the last router read, the final norm and the head
+    do not run, and nothing they would compute is read. It runs the whole forward instead where
+    something else watches the model: a torch hook anyone registered (any module's forward or
+    pre-forward hooks, or global ones) or an accelerate hook that offloads weights (whose
+    post-forward puts them back).
+
+    ```python
+    >>> import moe_interp as mi, torch
+    >>> from moe_interp.runtime._hooks import hooked_reader
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
+    >>> batch = {"input_ids": torch.tensor([[5, 6, 7]])}
+    >>> with mi.trace(model, batch, mi.RouterRecord()):
+    ...     pass                                         # the first trace checks the detection
+    >>> reader = hooked_reader(model, mi.RouterRecord())
+    >>> with torch.no_grad():
+    ...     run = reader(batch)
+    >>> run.routing.tokens.tolist(), run.stopped      # the forward stopped at the last layer's experts
+    ([3], 'model.layers.3.mlp.experts')
+
+    ```
+    """
+    module = getattr(model, "_module", None)
+    kwargs = {k: v for k, v in kwargs.items() if k != "keep_output"}  # a hooked run keeps no output
+    if (not isinstance(module, torch.nn.Module) or kwargs.get("remote") or kwargs.get("backend") is not None
+            or getattr(model, "_edits", None) or not getattr(model, "dispatched", True)):
+        return None
+    spec = describe(model)
+    if pending_check(spec, module) is not None:
+        return None
+    plan = compile_plan(spec, flatten(interventions), model, on_device=True)
+    if unserved(plan) is not None:
+        return None
+    return HookedReader(model, spec, plan, kwargs, stop_early and _unwatched(module))
+
+
+class HookedReader:
+    """Reads the routing of one batch after another, as `hooked_trace` does, with the plan
+    compiled once (`hooked_reader` makes one). Calling it with a batch returns a `HookedRun`,
+    or None where the batch needs a trace (inputs other than token ids; a module the plan reads
+    did not run; a gate mass that came out NaN or inf: the trace says why).
+
+    ```python
+    >>> import moe_interp as mi, torch
+    >>> from moe_interp.runtime._hooks import hooked_reader
+    >>> model = mi.zoo.tiny_model("qwen3_moe")
+    >>> with mi.trace(model, {"input_ids": torch.tensor([[5]])}, mi.RouterRecord()):
+    ...     pass
+    >>> reader = hooked_reader(model, mi.RouterRecord())
+    >>> with torch.no_grad():
+    ...     [reader({"input_ids": torch.tensor([ids])}).routing.tokens.item() for ids in ([5, 6], [7, 8, 9])]
+    [2, 3]
+    >>> reader(["Hello"]) is None                         # texts: the trace's tokenizer path
+    True
+
+    ```
+    """
+
+    def __init__(self, model: Any, spec: Any, plan: Any, kwargs: dict, stop: bool) -> None:
+        self._model, self._spec, self._plan, self._kwargs = model, spec, plan, kwargs
+        self._wanted, self._stop = _wanted(plan), stop
+
+    def __call__(self, inputs: Any) -> Optional["HookedRun"]:
+        if not _token_ids(inputs):
+            return None
+        model, plan = self._model, self._plan
+        check_inputs(inputs)
+        check_tokens(model, inputs, self._kwargs, False)
+        args, kwargs = _model_inputs(model, inputs, self._kwargs)
+        seen: dict = {}
+        try:
+            with model_lock(model):
+                stopped = _run(model._module, self._wanted, seen, args, kwargs, self._stop)
+        except _NotSeen:
+            return None
+        rows = [(row, 1) for row in range(inputs["input_ids"].shape[0])]
+        store: dict = {"forwards": 0, "per_token": []}
+        try:
+            forward_step(_Node("", seen), plan, store, rows)
+        except _NotSeen:
+            return None
+        if "count" not in store or not bool(torch.isfinite(store["gate_mass"]).all()):
+            return None  # the trace says why (an overflow in half precision)
+        return HookedRun(self._spec, plan, store, [str(row) for row, _ in rows], stopped)
+
+
+def hooked_trace(model: Any, inputs: Any, *interventions: Any, stop_early: bool = True,
+                 **kwargs: Any) -> Optional[HookedRun]:
     """Run the model once on `inputs` (a dict of token ids: `input_ids`, `attention_mask`,
     and an encoder-decoder's `decoder_*`) and read the routing `interventions` record, every
     batch row its own group, as `_tracer.per_row_trace(model, inputs, *interventions,
     **kwargs)` would; `kwargs` go to the model. Returns a `HookedRun`, or None where only a
-    trace serves the call (see the module docstring): the caller then runs one.
+    trace serves the call (see the module docstring): the caller then runs one. One batch of a
+    `hooked_reader` (`stop_early` as there).
 
     ```python
     >>> import moe_interp as mi, torch
@@ -160,36 +264,34 @@ def hooked_trace(model: Any, inputs: Any, *interventions: Any, **kwargs: Any) ->
 
     ```
     """
-    module = getattr(model, "_module", None)
-    kwargs = {k: v for k, v in kwargs.items() if k != "keep_output"}  # a hooked run keeps no output
-    if (not isinstance(module, torch.nn.Module) or kwargs.get("remote") or kwargs.get("backend") is not None
-            or not _token_ids(inputs) or getattr(model, "_edits", None) or not getattr(model, "dispatched", True)):
+    if not _token_ids(inputs):
         return None
-    spec = describe(model)
-    if pending_check(spec, module) is not None:
-        return None
-    check_inputs(inputs)
-    check_tokens(model, inputs, kwargs, False)
-    plan = compile_plan(spec, flatten(interventions), model, on_device=True)
-    if unserved(plan) is not None:
-        return None
-    wanted = _wanted(plan)
-    args, kwargs = _model_inputs(model, inputs, kwargs)
-    seen: dict = {}
-    try:
-        with model_lock(model):
-            _run(module, wanted, seen, args, kwargs)
-    except _NotSeen:
-        return None
-    rows = [(row, 1) for row in range(inputs["input_ids"].shape[0])]
-    store: dict = {"forwards": 0, "per_token": []}
-    try:
-        forward_step(_Node("", seen), plan, store, rows)
-    except _NotSeen:
-        return None
-    if "count" not in store or not bool(torch.isfinite(store["gate_mass"]).all()):
-        return None  # the trace says why (an overflow in half precision)
-    return HookedRun(spec, plan, store, [str(row) for row, _ in rows])
+    reader = hooked_reader(model, *interventions, stop_early=stop_early, **kwargs)
+    return None if reader is None else reader(inputs)
+
+
+def _unwatched(module: torch.nn.Module) -> bool:
+    """Whether nothing but the model itself runs in `module`'s forward: no torch hook anyone
+    registered (module or global; transformers' own output-capturing hooks, which keep nothing
+    unless asked, aside) and no accelerate hook that offloads weights."""
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return False
+    for sub in module.modules():
+        for hook in (*sub._forward_pre_hooks.values(), *sub._forward_hooks.values()):
+            if not getattr(hook, "__module__", "").startswith("transformers."):
+                return False
+        if _offloads(getattr(sub, "_hf_hook", None)):
+            return False
+    return True
+
+
+def _offloads(hook: Any) -> bool:
+    """Whether an accelerate module hook (or one of a `SequentialHook`'s) offloads weights."""
+    if hook is None:
+        return False
+    return bool(getattr(hook, "offload", False)) or any(_offloads(h) for h in getattr(hook, "hooks", ()))
 
 
 def _token_ids(inputs: Any) -> bool:
@@ -234,9 +336,13 @@ def _to(value: Any, device: Any) -> Any:
     return value
 
 
-def _run(module: torch.nn.Module, wanted: dict, seen: dict, args: tuple, kwargs: dict) -> None:
-    """One forward of `module` with the hooks that fill `seen`; none of them stays after it."""
+def _run(module: torch.nn.Module, wanted: dict, seen: dict, args: tuple, kwargs: dict,
+         stop: bool = False) -> Optional[str]:
+    """One forward of `module` with the hooks that fill `seen`; none of them stays after it.
+    With `stop`, the forward ends once every value in `wanted` is in `seen`: returns the path of
+    the module where it stopped (None when it ran to the end)."""
     owner = threading.get_ident()
+    done = len(wanted) if stop else -1
     handles = []
     try:
         for (path, end), keep in wanted.items():
@@ -245,31 +351,39 @@ def _run(module: torch.nn.Module, wanted: dict, seen: dict, args: tuple, kwargs:
             except AttributeError:
                 raise _NotSeen(path) from None
             if end == "input":
-                handles.append(target.register_forward_pre_hook(_input_hook(seen, path, keep, owner),
+                handles.append(target.register_forward_pre_hook(_input_hook(seen, path, keep, owner, done),
                                                                 with_kwargs=True))
             else:
-                handles.append(target.register_forward_hook(_output_hook(seen, path, keep, owner), prepend=True))
+                handles.append(target.register_forward_hook(_output_hook(seen, path, keep, owner, done),
+                                                            prepend=True))
         module(*args, **kwargs)
+    except _Stop as stopped:
+        return stopped.path
     finally:
         for handle in handles:
             handle.remove()
+    return None
 
 
-def _input_hook(seen: dict, path: str, keep: Any, owner: int) -> Any:
+def _input_hook(seen: dict, path: str, keep: Any, owner: int, done: int) -> Any:
     key = (path, "input")
 
     def hook(_module: Any, args: tuple, kwargs: dict) -> None:
         if key not in seen and threading.get_ident() == owner:
             seen[key] = (args, kwargs) if keep is _WHOLE else _kept_arguments(args, kwargs, keep)
+            if len(seen) == done:
+                raise _Stop(path)
     return hook
 
 
-def _output_hook(seen: dict, path: str, keep: Any, owner: int) -> Any:
+def _output_hook(seen: dict, path: str, keep: Any, owner: int, done: int) -> Any:
     key = (path, "output")
 
     def hook(_module: Any, _args: tuple, output: Any) -> None:
         if key not in seen and threading.get_ident() == owner:
             seen[key] = _copied(output) if keep is _WHOLE else _kept_elements(output, keep)
+            if len(seen) == done:
+                raise _Stop(path)
     return hook
 
 
@@ -298,6 +412,15 @@ def _kept_elements(output: Any, keep: frozenset) -> tuple:
         return output  # not a sequence: the reader indexes it as it is
     keep = {i + len(items) if i < 0 else i for i in keep}
     return tuple(_copied(v) if i in keep else None for i, v in enumerate(items))
+
+
+class _Stop(BaseException):
+    """Raised by the hook that saw the last value a run reads, to end the forward there (a
+    BaseException, so that no `except Exception` in the model's code takes it for a failure)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
 
 
 class _NotSeen(LookupError):

@@ -1,7 +1,8 @@
 """The checks `mi.trace`, `mi.generate`, `tr.invoke` and `mi.profile` make on inputs before
 any forward: what a model can run as given (texts, rows with tokens, ids in its
 vocabulary, sequences within its positions, images its processor made for it); and the
-batching of several invokes that carry images (`batch_media`), which nnsight refuses.
+batching of several invokes that carry images (`batch_media`), which nnsight refuses; and the
+padding of token-id rows into one batch (`pad_rows`, what `mi.profile` runs).
 
 The checks run client side only; `batch_media` runs where the model is (a remote request
 ships it by value), so it uses torch and typing only."""
@@ -10,7 +11,7 @@ from typing import Any, Optional
 
 import torch
 
-__all__ = ["batch_media", "carries_media", "check_inputs", "check_media", "check_tokens", "max_positions"]
+__all__ = ["batch_media", "carries_media", "check_inputs", "check_media", "check_tokens", "max_positions", "pad_rows"]
 
 _INPUT_HELP = ("inputs must be a string, a list of strings, a token-id tensor [batch, seq], or a tokenizer "
                "output (dict / BatchEncoding with input_ids and attention_mask)")
@@ -41,6 +42,38 @@ def check_inputs(inputs: Any) -> None:
     empty = [i for i, text in enumerate(texts) if not text]
     if empty:
         raise ValueError(f"text {empty[0]} is empty (''): it has no tokens to route. Drop empty texts first")
+
+
+def pad_rows(tokenizer: Any, rows: list) -> dict[str, torch.Tensor]:
+    """`{"input_ids", "attention_mask"}` of token-id `rows` padded to the longest, as
+    `tokenizer.pad({"input_ids": rows}, return_tensors="pt")` gives them (its pad token, its
+    `padding_side`), built with one tensor op per batch instead of one per row. A tokenizer
+    without a pad token, or with a padding side other than "left" / "right", goes to
+    `tokenizer.pad` itself (its error names the fix).
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.runtime._inputs import pad_rows
+    >>> tokenizer = mi.zoo.tiny_model("qwen3_moe").tokenizer
+    >>> tokenizer.pad_token_id, tokenizer.padding_side
+    (0, 'left')
+    >>> batch = pad_rows(tokenizer, [[5, 6, 7], [8]])
+    >>> batch["input_ids"].tolist(), batch["attention_mask"].tolist()
+    ([[5, 6, 7], [0, 0, 8]], [[1, 1, 1], [0, 0, 1]])
+
+    ```
+    """
+    pad, side = getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "padding_side", None)
+    if pad is None or side not in ("left", "right") or not rows:
+        padded = tokenizer.pad({"input_ids": rows}, return_tensors="pt")
+        return {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]}
+    lengths = torch.tensor([len(row) for row in rows])
+    width = int(lengths.max())
+    columns = torch.arange(width)
+    real = columns >= width - lengths[:, None] if side == "left" else columns < lengths[:, None]
+    ids = torch.full((len(rows), width), int(pad), dtype=torch.long)
+    ids[real] = torch.tensor([token for row in rows for token in row], dtype=torch.long)  # row-major: in row order
+    return {"input_ids": ids, "attention_mask": real.long()}
 
 
 def max_positions(model: Any) -> Optional[int]:
