@@ -1,5 +1,5 @@
 import contextlib
-import functools
+import os
 import re
 
 import pytest
@@ -17,9 +17,44 @@ NAMED_ARCHITECTURES = (
 PROMPTS = ["Hello there, how are you?", "Bonjour", "Guten Morgen, liebe Welt", "ok"]
 
 
-@functools.lru_cache(maxsize=None)
+_SHARED: dict = {}  # (arch, padding side) -> (model, its content key when built): shared by every test
+
+
 def tiny(arch: str, padding_side: str = "left"):
-    return mi.zoo.tiny_model(arch, padding_side=padding_side)
+    """The tiny `arch` model every test of this process shares (built once). A test that changes
+    it (weights, config, tokenizer) must restore it: `_shared_models_are_unchanged` checks."""
+    if (arch, padding_side) not in _SHARED:
+        from moe_interp.core._fingerprint import model_parts
+        model = mi.zoo.tiny_model(arch, padding_side=padding_side)
+        _SHARED[arch, padding_side] = (model, model_parts(model))
+    return _SHARED[arch, padding_side][0]
+
+
+def _changed_shared_models() -> dict:
+    from moe_interp.core._fingerprint import differing, model_parts
+    changed = {key: differing(parts, model_parts(model)) for key, (model, parts) in _SHARED.items()}
+    return {key: parts for key, parts in changed.items() if parts}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_models_are_unchanged():
+    """After the session (or after every test file with `MI_SHARED_GUARD=file`, to find which
+    one): every shared tiny model still has the content key it was built with. A leaked change
+    makes later tests read another model, and a checkpoint or Experiment cell keyed by it
+    resume as another model's (how a remote trace's `_persistent_id` on the tokenizer showed)."""
+    yield
+    changed = _changed_shared_models()
+    assert not changed, (f"shared tiny models changed during the tests: {changed}; rerun with "
+                         "MI_SHARED_GUARD=file to find the test file that leaves them changed")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _shared_models_are_unchanged_per_file(request):
+    yield
+    if os.environ.get("MI_SHARED_GUARD") == "file":
+        changed = _changed_shared_models()
+        _SHARED.clear()  # one report per file: the next file builds its own
+        assert not changed, f"{request.node.name} left shared tiny models changed: {changed}"
 
 
 def by_layer_hooks(model, text, suffix, take, pre=False):
