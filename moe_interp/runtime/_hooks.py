@@ -105,7 +105,8 @@ def _read_sites(entry: Any) -> list:
 
 class HookedRun:
     """What `hooked_trace` read: `routing` and `routing_by_stack`, the `RoutingCounts` a
-    per-row `RoutingTracer` gives (every batch row its own group, `"0"`, `"1"`, ...).
+    per-row `RoutingTracer` gives (every batch row its own group, `"0"`, `"1"`, ...), and
+    `stopped`: the module whose hook ended the forward early, or None where it ran to its end.
 
     ```python
     >>> import moe_interp as mi, torch
