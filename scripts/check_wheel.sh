@@ -4,11 +4,16 @@
 # first Python snippet from an empty directory, so nothing of the repository is on the path (the
 # bundled demo model and corpus must come from the wheel). Prints the sizes. CI runs it (.ci/run).
 #
-#   scripts/check_wheel.sh [WORK_DIR]        # default: a fresh directory under $TMPDIR
+#   scripts/check_wheel.sh [WORK_DIR]        # default: a fresh directory under $TMPDIR, removed after
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python}"
-work="${1:-$(mktemp -d)}"
+if [ -n "${1:-}" ]; then
+  work="$1"
+else  # a directory of its own, removed on exit: the venv alone is ~1.5 GB, and runs add up
+  work="$(mktemp -d)"
+  trap 'rm -rf "$work"' EXIT
+fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
 "$python" -m pip install -q build twine
 rm -rf "$work/dist"
