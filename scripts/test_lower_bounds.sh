@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The core tests on the lowest versions pyproject.toml declares for torch, nnsight and transformers.
 #
-#   scripts/test_lower_bounds.sh [VENV_DIR]     # default: a fresh directory under $TMPDIR
+#   scripts/test_lower_bounds.sh [VENV_DIR]     # default: a fresh directory under $TMPDIR, removed after
 #
 # Makes a fresh virtual environment, installs torch, nnsight and transformers pinned to the lower
 # bounds of their ranges in pyproject.toml (read from it, so the pins follow the declaration), then
@@ -14,7 +14,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python}"
-venv="${1:-$(mktemp -d)/lower-bounds}"
+if [ -n "${1:-}" ]; then
+  venv="$1"
+else  # a directory of its own, removed on exit (the venv is ~1.5 GB)
+  scratch="$(mktemp -d)"
+  trap 'rm -rf "$scratch"' EXIT
+  venv="$scratch/lower-bounds"
+fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
 
 mapfile -t pins < <("$python" - <<'EOF'

@@ -5,7 +5,7 @@
 #   scripts/test_python.sh python3.11                                       # the lowest Python we declare
 #   scripts/test_python.sh /root/.pyenv/versions/3.13.0/bin/python         # the newest we test
 #
-# Makes a virtual environment with PYTHON (default: a fresh directory under $TMPDIR), installs
+# Makes a virtual environment with PYTHON (default: a fresh directory under $TMPDIR, removed after), installs
 # torch==2.13.0 first, then the project with its test extras (every other dependency as pip resolves
 # it for that Python), prints the versions it got, and runs the README's test command (`pytest -q -n 2 --dist loadfile`)
 # with PYTEST_ARGS added. Not run by CI (it would double CI's time): results and the date they were taken are in
@@ -15,7 +15,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${1:?usage: scripts/test_python.sh PYTHON [VENV_DIR] [PYTEST_ARGS...]}"
-venv="${2:-$(mktemp -d)/py}"
+if [ -n "${2:-}" ]; then
+  venv="$2"
+else  # a directory of its own, removed on exit (the venv is up to ~4.3 GB)
+  scratch="$(mktemp -d)"
+  trap 'rm -rf "$scratch"' EXIT
+  venv="$scratch/py"
+fi
 shift $(( $# >= 2 ? 2 : 1 ))
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
