@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 from moe_interp.core._checks import check_positive
 from moe_interp.core._fingerprint import check_corpus
 from moe_interp.arch import describe
-from moe_interp.runtime._hooks import hooked_trace
+from moe_interp.runtime._hooks import hooked_reader
 from moe_interp.runtime._inputs import max_positions, pad_rows
 from moe_interp.runtime._interventions import RouterRecord, flatten
 from moe_interp.analysis._vocabulary import Vocabulary
@@ -48,11 +48,15 @@ def _rows(model: Any, corpus: dict[str, list[str]], long_texts: str, options: di
     return rows
 
 
-def _records(model: Any, batch: dict, interventions: list, record: RouterRecord, trace_kwargs: dict) -> dict | None:
+def _records(model: Any, batch: dict, interventions: list, record: RouterRecord, trace_kwargs: dict,
+             readers: dict) -> dict | None:
     """The per-token table of one batch: read by torch hooks where they serve the call (local, no
-    edits), else by `mi.trace` (remote too: the table comes back with the counts)."""
+    edits; the reader is kept in `readers` across batches, prepared again until one serves),
+    else by `mi.trace` (remote too: the table comes back with the counts)."""
     with torch.no_grad():
-        run = hooked_trace(model, batch, *interventions, record, **trace_kwargs)
+        if readers.get("hooks") is None:
+            readers["hooks"] = hooked_reader(model, *interventions, record, **trace_kwargs)
+        run = None if readers["hooks"] is None else readers["hooks"](batch)
     if run is not None:
         return run.routing.per_token
     kwargs = {"keep_output": False, **trace_kwargs}
@@ -112,11 +116,12 @@ def vocabulary(model: Any, corpus: Any, *interventions: Any, batch_size: int = 1
                                     torch.zeros(0, len(layers), spec.top_k, dtype=torch.long),
                                     languages=languages, layers=layers, num_experts=spec.num_experts)
     pending: list[Vocabulary] = []
+    readers: dict = {}
     bar = tqdm(total=len(rows), desc="vocabulary", disable=not progress)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         table = _records(model, pad_rows(model.tokenizer, [rows[r][1] for r in chunk]), interventions, record,
-                         trace_kwargs)
+                         trace_kwargs, readers)
         if table is not None and len(table["row"]):
             pending.append(_batch(table, [rows[r] for r in chunk], languages, layers, spec.num_experts))
         # fold the batches into the total once they outweigh it: each entry is merged O(log batches) times
