@@ -54,3 +54,31 @@ def test_a_wrapped_model_pickles_as_the_transformers_model_a_server_knows():
     assert type(model).__name__ == "MoEModel" and model._remoteable_class() is TransformersModel
     reduced = model.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
     assert reduced[1] == (TransformersModel,)
+
+
+def test_the_package_tokenizes_holding_the_models_lock(monkeypatch):
+    """A fast tokenizer keeps its padding setting on one shared Rust tokenizer, set before each
+    call: an `mi.trace` tokenizing beside a plain trace in another thread once got an unpadded
+    batch (CI). Every call of the tokenizer that `mi.trace` and `mi.profile` make holds the
+    model's lock, as nnsight's own tokenizing inside a trace of the model does."""
+    from moe_interp.runtime._shipping import model_lock
+
+    model = mi.zoo.tiny_model("qwen3_moe")
+    held = []
+    real = type(model.tokenizer).__call__
+
+    def call(self, *args, **kwargs):
+        held.append(model_lock(model)._is_owned())
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model.tokenizer), "__call__", call)
+    with mi.trace(model, ["Hello there", "Hi"], mi.RouterRecord()):
+        pass
+    assert held and all(held)
+    held.clear()
+    mi.profile(model, {"eng": ["Hello there", "Hi"], "deu": ["Hallo"]}, progress=False)
+    assert held and all(held)
+    held.clear()
+    with model.trace(["Guten Morgen", "ok"]):  # nnsight's own
+        pass
+    assert all(held)

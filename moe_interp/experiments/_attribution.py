@@ -80,6 +80,7 @@ from moe_interp.experiments._resume import run_resumable
 from moe_interp.runtime._inputs import max_positions as _max_positions
 from moe_interp.runtime._kernels import tally, totals_add, totals_fold, totals_start
 from moe_interp.runtime._reader import resolve, routing, set_weights
+from moe_interp.runtime._shipping import tokenize
 from moe_interp.tracing import trace
 
 __all__ = ["expert_attribution", "ExpertAttribution", "AttributionCheck", "rank_correlation"]
@@ -200,7 +201,7 @@ def _batch(model: Any, spec: MoESpec, texts: Sequence[str], groups: Tensor, num_
     """The running sums of `_SUMS` that `texts` (row i belongs to group `groups[i]`) add,
     each with a leading `[num_groups]` axis, on a causal LM (`_estimate`)."""
     module = model._module
-    enc = model.tokenizer(list(texts), return_tensors="pt", padding=True)
+    enc = tokenize(model, list(texts), return_tensors="pt", padding=True)
     limit = _max_positions(model)
     if limit is not None and enc["input_ids"].shape[1] > limit:
         raise ValueError(f"a text of {enc['input_ids'].shape[1]} tokens is longer than this model's {limit} positions: "

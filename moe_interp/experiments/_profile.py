@@ -13,7 +13,7 @@ from moe_interp.core._fingerprint import (WEIGHTS, ResumeError, check_corpus, ch
 from moe_interp.arch import describe
 from moe_interp.runtime._inputs import max_positions, pad_rows
 from moe_interp.runtime._session import profile_session
-from moe_interp.runtime._shipping import check_servable
+from moe_interp.runtime._shipping import check_servable, model_lock, tokenize
 from moe_interp.runtime._hooks import hooked_reader
 from moe_interp.runtime._tracer import per_row_trace
 from moe_interp.runtime._compile import compile_plan
@@ -34,10 +34,11 @@ _LONG_TEXTS = ("window", "truncate", "error")  # mi.profile's policies for texts
 REQUEST_TOKENS = 2**15
 
 
-def _tokenize(tokenizer: Any, texts: list[str], options: dict, target: bool = False) -> list[list[int]]:
+def _tokenize(model: Any, texts: list[str], options: dict, target: bool = False) -> list[list[int]]:
+    """Token ids of `texts` (under the model's lock: `_shipping.tokenize`)."""
     if target:  # the tokenizer's target mode (NLLB: the target-language code, tokenizer.tgt_lang)
-        return tokenizer(text_target=texts, verbose=False, **options)["input_ids"]
-    return tokenizer(texts, verbose=False, **options)["input_ids"]
+        return tokenize(model, text_target=texts, verbose=False, **options)["input_ids"]
+    return tokenize(model, texts, verbose=False, **options)["input_ids"]
 
 
 def _rows(model: Any, corpus: dict, long_texts: str, options: dict,
@@ -63,8 +64,8 @@ def _rows(model: Any, corpus: dict, long_texts: str, options: dict,
     for lang, texts in corpus.items():
         pairs = isinstance(lang, tuple)
         sources = [source for source, _ in texts] if pairs else texts
-        encoded = _tokenize(tokenizer, sources, options)
-        decoded = _tokenize(tokenizer, [target for _, target in texts], options, target=True) if pairs else encoded
+        encoded = _tokenize(model, sources, options)
+        decoded = _tokenize(model, [target for _, target in texts], options, target=True) if pairs else encoded
         for k, (text, ids, target) in enumerate(zip(sources, encoded, decoded)):
             item += 1
             where = f"corpus[{lang!r}][{k}]"
@@ -90,6 +91,13 @@ def _rows(model: Any, corpus: dict, long_texts: str, options: dict,
                 window = ids[start : start + limit]
                 rows.append((item, window) if decoder_start is None else (item, window, [decoder_start, *window[:-1]]))
     return rows, long_items
+
+
+def _model_key(model: Any, weights_hash: str) -> dict[str, str]:
+    """`core._fingerprint.model_parts`, holding the model's lock: its tokenizer probe calls the
+    tokenizer, whose padding setting a trace in another thread would share (`_shipping.tokenize`)."""
+    with model_lock(model):
+        return model_parts(model, weights_hash)
 
 
 def _local_forward(model: Any, batch: dict, interventions: list, trace_kwargs: dict,
@@ -382,7 +390,7 @@ def profile(model: Any, corpus: Mapping[str, Sequence[str]] | Mapping[tuple[str,
     sums = {"item_count": torch.zeros(len(item_language), n_layers, spec.num_experts, dtype=torch.int32),
             "item_tokens": torch.zeros(len(item_language), dtype=torch.long),
             "gate_mass": torch.zeros(len(languages), n_layers, spec.num_experts, dtype=torch.float64)}
-    key = {**model_parts(model, weights_hash), "corpus": fingerprint(corpus), "interventions": fingerprint(interventions),
+    key = {**_model_key(model, weights_hash), "corpus": fingerprint(corpus), "interventions": fingerprint(interventions),
            "long_texts": long_texts,
            "settings": fingerprint({k: v for k, v in trace_kwargs.items() if k not in _WHERE})}
     if record.co_activation:  # a key part only when asked: checkpoints of plain profiles resume as before
@@ -548,7 +556,7 @@ def _profile_stacks(model: Any, spec: Any, corpus: dict, interventions: tuple, *
         sums[f"{stack}.item_tokens"] = torch.zeros(n_items, dtype=torch.long)
         sums[f"{stack}.gate_mass"] = torch.zeros(len(languages[stack]), len(layers[stack]), spec.num_experts,
                                                  dtype=torch.float64)
-    key = {**model_parts(model, weights_hash), "corpus": fingerprint({repr(k): v for k, v in corpus.items()}),
+    key = {**_model_key(model, weights_hash), "corpus": fingerprint({repr(k): v for k, v in corpus.items()}),
            "interventions": fingerprint(interventions), "long_texts": long_texts, "decoder": "teacher-forced",
            "settings": fingerprint({k: v for k, v in trace_kwargs.items() if k not in _WHERE})}
     if record.entropy:

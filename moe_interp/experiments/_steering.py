@@ -21,6 +21,7 @@ from moe_interp.analysis._evidence import paired_interval, stratified_interval
 from moe_interp.arch import describe
 from moe_interp.runtime._compile import compile_plan
 from moe_interp.runtime._interventions import RouterRecord, RouteSteer, flatten
+from moe_interp.runtime._shipping import tokenize
 from moe_interp.tracing import trace
 
 __all__ = ["SteeringResult", "dose_response_across", "dose_response_across_findings", "dose_response_figure",
@@ -126,7 +127,7 @@ def routing_shift(model: Any, texts: Sequence[str | tuple[str, str]], steer: Any
     tokens = 0
     texts = list(texts)
     for start in range(0, len(texts), batch_size):
-        enc = model.tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True)
+        enc = tokenize(model, texts[start : start + batch_size], return_tensors="pt", padding=True)
         before, after = _per_token(model, enc), _per_token(model, enc, steer)
         b_idx, a_idx = before["indices"].long(), after["indices"].long()
         changed += (b_idx.sort(-1).values != a_idx.sort(-1).values).any(-1).sum(0).double()
@@ -946,7 +947,7 @@ def steering_eval(model: Any, stats: Any, dev: Mapping[str, Sequence[str]] | Map
                                       batch_size)
             else:  # each stack reads every token of each text (the decoder teacher-forced)
                 moved = pd.DataFrame({"layer": list(spec.moe_layers), "changed": 0.0, "mass_moved": 0.0,
-                                      "tokens": sum(len(model.tokenizer(t)["input_ids"]) for t in test[lang])
+                                      "tokens": sum(len(tokenize(model, t)["input_ids"]) for t in test[lang])
                                       if keys is None else [_pair_tokens(model, test[lang], s) for s in spec.stacks]})
                 if where is not None:
                     moved.insert(1, "stack", list(spec.stacks))

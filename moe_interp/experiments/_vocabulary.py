@@ -9,6 +9,7 @@ from moe_interp.core._checks import check_positive
 from moe_interp.core._fingerprint import check_corpus
 from moe_interp.arch import describe
 from moe_interp.runtime._hooks import hooked_reader
+from moe_interp.runtime._shipping import tokenize
 from moe_interp.runtime._inputs import max_positions, pad_rows
 from moe_interp.runtime._interventions import RouterRecord, flatten
 from moe_interp.analysis._vocabulary import Vocabulary
@@ -33,7 +34,7 @@ def _rows(model: Any, corpus: dict[str, list[str]], long_texts: str, options: di
     limit = max_positions(model)
     rows = []
     for lang, (name, texts) in enumerate(corpus.items()):
-        for k, (text, ids) in enumerate(zip(texts, tokenizer(texts, verbose=False, **options)["input_ids"])):
+        for k, (text, ids) in enumerate(zip(texts, tokenize(model, texts, verbose=False, **options)["input_ids"])):
             if not text or not ids:
                 raise ValueError(f"corpus[{name!r}][{k}] has no tokens (an empty text): drop empty texts first")
             if limit is None or len(ids) <= limit:

@@ -111,7 +111,9 @@ def _token_ids(model: Any, inputs: Any, kwargs: dict) -> tuple:
     if getattr(model, "tokenizer", None) is None:
         return None, None  # nnsight will say it cannot tokenize
     texts = [inputs] if isinstance(inputs, str) else list(inputs)
-    encoded = model.tokenizer(texts, padding=True, return_tensors="pt", **options)
+    from moe_interp.runtime._shipping import tokenize  # here: batch_media travels by value, and needs torch only
+
+    encoded = tokenize(model, texts, padding=True, return_tensors="pt", **options)  # under the model's lock
     return encoded["input_ids"], encoded["attention_mask"]
 
 

@@ -21,7 +21,7 @@ from moe_interp.core._checks import hub_id_shaped
 from moe_interp.arch._stacks import repaired_nllb_moe_experts
 
 __all__ = ["RESULT_NAME", "Collect", "OneAtATime", "RerouteNotHeld", "check_held", "check_servable", "model_lock",
-           "shipped"]
+           "shipped", "tokenize"]
 
 RESULT_NAME = "__moe_interp__"  # the saved value a remote run sends back
 _PACKAGE = __name__.split(".")[0]
@@ -198,6 +198,28 @@ class OneAtATime(Backend):
 
 _LOCKS: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
+
+
+def tokenize(model: Any, *args: Any, **kwargs: Any) -> Any:
+    """`model.tokenizer(*args, **kwargs)`, holding `model_lock(model)`.
+
+    A Hugging Face fast tokenizer sets padding and truncation on its one shared Rust
+    tokenizer before every call, so two threads tokenizing at once can each run with the
+    other's settings (seen: an `mi.trace` got an unpadded batch while a plain `model.trace` in
+    another thread tokenized its prompts). nnsight tokenizes inside a trace's run, which holds
+    this lock for models from `mi.wrap` / `mi.load`; the package's own tokenizing of a model's
+    texts goes through here.
+
+    ```python
+    >>> import moe_interp as mi
+    >>> from moe_interp.runtime._shipping import tokenize
+    >>> tokenize(mi.zoo.tiny_model("qwen3_moe"), ["Hi", "Hello"], padding=True)["attention_mask"]
+    [[0, 0, 0, 1, 1], [1, 1, 1, 1, 1]]
+
+    ```
+    """
+    with model_lock(model):
+        return model.tokenizer(*args, **kwargs)
 
 
 def model_lock(model: Any) -> threading.RLock:
