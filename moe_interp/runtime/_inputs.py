@@ -111,16 +111,15 @@ def _token_ids(model: Any, inputs: Any, kwargs: dict) -> tuple:
     if getattr(model, "tokenizer", None) is None:
         return None, None  # nnsight will say it cannot tokenize
     texts = [inputs] if isinstance(inputs, str) else list(inputs)
-    from moe_interp.runtime._shipping import tokenize  # here: batch_media travels by value, and needs torch only
-
-    encoded = tokenize(model, texts, padding=True, return_tensors="pt", **options)  # under the model's lock
+    encoded = model.tokenizer(texts, padding=True, return_tensors="pt", **options)  # callers hold the model's lock
     return encoded["input_ids"], encoded["attention_mask"]
 
 
 def check_tokens(model: Any, inputs: Any, kwargs: dict, generating: bool) -> None:
     """Refuse, before any forward, inputs the model cannot run as given: rows without a real
     token, token ids outside its vocabulary, sequences longer than its positions, images it
-    cannot take (`check_media`).
+    cannot take (`check_media`). Texts are tokenized here: callers hold the model's lock
+    (`_shipping.model_lock`; see `_shipping.tokenize` for why).
 
     ```python
     >>> import moe_interp as mi, torch

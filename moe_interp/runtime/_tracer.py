@@ -25,7 +25,7 @@ from nnsight.intervention.tracer import InterleavingTracer, Invoker
 from moe_interp.runtime._nnsight_compat import (OutOfOrderError, batch_media, batch_size, invoke_mediators, mediators, put_first,
                               send_back, undecorated_generate, worker)
 from moe_interp.runtime._inputs import check_inputs, check_tokens
-from moe_interp.runtime._shipping import RESULT_NAME, Collect, check_servable
+from moe_interp.runtime._shipping import RESULT_NAME, Collect, check_servable, model_lock
 from moe_interp.arch import describe
 from moe_interp.arch._verify import pending_check
 from moe_interp.runtime._compile import compile_plan
@@ -338,8 +338,9 @@ def open_trace(model: Any, args: tuple, kwargs: dict, generating: bool = False, 
     """
     spec = describe(model)
     inputs, interventions = _split(args)
-    for data in inputs:
-        check_tokens(model, data, kwargs, generating)
+    with model_lock(model):  # it tokenizes texts: see _shipping.tokenize
+        for data in inputs:
+            check_tokens(model, data, kwargs, generating)
     module = getattr(model, "_module", None)
     check_servable(model, kwargs.get("remote"))
     ship = bool(kwargs.get("remote")) or kwargs.get("backend") is not None
