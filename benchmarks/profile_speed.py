@@ -34,12 +34,15 @@ import random
 import re
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the sibling benchmark's bootstrap interval
+from co_activation import median_interval  # noqa: E402
 START, END = "<!-- profile speed: written by benchmarks/profile_speed.py -->", "<!-- end profile speed -->"
 
 
@@ -58,17 +61,10 @@ def plain_batches(model, corpus: dict, batch_size: int) -> list:
 TARGET = 0.97  # issue 27: a local profile at >= 0.97 of a plain forward's tokens/s
 
 
-def median_ci(values: list, resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """The 95% percentile-bootstrap interval of the median of `values` (repetitions resampled)."""
-    rng = random.Random(seed)
-    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
-    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
-
-
 def verdict(values: list) -> str:
     """The rule that decides the target: met when the whole 95% interval of the median is at or
     above `TARGET`; missed when it is all below; else this run cannot tell."""
-    low, high = median_ci(values)
+    low, high = median_interval(values)
     if low >= TARGET:
         return f"met (the median's 95% interval, {low:.3f} - {high:.3f}, is at or above {TARGET})"
     if high < TARGET:
@@ -77,7 +73,7 @@ def verdict(values: list) -> str:
 
 
 def summary(values: list) -> str:
-    low, high = median_ci(values)
+    low, high = median_interval(values)
     return f"**{statistics.median(values):.3f}** | {low:.3f} - {high:.3f} | {min(values):.3f} - {max(values):.3f}"
 
 
@@ -148,8 +144,6 @@ def main() -> int:
 
     def batch_plain(batch):
         return hf(**batch)
-
-    reader, reader_full = hooked(model, mi.RouterRecord()), hooked(model, mi.RouterRecord(), stop_early=False)
 
     def batch_hooked(batch):  # what the profile does per batch, read by hooks (its reader prepared once)
         return reader(batch).routing

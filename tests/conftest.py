@@ -81,6 +81,15 @@ def by_layer_hooks(model, text, suffix, take, pre=False):
     return [seen[name] for name in sorted(seen, key=lambda n: int(n.split(".")[2]))]
 
 
+def load_script(path, name):
+    """A benchmark script (not a package module) imported from its file, as module `name`."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def hooked_batches(monkeypatch, hooks=True):
     """Patch `mi.profile`'s hooked reader (`experiments._profile.hooked_reader`) to record, per
     local batch, whether torch hooks read it (True) or a trace ran (False); `hooks=False` makes

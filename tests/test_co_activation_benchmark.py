@@ -2,10 +2,11 @@
 traces' counts bitwise equal, both clocks reported with a verdict, nothing written), and its
 verdict is worded by the rule its docstring states (no time is asserted: tests assert behaviour)."""
 
-import importlib.util
 import os
 import subprocess
 import sys
+
+from conftest import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "co_activation.py")
@@ -13,10 +14,7 @@ RESULTS = os.path.join(ROOT, "benchmarks", "RESULTS.md")
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("co_activation_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "co_activation_benchmark")
 
 
 def test_the_verdict_is_decided_by_the_median_s_interval_against_two_percent():

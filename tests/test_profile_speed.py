@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+from conftest import load_script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "profile_speed.py")
 RESULTS = os.path.join(ROOT, "benchmarks", "RESULTS.md")
@@ -30,19 +32,11 @@ def test_the_smoke_run_reports_equal_tables_and_tokens_and_writes_nothing():
         assert f.read() == before
 
 
-def _script():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("profile_speed_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_verdict_rule_reads_the_medians_interval_against_the_target():
-    script = _script()
+    script = load_script(SCRIPT, "profile_speed_benchmark")
     assert script.TARGET == 0.97
     assert script.verdict([0.99, 1.0, 1.01, 0.98, 1.02] * 5).startswith("met")
     assert script.verdict([0.90, 0.91, 0.92, 0.93, 0.94] * 5).startswith("missed")
     assert script.verdict([0.95, 0.96, 0.97, 0.98, 0.99] * 5).startswith("not decided")
-    low, high = script.median_ci([1.0] * 9)
+    low, high = script.median_interval([1.0] * 9)
     assert low == high == 1.0
